@@ -1,0 +1,80 @@
+"""`dstack apply -f FILE [OPTIONS] [--] ARGS...` (alias `dstack run`): plan, confirm, provision, run, tear down."""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from cli import run_options as opt
+from cli.output import print_json, stdout_console
+
+
+def apply(
+    file: Annotated[str, typer.Option("-f", "--file", help="The *.dstack.yml configuration to apply")],
+    args: Annotated[
+        Optional[List[str]],
+        typer.Argument(help="Run arguments for ${{ run.args }}; after -- they may start with -", show_default=False),
+    ] = None,
+    gpu: opt.GpuOption = None,
+    cpu: opt.CpuOption = None,
+    memory: opt.MemoryOption = None,
+    disk: opt.DiskOption = None,
+    spot: opt.SpotOption = None,
+    on_demand: opt.OnDemandOption = None,
+    spot_auto: opt.SpotAutoOption = None,
+    backend: opt.BackendOption = None,
+    region: opt.RegionOption = None,
+    instance_type: opt.InstanceTypeOption = None,
+    max_price: opt.MaxPriceOption = None,
+    name: Annotated[Optional[str], typer.Option("-n", "--name", help="The run name (overrides the file's)")] = None,
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
+    detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once the job is running")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; provision nothing")] = False,
+    as_json: opt.JsonOption = False,
+) -> None:
+    """Apply a configuration: a task runs on the cheapest offer that fits; a fleet registers your SSH hosts."""
+    from configuration.interpolation import resolve_run
+    from configuration.loader import load_configuration
+
+    configuration = load_configuration(file)
+    if configuration.type == "fleet":
+        if dry_run:
+            print_json({"configuration": configuration.model_dump(mode="json")})
+            return
+        from cli.fleet_command import apply_fleet
+
+        apply_fleet(configuration, file)
+        return
+    if name is not None:
+        configuration = configuration.model_copy(update={"name": _run_name(name)})
+    run = resolve_run(configuration, file, args or [], os.environ)
+    requirements = opt.build_requirements(
+        run.configuration, default_spot_policy="on-demand", gpu=gpu, cpu=cpu, memory=memory, disk=disk,
+        spot_policy=opt.spot_policy_flag(spot, on_demand, spot_auto), backends=backend, regions=region,
+        instance_types=instance_type, max_price=max_price,
+    )
+    from provisioner.plan import plan_json
+
+    if dry_run:
+        document = plan_json(run)
+        if as_json:
+            print_json(document)
+        else:
+            console = stdout_console()
+            console.print(f"[bold]Configuration:[/] {file} ({configuration.type})")
+            console.print(f"[bold]Requirements:[/] {requirements.describe()}")
+        return
+    raise typer.BadParameter("running a configuration comes with the runs issue; use --dry-run for now",
+                             param_hint="'apply'")
+
+
+def _run_name(name: str) -> str:
+    from configuration.fields import RUN_NAME
+
+    if not RUN_NAME.match(name):
+        raise typer.BadParameter("2 to 41 lowercase letters, digits and hyphens, starting with a letter",
+                                 param_hint="'-n/--name'")
+    return name

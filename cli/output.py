@@ -1,0 +1,31 @@
+"""Where the CLI writes: tables and progress for people (rich), JSON for scripts (plain stdout)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+def stdout_console():
+    """Tables keep one line per row when piped: rich would otherwise wrap them at 80 columns."""
+    from rich.console import Console
+
+    width = None if sys.stdout.isatty() else 200
+    return Console(highlight=False, width=width)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def error(message: str) -> None:
+    """An error for a person: one line per problem, no traceback."""
+    lines = message.splitlines() or [""]
+    sys.stderr.write("error: " + "\n       ".join(lines) + "\n")

@@ -1,0 +1,5 @@
+"""The one error type a user sees for bad input: its message names the file (or flag), the field and what is allowed."""
+
+
+class ConfigurationError(Exception):
+    """Bad input from a file, a flag or the environment; the CLI prints the message and exits with status 1."""

@@ -1,0 +1,198 @@
+"""The configuration types of a `*.dstack.yml` file: `task`, `dev-environment` and `fleet`.
+
+Field names, defaults and meanings follow dstack's task reference (docs/reference/task.md is generated from these
+models by `dstack schema --markdown`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from configuration.fields import (
+    RUN_NAME,
+    BackendName,
+    MaxDuration,
+    PortMapping,
+    RegistryAuth,
+    RetryPolicy,
+    SpotPolicy,
+    parse_duration,
+    parse_env,
+    parse_python_version,
+)
+from configuration.resources import ResourcesSpec, StrictModel
+
+
+class ProfileFields(StrictModel):
+    """Where and how a run may be placed: the policy the offer solver applies."""
+
+    backends: Annotated[
+        Optional[List[BackendName]], Field(description="The backends to consider: `aws`, `gcp`, `ssh`, `local`")
+    ] = None
+    regions: Annotated[Optional[List[str]], Field(description="The regions to consider (e.g. `us-east-1`)")] = None
+    instance_types: Annotated[
+        Optional[List[str]], Field(description="The instance types to consider (e.g. `p5.48xlarge`)")
+    ] = None
+    spot_policy: Annotated[
+        Optional[SpotPolicy],
+        Field(description="`spot`, `on-demand` or `auto` (either, cheapest first). Runs default to `on-demand`"),
+    ] = None
+    max_price: Annotated[
+        Optional[float], Field(gt=0, description="The maximum instance price per hour, in dollars")
+    ] = None
+    max_duration: Annotated[
+        Optional[MaxDuration],
+        Field(description="Stop the run after this time (e.g. `2h`, `30m`, `1d`, seconds), or `off`"),
+    ] = None
+    retry: Annotated[
+        Optional[RetryPolicy],
+        Field(description="Retry on `no-capacity`, `interruption` or `error`: `true`, or `{on_events, duration}`"),
+    ] = None
+
+    @field_validator("max_duration", mode="before")
+    @classmethod
+    def _max_duration(cls, v: Any) -> Any:
+        if v is None or v == "off":
+            return v
+        return parse_duration(v)
+
+    @field_validator("retry", mode="before")
+    @classmethod
+    def _retry(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        if v is False:
+            return None
+        return v
+
+    @field_validator("regions", "instance_types", "backends", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class RunFields(ProfileFields):
+    """What every run configuration shares."""
+
+    name: Annotated[
+        Optional[str],
+        Field(description="The run name: lowercase letters, digits and hyphens, starting with a letter; generated if absent"),
+    ] = None
+    image: Annotated[Optional[str], Field(description="The Docker image to run in")] = None
+    python: Annotated[
+        Optional[str],
+        Field(description="The Python version to run with when no `image` is given: `3.9` to `3.14`"),
+    ] = None
+    entrypoint: Annotated[Optional[str], Field(description="The Docker entrypoint")] = None
+    working_dir: Annotated[Optional[str], Field(description="The working directory, relative to the repo or absolute")] = None
+    registry_auth: Annotated[Optional[RegistryAuth], Field(description="Credentials for a private Docker registry")] = None
+    env: Annotated[
+        Dict[str, Optional[str]],
+        Field(description="Environment variables: a list of `NAME=VALUE` or `NAME` (taken from your environment), or a mapping"),
+    ] = {}
+    resources: Annotated[ResourcesSpec, Field(description="The resources the run needs")] = ResourcesSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not RUN_NAME.match(v):
+            raise ValueError(
+                f"Invalid name: {v!r} (2 to 41 lowercase letters, digits and hyphens, starting with a letter)"
+            )
+        return v
+
+    @field_validator("python", mode="before")
+    @classmethod
+    def _python(cls, v: Any) -> Any:
+        return None if v is None else parse_python_version(v)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> Any:
+        return parse_env(v)
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resources(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    @model_validator(mode="after")
+    def _image_or_python(self) -> "RunFields":
+        if self.image is not None and self.python is not None:
+            raise ValueError("`image` and `python` are mutually exclusive: give one of them")
+        return self
+
+
+class TaskConfiguration(RunFields):
+    type: Literal["task"] = "task"
+    commands: Annotated[List[str], Field(description="The shell commands to run")] = []
+    ports: Annotated[
+        List[PortMapping],
+        Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local port)"),
+    ] = []
+    nodes: Annotated[int, Field(ge=1, description="The number of nodes")] = 1
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> "TaskConfiguration":
+        if not self.commands and self.image is None:
+            raise ValueError("either `commands` or `image` must be set")
+        return self
+
+
+class DevEnvironmentConfiguration(RunFields):
+    type: Literal["dev-environment"] = "dev-environment"
+    ide: Annotated[Literal["vscode", "cursor"], Field(description="The IDE to connect with: `vscode` or `cursor`")] = (
+        "vscode"
+    )
+    init: Annotated[List[str], Field(description="Commands to run before the IDE is ready")] = []
+    commands: Annotated[List[str], Field(description="Commands to run (as the reference's examples write them)")] = []
+    inactivity_duration: Annotated[
+        Optional[MaxDuration], Field(description="Stop after this long without an attached IDE (e.g. `2h`), or `off`")
+    ] = None
+    ports: Annotated[List[PortMapping], Field(description="Ports to forward")] = []
+
+    @field_validator("inactivity_duration", mode="before")
+    @classmethod
+    def _inactivity(cls, v: Any) -> Any:
+        return v if v is None or v == "off" else parse_duration(v)
+
+
+class SSHHost(StrictModel):
+    hostname: Annotated[str, Field(description="The host's address or name")]
+    user: Annotated[Optional[str], Field(description="Overrides `ssh_config.user`")] = None
+    port: Annotated[Optional[int], Field(ge=1, le=65535, description="Overrides `ssh_config.port`")] = None
+    identity_file: Annotated[Optional[str], Field(description="Overrides `ssh_config.identity_file`")] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address(cls, v: Any) -> Any:
+        return {"hostname": v} if isinstance(v, str) else v
+
+
+class SSHConfig(StrictModel):
+    user: Annotated[Optional[str], Field(description="The SSH user")] = None
+    port: Annotated[int, Field(ge=1, le=65535, description="The SSH port")] = 22
+    identity_file: Annotated[Optional[str], Field(description="The private key file")] = None
+    hosts: Annotated[List[SSHHost], Field(min_length=1, description="The hosts: addresses, or mappings")]
+
+
+class FleetConfiguration(StrictModel):
+    type: Literal["fleet"] = "fleet"
+    name: Annotated[str, Field(description="The fleet name")]
+    ssh_config: Annotated[SSHConfig, Field(description="Hosts you own, reached over SSH")]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not RUN_NAME.match(v):
+            raise ValueError(f"Invalid name: {v!r} (2 to 41 lowercase letters, digits and hyphens, starting with a letter)")
+        return v
+
+
+AnyRunConfiguration = Union[TaskConfiguration, DevEnvironmentConfiguration]
+AnyConfiguration = Annotated[
+    Union[TaskConfiguration, DevEnvironmentConfiguration, FleetConfiguration], Field(discriminator="type")
+]
+CONFIGURATION_TYPES = ("task", "dev-environment", "fleet")

@@ -1,0 +1,86 @@
+"""JSON Schema and the Markdown reference page, both generated from the models so the docs cannot drift.
+
+`docs/reference/task.md` is the output of `dstack schema --markdown`; a test compares the two.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any, List
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic.fields import FieldInfo
+
+from configuration.fields import RegistryAuth, RetryPolicy
+from configuration.models import AnyConfiguration, DevEnvironmentConfiguration, FleetConfiguration, TaskConfiguration
+from configuration.resources import CPUSpec, DiskSpec, GPUSpec, ResourcesSpec
+
+SECTIONS = (
+    ("task", TaskConfiguration, "The root of a `type: task` file."),
+    ("resources", ResourcesSpec, "What the run needs. Every field takes the short string form shown."),
+    ("resources.cpu", CPUSpec, "`cpu: 16..`, `cpu: x86:8`, `cpu: 2..:arm`, or this mapping."),
+    ("resources.gpu", GPUSpec, "`gpu: A100:2`, `gpu: 40GB..80GB:4`, `gpu: nvidia:24GB..:1..2`, `gpu: A10,A10G`, "
+                               "or this mapping. Tokens are separated by `:` and may come in any order: a vendor, "
+                               "names (comma-separated), a memory with its unit, a count. A bare number is a count."),
+    ("resources.disk", DiskSpec, "`disk: 500GB`, `disk: 200GB..`, or this mapping."),
+    ("registry_auth", RegistryAuth, "Credentials for a private registry."),
+    ("retry", RetryPolicy, "`retry: true` retries on every event for the default duration."),
+    ("dev-environment", DevEnvironmentConfiguration, "The root of a `type: dev-environment` file."),
+    ("fleet", FleetConfiguration, "The root of a `type: fleet` file (hosts you own, reached over SSH)."),
+)
+
+
+def json_schema() -> dict:
+    return TypeAdapter(AnyConfiguration).json_schema()
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " or ".join(f"`{a}`" for a in typing.get_args(annotation))
+    if origin in (list, List):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if isinstance(annotation, type):
+        if issubclass(annotation, BaseModel):
+            return "range" if annotation.__name__.startswith("Range") else "mapping"
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "Memory": "size",
+                "SecretStr": "string (secret)", "ComputeCapability": "version"}.get(annotation.__name__,
+                                                                                     annotation.__name__)
+    return str(annotation)
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    value = field.default
+    if value is None or value == [] or value == {}:
+        return ""
+    if isinstance(value, BaseModel):
+        return f"`{value}`" if type(value).__str__ is not BaseModel.__str__ else "see below"
+    return f"`{json.dumps(value) if not isinstance(value, str) else value}`"
+
+
+def markdown_reference() -> str:
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the models by `dstack schema --markdown`; do not edit by hand.",
+        "Sizes are in GB (GiB, as dstack means it) and accept `MB`, `GB`, `TB`; ranges are `MIN..MAX`, `MIN..`, `..MAX`",
+        "or a single value. Unknown fields are errors.",
+        "",
+    ]
+    for title, model, intro in SECTIONS:
+        lines += [f"## {title}", "", intro, "", "| field | type | default | description |", "| --- | --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            description = (field.description or "").replace("|", "\\|")
+            lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {description} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""An offer: one instance type, in one region (with its zones), on-demand or spot, at a price per hour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+from offers.catalog import InstanceType
+
+
+@dataclass(frozen=True)
+class Offer:
+    backend: str
+    instance: InstanceType
+    region: str
+    zones: Tuple[str, ...]
+    spot: bool
+    price: float  # the instance, $/hour
+    disk_gb: float
+    disk_price: float  # the disk, $/hour
+
+    @property
+    def total_price(self) -> float:
+        return self.price + self.disk_price
+
+    def sort_key(self) -> tuple:
+        return (self.price, self.backend, self.instance.name, self.region, self.spot, self.instance.gpu_name,
+                self.instance.gpu_count)
+
+    def describe_resources(self) -> str:
+        """`8xH100 (80GB), 192 CPU, 2048GB, 100GB disk`."""
+        t = self.instance
+        parts = []
+        if t.gpu_count:
+            parts.append(f"{t.gpu_count}x{t.gpu_name} ({_gb(t.gpu_memory_gib)})")
+        parts.append(f"{t.cpus} CPU{'' if t.arch == 'x86' else ' (arm)'}")
+        parts.append(_gb(t.memory_gib))
+        parts.append(f"{_gb(self.disk_gb)} disk")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict:
+        """Shaped as dstack's `InstanceOfferWithAvailability`."""
+        t = self.instance
+        gpu = {"name": t.gpu_name, "memory_mib": round(t.gpu_memory_gib * 1024), "vendor": t.gpu_vendor}
+        return {
+            "backend": self.backend,
+            "instance": {
+                "name": t.name,
+                "resources": {
+                    "cpus": t.cpus,
+                    "memory_mib": round(t.memory_gib * 1024),
+                    "gpus": [dict(gpu) for _ in range(t.gpu_count)],
+                    "spot": self.spot,
+                    "disk": {"size_mib": round(self.disk_gb * 1024)},
+                },
+            },
+            "region": self.region,
+            "availability_zones": list(self.zones),
+            "price": round(self.price, 6),
+        }
+
+
+def _gb(value: float) -> str:
+    return f"{value:g}GB"

@@ -1,0 +1,44 @@
+"""What a run asks of an offer: resources plus placement policy, normalized from a configuration and flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from configuration.resources import ResourcesSpec
+
+
+def spot_from_policy(policy: str) -> Optional[bool]:
+    """`spot` -> True, `on-demand` -> False, `auto` -> None (either; dstack's `Requirements.spot`)."""
+    return {"spot": True, "on-demand": False, "auto": None}[policy]
+
+
+@dataclass(frozen=True)
+class Requirements:
+    resources: ResourcesSpec
+    spot: Optional[bool] = None
+    max_price: Optional[float] = None
+    backends: Optional[Tuple[str, ...]] = None
+    regions: Optional[Tuple[str, ...]] = None
+    instance_types: Optional[Tuple[str, ...]] = None
+
+    def to_json(self) -> dict:
+        """The `requirements` object of `offers --json`, shaped as dstack's."""
+        return {
+            "resources": self.resources.model_dump(mode="json"),
+            "max_price": self.max_price,
+            "spot": self.spot,
+        }
+
+    def describe(self) -> str:
+        spot = {True: "spot", False: "on-demand", None: "spot or on-demand"}[self.spot]
+        parts = [self.resources.describe(), spot]
+        if self.max_price is not None:
+            parts.append(f"max ${self.max_price:g}/h")
+        if self.backends:
+            parts.append("backends " + ",".join(self.backends))
+        if self.regions:
+            parts.append("regions " + ",".join(self.regions))
+        if self.instance_types:
+            parts.append("types " + ",".join(self.instance_types))
+        return ", ".join(parts)

@@ -1,0 +1,149 @@
+"""The `dstack` command as a user runs it: exit codes, JSON contracts, flags over files, import cost."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, run_cli
+
+EXPECTED_A100_RESOURCES = {
+    "cpu": {"arch": None, "count": {"min": 2, "max": None}}, "memory": {"min": 8.0, "max": None}, "shm_size": None,
+    "gpu": {"vendor": None, "name": ["A100"], "count": {"min": 1, "max": 1}, "memory": None, "total_memory": None,
+            "compute_capability": None},
+    "disk": {"size": {"min": 100.0, "max": None}},
+}
+
+
+def test_version_and_help():
+    assert run_cli("--version").stdout.strip() == "dstack 0.1.0"
+    for command in ([], ["offers"], ["apply"], ["run"], ["schema"]):
+        result = run_cli(*command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "Usage" in result.stdout
+
+
+def test_offers_json_contract():
+    result = run_cli("offers", "--gpu", "A100:1", "--json", "--max-offers", "3")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert list(document) == ["requirements", "offers", "total_offers"]
+    assert document["requirements"] == {"resources": EXPECTED_A100_RESOURCES, "max_price": None, "spot": None}
+    assert len(document["offers"]) == 3 and document["total_offers"] > 3
+    offer = document["offers"][0]
+    assert list(offer) == ["backend", "instance", "region", "availability_zones", "price"]
+    assert list(offer["instance"]) == ["name", "resources"]
+    assert list(offer["instance"]["resources"]) == ["cpus", "memory_mib", "gpus", "spot", "disk"]
+    assert offer["instance"]["resources"]["gpus"] == [{"name": "A100", "memory_mib": 40960, "vendor": "nvidia"}]
+    prices = [o["price"] for o in document["offers"]]
+    assert prices == sorted(prices)
+
+
+def test_p5_offer_shape_matches_the_issue():
+    result = run_cli("offers", "--gpu", "H100:8", "-b", "aws", "-r", "us-east-1", "--on-demand", "--json",
+                     "--instance-type", "p5.48xlarge")
+    offer = json.loads(result.stdout)["offers"][0]
+    assert offer["backend"] == "aws" and offer["region"] == "us-east-1" and offer["price"] == 55.04
+    assert offer["instance"] == {"name": "p5.48xlarge", "resources": {
+        "cpus": 192, "memory_mib": 2097152, "gpus": [{"name": "H100", "memory_mib": 81920, "vendor": "nvidia"}] * 8,
+        "spot": False, "disk": {"size_mib": 102400}}}
+    assert "us-east-1a" in offer["availability_zones"]
+
+
+def test_flags_override_the_file_instead_of_merging(tmp_path):
+    conf = tmp_path / "t.dstack.yml"
+    conf.write_text("type: task\ncommands: [x]\nregions: [us-west-2]\nspot_policy: spot\nmax_price: 3\n"
+                    "resources:\n  gpu: {name: [A100], memory: 80GB}\n  cpu: 8..\n")
+    from_file = json.loads(run_cli("offers", "-f", str(conf), "--json").stdout)["requirements"]
+    assert from_file["spot"] is True and from_file["max_price"] == 3.0
+    assert from_file["resources"]["gpu"]["memory"] == {"min": 80.0, "max": 80.0}
+    overridden = json.loads(run_cli("offers", "-f", str(conf), "--gpu", "H100", "--on-demand", "--json").stdout)
+    gpu = overridden["requirements"]["resources"]["gpu"]
+    assert gpu["name"] == ["H100"] and gpu["memory"] is None  # replaced, not merged
+    assert overridden["requirements"]["resources"]["cpu"]["count"]["min"] == 8
+    assert overridden["requirements"]["spot"] is False
+    assert {o["region"] for o in overridden["offers"]} <= {"us-west-2"}
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["offers", "--gpu", "A100:2:3"], 2, "GPU spec count conflict: A100:2:3"),
+    (["offers", "--memory", "lots"], 2, "Invalid memory size"),
+    (["offers", "--spot", "--on-demand"], 2, "give only one of them"),
+    (["offers", "-b", "azure"], 2, "'azure' is not a backend"),
+    (["offers", "--group-by", "zone"], 2, "cannot group by zone"),
+    (["offers", "--bogus"], 2, "No such option"),
+    (["offers", "-f", "missing.dstack.yml"], 1, "missing.dstack.yml: cannot read the file"),
+])
+def test_errors_have_codes_and_no_traceback(args, code, message):
+    result = run_cli(*args)
+    assert result.returncode == code
+    assert message in result.stderr.replace("\n│ ", " ")
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_file_is_a_user_error(tmp_path):
+    bad = tmp_path / "typo.dstack.yml"
+    bad.write_text("type: task\ncomands: [echo]\n")
+    result = run_cli("apply", "-f", str(bad), "--dry-run")
+    assert result.returncode == 1
+    assert result.stderr == f"error: {bad}:2: unknown field 'comands' (did you mean 'commands'?)\n"
+
+
+def test_offers_table_and_group_by():
+    table = run_cli("offers", "--gpu", "H100:8", "--max-offers", "2")
+    assert table.returncode == 0
+    assert "8xH100 (80GB)" in table.stdout and "offers, showing 2" in table.stdout
+    grouped = run_cli("offers", "--gpu", "24GB..", "--group-by", "gpu,backend", "--json")
+    groups = json.loads(grouped.stdout)["groups"]
+    assert {g["gpu"] for g in groups} >= {"A10G", "L4", "H100"}
+    l4 = [g for g in groups if g["gpu"] == "L4" and g["backend"] == "aws"][0]
+    assert l4["count"]["min"] == 1 and l4["price"]["min"] <= l4["price"]["max"]
+
+
+def test_apply_dry_run_json(tmp_path, dstack_home):
+    conf = tmp_path / "r.dstack.yml"
+    conf.write_text(
+        "type: task\npython: 3.10\nenv: [HF_TOKEN, MODE=fast]\nports: [8080, '8081:80']\n"
+        "commands: ['python train.py ${{ run.args }}']\nresources: {gpu: 'A100:1'}\n")
+    result = run_cli("apply", "-f", str(conf), "--dry-run", "--json", "--", "--lr", "0.1 x", "-v",
+                     env={"HF_TOKEN": "hf_very_secret", "DSTACK_HOME": str(dstack_home)})
+    assert result.returncode == 0, result.stderr
+    assert "hf_very_secret" not in result.stdout
+    configuration = json.loads(result.stdout)["configuration"]
+    assert configuration["python"] == "3.10"
+    assert configuration["env"] == {"HF_TOKEN": "[secret]", "MODE": "fast"}
+    assert configuration["ports"] == [{"local_port": 8080, "container_port": 8080},
+                                      {"local_port": 8081, "container_port": 80}]
+    assert configuration["commands"] == ["python train.py --lr '0.1 x' -v"]
+    assert configuration["resources"] == EXPECTED_A100_RESOURCES
+
+
+def test_registry_password_never_printed(tmp_path, dstack_home):
+    conf = tmp_path / "p.dstack.yml"
+    conf.write_text("type: task\nimage: ghcr.io/me/x\nregistry_auth: {username: me, password: ghp_literal_token}\n")
+    result = run_cli("apply", "-f", str(conf), "--dry-run", "--json")
+    assert json.loads(result.stdout)["configuration"]["registry_auth"] == {"username": "me", "password": "[secret]"}
+    assert "ghp_literal_token" not in result.stdout + result.stderr
+
+
+def test_cli_imports_no_cloud_sdk():
+    code = ("import sys, cli.main, cli.offers_command, cli.apply_command; "
+            "print(sorted(m for m in ('pulumi','boto3','botocore','paramiko') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_offers_command_loads_no_cloud_sdk():
+    code = ("import sys; sys.argv=['dstack','offers','--gpu','H100:8','--json']\n"
+            "import cli.main\ntry:\n    cli.main.main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('pulumi','boto3','botocore','paramiko') if m in sys.modules), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_schema_and_reference_page_do_not_drift():
+    schema = json.loads(run_cli("schema").stdout)
+    assert {"TaskConfiguration", "GPUSpec", "ResourcesSpec"} <= set(schema["$defs"])
+    page = (ROOT / "docs" / "reference" / "task.md").read_text()
+    assert run_cli("schema", "--markdown").stdout == page, "regenerate: dstack schema --markdown > docs/reference/task.md"

@@ -1,0 +1,205 @@
+"""Configuration files: the reference page's examples, every field's rules, and the errors a person reads."""
+
+import re
+
+import pytest
+
+from configuration.errors import ConfigurationError
+from configuration.interpolation import resolve_run
+from configuration.loader import load_configuration, parse_configuration
+from configuration.models import DevEnvironmentConfiguration, FleetConfiguration, TaskConfiguration
+from tests.helpers import DATA
+
+
+def reference_examples():
+    text = (DATA / "task-reference.md").read_text()
+    blocks = re.findall(r'editor-title="([^"]+)">\s*```yaml\n(.*?)```', text, re.S)
+    assert len(blocks) == 8
+    return blocks
+
+
+def parse(text, source="x.dstack.yml"):
+    return parse_configuration(text, source)
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_every_reference_example_parses(index):
+    title, text = reference_examples()[index]
+    conf = parse(text, title)
+    kind = re.search(r"type: (\S+)", text).group(1)
+    assert conf.type == kind
+    assert isinstance(conf, TaskConfiguration if kind == "task" else DevEnvironmentConfiguration)
+    assert conf.commands and conf.commands[0].startswith(("pip install", "pip3 install"))
+
+
+def test_reference_examples_have_the_expected_values():
+    examples = [parse(text, title) for title, text in reference_examples()]
+    python, ports, image, resources, env, private, args, app = examples
+    assert python.python == "3.11" and python.image is None
+    assert [p.model_dump() for p in ports.ports] == [{"local_port": 6000, "container_port": 6000}]
+    assert image.image == "dstackai/base:py3.11-0.4rc4-cuda-12.1" and image.ide == "vscode"
+    r = resources.resources
+    assert (r.cpu.count.min, r.memory.min, r.gpu.count.min, r.gpu.memory.min, r.gpu.memory.max) == (16, 200, 4, 40, 80)
+    assert (r.shm_size, r.disk.size.min) == (16, 500)
+    assert env.env == {"HUGGING_FACE_HUB_TOKEN": None, "HF_HUB_ENABLE_HF_TRANSFER": "1"}
+    assert private.registry_auth.username == "peterschmidt85"
+    assert "<redacted-token>" not in repr(private.registry_auth)
+    assert args.commands[1].endswith("${{ run.args }}")
+    assert app.ports[0].container_port == 8501
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("3.11", "3.11"), (3.11, "3.11"), (3.1, "3.10"), ("3.10", "3.10"), (3.9, "3.9"), ("3.14", "3.14"), (3.12, "3.12"),
+])
+def test_python_versions(value, expected):
+    assert parse(f"type: task\npython: {value!r}\ncommands: [x]\n".replace("'", '"')).python == expected
+
+
+def test_unquoted_yaml_3_10_means_3_10():
+    assert parse("type: task\npython: 3.10\ncommands: [x]\n").python == "3.10"
+
+
+@pytest.mark.parametrize("value", ["2.7", "3.8", "3.15", "4"])
+def test_unsupported_python_lists_what_is_allowed(value):
+    with pytest.raises(ConfigurationError, match=r"x.dstack.yml:2: python: Unsupported Python version: .*allowed: 3.9"):
+        parse(f'type: task\npython: "{value}"\ncommands: [x]\n')
+
+
+def test_ports():
+    conf = parse('type: task\ncommands: [x]\nports: [8080, "8080:80", "*:8080"]\n')
+    assert [p.model_dump() for p in conf.ports] == [
+        {"local_port": 8080, "container_port": 8080},
+        {"local_port": 8080, "container_port": 80},
+        {"local_port": None, "container_port": 8080},
+    ]
+
+
+@pytest.mark.parametrize("port, message", [
+    ("0", "greater than or equal to 1"), ("70000", "less than or equal to 65535"), ('"8000-8010"', "ranges"),
+    ('"a:b"', "Invalid port"), ('"80:"', "Invalid port"),
+])
+def test_bad_ports(port, message):
+    with pytest.raises(ConfigurationError, match=f"ports\\[0\\].*{message}"):
+        parse(f"type: task\ncommands: [x]\nports: [{port}]\n")
+
+
+def test_env_forms_and_duplicates():
+    assert parse("type: task\ncommands: [x]\nenv: {A: 1, B: x, C: null, D: true}\n").env == {
+        "A": "1", "B": "x", "C": None, "D": "true"}
+    with pytest.raises(ConfigurationError, match="Duplicate env name: A"):
+        parse("type: task\ncommands: [x]\nenv: [A=1, A=2]\n")
+    with pytest.raises(ConfigurationError, match="Invalid env name"):
+        parse("type: task\ncommands: [x]\nenv: [1A=1]\n")
+
+
+def test_image_and_python_exclusive_and_something_to_run():
+    with pytest.raises(ConfigurationError, match="mutually exclusive"):
+        parse("type: task\nimage: ubuntu\npython: '3.11'\ncommands: [x]\n")
+    with pytest.raises(ConfigurationError, match="either `commands` or `image` must be set"):
+        parse("type: task\npython: '3.11'\n")
+    assert parse("type: task\nimage: ubuntu\n").commands == []
+
+
+def test_profile_fields():
+    conf = parse(
+        "type: task\ncommands: [x]\nbackends: [aws]\nregions: us-east-1\nspot_policy: auto\nmax_price: 2.5\n"
+        "max_duration: 2h\nretry: true\nnodes: 2\n")
+    assert conf.backends == ["aws"] and conf.regions == ["us-east-1"] and conf.spot_policy == "auto"
+    assert conf.max_price == 2.5 and conf.max_duration == 7200 and conf.nodes == 2
+    assert conf.retry.on_events == ["no-capacity", "interruption", "error"]
+    assert parse("type: task\ncommands: [x]\nmax_duration: 'off'\n").max_duration == "off"
+    assert parse("type: task\ncommands: [x]\nmax_duration: 90\n").max_duration == 90
+    assert parse("type: task\ncommands: [x]\nretry: {on_events: [no-capacity], duration: 30m}\n").retry.duration == 1800
+
+
+@pytest.mark.parametrize("text, message", [
+    ("spot_policy: sometimes", "spot_policy: 'sometimes' is not allowed"),
+    ("backends: [azure]", "backends\\[0\\]: 'azure' is not allowed"),
+    ("max_duration: 2 hours", "Invalid duration"),
+    ("max_price: -1", "max_price: Input should be greater than 0"),
+    ("name: My_Run", "Invalid name"),
+    ("nodes: 0", "nodes: Input should be greater than or equal to 1"),
+])
+def test_profile_errors_name_the_field(text, message):
+    with pytest.raises(ConfigurationError, match=message):
+        parse(f"type: task\ncommands: [x]\n{text}\n")
+
+
+def test_unknown_field_suggests_the_meant_one():
+    with pytest.raises(ConfigurationError) as e:
+        parse("type: task\ncomands:\n  - echo hi\n", "typo.dstack.yml")
+    assert str(e.value) == "typo.dstack.yml:2: unknown field 'comands' (did you mean 'commands'?)"
+
+
+def test_nested_unknown_field_and_several_errors_at_once():
+    with pytest.raises(ConfigurationError) as e:
+        parse("type: task\ncommands: [x]\nresources:\n  gpus: 2\n  gpu: A100:2:3\n")
+    message = str(e.value)
+    assert "x.dstack.yml:4: unknown field 'resources.gpus' (did you mean 'gpu'?)" in message
+    assert "x.dstack.yml:5: resources.gpu: GPU spec count conflict: A100:2:3" in message
+
+
+def test_yaml_syntax_error_names_file_and_line():
+    with pytest.raises(ConfigurationError, match=r"^bad.dstack.yml:3:\d+: YAML syntax error"):
+        parse("type: task\ncommands:\n\t- echo\n", "bad.dstack.yml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("commands: [x]", "missing field 'type'"), ("type: service", "'service' is not supported"),
+    ("- a", "expected a mapping"), ("", "expected a mapping"),
+])
+def test_type_errors(text, message):
+    with pytest.raises(ConfigurationError, match=message):
+        parse(text)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigurationError, match="cannot read the file"):
+        load_configuration(tmp_path / "none.dstack.yml")
+
+
+def test_fleet_configuration():
+    conf = parse("type: fleet\nname: my-fleet\nssh_config:\n  user: ubuntu\n  identity_file: ~/.ssh/id\n"
+                 "  hosts:\n    - 10.0.0.1\n    - {hostname: 10.0.0.2, port: 2222}\n")
+    assert isinstance(conf, FleetConfiguration)
+    assert [h.hostname for h in conf.ssh_config.hosts] == ["10.0.0.1", "10.0.0.2"]
+    assert conf.ssh_config.hosts[1].port == 2222
+
+
+# --- interpolation ----------------------------------------------------------------------------------------------
+
+def test_run_args_are_shell_quoted_and_escapes_kept():
+    conf = parse("type: task\ncommands:\n  - python train.py ${{ run.args }}\n  - echo $${{ run.args }}\n")
+    run = resolve_run(conf, "x.dstack.yml", ["--lr", "0.1 0.2", "-v"], {})
+    assert run.configuration.commands == ["python train.py --lr '0.1 0.2' -v", "echo ${{ run.args }}"]
+
+
+def test_bare_env_comes_from_the_caller_and_is_secret():
+    conf = parse("type: task\ncommands: ['echo ${{ env.TOKEN }}']\nenv: [TOKEN, MODE=fast]\n")
+    run = resolve_run(conf, "x.dstack.yml", [], {"TOKEN": "hf_secret_value"})
+    assert run.configuration.env == {"TOKEN": "hf_secret_value", "MODE": "fast"}
+    assert run.secret_env == {"TOKEN"}
+    assert run.redact("echo hf_secret_value") == "echo [secret]"
+    with pytest.raises(ConfigurationError, match="env: TOKEN has no value and is not set in your environment"):
+        resolve_run(conf, "x.dstack.yml", [], {})
+
+
+def test_secrets_from_the_secrets_file_and_environment(dstack_home):
+    dstack_home.mkdir(parents=True)
+    (dstack_home / "secrets.yml").write_text("GHCR: ghp_from_file\n")
+    conf = parse("type: task\nimage: ghcr.io/me/img\nregistry_auth: {username: me, password: '${{ secrets.GHCR }}'}\n"
+                 "env: ['DB=${{ secrets.DB }}']\n")
+    run = resolve_run(conf, "x.dstack.yml", [], {"DB": "db_pass_123", "GHCR": "ignored"})
+    assert run.configuration.registry_auth.password.get_secret_value() == "ghp_from_file"
+    assert run.configuration.env["DB"] == "db_pass_123" and run.secret_env == {"DB"}
+    with pytest.raises(ConfigurationError, match="secret DB is not set"):
+        resolve_run(conf, "x.dstack.yml", [], {})
+
+
+def test_unknown_variables_are_errors():
+    conf = parse("type: task\ncommands: ['echo ${{ run.name }}', 'echo ${{ foo.bar }}']\n")
+    with pytest.raises(ConfigurationError, match=r"commands\[0\]: unknown variable run.name"):
+        resolve_run(conf, "x.dstack.yml", [], {})
+    conf = parse("type: task\ncommands: ['echo ${{ foo.bar }}']\n")
+    with pytest.raises(ConfigurationError, match=r"not available here"):
+        resolve_run(conf, "x.dstack.yml", [], {})

@@ -1,0 +1,184 @@
+"""The catalogue file and the solver's matching semantics, on a small synthetic catalogue and on the shipped one."""
+
+import math
+
+import pytest
+
+from configuration.resources import ResourcesSpec
+from offers.build_shipped import read_rows
+from offers.catalog import InstanceType, PriceRow, catalog_path, load_catalogs, read_catalog, write_catalog
+from offers.gpus import normalize_memory
+from offers.requirements import Requirements
+from offers.solver import find_offers
+
+
+def it(name, cpus=4, mem=16.0, vendor="", gpu="", count=0, gpu_mem=0.0, arch="x86", spot=True):
+    return InstanceType(name, cpus, mem, vendor, gpu, count, gpu_mem, arch, spot)
+
+
+TYPES = {
+    "c.large": it("c.large", 2, 4.0),
+    "m.xlarge": it("m.xlarge", 4, 16.0),
+    "m.arm": it("m.arm", 4, 16.0, arch="arm"),
+    "g.a10g": it("g.a10g", 8, 32.0, "nvidia", "A10G", 1, 24.0),
+    "p.a100x4": it("p.a100x4", 48, 680.0, "nvidia", "A100", 4, 40.0),
+    "p.a100x8": it("p.a100x8", 96, 1360.0, "nvidia", "A100", 8, 80.0),
+    "p.h100x8": it("p.h100x8", 192, 2048.0, "nvidia", "H100", 8, 80.0),
+    "g.amd": it("g.amd", 8, 32.0, "amd", "Radeon Pro V520", 1, 8.0),
+    "inf.2": it("inf.2", 8, 32.0, "aws", "Inferentia2", 1, 32.0, spot=False),
+    "t.v100": it("t.v100", 8, 61.0, "nvidia", "V100", 1, 16.0),
+}
+PRICES = [
+    ("c.large", "r1", "r1a", 0.10, 0.03), ("c.large", "r1", "r1b", 0.10, 0.03), ("c.large", "r2", "r2a", 0.12, None),
+    ("m.xlarge", "r1", "r1a", 0.20, 0.06), ("m.arm", "r1", "r1a", 0.15, 0.05),
+    ("g.a10g", "r1", "r1a", 1.00, 0.40), ("g.a10g", "r2", "r2a", 1.20, None),
+    ("p.a100x4", "r1", "r1a", 15.0, 6.0), ("p.a100x8", "r2", "r2a", 32.0, 12.0), ("p.h100x8", "r1", "r1b", 55.0, 20.0),
+    ("g.amd", "r1", "r1a", 0.80, 0.30), ("inf.2", "r1", "r1a", 0.76, None), ("t.v100", "r2", "r2a", 3.0, 0.9),
+]
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    rows = [PriceRow(TYPES[name], region, zone, price, spot) for name, region, zone, price, spot in PRICES]
+    path = tmp_path / "aws.catalog"
+    write_catalog(path, "aws", rows, {"snapshot": "2026-01-01"})
+    return read_catalog(path)
+
+
+def search(catalog, spot=False, limit=None, **resources):
+    req_fields = {k: resources.pop(k) for k in ("max_price", "regions", "backends", "instance_types") if k in resources}
+    req = Requirements(ResourcesSpec.model_validate(resources), spot=spot, **req_fields)
+    return find_offers(req, [catalog], limit=limit)
+
+
+def names(result):
+    return [(o.instance.name, o.region, o.spot) for o in result.offers]
+
+
+def test_catalogue_round_trip(catalog):
+    assert catalog.backend == "aws" and catalog.meta == {"snapshot": "2026-01-01"}
+    assert len(catalog) == 12  # c.large r1 merges two zones
+    index = catalog.types.index(TYPES["c.large"])
+    start, end = catalog.type_slices[index]
+    groups = {catalog.regions[catalog.region[g]]: catalog.zones(g) for g in range(start, end)}
+    assert groups == {"r1": ["r1a", "r1b"], "r2": ["r2a"]}
+    assert math.isnan(catalog.spot_price[start + 1])
+
+
+def test_defaults_take_cpu_and_gpu_machines_cheapest_first(catalog):
+    result = search(catalog, gpu="0..")
+    prices = [o.price for o in result.offers]
+    assert prices == sorted(prices)
+    assert names(result)[0] == ("m.arm", "r1", False)  # c.large has 4GB, below the default 8GB..
+    assert result.total == len(result.offers) == 9  # not c.large (4GB), not Inferentia (only when named)
+
+
+def test_gpu_names_are_case_insensitive_and_any_of(catalog):
+    assert {n for n, _, _ in names(search(catalog, gpu="a100"))} == {"p.a100x4", "p.a100x8"}  # count 1..
+    assert {n for n, _, _ in names(search(catalog, gpu="a100:1"))} == set()
+    assert {n for n, _, _ in names(search(catalog, gpu="A100:1..4"))} == {"p.a100x4"}
+    assert {n for n, _, _ in names(search(catalog, gpu="a10g,V100"))} == {"g.a10g", "t.v100"}
+
+
+def test_gpu_memory_count_total_and_capability(catalog):
+    assert {n for n, _, _ in names(search(catalog, gpu="40GB..80GB:4"))} == {"p.a100x4"}
+    assert {n for n, _, _ in names(search(catalog, gpu="80GB:8"))} == {"p.a100x8", "p.h100x8"}
+    assert {n for n, _, _ in names(search(catalog, gpu={"total_memory": "600GB..", "count": "1.."}))} == {
+        "p.a100x8", "p.h100x8"}
+    assert {n for n, _, _ in names(search(catalog, gpu={"compute_capability": "8.6", "count": "1.."}))} == {
+        "g.a10g", "p.h100x8"}
+    assert {n for n, _, _ in names(search(catalog, gpu="amd:1"))} == {"g.amd"}
+    assert {n for n, _, _ in names(search(catalog, gpu="1"))} == {"g.a10g", "g.amd", "t.v100"}
+    assert {n for n, _, _ in names(search(catalog, gpu="Inferentia2"))} == {"inf.2"}
+
+
+def test_cpu_memory_and_arch(catalog):
+    assert {n for n, _, _ in names(search(catalog, cpu="arm:4", gpu="0"))} == {"m.arm"}
+    assert {n for n, _, _ in names(search(catalog, cpu="100..", memory="1TB.."))} == {"p.h100x8"}
+    assert {n for n, _, _ in names(search(catalog, cpu="..2", memory="..4GB", gpu="0"))} == {"c.large"}
+
+
+def test_spot_policy(catalog):
+    spot = search(catalog, spot=True, gpu="A10G")
+    assert names(spot) == [("g.a10g", "r1", True)] and spot.offers[0].price == 0.40  # r2 has no spot price
+    auto = search(catalog, spot=None, gpu="A10G")
+    assert names(auto) == [("g.a10g", "r1", True), ("g.a10g", "r1", False), ("g.a10g", "r2", False)]
+    assert [o.spot for o in search(catalog, spot=False, gpu="A10G").offers] == [False, False]
+    assert names(search(catalog, spot=True, gpu="Inferentia2")) == []  # spot not supported
+
+
+def test_policy_filters(catalog):
+    assert {r for _, r, _ in names(search(catalog, regions=("R2",), gpu="0.."))} == {"r2"}
+    assert [o.price for o in search(catalog, max_price=0.2, gpu="0..").offers] == [0.15, 0.2]
+    assert names(search(catalog, instance_types=("G.A10G",), gpu="0..")) == [("g.a10g", "r1", False),
+                                                                            ("g.a10g", "r2", False)]
+    assert search(catalog, backends=("gcp",), gpu="0..").total == 0
+
+
+def test_limit_keeps_the_cheapest_and_counts_all(catalog):
+    limited = search(catalog, spot=None, limit=3, gpu="0..")
+    full = search(catalog, spot=None, gpu="0..")
+    assert limited.total == full.total and names(limited) == names(full)[:3]
+
+
+@pytest.mark.parametrize("disk, size", [(None, 100), ("500GB", 500), ("..500GB", 100), ("..50GB", 50), ("2TB", 2048),
+                                        ("200GB..", 200)])
+def test_disk_is_the_requested_minimum(catalog, disk, size):
+    resources = {"gpu": "A10G"} if disk is None else {"gpu": "A10G", "disk": disk}
+    offer = search(catalog, **resources).offers[0]
+    assert offer.disk_gb == size
+    assert offer.disk_price == pytest.approx(size * 0.08 / 730)
+    assert offer.total_price == pytest.approx(offer.price + offer.disk_price)
+    assert offer.to_json()["instance"]["resources"]["disk"] == {"size_mib": size * 1024}
+
+
+def test_disk_outside_cloud_limits_gives_no_offer(catalog):
+    assert search(catalog, gpu="A10G", disk="..5GB").total == 0  # EBS boot volumes start at 8GB
+    assert search(catalog, gpu="A10G", disk="17TB").total == 0
+
+
+def test_memory_normalization_table():
+    assert normalize_memory("A10G", 22.35) == 24 and normalize_memory("L4", 22.35) == 24
+    assert normalize_memory("L40S", 44.7) == 48 and normalize_memory("A100", 40) == 40
+    assert normalize_memory("A100", 80) == 80 and normalize_memory("L4", 11.18) == 11.18
+    assert normalize_memory("Unknown", 13.3) == 13.3
+
+
+def test_csv_rows_without_price_tpus_and_fractions_are_not_offers(tmp_path):
+    csv_path = tmp_path / "aws.csv"
+    header = ("provider,instance_type,region,zone,cpu,memory_gib,gpu_vendor,gpu_name,gpu_count,gpu_memory_gib,"
+              "price_ondemand,price_spot,arch,local_disk_gb,spot_supported,price_source\n")
+    csv_path.write_text(header + "\n".join([
+        "aws,g5.xlarge,us-east-1,us-east-1a,4,16,nvidia,A10G,1,22.35,1.006,,x86_64,250,1,vt",
+        "aws,g5.2xlarge,us-east-1,us-east-1a,8,32,nvidia,A10G,1,22.35,,,x86_64,450,1,",
+        "aws,g6f.large,us-east-1,us-east-1a,2,8,nvidia,L4,0.125,2.79,0.2,,x86_64,,1,vt",
+        "aws,mac2.metal,us-east-1,us-east-1a,12,16,,,,,0.65,,arm64_mac,,0,lc",
+        "gcp,tpu-v5litepod-8,us-west4,us-west4-a,,,google,tpu-v5litepod-8,1,,9.6,4.0,x86_64,,1,ac",
+        "aws,m7g.large,us-east-1,us-east-1b,2,8,,,,,0.0816,,arm64,,1,lc",
+    ]) + "\n")
+    rows = list(read_rows(csv_path))
+    assert [(r.instance.name, r.instance.gpu_memory_gib, r.instance.arch) for r in rows] == [
+        ("g5.xlarge", 24.0, "x86"), ("m7g.large", 0.0, "arm")]
+
+
+def test_shipped_catalogue_answers_the_issue_examples():
+    catalogs = load_catalogs()
+    assert {c.backend for c in catalogs} == {"aws", "gcp"}
+    assert all(c.meta["snapshot"] and c.meta["sources"] for c in catalogs)
+    found = find_offers(Requirements(ResourcesSpec.model_validate({"gpu": "24GB.."}), spot=False), catalogs)
+    gpus = {o.instance.gpu_name for o in found.offers}
+    assert {"A10G", "L4"} <= gpus
+    p5 = find_offers(Requirements(ResourcesSpec.model_validate({"gpu": "H100:8"}), spot=False, backends=("aws",),
+                                  regions=("us-east-1",), instance_types=("p5.48xlarge",)), catalogs)
+    assert p5.offers[0].price == 55.04
+    n1 = find_offers(Requirements(ResourcesSpec.model_validate({"gpu": "T4:1"}), spot=False, backends=("gcp",),
+                                  regions=("us-central1",), instance_types=("n1-standard-4",)), catalogs)
+    assert n1.offers[0].price == pytest.approx(0.54, abs=0.01)  # host 0.19 + one T4 0.35 (catalog README)
+
+
+def test_refreshed_catalogue_wins_over_the_shipped_one(dstack_home):
+    assert catalog_path("aws").parent.name == "data"
+    write_catalog(dstack_home / "catalog" / "aws.catalog", "aws",
+                  [PriceRow(TYPES["g.a10g"], "us-east-1", "us-east-1a", 0.5, 0.2)], {"snapshot": "refreshed"})
+    assert catalog_path("aws") == dstack_home / "catalog" / "aws.catalog"
+    assert load_catalogs(["aws"])[0].meta == {"snapshot": "refreshed"}
