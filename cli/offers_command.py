@@ -34,7 +34,6 @@ def offers(
     as_json: opt.JsonOption = False,
 ) -> None:
     """Show the offers that match the requirements (spot and on-demand unless told otherwise)."""
-    from configuration.loader import load_configuration
     from offers.catalog import load_catalogs
     from offers.grouping import group_offers, parse_group_by
     from offers.solver import find_offers
@@ -45,7 +44,11 @@ def offers(
             keys = parse_group_by(group_by)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="'--group-by'") from None
-    configuration = load_configuration(file) if file else None
+    configuration = None
+    if file:
+        from configuration.loader import load_configuration  # pydantic models of every field: only when needed
+
+        configuration = load_configuration(file)
     if configuration is not None and configuration.type == "fleet":
         raise typer.BadParameter("a fleet configuration has no resources to match", param_hint="'-f'")
     requirements = opt.build_requirements(

@@ -1,0 +1,99 @@
+"""`dstack offers --refresh` against a real local moto server (EC2) and recorded Pricing API pages (moto has no
+Pricing API), through botocore's Stubber."""
+
+import json
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from configuration.errors import ConfigurationError
+from offers.aws_refresh import refresh_aws_catalog
+from offers.catalog import catalog_path, read_catalog
+from tests.helpers import DATA
+
+RECORDED = json.loads((DATA / "aws" / "pricing-get-products-us-east-1.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, moto_endpoint):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def stubbed_pricing():
+    client = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(client)
+    expected = {
+        "ServiceCode": "AmazonEC2",
+        "Filters": [{"Type": "TERM_MATCH", "Field": f, "Value": v} for f, v in (
+            ("regionCode", "us-east-1"), ("operatingSystem", "Linux"), ("tenancy", "Shared"),
+            ("preInstalledSw", "NA"), ("capacitystatus", "Used"))],
+    }
+    stubber.add_response("get_products", RECORDED[0], expected)
+    stubber.add_response("get_products", RECORDED[1], dict(expected, NextToken="page-2"))
+    stubber.activate()
+    return client, stubber
+
+
+def test_refresh_builds_the_catalogue_from_the_apis(aws_env, dstack_home):
+    pricing, stubber = stubbed_pricing()
+    log = []
+    path = refresh_aws_catalog(regions=["us-east-1"], log=log.append, pricing_client=pricing)
+    stubber.assert_no_pending_responses()
+    assert path == dstack_home / "catalog" / "aws.catalog" == catalog_path("aws")
+    catalog = read_catalog(path)
+    by_name = {t.name: (t, catalog.type_slices[i]) for i, t in enumerate(catalog.types)}
+    assert set(by_name) == {"g5.xlarge", "p5.48xlarge", "m7g.large", "inf2.xlarge"}  # only priced types
+    g5, (start, end) = by_name["g5.xlarge"]
+    assert (g5.cpus, g5.memory_gib, g5.gpu_name, g5.gpu_count, g5.gpu_memory_gib) == (4, 16, "A10G", 1, 24.0)
+    assert catalog.price[start] == 1.006 and end - start == 1
+    assert catalog.spot_price[start] == 0.00001  # moto's spot history, one entry per zone
+    assert "us-east-1a" in catalog.zones(start)
+    assert by_name["m7g.large"][0].arch == "arm"
+    inf2 = by_name["inf2.xlarge"][0]
+    assert (inf2.gpu_vendor, inf2.gpu_name, inf2.gpu_memory_gib) == ("aws", "Inferentia2", 32.0)
+    assert catalog.meta["sources"][0] == "ec2.describe_instance_types"
+    assert any("on-demand prices" in line for line in log)
+
+
+def test_refreshed_catalogue_feeds_dstack_offers(aws_env, dstack_home):
+    from tests.helpers import run_cli
+
+    pricing, _ = stubbed_pricing()
+    refresh_aws_catalog(regions=["us-east-1"], log=lambda _: None, pricing_client=pricing)
+    result = run_cli("offers", "--gpu", "A10G", "-b", "aws", "--spot", "--json", env={"DSTACK_HOME": str(dstack_home)})
+    offers = json.loads(result.stdout)["offers"]
+    assert offers and all(o["price"] == 0.00001 and o["instance"]["resources"]["spot"] for o in offers)
+
+
+def test_missing_credentials_are_named(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ConfigurationError, match="AWS credentials not found"):
+        refresh_aws_catalog(regions=["us-east-1"], log=lambda _: None)
+
+
+def test_nothing_priced_leaves_the_catalogue_alone(aws_env, dstack_home):
+    client = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stubber:
+        stubber.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": []})
+        with pytest.raises(ConfigurationError, match="no priced offers"):
+            refresh_aws_catalog(regions=["us-east-1"], log=lambda _: None, pricing_client=client)
+    assert not (dstack_home / "catalog" / "aws.catalog").exists()
