@@ -56,19 +56,38 @@ def apply(
         spot_policy=opt.spot_policy_flag(spot, on_demand, spot_auto), backends=backend, regions=region,
         instance_types=instance_type, max_price=max_price,
     )
-    from provisioner.plan import plan_json
+    from configuration.backends import load_config
+    from provisioner.names import generate_run_name
 
+    config = load_config()
+    run_name = run.configuration.name or generate_run_name()
+    search = _search_offers(requirements, config)
+    if not search.offers:
+        from configuration.errors import ConfigurationError
+
+        raise ConfigurationError(f"no offers match: {requirements.describe()} (see `dstack offers` for what exists)")
     if dry_run:
-        document = plan_json(run)
+        from provisioner.cloud_plan import dry_run_resources
+        from provisioner.plan import plan_json
+
+        offer = search.offers[0]
+        document = plan_json(run, offer, dry_run_resources(run_name, run.configuration, offer, config))
         if as_json:
             print_json(document)
         else:
-            console = stdout_console()
-            console.print(f"[bold]Configuration:[/] {file} ({configuration.type})")
-            console.print(f"[bold]Requirements:[/] {requirements.describe()}")
+            from cli.plan_view import print_plan
+
+            print_plan(file, run_name, requirements, search, document)
         return
     raise typer.BadParameter("running a configuration comes with the runs issue; use --dry-run for now",
                              param_hint="'apply'")
+
+
+def _search_offers(requirements, config):
+    from offers.catalog import load_catalogs
+    from offers.solver import find_offers
+
+    return find_offers(requirements, load_catalogs(requirements.backends), limit=10)
 
 
 def _run_name(name: str) -> str:

@@ -12,6 +12,7 @@ from typing_extensions import Annotated
 from cli.apply_command import apply
 from cli.offers_command import offers
 from cli.schema_command import schema
+from cli.setup_command import setup
 from cli.output import error
 from configuration.errors import ConfigurationError
 
@@ -48,6 +49,7 @@ _RUN_SETTINGS = {"allow_interspersed_args": False}
 app.command("apply", context_settings=_RUN_SETTINGS)(apply)
 app.command("run", context_settings=_RUN_SETTINGS, help="An alias of `apply`.")(apply)
 app.command("schema")(schema)
+app.command("setup")(setup)
 
 
 def main() -> None:

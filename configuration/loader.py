@@ -41,7 +41,7 @@ def load_configuration(path: Path):
 
 
 def parse_configuration(text: str, source: str):
-    data, root = _read_yaml(text, source)
+    data, root = read_yaml(text, source)
     if not isinstance(data, dict):
         raise ConfigurationError(f"{source}: expected a mapping of fields at the top (type, commands, ...)")
     kind = data.get("type")
@@ -60,7 +60,7 @@ def parse_configuration(text: str, source: str):
         raise ConfigurationError(describe_validation_error(e, source, MODELS_BY_TYPE[kind], root, skip=1)) from None
 
 
-def _read_yaml(text: str, source: str) -> Tuple[Any, Optional[yaml.Node]]:
+def read_yaml(text: str, source: str) -> Tuple[Any, Optional[yaml.Node]]:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -1,0 +1,44 @@
+"""The run plan for a person: the request, the offers in price order, and the cloud resources that will exist."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Tuple
+
+from cli.output import stdout_console
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterator[Tuple[str, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}.{key}" if prefix else key)
+    elif isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+        for i, item in enumerate(value):
+            yield from _flatten(item, f"{prefix}[{i}]")
+    else:
+        yield prefix, value if isinstance(value, str) else repr(value) if not isinstance(value, list) else \
+            ", ".join(map(str, value))
+
+
+def print_plan(source: str, run_name: str, requirements, search, document: dict) -> None:
+    from rich.table import Table
+
+    console = stdout_console()
+    console.print(f"[bold]Run[/] {run_name} from {source}")
+    console.print(f"[bold]Request:[/] {requirements.describe()}")
+    offers = Table(box=None, header_style="bold", title="Offers, cheapest first", title_justify="left")
+    for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "$/HOUR", "WITH DISK"):
+        offers.add_column(column)
+    for i, offer in enumerate(search.offers, 1):
+        offers.add_row(str(i), offer.backend, offer.region, offer.instance.name, offer.describe_resources(),
+                       "spot" if offer.spot else "on-demand", f"${offer.price:.4f}", f"${offer.total_price:.4f}")
+    console.print(offers)
+    console.print(f"{search.total} offers match; the first is used, the next ones if it has no capacity.")
+    resources = document.get("resources") or []
+    if resources:
+        table = Table(box=None, header_style="bold", title="Cloud resources of the run's stack", title_justify="left")
+        for column in ("TYPE", "NAME", "INPUTS"):
+            table.add_column(column)
+        for resource in resources:
+            inputs = "\n".join(f"{k}: {v}" for k, v in _flatten(resource["inputs"]))
+            table.add_row(resource["type"], resource["name"], inputs)
+        console.print(table)

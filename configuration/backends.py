@@ -1,0 +1,85 @@
+"""`$DSTACK_HOME/config.yml`: which clouds to use and how. Credentials are never stored here.
+
+    backends:
+      - type: aws
+        regions: [us-east-1, us-west-2]
+        ingress_cidrs: [203.0.113.0/24]
+      - type: gcp
+        project_id: my-project
+        regions: [us-central1]
+    pulumi:
+      backend_url: s3://my-team-bucket/dstack   # default: file://$DSTACK_HOME/pulumi/state
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, List, Literal, Optional, Union
+
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
+
+from configuration.errors import ConfigurationError
+from configuration.home import dstack_home
+from configuration.resources import StrictModel
+
+
+class CloudBackend(StrictModel):
+    regions: Optional[List[str]] = None
+    ingress_cidrs: Annotated[
+        List[str], Field(description="Who may reach the VMs' SSH and task ports; default everyone")
+    ] = ["0.0.0.0/0"]
+
+    @field_validator("ingress_cidrs")
+    @classmethod
+    def _cidrs(cls, v: List[str]) -> List[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR block (e.g. 203.0.113.0/24)") from None
+        return v
+
+
+class AWSBackend(CloudBackend):
+    type: Literal["aws"]
+
+
+class GCPBackend(CloudBackend):
+    type: Literal["gcp"]
+    project_id: Optional[str] = None
+
+
+class LocalBackend(StrictModel):
+    type: Literal["local"]
+
+
+class PulumiSettings(StrictModel):
+    backend_url: Optional[str] = None
+
+
+class DstackConfig(StrictModel):
+    backends: List[Annotated[Union[AWSBackend, GCPBackend, LocalBackend], Field(discriminator="type")]] = []
+    pulumi: PulumiSettings = PulumiSettings()
+
+    def backend(self, name: str):
+        for backend in self.backends:
+            if backend.type == name:
+                return backend
+        return None
+
+    @property
+    def cloud_backends(self) -> List[str]:
+        return [b.type for b in self.backends if b.type in ("aws", "gcp")]
+
+
+def load_config() -> DstackConfig:
+    path = dstack_home() / "config.yml"
+    if not path.exists():
+        return DstackConfig()
+    from configuration.loader import describe_validation_error, read_yaml
+
+    data, root = read_yaml(path.read_text(), str(path))
+    try:
+        return TypeAdapter(DstackConfig).validate_python(data or {})
+    except ValidationError as e:
+        raise ConfigurationError(describe_validation_error(e, str(path), DstackConfig, root)) from None

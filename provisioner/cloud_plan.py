@@ -1,0 +1,70 @@
+"""From a chosen cloud offer to the stack that provisions it: the StackSpec, its program, and its offline rendering."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+from configuration.backends import DstackConfig
+from offers.offer import Offer
+from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec
+
+CLOUD_BACKENDS = ("aws", "gcp")
+
+
+def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, host_key: HostKey,
+               config: DstackConfig) -> StackSpec:
+    backend_config = config.backend(offer.backend)
+    ingress = tuple(backend_config.ingress_cidrs) if backend_config is not None else DEFAULT_INGRESS
+    max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
+    t = offer.instance
+    return StackSpec(
+        run_name=run_name,
+        backend=offer.backend,
+        instance_type=t.name,
+        region=offer.region,
+        zone=offer.zones[0] if offer.zones else None,
+        spot=offer.spot,
+        arch=t.arch,
+        gpu_vendor=t.gpu_vendor,
+        gpu_name=t.gpu_name,
+        gpu_count=t.gpu_count,
+        gpu_memory_gib=t.gpu_memory_gib,
+        disk_gb=int(round(offer.disk_gb)),
+        ports=tuple(sorted({p.container_port for p in configuration.ports})),
+        ssh_public_key=ssh_public_key,
+        host_key=host_key,
+        ingress_cidrs=ingress,
+        gcp_project_id=getattr(backend_config, "project_id", None),
+        max_duration_s=max_duration,
+    )
+
+
+def program_for(spec: StackSpec) -> Callable[[], None]:
+    if spec.backend == "aws":
+        from stacks.aws import aws_program
+
+        return lambda: aws_program(spec)
+    if spec.backend == "gcp":
+        from stacks.gcp import gcp_program
+
+        return lambda: gcp_program(spec)
+    raise ValueError(f"backend {spec.backend} has no stack program")
+
+
+def render_plan_resources(spec: StackSpec) -> List[dict]:
+    from stacks.render import render_program
+
+    return render_program(program_for(spec), spec.run_name, secrets=(spec.host_key.private_openssh,))
+
+
+def placeholder_key(run_name: str) -> str:
+    return f"(the run's ed25519 key, generated at apply: {run_name})"
+
+
+def dry_run_resources(run_name: str, configuration, offer: Optional[Offer], config: DstackConfig) -> List[dict]:
+    if offer is None or offer.backend not in CLOUD_BACKENDS:
+        return []
+    from stacks.spec import generate_host_key
+
+    spec = stack_spec(run_name, configuration, offer, placeholder_key(run_name), generate_host_key(), config)
+    return render_plan_resources(spec)

@@ -1,0 +1,140 @@
+"""One Pulumi stack per run, through the automation API with inline programs.
+
+State lives in a `file://` backend under `$DSTACK_HOME/pulumi` unless the config names another backend (`s3://`,
+`gs://`, Pulumi Cloud). Secrets use the passphrase provider with a passphrase generated once into
+`$DSTACK_HOME/pulumi/passphrase` (mode 0600); it is handed to the engine as a file, never on a command line.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from configuration.errors import ConfigurationError
+from configuration.home import dstack_home, private_file
+from stacks.errors import StackFailure, classify
+from stacks.spec import PROJECT
+
+INSTALL_HINT = (
+    "The Pulumi CLI is not installed; dstack drives cloud resources through it and pip cannot install it.\n"
+    "Install it with `dstack setup pulumi` (downloads the version matching the SDK into ~/.pulumi), or\n"
+    "`curl -fsSL https://get.pulumi.com | sh`, or `brew install pulumi`, then make sure `pulumi` is on PATH."
+)
+
+
+class PulumiMissing(ConfigurationError):
+    pass
+
+
+def find_pulumi() -> Optional[str]:
+    """The `pulumi` binary: on PATH, in ~/.pulumi/bin (the installer's place), or one `dstack setup pulumi` put in
+    ~/.pulumi/versions/<version>/bin."""
+    found = shutil.which("pulumi")
+    if found:
+        return found
+    home = Path.home() / ".pulumi"
+    candidates = [str(home / "bin" / "pulumi")] + sorted(glob.glob(str(home / "versions" / "*" / "bin" / "pulumi")))
+    for candidate in reversed(candidates):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def require_pulumi():
+    """The automation API's command object, or a clear error before anything else happens."""
+    path = find_pulumi()
+    if path is None:
+        raise PulumiMissing(INSTALL_HINT)
+    from pulumi.automation import PulumiCommand
+
+    return PulumiCommand(root=str(Path(path).parent.parent))
+
+
+def install_pulumi() -> str:
+    from pulumi.automation import PulumiCommand
+
+    command = PulumiCommand.install()
+    return command.command
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    backend_url: str
+    passphrase_file: Path
+
+
+def state_settings(backend_url: Optional[str] = None) -> StateSettings:
+    home = dstack_home() / "pulumi"
+    url = backend_url or f"file://{home / 'state'}"
+    if url.startswith("file://"):
+        Path(url[len("file://"):]).mkdir(parents=True, exist_ok=True)
+    passphrase = home / "passphrase"
+    if not passphrase.exists() or passphrase.stat().st_size == 0:
+        private_file(passphrase).write_text(secrets.token_urlsafe(32))
+    return StateSettings(url, passphrase)
+
+
+def _workspace_options(settings: StateSettings, program: Optional[Callable[[], None]] = None):
+    from pulumi import automation as auto
+
+    return auto.LocalWorkspaceOptions(
+        pulumi_command=require_pulumi(),
+        project_settings=auto.ProjectSettings(name=PROJECT, runtime="python",
+                                              backend=auto.ProjectBackend(url=settings.backend_url)),
+        secrets_provider="passphrase",
+        env_vars={"PULUMI_CONFIG_PASSPHRASE_FILE": str(settings.passphrase_file),
+                  "PULUMI_BACKEND_URL": settings.backend_url, "PULUMI_SKIP_UPDATE_CHECK": "true"},
+        program=program,
+    )
+
+
+def open_stack(run_name: str, program: Callable[[], None], settings: StateSettings):
+    from pulumi import automation as auto
+
+    return auto.create_or_select_stack(stack_name=run_name, project_name=PROJECT, program=program,
+                                       opts=_workspace_options(settings, program))
+
+
+def stack_up(stack, on_event: Optional[Callable] = None) -> Dict[str, object]:
+    """Creates the run's resources. On failure everything created is destroyed and a classified StackFailure says
+    whether the next offer is worth trying."""
+    from pulumi import automation as auto
+
+    try:
+        result = stack.up(on_event=on_event, color="never", show_secrets=False)
+    except (auto.errors.CommandError, auto.errors.InlineSourceRuntimeError) as e:
+        failure = classify(str(e))
+        try:
+            stack_destroy(stack, on_event=on_event)
+        except auto.errors.CommandError as cleanup:
+            failure.message += f" (and the cleanup failed: {classify(str(cleanup)).message}; run `dstack stop` again)"
+        raise failure from None
+    return {name: output.value for name, output in result.outputs.items()}
+
+
+def stack_destroy(stack, on_event: Optional[Callable] = None, remove: bool = True) -> None:
+    """Refresh first, dropping 'pending create' operations an interrupted `up` left with no cloud id, then destroy
+    and forget the stack. Resources of such operations are found by their run tag (`stacks.leftovers`)."""
+    stack.refresh(clear_pending_creates=True, color="never", show_secrets=False)
+    stack.destroy(on_event=on_event, color="never", show_secrets=False)
+    if remove:
+        stack.workspace.remove_stack(stack.name)
+
+
+def list_stacks(settings: StateSettings) -> List[dict]:
+    from pulumi import automation as auto
+
+    workspace = auto.LocalWorkspace(opts=_workspace_options(settings))
+    stacks = []
+    for summary in workspace.list_stacks():
+        outputs = workspace.stack_outputs(summary.name)
+        stacks.append({"name": summary.name, "resources": summary.resource_count,
+                       "outputs": {k: ("[secret]" if v.secret else v.value) for k, v in outputs.items()}})
+    return stacks
+
+

@@ -1,0 +1,101 @@
+"""The Pulumi program of an AWS run: key pair, security group, instance (with its root disk).
+
+Every resource carries the run's tags (through the provider's default tags and on each resource), so a stack lost
+to a crash can still be found and removed by `dstack gc`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from stacks.spec import StackSpec, cloud_init
+
+SSH_USER = "ubuntu"
+CANONICAL = "099720109477"
+AMAZON = "amazon"
+_ARCH = {"x86": ("x86_64", "amd64"), "arm": ("arm64", "arm64")}
+
+
+def image_query(spec: StackSpec) -> Dict[str, object]:
+    """The AMI lookup: a Deep Learning Base AMI with NVIDIA drivers for NVIDIA GPUs, the Neuron DLAMI for AWS
+    accelerators, plain Ubuntu 24.04 LTS otherwise; for the instance's architecture."""
+    aws_arch, ubuntu_arch = _ARCH[spec.arch]
+    if spec.gpu_vendor == "nvidia":
+        prefix = "Deep Learning ARM64 Base OSS Nvidia Driver GPU AMI" if spec.arch == "arm" else \
+            "Deep Learning Base OSS Nvidia Driver GPU AMI"
+        owners, pattern = [AMAZON], f"{prefix} (Ubuntu 22.04) *"
+    elif spec.gpu_vendor == "aws":
+        owners, pattern = [AMAZON], "Deep Learning AMI Neuron (Ubuntu 22.04) *"
+    else:
+        owners, pattern = [CANONICAL], f"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{ubuntu_arch}-server-*"
+    return {
+        "most_recent": True,
+        "owners": owners,
+        "filters": [
+            {"name": "name", "values": [pattern]},
+            {"name": "architecture", "values": [aws_arch]},
+            {"name": "state", "values": ["available"]},
+        ],
+    }
+
+
+def ingress_rules(spec: StackSpec) -> List[dict]:
+    return [
+        {"protocol": "tcp", "from_port": port, "to_port": port, "cidr_blocks": list(spec.ingress_cidrs),
+         "description": "ssh" if port == 22 else f"task port {port}"}
+        for port in spec.open_ports
+    ]
+
+
+def aws_program(spec: StackSpec) -> None:
+    import pulumi
+    import pulumi_aws as aws
+
+    tags = spec.tags()
+    provider = aws.Provider("aws", region=spec.region, default_tags={"tags": tags})
+    opts = pulumi.ResourceOptions(provider=provider)
+    invoke = pulumi.InvokeOptions(provider=provider)
+    name = f"dstack-{spec.run_name}"
+
+    vpc = aws.ec2.get_vpc(default=True, opts=invoke)
+    query = image_query(spec)
+    ami = aws.ec2.get_ami(most_recent=query["most_recent"], owners=query["owners"], filters=query["filters"],
+                          opts=invoke)
+    key = aws.ec2.KeyPair(f"{name}-key", key_name=name, public_key=spec.ssh_public_key, tags=tags, opts=opts)
+    group = aws.ec2.SecurityGroup(
+        f"{name}-sg",
+        name=name,
+        description=f"dstack run {spec.run_name}: ssh and the task's ports",
+        vpc_id=vpc.id,
+        ingress=ingress_rules(spec),
+        egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],
+                 "ipv6_cidr_blocks": ["::/0"]}],
+        tags=tags,
+        opts=opts,
+    )
+    market = None
+    if spec.spot:
+        market = {"market_type": "spot",
+                  "spot_options": {"spot_instance_type": "one-time", "instance_interruption_behavior": "terminate"}}
+    instance = aws.ec2.Instance(
+        name,
+        instance_type=spec.instance_type,
+        ami=ami.id,
+        availability_zone=spec.zone,
+        key_name=key.key_name,
+        vpc_security_group_ids=[group.id],
+        associate_public_ip_address=True,
+        root_block_device={"volume_size": spec.disk_gb, "volume_type": "gp3", "delete_on_termination": True,
+                           "tags": tags},
+        metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},
+        instance_market_options=market,
+        instance_initiated_shutdown_behavior="terminate",
+        user_data=pulumi.Output.secret(cloud_init(spec)),
+        user_data_replace_on_change=True,
+        tags=tags,
+        opts=opts,
+    )
+    pulumi.export("instance_id", instance.id)
+    pulumi.export("public_ip", instance.public_ip)
+    pulumi.export("ssh_user", SSH_USER)
+    pulumi.export("zone", instance.availability_zone)

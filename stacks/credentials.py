@@ -1,0 +1,43 @@
+"""Checks that the cloud's credentials are there before `up`, and says which are missing. Credentials come from the
+clouds' usual chains and are never written into dstack's files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from configuration.errors import ConfigurationError
+
+
+def check_aws_credentials(region: str) -> str:
+    """The caller's ARN, from `sts.get_caller_identity`."""
+    import boto3
+    import botocore.exceptions
+
+    try:
+        return boto3.client("sts", region_name=region).get_caller_identity()["Arn"]
+    except botocore.exceptions.NoCredentialsError:
+        raise ConfigurationError(
+            "AWS credentials are missing: run `aws configure`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY") from None
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+        raise ConfigurationError(f"AWS rejected the credentials: {e}") from None
+
+
+def gcp_credentials_source() -> str:
+    """Where application default credentials will come from, as the GCP provider looks for them."""
+    for variable in ("GOOGLE_CREDENTIALS", "GOOGLE_CLOUD_KEYFILE_JSON", "GCLOUD_KEYFILE_JSON"):
+        if os.environ.get(variable):
+            return f"${variable}"
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if path:
+        if not Path(path).is_file():
+            raise ConfigurationError(f"GOOGLE_APPLICATION_CREDENTIALS points to {path}, which does not exist")
+        return path
+    config_dir = Path(os.environ.get("CLOUDSDK_CONFIG", Path.home() / ".config" / "gcloud"))
+    adc = config_dir / "application_default_credentials.json"
+    if adc.is_file():
+        return str(adc)
+    raise ConfigurationError(
+        "GCP credentials are missing: run `gcloud auth application-default login`, or set "
+        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file")

@@ -1,0 +1,70 @@
+"""Why a stack failed, read from the cloud's error text: try the next offer (capacity, quota) or stop (configuration,
+credentials). The scope says what the failure rules out for the next tries: the zone, the region or the whole cloud.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+CAPACITY = "capacity"
+QUOTA = "quota"
+CREDENTIALS = "credentials"
+CONFIGURATION = "configuration"
+
+# (pattern, kind, scope); the first match wins, so the more specific patterns come first.
+_RULES: Tuple[Tuple[str, str, str], ...] = (
+    (r"GPUS_ALL_REGIONS", QUOTA, "cloud"),
+    (r"Quota '[A-Z0-9_]*GPUS?[A-Z0-9_]*' exceeded", QUOTA, "region"),
+    (r"QUOTA_EXCEEDED|quotaExceeded|Quota '[^']+' exceeded", QUOTA, "region"),
+    (r"VcpuLimitExceeded|InstanceLimitExceeded|MaxSpotInstanceCountExceeded|VolumeLimitExceeded", QUOTA, "region"),
+    (r"InsufficientInstanceCapacity|InsufficientHostCapacity|InsufficientCapacity|InsufficientFreeAddressesInSubnet",
+     CAPACITY, "zone"),
+    (r"ZONE_RESOURCE_POOL_EXHAUSTED|does not have enough resources available|resource pool exhausted", CAPACITY,
+     "zone"),
+    (r"Unsupported: .*(instance type|Availability Zone)|is not supported in your requested Availability Zone",
+     CAPACITY, "zone"),
+    (r"SpotMaxPriceTooLow|capacity-not-available|UnfulfillableCapacity", CAPACITY, "zone"),
+    (r"STOCKOUT|stockout", CAPACITY, "zone"),
+    (r"AuthFailure|UnauthorizedOperation|InvalidClientTokenId|ExpiredToken|SignatureDoesNotMatch|"
+     r"NoCredentialProviders|no valid credential sources|could not find default credentials|"
+     r"invalid_grant|Error 401|Request had invalid authentication credentials", CREDENTIALS, "cloud"),
+    (r"Error 403: Required '[^']+' permission|PERMISSION_DENIED|AccessDenied", CREDENTIALS, "cloud"),
+)
+
+
+@dataclass
+class StackFailure(Exception):
+    """A failed `up`: kind is capacity, quota, credentials or configuration; scope is zone, region or cloud."""
+
+    kind: str
+    scope: str
+    message: str
+    code: Optional[str] = None
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def retryable(self) -> bool:
+        """Capacity and quota failures mean: try the next offer. The others stop the run."""
+        return self.kind in (CAPACITY, QUOTA)
+
+
+def classify(text: str) -> StackFailure:
+    for pattern, kind, scope in _RULES:
+        match = re.search(pattern, text)
+        if match:
+            return StackFailure(kind, scope, summarize(text), match.group(0))
+    return StackFailure(CONFIGURATION, "cloud", summarize(text))
+
+
+def summarize(text: str) -> str:
+    """The cloud's own sentence, without the engine's stack of wrappers and request ids."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    interesting = [line for line in lines if re.search(r"error|exceeded|insufficient|not|denied|invalid", line, re.I)]
+    chosen = (interesting or lines or [text.strip()])[-1]
+    chosen = re.sub(r"RequestID: [0-9a-f-]+,?\s*", "", chosen)
+    chosen = re.sub(r"https response error StatusCode: \d+,?\s*", "", chosen)
+    return chosen[:500]

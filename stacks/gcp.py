@@ -1,0 +1,102 @@
+"""The Pulumi program of a GCP run: a firewall rule for the run's network tag, and the instance with its boot disk
+(and attached GPUs on N1 machines)."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from stacks.spec import StackSpec, cloud_init
+
+SSH_USER = "ubuntu"
+# Catalogue GPU name (and memory, where one name has two sizes) -> GCP accelerator type, for attachable GPUs.
+ACCELERATOR_TYPES = {
+    ("T4", None): "nvidia-tesla-t4",
+    ("V100", None): "nvidia-tesla-v100",
+    ("P100", None): "nvidia-tesla-p100",
+    ("P4", None): "nvidia-tesla-p4",
+    ("K80", None): "nvidia-tesla-k80",
+    ("A100", 40): "nvidia-tesla-a100",
+    ("A100", 80): "nvidia-a100-80gb",
+    ("L4", None): "nvidia-l4",
+    ("H100", None): "nvidia-h100-80gb",
+    ("H200", None): "nvidia-h200-141gb",
+    ("B200", None): "nvidia-b200",
+}
+GPU_IMAGE = {"project": "deeplearning-platform-release", "family": "common-cu128-ubuntu-2204-nvidia-570"}
+UBUNTU_IMAGE = {"x86": {"project": "ubuntu-os-cloud", "family": "ubuntu-2404-lts-amd64"},
+                "arm": {"project": "ubuntu-os-cloud", "family": "ubuntu-2404-lts-arm64"}}
+
+
+def accelerator_type(gpu_name: str, memory_gib: float) -> str:
+    by_memory = ACCELERATOR_TYPES.get((gpu_name, int(memory_gib)))
+    found = by_memory or ACCELERATOR_TYPES.get((gpu_name, None))
+    if found is None:
+        raise ValueError(f"no GCP accelerator type is known for {gpu_name} ({memory_gib:g}GB)")
+    return found
+
+
+def guest_accelerators(spec: StackSpec) -> Optional[List[dict]]:
+    """Only N1 machines take attached GPUs; A2/A3/A4/G2 machines have theirs built in."""
+    if spec.gpu_count and spec.instance_type.startswith("n1-"):
+        return [{"type": accelerator_type(spec.gpu_name, spec.gpu_memory_gib), "count": spec.gpu_count}]
+    return None
+
+
+def image(spec: StackSpec) -> Dict[str, str]:
+    return GPU_IMAGE if spec.gpu_vendor == "nvidia" else UBUNTU_IMAGE[spec.arch]
+
+
+def scheduling(spec: StackSpec) -> dict:
+    settings: dict = {"automatic_restart": not spec.spot and not spec.gpu_count,
+                      "on_host_maintenance": "TERMINATE" if spec.gpu_count or spec.spot else "MIGRATE"}
+    if spec.spot:
+        settings.update(provisioning_model="SPOT", preemptible=True, instance_termination_action="DELETE")
+    return settings
+
+
+def network_tag(spec: StackSpec) -> str:
+    return f"dstack-{spec.run_name}"
+
+
+def gcp_program(spec: StackSpec) -> None:
+    import pulumi
+    import pulumi_gcp as gcp
+
+    labels = spec.labels()
+    provider = gcp.Provider("gcp", project=spec.gcp_project_id, region=spec.region, zone=spec.zone,
+                            default_labels=labels)
+    opts = pulumi.ResourceOptions(provider=provider)
+    name = f"dstack-{spec.run_name}"
+    boot_image = gcp.compute.get_image(opts=pulumi.InvokeOptions(provider=provider), **image(spec))
+    gcp.compute.Firewall(
+        f"{name}-fw",
+        name=name,
+        network="default",
+        direction="INGRESS",
+        allows=[{"protocol": "tcp", "ports": [str(p) for p in spec.open_ports]}],
+        source_ranges=list(spec.ingress_cidrs),
+        target_tags=[network_tag(spec)],
+        description=f"dstack run {spec.run_name}: ssh and the task's ports",
+        opts=opts,
+    )
+    instance = gcp.compute.Instance(
+        name,
+        name=name,
+        machine_type=spec.instance_type,
+        zone=spec.zone,
+        boot_disk={"auto_delete": True, "initialize_params": {
+            "image": boot_image.self_link, "size": spec.disk_gb, "type": "pd-balanced", "labels": labels}},
+        network_interfaces=[{"network": "default", "access_configs": [{}]}],
+        guest_accelerators=guest_accelerators(spec),
+        scheduling=scheduling(spec),
+        metadata={"ssh-keys": f"{SSH_USER}:{spec.ssh_public_key}",
+                  "user-data": pulumi.Output.secret(cloud_init(spec))},
+        labels=labels,
+        tags=[network_tag(spec)],
+        allow_stopping_for_update=False,
+        opts=opts,
+    )
+    pulumi.export("instance_id", instance.instance_id)
+    pulumi.export("public_ip", instance.network_interfaces[0].access_configs[0].nat_ip)
+    pulumi.export("ssh_user", SSH_USER)
+    pulumi.export("zone", instance.zone)

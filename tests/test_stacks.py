@@ -1,0 +1,352 @@
+"""Stack programs under Pulumi's mock runtime (asserting on the resources' inputs), the automation wrapper's
+missing-CLI and missing-credential paths, and failure classification on real cloud error texts."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from stacks.aws import aws_program
+from stacks.gcp import gcp_program
+from stacks.render import render_program
+from stacks.spec import StackSpec, cloud_init, generate_host_key
+
+HOST_KEY = generate_host_key()
+BASE = StackSpec(
+    run_name="train-1", backend="aws", instance_type="g5.xlarge", region="us-east-1", zone="us-east-1b", spot=False,
+    arch="x86", gpu_vendor="nvidia", gpu_name="A10G", gpu_count=1, gpu_memory_gib=24, disk_gb=250, ports=(8080, 6006),
+    ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRun user@dstack", host_key=HOST_KEY,
+)
+
+
+class Recorder:
+    """Pulumi mocks that keep every resource and every invoke (lookup) with its arguments."""
+
+    def __init__(self):
+        import pulumi
+
+        self.resources, self.calls = [], []
+        recorder = self
+
+        class Mocks(pulumi.runtime.Mocks):
+            def new_resource(self, args):
+                recorder.resources.append(args)
+                return [f"{args.name}-id", dict(args.inputs)]
+
+            def call(self, args):
+                recorder.calls.append(args)
+                return {"id": "looked-up-id", "selfLink": "projects/x/global/images/y"}
+
+        self.mocks = Mocks()
+
+    def run(self, program):
+        import pulumi
+
+        pulumi.runtime.set_mocks(self.mocks, project="dstack", stack="test", preview=False)
+        pulumi.runtime.test(program)()
+        return self
+
+    def of_type(self, typ):
+        found = [r for r in self.resources if r.typ == typ]
+        assert found, f"no {typ} in {[r.typ for r in self.resources]}"
+        return found
+
+    def call(self, token):
+        return next(c.args for c in self.calls if c.token == token)
+
+
+def aws(**changes):
+    spec = dataclasses.replace(BASE, **changes)
+    return Recorder().run(lambda: aws_program(spec))
+
+
+def gcp(**changes):
+    defaults = dict(backend="gcp", instance_type="n1-standard-8", region="us-central1", zone="us-central1-a",
+                    gpu_name="T4", gpu_memory_gib=16, gcp_project_id="my-project")
+    spec = dataclasses.replace(BASE, **{**defaults, **changes})
+    return Recorder().run(lambda: gcp_program(spec))
+
+
+def is_secret(value):
+    from pulumi.runtime import rpc
+
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+# --- AWS --------------------------------------------------------------------------------------------------------
+
+def test_aws_ports_become_ingress_rules_and_nothing_else():
+    group = aws().of_type("aws:ec2/securityGroup:SecurityGroup")[0].inputs
+    rules = sorted((r["fromPort"], r["toPort"], r["protocol"], tuple(r["cidrBlocks"])) for r in group["ingress"])
+    assert rules == [(22, 22, "tcp", ("0.0.0.0/0",)), (6006, 6006, "tcp", ("0.0.0.0/0",)),
+                     (8080, 8080, "tcp", ("0.0.0.0/0",))]
+    narrowed = aws(ports=(), ingress_cidrs=("203.0.113.0/24",)).of_type("aws:ec2/securityGroup:SecurityGroup")[0]
+    assert [(r["fromPort"], r["cidrBlocks"]) for r in narrowed.inputs["ingress"]] == [(22, ["203.0.113.0/24"])]
+
+
+def test_aws_instance_inputs():
+    recorder = aws()
+    instance = recorder.of_type("aws:ec2/instance:Instance")[0].inputs
+    assert instance["instanceType"] == "g5.xlarge" and instance["availabilityZone"] == "us-east-1b"
+    assert instance["rootBlockDevice"]["volumeSize"] == 250
+    assert instance["rootBlockDevice"]["volumeType"] == "gp3"
+    assert instance["rootBlockDevice"]["deleteOnTermination"] is True
+    assert instance["metadataOptions"]["httpTokens"] == "required"
+    assert instance["associatePublicIpAddress"] is True
+    assert instance["instanceInitiatedShutdownBehavior"] == "terminate"
+    assert "instanceMarketOptions" not in instance
+    assert instance["keyName"] == "dstack-train-1"
+    key = recorder.of_type("aws:ec2/keyPair:KeyPair")[0].inputs
+    assert key["publicKey"] == BASE.ssh_public_key
+
+
+def test_aws_spot_uses_market_options():
+    instance = aws(spot=True).of_type("aws:ec2/instance:Instance")[0].inputs
+    assert instance["instanceMarketOptions"] == {
+        "marketType": "spot",
+        "spotOptions": {"spotInstanceType": "one-time", "instanceInterruptionBehavior": "terminate"}}
+
+
+def test_aws_every_resource_is_tagged_with_the_run():
+    recorder = aws()
+    expected = {"dstack:run": "train-1", "dstack:project": "dstack", "Name": "dstack-train-1"}
+    for resource in recorder.resources:
+        if resource.typ.startswith("pulumi:providers:"):
+            assert resource.inputs["defaultTags"] == json.dumps({"tags": expected}) or \
+                resource.inputs["defaultTags"] == {"tags": expected}
+        else:
+            assert resource.inputs["tags"] == expected, resource.typ
+    instance = recorder.of_type("aws:ec2/instance:Instance")[0].inputs
+    assert instance["rootBlockDevice"]["tags"] == expected
+
+
+@pytest.mark.parametrize("changes, owner, name, arch", [
+    ({}, "amazon", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *", "x86_64"),
+    ({"arch": "arm", "gpu_name": "T4g", "instance_type": "g5g.xlarge"}, "amazon",
+     "Deep Learning ARM64 Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *", "arm64"),
+    ({"gpu_vendor": "", "gpu_name": "", "gpu_count": 0, "instance_type": "m7i.large"}, "099720109477",
+     "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*", "x86_64"),
+    ({"gpu_vendor": "", "gpu_name": "", "gpu_count": 0, "arch": "arm", "instance_type": "m7g.large"}, "099720109477",
+     "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-*", "arm64"),
+    ({"gpu_vendor": "amd", "gpu_name": "Radeon Pro V520", "instance_type": "g4ad.xlarge"}, "099720109477",
+     "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*", "x86_64"),
+    ({"gpu_vendor": "aws", "gpu_name": "Inferentia2", "instance_type": "inf2.xlarge"}, "amazon",
+     "Deep Learning AMI Neuron (Ubuntu 22.04) *", "x86_64"),
+])
+def test_aws_image_by_gpu_vendor_and_architecture(changes, owner, name, arch):
+    lookup = aws(**changes).call("aws:ec2/getAmi:getAmi")
+    assert lookup["owners"] == [owner] and lookup["mostRecent"] is True
+    filters = {f["name"]: f["values"] for f in lookup["filters"]}
+    assert filters["name"] == [name] and filters["architecture"] == [arch]
+
+
+def test_aws_host_key_travels_only_as_a_secret():
+    recorder = aws(max_duration_s=7200)
+    instance = recorder.of_type("aws:ec2/instance:Instance")[0].inputs
+    assert is_secret(instance["userData"])
+    user_data = instance["userData"]["value"]
+    assert HOST_KEY.private_openssh.strip().splitlines()[1] in user_data
+    assert "shutdown, -P, '+120'" in user_data
+    for resource in recorder.resources:
+        plain = json.dumps({k: v for k, v in resource.inputs.items() if not is_secret(v)})
+        assert "OPENSSH PRIVATE KEY" not in plain
+
+
+# --- GCP --------------------------------------------------------------------------------------------------------
+
+def test_gcp_n1_attaches_gpus_and_firewall_opens_the_ports():
+    recorder = gcp()
+    instance = recorder.of_type("gcp:compute/instance:Instance")[0].inputs
+    assert instance["guestAccelerators"] == [{"type": "nvidia-tesla-t4", "count": 1}]
+    assert instance["machineType"] == "n1-standard-8" and instance["zone"] == "us-central1-a"
+    assert instance["bootDisk"]["initializeParams"]["size"] == 250
+    assert instance["bootDisk"]["initializeParams"]["type"] == "pd-balanced"
+    assert instance["bootDisk"]["autoDelete"] is True
+    assert instance["scheduling"]["onHostMaintenance"] == "TERMINATE"
+    assert instance["labels"] == {"dstack-run": "train-1", "dstack-project": "dstack"}
+    assert instance["tags"] == ["dstack-train-1"]
+    firewall = recorder.of_type("gcp:compute/firewall:Firewall")[0].inputs
+    assert firewall["allows"] == [{"protocol": "tcp", "ports": ["22", "6006", "8080"]}]
+    assert firewall["targetTags"] == ["dstack-train-1"] and firewall["sourceRanges"] == ["0.0.0.0/0"]
+    assert recorder.call("gcp:compute/getImage:getImage") == {
+        "family": "common-cu128-ubuntu-2204-nvidia-570", "project": "deeplearning-platform-release"}
+
+
+@pytest.mark.parametrize("name, memory, expected", [("A100", 40, "nvidia-tesla-a100"), ("A100", 80, "nvidia-a100-80gb"),
+                                                    ("V100", 16, "nvidia-tesla-v100"), ("P4", 8, "nvidia-tesla-p4")])
+def test_gcp_accelerator_type_names(name, memory, expected):
+    from stacks.gcp import accelerator_type
+
+    assert accelerator_type(name, memory) == expected
+
+
+def test_gcp_built_in_gpus_and_spot():
+    instance = gcp(instance_type="a2-highgpu-1g", gpu_name="A100", gpu_memory_gib=40, spot=True) \
+        .of_type("gcp:compute/instance:Instance")[0].inputs
+    assert "guestAccelerators" not in instance or not instance["guestAccelerators"]
+    assert instance["scheduling"] == {"automaticRestart": False, "onHostMaintenance": "TERMINATE",
+                                      "provisioningModel": "SPOT", "preemptible": True,
+                                      "instanceTerminationAction": "DELETE"}
+
+
+def test_gcp_cpu_vm_uses_ubuntu_and_keeps_secrets_secret():
+    recorder = gcp(instance_type="e2-standard-4", gpu_vendor="", gpu_name="", gpu_count=0, arch="x86")
+    instance = recorder.of_type("gcp:compute/instance:Instance")[0].inputs
+    assert instance["scheduling"]["onHostMaintenance"] == "MIGRATE"
+    assert recorder.call("gcp:compute/getImage:getImage") == {"family": "ubuntu-2404-lts-amd64",
+                                                              "project": "ubuntu-os-cloud"}
+    assert is_secret(instance["metadata"])  # user-data holds the host key
+    assert "OPENSSH PRIVATE KEY" not in json.dumps(recorder.of_type("gcp:compute/firewall:Firewall")[0].inputs)
+
+
+# --- rendering and the plan -------------------------------------------------------------------------------------
+
+def test_render_masks_secrets_and_names_lookups():
+    resources = render_program(lambda: aws_program(BASE), "train-1", secrets=(HOST_KEY.private_openssh,))
+    text = json.dumps(resources)
+    assert "PRIVATE KEY" not in text and HOST_KEY.private_openssh[60:90] not in text
+    instance = [r for r in resources if r["type"] == "aws:ec2/instance:Instance"][0]
+    assert instance["inputs"]["userData"] == "[secret]"
+    assert instance["inputs"]["ami"] == "(looked up at apply: aws:ec2/getAmi:getAmi)"
+    assert instance["inputs"]["rootBlockDevice"]["volumeSize"] == 250  # an int, not 250.0
+
+
+@pytest.mark.parametrize("backend, types", [
+    ("aws", ["aws:ec2/instance:Instance", "aws:ec2/keyPair:KeyPair", "aws:ec2/securityGroup:SecurityGroup"]),
+    ("gcp", ["gcp:compute/firewall:Firewall", "gcp:compute/instance:Instance"]),
+])
+def test_apply_dry_run_renders_the_stack(tmp_path, dstack_home, backend, types):
+    from tests.helpers import run_cli
+
+    conf = tmp_path / "t.dstack.yml"
+    conf.write_text("type: task\nname: train-2\npython: '3.11'\ncommands: [python train.py]\nports: [6006]\n"
+                    "resources: {gpu: 'T4:1', disk: 300GB}\n")
+    result = run_cli("apply", "-f", str(conf), "-b", backend, "--dry-run", "--json",
+                     env={"DSTACK_HOME": str(dstack_home)})
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert list(plan) == ["configuration", "offer", "resources"]
+    assert plan["offer"]["backend"] == backend
+    assert plan["offer"]["instance"]["resources"]["gpus"][0]["name"] == "T4"
+    assert [r["type"] for r in plan["resources"]] == types
+    instance = [r for r in plan["resources"] if r["type"].endswith("/instance:Instance")][0]["inputs"]
+    disk = instance["rootBlockDevice"]["volumeSize"] if backend == "aws" else \
+        instance["bootDisk"]["initializeParams"]["size"]
+    assert disk == 300
+    assert "PRIVATE KEY" not in result.stdout
+    human = run_cli("apply", "-f", str(conf), "-b", backend, "--dry-run", env={"DSTACK_HOME": str(dstack_home)})
+    assert human.returncode == 0 and types[0] in human.stdout and "train-2" in human.stdout
+
+
+def test_cloud_init_installs_only_the_runs_host_key():
+    text = cloud_init(BASE)
+    assert text.startswith("#cloud-config\n") and "ssh_deletekeys: true" in text and "ssh_genkeytypes: []" in text
+    assert f"ed25519_public: {HOST_KEY.public_openssh}" in text
+    assert "runcmd" not in text
+
+
+# --- automation wrapper -----------------------------------------------------------------------------------------
+
+def test_missing_pulumi_cli_says_how_to_install(monkeypatch, tmp_path):
+    from stacks.automation import PulumiMissing, require_pulumi
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(PulumiMissing) as e:
+        require_pulumi()
+    assert "Pulumi CLI is not installed" in str(e.value) and "dstack setup pulumi" in str(e.value)
+
+
+def test_state_settings_make_a_private_passphrase(dstack_home):
+    from stacks.automation import state_settings
+
+    settings = state_settings()
+    assert settings.backend_url == f"file://{dstack_home / 'pulumi' / 'state'}"
+    assert (dstack_home / "pulumi" / "state").is_dir()
+    assert oct(settings.passphrase_file.stat().st_mode & 0o777) == "0o600"
+    first = settings.passphrase_file.read_text()
+    assert len(first) >= 32 and state_settings().passphrase_file.read_text() == first
+    assert state_settings("s3://bucket/dstack").backend_url == "s3://bucket/dstack"
+
+
+def test_missing_aws_credentials_are_named(monkeypatch, tmp_path):
+    from configuration.errors import ConfigurationError
+    from stacks.credentials import check_aws_credentials
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ConfigurationError, match="AWS credentials are missing"):
+        check_aws_credentials("us-east-1")
+
+
+def test_aws_credentials_checked_against_sts(monkeypatch):
+    from moto import mock_aws
+
+    from stacks.credentials import check_aws_credentials
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        assert check_aws_credentials("us-east-1").startswith("arn:aws:")
+
+
+def test_gcp_credentials_lookup(monkeypatch, tmp_path):
+    from configuration.errors import ConfigurationError
+    from stacks.credentials import gcp_credentials_source
+
+    for name in ("GOOGLE_CREDENTIALS", "GOOGLE_CLOUD_KEYFILE_JSON", "GCLOUD_KEYFILE_JSON",
+                 "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    with pytest.raises(ConfigurationError, match="gcloud auth application-default login"):
+        gcp_credentials_source()
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        gcp_credentials_source()
+    (tmp_path / "application_default_credentials.json").write_text("{}")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    assert gcp_credentials_source().endswith("application_default_credentials.json")
+
+
+@pytest.mark.skipif(not os.environ.get("DSTACK_TEST_REAL_CLOUD"),
+                    reason="needs the pulumi CLI and real AWS credentials (set DSTACK_TEST_REAL_CLOUD=1); "
+                           "neither exists on the CI machine, which has no internet")
+def test_real_aws_stack_up_and_destroy():
+    from stacks.automation import open_stack, stack_destroy, stack_up, state_settings
+
+    spec = dataclasses.replace(BASE, run_name="dstack-real-test", instance_type="t3.micro", gpu_vendor="",
+                               gpu_name="", gpu_count=0, disk_gb=8, ports=())
+    stack = open_stack(spec.run_name, lambda: aws_program(spec), state_settings())
+    try:
+        outputs = stack_up(stack)
+        assert outputs["public_ip"]
+    finally:
+        stack_destroy(stack)
+
+
+def test_engine_events_become_step_progress():
+    from pulumi.automation import events
+
+    from stacks.progress import EngineEventTracker
+
+    def meta(op, typ, name):
+        return events.StepEventMetadata(op=events.OpType(op), urn=f"urn:pulumi:run::dstack::{typ}::{name}", type=typ,
+                                        provider="")
+
+    seen, now = [], iter([10.0, 42.5, 50.0, 57.5])
+    tracker = EngineEventTracker(seen.append, clock=lambda: next(now))
+    instance = meta("create", "aws:ec2/instance:Instance", "dstack-x")
+    tracker(events.EngineEvent(sequence=1, timestamp=0, resource_pre_event=events.ResourcePreEvent(instance)))
+    tracker(events.EngineEvent(sequence=2, timestamp=0, resource_pre_event=events.ResourcePreEvent(
+        meta("same", "pulumi:pulumi:Stack", "dstack-x"))))
+    tracker(events.EngineEvent(sequence=3, timestamp=0, res_outputs_event=events.ResOutputsEvent(instance)))
+    group = meta("delete", "aws:ec2/securityGroup:SecurityGroup", "dstack-x-sg")
+    tracker(events.EngineEvent(sequence=4, timestamp=0, resource_pre_event=events.ResourcePreEvent(group)))
+    tracker(events.EngineEvent(sequence=5, timestamp=0, res_op_failed_event=events.ResOpFailedEvent(group, 1, 1)))
+    assert [(s.op, s.name, s.state, s.seconds) for s in seen] == [
+        ("create", "dstack-x", "started", None), ("create", "dstack-x", "done", 32.5),
+        ("delete", "dstack-x-sg", "started", None), ("delete", "dstack-x-sg", "failed", 7.5)]
