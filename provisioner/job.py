@@ -1,0 +1,239 @@
+"""A task's job on a host: written, started detached, read, stopped, each in one round trip.
+
+The job folder is `$DSTACK_JOBS_DIR/<run>` on the host, by default `~/.dstack-jobs/<run>` (a host's admin can move it
+with sshd's `SetEnv DSTACK_JOBS_DIR=...`; the local backend puts it under `$DSTACK_HOME/jobs`). In it: `job.sh` (the script), `env` (mode 0600, read by the script at start and
+then deleted), `repo/` (the working tree), `output.log` (stdout and stderr), `pid` (the job's process group) and
+`exit_code` (written when the job ends). The job runs in its own session (setsid), so a dropped SSH connection
+loses nothing: the client reconnects and reads the log on from the byte it had.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from provisioner.repo_archive import pack
+from provisioner.transport import Transport
+
+CONTAINER_REPO = "/workflow"
+REGISTRY_PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"
+REGISTRY_USERNAME_VAR = "DSTACK_REGISTRY_USERNAME"
+
+
+@dataclass
+class JobSpec:
+    run_name: str
+    commands: List[str]
+    env: Dict[str, str] = field(default_factory=dict)
+    image: Optional[str] = None
+    python: Optional[str] = None
+    entrypoint: Optional[str] = None
+    working_dir: Optional[str] = None
+    shm_size_gb: Optional[float] = None
+    nvidia_gpus: bool = False
+    registry_username: Optional[str] = None
+    registry_password: Optional[str] = None
+
+
+def registry_of(image: str) -> Optional[str]:
+    """The registry host of an image reference, or None for Docker Hub (`ghcr.io/me/x:1` -> ghcr.io)."""
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def env_file(job: JobSpec) -> bytes:
+    values = dict(job.env)
+    if job.registry_password is not None:
+        values[REGISTRY_USERNAME_VAR] = job.registry_username or ""
+        values[REGISTRY_PASSWORD_VAR] = job.registry_password
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items()).encode()
+
+
+_PREAMBLE = """#!/bin/sh
+# Written by dstack for run {run}.
+set -e
+cd "$(dirname "$0")"
+JOB_DIR="$PWD"
+mkdir -p repo
+if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
+"""
+
+
+def _python_setup(version: Optional[str]) -> str:
+    """A virtual environment for the run: uv where present, else the system's Python. It sees the host's site
+    packages and gets `pip` as `python -m pip`, which takes milliseconds where ensurepip takes seconds."""
+    wanted = f"python{version}" if version else "python3"
+    uv_python = f" --python {version}" if version else ""
+    return f"""if [ ! -x "$JOB_DIR/venv/bin/python" ]; then
+  if command -v uv >/dev/null 2>&1 && uv venv -q --seed{uv_python} "$JOB_DIR/venv" >/dev/null 2>&1; then :
+  else
+    PY={wanted}
+    if ! command -v "$PY" >/dev/null 2>&1; then
+      PY=python3
+      echo "dstack: {wanted} is not installed on this host; using $(python3 --version 2>&1)" >&2
+    fi
+    "$PY" -m venv --without-pip --system-site-packages "$JOB_DIR/venv"
+    for shim in pip pip3; do
+      printf '#!/bin/sh\\nexec "%s/bin/python" -m pip "$@"\\n' "$JOB_DIR/venv" > "$JOB_DIR/venv/bin/$shim"
+      chmod +x "$JOB_DIR/venv/bin/$shim"
+    done
+  fi
+fi
+. "$JOB_DIR/venv/bin/activate"
+"""
+
+
+def _workdir(job: JobSpec, base: str) -> str:
+    if job.working_dir is None:
+        return base
+    if job.working_dir.startswith("/"):
+        return job.working_dir
+    return f"{base}/{job.working_dir}"
+
+
+def python_script(job: JobSpec) -> str:
+    workdir = _workdir(job, "$JOB_DIR/repo")
+    if workdir.startswith("$JOB_DIR/"):
+        workdir = '"$JOB_DIR"/' + shlex.quote(workdir[len("$JOB_DIR/"):])
+    else:
+        workdir = shlex.quote(workdir)
+    lines = [_PREAMBLE.format(run=job.run_name), _python_setup(job.python), f"cd {workdir}\n"]
+    lines += [command + "\n" for command in job.commands]
+    return "".join(lines)
+
+
+def docker_run_argv(job: JobSpec) -> List[str]:
+    """The `docker run` command line. The container shares the host's network (one run per host), so its ports are
+    the host's and no `-p` is needed. Env values are not on it: `-e NAME` passes the value the script exported."""
+    argv = ["docker", "run", "--rm", "--init", "--name", f"dstack-{job.run_name}", "--network", "host"]
+    if job.nvidia_gpus:
+        argv += ["--gpus", "all"]
+    if job.shm_size_gb:
+        argv += ["--shm-size", f"{int(job.shm_size_gb * 1024)}m"]
+    for name in job.env:
+        argv += ["-e", name]
+    argv += ["-v", f"$JOB_DIR/repo:{CONTAINER_REPO}", "-w", _workdir(job, CONTAINER_REPO)]
+    entry = shlex.split(job.entrypoint) if job.entrypoint else []
+    args: List[str] = []
+    if entry:
+        argv += ["--entrypoint", entry[0]]
+        args = entry[1:] + (["\n".join(job.commands)] if job.commands else [])
+    elif job.commands:
+        argv += ["--entrypoint", "/bin/sh"]
+        args = ["-c", "set -e\n" + "\n".join(job.commands)]
+    return argv + [job.image] + args
+
+
+def _quote(word: str) -> str:
+    """Shell-quote, leaving `$JOB_DIR` to the shell."""
+    if word.startswith("$JOB_DIR"):
+        return '"' + word.replace('"', '\\"') + '"'
+    return shlex.quote(word)
+
+
+def docker_script(job: JobSpec) -> str:
+    lines = [_PREAMBLE.format(run=job.run_name)]
+    lines.append('if ! command -v docker >/dev/null 2>&1; then\n'
+                 '  echo "dstack: installing Docker"\n'
+                 '  curl -fsSL https://get.docker.com | sh\n'
+                 'fi\n')
+    if job.nvidia_gpus:
+        lines.append('if ! docker info 2>/dev/null | grep -qi "runtimes:.*nvidia"; then\n'
+                     '  echo "dstack: installing the NVIDIA container toolkit"\n'
+                     '  curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | '
+                     'gpg --dearmor -o /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg\n'
+                     '  curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list'
+                     ' | sed "s#deb https://#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg]'
+                     ' https://#g" > /etc/apt/sources.list.d/nvidia-container-toolkit.list\n'
+                     '  apt-get update -qq && apt-get install -y -qq nvidia-container-toolkit\n'
+                     '  nvidia-ctk runtime configure --runtime=docker && systemctl restart docker\n'
+                     'fi\n')
+    if job.registry_password is not None:
+        server = registry_of(job.image) or ""
+        login = ["docker", "login", "--username", f'"${REGISTRY_USERNAME_VAR}"', "--password-stdin"]
+        login += [shlex.quote(server)] if server else []
+        lines.append(f'printf "%s" "${REGISTRY_PASSWORD_VAR}" | ' + " ".join(login) + "\n")
+        lines.append(f"unset {REGISTRY_PASSWORD_VAR} {REGISTRY_USERNAME_VAR}\n")
+    image = shlex.quote(job.image)
+    lines.append(f"docker image inspect {image} >/dev/null 2>&1 || docker pull {image}\n")
+    lines.append("exec " + " ".join(_quote(w) for w in docker_run_argv(job)) + "\n")
+    return "".join(lines)
+
+
+def job_script(job: JobSpec) -> str:
+    return docker_script(job) if job.image else python_script(job)
+
+
+def job_folder(run_name: str) -> str:
+    """The job folder as a shell word, expanded on the host."""
+    return '"${DSTACK_JOBS_DIR:-$HOME/.dstack-jobs}"/' + shlex.quote(run_name)
+
+
+def start_command(run_name: str) -> str:
+    """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
+    folder = job_folder(run_name)
+    wrapper = ("setsid sh ./job.sh > output.log 2>&1 < /dev/null & echo $! > pid; wait $!; "
+               "echo $? > exit_code.tmp; mv exit_code.tmp exit_code")
+    return (f"{{ mkdir -p {folder} && cd {folder} && umask 077 && tar -xzf - && rm -f exit_code pid; }} || exit 1; "
+            f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
+            "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
+
+
+def start_job(transport: Transport, job: JobSpec, repo=None) -> int:
+    archive = pack(repo, {"job.sh": (job_script(job).encode(), 0o700), "env": (env_file(job), 0o600)})
+    result = transport.run(start_command(job.run_name), stdin=archive, timeout=120)
+    if result.code != 0 or not result.text.strip().isdigit():
+        raise RuntimeError(f"starting the job on {transport.description} failed: "
+                           f"{result.stderr.decode(errors='replace').strip() or result.text.strip()}")
+    return int(result.text.strip())
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    data: bytes
+    exit_code: Optional[int]  # set once the job has ended; `data` then holds the end of the log
+
+
+def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 20) -> LogChunk:
+    """The log from `offset` on, and the exit code if the job has ended (read first, so the log is complete)."""
+    folder = job_folder(run_name)
+    result = transport.run(f"cd {folder} && {{ cat exit_code 2>/dev/null || true; }} >&2; "
+                           f"tail -c +{offset + 1} output.log 2>/dev/null || true", timeout=timeout)
+    code = result.stderr.decode(errors="replace").strip()
+    return LogChunk(result.stdout, int(code) if code.lstrip("-").isdigit() else None)
+
+
+def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
+    """("running", None), ("exited", code) or ("missing", None)."""
+    folder = job_folder(run_name)
+    result = transport.run(f"cd {folder} 2>/dev/null || {{ echo missing; exit 0; }}; "
+                           "if [ -f exit_code ]; then echo exited $(cat exit_code); "
+                           "elif [ -s pid ] && kill -0 -$(cat pid) 2>/dev/null; then echo running; "
+                           "else echo missing; fi", timeout=30)
+    words = result.text.split()
+    if words and words[0] == "exited":
+        return "exited", int(words[1])
+    return (words[0] if words else "missing"), None
+
+
+def stop_command(run_name: str, grace: int) -> str:
+    folder = job_folder(run_name)
+    container = shlex.quote(f"dstack-{run_name}")
+    return (f"cd {folder} 2>/dev/null || exit 0; [ -s pid ] || exit 0; PG=$(cat pid); "
+            f"if command -v docker >/dev/null 2>&1; then docker stop -t {grace} {container} >/dev/null 2>&1 || true; fi; "
+            f"kill -TERM -$PG 2>/dev/null || true; "
+            f"i=0; while kill -0 -$PG 2>/dev/null && [ $i -lt {grace * 10} ]; do sleep 0.1; i=$((i+1)); done; "
+            f"kill -KILL -$PG 2>/dev/null || true; "
+            f"i=0; while [ ! -f exit_code ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
+            f"cat exit_code 2>/dev/null || true")
+
+
+def stop_job(transport: Transport, run_name: str, grace: int = 10) -> Optional[int]:
+    """SIGTERM to the job's process group (and `docker stop` for its container), SIGKILL after `grace` seconds;
+    returns the exit code recorded."""
+    result = transport.run(stop_command(run_name, grace), timeout=grace + 30)
+    text = result.text.strip()
+    return int(text) if text.lstrip("-").isdigit() else None

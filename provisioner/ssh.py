@@ -1,0 +1,190 @@
+"""SSH to a host with paramiko: retries until sshd answers, strict host keys, one connection reused for every step.
+
+- Host keys: a key known in advance (a cloud VM whose host key the run generated) is the only one accepted; for
+  fleet hosts the first key seen is recorded in `$DSTACK_HOME/known_hosts`, and a changed key is refused.
+- Latency: paramiko leaves Nagle's algorithm on, so each request/response waits ~40 ms on delayed ACKs; the socket
+  is opened here with TCP_NODELAY (and keepalives), which brings a command on an open connection to ~2 ms.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from configuration.errors import ConfigurationError
+from configuration.home import dstack_home
+from provisioner.transport import CommandResult, TransportError
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    hostname: str
+    port: int = 22
+    user: str = "root"
+    identity_file: Optional[str] = None
+    private_key: Optional[str] = None  # an OpenSSH private key's text, instead of a file
+    host_key: Optional[str] = None  # "ssh-ed25519 AAAA...": accept this key and no other
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+
+class HostKeyChanged(ConfigurationError):
+    pass
+
+
+class AuthenticationRefused(ConfigurationError):
+    pass
+
+
+def known_hosts_path() -> Path:
+    return dstack_home() / "known_hosts"
+
+
+def _load_key(target: SSHTarget):
+    import paramiko
+
+    if target.private_key is None and target.identity_file is None:
+        return None
+    text = target.private_key
+    source = "the run's key"
+    if text is None:
+        path = Path(target.identity_file).expanduser()
+        source = str(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read the SSH identity file {path}: {e.strerror}") from None
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return key_class.from_private_key(io.StringIO(text))
+        except paramiko.SSHException:
+            continue
+    raise ConfigurationError(f"{source} is not an unencrypted OpenSSH private key (ed25519, ecdsa or rsa)")
+
+
+class SSHTransport:
+    def __init__(self, client, target: SSHTarget):
+        self._client = client
+        self.target = target
+        self.description = target.address
+
+    @property
+    def transport(self):
+        return self._client.get_transport()
+
+    def run(self, command: str, stdin: Optional[bytes] = None, timeout: Optional[float] = None) -> CommandResult:
+        import paramiko
+
+        try:
+            channel = self.transport.open_session(timeout=10)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            stdout, stderr = bytearray(), bytearray()
+            while True:
+                if channel.recv_ready():
+                    stdout += channel.recv(65536)
+                elif channel.recv_stderr_ready():
+                    stderr += channel.recv_stderr(65536)
+                elif channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                    break
+                else:
+                    channel.status_event.wait(0.05)
+            while channel.recv_ready():
+                stdout += channel.recv(65536)
+            while channel.recv_stderr_ready():
+                stderr += channel.recv_stderr(65536)
+            code = channel.recv_exit_status()
+            channel.close()
+            return CommandResult(code, bytes(stdout), bytes(stderr))
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            raise TransportError(f"{self.description}: connection lost: {e or type(e).__name__}") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _host_key_line(target: SSHTarget) -> str:
+    return target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+
+
+def connect(
+    target: SSHTarget,
+    total_wait: float = 300.0,
+    log: Callable[[str], None] = lambda _: None,
+    connect_timeout: float = 10.0,
+) -> SSHTransport:
+    """Connect, retrying with backoff while the host does not answer yet, up to `total_wait` seconds. A refused key
+    or a changed host key fails at once: waiting cannot fix those."""
+    import paramiko
+
+    key = _load_key(target)
+    deadline = time.monotonic() + total_wait
+    delay, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        client = paramiko.SSHClient()
+        name = _host_key_line(target)
+        if target.host_key:
+            key_type, key_data = target.host_key.split()[:2]
+            client.get_host_keys().add(name, key_type, paramiko.PKey.from_type_string(key_type, _b64(key_data)))
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        else:
+            known = known_hosts_path()
+            if known.exists():
+                client.load_host_keys(str(known))
+            client.set_missing_host_key_policy(_RecordFirstKey(known))
+        try:
+            sock = socket.create_connection((target.hostname, target.port), timeout=connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            client.connect(target.hostname, port=target.port, username=target.user, pkey=key, sock=sock,
+                           timeout=connect_timeout, banner_timeout=connect_timeout, auth_timeout=connect_timeout,
+                           allow_agent=key is None, look_for_keys=key is None)
+            client.get_transport().set_keepalive(15)
+            return SSHTransport(client, target)
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise HostKeyChanged(
+                f"the host key of {target.hostname}:{target.port} is not the one expected "
+                f"(got {e.key.get_name()} {e.key.get_fingerprint().hex()}); refusing to connect. If the host was "
+                f"reinstalled, remove its line from {known_hosts_path()}") from None
+        except paramiko.AuthenticationException:
+            client.close()
+            with_key = f" with {target.identity_file}" if target.identity_file else ""
+            raise AuthenticationRefused(f"{target.address} refused the SSH key{with_key}: check the user and that the "
+                                        "public key is in the host's authorized_keys") from None
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            client.close()
+            if time.monotonic() + delay > deadline:
+                raise TransportError(f"{target.address} did not answer SSH within {total_wait:.0f}s "
+                                     f"({attempt} attempts; last error: {e or type(e).__name__})") from None
+            log(f"waiting for sshd on {target.address} ({e or type(e).__name__}); retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _b64(data: str) -> bytes:
+    import base64
+
+    return base64.b64decode(data)
+
+
+class _RecordFirstKey:
+    """Trust on first use for hosts the user listed in a fleet: record the key, then require it forever."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        client.get_host_keys().save(str(self.path))

@@ -1,0 +1,54 @@
+"""How the provisioner runs a command on a host: over SSH (provisioner.ssh) or on this machine (LocalTransport).
+
+The job code above it speaks only `run(command, stdin)`, so the same job scripts serve cloud VMs, fleet hosts and
+the local backend.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+
+class TransportError(Exception):
+    """The host could not be reached, or the connection broke; the caller may reconnect and go on."""
+
+
+class Transport(Protocol):
+    description: str
+
+    def run(self, command: str, stdin: Optional[bytes] = None, timeout: Optional[float] = None) -> CommandResult:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class LocalTransport:
+    """This machine: commands run under `sh -c`, as the user running dstack, with jobs under `jobs_dir`."""
+
+    description = "localhost"
+
+    def __init__(self, jobs_dir: str):
+        self._env = dict(os.environ, DSTACK_JOBS_DIR=jobs_dir)
+
+    def run(self, command: str, stdin: Optional[bytes] = None, timeout: Optional[float] = None) -> CommandResult:
+        done = subprocess.run(["sh", "-c", command], input=stdin or b"", capture_output=True, timeout=timeout,
+                              env=self._env)
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    def close(self) -> None:
+        pass

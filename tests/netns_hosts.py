@@ -1,0 +1,130 @@
+"""Test hosts with addresses of their own: a network namespace joined to this machine by a veth pair, running a
+real OpenSSH sshd. Traffic goes only to these namespaces' addresses (10.251.N.2, made here).
+
+Outside CI the tests that need them skip, with the reason, where namespaces cannot be made (not root, no `ip`);
+under CI (`CI=true`) they must run, so a missing capability fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def namespaces_available() -> str:
+    """'' when namespace hosts can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if not shutil.which("ip"):
+        return "iproute2 (`ip`) is not installed"
+    if not os.path.exists(SSHD):
+        return "openssh-server (sshd) is not installed"
+    probe = subprocess.run(["ip", "netns", "add", f"dstk-probe-{os.getpid()}"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot create a network namespace: {probe.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", f"dstk-probe-{os.getpid()}"], capture_output=True)
+    return ""
+
+
+def require_namespaces() -> None:
+    reason = namespaces_available()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"namespace hosts must run under CI: {reason}")
+        pytest.skip(reason)
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+class NamespaceHost:
+    """One test host: namespace `dstk<pid>-<n>`, address 10.251.<n>.2, sshd on port 22 accepting `client_key`."""
+
+    def __init__(self, index: int, client_public_key: str):
+        self.index = index
+        self.ns = f"dstk{os.getpid() % 10000}-{index}"
+        self.veth_host = f"dv{os.getpid() % 10000}h{index}"
+        self.veth_ns = f"dv{os.getpid() % 10000}n{index}"
+        self.address = f"10.251.{index}.2"
+        self.host_side = f"10.251.{index}.1"
+        self.dir = Path(tempfile.mkdtemp(prefix=f"dstack-host{index}-"))
+        self.jobs_dir = self.dir / "jobs"
+        self.client_public_key = client_public_key
+        self.process = None
+
+    def start(self) -> "NamespaceHost":
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns)
+        sh("ip", "link", "set", self.veth_ns, "netns", self.ns)
+        sh("ip", "addr", "add", f"{self.host_side}/24", "dev", self.veth_host)
+        sh("ip", "link", "set", self.veth_host, "up")
+        sh("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{self.address}/24", "dev", self.veth_ns)
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", self.veth_ns, "up")
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up")
+        self.new_host_key()
+        (self.dir / "authorized_keys").write_text(self.client_public_key + "\n")
+        self.jobs_dir.mkdir()
+        (self.dir / "sshd_config").write_text("\n".join([
+            "Port 22", f"ListenAddress {self.address}", f"HostKey {self.dir / 'host_key'}",
+            f"PidFile {self.dir / 'sshd.pid'}", f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "UsePAM no", "StrictModes no", "AllowTcpForwarding yes", "LogLevel ERROR", "MaxStartups 100",
+            f"SetEnv DSTACK_JOBS_DIR={self.jobs_dir}",
+        ]) + "\n")
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        self.start_sshd()
+        return self
+
+    def new_host_key(self) -> None:
+        for suffix in ("", ".pub"):
+            (self.dir / f"host_key{suffix}").unlink(missing_ok=True)
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / "host_key"))
+
+    @property
+    def host_public_key(self) -> str:
+        return " ".join((self.dir / "host_key.pub").read_text().split()[:2])
+
+    def start_sshd(self) -> None:
+        self.process = subprocess.Popen(["ip", "netns", "exec", self.ns, SSHD, "-D", "-e", "-f",
+                                         str(self.dir / "sshd_config")], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.address, 22), timeout=0.2).close()
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"sshd failed: {self.process.stderr.read().decode()}") from None
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start listening within 10s")
+
+    def stop_sshd(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(5)
+        (self.dir / "sshd.pid").unlink(missing_ok=True)
+
+    def link(self, up: bool) -> None:
+        sh("ip", "link", "set", self.veth_host, "up" if up else "down")
+
+    def in_namespace(self, *argv: str, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **kwargs)
+
+    def cleanup(self) -> None:
+        self.stop_sshd()
+        pids = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["kill", "-KILL", pid], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.veth_host], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)

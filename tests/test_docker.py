@@ -1,0 +1,119 @@
+"""`image:` tasks in a real Docker daemon started by the tests, with an image made locally; and the registry login
+and pull command lines, checked through a stand-in `docker` that records its arguments and stdin."""
+
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from provisioner.job import JobSpec, docker_script, read_log, start_job, stop_job
+from provisioner.transport import LocalTransport
+from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def local(docker_daemon, monkeypatch, tmp_path):  # noqa: F811
+    monkeypatch.setenv("DOCKER_HOST", docker_daemon.host)
+    return LocalTransport(str(tmp_path / "jobs"))
+
+
+def wait_exit(transport, run, timeout=60):
+    deadline, offset, log = time.monotonic() + timeout, 0, b""
+    while time.monotonic() < deadline:
+        chunk = read_log(transport, run, offset)
+        log, offset = log + chunk.data, offset + len(chunk.data)
+        if chunk.exit_code is not None:
+            return chunk.exit_code, log.decode()
+        time.sleep(0.05)
+    raise AssertionError(f"{run} did not end: {log!r}")
+
+
+def test_image_task_env_shm_workdir_and_exit_code(local, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    (repo / "sub" / "data.txt").write_text("from the repo\n")
+    job = JobSpec(run_name="img-1", image=IMAGE, working_dir="sub", shm_size_gb=0.25,
+                  env={"GREETING": "hello world", "TOKEN": "tok_secret"},
+                  commands=["echo $GREETING", "pwd", "cat data.txt", "df -m /dev/shm | tail -1", "exit 5"])
+    start_job(local, job, repo=repo)
+    code, log = wait_exit(local, "img-1")
+    lines = log.splitlines()
+    assert code == 5
+    assert lines[0] == "hello world" and lines[1] == "/workflow/sub" and lines[2] == "from the repo"
+    assert lines[3].split()[1] == "256"  # --shm-size
+    assert "tok_secret" not in (tmp_path / "jobs" / "img-1" / "job.sh").read_text()
+
+
+def test_image_entrypoint(local):
+    job = JobSpec(run_name="img-2", image=IMAGE, entrypoint="/bin/sh -c", commands=["echo via entrypoint $0"])
+    start_job(local, job)
+    assert wait_exit(local, "img-2") == (0, "via entrypoint /bin/sh\n")
+
+
+def test_image_port_serves_http(local, tmp_path):
+    repo = tmp_path / "site"
+    repo.mkdir()
+    (repo / "index.html").write_text("served from a container")
+    start_job(local, JobSpec(run_name="img-3", image=IMAGE, commands=["httpd -f -p 127.0.0.1:18181 -h /workflow"]),
+              repo=repo)
+    body, deadline = None, time.monotonic() + 20
+    while body is None and time.monotonic() < deadline:
+        try:
+            body = urllib.request.urlopen("http://127.0.0.1:18181/index.html", timeout=2).read().decode()
+        except OSError:
+            time.sleep(0.1)
+    assert body == "served from a container"
+    stop_job(local, "img-3", grace=2)
+
+
+def test_image_task_stop(local, docker_daemon):  # noqa: F811
+    start_job(local, JobSpec(run_name="img-4", image=IMAGE, commands=["echo up", "sleep 300"]))
+    deadline = time.monotonic() + 20
+    while b"up" not in read_log(local, "img-4", 0).data and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert docker_daemon.docker("ps", "-q", "--filter", "name=dstack-img-4").stdout.strip()
+    code = stop_job(local, "img-4", grace=2)
+    assert code is not None and code != 0
+    assert docker_daemon.docker("ps", "-aq", "--filter", "name=dstack-img-4").stdout.strip() == ""
+
+
+def test_registry_login_gets_the_password_on_stdin_only(tmp_path, monkeypatch):
+    """A stand-in `docker` records each call; the password must appear in login's stdin and nowhere else."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(f"""#!/bin/sh
+echo "ARGV $*" >> {calls}
+if [ "$1" = login ]; then echo "STDIN $(cat)" >> {calls}; fi
+if [ "$1" = image ]; then exit 1; fi
+exit 0
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    job = JobSpec(run_name="img-5", image="ghcr.io/me/private:1", commands=["python train.py"],
+                  env={"HF_TOKEN": "hf_abc"}, registry_username="me", registry_password="ghp_supersecret")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    start_job(local, job)
+    assert wait_exit(local, "img-5")[0] == 0
+    recorded = calls.read_text().splitlines()
+    assert recorded[0] == "ARGV login --username me --password-stdin ghcr.io"
+    assert recorded[1] == "STDIN ghp_supersecret"
+    assert recorded[2] == "ARGV image inspect ghcr.io/me/private:1"
+    assert recorded[3] == "ARGV pull ghcr.io/me/private:1"
+    run_line = recorded[4]
+    assert run_line.startswith("ARGV run --rm --init --name dstack-img-5 --network host -e HF_TOKEN -v ")
+    assert run_line.endswith("-w /workflow --entrypoint /bin/sh ghcr.io/me/private:1 -c set -e")
+    assert recorded[5] == "python train.py"  # the script argument goes on after its newline
+    assert sum("ghp_supersecret" in line for line in recorded) == 1
+    assert "hf_abc" not in calls.read_text()
+    script = (tmp_path / "jobs" / "img-5" / "job.sh").read_text()
+    assert "ghp_supersecret" not in script and not (tmp_path / "jobs" / "img-5" / "env").exists()
+
+
+def test_docker_hub_image_logs_in_without_a_server_and_gpus_are_passed():
+    script = docker_script(JobSpec(run_name="x", image="me/private", commands=["nvidia-smi"], nvidia_gpus=True,
+                                   registry_username="me", registry_password="pw"))
+    assert 'docker login --username "$DSTACK_REGISTRY_USERNAME" --password-stdin\n' in script
+    assert "--gpus all" in script and "nvidia-container-toolkit" in script

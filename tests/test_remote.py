@@ -1,0 +1,186 @@
+"""Remote execution against real sshd servers, each in its own network namespace with its own address."""
+
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from configuration.errors import ConfigurationError
+from provisioner.follow import LogFollower
+from provisioner.host_probe import PROBE_COMMAND, parse_probe
+from provisioner.job import JobSpec, job_state, read_log, start_job, stop_job
+from provisioner.ports import PortForwarder, PortTaken, bind_local, ssh_opener
+from provisioner.ssh import AuthenticationRefused, HostKeyChanged, SSHTarget, connect, known_hosts_path
+from provisioner.transport import TransportError
+
+
+def target(host, client_key, **changes):
+    fields = dict(hostname=host.address, port=22, user="root", identity_file=client_key[0])
+    fields.update(changes)
+    return SSHTarget(**fields)
+
+
+def wait_exit(transport, run, timeout=30):
+    deadline = time.monotonic() + timeout
+    offset, log = 0, b""
+    while time.monotonic() < deadline:
+        chunk = read_log(transport, run, offset)
+        log += chunk.data
+        offset += len(chunk.data)
+        if chunk.exit_code is not None:
+            return chunk.exit_code, log.decode()
+        time.sleep(0.05)
+    raise AssertionError(f"job {run} did not end; log so far: {log!r}")
+
+
+def test_probe_reads_the_host(make_host, client_key):
+    host = make_host()
+    ssh = connect(target(host, client_key), total_wait=10)
+    facts = parse_probe(ssh.run(PROBE_COMMAND).text)
+    ssh.close()
+    assert facts.cpus >= 1 and facts.arch in ("x86", "arm") and facts.memory_gib > 1 and facts.disk_free_gb > 0
+    assert facts.gpus == ()  # no GPU on the test machine
+
+
+def test_task_with_env_and_args_gives_output_and_exit_code(make_host, client_key):
+    host = make_host()
+    ssh = connect(target(host, client_key), total_wait=10)
+    job = JobSpec(run_name="t-env", commands=["echo \"token=$TOKEN mode=$MODE\"", "echo args: --lr '0.1 x' -v",
+                                              "python -c 'import sys; print(sys.prefix.endswith(\"/venv\"))'"],
+                  env={"TOKEN": "s3cr3t value", "MODE": "fast"}, python="3.11")
+    start_job(ssh, job)
+    code, log = wait_exit(ssh, "t-env")
+    assert code == 0
+    assert log.splitlines() == ["token=s3cr3t value mode=fast", "args: --lr 0.1 x -v", "True"]
+    assert not (host.jobs_dir / "t-env" / "env").exists()  # the env file is gone once read
+    assert (host.jobs_dir / "t-env" / "exit_code").read_text().strip() == "0"
+
+
+def test_failing_command_exit_code(make_host, client_key):
+    host = make_host()
+    ssh = connect(target(host, client_key), total_wait=10)
+    start_job(ssh, JobSpec(run_name="t-fail", commands=["echo before", "sh -c 'exit 7'", "echo never"]))
+    code, log = wait_exit(ssh, "t-fail")
+    assert (code, log) == (7, "before\n")
+    assert job_state(ssh, "t-fail") == ("exited", 7)
+
+
+def test_forwarded_port_serves_http(make_host, client_key):
+    host = make_host()
+    ssh = connect(target(host, client_key), total_wait=10)
+    (host.dir / "site").mkdir()
+    (host.dir / "site" / "index.html").write_text("hello through the tunnel")
+    start_job(ssh, JobSpec(run_name="t-http", commands=[
+        f"cd {host.dir / 'site'}", "exec python3 -m http.server 18080 --bind 127.0.0.1"]))
+    forwarder = PortForwarder(ssh_opener(lambda: ssh.transport))
+    local = forwarder.forward(None, 18080)
+    body = None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and body is None:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{local}/index.html", timeout=2).read().decode()
+        except OSError:
+            time.sleep(0.1)
+    assert body == "hello through the tunnel"
+    assert stop_job(ssh, "t-http", grace=2) is not None
+    forwarder.close()
+
+
+def test_taken_local_port_is_a_clear_error():
+    holder = bind_local(None)
+    port = holder.getsockname()[1]
+    with pytest.raises(PortTaken, match=f"local port {port} is already in use"):
+        bind_local(port)
+    holder.close()
+
+
+def test_link_cut_mid_run_loses_nothing(make_host, client_key):
+    host = make_host()
+    connect_target = target(host, client_key)
+    ssh = connect(connect_target, total_wait=10)
+    start_job(ssh, JobSpec(run_name="t-cut", commands=["for i in $(seq 1 40); do echo line $i; sleep 0.1; done"]))
+    follower = LogFollower(lambda: connect(connect_target, total_wait=30, connect_timeout=3), "t-cut",
+                           reconnect_wait=60)
+    follower.transport = ssh
+    received = bytearray()
+    follower.poll(received.extend)
+    host.link(False)
+    time.sleep(1.5)
+    # the job goes on while the link is down: check from inside the namespace
+    check = host.in_namespace("sh", "-c", f"kill -0 -$(cat {host.jobs_dir / 't-cut' / 'pid'})")
+    assert check.wait(5) == 0
+    threading.Timer(1.0, host.link, args=(True,)).start()
+    code = follower.follow(received.extend, interval=0.1)
+    assert code == 0
+    assert received.decode().splitlines() == [f"line {i}" for i in range(1, 41)]
+
+
+def test_stop_terminates_the_job(make_host, client_key):
+    host = make_host()
+    ssh = connect(target(host, client_key), total_wait=10)
+    start_job(ssh, JobSpec(run_name="t-stop", commands=["echo started", "sleep 300"]))
+    deadline = time.monotonic() + 10
+    while b"started" not in read_log(ssh, "t-stop", 0).data and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job_state(ssh, "t-stop") == ("running", None)
+    code = stop_job(ssh, "t-stop", grace=3)
+    assert code == 143  # 128 + SIGTERM
+    assert job_state(ssh, "t-stop") == ("exited", 143)
+
+
+def test_stop_kills_a_job_that_ignores_sigterm(make_host, client_key):
+    host = make_host()
+    ssh = connect(target(host, client_key), total_wait=10)
+    start_job(ssh, JobSpec(run_name="t-kill", commands=["trap '' TERM", "echo started", "sleep 300 & wait"]))
+    deadline = time.monotonic() + 10
+    while b"started" not in read_log(ssh, "t-kill", 0).data and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    code = stop_job(ssh, "t-kill", grace=1)
+    assert code == 137 and time.monotonic() - started < 10  # 128 + SIGKILL after the grace period
+
+
+def test_first_key_is_recorded_and_a_changed_key_refused(make_host, client_key):
+    host = make_host()
+    connect(target(host, client_key), total_wait=10).close()
+    assert host.host_public_key.split()[1] in known_hosts_path().read_text()
+    connect(target(host, client_key), total_wait=10).close()  # the same key again: fine
+    host.stop_sshd()
+    host.new_host_key()
+    host.start_sshd()
+    with pytest.raises(HostKeyChanged, match=f"host key of {host.address}:22 is not the one expected"):
+        connect(target(host, client_key), total_wait=10)
+
+
+def test_known_host_key_is_required(make_host, client_key):
+    host = make_host()
+    connect(target(host, client_key, host_key=host.host_public_key), total_wait=10).close()
+    other = make_host()
+    with pytest.raises(HostKeyChanged):
+        connect(target(host, client_key, host_key=other.host_public_key), total_wait=10)
+    assert not known_hosts_path().exists()  # a VM's known key is not written to known_hosts
+
+
+def test_wrong_key_refused_with_a_clear_message(make_host, client_key, tmp_path):
+    import subprocess
+
+    host = make_host()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    with pytest.raises(AuthenticationRefused, match=f"root@{host.address}:22 refused the SSH key with .*other"):
+        connect(target(host, client_key, identity_file=str(tmp_path / "other")), total_wait=10)
+
+
+def test_unreachable_host_gives_up_after_the_bounded_wait(make_host, client_key):
+    host = make_host()
+    host.stop_sshd()
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="did not answer SSH within 2s"):
+        connect(target(host, client_key), total_wait=2, connect_timeout=1)
+    assert time.monotonic() - started < 6
+
+
+def test_missing_identity_file_is_a_configuration_error(make_host, client_key, tmp_path):
+    host = make_host()
+    with pytest.raises(ConfigurationError, match="cannot read the SSH identity file"):
+        connect(target(host, client_key, identity_file=str(tmp_path / "none")), total_wait=2)
