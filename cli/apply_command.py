@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -57,21 +58,23 @@ def apply(
         instance_types=instance_type, max_price=max_price,
     )
     from configuration.backends import load_config
+    from configuration.errors import ConfigurationError
     from provisioner.names import generate_run_name
+    from provisioner.placement import search_run_offers
+    from provisioner.state import StateStore
 
     config = load_config()
+    store = StateStore()
     run_name = run.configuration.name or generate_run_name()
-    search = _search_offers(requirements, config)
+    search, hosts = search_run_offers(requirements, config, store, limit=20)
     if not search.offers:
-        from configuration.errors import ConfigurationError
-
         raise ConfigurationError(f"no offers match: {requirements.describe()} (see `dstack offers` for what exists)")
     if dry_run:
         from provisioner.cloud_plan import dry_run_resources
         from provisioner.plan import plan_json
 
-        offer = search.offers[0]
-        document = plan_json(run, offer, dry_run_resources(run_name, run.configuration, offer, config))
+        document = plan_json(run, search.offers[0],
+                             dry_run_resources(run_name, run.configuration, search.offers[0], config))
         if as_json:
             print_json(document)
         else:
@@ -79,15 +82,15 @@ def apply(
 
             print_plan(file, run_name, requirements, search, document)
         return
-    raise typer.BadParameter("running a configuration comes with the runs issue; use --dry-run for now",
-                             param_hint="'apply'")
+    from cli.plan_view import print_plan
 
+    print_plan(file, run_name, requirements, search, {})
+    if not yes and not typer.confirm("Submit the run?", default=True):
+        raise typer.Exit(1)
+    from cli.run_session import run_and_report
 
-def _search_offers(requirements, config):
-    from offers.catalog import load_catalogs
-    from offers.solver import find_offers
-
-    return find_offers(requirements, load_catalogs(requirements.backends), limit=10)
+    code = run_and_report(config, store, hosts, run_name, run, search.offers, Path(file), detach)
+    raise typer.Exit(code)
 
 
 def _run_name(name: str) -> str:

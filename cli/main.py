@@ -10,6 +10,9 @@ import typer
 from typing_extensions import Annotated
 
 from cli.apply_command import apply
+from cli.fleet_command import delete, fleet
+from cli.gc_command import gc
+from cli.runs_command import attach, logs, ps, stop
 from cli.offers_command import offers
 from cli.schema_command import schema
 from cli.setup_command import setup
@@ -49,6 +52,13 @@ _RUN_SETTINGS = {"allow_interspersed_args": False}
 app.command("apply", context_settings=_RUN_SETTINGS)(apply)
 app.command("run", context_settings=_RUN_SETTINGS, help="An alias of `apply`.")(apply)
 app.command("schema")(schema)
+app.command("ps")(ps)
+app.command("logs")(logs)
+app.command("attach")(attach)
+app.command("stop")(stop)
+app.command("fleet")(fleet)
+app.command("delete")(delete)
+app.command("gc")(gc)
 app.command("setup")(setup)
 
 
@@ -58,6 +68,8 @@ def main() -> None:
     except ConfigurationError as e:
         error(str(e))
         sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

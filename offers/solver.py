@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence
 
-from configuration.resources import GPUSpec, ResourcesSpec
+from configuration.resources import DEFAULT_DISK, DEFAULT_DISK_SIZE, GPUSpec, ResourcesSpec
 from offers.catalog import Catalog, InstanceType
 from offers.gpus import SPEC_VENDORS, compute_capability
 from offers.offer import Offer
@@ -117,7 +117,9 @@ def _catalog_candidates(catalog: Catalog, req: Requirements, disk_gb: float) -> 
 
 
 def host_offers(offers: Iterable[Offer], req: Requirements) -> Iterable[Offer]:
-    """Filters offers that are not from a catalogue (local machine, SSH fleet hosts) by the same rules."""
+    """Filters offers that are not from a catalogue (local machine, SSH fleet hosts) by the same rules. Their
+    `disk_gb` is the host's free space: an explicit disk request must fit in it; the default request (100GB..) does
+    not exclude a host, whose disk is whatever it has."""
     for offer in offers:
         if req.spot is True or not _allowed(offer.backend, req.backends):
             continue
@@ -127,7 +129,9 @@ def host_offers(offers: Iterable[Offer], req: Requirements) -> Iterable[Offer]:
             continue
         if req.max_price is not None and offer.price > req.max_price:
             continue
-        disk_gb = disk_size(req.resources, FREE_DISK)
+        disk_gb: Optional[float] = offer.disk_gb
+        if req.resources.disk != DEFAULT_DISK:
+            disk_gb = disk_size(req.resources, DiskPricing(0, offer.disk_gb, DEFAULT_DISK_SIZE.min, 0.0))
         if disk_gb is None or not instance_matches(offer.instance, req.resources):
             continue
         yield Offer(offer.backend, offer.instance, offer.region, offer.zones, False, offer.price, disk_gb, 0.0)

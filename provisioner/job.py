@@ -34,6 +34,8 @@ class JobSpec:
     nvidia_gpus: bool = False
     registry_username: Optional[str] = None
     registry_password: Optional[str] = None
+    max_duration_s: Optional[int] = None  # the job is stopped (exit code 124) when it runs longer
+    power_off_after_exit_min: Optional[int] = None  # cloud VMs: power off (and so terminate) after the job ends
 
 
 def registry_of(image: str) -> Optional[str]:
@@ -172,11 +174,18 @@ def job_folder(run_name: str) -> str:
     return '"${DSTACK_JOBS_DIR:-$HOME/.dstack-jobs}"/' + shlex.quote(run_name)
 
 
-def start_command(run_name: str) -> str:
+TIMED_OUT = 124  # the exit code of a job stopped at max_duration (as timeout(1) reports it)
+
+
+def start_command(job: JobSpec) -> str:
     """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
-    folder = job_folder(run_name)
-    wrapper = ("setsid sh ./job.sh > output.log 2>&1 < /dev/null & echo $! > pid; wait $!; "
+    folder = job_folder(job.run_name)
+    limit = f"timeout -s TERM -k 10 {job.max_duration_s} " if job.max_duration_s else ""
+    wrapper = (f"setsid {limit}sh ./job.sh > output.log 2>&1 < /dev/null & echo $! > pid; wait $!; "
                "echo $? > exit_code.tmp; mv exit_code.tmp exit_code")
+    if job.power_off_after_exit_min:
+        minutes = job.power_off_after_exit_min
+        wrapper += f"; sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}"
     return (f"{{ mkdir -p {folder} && cd {folder} && umask 077 && tar -xzf - && rm -f exit_code pid; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
@@ -184,7 +193,7 @@ def start_command(run_name: str) -> str:
 
 def start_job(transport: Transport, job: JobSpec, repo=None) -> int:
     archive = pack(repo, {"job.sh": (job_script(job).encode(), 0o700), "env": (env_file(job), 0o600)})
-    result = transport.run(start_command(job.run_name), stdin=archive, timeout=120)
+    result = transport.run(start_command(job), stdin=archive, timeout=120)
     if result.code != 0 or not result.text.strip().isdigit():
         raise RuntimeError(f"starting the job on {transport.description} failed: "
                            f"{result.stderr.decode(errors='replace').strip() or result.text.strip()}")

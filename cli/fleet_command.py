@@ -1,0 +1,76 @@
+"""`dstack apply -f fleet.dstack.yml`, `dstack fleet`, `dstack delete`: SSH fleets of hosts the user owns."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from cli.output import print_json, stderr_console, stdout_console
+
+
+def apply_fleet(configuration, source: str) -> None:
+    from provisioner.hosts import apply_fleet as probe_and_record
+    from provisioner.state import StateStore
+
+    console = stderr_console()
+    hosts = probe_and_record(configuration, source, StateStore(), log=console.print)
+    console.print(f"Fleet {configuration.name}: {len(hosts)} host{'s' if len(hosts) != 1 else ''} ready")
+
+
+def fleet(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False) -> None:
+    """List SSH fleets and their hosts."""
+    from provisioner.host_probe import HostFacts
+    from provisioner.hosts import describe_facts
+    from provisioner.state import StateStore
+
+    fleets = StateStore().list_fleets()
+    if as_json:
+        print_json({"fleets": fleets})
+        return
+    from rich.table import Table
+
+    console = stdout_console()
+    if not fleets:
+        console.print("No fleets. `dstack apply -f fleet.dstack.yml` adds one.")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("FLEET", "HOST", "RESOURCES"):
+        table.add_column(column)
+    for item in fleets:
+        for host in item["hosts"]:
+            access = host["access"]
+            table.add_row(item["name"], f"{access['user']}@{access['hostname']}:{access['port']}",
+                          describe_facts(HostFacts.from_json(host["facts"])))
+    console.print(table)
+
+
+def delete(
+    name: Annotated[Optional[str], typer.Argument(help="A finished run's name")] = None,
+    file: Annotated[Optional[str], typer.Option("-f", "--file", help="A fleet configuration to forget")] = None,
+) -> None:
+    """Forget a fleet (`-f fleet.dstack.yml`) or a finished run (NAME)."""
+    from configuration.errors import ConfigurationError
+    from provisioner.state import StateStore
+
+    if (name is None) == (file is None):
+        raise typer.BadParameter("give a run NAME or -f FILE, not both", param_hint="'NAME' / '-f'")
+    if file is not None:
+        from configuration.loader import load_configuration
+
+        configuration = load_configuration(file)
+        if configuration.type != "fleet":
+            raise ConfigurationError(f"{file}: `dstack delete -f` takes a fleet configuration, not a {configuration.type}")
+        store = StateStore()
+        busy = [r.name for r in store.list_runs() if r.active and r.backend == "ssh" and r.region == configuration.name]
+        if busy:
+            raise ConfigurationError(f"fleet {configuration.name} is in use by {', '.join(busy)}; stop them first")
+        if not store.delete_fleet(configuration.name):
+            raise ConfigurationError(f"no fleet named {configuration.name} (see `dstack fleet`)")
+        stderr_console().print(f"Fleet {configuration.name} forgotten (its hosts are untouched)")
+        return
+    from cli.runs_command import _session, delete_run
+
+    delete_run(_session(), name)
+    stderr_console().print(f"Run {name} deleted")

@@ -1,0 +1,54 @@
+"""The terminal side of a run: progress lines on stderr, the job's output on stdout, and what Ctrl-C means."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cli.output import stderr_console
+
+
+def make_reporter():
+    from provisioner.runner import Reporter, write_stdout
+
+    console = stderr_console()
+    started = time.monotonic()
+
+    def info(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}", markup=True, highlight=False)
+
+    def step(progress) -> None:
+        took = f" ({progress.seconds:.0f}s)" if progress.seconds is not None else ""
+        info(f"{progress.op} {progress.type.split(':')[-1]} {progress.name}: {progress.state}{took}")
+
+    return Reporter(info=info, step=step, output=write_stdout)
+
+
+def session_for(config, store, hosts=None):
+    from provisioner.runner import RunSession
+
+    return RunSession(store=store, config=config, reporter=make_reporter(), fleet_hosts=hosts or {})
+
+
+def run_and_report(config, store, hosts, run_name, resolved, offers, source: Path, detach: bool) -> int:
+    """Runs the task; returns the exit status for the shell: 0 when the job succeeded, its exit code when it failed."""
+    from provisioner.repo_archive import repo_root
+    from provisioner.runner import submit
+
+    session = session_for(config, store, hosts)
+    repo = repo_root(source.resolve().parent)
+    try:
+        record = submit(session, run_name, resolved, offers, repo, detach)
+    except KeyboardInterrupt:
+        record = store.get_run(run_name)
+        if record is not None and record.active:
+            session.reporter.info(f"Left {run_name} {record.status}: `dstack stop {run_name}` finishes the teardown")
+        return 130
+    if detach:
+        session.reporter.info(f"{run_name} is running; `dstack logs {run_name} -f` follows it, "
+                              f"`dstack stop {run_name}` ends it")
+        return 0
+    session.reporter.info(f"{run_name} {record.status}" + (f" ({record.reason})" if record.reason else ""))
+    if record.status == "done":
+        return 0
+    return record.exit_code if record.exit_code not in (None, 0) and 0 < record.exit_code < 256 else 1

@@ -1,0 +1,155 @@
+"""`dstack ps`, `dstack logs`, `dstack attach`, `dstack stop`: the runs after `apply`."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from typing_extensions import Annotated
+
+from cli.output import print_json, stdout_console
+
+NameArgument = Annotated[str, typer.Argument(help="The run name")]
+
+
+def _session():
+    from cli.run_session import session_for
+    from configuration.backends import load_config
+    from provisioner.state import StateStore
+
+    return session_for(load_config(), StateStore())
+
+
+def _record(session, name: str):
+    from configuration.errors import ConfigurationError
+
+    record = session.store.get_run(name)
+    if record is None:
+        raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
+    return record
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def ps(
+    all_runs: Annotated[bool, typer.Option("-a", "--all", help="Show finished runs too")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    """List runs: status, where they run, what they cost. Finishes what an interrupted dstack left."""
+    from provisioner.runner import reconcile
+
+    session = _session()
+    now = time.time()
+    records = [r for r in reconcile(session) if all_runs or r.active]
+    if as_json:
+        print_json({"runs": [{
+            "name": r.name, "status": r.status, "reason": r.reason, "backend": r.backend, "region": r.region,
+            "instance": r.instance, "price": r.price, "cost": round(r.cost(now), 6), "exit_code": r.exit_code,
+            "submitted_at": r.submitted_at, "age_s": round(now - r.submitted_at, 1),
+            "ports": r.ports or [],
+        } for r in records]})
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "STATUS", "BACKEND", "REGION", "INSTANCE", "$/HOUR", "COST", "AGE"):
+        table.add_column(column)
+    for r in records:
+        status = r.status + (f" ({r.reason})" if r.reason else "")
+        table.add_row(r.name, status, r.backend or "-", r.region or "-", r.instance or "-",
+                      f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}",
+                      _age(now - r.submitted_at))
+    console = stdout_console()
+    if records:
+        console.print(table)
+    else:
+        console.print("No runs." if all_runs else "No active runs (`dstack ps -a` shows finished ones).")
+
+
+def logs(
+    name: NameArgument,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep following until the job ends")] = False,
+) -> None:
+    """Print a run's output, from the start."""
+    _print_logs(_session(), name, follow)
+
+
+def _print_logs(session, name: str, follow: bool) -> None:
+    from provisioner.access import HostAccess
+    from provisioner.follow import LogFollower
+    from provisioner.runner import local_log_path, write_stdout
+    from provisioner.transport import TransportError
+
+    record = _record(session, name)
+    reachable = record.host and (record.active or record.backend in ("local", "ssh"))
+    if reachable:
+        access = HostAccess.from_json(record.host)
+        follower = LogFollower(lambda: access.connect(total_wait=60), name)
+        try:
+            if follow and record.active:
+                follower.follow(write_stdout)
+            else:
+                follower.poll(write_stdout)
+            return
+        except TransportError as e:
+            session.reporter.info(f"the host is not reachable ({e}); showing the copy kept locally")
+    path = local_log_path(name)
+    if path.exists():
+        write_stdout(path.read_bytes())
+    elif not record.host:
+        session.reporter.info(f"{name} has no output: it never started ({record.reason or record.status})")
+
+
+def attach(name: NameArgument) -> None:
+    """Follow a running run's output and forward its ports again, until it ends (Ctrl-C detaches)."""
+    from configuration.errors import ConfigurationError
+    from provisioner.access import HostAccess
+    from provisioner.follow import LogFollower
+    from provisioner.runner import forward_ports, write_stdout
+
+    session = _session()
+    record = _record(session, name)
+    if not record.active or not record.host:
+        raise ConfigurationError(f"{name} is {record.status}; nothing to attach to (`dstack logs {name}` shows its output)")
+    access = HostAccess.from_json(record.host)
+    follower = LogFollower(lambda: access.connect(total_wait=60), name)
+    follower.transport = access.connect(total_wait=60)
+    from configuration.fields import PortMapping
+
+    ports = [PortMapping.model_validate(p) for p in (record.configuration or {}).get("ports", [])]
+    forwarder = forward_ports(session, name, access, ports, lambda: follower.transport)
+    try:
+        follower.follow(write_stdout)
+    except KeyboardInterrupt:
+        session.reporter.info(f"Detached; {name} goes on (`dstack stop {name}` ends it)")
+    finally:
+        if forwarder is not None:
+            forwarder.close()
+
+
+def stop(
+    name: NameArgument,
+    abort: Annotated[bool, typer.Option("--abort", help="Kill at once, without the grace period")] = False,
+) -> None:
+    """Stop a run (SIGTERM, then SIGKILL after 10s) and remove everything it created."""
+    from provisioner.runner import stop_run
+
+    session = _session()
+    _record(session, name)
+    record = stop_run(session, name, abort=abort)
+    session.reporter.info(f"{name} {record.status}" + (f" ({record.reason})" if record.reason else ""))
+
+
+def delete_run(session, name: str) -> None:
+    from configuration.errors import ConfigurationError
+
+    record = _record(session, name)
+    if record.active:
+        raise ConfigurationError(f"{name} is {record.status}: `dstack stop {name}` first")
+    session.store.delete_run(name)
+

@@ -1,0 +1,42 @@
+"""How to reach a run's host again, from the run record: this machine, or SSH with the key and host key to use.
+
+Only paths and public keys are stored; a cloud run's private key lives in its own 0600 file under `$DSTACK_HOME`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+from configuration.home import dstack_home
+from provisioner.transport import LocalTransport, Transport
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    kind: str  # "local" or "ssh"
+    hostname: Optional[str] = None
+    port: int = 22
+    user: Optional[str] = None
+    identity_file: Optional[str] = None
+    host_key: Optional[str] = None  # the public host key, for VMs whose key the run made
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "HostAccess":
+        return cls(**data)
+
+    @property
+    def description(self) -> str:
+        return "this machine" if self.kind == "local" else f"{self.user}@{self.hostname}:{self.port}"
+
+    def connect(self, total_wait: float = 60.0, log: Callable[[str], None] = lambda _: None) -> Transport:
+        if self.kind == "local":
+            return LocalTransport(str(dstack_home() / "jobs"))
+        from provisioner.ssh import SSHTarget, connect
+
+        target = SSHTarget(hostname=self.hostname, port=self.port, user=self.user or "root",
+                           identity_file=self.identity_file, host_key=self.host_key)
+        return connect(target, total_wait=total_wait, log=log)

@@ -1,0 +1,149 @@
+"""The narrow interface the run orchestration sees per backend: `provision` an offer into a reachable host, and
+`teardown` what a run left. Local and fleet hosts already exist; cloud hosts are one Pulumi stack per run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+from configuration.backends import DstackConfig
+from configuration.home import dstack_home, private_file
+from offers.offer import Offer
+from provisioner.access import HostAccess
+from provisioner.state import RunRecord, StateStore
+from stacks.errors import CAPACITY, StackFailure
+
+
+class Backend(Protocol):
+    name: str
+
+    def provision(self, run_name: str, offer: Offer, configuration, report: Callable) -> HostAccess:
+        ...
+
+    def teardown(self, record: RunRecord, report: Callable) -> None:
+        ...
+
+
+class LocalBackend:
+    name = "local"
+
+    def provision(self, run_name, offer, configuration, report) -> HostAccess:
+        return HostAccess(kind="local")
+
+    def teardown(self, record, report) -> None:
+        """Nothing was created: the job folder stays for `dstack logs`."""
+
+
+@dataclass
+class FleetBackend:
+    store: StateStore
+    hosts: dict  # (fleet, hostname) -> HostAccess
+    name: str = "ssh"
+
+    def provision(self, run_name, offer, configuration, report) -> HostAccess:
+        access = self.hosts[(offer.region, offer.instance.name)]
+        for other in self.store.list_runs():
+            if other.name != run_name and other.active and other.host == access.to_json():
+                raise StackFailure(CAPACITY, "zone", f"{access.description} is busy with run {other.name}")
+        return access
+
+    def teardown(self, record, report) -> None:
+        """The host is the user's: nothing to remove."""
+
+
+def run_key_path(run_name: str) -> Path:
+    return dstack_home() / "runs" / run_name / "id_ed25519"
+
+
+def generate_run_key(run_name: str) -> str:
+    """An ed25519 key pair for a cloud run: private key written with mode 0600 before it holds anything."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    path = private_file(run_key_path(run_name))
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return public.decode() + f" dstack-run-{run_name}"
+
+
+@dataclass
+class CloudBackend:
+    name: str  # aws or gcp
+    config: DstackConfig
+    store: StateStore
+
+    def provision(self, run_name, offer, configuration, report) -> HostAccess:
+        from provisioner.cloud_plan import program_for, stack_spec
+        from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
+        from stacks.progress import EngineEventTracker
+        from stacks.spec import generate_host_key
+
+        require_pulumi()  # before anything else: without it nothing can be created or destroyed
+        self.check_credentials(offer.region)
+        public_key = generate_run_key(run_name)
+        host_key = generate_host_key()
+        spec = stack_spec(run_name, configuration, offer, public_key, host_key, self.config)
+        settings = state_settings(self.config.pulumi.backend_url)
+        self.store.update_run(run_name, stack={"backend": self.name, "name": run_name, "region": offer.region,
+                                               "backend_url": settings.backend_url})
+        stack = open_stack(run_name, program_for(spec), settings)
+        outputs = stack_up(stack, on_event=EngineEventTracker(report))
+        return HostAccess(kind="ssh", hostname=str(outputs["public_ip"]), user=str(outputs["ssh_user"]),
+                          identity_file=str(run_key_path(run_name)), host_key=host_key.public_openssh)
+
+    def check_credentials(self, region: str) -> None:
+        if self.name == "aws":
+            from stacks.credentials import check_aws_credentials
+
+            check_aws_credentials(region)
+        else:
+            from stacks.credentials import gcp_credentials_source
+
+            gcp_credentials_source()
+
+    def teardown(self, record, report) -> None:
+        if not record.stack:
+            return
+        from stacks.automation import open_stack, stack_destroy, state_settings
+        from stacks.progress import EngineEventTracker
+
+        settings = state_settings(record.stack.get("backend_url"))
+        stack = open_stack(record.name, lambda: None, settings)
+        stack_destroy(stack, on_event=EngineEventTracker(report))
+        if self.name == "aws":
+            sweep_aws_run(record.stack["region"], record.name)
+
+
+def sweep_aws_run(region: str, run_name: str) -> None:
+    """What an interrupted `up` created before Pulumi recorded it: found by the run's tag and removed."""
+    import boto3
+
+    from stacks.aws_leftovers import find_leftovers, remove_leftovers
+
+    ec2 = boto3.client("ec2", region_name=region)
+    remove_leftovers(ec2, find_leftovers(ec2, region, run=run_name))
+
+
+def backend_for(name: str, config: DstackConfig, store: StateStore, fleet_hosts: Optional[dict] = None) -> Backend:
+    if name == "local":
+        return LocalBackend()
+    if name == "ssh":
+        return FleetBackend(store, fleet_hosts or {})
+    return CloudBackend(name, config, store)
+
+
+def owner_alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,339 @@
+"""A run from submission to teardown: pick offers in price order, provision with failover, start the job, stream
+its log and forward its ports, and tear down whatever happens (job end, failure, Ctrl-C, `dstack stop`).
+
+State is written before each step (provisioner.state), so `reconcile` can finish what a killed process left.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from configuration.backends import DstackConfig
+from configuration.errors import ConfigurationError
+from configuration.home import dstack_home
+from offers.offer import Offer
+from provisioner.access import HostAccess
+from provisioner.backends import Backend, backend_for, owner_alive
+from provisioner.follow import LogFollower
+from provisioner.job import TIMED_OUT, JobSpec, job_state, start_job, stop_job
+from provisioner.plan import configuration_json
+from provisioner.state import RunRecord, StateStore
+from stacks.errors import StackFailure
+
+STARTED = ("submitted", "provisioning", "pulling", "running")
+RUNNING = ("pulling", "running")
+MAX_OFFERS_TRIED = 5
+POWER_OFF_AFTER_EXIT_MIN = 5
+STOP_GRACE_S = 10
+
+
+class RunFailed(ConfigurationError):
+    """The run could not be provisioned or started; the message says why, per offer tried."""
+
+
+@dataclass
+class Reporter:
+    info: Callable[[str], None] = lambda message: None
+    step: Callable = lambda progress: None
+    output: Callable[[bytes], None] = lambda data: None
+
+
+@dataclass
+class RunSession:
+    store: StateStore
+    config: DstackConfig
+    reporter: Reporter = field(default_factory=Reporter)
+    fleet_hosts: Dict[Tuple[str, str], HostAccess] = field(default_factory=dict)
+
+    def backend(self, name: str) -> Backend:
+        return backend_for(name, self.config, self.store, self.fleet_hosts)
+
+
+def local_log_path(run_name: str) -> Path:
+    return dstack_home() / "runs" / run_name / "output.log"
+
+
+def job_spec(run_name: str, configuration, offer: Offer) -> JobSpec:
+    auth = configuration.registry_auth
+    resources = configuration.resources
+    return JobSpec(
+        run_name=run_name,
+        commands=list(configuration.commands),
+        env=dict(configuration.env),
+        image=configuration.image,
+        python=configuration.python,
+        entrypoint=configuration.entrypoint,
+        working_dir=configuration.working_dir,
+        shm_size_gb=resources.shm_size,
+        nvidia_gpus=offer.instance.gpu_vendor == "nvidia" and offer.instance.gpu_count > 0,
+        registry_username=auth.username if auth else None,
+        registry_password=auth.password.get_secret_value() if auth else None,
+        max_duration_s=configuration.max_duration if isinstance(configuration.max_duration, int) else None,
+        power_off_after_exit_min=POWER_OFF_AFTER_EXIT_MIN if offer.backend in ("aws", "gcp") else None,
+    )
+
+
+def _ruled_out(offer: Offer, blocked: set) -> Optional[str]:
+    zone = offer.zones[0] if offer.zones else ""
+    for key, why in (((offer.backend,), "cloud"), ((offer.backend, offer.region), "region"),
+                     ((offer.backend, offer.region, zone), "zone")):
+        if key in blocked:
+            return why
+    return None
+
+
+def provision_with_failover(session: RunSession, run_name: str, offers: Sequence[Offer], configuration
+                            ) -> Tuple[Offer, HostAccess]:
+    """Tries offers in price order: a capacity error rules out its zone, a quota error its region (or the cloud for
+    a global GPU quota); configuration and credential errors stop at once. At most MAX_OFFERS_TRIED offers."""
+    store, say = session.store, session.reporter.info
+    attempts: List[dict] = []
+    blocked: set = set()
+    for offer in offers:
+        if len(attempts) >= MAX_OFFERS_TRIED:
+            break
+        if _ruled_out(offer, blocked):
+            continue
+        label = f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
+        store.update_run(run_name, status="provisioning", backend=offer.backend, region=offer.region,
+                         instance=offer.instance.name, price=offer.total_price, offer=offer.to_json())
+        say(f"Provisioning {label} at ${offer.total_price:.4f}/hour")
+        try:
+            access = session.backend(offer.backend).provision(run_name, offer, configuration, session.reporter.step)
+        except StackFailure as failure:
+            attempts.append({"offer": label, "kind": failure.kind, "error": failure.message})
+            store.update_run(run_name, attempts=attempts)
+            if not failure.retryable:
+                raise RunFailed(f"{label}: {failure.kind} error, not retrying: {failure.message}") from None
+            zone = offer.zones[0] if offer.zones else ""
+            blocked.add({"zone": (offer.backend, offer.region, zone), "region": (offer.backend, offer.region),
+                         "cloud": (offer.backend,)}[failure.scope])
+            say(f"{label}: {failure.kind} ({failure.message}); trying the next offer")
+            continue
+        return offer, access
+    tried = "\n".join(f"  {a['offer']}: {a['kind']}: {a['error']}" for a in attempts) or "  (none could be tried)"
+    raise RunFailed(f"no offer could be provisioned; tried {len(attempts)}:\n{tried}")
+
+
+def finish_run(session: RunSession, name: str, status: str, reason: Optional[str] = None,
+               exit_code: Optional[int] = None) -> RunRecord:
+    """Tears down what the run created, then records its final state. A failed teardown leaves the run
+    `terminating`, so the next `dstack ps` or `dstack stop` tries again."""
+    store = session.store
+    record = store.get_run(name)
+    store.update_run(name, status="terminating", reason=reason, exit_code=exit_code)
+    if record.backend:
+        try:
+            session.backend(record.backend).teardown(record, session.reporter.step)
+        except Exception as e:  # any failure keeps the run visible as terminating, to be finished later
+            store.update_run(name, reason=f"teardown failed, retry with `dstack stop {name}`: {e}")
+            raise
+    return store.update_run(name, status=status, finished_at=time.time())
+
+
+def _exit_status(code: Optional[int]) -> Tuple[str, Optional[str]]:
+    if code == 0:
+        return "done", None
+    if code == TIMED_OUT:
+        return "terminated", "max_duration reached"
+    return "failed", f"exit code {code}"
+
+
+def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], repo: Optional[Path],
+           detach: bool) -> RunRecord:
+    """Runs a task. Attached: until its job ends, then tears down. Detached: returns once the job is running."""
+    configuration = resolved.configuration
+    if configuration.type != "task":
+        raise ConfigurationError(f"running a {configuration.type} is not supported yet: `dstack offers -f` and "
+                                 "`dstack apply --dry-run` work with it")
+    if configuration.nodes != 1:
+        raise ConfigurationError("multi-node tasks (nodes > 1) are not supported yet")
+    store = session.store
+    max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
+    store.create_run(RunRecord(name=run_name, status="submitted", submitted_at=time.time(), owner_pid=os.getpid(),
+                               detached=detach, max_duration=max_duration,
+                               configuration=configuration_json(resolved)))
+    follower: Optional[LogFollower] = None
+    forwarder = None
+    try:
+        offer, access = provision_with_failover(session, run_name, offers, configuration)
+        store.update_run(run_name, host=access.to_json())
+        session.reporter.info(f"Connecting to {access.description}")
+        transport = access.connect(total_wait=300, log=session.reporter.info)
+        store.update_run(run_name, status="pulling" if configuration.image else "running", started_at=time.time())
+        start_job(transport, job_spec(run_name, configuration, offer), repo)
+        if configuration.image:
+            store.update_run(run_name, status="running")
+        if detach:
+            transport.close()
+            return store.get_run(run_name)
+        forwarder = forward_ports(session, run_name, access, configuration.ports, lambda: follower.transport)
+        follower = LogFollower(lambda: access.connect(total_wait=120), run_name, log=session.reporter.info)
+        follower.transport = transport
+        code = stream_logs(session, follower, run_name)
+        status, reason = _exit_status(code)
+        if store.claim_run(run_name, RUNNING, "terminating"):
+            return finish_run(session, run_name, status, reason, code)
+        return _wait_final(store, run_name)  # `dstack stop` from elsewhere is finishing it
+    except KeyboardInterrupt:
+        session.reporter.info("Interrupted: stopping the run and removing what it created (Ctrl-C again to leave "
+                              f"now; `dstack stop {run_name}` finishes it later)")
+        if store.claim_run(run_name, STARTED, "terminating"):
+            _stop_job_quietly(session, run_name, follower)
+            finish_run(session, run_name, "terminated", "interrupted")
+        raise
+    except (RunFailed, StackFailure, ConfigurationError) as e:
+        finish_run(session, run_name, "failed", str(e).splitlines()[0])
+        raise
+    except Exception as e:
+        finish_run(session, run_name, "failed", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if forwarder is not None:
+            forwarder.close()
+
+
+def _wait_final(store: StateStore, name: str, timeout: float = 600) -> RunRecord:
+    deadline = time.time() + timeout
+    record = store.get_run(name)
+    while record.active and time.time() < deadline:
+        time.sleep(0.2)
+        record = store.get_run(name)
+    return record
+
+
+def stream_logs(session: RunSession, follower: LogFollower, run_name: str) -> Optional[int]:
+    """Writes the job's output as it comes (and keeps a copy under $DSTACK_HOME); stops the job at max_duration."""
+    record = session.store.get_run(run_name)
+    path = local_log_path(run_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as copy:
+        def write(data: bytes) -> None:
+            copy.write(data)
+            copy.flush()
+            session.reporter.output(data)
+
+        deadline = (record.started_at or time.time()) + record.max_duration if record.max_duration else None
+        code = follower.follow(write, should_stop=lambda: deadline is not None and time.time() > deadline + 15)
+    return code
+
+
+def forward_ports(session: RunSession, run_name: str, access: HostAccess, ports, ssh_transport):
+    """Forwards each task port to localhost; returns the forwarder (None when nothing needs forwarding)."""
+    if not ports:
+        return None
+    from provisioner.ports import PortForwarder, local_opener, ssh_opener
+
+    if access.kind == "local":
+        needed = [p for p in ports if p.local_port not in (None, p.container_port)]
+        forwarder = PortForwarder(local_opener)
+    else:
+        needed = list(ports)
+        forwarder = PortForwarder(ssh_opener(lambda: ssh_transport().transport))
+    bound = []
+    for mapping in ports:
+        if mapping in needed:
+            local = forwarder.forward(mapping.local_port, mapping.container_port)
+        else:
+            local = mapping.container_port
+        bound.append([local, mapping.container_port])
+        session.reporter.info(f"Port {mapping.container_port} is at http://localhost:{local}")
+    session.store.update_run(run_name, ports=bound)
+    return forwarder
+
+
+def _stop_job_quietly(session: RunSession, run_name: str, follower: Optional[LogFollower]) -> None:
+    record = session.store.get_run(run_name)
+    if not record.host:
+        return
+    try:
+        transport = follower.transport if follower and follower.transport else \
+            HostAccess.from_json(record.host).connect(total_wait=30)
+        stop_job(transport, run_name, grace=STOP_GRACE_S)
+    except Exception as e:  # the host may be gone already; teardown removes it either way
+        session.reporter.info(f"could not stop the job cleanly: {e}")
+
+
+def stop_run(session: RunSession, name: str, abort: bool = False) -> RunRecord:
+    record = session.store.get_run(name)
+    if record is None:
+        raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
+    if not session.store.claim_run(name, STARTED, "terminating"):
+        record = session.store.get_run(name)
+        if record.status != "terminating" or owner_alive(record.owner_pid):
+            return _wait_final(session.store, name) if record.active else record
+        # a teardown that a dead process began: finish it
+    if record.host:
+        try:
+            transport = HostAccess.from_json(record.host).connect(total_wait=30)
+            code = stop_job(transport, name, grace=0 if abort else STOP_GRACE_S)
+            transport.close()
+        except Exception as e:  # unreachable host: still tear down what the run created
+            session.reporter.info(f"could not reach the host to stop the job: {e}")
+            code = None
+    else:
+        code = None
+    return finish_run(session, name, "terminated", "aborted" if abort else "stopped by user", code)
+
+
+def reconcile(session: RunSession) -> List[RunRecord]:
+    """Finishes what no live dstack process is looking after: a job that ended (record it, tear down), a run past
+    max_duration (stop it), a provisioning or teardown cut short by a crash (tear down)."""
+    for record in session.store.list_runs():
+        if not record.active or (owner_alive(record.owner_pid) and not record.detached):
+            continue
+        try:
+            _reconcile_one(session, record)
+        except Exception as e:  # one unreachable host must not hide the others; the run stays as it is
+            session.reporter.info(f"{record.name}: {e}")
+    return session.store.list_runs()
+
+
+def _reconcile_one(session: RunSession, record: RunRecord) -> None:
+    if record.status in ("submitted", "provisioning") or not record.host:
+        if session.store.claim_run(record.name, ("submitted", "provisioning"), "terminating"):
+            finish_run(session, record.name, "failed", "interrupted while provisioning")
+        return
+    if record.status == "terminating":
+        finish_run(session, record.name, "terminated", record.reason or "interrupted while terminating",
+                   record.exit_code)
+        return
+    transport = HostAccess.from_json(record.host).connect(total_wait=20)
+    try:
+        state, code = job_state(transport, record.name)
+        if state == "running" and record.max_duration and record.started_at and \
+                time.time() > record.started_at + record.max_duration + 15:
+            code = stop_job(transport, record.name, grace=STOP_GRACE_S)
+            state, code = "exited", TIMED_OUT if code is None else code
+        if state == "exited":
+            _copy_log(transport, record.name)
+    finally:
+        transport.close()
+    if state == "exited":
+        status, reason = _exit_status(code)
+        if session.store.claim_run(record.name, RUNNING, "terminating"):
+            finish_run(session, record.name, status, reason, code)
+    elif state == "missing":
+        if session.store.claim_run(record.name, RUNNING, "terminating"):
+            finish_run(session, record.name, "failed", "the job is gone from its host")
+
+
+def _copy_log(transport, run_name: str) -> None:
+    from provisioner.job import read_log
+
+    path = local_log_path(run_name)
+    have = path.stat().st_size if path.exists() else 0
+    chunk = read_log(transport, run_name, have)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(chunk.data)
+
+
+def write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
