@@ -66,15 +66,21 @@ def apply(
     config = load_config()
     store = StateStore()
     run_name = run.configuration.name or generate_run_name()
-    search, hosts = search_run_offers(requirements, config, store, limit=20)
-    if not search.offers:
-        raise ConfigurationError(f"no offers match: {requirements.describe()} (see `dstack offers` for what exists)")
+    # A dry run plans over every cloud, configured or not: it is how one sees what a run would cost.
+    search, hosts = search_run_offers(requirements, config, store, limit=20, all_clouds=dry_run)
+    if not search.offers and not dry_run:
+        hint = "" if config.cloud_backends else "; no cloud is configured, so only this machine and SSH fleets count"
+        raise ConfigurationError(f"no offers match: {requirements.describe()}{hint} (see `dstack offers`)")
     if dry_run:
         from provisioner.cloud_plan import dry_run_resources
         from provisioner.plan import plan_json
 
-        document = plan_json(run, search.offers[0],
-                             dry_run_resources(run_name, run.configuration, search.offers[0], config))
+        offer = search.offers[0] if search.offers else None
+        if offer is None:
+            from cli.output import error
+
+            error(f"no offers match: {requirements.describe()}")
+        document = plan_json(run, offer, dry_run_resources(run_name, run.configuration, offer, config))
         if as_json:
             print_json(document)
         else:
@@ -82,9 +88,10 @@ def apply(
 
             print_plan(file, run_name, requirements, search, document)
         return
+    from cli.output import stderr_console
     from cli.plan_view import print_plan
 
-    print_plan(file, run_name, requirements, search, {})
+    print_plan(file, run_name, requirements, search, {}, console=stderr_console())
     if not yes and not typer.confirm("Submit the run?", default=True):
         raise typer.Exit(1)
     from cli.run_session import run_and_report

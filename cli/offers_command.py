@@ -36,7 +36,6 @@ def offers(
     """Show the offers that match the requirements (spot and on-demand unless told otherwise)."""
     from offers.catalog import load_catalogs
     from offers.grouping import group_offers, parse_group_by
-    from offers.solver import find_offers
 
     keys = None
     if group_by is not None:
@@ -60,8 +59,14 @@ def offers(
         from offers.aws_refresh import refresh_aws_catalog
 
         refresh_aws_catalog(regions=requirements.regions, log=stderr_console().print)
-    catalogs = load_catalogs(requirements.backends)
-    search = find_offers(requirements, catalogs, limit=None if keys else max_offers)
+    from configuration.backends import load_config
+    from provisioner.placement import search_run_offers
+    from provisioner.state import StateStore
+
+    # Every cloud's catalogue, configured or not, plus the hosts a run could use (SSH fleets, this machine).
+    search, _ = search_run_offers(requirements, load_config(), StateStore(), limit=None if keys else max_offers,
+                                  all_clouds=True)
+    catalogs = load_catalogs(requirements.backends or ("aws", "gcp"))
     if keys:
         groups = group_offers(search.offers, keys)
         if as_json:

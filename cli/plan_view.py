@@ -19,12 +19,15 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[Tuple[str, str]]:
             ", ".join(map(str, value))
 
 
-def print_plan(source: str, run_name: str, requirements, search, document: dict) -> None:
+def print_plan(source: str, run_name: str, requirements, search, document: dict, console=None) -> None:
+    """On stdout for `--dry-run`; on stderr before a real run, whose stdout is the job's output alone."""
     from rich.table import Table
 
-    console = stdout_console()
+    console = console or stdout_console()
     console.print(f"[bold]Run[/] {run_name} from {source}")
     console.print(f"[bold]Request:[/] {requirements.describe()}")
+    if not search.offers:
+        return
     offers = Table(box=None, header_style="bold", title="Offers, cheapest first", title_justify="left")
     for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "$/HOUR", "WITH DISK"):
         offers.add_column(column)

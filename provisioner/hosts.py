@@ -4,6 +4,7 @@ Both become offers at price 0 that the solver matches like any other."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -13,7 +14,6 @@ from offers.offer import Offer
 from provisioner.access import HostAccess
 from provisioner.host_probe import PROBE_COMMAND, HostFacts, parse_probe
 from provisioner.state import StateStore
-from provisioner.transport import LocalTransport
 
 LOCAL_REGION = "local"
 
@@ -85,7 +85,29 @@ def fleet_offers(store: StateStore) -> List[Tuple[Offer, HostAccess]]:
 
 
 def local_facts() -> HostFacts:
-    return parse_probe(LocalTransport(str(dstack_home() / "jobs")).run(PROBE_COMMAND, timeout=30).text)
+    """This machine, probed in-process (no shell round trip: `dstack offers` stays fast); GPU tools run only when
+    installed."""
+    import platform
+    import shutil
+    import subprocess
+
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else "MemTotal: 0 kB"
+    home = dstack_home()
+    home.mkdir(parents=True, exist_ok=True)
+    sections = {
+        "nproc": str(os.cpu_count() or 1),
+        "arch": platform.machine(),
+        "meminfo": meminfo,
+        "df": f"- - - {shutil.disk_usage(home).free}",
+        "docker": shutil.which("docker") or "",
+    }
+    for name, argv in (("nvidia", ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]),
+                       ("amd", ["amd-smi", "static", "--asic", "--vram", "--json"])):
+        sections[name] = ""
+        if shutil.which(argv[0]):
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            sections[name] = done.stdout if done.returncode == 0 else ""
+    return parse_probe("".join(f"---{k}\n{v}\n" for k, v in sections.items()) + "---end\n")
 
 
 def local_offer() -> Tuple[Offer, HostAccess]:

@@ -32,9 +32,8 @@ def _redact(value: Any, run: ResolvedRun) -> Any:
 
 
 def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Optional[List[dict]] = None) -> dict:
-    document: dict = {"configuration": configuration_json(run)}
-    if offer is not None:
-        document["offer"] = offer.to_json()
-    if resources is not None:
-        document["resources"] = _redact(resources, run)
-    return document
+    return {
+        "configuration": configuration_json(run),
+        "offer": offer.to_json() if offer is not None else None,
+        "resources": _redact(resources or [], run),
+    }

@@ -1,0 +1,200 @@
+"""Runs end to end through the `dstack` command: on this machine (the local backend) and on an SSH fleet of
+namespace hosts; Ctrl-C, a killed dstack, stop, detach and attach."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, run_cli
+
+
+@pytest.fixture
+def home_env(dstack_home):
+    return {"DSTACK_HOME": str(dstack_home)}
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def ps(env, *extra):
+    result = run_cli("ps", "-a", "--json", *extra, env=env)
+    assert result.returncode == 0, result.stderr
+    return {r["name"]: r for r in json.loads(result.stdout)["runs"]}
+
+
+def spawn(args, env):
+    full = dict(os.environ, **env)
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def wait_for_output(process, needle: bytes, timeout=30):
+    seen = b""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(process.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        data = process.stdout.read() or b""
+        seen += data
+        if needle in seen:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"{needle!r} never came; saw {seen!r}; stderr {process.stderr.read()!r}")
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_status(env, name, status, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = ps(env)
+        if runs.get(name, {}).get("status") == status:
+            return runs[name]
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never became {status}: {ps(env).get(name)}")
+
+
+def test_local_task_output_exit_code_ps_and_logs(tmp_path, home_env):
+    conf = write(tmp_path, "t.dstack.yml", "type: task\nname: local-ok\npython: '3.11'\nenv: [MODE=fast]\n"
+                 "commands:\n  - echo mode=$MODE args=${{ run.args }}\n  - python -c 'print(6*7)'\n")
+    result = run_cli("apply", "-f", conf, "-y", "--", "--lr", "0.1 0.2", env=home_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "mode=fast args=--lr 0.1 0.2\n42\n"  # the args reach the shell quoted
+    run = ps(home_env)["local-ok"]
+    assert (run["status"], run["backend"], run["exit_code"], run["price"]) == ("done", "local", 0, 0.0)
+    assert run_cli("logs", "local-ok", env=home_env).stdout == result.stdout
+    assert run_cli("ps", env=home_env).stdout.startswith("No active runs")
+    again = run_cli("apply", "-f", conf, "-y", env=home_env)
+    assert again.returncode == 1 and "a run named local-ok already exists" in again.stderr
+
+
+def test_failing_task_reports_its_exit_code(tmp_path, home_env):
+    conf = write(tmp_path, "f.dstack.yml", "type: task\nname: local-fail\ncommands: [echo before, 'exit 3']\n")
+    result = run_cli("apply", "-f", conf, "-y", env=home_env)
+    assert result.returncode == 3 and result.stdout == "before\n"
+    run = ps(home_env)["local-fail"]
+    assert (run["status"], run["exit_code"], run["reason"]) == ("failed", 3, "exit code 3")
+
+
+def test_detached_run_stop_and_logs(tmp_path, home_env):
+    conf = write(tmp_path, "s.dstack.yml", "type: task\nname: local-long\ncommands: [echo started, sleep 300]\n")
+    result = run_cli("apply", "-f", conf, "-y", "-d", env=home_env)
+    assert result.returncode == 0, result.stderr
+    assert ps(home_env)["local-long"]["status"] == "running"
+    deadline = time.monotonic() + 10
+    while "started" not in run_cli("logs", "local-long", env=home_env).stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stopped = run_cli("stop", "local-long", env=home_env)
+    assert stopped.returncode == 0, stopped.stderr
+    run = ps(home_env)["local-long"]
+    assert (run["status"], run["reason"], run["exit_code"]) == ("terminated", "stopped by user", 143)
+    pid = (Path(home_env["DSTACK_HOME"]) / "jobs" / "local-long" / "pid").read_text().strip()
+    assert not group_alive(int(pid))
+
+
+def test_detached_run_reattached(tmp_path, home_env):
+    conf = write(tmp_path, "a.dstack.yml", "type: task\nname: local-attach\n"
+                 "commands: ['for i in 1 2 3 4 5; do echo tick $i; sleep 0.3; done']\n")
+    assert run_cli("apply", "-f", conf, "-y", "--detach", env=home_env).returncode == 0
+    attached = run_cli("attach", "local-attach", env=home_env)
+    assert attached.returncode == 0, attached.stderr
+    assert attached.stdout == "".join(f"tick {i}\n" for i in range(1, 6))
+    assert wait_status(home_env, "local-attach", "done")["exit_code"] == 0  # the next ps finishes it
+
+
+def test_sigint_during_a_run_stops_it_and_leaves_nothing(tmp_path, home_env):
+    conf = write(tmp_path, "i.dstack.yml", "type: task\nname: local-int\ncommands: [echo running, sleep 300]\n")
+    process = spawn(["apply", "-f", conf, "-y"], home_env)
+    wait_for_output(process, b"running")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 130
+    run = ps(home_env)["local-int"]
+    assert (run["status"], run["reason"]) == ("terminated", "interrupted")
+    pid = (Path(home_env["DSTACK_HOME"]) / "jobs" / "local-int" / "pid").read_text().strip()
+    assert not group_alive(int(pid))
+
+
+def test_killed_dstack_is_completed_by_the_next_ps(tmp_path, home_env):
+    conf = write(tmp_path, "k.dstack.yml", "type: task\nname: local-kill\n"
+                 "commands: [echo running, sleep 1, echo finished]\n")
+    process = spawn(["apply", "-f", conf, "-y"], home_env)
+    wait_for_output(process, b"running")
+    process.kill()
+    process.wait(10)
+    run = wait_status(home_env, "local-kill", "done")
+    assert run["exit_code"] == 0
+    assert run_cli("logs", "local-kill", env=home_env).stdout == "running\nfinished\n"
+
+
+def test_max_duration_stops_the_run(tmp_path, home_env):
+    conf = write(tmp_path, "m.dstack.yml", "type: task\nname: local-max\nmax_duration: 2\n"
+                 "commands: [echo started, sleep 60]\n")
+    started = time.monotonic()
+    result = run_cli("apply", "-f", conf, "-y", env=home_env)
+    assert time.monotonic() - started < 30
+    run = ps(home_env)["local-max"]
+    assert (run["status"], run["reason"], run["exit_code"]) == ("terminated", "max_duration reached", 124)
+    assert result.returncode == 124
+
+
+def test_dev_environment_run_says_it_is_not_supported_yet(tmp_path, home_env):
+    conf = write(tmp_path, "d.dstack.yml", "type: dev-environment\ncommands: [echo]\n")
+    result = run_cli("apply", "-f", conf, "-y", env=home_env)
+    assert result.returncode == 1 and "running a dev-environment is not supported yet" in result.stderr
+
+
+def test_ssh_fleet_end_to_end(tmp_path, home_env, make_host, client_key):
+    first, second = make_host(), make_host()
+    fleet = write(tmp_path, "fleet.dstack.yml",
+                  f"type: fleet\nname: lab\nssh_config:\n  user: root\n  identity_file: {client_key[0]}\n"
+                  f"  hosts:\n    - {first.address}\n    - {{hostname: {second.address}, port: 22}}\n")
+    applied = run_cli("apply", "-f", fleet, env=home_env)
+    assert applied.returncode == 0, applied.stderr
+    assert "2 hosts ready" in applied.stderr
+    listed = json.loads(run_cli("fleet", "--json", env=home_env).stdout)["fleets"]
+    assert [h["access"]["hostname"] for h in listed[0]["hosts"]] == [first.address, second.address]
+    offers = json.loads(run_cli("offers", "-b", "ssh", "--json", env=home_env).stdout)
+    assert {o["instance"]["name"] for o in offers["offers"]} == {first.address, second.address}
+    assert all(o["price"] == 0 and o["backend"] == "ssh" and o["region"] == "lab" for o in offers["offers"])
+
+    task = write(tmp_path, "t.dstack.yml", "type: task\nname: on-fleet\nbackends: [ssh]\nenv: [WHO=fleet]\n"
+                 "commands: ['echo hello $WHO ${{ run.args }}', 'echo $DSTACK_JOBS_DIR']\n")
+    result = run_cli("apply", "-f", task, "-y", "--", "x y", env=home_env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "hello fleet x y"
+    host = first if lines[1] == str(first.jobs_dir) else second
+    assert lines[1] == str(host.jobs_dir)
+    run = ps(home_env)["on-fleet"]
+    assert (run["status"], run["backend"], run["region"], run["instance"]) == ("done", "ssh", "lab", host.address)
+    assert run_cli("logs", "on-fleet", env=home_env).stdout == result.stdout
+
+    assert run_cli("delete", "-f", fleet, env=home_env).returncode == 0
+    assert json.loads(run_cli("fleet", "--json", env=home_env).stdout)["fleets"] == []
+
+
+def test_fleet_with_an_unreachable_host_names_it(tmp_path, home_env, make_host, client_key):
+    good = make_host()
+    bad = make_host()
+    bad.stop_sshd()
+    fleet = write(tmp_path, "fleet.dstack.yml",
+                  f"type: fleet\nname: half\nssh_config:\n  identity_file: {client_key[0]}\n"
+                  f"  hosts: [{good.address}, {bad.address}]\n")
+    result = run_cli("apply", "-f", fleet, env=home_env, timeout=120)
+    assert result.returncode == 1
+    assert f"root@{bad.address}:22" in result.stderr and good.address not in result.stderr.split("\n", 1)[1]
+    assert json.loads(run_cli("fleet", "--json", env=home_env).stdout)["fleets"] == []
