@@ -12,7 +12,7 @@ from stacks.spec import PROJECT
 @dataclass(frozen=True)
 class Leftover:
     kind: str  # instance, security-group, key-pair, volume
-    id: str
+    id: str  # the resource id; a key pair's name
     region: str
     run: str
 
@@ -35,7 +35,7 @@ def find_leftovers(ec2, region: str, run: Optional[str] = None) -> List[Leftover
     for group in ec2.describe_security_groups(Filters=filters)["SecurityGroups"]:
         found.append(Leftover("security-group", group["GroupId"], region, _tag(group.get("Tags"), "dstack:run")))
     for key in ec2.describe_key_pairs(Filters=filters)["KeyPairs"]:
-        found.append(Leftover("key-pair", key["KeyPairId"], region, _tag(key.get("Tags"), "dstack:run")))
+        found.append(Leftover("key-pair", key["KeyName"], region, _tag(key.get("Tags"), "dstack:run")))
     volume_filters = filters + [{"Name": "status", "Values": ["available"]}]
     for volume in ec2.describe_volumes(Filters=volume_filters)["Volumes"]:
         found.append(Leftover("volume", volume["VolumeId"], region, _tag(volume.get("Tags"), "dstack:run")))
@@ -55,6 +55,6 @@ def remove_leftovers(ec2, leftovers: Iterable[Leftover], wait: bool = True) -> N
         if leftover.kind == "security-group":
             ec2.delete_security_group(GroupId=leftover.id)
         elif leftover.kind == "key-pair":
-            ec2.delete_key_pair(KeyPairId=leftover.id)
+            ec2.delete_key_pair(KeyName=leftover.id)
         elif leftover.kind == "volume":
             ec2.delete_volume(VolumeId=leftover.id)

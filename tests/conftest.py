@@ -36,3 +36,15 @@ def make_host(client_key):
     yield make
     for host in started:
         host.cleanup()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real moto server on 127.0.0.1 (EC2 works there; the Pricing API does not)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

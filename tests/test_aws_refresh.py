@@ -15,17 +15,6 @@ from tests.helpers import DATA
 RECORDED = json.loads((DATA / "aws" / "pricing-get-products-us-east-1.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def aws_env(monkeypatch, moto_endpoint):
     monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", moto_endpoint)

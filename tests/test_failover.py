@@ -1,0 +1,123 @@
+"""Failover across offers, with a test double at the stack boundary: the double fails chosen offers the way clouds
+do, and the orchestration must skip what each failure rules out, stop on configuration errors, list every offer
+tried when none works, and tear down after each failure."""
+
+import time
+
+import pytest
+
+from configuration.backends import DstackConfig
+from configuration.loader import parse_configuration
+from offers.catalog import InstanceType
+from offers.offer import Offer
+from provisioner.access import HostAccess
+from provisioner.runner import MAX_OFFERS_TRIED, RunFailed, RunSession, provision_with_failover
+from provisioner.state import RunRecord, StateStore
+from stacks.errors import classify
+
+GPU = InstanceType("g5.xlarge", 4, 16.0, "nvidia", "A10G", 1, 24.0, "x86", True)
+
+
+def offer(backend, region, zone, price):
+    return Offer(backend, GPU, region, (zone,), False, price, 100.0, 0.01)
+
+
+class FakeCloud:
+    """Fails the offers whose (region, zone) maps to an error text; records every provision and teardown."""
+
+    def __init__(self, name, failures):
+        self.name, self.failures, self.provisioned, self.torn_down = name, failures, [], []
+
+    def provision(self, run_name, offer, configuration, report):
+        self.provisioned.append((offer.region, offer.zones[0]))
+        text = self.failures.get((offer.region, offer.zones[0])) or self.failures.get(offer.region)
+        if text:
+            raise classify(text)
+        return HostAccess(kind="ssh", hostname="203.0.113.7", user="ubuntu")
+
+    def teardown(self, record, report):
+        self.torn_down.append(record.name)
+
+
+CAPACITY = "api error InsufficientInstanceCapacity: We currently do not have sufficient g5.xlarge capacity"
+VCPU = "api error VcpuLimitExceeded: You have requested more vCPU capacity than your current vCPU limit of 0"
+GPUS_GLOBAL = "googleapi: Error 403: Quota 'GPUS_ALL_REGIONS' exceeded.  Limit: 0.0 globally., quotaExceeded"
+AMI = "api error InvalidAMIID.NotFound: The image id '[ami-0abc]' does not exist"
+
+
+@pytest.fixture
+def session(monkeypatch):
+    store = StateStore()
+    clouds = {}
+    monkeypatch.setattr(RunSession, "backend", lambda self, name: clouds[name])
+    session = RunSession(store=store, config=DstackConfig())
+    store.create_run(RunRecord(name="fo", status="submitted", submitted_at=time.time()))
+    return session, clouds
+
+
+CONF = parse_configuration("type: task\ncommands: [nvidia-smi]\nresources: {gpu: A10G}\n", "x.dstack.yml")
+
+
+def test_capacity_rules_out_the_zone_quota_the_region(session):
+    session, clouds = session
+    clouds["aws"] = FakeCloud("aws", {("us-east-1", "us-east-1a"): CAPACITY, "us-west-2": VCPU})
+    offers = [offer("aws", "us-east-1", "us-east-1a", 1.0), offer("aws", "us-west-2", "us-west-2a", 1.01),
+              offer("aws", "us-west-2", "us-west-2b", 1.02), offer("aws", "us-east-1", "us-east-1a", 1.03),
+              offer("aws", "us-east-1", "us-east-1b", 1.04)]
+    chosen, access = provision_with_failover(session, "fo", offers, CONF)
+    assert (chosen.region, chosen.zones) == ("us-east-1", ("us-east-1b",))
+    assert clouds["aws"].provisioned == [("us-east-1", "us-east-1a"), ("us-west-2", "us-west-2a"),
+                                         ("us-east-1", "us-east-1b")]
+    attempts = session.store.get_run("fo").attempts
+    assert [(a["kind"], a["offer"]) for a in attempts] == [("capacity", "aws us-east-1 g5.xlarge"),
+                                                         ("quota", "aws us-west-2 g5.xlarge")]
+    record = session.store.get_run("fo")
+    assert (record.status, record.region, record.instance) == ("provisioning", "us-east-1", "g5.xlarge")
+
+
+def test_a_global_gpu_quota_rules_out_the_whole_cloud(session):
+    session, clouds = session
+    clouds["gcp"] = FakeCloud("gcp", {"us-central1": GPUS_GLOBAL})
+    clouds["aws"] = FakeCloud("aws", {})
+    offers = [offer("gcp", "us-central1", "us-central1-a", 0.9), offer("gcp", "europe-west4", "europe-west4-a", 0.95),
+              offer("aws", "us-east-1", "us-east-1a", 1.0)]
+    chosen, _ = provision_with_failover(session, "fo", offers, CONF)
+    assert chosen.backend == "aws" and clouds["gcp"].provisioned == [("us-central1", "us-central1-a")]
+
+
+def test_a_configuration_error_stops_at_once(session):
+    session, clouds = session
+    clouds["aws"] = FakeCloud("aws", {"us-east-1": AMI})
+    with pytest.raises(RunFailed, match="configuration error, not retrying: api error InvalidAMIID.NotFound"):
+        provision_with_failover(session, "fo", [offer("aws", "us-east-1", "us-east-1a", 1.0),
+                                                offer("aws", "us-east-2", "us-east-2a", 1.1)], CONF)
+    assert clouds["aws"].provisioned == [("us-east-1", "us-east-1a")]
+
+
+def test_when_every_offer_fails_each_is_listed_with_its_reason(session):
+    session, clouds = session
+    regions = [f"r{i}" for i in range(8)]
+    clouds["aws"] = FakeCloud("aws", {r: (CAPACITY if i % 2 else VCPU) for i, r in enumerate(regions)})
+    offers = [offer("aws", r, f"{r}a", 1.0 + i / 100) for i, r in enumerate(regions)]
+    with pytest.raises(RunFailed) as e:
+        provision_with_failover(session, "fo", offers, CONF)
+    message = str(e.value)
+    assert message.startswith(f"no offer could be provisioned; tried {MAX_OFFERS_TRIED}:")
+    assert "aws r0 g5.xlarge: quota: api error VcpuLimitExceeded" in message
+    assert "aws r1 g5.xlarge: capacity: api error InsufficientInstanceCapacity" in message
+    assert len(clouds["aws"].provisioned) == MAX_OFFERS_TRIED  # bounded
+
+
+def test_submit_tears_down_and_records_failure(session, tmp_path):
+    from configuration.interpolation import resolve_run
+    from provisioner.runner import submit
+
+    session, clouds = session
+    session.store.delete_run("fo")
+    clouds["aws"] = FakeCloud("aws", {"us-east-1": CAPACITY})
+    resolved = resolve_run(CONF, "x.dstack.yml", [], {})
+    with pytest.raises(RunFailed):
+        submit(session, "fo", resolved, [offer("aws", "us-east-1", "us-east-1a", 1.0)], None, detach=False)
+    record = session.store.get_run("fo")
+    assert record.status == "failed" and record.reason.startswith("no offer could be provisioned")
+    assert clouds["aws"].torn_down == ["fo"]

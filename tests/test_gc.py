@@ -1,0 +1,66 @@
+"""`dstack gc` against a local moto server: tagged resources of runs that are not active are listed and removed;
+those of an active run, and untagged ones, are left alone."""
+
+import json
+import time
+
+import boto3
+import pytest
+
+from provisioner.state import RunRecord, StateStore
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def aws(monkeypatch, moto_endpoint, dstack_home):
+    env = {"AWS_ENDPOINT_URL_EC2": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "eu-west-3", "DSTACK_HOME": str(dstack_home)}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return boto3.client("ec2", region_name="eu-west-3"), env
+
+
+def tagged(run):
+    return [{"Key": "dstack:run", "Value": run}, {"Key": "dstack:project", "Value": "dstack"},
+            {"Key": "Name", "Value": f"dstack-{run}"}]
+
+
+def make_run_resources(ec2, run):
+    spec = [{"ResourceType": kind, "Tags": tagged(run)} for kind in ("instance", "volume")]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                                 TagSpecifications=spec)["Instances"][0]["InstanceId"]
+    group = ec2.create_security_group(GroupName=f"dstack-{run}", Description="x", TagSpecifications=[
+        {"ResourceType": "security-group", "Tags": tagged(run)}])["GroupId"]
+    key = ec2.create_key_pair(KeyName=f"dstack-{run}", TagSpecifications=[
+        {"ResourceType": "key-pair", "Tags": tagged(run)}])["KeyName"]
+    volume = ec2.create_volume(AvailabilityZone="eu-west-3a", Size=8, TagSpecifications=[
+        {"ResourceType": "volume", "Tags": tagged(run)}])["VolumeId"]
+    return {instance, group, key, volume}
+
+
+def test_gc_lists_and_removes_only_orphans(aws):
+    ec2, env = aws
+    orphan = make_run_resources(ec2, "ghost-run")
+    live = make_run_resources(ec2, "live-run")
+    ec2.create_security_group(GroupName="not-ours", Description="untagged")
+    StateStore().create_run(RunRecord(name="live-run", status="running", submitted_at=time.time()))
+
+    listed = run_cli("gc", "-r", "eu-west-3", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    leftovers = json.loads(listed.stdout)["leftovers"]
+    assert {l["id"] for l in leftovers} == orphan
+    assert {l["kind"] for l in leftovers} == {"instance", "security-group", "key-pair", "volume"}
+    assert {l["run"] for l in leftovers} == {"ghost-run"}
+
+    declined = run_cli("gc", "-r", "eu-west-3", env=env, input="n\n")
+    assert declined.returncode == 1 and "ghost-run" in declined.stdout
+    removed = run_cli("gc", "-r", "eu-west-3", "-y", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert "Removed 4 resources" in removed.stderr
+    assert json.loads(run_cli("gc", "-r", "eu-west-3", "--json", env=env).stdout)["leftovers"] == []
+    state = ec2.describe_instances(InstanceIds=[i for i in orphan if i.startswith("i-")])
+    assert state["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
+    remaining = {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    assert {"dstack-live-run", "not-ours"} <= remaining and "dstack-ghost-run" not in remaining
+    assert live  # the active run's resources were never listed
