@@ -9,7 +9,11 @@
 from __future__ import annotations
 
 import io
+import re
+import secrets
+import select
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +73,16 @@ def _load_key(target: SSHTarget):
 
 
 class SSHTransport:
+    """Commands without stdin go to one long-lived `sh` on the host, framed by a random marker: the user's login
+    shell (and its .bashrc, ~100 ms on some hosts) starts once per connection instead of once per command. Commands
+    with stdin (the job's archive) get a channel of their own."""
+
     def __init__(self, client, target: SSHTarget):
         self._client = client
         self.target = target
         self.description = target.address
+        self._shell = None
+        self._lock = threading.Lock()
 
     @property
     def transport(self):
@@ -82,34 +92,70 @@ class SSHTransport:
         import paramiko
 
         try:
-            channel = self.transport.open_session(timeout=10)
-            channel.settimeout(timeout)
-            channel.exec_command(command)
             if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            stdout, stderr = bytearray(), bytearray()
-            while True:
-                if channel.recv_ready():
-                    stdout += channel.recv(65536)
-                elif channel.recv_stderr_ready():
-                    stderr += channel.recv_stderr(65536)
-                elif channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
-                else:
-                    channel.status_event.wait(0.05)
-            while channel.recv_ready():
-                stdout += channel.recv(65536)
-            while channel.recv_stderr_ready():
-                stderr += channel.recv_stderr(65536)
-            code = channel.recv_exit_status()
-            channel.close()
-            return CommandResult(code, bytes(stdout), bytes(stderr))
+                return self._exec(command, stdin, timeout)
+            with self._lock:
+                return self._in_shell(command, timeout)
         except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            self._shell = None
             raise TransportError(f"{self.description}: connection lost: {e or type(e).__name__}") from None
+
+    def _exec(self, command: str, stdin: bytes, timeout: Optional[float]) -> CommandResult:
+        channel = self.transport.open_session(timeout=10)
+        channel.settimeout(timeout)
+        channel.exec_command(command)
+        channel.sendall(stdin)
+        channel.shutdown_write()
+        stdout, stderr = _drain(channel, lambda out, err: channel.exit_status_ready() and not channel.recv_ready()
+                                and not channel.recv_stderr_ready(), timeout)
+        code = channel.recv_exit_status()
+        channel.close()
+        return CommandResult(code, stdout, stderr)
+
+    def _in_shell(self, command: str, timeout: Optional[float]) -> CommandResult:
+        if self._shell is None or self._shell.closed or self._shell.exit_status_ready():
+            self._shell = self.transport.open_session(timeout=10)
+            self._shell.exec_command("exec sh")
+        marker = "__dstack_" + secrets.token_hex(8)
+        end_out = re.compile(rb"\n" + marker.encode() + rb" (-?\d+)\n$")
+        end_err = ("\n" + marker + "\n").encode()
+        self._shell.sendall(f"( {command}\n) < /dev/null; printf '\\n{marker} %d\\n' $?; "
+                            f"printf '\\n{marker}\\n' >&2\n".encode())
+        try:
+            stdout, stderr = _drain(self._shell, lambda out, err: end_out.search(out) and err.endswith(end_err),
+                                    timeout)
+        except TimeoutError:
+            self._shell.close()
+            self._shell = None
+            raise
+        match = end_out.search(stdout)
+        return CommandResult(int(match.group(1)), bytes(stdout[:match.start()]), bytes(stderr[:-len(end_err)]))
 
     def close(self) -> None:
         self._client.close()
+
+
+def _drain(channel, done, timeout: Optional[float]):
+    """Reads stdout and stderr until `done(stdout, stderr)`; select() wakes on data, so there is no polling delay."""
+    stdout, stderr = bytearray(), bytearray()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not done(stdout, stderr):
+        if channel.recv_ready():
+            stdout += channel.recv(65536)
+            continue
+        if channel.recv_stderr_ready():
+            stderr += channel.recv_stderr(65536)
+            continue
+        if channel.closed or (channel.eof_received and channel.exit_status_ready()):
+            if not (channel.recv_ready() or channel.recv_stderr_ready()):
+                if done(stdout, stderr) or channel.exit_status_ready():
+                    break
+                raise EOFError("the remote shell ended")
+        wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+        if wait <= 0:
+            raise TimeoutError(f"no answer within {timeout}s")
+        select.select([channel], [], [], wait)
+    return stdout, stderr
 
 
 def _host_key_line(target: SSHTarget) -> str:
