@@ -113,6 +113,9 @@ def _message(item: Dict[str, Any]) -> str:
             message = message[len(prefix):]
     if item["type"] == "missing":
         return "required field is missing"
+    if item["type"] == "string_type" and isinstance(item.get("input"), dict):
+        return ("expected a string, got a mapping: quote the whole line (YAML reads a `: ` inside it as a "
+                "key and a value)")
     if item["type"] == "literal_error":
         return f"{item['input']!r} is not allowed; {message[0].lower()}{message[1:]}"
     return message

@@ -203,3 +203,8 @@ def test_unknown_variables_are_errors():
     conf = parse("type: task\ncommands: ['echo ${{ foo.bar }}']\n")
     with pytest.raises(ConfigurationError, match=r"not available here"):
         resolve_run(conf, "x.dstack.yml", [], {})
+
+
+def test_unquoted_colon_in_a_command_gets_a_hint():
+    with pytest.raises(ConfigurationError, match=r"x.dstack.yml:3: commands\[0\]: expected a string, got a mapping: quote"):
+        parse("type: task\ncommands:\n  - echo args: here\n")
