@@ -27,9 +27,10 @@ def gc(
     aws = config.backend("aws")
     regions = region or (aws.regions if aws is not None and aws.regions else None)
     if not regions:
-        regions = [boto3.session.Session().region_name or "us-east-1"]
+        regions = [boto3.session.Session().region_name or "us-east-1"]  # the profile's default region
     live = {r.name for r in StateStore().list_runs() if r.active}
-    clients = {name: boto3.client("ec2", region_name=name) for name in regions}
+    session = boto3.session.Session()
+    clients = {name: session.client("ec2", region_name=name) for name in regions}
     orphans = [l for name, ec2 in clients.items() for l in find_leftovers(ec2, name) if l.run not in live]
     if as_json:
         print_json({"leftovers": [l.__dict__ for l in orphans]})

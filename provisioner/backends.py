@@ -125,7 +125,7 @@ def sweep_aws_run(region: str, run_name: str) -> None:
 
     from stacks.aws_leftovers import find_leftovers, remove_leftovers
 
-    ec2 = boto3.client("ec2", region_name=region)
+    ec2 = boto3.session.Session().client("ec2", region_name=region)
     remove_leftovers(ec2, find_leftovers(ec2, region, run=run_name))
 
 

@@ -15,7 +15,7 @@ def check_aws_credentials(region: str) -> str:
     import botocore.exceptions
 
     try:
-        return boto3.client("sts", region_name=region).get_caller_identity()["Arn"]
+        return boto3.session.Session().client("sts", region_name=region).get_caller_identity()["Arn"]
     except botocore.exceptions.NoCredentialsError:
         raise ConfigurationError(
             "AWS credentials are missing: run `aws configure`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID and "
