@@ -88,15 +88,16 @@ def apply(
 
             print_plan(file, run_name, requirements, search, document)
         return
-    from cli.output import stderr_console
-    from cli.plan_view import print_plan
+    if not as_json:
+        from cli.output import stderr_console
+        from cli.plan_view import print_plan
 
-    print_plan(file, run_name, requirements, search, {}, console=stderr_console())
-    if not yes and not typer.confirm("Submit the run?", default=True):
+        print_plan(file, run_name, requirements, search, {}, console=stderr_console())
+    if not yes and not typer.confirm("Submit the run?", default=True, err=True):
         raise typer.Exit(1)
     from cli.run_session import run_and_report
 
-    code = run_and_report(config, store, hosts, run_name, run, search.offers, Path(file), detach)
+    code = run_and_report(config, store, hosts, run_name, run, search.offers, Path(file), detach, as_json)
     raise typer.Exit(code)
 
 

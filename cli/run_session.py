@@ -8,9 +8,12 @@ from pathlib import Path
 from cli.output import stderr_console
 
 
-def make_reporter():
+def make_reporter(quiet: bool = False):
+    """Progress on stderr and the job's output on stdout; `quiet` (for --json) keeps both for the log alone."""
     from provisioner.runner import Reporter, write_stdout
 
+    if quiet:
+        return Reporter()
     console = stderr_console()
     started = time.monotonic()
 
@@ -24,18 +27,20 @@ def make_reporter():
     return Reporter(info=info, step=step, output=write_stdout)
 
 
-def session_for(config, store, hosts=None):
+def session_for(config, store, hosts=None, quiet: bool = False):
     from provisioner.runner import RunSession
 
-    return RunSession(store=store, config=config, reporter=make_reporter(), fleet_hosts=hosts or {})
+    return RunSession(store=store, config=config, reporter=make_reporter(quiet), fleet_hosts=hosts or {})
 
 
-def run_and_report(config, store, hosts, run_name, resolved, offers, source: Path, detach: bool) -> int:
-    """Runs the task; returns the exit status for the shell: 0 when the job succeeded, its exit code when it failed."""
+def run_and_report(config, store, hosts, run_name, resolved, offers, source: Path, detach: bool,
+                   as_json: bool = False) -> int:
+    """Runs the task; returns the exit status for the shell: 0 when the job succeeded, its exit code when it failed.
+    With `as_json`, stdout gets only the run's final record (`{"run": ...}`); the output stays in `dstack logs`."""
     from provisioner.repo_archive import repo_root
     from provisioner.runner import submit
 
-    session = session_for(config, store, hosts)
+    session = session_for(config, store, hosts, quiet=as_json)
     repo = repo_root(source.resolve().parent)
     try:
         record = submit(session, run_name, resolved, offers, repo, detach)
@@ -44,6 +49,10 @@ def run_and_report(config, store, hosts, run_name, resolved, offers, source: Pat
         if record is not None and record.active:
             session.reporter.info(f"Left {run_name} {record.status}: `dstack stop {run_name}` finishes the teardown")
         return 130
+    if as_json:
+        from cli.output import print_json
+
+        print_json({"run": record.summary(time.time())})
     if detach:
         session.reporter.info(f"{run_name} is running; `dstack logs {run_name} -f` follows it, "
                               f"`dstack stop {run_name}` ends it")

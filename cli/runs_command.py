@@ -47,12 +47,7 @@ def ps(
     now = time.time()
     records = [r for r in reconcile(session) if all_runs or r.active]
     if as_json:
-        print_json({"runs": [{
-            "name": r.name, "status": r.status, "reason": r.reason, "backend": r.backend, "region": r.region,
-            "instance": r.instance, "price": r.price, "cost": round(r.cost(now), 6), "exit_code": r.exit_code,
-            "submitted_at": r.submitted_at, "age_s": round(now - r.submitted_at, 1),
-            "ports": r.ports or [],
-        } for r in records]})
+        print_json({"runs": [r.summary(now) for r in records]})
         return
     from rich.table import Table
 

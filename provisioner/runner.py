@@ -32,8 +32,16 @@ POWER_OFF_AFTER_EXIT_MIN = 5
 STOP_GRACE_S = 10
 
 
+RETRY_INTERVAL_S = 60
+DEFAULT_RETRY_DURATION_S = 3600
+
+
 class RunFailed(ConfigurationError):
     """The run could not be provisioned or started; the message says why, per offer tried."""
+
+
+class NoCapacity(RunFailed):
+    """Every offer tried failed for capacity or quota: `retry: {on_events: [no-capacity]}` tries again later."""
 
 
 @dataclass
@@ -117,7 +125,29 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
             continue
         return offer, access
     tried = "\n".join(f"  {a['offer']}: {a['kind']}: {a['error']}" for a in attempts) or "  (none could be tried)"
-    raise RunFailed(f"no offer could be provisioned; tried {len(attempts)}:\n{tried}")
+    raise NoCapacity(f"no offer could be provisioned; tried {len(attempts)}:\n{tried}")
+
+
+def retry_deadline(configuration, event: str, since: float) -> Optional[float]:
+    """When retrying for `event` (no-capacity, error) must stop, or None when the run does not retry on it."""
+    retry = configuration.retry
+    if retry is None or event not in retry.on_events:
+        return None
+    return since + (retry.duration if retry.duration is not None else DEFAULT_RETRY_DURATION_S)
+
+
+def provision_with_retry(session: RunSession, run_name: str, offers: Sequence[Offer], configuration
+                         ) -> Tuple[Offer, HostAccess]:
+    deadline = retry_deadline(configuration, "no-capacity", time.time())
+    while True:
+        try:
+            return provision_with_failover(session, run_name, offers, configuration)
+        except NoCapacity as e:
+            if deadline is None or time.time() + RETRY_INTERVAL_S > deadline:
+                raise
+            session.reporter.info(f"{str(e).splitlines()[0]}; retrying in {RETRY_INTERVAL_S}s "
+                                  f"(retry on no-capacity until {time.strftime('%H:%M:%S', time.localtime(deadline))})")
+            time.sleep(RETRY_INTERVAL_S)
 
 
 def finish_run(session: RunSession, name: str, status: str, reason: Optional[str] = None,
@@ -161,12 +191,13 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
     follower: Optional[LogFollower] = None
     forwarder = None
     try:
-        offer, access = provision_with_failover(session, run_name, offers, configuration)
+        offer, access = provision_with_retry(session, run_name, offers, configuration)
         store.update_run(run_name, host=access.to_json())
         session.reporter.info(f"Connecting to {access.description}")
         transport = access.connect(total_wait=300, log=session.reporter.info)
         store.update_run(run_name, status="pulling" if configuration.image else "running", started_at=time.time())
-        start_job(transport, job_spec(run_name, configuration, offer), repo)
+        job = job_spec(run_name, configuration, offer)
+        start_job(transport, job, repo)
         if configuration.image:
             store.update_run(run_name, status="running")
         if detach:
@@ -176,6 +207,12 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         follower = LogFollower(lambda: access.connect(total_wait=120), run_name, log=session.reporter.info)
         follower.transport = transport
         code = stream_logs(session, follower, run_name)
+        error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
+        while code not in (0, TIMED_OUT, None) and error_deadline is not None and time.time() < error_deadline:
+            session.reporter.info(f"the job failed with exit code {code}; running it again (retry on error)")
+            start_job(follower.transport, job, repo)
+            follower.offset = 0
+            code = stream_logs(session, follower, run_name)
         status, reason = _exit_status(code)
         if store.claim_run(run_name, RUNNING, "terminating"):
             return finish_run(session, run_name, status, reason, code)

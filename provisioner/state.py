@@ -81,6 +81,13 @@ class RunRecord:
     def active(self) -> bool:
         return self.status in ACTIVE
 
+    def summary(self, now: float) -> dict:
+        """The shape of one run in `dstack ps --json` and `dstack apply --json`."""
+        return {"name": self.name, "status": self.status, "reason": self.reason, "backend": self.backend,
+                "region": self.region, "instance": self.instance, "price": self.price,
+                "cost": round(self.cost(now), 6), "exit_code": self.exit_code, "submitted_at": self.submitted_at,
+                "age_s": round(now - self.submitted_at, 1), "ports": self.ports or []}
+
     def cost(self, now: Optional[float] = None) -> float:
         if not self.price or not self.started_at:
             return 0.0

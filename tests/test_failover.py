@@ -121,3 +121,29 @@ def test_submit_tears_down_and_records_failure(session, tmp_path):
     record = session.store.get_run("fo")
     assert record.status == "failed" and record.reason.startswith("no offer could be provisioned")
     assert clouds["aws"].torn_down == ["fo"]
+
+
+def test_no_capacity_is_retried_within_the_retry_duration(session, monkeypatch):
+    from provisioner import runner
+
+    session, clouds = session
+    monkeypatch.setattr(runner, "RETRY_INTERVAL_S", 0.01)
+    calls = {"n": 0}
+
+    class Flaky(FakeCloud):
+        def provision(self, run_name, offer, configuration, report):
+            calls["n"] += 1
+            if calls["n"] <= 2:  # the first round: both offers out of capacity
+                raise classify(CAPACITY)
+            return super().provision(run_name, offer, configuration, report)
+
+    clouds["aws"] = Flaky("aws", {})
+    offers = [offer("aws", "us-east-1", "us-east-1a", 1.0), offer("aws", "us-east-2", "us-east-2a", 1.1)]
+    retrying = parse_configuration("type: task\ncommands: [x]\nretry: {on_events: [no-capacity], duration: 1m}\n",
+                                   "x.dstack.yml")
+    chosen, _ = runner.provision_with_retry(session, "fo", offers, retrying)
+    assert chosen.region == "us-east-1" and calls["n"] == 3
+    calls["n"] = 0
+    with pytest.raises(runner.NoCapacity):  # without `retry`, the first round's failure is final
+        runner.provision_with_retry(session, "fo", offers, CONF)
+    assert calls["n"] == 2

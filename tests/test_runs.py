@@ -198,3 +198,45 @@ def test_fleet_with_an_unreachable_host_names_it(tmp_path, home_env, make_host, 
     assert result.returncode == 1
     assert f"root@{bad.address}:22" in result.stderr and good.address not in result.stderr.split("\n", 1)[1]
     assert json.loads(run_cli("fleet", "--json", env=home_env).stdout)["fleets"] == []
+
+
+def test_retry_on_error_runs_the_job_again(tmp_path, home_env):
+    marker = tmp_path / "first-try-done"
+    conf = write(tmp_path, "r.dstack.yml", "type: task\nname: local-retry\nretry: {on_events: [error], duration: 1m}\n"
+                 f"commands:\n  - 'if [ ! -f {marker} ]; then touch {marker}; echo failing; exit 1; fi'\n"
+                 "  - echo succeeded\n")
+    result = run_cli("apply", "-f", conf, "-y", env=home_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "failing\nsucceeded\n" and "running it again" in result.stderr
+    assert ps(home_env)["local-retry"]["status"] == "done"
+
+
+def test_apply_json_prints_only_the_run_record(tmp_path, home_env):
+    conf = write(tmp_path, "j.dstack.yml", "type: task\nname: local-json\ncommands: [echo quiet]\n")
+    result = run_cli("apply", "-f", conf, "-y", "--json", env=home_env)
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)["run"]
+    assert (run["name"], run["status"], run["exit_code"], run["backend"]) == ("local-json", "done", 0, "local")
+    assert result.stderr == ""
+    assert run_cli("logs", "local-json", env=home_env).stdout == "quiet\n"
+
+
+def test_only_one_process_claims_a_run():
+    import threading
+
+    from provisioner.state import RunRecord, StateStore
+
+    store = StateStore()
+    store.create_run(RunRecord(name="race", status="running", submitted_at=time.time()))
+    wins = []
+
+    def claim():
+        if StateStore().claim_run("race", ("running",), "terminating"):
+            wins.append(threading.get_ident())
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and store.get_run("race").status == "terminating"
