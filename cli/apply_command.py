@@ -10,7 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from cli import run_options as opt
-from cli.output import print_json, stdout_console
+from cli.output import print_json
 
 
 def apply(

@@ -16,6 +16,7 @@ from cli.runs_command import attach, logs, ps, stop
 from cli.offers_command import offers
 from cli.schema_command import schema
 from cli.setup_command import setup
+from cli.stacks_command import stacks
 from cli.output import error
 from configuration.errors import ConfigurationError
 
@@ -59,6 +60,7 @@ app.command("stop")(stop)
 app.command("fleet")(fleet)
 app.command("delete")(delete)
 app.command("gc")(gc)
+app.command("stacks")(stacks)
 app.command("setup")(setup)
 
 

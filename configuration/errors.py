@@ -3,3 +3,7 @@
 
 class ConfigurationError(Exception):
     """Bad input from a file, a flag or the environment; the CLI prints the message and exits with status 1."""
+
+
+MISSING_AWS_CREDENTIALS = ("AWS credentials are missing: run `aws configure`, set AWS_PROFILE, or export "
+                           "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from configuration.errors import ConfigurationError
+from configuration.errors import MISSING_AWS_CREDENTIALS, ConfigurationError
 from configuration.home import dstack_home
 from offers.catalog import InstanceType, PriceRow, write_catalog
 from offers.gpus import normalize_memory
@@ -161,9 +161,7 @@ def refresh_aws_catalog(
         now = dt.datetime.now(dt.timezone.utc)
         rows = list(collect_rows(list(regions), ec2_for, pricing, now, log))
     except botocore.exceptions.NoCredentialsError:
-        raise ConfigurationError(
-            "AWS credentials not found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY) to refresh the AWS catalogue") from None
+        raise ConfigurationError(f"{MISSING_AWS_CREDENTIALS} (the catalogue refresh reads the AWS APIs)") from None
     except botocore.exceptions.ClientError as e:
         raise ConfigurationError(f"AWS refused the catalogue refresh: {e}") from None
     if not rows:

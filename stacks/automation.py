@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional
 
 from configuration.errors import ConfigurationError
 from configuration.home import dstack_home, private_file
-from stacks.errors import StackFailure, classify
+from stacks.errors import classify
 from stacks.spec import PROJECT
 
 INSTALL_HINT = (

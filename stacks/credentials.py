@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from configuration.errors import ConfigurationError
+from configuration.errors import MISSING_AWS_CREDENTIALS, ConfigurationError
 
 
 def check_aws_credentials(region: str) -> str:
@@ -17,9 +17,7 @@ def check_aws_credentials(region: str) -> str:
     try:
         return boto3.session.Session().client("sts", region_name=region).get_caller_identity()["Arn"]
     except botocore.exceptions.NoCredentialsError:
-        raise ConfigurationError(
-            "AWS credentials are missing: run `aws configure`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY") from None
+        raise ConfigurationError(MISSING_AWS_CREDENTIALS) from None
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
         raise ConfigurationError(f"AWS rejected the credentials: {e}") from None
 

@@ -69,13 +69,8 @@ def test_refreshed_catalogue_feeds_dstack_offers(aws_env, dstack_home):
     assert offers and all(o["price"] == 0.00001 and o["instance"]["resources"]["spot"] for o in offers)
 
 
-def test_missing_credentials_are_named(monkeypatch, tmp_path):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with pytest.raises(ConfigurationError, match="AWS credentials not found"):
+def test_missing_credentials_are_named(no_aws_credentials):
+    with pytest.raises(ConfigurationError, match="AWS credentials are missing: run `aws configure`"):
         refresh_aws_catalog(regions=["us-east-1"], log=lambda _: None)
 
 

@@ -4,7 +4,6 @@ and pull command lines, checked through a stand-in `docker` that records its arg
 import os
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 

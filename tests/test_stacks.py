@@ -270,15 +270,10 @@ def test_state_settings_make_a_private_passphrase(dstack_home):
     assert state_settings("s3://bucket/dstack").backend_url == "s3://bucket/dstack"
 
 
-def test_missing_aws_credentials_are_named(monkeypatch, tmp_path):
+def test_missing_aws_credentials_are_named(no_aws_credentials):
     from configuration.errors import ConfigurationError
     from stacks.credentials import check_aws_credentials
 
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(ConfigurationError, match="AWS credentials are missing"):
         check_aws_credentials("us-east-1")
 
@@ -350,3 +345,11 @@ def test_engine_events_become_step_progress():
     assert [(s.op, s.name, s.state, s.seconds) for s in seen] == [
         ("create", "dstack-x", "started", None), ("create", "dstack-x", "done", 32.5),
         ("delete", "dstack-x-sg", "started", None), ("delete", "dstack-x-sg", "failed", 7.5)]
+
+
+def test_stacks_command_needs_the_pulumi_cli(tmp_path, dstack_home):
+    from tests.helpers import run_cli
+
+    result = run_cli("stacks", env={"PATH": str(tmp_path), "HOME": str(tmp_path), "DSTACK_HOME": str(dstack_home)})
+    assert result.returncode == 1 and "The Pulumi CLI is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
