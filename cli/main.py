@@ -18,7 +18,7 @@ from cli.schema_command import schema
 from cli.setup_command import setup
 from cli.stacks_command import stacks
 from cli.output import error
-from configuration.errors import ConfigurationError
+from configuration.errors import DstackError
 
 VERSION = "0.1.0"
 
@@ -67,7 +67,7 @@ app.command("setup")(setup)
 def main() -> None:
     try:
         app()
-    except ConfigurationError as e:
+    except DstackError as e:
         error(str(e))
         sys.exit(1)
     except KeyboardInterrupt:

@@ -116,6 +116,8 @@ def _message(item: Dict[str, Any]) -> str:
     if item["type"] == "string_type" and isinstance(item.get("input"), dict):
         return ("expected a string, got a mapping: quote the whole line (YAML reads a `: ` inside it as a "
                 "key and a value)")
+    if item["type"] == "string_type" and isinstance(item.get("input"), (bool, int, float)):
+        return f"expected a string, got {item['input']!r}: quote it (YAML reads unquoted true, 1 or 1.5 as values)"
     if item["type"] == "literal_error":
         return f"{item['input']!r} is not allowed; {message[0].lower()}{message[1:]}"
     return message

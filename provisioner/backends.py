@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from configuration.backends import DstackConfig
+from configuration.errors import ConfigurationError
 from configuration.home import dstack_home, private_file
 from offers.offer import Offer
 from provisioner.access import HostAccess
@@ -31,6 +32,11 @@ class LocalBackend:
     name = "local"
 
     def provision(self, run_name, offer, configuration, report) -> HostAccess:
+        import shutil
+
+        if configuration.image and not shutil.which("docker"):
+            raise ConfigurationError("`image:` tasks on this machine need Docker, which is not installed: install it "
+                                     "(https://docs.docker.com/engine/install/), or run with `python:` instead")
         return HostAccess(kind="local")
 
     def teardown(self, record, report) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from provisioner.repo_archive import pack
-from provisioner.transport import Transport
+from provisioner.transport import Transport, TransportError
 
 CONTAINER_REPO = "/workflow"
 REGISTRY_PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"
@@ -195,7 +195,7 @@ def start_job(transport: Transport, job: JobSpec, repo=None) -> int:
     archive = pack(repo, {"job.sh": (job_script(job).encode(), 0o700), "env": (env_file(job), 0o600)})
     result = transport.run(start_command(job), stdin=archive, timeout=120)
     if result.code != 0 or not result.text.strip().isdigit():
-        raise RuntimeError(f"starting the job on {transport.description} failed: "
+        raise TransportError(f"starting the job on {transport.description} failed: "
                            f"{result.stderr.decode(errors='replace').strip() or result.text.strip()}")
     return int(result.text.strip())
 

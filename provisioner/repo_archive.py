@@ -16,16 +16,24 @@ DEFAULT_LIMIT_MB = 100
 SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache"}
 
 
+def _git(*args: str) -> Optional[bytes]:
+    """git's output, or None outside a repository or where git is not installed."""
+    try:
+        done = subprocess.run(["git", *args], capture_output=True)
+    except FileNotFoundError:
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
 def repo_root(start: Path) -> Path:
-    done = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
-    return Path(done.stdout.strip()) if done.returncode == 0 else start
+    top = _git("-C", str(start), "rev-parse", "--show-toplevel")
+    return Path(top.decode().strip()) if top else start
 
 
 def _listed_files(root: Path) -> List[str]:
-    done = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                          capture_output=True)
-    if done.returncode == 0:
-        return [f for f in done.stdout.decode().split("\0") if f and (root / f).is_file()]
+    listed = _git("-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    if listed is not None:
+        return [f for f in listed.decode().split("\0") if f and (root / f).is_file()]
     files = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from configuration.backends import DstackConfig
-from configuration.errors import ConfigurationError
+from configuration.errors import ConfigurationError, DstackError
 from configuration.home import dstack_home
 from offers.offer import Offer
 from provisioner.access import HostAccess
@@ -224,7 +224,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             _stop_job_quietly(session, run_name, follower)
             finish_run(session, run_name, "terminated", "interrupted")
         raise
-    except (RunFailed, StackFailure, ConfigurationError) as e:
+    except DstackError as e:
         finish_run(session, run_name, "failed", str(e).splitlines()[0])
         raise
     except Exception as e:

@@ -11,6 +11,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
+from configuration.errors import DstackError
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -23,7 +25,7 @@ class CommandResult:
         return self.stdout.decode(errors="replace")
 
 
-class TransportError(Exception):
+class TransportError(DstackError):
     """The host could not be reached, or the connection broke; the caller may reconnect and go on."""
 
 

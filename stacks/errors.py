@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from configuration.errors import DstackError
+
 CAPACITY = "capacity"
 QUOTA = "quota"
 CREDENTIALS = "credentials"
@@ -35,7 +37,7 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
 
 
 @dataclass
-class StackFailure(Exception):
+class StackFailure(DstackError):
     """A failed `up`: kind is capacity, quota, credentials or configuration; scope is zone, region or cloud."""
 
     kind: str

@@ -208,3 +208,8 @@ def test_unknown_variables_are_errors():
 def test_unquoted_colon_in_a_command_gets_a_hint():
     with pytest.raises(ConfigurationError, match=r"x.dstack.yml:3: commands\[0\]: expected a string, got a mapping: quote"):
         parse("type: task\ncommands:\n  - echo args: here\n")
+
+
+def test_unquoted_boolean_command_gets_a_hint():
+    with pytest.raises(ConfigurationError, match=r"commands\[0\]: expected a string, got True: quote it"):
+        parse("type: task\ncommands: [true]\n")

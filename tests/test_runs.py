@@ -240,3 +240,12 @@ def test_only_one_process_claims_a_run():
     for t in threads:
         t.join()
     assert len(wins) == 1 and store.get_run("race").status == "terminating"
+
+
+def test_local_image_task_without_docker_says_so(tmp_path, home_env):
+    conf = write(tmp_path, "d.dstack.yml", "type: task\nname: local-img\nimage: busybox\ncommands: [echo hi]\n")
+    result = run_cli("apply", "-f", conf, "-y", env={**home_env, "PATH": str(tmp_path)})  # no docker on PATH
+    assert result.returncode == 1
+    assert "`image:` tasks on this machine need Docker, which is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert ps(home_env)["local-img"]["status"] == "failed"
