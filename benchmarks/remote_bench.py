@@ -89,7 +89,7 @@ def main() -> None:
             out.channel.recv_exit_status()
 
         print(f"== one command on an open connection (median of {args.runs})")
-        print(f"paramiko exec_command, Nagle  {median_ms(naive, args.runs):7.1f} ms  (a login shell per command)")
+        print(f"paramiko exec_command, Nagle  {median_ms(naive, args.runs):7.1f} ms  (the user's shell and .bashrc per command)")
         print(f"dstack (NODELAY, one shell)   {median_ms(lambda: fast.run('true'), args.runs):7.1f} ms")
 
         (host.dir / "site").mkdir()

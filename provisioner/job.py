@@ -181,7 +181,11 @@ def start_command(job: JobSpec) -> str:
     """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
     folder = job_folder(job.run_name)
     limit = f"timeout -s TERM -k 10 {job.max_duration_s} " if job.max_duration_s else ""
-    wrapper = (f"setsid {limit}sh ./job.sh > output.log 2>&1 < /dev/null & echo $! > pid; wait $!; "
+    # `python:` jobs run in a login shell (once per job), so the PATH the user's profile sets (conda, ~/.local/bin,
+    # pyenv) applies as in an SSH session; `image:` jobs only drive docker.
+    shell = "sh" if job.image else "sh -c 'if command -v bash >/dev/null; then exec bash -l ./job.sh; fi; exec sh -l ./job.sh'"
+    script = "./job.sh" if job.image else ""
+    wrapper = (f"setsid {limit}{shell} {script} > output.log 2>&1 < /dev/null & echo $! > pid; wait $!; "
                "echo $? > exit_code.tmp; mv exit_code.tmp exit_code")
     if job.power_off_after_exit_min:
         minutes = job.power_off_after_exit_min
