@@ -47,7 +47,10 @@ def run_and_report(config, store, hosts, run_name, resolved, offers, source: Pat
     except KeyboardInterrupt:
         record = store.get_run(run_name)
         if record is not None and record.active:
-            session.reporter.info(f"Left {run_name} {record.status}: `dstack stop {run_name}` finishes the teardown")
+            left = (f"its Pulumi stack {record.stack['name']} ({record.stack['backend']} {record.stack['region']}) "
+                    "may still hold cloud resources" if record.stack else "nothing was created in a cloud")
+            session.reporter.info(f"Left {run_name} {record.status}: {left}; `dstack stop {run_name}` (or the next "
+                                  "`dstack ps`) finishes the teardown")
         return 130
     if as_json:
         from cli.output import print_json

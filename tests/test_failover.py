@@ -147,3 +147,38 @@ def test_no_capacity_is_retried_within_the_retry_duration(session, monkeypatch):
     with pytest.raises(runner.NoCapacity):  # without `retry`, the first round's failure is final
         runner.provision_with_retry(session, "fo", offers, CONF)
     assert calls["n"] == 2
+
+
+def test_ctrl_c_during_provisioning_tears_the_stack_down(session):
+    from configuration.interpolation import resolve_run
+    from provisioner.runner import submit
+
+    session, clouds = session
+    session.store.delete_run("fo")
+
+    class Interrupted(FakeCloud):
+        def provision(self, run_name, offer, configuration, report):
+            session.store.update_run(run_name, stack={"backend": "aws", "name": run_name, "region": offer.region,
+                                                      "backend_url": "file:///tmp/x"})
+            raise KeyboardInterrupt
+
+    clouds["aws"] = Interrupted("aws", {})
+    with pytest.raises(KeyboardInterrupt):
+        submit(session, "fo", resolve_run(CONF, "x.dstack.yml", [], {}),
+               [offer("aws", "us-east-1", "us-east-1a", 1.0)], None, detach=False)
+    record = session.store.get_run("fo")
+    assert (record.status, record.reason) == ("terminated", "interrupted")
+    assert clouds["aws"].torn_down == ["fo"]
+
+
+def test_a_teardown_cut_short_is_finished_by_reconcile(session):
+    from provisioner.runner import reconcile
+
+    session, clouds = session
+    clouds["aws"] = FakeCloud("aws", {})
+    session.store.update_run("fo", status="provisioning", backend="aws", owner_pid=999999999,
+                             stack={"backend": "aws", "name": "fo", "region": "us-east-1", "backend_url": "file:///x"})
+    reconcile(session)
+    record = session.store.get_run("fo")
+    assert (record.status, record.reason) == ("failed", "interrupted while provisioning")
+    assert clouds["aws"].torn_down == ["fo"]

@@ -64,3 +64,16 @@ def test_gc_lists_and_removes_only_orphans(aws):
     remaining = {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]}
     assert {"dstack-live-run", "not-ours"} <= remaining and "dstack-ghost-run" not in remaining
     assert live  # the active run's resources were never listed
+
+
+def test_a_runs_own_leftovers_are_found_by_its_tag(aws):
+    from stacks.aws_leftovers import find_leftovers, remove_leftovers
+
+    ec2, _ = aws
+    mine = make_run_resources(ec2, "pending-run")
+    other = make_run_resources(ec2, "other-run")
+    found = find_leftovers(ec2, "eu-west-3", run="pending-run")
+    assert {l.id for l in found} == mine
+    remove_leftovers(ec2, found)
+    assert find_leftovers(ec2, "eu-west-3", run="pending-run") == []
+    assert {l.id for l in find_leftovers(ec2, "eu-west-3", run="other-run")} == other
