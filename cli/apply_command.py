@@ -77,9 +77,9 @@ def apply(
 
         offer = search.offers[0] if search.offers else None
         if offer is None:
-            from cli.output import error
+            import sys
 
-            error(f"no offers match: {requirements.describe()}")
+            sys.stderr.write(f"warning: no offers match: {requirements.describe()}\n")
         document = plan_json(run, offer, dry_run_resources(run_name, run.configuration, offer, config))
         if as_json:
             print_json(document)
