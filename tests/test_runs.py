@@ -254,5 +254,5 @@ def test_local_image_task_without_docker_says_so(tmp_path, home_env):
 def test_declining_the_confirmation_runs_nothing(tmp_path, home_env):
     conf = write(tmp_path, "n.dstack.yml", "type: task\nname: local-no\ncommands: [echo never]\n")
     result = run_cli("apply", "-f", conf, env=home_env, input="n\n")
-    assert result.returncode == 1 and "Submit the run?" in result.stderr and result.stdout == ""
+    assert result.returncode == 1 and "Submit the run?" in result.stderr and result.stdout.strip() == ""
     assert "local-no" not in ps(home_env)
