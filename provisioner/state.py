@@ -18,8 +18,7 @@ from typing import Iterator, List, Optional
 
 from configuration.home import dstack_home
 
-ACTIVE = ("submitted", "provisioning", "pulling", "running", "terminating")
-FINISHED = ("done", "failed", "terminated")
+ACTIVE = ("submitted", "provisioning", "pulling", "running", "terminating")  # then done, failed or terminated
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 PROJECT = "dstack"
@@ -38,7 +38,6 @@ class StackSpec:
     project: str = PROJECT
     gcp_project_id: Optional[str] = None
     max_duration_s: Optional[int] = None
-    extra_tags: Tuple[Tuple[str, str], ...] = field(default_factory=tuple)
 
     @property
     def open_ports(self) -> Tuple[int, ...]:
@@ -46,8 +45,7 @@ class StackSpec:
 
     def tags(self) -> dict:
         """AWS tags; every resource of the run carries them, so `dstack gc` can find what a lost stack left."""
-        return {"dstack:run": self.run_name, "dstack:project": self.project, "Name": f"dstack-{self.run_name}",
-                **dict(self.extra_tags)}
+        return {"dstack:run": self.run_name, "dstack:project": self.project, "Name": f"dstack-{self.run_name}"}
 
     def labels(self) -> dict:
         """GCP labels: lowercase letters, digits, `-` and `_` only."""
