@@ -196,6 +196,9 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         session.reporter.info(f"Connecting to {access.description}")
         transport = access.connect(total_wait=300, log=session.reporter.info)
         store.update_run(run_name, status="pulling" if configuration.image else "running", started_at=time.time())
+        if not detach:  # ports first: a local port that is taken fails the run before its job starts
+            forwarder = forward_ports(session, run_name, access, configuration.ports,
+                                      lambda: follower.transport if follower is not None else transport)
         job = job_spec(run_name, configuration, offer)
         start_job(transport, job, repo)
         if configuration.image:
@@ -203,7 +206,6 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         if detach:
             transport.close()
             return store.get_run(run_name)
-        forwarder = forward_ports(session, run_name, access, configuration.ports, lambda: follower.transport)
         follower = LogFollower(lambda: access.connect(total_wait=120), run_name, log=session.reporter.info)
         follower.transport = transport
         code = stream_logs(session, follower, run_name)
@@ -225,9 +227,11 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             finish_run(session, run_name, "terminated", "interrupted")
         raise
     except DstackError as e:
+        _stop_job_quietly(session, run_name, follower)
         finish_run(session, run_name, "failed", str(e).splitlines()[0])
         raise
     except Exception as e:
+        _stop_job_quietly(session, run_name, follower)
         finish_run(session, run_name, "failed", f"{type(e).__name__}: {e}")
         raise
     finally:

@@ -256,3 +256,47 @@ def test_declining_the_confirmation_runs_nothing(tmp_path, home_env):
     result = run_cli("apply", "-f", conf, env=home_env, input="n\n")
     assert result.returncode == 1 and "Submit the run?" in result.stderr and result.stdout.strip() == ""
     assert "local-no" not in ps(home_env)
+
+
+def test_a_taken_local_port_fails_the_run_before_its_job_starts(tmp_path, home_env):
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    conf = write(tmp_path, "p.dstack.yml", f"type: task\nname: local-port\nports: ['{port}:9']\n"
+                 "commands: [echo never]\n")
+    result = run_cli("apply", "-f", conf, "-y", env=home_env)
+    holder.close()
+    assert result.returncode == 1
+    assert f"local port {port} is already in use by another program" in result.stderr
+    assert ps(home_env)["local-port"]["status"] == "failed"
+    assert not (Path(home_env["DSTACK_HOME"]) / "jobs" / "local-port" / "output.log").exists()
+
+
+def test_forwarded_port_on_the_local_backend(tmp_path, home_env):
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        remote = probe.getsockname()[1]
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("local forward")
+    conf = write(tmp_path, "w.dstack.yml", f"type: task\nname: local-web\nports: ['*:{remote}']\n"
+                 f"commands: ['cd {site} && exec python3 -m http.server {remote} --bind 127.0.0.1']\n")
+    process = spawn(["apply", "-f", conf, "-y"], home_env)
+    try:
+        deadline, body = time.monotonic() + 20, None
+        while body is None and time.monotonic() < deadline:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{remote}/index.html", timeout=1).read().decode()
+            except OSError:
+                time.sleep(0.2)
+        assert body == "local forward"
+        assert ps(home_env)["local-web"]["ports"] == [[remote, remote]]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
