@@ -67,7 +67,8 @@ def apply(
     store = StateStore()
     run_name = run.configuration.name or generate_run_name()
     # A dry run plans over every cloud, configured or not: it is how one sees what a run would cost.
-    search, hosts = search_run_offers(requirements, config, store, limit=20, all_clouds=dry_run)
+    found = search_run_offers(requirements, config, store, limit=20, all_clouds=dry_run)
+    search, hosts = found.search, found.hosts
     if not search.offers and not dry_run:
         hint = "" if config.cloud_backends else "; no cloud is configured, so only this machine and SSH fleets count"
         raise ConfigurationError(f"no offers match: {requirements.describe()}{hint} (see `dstack offers`)")

@@ -34,7 +34,6 @@ def offers(
     as_json: opt.JsonOption = False,
 ) -> None:
     """Show the offers that match the requirements (spot and on-demand unless told otherwise)."""
-    from offers.catalog import load_catalogs
     from offers.grouping import group_offers, parse_group_by
 
     keys = None
@@ -64,9 +63,9 @@ def offers(
     from provisioner.state import StateStore
 
     # Every cloud's catalogue, configured or not, plus the hosts a run could use (SSH fleets, this machine).
-    search, _ = search_run_offers(requirements, load_config(), StateStore(), limit=None if keys else max_offers,
-                                  all_clouds=True)
-    catalogs = load_catalogs(requirements.backends or ("aws", "gcp"))
+    found = search_run_offers(requirements, load_config(), StateStore(), limit=None if keys else max_offers,
+                              all_clouds=True)
+    search, catalogs = found.search, found.catalogs
     if keys:
         groups = group_offers(search.offers, keys)
         if as_json:

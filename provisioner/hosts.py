@@ -52,7 +52,7 @@ def apply_fleet(configuration, source: str, store: StateStore,
                 facts = future.result()
                 results.append((host, facts, None))
                 log(f"{host.description}: {describe_facts(facts)}")
-            except (ConfigurationError, Exception) as e:  # one unreachable host must not hide the others' errors
+            except Exception as e:  # one unreachable host must not hide the others' errors
                 results.append((host, None, str(e)))
     failures = [f"{host.description}: {error}" for host, _, error in results if error]
     if failures:

@@ -7,10 +7,11 @@ configured clouds plus fleets. `-b` on the command line (or `backends:` in the f
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from configuration.backends import DstackConfig
-from offers.catalog import load_catalogs
+from offers.catalog import Catalog, load_catalogs
 from offers.requirements import Requirements
 from offers.solver import OfferSearch, find_offers
 from provisioner.access import HostAccess
@@ -26,8 +27,15 @@ def default_backends(config: DstackConfig, has_fleets: bool) -> List[str]:
     return chosen
 
 
+@dataclass
+class RunOffers:
+    search: OfferSearch
+    hosts: Dict[Tuple[str, str], HostAccess]  # (region, host name) of each host offer -> how to reach it
+    catalogs: List[Catalog]  # the catalogues searched, for their snapshot dates
+
+
 def search_run_offers(requirements: Requirements, config: DstackConfig, store: StateStore, limit: Optional[int],
-                      all_clouds: bool = False) -> Tuple[OfferSearch, Dict[Tuple[str, str], HostAccess]]:
+                      all_clouds: bool = False) -> RunOffers:
     """The offers a run (or `dstack offers`, with all_clouds) can use, and how to reach each host offer."""
     from provisioner.hosts import fleet_offers, local_offer
 
@@ -44,4 +52,4 @@ def search_run_offers(requirements: Requirements, config: DstackConfig, store: S
         hosts.append(local_offer())
     catalogs = load_catalogs([b for b in backends if b in ("aws", "gcp")])
     search = find_offers(requirements, catalogs, [offer for offer, _ in hosts], limit=limit)
-    return search, {(offer.region, offer.instance.name): access for offer, access in hosts}
+    return RunOffers(search, {(offer.region, offer.instance.name): access for offer, access in hosts}, catalogs)

@@ -100,6 +100,7 @@ class StateStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
+        os.chmod(self.path, 0o600)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -110,7 +111,6 @@ class StateStore:
             yield db
         finally:
             db.close()
-        os.chmod(self.path, 0o600)
 
     # --- runs ---
 
