@@ -79,7 +79,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dstack-bench-"))
     os.environ["DSTACK_HOME"] = str(work / "home")  # known_hosts and state stay out of the user's ~/.dstack
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "key")], check=True)
-    host = NamespaceHost(200, (work / "key.pub").read_text().strip()).start()
+    host = NamespaceHost((work / "key.pub").read_text().strip()).start()
     try:
         target = SSHTarget(host.address, 22, "root", str(work / "key"))
         fast = connect(target, total_wait=10)

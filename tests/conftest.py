@@ -29,9 +29,14 @@ def make_host(client_key):
     started = []
 
     def make(index=None):
-        host = NamespaceHost(index if index is not None else 10 + len(started), client_key[1])
+        host = NamespaceHost(client_key[1], index)
         started.append(host)
-        return host.start()
+        try:
+            return host.start()
+        except BaseException:
+            host.cleanup()
+            started.remove(host)
+            raise
 
     yield make
     for host in started:

@@ -1,12 +1,19 @@
 """Test hosts with addresses of their own: a network namespace joined to this machine by a veth pair, running a
 real OpenSSH sshd. Traffic goes only to these namespaces' addresses (10.251.N.2, made here).
 
+Network safety: while any host of the test range exists, the whole range (TEST_RANGE) has an `unreachable` route.
+A host's /24 is more specific and wins while its link is up; when a test takes the link down or deletes the
+namespace, its /24 route goes and the packets meet the unreachable route instead of the default route off this
+machine. The route is shared by every process using the range (a shared flock) and removed by the last one.
+Each host's index N is claimed across processes with its own flock, so concurrent test runs never share an address.
+
 Outside CI the tests that need them skip, with the reason, where namespaces cannot be made (not root, no `ip`);
 under CI (`CI=true`) they must run, so a missing capability fails instead.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -18,6 +25,59 @@ from pathlib import Path
 import pytest
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+TEST_RANGE = "10.251.0.0/16"
+LOCK_DIR = Path("/run/dstack-test-hosts")
+HOST_INDEXES = range(10, 250)
+
+_range_users = 0
+_range_lock = None
+
+
+def guard_test_range() -> None:
+    """Puts the unreachable route for TEST_RANGE in place (once per process) until `release_test_range`."""
+    global _range_users, _range_lock
+    if _range_users == 0:
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        lock = open(LOCK_DIR / "range.lock", "a+")
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        added = subprocess.run(["ip", "route", "add", "unreachable", TEST_RANGE], capture_output=True, text=True)
+        if added.returncode != 0 and "File exists" not in added.stderr:
+            lock.close()
+            raise RuntimeError(f"cannot add the unreachable route for {TEST_RANGE}: {added.stderr.strip()}")
+        _range_lock = lock
+    _range_users += 1
+
+
+def release_test_range() -> None:
+    """Drops this process's use of the range; the last process using it removes the unreachable route."""
+    global _range_users, _range_lock
+    _range_users -= 1
+    if _range_users > 0:
+        return
+    lock, _range_lock = _range_lock, None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while another process still uses the range
+    except BlockingIOError:
+        pass
+    else:
+        subprocess.run(["ip", "route", "del", "unreachable", TEST_RANGE], capture_output=True)
+    finally:
+        lock.close()
+
+
+def claim_index(wanted=None):
+    """An index no other process holds, with its lock (kept open for as long as the host lives)."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    for index in ([wanted] if wanted is not None else HOST_INDEXES):
+        lock = open(LOCK_DIR / f"host-{index}.lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return index, lock
+    raise RuntimeError(f"no free test host index (asked for {wanted})" if wanted is not None
+                       else "every test host index is in use")
 
 
 def namespaces_available() -> str:
@@ -48,9 +108,11 @@ def sh(*argv: str) -> None:
 
 
 class NamespaceHost:
-    """One test host: namespace `dstk<pid>-<n>`, address 10.251.<n>.2, sshd on port 22 accepting `client_key`."""
+    """One test host: namespace `dstk<pid>-<n>`, address 10.251.<n>.2, sshd on port 22 accepting `client_key`.
+    Without an index, the first one that no process holds."""
 
-    def __init__(self, index: int, client_public_key: str):
+    def __init__(self, client_public_key: str, index=None):
+        index, self._index_lock = claim_index(index)
         self.index = index
         self.ns = f"dstk{os.getpid() % 10000}-{index}"
         self.veth_host = f"dv{os.getpid() % 10000}h{index}"
@@ -63,6 +125,9 @@ class NamespaceHost:
         self.process = None
 
     def start(self) -> "NamespaceHost":
+        guard_test_range()
+        self._guarded = True
+        self._remove_stale_links()
         sh("ip", "netns", "add", self.ns)
         sh("ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns)
         sh("ip", "link", "set", self.veth_ns, "netns", self.ns)
@@ -84,6 +149,13 @@ class NamespaceHost:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         self.start_sshd()
         return self
+
+    def _remove_stale_links(self) -> None:
+        """A crashed run can leave a veth with this index's address (its lock died with it): remove that link."""
+        shown = subprocess.run(["ip", "-o", "addr", "show", "to", self.host_side], capture_output=True, text=True)
+        for line in shown.stdout.splitlines():
+            device = line.split()[1].split("@")[0]
+            subprocess.run(["ip", "link", "del", device], capture_output=True)
 
     def new_host_key(self) -> None:
         for suffix in ("", ".pub"):
@@ -128,3 +200,7 @@ class NamespaceHost:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.veth_host], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if getattr(self, "_guarded", False):
+            self._guarded = False
+            release_test_range()
+        self._index_lock.close()
