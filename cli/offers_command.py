@@ -89,7 +89,10 @@ def _print_table(requirements, search, catalogs) -> None:
     console = stdout_console()
     console.print(f"[bold]Request:[/] {requirements.describe()}")
     if not search.offers:
-        console.print("No offers match. Loosen the resources, or allow more backends, regions or spot.")
+        from offers.spot_gaps import missing_spot_prices
+
+        console.print(missing_spot_prices(requirements, catalogs) or
+                      "No offers match. Loosen the resources, or allow more backends, regions or spot.")
         return
     table = Table(box=None, header_style="bold")
     for column, justify in (("#", "right"), ("BACKEND", "left"), ("REGION", "left"), ("INSTANCE", "left"),
@@ -101,7 +104,9 @@ def _print_table(requirements, search, catalogs) -> None:
     console.print(table)
     console.print(f"{search.total} offers, showing {len(search.offers)}. "
                   "WITH DISK adds the disk's list price (EBS gp3, GCP pd-balanced).")
-    snapshots = ", ".join(f"{c.backend} {c.meta.get('snapshot', '?')}" for c in catalogs)
+    snapshots = ", ".join(f"{c.backend} {c.meta.get('snapshot', '?')}" +
+                          (f" (spot {c.meta['spot_snapshot']})" if "spot_snapshot" in c.meta else "")
+                          for c in catalogs)
     if snapshots:
         console.print(f"[dim]Prices from catalogues: {snapshots}.[/]")
 

@@ -3,6 +3,10 @@
 A maintainer's tool, run when the snapshot changes: `python -m offers.build_shipped ../shared/catalog`.
 Nothing at run time reads the CSVs.
 
+AWS spot prices come from `aws_spot.csv` (per zone, accelerator types only): each joins the on-demand row of the same
+type and zone; a spot zone that the on-demand data does not list for a type it lists in that region gets a row of its
+own, at the region's on-demand price (AWS prices on-demand per region, not per zone).
+
 What is left out, and why (also in docs/offers.md): rows without an on-demand price (not offers), TPUs (no host
 VM in the data; out of scope), fractional GPUs (AWS g6f/gr6f slices: a count below one GPU does not fit the grammar),
 and Mac instances (dedicated hosts, not provisioned here).
@@ -14,7 +18,7 @@ import csv
 import hashlib
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Dict, Iterator, Optional, Tuple
 
 from offers.catalog import SHIPPED_DIR, InstanceType, PriceRow, write_catalog
 from offers.gpus import normalize_memory
@@ -28,7 +32,9 @@ SOURCES = {
             "apache-libcloud 3.9.1 pricing.json ec2_linux (on-demand prices, 2025-03-02)",
             "tsaol/aws-gpu all_gpu_instances.js (GPU on-demand prices, 2026-01-21)",
         ],
-        "gaps": "no spot prices (run `dstack offers --refresh` with AWS credentials to fetch them)",
+        "gaps": "spot prices only for 62 GPU and accelerator types (2026-04-02); run `dstack offers --refresh` "
+                "with AWS credentials for current spot prices of every type",
+        "spot_snapshot": "2026-04-02",
     },
     "gcp": {
         "snapshot": "2026-11-26",
@@ -38,7 +44,18 @@ SOURCES = {
 }
 
 
-def read_rows(csv_path: Path) -> Iterator[PriceRow]:
+SpotPrices = Dict[Tuple[str, str, str], float]  # (instance type, region, zone) -> USD/hour
+
+
+def read_spot_prices(csv_path: Path) -> SpotPrices:
+    with csv_path.open(newline="") as f:
+        return {(r["instance_type"], r["region"], r["zone"]): float(r["price_spot"]) for r in csv.DictReader(f)}
+
+
+def read_rows(csv_path: Path, spot_prices: Optional[SpotPrices] = None) -> Iterator[PriceRow]:
+    """The catalogue rows of one cloud's CSV; `spot_prices` fills the spot price of rows that have none."""
+    unjoined = dict(spot_prices or {})
+    listed: Dict[Tuple[str, str], PriceRow] = {}
     with csv_path.open(newline="") as f:
         for r in csv.DictReader(f):
             if not r["price_ondemand"] or not r["cpu"] or r["arch"] not in ARCHES:
@@ -60,14 +77,29 @@ def read_rows(csv_path: Path) -> Iterator[PriceRow]:
                 arch=ARCHES[r["arch"]],
                 spot_supported=r["spot_supported"] == "1",
             )
-            yield PriceRow(instance, r["region"], r["zone"], float(r["price_ondemand"]), spot_price)
+            key = (r["instance_type"], r["region"], r["zone"])
+            if spot_price is None and key in unjoined:
+                spot_price = unjoined[key]
+            unjoined.pop(key, None)
+            row = PriceRow(instance, r["region"], r["zone"], float(r["price_ondemand"]), spot_price)
+            listed[(r["instance_type"], r["region"])] = row
+            yield row
+    for (name, region, zone), spot_price in sorted(unjoined.items()):
+        known = listed.get((name, region))
+        if known is not None and known.instance.spot_supported:
+            yield known._replace(zone=zone, spot_price=spot_price)
 
 
 def build(shared_catalog: Path, out_dir: Path = SHIPPED_DIR) -> None:
     for backend in ("aws", "gcp"):
         csv_path = shared_catalog / f"{backend}.csv"
         meta = dict(SOURCES[backend], csv_sha256=hashlib.sha256(csv_path.read_bytes()).hexdigest())
-        groups = write_catalog(out_dir / f"{backend}.catalog", backend, read_rows(csv_path), meta)
+        spot_prices = None
+        if backend == "aws":
+            spot_csv = shared_catalog / "aws_spot.csv"
+            meta["spot_csv_sha256"] = hashlib.sha256(spot_csv.read_bytes()).hexdigest()
+            spot_prices = read_spot_prices(spot_csv)
+        groups = write_catalog(out_dir / f"{backend}.catalog", backend, read_rows(csv_path, spot_prices), meta)
         print(f"{backend}: {groups} price groups -> {out_dir / f'{backend}.catalog'}")
 
 

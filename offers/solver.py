@@ -82,6 +82,16 @@ def instance_matches(instance: InstanceType, resources: ResourcesSpec) -> bool:
     return gpu_matches(instance, resources.gpu)
 
 
+def default_arch_allows(instance: InstanceType, resources: ResourcesSpec) -> bool:
+    """Cloud offers are x86 unless the task asks for ARM (as dstack assumes: most images and wheels are x86-only).
+    Asking means `cpu: arm:..`, or naming a GPU that ARM hosts carry (T4g, GH200, GB200). Hosts the user owns (local,
+    SSH) are what they are and skip this default."""
+    if resources.cpu.arch is not None or instance.arch == "x86":
+        return True
+    names = resources.gpu.name or ()
+    return instance.gpu_count > 0 and instance.gpu_name.lower() in {n.lower() for n in names}
+
+
 def _allowed(value: str, allowed: Optional[Sequence[str]]) -> bool:
     return allowed is None or value.lower() in {a.lower() for a in allowed}
 
@@ -99,7 +109,7 @@ def _catalog_candidates(catalog: Catalog, req: Requirements, disk_gb: float) -> 
     for index, instance in enumerate(catalog.types):
         if types is not None and instance.name.lower() not in types:
             continue
-        if not instance_matches(instance, req.resources):
+        if not instance_matches(instance, req.resources) or not default_arch_allows(instance, req.resources):
             continue
         name, gpu, count = instance.name, instance.gpu_name, instance.gpu_count
         spot_ok = want_spot and instance.spot_supported

@@ -1,5 +1,6 @@
 """The catalogue file and the solver's matching semantics, on a small synthetic catalogue and on the shipped one."""
 
+import dataclasses
 import math
 
 import pytest
@@ -69,8 +70,8 @@ def test_defaults_take_cpu_and_gpu_machines_cheapest_first(catalog):
     result = search(catalog, gpu="0..")
     prices = [o.price for o in result.offers]
     assert prices == sorted(prices)
-    assert names(result)[0] == ("m.arm", "r1", False)  # c.large has 4GB, below the default 8GB..
-    assert result.total == len(result.offers) == 9  # not c.large (4GB), not Inferentia (only when named)
+    assert names(result)[0] == ("m.xlarge", "r1", False)  # c.large has 4GB, below the default 8GB..; m.arm is ARM
+    assert result.total == len(result.offers) == 8  # not c.large (4GB), not Inferentia (only when named), not ARM
 
 
 def test_gpu_names_are_case_insensitive_and_any_of(catalog):
@@ -94,6 +95,7 @@ def test_gpu_memory_count_total_and_capability(catalog):
 
 def test_cpu_memory_and_arch(catalog):
     assert {n for n, _, _ in names(search(catalog, cpu="arm:4", gpu="0"))} == {"m.arm"}
+    assert {n for n, _, _ in names(search(catalog, cpu="x86:4", gpu="0"))} == {"m.xlarge"}
     assert {n for n, _, _ in names(search(catalog, cpu="100..", memory="1TB.."))} == {"p.h100x8"}
     assert {n for n, _, _ in names(search(catalog, cpu="..2", memory="..4GB", gpu="0"))} == {"c.large"}
 
@@ -109,7 +111,8 @@ def test_spot_policy(catalog):
 
 def test_policy_filters(catalog):
     assert {r for _, r, _ in names(search(catalog, regions=("R2",), gpu="0.."))} == {"r2"}
-    assert [o.price for o in search(catalog, max_price=0.2, gpu="0..").offers] == [0.15, 0.2]
+    assert [o.price for o in search(catalog, max_price=0.2, gpu="0..").offers] == [0.2]
+    assert [o.price for o in search(catalog, max_price=0.2, gpu="0..", cpu="arm:1..").offers] == [0.15]
     assert names(search(catalog, instance_types=("G.A10G",), gpu="0..")) == [("g.a10g", "r1", False),
                                                                             ("g.a10g", "r2", False)]
     assert search(catalog, backends=("gcp",), gpu="0..").total == 0
@@ -160,6 +163,13 @@ def test_csv_rows_without_price_tpus_and_fractions_are_not_offers(tmp_path):
     assert [(r.instance.name, r.instance.gpu_memory_gib, r.instance.arch) for r in rows] == [
         ("g5.xlarge", 24.0, "x86"), ("m7g.large", 0.0, "arm")]
 
+    spot = {("g5.xlarge", "us-east-1", "us-east-1a"): 0.5, ("g5.xlarge", "us-east-1", "us-east-1c"): 0.6,
+            ("g5.xlarge", "eu-west-3", "eu-west-3a"): 0.4, ("g6f.large", "us-east-1", "us-east-1a"): 0.1}
+    joined = [(r.instance.name, r.zone, r.price, r.spot_price) for r in read_rows(csv_path, spot)]
+    assert joined == [("g5.xlarge", "us-east-1a", 1.006, 0.5), ("m7g.large", "us-east-1b", 0.0816, None),
+                      ("g5.xlarge", "us-east-1c", 1.006, 0.6)]  # a spot zone of a listed type and region joins;
+    # a region with no on-demand row (eu-west-3) and a type that is no offer (g6f) do not
+
 
 def test_shipped_catalogue_answers_the_issue_examples():
     catalogs = load_catalogs()
@@ -182,3 +192,42 @@ def test_refreshed_catalogue_wins_over_the_shipped_one(dstack_home):
                   [PriceRow(TYPES["g.a10g"], "us-east-1", "us-east-1a", 0.5, 0.2)], {"snapshot": "refreshed"})
     assert catalog_path("aws") == dstack_home / "catalog" / "aws.catalog"
     assert load_catalogs(["aws"])[0].meta == {"snapshot": "refreshed"}
+
+
+def test_cloud_offers_are_x86_unless_the_task_asks_for_arm(catalog, tmp_path):
+    assert "m.arm" not in {n for n, _, _ in names(search(catalog, cpu="4", gpu="0"))}
+    arm_gpu = it("g.t4g", 4, 8.0, "nvidia", "T4g", 1, 16.0, arch="arm")
+    path = tmp_path / "arm.catalog"
+    write_catalog(path, "aws", [PriceRow(arm_gpu, "r1", "r1a", 0.4, None),
+                                PriceRow(TYPES["g.a10g"], "r1", "r1a", 1.0, None)], {})
+    arm = read_catalog(path)
+    assert {n for n, _, _ in names(search(arm, gpu="1"))} == {"g.a10g"}
+    assert {n for n, _, _ in names(search(arm, gpu="t4g"))} == {"g.t4g"}  # naming an ARM GPU asks for ARM
+    assert {n for n, _, _ in names(search(arm, cpu="arm:2..", gpu="1"))} == {"g.t4g"}
+
+
+def test_the_readme_task_plans_on_x86():
+    req = Requirements(ResourcesSpec.model_validate({}), spot=False)
+    best = find_offers(req, load_catalogs(["aws"]), limit=1).offers[0]
+    assert best.instance.arch == "x86", best.instance.name
+
+
+def test_shipped_aws_catalogue_has_spot_prices_per_zone():
+    aws = load_catalogs(["aws"])[0]
+    assert aws.meta["spot_snapshot"] == "2026-04-02"
+    req = Requirements(ResourcesSpec.model_validate({"gpu": "A10G:1"}), spot=True, regions=("us-east-2",),
+                       instance_types=("g5.xlarge",))
+    prices = sorted(o.price for o in find_offers(req, [aws]).offers)
+    assert prices and all(0.35 < p < 0.38 for p in prices), prices  # 0.3573-0.3787 in the snapshot's us-east-2
+
+
+def test_a_spot_search_without_spot_prices_says_so():
+    from offers.spot_gaps import missing_spot_prices
+
+    aws = load_catalogs(["aws"])
+    req = Requirements(ResourcesSpec.model_validate({}), spot=True, instance_types=("m5.large",))
+    assert find_offers(req, aws).total == 0
+    message = missing_spot_prices(req, aws)
+    assert "m5.large" in message and "no spot price" in message and "--refresh" in message
+    with_spot = Requirements(ResourcesSpec.model_validate({"gpu": "A10G"}), spot=True)
+    assert missing_spot_prices(dataclasses.replace(with_spot, instance_types=("nothing.such",)), aws) is None
