@@ -4,6 +4,7 @@
       - type: aws
         regions: [us-east-1, us-west-2]
         ingress_cidrs: [203.0.113.0/24]
+        public_ports: false      # true: also open the task's ports to ingress_cidrs (default: SSH tunnel only)
       - type: gcp
         project_id: my-project
         regions: [us-central1]
@@ -26,8 +27,13 @@ from configuration.resources import StrictModel
 class CloudBackend(StrictModel):
     regions: Optional[List[str]] = None
     ingress_cidrs: Annotated[
-        List[str], Field(description="Who may reach the VMs' SSH and task ports; default everyone")
+        List[str], Field(description="Who may reach the VMs' SSH port (and task ports with public_ports); "
+                                     "default everyone")
     ] = ["0.0.0.0/0"]
+    public_ports: Annotated[
+        bool, Field(description="Open the task's ports to ingress_cidrs too; by default they are reached only "
+                                "through the SSH tunnel (localhost on the client)")
+    ] = False
 
     @field_validator("ingress_cidrs")
     @classmethod

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from configuration.errors import MISSING_AWS_CREDENTIALS, ConfigurationError
 from configuration.home import dstack_home
 from offers.catalog import InstanceType, PriceRow, write_catalog
-from offers.gpus import normalize_memory
+from offers.gpus import NO_IMAGE_VENDORS, normalize_memory
 
 MANUFACTURERS = {"nvidia": "nvidia", "amd": "amd", "habana": "intel", "intel": "intel", "aws": "aws",
                  "qualcomm": "qualcomm", "xilinx": "amd"}
@@ -37,6 +37,8 @@ def instance_types(ec2) -> Dict[str, InstanceType]:
             vendor, name, count, memory = _accelerator(info)
             if name and count < 1:
                 continue  # fractional GPU slices do not fit the `gpu:` grammar
+            if vendor in NO_IMAGE_VENDORS:
+                continue
             found[info["InstanceType"]] = InstanceType(
                 name=info["InstanceType"],
                 cpus=info["VCpuInfo"]["DefaultVCpus"],
@@ -61,6 +63,12 @@ def _accelerator(info: dict) -> Tuple[str, str, float, float]:
     if devices:
         device = devices[0]
         return "aws", device["Name"], float(device["Count"]), device["MemoryInfo"]["SizeInMiB"] / 1024
+    accelerators = (info.get("InferenceAcceleratorInfo") or {}).get("Accelerators") or []
+    if accelerators:  # dl2q (Qualcomm AI100)
+        device = accelerators[0]
+        vendor = device.get("Manufacturer", "").lower()
+        return (MANUFACTURERS.get(vendor, vendor), device["Name"], float(device["Count"]),
+                device["MemoryInfo"]["SizeInMiB"] / 1024)
     return "", "", 0.0, 0.0
 
 

@@ -9,7 +9,7 @@ own, at the region's on-demand price (AWS prices on-demand per region, not per z
 
 What is left out, and why (also in docs/offers.md): rows without an on-demand price (not offers), TPUs (no host
 VM in the data; out of scope), fractional GPUs (AWS g6f/gr6f slices: a count below one GPU does not fit the grammar),
-and Mac instances (dedicated hosts, not provisioned here).
+Mac instances (dedicated hosts, not provisioned here) and accelerators no image has drivers for (NO_IMAGE_VENDORS).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 from offers.catalog import SHIPPED_DIR, InstanceType, PriceRow, write_catalog
-from offers.gpus import normalize_memory
+from offers.gpus import NO_IMAGE_VENDORS, normalize_memory
 
 ARCHES = {"x86_64": "x86", "arm64": "arm"}
 SOURCES = {
@@ -62,7 +62,7 @@ def read_rows(csv_path: Path, spot_prices: Optional[SpotPrices] = None) -> Itera
                 continue
             vendor, name = r["gpu_vendor"], r["gpu_name"]
             count = float(r["gpu_count"] or 0)
-            if vendor == "google" or (name and count < 1):
+            if vendor == "google" or vendor in NO_IMAGE_VENDORS or (name and count < 1):
                 continue
             memory = normalize_memory(name, float(r["gpu_memory_gib"])) if name else 0.0
             spot_price = float(r["price_spot"]) if r["price_spot"] else None

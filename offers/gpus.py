@@ -53,6 +53,11 @@ def normalize_memory(name: str, reported_gb: float) -> float:
     return reported_gb
 
 
+# Accelerators that no image we boot has drivers for (AWS g4ad AMD Radeon, dl1 Intel Gaudi, dl2q Qualcomm AI100):
+# a run on them would start with an unusable device, so they are not offers at all (docs/offers.md).
+NO_IMAGE_VENDORS = ("amd", "intel", "qualcomm")
+
+
 def compute_capability(name: str) -> Optional[Tuple[int, int]]:
     model = GPU_MODELS.get(name)
     return model[2] if model else None

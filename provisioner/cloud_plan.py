@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 from configuration.backends import DstackConfig
+from offers.gpus import compute_capability
 from offers.offer import Offer
 from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec
 
 CLOUD_BACKENDS = ("aws", "gcp")
+OPEN_DRIVER_MIN_CAPABILITY = (7, 5)
 
 
 def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, host_key: HostKey,
@@ -30,12 +32,14 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         gpu_count=t.gpu_count,
         gpu_memory_gib=t.gpu_memory_gib,
         disk_gb=int(round(offer.disk_gb)),
-        ports=tuple(sorted({p.container_port for p in configuration.ports})),
+        ports=tuple(sorted({p.container_port for p in configuration.ports}))
+        if getattr(backend_config, "public_ports", False) else (),
         ssh_public_key=ssh_public_key,
         host_key=host_key,
         ingress_cidrs=ingress,
         gcp_project_id=getattr(backend_config, "project_id", None),
         max_duration_s=max_duration,
+        nvidia_open_driver=(compute_capability(t.gpu_name) or OPEN_DRIVER_MIN_CAPABILITY) >= OPEN_DRIVER_MIN_CAPABILITY,
     )
 
 

@@ -17,12 +17,15 @@ _ARCH = {"x86": ("x86_64", "amd64"), "arm": ("arm64", "arm64")}
 
 
 def image_query(spec: StackSpec) -> Dict[str, object]:
-    """The AMI lookup: a Deep Learning Base AMI with NVIDIA drivers for NVIDIA GPUs, the Neuron DLAMI for AWS
-    accelerators, plain Ubuntu 24.04 LTS otherwise; for the instance's architecture."""
+    """The AMI lookup: a Deep Learning Base AMI with NVIDIA drivers for NVIDIA GPUs (the open-source kernel modules
+    need Turing or newer, so V100 and older get the proprietary-driver DLAMI), the Neuron DLAMI for AWS accelerators,
+    plain Ubuntu 24.04 LTS otherwise; for the instance's architecture. Accelerators with no image here (AMD, Gaudi,
+    Qualcomm) are not offers at all (NO_IMAGE_VENDORS in offers/gpus.py)."""
     aws_arch, ubuntu_arch = _ARCH[spec.arch]
     if spec.gpu_vendor == "nvidia":
-        prefix = "Deep Learning ARM64 Base OSS Nvidia Driver GPU AMI" if spec.arch == "arm" else \
-            "Deep Learning Base OSS Nvidia Driver GPU AMI"
+        driver = "OSS" if spec.nvidia_open_driver else "Proprietary"
+        prefix = f"Deep Learning ARM64 Base {driver} Nvidia Driver GPU AMI" if spec.arch == "arm" else \
+            f"Deep Learning Base {driver} Nvidia Driver GPU AMI"
         owners, pattern = [AMAZON], f"{prefix} (Ubuntu 22.04) *"
     elif spec.gpu_vendor == "aws":
         owners, pattern = [AMAZON], "Deep Learning AMI Neuron (Ubuntu 22.04) *"
@@ -65,7 +68,7 @@ def aws_program(spec: StackSpec) -> None:
     group = aws.ec2.SecurityGroup(
         f"{name}-sg",
         name=name,
-        description=f"dstack run {spec.run_name}: ssh and the task's ports",
+        description=f"dstack run {spec.run_name}: ssh" + (" and the task's ports" if spec.ports else ""),
         vpc_id=vpc.id,
         ingress=ingress_rules(spec),
         egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],

@@ -22,6 +22,8 @@ ACCELERATOR_TYPES = {
     ("H200", None): "nvidia-h200-141gb",
     ("B200", None): "nvidia-b200",
 }
+# Machine series whose disks must be Hyperdisk (no Persistent Disk): GCP's machine series pages.
+HYPERDISK_ONLY = ("a3-ultragpu-", "a4-", "a4x-", "c4-", "c4a-", "c4d-", "n4-", "n4a-", "n4d-", "m4-", "x4-", "h4d-")
 GPU_IMAGE = {"project": "deeplearning-platform-release", "family": "common-cu128-ubuntu-2204-nvidia-570"}
 UBUNTU_IMAGE = {"x86": {"project": "ubuntu-os-cloud", "family": "ubuntu-2404-lts-amd64"},
                 "arm": {"project": "ubuntu-os-cloud", "family": "ubuntu-2404-lts-arm64"}}
@@ -46,11 +48,19 @@ def image(spec: StackSpec) -> Dict[str, str]:
     return GPU_IMAGE if spec.gpu_vendor == "nvidia" else UBUNTU_IMAGE[spec.arch]
 
 
+def boot_disk_type(machine_type: str) -> str:
+    return "hyperdisk-balanced" if machine_type.startswith(HYPERDISK_ONLY) else "pd-balanced"
+
+
 def scheduling(spec: StackSpec) -> dict:
+    """Spot VMs are deleted when preempted; with max_duration, every VM is deleted (not stopped: a stopped VM's disk
+    is still billed) at its deadline after boot."""
     settings: dict = {"automatic_restart": not spec.spot and not spec.gpu_count,
                       "on_host_maintenance": "TERMINATE" if spec.gpu_count or spec.spot else "MIGRATE"}
     if spec.spot:
         settings.update(provisioning_model="SPOT", preemptible=True, instance_termination_action="DELETE")
+    if spec.deadline_min:
+        settings.update(max_run_duration={"seconds": spec.deadline_min * 60}, instance_termination_action="DELETE")
     return settings
 
 
@@ -76,7 +86,7 @@ def gcp_program(spec: StackSpec) -> None:
         allows=[{"protocol": "tcp", "ports": [str(p) for p in spec.open_ports]}],
         source_ranges=list(spec.ingress_cidrs),
         target_tags=[network_tag(spec)],
-        description=f"dstack run {spec.run_name}: ssh and the task's ports",
+        description=f"dstack run {spec.run_name}: ssh" + (" and the task's ports" if spec.ports else ""),
         opts=opts,
     )
     instance = gcp.compute.Instance(
@@ -85,7 +95,8 @@ def gcp_program(spec: StackSpec) -> None:
         machine_type=spec.instance_type,
         zone=spec.zone,
         boot_disk={"auto_delete": True, "initialize_params": {
-            "image": boot_image.self_link, "size": spec.disk_gb, "type": "pd-balanced", "labels": labels}},
+            "image": boot_image.self_link, "size": spec.disk_gb, "type": boot_disk_type(spec.instance_type),
+            "labels": labels}},
         network_interfaces=[{"network": "default", "access_configs": [{}]}],
         guest_accelerators=guest_accelerators(spec),
         scheduling=scheduling(spec),

@@ -7,6 +7,12 @@ from typing import Optional, Tuple
 
 PROJECT = "dstack"
 DEFAULT_INGRESS = ("0.0.0.0/0",)
+# Every cloud VM powers itself off when no job has started this long after boot (a client that died between `up` and
+# the job's start leaves no VM billing forever), and, with max_duration, at boot + max_duration + this allowance:
+# the job's own deadline counts from its start, within the allowance after boot, so the job always ends first and
+# its log's end and exit code can still be read (the VM also stays up POWER_OFF_AFTER_EXIT_MIN after the job).
+START_ALLOWANCE_MIN = 20
+JOBS_GLOB = "/home/*/.dstack-jobs/*/pid"  # provisioner.job writes a run's pid file there when its job starts
 
 
 @dataclass(frozen=True)
@@ -31,17 +37,25 @@ class StackSpec:
     gpu_count: int
     gpu_memory_gib: float
     disk_gb: int
-    ports: Tuple[int, ...]  # the task's ports on the host, opened besides 22
+    ports: Tuple[int, ...]  # ports opened to ingress_cidrs besides 22: the task's with the backend's `public_ports`
     ssh_public_key: str
     host_key: HostKey
     ingress_cidrs: Tuple[str, ...] = DEFAULT_INGRESS
     project: str = PROJECT
     gcp_project_id: Optional[str] = None
     max_duration_s: Optional[int] = None
+    nvidia_open_driver: bool = True  # NVIDIA's open kernel modules need Turing (compute capability 7.5) or newer
 
     @property
     def open_ports(self) -> Tuple[int, ...]:
         return tuple(sorted({22, *self.ports}))
+
+    @property
+    def deadline_min(self) -> Optional[int]:
+        """Minutes after boot at which the VM powers off for good; None without max_duration."""
+        if not self.max_duration_s:
+            return None
+        return -(-self.max_duration_s // 60) + START_ALLOWANCE_MIN
 
     def tags(self) -> dict:
         """AWS tags; every resource of the run carries them, so `dstack gc` can find what a lost stack left."""
@@ -64,9 +78,15 @@ def generate_host_key() -> HostKey:
 
 
 def cloud_init(spec: StackSpec) -> str:
-    """cloud-config user data: install the run's host key (and no other), and power off at `max_duration`, so a
-    forgotten run stops billing (AWS instances are set to terminate on shutdown; GCP spot VMs are deleted)."""
+    """cloud-config user data: install the run's host key (and no other) and login key, and the VM's deadlines
+    (START_ALLOWANCE_MIN), so a forgotten run stops billing (AWS instances terminate on shutdown; GCP VMs are deleted
+    at their max run duration).
+
+    GCP's guest agent makes new host keys on a new instance's first boot. `bootcmd` turns that off before the agent
+    reads its configuration where cloud-init runs first; where the agent ran first, the final stage writes the run's
+    host key again (`write_files` with `defer`) and restarts sshd, so the key the client expects is the one served."""
     private = "\n".join("    " + line for line in spec.host_key.private_openssh.strip().splitlines())
+    private_file = "\n".join("      " + line for line in spec.host_key.private_openssh.strip().splitlines())
     lines = [
         "#cloud-config",
         "ssh_deletekeys: true",
@@ -75,8 +95,29 @@ def cloud_init(spec: StackSpec) -> str:
         "  ed25519_private: |",
         private,
         f"  ed25519_public: {spec.host_key.public_openssh}",
+        "ssh_authorized_keys:",
+        f"  - {spec.ssh_public_key}",
     ]
-    if spec.max_duration_s:
-        minutes = max(1, -(-spec.max_duration_s // 60))
-        lines += ["runcmd:", f"  - [shutdown, -P, '+{minutes}', 'dstack: max_duration reached']"]
-    return "\n".join(lines) + "\n"
+    runcmd = [f"  - [systemd-run, --on-active={START_ALLOWANCE_MIN}min, --unit=dstack-start-watchdog, sh, -c, "
+              f"'ls {JOBS_GLOB} >/dev/null 2>&1 || shutdown -P now dstack: no job started']"]
+    if spec.backend == "gcp":
+        lines += [
+            "bootcmd:",
+            "  - [sh, -c, 'mkdir -p /etc/default && printf \"[InstanceSetup]\\nset_host_keys = false\\n\" "
+            ">> /etc/default/instance_configs.cfg']",
+            "write_files:",
+            "  - path: /etc/ssh/ssh_host_ed25519_key",
+            "    permissions: '0600'",
+            "    defer: true",
+            "    content: |",
+            private_file,
+            "  - path: /etc/ssh/ssh_host_ed25519_key.pub",
+            "    permissions: '0644'",
+            "    defer: true",
+            f"    content: {spec.host_key.public_openssh}",
+        ]
+        runcmd.append("  - [sh, -c, 'rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key*; "
+                      "systemctl restart ssh || systemctl restart sshd']")
+    if spec.deadline_min:
+        runcmd.append(f"  - [shutdown, -P, '+{spec.deadline_min}', 'dstack: max_duration reached']")
+    return "\n".join(lines + ["runcmd:"] + runcmd) + "\n"

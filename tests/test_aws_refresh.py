@@ -81,3 +81,11 @@ def test_nothing_priced_leaves_the_catalogue_alone(aws_env, dstack_home):
         with pytest.raises(ConfigurationError, match="no priced offers"):
             refresh_aws_catalog(regions=["us-east-1"], log=lambda _: None, pricing_client=client)
     assert not (dstack_home / "catalog" / "aws.catalog").exists()
+
+
+def test_accelerators_without_an_image_are_no_offers(aws_env):
+    from offers.aws_refresh import instance_types
+
+    found = instance_types(boto3.client("ec2"))  # moto's describe_instance_types: every type it knows
+    assert {"g5.xlarge", "p3dn.24xlarge", "inf2.xlarge"} <= set(found)
+    assert not {"g4ad.xlarge", "dl1.24xlarge", "dl2q.24xlarge"} & set(found)  # AMD, Gaudi, Qualcomm

@@ -147,7 +147,7 @@ def test_memory_normalization_table():
     assert normalize_memory("Unknown", 13.3) == 13.3
 
 
-def test_csv_rows_without_price_tpus_and_fractions_are_not_offers(tmp_path):
+def test_csv_rows_without_price_tpus_fractions_and_driverless_accelerators_are_not_offers(tmp_path):
     csv_path = tmp_path / "aws.csv"
     header = ("provider,instance_type,region,zone,cpu,memory_gib,gpu_vendor,gpu_name,gpu_count,gpu_memory_gib,"
               "price_ondemand,price_spot,arch,local_disk_gb,spot_supported,price_source\n")
@@ -158,6 +158,8 @@ def test_csv_rows_without_price_tpus_and_fractions_are_not_offers(tmp_path):
         "aws,mac2.metal,us-east-1,us-east-1a,12,16,,,,,0.65,,arm64_mac,,0,lc",
         "gcp,tpu-v5litepod-8,us-west4,us-west4-a,,,google,tpu-v5litepod-8,1,,9.6,4.0,x86_64,,1,ac",
         "aws,m7g.large,us-east-1,us-east-1b,2,8,,,,,0.0816,,arm64,,1,lc",
+        "aws,g4ad.xlarge,us-east-1,us-east-1a,4,16,amd,Radeon Pro V520,1,8,0.379,,x86_64,150,1,lc",
+        "aws,dl1.24xlarge,us-east-1,us-east-1a,96,768,intel,Gaudi HL-205,8,32,13.1,,x86_64,4000,1,lc",
     ]) + "\n")
     rows = list(read_rows(csv_path))
     assert [(r.instance.name, r.instance.gpu_memory_gib, r.instance.arch) for r in rows] == [

@@ -129,8 +129,8 @@ def test_aws_every_resource_is_tagged_with_the_run():
      "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*", "x86_64"),
     ({"gpu_vendor": "", "gpu_name": "", "gpu_count": 0, "arch": "arm", "instance_type": "m7g.large"}, "099720109477",
      "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-*", "arm64"),
-    ({"gpu_vendor": "amd", "gpu_name": "Radeon Pro V520", "instance_type": "g4ad.xlarge"}, "099720109477",
-     "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*", "x86_64"),
+    ({"gpu_name": "V100", "instance_type": "p3dn.24xlarge", "nvidia_open_driver": False}, "amazon",
+     "Deep Learning Base Proprietary Nvidia Driver GPU AMI (Ubuntu 22.04) *", "x86_64"),
     ({"gpu_vendor": "aws", "gpu_name": "Inferentia2", "instance_type": "inf2.xlarge"}, "amazon",
      "Deep Learning AMI Neuron (Ubuntu 22.04) *", "x86_64"),
 ])
@@ -147,7 +147,7 @@ def test_aws_host_key_travels_only_as_a_secret():
     assert is_secret(instance["userData"])
     user_data = instance["userData"]["value"]
     assert HOST_KEY.private_openssh.strip().splitlines()[1] in user_data
-    assert "shutdown, -P, '+120'" in user_data
+    assert "shutdown, -P, '+140'" in user_data  # max_duration (120 min) + START_ALLOWANCE_MIN after boot
     for resource in recorder.resources:
         plain = json.dumps({k: v for k, v in resource.inputs.items() if not is_secret(v)})
         assert "OPENSSH PRIVATE KEY" not in plain
@@ -188,6 +188,20 @@ def test_gcp_built_in_gpus_and_spot():
     assert instance["scheduling"] == {"automaticRestart": False, "onHostMaintenance": "TERMINATE",
                                       "provisioningModel": "SPOT", "preemptible": True,
                                       "instanceTerminationAction": "DELETE"}
+
+
+@pytest.mark.parametrize("machine, disk", [("a3-ultragpu-8g", "hyperdisk-balanced"), ("a4-highgpu-8g", "hyperdisk-balanced"),
+                                           ("c4-standard-8", "hyperdisk-balanced"), ("n4-standard-4", "hyperdisk-balanced"),
+                                           ("a3-highgpu-8g", "pd-balanced"), ("n2-standard-8", "pd-balanced")])
+def test_gcp_boot_disk_type_by_machine_series(machine, disk):
+    instance = gcp(instance_type=machine, gpu_count=0, gpu_vendor="").of_type("gcp:compute/instance:Instance")[0]
+    assert instance.inputs["bootDisk"]["initializeParams"]["type"] == disk
+
+
+def test_gcp_vm_with_max_duration_is_deleted_not_stopped():
+    scheduling = gcp(max_duration_s=3600).of_type("gcp:compute/instance:Instance")[0].inputs["scheduling"]
+    assert scheduling["maxRunDuration"] == {"seconds": 80 * 60}
+    assert scheduling["instanceTerminationAction"] == "DELETE"
 
 
 def test_gcp_cpu_vm_uses_ubuntu_and_keeps_secrets_secret():
@@ -235,15 +249,52 @@ def test_apply_dry_run_renders_the_stack(tmp_path, dstack_home, backend, types):
         instance["bootDisk"]["initializeParams"]["size"]
     assert disk == 300
     assert "PRIVATE KEY" not in result.stdout
+    if backend == "aws":
+        group = [r for r in plan["resources"] if r["type"].endswith("SecurityGroup")][0]["inputs"]
+        assert [rule["fromPort"] for rule in group["ingress"]] == [22]  # 6006 travels through the SSH tunnel
+    else:
+        firewall = [r for r in plan["resources"] if r["type"].endswith("Firewall")][0]["inputs"]
+        assert firewall["allows"] == [{"protocol": "tcp", "ports": ["22"]}]
     human = run_cli("apply", "-f", str(conf), "-b", backend, "--dry-run", env={"DSTACK_HOME": str(dstack_home)})
     assert human.returncode == 0 and types[0] in human.stdout and "train-2" in human.stdout
 
 
-def test_cloud_init_installs_only_the_runs_host_key():
+def test_cloud_init_installs_only_the_runs_host_key_and_login_key():
+    import yaml
+
     text = cloud_init(BASE)
-    assert text.startswith("#cloud-config\n") and "ssh_deletekeys: true" in text and "ssh_genkeytypes: []" in text
-    assert f"ed25519_public: {HOST_KEY.public_openssh}" in text
-    assert "runcmd" not in text
+    assert text.startswith("#cloud-config\n")
+    data = yaml.safe_load(text)
+    assert data["ssh_deletekeys"] is True and data["ssh_genkeytypes"] == []
+    assert data["ssh_keys"] == {"ed25519_private": HOST_KEY.private_openssh.strip() + "\n",
+                                "ed25519_public": HOST_KEY.public_openssh}
+    assert data["ssh_authorized_keys"] == [BASE.ssh_public_key]
+    assert "bootcmd" not in data and "write_files" not in data  # AWS has no guest agent remaking host keys
+
+
+def test_every_vm_powers_off_when_no_job_starts_and_at_its_deadline():
+    import yaml
+
+    runcmd = yaml.safe_load(cloud_init(BASE))["runcmd"]
+    assert len(runcmd) == 1  # no max_duration: only the start watchdog
+    watchdog = runcmd[0]
+    assert watchdog[:3] == ["systemd-run", "--on-active=20min", "--unit=dstack-start-watchdog"]
+    assert "/home/*/.dstack-jobs/*/pid" in watchdog[-1] and "shutdown -P now" in watchdog[-1]
+    timed = yaml.safe_load(cloud_init(dataclasses.replace(BASE, max_duration_s=3601)))["runcmd"]
+    assert timed[-1][:3] == ["shutdown", "-P", "+81"]  # 61 minutes (rounded up) + 20 after boot
+
+
+def test_gcp_cloud_init_keeps_the_runs_host_key_against_the_guest_agent():
+    import yaml
+
+    data = yaml.safe_load(cloud_init(dataclasses.replace(BASE, backend="gcp")))
+    assert any("set_host_keys = false" in " ".join(c) for c in data["bootcmd"])
+    files = {f["path"]: f for f in data["write_files"]}
+    private = files["/etc/ssh/ssh_host_ed25519_key"]
+    assert private["defer"] is True and private["permissions"] == "0600"
+    assert private["content"].strip() == HOST_KEY.private_openssh.strip()
+    assert files["/etc/ssh/ssh_host_ed25519_key.pub"]["content"].strip() == HOST_KEY.public_openssh
+    assert "systemctl restart ssh" in data["runcmd"][-1][-1]
 
 
 # --- automation wrapper -----------------------------------------------------------------------------------------
@@ -353,3 +404,33 @@ def test_stacks_command_needs_the_pulumi_cli(tmp_path, dstack_home):
     result = run_cli("stacks", env={"PATH": str(tmp_path), "HOME": str(tmp_path), "DSTACK_HOME": str(dstack_home)})
     assert result.returncode == 1 and "The Pulumi CLI is not installed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_public_ports_in_the_backend_config_open_the_task_ports(tmp_path, dstack_home):
+    from tests.helpers import run_cli
+
+    dstack_home.mkdir(parents=True, exist_ok=True)
+    (dstack_home / "config.yml").write_text("backends:\n  - type: aws\n    public_ports: true\n"
+                                            "    ingress_cidrs: [203.0.113.0/24]\n")
+    conf = tmp_path / "t.dstack.yml"
+    conf.write_text("type: task\nname: web\ncommands: [python -m http.server 8000]\nports: [8000]\n")
+    result = run_cli("apply", "-f", str(conf), "-b", "aws", "--dry-run", "--json", env={"DSTACK_HOME": str(dstack_home)})
+    assert result.returncode == 0, result.stderr
+    group = [r for r in json.loads(result.stdout)["resources"] if r["type"].endswith("SecurityGroup")][0]["inputs"]
+    assert sorted((r["fromPort"], tuple(r["cidrBlocks"])) for r in group["ingress"]) == [
+        (22, ("203.0.113.0/24",)), (8000, ("203.0.113.0/24",))]
+
+
+def test_pre_turing_gpus_get_the_proprietary_driver():
+    from offers.catalog import load_catalogs
+    from provisioner.cloud_plan import stack_spec
+    from configuration.backends import DstackConfig
+    from configuration.loader import parse_configuration
+    from offers.offer import Offer
+
+    aws_types = {t.name: t for t in load_catalogs(["aws"])[0].types}
+    task = parse_configuration("type: task\ncommands: ['true']\n", "t.dstack.yml")
+    for name, open_driver in (("p3dn.24xlarge", False), ("g4dn.xlarge", True), ("p5.48xlarge", True)):
+        offer = Offer("aws", aws_types[name], "us-east-1", ("us-east-1a",), False, 1.0, 100.0, 0.0)
+        spec = stack_spec("r", task, offer, "ssh-ed25519 AAAA", HOST_KEY, DstackConfig())
+        assert spec.nvidia_open_driver is open_driver, name
