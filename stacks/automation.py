@@ -50,9 +50,9 @@ def require_pulumi():
     path = find_pulumi()
     if path is None:
         raise PulumiMissing(INSTALL_HINT)
-    from pulumi.automation import PulumiCommand
+    from stacks.engine import engine_command_class
 
-    return PulumiCommand(root=str(Path(path).parent.parent))
+    return engine_command_class()(root=str(Path(path).parent.parent))
 
 
 def install_pulumi() -> str:

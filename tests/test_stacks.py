@@ -434,3 +434,41 @@ def test_pre_turing_gpus_get_the_proprietary_driver():
         offer = Offer("aws", aws_types[name], "us-east-1", ("us-east-1a",), False, 1.0, 100.0, 0.0)
         spec = stack_spec("r", task, offer, "ssh-ed25519 AAAA", HOST_KEY, DstackConfig())
         assert spec.nvidia_open_driver is open_driver, name
+
+
+FAKE_ENGINE = """#!/bin/sh
+if [ "$1" = version ]; then echo v3.200.0; exit 0; fi
+echo "args: $*"
+trap 'echo INT >> "$MARK"; sleep 1; echo exited >> "$MARK"; exit 255' INT
+[ -n "$FAIL" ] && { echo "error: $FAIL" >&2; exit 1; }
+while :; do sleep 0.05; done
+"""
+
+
+def fake_engine(tmp_path):
+    from stacks.engine import engine_command_class
+
+    (tmp_path / "bin").mkdir()
+    binary = tmp_path / "bin" / "pulumi"
+    binary.write_text(FAKE_ENGINE)
+    binary.chmod(0o755)
+    return engine_command_class()(root=str(tmp_path))
+
+
+def test_ctrl_c_during_up_cancels_the_engine_once_and_waits_for_it(tmp_path):
+    import signal
+    import threading
+
+    command, mark, lines = fake_engine(tmp_path), tmp_path / "mark", []
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        command.run(["up", "--yes"], str(tmp_path), {"MARK": str(mark)}, on_output=lines.append)
+    assert mark.read_text().splitlines() == ["INT", "exited"]  # one SIGINT (graceful cancel), and it had finished
+    assert lines == ["args: --non-interactive up --yes"]
+
+
+def test_engine_failure_is_a_command_error_with_its_text(tmp_path):
+    from pulumi.automation.errors import CommandError
+
+    with pytest.raises(CommandError, match="no such zone"):
+        fake_engine(tmp_path).run(["up"], str(tmp_path), {"FAIL": "no such zone"})
