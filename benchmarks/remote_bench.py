@@ -81,7 +81,7 @@ def main() -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "key")], check=True)
     host = NamespaceHost((work / "key.pub").read_text().strip()).start()
     try:
-        target = SSHTarget(host.address, 22, "root", str(work / "key"))
+        target = SSHTarget(host.address, 22, "root", str(work / "key"), host_key=host.host_public_key)
         fast = connect(target, total_wait=10)
         slow = nagle_connection(target)
         def naive():
@@ -110,7 +110,7 @@ def main() -> None:
         fleet = work / "fleet.dstack.yml"
         fleet.write_text(f"type: fleet\nname: bench\nssh_config:\n  identity_file: {work / 'key'}\n"
                          f"  hosts: [{host.address}]\n")
-        subprocess.run([sys.executable, "-m", "cli.main", "apply", "-f", str(fleet)], cwd=ROOT, check=True,
+        subprocess.run([sys.executable, "-m", "cli.main", "apply", "-f", str(fleet), "-y"], cwd=ROOT, check=True,
                        env=dict(os.environ, DSTACK_HOME=home), capture_output=True)
         task = work / "task.dstack.yml"
         task.write_text("type: task\nbackends: [ssh]\ncommands: [echo first line]\n")

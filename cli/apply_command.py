@@ -47,7 +47,7 @@ def apply(
             return
         from cli.fleet_command import apply_fleet
 
-        apply_fleet(configuration, file)
+        apply_fleet(configuration, file, yes)
         return
     if name is not None:
         configuration = configuration.model_copy(update={"name": _run_name(name)})

@@ -10,13 +10,38 @@ from typing_extensions import Annotated
 from cli.output import print_json, stderr_console, stdout_console
 
 
-def apply_fleet(configuration, source: str) -> None:
+def apply_fleet(configuration, source: str, yes: bool) -> None:
     from provisioner.hosts import apply_fleet as probe_and_record
     from provisioner.state import StateStore
 
     console = stderr_console()
-    hosts = probe_and_record(configuration, source, StateStore(), log=console.print)
+    hosts = probe_and_record(configuration, source, StateStore(), confirm=_key_confirmation(source, yes),
+                             log=console.print)
     console.print(f"Fleet {configuration.name}: {len(hosts)} host{'s' if len(hosts) != 1 else ''} ready")
+
+
+def _key_confirmation(source: str, yes: bool):
+    """Shows the fingerprints of host keys not recorded yet; `-y` trusts them, a terminal asks, anything else
+    refuses: a key nobody looked at is never trusted."""
+
+    def confirm(offered) -> bool:
+        import sys
+
+        from configuration.errors import ConfigurationError
+
+        console = stderr_console()
+        console.print("Host keys not recorded yet (compare with `ssh-keygen -l -f /etc/ssh/ssh_host_ed25519_key.pub` "
+                      "on each host):", markup=False)
+        for host, key in offered:
+            console.print(f"  {host.description}  {key}", markup=False)
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise ConfigurationError(f"{source}: the host keys above are not recorded and there is no terminal to "
+                                     "confirm them: check the fingerprints, then run again with -y to trust them")
+        return typer.confirm("Trust these host keys?", default=False, err=True)
+
+    return confirm
 
 
 def fleet(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False) -> None:

@@ -1,7 +1,8 @@
 """Fills `${{ run.args }}`, `${{ env.NAME }}` and `${{ secrets.NAME }}` in a run configuration at submit time.
 
 `$${{` escapes a literal `${{`. Every value that came from a secret, or from the caller's environment through a bare
-`env` name, is recorded so that plans and logs can print it as `[secret]` (see `Redactor`).
+`env` name, or that an `env` name looking secret holds (configuration.secret_names), is recorded so that plans and
+logs can print it as `[secret]` (see `Redactor`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import yaml
 
 from configuration.errors import ConfigurationError
 from configuration.home import dstack_home
+from configuration.secret_names import looks_secret
 
 _PATTERN = re.compile(r"(\$?)\$\{\{\s*([A-Za-z_]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 SECRET_MASK = "[secret]"
@@ -120,6 +122,8 @@ def resolve_run(configuration, source: str, run_args: Sequence[str], environ: Ma
             continue
         before = len(interpolate.used_secrets)
         env[name] = interpolate(value, f"env.{name}", frozenset({"secrets"}))
+        if looks_secret(name):  # a literal token in the file
+            interpolate.used_secrets.append(env[name])
         if len(interpolate.used_secrets) > before:
             secret_env.add(name)
     interpolate.env = env

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from configuration.errors import MISSING_AWS_CREDENTIALS, ConfigurationError
-from configuration.home import dstack_home
+from configuration.home import dstack_home, private_dir
 from offers.catalog import InstanceType, PriceRow, write_catalog
 from offers.gpus import NO_IMAGE_VENDORS, normalize_memory
 
@@ -174,7 +174,7 @@ def refresh_aws_catalog(
         raise ConfigurationError(f"AWS refused the catalogue refresh: {e}") from None
     if not rows:
         raise ConfigurationError("the AWS APIs returned no priced offers; the catalogue was left as it was")
-    path = dstack_home() / "catalog" / "aws.catalog"
+    path = private_dir(dstack_home() / "catalog") / "aws.catalog"
     meta = {"snapshot": now.date().isoformat(), "refreshed_at": now.isoformat(timespec="seconds"),
             "sources": ["ec2.describe_instance_types", "ec2.describe_instance_type_offerings",
                         "ec2.describe_spot_price_history", "pricing.get_products AmazonEC2"],

@@ -32,11 +32,15 @@ class HostAccess:
     def description(self) -> str:
         return "this machine" if self.kind == "local" else f"{self.user}@{self.hostname}:{self.port}"
 
+    def ssh_target(self):
+        from provisioner.ssh import SSHTarget
+
+        return SSHTarget(hostname=self.hostname, port=self.port, user=self.user or "root",
+                         identity_file=self.identity_file, host_key=self.host_key)
+
     def connect(self, total_wait: float = 60.0, log: Callable[[str], None] = lambda _: None) -> Transport:
         if self.kind == "local":
             return LocalTransport(str(dstack_home() / "jobs"))
-        from provisioner.ssh import SSHTarget, connect
+        from provisioner.ssh import connect
 
-        target = SSHTarget(hostname=self.hostname, port=self.port, user=self.user or "root",
-                           identity_file=self.identity_file, host_key=self.host_key)
-        return connect(target, total_wait=total_wait, log=log)
+        return connect(self.ssh_target(), total_wait=total_wait, log=log)

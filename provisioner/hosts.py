@@ -6,10 +6,10 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 from configuration.errors import ConfigurationError
-from configuration.home import dstack_home
+from configuration.home import dstack_home, private_dir
 from offers.offer import Offer
 from provisioner.access import HostAccess
 from provisioner.host_probe import PROBE_COMMAND, HostFacts, parse_probe
@@ -38,30 +38,66 @@ def probe(access: HostAccess, total_wait: float = 30.0) -> HostFacts:
     return parse_probe(result.text)
 
 
-def apply_fleet(configuration, source: str, store: StateStore,
+# Given the hosts whose keys are not recorded yet, with their fingerprints, says whether to trust them.
+ConfirmKeys = Callable[[List[Tuple[HostAccess, str]]], bool]
+
+
+def apply_fleet(configuration, source: str, store: StateStore, confirm: ConfirmKeys,
                 log: Callable[[str], None] = lambda _: None) -> List[Tuple[HostAccess, HostFacts]]:
-    """Connects to every host at once, probes it and records the fleet; any host that fails fails the apply, with
-    every host's error listed."""
+    """Reads every host's key (before logging in), has the user confirm those not recorded yet and records them,
+    then probes every host and records the fleet. Any host that fails fails the apply, with every host's error
+    listed; a key that differs from the recorded one is such an error."""
+    where = f"{source}: fleet {configuration.name}"
     hosts = fleet_hosts(configuration)
-    results: List[Tuple[HostAccess, Optional[HostFacts], Optional[str]]] = []
+    offered = _on_every_host(hosts, _offered_key, where)
+    new = [(host, key) for host, (key, recorded) in zip(hosts, offered) if not recorded]
+    if new:
+        from provisioner.ssh import describe_key, record_host_keys
+
+        if not confirm([(host, describe_key(key)) for host, key in new]):
+            raise ConfigurationError(f"{where}: not registered: its host keys were not trusted")
+        record_host_keys([(host.ssh_target(), key) for host, key in new])
+
+    def probe_and_report(host: HostAccess) -> HostFacts:
+        facts = probe(host)
+        log(f"{host.description}: {describe_facts(facts)}")
+        return facts
+
+    facts = _on_every_host(hosts, probe_and_report, where)
+    store.save_fleet(configuration.name, source,
+                     [{"access": h.to_json(), "facts": f.to_json()} for h, f in zip(hosts, facts)])
+    return list(zip(hosts, facts))
+
+
+def _offered_key(host: HostAccess):
+    """(the key the host offers, whether known_hosts holds it); a key other than the recorded one is refused."""
+    from provisioner.ssh import key_changed, recorded_host_keys, scan_host_key
+
+    target = host.ssh_target()
+    key = scan_host_key(target)
+    recorded = recorded_host_keys(target)
+    if recorded and recorded.get(key.get_name()) != key:
+        raise key_changed(target, key, recorded.get(key.get_name()) or next(iter(recorded.values())))
+    return key, bool(recorded)
+
+
+def _on_every_host(hosts: List[HostAccess], action: Callable, where: str) -> list:
+    """`action(host)` on every host at once; the results in the hosts' order, or one error naming each host that
+    failed."""
+    results: dict = {}
+    errors: dict = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-        futures = {pool.submit(probe, host): host for host in hosts}
+        futures = {pool.submit(action, host): host for host in hosts}
         for future in concurrent.futures.as_completed(futures):
             host = futures[future]
             try:
-                facts = future.result()
-                results.append((host, facts, None))
-                log(f"{host.description}: {describe_facts(facts)}")
+                results[host] = future.result()
             except Exception as e:  # one unreachable host must not hide the others' errors
-                results.append((host, None, str(e)))
-    failures = [f"{host.description}: {error}" for host, _, error in results if error]
-    if failures:
-        raise ConfigurationError(f"{source}: fleet {configuration.name}: cannot use every host:\n" + "\n".join(failures))
-    order = {h: i for i, h in enumerate(hosts)}
-    ok = sorted(((h, f) for h, f, _ in results), key=lambda pair: order[pair[0]])
-    store.save_fleet(configuration.name, source,
-                     [{"access": h.to_json(), "facts": f.to_json()} for h, f in ok])
-    return ok
+                errors[host] = str(e)
+    if errors:
+        raise ConfigurationError(f"{where}: cannot use every host:\n" +
+                                 "\n".join(f"{h.description}: {errors[h]}" for h in hosts if h in errors))
+    return [results[host] for host in hosts]
 
 
 def describe_facts(facts: HostFacts) -> str:
@@ -92,8 +128,7 @@ def local_facts() -> HostFacts:
     import subprocess
 
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else "MemTotal: 0 kB"
-    home = dstack_home()
-    home.mkdir(parents=True, exist_ok=True)
+    home = private_dir(dstack_home())
     sections = {
         "nproc": str(os.cpu_count() or 1),
         "arch": platform.machine(),

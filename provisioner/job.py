@@ -1,10 +1,11 @@
 """A task's job on a host: written, started detached, read, stopped, each in one round trip.
 
 The job folder is `$DSTACK_JOBS_DIR/<run>` on the host, by default `~/.dstack-jobs/<run>` (a host's admin can move it
-with sshd's `SetEnv DSTACK_JOBS_DIR=...`; the local backend puts it under `$DSTACK_HOME/jobs`). In it: `job.sh` (the script), `env` (mode 0600, read by the script at start and
-then deleted), `repo/` (the working tree), `output.log` (stdout and stderr), `pid` (the job's process group) and
-`exit_code` (written when the job ends). The job runs in its own session (setsid), so a dropped SSH connection
-loses nothing: the client reconnects and reads the log on from the byte it had.
+with sshd's `SetEnv DSTACK_JOBS_DIR=...`; the local backend puts it under `$DSTACK_HOME/jobs`). Both folders are
+made under umask 077, so they are 0700 and what the job writes in them 0600. In it: `job.sh` (the script), `env`
+(mode 0600, read by the script at start and then deleted), `repo/` (the working tree), `output.log` (stdout and
+stderr), `pid` (the job's process group) and `exit_code` (written when the job ends). The job runs in its own session
+(setsid), so a dropped SSH connection loses nothing: the client reconnects and reads the log on from the byte it had.
 """
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ def start_command(job: JobSpec) -> str:
     if job.power_off_after_exit_min:
         minutes = job.power_off_after_exit_min
         wrapper += f"; sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}"
-    return (f"{{ mkdir -p {folder} && cd {folder} && umask 077 && tar -xzf - && rm -f exit_code pid; }} || exit 1; "
+    # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
+    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && tar -xzf - && rm -f exit_code pid; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
 

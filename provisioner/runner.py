@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from configuration.backends import DstackConfig
 from configuration.errors import ConfigurationError, DstackError
-from configuration.home import dstack_home
+from configuration.home import append_private, dstack_home
 from offers.offer import Offer
 from provisioner.access import HostAccess
 from provisioner.backends import Backend, backend_for, owner_alive
@@ -251,9 +251,7 @@ def _wait_final(store: StateStore, name: str, timeout: float = 600) -> RunRecord
 def stream_logs(session: RunSession, follower: LogFollower, run_name: str) -> Optional[int]:
     """Writes the job's output as it comes (and keeps a copy under $DSTACK_HOME); stops the job at max_duration."""
     record = session.store.get_run(run_name)
-    path = local_log_path(run_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as copy:
+    with append_private(local_log_path(run_name)) as copy:
         def write(data: bytes) -> None:
             copy.write(data)
             copy.flush()
@@ -370,8 +368,7 @@ def _copy_log(transport, run_name: str) -> None:
     path = local_log_path(run_name)
     have = path.stat().st_size if path.exists() else 0
     chunk = read_log(transport, run_name, have)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
+    with append_private(path) as f:
         f.write(chunk.data)
 
 

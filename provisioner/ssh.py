@@ -1,7 +1,9 @@
 """SSH to a host with paramiko: retries until sshd answers, strict host keys, one connection reused for every step.
 
-- Host keys: a key known in advance (a cloud VM whose host key the run generated) is the only one accepted; for
-  fleet hosts the first key seen is recorded in `$DSTACK_HOME/known_hosts`, and a changed key is refused.
+- Host keys: a key known in advance (a cloud VM whose host key the run generated) is the only one accepted; a fleet
+  host's key is recorded in `$DSTACK_HOME/known_hosts` (0600) when the user confirms its fingerprint at fleet
+  registration (`scan_host_key`, `record_host_keys`), and a connection to a host whose key is not recorded, or
+  differs, is refused: nothing is trusted on first use.
 - Latency: paramiko leaves Nagle's algorithm on, so each request/response waits ~40 ms on delayed ACKs; the socket
   is opened here with TCP_NODELAY (and keepalives), which brings a command on an open connection to ~2 ms.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from configuration.errors import ConfigurationError
-from configuration.home import dstack_home
+from configuration.home import dstack_home, private_file
 from provisioner.transport import CommandResult, TransportError
 
 
@@ -42,12 +44,49 @@ class HostKeyChanged(ConfigurationError):
     pass
 
 
+class HostKeyUnknown(ConfigurationError):
+    """A fleet host whose key was never confirmed, or whose record is gone: connecting would trust any key."""
+
+
 class AuthenticationRefused(ConfigurationError):
     pass
 
 
 def known_hosts_path() -> Path:
     return dstack_home() / "known_hosts"
+
+
+def describe_key(key) -> str:
+    """`ssh-ed25519 SHA256:...`: the fingerprint as `ssh-keygen -l` prints it (base64 of the SHA-256, no padding)."""
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+def key_changed(target: SSHTarget, offered, expected) -> HostKeyChanged:
+    remedy = ("the address no longer leads to the VM the run created" if target.host_key else
+              f"if the host was reinstalled, remove its line from {known_hosts_path()} and register its fleet "
+              "again (`dstack apply -f FLEET.dstack.yml`) to check the new key")
+    return HostKeyChanged(f"the host key of {target.hostname}:{target.port} is not the one expected (got "
+                          f"{describe_key(offered)}, expected {describe_key(expected)}); refusing to connect: {remedy}")
+
+
+def recorded_host_keys(target: SSHTarget) -> dict:
+    """The keys recorded for the host in known_hosts, by type ({} when none is)."""
+    import paramiko
+
+    path = known_hosts_path()
+    keys = paramiko.HostKeys(str(path)) if path.exists() else paramiko.HostKeys()
+    return dict(keys.lookup(host_key_name(target)) or {})
+
+
+def record_host_keys(offered: list) -> None:
+    """Adds [(SSHTarget, key), ...] to known_hosts, which is created 0600 before anything is written to it."""
+    import paramiko
+
+    path = private_file(known_hosts_path())
+    keys = paramiko.HostKeys(str(path))
+    for target, key in offered:
+        keys.add(host_key_name(target), key.get_name(), key)
+    keys.save(str(path))
 
 
 def _load_key(target: SSHTarget):
@@ -158,7 +197,8 @@ def _drain(channel, done, timeout: Optional[float]):
     return stdout, stderr
 
 
-def _host_key_line(target: SSHTarget) -> str:
+def host_key_name(target: SSHTarget) -> str:
+    """The host as known_hosts names it."""
     return target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
 
 
@@ -167,9 +207,12 @@ def connect(
     total_wait: float = 300.0,
     log: Callable[[str], None] = lambda _: None,
     connect_timeout: float = 10.0,
+    *,
+    unknown_key_policy=None,
 ) -> SSHTransport:
     """Connect, retrying with backoff while the host does not answer yet, up to `total_wait` seconds. A refused key
-    or a changed host key fails at once: waiting cannot fix those."""
+    or a host key that is not the one known fails at once: waiting cannot fix those. `unknown_key_policy` (for
+    `scan_host_key`) replaces the refusal of a key that is not recorded."""
     import paramiko
 
     key = _load_key(target)
@@ -178,8 +221,10 @@ def connect(
     while True:
         attempt += 1
         client = paramiko.SSHClient()
-        name = _host_key_line(target)
-        if target.host_key:
+        name = host_key_name(target)
+        if unknown_key_policy is not None:
+            client.set_missing_host_key_policy(unknown_key_policy)
+        elif target.host_key:
             key_type, key_data = target.host_key.split()[:2]
             client.get_host_keys().add(name, key_type, paramiko.PKey.from_type_string(key_type, _b64(key_data)))
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -187,7 +232,7 @@ def connect(
             known = known_hosts_path()
             if known.exists():
                 client.load_host_keys(str(known))
-            client.set_missing_host_key_policy(_RecordFirstKey(known))
+            client.set_missing_host_key_policy(_RefuseUnknownKey(target))
         try:
             sock = socket.create_connection((target.hostname, target.port), timeout=connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -199,10 +244,7 @@ def connect(
             return SSHTransport(client, target)
         except paramiko.BadHostKeyException as e:
             client.close()
-            raise HostKeyChanged(
-                f"the host key of {target.hostname}:{target.port} is not the one expected "
-                f"(got {e.key.get_name()} {e.key.get_fingerprint().hex()}); refusing to connect. If the host was "
-                f"reinstalled, remove its line from {known_hosts_path()}") from None
+            raise key_changed(target, e.key, e.expected_key) from None
         except paramiko.AuthenticationException:
             client.close()
             with_key = f" with {target.identity_file}" if target.identity_file else ""
@@ -216,6 +258,9 @@ def connect(
             log(f"waiting for sshd on {target.address} ({e or type(e).__name__}); retrying in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+        except BaseException:  # a refused host key (the policies raise), Ctrl-C: no transport thread left behind
+            client.close()
+            raise
 
 
 def _b64(data: str) -> bytes:
@@ -224,13 +269,37 @@ def _b64(data: str) -> bytes:
     return base64.b64decode(data)
 
 
-class _RecordFirstKey:
-    """Trust on first use for hosts the user listed in a fleet: record the key, then require it forever."""
+class _RefuseUnknownKey:
+    """A fleet host's key must have been confirmed at registration; a missing record is never filled silently."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, target: SSHTarget):
+        self.target = target
 
     def missing_host_key(self, client, hostname, key) -> None:
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        client.get_host_keys().save(str(self.path))
+        raise HostKeyUnknown(
+            f"the host key of {self.target.address} is not recorded in {known_hosts_path()} (it offers "
+            f"{describe_key(key)}); refusing to connect. Register the fleet that lists the host again "
+            "(`dstack apply -f FLEET.dstack.yml`) to check its fingerprint and record it")
+
+
+class _KeyOffered(Exception):
+    def __init__(self, key):
+        super().__init__("host key offered")
+        self.key = key
+
+
+class _CaptureKey:
+    """Ends the connection at the key exchange, before any authentication, with the key the host offered."""
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        raise _KeyOffered(key)
+
+
+def scan_host_key(target: SSHTarget, total_wait: float = 30.0):
+    """The key the host offers (as `ssh-keyscan` reads it), without trusting it or logging in: no key is known to
+    the connection, so the capture policy ends every attempt that reaches the key exchange."""
+    try:
+        connect(target, total_wait=total_wait, unknown_key_policy=_CaptureKey()).close()
+    except _KeyOffered as offered:
+        return offered.key
+    raise AssertionError("the capture policy let a connection through")

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Iterator, List, Optional
 
-from configuration.home import dstack_home
+from configuration.home import dstack_home, private_dir
 
 ACTIVE = ("submitted", "provisioning", "pulling", "running", "terminating")  # then done, failed or terminated
 
@@ -97,7 +97,7 @@ class RunRecord:
 class StateStore:
     def __init__(self, path=None):
         self.path = path or dstack_home() / "state.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         with self._connect() as db:
             db.executescript(_SCHEMA)
         os.chmod(self.path, 0o600)

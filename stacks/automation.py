@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from configuration.errors import ConfigurationError
-from configuration.home import dstack_home, private_file
+from configuration.home import dstack_home, private_dir, private_file
 from stacks.errors import classify
 from stacks.spec import PROJECT
 
@@ -72,7 +72,7 @@ def state_settings(backend_url: Optional[str] = None) -> StateSettings:
     home = dstack_home() / "pulumi"
     url = backend_url or f"file://{home / 'state'}"
     if url.startswith("file://"):
-        Path(url[len("file://"):]).mkdir(parents=True, exist_ok=True)
+        private_dir(Path(url[len("file://"):]))
     passphrase = home / "passphrase"
     if not passphrase.exists() or passphrase.stat().st_size == 0:
         private_file(passphrase).write_text(secrets.token_urlsafe(32))

@@ -162,7 +162,7 @@ def test_ssh_fleet_end_to_end(tmp_path, home_env, make_host, client_key):
     fleet = write(tmp_path, "fleet.dstack.yml",
                   f"type: fleet\nname: lab\nssh_config:\n  user: root\n  identity_file: {client_key[0]}\n"
                   f"  hosts:\n    - {first.address}\n    - {{hostname: {second.address}, port: 22}}\n")
-    applied = run_cli("apply", "-f", fleet, env=home_env)
+    applied = run_cli("apply", "-f", fleet, "-y", env=home_env)
     assert applied.returncode == 0, applied.stderr
     assert "2 hosts ready" in applied.stderr
     listed = json.loads(run_cli("fleet", "--json", env=home_env).stdout)["fleets"]
@@ -194,7 +194,7 @@ def test_fleet_with_an_unreachable_host_names_it(tmp_path, home_env, make_host, 
     fleet = write(tmp_path, "fleet.dstack.yml",
                   f"type: fleet\nname: half\nssh_config:\n  identity_file: {client_key[0]}\n"
                   f"  hosts: [{good.address}, {bad.address}]\n")
-    result = run_cli("apply", "-f", fleet, env=home_env, timeout=120)
+    result = run_cli("apply", "-f", fleet, "-y", env=home_env, timeout=120)
     assert result.returncode == 1
     assert f"root@{bad.address}:22" in result.stderr and good.address not in result.stderr.split("\n", 1)[1]
     assert json.loads(run_cli("fleet", "--json", env=home_env).stdout)["fleets"] == []

@@ -1,0 +1,144 @@
+"""Fleet host keys: shown as SHA256 fingerprints and confirmed at registration, required for every connection after."""
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import time
+
+import pytest
+
+from provisioner.ssh import (HostKeyChanged, HostKeyUnknown, SSHTarget, connect, known_hosts_path, record_host_keys,
+                             scan_host_key)
+from tests.helpers import ROOT, run_cli
+
+
+@pytest.fixture
+def home_env(dstack_home):
+    return {"DSTACK_HOME": str(dstack_home)}
+
+
+def fleet_file(tmp_path, client_key, *hosts, name="lab"):
+    path = tmp_path / f"{name}.dstack.yml"
+    path.write_text(f"type: fleet\nname: {name}\nssh_config:\n  user: root\n  identity_file: {client_key[0]}\n"
+                    f"  hosts: [{', '.join(h.address for h in hosts)}]\n")
+    return str(path)
+
+
+def keygen_fingerprint(host) -> str:
+    listed = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(host.dir / "host_key.pub")],
+                            capture_output=True, text=True, check=True)
+    return listed.stdout.split()[1]
+
+
+def fleets(env):
+    return json.loads(run_cli("fleet", "--json", env=env).stdout)["fleets"]
+
+
+def change_host_key(host):
+    host.stop_sshd()
+    host.new_host_key()
+    host.start_sshd()
+
+
+def test_registration_shows_the_sha256_fingerprint_and_records_the_key(tmp_path, home_env, make_host, client_key):
+    first, second = make_host(), make_host()
+    result = run_cli("apply", "-f", fleet_file(tmp_path, client_key, first, second), "-y", env=home_env, input="")
+    assert result.returncode == 0, result.stderr
+    for host in (first, second):
+        fingerprint = keygen_fingerprint(host)
+        assert fingerprint.startswith("SHA256:") and not fingerprint.endswith("=")
+        assert f"root@{host.address}:22  ssh-ed25519 {fingerprint}" in result.stderr
+        assert host.host_public_key.split()[1] in known_hosts_path().read_text()
+    assert known_hosts_path().stat().st_mode & 0o777 == 0o600
+    assert len(fleets(home_env)[0]["hosts"]) == 2
+
+    again = run_cli("apply", "-f", fleet_file(tmp_path, client_key, first, second), env=home_env, input="")
+    assert again.returncode == 0, again.stderr  # recorded keys need no confirmation
+    assert "not recorded" not in again.stderr
+
+
+def test_registration_without_a_terminal_or_y_refuses(tmp_path, home_env, make_host, client_key):
+    host = make_host()
+    result = run_cli("apply", "-f", fleet_file(tmp_path, client_key, host), env=home_env, input="")
+    assert result.returncode == 1
+    assert keygen_fingerprint(host) in result.stderr
+    assert "no terminal to confirm them: check the fingerprints, then run again with -y" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert fleets(home_env) == []
+    assert not known_hosts_path().exists() or host.address not in known_hosts_path().read_text()
+
+
+def confirm_at_terminal(fleet, env, answer: bytes):
+    """`dstack apply -f FLEET` with a terminal on stdin that answers the question."""
+    main, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "apply", "-f", fleet], stdin=terminal,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, **env))
+    os.close(terminal)
+    os.write(main, answer + b"\n")  # held by the terminal until the question reads it
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        os.close(main)
+    return process.returncode, stderr.decode()
+
+
+def test_registration_at_a_terminal_asks(tmp_path, home_env, make_host, client_key):
+    host = make_host()
+    fleet = fleet_file(tmp_path, client_key, host)
+    code, stderr = confirm_at_terminal(fleet, home_env, b"n")
+    assert code == 1 and "Trust these host keys? [y/N]" in stderr and keygen_fingerprint(host) in stderr
+    assert "its host keys were not trusted" in stderr and fleets(home_env) == []
+    code, stderr = confirm_at_terminal(fleet, home_env, b"y")
+    assert code == 0, stderr
+    assert [h["access"]["hostname"] for h in fleets(home_env)[0]["hosts"]] == [host.address]
+
+
+def test_a_run_to_a_host_whose_key_is_not_recorded_is_refused(tmp_path, home_env, make_host, client_key):
+    host = make_host()
+    assert run_cli("apply", "-f", fleet_file(tmp_path, client_key, host), "-y", env=home_env).returncode == 0
+    known_hosts_path().unlink()
+    task = tmp_path / "t.dstack.yml"
+    task.write_text("type: task\nname: no-key\nbackends: [ssh]\ncommands: [echo never]\n")
+    result = run_cli("apply", "-f", str(task), "-y", env=home_env)
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"the host key of root@{host.address}:22 is not recorded" in result.stderr
+    assert "Register the fleet that lists the host again" in result.stderr and "Traceback" not in result.stderr
+    assert not (host.jobs_dir / "no-key").exists()  # nothing reached the host
+    assert not known_hosts_path().exists()  # and its key was not recorded on the way
+
+
+def test_a_changed_key_stays_refused(tmp_path, home_env, make_host, client_key):
+    host = make_host()
+    fleet = fleet_file(tmp_path, client_key, host)
+    assert run_cli("apply", "-f", fleet, "-y", env=home_env).returncode == 0
+    old_key = host.host_public_key.split()[1]
+    change_host_key(host)
+    task = tmp_path / "t.dstack.yml"
+    task.write_text("type: task\nname: changed\nbackends: [ssh]\ncommands: [echo never]\n")
+    result = run_cli("apply", "-f", str(task), "-y", env=home_env)
+    assert result.returncode == 1
+    assert f"the host key of {host.address}:22 is not the one expected (got ssh-ed25519 " \
+           f"{keygen_fingerprint(host)}" in result.stderr
+    registered = run_cli("apply", "-f", fleet, "-y", env=home_env)  # -y trusts new keys, never a changed one
+    assert registered.returncode == 1 and "is not the one expected" in registered.stderr
+    assert old_key in known_hosts_path().read_text() and host.host_public_key.split()[1] not in \
+        known_hosts_path().read_text()
+
+
+def test_connect_trusts_only_a_recorded_key(make_host, client_key):
+    host = make_host()
+    target = SSHTarget(hostname=host.address, user="root", identity_file=client_key[0])
+    started = time.monotonic()
+    with pytest.raises(HostKeyUnknown, match=f"root@{host.address}:22 is not recorded"):
+        connect(target, total_wait=30)
+    assert time.monotonic() - started < 10  # refused at once, not retried
+    assert not known_hosts_path().exists()
+    key = scan_host_key(target)
+    assert f"{key.get_name()} {key.get_base64()}" == host.host_public_key
+    record_host_keys([(target, key)])
+    connect(target, total_wait=10).close()
+    change_host_key(host)
+    with pytest.raises(HostKeyChanged, match=f"host key of {host.address}:22 is not the one expected"):
+        connect(target, total_wait=10)
