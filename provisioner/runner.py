@@ -6,6 +6,7 @@ State is written before each step (provisioner.state), so `reconcile` can finish
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -95,37 +96,54 @@ def _ruled_out(offer: Offer, blocked: set) -> Optional[str]:
     return None
 
 
+def zone_offers(offer: Offer) -> List[Offer]:
+    """The offer once per zone of its region, in the catalogue's order: a capacity error in one zone moves to the
+    next zone of the same region before the next offer."""
+    if len(offer.zones) <= 1:
+        return [offer]
+    return [dataclasses.replace(offer, zones=(zone,)) for zone in offer.zones]
+
+
 def provision_with_failover(session: RunSession, run_name: str, offers: Sequence[Offer], configuration
                             ) -> Tuple[Offer, HostAccess]:
-    """Tries offers in price order: a capacity error rules out its zone, a quota error its region (or the cloud for
-    a global GPU quota); configuration and credential errors stop at once. At most MAX_OFFERS_TRIED offers."""
+    """Tries offers in price order, each in every zone of its region: a capacity error rules out its zone, a quota
+    error its region (or the cloud for a global GPU quota); configuration and credential errors stop at once. At
+    most MAX_OFFERS_TRIED offers (their zones count as one)."""
     store, say = session.store, session.reporter.info
     attempts: List[dict] = []
     blocked: set = set()
-    for offer in offers:
-        if len(attempts) >= MAX_OFFERS_TRIED:
+    tried = 0
+    for whole_offer in offers:
+        if tried >= MAX_OFFERS_TRIED:
             break
-        if _ruled_out(offer, blocked):
-            continue
-        label = f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
-        store.update_run(run_name, status="provisioning", backend=offer.backend, region=offer.region,
-                         instance=offer.instance.name, price=offer.total_price, offer=offer.to_json())
-        say(f"Provisioning {label} at ${offer.total_price:.4f}/hour")
-        try:
-            access = session.backend(offer.backend).provision(run_name, offer, configuration, session.reporter.step)
-        except StackFailure as failure:
-            attempts.append({"offer": label, "kind": failure.kind, "error": failure.message})
-            store.update_run(run_name, attempts=attempts)
-            if not failure.retryable:
-                raise RunFailed(f"{label}: {failure.kind} error, not retrying: {failure.message}") from None
+        counted = False
+        for offer in zone_offers(whole_offer):
+            if _ruled_out(offer, blocked):
+                continue
+            if not counted:
+                tried, counted = tried + 1, True
             zone = offer.zones[0] if offer.zones else ""
-            blocked.add({"zone": (offer.backend, offer.region, zone), "region": (offer.backend, offer.region),
-                         "cloud": (offer.backend,)}[failure.scope])
-            say(f"{label}: {failure.kind} ({failure.message}); trying the next offer")
-            continue
-        return offer, access
-    tried = "\n".join(f"  {a['offer']}: {a['kind']}: {a['error']}" for a in attempts) or "  (none could be tried)"
-    raise NoCapacity(f"no offer could be provisioned; tried {len(attempts)}:\n{tried}")
+            label = f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
+            store.update_run(run_name, status="provisioning", backend=offer.backend, region=offer.region,
+                             instance=offer.instance.name, price=offer.total_price, offer=offer.to_json())
+            say(f"Provisioning {label}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour")
+            try:
+                access = session.backend(offer.backend).provision(run_name, offer, configuration,
+                                                                  session.reporter.step)
+            except StackFailure as failure:
+                attempts.append({"offer": label, "zone": zone, "kind": failure.kind, "error": failure.message})
+                store.update_run(run_name, attempts=attempts)
+                if not failure.retryable:
+                    raise RunFailed(f"{label}: {failure.kind} error, not retrying: {failure.message}") from None
+                blocked.add({"zone": (offer.backend, offer.region, zone), "region": (offer.backend, offer.region),
+                             "cloud": (offer.backend,)}[failure.scope])
+                say(f"{label}: {failure.kind} ({failure.message}); trying the next "
+                    f"{'zone' if failure.scope == 'zone' else 'offer'}")
+                continue
+            return offer, access
+    lines = "\n".join(f"  {a['offer']}{' in ' + a['zone'] if a.get('zone') else ''}: {a['kind']}: {a['error']}"
+                      for a in attempts) or "  (none could be tried)"
+    raise NoCapacity(f"no offer could be provisioned; tried {tried}:\n{lines}")
 
 
 def retry_deadline(configuration, event: str, since: float) -> Optional[float]:

@@ -75,6 +75,29 @@ def test_capacity_rules_out_the_zone_quota_the_region(session):
     assert (record.status, record.region, record.instance) == ("provisioning", "us-east-1", "g5.xlarge")
 
 
+def test_every_zone_of_a_region_is_tried_before_the_next_offer(session):
+    session, clouds = session
+    clouds["aws"] = FakeCloud("aws", {("us-east-1", "us-east-1a"): CAPACITY, ("us-east-1", "us-east-1b"): CAPACITY})
+    three_zones = Offer("aws", GPU, "us-east-1", ("us-east-1a", "us-east-1b", "us-east-1c"), False, 1.0, 100.0, 0.01)
+    chosen, _ = provision_with_failover(session, "fo", [three_zones, offer("aws", "us-east-2", "us-east-2a", 1.1)],
+                                        CONF)
+    assert chosen.zones == ("us-east-1c",)
+    assert clouds["aws"].provisioned == [("us-east-1", "us-east-1a"), ("us-east-1", "us-east-1b"),
+                                         ("us-east-1", "us-east-1c")]
+    assert [a["zone"] for a in session.store.get_run("fo").attempts] == ["us-east-1a", "us-east-1b"]
+
+
+def test_the_zones_of_one_offer_count_as_one_try(session):
+    session, clouds = session
+    regions = [f"r{i}" for i in range(MAX_OFFERS_TRIED + 2)]
+    clouds["aws"] = FakeCloud("aws", {r: CAPACITY for r in regions})
+    offers = [Offer("aws", GPU, r, (f"{r}a", f"{r}b"), False, 1.0 + i / 100, 100.0, 0.01)
+              for i, r in enumerate(regions)]
+    with pytest.raises(RunFailed, match=f"tried {MAX_OFFERS_TRIED}:"):
+        provision_with_failover(session, "fo", offers, CONF)
+    assert len(clouds["aws"].provisioned) == 2 * MAX_OFFERS_TRIED
+
+
 def test_a_global_gpu_quota_rules_out_the_whole_cloud(session):
     session, clouds = session
     clouds["gcp"] = FakeCloud("gcp", {"us-central1": GPUS_GLOBAL})
@@ -103,8 +126,8 @@ def test_when_every_offer_fails_each_is_listed_with_its_reason(session):
         provision_with_failover(session, "fo", offers, CONF)
     message = str(e.value)
     assert message.startswith(f"no offer could be provisioned; tried {MAX_OFFERS_TRIED}:")
-    assert "aws r0 g5.xlarge: quota: api error VcpuLimitExceeded" in message
-    assert "aws r1 g5.xlarge: capacity: api error InsufficientInstanceCapacity" in message
+    assert "aws r0 g5.xlarge in r0a: quota: api error VcpuLimitExceeded" in message
+    assert "aws r1 g5.xlarge in r1a: capacity: api error InsufficientInstanceCapacity" in message
     assert len(clouds["aws"].provisioned) == MAX_OFFERS_TRIED  # bounded
 
 
