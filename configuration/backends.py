@@ -5,9 +5,11 @@
         regions: [us-east-1, us-west-2]
         ingress_cidrs: [203.0.113.0/24]
         public_ports: false      # true: also open the task's ports to ingress_cidrs (default: SSH tunnel only)
+        vpc_name: my-vpc         # default: the region's default VPC; subnet: subnet-... to pick one
       - type: gcp
         project_id: my-project
         regions: [us-central1]
+        vpc_name: my-network     # default: `default`; subnetwork: NAME to pick one
     pulumi:
       backend_url: s3://my-team-bucket/dstack   # default: file://$DSTACK_HOME/pulumi/state
 """
@@ -48,11 +50,23 @@ class CloudBackend(StrictModel):
 
 class AWSBackend(CloudBackend):
     type: Literal["aws"]
+    vpc_name: Annotated[
+        Optional[str], Field(description="The VPC to use (by its Name tag) instead of the region's default VPC")
+    ] = None
+    subnet: Annotated[
+        Optional[str], Field(description="The subnet id (subnet-...) to use; default: the VPC's subnet in the "
+                                         "offer's zone")
+    ] = None
 
 
 class GCPBackend(CloudBackend):
     type: Literal["gcp"]
     project_id: Optional[str] = None
+    vpc_name: Annotated[Optional[str], Field(description="The VPC network to use instead of `default`")] = None
+    subnetwork: Annotated[
+        Optional[str], Field(description="The subnetwork to use (name or self link); default: the network's "
+                                         "subnetwork in the offer's region")
+    ] = None
 
 
 class LocalBackend(StrictModel):

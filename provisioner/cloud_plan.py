@@ -38,6 +38,8 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         host_key=host_key,
         ingress_cidrs=ingress,
         gcp_project_id=getattr(backend_config, "project_id", None),
+        vpc_name=getattr(backend_config, "vpc_name", None),
+        subnet=getattr(backend_config, "subnet", None) or getattr(backend_config, "subnetwork", None),
         max_duration_s=max_duration,
         nvidia_open_driver=(compute_capability(t.gpu_name) or OPEN_DRIVER_MIN_CAPABILITY) >= OPEN_DRIVER_MIN_CAPABILITY,
     )

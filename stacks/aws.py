@@ -60,7 +60,18 @@ def aws_program(spec: StackSpec) -> None:
     invoke = pulumi.InvokeOptions(provider=provider)
     name = f"dstack-{spec.run_name}"
 
-    vpc = aws.ec2.get_vpc(default=True, opts=invoke)
+    if spec.vpc_name:
+        vpc = aws.ec2.get_vpc(tags={"Name": spec.vpc_name}, opts=invoke)
+    else:
+        vpc = aws.ec2.get_vpc(default=True, opts=invoke)
+    subnet_id = spec.subnet
+    if subnet_id is None and spec.vpc_name:  # a default VPC has a default subnet per zone; another VPC is asked
+        subnets = aws.ec2.get_subnets(filters=[{"name": "vpc-id", "values": [vpc.id]},
+                                               {"name": "availability-zone", "values": [spec.zone]}], opts=invoke)
+        subnet_id = subnets.ids[0] if subnets.ids else None
+        if subnet_id is None:
+            raise ValueError(f"VPC {spec.vpc_name} has no subnet in {spec.zone}: add one, or set `subnet` for the "
+                             "aws backend in $DSTACK_HOME/config.yml")
     query = image_query(spec)
     ami = aws.ec2.get_ami(most_recent=query["most_recent"], owners=query["owners"], filters=query["filters"],
                           opts=invoke)
@@ -87,6 +98,7 @@ def aws_program(spec: StackSpec) -> None:
         availability_zone=spec.zone,
         key_name=key.key_name,
         vpc_security_group_ids=[group.id],
+        subnet_id=subnet_id,
         associate_public_ip_address=True,
         root_block_device={"volume_size": spec.disk_gb, "volume_type": "gp3", "delete_on_termination": True,
                            "tags": tags},

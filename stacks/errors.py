@@ -36,6 +36,16 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
+# What to do about configuration errors whose cloud text does not say it: (pattern, hint appended to the message).
+_HINTS: Tuple[Tuple[str, str], ...] = (
+    (r"no matching EC2 VPC found", "this region has no default VPC (or none with that Name tag): set `vpc_name` "
+                                   "(and `subnet`) for the aws backend in $DSTACK_HOME/config.yml"),
+    (r"networks/[^' ]+' was not found|network .* not found", "the VPC network does not exist in this project: set "
+                                                               "`vpc_name` (and `subnetwork`) for the gcp backend in "
+                                                               "$DSTACK_HOME/config.yml"),
+)
+
+
 @dataclass
 class StackFailure(DstackError):
     """A failed `up`: kind is capacity, quota, credentials or configuration; scope is zone, region or cloud."""
@@ -59,7 +69,12 @@ def classify(text: str) -> StackFailure:
         match = re.search(pattern, text)
         if match:
             return StackFailure(kind, scope, summarize(text), match.group(0))
-    return StackFailure(CONFIGURATION, "cloud", summarize(text))
+    message = summarize(text)
+    for pattern, hint in _HINTS:
+        if re.search(pattern, text):
+            message = f"{message} ({hint})"
+            break
+    return StackFailure(CONFIGURATION, "cloud", message)
 
 
 def summarize(text: str) -> str:

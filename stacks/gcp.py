@@ -64,6 +64,13 @@ def scheduling(spec: StackSpec) -> dict:
     return settings
 
 
+def network_interface(spec: StackSpec) -> dict:
+    interface = {"network": spec.vpc_name or "default", "access_configs": [{}]}
+    if spec.subnet:
+        interface["subnetwork"] = spec.subnet
+    return interface
+
+
 def network_tag(spec: StackSpec) -> str:
     return f"dstack-{spec.run_name}"
 
@@ -81,7 +88,7 @@ def gcp_program(spec: StackSpec) -> None:
     gcp.compute.Firewall(
         f"{name}-fw",
         name=name,
-        network="default",
+        network=spec.vpc_name or "default",
         direction="INGRESS",
         allows=[{"protocol": "tcp", "ports": [str(p) for p in spec.open_ports]}],
         source_ranges=list(spec.ingress_cidrs),
@@ -97,7 +104,7 @@ def gcp_program(spec: StackSpec) -> None:
         boot_disk={"auto_delete": True, "initialize_params": {
             "image": boot_image.self_link, "size": spec.disk_gb, "type": boot_disk_type(spec.instance_type),
             "labels": labels}},
-        network_interfaces=[{"network": "default", "access_configs": [{}]}],
+        network_interfaces=[network_interface(spec)],
         guest_accelerators=guest_accelerators(spec),
         scheduling=scheduling(spec),
         metadata={"ssh-keys": f"{SSH_USER}:{spec.ssh_public_key}",

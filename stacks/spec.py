@@ -44,6 +44,8 @@ class StackSpec:
     project: str = PROJECT
     gcp_project_id: Optional[str] = None
     max_duration_s: Optional[int] = None
+    vpc_name: Optional[str] = None  # None: AWS's default VPC, GCP's `default` network
+    subnet: Optional[str] = None  # AWS subnet id, GCP subnetwork; None: the network's own in the zone or region
     nvidia_open_driver: bool = True  # NVIDIA's open kernel modules need Turing (compute capability 7.5) or newer
 
     @property

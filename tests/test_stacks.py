@@ -36,7 +36,7 @@ class Recorder:
 
             def call(self, args):
                 recorder.calls.append(args)
-                return {"id": "looked-up-id", "selfLink": "projects/x/global/images/y"}
+                return {"id": "looked-up-id", "selfLink": "projects/x/global/images/y", "ids": ["subnet-found"]}
 
         self.mocks = Mocks()
 
@@ -472,3 +472,34 @@ def test_engine_failure_is_a_command_error_with_its_text(tmp_path):
 
     with pytest.raises(CommandError, match="no such zone"):
         fake_engine(tmp_path).run(["up"], str(tmp_path), {"FAIL": "no such zone"})
+
+
+def test_aws_default_vpc_or_the_named_one_and_its_subnet():
+    default = aws()
+    assert default.call("aws:ec2/getVpc:getVpc") == {"default": True}
+    assert "subnetId" not in default.of_type("aws:ec2/instance:Instance")[0].inputs
+    named = aws(vpc_name="ml-vpc")
+    assert named.call("aws:ec2/getVpc:getVpc") == {"tags": {"Name": "ml-vpc"}}
+    filters = {f["name"]: f["values"] for f in named.call("aws:ec2/getSubnets:getSubnets")["filters"]}
+    assert filters == {"vpc-id": ["looked-up-id"], "availability-zone": ["us-east-1b"]}
+    assert named.of_type("aws:ec2/instance:Instance")[0].inputs["subnetId"] == "subnet-found"
+    given = aws(vpc_name="ml-vpc", subnet="subnet-0abc").of_type("aws:ec2/instance:Instance")[0].inputs
+    assert given["subnetId"] == "subnet-0abc"
+
+
+def test_gcp_default_network_or_the_named_one():
+    default = gcp()
+    assert default.of_type("gcp:compute/instance:Instance")[0].inputs["networkInterfaces"][0]["network"] == "default"
+    named = gcp(vpc_name="ml-net", subnet="ml-subnet")
+    interface = named.of_type("gcp:compute/instance:Instance")[0].inputs["networkInterfaces"][0]
+    assert (interface["network"], interface["subnetwork"]) == ("ml-net", "ml-subnet")
+    assert named.of_type("gcp:compute/firewall:Firewall")[0].inputs["network"] == "ml-net"
+
+
+def test_a_missing_default_network_says_what_to_set():
+    from stacks.errors import classify
+
+    aws_failure = classify("error: aws:ec2/getVpc:getVpc: no matching EC2 VPC found")
+    assert aws_failure.kind == "configuration" and "`vpc_name`" in aws_failure.message
+    gcp_failure = classify("googleapi: Error 404: The resource 'projects/p/global/networks/default' was not found")
+    assert gcp_failure.kind == "configuration" and "`vpc_name`" in gcp_failure.message and "gcp" in gcp_failure.message
