@@ -111,7 +111,7 @@ def python_script(job: JobSpec) -> str:
 def docker_run_argv(job: JobSpec) -> List[str]:
     """The `docker run` command line. The container shares the host's network (one run per host), so its ports are
     the host's and no `-p` is needed. Env values are not on it: `-e NAME` passes the value the script exported."""
-    argv = ["docker", "run", "--rm", "--init", "--name", f"dstack-{job.run_name}", "--network", "host"]
+    argv = ["$DOCKER", "run", "--rm", "--init", "--name", f"dstack-{job.run_name}", "--network", "host"]
     if job.nvidia_gpus:
         argv += ["--gpus", "all"]
     if job.shm_size_gb:
@@ -131,37 +131,58 @@ def docker_run_argv(job: JobSpec) -> List[str]:
 
 
 def _quote(word: str) -> str:
-    """Shell-quote, leaving `$JOB_DIR` to the shell."""
+    """Shell-quote, leaving `$JOB_DIR` to the shell and `$DOCKER` to split into its words."""
+    if word == "$DOCKER":
+        return word
     if word.startswith("$JOB_DIR"):
         return '"' + word.replace('"', '\\"') + '"'
     return shlex.quote(word)
 
 
+# Docker needs root: a cloud image's `ubuntu` is not in the `docker` group but has passwordless sudo; a fleet host's
+# user may be either. AS_ROOT is how this job becomes root ("" as root, sudo -n -E with passwordless sudo, `none`);
+# DOCKER is plain `docker` where the user may use it, else `$AS_ROOT docker` (-E keeps the task's env for `-e NAME`).
+_DOCKER_ACCESS = """if [ "$(id -u)" = 0 ]; then AS_ROOT=""; elif sudo -n true 2>/dev/null; then AS_ROOT="sudo -n -E"; \
+else AS_ROOT=none; fi
+as_root() {
+  if [ "$AS_ROOT" = none ]; then echo "dstack: $(id -un) cannot become root (no passwordless sudo) to $*" >&2; exit 1; fi
+  $AS_ROOT "$@"
+}
+if ! command -v docker >/dev/null 2>&1; then
+  echo "dstack: installing Docker"
+  curl -fsSL https://get.docker.com -o "$JOB_DIR/get-docker.sh"
+  as_root sh "$JOB_DIR/get-docker.sh"
+fi
+if docker info >/dev/null 2>&1; then DOCKER=docker
+elif [ "$AS_ROOT" != none ]; then DOCKER="$AS_ROOT docker"
+else echo "dstack: $(id -un) may not use Docker: not root, not in the docker group, no passwordless sudo" >&2; exit 1
+fi
+"""
+_NVIDIA_TOOLKIT = """if ! $DOCKER info 2>/dev/null | grep -qi "runtimes:.*nvidia"; then
+  echo "dstack: installing the NVIDIA container toolkit"
+  curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | \
+as_root gpg --batch --yes --dearmor -o /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg
+  curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list | \
+sed "s#deb https://#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] https://#g" | \
+as_root tee /etc/apt/sources.list.d/nvidia-container-toolkit.list >/dev/null
+  as_root apt-get update -qq && as_root apt-get install -y -qq nvidia-container-toolkit
+  as_root nvidia-ctk runtime configure --runtime=docker && as_root systemctl restart docker
+fi
+"""
+
+
 def docker_script(job: JobSpec) -> str:
-    lines = [_PREAMBLE.format(run=job.run_name)]
-    lines.append('if ! command -v docker >/dev/null 2>&1; then\n'
-                 '  echo "dstack: installing Docker"\n'
-                 '  curl -fsSL https://get.docker.com | sh\n'
-                 'fi\n')
+    lines = [_PREAMBLE.format(run=job.run_name), _DOCKER_ACCESS]
     if job.nvidia_gpus:
-        lines.append('if ! docker info 2>/dev/null | grep -qi "runtimes:.*nvidia"; then\n'
-                     '  echo "dstack: installing the NVIDIA container toolkit"\n'
-                     '  curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | '
-                     'gpg --dearmor -o /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg\n'
-                     '  curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list'
-                     ' | sed "s#deb https://#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg]'
-                     ' https://#g" > /etc/apt/sources.list.d/nvidia-container-toolkit.list\n'
-                     '  apt-get update -qq && apt-get install -y -qq nvidia-container-toolkit\n'
-                     '  nvidia-ctk runtime configure --runtime=docker && systemctl restart docker\n'
-                     'fi\n')
+        lines.append(_NVIDIA_TOOLKIT)
     if job.registry_password is not None:
         server = registry_of(job.image) or ""
-        login = ["docker", "login", "--username", f'"${REGISTRY_USERNAME_VAR}"', "--password-stdin"]
+        login = ["$DOCKER", "login", "--username", f'"${REGISTRY_USERNAME_VAR}"', "--password-stdin"]
         login += [shlex.quote(server)] if server else []
         lines.append(f'printf "%s" "${REGISTRY_PASSWORD_VAR}" | ' + " ".join(login) + "\n")
         lines.append(f"unset {REGISTRY_PASSWORD_VAR} {REGISTRY_USERNAME_VAR}\n")
     image = shlex.quote(job.image)
-    lines.append(f"docker image inspect {image} >/dev/null 2>&1 || docker pull {image}\n")
+    lines.append(f"$DOCKER image inspect {image} >/dev/null 2>&1 || $DOCKER pull {image}\n")
     lines.append("exec " + " ".join(_quote(w) for w in docker_run_argv(job)) + "\n")
     return "".join(lines)
 
@@ -238,7 +259,8 @@ def stop_command(run_name: str, grace: int) -> str:
     folder = job_folder(run_name)
     container = shlex.quote(f"dstack-{run_name}")
     return (f"cd {folder} 2>/dev/null || exit 0; [ -s pid ] || exit 0; PG=$(cat pid); "
-            f"if command -v docker >/dev/null 2>&1; then docker stop -t {grace} {container} >/dev/null 2>&1 || true; fi; "
+            f"if command -v docker >/dev/null 2>&1; then {{ docker stop -t {grace} {container} || "
+            f"sudo -n docker stop -t {grace} {container}; }} >/dev/null 2>&1 || true; fi; "
             f"kill -TERM -$PG 2>/dev/null || true; "
             f"i=0; while kill -0 -$PG 2>/dev/null && [ $i -lt {grace * 10} ]; do sleep 0.1; i=$((i+1)); done; "
             f"kill -KILL -$PG 2>/dev/null || true; "

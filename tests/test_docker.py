@@ -96,7 +96,7 @@ exit 0
     local = LocalTransport(str(tmp_path / "jobs"))
     start_job(local, job)
     assert wait_exit(local, "img-5")[0] == 0
-    recorded = calls.read_text().splitlines()
+    recorded = [line for line in calls.read_text().splitlines() if line != "ARGV info"]
     assert recorded[0] == "ARGV login --username me --password-stdin ghcr.io"
     assert recorded[1] == "STDIN ghp_supersecret"
     assert recorded[2] == "ARGV image inspect ghcr.io/me/private:1"
@@ -114,5 +114,53 @@ exit 0
 def test_docker_hub_image_logs_in_without_a_server_and_gpus_are_passed():
     script = docker_script(JobSpec(run_name="x", image="me/private", commands=["nvidia-smi"], nvidia_gpus=True,
                                    registry_username="me", registry_password="pw"))
-    assert 'docker login --username "$DSTACK_REGISTRY_USERNAME" --password-stdin\n' in script
+    assert '$DOCKER login --username "$DSTACK_REGISTRY_USERNAME" --password-stdin\n' in script
     assert "--gpus all" in script and "nvidia-container-toolkit" in script
+
+
+def fake_tools(folder, calls, *, sudo_ok):
+    """`id` says uid 1000; `docker` refuses unless run through `sudo` (as for a user outside the docker group);
+    `sudo` records its flags and runs the command, or refuses (-n without a password) when not `sudo_ok`."""
+    folder.mkdir()
+    tools = {
+        "id": "#!/bin/sh\n[ \"$1\" = -u ] && echo 1000 || echo ubuntu\n",
+        "sudo": f"""#!/bin/sh
+{"" if sudo_ok else "exit 1"}
+echo "SUDO $1 $2" >> {calls}
+shift 2
+[ "$1" = true ] && exit 0
+AS_ROOT_NOW=1 exec "$@"
+""",
+        "docker": f"""#!/bin/sh
+[ -n "$AS_ROOT_NOW" ] || exit 1
+echo "DOCKER $* HF_TOKEN=$HF_TOKEN" >> {calls}
+[ "$1" = image ] && exit 1
+exit 0
+""",
+    }
+    for name, text in tools.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("sudo_ok", [True, False])
+def test_an_image_job_of_a_user_outside_the_docker_group_goes_through_sudo(tmp_path, monkeypatch, sudo_ok):
+    calls = tmp_path / "calls"
+    fake_tools(tmp_path / "bin", calls, sudo_ok=sudo_ok)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    start_job(local, JobSpec(run_name="img-6", image="me/train:1", commands=["python train.py"],
+                             env={"HF_TOKEN": "hf_abc"}))
+    code, log = wait_exit(local, "img-6")
+    if not sudo_ok:
+        assert code != 0 and "ubuntu may not use Docker" in log
+        return
+    assert code == 0, log
+    recorded = calls.read_text().splitlines()
+    docker_calls = [line for line in recorded if line.startswith("DOCKER")]
+    assert docker_calls[0] == "DOCKER image inspect me/train:1 HF_TOKEN=hf_abc"  # plain `docker info` was refused
+    assert docker_calls[1] == "DOCKER pull me/train:1 HF_TOKEN=hf_abc"
+    assert docker_calls[2].startswith("DOCKER run --rm --init --name dstack-img-6 --network host -e HF_TOKEN")
+    after_run = recorded[recorded.index(docker_calls[2]) + 1]  # the script argument goes on after its newline
+    assert after_run == "python train.py HF_TOKEN=hf_abc"  # -E kept the task's env for `-e HF_TOKEN`
+    assert "SUDO -n -E" in recorded
