@@ -95,9 +95,9 @@ class CloudBackend:
         host_key = generate_host_key()
         spec = stack_spec(run_name, configuration, offer, public_key, host_key, self.config)
         settings = state_settings(self.config.pulumi.backend_url)
-        self.store.update_run(run_name, stack={"backend": self.name, "name": run_name, "region": offer.region,
-                                               "backend_url": settings.backend_url})
-        stack = open_stack(run_name, program_for(spec), settings)
+        self.store.update_run(run_name, stack={"backend": self.name, "name": spec.stack_name, "owner": spec.owner,
+                                               "region": offer.region, "backend_url": settings.backend_url})
+        stack = open_stack(spec.stack_name, program_for(spec), settings)
         outputs = stack_up(stack, on_event=EngineEventTracker(report))
         return HostAccess(kind="ssh", hostname=str(outputs["public_ip"]), user=str(outputs["ssh_user"]),
                           identity_file=str(run_key_path(run_name)), host_key=host_key.public_openssh)
@@ -119,7 +119,7 @@ class CloudBackend:
         from stacks.progress import EngineEventTracker
 
         settings = state_settings(record.stack.get("backend_url"))
-        stack = open_stack(record.name, lambda: None, settings)
+        stack = open_stack(record.stack.get("name", record.name), lambda: None, settings)
         stack_destroy(stack, on_event=EngineEventTracker(report))
         if self.name == "aws":
             sweep_aws_run(record.stack["region"], record.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 from configuration.backends import DstackConfig
+from configuration.owner import owner_id
 from offers.gpus import compute_capability
 from offers.offer import Offer
 from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec
@@ -36,6 +37,7 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         if getattr(backend_config, "public_ports", False) else (),
         ssh_public_key=ssh_public_key,
         host_key=host_key,
+        owner=owner_id(),
         ingress_cidrs=ingress,
         gcp_project_id=getattr(backend_config, "project_id", None),
         vpc_name=getattr(backend_config, "vpc_name", None),

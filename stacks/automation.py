@@ -93,10 +93,10 @@ def _workspace_options(settings: StateSettings, program: Optional[Callable[[], N
     )
 
 
-def open_stack(run_name: str, program: Callable[[], None], settings: StateSettings):
+def open_stack(name: str, program: Callable[[], None], settings: StateSettings):
     from pulumi import automation as auto
 
-    return auto.create_or_select_stack(stack_name=run_name, project_name=PROJECT, program=program,
+    return auto.create_or_select_stack(stack_name=name, project_name=PROJECT, program=program,
                                        opts=_workspace_options(settings, program))
 
 

@@ -58,7 +58,7 @@ def aws_program(spec: StackSpec) -> None:
     provider = aws.Provider("aws", region=spec.region, default_tags={"tags": tags})
     opts = pulumi.ResourceOptions(provider=provider)
     invoke = pulumi.InvokeOptions(provider=provider)
-    name = f"dstack-{spec.run_name}"
+    name = spec.resource_name
 
     if spec.vpc_name:
         vpc = aws.ec2.get_vpc(tags={"Name": spec.vpc_name}, opts=invoke)

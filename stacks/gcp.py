@@ -72,7 +72,7 @@ def network_interface(spec: StackSpec) -> dict:
 
 
 def network_tag(spec: StackSpec) -> str:
-    return f"dstack-{spec.run_name}"
+    return spec.resource_name
 
 
 def gcp_program(spec: StackSpec) -> None:
@@ -83,7 +83,7 @@ def gcp_program(spec: StackSpec) -> None:
     provider = gcp.Provider("gcp", project=spec.gcp_project_id, region=spec.region, zone=spec.zone,
                             default_labels=labels)
     opts = pulumi.ResourceOptions(provider=provider)
-    name = f"dstack-{spec.run_name}"
+    name = spec.resource_name
     boot_image = gcp.compute.get_image(opts=pulumi.InvokeOptions(provider=provider), **image(spec))
     gcp.compute.Firewall(
         f"{name}-fw",

@@ -40,6 +40,7 @@ class StackSpec:
     ports: Tuple[int, ...]  # ports opened to ingress_cidrs besides 22: the task's with the backend's `public_ports`
     ssh_public_key: str
     host_key: HostKey
+    owner: str  # configuration.owner: this $DSTACK_HOME's id, in every name and an owner tag
     ingress_cidrs: Tuple[str, ...] = DEFAULT_INGRESS
     project: str = PROJECT
     gcp_project_id: Optional[str] = None
@@ -59,13 +60,28 @@ class StackSpec:
             return None
         return -(-self.max_duration_s // 60) + START_ALLOWANCE_MIN
 
+    @property
+    def resource_name(self) -> str:
+        """The cloud name of the run's resources: unique per owner, so users of one account never collide."""
+        return f"dstack-{self.owner}-{self.run_name}"
+
+    @property
+    def stack_name(self) -> str:
+        return stack_name(self.run_name, self.owner)
+
     def tags(self) -> dict:
         """AWS tags; every resource of the run carries them, so `dstack gc` can find what a lost stack left."""
-        return {"dstack:run": self.run_name, "dstack:project": self.project, "Name": f"dstack-{self.run_name}"}
+        return {"dstack:run": self.run_name, "dstack:owner": self.owner, "dstack:project": self.project,
+                "Name": self.resource_name}
 
     def labels(self) -> dict:
         """GCP labels: lowercase letters, digits, `-` and `_` only."""
-        return {"dstack-run": self.run_name, "dstack-project": self.project}
+        return {"dstack-run": self.run_name, "dstack-owner": self.owner, "dstack-project": self.project}
+
+
+def stack_name(run_name: str, owner: str) -> str:
+    """The Pulumi stack of a run: a shared state backend holds many users' stacks."""
+    return f"{run_name}-{owner}"
 
 
 def generate_host_key() -> HostKey:

@@ -16,7 +16,7 @@ HOST_KEY = generate_host_key()
 BASE = StackSpec(
     run_name="train-1", backend="aws", instance_type="g5.xlarge", region="us-east-1", zone="us-east-1b", spot=False,
     arch="x86", gpu_vendor="nvidia", gpu_name="A10G", gpu_count=1, gpu_memory_gib=24, disk_gb=250, ports=(8080, 6006),
-    ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRun user@dstack", host_key=HOST_KEY,
+    ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRun user@dstack", host_key=HOST_KEY, owner="0a1b2c3d",
 )
 
 
@@ -96,7 +96,7 @@ def test_aws_instance_inputs():
     assert instance["associatePublicIpAddress"] is True
     assert instance["instanceInitiatedShutdownBehavior"] == "terminate"
     assert "instanceMarketOptions" not in instance
-    assert instance["keyName"] == "dstack-train-1"
+    assert instance["keyName"] == "dstack-0a1b2c3d-train-1"
     key = recorder.of_type("aws:ec2/keyPair:KeyPair")[0].inputs
     assert key["publicKey"] == BASE.ssh_public_key
 
@@ -110,7 +110,8 @@ def test_aws_spot_uses_market_options():
 
 def test_aws_every_resource_is_tagged_with_the_run():
     recorder = aws()
-    expected = {"dstack:run": "train-1", "dstack:project": "dstack", "Name": "dstack-train-1"}
+    expected = {"dstack:run": "train-1", "dstack:owner": "0a1b2c3d", "dstack:project": "dstack",
+                "Name": "dstack-0a1b2c3d-train-1"}
     for resource in recorder.resources:
         if resource.typ.startswith("pulumi:providers:"):
             assert resource.inputs["defaultTags"] == json.dumps({"tags": expected}) or \
@@ -164,11 +165,11 @@ def test_gcp_n1_attaches_gpus_and_firewall_opens_the_ports():
     assert instance["bootDisk"]["initializeParams"]["type"] == "pd-balanced"
     assert instance["bootDisk"]["autoDelete"] is True
     assert instance["scheduling"]["onHostMaintenance"] == "TERMINATE"
-    assert instance["labels"] == {"dstack-run": "train-1", "dstack-project": "dstack"}
-    assert instance["tags"] == ["dstack-train-1"]
+    assert instance["labels"] == {"dstack-run": "train-1", "dstack-owner": "0a1b2c3d", "dstack-project": "dstack"}
+    assert instance["tags"] == ["dstack-0a1b2c3d-train-1"]
     firewall = recorder.of_type("gcp:compute/firewall:Firewall")[0].inputs
     assert firewall["allows"] == [{"protocol": "tcp", "ports": ["22", "6006", "8080"]}]
-    assert firewall["targetTags"] == ["dstack-train-1"] and firewall["sourceRanges"] == ["0.0.0.0/0"]
+    assert firewall["targetTags"] == ["dstack-0a1b2c3d-train-1"] and firewall["sourceRanges"] == ["0.0.0.0/0"]
     assert recorder.call("gcp:compute/getImage:getImage") == {
         "family": "common-cu128-ubuntu-2204-nvidia-570", "project": "deeplearning-platform-release"}
 
@@ -503,3 +504,19 @@ def test_a_missing_default_network_says_what_to_set():
     assert aws_failure.kind == "configuration" and "`vpc_name`" in aws_failure.message
     gcp_failure = classify("googleapi: Error 404: The resource 'projects/p/global/networks/default' was not found")
     assert gcp_failure.kind == "configuration" and "`vpc_name`" in gcp_failure.message and "gcp" in gcp_failure.message
+
+
+def test_owner_id_is_made_once_per_home_and_names_the_stack(dstack_home, monkeypatch, tmp_path):
+    from configuration.errors import ConfigurationError
+    from configuration.owner import owner_id
+
+    first = owner_id()
+    assert len(first) == 8 and int(first, 16) >= 0 and owner_id() == first
+    assert (dstack_home / "owner").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("DSTACK_HOME", str(tmp_path / "another-user"))
+    assert owner_id() != first  # another $DSTACK_HOME, another owner: `name: train` no longer collides
+    spec = dataclasses.replace(BASE, owner=owner_id())
+    assert spec.stack_name == f"train-1-{spec.owner}" and spec.resource_name == f"dstack-{spec.owner}-train-1"
+    (tmp_path / "another-user" / "owner").write_text("not-an-id\n")
+    with pytest.raises(ConfigurationError, match="not an owner id"):
+        owner_id()

@@ -1,0 +1,36 @@
+"""Whose cloud resources these are: a stable id per `$DSTACK_HOME`, made once.
+
+Many users share one cloud account and often one Pulumi state backend; two `name: train` runs must not meet on a
+key pair, a security group, a firewall or a stack, and one user's `dstack gc` must not remove another's live
+resources. The id goes into every resource name, the stack name and an owner tag (`dstack:owner` on AWS,
+`dstack-owner` on GCP). Eight lowercase hex digits: valid in every cloud name and label.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+
+from configuration.errors import ConfigurationError
+from configuration.home import dstack_home, private_dir
+
+OWNER_ID = re.compile(r"^[0-9a-f]{8}$")
+
+
+def owner_id() -> str:
+    path = dstack_home() / "owner"
+    if not path.exists():
+        private_dir(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another dstack process made it first
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(4) + "\n")
+    value = path.read_text().strip()
+    if not OWNER_ID.match(value):
+        raise ConfigurationError(f"{path} holds {value[:20]!r}, not an owner id (8 hex digits); it names this "
+                                 "$DSTACK_HOME's cloud resources, so restore it rather than delete it")
+    return value
