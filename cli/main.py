@@ -10,6 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from cli.apply_command import apply
+from cli.config_command import config_app
 from cli.fleet_command import delete, fleet
 from cli.gc_command import gc
 from cli.runs_command import attach, logs, ps, stop
@@ -62,6 +63,7 @@ app.command("delete")(delete)
 app.command("gc")(gc)
 app.command("stacks")(stacks)
 app.command("setup")(setup)
+app.add_typer(config_app, name="config")
 
 
 def main() -> None:

@@ -104,8 +104,10 @@ class CloudBackend:
 
     def check_credentials(self, region: str) -> None:
         if self.name == "aws":
+            from stacks.aws_checks import require_region_enabled
             from stacks.credentials import check_aws_credentials
 
+            require_region_enabled(region)
             check_aws_credentials(region)
         else:
             from stacks.credentials import gcp_credentials_source

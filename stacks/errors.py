@@ -14,6 +14,7 @@ CAPACITY = "capacity"
 QUOTA = "quota"
 CREDENTIALS = "credentials"
 CONFIGURATION = "configuration"
+UNAVAILABLE = "unavailable"  # the region is not enabled for the account: skip it, like capacity
 
 # (pattern, kind, scope); the first match wins, so the more specific patterns come first.
 _RULES: Tuple[Tuple[str, str, str], ...] = (
@@ -29,6 +30,7 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
      CAPACITY, "zone"),
     (r"SpotMaxPriceTooLow|capacity-not-available|UnfulfillableCapacity", CAPACITY, "zone"),
     (r"STOCKOUT|stockout", CAPACITY, "zone"),
+    (r"OptInRequired", UNAVAILABLE, "region"),
     (r"AuthFailure|UnauthorizedOperation|InvalidClientTokenId|ExpiredToken|SignatureDoesNotMatch|"
      r"NoCredentialProviders|no valid credential sources|could not find default credentials|"
      r"invalid_grant|Error 401|Request had invalid authentication credentials", CREDENTIALS, "cloud"),
@@ -60,8 +62,8 @@ class StackFailure(DstackError):
 
     @property
     def retryable(self) -> bool:
-        """Capacity and quota failures mean: try the next offer. The others stop the run."""
-        return self.kind in (CAPACITY, QUOTA)
+        """Capacity, quota and disabled-region failures mean: try the next offer. The others stop the run."""
+        return self.kind in (CAPACITY, QUOTA, UNAVAILABLE)
 
 
 def classify(text: str) -> StackFailure:

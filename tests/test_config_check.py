@@ -1,0 +1,116 @@
+"""`dstack config check`: the AWS answers against a real local moto server (STS, EC2) with Service Quotas stubbed
+(moto has none), the Pulumi CLI's presence and version, and the command's lines and exit code."""
+
+import json
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from stacks.aws_checks import GPU_QUOTAS, check_aws
+from stacks.checks import FAIL, OK, WARN, check_pulumi
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def aws_env(monkeypatch, moto_endpoint):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def clients_with_quotas(values_by_region):
+    """boto3 clients on moto, except Service Quotas, answered from `values_by_region` (None: access denied)."""
+    stubbers = []
+
+    def make(service, region):
+        client = boto3.session.Session().client(service, region_name=region)
+        if service != "service-quotas":
+            return client
+        stubber = Stubber(client)
+        for code in GPU_QUOTAS:
+            value = values_by_region.get(region, {}).get(code, 0.0)
+            if value is None:
+                stubber.add_client_error("get_service_quota", "AccessDeniedException", "not allowed")
+            else:
+                stubber.add_response("get_service_quota", {"Quota": {"QuotaCode": code, "Value": value}},
+                                     {"ServiceCode": "ec2", "QuotaCode": code})
+        stubber.activate()
+        stubbers.append(stubber)
+        return client
+
+    return make, stubbers
+
+
+def by_subject(checks):
+    return {c.subject: c for c in checks}
+
+
+def test_aws_answers_each_question_in_one_line(aws_env):
+    make, stubbers = clients_with_quotas({"us-east-1": {"L-DB2E81BA": 64.0}, "us-west-2": {}})
+    checks = by_subject(check_aws(["us-east-1", "us-west-2", "ap-south-2"], clients=make))
+    assert checks["credentials"].status == OK and checks["credentials"].detail.startswith("arn:aws:")
+    assert checks["regions"].status == WARN
+    assert checks["regions"].detail == "2 of 3 enabled; not enabled (opt-in regions, skipped by runs): ap-south-2"
+    assert checks["network"].status == OK and checks["network"].detail == "default VPC in every enabled region"
+    assert checks["gpu quota"].status == OK
+    assert checks["gpu quota"].detail == "us-east-1 on-demand G and VT 64 vCPUs"
+    for stubber in stubbers:
+        stubber.assert_no_pending_responses()
+
+
+def test_aws_zero_quotas_a_missing_vpc_and_unreadable_quotas(aws_env):
+    make, _ = clients_with_quotas({"us-east-1": {code: None for code in GPU_QUOTAS}})
+    checks = by_subject(check_aws(["us-east-1", "us-west-2"], vpc_name="ml-vpc", clients=make))
+    assert checks["network"].status == FAIL
+    assert "no VPC 'ml-vpc' in us-east-1, us-west-2: create it there" in checks["network"].detail
+    quota = checks["gpu quota"]
+    assert quota.status == WARN and "every GPU vCPU quota is 0" in quota.detail
+    assert "could not read the quotas of us-east-1 (servicequotas:GetServiceQuota)" in quota.detail
+
+
+def test_aws_without_credentials_says_what_to_set(no_aws_credentials):
+    checks = check_aws(["us-east-1"])
+    assert [(c.subject, c.status) for c in checks] == [("credentials", FAIL)]
+    assert "aws configure" in checks[0].detail
+
+
+def test_an_opt_in_region_is_skipped_by_failover_not_fatal(aws_env):
+    from stacks.aws_checks import require_region_enabled
+    from stacks.errors import StackFailure
+
+    require_region_enabled("us-east-1")
+    with pytest.raises(StackFailure) as failure:
+        require_region_enabled("ap-south-2")
+    assert failure.value.retryable and failure.value.scope == "region"
+    assert "opt-in region" in failure.value.message
+
+
+def test_pulumi_cli_missing_old_or_fine(tmp_path, monkeypatch):
+    from stacks import automation
+
+    monkeypatch.setattr(automation, "find_pulumi", lambda: None)
+    assert check_pulumi().status == FAIL and "dstack setup pulumi" in check_pulumi().detail
+    fake = tmp_path / "pulumi"
+    monkeypatch.setattr(automation, "find_pulumi", lambda: str(fake))
+    for version, status in (("v3.0.1", FAIL), ("v3.999.0", OK), ("nonsense", FAIL)):
+        fake.write_text(f"#!/bin/sh\necho {version}\n")
+        fake.chmod(0o755)
+        assert check_pulumi().status == status, version
+
+
+def test_the_command_prints_lines_and_fails_when_a_backend_would(tmp_path, dstack_home, moto_endpoint):
+    dstack_home.mkdir(parents=True, exist_ok=True)
+    env = {"DSTACK_HOME": str(dstack_home), "AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true", "PATH": "/usr/bin:/bin",
+           "HOME": str(tmp_path)}
+    nothing = run_cli("config", "check", env=env)
+    assert nothing.returncode == 0 and "No cloud is configured" in nothing.stdout
+    (dstack_home / "config.yml").write_text("backends:\n  - type: aws\n    regions: [us-east-1]\n")
+    result = run_cli("config", "check", "--json", env=env)
+    assert result.returncode == 1, result.stderr  # no Pulumi CLI here
+    document = json.loads(result.stdout)
+    assert document["status"] == FAIL
+    subjects = [(c["backend"], c["subject"], c["status"]) for c in document["checks"]]
+    assert subjects[:3] == [("pulumi", "cli", FAIL), ("aws", "credentials", OK), ("aws", "regions", OK)]
