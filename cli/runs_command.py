@@ -7,7 +7,7 @@ import time
 import typer
 from typing_extensions import Annotated
 
-from cli.output import print_json, stdout_console
+from cli.output import print_json, stderr_console, stdout_console
 
 NameArgument = Annotated[str, typer.Argument(help="The run name")]
 
@@ -45,7 +45,9 @@ def ps(
 
     session = _session()
     now = time.time()
-    records = [r for r in reconcile(session) if all_runs or r.active]
+    every = reconcile(session)
+    _warn_of_unknown_jobs(session.store, every)
+    records = [r for r in every if all_runs or r.active]
     if as_json:
         print_json({"runs": [r.summary(now) for r in records]})
         return
@@ -66,6 +68,23 @@ def ps(
         console.print("No runs." if all_runs else "No active runs (`dstack ps -a` shows finished ones).")
 
 
+def _warn_of_unknown_jobs(store, records) -> None:
+    """Jobs running on this machine that no active run knows (the store was lost, or a record went): named, so
+    that `No runs.` never hides a running job."""
+    from provisioner.access import HostAccess
+    from provisioner.orphan_jobs import describe, search
+
+    active = {r.name for r in records if r.active}
+    jobs, _ = search([HostAccess(kind="local")])
+    for access, name, pgid in jobs:
+        if name in active:
+            continue
+        record = store.get_run(name)  # a run submitted since the list was read is no stranger
+        if record is None or not record.active:
+            stderr_console().print(f"warning: {describe(access, name, pgid)}, but no active run in "
+                                   f"{store.path} knows it", markup=False)
+
+
 def logs(
     name: NameArgument,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep following until the job ends")] = False,
@@ -75,13 +94,16 @@ def logs(
 
 
 def _print_logs(session, name: str, follow: bool) -> None:
+    from configuration.errors import DstackError
     from provisioner.access import HostAccess
     from provisioner.follow import LogFollower
+    from provisioner.job import log_exists
     from provisioner.runner import local_log_path, write_stdout
     from provisioner.transport import TransportError
 
     record = _record(session, name)
     reachable = record.host and (record.active or record.backend in ("local", "ssh"))
+    missing = f"its {record.backend} host was removed with the run"
     if reachable:
         access = HostAccess.from_json(record.host)
         follower = LogFollower(lambda: access.connect(total_wait=60), name)
@@ -90,14 +112,20 @@ def _print_logs(session, name: str, follow: bool) -> None:
                 follower.follow(write_stdout)
             else:
                 follower.poll(write_stdout)
-            return
+            if follower.offset or log_exists(follower.transport, name):
+                return
+            missing = f"its job folder on {access.description} holds no log any more"
         except TransportError as e:
             session.reporter.info(f"the host is not reachable ({e}); showing the copy kept locally")
+            missing = f"{access.description} is not reachable"
     path = local_log_path(name)
     if path.exists():
         write_stdout(path.read_bytes())
     elif not record.host:
         session.reporter.info(f"{name} has no output: it never started ({record.reason or record.status})")
+    else:
+        raise DstackError(f"the output of {name} is gone: {missing}, and the copy dstack keeps ({path}) does not "
+                          "exist")
 
 
 def attach(name: NameArgument) -> None:

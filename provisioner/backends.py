@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
@@ -51,9 +50,9 @@ class FleetBackend:
 
     def provision(self, run_name, offer, configuration, report) -> HostAccess:
         access = self.hosts[(offer.region, offer.instance.name)]
-        for other in self.store.list_runs():
-            if other.name != run_name and other.active and other.host == access.to_json():
-                raise StackFailure(CAPACITY, "zone", f"{access.description} is busy with run {other.name}")
+        holder = self.store.claim_host(run_name, access.to_json())
+        if holder is not None:
+            raise StackFailure(CAPACITY, "zone", f"{access.description} is busy with run {holder}")
         return access
 
     def teardown(self, record, report) -> None:
@@ -144,14 +143,3 @@ def backend_for(name: str, config: DstackConfig, store: StateStore, fleet_hosts:
         return FleetBackend(store, fleet_hosts or {})
     return CloudBackend(name, config, store)
 
-
-def owner_alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -191,9 +191,12 @@ def job_script(job: JobSpec) -> str:
     return docker_script(job) if job.image else python_script(job)
 
 
+JOBS_ROOT = '"${DSTACK_JOBS_DIR:-$HOME/.dstack-jobs}"'  # as a shell word, expanded on the host
+
+
 def job_folder(run_name: str) -> str:
     """The job folder as a shell word, expanded on the host."""
-    return '"${DSTACK_JOBS_DIR:-$HOME/.dstack-jobs}"/' + shlex.quote(run_name)
+    return f"{JOBS_ROOT}/{shlex.quote(run_name)}"
 
 
 TIMED_OUT = 124  # the exit code of a job stopped at max_duration (as timeout(1) reports it)
@@ -242,6 +245,10 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
     return LogChunk(result.stdout, int(code) if code.lstrip("-").isdigit() else None)
 
 
+def log_exists(transport: Transport, run_name: str) -> bool:
+    return transport.run(f"test -f {job_folder(run_name)}/output.log", timeout=30).code == 0
+
+
 def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
     """("running", None), ("exited", code) or ("missing", None)."""
     folder = job_folder(run_name)
@@ -253,6 +260,19 @@ def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
     if words and words[0] == "exited":
         return "exited", int(words[1])
     return (words[0] if words else "missing"), None
+
+
+def running_jobs(transport: Transport) -> List[Tuple[str, int]]:
+    """(run name, process group) of every job on the host that is still running, whichever store knows it."""
+    result = transport.run(f"cd {JOBS_ROOT} 2>/dev/null || exit 0; for d in */; do n=${{d%/}}; "
+                           '[ -f "$n/exit_code" ] && continue; p=$(cat "$n/pid" 2>/dev/null); '
+                           '[ -n "$p" ] && kill -0 -"$p" 2>/dev/null && echo "$p $n"; done; exit 0', timeout=30)
+    jobs = []
+    for line in result.text.splitlines():
+        pgid, _, name = line.partition(" ")
+        if pgid.isdigit() and name:
+            jobs.append((name, int(pgid)))
+    return sorted(jobs)
 
 
 def stop_command(run_name: str, grace: int) -> str:

@@ -7,7 +7,6 @@ State is written before each step (provisioner.state), so `reconcile` can finish
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,18 +18,22 @@ from configuration.errors import ConfigurationError, DstackError
 from configuration.home import append_private, dstack_home
 from offers.offer import Offer
 from provisioner.access import HostAccess
-from provisioner.backends import Backend, backend_for, owner_alive
+from provisioner.backends import Backend, backend_for
 from provisioner.follow import LogFollower
 from provisioner.job import TIMED_OUT, JobSpec, job_state, start_job, stop_job
+from provisioner.owner import current_owner, owner_alive
 from provisioner.plan import configuration_json
 from provisioner.state import RunRecord, StateStore
+from provisioner.store_errors import StoreDamaged
 from stacks.errors import StackFailure
 
 STARTED = ("submitted", "provisioning", "pulling", "running")
-RUNNING = ("pulling", "running")
+STARTING = ("submitted", "provisioning")  # the job is not started yet: it may be starting while its owner lives
+RUNNING = ("pulling", "running")  # the job's pid file exists
 MAX_OFFERS_TRIED = 5
 POWER_OFF_AFTER_EXIT_MIN = 5
 STOP_GRACE_S = 10
+JOB_SETTLE_S = 0.5  # between a job's end and its exit code being written
 
 
 RETRY_INTERVAL_S = 60
@@ -43,6 +46,10 @@ class RunFailed(ConfigurationError):
 
 class NoCapacity(RunFailed):
     """Every offer tried failed for capacity or quota: `retry: {on_events: [no-capacity]}` tries again later."""
+
+
+class StopRequested(Exception):
+    """`dstack stop` claimed the run while its owner was starting it: the owner stops what it started."""
 
 
 @dataclass
@@ -124,8 +131,9 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
                 tried, counted = tried + 1, True
             zone = offer.zones[0] if offer.zones else ""
             label = f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
-            store.update_run(run_name, status="provisioning", backend=offer.backend, region=offer.region,
-                             instance=offer.instance.name, price=offer.total_price, offer=offer.to_json())
+            if not store.claim_run(run_name, STARTING, "provisioning", backend=offer.backend, region=offer.region,
+                                   instance=offer.instance.name, price=offer.total_price, offer=offer.to_json()):
+                raise StopRequested
             say(f"Provisioning {label}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour")
             try:
                 access = session.backend(offer.backend).provision(run_name, offer, configuration,
@@ -203,8 +211,9 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         raise ConfigurationError("multi-node tasks (nodes > 1) are not supported yet")
     store = session.store
     max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
-    store.create_run(RunRecord(name=run_name, status="submitted", submitted_at=time.time(), owner_pid=os.getpid(),
-                               detached=detach, max_duration=max_duration,
+    owner_pid, owner_started = current_owner()
+    store.create_run(RunRecord(name=run_name, status="submitted", submitted_at=time.time(), owner_pid=owner_pid,
+                               owner_started=owner_started, detached=detach, max_duration=max_duration,
                                configuration=configuration_json(resolved)))
     follower: Optional[LogFollower] = None
     forwarder = None
@@ -213,14 +222,17 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         store.update_run(run_name, host=access.to_json())
         session.reporter.info(f"Connecting to {access.description}")
         transport = access.connect(total_wait=300, log=session.reporter.info)
-        store.update_run(run_name, status="pulling" if configuration.image else "running", started_at=time.time())
         if not detach:  # ports first: a local port that is taken fails the run before its job starts
             forwarder = forward_ports(session, run_name, access, configuration.ports,
                                       lambda: follower.transport if follower is not None else transport)
         job = job_spec(run_name, configuration, offer)
-        start_job(transport, job, repo)
+        start_job(transport, job, repo)  # returns once the job's pid file is written
+        if not store.claim_run(run_name, ("provisioning",), "pulling" if configuration.image else "running",
+                               started_at=time.time()):
+            stop_job(transport, run_name, grace=0)
+            raise StopRequested
         if configuration.image:
-            store.update_run(run_name, status="running")
+            store.claim_run(run_name, ("pulling",), "running")
         if detach:
             transport.close()
             return store.get_run(run_name)
@@ -237,6 +249,8 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         if store.claim_run(run_name, RUNNING, "terminating"):
             return finish_run(session, run_name, status, reason, code)
         return _wait_final(store, run_name)  # `dstack stop` from elsewhere is finishing it
+    except StopRequested:
+        return finish_run(session, run_name, "terminated", store.get_run(run_name).reason)
     except KeyboardInterrupt:
         session.reporter.info("Interrupted: stopping the run and removing what it created (Ctrl-C again to leave "
                               f"now; `dstack stop {run_name}` finishes it later)")
@@ -244,6 +258,8 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             _stop_job_quietly(session, run_name, follower)
             finish_run(session, run_name, "terminated", "interrupted")
         raise
+    except StoreDamaged:
+        raise  # nothing can be recorded any more; its message names the job if it is still running
     except DstackError as e:
         _stop_job_quietly(session, run_name, follower)
         finish_run(session, run_name, "failed", str(e).splitlines()[0])
@@ -257,13 +273,19 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             forwarder.close()
 
 
-def _wait_final(store: StateStore, name: str, timeout: float = 600) -> RunRecord:
+def _wait_final(store: StateStore, name: str, timeout: float = 600, while_owner: Optional[RunRecord] = None
+                ) -> RunRecord:
+    """The run once it has ended, or after `timeout`; with `while_owner`, only while that record's owner lives."""
     deadline = time.time() + timeout
     record = store.get_run(name)
-    while record.active and time.time() < deadline:
+    while record.active and time.time() < deadline and (while_owner is None or _owner_alive(while_owner)):
         time.sleep(0.2)
         record = store.get_run(name)
     return record
+
+
+def _owner_alive(record: RunRecord) -> bool:
+    return owner_alive(record.owner_pid, record.owner_started)
 
 
 def stream_logs(session: RunSession, follower: LogFollower, run_name: str) -> Optional[int]:
@@ -317,13 +339,24 @@ def _stop_job_quietly(session: RunSession, run_name: str, follower: Optional[Log
 
 
 def stop_run(session: RunSession, name: str, abort: bool = False) -> RunRecord:
-    record = session.store.get_run(name)
+    store = session.store
+    record = store.get_run(name)
     if record is None:
         raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
-    if not session.store.claim_run(name, STARTED, "terminating"):
-        record = session.store.get_run(name)
-        if record.status != "terminating" or owner_alive(record.owner_pid):
-            return _wait_final(session.store, name) if record.active else record
+    reason = "aborted" if abort else "stopped by user"
+    if store.claim_run(name, STARTING, "terminating", reason=reason):
+        if _owner_alive(record):  # its owner stops the job it is starting, and tears down (see submit)
+            session.reporter.info(f"{name} is starting: waiting for the dstack process that starts it "
+                                  f"(pid {record.owner_pid}) to stop it")
+            record = _wait_final(store, name, while_owner=record)
+            if not record.active or _owner_alive(record):
+                return record
+        # its owner is gone: the job may have started before it died
+        record = store.get_run(name)
+    elif not store.claim_run(name, RUNNING, "terminating"):
+        record = store.get_run(name)
+        if record.status != "terminating" or _owner_alive(record):
+            return _wait_final(store, name) if record.active else record
         # a teardown that a dead process began: finish it
     if record.host:
         try:
@@ -335,14 +368,14 @@ def stop_run(session: RunSession, name: str, abort: bool = False) -> RunRecord:
             code = None
     else:
         code = None
-    return finish_run(session, name, "terminated", "aborted" if abort else "stopped by user", code)
+    return finish_run(session, name, "terminated", reason, code)
 
 
 def reconcile(session: RunSession) -> List[RunRecord]:
     """Finishes what no live dstack process is looking after: a job that ended (record it, tear down), a run past
     max_duration (stop it), a provisioning or teardown cut short by a crash (tear down)."""
     for record in session.store.list_runs():
-        if not record.active or (owner_alive(record.owner_pid) and not record.detached):
+        if not record.active or _looked_after(record):
             continue
         try:
             _reconcile_one(session, record)
@@ -351,10 +384,19 @@ def reconcile(session: RunSession) -> List[RunRecord]:
     return session.store.list_runs()
 
 
+def _looked_after(record: RunRecord) -> bool:
+    """Whether a live dstack process looks after the run: an attached owner until the run ends, a detached one
+    until it has started the job (or, stopped meanwhile, torn the run down)."""
+    return _owner_alive(record) and (not record.detached or record.status not in RUNNING)
+
+
 def _reconcile_one(session: RunSession, record: RunRecord) -> None:
-    if record.status in ("submitted", "provisioning") or not record.host:
-        if session.store.claim_run(record.name, ("submitted", "provisioning"), "terminating"):
-            finish_run(session, record.name, "failed", "interrupted while provisioning")
+    if record.status in STARTING or not record.host:
+        if session.store.claim_run(record.name, STARTING, "terminating"):
+            if record.host:  # its owner died after choosing the host: the job may have started
+                _stop_job_quietly(session, record.name, None)
+            finish_run(session, record.name, "failed",
+                       "interrupted while starting" if record.host else "interrupted while provisioning")
         return
     if record.status == "terminating":
         finish_run(session, record.name, "terminated", record.reason or "interrupted while terminating",
@@ -362,7 +404,7 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
         return
     transport = HostAccess.from_json(record.host).connect(total_wait=20)
     try:
-        state, code = job_state(transport, record.name)
+        state, code = _settled_job_state(transport, record.name)
         if state == "running" and record.max_duration and record.started_at and \
                 time.time() > record.started_at + record.max_duration + 15:
             code = stop_job(transport, record.name, grace=STOP_GRACE_S)
@@ -378,6 +420,16 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
     elif state == "missing":
         if session.store.claim_run(record.name, RUNNING, "terminating"):
             finish_run(session, record.name, "failed", "the job is gone from its host")
+
+
+def _settled_job_state(transport, run_name: str) -> Tuple[str, Optional[int]]:
+    """job_state, asked once more after a moment when the job looks gone: a job that has just ended has no exit
+    code yet for that moment."""
+    state, code = job_state(transport, run_name)
+    if state == "missing":
+        time.sleep(JOB_SETTLE_S)
+        state, code = job_state(transport, run_name)
+    return state, code
 
 
 def _copy_log(transport, run_name: str) -> None:

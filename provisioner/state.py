@@ -4,6 +4,11 @@ Every step of a run is written before it is taken (WAL journal, one short transa
 so two `dstack` processes can share the store and a crash at any point leaves enough to finish the teardown: the
 stack's identity is recorded before `up`, the host's address before the job starts. Secrets are never stored: the
 configuration is kept as the plan prints it, with `[secret]` in their place.
+
+The store is checked when opened (SQLite's quick_check, its tables, the schema version in `PRAGMA user_version`) and
+each row when read. A store that fails a check is damaged: it is moved aside and the user is told what may still be
+running (provisioner.store_damage); dstack never silently starts afresh. `state.db.marker`, written once the store
+exists, tells a store that was truncated, emptied or deleted apart from a home where none was made yet.
 """
 
 from __future__ import annotations
@@ -14,11 +19,16 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Iterator, List, Optional
+from urllib.parse import quote
 
+from configuration.errors import ConfigurationError, DstackError
 from configuration.home import dstack_home, private_dir
+from provisioner.store_errors import DAMAGED, FULL, failure_kind, store_error
 
 ACTIVE = ("submitted", "provisioning", "pulling", "running", "terminating")  # then done, failed or terminated
+SCHEMA_VERSION = 2  # 2: runs.owner_started; stores from before versions read 0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -34,6 +44,7 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at REAL,
     exit_code INTEGER,
     owner_pid INTEGER,
+    owner_started INTEGER,
     detached INTEGER NOT NULL DEFAULT 0,
     max_duration INTEGER,
     host TEXT,
@@ -50,7 +61,11 @@ CREATE TABLE IF NOT EXISTS fleets (
     created_at REAL NOT NULL
 );
 """
-_JSON_FIELDS = ("host", "stack", "offer", "ports", "attempts", "configuration")
+_TABLES = {"runs", "fleets"}
+_MIGRATIONS = {0: ["ALTER TABLE runs ADD COLUMN owner_started INTEGER"]}  # from each version to the next
+_JSON_FIELDS = {"host": dict, "stack": dict, "offer": dict, "ports": list, "attempts": list, "configuration": dict}
+_NUMBER_FIELDS = ("submitted_at", "started_at", "finished_at", "price", "exit_code", "owner_pid", "owner_started",
+                  "max_duration")
 
 
 @dataclass
@@ -67,6 +82,7 @@ class RunRecord:
     finished_at: Optional[float] = None
     exit_code: Optional[int] = None
     owner_pid: Optional[int] = None
+    owner_started: Optional[int] = None  # the owner's start time (provisioner.owner): a reused pid is no owner
     detached: bool = False
     max_duration: Optional[int] = None
     host: Optional[dict] = None  # how to reach the job (provisioner.access.HostAccess)
@@ -94,23 +110,124 @@ class RunRecord:
         return self.price * max(0.0, end - self.started_at) / 3600
 
 
+class _Damage(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class StateStore:
-    def __init__(self, path=None):
-        self.path = path or dstack_home() / "state.db"
+    def __init__(self, path: Optional[Path] = None):
+        self.path = Path(path) if path else dstack_home() / "state.db"
+        self.marker = self.path.with_name(self.path.name + ".marker")
         private_dir(self.path.parent)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        self._open()
+
+    def _open(self) -> None:
+        if self.path.exists() and not self.path.is_file():
+            raise self._damaged("it is a directory, not a file" if self.path.is_dir() else "it is not a regular file")
+        if not self.path.exists() and self.marker.exists():
+            raise self._damaged("it is gone, though dstack recorded runs in it before")
+        if self.path.exists():
+            with self._connect(read=True) as db:
+                if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise _Damage("SQLite's check of its pages failed")
+                tables, version = self._schema(db)
+            if _TABLES <= tables and version == SCHEMA_VERSION:
+                self._mark()
+                return
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Creates the tables, or brings an older store's up to date. Under the write lock, so that two processes
+        opening a new home at once agree; the marker is written after the commit, so a store without tables and
+        with a marker was emptied, never half made."""
+        with self._connect(create=True) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN IMMEDIATE")
+            tables, version = self._schema(db)
+            if not tables and self.marker.exists():
+                raise _Damage("it holds no tables: it was truncated or emptied")
+            if tables and not _TABLES <= tables:
+                raise _Damage(f"its {' and '.join(sorted(_TABLES - tables))} table is missing")
+            if version > SCHEMA_VERSION:
+                raise DstackError(f"{self.path} was written by a newer dstack (schema {version}); upgrade dstack")
+            if not tables:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS.get(step, []):
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
         os.chmod(self.path, 0o600)
+        self._mark()
+
+    @staticmethod
+    def _schema(db: sqlite3.Connection) -> tuple:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return tables, db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _mark(self) -> None:
+        if self.marker.exists():
+            return
+        try:
+            self.marker.write_text("dstack's state store state.db was made in this folder: if it is ever lost or "
+                                   "emptied, dstack says so instead of starting afresh.\n")
+        except OSError:  # a full disk: the empty file it leaves marks as well, and the text comes next time
+            pass
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+    def _connect(self, read: bool = False, create: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection whose SQLite errors become the user's: damage moves the store aside, a full disk says so."""
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
+            db = self._reader() if read else self._connection("rwc" if create else "rw")
+        except sqlite3.Error as e:
+            raise self._failure(e) from None
+        failure: Optional[Exception] = None
+        try:
             yield db
+        except sqlite3.IntegrityError:  # a constraint the caller explains (a run name taken)
+            raise
+        except (sqlite3.Error, _Damage) as e:
+            failure = e
         finally:
             db.close()
+        if failure is not None:
+            raise self._failure(failure) from None
+
+    def _connection(self, mode: str, immutable: bool = False) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path))}?mode={mode}" + ("&immutable=1" if immutable else "")
+        return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+
+    def _reader(self) -> sqlite3.Connection:
+        """A connection for reading. On a full disk SQLite cannot make the shared-memory file that WAL reads need;
+        then no dstack process is connected (it would have made it), so every committed change is in the main
+        file, which is read as it is: `dstack ps` and `dstack logs` work on a full disk."""
+        db = self._connection("rw")
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.Error as e:
+            db.close()
+            if failure_kind(e, self.path.parent) != FULL:
+                raise
+        return self._connection("ro", immutable=True)
+
+    def _failure(self, error: Exception) -> Exception:
+        if isinstance(error, _Damage):
+            return self._damaged(error.reason)
+        kind = failure_kind(error, self.path.parent)
+        if kind == DAMAGED:
+            return self._damaged(f"SQLite says: {error}")
+        return store_error(kind, self.path, error)
+
+    def _damaged(self, reason: str) -> DstackError:
+        from provisioner.store_damage import set_aside_and_report
+
+        return set_aside_and_report(self.path, self.marker, reason)
 
     # --- runs ---
 
@@ -122,26 +239,24 @@ class StateStore:
             with self._connect() as db:
                 db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", list(values.values()))
         except sqlite3.IntegrityError:
-            from configuration.errors import ConfigurationError
-
             raise ConfigurationError(f"a run named {record.name} already exists; pick another name, or "
                                      f"`dstack delete {record.name}` once it has finished") from None
 
     def update_run(self, name: str, **changes) -> RunRecord:
-        values = {k: (json.dumps(v) if k in _JSON_FIELDS and v is not None else v) for k, v in changes.items()}
-        if "detached" in values:
-            values["detached"] = int(bool(values["detached"]))
+        values = self._columns(changes)
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(f"UPDATE runs SET {assignments} WHERE name = ?", [*values.values(), name])
+            updated = db.execute(f"UPDATE runs SET {assignments} WHERE name = ?", [*values.values(), name]).rowcount
             db.execute("COMMIT")
+        if not updated:
+            raise DstackError(f"{self.path} no longer holds run {name}: the store was moved aside or replaced while "
+                              "the run went on; its job may still be running (`dstack ps` says where)")
         return self.get_run(name)
 
     def claim_run(self, name: str, expected: tuple, status: str, **changes) -> bool:
         """Moves a run to `status` only if it is in one of `expected` now; one process wins the race."""
-        values = {k: (json.dumps(v) if k in _JSON_FIELDS and v is not None else v) for k, v in changes.items()}
-        values["status"] = status
+        values = self._columns({**changes, "status": status})
         assignments = ", ".join(f"{k} = ?" for k in values)
         marks = ", ".join("?" for _ in expected)
         with self._connect() as db:
@@ -151,40 +266,64 @@ class StateStore:
             db.execute("COMMIT")
             return cursor.rowcount == 1
 
-    def get_run(self, name: str) -> Optional[RunRecord]:
+    def claim_host(self, name: str, host: dict) -> Optional[str]:
+        """Records `host` as run `name`'s unless an active run holds the same address (hostname and port); returns
+        the run holding it, or None once claimed. The check and the claim are one transaction, so two runs
+        started at once never both get the host."""
+        address = (host.get("hostname"), host.get("port"))
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            marks = ", ".join("?" for _ in ACTIVE)
+            rows = db.execute(f"SELECT name, host FROM runs WHERE name != ? AND host IS NOT NULL "
+                              f"AND status IN ({marks})", (name, *ACTIVE)).fetchall()
+            for other, text in rows:
+                held = _load_json(text, dict, f"run {other}'s host")
+                if (held.get("hostname"), held.get("port")) == address:
+                    return other  # the transaction ends, unchanged, with the connection
+            db.execute("UPDATE runs SET host = ? WHERE name = ?", (json.dumps(host), name))
+            db.execute("COMMIT")
+        return None
+
+    def get_run(self, name: str) -> Optional[RunRecord]:
+        with self._connect(read=True) as db:
             db.row_factory = sqlite3.Row
             row = db.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()
-        return self._record(row) if row else None
+            return self._record(row) if row else None
 
     def list_runs(self) -> List[RunRecord]:
-        with self._connect() as db:
+        with self._connect(read=True) as db:
             db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM runs ORDER BY submitted_at DESC").fetchall()
-        return [self._record(r) for r in rows]
+            return [self._record(r) for r in db.execute("SELECT * FROM runs ORDER BY submitted_at DESC")]
 
     def delete_run(self, name: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM runs WHERE name = ?", (name,))
 
     @staticmethod
-    def _row(record: RunRecord) -> dict:
-        row = {}
-        for f in fields(RunRecord):
-            value = getattr(record, f.name)
-            if f.name in _JSON_FIELDS and value is not None:
+    def _columns(changes: dict) -> dict:
+        """Column values as stored: JSON text for the structured fields, 0/1 for `detached`."""
+        values = {}
+        for name, value in changes.items():
+            if name in _JSON_FIELDS and value is not None:
                 value = json.dumps(value)
-            elif f.name == "detached":
-                value = int(value)
-            row[f.name] = value
-        return row
+            elif name == "detached":
+                value = int(bool(value))
+            values[name] = value
+        return values
+
+    @classmethod
+    def _row(cls, record: RunRecord) -> dict:
+        return cls._columns({f.name: getattr(record, f.name) for f in fields(RunRecord)})
 
     @staticmethod
     def _record(row) -> RunRecord:
         data = dict(row)
-        for name in _JSON_FIELDS:
+        for name, kind in _JSON_FIELDS.items():
             if data.get(name) is not None:
-                data[name] = json.loads(data[name])
+                data[name] = _load_json(data[name], kind, f"run {data['name']}'s {name}")
+        for name in _NUMBER_FIELDS:
+            if data.get(name) is not None and not isinstance(data[name], (int, float)):
+                raise _Damage(f"run {data['name']}'s {name} is not a number")
         data["detached"] = bool(data["detached"])
         data["attempts"] = data.get("attempts") or []
         return RunRecord(**data)
@@ -197,10 +336,22 @@ class StateStore:
                        (name, source, json.dumps(hosts), time.time()))
 
     def list_fleets(self) -> List[dict]:
-        with self._connect() as db:
+        with self._connect(read=True) as db:
             rows = db.execute("SELECT name, source, hosts, created_at FROM fleets ORDER BY name").fetchall()
-        return [{"name": r[0], "source": r[1], "hosts": json.loads(r[2]), "created_at": r[3]} for r in rows]
+            return [{"name": r[0], "source": r[1], "hosts": _load_json(r[2], list, f"fleet {r[0]}'s hosts"),
+                     "created_at": r[3]} for r in rows]
 
     def delete_fleet(self, name: str) -> bool:
         with self._connect() as db:
             return db.execute("DELETE FROM fleets WHERE name = ?", (name,)).rowcount == 1
+
+
+def _load_json(text, kind: type, what: str):
+    """A JSON column's value, checked to be the object or list it must be: anything else is damage."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        raise _Damage(f"{what} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise _Damage(f"{what} is not a JSON {'object' if kind is dict else 'list'}")
+    return value

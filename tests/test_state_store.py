@@ -1,0 +1,246 @@
+"""The state store under damage and a full disk: no traceback, the damaged file kept aside and named, the jobs it
+leaves running named, reading commands working on a full disk; and `dstack logs` when the output is gone."""
+
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioner.access import HostAccess
+from provisioner.job import JobSpec, start_job
+from provisioner.state import SCHEMA_VERSION, RunRecord, StateStore
+from provisioner.transport import LocalTransport
+from tests.helpers import run_cli
+from tests.test_runs import write
+
+
+def running_local_run(home: Path, name: str) -> int:
+    """A detached local run whose job (sleep) is running, as `apply -d` leaves it; returns the job's group."""
+    store = StateStore()
+    store.create_run(RunRecord(name=name, status="running", submitted_at=time.time(), backend="local",
+                               region="local", host=HostAccess(kind="local").to_json(), detached=True,
+                               started_at=time.time()))
+    return start_job(LocalTransport(str(home / "jobs")), JobSpec(run_name=name, commands=["sleep 300"]))
+
+
+@pytest.fixture
+def live_job(dstack_home):
+    pgid = running_local_run(dstack_home, "survivor")
+    yield pgid
+    try:
+        os.killpg(pgid, 9)
+    except ProcessLookupError:
+        pass
+
+
+def garbage_pages(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[4096:] = random.Random(13).randbytes(len(data) - 4096)  # every page but the header's
+    path.write_bytes(bytes(data))
+
+
+def bad_json(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("UPDATE runs SET host = '{\"kind\": ' WHERE name = 'survivor'")
+    db.commit()
+    db.close()
+
+
+def text_for_a_number(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("UPDATE runs SET submitted_at = 'yesterday' WHERE name = 'survivor'")
+    db.commit()
+    db.close()
+
+
+def drop_runs(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE runs")
+    db.commit()
+    db.close()
+
+
+def directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+DAMAGE = {
+    "truncated": (lambda p: os.truncate(p, p.stat().st_size // 2), "SQLite"),
+    "garbage pages": (garbage_pages, "SQLite"),
+    "bad JSON column": (bad_json, "run survivor's host is not valid JSON"),
+    "text for a number": (text_for_a_number, "run survivor's submitted_at is not a number"),
+    "a directory": (directory, "it is a directory, not a file"),
+    "not a database": (lambda p: p.write_text("type: task\ncommands: [echo]\n" * 200), "file is not a database"),
+    "zero bytes": (lambda p: os.truncate(p, 0), "it holds no tables: it was truncated or emptied"),
+    "table dropped": (drop_runs, "its runs table is missing"),
+    "deleted": (lambda p: p.unlink(), "it is gone, though dstack recorded runs in it before"),
+}
+
+
+@pytest.mark.parametrize("command", [["ps"], ["logs", "survivor"], ["stop", "survivor"]])
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_store_is_named_set_aside_and_its_running_job_named(damage, command, dstack_home, live_job):
+    path = dstack_home / "state.db"
+    spoil, reason = DAMAGE[damage]
+    spoil(path)
+    result = run_cli(*command, env={"DSTACK_HOME": str(dstack_home)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == "" and len(result.stderr.splitlines()) <= 4, result.stderr
+    assert f"the state store {path} is damaged: " in result.stderr and reason in result.stderr
+    assert f"job survivor is still running on this machine (`kill -TERM -{live_job}` stops it)" in result.stderr
+    kept = sorted(p.name for p in dstack_home.glob("state.db.damaged-*") if not p.name.endswith(("-wal", "-shm")))
+    if damage == "deleted":
+        assert kept == [] and "The next dstack command starts a new, empty store" in result.stderr
+    else:
+        assert len(kept) == 1 and f"It was moved to {kept[0]}, for inspection" in result.stderr
+    os.killpg(live_job, 0)  # the job was left alone: it is the user's to stop
+
+
+def test_after_the_damage_ps_starts_afresh_and_still_names_the_running_job(dstack_home, live_job):
+    os.truncate(dstack_home / "state.db", 0)
+    env = {"DSTACK_HOME": str(dstack_home)}
+    assert run_cli("ps", env=env).returncode == 1
+    again = run_cli("ps", "-a", env=env)
+    assert again.returncode == 0 and again.stdout.strip() == "No runs."
+    assert (f"warning: job survivor is still running on this machine (`kill -TERM -{live_job}` stops it), but no "
+            f"active run in {dstack_home / 'state.db'} knows it") in again.stderr
+
+
+def test_a_damaged_store_names_the_jobs_on_its_fleet_hosts(dstack_home, make_host, client_key):
+    from provisioner.ssh import SSHTarget, connect
+
+    host = make_host()
+    access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=client_key[0])
+    transport = connect(SSHTarget(hostname=host.address, user="root", identity_file=client_key[0]), total_wait=10)
+    pgid = start_job(transport, JobSpec(run_name="far-away", commands=["sleep 300"]))
+    try:
+        store = StateStore()
+        store.save_fleet("lab", "/src/lab.dstack.yml", [{"access": access.to_json(), "facts": {}}])
+        store.create_run(RunRecord(name="far-away", status="running", submitted_at=time.time(), backend="ssh",
+                                   region="lab", host=access.to_json(), detached=True))
+        bad = sqlite3.connect(store.path)
+        bad.execute("UPDATE runs SET configuration = '[1, 2' WHERE name = 'far-away'")
+        bad.commit()
+        bad.close()
+        result = run_cli("ps", env={"DSTACK_HOME": str(dstack_home)})
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "run far-away's configuration is not valid JSON" in result.stderr
+        assert (f"job far-away is still running on root@{host.address}:22 (`kill -TERM -{pgid}` on that host "
+                "stops it)") in result.stderr
+        assert "fleet lab must be registered again: `dstack apply -f /src/lab.dstack.yml`" in result.stderr
+    finally:
+        transport.run(f"kill -9 -{pgid}")
+        transport.close()
+
+
+def test_an_old_store_is_brought_up_to_date(dstack_home):
+    dstack_home.mkdir(parents=True)
+    old = sqlite3.connect(dstack_home / "state.db")
+    old.executescript("""
+        CREATE TABLE runs (name TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT, backend TEXT, region TEXT,
+            instance TEXT, price REAL, submitted_at REAL NOT NULL, started_at REAL, finished_at REAL,
+            exit_code INTEGER, owner_pid INTEGER, detached INTEGER NOT NULL DEFAULT 0, max_duration INTEGER,
+            host TEXT, stack TEXT, offer TEXT, ports TEXT, attempts TEXT, configuration TEXT);
+        CREATE TABLE fleets (name TEXT PRIMARY KEY, source TEXT, hosts TEXT NOT NULL, created_at REAL NOT NULL);
+        INSERT INTO runs (name, status, submitted_at, owner_pid, host) VALUES ('old', 'done', 1.0, 12, '{"kind": "local"}');
+    """)
+    old.close()
+    store = StateStore()
+    record = store.get_run("old")
+    assert (record.status, record.owner_pid, record.owner_started, record.host) == ("done", 12, None, {"kind": "local"})
+    store.create_run(RunRecord(name="new", status="running", submitted_at=2.0, owner_pid=13, owner_started=99))
+    assert (store.get_run("new").owner_pid, store.get_run("new").owner_started) == (13, 99)
+    check = sqlite3.connect(store.path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    check.close()
+    assert store.marker.exists()
+
+
+def test_a_store_another_process_makes_meanwhile_is_no_damage(monkeypatch, dstack_home):
+    """Two commands in a new home: one finds the file without tables while the other is making them, and must
+    not take the other's marker, written just after, for a store that was emptied."""
+    dstack_home.mkdir()
+    (dstack_home / "state.db").touch()  # what the other's first connection leaves, for a moment
+    read_schema = StateStore._schema
+    first = []
+
+    def schema_then_the_other_finishes(db):
+        found = read_schema(db)
+        if not first:
+            first.append(found)
+            StateStore()  # the other command makes the tables, then the marker
+        return found
+
+    monkeypatch.setattr(StateStore, "_schema", staticmethod(schema_then_the_other_finishes))
+    store = StateStore()
+    assert first == [(set(), 0)] and store.list_runs() == []
+    assert not list(dstack_home.glob("state.db.damaged-*"))
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch):
+    """A 4 MB tmpfs as $DSTACK_HOME's disk, and a function that fills it."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        reason = f"cannot mount a tmpfs: {done.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the full-disk test must run under CI: {reason}")
+        pytest.skip(reason)
+    home = mount / "home"
+    monkeypatch.setenv("DSTACK_HOME", str(home))
+
+    def fill() -> None:
+        with open(mount / "filler", "ab", buffering=0) as filler:
+            for size in (1 << 16, 1 << 12, 1):
+                try:
+                    while True:
+                        filler.write(b"\0" * size)
+                except OSError:
+                    pass
+        assert os.statvfs(mount).f_bavail == 0
+
+    yield home, fill
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_on_a_full_disk_reading_commands_work_and_writing_ones_say_so(tmp_path, full_disk):
+    home, fill = full_disk
+    env = {"DSTACK_HOME": str(home)}
+    conf = write(tmp_path, "t.dstack.yml", "type: task\nname: before-full\ncommands: [echo written earlier]\n")
+    assert run_cli("apply", "-f", conf, "-y", env=env).returncode == 0
+    fill()
+    listed = run_cli("ps", "-a", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [r["name"] for r in json.loads(listed.stdout)["runs"]] == ["before-full"]
+    shown = run_cli("logs", "before-full", env=env)
+    assert (shown.returncode, shown.stdout) == (0, "written earlier\n"), shown.stderr
+    again = write(tmp_path, "u.dstack.yml", "type: task\nname: after-full\ncommands: [echo never]\n")
+    for argv in (["apply", "-f", again, "-y"], ["delete", "before-full"]):
+        refused = run_cli(*argv, env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"error: cannot write {home / 'state.db'}: the disk is full" in refused.stderr
+
+
+def test_logs_of_a_run_whose_output_is_gone_say_so(tmp_path, dstack_home):
+    import shutil
+
+    env = {"DSTACK_HOME": str(dstack_home)}
+    conf = write(tmp_path, "t.dstack.yml", "type: task\nname: gone-logs\ncommands: [echo kept]\n")
+    assert run_cli("apply", "-f", conf, "-y", env=env).returncode == 0
+    shutil.rmtree(dstack_home / "jobs" / "gone-logs")
+    copy = run_cli("logs", "gone-logs", env=env)  # the copy kept under runs/ still has it
+    assert (copy.returncode, copy.stdout) == (0, "kept\n")
+    shutil.rmtree(dstack_home / "runs" / "gone-logs")
+    gone = run_cli("logs", "gone-logs", env=env)
+    assert gone.returncode == 1 and gone.stdout == ""
+    assert (f"error: the output of gone-logs is gone: its job folder on this machine holds no log any more, and the "
+            f"copy dstack keeps ({dstack_home / 'runs' / 'gone-logs' / 'output.log'}) does not exist") in gone.stderr
