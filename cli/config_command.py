@@ -46,6 +46,6 @@ def _cloud_checks(name: str, backend) -> list:
         from stacks.aws_checks import check_aws
 
         return check_aws(regions, vpc_name=backend.vpc_name)
-    from stacks.checks import WARN, Check
+    from stacks.gcp_checks import check_gcp
 
-    return [Check("gcp", "checks", WARN, "GCP checks are not implemented yet")]
+    return check_gcp(regions, project_id=backend.project_id, vpc_name=backend.vpc_name)
