@@ -217,7 +217,7 @@ def test_two_detached_applies_on_a_one_host_fleet(tmp_path, dstack_home, make_ho
     env = {"DSTACK_HOME": str(dstack_home)}
     fleet = write(tmp_path, "fleet.dstack.yml", f"type: fleet\nname: one\nssh_config:\n  user: root\n"
                   f"  identity_file: {client_key[0]}\n  hosts: [{host.address}]\n")
-    assert run_cli("apply", "-f", fleet, env=env).returncode == 0
+    assert run_cli("apply", "-f", fleet, "-y", env=env).returncode == 0
     confs = [write(tmp_path, f"{n}.dstack.yml", f"type: task\nname: {n}\nbackends: [ssh]\ncommands: [sleep 300]\n")
              for n in ("left", "right")]
     full_env = dict(os.environ, **env)

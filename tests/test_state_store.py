@@ -113,11 +113,12 @@ def test_after_the_damage_ps_starts_afresh_and_still_names_the_running_job(dstac
 
 
 def test_a_damaged_store_names_the_jobs_on_its_fleet_hosts(dstack_home, make_host, client_key):
-    from provisioner.ssh import SSHTarget, connect
+    from provisioner.ssh import connect
 
     host = make_host()
-    access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=client_key[0])
-    transport = connect(SSHTarget(hostname=host.address, user="root", identity_file=client_key[0]), total_wait=10)
+    access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=client_key[0],
+                        host_key=host.host_public_key)
+    transport = connect(access.ssh_target(), total_wait=10)
     pgid = start_job(transport, JobSpec(run_name="far-away", commands=["sleep 300"]))
     try:
         store = StateStore()
