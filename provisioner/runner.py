@@ -94,10 +94,16 @@ def job_spec(run_name: str, configuration, offer: Offer) -> JobSpec:
     )
 
 
-def _ruled_out(offer: Offer, blocked: set) -> Optional[str]:
+def _scope_key(offer: Offer, scope: str) -> tuple:
+    """What a failure of `scope` rules out for the next tries: the cloud, a region, a zone, or an instance type."""
     zone = offer.zones[0] if offer.zones else ""
-    for key, why in (((offer.backend,), "cloud"), ((offer.backend, offer.region), "region"),
-                     ((offer.backend, offer.region, zone), "zone")):
+    return {"cloud": (offer.backend,), "region": (offer.backend, offer.region),
+            "zone": (offer.backend, offer.region, zone), "type": (offer.backend, "type", offer.instance.name)}[scope]
+
+
+def _ruled_out(offer: Offer, blocked: set) -> Optional[str]:
+    for why in ("cloud", "region", "zone", "type"):
+        key = _scope_key(offer, why)
         if key in blocked:
             return why
     return None
@@ -143,8 +149,7 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
                 store.update_run(run_name, attempts=attempts)
                 if not failure.retryable:
                     raise RunFailed(f"{label}: {failure.kind} error, not retrying: {failure.message}") from None
-                blocked.add({"zone": (offer.backend, offer.region, zone), "region": (offer.backend, offer.region),
-                             "cloud": (offer.backend,)}[failure.scope])
+                blocked.add(_scope_key(offer, failure.scope))
                 say(f"{label}: {failure.kind} ({failure.message}); trying the next "
                     f"{'zone' if failure.scope == 'zone' else 'offer'}")
                 continue

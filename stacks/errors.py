@@ -31,6 +31,10 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
     (r"SpotMaxPriceTooLow|capacity-not-available|UnfulfillableCapacity", CAPACITY, "zone"),
     (r"STOCKOUT|stockout", CAPACITY, "zone"),
     (r"OptInRequired", UNAVAILABLE, "region"),
+    # A boot disk type the machine series does not take (stacks.gcp.HYPERDISK_ONLY should prevent it): that machine
+    # type is unusable here, other types are not.
+    (r"[Dd]isk type .{0,80}(not supported|cannot be used)|diskType.{0,120}(not supported|not compatible)|"
+     r"UNSUPPORTED_OPERATION.{0,120}[Hh]yperdisk", UNAVAILABLE, "type"),
     (r"AuthFailure|UnauthorizedOperation|InvalidClientTokenId|ExpiredToken|SignatureDoesNotMatch|"
      r"NoCredentialProviders|no valid credential sources|could not find default credentials|"
      r"invalid_grant|Error 401|Request had invalid authentication credentials", CREDENTIALS, "cloud"),
@@ -50,7 +54,8 @@ _HINTS: Tuple[Tuple[str, str], ...] = (
 
 @dataclass
 class StackFailure(DstackError):
-    """A failed `up`: kind is capacity, quota, credentials or configuration; scope is zone, region or cloud."""
+    """A failed `up`: kind is capacity, quota, unavailable, credentials or configuration; scope is zone, region, cloud
+    or type (the instance type, everywhere)."""
 
     kind: str
     scope: str

@@ -98,6 +98,31 @@ def test_the_zones_of_one_offer_count_as_one_try(session):
     assert len(clouds["aws"].provisioned) == 2 * MAX_OFFERS_TRIED
 
 
+def test_a_disk_type_the_machine_series_refuses_rules_out_that_type_only(session):
+    session, clouds = session
+    text = ("googleapi: Error 400: [pd-balanced] disk type cannot be used by [a3-ultragpu-8g] machine type., "
+            "badRequest")
+    failure = classify(text)
+    assert (failure.kind, failure.scope, failure.retryable) == ("unavailable", "type", True)
+    ultra = InstanceType("a3-ultragpu-8g", 224, 2952.0, "nvidia", "H200", 8, 141.0, "x86", True)
+    mega = InstanceType("a3-megagpu-8g", 208, 1872.0, "nvidia", "H100", 8, 80.0, "x86", True)
+
+    class RefusesUltra(FakeCloud):
+        def provision(self, run_name, offer, configuration, report):
+            self.provisioned.append((offer.instance.name, offer.zones[0]))
+            if offer.instance.name == "a3-ultragpu-8g":
+                raise classify(text)
+            return HostAccess(kind="ssh", hostname="203.0.113.7", user="ubuntu")
+
+    clouds["gcp"] = RefusesUltra("gcp", {})
+    offers = [Offer("gcp", ultra, "us-central1", ("us-central1-a", "us-central1-b"), False, 80.0, 100.0, 0.01),
+              Offer("gcp", ultra, "europe-west4", ("europe-west4-a",), False, 81.0, 100.0, 0.01),
+              Offer("gcp", mega, "us-central1", ("us-central1-a",), False, 90.0, 100.0, 0.01)]
+    chosen, _ = provision_with_failover(session, "fo", offers, CONF)
+    assert chosen.instance.name == "a3-megagpu-8g"
+    assert clouds["gcp"].provisioned == [("a3-ultragpu-8g", "us-central1-a"), ("a3-megagpu-8g", "us-central1-a")]
+
+
 def test_a_global_gpu_quota_rules_out_the_whole_cloud(session):
     session, clouds = session
     clouds["gcp"] = FakeCloud("gcp", {"us-central1": GPUS_GLOBAL})
