@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
-from stacks.checks import FAIL, OK, WARN, Check
+from stacks.checks import FAIL, OK, WARN, Check, regions_check
 
 # Service Quotas codes of the vCPU limits that gate GPU and accelerator instances (EC2, per region).
 GPU_QUOTAS = {
@@ -36,15 +36,10 @@ def check_aws(regions: Sequence[str], vpc_name: Optional[str] = None, session=No
         return [Check("aws", "credentials", FAIL, f"AWS rejected the credentials: {e}")]
     checks = [Check("aws", "credentials", OK, arn)]
     status = opt_in_status(make("ec2", HOME_REGION), regions)
-    disabled = sorted(r for r, s in status.items() if s == "not-opted-in")
-    unknown = sorted(r for r in regions if r not in status)
     enabled = [r for r in regions if r in status and status[r] != "not-opted-in"]
-    detail = f"{len(enabled)} of {len(regions)} enabled"
-    if disabled:
-        detail += f"; not enabled (opt-in regions, skipped by runs): {', '.join(disabled)}"
-    if unknown:
-        detail += f"; unknown to AWS: {', '.join(unknown)}"
-    checks.append(Check("aws", "regions", OK if not disabled and not unknown else WARN, detail))
+    checks.append(regions_check("aws", regions, enabled, "enabled", {
+        "not enabled (opt-in regions, skipped by runs)": [r for r, s in status.items() if s == "not-opted-in"],
+        "unknown to AWS": [r for r in regions if r not in status]}))
     if not enabled:
         return checks
     with ThreadPoolExecutor(max_workers=8) as pool:

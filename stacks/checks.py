@@ -7,7 +7,7 @@ SDKs are imported only inside the check that talks to that cloud.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -54,6 +54,16 @@ def _parse_version(text: str) -> Optional[tuple]:
 
     match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", text)
     return tuple(int(part) for part in match.groups()) if match else None
+
+
+def regions_check(backend: str, wanted: Sequence[str], usable: Sequence[str], word: str,
+                  problems: Dict[str, Sequence[str]]) -> Check:
+    """"N of M <word>", then each non-empty problem (what is wrong: the regions), warn when there is one."""
+    detail = f"{len(usable)} of {len(wanted)} {word}"
+    found = {what: regions for what, regions in problems.items() if regions}
+    for what, regions in found.items():
+        detail += f"; {what}: {', '.join(sorted(regions))}"
+    return Check(backend, "regions", WARN if found else OK, detail)
 
 
 def worst(checks: List[Check]) -> str:

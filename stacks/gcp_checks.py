@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from stacks.checks import FAIL, OK, WARN, Check
+from stacks.checks import FAIL, OK, WARN, Check, regions_check
 
 
 def check_gcp(regions: Sequence[str], project_id: Optional[str] = None, vpc_name: Optional[str] = None,
@@ -48,14 +48,9 @@ def check_gcp(regions: Sequence[str], project_id: Optional[str] = None, vpc_name
         return checks + [Check("gcp", "project", FAIL, f"project {project_id}: {_reason(e)}")]
     checks.append(Check("gcp", "project", OK, project_id))
     usable = [r for r in regions if r in found and found[r].status == "UP"]
-    missing = sorted(set(regions) - set(found))
-    down = sorted(r for r in regions if r in found and found[r].status != "UP")
-    detail = f"{len(usable)} of {len(regions)} usable"
-    if missing:
-        detail += f"; unknown to this project: {', '.join(missing)}"
-    if down:
-        detail += f"; not UP: {', '.join(down)}"
-    checks.append(Check("gcp", "regions", OK if not missing and not down else WARN, detail))
+    checks.append(regions_check("gcp", regions, usable, "usable", {
+        "unknown to this project": [r for r in regions if r not in found],
+        "not UP": [r for r in regions if r in found and found[r].status != "UP"]}))
     network = vpc_name or "default"
     try:
         compute_v1.NetworksClient(credentials=credentials, transport="rest", **options).get(

@@ -56,6 +56,17 @@ def moto_endpoint():
 
 
 @pytest.fixture
+def aws_on_moto(monkeypatch, moto_endpoint):
+    """boto3 talks to the local moto server (every service), with test credentials and no instance metadata."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return moto_endpoint
+
+
+@pytest.fixture
 def no_aws_credentials(monkeypatch, tmp_path):
     """No AWS credentials anywhere boto3 looks: environment, config files, instance metadata."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):

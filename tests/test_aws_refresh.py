@@ -15,14 +15,6 @@ from tests.helpers import DATA
 RECORDED = json.loads((DATA / "aws" / "pricing-get-products-us-east-1.json").read_text())
 
 
-@pytest.fixture
-def aws_env(monkeypatch, moto_endpoint):
-    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-
-
 def stubbed_pricing():
     client = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     stubber = Stubber(client)
@@ -38,7 +30,7 @@ def stubbed_pricing():
     return client, stubber
 
 
-def test_refresh_builds_the_catalogue_from_the_apis(aws_env, dstack_home):
+def test_refresh_builds_the_catalogue_from_the_apis(aws_on_moto, dstack_home):
     pricing, stubber = stubbed_pricing()
     log = []
     path = refresh_aws_catalog(regions=["us-east-1"], log=log.append, pricing_client=pricing)
@@ -59,7 +51,7 @@ def test_refresh_builds_the_catalogue_from_the_apis(aws_env, dstack_home):
     assert any("on-demand prices" in line for line in log)
 
 
-def test_refreshed_catalogue_feeds_dstack_offers(aws_env, dstack_home):
+def test_refreshed_catalogue_feeds_dstack_offers(aws_on_moto, dstack_home):
     from tests.helpers import run_cli
 
     pricing, _ = stubbed_pricing()
@@ -74,7 +66,7 @@ def test_missing_credentials_are_named(no_aws_credentials):
         refresh_aws_catalog(regions=["us-east-1"], log=lambda _: None)
 
 
-def test_nothing_priced_leaves_the_catalogue_alone(aws_env, dstack_home):
+def test_nothing_priced_leaves_the_catalogue_alone(aws_on_moto, dstack_home):
     client = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     with Stubber(client) as stubber:
         stubber.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": []})
@@ -83,7 +75,7 @@ def test_nothing_priced_leaves_the_catalogue_alone(aws_env, dstack_home):
     assert not (dstack_home / "catalog" / "aws.catalog").exists()
 
 
-def test_accelerators_without_an_image_are_no_offers(aws_env):
+def test_accelerators_without_an_image_are_no_offers(aws_on_moto):
     from offers.aws_refresh import instance_types
 
     found = instance_types(boto3.client("ec2"))  # moto's describe_instance_types: every type it knows

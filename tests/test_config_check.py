@@ -12,14 +12,6 @@ from stacks.checks import FAIL, OK, WARN, check_pulumi
 from tests.helpers import run_cli
 
 
-@pytest.fixture
-def aws_env(monkeypatch, moto_endpoint):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
 def clients_with_quotas(values_by_region):
     """boto3 clients on moto, except Service Quotas, answered from `values_by_region` (None: access denied)."""
     stubbers = []
@@ -47,7 +39,7 @@ def by_subject(checks):
     return {c.subject: c for c in checks}
 
 
-def test_aws_answers_each_question_in_one_line(aws_env):
+def test_aws_answers_each_question_in_one_line(aws_on_moto):
     make, stubbers = clients_with_quotas({"us-east-1": {"L-DB2E81BA": 64.0}, "us-west-2": {}})
     checks = by_subject(check_aws(["us-east-1", "us-west-2", "ap-south-2"], clients=make))
     assert checks["credentials"].status == OK and checks["credentials"].detail.startswith("arn:aws:")
@@ -60,7 +52,7 @@ def test_aws_answers_each_question_in_one_line(aws_env):
         stubber.assert_no_pending_responses()
 
 
-def test_aws_zero_quotas_a_missing_vpc_and_unreadable_quotas(aws_env):
+def test_aws_zero_quotas_a_missing_vpc_and_unreadable_quotas(aws_on_moto):
     make, _ = clients_with_quotas({"us-east-1": {code: None for code in GPU_QUOTAS}})
     checks = by_subject(check_aws(["us-east-1", "us-west-2"], vpc_name="ml-vpc", clients=make))
     assert checks["network"].status == FAIL
@@ -76,7 +68,7 @@ def test_aws_without_credentials_says_what_to_set(no_aws_credentials):
     assert "aws configure" in checks[0].detail
 
 
-def test_an_opt_in_region_is_skipped_by_failover_not_fatal(aws_env):
+def test_an_opt_in_region_is_skipped_by_failover_not_fatal(aws_on_moto):
     from stacks.aws_checks import require_region_enabled
     from stacks.errors import StackFailure
 
