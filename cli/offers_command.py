@@ -84,10 +84,11 @@ def offers(
 
 
 def _print_table(requirements, search, catalogs) -> None:
+    from rich.markup import escape  # a file's values may hold `[...]`, which rich reads as markup
     from rich.table import Table
 
     console = stdout_console()
-    console.print(f"[bold]Request:[/] {requirements.describe()}")
+    console.print(f"[bold]Request:[/] {escape(requirements.describe())}")
     if not search.offers:
         from offers.spot_gaps import missing_spot_prices
 
@@ -99,8 +100,9 @@ def _print_table(requirements, search, catalogs) -> None:
                             ("RESOURCES", "left"), ("SPOT", "left"), ("$/HOUR", "right"), ("WITH DISK", "right")):
         table.add_column(column, justify=justify)
     for i, offer in enumerate(search.offers, 1):
-        table.add_row(str(i), offer.backend, offer.region, offer.instance.name, offer.describe_resources(),
-                      "spot" if offer.spot else "on-demand", _price(offer.price), _price(offer.total_price))
+        table.add_row(str(i), offer.backend, escape(offer.region), escape(offer.instance.name),
+                      escape(offer.describe_resources()), "spot" if offer.spot else "on-demand", _price(offer.price),
+                      _price(offer.total_price))
     console.print(table)
     console.print(f"{search.total} offers, showing {len(search.offers)}. "
                   "WITH DISK adds the disk's list price (EBS gp3, GCP pd-balanced).")
@@ -112,10 +114,11 @@ def _print_table(requirements, search, catalogs) -> None:
 
 
 def _print_groups(requirements, groups, keys, total) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = stdout_console()
-    console.print(f"[bold]Request:[/] {requirements.describe()}")
+    console.print(f"[bold]Request:[/] {escape(requirements.describe())}")
     table = Table(box=None, header_style="bold")
     for key in keys:
         if key != "count":
@@ -137,7 +140,7 @@ def _print_groups(requirements, groups, keys, total) -> None:
             ", ".join(g["backends"]),
             str(g["offers"]),
         ]
-        table.add_row(*cells)
+        table.add_row(*map(escape, cells))
     console.print(table)
     console.print(f"{total} offers in {len(groups)} groups.")
 

@@ -21,19 +21,21 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[Tuple[str, str]]:
 
 def print_plan(source: str, run_name: str, requirements, search, document: dict, console=None) -> None:
     """On stdout for `--dry-run`; on stderr before a real run, whose stdout is the job's output alone."""
+    from rich.markup import escape  # the file's name and values may hold `[...]`, which rich reads as markup
     from rich.table import Table
 
     console = console or stdout_console()
-    console.print(f"[bold]Run[/] {run_name} from {source}")
-    console.print(f"[bold]Request:[/] {requirements.describe()}")
+    console.print(f"[bold]Run[/] {run_name} from {escape(source)}")
+    console.print(f"[bold]Request:[/] {escape(requirements.describe())}")
     if not search.offers:
         return
     offers = Table(box=None, header_style="bold", title="Offers, cheapest first", title_justify="left")
     for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "$/HOUR", "WITH DISK"):
         offers.add_column(column)
     for i, offer in enumerate(search.offers, 1):
-        offers.add_row(str(i), offer.backend, offer.region, offer.instance.name, offer.describe_resources(),
-                       "spot" if offer.spot else "on-demand", f"${offer.price:.4f}", f"${offer.total_price:.4f}")
+        offers.add_row(str(i), offer.backend, escape(offer.region), escape(offer.instance.name),
+                       escape(offer.describe_resources()), "spot" if offer.spot else "on-demand",
+                       f"${offer.price:.4f}", f"${offer.total_price:.4f}")
     console.print(offers)
     console.print(f"{search.total} offers match; the first is used, the next ones if it has no capacity.")
     resources = document.get("resources") or []
@@ -43,5 +45,5 @@ def print_plan(source: str, run_name: str, requirements, search, document: dict,
             table.add_column(column)
         for resource in resources:
             inputs = "\n".join(f"{k}: {v}" for k, v in _flatten(resource["inputs"]))
-            table.add_row(resource["type"], resource["name"], inputs)
+            table.add_row(resource["type"], resource["name"], escape(inputs))
         console.print(table)

@@ -6,6 +6,7 @@ A flag replaces the file's value for that field; nothing is merged (`--gpu A100`
 
 from __future__ import annotations
 
+import math
 from typing import Any, List, Optional
 
 import typer
@@ -31,7 +32,23 @@ RegionOption = Annotated[Optional[List[str]], typer.Option("-r", "--region", hel
 InstanceTypeOption = Annotated[
     Optional[List[str]], typer.Option("--instance-type", help="Instance types to consider (repeatable)")
 ]
-MaxPriceOption = Annotated[Optional[float], typer.Option("--max-price", help="Maximum price per hour, in dollars")]
+
+
+def parse_max_price(text: str) -> float:
+    """A positive, finite number: float() alone would take `nan`, `inf` and `1e400` (inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{text!r} is not a price: give a positive number of dollars per hour, e.g. 2.5")
+    return value
+
+
+MaxPriceOption = Annotated[
+    Optional[float],
+    typer.Option("--max-price", parser=parse_max_price, metavar="FLOAT", help="Maximum price per hour, in dollars"),
+]
 FileOption = Annotated[Optional[str], typer.Option("-f", "--file", help="A *.dstack.yml configuration")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 
@@ -91,8 +108,6 @@ def build_requirements(
 ) -> Requirements:
     """The requirements of a run: the configuration's (when given), each overridden by its flag."""
     resources = configuration.resources if configuration is not None else ResourcesSpec()
-    if max_price is not None and max_price <= 0:
-        raise typer.BadParameter("must be greater than 0", param_hint="'--max-price'")
 
     def pick(flag: Any, field: str) -> Any:
         if flag:

@@ -96,9 +96,10 @@ def load_config() -> DstackConfig:
     path = dstack_home() / "config.yml"
     if not path.exists():
         return DstackConfig()
-    from configuration.loader import describe_validation_error, read_yaml
+    from configuration.loader import describe_validation_error
+    from configuration.yaml_input import load_yaml_file
 
-    data, root = read_yaml(path.read_text(), str(path))
+    data, root = load_yaml_file(path)
     try:
         return TypeAdapter(DstackConfig).validate_python(data or {})
     except ValidationError as e:

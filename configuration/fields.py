@@ -10,8 +10,19 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from configuration.resources import StrictModel
 
 SUPPORTED_PYTHON = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RUN_NAME = re.compile(r"^[a-z][a-z0-9-]{1,40}$")
+# `\Z`, not `$`: `$` also matches before a final newline, which a quoted YAML string may hold
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+RUN_NAME = re.compile(r"^[a-z][a-z0-9-]{1,40}\Z")
+# A host name or address (`10.0.0.1`, `gpu-1.example.com`, `fe80::1%eth0`) and a login name: they reach SSH, logs and
+# tables, so no spaces, control characters, markup brackets or a leading `-` (an option to a command line).
+HOSTNAME = re.compile(r"^[A-Za-z0-9:][A-Za-z0-9_.:%-]{0,252}\Z")
+LOGIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@$-]{0,63}\Z")
+
+
+def check_pattern(value: Optional[str], pattern: re.Pattern, what: str) -> Optional[str]:
+    if value is not None and not pattern.match(value):
+        raise ValueError(f"Invalid {what}: {value!r}")
+    return value
 
 
 def parse_python_version(v: Any) -> str:

@@ -12,11 +12,10 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence
 
-import yaml
-
 from configuration.errors import ConfigurationError
 from configuration.home import dstack_home
 from configuration.secret_names import looks_secret
+from configuration.yaml_input import load_yaml_file
 
 _PATTERN = re.compile(r"(\$?)\$\{\{\s*([A-Za-z_]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 SECRET_MASK = "[secret]"
@@ -46,10 +45,7 @@ def load_secrets(environ: Mapping[str, str]) -> Callable[[str], Optional[str]]:
     path = dstack_home() / "secrets.yml"
     stored: Dict[str, str] = {}
     if path.exists():
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigurationError(f"{path}: YAML syntax error: {e}") from None
+        data = load_yaml_file(path)[0] or {}
         if not isinstance(data, dict):
             raise ConfigurationError(f"{path}: expected a mapping NAME: value")
         stored = {str(k): str(v) for k, v in data.items() if v is not None}

@@ -1,11 +1,13 @@
 """Reads a `*.dstack.yml` file into a configuration model, turning every failure into one readable ConfigurationError.
 
 Messages look like `train.dstack.yml:7: resources.gpu: GPU spec count conflict: A100:2:3` or
-`typo.dstack.yml:3: unknown field 'comands' (did you mean 'commands'?)`. No traceback reaches the user.
+`typo.dstack.yml:3: unknown field 'comands' (did you mean 'commands'?)`. No traceback reaches the user. Reading the
+file itself, within bounds, is configuration.yaml_input's job.
 """
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import typing
 from pathlib import Path
@@ -22,34 +24,34 @@ from configuration.models import (
     FleetConfiguration,
     TaskConfiguration,
 )
+from configuration.yaml_input import parse_yaml, read_text, shorten
 
 MODELS_BY_TYPE = {
     "task": TaskConfiguration,
     "dev-environment": DevEnvironmentConfiguration,
     "fleet": FleetConfiguration,
 }
+MAX_PROBLEMS = 10  # listed in one error; the rest are counted
 _ADAPTER: Optional[TypeAdapter] = None
 
 
 def load_configuration(path: Path):
     """Parse and validate one configuration file."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigurationError(f"{path}: cannot read the file: {e.strerror}") from None
-    return parse_configuration(text, source=str(path))
+    return parse_configuration(read_text(path), source=str(path))
 
 
 def parse_configuration(text: str, source: str):
-    data, root = read_yaml(text, source)
+    data, root = parse_yaml(text, source)
     if not isinstance(data, dict):
-        raise ConfigurationError(f"{source}: expected a mapping of fields at the top (type, commands, ...)")
+        raise ConfigurationError(f"{source}: expected a mapping of fields at the top (type, commands, ...), "
+                                 f"got {_kind(data)}")
     kind = data.get("type")
     if kind is None:
         raise ConfigurationError(f"{source}: missing field 'type' (one of: {', '.join(CONFIGURATION_TYPES)})")
-    if kind not in MODELS_BY_TYPE:
+    if not isinstance(kind, str) or kind not in MODELS_BY_TYPE:
         raise ConfigurationError(
-            f"{source}: type: {kind!r} is not supported (allowed: {', '.join(CONFIGURATION_TYPES)})"
+            f"{_located(source, root, ('type',))}: type: {_kind(kind)} is not supported "
+            f"(allowed: {', '.join(CONFIGURATION_TYPES)})"
         )
     global _ADAPTER
     if _ADAPTER is None:
@@ -60,42 +62,33 @@ def parse_configuration(text: str, source: str):
         raise ConfigurationError(describe_validation_error(e, source, MODELS_BY_TYPE[kind], root, skip=1)) from None
 
 
-def read_yaml(text: str, source: str) -> Tuple[Any, Optional[yaml.Node]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ConfigurationError(f"{where}: YAML syntax error: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise ConfigurationError(f"{source}: YAML syntax error: {e}") from None
-    finally:
-        loader.dispose()
-    return data, node
-
-
 def describe_validation_error(
     error: ValidationError, source: str, model: type, root: Optional[yaml.Node] = None, skip: int = 0
 ) -> str:
-    """One line per problem: where (file and line), which field, what is wrong and what is allowed."""
+    """One line per problem: where (file and line), which field, what is wrong and what is allowed. At most
+    MAX_PROBLEMS lines, each cut short: a file may hold thousands of wrong values, some of them huge."""
     lines = []
-    for item in error.errors():
+    for item in error.errors(include_url=False):
         loc = tuple(item["loc"][skip:])
         # pydantic adds the name of a function validator as a path element; it is not a field
         loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
-        where = source
-        line = _line_of(root, loc)
-        if line:
-            where = f"{source}:{line}"
         field = _path(loc)
         if item["type"] == "extra_forbidden":
             hint = _did_you_mean(model, loc)
-            lines.append(f"{where}: unknown field '{field}'" + (f" (did you mean '{hint}'?)" if hint else ""))
-            continue
-        lines.append(f"{where}: {field or '(top level)'}: {_message(item)}")
-    return "\n".join(dict.fromkeys(lines))
+            problem = f"unknown field '{field}'" + (f" (did you mean '{hint}'?)" if hint else "")
+        else:
+            problem = f"{field or '(top level)'}: {_message(item)}"
+        lines.append(f"{_located(source, root, loc)}: {shorten(problem)}")
+    lines = list(dict.fromkeys(lines))
+    if len(lines) > MAX_PROBLEMS:
+        lines[MAX_PROBLEMS:] = [f"... and {len(lines) - MAX_PROBLEMS} more problems"]
+    return "\n".join(lines)
+
+
+def _located(source: str, root: Optional[yaml.Node], loc: Tuple) -> str:
+    """`file:line` of the field at `loc`, or the file alone when the line is unknown."""
+    line = _line_of(root, loc)
+    return f"{source}:{line}" if line else source
 
 
 def _path(loc: Tuple) -> str:
@@ -111,16 +104,33 @@ def _message(item: Dict[str, Any]) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
             message = message[len(prefix):]
+    value = item.get("input")
     if item["type"] == "missing":
         return "required field is missing"
-    if item["type"] == "string_type" and isinstance(item.get("input"), dict):
+    if item["type"] == "string_type" and isinstance(value, dict):
         return ("expected a string, got a mapping: quote the whole line (YAML reads a `: ` inside it as a "
                 "key and a value)")
-    if item["type"] == "string_type" and isinstance(item.get("input"), (bool, int, float)):
-        return f"expected a string, got {item['input']!r}: quote it (YAML reads unquoted true, 1 or 1.5 as values)"
+    if item["type"] == "string_type" and isinstance(value, (bool, int, float, datetime.date)):
+        return (f"expected a string, got {_kind(value)}: quote it (YAML reads unquoted true, 1, 1.5 or "
+                "2024-01-31 as values)")
+    if item["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping of fields, got {_kind(value)}"
+    if item["type"] == "list_type":
+        return f"expected a list, got {_kind(value)}"
     if item["type"] == "literal_error":
-        return f"{item['input']!r} is not allowed; {message[0].lower()}{message[1:]}"
+        return f"{_kind(value)} is not allowed; {message[0].lower()}{message[1:]}"
     return message
+
+
+def _kind(value: Any) -> str:
+    """A value quoted in a message: `5`, `'text'` (cut short), or `a list`, `a mapping`."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return "a list"
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return "nothing" if value is None else shorten(repr(value), 40)
 
 
 def _line_of(root: Optional[yaml.Node], loc: Tuple) -> Optional[int]:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from configuration.fields import (
+    HOSTNAME,
+    LOGIN_NAME,
     RUN_NAME,
     BackendName,
     MaxDuration,
@@ -18,6 +20,7 @@ from configuration.fields import (
     RegistryAuth,
     RetryPolicy,
     SpotPolicy,
+    check_pattern,
     parse_duration,
     parse_env,
     parse_python_version,
@@ -40,7 +43,7 @@ class ProfileFields(StrictModel):
         Field(description="`spot`, `on-demand` or `auto` (either, cheapest first). Runs default to `on-demand`"),
     ] = None
     max_price: Annotated[
-        Optional[float], Field(gt=0, description="The maximum instance price per hour, in dollars")
+        Optional[float], Field(gt=0, allow_inf_nan=False, description="The maximum instance price per hour, in dollars")
     ] = None
     max_duration: Annotated[
         Optional[MaxDuration],
@@ -160,7 +163,9 @@ class DevEnvironmentConfiguration(RunFields):
 
 
 class SSHHost(StrictModel):
-    hostname: Annotated[str, Field(description="The host's address or name")]
+    hostname: Annotated[
+        str, Field(description="The host's address or name: letters, digits and `.-_:%`, not starting with `-`")
+    ]
     user: Annotated[Optional[str], Field(description="Overrides `ssh_config.user`")] = None
     port: Annotated[Optional[int], Field(ge=1, le=65535, description="Overrides `ssh_config.port`")] = None
     identity_file: Annotated[Optional[str], Field(description="Overrides `ssh_config.identity_file`")] = None
@@ -170,12 +175,27 @@ class SSHHost(StrictModel):
     def _address(cls, v: Any) -> Any:
         return {"hostname": v} if isinstance(v, str) else v
 
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        return check_pattern(v, HOSTNAME, "host name or address")
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: Optional[str]) -> Optional[str]:
+        return check_pattern(v, LOGIN_NAME, "user name")
+
 
 class SSHConfig(StrictModel):
     user: Annotated[Optional[str], Field(description="The SSH user")] = None
     port: Annotated[int, Field(ge=1, le=65535, description="The SSH port")] = 22
     identity_file: Annotated[Optional[str], Field(description="The private key file")] = None
     hosts: Annotated[List[SSHHost], Field(min_length=1, description="The hosts: addresses, or mappings")]
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: Optional[str]) -> Optional[str]:
+        return check_pattern(v, LOGIN_NAME, "user name")
 
 
 class FleetConfiguration(StrictModel):

@@ -12,6 +12,7 @@ from typing import Any, List
 from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 
+from configuration import yaml_input
 from configuration.fields import RegistryAuth, RetryPolicy
 from configuration.models import AnyConfiguration, DevEnvironmentConfiguration, FleetConfiguration, TaskConfiguration
 from configuration.resources import CPUSpec, DiskSpec, GPUSpec, ResourcesSpec
@@ -83,4 +84,27 @@ def markdown_reference() -> str:
             description = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {description} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _limits())
+
+
+def _limits() -> List[str]:
+    """The bounds of configuration.yaml_input, which apply to `config.yml` and `secrets.yml` too."""
+    return [
+        "## Limits",
+        "",
+        "A configuration file (and `$DSTACK_HOME/config.yml`, `$DSTACK_HOME/secrets.yml`) must be UTF-8 text, a UTF-8",
+        "byte-order mark allowed; other encodings (UTF-16, Latin-1) and control characters are refused. Bounds far",
+        "above any real configuration keep a damaged or hostile file from costing more than a second:",
+        "",
+        "| what | at most |",
+        "| --- | --- |",
+        f"| file size | {yaml_input.MAX_FILE_BYTES // 1024 // 1024} MiB (no more is read: `-f /dev/zero` is refused) |",
+        f"| values, with YAML aliases (`*name`) expanded | {yaml_input.MAX_VALUES:,} |",
+        f"| nesting depth of lists and mappings | {yaml_input.MAX_DEPTH} |",
+        f"| digits of an integer | {yaml_input.MAX_NUMBER_LENGTH} (quote longer ones as text) |",
+        "",
+        "Mapping keys must be strings, and an alias may not refer to a value that contains it. `max_price` and",
+        "`--max-price` take positive, finite numbers only (`nan`, `inf` and `1e400` are refused). A fleet's host names",
+        "take letters, digits and `.-_:%`, its user names letters, digits and `._@$-`; neither may start with `-`.",
+        "",
+    ]

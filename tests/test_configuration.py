@@ -3,11 +3,13 @@
 import re
 
 import pytest
+import yaml
 
 from configuration.errors import ConfigurationError
 from configuration.interpolation import resolve_run
 from configuration.loader import load_configuration, parse_configuration
 from configuration.models import DevEnvironmentConfiguration, FleetConfiguration, TaskConfiguration
+from configuration.yaml_input import MAX_DEPTH, MAX_VALUES, parse_yaml
 from tests.helpers import DATA
 
 
@@ -213,3 +215,90 @@ def test_unquoted_colon_in_a_command_gets_a_hint():
 def test_unquoted_boolean_command_gets_a_hint():
     with pytest.raises(ConfigurationError, match=r"commands\[0\]: expected a string, got True: quote it"):
         parse("type: task\ncommands: [true]\n")
+
+
+# --- reading within bounds (configuration/yaml_input.py) --------------------------------------------------------
+
+def test_a_utf8_byte_order_mark_is_fine(tmp_path):
+    path = tmp_path / "bom.dstack.yml"
+    path.write_bytes(b"\xef\xbb\xbftype: task\ncommands: [x]\n")
+    assert load_configuration(path).commands == ["x"]
+
+
+def test_a_folder_is_not_a_file(tmp_path):
+    with pytest.raises(ConfigurationError, match=r"cannot read the file: Is a directory"):
+        load_configuration(tmp_path)
+
+
+def test_nesting_is_bounded_at_max_depth():
+    deepest = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    assert parse_yaml(deepest, "x.yml")[0] is not None
+    with pytest.raises(ConfigurationError, match=rf"^x.yml:1:{MAX_DEPTH + 1}: values nest more than {MAX_DEPTH} "):
+        parse_yaml("[" + deepest + "]", "x.yml")
+
+
+def test_values_are_bounded_with_aliases_expanded():
+    most = "[" + "1, " * (MAX_VALUES - 2) + "1]"  # the list and its items
+    assert len(parse_yaml(most, "x.yml")[0]) == MAX_VALUES - 1
+    with pytest.raises(ConfigurationError, match="more than 10,000 values"):
+        parse_yaml("[0, " + most[1:], "x.yml")
+    shared = "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    assert len(parse_yaml(shared + "c: [*b, *b]\n", "x.yml")[0]["c"]) == 2  # 1 + 2 * 101 values: fine
+    with pytest.raises(ConfigurationError, match=r"^x.yml:3:\d+: the file holds more than 10,000 values"):
+        parse_yaml(shared + "c: [" + ", ".join(["*b"] * 100) + "]\n", "x.yml")
+
+
+def test_merged_keys_must_be_strings_too():
+    assert parse("type: task\n<<: {commands: [x]}\n").commands == ["x"]
+    with pytest.raises(ConfigurationError, match=r"x.dstack.yml:2:\d+: the key 1 is not a string: quote it"):
+        parse("type: task\n<<: {1: x}\ncommands: [x]\n")
+
+
+def test_an_unquoted_date_gets_a_hint():
+    with pytest.raises(ConfigurationError, match=r"name: expected a string, got 2024-01-31: quote it"):
+        parse("type: task\ncommands: [x]\nname: 2024-01-31\n")
+
+
+def test_a_long_problem_is_cut_short():
+    with pytest.raises(ConfigurationError) as e:
+        parse("type: !" + "t" * 5000 + " task\n")
+    assert "could not determine a constructor" in str(e.value) and len(str(e.value)) < 300
+    with pytest.raises(ConfigurationError) as e:
+        parse(f"type: task\ncommands: [x]\nname: {'N' * 5000}\n")
+    assert str(e.value).startswith("x.dstack.yml:3: name: Invalid name: 'NNN") and len(str(e.value)) < 300
+
+
+def test_config_yml_of_the_wrong_shape(dstack_home):
+    from configuration.backends import load_config
+
+    dstack_home.mkdir(parents=True)
+    (dstack_home / "config.yml").write_text("- aws\n")
+    with pytest.raises(ConfigurationError, match=r"config.yml: \(top level\): expected a mapping of fields, got a li"):
+        load_config()
+
+
+@pytest.mark.parametrize("hostname", ["10.0.0.1", "gpu-1.example.com", "::1", "fe80::1%eth0", "localhost"])
+def test_fleet_host_names_and_addresses(hostname):
+    conf = parse(f"type: fleet\nname: f1\nssh_config:\n  user: ec2-user\n  hosts: ['{hostname}']\n")
+    assert conf.ssh_config.hosts[0].hostname == hostname
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hosts", ["-oProxyCommand=sh"], r"ssh_config.hosts\[0\].hostname: Invalid host name or address"),
+    ("hosts", ["gpu 1"], "Invalid host name or address"),
+    ("hosts", ["h[/x]"], "Invalid host name or address"),
+    ("hosts", [{"hostname": "10.0.0.1", "user": "a b"}], r"hosts\[0\].user: Invalid user name"),
+    ("user", "[bold]", "ssh_config.user: Invalid user name"),
+    ("user", "root\n", "ssh_config.user: Invalid user name"),
+])
+def test_fleet_host_names_and_users_that_are_refused(field, value, message):
+    ssh_config = {"user": "ubuntu", "hosts": ["10.0.0.1"], field: value}
+    with pytest.raises(ConfigurationError, match=message):
+        parse(yaml.safe_dump({"type": "fleet", "name": "f1", "ssh_config": ssh_config}))
+
+
+def test_a_final_newline_is_not_part_of_a_name():
+    with pytest.raises(ConfigurationError, match="name: Invalid name"):
+        parse('type: task\ncommands: [x]\nname: "my-run\\n"\n')
+    with pytest.raises(ConfigurationError, match="Invalid env name"):
+        parse('type: task\ncommands: [x]\nenv: {"A\\n": "1"}\n')
