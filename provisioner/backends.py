@@ -124,6 +124,9 @@ class CloudBackend:
         stack_destroy(stack, on_event=EngineEventTracker(report))
         if self.name == "aws":
             sweep_aws_run(record.stack["region"], record.name)
+        else:
+            gcp = self.config.backend("gcp")
+            sweep_gcp_run(gcp.project_id if gcp is not None else None, record.stack.get("owner"), record.name)
 
 
 def sweep_aws_run(region: str, run_name: str) -> None:
@@ -134,6 +137,16 @@ def sweep_aws_run(region: str, run_name: str) -> None:
 
     ec2 = boto3.session.Session().client("ec2", region_name=region)
     remove_leftovers(ec2, find_leftovers(ec2, region, run=run_name))
+
+
+def sweep_gcp_run(project_id: Optional[str], owner: Optional[str], run_name: str) -> None:
+    """What an interrupted `up` created before Pulumi recorded it: found by the run's labels and names, in every
+    zone (an offer's zones are tried in turn), and removed."""
+    from configuration.owner import owner_id
+    from stacks.gcp_leftovers import find_leftovers, gcp_api, remove_leftovers
+
+    api = gcp_api(project_id)
+    remove_leftovers(api, find_leftovers(api, owner or owner_id(), run=run_name))
 
 
 def backend_for(name: str, config: DstackConfig, store: StateStore, fleet_hosts: Optional[dict] = None) -> Backend:

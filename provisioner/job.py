@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 from provisioner.repo_archive import pack
 from provisioner.transport import Transport, TransportError
+from stacks.power_off import POWER_OFF_PATH
 
 CONTAINER_REPO = "/workflow"
 REGISTRY_PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"
@@ -214,7 +215,9 @@ def start_command(job: JobSpec) -> str:
                "echo $? > exit_code.tmp; mv exit_code.tmp exit_code")
     if job.power_off_after_exit_min:
         minutes = job.power_off_after_exit_min
-        wrapper += f"; sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}"
+        # The VM's own power-off (cloud-init writes it: a GCP VM deletes itself), else a plain scheduled shutdown.
+        wrapper += (f"; sudo -n {POWER_OFF_PATH} {minutes} || {POWER_OFF_PATH} {minutes} || "
+                    f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
     return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && tar -xzf - && rm -f exit_code pid; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "

@@ -22,9 +22,13 @@ def check_aws_credentials(region: str) -> str:
         raise ConfigurationError(f"AWS rejected the credentials: {e}") from None
 
 
+# What the Pulumi GCP provider reads before application default credentials: a key file's path or its JSON.
+GCP_PROVIDER_CREDENTIAL_VARIABLES = ("GOOGLE_CREDENTIALS", "GOOGLE_CLOUD_KEYFILE_JSON", "GCLOUD_KEYFILE_JSON")
+
+
 def gcp_credentials_source() -> str:
     """Where application default credentials will come from, as the GCP provider looks for them."""
-    for variable in ("GOOGLE_CREDENTIALS", "GOOGLE_CLOUD_KEYFILE_JSON", "GCLOUD_KEYFILE_JSON"):
+    for variable in GCP_PROVIDER_CREDENTIAL_VARIABLES:
         if os.environ.get(variable):
             return f"${variable}"
     path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")

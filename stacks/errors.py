@@ -19,6 +19,7 @@ UNAVAILABLE = "unavailable"  # the region is not enabled for the account: skip i
 # (pattern, kind, scope); the first match wins, so the more specific patterns come first.
 _RULES: Tuple[Tuple[str, str, str], ...] = (
     (r"GPUS_ALL_REGIONS", QUOTA, "cloud"),
+    (r"Maximum number of service accounts on project reached", QUOTA, "cloud"),
     (r"Quota '[A-Z0-9_]*GPUS?[A-Z0-9_]*' exceeded", QUOTA, "region"),
     (r"QUOTA_EXCEEDED|quotaExceeded|Quota '[^']+' exceeded", QUOTA, "region"),
     (r"VcpuLimitExceeded|InstanceLimitExceeded|MaxSpotInstanceCountExceeded|VolumeLimitExceeded", QUOTA, "region"),
@@ -42,8 +43,23 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
-# What to do about configuration errors whose cloud text does not say it: (pattern, hint appended to the message).
+# Each GCP VM runs as its own service account, allowed to delete that VM only (stacks/gcp.py): what that asks of the
+# user's credentials, in the words of docs/clouds.md.
+GCP_SELF_DELETE_HINT = ("dstack gives each GCP VM its own service account, allowed to delete only that VM, so that a "
+                        "VM that ends itself is deleted rather than stopped: the credentials need "
+                        "roles/iam.serviceAccountAdmin, roles/iam.serviceAccountUser and "
+                        "compute.instances.setIamPolicy (roles/compute.instanceAdmin.v1; the Editor role lacks it); "
+                        "see docs/clouds.md")
+
+# What to do about a failure whose cloud text does not say it: (pattern, hint appended to the message).
 _HINTS: Tuple[Tuple[str, str], ...] = (
+    (r"(?i)iam\.serviceAccounts\.(create|delete|actAs)|compute\.instances\.setIamPolicy|iam\.serviceAccountUser|"
+     r"SERVICE_ACCOUNT_ACCESS_DENIED|does not have access to service account", GCP_SELF_DELETE_HINT),
+    (r"Maximum number of service accounts on project reached",
+     "each GCP run holds a service account while it exists (a project may have 100 by default): stop finished runs, "
+     "`dstack gc` what lost runs left, or ask for more service accounts in the project's IAM quotas"),
+    (r"iam\.googleapis\.com.*(has not been used|is disabled)|(has not been used|is disabled).*iam\.googleapis\.com",
+     "enable the IAM API in the project: `gcloud services enable iam.googleapis.com`"),
     (r"no matching EC2 VPC found", "this region has no default VPC (or none with that Name tag): set `vpc_name` "
                                    "(and `subnet`) for the aws backend in $DSTACK_HOME/config.yml"),
     (r"networks/[^' ]+' was not found|network .* not found", "the VPC network does not exist in this project: set "
@@ -72,16 +88,18 @@ class StackFailure(DstackError):
 
 
 def classify(text: str) -> StackFailure:
-    for pattern, kind, scope in _RULES:
+    kind, scope, code = CONFIGURATION, "cloud", None
+    for pattern, rule_kind, rule_scope in _RULES:
         match = re.search(pattern, text)
         if match:
-            return StackFailure(kind, scope, summarize(text), match.group(0))
+            kind, scope, code = rule_kind, rule_scope, match.group(0)
+            break
     message = summarize(text)
     for pattern, hint in _HINTS:
-        if re.search(pattern, text):
+        if re.search(pattern, text, re.S):
             message = f"{message} ({hint})"
             break
-    return StackFailure(CONFIGURATION, "cloud", message)
+    return StackFailure(kind, scope, message, code)
 
 
 def summarize(text: str) -> str:

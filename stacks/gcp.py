@@ -1,8 +1,10 @@
-"""The Pulumi program of a GCP run: a firewall rule for the run's network tag, and the instance with its boot disk
-(and attached GPUs on N1 machines)."""
+"""The Pulumi program of a GCP run: a firewall rule for the run's network tag, the instance with its boot disk
+(and attached GPUs on N1 machines), and the service account the instance runs as, which may delete that instance and
+nothing else: a VM that ends itself (stacks.power_off) is deleted rather than stopped with its disk still billed."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Dict, List, Optional
 
 from stacks.spec import StackSpec, cloud_init
@@ -27,6 +29,21 @@ HYPERDISK_ONLY = ("a3-ultragpu-", "a4-", "a4x-", "c4-", "c4a-", "c4d-", "n4-", "
 GPU_IMAGE = {"project": "deeplearning-platform-release", "family": "common-cu128-ubuntu-2204-nvidia-570"}
 UBUNTU_IMAGE = {"x86": {"project": "ubuntu-os-cloud", "family": "ubuntu-2404-lts-amd64"},
                 "arm": {"project": "ubuntu-os-cloud", "family": "ubuntu-2404-lts-arm64"}}
+
+
+# The instance's own service account may delete that instance: a predefined role bound on the instance alone, so it
+# reaches nothing else (a custom role holding only compute.instances.delete would ask the user for iam.roles.create
+# on the project as well), used with the Compute scope alone.
+SELF_DELETE_ROLE = "roles/compute.instanceAdmin.v1"
+COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
+FIREWALL_DESCRIPTION = "dstack run "  # how every firewall's description begins; firewalls take no labels
+
+
+def service_account_id(owner: str, run_name: str) -> str:
+    """A run's service account id: 6 to 30 characters, so the run's name (up to 40) goes in as a hash; the owner
+    stays readable, and the display name (`dstack-OWNER-RUN`) says whose it is."""
+    digest = hashlib.sha256(f"{owner}/{run_name}".encode()).hexdigest()
+    return f"dstack-{owner}-{digest[:13]}"
 
 
 def accelerator_type(gpu_name: str, memory_gib: float) -> str:
@@ -85,6 +102,13 @@ def gcp_program(spec: StackSpec) -> None:
     opts = pulumi.ResourceOptions(provider=provider)
     name = spec.resource_name
     boot_image = gcp.compute.get_image(opts=pulumi.InvokeOptions(provider=provider), **image(spec))
+    account = gcp.serviceaccount.Account(
+        f"{name}-sa",
+        account_id=service_account_id(spec.owner, spec.run_name),
+        display_name=name,
+        description=f"dstack run {spec.run_name} (owner {spec.owner}): may delete its own VM and nothing else",
+        opts=opts,
+    )
     gcp.compute.Firewall(
         f"{name}-fw",
         name=name,
@@ -93,7 +117,7 @@ def gcp_program(spec: StackSpec) -> None:
         allows=[{"protocol": "tcp", "ports": [str(p) for p in spec.open_ports]}],
         source_ranges=list(spec.ingress_cidrs),
         target_tags=[network_tag(spec)],
-        description=f"dstack run {spec.run_name}: ssh" + (" and the task's ports" if spec.ports else ""),
+        description=f"{FIREWALL_DESCRIPTION}{spec.run_name}: ssh" + (" and the task's ports" if spec.ports else ""),
         opts=opts,
     )
     instance = gcp.compute.Instance(
@@ -111,7 +135,16 @@ def gcp_program(spec: StackSpec) -> None:
                   "user-data": pulumi.Output.secret(cloud_init(spec))},
         labels=labels,
         tags=[network_tag(spec)],
+        service_account={"email": account.email, "scopes": [COMPUTE_SCOPE]},
         allow_stopping_for_update=False,
+        opts=opts,
+    )
+    gcp.compute.InstanceIAMMember(
+        f"{name}-self-delete",
+        zone=instance.zone,
+        instance_name=instance.name,
+        role=SELF_DELETE_ROLE,
+        member=account.member,
         opts=opts,
     )
     pulumi.export("instance_id", instance.instance_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from stacks.power_off import POWER_OFF_PATH, power_off_script
+
 PROJECT = "dstack"
 DEFAULT_INGRESS = ("0.0.0.0/0",)
 # Every cloud VM powers itself off when no job has started this long after boot (a client that died between `up` and
@@ -96,15 +98,14 @@ def generate_host_key() -> HostKey:
 
 
 def cloud_init(spec: StackSpec) -> str:
-    """cloud-config user data: install the run's host key (and no other) and login key, and the VM's deadlines
-    (START_ALLOWANCE_MIN), so a forgotten run stops billing (AWS instances terminate on shutdown; GCP VMs are deleted
-    at their max run duration).
+    """cloud-config user data: install the run's host key (and no other) and login key, the power-off script
+    (stacks.power_off: a GCP VM deletes itself, an AWS one powers off and so terminates) and the VM's deadlines
+    (START_ALLOWANCE_MIN) that call it, so a forgotten run stops billing.
 
     GCP's guest agent makes new host keys on a new instance's first boot. `bootcmd` turns that off before the agent
     reads its configuration where cloud-init runs first; where the agent ran first, the final stage writes the run's
     host key again (`write_files` with `defer`) and restarts sshd, so the key the client expects is the one served."""
-    private = "\n".join("    " + line for line in spec.host_key.private_openssh.strip().splitlines())
-    private_file = "\n".join("      " + line for line in spec.host_key.private_openssh.strip().splitlines())
+    private = _indent(spec.host_key.private_openssh, 4)
     lines = [
         "#cloud-config",
         "ssh_deletekeys: true",
@@ -116,19 +117,26 @@ def cloud_init(spec: StackSpec) -> str:
         "ssh_authorized_keys:",
         f"  - {spec.ssh_public_key}",
     ]
+    write_files = [
+        f"  - path: {POWER_OFF_PATH}",
+        "    permissions: '0755'",
+        "    content: |",
+        _indent(power_off_script(spec.backend), 6),
+    ]
     runcmd = [f"  - [systemd-run, --on-active={START_ALLOWANCE_MIN}min, --unit=dstack-start-watchdog, sh, -c, "
-              f"'ls {JOBS_GLOB} >/dev/null 2>&1 || shutdown -P now dstack: no job started']"]
+              f"'ls {JOBS_GLOB} >/dev/null 2>&1 || {POWER_OFF_PATH}']"]
     if spec.backend == "gcp":
         lines += [
             "bootcmd:",
             "  - [sh, -c, 'mkdir -p /etc/default && printf \"[InstanceSetup]\\nset_host_keys = false\\n\" "
             ">> /etc/default/instance_configs.cfg']",
-            "write_files:",
+        ]
+        write_files += [
             "  - path: /etc/ssh/ssh_host_ed25519_key",
             "    permissions: '0600'",
             "    defer: true",
             "    content: |",
-            private_file,
+            _indent(spec.host_key.private_openssh, 6),
             "  - path: /etc/ssh/ssh_host_ed25519_key.pub",
             "    permissions: '0644'",
             "    defer: true",
@@ -137,5 +145,10 @@ def cloud_init(spec: StackSpec) -> str:
         runcmd.append("  - [sh, -c, 'rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key*; "
                       "systemctl restart ssh || systemctl restart sshd']")
     if spec.deadline_min:
-        runcmd.append(f"  - [shutdown, -P, '+{spec.deadline_min}', 'dstack: max_duration reached']")
-    return "\n".join(lines + ["runcmd:"] + runcmd) + "\n"
+        runcmd.append(f"  - [{POWER_OFF_PATH}, '{spec.deadline_min}']")
+    return "\n".join(lines + ["write_files:"] + write_files + ["runcmd:"] + runcmd) + "\n"
+
+
+def _indent(text: str, spaces: int) -> str:
+    """A YAML block scalar's lines."""
+    return "\n".join(" " * spaces + line if line else "" for line in text.strip().splitlines())

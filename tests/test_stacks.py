@@ -11,6 +11,7 @@ from stacks.aws import aws_program
 from stacks.gcp import gcp_program
 from stacks.render import render_program
 from stacks.spec import StackSpec, cloud_init, generate_host_key
+from tests.recorded_http import recorded_api  # noqa: F401 (a fixture)
 
 HOST_KEY = generate_host_key()
 BASE = StackSpec(
@@ -32,7 +33,7 @@ class Recorder:
         class Mocks(pulumi.runtime.Mocks):
             def new_resource(self, args):
                 recorder.resources.append(args)
-                return [f"{args.name}-id", dict(args.inputs)]
+                return [f"{args.name}-id", {**dict(args.inputs), **computed_outputs(args)}]
 
             def call(self, args):
                 recorder.calls.append(args)
@@ -54,6 +55,14 @@ class Recorder:
 
     def call(self, token):
         return next(c.args for c in self.calls if c.token == token)
+
+
+def computed_outputs(args) -> dict:
+    """Outputs the cloud computes that a program passes on (a service account's email and IAM member)."""
+    if args.typ == "gcp:serviceaccount/account:Account":
+        email = f"{args.inputs['accountId']}@my-project.iam.gserviceaccount.com"
+        return {"email": email, "member": f"serviceAccount:{email}"}
+    return {}
 
 
 def aws(**changes):
@@ -148,7 +157,7 @@ def test_aws_host_key_travels_only_as_a_secret():
     assert is_secret(instance["userData"])
     user_data = instance["userData"]["value"]
     assert HOST_KEY.private_openssh.strip().splitlines()[1] in user_data
-    assert "shutdown, -P, '+140'" in user_data  # max_duration (120 min) + START_ALLOWANCE_MIN after boot
+    assert "[/usr/local/sbin/dstack-power-off, '140']" in user_data  # max_duration (120 min) + START_ALLOWANCE_MIN
     for resource in recorder.resources:
         plain = json.dumps({k: v for k, v in resource.inputs.items() if not is_secret(v)})
         assert "OPENSSH PRIVATE KEY" not in plain
@@ -229,7 +238,8 @@ def test_render_masks_secrets_and_names_lookups():
 
 @pytest.mark.parametrize("backend, types", [
     ("aws", ["aws:ec2/instance:Instance", "aws:ec2/keyPair:KeyPair", "aws:ec2/securityGroup:SecurityGroup"]),
-    ("gcp", ["gcp:compute/firewall:Firewall", "gcp:compute/instance:Instance"]),
+    ("gcp", ["gcp:compute/firewall:Firewall", "gcp:compute/instance:Instance",
+             "gcp:compute/instanceIAMMember:InstanceIAMMember", "gcp:serviceaccount/account:Account"]),
 ])
 def test_apply_dry_run_renders_the_stack(tmp_path, dstack_home, backend, types):
     from tests.helpers import run_cli
@@ -270,7 +280,8 @@ def test_cloud_init_installs_only_the_runs_host_key_and_login_key():
     assert data["ssh_keys"] == {"ed25519_private": HOST_KEY.private_openssh.strip() + "\n",
                                 "ed25519_public": HOST_KEY.public_openssh}
     assert data["ssh_authorized_keys"] == [BASE.ssh_public_key]
-    assert "bootcmd" not in data and "write_files" not in data  # AWS has no guest agent remaking host keys
+    assert "bootcmd" not in data  # AWS has no guest agent remaking host keys
+    assert [f["path"] for f in data["write_files"]] == ["/usr/local/sbin/dstack-power-off"]
 
 
 def test_every_vm_powers_off_when_no_job_starts_and_at_its_deadline():
@@ -280,9 +291,9 @@ def test_every_vm_powers_off_when_no_job_starts_and_at_its_deadline():
     assert len(runcmd) == 1  # no max_duration: only the start watchdog
     watchdog = runcmd[0]
     assert watchdog[:3] == ["systemd-run", "--on-active=20min", "--unit=dstack-start-watchdog"]
-    assert "/home/*/.dstack-jobs/*/pid" in watchdog[-1] and "shutdown -P now" in watchdog[-1]
+    assert watchdog[-1] == "ls /home/*/.dstack-jobs/*/pid >/dev/null 2>&1 || /usr/local/sbin/dstack-power-off"
     timed = yaml.safe_load(cloud_init(dataclasses.replace(BASE, max_duration_s=3601)))["runcmd"]
-    assert timed[-1][:3] == ["shutdown", "-P", "+81"]  # 61 minutes (rounded up) + 20 after boot
+    assert timed[-1] == ["/usr/local/sbin/dstack-power-off", "81"]  # 61 minutes (rounded up) + 20 after boot
 
 
 def test_gcp_cloud_init_keeps_the_runs_host_key_against_the_guest_agent():
@@ -520,3 +531,181 @@ def test_owner_id_is_made_once_per_home_and_names_the_stack(dstack_home, monkeyp
     (tmp_path / "another-user" / "owner").write_text("not-an-id\n")
     with pytest.raises(ConfigurationError, match="not an owner id"):
         owner_id()
+
+
+# --- a VM that ends itself: deleted on GCP, terminated on AWS ---------------------------------------------------
+
+def test_gcp_vm_runs_as_its_own_service_account_allowed_to_delete_only_itself():
+    from stacks.gcp import service_account_id
+
+    recorder = gcp()
+    account = recorder.of_type("gcp:serviceaccount/account:Account")[0].inputs
+    assert account["accountId"] == service_account_id("0a1b2c3d", "train-1")
+    assert account["displayName"] == "dstack-0a1b2c3d-train-1"  # how a sweep recognizes it
+    email = f"{account['accountId']}@my-project.iam.gserviceaccount.com"
+    instance = recorder.of_type("gcp:compute/instance:Instance")[0].inputs
+    assert instance["serviceAccount"] == {"email": email, "scopes": ["https://www.googleapis.com/auth/compute"]}
+    [binding] = recorder.of_type("gcp:compute/instanceIAMMember:InstanceIAMMember")
+    assert binding.inputs == {"instanceName": "dstack-0a1b2c3d-train-1", "zone": "us-central1-a",
+                              "role": "roles/compute.instanceAdmin.v1", "member": f"serviceAccount:{email}"}
+    # No grant anywhere else: not on the project, not on the service account.
+    assert [r.typ for r in recorder.resources if "iam" in r.typ.lower()] == [binding.typ]
+
+
+def test_service_account_ids_fit_gcp_and_differ_per_owner_and_run():
+    import re
+
+    from stacks.gcp import service_account_id
+
+    ids = {service_account_id(owner, run) for owner in ("0a1b2c3d", "99887766") for run in ("train", "x" * 40)}
+    assert len(ids) == 4
+    assert all(re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", i) for i in ids)  # GCP's rule: 6 to 30 characters
+
+
+@pytest.mark.parametrize("backend", ["aws", "gcp"])
+def test_cloud_init_writes_the_power_off_script_its_deadlines_call(backend):
+    import yaml
+
+    from stacks.power_off import POWER_OFF_PATH, power_off_script
+
+    data = yaml.safe_load(cloud_init(dataclasses.replace(BASE, backend=backend, max_duration_s=600)))
+    script = next(f for f in data["write_files"] if f["path"] == POWER_OFF_PATH)
+    assert script["permissions"] == "0755" and "defer" not in script  # there from the start
+    assert script["content"] == power_off_script(backend)
+    assert ("compute.googleapis.com" in script["content"]) == (backend == "gcp")
+    assert data["runcmd"][0][-1].endswith(f"|| {POWER_OFF_PATH}") and data["runcmd"][-1] == [POWER_OFF_PATH, "30"]
+
+
+TOKEN = "ya29.c.b0AXv0zTPq-recorded-token"
+METADATA = {"instance/service-accounts/default/token": {"access_token": TOKEN, "expires_in": 3599,
+                                                        "token_type": "Bearer"},
+            "project/project-id": "my-project", "instance/zone": "projects/123456789012/zones/us-central1-a",
+            "instance/name": "dstack-0a1b2c3d-train-1"}
+SELF = "/compute/v1/projects/my-project/zones/us-central1-a/instances/dstack-0a1b2c3d-train-1"
+
+
+def run_power_off(tmp_path, backend, server=None, args=(), **settings):
+    """The VM's power-off script run here, with curl, systemd-run and logger wrapped to log their arguments, the
+    cloud's addresses pointed at `server` and the power-off itself replaced by touching a file."""
+    import shutil
+    import subprocess
+
+    from stacks.power_off import power_off_script
+
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name, then in (("curl", f'exec {shutil.which("curl")} "$@"'), ("systemd-run", "exit 0"), ("logger", "exit 0")):
+        (shims / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {tmp_path}/calls\n{then}\n')
+        (shims / name).chmod(0o755)
+    script = tmp_path / "dstack-power-off"
+    script.write_text(power_off_script(backend))
+    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "DSTACK_SHUTDOWN": f"touch {tmp_path}/off",
+           "DSTACK_DELETE_GRACE_S": "0", "DSTACK_RETRY_S": "0",
+           **({"DSTACK_METADATA_URL": f"{server.url}/computeMetadata/v1",
+               "DSTACK_COMPUTE_URL": f"{server.url}/compute/v1"} if server else {}),
+           **{f"DSTACK_{k.upper()}": str(v) for k, v in settings.items()}}
+    subprocess.run(["sh", str(script), *args], env=env, timeout=60, check=True)
+    calls = tmp_path / "calls"
+    return (calls.read_text().splitlines() if calls.exists() else []), (tmp_path / "off").exists()
+
+
+@pytest.fixture
+def metadata_server(recorded_api):
+    for path, body in METADATA.items():
+        recorded_api.on("GET", f"/computeMetadata/v1/{path}", body)
+    recorded_api.on("DELETE", SELF, {"kind": "compute#operation", "name": "operation-1747045200000",
+                                     "status": "RUNNING", "operationType": "delete",
+                                     "targetLink": f"https://www.googleapis.com{SELF}"})
+    return recorded_api
+
+
+def test_gcp_power_off_deletes_its_own_instance_with_its_token(tmp_path, metadata_server):
+    calls, powered_off = run_power_off(tmp_path, "gcp", metadata_server)
+    [delete] = metadata_server.made("DELETE", ".*")
+    assert delete.path == SELF and delete.headers["authorization"] == f"Bearer {TOKEN}"
+    metadata = metadata_server.made("GET", "/computeMetadata/v1/.*")
+    assert len(metadata) == 4 and all(r.headers["metadata-flavor"] == "Google" for r in metadata)
+    assert calls and not any(TOKEN in call for call in calls)  # never on a command line, where `ps` shows it
+    assert powered_off  # after the grace time, should the Compute API not have shut the VM down yet
+
+
+def test_gcp_power_off_still_powers_off_when_the_delete_is_refused(tmp_path, metadata_server):
+    metadata_server.on("DELETE", SELF, {"error": {"code": 403, "message": "Required 'compute.instances.delete' "
+                                                  "permission for 'projects/my-project/zones/us-central1-a/instances/"
+                                                  "dstack-0a1b2c3d-train-1'"}}, status=403)
+    _, powered_off = run_power_off(tmp_path, "gcp", metadata_server, delete_tries=2)
+    assert len(metadata_server.made("DELETE", SELF)) == 2 and powered_off
+
+
+def test_power_off_later_is_a_systemd_timer_and_aws_just_powers_off(tmp_path):
+    import re
+
+    for folder in ("later", "aws"):
+        (tmp_path / folder).mkdir()
+    calls, powered_off = run_power_off(tmp_path / "later", "gcp", args=("5",))
+    assert len(calls) == 1 and not powered_off
+    assert re.fullmatch(rf"systemd-run --quiet --collect --on-active=5min --unit=dstack-power-off-\d+ "
+                        rf"{tmp_path}/later/dstack-power-off", calls[0])
+    calls, powered_off = run_power_off(tmp_path / "aws", "aws")
+    assert calls == [] and powered_off  # no API call: an AWS instance terminates on shutdown
+
+
+@pytest.mark.parametrize("sudo_works, expected", [
+    (True, ["sudo -n /usr/local/sbin/dstack-power-off 5"]),
+    (False, ["sudo -n /usr/local/sbin/dstack-power-off 5", "sudo -n shutdown -h +5", "shutdown -h +5"]),
+])
+def test_the_job_wrapper_ends_the_vm_through_its_power_off_script(tmp_path, sudo_works, expected):
+    import subprocess
+    import time
+
+    from provisioner.job import JobSpec, start_command
+    from provisioner.repo_archive import pack
+    from stacks.power_off import POWER_OFF_PATH
+
+    if os.path.exists(POWER_OFF_PATH):
+        pytest.skip(f"{POWER_OFF_PATH} exists on this machine; the wrapper would end it")
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name, code in (("sudo", 0 if sudo_works else 1), ("shutdown", 0)):  # never the real ones
+        (shims / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {tmp_path}/calls\nexit {code}\n')
+        (shims / name).chmod(0o755)
+    job = JobSpec(run_name="train-1", commands=[], power_off_after_exit_min=5)
+    archive = pack(None, {"job.sh": (b"#!/bin/sh\nexit 3\n", 0o700)})
+    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "DSTACK_JOBS_DIR": str(tmp_path / "jobs")}
+    subprocess.run(["sh", "-c", start_command(job)], input=archive, env=env, timeout=30, check=True,
+                   capture_output=True)
+    calls = tmp_path / "calls"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(calls.read_text().splitlines() if calls.exists() else []) < len(expected):
+        time.sleep(0.05)
+    time.sleep(0.2)  # nothing more comes
+    assert (tmp_path / "jobs" / "train-1" / "exit_code").read_text().strip() == "3"
+    assert calls.read_text().splitlines() == expected
+
+
+@pytest.mark.parametrize("text", [
+    "error: 1 error occurred:\n\t* Error creating service account: googleapi: Error 403: Permission "
+    "iam.serviceAccounts.create is required to perform this operation on project projects/my-project., forbidden",
+    "error: 1 error occurred:\n\t* Error creating instance: googleapi: Error 403: Permission "
+    "'iam.serviceaccounts.actAs' denied on service account dstack-0a1b2c3d-3d3c7e2c57a4c@my-project.iam."
+    "gserviceaccount.com (or it may not exist)., forbidden",
+    "error: 1 error occurred:\n\t* Error applying IAM policy for compute instance \"projects/my-project/zones/"
+    "us-central1-a/instances/dstack-0a1b2c3d-train-1\": Error setting IAM policy for compute instance: googleapi: "
+    "Error 403: Required 'compute.instances.setIamPolicy' permission for 'projects/my-project/zones/us-central1-a/"
+    "instances/dstack-0a1b2c3d-train-1', forbidden",
+])
+def test_missing_rights_for_the_vms_service_account_say_what_to_grant(text):
+    from stacks.errors import classify
+
+    failure = classify(text)
+    assert not failure.retryable
+    assert "roles/iam.serviceAccountAdmin" in failure.message and "compute.instances.setIamPolicy" in failure.message
+    assert "\n" not in failure.message
+
+
+def test_a_project_out_of_service_accounts_tries_another_cloud():
+    from stacks.errors import classify
+
+    failure = classify("error: 1 error occurred:\n\t* Error creating service account: googleapi: Error 429: "
+                       "Maximum number of service accounts on project reached., rateLimitExceeded")
+    assert (failure.kind, failure.scope) == ("quota", "cloud") and "`dstack gc`" in failure.message
