@@ -63,6 +63,11 @@ class GCPBackend(CloudBackend):
     type: Literal["gcp"]
     project_id: Optional[str] = None
     vpc_name: Annotated[Optional[str], Field(description="The VPC network to use instead of `default`")] = None
+    self_delete: Annotated[
+        bool, Field(description="Give each VM a service account that may delete that VM only, so a VM that ends "
+                                "itself is deleted; false: it is stopped, and its disk billed until the next `dstack` "
+                                "command tears the run down (for credentials without IAM rights)")
+    ] = True
     subnetwork: Annotated[
         Optional[str], Field(description="The subnetwork to use (name or self link); default: the network's "
                                          "subnetwork in the offer's region")

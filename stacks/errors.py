@@ -49,7 +49,7 @@ GCP_SELF_DELETE_HINT = ("dstack gives each GCP VM its own service account, allow
                         "VM that ends itself is deleted rather than stopped: the credentials need "
                         "roles/iam.serviceAccountAdmin, roles/iam.serviceAccountUser and "
                         "compute.instances.setIamPolicy (roles/compute.instanceAdmin.v1; the Editor role lacks it); "
-                        "see docs/clouds.md")
+                        "or set `self_delete: false` for the gcp backend in $DSTACK_HOME/config.yml; see docs/clouds.md")
 
 # What to do about a failure whose cloud text does not say it: (pattern, hint appended to the message).
 _HINTS: Tuple[Tuple[str, str], ...] = (

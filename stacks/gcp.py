@@ -102,13 +102,15 @@ def gcp_program(spec: StackSpec) -> None:
     opts = pulumi.ResourceOptions(provider=provider)
     name = spec.resource_name
     boot_image = gcp.compute.get_image(opts=pulumi.InvokeOptions(provider=provider), **image(spec))
-    account = gcp.serviceaccount.Account(
-        f"{name}-sa",
-        account_id=service_account_id(spec.owner, spec.run_name),
-        display_name=name,
-        description=f"dstack run {spec.run_name} (owner {spec.owner}): may delete its own VM and nothing else",
-        opts=opts,
-    )
+    account = None
+    if spec.self_delete:
+        account = gcp.serviceaccount.Account(
+            f"{name}-sa",
+            account_id=service_account_id(spec.owner, spec.run_name),
+            display_name=name,
+            description=f"dstack run {spec.run_name} (owner {spec.owner}): may delete its own VM and nothing else",
+            opts=opts,
+        )
     gcp.compute.Firewall(
         f"{name}-fw",
         name=name,
@@ -135,18 +137,19 @@ def gcp_program(spec: StackSpec) -> None:
                   "user-data": pulumi.Output.secret(cloud_init(spec))},
         labels=labels,
         tags=[network_tag(spec)],
-        service_account={"email": account.email, "scopes": [COMPUTE_SCOPE]},
+        service_account={"email": account.email, "scopes": [COMPUTE_SCOPE]} if account else None,
         allow_stopping_for_update=False,
         opts=opts,
     )
-    gcp.compute.InstanceIAMMember(
-        f"{name}-self-delete",
-        zone=instance.zone,
-        instance_name=instance.name,
-        role=SELF_DELETE_ROLE,
-        member=account.member,
-        opts=opts,
-    )
+    if account is not None:
+        gcp.compute.InstanceIAMMember(
+            f"{name}-self-delete",
+            zone=instance.zone,
+            instance_name=instance.name,
+            role=SELF_DELETE_ROLE,
+            member=account.member,
+            opts=opts,
+        )
     pulumi.export("instance_id", instance.instance_id)
     pulumi.export("public_ip", instance.network_interfaces[0].access_configs[0].nat_ip)
     pulumi.export("ssh_user", SSH_USER)

@@ -54,5 +54,6 @@ exec $SHUTDOWN
 """
 
 
-def power_off_script(backend: str) -> str:
-    return _SCHEDULE + (_GCP if backend == "gcp" else _AWS)
+def power_off_script(delete_self: bool) -> str:
+    """`delete_self`: a GCP VM with its own service account (the gcp backend's `self_delete`); else power off."""
+    return _SCHEDULE + (_GCP if delete_self else _AWS)

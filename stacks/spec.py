@@ -48,6 +48,7 @@ class StackSpec:
     gcp_project_id: Optional[str] = None
     max_duration_s: Optional[int] = None
     vpc_name: Optional[str] = None  # None: AWS's default VPC, GCP's `default` network
+    self_delete: bool = True  # GCP: the VM's own service account may delete it (the gcp backend's `self_delete`)
     subnet: Optional[str] = None  # AWS subnet id, GCP subnetwork; None: the network's own in the zone or region
     nvidia_open_driver: bool = True  # NVIDIA's open kernel modules need Turing (compute capability 7.5) or newer
 
@@ -121,7 +122,7 @@ def cloud_init(spec: StackSpec) -> str:
         f"  - path: {POWER_OFF_PATH}",
         "    permissions: '0755'",
         "    content: |",
-        _indent(power_off_script(spec.backend), 6),
+        _indent(power_off_script(spec.backend == "gcp" and spec.self_delete), 6),
     ]
     runcmd = [f"  - [systemd-run, --on-active={START_ALLOWANCE_MIN}min, --unit=dstack-start-watchdog, sh, -c, "
               f"'ls {JOBS_GLOB} >/dev/null 2>&1 || {POWER_OFF_PATH}']"]

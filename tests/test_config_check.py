@@ -10,6 +10,7 @@ from botocore.stub import Stubber
 from stacks.aws_checks import GPU_QUOTAS, check_aws
 from stacks.checks import FAIL, OK, WARN, check_pulumi
 from tests.helpers import run_cli
+from tests.recorded_http import recorded_api  # noqa: F401 (a fixture)
 
 
 def clients_with_quotas(values_by_region):
@@ -110,24 +111,22 @@ def test_the_command_prints_lines_and_fails_when_a_backend_would(tmp_path, dstac
 
 # --- GCP: recorded Compute API v1 responses on a local server -------------------------------------------------
 
-def gcp_responses(gpus_all_regions=8, network_found=True):
+def record_gcp(api, gpus_all_regions=8, network_found=True):
     base = "/compute/v1/projects/ml-proj"
-    responses = {
-        ("GET", base): (200, {"name": "ml-proj", "quotas": [
-            {"metric": "GPUS_ALL_REGIONS", "limit": gpus_all_regions, "usage": 0},
-            {"metric": "CPUS_ALL_REGIONS", "limit": 64, "usage": 0}]}),
-        ("GET", f"{base}/regions"): (200, {"items": [
-            {"name": "us-central1", "status": "UP", "quotas": [
-                {"metric": "NVIDIA_T4_GPUS", "limit": 4, "usage": 0},
-                {"metric": "NVIDIA_A100_GPUS", "limit": 0, "usage": 0},
-                {"metric": "CPUS", "limit": 24, "usage": 0}]},
-            {"name": "europe-west4", "status": "UP", "quotas": [
-                {"metric": "PREEMPTIBLE_NVIDIA_H100_GPUS", "limit": 8, "usage": 0}]},
-            {"name": "asia-east2", "status": "DOWN", "quotas": []}]}),
-    }
+    api.on("GET", base, {"name": "ml-proj", "quotas": [
+        {"metric": "GPUS_ALL_REGIONS", "limit": gpus_all_regions, "usage": 0},
+        {"metric": "CPUS_ALL_REGIONS", "limit": 64, "usage": 0}]})
+    api.on("GET", f"{base}/regions", {"items": [
+        {"name": "us-central1", "status": "UP", "quotas": [
+            {"metric": "NVIDIA_T4_GPUS", "limit": 4, "usage": 0},
+            {"metric": "NVIDIA_A100_GPUS", "limit": 0, "usage": 0},
+            {"metric": "CPUS", "limit": 24, "usage": 0}]},
+        {"name": "europe-west4", "status": "UP", "quotas": [
+            {"metric": "PREEMPTIBLE_NVIDIA_H100_GPUS", "limit": 8, "usage": 0}]},
+        {"name": "asia-east2", "status": "DOWN", "quotas": []}]})
     if network_found:
-        responses[("GET", f"{base}/global/networks/default")] = (200, {"name": "default"})
-    return responses
+        api.on("GET", f"{base}/global/networks/default", {"name": "default"})
+    return api
 
 
 def gcp_checks(api, regions, **kwargs):
@@ -136,14 +135,11 @@ def gcp_checks(api, regions, **kwargs):
     from stacks.gcp_checks import check_gcp
 
     return by_subject(check_gcp(regions, project_id="ml-proj", credentials=AnonymousCredentials(),
-                                endpoint=api.endpoint, **kwargs))
+                                endpoint=api.url, **kwargs))
 
 
-def test_gcp_answers_each_question_in_one_line():
-    from tests.recorded_api import RecordedAPI
-
-    with RecordedAPI(gcp_responses()) as api:
-        checks = gcp_checks(api, ["us-central1", "europe-west4", "asia-east2", "mars-north1"])
+def test_gcp_answers_each_question_in_one_line(recorded_api):
+    checks = gcp_checks(record_gcp(recorded_api), ["us-central1", "europe-west4", "asia-east2", "mars-north1"])
     assert checks["project"].status == OK
     assert checks["regions"].status == WARN
     assert checks["regions"].detail == "2 of 4 usable; unknown to this project: mars-north1; not UP: asia-east2"
@@ -151,32 +147,28 @@ def test_gcp_answers_each_question_in_one_line():
     assert checks["gpu quota"].status == OK
     assert checks["gpu quota"].detail == ("GPUS_ALL_REGIONS 8; us-central1 NVIDIA_T4_GPUS 4; "
                                           "europe-west4 PREEMPTIBLE_NVIDIA_H100_GPUS 8")
-    assert {r["path"] for r in api.requests} == {"/compute/v1/projects/ml-proj",
-                                                 "/compute/v1/projects/ml-proj/regions",
-                                                 "/compute/v1/projects/ml-proj/global/networks/default"}
+    assert {r.path for r in recorded_api.requests} == {"/compute/v1/projects/ml-proj",
+                                                       "/compute/v1/projects/ml-proj/regions",
+                                                       "/compute/v1/projects/ml-proj/global/networks/default"}
 
 
-def test_gcp_no_default_network_and_a_zero_global_gpu_quota():
-    from tests.recorded_api import RecordedAPI
-
-    with RecordedAPI(gcp_responses(gpus_all_regions=0, network_found=False)) as api:
-        checks = gcp_checks(api, ["us-central1"])
+def test_gcp_no_default_network_and_a_zero_global_gpu_quota(recorded_api):
+    checks = gcp_checks(record_gcp(recorded_api, gpus_all_regions=0, network_found=False), ["us-central1"])
     assert checks["network"].status == FAIL and "set `vpc_name`" in checks["network"].detail
     assert checks["gpu quota"].status == WARN and "GPUS_ALL_REGIONS is 0" in checks["gpu quota"].detail
-    with RecordedAPI(gcp_responses()) as api:
-        named = gcp_checks(api, ["us-central1"], vpc_name="ml-net")
+    named = gcp_checks(record_gcp(recorded_api), ["us-central1"], vpc_name="ml-net")
     assert named["network"].status == FAIL and named["network"].detail.endswith("create it")
-    assert api.requests[-1]["path"].endswith("/global/networks/ml-net")
+    assert recorded_api.requests[-1].path.endswith("/global/networks/ml-net")
 
 
-def test_gcp_unknown_project_and_missing_credentials(monkeypatch, tmp_path):
+def test_gcp_unknown_project_and_missing_credentials(recorded_api, monkeypatch, tmp_path):
     from stacks.gcp_checks import check_gcp
-    from tests.recorded_api import RecordedAPI
 
-    with RecordedAPI({}) as api:
-        checks = gcp_checks(api, ["us-central1"])
+    checks = gcp_checks(recorded_api, ["us-central1"])
     assert checks["project"].status == FAIL and "ml-proj" in checks["project"].detail
-    for variable in ("GOOGLE_CREDENTIALS", "GOOGLE_CLOUD_KEYFILE_JSON", "GCLOUD_KEYFILE_JSON"):
+    from stacks.credentials import GCP_PROVIDER_CREDENTIAL_VARIABLES
+
+    for variable in GCP_PROVIDER_CREDENTIAL_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
     missing = check_gcp(["us-central1"], project_id="ml-proj")

@@ -571,7 +571,7 @@ def test_cloud_init_writes_the_power_off_script_its_deadlines_call(backend):
     data = yaml.safe_load(cloud_init(dataclasses.replace(BASE, backend=backend, max_duration_s=600)))
     script = next(f for f in data["write_files"] if f["path"] == POWER_OFF_PATH)
     assert script["permissions"] == "0755" and "defer" not in script  # there from the start
-    assert script["content"] == power_off_script(backend)
+    assert script["content"] == power_off_script(backend == "gcp")
     assert ("compute.googleapis.com" in script["content"]) == (backend == "gcp")
     assert data["runcmd"][0][-1].endswith(f"|| {POWER_OFF_PATH}") and data["runcmd"][-1] == [POWER_OFF_PATH, "30"]
 
@@ -598,7 +598,7 @@ def run_power_off(tmp_path, backend, server=None, args=(), **settings):
         (shims / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {tmp_path}/calls\n{then}\n')
         (shims / name).chmod(0o755)
     script = tmp_path / "dstack-power-off"
-    script.write_text(power_off_script(backend))
+    script.write_text(power_off_script(backend == "gcp"))
     env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "DSTACK_SHUTDOWN": f"touch {tmp_path}/off",
            "DSTACK_DELETE_GRACE_S": "0", "DSTACK_RETRY_S": "0",
            **({"DSTACK_METADATA_URL": f"{server.url}/computeMetadata/v1",
@@ -709,3 +709,16 @@ def test_a_project_out_of_service_accounts_tries_another_cloud():
     failure = classify("error: 1 error occurred:\n\t* Error creating service account: googleapi: Error 429: "
                        "Maximum number of service accounts on project reached., rateLimitExceeded")
     assert (failure.kind, failure.scope) == ("quota", "cloud") and "`dstack gc`" in failure.message
+
+
+def test_gcp_without_self_delete_makes_no_service_account_and_powers_off():
+    import yaml
+
+    recorder = gcp(self_delete=False)
+    types = {r.typ for r in recorder.resources}
+    assert "gcp:serviceaccount/account:Account" not in types
+    assert "gcp:compute/instanceIAMMember:InstanceIAMMember" not in types
+    assert "serviceAccount" not in recorder.of_type("gcp:compute/instance:Instance")[0].inputs
+    files = {f["path"]: f for f in yaml.safe_load(cloud_init(dataclasses.replace(
+        BASE, backend="gcp", self_delete=False)))["write_files"]}
+    assert "DELETE" not in files["/usr/local/sbin/dstack-power-off"]["content"]
