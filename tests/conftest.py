@@ -92,3 +92,18 @@ def no_aws_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def recorded_api():
+    """A cloud API stand-in on 127.0.0.1 (tests.recorded_http)."""
+    import threading
+
+    from tests.recorded_http import RecordedApi
+
+    api = RecordedApi()
+    thread = threading.Thread(target=api.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield api
+    api.server.shutdown()
+    api.server.server_close()

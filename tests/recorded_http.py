@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
-
-import pytest
 
 
 @dataclass(frozen=True)
@@ -66,13 +63,3 @@ class RecordedApi:
 
     def made(self, method: str, path_pattern: str) -> List[Request]:
         return [r for r in self.requests if r.method == method and re.fullmatch(path_pattern, r.path)]
-
-
-@pytest.fixture
-def recorded_api():
-    api = RecordedApi()
-    thread = threading.Thread(target=api.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield api
-    api.server.shutdown()
-    api.server.server_close()

@@ -10,7 +10,6 @@ from botocore.stub import Stubber
 from stacks.aws_checks import GPU_QUOTAS, check_aws
 from stacks.checks import FAIL, OK, WARN, check_pulumi
 from tests.helpers import run_cli
-from tests.recorded_http import recorded_api  # noqa: F401 (a fixture)
 
 
 def clients_with_quotas(values_by_region):

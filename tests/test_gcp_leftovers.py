@@ -10,7 +10,6 @@ import pytest
 
 from configuration.errors import ConfigurationError
 from stacks.gcp_leftovers import GcpApi, find_leftovers, remove_leftovers
-from tests.recorded_http import recorded_api  # noqa: F401 (a fixture)
 
 DATA = Path(__file__).parent / "data" / "gcp"
 COMPUTE = "/compute/v1/projects/my-project"

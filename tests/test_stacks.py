@@ -11,7 +11,6 @@ from stacks.aws import aws_program
 from stacks.gcp import gcp_program
 from stacks.render import render_program
 from stacks.spec import StackSpec, cloud_init, generate_host_key
-from tests.recorded_http import recorded_api  # noqa: F401 (a fixture)
 
 HOST_KEY = generate_host_key()
 BASE = StackSpec(
