@@ -76,15 +76,16 @@ def logs(
 
 def _print_logs(session, name: str, follow: bool) -> None:
     from provisioner.access import HostAccess
-    from provisioner.follow import LogFollower
+    from provisioner.follow import LogFollower, kept_run_hint
     from provisioner.runner import local_log_path, write_stdout
-    from provisioner.transport import TransportError
+    from provisioner.transport import HostUnreachable, TransportError
 
     record = _record(session, name)
     reachable = record.host and (record.active or record.backend in ("local", "ssh"))
+    shown = 0
     if reachable:
         access = HostAccess.from_json(record.host)
-        follower = LogFollower(lambda: access.connect(total_wait=60), name)
+        follower = LogFollower(access.connect, name, log=session.reporter.info, host=access.description)
         try:
             if follow and record.active:
                 follower.follow(write_stdout)
@@ -92,28 +93,31 @@ def _print_logs(session, name: str, follow: bool) -> None:
                 follower.poll(write_stdout)
             return
         except TransportError as e:
+            shown = follower.offset  # the local copy goes on from there
             session.reporter.info(f"the host is not reachable ({e}); showing the copy kept locally")
     path = local_log_path(name)
     if path.exists():
-        write_stdout(path.read_bytes())
+        write_stdout(path.read_bytes()[shown:])
     elif not record.host:
         session.reporter.info(f"{name} has no output: it never started ({record.reason or record.status})")
+    if reachable and follow and record.active:  # here only when the host stopped answering
+        raise HostUnreachable(kept_run_hint(name))
 
 
 def attach(name: NameArgument) -> None:
     """Follow a running run's output and forward its ports again, until it ends (Ctrl-C detaches)."""
     from configuration.errors import ConfigurationError
     from provisioner.access import HostAccess
-    from provisioner.follow import LogFollower
+    from provisioner.follow import LogFollower, kept_run_hint
     from provisioner.runner import forward_ports, write_stdout
+    from provisioner.transport import HostUnreachable
 
     session = _session()
     record = _record(session, name)
     if not record.active or not record.host:
         raise ConfigurationError(f"{name} is {record.status}; nothing to attach to (`dstack logs {name}` shows its output)")
     access = HostAccess.from_json(record.host)
-    follower = LogFollower(lambda: access.connect(total_wait=60), name)
-    follower.transport = access.connect(total_wait=60)
+    follower = LogFollower(access.connect, name, log=session.reporter.info, host=access.description)
     from configuration.fields import PortMapping
 
     ports = [PortMapping.model_validate(p) for p in (record.configuration or {}).get("ports", [])]
@@ -122,6 +126,8 @@ def attach(name: NameArgument) -> None:
         follower.follow(write_stdout)
     except KeyboardInterrupt:
         session.reporter.info(f"Detached; {name} goes on (`dstack stop {name}` ends it)")
+    except HostUnreachable as e:
+        raise HostUnreachable(f"{e}\n{kept_run_hint(name)}") from None
     finally:
         if forwarder is not None:
             forwarder.close()
