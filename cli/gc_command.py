@@ -22,6 +22,7 @@ def gc(
     from configuration.backends import load_config
     from provisioner.state import StateStore
     from stacks.aws_leftovers import find_leftovers, remove_leftovers
+    from stacks.credentials import aws_errors
 
     config = load_config()
     aws = config.backend("aws")
@@ -31,7 +32,8 @@ def gc(
     live = {r.name for r in StateStore().list_runs() if r.active}
     session = boto3.session.Session()
     clients = {name: session.client("ec2", region_name=name) for name in regions}
-    orphans = [l for name, ec2 in clients.items() for l in find_leftovers(ec2, name) if l.run not in live]
+    with aws_errors(f"listing dstack's resources in {', '.join(regions)}"):
+        orphans = [l for name, ec2 in clients.items() for l in find_leftovers(ec2, name) if l.run not in live]
     if as_json:
         print_json({"leftovers": [l.__dict__ for l in orphans]})
         return
@@ -49,6 +51,7 @@ def gc(
     console.print(table)
     if not yes and not typer.confirm(f"Remove these {len(orphans)} resources?", default=False):
         raise typer.Exit(1)
-    for name, ec2 in clients.items():
-        remove_leftovers(ec2, [l for l in orphans if l.region == name])
+    with aws_errors("removing the leftovers"):
+        for name, ec2 in clients.items():
+            remove_leftovers(ec2, [l for l in orphans if l.region == name])
     stderr_console().print(f"Removed {len(orphans)} resources.")

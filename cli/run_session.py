@@ -1,11 +1,38 @@
-"""The terminal side of a run: progress lines on stderr, the job's output on stdout, and what Ctrl-C means."""
+"""The terminal side of a run: progress lines on stderr, the job's output on stdout, and what Ctrl-C means (and
+SIGTERM and SIGHUP, which mean the same: stop the job, remove what the run created, record it `terminated`)."""
 
 from __future__ import annotations
 
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from cli.output import stderr_console
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal other than SIGINT, raised where Ctrl-C would raise KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_signals_interrupt():
+    """SIGTERM (`kill`, systemd, a CI timeout) and SIGHUP (the terminal closed) interrupt as Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {number: signal.signal(number, interrupt) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def make_reporter(quiet: bool = False):
@@ -18,7 +45,10 @@ def make_reporter(quiet: bool = False):
     started = time.monotonic()
 
     def info(message: str) -> None:
-        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}", markup=True, highlight=False)
+        try:
+            console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}", markup=True, highlight=False)
+        except OSError:  # the terminal is gone (SIGHUP): progress is for a person, the teardown must go on
+            pass
 
     def step(progress) -> None:
         took = f" ({progress.seconds:.0f}s)" if progress.seconds is not None else ""
@@ -43,15 +73,16 @@ def run_and_report(config, store, hosts, run_name, resolved, offers, source: Pat
     session = session_for(config, store, hosts, quiet=as_json)
     repo = repo_root(source.resolve().parent)
     try:
-        record = submit(session, run_name, resolved, offers, repo, detach)
-    except KeyboardInterrupt:
+        with stop_signals_interrupt():
+            record = submit(session, run_name, resolved, offers, repo, detach)
+    except KeyboardInterrupt as interrupt:
         record = store.get_run(run_name)
         if record is not None and record.active:
             left = (f"its Pulumi stack {record.stack['name']} ({record.stack['backend']} {record.stack['region']}) "
                     "may still hold cloud resources" if record.stack else "nothing was created in a cloud")
             session.reporter.info(f"Left {run_name} {record.status}: {left}; `dstack stop {run_name}` (or the next "
                                   "`dstack ps`) finishes the teardown")
-        return 130
+        return 128 + getattr(interrupt, "signum", signal.SIGINT)
     if as_json:
         from cli.output import print_json
 

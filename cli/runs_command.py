@@ -96,17 +96,18 @@ def logs(
 def _print_logs(session, name: str, follow: bool) -> None:
     from configuration.errors import DstackError
     from provisioner.access import HostAccess
-    from provisioner.follow import LogFollower
+    from provisioner.follow import LogFollower, kept_run_hint
     from provisioner.job import log_exists
     from provisioner.runner import local_log_path, write_stdout
-    from provisioner.transport import TransportError
+    from provisioner.transport import HostUnreachable, TransportError
 
     record = _record(session, name)
     reachable = record.host and (record.active or record.backend in ("local", "ssh"))
     missing = f"its {record.backend} host was removed with the run"
+    shown = 0
     if reachable:
         access = HostAccess.from_json(record.host)
-        follower = LogFollower(lambda: access.connect(total_wait=60), name)
+        follower = LogFollower(access.connect, name, log=session.reporter.info, host=access.description)
         try:
             if follow and record.active:
                 follower.follow(write_stdout)
@@ -116,32 +117,35 @@ def _print_logs(session, name: str, follow: bool) -> None:
                 return
             missing = f"its job folder on {access.description} holds no log any more"
         except TransportError as e:
+            shown = follower.offset  # the local copy goes on from there
             session.reporter.info(f"the host is not reachable ({e}); showing the copy kept locally")
             missing = f"{access.description} is not reachable"
     path = local_log_path(name)
     if path.exists():
-        write_stdout(path.read_bytes())
+        write_stdout(path.read_bytes()[shown:])
     elif not record.host:
         session.reporter.info(f"{name} has no output: it never started ({record.reason or record.status})")
     else:
         raise DstackError(f"the output of {name} is gone: {missing}, and the copy dstack keeps ({path}) does not "
                           "exist")
+    if reachable and follow and record.active:  # here only when the host stopped answering
+        raise HostUnreachable(kept_run_hint(name))
 
 
 def attach(name: NameArgument) -> None:
     """Follow a running run's output and forward its ports again, until it ends (Ctrl-C detaches)."""
     from configuration.errors import ConfigurationError
     from provisioner.access import HostAccess
-    from provisioner.follow import LogFollower
+    from provisioner.follow import LogFollower, kept_run_hint
     from provisioner.runner import forward_ports, write_stdout
+    from provisioner.transport import HostUnreachable
 
     session = _session()
     record = _record(session, name)
     if not record.active or not record.host:
         raise ConfigurationError(f"{name} is {record.status}; nothing to attach to (`dstack logs {name}` shows its output)")
     access = HostAccess.from_json(record.host)
-    follower = LogFollower(lambda: access.connect(total_wait=60), name)
-    follower.transport = access.connect(total_wait=60)
+    follower = LogFollower(access.connect, name, log=session.reporter.info, host=access.description)
     from configuration.fields import PortMapping
 
     ports = [PortMapping.model_validate(p) for p in (record.configuration or {}).get("ports", [])]
@@ -150,6 +154,8 @@ def attach(name: NameArgument) -> None:
         follower.follow(write_stdout)
     except KeyboardInterrupt:
         session.reporter.info(f"Detached; {name} goes on (`dstack stop {name}` ends it)")
+    except HostUnreachable as e:
+        raise HostUnreachable(f"{e}\n{kept_run_hint(name)}") from None
     finally:
         if forwarder is not None:
             forwarder.close()

@@ -116,6 +116,7 @@ class CloudBackend:
     def teardown(self, record, report) -> None:
         if not record.stack:
             return
+        self.check_credentials(record.stack["region"])  # before Pulumi, whose error would be pages long
         from stacks.automation import open_stack, stack_destroy, state_settings
         from stacks.progress import EngineEventTracker
 
@@ -134,9 +135,11 @@ def sweep_aws_run(region: str, run_name: str) -> None:
     import boto3
 
     from stacks.aws_leftovers import find_leftovers, remove_leftovers
+    from stacks.credentials import aws_errors
 
     ec2 = boto3.session.Session().client("ec2", region_name=region)
-    remove_leftovers(ec2, find_leftovers(ec2, region, run=run_name))
+    with aws_errors(f"removing what run {run_name} left in AWS {region}"):
+        remove_leftovers(ec2, find_leftovers(ec2, region, run=run_name))
 
 
 def sweep_gcp_run(project_id: Optional[str], owner: Optional[str], run_name: str) -> None:

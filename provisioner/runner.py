@@ -19,12 +19,13 @@ from configuration.home import append_private, dstack_home
 from offers.offer import Offer
 from provisioner.access import HostAccess
 from provisioner.backends import Backend, backend_for
-from provisioner.follow import LogFollower
+from provisioner.follow import LogFollower, kept_run_hint
 from provisioner.job import TIMED_OUT, JobSpec, job_state, start_job, stop_job
 from provisioner.owner import current_owner, owner_alive
 from provisioner.plan import configuration_json
 from provisioner.state import RunRecord, StateStore
 from provisioner.store_errors import StoreDamaged
+from provisioner.transport import HostUnreachable
 from stacks.errors import StackFailure
 
 STARTED = ("submitted", "provisioning", "pulling", "running")
@@ -241,7 +242,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         if detach:
             transport.close()
             return store.get_run(run_name)
-        follower = LogFollower(lambda: access.connect(total_wait=120), run_name, log=session.reporter.info)
+        follower = LogFollower(access.connect, run_name, log=session.reporter.info, host=access.description)
         follower.transport = transport
         code = stream_logs(session, follower, run_name)
         error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
@@ -265,6 +266,8 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         raise
     except StoreDamaged:
         raise  # nothing can be recorded any more; its message names the job if it is still running
+    except HostUnreachable as e:  # its job runs on in its own session if the host is up: keep the run
+        raise HostUnreachable(f"{e}\n{kept_run_hint(run_name)}") from None
     except DstackError as e:
         _stop_job_quietly(session, run_name, follower)
         finish_run(session, run_name, "failed", str(e).splitlines()[0])

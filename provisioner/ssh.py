@@ -5,12 +5,17 @@
   registration (`scan_host_key`, `record_host_keys`), and a connection to a host whose key is not recorded, or
   differs, is refused: nothing is trusted on first use.
 - Latency: paramiko leaves Nagle's algorithm on, so each request/response waits ~40 ms on delayed ACKs; the socket
-  is opened here with TCP_NODELAY (and keepalives), which brings a command on an open connection to ~2 ms.
+  is opened here with TCP_NODELAY, which brings a command on an open connection to ~2 ms.
+- A dead peer: SSH keep-alives and TCP keep-alives every few seconds, and TCP_USER_TIMEOUT, so a connection to a
+  host that vanished breaks within provisioner.liveness's bounds instead of TCP's ~15 minutes; every attempt of a
+  connect gets at most the time left. paramiko's own log (a traceback per failed attempt) never reaches the
+  terminal: the failure reaches the caller as a TransportError.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import secrets
 import select
@@ -23,7 +28,21 @@ from typing import Callable, Optional
 
 from configuration.errors import ConfigurationError
 from configuration.home import dstack_home, private_file
+from provisioner.liveness import Liveness, liveness
 from provisioner.transport import CommandResult, TransportError
+
+# paramiko logs each failure of its transport thread at ERROR with a traceback ("Exception (client): ..."), which
+# Python's last-resort handler prints on stderr; the same failure reaches the caller as an exception anyway.
+_paramiko_log = logging.getLogger("paramiko")
+_paramiko_log.addHandler(logging.NullHandler())
+_paramiko_log.propagate = False
+
+_EMPTY_ERRORS = {EOFError: "the connection closed", TimeoutError: "timed out"}
+
+
+def _why(error: BaseException) -> str:
+    """An exception's message for a person: its text, never a bare class name."""
+    return str(error) or _EMPTY_ERRORS.get(type(error), "the connection failed")
 
 
 @dataclass(frozen=True)
@@ -137,7 +156,7 @@ class SSHTransport:
                 return self._in_shell(command, timeout)
         except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
             self._shell = None
-            raise TransportError(f"{self.description}: connection lost: {e or type(e).__name__}") from None
+            raise TransportError(f"{self.description}: connection lost: {_why(e)}") from None
 
     def _exec(self, command: str, stdin: bytes, timeout: Optional[float]) -> CommandResult:
         channel = self.transport.open_session(timeout=10)
@@ -210,16 +229,18 @@ def connect(
     *,
     unknown_key_policy=None,
 ) -> SSHTransport:
-    """Connect, retrying with backoff while the host does not answer yet, up to `total_wait` seconds. A refused key
-    or a host key that is not the one known fails at once: waiting cannot fix those. `unknown_key_policy` (for
-    `scan_host_key`) replaces the refusal of a key that is not recorded."""
+    """Connect, retrying with backoff while the host does not answer yet, up to `total_wait` seconds (an attempt
+    gets at most the time left). A refused key or a host key that is not the one known fails at once: waiting cannot
+    fix those. `unknown_key_policy` (for `scan_host_key`) replaces the refusal of a key that is not recorded."""
     import paramiko
 
     key = _load_key(target)
+    live = liveness()
     deadline = time.monotonic() + total_wait
     delay, attempt = 0.5, 0
     while True:
         attempt += 1
+        timeout = min(connect_timeout, max(1.0, deadline - time.monotonic()))
         client = paramiko.SSHClient()
         name = host_key_name(target)
         if unknown_key_policy is not None:
@@ -234,13 +255,15 @@ def connect(
                 client.load_host_keys(str(known))
             client.set_missing_host_key_policy(_RefuseUnknownKey(target))
         try:
-            sock = socket.create_connection((target.hostname, target.port), timeout=connect_timeout)
+            sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            _detect_dead_peer(sock, live)
+            # the handshake's own timeout a little longer than the banner's: paramiko then reports "Error reading
+            # SSH protocol banner" for a host that never speaks, rather than a puzzling "No existing session"
             client.connect(target.hostname, port=target.port, username=target.user, pkey=key, sock=sock,
-                           timeout=connect_timeout, banner_timeout=connect_timeout, auth_timeout=connect_timeout,
+                           timeout=timeout + 1, banner_timeout=timeout, auth_timeout=timeout,
                            allow_agent=key is None, look_for_keys=key is None)
-            client.get_transport().set_keepalive(15)
+            client.get_transport().set_keepalive(live.keepalive)
             return SSHTransport(client, target)
         except paramiko.BadHostKeyException as e:
             client.close()
@@ -254,13 +277,23 @@ def connect(
             client.close()
             if time.monotonic() + delay > deadline:
                 raise TransportError(f"{target.address} did not answer SSH within {total_wait:.0f}s "
-                                     f"({attempt} attempts; last error: {e or type(e).__name__})") from None
-            log(f"waiting for sshd on {target.address} ({e or type(e).__name__}); retrying in {delay:.1f}s")
+                                     f"({attempt} attempts; last error: {_why(e)})") from None
+            log(f"waiting for sshd on {target.address} ({_why(e)}); retrying in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
         except BaseException:  # a refused host key (the policies raise), Ctrl-C: no transport thread left behind
             client.close()
             raise
+
+
+def _detect_dead_peer(sock: socket.socket, live: Liveness) -> None:
+    """TCP keep-alives probe an idle connection; TCP_USER_TIMEOUT breaks one whose data (SSH keep-alives included)
+    stays unacknowledged, so a vanished host shows as a broken connection, not as a read that waits forever."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", live.keepalive), ("TCP_KEEPINTVL", live.keepalive), ("TCP_KEEPCNT", 3),
+                          ("TCP_USER_TIMEOUT", int(live.silent_after * 1000))):
+        if hasattr(socket, option):  # Linux has them all; macOS lacks some
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _b64(data: str) -> bytes:

@@ -29,6 +29,10 @@ class TransportError(DstackError):
     """The host could not be reached, or the connection broke; the caller may reconnect and go on."""
 
 
+class HostUnreachable(TransportError):
+    """The host answered nothing for the whole liveness timeout (provisioner.liveness), reconnecting meanwhile."""
+
+
 class Transport(Protocol):
     description: str
 
@@ -48,8 +52,11 @@ class LocalTransport:
         self._env = dict(os.environ, DSTACK_JOBS_DIR=jobs_dir)
 
     def run(self, command: str, stdin: Optional[bytes] = None, timeout: Optional[float] = None) -> CommandResult:
-        done = subprocess.run(["sh", "-c", command], input=stdin or b"", capture_output=True, timeout=timeout,
-                              env=self._env)
+        try:
+            done = subprocess.run(["sh", "-c", command], input=stdin or b"", capture_output=True, timeout=timeout,
+                                  env=self._env)
+        except subprocess.TimeoutExpired:
+            raise TransportError(f"{self.description}: no answer within {timeout}s") from None
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional
 
 from configuration.errors import ConfigurationError
 from configuration.home import dstack_home, private_dir, private_file
-from stacks.errors import classify
+from stacks.errors import StackFailure, classify
 from stacks.spec import PROJECT
 
 INSTALL_HINT = (
@@ -111,30 +111,40 @@ def stack_up(stack, on_event: Optional[Callable] = None) -> Dict[str, object]:
         failure = classify(str(e))
         try:
             stack_destroy(stack, on_event=on_event)
-        except auto.errors.CommandError as cleanup:
-            failure.message += f" (and the cleanup failed: {classify(str(cleanup)).message}; run `dstack stop` again)"
+        except StackFailure as cleanup:
+            failure.message += f" (and the cleanup failed: {cleanup.message}; run `dstack stop` again)"
         raise failure from None
     return {name: output.value for name, output in result.outputs.items()}
 
 
 def stack_destroy(stack, on_event: Optional[Callable] = None, remove: bool = True) -> None:
     """Refresh first, dropping 'pending create' operations an interrupted `up` left with no cloud id, then destroy
-    and forget the stack. Resources of such operations are found by their run tag (`stacks.leftovers`)."""
-    stack.refresh(clear_pending_creates=True, color="never", show_secrets=False)
-    stack.destroy(on_event=on_event, color="never", show_secrets=False)
-    if remove:
-        stack.workspace.remove_stack(stack.name)
+    and forget the stack. Resources of such operations are found by their run tag (`stacks.leftovers`). A failure
+    is a classified StackFailure: one line for the user, not the engine's output."""
+    from pulumi import automation as auto
+
+    try:
+        stack.refresh(clear_pending_creates=True, color="never", show_secrets=False)
+        stack.destroy(on_event=on_event, color="never", show_secrets=False)
+        if remove:
+            stack.workspace.remove_stack(stack.name)
+    except auto.errors.CommandError as e:
+        raise classify(str(e)) from None
 
 
 def list_stacks(settings: StateSettings) -> List[dict]:
     from pulumi import automation as auto
 
-    workspace = auto.LocalWorkspace(opts=_workspace_options(settings))
+    workspace = auto.LocalWorkspace(**vars(_workspace_options(settings)))  # the options' fields are its keywords
     stacks = []
-    for summary in workspace.list_stacks():
-        outputs = workspace.stack_outputs(summary.name)
-        stacks.append({"name": summary.name, "resources": summary.resource_count,
-                       "outputs": {k: ("[secret]" if v.secret else v.value) for k, v in outputs.items()}})
+    try:
+        for summary in workspace.list_stacks():
+            outputs = workspace.stack_outputs(summary.name)
+            stacks.append({"name": summary.name, "resources": summary.resource_count,
+                           "outputs": {k: ("[secret]" if v.secret else v.value) for k, v in outputs.items()}})
+    except auto.errors.CommandError as e:
+        raise ConfigurationError(f"listing the stacks in {settings.backend_url} failed: "
+                                 f"{classify(str(e)).message}") from None
     return stacks
 
 

@@ -4,22 +4,32 @@ clouds' usual chains and are never written into dstack's files."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from configuration.errors import MISSING_AWS_CREDENTIALS, ConfigurationError
 
 
-def check_aws_credentials(region: str) -> str:
-    """The caller's ARN, from `sts.get_caller_identity`."""
-    import boto3
+@contextmanager
+def aws_errors(action: str):
+    """boto3's errors as one line for a person: missing credentials say what to set (boto3 finds that out before
+    sending anything), any other failure names the `action` ("listing ...") and AWS's reason."""
     import botocore.exceptions
 
     try:
-        return boto3.session.Session().client("sts", region_name=region).get_caller_identity()["Arn"]
+        yield
     except botocore.exceptions.NoCredentialsError:
         raise ConfigurationError(MISSING_AWS_CREDENTIALS) from None
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-        raise ConfigurationError(f"AWS rejected the credentials: {e}") from None
+        raise ConfigurationError(f"{action} failed: {e}") from None
+
+
+def check_aws_credentials(region: str) -> str:
+    """The caller's ARN, from `sts.get_caller_identity`."""
+    import boto3
+
+    with aws_errors("checking the AWS credentials"):
+        return boto3.session.Session().client("sts", region_name=region).get_caller_identity()["Arn"]
 
 
 # What the Pulumi GCP provider reads before application default credentials: a key file's path or its JSON.

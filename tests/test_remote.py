@@ -10,6 +10,7 @@ from configuration.errors import ConfigurationError
 from provisioner.follow import LogFollower
 from provisioner.host_probe import PROBE_COMMAND, parse_probe
 from provisioner.job import JobSpec, job_state, read_log, start_job, stop_job
+from provisioner.liveness import Liveness
 from provisioner.ports import PortForwarder, PortTaken, bind_local, ssh_opener
 from provisioner.ssh import AuthenticationRefused, HostKeyChanged, SSHTarget, connect, known_hosts_path
 from provisioner.transport import TransportError
@@ -102,8 +103,8 @@ def test_link_cut_mid_run_loses_nothing(make_host, client_key):
     connect_target = target(host, client_key)
     ssh = connect(connect_target, total_wait=10)
     start_job(ssh, JobSpec(run_name="t-cut", commands=["for i in $(seq 1 40); do echo line $i; sleep 0.1; done"]))
-    follower = LogFollower(lambda: connect(connect_target, total_wait=30, connect_timeout=3), "t-cut",
-                           reconnect_wait=60)
+    follower = LogFollower(lambda total_wait: connect(connect_target, total_wait=total_wait, connect_timeout=3),
+                           "t-cut", live=Liveness(60))
     follower.transport = ssh
     received = bytearray()
     follower.poll(received.extend)
