@@ -104,7 +104,7 @@ def _print_logs(session, name: str, follow: bool) -> None:
     record = _record(session, name)
     reachable = record.host and (record.active or record.backend in ("local", "ssh"))
     missing = f"its {record.backend} host was removed with the run"
-    shown = 0
+    shown, lost = 0, False
     if reachable:
         access = HostAccess.from_json(record.host)
         follower = LogFollower(access.connect, name, log=session.reporter.info, host=access.description)
@@ -117,19 +117,20 @@ def _print_logs(session, name: str, follow: bool) -> None:
                 return
             missing = f"its job folder on {access.description} holds no log any more"
         except TransportError as e:
-            shown = follower.offset  # the local copy goes on from there
+            shown, lost = follower.offset, True  # the local copy goes on from there
             session.reporter.info(f"the host is not reachable ({e}); showing the copy kept locally")
             missing = f"{access.description} is not reachable"
     path = local_log_path(name)
     if path.exists():
         write_stdout(path.read_bytes()[shown:])
-    elif not record.host:
-        session.reporter.info(f"{name} has no output: it never started ({record.reason or record.status})")
-    else:
-        raise DstackError(f"the output of {name} is gone: {missing}, and the copy dstack keeps ({path}) does not "
-                          "exist")
-    if reachable and follow and record.active:  # here only when the host stopped answering
+    if lost and follow and record.active:
         raise HostUnreachable(kept_run_hint(name))
+    if not path.exists():
+        if not record.host:
+            session.reporter.info(f"{name} has no output: it never started ({record.reason or record.status})")
+        else:
+            raise DstackError(f"the output of {name} is gone: {missing}, and the copy dstack keeps ({path}) does "
+                              "not exist")
 
 
 def attach(name: NameArgument) -> None:

@@ -162,7 +162,7 @@ def test_keepalives_break_an_idle_connection_to_a_vanished_host(make_host, clien
     monkeypatch.setenv("DSTACK_HOST_TIMEOUT", "9")
     live = Liveness(9)
     host = make_host()
-    ssh = connect(SSHTarget(host.address, identity_file=client_key[0]), total_wait=10)
+    ssh = connect(SSHTarget(host.address, identity_file=client_key[0], host_key=host.host_public_key), total_wait=10)
     assert ssh.run("echo up").text == "up\n"
     blackhole(host)
     started = time.monotonic()
