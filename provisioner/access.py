@@ -38,9 +38,11 @@ class HostAccess:
         return SSHTarget(hostname=self.hostname, port=self.port, user=self.user or "root",
                          identity_file=self.identity_file, host_key=self.host_key)
 
-    def connect(self, total_wait: float = 60.0, log: Callable[[str], None] = lambda _: None) -> Transport:
+    def connect(self, total_wait: float = 60.0, log: Callable[[str], None] = lambda _: None,
+                booting: bool = False) -> Transport:
+        """`booting`: the first connection to a VM the run just made (see provisioner.ssh.connect)."""
         if self.kind == "local":
             return LocalTransport(str(dstack_home() / "jobs"))
         from provisioner.ssh import connect
 
-        return connect(self.ssh_target(), total_wait=total_wait, log=log)
+        return connect(self.ssh_target(), total_wait=total_wait, log=log, booting=booting and bool(self.host_key))

@@ -124,14 +124,15 @@ class CloudBackend:
         stack = open_stack(record.stack.get("name", record.name), lambda: None, settings)
         stack_destroy(stack, on_event=EngineEventTracker(report))
         if self.name == "aws":
-            sweep_aws_run(record.stack["region"], record.name)
+            sweep_aws_run(record.stack["region"], record.stack.get("owner"), record.name)
         else:
             gcp = self.config.backend("gcp")
             sweep_gcp_run(gcp.project_id if gcp is not None else None, record.stack.get("owner"), record.name)
 
 
-def sweep_aws_run(region: str, run_name: str) -> None:
-    """What an interrupted `up` created before Pulumi recorded it: found by the run's tag and removed."""
+def sweep_aws_run(region: str, owner: Optional[str], run_name: str) -> None:
+    """What an interrupted `up` created before Pulumi recorded it: found by the run's and its owner's tags (another
+    user's run of the same name is not touched) and removed. A run recorded before owners existed has none."""
     import boto3
 
     from stacks.aws_leftovers import find_leftovers, remove_leftovers
@@ -139,7 +140,7 @@ def sweep_aws_run(region: str, run_name: str) -> None:
 
     ec2 = boto3.session.Session().client("ec2", region_name=region)
     with aws_errors(f"removing what run {run_name} left in AWS {region}"):
-        remove_leftovers(ec2, find_leftovers(ec2, region, run=run_name))
+        remove_leftovers(ec2, find_leftovers(ec2, region, owner, run=run_name))
 
 
 def sweep_gcp_run(project_id: Optional[str], owner: Optional[str], run_name: str) -> None:

@@ -227,7 +227,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         offer, access = provision_with_retry(session, run_name, offers, configuration)
         store.update_run(run_name, host=access.to_json())
         session.reporter.info(f"Connecting to {access.description}")
-        transport = access.connect(total_wait=300, log=session.reporter.info)
+        transport = access.connect(total_wait=300, log=session.reporter.info, booting=True)
         if not detach:  # ports first: a local port that is taken fails the run before its job starts
             forwarder = forward_ports(session, run_name, access, configuration.ports,
                                       lambda: follower.transport if follower is not None else transport)

@@ -228,10 +228,16 @@ def connect(
     connect_timeout: float = 10.0,
     *,
     unknown_key_policy=None,
+    booting: bool = False,
 ) -> SSHTransport:
     """Connect, retrying with backoff while the host does not answer yet, up to `total_wait` seconds (an attempt
     gets at most the time left). A refused key or a host key that is not the one known fails at once: waiting cannot
-    fix those. `unknown_key_policy` (for `scan_host_key`) replaces the refusal of a key that is not recorded."""
+    fix those. `unknown_key_policy` (for `scan_host_key`) replaces the refusal of a key that is not recorded.
+
+    `booting`: a VM the run just made, with the host key the run made for it. While it boots, its guest agent may
+    still serve a key of its own (GCP makes new ones at first boot, until cloud-init puts the run's back) and may not
+    have installed the login key yet: both are retried until the deadline. The run's host key is never replaced:
+    only it is ever accepted."""
     import paramiko
 
     key = _load_key(target)
@@ -267,12 +273,22 @@ def connect(
             return SSHTransport(client, target)
         except paramiko.BadHostKeyException as e:
             client.close()
-            raise key_changed(target, e.key, e.expected_key) from None
+            failure = key_changed(target, e.key, e.expected_key)
+            if not booting or time.monotonic() + delay > deadline:
+                raise failure from None
+            log(f"{target.address} does not serve the run's host key yet (still booting); retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
         except paramiko.AuthenticationException:
             client.close()
             with_key = f" with {target.identity_file}" if target.identity_file else ""
-            raise AuthenticationRefused(f"{target.address} refused the SSH key{with_key}: check the user and that the "
-                                        "public key is in the host's authorized_keys") from None
+            refused = AuthenticationRefused(f"{target.address} refused the SSH key{with_key}: check the user and that "
+                                            "the public key is in the host's authorized_keys")
+            if not booting or time.monotonic() + delay > deadline:
+                raise refused from None
+            log(f"{target.address} does not accept the run's login key yet (still booting); retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
         except (OSError, paramiko.SSHException, EOFError) as e:
             client.close()
             if time.monotonic() + delay > deadline:

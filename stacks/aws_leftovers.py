@@ -15,30 +15,38 @@ class Leftover:
     id: str  # the resource id; a key pair's name
     region: str
     run: str
+    owner: str  # the `dstack:owner` tag ("" on resources from before owners existed)
 
 
 def _tag(tags, key: str) -> str:
     return next((t["Value"] for t in tags or [] if t["Key"] == key), "")
 
 
-def find_leftovers(ec2, region: str, run: Optional[str] = None) -> List[Leftover]:
+def find_leftovers(ec2, region: str, owner: Optional[str], run: Optional[str] = None) -> List[Leftover]:
+    """dstack's resources in `region`: one owner's (configuration.owner), or every owner's with owner=None; one
+    run's, or every run's."""
     filters = [{"Name": "tag:dstack:project", "Values": [PROJECT]}]
+    if owner is not None:
+        filters.append({"Name": "tag:dstack:owner", "Values": [owner]})
     if run is not None:
         filters.append({"Name": "tag:dstack:run", "Values": [run]})
+
+    def leftover(kind: str, resource_id: str, tags) -> Leftover:
+        return Leftover(kind, resource_id, region, _tag(tags, "dstack:run"), _tag(tags, "dstack:owner"))
+
     found: List[Leftover] = []
     for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
         for reservation in page["Reservations"]:
             for instance in reservation["Instances"]:
                 if instance["State"]["Name"] not in ("terminated", "shutting-down"):
-                    found.append(Leftover("instance", instance["InstanceId"], region,
-                                          _tag(instance.get("Tags"), "dstack:run")))
+                    found.append(leftover("instance", instance["InstanceId"], instance.get("Tags")))
     for group in ec2.describe_security_groups(Filters=filters)["SecurityGroups"]:
-        found.append(Leftover("security-group", group["GroupId"], region, _tag(group.get("Tags"), "dstack:run")))
+        found.append(leftover("security-group", group["GroupId"], group.get("Tags")))
     for key in ec2.describe_key_pairs(Filters=filters)["KeyPairs"]:
-        found.append(Leftover("key-pair", key["KeyName"], region, _tag(key.get("Tags"), "dstack:run")))
+        found.append(leftover("key-pair", key["KeyName"], key.get("Tags")))
     volume_filters = filters + [{"Name": "status", "Values": ["available"]}]
     for volume in ec2.describe_volumes(Filters=volume_filters)["Volumes"]:
-        found.append(Leftover("volume", volume["VolumeId"], region, _tag(volume.get("Tags"), "dstack:run")))
+        found.append(leftover("volume", volume["VolumeId"], volume.get("Tags")))
     return found
 
 

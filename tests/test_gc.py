@@ -20,22 +20,26 @@ def aws(monkeypatch, moto_endpoint, dstack_home):
     return boto3.client("ec2", region_name="eu-west-3"), env
 
 
-def tagged(run):
-    return [{"Key": "dstack:run", "Value": run}, {"Key": "dstack:project", "Value": "dstack"},
-            {"Key": "Name", "Value": f"dstack-{run}"}]
+def tagged(run, owner):
+    return [{"Key": "dstack:run", "Value": run}, {"Key": "dstack:owner", "Value": owner},
+            {"Key": "dstack:project", "Value": "dstack"}, {"Key": "Name", "Value": f"dstack-{owner}-{run}"}]
 
 
-def make_run_resources(ec2, run):
-    spec = [{"ResourceType": kind, "Tags": tagged(run)} for kind in ("instance", "volume")]
+def make_run_resources(ec2, run, owner=None):
+    """A run's four kinds of resource, tagged as this home's (owner None) or another owner's."""
+    from configuration.owner import owner_id
+
+    owner = owner or owner_id()
+    spec = [{"ResourceType": kind, "Tags": tagged(run, owner)} for kind in ("instance", "volume")]
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
                                  TagSpecifications=spec)["Instances"][0]["InstanceId"]
-    group = ec2.create_security_group(GroupName=f"dstack-{run}", Description="x", TagSpecifications=[
-        {"ResourceType": "security-group", "Tags": tagged(run)}])["GroupId"]
-    key = ec2.create_key_pair(KeyName=f"dstack-{run}", TagSpecifications=[
-        {"ResourceType": "key-pair", "Tags": tagged(run)}])["KeyName"]
+    group = ec2.create_security_group(GroupName=f"dstack-{owner}-{run}", Description="x", TagSpecifications=[
+        {"ResourceType": "security-group", "Tags": tagged(run, owner)}])["GroupId"]
+    key = ec2.create_key_pair(KeyName=f"dstack-{owner}-{run}", TagSpecifications=[
+        {"ResourceType": "key-pair", "Tags": tagged(run, owner)}])["KeyName"]
     volume = ec2.create_volume(AvailabilityZone="eu-west-3a", Size=8, TagSpecifications=[
-        {"ResourceType": "volume", "Tags": tagged(run)}])["VolumeId"]
+        {"ResourceType": "volume", "Tags": tagged(run, owner)}])["VolumeId"]
     return {instance, group, key, volume}
 
 
@@ -62,7 +66,8 @@ def test_gc_lists_and_removes_only_orphans(aws):
     state = ec2.describe_instances(InstanceIds=[i for i in orphan if i.startswith("i-")])
     assert state["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
     remaining = {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]}
-    assert {"dstack-live-run", "not-ours"} <= remaining and "dstack-ghost-run" not in remaining
+    assert "not-ours" in remaining and not any(name.endswith("-ghost-run") for name in remaining)
+    assert any(name.endswith("-live-run") for name in remaining)
     assert live  # the active run's resources were never listed
 
 
@@ -72,8 +77,30 @@ def test_a_runs_own_leftovers_are_found_by_its_tag(aws):
     ec2, _ = aws
     mine = make_run_resources(ec2, "pending-run")
     other = make_run_resources(ec2, "other-run")
-    found = find_leftovers(ec2, "eu-west-3", run="pending-run")
+    from configuration.owner import owner_id
+
+    found = find_leftovers(ec2, "eu-west-3", owner_id(), run="pending-run")
     assert {l.id for l in found} == mine
     remove_leftovers(ec2, found)
-    assert find_leftovers(ec2, "eu-west-3", run="pending-run") == []
-    assert {l.id for l in find_leftovers(ec2, "eu-west-3", run="other-run")} == other
+    assert find_leftovers(ec2, "eu-west-3", owner_id(), run="pending-run") == []
+    assert {l.id for l in find_leftovers(ec2, "eu-west-3", owner_id(), run="other-run")} == other
+
+
+def test_gc_and_sweeps_leave_another_owners_resources_alone(aws):
+    """Two users of one account, both with a run named `train`: this home's gc and teardown sweep touch only its own."""
+    from configuration.owner import owner_id
+    from provisioner.backends import sweep_aws_run
+
+    ec2, env = aws
+    theirs = make_run_resources(ec2, "train", owner="0badf00d")
+    mine = make_run_resources(ec2, "train")
+    listed = json.loads(run_cli("gc", "-r", "eu-west-3", "--json", env=env).stdout)["leftovers"]
+    assert {l["id"] for l in listed} == mine and {l["owner"] for l in listed} == {owner_id()}
+
+    def every_owners_train():  # the moto server is shared by the whole session: other tests' runs are there too
+        listed = run_cli("gc", "-r", "eu-west-3", "--json", "--all-owners", env=env).stdout
+        return {l["id"] for l in json.loads(listed)["leftovers"] if l["run"] == "train"}
+
+    assert every_owners_train() == mine | theirs
+    sweep_aws_run("eu-west-3", owner_id(), "train")
+    assert every_owners_train() == theirs

@@ -153,6 +153,41 @@ def test_known_host_key_is_required(make_host, client_key):
     assert not known_hosts_path().exists()  # a VM's known key is not written to known_hosts
 
 
+def test_a_booting_vm_is_waited_for_until_it_serves_the_runs_host_key_and_login_key(make_host, client_key, tmp_path):
+    """A new GCP VM first serves a host key of its guest agent's and has not installed the login key yet; the first
+    connection waits for both (only the run's host key is ever accepted), later connections fail at once."""
+    import shutil
+    import subprocess
+    import threading
+
+    host = make_host()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "runs_key")], check=True)
+    runs_key = " ".join((tmp_path / "runs_key.pub").read_text().split()[:2])
+    (host.dir / "authorized_keys").write_text("")
+    with pytest.raises(HostKeyChanged):  # not booting: a key other than the run's fails at once
+        connect(target(host, client_key, host_key=runs_key), total_wait=10)
+
+    def cloud_init_finishes():
+        time.sleep(1.5)
+        host.stop_sshd()
+        for suffix in ("", ".pub"):
+            shutil.copy(tmp_path / f"runs_key{suffix}", host.dir / f"host_key{suffix}")
+        host.start_sshd()
+        time.sleep(1.5)
+        (host.dir / "authorized_keys").write_text(client_key[1] + "\n")
+
+    finishing = threading.Thread(target=cloud_init_finishes)
+    finishing.start()
+    said = []
+    started = time.monotonic()
+    transport = connect(target(host, client_key, host_key=runs_key), total_wait=30, log=said.append, booting=True)
+    finishing.join()
+    assert transport.run("echo ready").text.strip() == "ready" and time.monotonic() - started < 25
+    transport.close()
+    assert any("does not serve the run's host key yet" in line for line in said)
+    assert any("does not accept the run's login key yet" in line for line in said)
+
+
 def test_wrong_key_refused_with_a_clear_message(make_host, client_key, tmp_path):
     import subprocess
 
