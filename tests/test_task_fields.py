@@ -3,6 +3,7 @@ on a job on this machine (the local backend) and on an SSH host in a network nam
 
 import json
 import os
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -292,25 +293,29 @@ def test_job_environment_is_declared_plus_system_variables_only(host):
     assert master and f"{master} slots=2" in log
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+def _sleeping(seconds: int) -> list:
+    """Live processes running `sleep SECONDS`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == f"sleep\0{seconds}\0".encode() and \
+                    (entry / "stat").read_text().split()[2] != "Z":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
-def test_processes_the_job_started_end_with_it(host, tmp_path):
-    pids = tmp_path / "pids"
+def test_processes_the_job_started_end_with_it(host):
+    marker = random.randrange(100_000, 900_000)  # a sleep no other process runs
     start_job(host, JobSpec(run_name="bg-run", commands=[
-        f"sleep 300 & echo $! > {pids}", f"setsid sleep 301 & echo $! >> {pids}", "echo done"]))
-    assert wait_exit(host, "bg-run")[0] == 0
-    started = [int(p) for p in pids.read_text().split()]
-    assert len(started) == 2
+        f"sleep {marker} &", f"setsid sleep {marker + 1} &", f"sleep 0.5; pgrep -c -f '^sleep ({marker}|{marker + 1})$'"]))
+    code, log = wait_exit(host, "bg-run")
+    assert (code, log) == (0, "2\n")  # both were running while the job ran
     deadline = time.monotonic() + 5
-    while any(_alive(p) for p in started) and time.monotonic() < deadline:
+    while (_sleeping(marker) or _sleeping(marker + 1)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [p for p in started if _alive(p)]
+    assert _sleeping(marker) == [] and _sleeping(marker + 1) == []
 
 
 def test_shell_runs_the_commands(host):
