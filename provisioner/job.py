@@ -312,7 +312,7 @@ MONITOR_SCRIPT = """#!/bin/sh
 cd "$(dirname "$0")"
 pg=$1 min=$2 window=$3 interval=$4
 start=$(date +%s)
-while kill -0 -"$pg" 2>/dev/null; do
+while kill -0 "$pg" 2>/dev/null; do  # the leader: its group may not exist yet (setsid has not run)
   now=$(date +%s)
   nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader 2>/dev/null | while IFS=, read -r gpu util; do
     gpu=$(echo "$gpu" | tr -d ' '); util=$(echo "$util" | tr -d ' %')
