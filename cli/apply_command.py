@@ -69,6 +69,9 @@ def apply(
     # A dry run plans over every cloud, configured or not: it is how one sees what a run would cost.
     found = search_run_offers(requirements, config, store, limit=20, all_clouds=dry_run)
     search, hosts = found.search, found.hosts
+    from provisioner.field_support import check_fields
+
+    search.offers = check_fields(run.configuration, search.offers, file)  # fields no backend would act upon
     if not search.offers and not dry_run:
         hint = "" if config.cloud_backends else "; no cloud is configured, so only this machine and SSH fleets count"
         raise ConfigurationError(f"no offers match: {requirements.describe()}{hint} (see `dstack offers`)")
@@ -93,7 +96,10 @@ def apply(
         from cli.output import stderr_console
         from cli.plan_view import print_plan
 
-        print_plan(file, run_name, requirements, search, {}, console=stderr_console())
+        from provisioner.field_support import plan_notes
+
+        print_plan(file, run_name, requirements, search, {"notes": plan_notes(run.configuration)},
+                   console=stderr_console())
     if not yes and not typer.confirm("Submit the run?", default=True, err=True):
         raise typer.Exit(1)
     from cli.run_session import run_and_report

@@ -27,6 +27,8 @@ def print_plan(source: str, run_name: str, requirements, search, document: dict,
     console = console or stdout_console()
     console.print(f"[bold]Run[/] {run_name} from {escape(source)}")
     console.print(f"[bold]Request:[/] {escape(requirements.describe())}")
+    for note in document.get("notes") or ():
+        console.print(f"[bold]Note:[/] {escape(note)}")
     if not search.offers:
         return
     offers = Table(box=None, header_style="bold", title="Offers, cheapest first", title_justify="left")

@@ -109,6 +109,26 @@ def parse_duration(v: Any) -> int:
     raise ValueError(f"Invalid duration: {v!r} (expected e.g. 90s, 30m, 2h, 1d, or a number of seconds)")
 
 
+def parse_off_duration(v: Any) -> Any:
+    """A duration that can be switched off: `off` or `false` -> "off"; `true` or nothing -> None (the default)."""
+    if v == "off" or v is False:
+        return "off"
+    if v is True or v is None:
+        return None
+    return parse_duration(v)
+
+
+def parse_idle_duration(v: Any) -> Any:
+    """As dstack: `off`, `false` and any negative number mean off (-1); `true` means the default (None)."""
+    if v == "off" or v is False:
+        return -1
+    if v is True or v is None:
+        return None
+    if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+        return v
+    return parse_duration(v)
+
+
 def format_duration(seconds: int) -> str:
     for unit in ("w", "d", "h", "m"):
         if seconds and seconds % _UNIT_SECONDS[unit] == 0:
@@ -152,3 +172,47 @@ def parse_env(v: Any) -> Dict[str, Optional[str]]:
 SpotPolicy = Literal["spot", "on-demand", "auto"]
 BackendName = Literal["aws", "gcp", "ssh", "local"]
 MaxDuration = Union[int, Literal["off"]]
+
+
+# A Docker-style user: `name`, `uid`, `name:group`, `uid:gid`.
+UNIX_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?\Z")
+# Tags reach every cloud resource: AWS's rules, which GCP labels are made from (stacks.spec).
+TAG_KEY = re.compile(r"^[_\-a-zA-Z0-9]{1,60}\Z")
+TAG_VALUE = re.compile(r"^[a-zA-Z0-9 .:/=_\-+@]{0,256}\Z")
+
+
+def parse_user(v: Any) -> Any:
+    if v is None:
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    if not isinstance(v, str) or not UNIX_USER.match(v):
+        raise ValueError(f"Invalid user: {v!r} (expected USER or USER:GROUP, names or numeric ids)")
+    return v
+
+
+def parse_shell(v: Any) -> Any:
+    if v is None or v in ("sh", "bash"):
+        return v
+    if isinstance(v, str) and v.startswith("/") and not any(c.isspace() for c in v):
+        return v
+    raise ValueError(f"Invalid shell: {v!r} (expected `sh`, `bash` or an absolute path such as /usr/bin/zsh)")
+
+
+def parse_tags(v: Any) -> Any:
+    if v is None:
+        return v
+    if not isinstance(v, dict):
+        raise ValueError("tags must be a mapping of NAME: VALUE")
+    tags = {}
+    for key, value in v.items():
+        if not isinstance(value, str):
+            raise ValueError(f"Invalid value of tag {key!r}: expected a string (quote it)")
+        key = str(key)
+        if not TAG_KEY.match(key):
+            raise ValueError(f"Invalid tag name {key!r} (1 to 60 letters, digits, `_` and `-`)")
+        if not TAG_VALUE.match(value):
+            raise ValueError(f"Invalid value of tag {key!r}: {value!r} (up to 256 letters, digits, spaces and "
+                             "`.:/=_-+@`)")
+        tags[key] = value
+    return tags

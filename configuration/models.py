@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from configuration.fields import (
     HOSTNAME,
@@ -23,7 +23,26 @@ from configuration.fields import (
     check_pattern,
     parse_duration,
     parse_env,
+    parse_idle_duration,
+    parse_off_duration,
     parse_python_version,
+    parse_shell,
+    parse_tags,
+    parse_user,
+)
+from configuration.policies import (
+    EntityReference,
+    InstanceSelector,
+    MountPoint,
+    NodeGroup,
+    Schedule,
+    UtilizationPolicy,
+    VastAIOptions,
+    check_backend_options,
+    name_groups,
+    parse_entity_reference,
+    parse_instance_selector,
+    parse_mount_point,
 )
 from configuration.resources import ResourcesSpec, StrictModel
 
@@ -53,6 +72,63 @@ class ProfileFields(StrictModel):
         Optional[RetryPolicy],
         Field(description="Retry on `no-capacity`, `interruption` or `error`: `true`, or `{on_events, duration}`"),
     ] = None
+    availability_zones: Annotated[
+        Optional[List[str]], Field(description="The zones to consider (e.g. `us-east-1a`); clouds only")
+    ] = None
+    stop_duration: Annotated[
+        Optional[MaxDuration],
+        Field(description="On stop, how long the job has after SIGTERM before SIGKILL (e.g. `30s`, `5m`), or `off` "
+                          "(no SIGKILL). Default `10s`"),
+    ] = None
+    tags: Annotated[
+        Optional[Dict[str, str]],
+        Field(description="Tags for every cloud resource of the run (GCP labels: lowercased, other characters `-`); "
+                          "shown by `dstack ps --json`"),
+    ] = None
+    utilization_policy: Annotated[
+        Optional[UtilizationPolicy],
+        Field(description="Stop the run when a GPU stays below `min_gpu_utilization` percent for `time_window`"),
+    ] = None
+    schedule: Annotated[
+        Optional[Schedule], Field(description="Start the run at these times: `{cron: \"0 8 * * mon-fri\"}` (UTC)")
+    ] = None
+    reservation: Annotated[
+        Optional[str], Field(description="A cloud capacity reservation to use. Not supported yet (issue: persistent "
+                                         "resources)")
+    ] = None
+    creation_policy: Annotated[
+        Optional[Literal["reuse", "reuse-or-create"]],
+        Field(description="`reuse` or `reuse-or-create` fleet instances. Not supported yet (issue: persistent "
+                          "resources)"),
+    ] = None
+    idle_duration: Annotated[
+        Optional[int],
+        BeforeValidator(parse_idle_duration),
+        Field(description="How long an idle instance is kept (`off`: forever). Not supported yet (issue: persistent "
+                          "resources)"),
+    ] = None
+    startup_order: Annotated[
+        Optional[Literal["any", "master-first", "workers-first"]],
+        Field(description="The order multi-node jobs start in. Not supported yet (issue: distributed tasks)"),
+    ] = None
+    stop_criteria: Annotated[
+        Optional[Literal["all-done", "master-done"]],
+        Field(description="When a multi-node run is finished. Not supported yet (issue: distributed tasks)"),
+    ] = None
+    fleets: Annotated[
+        Optional[List[Annotated[EntityReference, BeforeValidator(parse_entity_reference)]]],
+        Field(description="The fleets to reuse: `NAME` or `PROJECT/NAME`. Not supported yet (issue: persistent "
+                          "resources)"),
+    ] = None
+    instances: Annotated[
+        Optional[List[Annotated[InstanceSelector, BeforeValidator(parse_instance_selector)]]],
+        Field(min_length=1, description="The fleet instances to use: a name, `{hostname}` or `{fleet, instance}`. "
+                                        "Not supported yet (issue: persistent resources)"),
+    ] = None
+    backend_options: Annotated[
+        Optional[List[VastAIOptions]],
+        Field(description="Options for one backend's offers: `{type: vastai, ...}`. Refused: no such backend here"),
+    ] = None
 
     @field_validator("max_duration", mode="before")
     @classmethod
@@ -60,6 +136,14 @@ class ProfileFields(StrictModel):
         if v is None or v == "off":
             return v
         return parse_duration(v)
+
+    @field_validator("stop_duration", mode="before")
+    @classmethod
+    def _stop_duration(cls, v: Any) -> Any:
+        return parse_off_duration(v)
+
+    _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: parse_tags(v)))
+    _backend_options = field_validator("backend_options")(classmethod(lambda cls, v: check_backend_options(v)))
 
     @field_validator("retry", mode="before")
     @classmethod
@@ -70,7 +154,7 @@ class ProfileFields(StrictModel):
             return None
         return v
 
-    @field_validator("regions", "instance_types", "backends", mode="before")
+    @field_validator("regions", "instance_types", "backends", "availability_zones", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
@@ -86,11 +170,48 @@ class RunFields(ProfileFields):
     image: Annotated[Optional[str], Field(description="The Docker image to run in")] = None
     python: Annotated[
         Optional[str],
-        Field(description="The Python version to run with when no `image` is given: `3.9` to `3.14`"),
+        Field(description="The Python version to run with when no `image` is given: `3.9` to `3.14`; installed "
+                          "with `uv` where the host lacks it"),
     ] = None
-    entrypoint: Annotated[Optional[str], Field(description="The Docker entrypoint")] = None
+    nvcc: Annotated[
+        Optional[bool], Field(description="Needs the CUDA compiler `nvcc` on the host (no `image`)")
+    ] = None
+    docker: Annotated[
+        Optional[bool], Field(description="Docker usable by the commands (no `image`, `python` or `nvcc`)")
+    ] = None
+    entrypoint: Annotated[Optional[str], Field(description="The Docker entrypoint (with `image` only)")] = None
     working_dir: Annotated[Optional[str], Field(description="The working directory, relative to the repo or absolute")] = None
-    registry_auth: Annotated[Optional[RegistryAuth], Field(description="Credentials for a private Docker registry")] = None
+    user: Annotated[
+        Optional[str], Field(description="The user in the container, `USER[:GROUP]` (names or ids; with `image`)")
+    ] = None
+    privileged: Annotated[bool, Field(description="Run the container privileged (with `image`)")] = False
+    home_dir: Annotated[
+        Optional[str], Field(description="The container's `HOME` (with `image`); deprecated by dstack")
+    ] = None
+    shell: Annotated[
+        Optional[str],
+        Field(description="The shell running `commands`: `sh`, `bash` or an absolute path. Default: `/bin/sh` with "
+                          "`image`, else `bash` (`sh` where the host has no bash)"),
+    ] = None
+    registry_auth: Annotated[
+        Optional[RegistryAuth], Field(description="Credentials for a private Docker registry (with `image`)")
+    ] = None
+    setup: Annotated[List[str], Field(description="Commands run before `commands` (dstack's legacy field)")] = []
+    priority: Annotated[
+        Optional[int], Field(ge=0, le=100, description="0 to 100: higher runs are provisioned first where runs "
+                                                       "queue; here no run waits for another")
+    ] = None
+    single_branch: Annotated[
+        Optional[bool], Field(description="Clone only the branch of a remote repo. Not supported yet (issue: repos)")
+    ] = None
+    volumes: Annotated[
+        List[Annotated[MountPoint, BeforeValidator(parse_mount_point)]],
+        Field(description="Volumes to mount: `NAME:/path` or `/host/path:/path`. Not supported yet (issue: "
+                          "persistent resources)"),
+    ] = []
+    dstack: Annotated[
+        bool, Field(description="Make the dstack server reachable from the job. Refused: there is no server")
+    ] = False
     env: Annotated[
         Dict[str, Optional[str]],
         Field(description="Environment variables: a list of `NAME=VALUE` or `NAME` (taken from your environment), or a mapping"),
@@ -110,6 +231,17 @@ class RunFields(ProfileFields):
     @classmethod
     def _python(cls, v: Any) -> Any:
         return None if v is None else parse_python_version(v)
+
+    @field_validator("docker")
+    @classmethod
+    def _docker(cls, v: Optional[bool], info: ValidationInfo) -> Optional[bool]:
+        for other in ("image", "python", "nvcc"):
+            if v and info.data.get(other):
+                raise ValueError(f"`docker` and `{other}` are mutually exclusive: give one of them")
+        return v
+
+    _user = field_validator("user", mode="before")(classmethod(lambda cls, v: parse_user(v)))
+    _shell = field_validator("shell", mode="before")(classmethod(lambda cls, v: parse_shell(v)))
 
     @field_validator("env", mode="before")
     @classmethod
@@ -135,10 +267,34 @@ class TaskConfiguration(RunFields):
         List[PortMapping],
         Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local port)"),
     ] = []
-    nodes: Annotated[int, Field(ge=1, description="The number of nodes")] = 1
+    nodes: Annotated[
+        int, Field(ge=1, description="The number of nodes. More than 1: not supported yet (issue: distributed tasks)")
+    ] = 1
+    groups: Annotated[
+        Optional[List[NodeGroup]],
+        Field(description="Node groups of a heterogeneous multi-node task (instead of `nodes`, `commands`, "
+                          "`ports`). Not supported yet (issue: distributed tasks)"),
+    ] = None
+
+    _groups = field_validator("groups")(classmethod(lambda cls, v: name_groups(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nodes_or_groups(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("groups") is not None and data.get("nodes") is not None:
+            raise ValueError("`nodes` and `groups` are mutually exclusive: give one of them")
+        return data
 
     @model_validator(mode="after")
     def _something_to_run(self) -> "TaskConfiguration":
+        if self.groups is not None:
+            for field in ("commands", "ports", "entrypoint"):
+                if getattr(self, field):
+                    raise ValueError(f"`{field}` goes in each of `groups` when `groups` is set")
+            for group in self.groups:
+                if not group.commands and self.image is None:
+                    raise ValueError(f"group {group.name!r}: either its `commands` or the task's `image` must be set")
+            return self
         if not self.commands and self.image is None:
             raise ValueError("either `commands` or `image` must be set")
         return self

@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 from configuration import yaml_input
 from configuration.fields import RegistryAuth, RetryPolicy
 from configuration.models import AnyConfiguration, DevEnvironmentConfiguration, FleetConfiguration, TaskConfiguration
+from configuration.policies import InstanceMountPoint, NodeGroup, Schedule, UtilizationPolicy, VolumeMountPoint
 from configuration.resources import CPUSpec, DiskSpec, GPUSpec, ResourcesSpec
 
 SECTIONS = (
@@ -27,6 +28,13 @@ SECTIONS = (
     ("resources.disk", DiskSpec, "`disk: 500GB`, `disk: 200GB..`, or this mapping."),
     ("registry_auth", RegistryAuth, "Credentials for a private registry."),
     ("retry", RetryPolicy, "`retry: true` retries on every event for the default duration."),
+    ("utilization_policy", UtilizationPolicy, "Stops a run whose GPUs idle (see docs/runs.md)."),
+    ("schedule", Schedule, "`cron: \"0 8 * * mon-fri\"` or a list: minute hour day month weekday, in UTC. Parsed; "
+                           "refused at plan time until scheduled runs land."),
+    ("volumes[] (volume)", VolumeMountPoint, "`volumes: [NAME:/path]` or this mapping. Refused until persistent "
+                                             "resources land."),
+    ("volumes[] (host folder)", InstanceMountPoint, "`volumes: [/host/path:/path]` or this mapping."),
+    ("groups[]", NodeGroup, "One group of a heterogeneous multi-node task. Refused until distributed tasks land."),
     ("dev-environment", DevEnvironmentConfiguration, "The root of a `type: dev-environment` file."),
     ("fleet", FleetConfiguration, "The root of a `type: fleet` file (hosts you own, reached over SSH)."),
 )

@@ -45,6 +45,7 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         subnet=getattr(backend_config, "subnet", None) or getattr(backend_config, "subnetwork", None),
         max_duration_s=max_duration,
         nvidia_open_driver=(compute_capability(t.gpu_name) or OPEN_DRIVER_MIN_CAPABILITY) >= OPEN_DRIVER_MIN_CAPABILITY,
+        user_tags=tuple(sorted((configuration.tags or {}).items())),
     )
 
 

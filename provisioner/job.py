@@ -6,14 +6,21 @@ made under umask 077, so they are 0700 and what the job writes in them 0600. In 
 (mode 0600, read by the script at start and then deleted), `repo/` (the working tree), `output.log` (stdout and
 stderr), `pid` (the job's process group) and `exit_code` (written when the job ends). The job runs in its own session
 (setsid), so a dropped SSH connection loses nothing: the client reconnects and reads the log on from the byte it had.
+
+A job without `image:` starts from an empty environment (`env -i`): a login shell's basics (HOME, USER, LOGNAME,
+SHELL, PATH, LANG), dstack's system variables and what the task declares, on every backend alike. When the job's
+main process ends, everything it started ends too: its process group is killed, then every process still carrying
+the job's `DSTACK_JOB_ID` in its environment (a child that escaped the group with setsid).
 """
 
 from __future__ import annotations
 
+import secrets
 import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from configuration.fields import SUPPORTED_PYTHON
 from provisioner.repo_archive import pack
 from provisioner.transport import Transport, TransportError
 from stacks.power_off import POWER_OFF_PATH
@@ -21,6 +28,11 @@ from stacks.power_off import POWER_OFF_PATH
 CONTAINER_REPO = "/workflow"
 REGISTRY_PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"
 REGISTRY_USERNAME_VAR = "DSTACK_REGISTRY_USERNAME"
+JOB_ID_VAR = "DSTACK_JOB_ID"  # marks every process of the job, for the sweep at its end
+CONTAINER_HOSTFILE = "/dstack/mpi/hostfile"
+# Set on the host when the job starts (the host knows its own address); the others come from the client.
+HOST_VARS = ("DSTACK_MASTER_NODE_IP", "DSTACK_NODES_IPS", "DSTACK_MPI_HOSTFILE")
+SHELLS = {"sh": "/bin/sh", "bash": "/bin/bash"}
 
 
 @dataclass
@@ -38,6 +50,16 @@ class JobSpec:
     registry_password: Optional[str] = None
     max_duration_s: Optional[int] = None  # the job is stopped (exit code 124) when it runs longer
     power_off_after_exit_min: Optional[int] = None  # cloud VMs: power off (and so terminate) after the job ends
+    shell: Optional[str] = None  # `sh`, `bash` or an absolute path; None: bash (sh without it), /bin/sh in an image
+    user: Optional[str] = None  # image jobs: the container's user
+    privileged: bool = False  # image jobs: a privileged container
+    home_dir: Optional[str] = None  # image jobs: the container's HOME
+    docker: bool = False  # Docker usable by the commands
+    nvcc: bool = False  # the commands need the CUDA compiler
+    may_install: bool = True  # may download what the job needs (uv, Docker); False on the user's own machine
+    gpus: int = 0  # DSTACK_GPUS_NUM, and the slots of the MPI host file
+    utilization: Optional[Tuple[int, int]] = None  # (min GPU %, window s): stopped when a GPU stays below it
+    job_id: str = field(default_factory=lambda: secrets.token_hex(12))
 
 
 def registry_of(image: str) -> Optional[str]:
@@ -50,6 +72,7 @@ def registry_of(image: str) -> Optional[str]:
 
 def env_file(job: JobSpec) -> bytes:
     values = dict(job.env)
+    values[JOB_ID_VAR] = job.job_id
     if job.registry_password is not None:
         values[REGISTRY_USERNAME_VAR] = job.registry_username or ""
         values[REGISTRY_PASSWORD_VAR] = job.registry_password
@@ -63,22 +86,60 @@ cd "$(dirname "$0")"
 JOB_DIR="$PWD"
 mkdir -p repo
 if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
+DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
+DSTACK_MASTER_NODE_IP=${{DSTACK_MASTER_NODE_IP:-127.0.0.1}}
+DSTACK_NODES_IPS=$DSTACK_MASTER_NODE_IP
+DSTACK_MPI_HOSTFILE="$JOB_DIR/mpi_hostfile"
+echo "$DSTACK_MASTER_NODE_IP slots={slots}" > "$DSTACK_MPI_HOSTFILE"
+export DSTACK_MASTER_NODE_IP DSTACK_NODES_IPS DSTACK_MPI_HOSTFILE
 """
 
 
-def _python_setup(version: Optional[str]) -> str:
-    """A virtual environment for the run: uv where present, else the system's Python. It sees the host's site
-    packages and gets `pip` as `python -m pip`, which takes milliseconds where ensurepip takes seconds."""
-    wanted = f"python{version}" if version else "python3"
-    uv_python = f" --python {version}" if version else ""
-    return f"""if [ ! -x "$JOB_DIR/venv/bin/python" ]; then
-  if command -v uv >/dev/null 2>&1 && uv venv -q --seed{uv_python} "$JOB_DIR/venv" >/dev/null 2>&1; then :
-  else
-    PY={wanted}
-    if ! command -v "$PY" >/dev/null 2>&1; then
-      PY=python3
-      echo "dstack: {wanted} is not installed on this host; using $(python3 --version 2>&1)" >&2
+def _preamble(job: JobSpec) -> str:
+    return _PREAMBLE.format(run=job.run_name, slots=max(job.gpus, 1))
+
+
+# An interpreter that runs and is the version asked for (a pyenv shim of a version not selected exits 127), as
+# a path: `python3.12`, else a pyenv-installed 3.12.x, else nothing. With no version: python3.
+_FIND_PYTHON = """py_ok() { "$1" -c "import sys; sys.exit(0 if '$2' in ('', '%d.%d' % sys.version_info[:2]) else 1)" \
+>/dev/null 2>&1; }
+find_python() {
+  for c in ${1:+python$1} python3; do if py_ok "$c" "$1"; then command -v "$c"; return 0; fi; done
+  [ -n "$1" ] && command -v pyenv >/dev/null 2>&1 || return 1
+  for v in $(pyenv versions --bare 2>/dev/null | grep -E "^$(echo "$1" | sed 's/[.]/[.]/')[.][0-9]+\\$"); do
+    p=$(PYENV_VERSION=$v pyenv which python 2>/dev/null) && py_ok "$p" "$1" && { echo "$p"; return 0; }
+  done
+  return 1
+}
+present_pythons() { for v in VERSIONS; do find_python $v >/dev/null && printf ' %s' $v; done; }
+""".replace("VERSIONS", " ".join(SUPPORTED_PYTHON))
+
+_INSTALL_UV = """if ! command -v uv >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/uv" ]; then
+    echo "dstack: installing uv to get Python {version}"
+    curl -LsSf --max-time 120 https://astral.sh/uv/install.sh | \
+env UV_INSTALL_DIR="$HOME/.local/bin" INSTALLER_NO_MODIFY_PATH=1 sh >/dev/null 2>&1 || true
+  fi
+  PATH="$PATH:$HOME/.local/bin"
+"""
+
+
+def _python_setup(version: Optional[str], may_install: bool) -> str:
+    """A virtual environment for the run. The interpreter asked for, found on the host (PATH or pyenv), or else
+    installed by uv (uv itself installed first where the job may download). Never another version instead: the job
+    fails naming the versions the host has. uv makes the venv where present; else the system's Python does, seeing
+    the host's site packages, with `pip` as `python -m pip` (milliseconds where ensurepip takes seconds)."""
+    wanted = version or ""
+    get_uv = _INSTALL_UV.format(version=version) if version and may_install else ""
+    cannot = "and uv could not install it" if may_install else "(the local backend installs nothing)"
+    return f"""{_FIND_PYTHON}if [ ! -x "$JOB_DIR/venv/bin/python" ]; then
+  PY=$(find_python {wanted}) || PY=""
+  if [ -z "$PY" ]; then
+  {get_uv}  if ! command -v uv >/dev/null 2>&1 || ! uv venv -q --seed --python {wanted or 3} "$JOB_DIR/venv" >/dev/null 2>&1; then
+      echo "dstack: Python {wanted or 3} is not installed on this host {cannot}; present:$(present_pythons)" >&2
+      exit 1
     fi
+  elif command -v uv >/dev/null 2>&1 && uv venv -q --seed --python "$PY" "$JOB_DIR/venv" >/dev/null 2>&1; then :
+  else
     "$PY" -m venv --without-pip --system-site-packages "$JOB_DIR/venv"
     for shim in pip pip3; do
       printf '#!/bin/sh\\nexec "%s/bin/python" -m pip "$@"\\n' "$JOB_DIR/venv" > "$JOB_DIR/venv/bin/$shim"
@@ -90,6 +151,30 @@ fi
 """
 
 
+_NVCC = """PATH="$PATH:/usr/local/cuda/bin"
+if ! command -v nvcc >/dev/null 2>&1; then
+  echo "dstack: nvcc: true, but this host has no nvcc (the CUDA toolkit) on PATH or in /usr/local/cuda/bin" >&2
+  exit 1
+fi
+"""
+# `docker: true`: the commands call `docker`; where only root may, a `docker` on PATH runs it through sudo.
+_DOCKER_FOR_COMMANDS = """if [ "$DOCKER" != docker ]; then
+  mkdir -p "$JOB_DIR/bin"
+  printf '#!/bin/sh\\nexec %s docker "$@"\\n' "$AS_ROOT" > "$JOB_DIR/bin/docker"
+  chmod +x "$JOB_DIR/bin/docker"
+  PATH="$JOB_DIR/bin:$PATH"
+fi
+"""
+
+
+def _commands(job: JobSpec) -> str:
+    """The commands, run by the login shell that runs job.sh, or by `shell:` when the task names one."""
+    if job.shell is None:
+        return "".join(command + "\n" for command in job.commands)
+    shell = SHELLS.get(job.shell, job.shell)
+    return f"exec {shlex.quote(shell)} -c {shlex.quote('set -e' + chr(10) + chr(10).join(job.commands))}\n"
+
+
 def _workdir(job: JobSpec, base: str) -> str:
     if job.working_dir is None:
         return base
@@ -99,13 +184,20 @@ def _workdir(job: JobSpec, base: str) -> str:
 
 
 def python_script(job: JobSpec) -> str:
+    """A job without `image:`: in a venv of its Python, or (`docker: true`) with Docker at hand."""
     workdir = _workdir(job, "$JOB_DIR/repo")
     if workdir.startswith("$JOB_DIR/"):
         workdir = '"$JOB_DIR"/' + shlex.quote(workdir[len("$JOB_DIR/"):])
     else:
         workdir = shlex.quote(workdir)
-    lines = [_PREAMBLE.format(run=job.run_name), _python_setup(job.python), f"cd {workdir}\n"]
-    lines += [command + "\n" for command in job.commands]
+    lines = [_preamble(job)]
+    if job.docker:
+        lines += [_DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else ""), _DOCKER_FOR_COMMANDS]
+    else:
+        lines.append(_python_setup(job.python, job.may_install))
+    if job.nvcc:
+        lines.append(_NVCC)
+    lines += [f"cd {workdir}\n", _commands(job)]
     return "".join(lines)
 
 
@@ -117,8 +209,16 @@ def docker_run_argv(job: JobSpec) -> List[str]:
         argv += ["--gpus", "all"]
     if job.shm_size_gb:
         argv += ["--shm-size", f"{int(job.shm_size_gb * 1024)}m"]
-    for name in job.env:
+    if job.privileged:
+        argv += ["--privileged"]
+    if job.user:
+        argv += ["--user", job.user]
+    for name in [*job.env, *HOST_VARS[:2]]:
         argv += ["-e", name]
+    argv += ["-e", f"DSTACK_MPI_HOSTFILE={CONTAINER_HOSTFILE}",
+             "-v", f"$JOB_DIR/mpi_hostfile:{CONTAINER_HOSTFILE}:ro"]
+    if job.home_dir:
+        argv += ["-e", f"HOME={job.home_dir}"]
     argv += ["-v", f"$JOB_DIR/repo:{CONTAINER_REPO}", "-w", _workdir(job, CONTAINER_REPO)]
     entry = shlex.split(job.entrypoint) if job.entrypoint else []
     args: List[str] = []
@@ -126,7 +226,7 @@ def docker_run_argv(job: JobSpec) -> List[str]:
         argv += ["--entrypoint", entry[0]]
         args = entry[1:] + (["\n".join(job.commands)] if job.commands else [])
     elif job.commands:
-        argv += ["--entrypoint", "/bin/sh"]
+        argv += ["--entrypoint", SHELLS.get(job.shell or "sh", job.shell or "sh")]
         args = ["-c", "set -e\n" + "\n".join(job.commands)]
     return argv + [job.image] + args
 
@@ -150,6 +250,7 @@ as_root() {
   $AS_ROOT "$@"
 }
 if ! command -v docker >/dev/null 2>&1; then
+  [ -n "{may_install}" ] || { echo "dstack: Docker is not installed on this machine; install it first" >&2; exit 1; }
   echo "dstack: installing Docker"
   curl -fsSL https://get.docker.com -o "$JOB_DIR/get-docker.sh"
   as_root sh "$JOB_DIR/get-docker.sh"
@@ -173,7 +274,7 @@ fi
 
 
 def docker_script(job: JobSpec) -> str:
-    lines = [_PREAMBLE.format(run=job.run_name), _DOCKER_ACCESS]
+    lines = [_preamble(job), _DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else "")]
     if job.nvidia_gpus:
         lines.append(_NVIDIA_TOOLKIT)
     if job.registry_password is not None:
@@ -203,16 +304,70 @@ def job_folder(run_name: str) -> str:
 TIMED_OUT = 124  # the exit code of a job stopped at max_duration (as timeout(1) reports it)
 
 
+UNDERUTILIZED = 122  # the exit code of a job stopped by its utilization_policy
+
+# `monitor.sh PGID MIN_PERCENT WINDOW_S INTERVAL_S`: samples each GPU's utilization with nvidia-smi every INTERVAL_S;
+# when one has stayed below MIN_PERCENT for WINDOW_S, writes `stop_reason` and stops the job's process group
+# (SIGTERM, SIGKILL 10 s later). util.<gpu> holds the last time that GPU was at or above the minimum.
+MONITOR_SCRIPT = """#!/bin/sh
+cd "$(dirname "$0")"
+pg=$1 min=$2 window=$3 interval=$4
+start=$(date +%s)
+while kill -0 "$pg" 2>/dev/null; do  # the leader: its group may not exist yet (setsid has not run)
+  now=$(date +%s)
+  nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader 2>/dev/null | while IFS=, read -r gpu util; do
+    gpu=$(echo "$gpu" | tr -d ' '); util=$(echo "$util" | tr -d ' %')
+    case "$gpu$util" in ''|*[!0-9]*) continue ;; esac
+    [ -f "util.$gpu" ] || echo "$start" > "util.$gpu"
+    [ "$util" -ge "$min" ] && echo "$now" > "util.$gpu"
+    if [ $((now - $(cat "util.$gpu"))) -ge "$window" ]; then
+      echo "utilization_policy: GPU $gpu below $min% for ${window}s" > stop_reason
+    fi
+  done
+  if [ -f stop_reason ]; then
+    kill -TERM -"$pg" 2>/dev/null; sleep 10; kill -KILL -"$pg" 2>/dev/null; exit 0
+  fi
+  sleep "$interval"
+done
+"""
+MIN_SAMPLE_INTERVAL_S = 5
+MAX_SAMPLE_INTERVAL_S = 60
+
+
+def _launcher(job: JobSpec) -> str:
+    """The job's first process. `python:` and `docker:` jobs run in a login shell (once per job), so the PATH the
+    user's profile sets (conda, ~/.local/bin, pyenv) applies as in an SSH session, from an empty environment: a
+    login shell's basics and the env file only. `image:` jobs only drive docker (the container gets `-e` names)."""
+    if job.image:
+        return "sh ./job.sh"
+    basics = ('env -i HOME="$HOME" USER="${USER:-$(id -un)}" LOGNAME="${LOGNAME:-$(id -un)}" SHELL="${SHELL:-/bin/sh}" '
+              'PATH="$PATH" LANG="${LANG:-C.UTF-8}"')
+    if job.docker:
+        basics += ' ${DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"} ${DOCKER_CONFIG:+DOCKER_CONFIG="$DOCKER_CONFIG"}'
+    return basics + " sh -c 'if command -v bash >/dev/null; then exec bash -l ./job.sh; fi; exec sh -l ./job.sh'"
+
+
+def sweep_command(job_id: str) -> str:
+    """Kills every process whose environment carries the job's id: what escaped its process group."""
+    return (f'for f in $(grep -lsaF "{JOB_ID_VAR}={job_id}" /proc/[0-9]*/environ 2>/dev/null); do '
+            'p=${f#/proc/}; [ "${p%/environ}" != "$$" ] && kill -KILL "${p%/environ}" 2>/dev/null; done; true')
+
+
 def start_command(job: JobSpec) -> str:
     """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
     folder = job_folder(job.run_name)
     limit = f"timeout -s TERM -k 10 {job.max_duration_s} " if job.max_duration_s else ""
-    # `python:` jobs run in a login shell (once per job), so the PATH the user's profile sets (conda, ~/.local/bin,
-    # pyenv) applies as in an SSH session; `image:` jobs only drive docker.
-    shell = "sh" if job.image else "sh -c 'if command -v bash >/dev/null; then exec bash -l ./job.sh; fi; exec sh -l ./job.sh'"
-    script = "./job.sh" if job.image else ""
-    wrapper = (f"setsid {limit}{shell} {script} > output.log 2>&1 < /dev/null & echo $! > pid; wait $!; "
-               "echo $? > exit_code.tmp; mv exit_code.tmp exit_code")
+    monitor_start = monitor_stop = ""
+    if job.utilization:
+        low, window = job.utilization
+        interval = min(max(window // 10, MIN_SAMPLE_INTERVAL_S), MAX_SAMPLE_INTERVAL_S)
+        monitor_start = f"./monitor.sh $J {low} {window} {interval} & M=$!; "
+        monitor_start = f"rm -f stop_reason util.*; {monitor_start}"
+        monitor_stop = f'kill $M 2>/dev/null; [ -f stop_reason ] && code={UNDERUTILIZED}; '
+    wrapper = (f"setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; echo $J > pid; "
+               f"{monitor_start}wait $J; code=$?; {monitor_stop}"
+               f"kill -KILL -$J 2>/dev/null; {sweep_command(job.job_id)}; "
+               "echo $code > exit_code.tmp; mv exit_code.tmp exit_code")
     if job.power_off_after_exit_min:
         minutes = job.power_off_after_exit_min
         # The VM's own power-off (cloud-init writes it: a GCP VM deletes itself), else a plain scheduled shutdown.
@@ -225,7 +380,10 @@ def start_command(job: JobSpec) -> str:
 
 
 def start_job(transport: Transport, job: JobSpec, repo=None) -> int:
-    archive = pack(repo, {"job.sh": (job_script(job).encode(), 0o700), "env": (env_file(job), 0o600)})
+    files = {"job.sh": (job_script(job).encode(), 0o700), "env": (env_file(job), 0o600)}
+    if job.utilization:
+        files["monitor.sh"] = (MONITOR_SCRIPT.encode(), 0o700)
+    archive = pack(repo, files)
     result = transport.run(start_command(job), stdin=archive, timeout=120)
     if result.code != 0 or not result.text.strip().isdigit():
         raise TransportError(f"starting the job on {transport.description} failed: "
@@ -278,12 +436,19 @@ def running_jobs(transport: Transport) -> List[Tuple[str, int]]:
     return sorted(jobs)
 
 
-def stop_command(run_name: str, grace: int) -> str:
+def stop_command(run_name: str, grace: Optional[int]) -> str:
+    """SIGTERM, then SIGKILL after `grace` seconds; with None (`stop_duration: off`) SIGTERM alone: the job takes
+    as long as it needs, and the command returns at once."""
     folder = job_folder(run_name)
     container = shlex.quote(f"dstack-{run_name}")
-    return (f"cd {folder} 2>/dev/null || exit 0; [ -s pid ] || exit 0; PG=$(cat pid); "
-            f"if command -v docker >/dev/null 2>&1; then {{ docker stop -t {grace} {container} || "
-            f"sudo -n docker stop -t {grace} {container}; }} >/dev/null 2>&1 || true; fi; "
+    docker_stop = (f"{{ docker stop -t SECONDS {container} || sudo -n docker stop -t SECONDS {container}; }} "
+                   ">/dev/null 2>&1")
+    prefix = f"cd {folder} 2>/dev/null || exit 0; [ -s pid ] || exit 0; PG=$(cat pid); "
+    if grace is None:
+        return (prefix + "if command -v docker >/dev/null 2>&1; then "
+                f"setsid nohup sh -c {shlex.quote(docker_stop.replace('SECONDS', str(OFF_DOCKER_STOP_S)))} "
+                "</dev/null >/dev/null 2>&1 & fi; kill -TERM -$PG 2>/dev/null; true")
+    return (prefix + f"if command -v docker >/dev/null 2>&1; then {docker_stop.replace('SECONDS', str(grace))} || true; fi; "
             f"kill -TERM -$PG 2>/dev/null || true; "
             f"i=0; while kill -0 -$PG 2>/dev/null && [ $i -lt {grace * 10} ]; do sleep 0.1; i=$((i+1)); done; "
             f"kill -KILL -$PG 2>/dev/null || true; "
@@ -291,9 +456,12 @@ def stop_command(run_name: str, grace: int) -> str:
             f"cat exit_code 2>/dev/null || true")
 
 
-def stop_job(transport: Transport, run_name: str, grace: int = 10) -> Optional[int]:
-    """SIGTERM to the job's process group (and `docker stop` for its container), SIGKILL after `grace` seconds;
-    returns the exit code recorded."""
-    result = transport.run(stop_command(run_name, grace), timeout=grace + 30)
+OFF_DOCKER_STOP_S = 7 * 86400  # `docker stop` needs some bound: a week stands for none
+
+
+def stop_job(transport: Transport, run_name: str, grace: Optional[int] = 10) -> Optional[int]:
+    """SIGTERM to the job's process group (and `docker stop` for its container), SIGKILL after `grace` seconds
+    (never, with None); returns the exit code recorded (None when the job is still ending)."""
+    result = transport.run(stop_command(run_name, grace), timeout=(grace or 0) + 30)
     text = result.text.strip()
     return int(text) if text.lstrip("-").isdigit() else None

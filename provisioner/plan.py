@@ -1,6 +1,6 @@
 """The run plan: what `dstack apply --dry-run --json` prints and what `apply` shows before asking to confirm.
 
-`{"configuration": ..., "offer": ..., "resources": [...]}`; every secret value prints as `[secret]`.
+`{"configuration": ..., "offer": ..., "resources": [...]}`, with `"notes": [...]` when a field needs a word; every secret value prints as `[secret]`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,14 @@ def _redact(value: Any, run: ResolvedRun) -> Any:
 
 
 def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Optional[List[dict]] = None) -> dict:
-    return {
+    from provisioner.field_support import plan_notes
+
+    document = {
         "configuration": configuration_json(run),
         "offer": offer.to_json() if offer is not None else None,
         "resources": _redact(resources or [], run),
     }
+    notes = plan_notes(run.configuration)
+    if notes:
+        document["notes"] = notes
+    return document

@@ -7,6 +7,7 @@ State is written before each step (provisioner.state), so `reconcile` can finish
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from configuration.home import append_private, dstack_home
 from offers.offer import Offer
 from provisioner.access import HostAccess
 from provisioner.backends import Backend, backend_for
+from provisioner.field_support import check_fields
 from provisioner.follow import LogFollower, kept_run_hint
-from provisioner.job import TIMED_OUT, JobSpec, job_state, start_job, stop_job
+from provisioner.job import TIMED_OUT, UNDERUTILIZED, JobSpec, job_state, start_job, stop_job
 from provisioner.owner import current_owner, owner_alive
 from provisioner.plan import configuration_json
 from provisioner.state import RunRecord, StateStore
@@ -75,13 +77,41 @@ def local_log_path(run_name: str) -> Path:
     return dstack_home() / "runs" / run_name / "output.log"
 
 
-def job_spec(run_name: str, configuration, offer: Offer) -> JobSpec:
+def repo_id(repo: Optional[Path]) -> str:
+    """DSTACK_REPO_ID: the repo folder's name and a digest of its path, stable across runs from one folder."""
+    if repo is None:
+        return ""
+    path = Path(repo).resolve()
+    return f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def system_env(run_name: str, offer: Offer, repo: Optional[Path]) -> Dict[str, str]:
+    """dstack's system variables of a single-node job; the host sets DSTACK_MASTER_NODE_IP, DSTACK_NODES_IPS and
+    DSTACK_MPI_HOSTFILE itself (provisioner.job)."""
+    gpus = str(offer.instance.gpu_count)
+    return {"DSTACK_RUN_NAME": run_name, "DSTACK_REPO_ID": repo_id(repo), "DSTACK_GPUS_NUM": gpus,
+            "DSTACK_GPUS_PER_NODE": gpus, "DSTACK_NODES_NUM": "1", "DSTACK_NODE_RANK": "0"}
+
+
+def stop_grace(stop_duration) -> Optional[int]:
+    """Seconds between SIGTERM and SIGKILL: `stop_duration`, STOP_GRACE_S without it, None with `off`."""
+    if stop_duration == "off":
+        return None
+    return STOP_GRACE_S if stop_duration is None else stop_duration
+
+
+def recorded_stop_grace(record: RunRecord) -> Optional[int]:
+    return stop_grace((record.configuration or {}).get("stop_duration"))
+
+
+def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[Path] = None) -> JobSpec:
     auth = configuration.registry_auth
     resources = configuration.resources
+    policy = configuration.utilization_policy
     return JobSpec(
         run_name=run_name,
-        commands=list(configuration.commands),
-        env=dict(configuration.env),
+        commands=[*configuration.setup, *configuration.commands],
+        env={**system_env(run_name, offer, repo), **configuration.env},
         image=configuration.image,
         python=configuration.python,
         entrypoint=configuration.entrypoint,
@@ -92,6 +122,15 @@ def job_spec(run_name: str, configuration, offer: Offer) -> JobSpec:
         registry_password=auth.password.get_secret_value() if auth else None,
         max_duration_s=configuration.max_duration if isinstance(configuration.max_duration, int) else None,
         power_off_after_exit_min=POWER_OFF_AFTER_EXIT_MIN if offer.backend in ("aws", "gcp") else None,
+        shell=configuration.shell,
+        user=configuration.user,
+        privileged=configuration.privileged,
+        home_dir=configuration.home_dir,
+        docker=bool(configuration.docker),
+        nvcc=bool(configuration.nvcc),
+        may_install=offer.backend != "local",
+        gpus=offer.instance.gpu_count,
+        utilization=(policy.min_gpu_utilization, policy.time_window) if policy else None,
     )
 
 
@@ -203,6 +242,8 @@ def _exit_status(code: Optional[int]) -> Tuple[str, Optional[str]]:
         return "done", None
     if code == TIMED_OUT:
         return "terminated", "max_duration reached"
+    if code == UNDERUTILIZED:
+        return "terminated", "GPU utilization below utilization_policy"
     return "failed", f"exit code {code}"
 
 
@@ -213,8 +254,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
     if configuration.type != "task":
         raise ConfigurationError(f"running a {configuration.type} is not supported yet: `dstack offers -f` and "
                                  "`dstack apply --dry-run` work with it")
-    if configuration.nodes != 1:
-        raise ConfigurationError("multi-node tasks (nodes > 1) are not supported yet")
+    offers = check_fields(configuration, offers, run_name)
     store = session.store
     max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
     owner_pid, owner_started = current_owner()
@@ -231,7 +271,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         if not detach:  # ports first: a local port that is taken fails the run before its job starts
             forwarder = forward_ports(session, run_name, access, configuration.ports,
                                       lambda: follower.transport if follower is not None else transport)
-        job = job_spec(run_name, configuration, offer)
+        job = job_spec(run_name, configuration, offer, repo)
         start_job(transport, job, repo)  # returns once the job's pid file is written
         if not store.claim_run(run_name, ("provisioning",), "pulling" if configuration.image else "running",
                                started_at=time.time()):
@@ -341,7 +381,7 @@ def _stop_job_quietly(session: RunSession, run_name: str, follower: Optional[Log
     try:
         transport = follower.transport if follower and follower.transport else \
             HostAccess.from_json(record.host).connect(total_wait=30)
-        stop_job(transport, run_name, grace=STOP_GRACE_S)
+        stop_job(transport, run_name, grace=recorded_stop_grace(record))
     except Exception as e:  # the host may be gone already; teardown removes it either way
         session.reporter.info(f"could not stop the job cleanly: {e}")
 
@@ -369,7 +409,7 @@ def stop_run(session: RunSession, name: str, abort: bool = False) -> RunRecord:
     if record.host:
         try:
             transport = HostAccess.from_json(record.host).connect(total_wait=30)
-            code = stop_job(transport, name, grace=0 if abort else STOP_GRACE_S)
+            code = stop_job(transport, name, grace=0 if abort else recorded_stop_grace(record))
             transport.close()
         except Exception as e:  # unreachable host: still tear down what the run created
             session.reporter.info(f"could not reach the host to stop the job: {e}")
@@ -415,7 +455,7 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
         state, code = _settled_job_state(transport, record.name)
         if state == "running" and record.max_duration and record.started_at and \
                 time.time() > record.started_at + record.max_duration + 15:
-            code = stop_job(transport, record.name, grace=STOP_GRACE_S)
+            code = stop_job(transport, record.name, grace=recorded_stop_grace(record))
             state, code = "exited", TIMED_OUT if code is None else code
         if state == "exited":
             _copy_log(transport, record.name)

@@ -101,7 +101,8 @@ class RunRecord:
         return {"name": self.name, "status": self.status, "reason": self.reason, "backend": self.backend,
                 "region": self.region, "instance": self.instance, "price": self.price,
                 "cost": round(self.cost(now), 6), "exit_code": self.exit_code, "submitted_at": self.submitted_at,
-                "age_s": round(now - self.submitted_at, 1), "ports": self.ports or []}
+                "age_s": round(now - self.submitted_at, 1), "ports": self.ports or [],
+                "tags": (self.configuration or {}).get("tags") or {}}
 
     def cost(self, now: Optional[float] = None) -> float:
         if not self.price or not self.started_at:

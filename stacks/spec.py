@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -15,6 +16,15 @@ DEFAULT_INGRESS = ("0.0.0.0/0",)
 # its log's end and exit code can still be read (the VM also stays up POWER_OFF_AFTER_EXIT_MIN after the job).
 START_ALLOWANCE_MIN = 20
 JOBS_GLOB = "/home/*/.dstack-jobs/*/pid"  # provisioner.job writes a run's pid file there when its job starts
+
+
+def gcp_label(text: str, key: bool = False) -> str:
+    """A tag's name or value as a GCP label's: lowercase letters, digits, `_` and `-` (others become `-`), at most
+    63 characters; a name starts with a letter (else gets a `t-` prefix)."""
+    label = re.sub(r"[^a-z0-9_-]", "-", text.lower())
+    if key and not label[:1].isalpha():
+        label = "t-" + label
+    return label[:63]
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class StackSpec:
     self_delete: bool = True  # GCP: the VM's own service account may delete it (the gcp backend's `self_delete`)
     subnet: Optional[str] = None  # AWS subnet id, GCP subnetwork; None: the network's own in the zone or region
     nvidia_open_driver: bool = True  # NVIDIA's open kernel modules need Turing (compute capability 7.5) or newer
+    user_tags: Tuple[Tuple[str, str], ...] = ()  # the task's `tags`, on every resource; ours win a clash
 
     @property
     def open_ports(self) -> Tuple[int, ...]:
@@ -74,12 +85,14 @@ class StackSpec:
 
     def tags(self) -> dict:
         """AWS tags; every resource of the run carries them, so `dstack gc` can find what a lost stack left."""
-        return {"dstack:run": self.run_name, "dstack:owner": self.owner, "dstack:project": self.project,
+        ours = {"dstack:run": self.run_name, "dstack:owner": self.owner, "dstack:project": self.project,
                 "Name": self.resource_name}
+        return {**dict(self.user_tags), **ours}
 
     def labels(self) -> dict:
-        """GCP labels: lowercase letters, digits, `-` and `_` only."""
-        return {"dstack-run": self.run_name, "dstack-owner": self.owner, "dstack-project": self.project}
+        """GCP labels: lowercase letters, digits, `-` and `_` only; the task's tags are made so (gcp_label)."""
+        ours = {"dstack-run": self.run_name, "dstack-owner": self.owner, "dstack-project": self.project}
+        return {**{gcp_label(k, key=True): gcp_label(v) for k, v in self.user_tags}, **ours}
 
 
 def stack_name(run_name: str, owner: str) -> str:

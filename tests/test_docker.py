@@ -102,7 +102,9 @@ exit 0
     assert recorded[2] == "ARGV image inspect ghcr.io/me/private:1"
     assert recorded[3] == "ARGV pull ghcr.io/me/private:1"
     run_line = recorded[4]
-    assert run_line.startswith("ARGV run --rm --init --name dstack-img-5 --network host -e HF_TOKEN -v ")
+    assert run_line.startswith("ARGV run --rm --init --name dstack-img-5 --network host -e HF_TOKEN "
+                               "-e DSTACK_MASTER_NODE_IP -e DSTACK_NODES_IPS "
+                               "-e DSTACK_MPI_HOSTFILE=/dstack/mpi/hostfile -v ")
     assert run_line.endswith("-w /workflow --entrypoint /bin/sh ghcr.io/me/private:1 -c set -e")
     assert recorded[5] == "python train.py"  # the script argument goes on after its newline
     assert sum("ghp_supersecret" in line for line in recorded) == 1

@@ -172,7 +172,7 @@ def test_ssh_fleet_end_to_end(tmp_path, home_env, make_host, client_key):
     assert all(o["price"] == 0 and o["backend"] == "ssh" and o["region"] == "lab" for o in offers["offers"])
 
     task = write(tmp_path, "t.dstack.yml", "type: task\nname: on-fleet\nbackends: [ssh]\nenv: [WHO=fleet]\n"
-                 "commands: ['echo hello $WHO ${{ run.args }}', 'echo $DSTACK_JOBS_DIR']\n")
+                 "commands: ['echo hello $WHO ${{ run.args }}', 'cd ../.. && pwd']\n")
     result = run_cli("apply", "-f", task, "-y", "--", "x y", env=home_env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
