@@ -25,6 +25,7 @@ from configuration.fields import (
     parse_env,
     parse_python_version,
 )
+from configuration.repos import Files, Repos, SingleBranch
 from configuration.resources import ResourcesSpec, StrictModel
 
 
@@ -136,6 +137,9 @@ class TaskConfiguration(RunFields):
         Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local port)"),
     ] = []
     nodes: Annotated[int, Field(ge=1, description="The number of nodes")] = 1
+    repos: Repos = []
+    files: Files = []
+    single_branch: SingleBranch = None
 
     @model_validator(mode="after")
     def _something_to_run(self) -> "TaskConfiguration":

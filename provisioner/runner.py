@@ -23,6 +23,7 @@ from provisioner.follow import LogFollower
 from provisioner.job import TIMED_OUT, JobSpec, job_state, start_job, stop_job
 from provisioner.owner import current_owner, owner_alive
 from provisioner.plan import configuration_json
+from provisioner.repo_archive import UploadPlan, check_size, plan_uploads
 from provisioner.state import RunRecord, StateStore
 from provisioner.store_errors import StoreDamaged
 from stacks.errors import StackFailure
@@ -57,6 +58,7 @@ class Reporter:
     info: Callable[[str], None] = lambda message: None
     step: Callable = lambda progress: None
     output: Callable[[bytes], None] = lambda data: None
+    upload: Callable[[int, int], None] = lambda done, total: None  # bytes packed, bytes in all
 
 
 @dataclass
@@ -205,15 +207,18 @@ def _exit_status(code: Optional[int]) -> Tuple[str, Optional[str]]:
     return "failed", f"exit code {code}"
 
 
-def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], repo: Optional[Path],
+def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], source: Optional[Path],
            detach: bool) -> RunRecord:
-    """Runs a task. Attached: until its job ends, then tears down. Detached: returns once the job is running."""
+    """Runs a task. Attached: until its job ends, then tears down. Detached: returns once the job is running.
+    `source` is the configuration file: its repo and `files` are listed and size-checked before provisioning."""
     configuration = resolved.configuration
     if configuration.type != "task":
         raise ConfigurationError(f"running a {configuration.type} is not supported yet: `dstack offers -f` and "
                                  "`dstack apply --dry-run` work with it")
     if configuration.nodes != 1:
         raise ConfigurationError("multi-node tasks (nodes > 1) are not supported yet")
+    uploads = UploadPlan() if source is None else plan_uploads(configuration, source.parent, str(source))
+    check_size(uploads)
     store = session.store
     max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
     owner_pid, owner_started = current_owner()
@@ -230,8 +235,8 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         if not detach:  # ports first: a local port that is taken fails the run before its job starts
             forwarder = forward_ports(session, run_name, access, configuration.ports,
                                       lambda: follower.transport if follower is not None else transport)
-        job = job_spec(run_name, configuration, offer)
-        start_job(transport, job, repo)  # returns once the job's pid file is written
+        job = dataclasses.replace(job_spec(run_name, configuration, offer), uploads=uploads)
+        start_job(transport, job, session.reporter.upload)  # returns once the job's pid file is written
         if not store.claim_run(run_name, ("provisioning",), "pulling" if configuration.image else "running",
                                started_at=time.time()):
             stop_job(transport, run_name, grace=0)
@@ -247,7 +252,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
         while code not in (0, TIMED_OUT, None) and error_deadline is not None and time.time() < error_deadline:
             session.reporter.info(f"the job failed with exit code {code}; running it again (retry on error)")
-            start_job(follower.transport, job, repo)
+            start_job(follower.transport, job, session.reporter.upload)
             follower.offset = 0
             code = stream_logs(session, follower, run_name)
         status, reason = _exit_status(code)
