@@ -1,6 +1,7 @@
 """`image:` tasks in a real Docker daemon started by the tests, with an image made locally; and the registry login
 and pull command lines, checked through a stand-in `docker` that records its arguments and stdin."""
 
+import dataclasses
 import os
 import time
 import urllib.request
@@ -8,6 +9,7 @@ import urllib.request
 import pytest
 
 from provisioner.job import JobSpec, docker_script, read_log, start_job, stop_job
+from provisioner.repo_archive import Upload, UploadPlan, list_folder
 from provisioner.transport import LocalTransport
 from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
 
@@ -36,7 +38,7 @@ def test_image_task_env_shm_workdir_and_exit_code(local, tmp_path):
     job = JobSpec(run_name="img-1", image=IMAGE, working_dir="sub", shm_size_gb=0.25,
                   env={"GREETING": "hello world", "TOKEN": "tok_secret"},
                   commands=["echo $GREETING", "pwd", "cat data.txt", "df -m /dev/shm | tail -1", "exit 5"])
-    start_job(local, job, repo=repo)
+    start_job(local, dataclasses.replace(job, uploads=UploadPlan([Upload(repo, list_folder(repo), ".", "repo")])))
     code, log = wait_exit(local, "img-1")
     lines = log.splitlines()
     assert code == 5
