@@ -168,3 +168,15 @@ def test_a_large_upload_reaches_an_ssh_host_in_one_stream(tmp_path, make_host, c
     ssh.close()
     assert (host.jobs_dir / "big-upload" / "output.log").read_text() == "same\n"
     assert took < 30, took
+
+
+def test_only_compressible_uploads_are_compressed(tmp_path):
+    from provisioner.repo_archive import compression_level
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "a.py").write_text("def f(x):\n    return x\n" * 5000)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "w.bin").write_bytes(os.urandom(1 << 20))
+    for name, level in (("code", 1), ("weights", 0)):
+        folder = tmp_path / name
+        assert compression_level(UploadPlan([Upload(folder, list_folder(folder), ".", name)])) == level
