@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from provisioner.repo_archive import UploadPlan, archive_stream, git_credentials, upload_name
+from provisioner.repo_archive import LEGACY_REPO_DIR, UploadPlan, archive_stream, git_credentials, upload_name
 from provisioner.transport import Transport, TransportError
 
 CONTAINER_REPO = "/workflow"
@@ -130,7 +130,10 @@ def _in_job_dir(relative: str) -> str:
 
 def upload_target(job: JobSpec, dest: str) -> Tuple[str, Optional[str]]:
     """Where an upload's `dest` is: (the host path as a shell word, the container path to mount it at or None).
-    Relative paths follow the working directory; `~` is the home folder (`/root` in a container)."""
+    Relative paths follow the working directory; `~` is the home folder (`/root` in a container); LEGACY_REPO_DIR is
+    the repo folder itself, which a relative `working_dir` is inside."""
+    if dest == LEGACY_REPO_DIR:
+        return _in_job_dir("repo"), None
     if dest == "~" or dest.startswith("~/"):
         if job.image:
             return "", posixpath.normpath("/root/" + dest[1:])

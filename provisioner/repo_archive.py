@@ -35,6 +35,7 @@ from configuration.home import dstack_home
 DEFAULT_LIMIT_MB = 100
 LIMIT_VARIABLE = "DSTACK_UPLOAD_LIMIT_MB"
 CHUNK = 1 << 20
+LEGACY_REPO_DIR = ""  # the dest of the repo uploaded without `repos`: the repo folder (`/workflow`), as before 0.20
 BIGGEST_SHOWN = 5
 
 
@@ -58,7 +59,7 @@ class Upload:
 
     source: Path
     files: Tuple[Tuple[str, int], ...]  # (path relative to `source`, "" for a file itself; size in bytes)
-    dest: str  # relative to the working directory, absolute, or `~/...`
+    dest: str  # relative to the working directory, absolute, `~/...`, or LEGACY_REPO_DIR
     what: str  # `repos[0]`, `files[1]`: how messages name it
     if_exists: str = "merge"  # `merge` (files), or a repo's `error` / `skip`
 
@@ -192,7 +193,7 @@ def plan_uploads(configuration, config_dir: Path, source: str) -> UploadPlan:
     if not repos:
         top = git_toplevel(config_dir)
         if top is not None:
-            plan.uploads.append(Upload(top, list_folder(top), ".", "the configuration's git repository"))
+            plan.uploads.append(Upload(top, list_folder(top), LEGACY_REPO_DIR, "the configuration's git repository"))
     for index, repo in enumerate(repos):
         what = f"{source}: repos[{index}]"
         if repo.url:
