@@ -16,6 +16,7 @@ from cli.gc_command import gc
 from cli.runs_command import attach, logs, ps, stop
 from cli.offers_command import offers
 from cli.schema_command import schema
+from cli.secret_command import secret_app
 from cli.setup_command import setup
 from cli.stacks_command import stacks
 from cli.output import error
@@ -64,6 +65,7 @@ app.command("gc")(gc)
 app.command("stacks")(stacks)
 app.command("setup")(setup)
 app.add_typer(config_app, name="config")
+app.add_typer(secret_app, name="secret")
 
 
 def main() -> None:

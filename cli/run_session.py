@@ -54,7 +54,9 @@ def make_reporter(quiet: bool = False):
         took = f" ({progress.seconds:.0f}s)" if progress.seconds is not None else ""
         info(f"{progress.op} {progress.type.split(':')[-1]} {progress.name}: {progress.state}{took}")
 
-    return Reporter(info=info, step=step, output=write_stdout)
+    from cli.upload_progress import UploadProgress
+
+    return Reporter(info=info, step=step, output=write_stdout, upload=UploadProgress(console))
 
 
 def session_for(config, store, hosts=None, quiet: bool = False):
@@ -67,14 +69,12 @@ def run_and_report(config, store, hosts, run_name, resolved, offers, source: Pat
                    as_json: bool = False) -> int:
     """Runs the task; returns the exit status for the shell: 0 when the job succeeded, its exit code when it failed.
     With `as_json`, stdout gets only the run's final record (`{"run": ...}`); the output stays in `dstack logs`."""
-    from provisioner.repo_archive import repo_root
     from provisioner.runner import submit
 
     session = session_for(config, store, hosts, quiet=as_json)
-    repo = repo_root(source.resolve().parent)
     try:
         with stop_signals_interrupt():
-            record = submit(session, run_name, resolved, offers, repo, detach)
+            record = submit(session, run_name, resolved, offers, source.resolve(), detach)
     except KeyboardInterrupt as interrupt:
         record = store.get_run(run_name)
         if record is not None and record.active:

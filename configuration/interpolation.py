@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence
 
 from configuration.errors import ConfigurationError
-from configuration.home import dstack_home
 from configuration.secret_names import looks_secret
-from configuration.yaml_input import load_yaml_file
+from configuration.secret_store import read_secrets
 
 _PATTERN = re.compile(r"(\$?)\$\{\{\s*([A-Za-z_]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 SECRET_MASK = "[secret]"
@@ -41,14 +40,8 @@ class Redactor:
 
 
 def load_secrets(environ: Mapping[str, str]) -> Callable[[str], Optional[str]]:
-    """Secrets come from `$DSTACK_HOME/secrets.yml` (a mapping NAME: value), then from the environment."""
-    path = dstack_home() / "secrets.yml"
-    stored: Dict[str, str] = {}
-    if path.exists():
-        data = load_yaml_file(path)[0] or {}
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"{path}: expected a mapping NAME: value")
-        stored = {str(k): str(v) for k, v in data.items() if v is not None}
+    """Secrets come from the store (`dstack secret set`, configuration.secret_store), then from the environment."""
+    stored = read_secrets()
     return lambda name: stored.get(name, environ.get(name))
 
 
@@ -87,7 +80,7 @@ class Interpolator:
         if value is None:
             raise ConfigurationError(
                 f"{self.source}: {where}: secret {name} is not set "
-                f"(add it to {dstack_home() / 'secrets.yml'} or export {name})"
+                f"(`dstack secret set {name}`, or export {name})"
             )
         self.used_secrets.append(value)
         return value

@@ -44,6 +44,7 @@ from configuration.policies import (
     parse_instance_selector,
     parse_mount_point,
 )
+from configuration.repos import Files, Repos, SingleBranch
 from configuration.resources import ResourcesSpec, StrictModel
 
 
@@ -201,9 +202,6 @@ class RunFields(ProfileFields):
         Optional[int], Field(ge=0, le=100, description="0 to 100: higher runs are provisioned first where runs "
                                                        "queue; here no run waits for another")
     ] = None
-    single_branch: Annotated[
-        Optional[bool], Field(description="Clone only the branch of a remote repo. Not supported yet (issue: repos)")
-    ] = None
     volumes: Annotated[
         List[Annotated[MountPoint, BeforeValidator(parse_mount_point)]],
         Field(description="Volumes to mount: `NAME:/path` or `/host/path:/path`. Not supported yet (issue: "
@@ -284,6 +282,9 @@ class TaskConfiguration(RunFields):
         if isinstance(data, dict) and data.get("groups") is not None and data.get("nodes") is not None:
             raise ValueError("`nodes` and `groups` are mutually exclusive: give one of them")
         return data
+    repos: Repos = []
+    files: Files = []
+    single_branch: SingleBranch = None
 
     @model_validator(mode="after")
     def _something_to_run(self) -> "TaskConfiguration":

@@ -67,7 +67,6 @@ RULES: Tuple[FieldRule, ...] = (
     _later("idle_duration", "persistent resources", lambda c: c.idle_duration is not None),
     _later("instances", "persistent resources"),
     _later("reservation", "persistent resources"),
-    _later("single_branch", "repos", lambda c: c.single_branch is not None),
     _later("schedule", "scheduled runs"),
     FieldRule("dstack", _set("dstack"), (), "is not supported: there is no dstack server to reach (this CLI runs "
                                             "tasks itself)"),

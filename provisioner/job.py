@@ -3,7 +3,9 @@
 The job folder is `$DSTACK_JOBS_DIR/<run>` on the host, by default `~/.dstack-jobs/<run>` (a host's admin can move it
 with sshd's `SetEnv DSTACK_JOBS_DIR=...`; the local backend puts it under `$DSTACK_HOME/jobs`). Both folders are
 made under umask 077, so they are 0700 and what the job writes in them 0600. In it: `job.sh` (the script), `env`
-(mode 0600, read by the script at start and then deleted), `repo/` (the working tree), `output.log` (stdout and
+(mode 0600, read by the script at start and then deleted), `repo/` (the working directory, where the repo and
+`files` go unless their paths say otherwise), `uploads/` (what the client sent, until the script puts each upload
+in its place or, in a container, mounts it there), `output.log` (stdout and
 stderr), `pid` (the job's process group) and `exit_code` (written when the job ends). The job runs in its own session
 (setsid), so a dropped SSH connection loses nothing: the client reconnects and reads the log on from the byte it had.
 
@@ -15,13 +17,14 @@ the job's `DSTACK_JOB_ID` in its environment (a child that escaped the group wit
 
 from __future__ import annotations
 
+import posixpath
 import secrets
 import shlex
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from configuration.fields import SUPPORTED_PYTHON
-from provisioner.repo_archive import pack
+from provisioner.repo_archive import LEGACY_REPO_DIR, UploadPlan, archive_stream, git_credentials, upload_name
 from provisioner.transport import Transport, TransportError
 from stacks.power_off import POWER_OFF_PATH
 
@@ -60,6 +63,7 @@ class JobSpec:
     gpus: int = 0  # DSTACK_GPUS_NUM, and the slots of the MPI host file
     utilization: Optional[Tuple[int, int]] = None  # (min GPU %, window s): stopped when a GPU stays below it
     job_id: str = field(default_factory=lambda: secrets.token_hex(12))
+    uploads: UploadPlan = field(default_factory=UploadPlan)  # the repo and `files`
 
 
 def registry_of(image: str) -> Optional[str]:
@@ -183,6 +187,91 @@ def _workdir(job: JobSpec, base: str) -> str:
     return f"{base}/{job.working_dir}"
 
 
+GIT_USERNAME_VAR = "DSTACK_GIT_USERNAME"
+GIT_PASSWORD_VAR = "DSTACK_GIT_PASSWORD"
+CLONE = "uploads/clone"
+
+# dstack_place SRC DEST IF_EXISTS WHAT: moves an upload to its place. A repo meets an existing, non-empty DEST with
+# its `if_exists` (error, skip); `files` merge into a folder and replace a file.
+_PLACE = """dstack_place() {
+  if [ -f "$2" ] || { [ -d "$2" ] && [ -n "$(ls -A "$2")" ]; }; then
+    case "$3" in
+      error) echo "dstack: $4: $2 exists and is not empty (if_exists: error)" >&2; exit 1 ;;
+      skip) echo "dstack: $4: $2 exists; left as it is (if_exists: skip)" >&2; return 0 ;;
+    esac
+  fi
+  mkdir -p "$(dirname "$2")"
+  rmdir "$2" 2>/dev/null || true
+  if [ -d "$1" ] && [ -d "$2" ]; then cp -a "$1/." "$2/" && rm -rf "$1"; else rm -rf "$2" && mv "$1" "$2"; fi
+}
+"""
+_ASKPASS = b"""#!/bin/sh
+case "$1" in Username*) printf '%s\\n' "$DSTACK_GIT_USERNAME" ;; *) printf '%s\\n' "$DSTACK_GIT_PASSWORD" ;; esac
+"""
+
+
+def _in_job_dir(relative: str) -> str:
+    return '"$JOB_DIR"/' + shlex.quote(relative) if relative not in ("", ".") else '"$JOB_DIR"'
+
+
+def upload_target(job: JobSpec, dest: str) -> Tuple[str, Optional[str]]:
+    """Where an upload's `dest` is: (the host path as a shell word, the container path to mount it at or None).
+    Relative paths follow the working directory; `~` is the home folder (`/root` in a container); LEGACY_REPO_DIR is
+    the repo folder itself, which a relative `working_dir` is inside."""
+    if dest == LEGACY_REPO_DIR:
+        return _in_job_dir("repo"), None
+    if dest == "~" or dest.startswith("~/"):
+        if job.image:
+            return "", posixpath.normpath("/root/" + dest[1:])
+        return '"$HOME"' + (shlex.quote(dest[1:]) if dest[1:] else ""), None
+    if not dest.startswith("/") and not (job.working_dir or "").startswith("/"):
+        inside = posixpath.normpath(posixpath.join("repo", job.working_dir or "", dest))
+        if job.image and not (inside == "repo" or inside.startswith("repo/")):
+            return "", posixpath.normpath(posixpath.join(CONTAINER_REPO, job.working_dir or "", dest))
+        return _in_job_dir(inside), None
+    absolute = posixpath.normpath(posixpath.join(job.working_dir or "/", dest))
+    return ("", absolute) if job.image else (shlex.quote(absolute), None)
+
+
+def _upload_steps(job: JobSpec) -> str:
+    """The clone of a `url` repo, then each upload moved to its place (container paths are mounted instead)."""
+    plan = job.uploads
+    places = [(upload_name(i), u.dest, u.if_exists, u.what) for i, u in enumerate(plan.uploads)]
+    lines = []
+    if plan.clone is not None:
+        clone = plan.clone
+        options = ["--single-branch" if clone.single_branch else "--no-single-branch"]
+        options += ["--branch", shlex.quote(clone.branch)] if clone.branch else []
+        url = shlex.quote(clone.url)
+        lines.append(f'command -v git >/dev/null 2>&1 || {{ echo "dstack: git is not installed on this host; '
+                     f'it is needed to clone "{url} >&2; exit 1; }}\n')
+        lines.append(f'rm -rf {CLONE}; if [ -f askpass ]; then export GIT_ASKPASS="$JOB_DIR/askpass"; fi\n')
+        lines.append(f"GIT_TERMINAL_PROMPT=0 git clone -q {' '.join(options)} -- {url} {CLONE}\n")
+        if clone.hash:
+            lines.append(f"git -C {CLONE} checkout -q {shlex.quote(clone.hash)}\n")
+        lines.append(f"unset GIT_ASKPASS {GIT_USERNAME_VAR} {GIT_PASSWORD_VAR}; rm -f askpass\n")
+        places.insert(0, (CLONE, clone.dest, clone.if_exists, "repos[0]"))
+    for source, dest, if_exists, what in places:
+        host, _ = upload_target(job, dest)
+        if host:
+            lines.append(f"dstack_place {source} {host} {if_exists} {shlex.quote(what)}\n")
+    return _PLACE + "".join(lines) if lines else ""
+
+
+def _container_mounts(job: JobSpec) -> List[str]:
+    sources = [upload_name(i) for i in range(len(job.uploads.uploads))]
+    dests = [u.dest for u in job.uploads.uploads]
+    if job.uploads.clone is not None:
+        sources.insert(0, CLONE)
+        dests.insert(0, job.uploads.clone.dest)
+    mounts = []
+    for source, dest in zip(sources, dests):
+        _, container = upload_target(job, dest)
+        if container:
+            mounts += ["-v", f"$JOB_DIR/{source}:{container}"]
+    return mounts
+
+
 def python_script(job: JobSpec) -> str:
     """A job without `image:`: in a venv of its Python, or (`docker: true`) with Docker at hand."""
     workdir = _workdir(job, "$JOB_DIR/repo")
@@ -190,14 +279,14 @@ def python_script(job: JobSpec) -> str:
         workdir = '"$JOB_DIR"/' + shlex.quote(workdir[len("$JOB_DIR/"):])
     else:
         workdir = shlex.quote(workdir)
-    lines = [_preamble(job)]
+    lines = [_preamble(job), _upload_steps(job)]
     if job.docker:
         lines += [_DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else ""), _DOCKER_FOR_COMMANDS]
     else:
         lines.append(_python_setup(job.python, job.may_install))
     if job.nvcc:
         lines.append(_NVCC)
-    lines += [f"cd {workdir}\n", _commands(job)]
+    lines += [f"mkdir -p {workdir}\n", f"cd {workdir}\n", _commands(job)]
     return "".join(lines)
 
 
@@ -219,7 +308,7 @@ def docker_run_argv(job: JobSpec) -> List[str]:
              "-v", f"$JOB_DIR/mpi_hostfile:{CONTAINER_HOSTFILE}:ro"]
     if job.home_dir:
         argv += ["-e", f"HOME={job.home_dir}"]
-    argv += ["-v", f"$JOB_DIR/repo:{CONTAINER_REPO}", "-w", _workdir(job, CONTAINER_REPO)]
+    argv += ["-v", f"$JOB_DIR/repo:{CONTAINER_REPO}", *_container_mounts(job), "-w", _workdir(job, CONTAINER_REPO)]
     entry = shlex.split(job.entrypoint) if job.entrypoint else []
     args: List[str] = []
     if entry:
@@ -274,7 +363,7 @@ fi
 
 
 def docker_script(job: JobSpec) -> str:
-    lines = [_preamble(job), _DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else "")]
+    lines = [_preamble(job), _upload_steps(job), _DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else "")]
     if job.nvidia_gpus:
         lines.append(_NVIDIA_TOOLKIT)
     if job.registry_password is not None:
@@ -374,16 +463,31 @@ def start_command(job: JobSpec) -> str:
         wrapper += (f"; sudo -n {POWER_OFF_PATH} {minutes} || {POWER_OFF_PATH} {minutes} || "
                     f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
-    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && tar -xzf - && rm -f exit_code pid; }} || exit 1; "
+    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
 
 
-def start_job(transport: Transport, job: JobSpec, repo=None) -> int:
-    files = {"job.sh": (job_script(job).encode(), 0o700), "env": (env_file(job), 0o600)}
+def _archive_extras(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:
+    """job.sh, the env file, the utilization monitor where the task has a policy and, for a `url` repo that the user's git setup has credentials for, the askpass script
+    that hands them to `git clone` on the host (through the env file, which the job deletes once read)."""
+    env = env_file(job)
+    extras = {"job.sh": (job_script(job).encode(), 0o700)}
     if job.utilization:
-        files["monitor.sh"] = (MONITOR_SCRIPT.encode(), 0o700)
-    archive = pack(repo, files)
+        extras["monitor.sh"] = (MONITOR_SCRIPT.encode(), 0o700)
+    credentials = git_credentials(job.uploads.clone.url) if job.uploads.clone is not None else None
+    if credentials is not None:
+        env += "".join(f"{name}={shlex.quote(value)}\n" for name, value in
+                       ((GIT_USERNAME_VAR, credentials[0]), (GIT_PASSWORD_VAR, credentials[1]))).encode()
+        extras["askpass"] = (_ASKPASS, 0o700)
+    extras["env"] = (env, 0o600)
+    return extras
+
+
+def start_job(transport: Transport, job: JobSpec,
+              progress: Callable[[int, int], None] = lambda done, total: None) -> int:
+    """Sends the job folder (one tar.gz stream, packed while it is sent) and starts the job."""
+    archive = archive_stream(job.uploads, _archive_extras(job), progress)
     result = transport.run(start_command(job), stdin=archive, timeout=120)
     if result.code != 0 or not result.text.strip().isdigit():
         raise TransportError(f"starting the job on {transport.description} failed: "

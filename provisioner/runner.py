@@ -25,6 +25,7 @@ from provisioner.follow import LogFollower, kept_run_hint
 from provisioner.job import TIMED_OUT, UNDERUTILIZED, JobSpec, job_state, start_job, stop_job
 from provisioner.owner import current_owner, owner_alive
 from provisioner.plan import configuration_json
+from provisioner.repo_archive import UploadPlan, check_size, plan_uploads
 from provisioner.state import RunRecord, StateStore
 from provisioner.store_errors import StoreDamaged
 from provisioner.transport import HostUnreachable
@@ -60,6 +61,7 @@ class Reporter:
     info: Callable[[str], None] = lambda message: None
     step: Callable = lambda progress: None
     output: Callable[[bytes], None] = lambda data: None
+    upload: Callable[[int, int], None] = lambda done, total: None  # bytes packed, bytes in all
 
 
 @dataclass
@@ -77,15 +79,16 @@ def local_log_path(run_name: str) -> Path:
     return dstack_home() / "runs" / run_name / "output.log"
 
 
-def repo_id(repo: Optional[Path]) -> str:
-    """DSTACK_REPO_ID: the repo folder's name and a digest of its path, stable across runs from one folder."""
-    if repo is None:
+def repo_id(repo: Optional[str]) -> str:
+    """DSTACK_REPO_ID: the repo's name and a digest of its folder or URL, stable across runs of one repo."""
+    if not repo:
         return ""
-    path = Path(repo).resolve()
-    return f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    name = repo.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    name = name[:-4] if name.endswith(".git") else name
+    return f"{name}-{hashlib.sha256(repo.encode()).hexdigest()[:8]}"
 
 
-def system_env(run_name: str, offer: Offer, repo: Optional[Path]) -> Dict[str, str]:
+def system_env(run_name: str, offer: Offer, repo: Optional[str]) -> Dict[str, str]:
     """dstack's system variables of a single-node job; the host sets DSTACK_MASTER_NODE_IP, DSTACK_NODES_IPS and
     DSTACK_MPI_HOSTFILE itself (provisioner.job)."""
     gpus = str(offer.instance.gpu_count)
@@ -104,7 +107,7 @@ def recorded_stop_grace(record: RunRecord) -> Optional[int]:
     return stop_grace((record.configuration or {}).get("stop_duration"))
 
 
-def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[Path] = None) -> JobSpec:
+def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[str] = None) -> JobSpec:
     auth = configuration.registry_auth
     resources = configuration.resources
     policy = configuration.utilization_policy
@@ -247,14 +250,17 @@ def _exit_status(code: Optional[int]) -> Tuple[str, Optional[str]]:
     return "failed", f"exit code {code}"
 
 
-def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], repo: Optional[Path],
+def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], source: Optional[Path],
            detach: bool) -> RunRecord:
-    """Runs a task. Attached: until its job ends, then tears down. Detached: returns once the job is running."""
+    """Runs a task. Attached: until its job ends, then tears down. Detached: returns once the job is running.
+    `source` is the configuration file: its repo and `files` are listed and size-checked before provisioning."""
     configuration = resolved.configuration
     if configuration.type != "task":
         raise ConfigurationError(f"running a {configuration.type} is not supported yet: `dstack offers -f` and "
                                  "`dstack apply --dry-run` work with it")
     offers = check_fields(configuration, offers, run_name)
+    uploads = UploadPlan() if source is None else plan_uploads(configuration, source.parent, str(source))
+    check_size(uploads)
     store = session.store
     max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
     owner_pid, owner_started = current_owner()
@@ -271,8 +277,8 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         if not detach:  # ports first: a local port that is taken fails the run before its job starts
             forwarder = forward_ports(session, run_name, access, configuration.ports,
                                       lambda: follower.transport if follower is not None else transport)
-        job = job_spec(run_name, configuration, offer, repo)
-        start_job(transport, job, repo)  # returns once the job's pid file is written
+        job = dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo), uploads=uploads)
+        start_job(transport, job, session.reporter.upload)  # returns once the job's pid file is written
         if not store.claim_run(run_name, ("provisioning",), "pulling" if configuration.image else "running",
                                started_at=time.time()):
             stop_job(transport, run_name, grace=0)
@@ -288,7 +294,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
         while code not in (0, TIMED_OUT, None) and error_deadline is not None and time.time() < error_deadline:
             session.reporter.info(f"the job failed with exit code {code}; running it again (retry on error)")
-            start_job(follower.transport, job, repo)
+            start_job(follower.transport, job, session.reporter.upload)
             follower.offset = 0
             code = stream_logs(session, follower, run_name)
         status, reason = _exit_status(code)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Iterable, Optional, Protocol, Union
 
 from configuration.errors import DstackError
 
@@ -25,6 +25,9 @@ class CommandResult:
         return self.stdout.decode(errors="replace")
 
 
+Stdin = Union[bytes, Iterable[bytes]]  # bytes, or chunks as they are made (a job's archive)
+
+
 class TransportError(DstackError):
     """The host could not be reached, or the connection broke; the caller may reconnect and go on."""
 
@@ -36,7 +39,7 @@ class HostUnreachable(TransportError):
 class Transport(Protocol):
     description: str
 
-    def run(self, command: str, stdin: Optional[bytes] = None, timeout: Optional[float] = None) -> CommandResult:
+    def run(self, command: str, stdin: Optional[Stdin] = None, timeout: Optional[float] = None) -> CommandResult:
         ...
 
     def close(self) -> None:
@@ -51,9 +54,10 @@ class LocalTransport:
     def __init__(self, jobs_dir: str):
         self._env = dict(os.environ, DSTACK_JOBS_DIR=jobs_dir)
 
-    def run(self, command: str, stdin: Optional[bytes] = None, timeout: Optional[float] = None) -> CommandResult:
+    def run(self, command: str, stdin: Optional[Stdin] = None, timeout: Optional[float] = None) -> CommandResult:
+        data = stdin if stdin is None or isinstance(stdin, bytes) else b"".join(stdin)
         try:
-            done = subprocess.run(["sh", "-c", command], input=stdin or b"", capture_output=True, timeout=timeout,
+            done = subprocess.run(["sh", "-c", command], input=data or b"", capture_output=True, timeout=timeout,
                                   env=self._env)
         except subprocess.TimeoutExpired:
             raise TransportError(f"{self.description}: no answer within {timeout}s") from None

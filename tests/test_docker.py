@@ -1,6 +1,7 @@
 """`image:` tasks in a real Docker daemon started by the tests, with an image made locally; and the registry login
 and pull command lines, checked through a stand-in `docker` that records its arguments and stdin."""
 
+import dataclasses
 import os
 import time
 import urllib.request
@@ -8,6 +9,7 @@ import urllib.request
 import pytest
 
 from provisioner.job import JobSpec, docker_script, read_log, start_job, stop_job
+from provisioner.repo_archive import LEGACY_REPO_DIR, Upload, UploadPlan, list_folder
 from provisioner.transport import LocalTransport
 from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
 
@@ -16,6 +18,11 @@ from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
 def local(docker_daemon, monkeypatch, tmp_path):  # noqa: F811
     monkeypatch.setenv("DOCKER_HOST", docker_daemon.host)
     return LocalTransport(str(tmp_path / "jobs"))
+
+
+def folder_upload(folder):
+    """The folder as the repo folder (`/workflow`), where a relative working_dir is."""
+    return UploadPlan([Upload(folder, list_folder(folder), LEGACY_REPO_DIR, "repo")])
 
 
 def wait_exit(transport, run, timeout=60):
@@ -36,7 +43,7 @@ def test_image_task_env_shm_workdir_and_exit_code(local, tmp_path):
     job = JobSpec(run_name="img-1", image=IMAGE, working_dir="sub", shm_size_gb=0.25,
                   env={"GREETING": "hello world", "TOKEN": "tok_secret"},
                   commands=["echo $GREETING", "pwd", "cat data.txt", "df -m /dev/shm | tail -1", "exit 5"])
-    start_job(local, job, repo=repo)
+    start_job(local, dataclasses.replace(job, uploads=folder_upload(repo)))
     code, log = wait_exit(local, "img-1")
     lines = log.splitlines()
     assert code == 5
@@ -55,8 +62,8 @@ def test_image_port_serves_http(local, tmp_path):
     repo = tmp_path / "site"
     repo.mkdir()
     (repo / "index.html").write_text("served from a container")
-    start_job(local, JobSpec(run_name="img-3", image=IMAGE, commands=["httpd -f -p 127.0.0.1:18181 -h /workflow"]),
-              repo=repo)
+    start_job(local, JobSpec(run_name="img-3", image=IMAGE, commands=["httpd -f -p 127.0.0.1:18181 -h /workflow"],
+                             uploads=folder_upload(repo)))
     body, deadline = None, time.monotonic() + 20
     while body is None and time.monotonic() < deadline:
         try:

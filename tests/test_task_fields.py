@@ -221,12 +221,14 @@ def test_tags_reach_aws_tags_and_gcp_labels():
 
 def test_setup_runs_before_commands_and_system_variables_are_set():
     conf = task("setup: [pip install x]")
-    spec = job_spec("r1", conf, offer("ssh", gpus=1), Path("/some/repo"))
+    spec = job_spec("r1", conf, offer("ssh", gpus=1), "/some/repo")
     assert spec.commands == ["pip install x", "x"]
     assert {k: v for k, v in spec.env.items() if k != "DSTACK_REPO_ID"} == {
         "DSTACK_RUN_NAME": "r1", "DSTACK_GPUS_NUM": "1", "DSTACK_GPUS_PER_NODE": "1", "DSTACK_NODES_NUM": "1",
         "DSTACK_NODE_RANK": "0"}
     assert spec.env["DSTACK_REPO_ID"].startswith("repo-")
+    assert job_spec("r1", conf, offer("ssh"), "https://github.com/me/train.git").env["DSTACK_REPO_ID"].startswith(
+        "train-")
 
 
 def test_stop_duration_sets_the_grace_before_sigkill():

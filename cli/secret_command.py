@@ -1,0 +1,91 @@
+"""`dstack secret set|get|list|delete`: the secrets `${{ secrets.NAME }}` reads (configuration.secret_store).
+
+A value is never taken from the command line, where process lists and shell history would show it: `set` asks for
+it without echo on a terminal, and otherwise reads it from stdin (`... | dstack secret set NAME`)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from cli.output import print_json
+
+secret_app = typer.Typer(help="Store the secrets that `${{ secrets.NAME }}` reads", no_args_is_help=True)
+NameArgument = Annotated[str, typer.Argument(help="The secret's name, as `${{ secrets.NAME }}` writes it")]
+
+
+def _read_value(name: str) -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"Value of {name} (not shown): ")
+    else:
+        value = sys.stdin.read()
+        value = value[:-1] if value.endswith("\n") else value
+        value = value[:-1] if value.endswith("\r") else value
+    if not value:
+        from configuration.errors import ConfigurationError
+
+        raise ConfigurationError(f"no value given for {name}; nothing stored")
+    return value
+
+
+@secret_app.command("set")
+def set_secret(
+    name: NameArgument,
+    value: Annotated[Optional[str], typer.Argument(hidden=True, show_default=False)] = None,
+) -> None:
+    """Store a secret; its value is asked for without echo, or read from stdin (never from the command line)."""
+    from configuration.errors import ConfigurationError
+    from configuration.secret_store import check_name, read_secrets, secrets_path, write_secrets
+
+    if value is not None:
+        raise ConfigurationError("a secret's value is never taken from the command line (process lists and shell "
+                                 f"history show it); run `dstack secret set {name}` and type it, or pipe it in")
+    check_name(name)
+    secrets = read_secrets()
+    secrets[name] = _read_value(name)
+    write_secrets(secrets)
+    sys.stderr.write(f"Secret {name} stored in {secrets_path()}\n")
+
+
+@secret_app.command("get")
+def get_secret(name: NameArgument) -> None:
+    """Print a secret's value (in plain text, on stdout)."""
+    from configuration.errors import ConfigurationError
+    from configuration.secret_store import read_secrets
+
+    secrets = read_secrets()
+    if name not in secrets:
+        raise ConfigurationError(f"no secret named {name} (see `dstack secret list`)")
+    sys.stdout.write(secrets[name] + "\n")
+
+
+@secret_app.command("list")
+def list_secrets(as_json: Annotated[bool, typer.Option("--json", help="Print the names as JSON")] = False) -> None:
+    """List the secrets' names (never their values)."""
+    from configuration.secret_store import read_secrets
+
+    names = sorted(read_secrets())
+    if as_json:
+        print_json({"secrets": names})
+        return
+    sys.stdout.write("".join(f"{name}\n" for name in names))
+    if not names:
+        sys.stderr.write("No secrets stored (`dstack secret set NAME` adds one)\n")
+
+
+@secret_app.command("delete")
+def delete_secret(name: NameArgument) -> None:
+    """Remove a secret."""
+    from configuration.errors import ConfigurationError
+    from configuration.secret_store import read_secrets, write_secrets
+
+    secrets = read_secrets()
+    if secrets.pop(name, None) is None:
+        raise ConfigurationError(f"no secret named {name} (see `dstack secret list`)")
+    write_secrets(secrets)
+    sys.stderr.write(f"Secret {name} deleted\n")

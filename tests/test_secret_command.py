@@ -1,0 +1,56 @@
+"""`dstack secret`: the store `${{ secrets.NAME }}` reads, 0600, values never from argv, never in our own output."""
+
+import hashlib
+import json
+import stat
+
+from tests.helpers import run_cli
+
+VALUE = "hf_stored0secret0value0123"
+
+
+def test_set_list_get_delete(dstack_home):
+    result = run_cli("secret", "set", "HF_TOKEN", input=VALUE + "\n")
+    assert result.returncode == 0, result.stderr
+    assert VALUE not in result.stdout + result.stderr
+    store = dstack_home / "secrets.yml"
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600 and stat.S_IMODE(dstack_home.stat().st_mode) == 0o700
+    assert run_cli("secret", "set", "OTHER", input="x2").returncode == 0
+    listed = run_cli("secret", "list")
+    assert listed.stdout.split() == ["HF_TOKEN", "OTHER"] and VALUE not in listed.stdout
+    assert json.loads(run_cli("secret", "list", "--json").stdout) == {"secrets": ["HF_TOKEN", "OTHER"]}
+    assert run_cli("secret", "get", "HF_TOKEN").stdout == VALUE + "\n"  # the newline stdin ended with is not kept
+    assert run_cli("secret", "delete", "OTHER").returncode == 0
+    assert run_cli("secret", "list").stdout.split() == ["HF_TOKEN"]
+    missing = run_cli("secret", "get", "OTHER")
+    assert missing.returncode == 1 and missing.stderr == "error: no secret named OTHER (see `dstack secret list`)\n"
+
+
+def test_a_value_on_the_command_line_is_refused_and_not_stored(dstack_home):
+    result = run_cli("secret", "set", "HF_TOKEN", VALUE)
+    assert result.returncode == 1 and "never taken from the command line" in result.stderr
+    assert VALUE not in result.stderr and not (dstack_home / "secrets.yml").exists()
+
+
+def test_bad_names_and_empty_values_are_refused(dstack_home):
+    assert "invalid secret name '1x'" in run_cli("secret", "set", "1x", input="v").stderr
+    empty = run_cli("secret", "set", "EMPTY", input="")
+    assert empty.returncode == 1 and "no value given for EMPTY" in empty.stderr
+
+
+def test_a_stored_secret_reaches_the_job_and_none_of_our_output(tmp_path, dstack_home):
+    assert run_cli("secret", "set", "HF_TOKEN", input=VALUE).returncode == 0
+    task = tmp_path / "s.dstack.yml"
+    task.write_text("type: task\nname: stored-secret\nbackends: [local]\nenv:\n  - TOKEN=${{ secrets.HF_TOKEN }}\n"
+                    "commands: ['printf %s \"$TOKEN\" | sha256sum']\n")
+    result = run_cli("apply", "-f", str(task), "-y")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == hashlib.sha256(VALUE.encode()).hexdigest()
+    assert VALUE not in result.stderr
+    for args in (("ps", "-a", "--json"), ("logs", "stored-secret")):
+        assert VALUE not in run_cli(*args).stdout
+    plan = run_cli("apply", "-f", str(task), "--dry-run", "--json")
+    assert VALUE not in plan.stdout and "[secret]" in plan.stdout
+    leaked = [p for p in dstack_home.rglob("*") if p.is_file() and p.name not in ("secrets.yml", "job.sh")
+              and VALUE.encode() in p.read_bytes()]
+    assert leaked == []
