@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,3 +18,17 @@ def run_cli(*args, env=None, input=None, timeout=120):
         [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=full_env, input=input,
         timeout=timeout, cwd=ROOT,
     )
+
+
+def wait_exit(transport, run, timeout=60):
+    """Reads a job's log until it ends: (exit code, the whole log as text)."""
+    from provisioner.job import read_log
+
+    deadline, offset, log = time.monotonic() + timeout, 0, b""
+    while time.monotonic() < deadline:
+        chunk = read_log(transport, run, offset)
+        log, offset = log + chunk.data, offset + len(chunk.data)
+        if chunk.exit_code is not None:
+            return chunk.exit_code, log.decode()
+        time.sleep(0.05)
+    raise AssertionError(f"job {run} did not end; log so far: {log!r}")

@@ -12,6 +12,7 @@ from provisioner.job import JobSpec, docker_script, read_log, start_job, stop_jo
 from provisioner.repo_archive import LEGACY_REPO_DIR, Upload, UploadPlan, list_folder
 from provisioner.transport import LocalTransport
 from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
+from tests.helpers import wait_exit
 
 
 @pytest.fixture
@@ -25,15 +26,6 @@ def folder_upload(folder):
     return UploadPlan([Upload(folder, list_folder(folder), LEGACY_REPO_DIR, "repo")])
 
 
-def wait_exit(transport, run, timeout=60):
-    deadline, offset, log = time.monotonic() + timeout, 0, b""
-    while time.monotonic() < deadline:
-        chunk = read_log(transport, run, offset)
-        log, offset = log + chunk.data, offset + len(chunk.data)
-        if chunk.exit_code is not None:
-            return chunk.exit_code, log.decode()
-        time.sleep(0.05)
-    raise AssertionError(f"{run} did not end: {log!r}")
 
 
 def test_image_task_env_shm_workdir_and_exit_code(local, tmp_path):

@@ -14,6 +14,7 @@ from provisioner.liveness import Liveness
 from provisioner.ports import PortForwarder, PortTaken, bind_local, ssh_opener
 from provisioner.ssh import AuthenticationRefused, HostKeyChanged, SSHTarget, connect, known_hosts_path
 from provisioner.transport import TransportError
+from tests.helpers import wait_exit
 
 
 def target(host, client_key, **changes):
@@ -24,17 +25,6 @@ def target(host, client_key, **changes):
     return SSHTarget(**fields)
 
 
-def wait_exit(transport, run, timeout=30):
-    deadline = time.monotonic() + timeout
-    offset, log = 0, b""
-    while time.monotonic() < deadline:
-        chunk = read_log(transport, run, offset)
-        log += chunk.data
-        offset += len(chunk.data)
-        if chunk.exit_code is not None:
-            return chunk.exit_code, log.decode()
-        time.sleep(0.05)
-    raise AssertionError(f"job {run} did not end; log so far: {log!r}")
 
 
 def test_probe_reads_the_host(make_host, client_key):

@@ -27,7 +27,7 @@ from provisioner.job import (
 )
 from provisioner.runner import job_spec, stop_grace
 from provisioner.transport import LocalTransport
-from tests.helpers import DATA, run_cli
+from tests.helpers import DATA, run_cli, wait_exit
 
 # dstack 0.22.5's TaskConfiguration, less `repos` and `files` (configuration/repos.py brings those).
 DSTACK_TASK_FIELDS = {
@@ -254,15 +254,6 @@ def test_docker_and_nvcc_scripts():
 # --- effects on a real job: this machine, and an SSH host in a network namespace
 
 
-def wait_exit(transport, run, timeout=60):
-    deadline, offset, log = time.monotonic() + timeout, 0, b""
-    while time.monotonic() < deadline:
-        chunk = read_log(transport, run, offset)
-        log, offset = log + chunk.data, offset + len(chunk.data)
-        if chunk.exit_code is not None:
-            return chunk.exit_code, log.decode()
-        time.sleep(0.1)
-    raise AssertionError(f"job {run} did not end; log so far: {log!r}")
 
 
 @pytest.fixture(params=["local", "ssh"])
