@@ -26,8 +26,6 @@ def folder_upload(folder):
     return UploadPlan([Upload(folder, list_folder(folder), LEGACY_REPO_DIR, "repo")])
 
 
-
-
 def test_image_task_env_shm_workdir_and_exit_code(local, tmp_path):
     repo = tmp_path / "repo"
     (repo / "sub").mkdir(parents=True)

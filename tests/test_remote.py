@@ -25,8 +25,6 @@ def target(host, client_key, **changes):
     return SSHTarget(**fields)
 
 
-
-
 def test_probe_reads_the_host(make_host, client_key):
     host = make_host()
     ssh = connect(target(host, client_key), total_wait=10)

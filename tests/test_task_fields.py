@@ -254,8 +254,6 @@ def test_docker_and_nvcc_scripts():
 # --- effects on a real job: this machine, and an SSH host in a network namespace
 
 
-
-
 @pytest.fixture(params=["local", "ssh"])
 def host(request, tmp_path, monkeypatch):
     """A transport to run jobs on: this machine, or a namespace host over SSH."""
