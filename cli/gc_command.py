@@ -17,6 +17,9 @@ def gc(
 ) -> None:
     """List AWS instances, security groups, key pairs and volumes tagged by dstack whose run is not active, and
     remove them after confirmation."""
+    from stacks.extras import require_extra
+
+    require_extra("aws", "`dstack gc`")
     import boto3
 
     from configuration.backends import load_config
