@@ -13,6 +13,8 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish")]) 
     """Print the shell completion script for bash, zsh or fish."""
     from typer._completion_shared import get_completion_script
 
+    from cli.main import COMPLETE_VAR, PROG_NAME
+
     if shell not in SHELLS:
         raise typer.BadParameter(f"{shell!r} (allowed: {', '.join(SHELLS)})", param_hint="'SHELL'")
-    print(get_completion_script(prog_name="dstack", complete_var="_DSTACK_COMPLETE", shell=shell))
+    print(get_completion_script(prog_name=PROG_NAME, complete_var=COMPLETE_VAR, shell=shell))

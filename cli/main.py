@@ -4,6 +4,7 @@ no command loads pulumi, boto3 or paramiko before it needs them."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -135,7 +136,14 @@ def root(
     """Run tasks on the cheapest machine that fits, on AWS, GCP, your own hosts or this machine."""
 
 
+COMPLETE_VAR = "_DSTACK_COMPLETE"  # set by the script `dstack completion SHELL` prints
+
+
 def main() -> None:
+    if COMPLETE_VAR in os.environ:
+        from typer._completion_classes import completion_init
+
+        completion_init()  # typer's shell classes, which add_completion=False leaves unregistered
     try:
         app(prog_name=PROG_NAME)
     except DstackError as e:
