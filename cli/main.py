@@ -8,6 +8,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from importlib import import_module
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import typer
@@ -72,10 +73,10 @@ COMMANDS: Dict[str, LazyCommand] = {
 
 
 def _register_secret_command() -> None:
-    from importlib.util import find_spec
-
-    if find_spec("cli.secret_command") is not None:
-        COMMANDS["secret"] = LazyCommand("cli.secret_command:secret_app", "Manage secrets.")
+    """Looked for next to this file: an editable install's finder could find another checkout's module."""
+    if Path(__file__).with_name("secret_command.py").is_file():
+        COMMANDS["secret"] = LazyCommand("cli.secret_command:secret_app",
+                                         "Store the secrets that `${{ secrets.NAME }}` reads")
 
 
 _register_secret_command()
