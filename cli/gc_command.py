@@ -22,17 +22,22 @@ def gc(
     """List AWS instances, security groups, key pairs and volumes (and GCP instances, disks, firewalls and service
     accounts, where GCP is configured) tagged by dstack whose run is not active, and remove them after confirmation."""
     from configuration.backends import load_config
+    from configuration.errors import DstackError
     from configuration.owner import owner_id
     from provisioner.state import StateStore
 
     config = load_config()
     owner = None if all_owners else owner_id()
     live = {r.name for r in StateStore().list_runs() if r.active}
-    scans = [_aws_scan(config, region, owner)]
+    scans = []
+    if region or config.backend("aws") is not None or (not config.cloud_backends and _aws_installed()):
+        scans.append(_aws_scan(config, region, owner))
     if config.backend("gcp") is not None:
         scans.append(_gcp_scan(config, owner))
     found = [(scan, leftover) for scan in scans for leftover in scan.find()
              if not (leftover.owner == owner_id() and leftover.run in live)]
+    if not scans:
+        raise DstackError("no cloud to scan: configure one in $DSTACK_HOME/config.yml, or name AWS regions with -r")
     if as_json:
         print_json({"leftovers": [dict(l.__dict__, backend=scan.backend) for scan, l in found]})
         return
@@ -61,6 +66,12 @@ def gc(
     stderr_console().print(f"Removed {len(found)} resources.")
 
 
+def _aws_installed() -> bool:
+    from stacks.extras import installed
+
+    return installed("boto3")
+
+
 class _Scan:
     """One cloud's part of `gc`: where it looks, how it finds and removes."""
 
@@ -69,6 +80,9 @@ class _Scan:
 
 
 def _aws_scan(config, region, owner: Optional[str]) -> _Scan:
+    from stacks.extras import require_extra
+
+    require_extra("aws", "`dstack gc`")
     import boto3
 
     from stacks.aws_leftovers import find_leftovers, remove_leftovers
@@ -94,6 +108,9 @@ def _aws_scan(config, region, owner: Optional[str]) -> _Scan:
 
 
 def _gcp_scan(config, owner: Optional[str]) -> _Scan:
+    from stacks.extras import require_extra
+
+    require_extra("gcp", "`dstack gc`")
     from stacks.gcp_leftovers import find_leftovers, gcp_api, remove_leftovers
 
     api = gcp_api(config.backend("gcp").project_id)
