@@ -22,7 +22,6 @@ def gc(
     """List AWS instances, security groups, key pairs and volumes (and GCP instances, disks, firewalls and service
     accounts, where GCP is configured) tagged by dstack whose run is not active, and remove them after confirmation."""
     from configuration.backends import load_config
-    from configuration.errors import DstackError
     from configuration.owner import owner_id
     from provisioner.state import StateStore
 
@@ -30,14 +29,12 @@ def gc(
     owner = None if all_owners else owner_id()
     live = {r.name for r in StateStore().list_runs() if r.active}
     scans = []
-    if region or config.backend("aws") is not None or (not config.cloud_backends and _aws_installed()):
+    if region or config.backend("aws") is not None or config.backend("gcp") is None:
         scans.append(_aws_scan(config, region, owner))
     if config.backend("gcp") is not None:
         scans.append(_gcp_scan(config, owner))
     found = [(scan, leftover) for scan in scans for leftover in scan.find()
              if not (leftover.owner == owner_id() and leftover.run in live)]
-    if not scans:
-        raise DstackError("no cloud to scan: configure one in $DSTACK_HOME/config.yml, or name AWS regions with -r")
     if as_json:
         print_json({"leftovers": [dict(l.__dict__, backend=scan.backend) for scan, l in found]})
         return
@@ -64,12 +61,6 @@ def gc(
     for scan in scans:
         scan.remove([l for s, l in found if s is scan])
     stderr_console().print(f"Removed {len(found)} resources.")
-
-
-def _aws_installed() -> bool:
-    from stacks.extras import installed
-
-    return installed("boto3")
 
 
 class _Scan:

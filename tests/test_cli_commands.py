@@ -119,6 +119,9 @@ def test_max_offers_limits_the_plan(tmp_path):
 
 
 def test_no_repo_uploads_nothing(tmp_path, dstack_home):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # only a repository is uploaded
     (tmp_path / "data.txt").write_text("x")
     (tmp_path / ".dstack.yml").write_text("type: task\ncommands: ['ls']\n")
     env = {"DSTACK_HOME": str(dstack_home)}
