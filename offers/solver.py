@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from configuration.resources import DEFAULT_DISK, DEFAULT_DISK_SIZE, GPUSpec, ResourcesSpec
 from offers.catalog import Catalog, InstanceType
@@ -97,8 +97,10 @@ def _allowed(value: str, allowed: Optional[Sequence[str]]) -> bool:
 
 
 def _catalog_candidates(catalog: Catalog, req: Requirements, disk_gb: float) -> Iterable[tuple]:
-    """Sort keys of the matching price groups: (price, backend, type, region, spot, gpu, count, type index, group).
-    Offers are only built for the keys that are shown, which keeps a query over the whole catalogue cheap."""
+    """Sort keys of the matching price groups: (price, backend, type, region, spot, gpu, count, type index, groups).
+    Offers are only built for the keys that are shown, which keeps a query over the whole catalogue cheap. On-demand
+    prices are per region: the groups of a type and region that differ only in their zones' spot prices make one
+    on-demand offer with all their zones (spot offers stay per group, since their prices differ by zone)."""
     regions = None if req.regions is None else {r.lower() for r in req.regions}
     region_ok = [regions is None or r.lower() in regions for r in catalog.regions]
     types = None if req.instance_types is None else {t.lower() for t in req.instance_types}
@@ -114,16 +116,19 @@ def _catalog_candidates(catalog: Catalog, req: Requirements, disk_gb: float) -> 
         name, gpu, count = instance.name, instance.gpu_name, instance.gpu_count
         spot_ok = want_spot and instance.spot_supported
         start, end = catalog.type_slices[index]
+        on_demand: Dict[Tuple[int, float], List[int]] = {}
         for group in range(start, end):
             region = region_of[group]
             if not region_ok[region]:
                 continue
             price = prices[group]
             if want_on_demand and price <= max_price:
-                yield (price, backend, name, region_names[region], False, gpu, count, index, group)
+                on_demand.setdefault((region, price), []).append(group)
             price = spot_prices[group]
             if spot_ok and price <= max_price:  # NaN (no spot price) compares false
-                yield (price, backend, name, region_names[region], True, gpu, count, index, group)
+                yield (price, backend, name, region_names[region], True, gpu, count, index, (group,))
+        for (region, price), groups in on_demand.items():
+            yield (price, backend, name, region_names[region], False, gpu, count, index, tuple(groups))
 
 
 def host_offers(offers: Iterable[Offer], req: Requirements) -> Iterable[Offer]:
@@ -158,7 +163,7 @@ def find_offers(
 ) -> OfferSearch:
     """Matching offers, cheapest first, ties broken by backend, instance, region and spot."""
     host_matches = list(host_offers(hosts, req))
-    keyed: List[tuple] = [o.sort_key() + (-1, i, -1) for i, o in enumerate(host_matches)]
+    keyed: List[tuple] = [o.sort_key() + (-1, i, ()) for i, o in enumerate(host_matches)]
     disks = {}
     for number, catalog in enumerate(catalogs):
         if not _allowed(catalog.backend, req.backends):
@@ -173,12 +178,12 @@ def find_offers(
     chosen = heapq.nsmallest(limit, keyed) if limit is not None and limit < total else sorted(keyed)
     offers = []
     for key in chosen:
-        price, spot, number, index, group = key[0], key[4], key[-3], key[-2], key[-1]
+        price, spot, number, index, groups = key[0], key[4], key[-3], key[-2], key[-1]
         if number < 0:
             offers.append(host_matches[index])
             continue
         catalog = catalogs[number]
         disk_gb, disk_price = disks[number]
-        offers.append(Offer(catalog.backend, catalog.types[index], key[3], tuple(catalog.zones(group)), spot, price,
-                            disk_gb, disk_price))
+        zones = tuple(sorted({zone for group in groups for zone in catalog.zones(group)}))
+        offers.append(Offer(catalog.backend, catalog.types[index], key[3], zones, spot, price, disk_gb, disk_price))
     return OfferSearch(offers, total)

@@ -233,3 +233,14 @@ def test_a_spot_search_without_spot_prices_says_so():
     assert "m5.large" in message and "no spot price" in message and "--refresh" in message
     with_spot = Requirements(ResourcesSpec.model_validate({"gpu": "A10G"}), spot=True)
     assert missing_spot_prices(dataclasses.replace(with_spot, instance_types=("nothing.such",)), aws) is None
+
+
+def test_on_demand_offers_of_a_region_are_one_offer_with_every_zone():
+    """Spot prices differ per zone (one price group each); on-demand prices do not, so one offer per region."""
+    aws = load_catalogs(["aws"])
+    req = Requirements(ResourcesSpec.model_validate({"gpu": "L4:1"}), spot=False, regions=("us-east-1",),
+                       instance_types=("g6.xlarge",))
+    found = find_offers(req, aws).offers
+    assert len(found) == 1 and len(found[0].zones) > 1, [(o.price, o.zones) for o in found]
+    spot = find_offers(dataclasses.replace(req, spot=True), aws).offers
+    assert len(spot) > 1 and all(len(o.zones) >= 1 for o in spot)
