@@ -59,6 +59,9 @@ def fake_gpu_path(tmp_path):
 
 
 def test_metrics_of_a_running_local_job(tmp_path, dstack_home, fake_gpu_path):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # the job gets busy.py from its repo
     conf = tmp_path / "busy.dstack.yml"
     # 64 MiB held, one core busy: the figures must show both.
     (tmp_path / "busy.py").write_text("held = b'x' * (64 * 2**20)\nwhile True:\n    pass\n")
