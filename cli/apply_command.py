@@ -1,9 +1,10 @@
-"""`dstack apply -f FILE [OPTIONS] [--] ARGS...` (alias `dstack run`): plan, confirm, provision, run, tear down."""
+"""`dstack apply [-f FILE] [OPTIONS] [--] ARGS...` (alias `dstack run`): plan, confirm, provision, run, tear down.
+
+Every flag replaces the file's value of its field (`-e NAME=...` that one variable); nothing is merged."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -14,7 +15,11 @@ from cli.output import print_json
 
 
 def apply(
-    file: Annotated[str, typer.Option("-f", "--file", help="The *.dstack.yml configuration to apply")],
+    file: Annotated[
+        Optional[str],
+        typer.Option("-f", "--file", help="The *.dstack.yml configuration to apply; - reads standard input "
+                     "[default: .dstack.yml]"),
+    ] = None,
     args: Annotated[
         Optional[List[str]],
         typer.Argument(help="Run arguments for ${{ run.args }}; after -- they may start with -", show_default=False),
@@ -26,10 +31,19 @@ def apply(
     spot: opt.SpotOption = None,
     on_demand: opt.OnDemandOption = None,
     spot_auto: opt.SpotAutoOption = None,
+    spot_policy: opt.SpotPolicyOption = None,
     backend: opt.BackendOption = None,
     region: opt.RegionOption = None,
     instance_type: opt.InstanceTypeOption = None,
     max_price: opt.MaxPriceOption = None,
+    env: opt.EnvOption = None,
+    max_duration: opt.MaxDurationOption = None,
+    retry: opt.RetryOption = None,
+    retry_duration: opt.RetryDurationOption = None,
+    fleet: opt.FleetOption = None,
+    reuse: opt.ReuseOption = False,
+    no_repo: Annotated[bool, typer.Option("--no-repo", help="Upload no repo: the job starts in an empty folder")] = False,
+    max_offers: Annotated[int, typer.Option("--max-offers", min=1, help="How many offers the plan shows")] = 3,
     name: Annotated[Optional[str], typer.Option("-n", "--name", help="The run name (overrides the file's)")] = None,
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
     detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once the job is running")] = False,
@@ -37,37 +51,44 @@ def apply(
     as_json: opt.JsonOption = False,
 ) -> None:
     """Apply a configuration: a task runs on the cheapest offer that fits; a fleet registers your SSH hosts."""
+    from cli.config_input import chosen_file, load_file, config_path, source_name
     from configuration.interpolation import resolve_run
-    from configuration.loader import load_configuration
 
-    configuration = load_configuration(file)
+    file = chosen_file(file)
+    configuration = load_file(file)
+    source = source_name(file)
     if configuration.type == "fleet":
         if dry_run:
             print_json({"configuration": configuration.model_dump(mode="json")})
             return
         from cli.fleet_command import apply_fleet
 
-        apply_fleet(configuration, file, yes)
+        apply_fleet(configuration, source, yes)
         return
     if name is not None:
         configuration = configuration.model_copy(update={"name": _run_name(name)})
-    run = resolve_run(configuration, file, args or [], os.environ)
-    requirements = opt.build_requirements(
-        run.configuration, default_spot_policy="on-demand", gpu=gpu, cpu=cpu, memory=memory, disk=disk,
-        spot_policy=opt.spot_policy_flag(spot, on_demand, spot_auto), backends=backend, regions=region,
-        instance_types=instance_type, max_price=max_price,
-    )
+    configuration = opt.override_run_fields(configuration, env, max_duration, retry, retry_duration)
+    run = resolve_run(configuration, source, args or [], os.environ)
     from configuration.backends import load_config
     from configuration.errors import ConfigurationError
     from provisioner.names import generate_run_name
     from provisioner.placement import search_run_offers
+    from provisioner.runner import MAX_OFFERS_TRIED
     from provisioner.state import StateStore
 
-    config = load_config()
     store = StateStore()
+    backend, region = opt.placement_flags(backend, region, fleet, reuse,
+                                          lambda: [f["name"] for f in store.list_fleets()])
+    requirements = opt.build_requirements(
+        run.configuration, default_spot_policy="on-demand", gpu=gpu, cpu=cpu, memory=memory, disk=disk,
+        spot_policy=opt.spot_policy_flag(spot, on_demand, spot_auto, spot_policy), backends=backend, regions=region,
+        instance_types=instance_type, max_price=max_price,
+    )
+    config = load_config()
     run_name = run.configuration.name or generate_run_name()
     # A dry run plans over every cloud, configured or not: it is how one sees what a run would cost.
-    found = search_run_offers(requirements, config, store, limit=20, all_clouds=dry_run)
+    found = search_run_offers(requirements, config, store, limit=max(max_offers, MAX_OFFERS_TRIED),
+                              all_clouds=dry_run)
     search, hosts = found.search, found.hosts
     from provisioner.field_support import check_fields
 
@@ -76,21 +97,9 @@ def apply(
         hint = "" if config.cloud_backends else "; no cloud is configured, so only this machine and SSH fleets count"
         raise ConfigurationError(f"no offers match: {requirements.describe()}{hint} (see `dstack offers`)")
     if dry_run:
-        from provisioner.cloud_plan import dry_run_resources
-        from provisioner.plan import plan_json
-
-        offer = search.offers[0] if search.offers else None
-        if offer is None:
-            import sys
-
-            sys.stderr.write(f"warning: no offers match: {requirements.describe()}\n")
-        document = plan_json(run, offer, dry_run_resources(run_name, run.configuration, offer, config))
-        if as_json:
-            print_json(document)
-        else:
-            from cli.plan_view import print_plan
-
-            print_plan(file, run_name, requirements, search, document)
+        _print_dry_run(source, run_name, run, requirements, search, config, max_offers, as_json)
+        if not search.offers:
+            raise ConfigurationError(f"no offers match: {requirements.describe()} (see `dstack offers`)")
         return
     if not as_json:
         from cli.output import stderr_console
@@ -98,14 +107,44 @@ def apply(
 
         from provisioner.field_support import plan_notes
 
-        print_plan(file, run_name, requirements, search, {"notes": plan_notes(run.configuration)},
-                   console=stderr_console())
+        print_plan(source, run_name, requirements, search, {"notes": plan_notes(run.configuration)},
+                   console=stderr_console(), max_offers=max_offers)
     if not yes and not typer.confirm("Submit the run?", default=True, err=True):
         raise typer.Exit(1)
     from cli.run_session import run_and_report
 
-    code = run_and_report(config, store, hosts, run_name, run, search.offers, Path(file), detach, as_json)
+    code = run_and_report(config, store, hosts, run_name, run, search.offers, config_path(file), detach, as_json,
+                          upload_repo=not no_repo)
     raise typer.Exit(code)
+
+
+def _print_dry_run(source: str, run_name: str, run, requirements, search, config, max_offers: int,
+                   as_json: bool) -> None:
+    """The plan: the offer, and the cloud resources its stack would create, rendered offline. Without the cloud's
+    extra installed, the plan still shows the offer and says what rendering the stack needs."""
+    from provisioner.cloud_plan import dry_run_resources
+    from provisioner.plan import plan_json
+    from stacks.extras import MissingExtra
+
+    offer = search.offers[0] if search.offers else None
+    try:
+        resources = dry_run_resources(run_name, run.configuration, offer, config)
+        missing = None
+    except MissingExtra as e:
+        resources, missing = [], e
+    document = plan_json(run, offer, resources)
+    if missing is not None:
+        document["stack"] = {"rendered": False, "reason": str(missing)}
+    if as_json:
+        print_json(document)
+    else:
+        from cli.plan_view import print_plan
+
+        print_plan(source, run_name, requirements, search, document, max_offers=max_offers)
+    if missing is not None:
+        from cli.output import warn
+
+        warn(f"the stack's resources are not shown: {missing}")
 
 
 def _run_name(name: str) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import typer
 
 from cli import run_options as opt
-from cli.output import print_json, stdout_console
+from cli.output import TYPER_SETTINGS, print_json, stdout_console
 
-config_app = typer.Typer(help="Check the cloud configuration in $DSTACK_HOME/config.yml", no_args_is_help=True)
+config_app = typer.Typer(help="Check the cloud configuration in $DSTACK_HOME/config.yml", no_args_is_help=True, **TYPER_SETTINGS)
 
 _MARKS = {"ok": "[green]ok[/]  ", "warn": "[yellow]warn[/]", "fail": "[red]fail[/]"}
 
@@ -21,10 +21,11 @@ def check(as_json: opt.JsonOption = False) -> None:
 
     config = load_config()
     checks = []
-    if config.cloud_backends:
+    missing = _missing_extras(config.cloud_backends)
+    if config.cloud_backends and not missing:
         checks.append(check_pulumi())
     for name in config.cloud_backends:
-        checks += _cloud_checks(name, config.backend(name))
+        checks += missing.get(name) or _cloud_checks(name, config.backend(name))
     if as_json:
         print_json({"checks": [c.to_json() for c in checks], "status": worst(checks)})
     else:
@@ -36,6 +37,20 @@ def check(as_json: opt.JsonOption = False) -> None:
             console.print(f"{_MARKS[c.status]} {c.backend:<6} {c.subject:<12} {c.detail}", highlight=False)
     if worst(checks) == "fail":
         raise typer.Exit(1)
+
+
+def _missing_extras(backends) -> dict:
+    """A failed check for each configured cloud whose SDKs are not installed, by backend."""
+    from stacks.checks import FAIL, Check
+    from stacks.extras import MissingExtra, require_extra
+
+    missing = {}
+    for name in backends:
+        try:
+            require_extra(name, f"a run on {name}")
+        except MissingExtra as e:
+            missing[name] = [Check(name, "sdk", FAIL, str(e))]
+    return missing
 
 
 def _cloud_checks(name: str, backend) -> list:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cli.output import print_json, stderr_console, stdout_console
+from cli.output import TYPER_SETTINGS, print_json, stderr_console, stdout_console
 
 
 def apply_fleet(configuration, source: str, yes: bool) -> None:
@@ -44,22 +45,79 @@ def _key_confirmation(source: str, yes: bool):
     return confirm
 
 
-def fleet(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False) -> None:
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+fleet_app = typer.Typer(help="List, show and delete SSH fleets.", invoke_without_command=True, **TYPER_SETTINGS)
+
+
+@fleet_app.callback()
+def fleet(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List, show and delete SSH fleets. Without a subcommand: `dstack fleet list`."""
+    if ctx.invoked_subcommand is None:
+        list_fleets(as_json)
+
+
+@fleet_app.command("list")
+def list_fleets(as_json: JsonOption = False) -> None:
     """List SSH fleets and their hosts."""
-    from provisioner.host_probe import HostFacts
-    from provisioner.hosts import describe_facts
     from provisioner.state import StateStore
 
     fleets = StateStore().list_fleets()
     if as_json:
         print_json({"fleets": fleets})
         return
-    from rich.table import Table
-
     console = stdout_console()
     if not fleets:
         console.print("No fleets. `dstack apply -f fleet.dstack.yml` adds one.")
         return
+    _print_hosts(fleets)
+
+
+@fleet_app.command("get")
+def get_fleet(
+    name: Annotated[str, typer.Argument(help="The fleet's name")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show one SSH fleet: where it was registered from and each host's resources."""
+    item = _fleet(name)
+    if as_json:
+        print_json({"fleet": item})
+        return
+    import datetime
+
+    console = stdout_console()
+    created = datetime.datetime.fromtimestamp(item["created_at"]).isoformat(" ", "seconds")
+    console.print(f"Fleet {name}, from {item['source']}, registered {created}", markup=False)
+    _print_hosts([item])
+
+
+@fleet_app.command("delete")
+def delete_fleet_command(
+    name: Annotated[str, typer.Argument(help="The fleet's name")],
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Forget an SSH fleet (its hosts are untouched); refused while a run uses it."""
+    _fleet(name)
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"Forget fleet {name}?", default=False, err=True):
+        raise typer.Exit(1)
+    forget_fleet(name)
+
+
+def _fleet(name: str) -> dict:
+    from configuration.errors import ConfigurationError
+    from provisioner.state import StateStore
+
+    for item in StateStore().list_fleets():
+        if item["name"] == name:
+            return item
+    raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
+
+
+def _print_hosts(fleets: list) -> None:
+    from rich.table import Table
+
+    from provisioner.host_probe import HostFacts
+    from provisioner.hosts import describe_facts
+
     table = Table(box=None, header_style="bold")
     for column in ("FLEET", "HOST", "RESOURCES"):
         table.add_column(column)
@@ -68,32 +126,39 @@ def fleet(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for s
             access = host["access"]
             table.add_row(item["name"], f"{access['user']}@{access['hostname']}:{access['port']}",
                           describe_facts(HostFacts.from_json(host["facts"])))
-    console.print(table)
+    stdout_console().print(table)
+
+
+def forget_fleet(name: str) -> None:
+    from configuration.errors import ConfigurationError
+    from provisioner.state import StateStore
+
+    store = StateStore()
+    busy = [r.name for r in store.list_runs() if r.active and r.backend == "ssh" and r.region == name]
+    if busy:
+        raise ConfigurationError(f"fleet {name} is in use by {', '.join(busy)}; stop them first")
+    if not store.delete_fleet(name):
+        raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
+    stderr_console().print(f"Fleet {name} forgotten (its hosts are untouched)")
 
 
 def delete(
     name: Annotated[Optional[str], typer.Argument(help="A finished run's name")] = None,
     file: Annotated[Optional[str], typer.Option("-f", "--file", help="A fleet configuration to forget")] = None,
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
 ) -> None:
     """Forget a fleet (`-f fleet.dstack.yml`) or a finished run (NAME)."""
     from configuration.errors import ConfigurationError
-    from provisioner.state import StateStore
 
     if (name is None) == (file is None):
         raise typer.BadParameter("give a run NAME or -f FILE, not both", param_hint="'NAME' / '-f'")
     if file is not None:
-        from configuration.loader import load_configuration
+        from cli.config_input import load_file
 
-        configuration = load_configuration(file)
+        configuration = load_file(file)
         if configuration.type != "fleet":
             raise ConfigurationError(f"{file}: `dstack delete -f` takes a fleet configuration, not a {configuration.type}")
-        store = StateStore()
-        busy = [r.name for r in store.list_runs() if r.active and r.backend == "ssh" and r.region == configuration.name]
-        if busy:
-            raise ConfigurationError(f"fleet {configuration.name} is in use by {', '.join(busy)}; stop them first")
-        if not store.delete_fleet(configuration.name):
-            raise ConfigurationError(f"no fleet named {configuration.name} (see `dstack fleet`)")
-        stderr_console().print(f"Fleet {configuration.name} forgotten (its hosts are untouched)")
+        forget_fleet(configuration.name)
         return
     from cli.runs_command import _session, delete_run
 

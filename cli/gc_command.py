@@ -28,7 +28,9 @@ def gc(
     config = load_config()
     owner = None if all_owners else owner_id()
     live = {r.name for r in StateStore().list_runs() if r.active}
-    scans = [_aws_scan(config, region, owner)]
+    scans = []
+    if region or config.backend("aws") is not None or config.backend("gcp") is None:
+        scans.append(_aws_scan(config, region, owner))
     if config.backend("gcp") is not None:
         scans.append(_gcp_scan(config, owner))
     found = [(scan, leftover) for scan in scans for leftover in scan.find()
@@ -69,6 +71,9 @@ class _Scan:
 
 
 def _aws_scan(config, region, owner: Optional[str]) -> _Scan:
+    from stacks.extras import require_extra
+
+    require_extra("aws", "`dstack gc`")
     import boto3
 
     from stacks.aws_leftovers import find_leftovers, remove_leftovers
@@ -94,6 +99,9 @@ def _aws_scan(config, region, owner: Optional[str]) -> _Scan:
 
 
 def _gcp_scan(config, owner: Optional[str]) -> _Scan:
+    from stacks.extras import require_extra
+
+    require_extra("gcp", "`dstack gc`")
     from stacks.gcp_leftovers import find_leftovers, gcp_api, remove_leftovers
 
     api = gcp_api(config.backend("gcp").project_id)

@@ -1,37 +1,113 @@
-"""The `dstack` command. Each command lives in its own module; heavy modules are imported inside the commands, so
-`dstack --help` and `dstack offers` never load pulumi, boto3 or paramiko."""
+"""The `dstack` command. Commands are registered lazily: `dstack --help` lists them from the table below without
+importing their modules, and `dstack NAME` imports only NAME's module, so start-up costs typer and little else and
+no command loads pulumi, boto3 or paramiko before it needs them."""
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Optional
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Dict, List, Optional
 
 import typer
+from typer.core import TyperGroup
 from typing_extensions import Annotated
 
-from cli.apply_command import apply
-from cli.config_command import config_app
-from cli.fleet_command import delete, fleet
-from cli.gc_command import gc
-from cli.runs_command import attach, logs, ps, stop
-from cli.offers_command import offers
-from cli.schema_command import schema
-from cli.secret_command import secret_app
-from cli.setup_command import setup
-from cli.stacks_command import stacks
-from cli.output import error
+from cli.output import TYPER_SETTINGS
 from configuration.errors import DstackError
 
 VERSION = "0.1.0"
+PROG_NAME = "dstack"
+_RUN_SETTINGS = {"allow_interspersed_args": False}  # `apply -f x.yml -- --lr 0.1`: what follows are run arguments
+
+
+@dataclass(frozen=True)
+class LazyCommand:
+    """A command known by name and one-line help; its module is imported when the command is run."""
+
+    target: str  # "module:attribute": a command function, or a typer.Typer of subcommands
+    help: str  # the first line of the command's own help (a test keeps them equal)
+    context_settings: Dict[str, object] = field(default_factory=dict)
+    alias_of: Optional[str] = None
+
+
+COMMANDS: Dict[str, LazyCommand] = {
+    "apply": LazyCommand("cli.apply_command:apply", "Apply a configuration: a task runs on the cheapest offer that "
+                         "fits; a fleet registers your SSH hosts.", _RUN_SETTINGS),
+    "run": LazyCommand("cli.apply_command:apply", "An alias of `apply`.", _RUN_SETTINGS, alias_of="apply"),
+    "offer": LazyCommand("cli.offers_command:offers", "Show the offers that match the requirements (spot and "
+                         "on-demand unless told otherwise)."),
+    "offers": LazyCommand("cli.offers_command:offers", "An alias of `offer`.", alias_of="offer"),
+    "ps": LazyCommand("cli.runs_command:ps", "List runs: status, where they run, what they cost. Finishes what an "
+                      "interrupted dstack left."),
+    "logs": LazyCommand("cli.runs_command:logs", "Print a run's output, from the start."),
+    "attach": LazyCommand("cli.runs_command:attach", "Follow a running run's output and forward its ports again, "
+                          "until it ends (Ctrl-C detaches)."),
+    "stop": LazyCommand("cli.runs_command:stop", "Stop a run (SIGTERM, then SIGKILL after 10s) and remove "
+                        "everything it created."),
+    "metrics": LazyCommand("cli.metrics_command:metrics", "Show a running job's CPU, memory and GPU use, read on "
+                           "its host."),
+    "event": LazyCommand("cli.event_command:event", "Show runs' lifecycle events: submitted, offers tried, "
+                         "provisioned, started, exit, teardown."),
+    "delete": LazyCommand("cli.fleet_command:delete", "Forget a fleet (`-f fleet.dstack.yml`) or a finished run "
+                          "(NAME)."),
+    "fleet": LazyCommand("cli.fleet_command:fleet_app", "List, show and delete SSH fleets."),
+    "volume": LazyCommand("cli.volume_command:volume_app", "Volumes: not supported yet."),
+    "secret": LazyCommand("cli.secret_command:secret_app", "Store the secrets that `${{ secrets.NAME }}` reads"),
+    "init": LazyCommand("cli.init_command:init", "Set up $DSTACK_HOME and say which backends can run."),
+    "config": LazyCommand("cli.config_command:config_app", "Check the cloud configuration in $DSTACK_HOME/config.yml"),
+    "gc": LazyCommand("cli.gc_command:gc", "List AWS instances, security groups, key pairs and volumes (and GCP "
+                      "instances, disks, firewalls and service accounts, where GCP is configured) tagged by dstack "
+                      "whose run is not active, and remove them after confirmation."),
+    "stacks": LazyCommand("cli.stacks_command:stacks", "List the runs' Pulumi stacks and their outputs (needs the "
+                          "Pulumi CLI)."),
+    "setup": LazyCommand("cli.setup_command:setup", "Install what dstack needs besides its Python packages: "
+                         "`dstack setup pulumi`."),
+    "schema": LazyCommand("cli.schema_command:schema", "Print the JSON Schema of configuration files (for editors), "
+                          "or the reference page."),
+    "completion": LazyCommand("cli.completion_command:completion", "Print the shell completion script for bash, "
+                              "zsh or fish."),
+}
+
+
+def load_command(name: str, spec: LazyCommand):
+    """The click command behind a table entry."""
+    module, _, attribute = spec.target.partition(":")
+    target = getattr(import_module(module), attribute)
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer(**TYPER_SETTINGS)
+        single.command(name, context_settings=spec.context_settings or None,
+                       help=spec.help if spec.alias_of else None)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    def list_commands(self, ctx) -> List[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name: str):
+        spec = COMMANDS.get(name)
+        return load_command(name, spec) if spec is not None else None
+
+    def format_commands(self, ctx, formatter) -> None:
+        """The command list from the table: listing must not import every command."""
+        rows = [(name, spec.help) for name, spec in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 app = typer.Typer(
-    name="dstack",
+    name=PROG_NAME,
+    cls=LazyGroup,
     help="Run tasks on the cheapest machine that fits, on AWS, GCP, your own hosts or this machine.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain help and one-line usage errors: quicker, and readable in logs
-    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,  # `dstack completion SHELL` prints the script, as dstack's does
+    **TYPER_SETTINGS,
 )
 
 
@@ -50,28 +126,19 @@ def root(
     """Run tasks on the cheapest machine that fits, on AWS, GCP, your own hosts or this machine."""
 
 
-app.command("offers")(offers)
-_RUN_SETTINGS = {"allow_interspersed_args": False}
-app.command("apply", context_settings=_RUN_SETTINGS)(apply)
-app.command("run", context_settings=_RUN_SETTINGS, help="An alias of `apply`.")(apply)
-app.command("schema")(schema)
-app.command("ps")(ps)
-app.command("logs")(logs)
-app.command("attach")(attach)
-app.command("stop")(stop)
-app.command("fleet")(fleet)
-app.command("delete")(delete)
-app.command("gc")(gc)
-app.command("stacks")(stacks)
-app.command("setup")(setup)
-app.add_typer(config_app, name="config")
-app.add_typer(secret_app, name="secret")
+COMPLETE_VAR = "_DSTACK_COMPLETE"  # set by the script `dstack completion SHELL` prints
 
 
 def main() -> None:
+    if COMPLETE_VAR in os.environ:
+        from typer._completion_classes import completion_init
+
+        completion_init()  # typer's shell classes, which add_completion=False leaves unregistered
     try:
-        app()
+        app(prog_name=PROG_NAME)
     except DstackError as e:
+        from cli.output import error
+
         error(str(e))
         sys.exit(1)
     except KeyboardInterrupt:

@@ -6,6 +6,13 @@ import json
 import sys
 from typing import Any
 
+# Every typer.Typer of the CLI: plain help and one-line usage errors (quicker, and readable in logs), -h as --help.
+TYPER_SETTINGS: dict = dict(
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
 
 def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
@@ -23,6 +30,19 @@ def stderr_console():
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def confirm(question: str, yes: bool) -> bool:
+    """Asks on a terminal unless `-y`; without a terminal (a script) the answer is yes, as before the question."""
+    if yes or not sys.stdin.isatty():
+        return True
+    import typer
+
+    return typer.confirm(question, default=False, err=True)
 
 
 def error(message: str) -> None:

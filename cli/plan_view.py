@@ -19,7 +19,8 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[Tuple[str, str]]:
             ", ".join(map(str, value))
 
 
-def print_plan(source: str, run_name: str, requirements, search, document: dict, console=None) -> None:
+def print_plan(source: str, run_name: str, requirements, search, document: dict, console=None,
+               max_offers: int = 3) -> None:
     """On stdout for `--dry-run`; on stderr before a real run, whose stdout is the job's output alone."""
     from rich.markup import escape  # the file's name and values may hold `[...]`, which rich reads as markup
     from rich.table import Table
@@ -34,12 +35,13 @@ def print_plan(source: str, run_name: str, requirements, search, document: dict,
     offers = Table(box=None, header_style="bold", title="Offers, cheapest first", title_justify="left")
     for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "$/HOUR", "WITH DISK"):
         offers.add_column(column)
-    for i, offer in enumerate(search.offers, 1):
+    for i, offer in enumerate(search.offers[:max_offers], 1):
         offers.add_row(str(i), offer.backend, escape(offer.region), escape(offer.instance.name),
                        escape(offer.describe_resources()), "spot" if offer.spot else "on-demand",
                        f"${offer.price:.4f}", f"${offer.total_price:.4f}")
     console.print(offers)
-    console.print(f"{search.total} offers match; the first is used, the next ones if it has no capacity.")
+    console.print(f"{search.total} offers match, showing {min(max_offers, len(search.offers))}; the first is used, "
+                  "the next ones if it has no capacity.")
     resources = document.get("resources") or []
     if resources:
         table = Table(box=None, header_style="bold", title="Cloud resources of the run's stack", title_justify="left")

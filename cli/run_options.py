@@ -51,6 +51,34 @@ MaxPriceOption = Annotated[
 ]
 FileOption = Annotated[Optional[str], typer.Option("-f", "--file", help="A *.dstack.yml configuration")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+SpotPolicyOption = Annotated[
+    Optional[str], typer.Option("--spot-policy", metavar="POLICY", help="One of spot, on-demand, auto")
+]
+EnvOption = Annotated[
+    Optional[List[str]],
+    typer.Option("-e", "--env", metavar="NAME[=VALUE]",
+                 help="An environment variable (repeatable); a bare NAME takes your environment's value"),
+]
+MaxDurationOption = Annotated[
+    Optional[str], typer.Option("--max-duration", metavar="DURATION", help="Stop the run after this time (2h, 30m, "
+                                "1d, seconds) or `off`")
+]
+RetryOption = Annotated[
+    Optional[bool], typer.Option("--retry/--no-retry", help="Retry on no-capacity, interruption and error, or never",
+                                 show_default=False)
+]
+RetryDurationOption = Annotated[
+    Optional[str], typer.Option("--retry-duration", metavar="DURATION", help="How long to keep retrying (implies "
+                                "--retry)")
+]
+FleetOption = Annotated[
+    Optional[List[str]], typer.Option("--fleet", metavar="NAME", help="Consider only this SSH fleet's hosts "
+                                      "(repeatable)")
+]
+ReuseOption = Annotated[
+    bool, typer.Option("-R", "--reuse", help="Use a host that exists already (an SSH fleet's, this machine); "
+                       "provision nothing")
+]
 
 BACKENDS = ("aws", "gcp", "ssh", "local")
 
@@ -77,11 +105,76 @@ def override_resources(
     return resources.model_copy(update={k: v for k, v in update.items() if v is not None})
 
 
-def spot_policy_flag(spot: Optional[bool], on_demand: Optional[bool], spot_auto: Optional[bool]) -> Optional[str]:
+SPOT_POLICIES = ("spot", "on-demand", "auto")
+EXISTING_HOST_BACKENDS = ("ssh", "local")  # hosts that are there already: `--reuse` takes only these
+
+
+def spot_policy_flag(spot: Optional[bool], on_demand: Optional[bool], spot_auto: Optional[bool],
+                     spot_policy: Optional[str] = None) -> Optional[str]:
+    if spot_policy is not None and spot_policy not in SPOT_POLICIES:
+        raise typer.BadParameter(f"{spot_policy!r} is not one of {', '.join(SPOT_POLICIES)}",
+                                 param_hint="'--spot-policy'")
     chosen = [name for name, flag in (("spot", spot), ("on-demand", on_demand), ("auto", spot_auto)) if flag]
+    chosen += [spot_policy] if spot_policy is not None else []
     if len(chosen) > 1:
-        raise typer.BadParameter("give only one of them", param_hint="'--spot' / '--on-demand' / '--spot-auto'")
+        raise typer.BadParameter("give only one of them",
+                                 param_hint="'--spot' / '--on-demand' / '--spot-auto' / '--spot-policy'")
     return chosen[0] if chosen else None
+
+
+def override_run_fields(configuration: Any, env: Optional[List[str]] = None, max_duration: Optional[str] = None,
+                        retry: Optional[bool] = None, retry_duration: Optional[str] = None) -> Any:
+    """The configuration with `-e`, `--max-duration` and the retry flags in place of the file's values. `-e NAME`
+    replaces that one variable; the file's other variables stay."""
+    from configuration.fields import parse_env
+    from configuration.models import ProfileFields
+
+    update: dict = {}
+    if env:
+        try:
+            update["env"] = {**configuration.env, **parse_env(list(env))}
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="'-e/--env'") from None
+    if max_duration is not None:
+        update["max_duration"] = _flag("--max-duration", _field(ProfileFields, "max_duration"), max_duration)
+    if retry is False:
+        if retry_duration is not None:
+            raise typer.BadParameter("--no-retry takes no duration", param_hint="'--retry-duration'")
+        update["retry"] = None
+    elif retry or retry_duration is not None:
+        policy = {"duration": retry_duration} if retry_duration is not None else {}
+        if configuration.retry is not None and not retry:  # only the duration given: the file's events stay
+            policy["on_events"] = configuration.retry.on_events
+        update["retry"] = _flag("--retry-duration", _field(ProfileFields, "retry"), policy)
+    return configuration.model_copy(update=update) if update else configuration
+
+
+def _field(model: Any, name: str) -> Any:
+    """Validates a flag's text as the file's value of `model.name` is validated."""
+    return lambda value: getattr(model.model_validate({name: value}), name)
+
+
+def placement_flags(backends: Optional[List[str]], regions: Optional[List[str]], fleets: Optional[List[str]],
+                    reuse: bool, fleet_names: Any) -> tuple:
+    """`--fleet` and `--reuse` as backends and regions: an SSH fleet's offers carry the fleet's name as their
+    region. `fleet_names` is called only when `--fleet` is given."""
+    if fleets:
+        if regions:
+            raise typer.BadParameter("a fleet is its own region: give --fleet or -r", param_hint="'--fleet'")
+        if backends and "ssh" not in backends:
+            raise typer.BadParameter("fleets are SSH hosts: -b must allow ssh", param_hint="'--fleet'")
+        known = set(fleet_names())
+        for name in fleets:
+            if name not in known:
+                raise typer.BadParameter(f"no fleet named {name} (see `dstack fleet list`)", param_hint="'--fleet'")
+        return ["ssh"], list(fleets)
+    if reuse:
+        chosen = [b for b in (backends or EXISTING_HOST_BACKENDS) if b in EXISTING_HOST_BACKENDS]
+        if not chosen:
+            raise typer.BadParameter("--reuse takes hosts that exist already (ssh, local), and -b allows none",
+                                     param_hint="'-R/--reuse'")
+        return chosen, regions
+    return backends, regions
 
 
 def check_backends(backends: Optional[List[str]]) -> Optional[List[str]]:

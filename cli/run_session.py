@@ -7,6 +7,7 @@ import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 from cli.output import stderr_console
 
@@ -35,18 +36,23 @@ def stop_signals_interrupt():
             signal.signal(number, handler)
 
 
-def make_reporter(quiet: bool = False):
-    """Progress on stderr and the job's output on stdout; `quiet` (for --json) keeps both for the log alone."""
+def make_reporter(quiet: bool = False, run_name: Optional[str] = None):
+    """Progress on stderr and the job's output on stdout; `quiet` (for --json) keeps both for the logs alone. With
+    `run_name`, every progress line is also kept for `dstack logs -d`."""
+    from provisioner.events import log_diagnostic
     from provisioner.runner import Reporter, write_stdout
 
-    if quiet:
-        return Reporter()
-    console = stderr_console()
+    console = None if quiet else stderr_console()
     started = time.monotonic()
 
     def info(message: str) -> None:
+        if run_name is not None:
+            log_diagnostic(run_name, message)
+        if console is None:
+            return
         try:
-            console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}", markup=True, highlight=False)
+            console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}", markup=True,
+                          highlight=False)
         except OSError:  # the terminal is gone (SIGHUP): progress is for a person, the teardown must go on
             pass
 
@@ -56,25 +62,27 @@ def make_reporter(quiet: bool = False):
 
     from cli.upload_progress import UploadProgress
 
-    return Reporter(info=info, step=step, output=write_stdout, upload=UploadProgress(console))
+    return Reporter(info=info, step=step, output=(lambda data: None) if quiet else write_stdout,
+                    upload=UploadProgress(console or stderr_console()))
 
 
-def session_for(config, store, hosts=None, quiet: bool = False):
+def session_for(config, store, hosts=None, quiet: bool = False, run_name: Optional[str] = None):
     from provisioner.runner import RunSession
 
-    return RunSession(store=store, config=config, reporter=make_reporter(quiet), fleet_hosts=hosts or {})
+    return RunSession(store=store, config=config, reporter=make_reporter(quiet, run_name), fleet_hosts=hosts or {})
 
 
 def run_and_report(config, store, hosts, run_name, resolved, offers, source: Path, detach: bool,
-                   as_json: bool = False) -> int:
+                   as_json: bool = False, upload_repo: bool = True) -> int:
     """Runs the task; returns the exit status for the shell: 0 when the job succeeded, its exit code when it failed.
-    With `as_json`, stdout gets only the run's final record (`{"run": ...}`); the output stays in `dstack logs`."""
+    With `as_json`, stdout gets only the run's final record (`{"run": ...}`); the output stays in `dstack logs`.
+    `source` is the configuration file: its repo is uploaded unless `upload_repo` is false (`--no-repo`)."""
     from provisioner.runner import submit
 
-    session = session_for(config, store, hosts, quiet=as_json)
+    session = session_for(config, store, hosts, quiet=as_json, run_name=run_name)
     try:
         with stop_signals_interrupt():
-            record = submit(session, run_name, resolved, offers, source.resolve(), detach)
+            record = submit(session, run_name, resolved, offers, source, detach, upload_repo=upload_repo)
     except KeyboardInterrupt as interrupt:
         record = store.get_run(run_name)
         if record is not None and record.active:

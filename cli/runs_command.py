@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
@@ -36,36 +37,80 @@ def _age(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+WATCH_INTERVAL_S = 2.0
+
+
 def ps(
     all_runs: Annotated[bool, typer.Option("-a", "--all", help="Show finished runs too")] = False,
+    last: Annotated[
+        Optional[int], typer.Option("-n", "--last", min=1, help="Show only the last N runs (implies --all)")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show each run's job: host, ports, exit code")] = False,
+    watch: Annotated[bool, typer.Option("-w", "--watch", help="Refresh every 2s until Ctrl-C")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
     """List runs: status, where they run, what they cost. Finishes what an interrupted dstack left."""
+    session = _session()
+    if not watch:
+        _print_runs(session, all_runs, last, verbose, as_json)
+        return
+    console = stdout_console()
+    try:
+        while True:
+            if console.is_terminal:
+                console.clear()
+            _print_runs(session, all_runs, last, verbose, as_json)
+            time.sleep(WATCH_INTERVAL_S)
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool) -> None:
     from provisioner.runner import reconcile
 
-    session = _session()
     now = time.time()
     every = reconcile(session)
     _warn_of_unknown_jobs(session.store, every)
-    records = [r for r in every if all_runs or r.active]
+    records = [r for r in every if all_runs or last or r.active][:last]
     if as_json:
-        print_json({"runs": [r.summary(now) for r in records]})
+        print_json({"runs": [_run_json(r, now, verbose) for r in records]})
         return
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "STATUS", "BACKEND", "REGION", "INSTANCE", "$/HOUR", "COST", "AGE"):
+    columns = ["NAME", "STATUS", "BACKEND", "REGION", "INSTANCE", "$/HOUR", "COST", "AGE"]
+    for column in columns + (["JOB", "HOST", "PORTS", "EXIT"] if verbose else []):
         table.add_column(column)
     for r in records:
         status = r.status + (f" ({r.reason})" if r.reason else "")
-        table.add_row(r.name, status, r.backend or "-", r.region or "-", r.instance or "-",
-                      f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}",
-                      _age(now - r.submitted_at))
+        row = [r.name, status, r.backend or "-", r.region or "-", r.instance or "-",
+               f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}", _age(now - r.submitted_at)]
+        if verbose:
+            job = _job_json(r)
+            row += ["0", job["host"] or "-", ", ".join(f"localhost:{a}->{b}" for a, b in job["ports"]) or "-",
+                    "-" if r.exit_code is None else str(r.exit_code)]
+        table.add_row(*row)
     console = stdout_console()
     if records:
         console.print(table)
     else:
-        console.print("No runs." if all_runs else "No active runs (`dstack ps -a` shows finished ones).")
+        console.print("No runs." if all_runs or last else "No active runs (`dstack ps -a` shows finished ones).")
+
+
+def _job_json(record) -> dict:
+    """A run's one job (node 0): where it runs and its forwarded ports."""
+    from provisioner.access import HostAccess
+
+    host = HostAccess.from_json(record.host).description if record.host else None
+    return {"node": 0, "host": host, "ports": record.ports or [], "exit_code": record.exit_code,
+            "attempts": record.attempts}
+
+
+def _run_json(record, now: float, verbose: bool) -> dict:
+    summary = record.summary(now)
+    if verbose:
+        summary["jobs"] = [_job_json(record)]
+    return summary
 
 
 def _warn_of_unknown_jobs(store, records) -> None:
@@ -88,9 +133,79 @@ def _warn_of_unknown_jobs(store, records) -> None:
 def logs(
     name: NameArgument,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep following until the job ends")] = False,
+    since: Annotated[
+        Optional[str],
+        typer.Option("--since", metavar="SINCE", help="Only output newer than this: a duration (10s, 5m, 1d) or an "
+                     "RFC 3339 time (2025-09-24T15:30:00Z)"),
+    ] = None,
+    diagnose: Annotated[
+        bool, typer.Option("-d", "--diagnose", help="Show the run's provisioning and bootstrap log instead")
+    ] = False,
+    node: Annotated[int, typer.Option("--node", metavar="K", min=0, help="The node whose output to show")] = 0,
 ) -> None:
     """Print a run's output, from the start."""
-    _print_logs(_session(), name, follow)
+    session = _session()
+    record = _record(session, name)
+    if node != 0:
+        raise typer.BadParameter(f"{name} has one node, 0 (multi-node tasks are not supported yet)",
+                                 param_hint="'--node'")
+    if diagnose:
+        _print_diagnostics(record)
+    elif since is not None:
+        _print_logs_since(record, _since_time(since))
+    else:
+        _print_logs(session, name, follow)
+
+
+def _since_time(text: str) -> float:
+    """`--since`: a duration back from now, or an RFC 3339 time."""
+    import datetime
+
+    from configuration.fields import parse_duration
+
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither a duration (10s, 5m, 1d) nor an RFC 3339 time "
+                                 "(2025-09-24T15:30:00Z)", param_hint="'--since'") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # local time, as the user reads it
+    return moment.timestamp()
+
+
+def _print_logs_since(record, since: float) -> None:
+    from configuration.errors import DstackError
+    from provisioner.events import offset_since
+    from provisioner.runner import local_log_path, write_stdout
+
+    offset = offset_since(record.name, since)
+    path = local_log_path(record.name)
+    if offset is None or not path.exists():
+        raise DstackError(f"{record.name}'s output has no arrival times (dstack records them while it streams an "
+                          f"attached run): `dstack logs {record.name}` shows all of it")
+    with open(path, "rb") as f:
+        f.seek(min(offset, path.stat().st_size))
+        write_stdout(f.read())
+
+
+def _print_diagnostics(record) -> None:
+    """The progress lines dstack printed while it provisioned, started and tore down the run, then its events."""
+    from provisioner.events import diagnostics_path
+    from provisioner.runner import write_stdout
+
+    path = diagnostics_path(record.name)
+    if path.exists():
+        write_stdout(path.read_bytes())
+    else:
+        stderr_console().print(f"{record.name} has no provisioning log (it was started by a dstack that did not "
+                               "keep one); its events follow", markup=False)
+    from cli.event_command import print_events
+
+    print_events(record.name, as_json=False)
 
 
 def _print_logs(session, name: str, follow: bool) -> None:
@@ -164,13 +279,17 @@ def attach(name: NameArgument) -> None:
 
 def stop(
     name: NameArgument,
-    abort: Annotated[bool, typer.Option("--abort", help="Kill at once, without the grace period")] = False,
+    abort: Annotated[bool, typer.Option("-x", "--abort", help="Kill at once, without the grace period")] = False,
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
 ) -> None:
     """Stop a run (SIGTERM, then SIGKILL after 10s) and remove everything it created."""
+    from cli.output import confirm
     from provisioner.runner import stop_run
 
     session = _session()
-    _record(session, name)
+    record = _record(session, name)
+    if record.active and not confirm(f"Stop {name}?", yes):
+        raise typer.Exit(1)
     record = stop_run(session, name, abort=abort)
     session.reporter.info(f"{name} {record.status}" + (f" ({record.reason})" if record.reason else ""))
 

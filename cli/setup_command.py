@@ -11,6 +11,9 @@ def setup(
     """Install what dstack needs besides its Python packages: `dstack setup pulumi`."""
     if tool != "pulumi":
         raise typer.BadParameter(f"{tool!r} (allowed: pulumi)", param_hint="'TOOL'")
+    from stacks.extras import require_extra
+
+    require_extra("pulumi", "`dstack setup pulumi`")
     from stacks.automation import find_pulumi, install_pulumi
 
     found = find_pulumi()

@@ -11,6 +11,9 @@ from cli.output import print_json, stdout_console
 def stacks(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False) -> None:
     """List the runs' Pulumi stacks and their outputs (needs the Pulumi CLI)."""
     from configuration.backends import load_config
+    from stacks.extras import require_extra
+
+    require_extra("pulumi", "`dstack stacks`")
     from stacks.automation import list_stacks, state_settings
 
     found = list_stacks(state_settings(load_config().pulumi.backend_url))

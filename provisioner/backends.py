@@ -86,8 +86,10 @@ class CloudBackend:
         from provisioner.cloud_plan import program_for, stack_spec
         from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
         from stacks.progress import EngineEventTracker
+        from stacks.extras import require_extra
         from stacks.spec import generate_host_key
 
+        require_extra(self.name, f"a run on {self.name.upper() if self.name == 'aws' else 'GCP'}")
         require_pulumi()  # before anything else: without it nothing can be created or destroyed
         self.check_credentials(offer.region)
         public_key = generate_run_key(run_name)
@@ -116,6 +118,9 @@ class CloudBackend:
     def teardown(self, record, report) -> None:
         if not record.stack:
             return
+        from stacks.extras import require_extra
+
+        require_extra(self.name, f"removing run {record.name}'s {self.name} stack")
         self.check_credentials(record.stack["region"])  # before Pulumi, whose error would be pages long
         from stacks.automation import open_stack, stack_destroy, state_settings
         from stacks.progress import EngineEventTracker

@@ -74,7 +74,9 @@ def placeholder_key(run_name: str) -> str:
 def dry_run_resources(run_name: str, configuration, offer: Optional[Offer], config: DstackConfig) -> List[dict]:
     if offer is None or offer.backend not in CLOUD_BACKENDS:
         return []
+    from stacks.extras import require_extra
     from stacks.spec import generate_host_key
 
+    require_extra(offer.backend, f"rendering the {offer.backend} stack of the plan")
     spec = stack_spec(run_name, configuration, offer, placeholder_key(run_name), generate_host_key(), config)
     return render_plan_resources(spec)

@@ -192,12 +192,13 @@ def _in_dstack_home(path: Path) -> bool:
     return resolved == home or home in resolved.parents or resolved in home.parents
 
 
-def plan_uploads(configuration, config_dir: Path, source: str) -> UploadPlan:
+def plan_uploads(configuration, config_dir: Path, source: str, include_repos: bool = True) -> UploadPlan:
     """The uploads of a run configuration whose file is in `config_dir`. Without `repos`, the git repository that
-    holds the configuration is uploaded as `repos: [.]` would (dstack before 0.20 did so); outside one, nothing."""
+    holds the configuration is uploaded as `repos: [.]` would (dstack before 0.20 did so); outside one, nothing.
+    `include_repos=False` (`--no-repo`): no repo at all, only `files`."""
     plan = UploadPlan()
-    repos = list(getattr(configuration, "repos", None) or [])
-    if not repos:
+    repos = list(getattr(configuration, "repos", None) or []) if include_repos else []
+    if not repos and include_repos:
         top = git_toplevel(config_dir)
         if top is not None:
             plan.uploads.append(Upload(top, list_folder(top), LEGACY_REPO_DIR, "the configuration's git repository"))

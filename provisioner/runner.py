@@ -21,6 +21,7 @@ from offers.offer import Offer
 from provisioner.access import HostAccess
 from provisioner.backends import Backend, backend_for
 from provisioner.field_support import check_fields
+from provisioner.events import mark_output
 from provisioner.follow import LogFollower, kept_run_hint
 from provisioner.job import TIMED_OUT, UNDERUTILIZED, JobSpec, job_state, start_job, stop_job
 from provisioner.owner import current_owner, owner_alive
@@ -184,18 +185,23 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
                                    instance=offer.instance.name, price=offer.total_price, offer=offer.to_json()):
                 raise StopRequested
             say(f"Provisioning {label}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour")
+            store.add_event(run_name, "offer", f"trying {label}{f' in {zone}' if zone else ''} "
+                                               f"at ${offer.total_price:.4f}/hour")
             try:
                 access = session.backend(offer.backend).provision(run_name, offer, configuration,
                                                                   session.reporter.step)
             except StackFailure as failure:
                 attempts.append({"offer": label, "zone": zone, "kind": failure.kind, "error": failure.message})
                 store.update_run(run_name, attempts=attempts)
+                store.add_event(run_name, "offer-failed", f"{label}{f' in {zone}' if zone else ''}: "
+                                                          f"{failure.kind}: {failure.message}")
                 if not failure.retryable:
                     raise RunFailed(f"{label}: {failure.kind} error, not retrying: {failure.message}") from None
                 blocked.add(_scope_key(offer, failure.scope))
                 say(f"{label}: {failure.kind} ({failure.message}); trying the next "
                     f"{'zone' if failure.scope == 'zone' else 'offer'}")
                 continue
+            store.add_event(run_name, "provisioned", access.description)
             return offer, access
     lines = "\n".join(f"  {a['offer']}{' in ' + a['zone'] if a.get('zone') else ''}: {a['kind']}: {a['error']}"
                       for a in attempts) or "  (none could be tried)"
@@ -219,6 +225,7 @@ def provision_with_retry(session: RunSession, run_name: str, offers: Sequence[Of
         except NoCapacity as e:
             if deadline is None or time.time() + RETRY_INTERVAL_S > deadline:
                 raise
+            session.store.add_event(run_name, "retry", f"no capacity; retrying in {RETRY_INTERVAL_S}s")
             session.reporter.info(f"{str(e).splitlines()[0]}; retrying in {RETRY_INTERVAL_S}s "
                                   f"(retry on no-capacity until {time.strftime('%H:%M:%S', time.localtime(deadline))})")
             time.sleep(RETRY_INTERVAL_S)
@@ -231,13 +238,23 @@ def finish_run(session: RunSession, name: str, status: str, reason: Optional[str
     store = session.store
     record = store.get_run(name)
     store.update_run(name, status="terminating", reason=reason, exit_code=exit_code)
+    store.add_event(name, "terminating", reason or "")
     if record.backend:
+        def step(progress) -> None:
+            session.reporter.step(progress)
+            if progress.state != "started":
+                store.add_event(name, "teardown", f"{progress.op} {progress.type.split(':')[-1]} {progress.name}: "
+                                                  f"{progress.state}")
+
         try:
-            session.backend(record.backend).teardown(record, session.reporter.step)
+            session.backend(record.backend).teardown(record, step)
         except Exception as e:  # any failure keeps the run visible as terminating, to be finished later
             store.update_run(name, reason=f"teardown failed, retry with `dstack stop {name}`: {e}")
+            store.add_event(name, "teardown-failed", str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise
-    return store.update_run(name, status=status, finished_at=time.time())
+    finished = store.update_run(name, status=status, finished_at=time.time())
+    store.add_event(name, status, reason or "")
+    return finished
 
 
 def _exit_status(code: Optional[int]) -> Tuple[str, Optional[str]]:
@@ -251,15 +268,17 @@ def _exit_status(code: Optional[int]) -> Tuple[str, Optional[str]]:
 
 
 def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], source: Optional[Path],
-           detach: bool) -> RunRecord:
+           detach: bool, upload_repo: bool = True) -> RunRecord:
     """Runs a task. Attached: until its job ends, then tears down. Detached: returns once the job is running.
-    `source` is the configuration file: its repo and `files` are listed and size-checked before provisioning."""
+    `source` is the configuration file: its repo (unless not `upload_repo`: `--no-repo`) and `files` are listed and
+    size-checked before provisioning."""
     configuration = resolved.configuration
     if configuration.type != "task":
         raise ConfigurationError(f"running a {configuration.type} is not supported yet: `dstack offers -f` and "
                                  "`dstack apply --dry-run` work with it")
     offers = check_fields(configuration, offers, run_name)
-    uploads = UploadPlan() if source is None else plan_uploads(configuration, source.parent, str(source))
+    uploads = UploadPlan() if source is None else plan_uploads(configuration, source.parent, str(source),
+                                                               include_repos=upload_repo)
     check_size(uploads)
     store = session.store
     max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
@@ -267,6 +286,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
     store.create_run(RunRecord(name=run_name, status="submitted", submitted_at=time.time(), owner_pid=owner_pid,
                                owner_started=owner_started, detached=detach, max_duration=max_duration,
                                configuration=configuration_json(resolved)))
+    store.add_event(run_name, "submitted", f"{len(offers)} offer{'' if len(offers) == 1 else 's'} to try")
     follower: Optional[LogFollower] = None
     forwarder = None
     try:
@@ -283,6 +303,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
                                started_at=time.time()):
             stop_job(transport, run_name, grace=0)
             raise StopRequested
+        store.add_event(run_name, "started", f"job started on {access.description}")
         if configuration.image:
             store.claim_run(run_name, ("pulling",), "running")
         if detach:
@@ -294,10 +315,12 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
         while code not in (0, TIMED_OUT, None) and error_deadline is not None and time.time() < error_deadline:
             session.reporter.info(f"the job failed with exit code {code}; running it again (retry on error)")
+            store.add_event(run_name, "retry", f"exit code {code}; running the job again")
             start_job(follower.transport, job, session.reporter.upload)
             follower.offset = 0
             code = stream_logs(session, follower, run_name)
         status, reason = _exit_status(code)
+        store.add_event(run_name, "exited", "the job went away" if code is None else f"exit code {code}")
         if store.claim_run(run_name, RUNNING, "terminating"):
             return finish_run(session, run_name, status, reason, code)
         return _wait_final(store, run_name)  # `dstack stop` from elsewhere is finishing it
@@ -347,6 +370,7 @@ def stream_logs(session: RunSession, follower: LogFollower, run_name: str) -> Op
     record = session.store.get_run(run_name)
     with append_private(local_log_path(run_name)) as copy:
         def write(data: bytes) -> None:
+            mark_output(run_name, copy.tell())  # for `dstack logs --since`
             copy.write(data)
             copy.flush()
             session.reporter.output(data)
@@ -398,6 +422,8 @@ def stop_run(session: RunSession, name: str, abort: bool = False) -> RunRecord:
     if record is None:
         raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
     reason = "aborted" if abort else "stopped by user"
+    if record.active:
+        store.add_event(name, "stop", reason)
     if store.claim_run(name, STARTING, "terminating", reason=reason):
         if _owner_alive(record):  # its owner stops the job it is starting, and tears down (see submit)
             session.reporter.info(f"{name} is starting: waiting for the dstack process that starts it "
@@ -469,6 +495,7 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
         transport.close()
     if state == "exited":
         status, reason = _exit_status(code)
+        session.store.add_event(record.name, "exited", "exit code " + str(code))
         if session.store.claim_run(record.name, RUNNING, "terminating"):
             finish_run(session, record.name, status, reason, code)
     elif state == "missing":

@@ -28,7 +28,7 @@ from configuration.home import dstack_home, private_dir
 from provisioner.store_errors import DAMAGED, FULL, failure_kind, store_error
 
 ACTIVE = ("submitted", "provisioning", "pulling", "running", "terminating")  # then done, failed or terminated
-SCHEMA_VERSION = 2  # 2: runs.owner_started; stores from before versions read 0
+SCHEMA_VERSION = 3  # 2: runs.owner_started; 3: the events table; stores from before versions read 0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,9 +60,22 @@ CREATE TABLE IF NOT EXISTS fleets (
     hosts TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run, at)
 """
-_TABLES = {"runs", "fleets"}
-_MIGRATIONS = {0: ["ALTER TABLE runs ADD COLUMN owner_started INTEGER"]}  # from each version to the next
+_TABLES = {"runs", "fleets", "events"}
+_TABLES_ADDED = {3: {"events"}}  # a store older than the version has none of them yet: no damage
+_EVENTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS events"):].split(";")
+_MIGRATIONS = {  # from each version to the next
+    0: ["ALTER TABLE runs ADD COLUMN owner_started INTEGER"],
+    2: [statement for statement in _EVENTS_TABLE if statement.strip()],
+}
 _JSON_FIELDS = {"host": dict, "stack": dict, "offer": dict, "ports": list, "attempts": list, "configuration": dict}
 _NUMBER_FIELDS = ("submitted_at", "started_at", "finished_at", "price", "exit_code", "owner_pid", "owner_started",
                   "max_duration")
@@ -149,8 +162,9 @@ class StateStore:
             tables, version = self._schema(db)
             if not tables and self.marker.exists():
                 raise _Damage("it holds no tables: it was truncated or emptied")
-            if tables and not _TABLES <= tables:
-                raise _Damage(f"its {' and '.join(sorted(_TABLES - tables))} table is missing")
+            missing = _tables_at(version) - tables
+            if tables and missing:
+                raise _Damage(f"its {' and '.join(sorted(missing))} table is missing")
             if version > SCHEMA_VERSION:
                 raise DstackError(f"{self.path} was written by a newer dstack (schema {version}); upgrade dstack")
             if not tables:
@@ -298,7 +312,31 @@ class StateStore:
 
     def delete_run(self, name: str) -> None:
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM runs WHERE name = ?", (name,))
+            db.execute("DELETE FROM events WHERE run = ?", (name,))
+            db.execute("COMMIT")
+
+    # --- events: a run's lifecycle, for `dstack event` ---
+
+    def add_event(self, run: str, kind: str, message: str = "", at: Optional[float] = None) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO events (run, at, kind, message) VALUES (?, ?, ?, ?)",
+                       (run, time.time() if at is None else at, kind, message))
+
+    def list_events(self, run: Optional[str] = None, since: Optional[float] = None, after_id: int = 0) -> List[dict]:
+        """Events in the order they happened: one run's or all, from `since` (a time) and after `after_id`."""
+        query, values = "SELECT id, run, at, kind, message FROM events WHERE id > ?", [after_id]
+        if run is not None:
+            query, values = query + " AND run = ?", [*values, run]
+        if since is not None:
+            query, values = query + " AND at >= ?", [*values, since]
+        with self._connect(read=True) as db:
+            rows = db.execute(query + " ORDER BY id", values).fetchall()
+        for row in rows:
+            if not isinstance(row[2], (int, float)) or not isinstance(row[3], str):
+                raise _Damage(f"event {row[0]} of run {row[1]} is not a time and a kind")
+        return [{"id": r[0], "run": r[1], "at": r[2], "kind": r[3], "message": r[4] or ""} for r in rows]
 
     @staticmethod
     def _columns(changes: dict) -> dict:
@@ -345,6 +383,11 @@ class StateStore:
     def delete_fleet(self, name: str) -> bool:
         with self._connect() as db:
             return db.execute("DELETE FROM fleets WHERE name = ?", (name,)).rowcount == 1
+
+
+def _tables_at(version: int) -> set:
+    """The tables a store of `version` must hold."""
+    return _TABLES - {table for added, tables in _TABLES_ADDED.items() if added > version for table in tables}
 
 
 def _load_json(text, kind: type, what: str):

@@ -18,7 +18,7 @@ EXPECTED_A100_RESOURCES = {
 
 def test_version_and_help():
     assert run_cli("--version").stdout.strip() == "dstack 0.1.0"
-    for command in ([], ["offers"], ["apply"], ["run"], ["schema"]):
+    for command in ([], ["offer"], ["offers"], ["apply"], ["run"], ["schema"], ["metrics"], ["event"]):
         result = run_cli(*command, "--help")
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout
@@ -128,10 +128,26 @@ def test_registry_password_never_printed(tmp_path, dstack_home):
 
 
 def test_cli_imports_no_cloud_sdk():
-    code = ("import sys, cli.main, cli.offers_command, cli.apply_command; "
-            "print(sorted(m for m in ('pulumi','boto3','botocore','paramiko') if m in sys.modules))")
+    """Every command's module, imported (not run), loads no cloud SDK and no SSH library."""
+    from cli.main import COMMANDS
+
+    modules = sorted({spec.target.split(":")[0] for spec in COMMANDS.values()})
+    assert {"cli.metrics_command", "cli.event_command", "cli.init_command", "cli.volume_command"} <= set(modules)
+    code = (f"import sys, importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
+            "print(sorted(m for m in ('pulumi','boto3','botocore','paramiko','google') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_help_imports_no_command_module():
+    """`dstack --help` lists the commands from cli.main's table: no command module, and so nothing heavy, loads."""
+    code = ("import sys; sys.argv=['dstack','--help']\nimport cli.main\ntry:\n    cli.main.main()\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.endswith('_command') or m.split('.')[0] in "
+            "('pydantic','rich','yaml','provisioner','offers','stacks','paramiko','pulumi','boto3')), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "Commands:" in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == "[]"
 
 
 def test_offers_command_loads_no_cloud_sdk():

@@ -658,7 +658,7 @@ def test_the_job_wrapper_ends_the_vm_through_its_power_off_script(tmp_path, sudo
     import time
 
     from provisioner.job import JobSpec, start_command
-    from provisioner.repo_archive import pack
+    from provisioner.repo_archive import UploadPlan, archive_stream
     from stacks.power_off import POWER_OFF_PATH
 
     if os.path.exists(POWER_OFF_PATH):
@@ -669,7 +669,7 @@ def test_the_job_wrapper_ends_the_vm_through_its_power_off_script(tmp_path, sudo
         (shims / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {tmp_path}/calls\nexit {code}\n')
         (shims / name).chmod(0o755)
     job = JobSpec(run_name="train-1", commands=[], power_off_after_exit_min=5)
-    archive = pack(None, {"job.sh": (b"#!/bin/sh\nexit 3\n", 0o700)})
+    archive = b"".join(archive_stream(UploadPlan(), {"job.sh": (b"#!/bin/sh\nexit 3\n", 0o700)}))
     env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "DSTACK_JOBS_DIR": str(tmp_path / "jobs")}
     subprocess.run(["sh", "-c", start_command(job)], input=archive, env=env, timeout=30, check=True,
                    capture_output=True)

@@ -1,0 +1,41 @@
+"""The cloud SDKs are optional: `pip install dstack-pulumi` runs on this machine and SSH hosts; `[aws]`, `[gcp]` and
+`[all]` add what cloud runs need. Code that is about to use a cloud's SDK asks `require_extra` first, so that a
+missing SDK reads as the extra to install, not as an ImportError."""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+from typing import Tuple
+
+from configuration.errors import DstackError
+
+PACKAGE = "dstack-pulumi"
+EXTRA_MODULES = {  # the modules each extra installs (pyproject.toml's optional-dependencies)
+    "aws": ("pulumi", "pulumi_aws", "boto3"),
+    "gcp": ("pulumi", "pulumi_gcp", "google.cloud.compute_v1"),
+    "pulumi": ("pulumi",),  # the automation API alone: either cloud's extra brings it
+}
+EXTRA_FOR = {"pulumi": "all"}
+
+
+class MissingExtra(DstackError):
+    """A cloud SDK is not installed; the message names the extra that installs it."""
+
+    def __init__(self, extra: str, purpose: str, modules: Tuple[str, ...]):
+        install = EXTRA_FOR.get(extra, extra)
+        super().__init__(f"{purpose} needs the [{install}] extra of {PACKAGE} (missing: {', '.join(modules)}): "
+                         f"pip install '{PACKAGE}[{install}]'")
+        self.extra = install
+
+
+def installed(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or was blocked
+        return False
+
+
+def require_extra(extra: str, purpose: str) -> None:
+    missing = tuple(m for m in EXTRA_MODULES[extra] if not installed(m))
+    if missing:
+        raise MissingExtra(extra, purpose, missing)
