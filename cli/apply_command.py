@@ -49,6 +49,8 @@ def apply(
     detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once the job is running")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; provision nothing")] = False,
     as_json: opt.JsonOption = False,
+    scheduled_start: Annotated[bool, typer.Option("--scheduled-start", hidden=True,
+                                                  help="A start of a scheduled run: run it now")] = False,
 ) -> None:
     """Apply a configuration: a task runs on the cheapest offer that fits; a fleet registers your SSH hosts."""
     from cli.config_input import chosen_file, load_file, config_path, source_name
@@ -109,6 +111,14 @@ def apply(
 
         print_plan(source, run_name, requirements, search, {"notes": plan_notes(run.configuration)},
                    console=stderr_console(), max_offers=max_offers)
+    schedule = run.configuration.schedule
+    if schedule is not None and not scheduled_start:
+        if not yes and not typer.confirm("Schedule the run?", default=True, err=True):
+            raise typer.Exit(1)
+        from cli.schedule_command import register_schedule
+
+        register_schedule(run_name, file, schedule.cron, as_json)
+        return
     if not yes and not typer.confirm("Submit the run?", default=True, err=True):
         raise typer.Exit(1)
     from cli.run_session import run_and_report

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from configuration.cron import parse_cron
@@ -141,11 +142,17 @@ def tick(now: float, start: Callable[[Scheduled], None], busy: Callable[[str], b
 
 # --- the crontab line -----------------------------------------------------------------------------------------
 
+def code_root() -> str:
+    """The folder holding this installation's packages: a start runs the same code as the `dstack` that set it up."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
 def tick_line() -> str:
     home = str(dstack_home())
     log = os.path.join(home, "schedules.log")
     command = " ".join(shlex.quote(w) for w in (sys.executable, "-m", "cli.main", "schedule", "tick"))
-    return f"* * * * * DSTACK_HOME={shlex.quote(home)} {command} >> {shlex.quote(log)} 2>&1 {CRON_MARK} {home}"
+    return (f"* * * * * DSTACK_HOME={shlex.quote(home)} PYTHONPATH={shlex.quote(code_root())} {command} "
+            f">> {shlex.quote(log)} 2>&1 {CRON_MARK} {home}")
 
 
 def _crontab() -> List[str]:

@@ -3,6 +3,7 @@
 
 import datetime
 import os
+import time
 
 import pytest
 
@@ -101,3 +102,48 @@ def test_a_start_that_fails_is_said_and_the_others_go_on(crontab, dstack_home):
     assert sorted(tick(at(2026, 11, 27, 0, 5), start=start, busy=lambda n: False, say=said.append)) == \
         ["broken", "fine"]
     assert started == ["fine"] and said == ["broken: could not start: the file is gone"]
+
+
+def test_a_scheduled_task_is_registered_started_by_a_tick_and_removed_by_stop(crontab, dstack_home, tmp_path):
+    """Through the CLI, on this machine: apply registers (nothing runs), a tick at the due minute starts NAME-1
+    detached, `dstack stop NAME` removes the schedule and the crontab line."""
+    import json
+
+    from cli.schedule_command import start_scheduled
+    from provisioner.schedules import ScheduleBook
+    from tests.helpers import run_cli
+
+    conf = tmp_path / "nightly.dstack.yml"
+    conf.write_text("type: task\nname: nightly\ncommands: ['echo started by cron']\nschedule: {cron: '0 2 * * *'}\n")
+    env = {"DSTACK_HOME": str(dstack_home), "PATH": os.environ["PATH"]}
+    plan = run_cli("apply", "-f", str(conf), "--dry-run", env=env)
+    assert plan.returncode == 0 and "schedule 0 2 * * * (UTC)" in plan.stdout + plan.stderr
+    applied = run_cli("apply", "-f", str(conf), "-y", env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert "Scheduled nightly (0 2 * * *): next start" in applied.stderr
+    assert json.loads(run_cli("ps", "-a", "--json", env=env).stdout)["runs"] == []  # nothing ran
+    assert "schedule tick" in crontab.read_text()
+    listed = json.loads(run_cli("schedule", "list", "--json", env=env).stdout)["schedules"]
+    assert [(e["name"], e["crons"], e["starts"]) for e in listed] == [("nightly", ["0 2 * * *"], 0)]
+
+    due = ScheduleBook().entries()["nightly"].next_at
+    assert tick(due, start=start_scheduled, busy=lambda name: False) == ["nightly"]
+    runs = json.loads(run_cli("ps", "-a", "--json", env=env).stdout)["runs"]
+    assert [r["name"] for r in runs] == ["nightly-1"]
+    deadline = time.monotonic() + 30
+    while "started by cron" not in run_cli("logs", "nightly-1", env=env).stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "started by cron" in run_cli("logs", "nightly-1", env=env).stdout
+
+    stopped = run_cli("stop", "nightly", "-y", env=env)
+    assert stopped.returncode == 0 and "Removed the schedule of nightly" in stopped.stderr
+    assert "schedule tick" not in crontab.read_text()
+    assert json.loads(run_cli("schedule", "list", "--json", env=env).stdout)["schedules"] == []
+
+
+def test_a_scheduled_task_from_stdin_is_refused(crontab, dstack_home):
+    from tests.helpers import run_cli
+
+    result = run_cli("apply", "-f", "-", "-y", env={"DSTACK_HOME": str(dstack_home), "PATH": os.environ["PATH"]},
+                     input="type: task\ncommands: [x]\nschedule: {cron: '0 2 * * *'}\n")
+    assert result.returncode == 1 and "needs a file (-f FILE)" in result.stderr
