@@ -102,6 +102,7 @@ def apply(
         _print_dry_run(source, run_name, run, requirements, search, config, max_offers, as_json)
         if not search.offers:
             raise ConfigurationError(f"no offers match: {requirements.describe()} (see `dstack offers`)")
+        _check_uploads(run.configuration, file, not no_repo)
         return
     if not as_json:
         from cli.output import stderr_console
@@ -126,6 +127,16 @@ def apply(
     code = run_and_report(config, store, hosts, run_name, run, search.offers, config_path(file), detach, as_json,
                           upload_repo=not no_repo)
     raise typer.Exit(code)
+
+
+def _check_uploads(configuration, file: str, include_repos: bool) -> None:
+    """What `apply` would upload, listed and size-checked as the run does before provisioning: a bad `repos` or
+    `files` entry, or an upload over the limit, fails the dry run too."""
+    from cli.config_input import config_path
+    from provisioner.repo_archive import check_size, plan_uploads
+
+    path = config_path(file)
+    check_size(plan_uploads(configuration, path.parent, str(path), include_repos=include_repos))
 
 
 def _print_dry_run(source: str, run_name: str, run, requirements, search, config, max_offers: int,
