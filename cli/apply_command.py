@@ -49,6 +49,8 @@ def apply(
     detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once the job is running")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; provision nothing")] = False,
     as_json: opt.JsonOption = False,
+    scheduled_start: Annotated[bool, typer.Option("--scheduled-start", hidden=True,
+                                                  help="A start of a scheduled run: run it now")] = False,
 ) -> None:
     """Apply a configuration: a task runs on the cheapest offer that fits; a fleet registers your SSH hosts."""
     from cli.config_input import chosen_file, load_file, config_path, source_name
@@ -100,6 +102,7 @@ def apply(
         _print_dry_run(source, run_name, run, requirements, search, config, max_offers, as_json)
         if not search.offers:
             raise ConfigurationError(f"no offers match: {requirements.describe()} (see `dstack offers`)")
+        _check_uploads(run.configuration, file, not no_repo)
         return
     if not as_json:
         from cli.output import stderr_console
@@ -109,6 +112,14 @@ def apply(
 
         print_plan(source, run_name, requirements, search, {"notes": plan_notes(run.configuration)},
                    console=stderr_console(), max_offers=max_offers)
+    schedule = run.configuration.schedule
+    if schedule is not None and not scheduled_start:
+        if not yes and not typer.confirm("Schedule the run?", default=True, err=True):
+            raise typer.Exit(1)
+        from cli.schedule_command import register_schedule
+
+        register_schedule(run_name, file, schedule.cron, as_json)
+        return
     if not yes and not typer.confirm("Submit the run?", default=True, err=True):
         raise typer.Exit(1)
     from cli.run_session import run_and_report
@@ -116,6 +127,16 @@ def apply(
     code = run_and_report(config, store, hosts, run_name, run, search.offers, config_path(file), detach, as_json,
                           upload_repo=not no_repo)
     raise typer.Exit(code)
+
+
+def _check_uploads(configuration, file: str, include_repos: bool) -> None:
+    """What `apply` would upload, listed and size-checked as the run does before provisioning: a bad `repos` or
+    `files` entry, or an upload over the limit, fails the dry run too."""
+    from cli.config_input import config_path
+    from provisioner.repo_archive import check_size, plan_uploads
+
+    path = config_path(file)
+    check_size(plan_uploads(configuration, path.parent, str(path), include_repos=include_repos))
 
 
 def _print_dry_run(source: str, run_name: str, run, requirements, search, config, max_offers: int,

@@ -161,6 +161,10 @@ def delete(
         forget_fleet(configuration.name)
         return
     from cli.runs_command import _session, delete_run
+    from cli.schedule_command import remove_schedule
 
-    delete_run(_session(), name)
+    session = _session()
+    if session.store.get_run(name) is None and remove_schedule(name):
+        return
+    delete_run(session, name)
     stderr_console().print(f"Run {name} deleted")

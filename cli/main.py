@@ -55,6 +55,8 @@ COMMANDS: Dict[str, LazyCommand] = {
     "fleet": LazyCommand("cli.fleet_command:fleet_app", "List, show and delete SSH fleets."),
     "volume": LazyCommand("cli.volume_command:volume_app", "Volumes: not supported yet."),
     "secret": LazyCommand("cli.secret_command:secret_app", "Store the secrets that `${{ secrets.NAME }}` reads"),
+    "schedule": LazyCommand("cli.schedule_command:schedule_app", "Scheduled runs: list them, or start those that "
+                            "are due"),
     "init": LazyCommand("cli.init_command:init", "Set up $DSTACK_HOME and say which backends can run."),
     "config": LazyCommand("cli.config_command:config_app", "Check the cloud configuration in $DSTACK_HOME/config.yml"),
     "gc": LazyCommand("cli.gc_command:gc", "List AWS instances, security groups, key pairs and volumes (and GCP "

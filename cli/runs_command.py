@@ -284,9 +284,12 @@ def stop(
 ) -> None:
     """Stop a run (SIGTERM, then SIGKILL after 10s) and remove everything it created."""
     from cli.output import confirm
+    from cli.schedule_command import remove_schedule
     from provisioner.runner import stop_run
 
     session = _session()
+    if session.store.get_run(name) is None and remove_schedule(name):
+        return
     record = _record(session, name)
     if record.active and not confirm(f"Stop {name}?", yes):
         raise typer.Exit(1)

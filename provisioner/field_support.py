@@ -67,7 +67,6 @@ RULES: Tuple[FieldRule, ...] = (
     _later("idle_duration", "persistent resources", lambda c: c.idle_duration is not None),
     _later("instances", "persistent resources"),
     _later("reservation", "persistent resources"),
-    _later("schedule", "scheduled runs"),
     FieldRule("dstack", _set("dstack"), (), "is not supported: there is no dstack server to reach (this CLI runs "
                                             "tasks itself)"),
     FieldRule("backend_options", _set("backend_options"), (),
@@ -129,6 +128,10 @@ def check_fields(configuration, offers: Sequence[Offer], source: str) -> List[Of
 def plan_notes(configuration) -> List[str]:
     """What the plan says about fields acted upon in a way worth knowing."""
     notes = []
+    schedule = getattr(configuration, "schedule", None)
+    if schedule is not None:
+        notes.append(f"schedule {', '.join(schedule.cron)} (UTC): `dstack apply` registers it with your crontab and "
+                     "each start is a detached run NAME-N (docs/runs.md)")
     if getattr(configuration, "priority", None) is not None:
         notes.append(f"priority {configuration.priority}: runs do not queue here, so every run is provisioned at "
                      "once; priority orders nothing")

@@ -180,3 +180,17 @@ def test_only_compressible_uploads_are_compressed(tmp_path):
     for name, level in (("code", 1), ("weights", 0)):
         folder = tmp_path / name
         assert compression_level(UploadPlan([Upload(folder, list_folder(folder), ".", name)])) == level
+
+
+def test_a_dry_run_checks_the_uploads_too(tmp_path, dstack_home):
+    from tests.helpers import run_cli
+
+    conf = tmp_path / "t.dstack.yml"
+    conf.write_text("type: task\ncommands: [x]\nfiles: [missing-folder:/data]\n")
+    result = run_cli("apply", "-f", str(conf), "--dry-run", env={"DSTACK_HOME": str(dstack_home)})
+    assert result.returncode == 1 and "files[0]" in result.stderr and "does not exist" in result.stderr
+    (tmp_path / "big.bin").write_bytes(b"\0" * 3 * 1024 * 1024)
+    conf.write_text("type: task\ncommands: [x]\nfiles: [big.bin:/data/big.bin]\n")
+    over = run_cli("apply", "-f", str(conf), "--dry-run", env={"DSTACK_HOME": str(dstack_home),
+                                                                 "DSTACK_UPLOAD_LIMIT_MB": "1"})
+    assert over.returncode == 1 and "over the 1 MB limit" in over.stderr and "big.bin" in over.stderr
