@@ -80,9 +80,12 @@ def state_settings(backend_url: Optional[str] = None) -> StateSettings:
 
 
 def _workspace_options(settings: StateSettings, program: Optional[Callable[[], None]] = None):
+    """The workspace's folder is $DSTACK_HOME/pulumi/work (the project file and each stack's settings): left to
+    itself, the automation API makes a new temporary folder per workspace and never removes it."""
     from pulumi import automation as auto
 
     return auto.LocalWorkspaceOptions(
+        work_dir=str(private_dir(dstack_home() / "pulumi" / "work")),
         pulumi_command=require_pulumi(),
         project_settings=auto.ProjectSettings(name=PROJECT, runtime="python",
                                               backend=auto.ProjectBackend(url=settings.backend_url)),

@@ -304,5 +304,10 @@ def test_apply_on_aws_without_credentials_names_them(tmp_path, no_aws_credential
     assert ps(home_env)["aws-none"]["status"] == "failed"
 
 
-def test_stacks_says_in_one_line_that_pulumi_failed(failing_pulumi, home_env):
-    assert_one_line_error(run_cli("stacks", env=home_env), "NoCredentialProviders: no valid providers in chain")
+def test_stacks_says_in_one_line_that_pulumi_failed(failing_pulumi, home_env, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = dict(home_env, TMPDIR=str(scratch))
+    assert_one_line_error(run_cli("stacks", env=env), "NoCredentialProviders: no valid providers in chain")
+    assert list(scratch.iterdir()) == []  # the automation API's workspace is under $DSTACK_HOME, not a new temp dir
+    assert (Path(home_env["DSTACK_HOME"]) / "pulumi" / "work" / "Pulumi.yaml").exists()
