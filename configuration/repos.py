@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from enum import Enum
 from pathlib import PurePosixPath, PureWindowsPath
@@ -30,6 +31,10 @@ def _check_home(path: str) -> str:
     if path.startswith("~") and PurePosixPath(path).parts[0] != "~":
         raise ValueError(f"`~username` paths are not supported: {path}")
     return path
+
+
+# `scheme://authority/path` with an optional `:REPO_PATH` after it; the authority may hold `:` (port, credentials)
+_SCHEME_URL = re.compile(r"^(?P<url>[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*(?:/[^:]*)?)(?::(?P<path>.*))?$")
 
 
 class RepoExistsAction(str, Enum):
@@ -61,6 +66,10 @@ class RepoSpec(StrictModel):
     def _short_form(cls, v: Any) -> Any:
         if not isinstance(v, str):
             return v
+        with_scheme = _SCHEME_URL.match(v)
+        if with_scheme:  # its authority may hold `:` (a port, user:token), which a plain split would cut
+            url, path = with_scheme.group("url"), with_scheme.group("path")
+            return {"url": url, "path": path} if path is not None else {"url": url}
         parts = v.split(":")
         is_url = len(parts) > 1 and ("@" in parts[0] or parts[1].startswith("//"))
         parts = [f"{parts[0]}:{parts[1]}", *parts[2:]] if is_url else _windows_drive(parts)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, List, Optional
 
 from configuration.interpolation import SECRET_MASK, ResolvedRun
@@ -21,9 +22,24 @@ def configuration_json(run: ResolvedRun) -> dict:
     return _redact(document, run)
 
 
+# user:password@ (or token@) in a URL, as people write a git repo's URL with a token in it
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*)(?::[^/@\s]*)?@")
+
+
+def mask_url_credentials(text: str) -> str:
+    """`https://me:ghp_x@github.com/...` -> `https://me:[secret]@github.com/...`; a lone name before `@` in an http(s)
+    URL is a token (`https://ghp_x@github.com/...`) and is masked too; in `ssh://git@host` it is a user name."""
+    def masked(match: "re.Match") -> str:
+        scheme, user = match.group("scheme"), match.group("user")
+        if match.group(0)[len(scheme) + len(user):-1]:  # a password follows the user
+            return f"{scheme}{user}:{SECRET_MASK}@"
+        return f"{scheme}{SECRET_MASK}@" if scheme.lower() in ("http://", "https://") else match.group(0)
+    return _URL_CREDENTIALS.sub(masked, text)
+
+
 def _redact(value: Any, run: ResolvedRun) -> Any:
     if isinstance(value, str):
-        return run.redact(value)
+        return mask_url_credentials(run.redact(value))
     if isinstance(value, list):
         return [_redact(v, run) for v in value]
     if isinstance(value, dict):

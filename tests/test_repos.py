@@ -21,6 +21,8 @@ GIT = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
     ("https://github.com/org/repo.git", {"url": "https://github.com/org/repo.git"}),
     ("git@github.com:org/repo.git", {"url": "git@github.com:org/repo.git"}),
     ("git@github.com:org/repo.git:sub", {"url": "git@github.com:org/repo.git", "path": "sub"}),
+    ("https://git.corp:8443/org/repo.git:/work", {"url": "https://git.corp:8443/org/repo.git", "path": "/work"}),
+    ("https://me:tok@github.com/org/r.git", {"url": "https://me:tok@github.com/org/r.git"}),
     ("C:\\code", {"local_path": "C:\\code"}),
 ])
 def test_repo_short_forms(text, expected):

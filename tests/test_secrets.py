@@ -126,3 +126,20 @@ def test_fleet_run_folders_and_copies_are_private(tmp_path, home_env, dstack_hom
     assert mode(dstack_home / "runs" / "fleet-secret" / "output.log") == 0o600
     assert files_holding(dstack_home, TOKEN, CLIENT_TOKEN) == []
     assert files_holding(run_folder, TOKEN, CLIENT_TOKEN) == []
+
+
+def test_a_token_written_into_a_repo_url_is_masked_in_the_plan_and_the_state(tmp_path, dstack_home):
+    import json
+
+    from provisioner.plan import mask_url_credentials
+    from tests.helpers import run_cli
+
+    assert mask_url_credentials("https://me:ghp_abc@github.com/o/r.git") == "https://me:[secret]@github.com/o/r.git"
+    assert mask_url_credentials("https://ghp_abc@github.com/o/r") == "https://[secret]@github.com/o/r"
+    assert mask_url_credentials("ssh://git@host:22/r.git") == "ssh://git@host:22/r.git"
+    assert mask_url_credentials("git@github.com:o/r.git") == "git@github.com:o/r.git"
+    conf = tmp_path / "t.dstack.yml"
+    conf.write_text("type: task\ncommands: [x]\nrepos: ['https://me:ghp_tok123@github.com/o/r.git']\n")
+    plan = run_cli("apply", "-f", str(conf), "--dry-run", "--json", env={"DSTACK_HOME": str(dstack_home)})
+    assert "ghp_tok123" not in plan.stdout + plan.stderr
+    assert json.loads(plan.stdout)["configuration"]["repos"][0]["url"] == "https://me:[secret]@github.com/o/r.git"
