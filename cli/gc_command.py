@@ -26,7 +26,8 @@ def gc(
     from provisioner.state import StateStore
 
     config = load_config()
-    owner = None if all_owners else owner_id()
+    mine = owner_id()
+    owner = None if all_owners else mine
     live = {r.name for r in StateStore().list_runs() if r.active}
     scans = []
     if region or config.backend("aws") is not None or config.backend("gcp") is None:
@@ -34,7 +35,7 @@ def gc(
     if config.backend("gcp") is not None:
         scans.append(_gcp_scan(config, owner))
     found = [(scan, leftover) for scan in scans for leftover in scan.find()
-             if not (leftover.owner == owner_id() and leftover.run in live)]
+             if not (leftover.owner == mine and leftover.run in live)]
     if as_json:
         print_json({"leftovers": [dict(l.__dict__, backend=scan.backend) for scan, l in found]})
         return
@@ -47,7 +48,6 @@ def gc(
     table = Table(box=None, header_style="bold")
     for column in ("BACKEND", "REGION", "KIND", "ID", "RUN", "OWNER"):
         table.add_column(column)
-    mine = owner_id()
     for scan, leftover in found:
         table.add_row(scan.backend, leftover.region, leftover.kind, leftover.id, leftover.run or "?",
                       "this home" if leftover.owner == mine else (leftover.owner or "(none)"))
