@@ -129,13 +129,6 @@ def parse_idle_duration(v: Any) -> Any:
     return parse_duration(v)
 
 
-def format_duration(seconds: int) -> str:
-    for unit in ("w", "d", "h", "m"):
-        if seconds and seconds % _UNIT_SECONDS[unit] == 0:
-            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
-    return f"{seconds}s"
-
-
 def parse_env(v: Any) -> Dict[str, Optional[str]]:
     """A list of `NAME=VALUE` or bare `NAME`, or a mapping. A bare name (value None) is taken from the caller's
     environment when the run is submitted."""

@@ -368,7 +368,6 @@ class FleetConfiguration(StrictModel):
         return v
 
 
-AnyRunConfiguration = Union[TaskConfiguration, DevEnvironmentConfiguration]
 AnyConfiguration = Annotated[
     Union[TaskConfiguration, DevEnvironmentConfiguration, FleetConfiguration], Field(discriminator="type")
 ]
