@@ -20,6 +20,7 @@ class HostAccess:
     user: Optional[str] = None
     identity_file: Optional[str] = None
     host_key: Optional[str] = None  # the public host key, for VMs whose key the run made
+    internal_ip: Optional[str] = None  # the address the other nodes of a cluster reach it at (a VM's private one)
 
     def to_json(self) -> dict:
         return asdict(self)

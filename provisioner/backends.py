@@ -1,12 +1,13 @@
-"""The narrow interface the run orchestration sees per backend: `provision` an offer into a reachable host, and
-`teardown` what a run left. Local and fleet hosts already exist; cloud hosts are one Pulumi stack per run.
+"""The narrow interface the run orchestration sees per backend: `provision` an offer into reachable hosts (one per
+node, rank order), and `teardown` what a run left. Local and fleet hosts already exist; cloud hosts are one Pulumi
+stack per run (`create_stack`/`destroy_stack`, which fleets use for stacks of their own).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, List, Optional, Protocol
 
 from configuration.backends import DstackConfig
 from configuration.errors import ConfigurationError
@@ -20,7 +21,7 @@ from stacks.errors import CAPACITY, StackFailure
 class Backend(Protocol):
     name: str
 
-    def provision(self, run_name: str, offer: Offer, configuration, report: Callable) -> HostAccess:
+    def provision(self, run_name: str, offer: Offer, configuration, report: Callable) -> List[HostAccess]:
         ...
 
     def teardown(self, record: RunRecord, report: Callable) -> None:
@@ -30,13 +31,13 @@ class Backend(Protocol):
 class LocalBackend:
     name = "local"
 
-    def provision(self, run_name, offer, configuration, report) -> HostAccess:
+    def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
         import shutil
 
         if configuration.image and not shutil.which("docker"):
             raise ConfigurationError("`image:` tasks on this machine need Docker, which is not installed: install it "
                                      "(https://docs.docker.com/engine/install/), or run with `python:` instead")
-        return HostAccess(kind="local")
+        return [HostAccess(kind="local")]
 
     def teardown(self, record, report) -> None:
         """Nothing was created: the job folder stays for `dstack logs`."""
@@ -48,12 +49,12 @@ class FleetBackend:
     hosts: dict  # (fleet, hostname) -> HostAccess
     name: str = "ssh"
 
-    def provision(self, run_name, offer, configuration, report) -> HostAccess:
+    def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
         access = self.hosts[(offer.region, offer.instance.name)]
         holder = self.store.claim_host(run_name, access.to_json())
         if holder is not None:
             raise StackFailure(CAPACITY, "zone", f"{access.description} is busy with run {holder}")
-        return access
+        return [access]
 
     def teardown(self, record, report) -> None:
         """The host is the user's: nothing to remove."""
@@ -63,17 +64,17 @@ def run_key_path(run_name: str) -> Path:
     return dstack_home() / "runs" / run_name / "id_ed25519"
 
 
-def generate_run_key(run_name: str) -> str:
-    """An ed25519 key pair for a cloud run: private key written with mode 0600 before it holds anything."""
+def generate_key(path: Path, comment: str) -> str:
+    """An ed25519 key pair: the private key written to `path` with mode 0600 before it holds anything; returns the
+    public key in OpenSSH form."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()
-    path = private_file(run_key_path(run_name))
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
+    private_file(path).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                     serialization.NoEncryption()))
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode() + f" dstack-run-{run_name}"
+    return public.decode() + f" {comment}"
 
 
 @dataclass
@@ -82,26 +83,34 @@ class CloudBackend:
     config: DstackConfig
     store: StateStore
 
-    def provision(self, run_name, offer, configuration, report) -> HostAccess:
+    def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
+        return self.create_stack(run_name, offer, configuration, report, run_key_path(run_name),
+                                 lambda stack: self.store.update_run(run_name, stack=stack))
+
+    def create_stack(self, name: str, offer: Offer, configuration, report: Callable, key_path: Path,
+                     record_stack: Callable[[dict], None]) -> List[HostAccess]:
+        """Brings up the stack of `name` (a run, or a fleet) and returns its hosts. `record_stack` stores the
+        stack's identity before `up`, so a crash mid-way still leaves what `destroy_stack` needs."""
         from provisioner.cloud_plan import program_for, stack_spec
         from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
         from stacks.progress import EngineEventTracker
         from stacks.extras import require_extra
         from stacks.spec import generate_host_key
 
-        require_extra(self.name, f"a run on {self.name.upper() if self.name == 'aws' else 'GCP'}")
+        require_extra(self.name, f"{name} on {self.name.upper() if self.name == 'aws' else 'GCP'}")
         require_pulumi()  # before anything else: without it nothing can be created or destroyed
         self.check_credentials(offer.region)
-        public_key = generate_run_key(run_name)
+        public_key = generate_key(key_path, f"dstack-run-{name}")
         host_key = generate_host_key()
-        spec = stack_spec(run_name, configuration, offer, public_key, host_key, self.config)
+        spec = stack_spec(name, configuration, offer, public_key, host_key, self.config)
         settings = state_settings(self.config.pulumi.backend_url)
-        self.store.update_run(run_name, stack={"backend": self.name, "name": spec.stack_name, "owner": spec.owner,
-                                               "region": offer.region, "backend_url": settings.backend_url})
+        record_stack({"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
+                      "backend_url": settings.backend_url})
         stack = open_stack(spec.stack_name, program_for(spec), settings)
         outputs = stack_up(stack, on_event=EngineEventTracker(report))
-        return HostAccess(kind="ssh", hostname=str(outputs["public_ip"]), user=str(outputs["ssh_user"]),
-                          identity_file=str(run_key_path(run_name)), host_key=host_key.public_openssh)
+        return [HostAccess(kind="ssh", hostname=str(outputs["public_ip"]), user=str(outputs["ssh_user"]),
+                           identity_file=str(key_path), host_key=host_key.public_openssh,
+                           internal_ip=str(outputs["private_ip"]) if outputs.get("private_ip") else None)]
 
     def check_credentials(self, region: str) -> None:
         if self.name == "aws":
@@ -116,23 +125,27 @@ class CloudBackend:
             gcp_credentials_source()
 
     def teardown(self, record, report) -> None:
-        if not record.stack:
-            return
+        if record.stack:
+            self.destroy_stack(record.name, record.stack, report)
+
+    def destroy_stack(self, name: str, stack: dict, report: Callable) -> None:
+        """Destroys the stack `create_stack` recorded for `name`, then sweeps what an interrupted `up` created
+        before Pulumi recorded it."""
         from stacks.extras import require_extra
 
-        require_extra(self.name, f"removing run {record.name}'s {self.name} stack")
-        self.check_credentials(record.stack["region"])  # before Pulumi, whose error would be pages long
+        require_extra(self.name, f"removing {name}'s {self.name} stack")
+        self.check_credentials(stack["region"])  # before Pulumi, whose error would be pages long
         from stacks.automation import open_stack, stack_destroy, state_settings
         from stacks.progress import EngineEventTracker
 
-        settings = state_settings(record.stack.get("backend_url"))
-        stack = open_stack(record.stack.get("name", record.name), lambda: None, settings)
-        stack_destroy(stack, on_event=EngineEventTracker(report))
+        settings = state_settings(stack.get("backend_url"))
+        pulumi_stack = open_stack(stack.get("name", name), lambda: None, settings)
+        stack_destroy(pulumi_stack, on_event=EngineEventTracker(report))
         if self.name == "aws":
-            sweep_aws_run(record.stack["region"], record.stack.get("owner"), record.name)
+            sweep_aws_run(stack["region"], stack.get("owner"), name)
         else:
             gcp = self.config.backend("gcp")
-            sweep_gcp_run(gcp.project_id if gcp is not None else None, record.stack.get("owner"), record.name)
+            sweep_gcp_run(gcp.project_id if gcp is not None else None, stack.get("owner"), name)
 
 
 def sweep_aws_run(region: str, owner: Optional[str], run_name: str) -> None:

@@ -189,7 +189,7 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
                                                f"at ${offer.total_price:.4f}/hour")
             try:
                 access = session.backend(offer.backend).provision(run_name, offer, configuration,
-                                                                  session.reporter.step)
+                                                                  session.reporter.step)[0]
             except StackFailure as failure:
                 attempts.append({"offer": label, "zone": zone, "kind": failure.kind, "error": failure.message})
                 store.update_run(run_name, attempts=attempts)

@@ -33,7 +33,7 @@ class FakeCloud:
         text = self.failures.get((offer.region, offer.zones[0])) or self.failures.get(offer.region)
         if text:
             raise classify(text)
-        return HostAccess(kind="ssh", hostname="203.0.113.7", user="ubuntu")
+        return [HostAccess(kind="ssh", hostname="203.0.113.7", user="ubuntu")]
 
     def teardown(self, record, report):
         self.torn_down.append(record.name)
@@ -112,7 +112,7 @@ def test_a_disk_type_the_machine_series_refuses_rules_out_that_type_only(session
             self.provisioned.append((offer.instance.name, offer.zones[0]))
             if offer.instance.name == "a3-ultragpu-8g":
                 raise classify(text)
-            return HostAccess(kind="ssh", hostname="203.0.113.7", user="ubuntu")
+            return [HostAccess(kind="ssh", hostname="203.0.113.7", user="ubuntu")]
 
     clouds["gcp"] = RefusesUltra("gcp", {})
     offers = [Offer("gcp", ultra, "us-central1", ("us-central1-a", "us-central1-b"), False, 80.0, 100.0, 0.01),

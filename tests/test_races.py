@@ -177,11 +177,11 @@ def test_a_fleet_host_is_taken_by_one_run_only():
     backend = FleetBackend(store, {("lab", FLEET_HOST.hostname): FLEET_HOST})
     provisioning_run(store, "first")
     provisioning_run(store, "second")
-    assert backend.provision("first", FLEET_OFFER, None, None) == FLEET_HOST
+    assert backend.provision("first", FLEET_OFFER, None, None) == [FLEET_HOST]
     with pytest.raises(StackFailure, match="busy with run first"):  # before `first` has even connected
         backend.provision("second", FLEET_OFFER, None, None)
     store.update_run("first", status="done")
-    assert backend.provision("second", FLEET_OFFER, None, None) == FLEET_HOST
+    assert backend.provision("second", FLEET_OFFER, None, None) == [FLEET_HOST]
 
 
 def test_simultaneous_claims_of_a_fleet_host_never_double_book():
