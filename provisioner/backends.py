@@ -89,28 +89,26 @@ class CloudBackend:
 
     def create_stack(self, name: str, offer: Offer, configuration, report: Callable, key_path: Path,
                      record_stack: Callable[[dict], None]) -> List[HostAccess]:
-        """Brings up the stack of `name` (a run, or a fleet) and returns its hosts. `record_stack` stores the
-        stack's identity before `up`, so a crash mid-way still leaves what `destroy_stack` needs."""
-        from provisioner.cloud_plan import program_for, stack_spec
+        """Brings up the stack of `name` (a run, or a fleet) and returns its hosts, one per node in rank order
+        (provisioner.cloud_plan.node_count). `record_stack` stores the stack's identity before `up`, so a crash
+        mid-way still leaves what `destroy_stack` needs. All or nothing: a node that cannot be created fails the
+        whole `up`, which destroys what was created (stacks.automation.stack_up)."""
+        from provisioner.cloud_plan import generate_host_keys, program_for, stack_spec
         from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
         from stacks.progress import EngineEventTracker
         from stacks.extras import require_extra
-        from stacks.spec import generate_host_key
 
         require_extra(self.name, f"{name} on {self.name.upper() if self.name == 'aws' else 'GCP'}")
         require_pulumi()  # before anything else: without it nothing can be created or destroyed
         self.check_credentials(offer.region)
         public_key = generate_key(key_path, f"dstack-run-{name}")
-        host_key = generate_host_key()
-        spec = stack_spec(name, configuration, offer, public_key, host_key, self.config)
+        spec = stack_spec(name, configuration, offer, public_key, generate_host_keys(configuration), self.config)
         settings = state_settings(self.config.pulumi.backend_url)
         record_stack({"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
                       "backend_url": settings.backend_url})
         stack = open_stack(spec.stack_name, program_for(spec), settings)
         outputs = stack_up(stack, on_event=EngineEventTracker(report))
-        return [HostAccess(kind="ssh", hostname=str(outputs["public_ip"]), user=str(outputs["ssh_user"]),
-                           identity_file=str(key_path), host_key=host_key.public_openssh,
-                           internal_ip=str(outputs["private_ip"]) if outputs.get("private_ip") else None)]
+        return stack_hosts(outputs, spec.host_keys, key_path)
 
     def check_credentials(self, region: str) -> None:
         if self.name == "aws":
@@ -146,6 +144,14 @@ class CloudBackend:
         else:
             gcp = self.config.backend("gcp")
             sweep_gcp_run(gcp.project_id if gcp is not None else None, stack.get("owner"), name)
+
+
+def stack_hosts(outputs: dict, host_keys, key_path: Path) -> List[HostAccess]:
+    """A stack's nodes from its outputs, in rank order: each reached at its public address with the run's key and
+    verified by its own host key; `internal_ip`, its private address, is where the other nodes reach it."""
+    return [HostAccess(kind="ssh", hostname=str(public), user=str(outputs["ssh_user"]), identity_file=str(key_path),
+                       host_key=key.public_openssh, internal_ip=str(private) if private else None)
+            for public, private, key in zip(outputs["public_ips"], outputs["private_ips"], host_keys, strict=True)]
 
 
 def sweep_aws_run(region: str, owner: Optional[str], run_name: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from configuration.backends import DstackConfig
 from configuration.owner import owner_id
@@ -14,11 +14,53 @@ CLOUD_BACKENDS = ("aws", "gcp")
 OPEN_DRIVER_MIN_CAPABILITY = (7, 5)
 
 
-def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, host_key: HostKey,
+def node_count(configuration) -> int:
+    """How many instances the stack of `configuration` holds: a task's `nodes`; a fleet's `nodes`, a number or a
+    range (its `target`, else its minimum: what dstack provisions when a fleet is applied)."""
+    nodes = getattr(configuration, "nodes", None)
+    if nodes is None:
+        return 1
+    if isinstance(nodes, int):
+        return nodes
+    target = getattr(nodes, "target", None)
+    return target if target is not None else nodes.min
+
+
+def forms_cluster(configuration) -> bool:
+    """Whether the nodes form a cluster (placed close together, reaching each other on every port): a task of
+    several nodes always does; a fleet does with `placement: cluster`."""
+    if getattr(configuration, "type", None) == "fleet":
+        placement = getattr(configuration, "placement", None)
+        return getattr(placement, "value", placement) == "cluster"
+    return node_count(configuration) > 1
+
+
+def placement_notes(configuration, offer: Optional[Offer]) -> List[str]:
+    """What the plan says about a cluster whose instance type takes no placement group or policy."""
+    if offer is None or offer.backend not in CLOUD_BACKENDS or not forms_cluster(configuration):
+        return []
+    if offer.backend == "aws":
+        from stacks.aws import placement_note
+    else:
+        from stacks.gcp import placement_note
+    note = placement_note(offer.instance.name)
+    return [note] if note else []
+
+
+def generate_host_keys(configuration) -> Tuple[HostKey, ...]:
+    """One SSH host key per node of the stack."""
+    from stacks.spec import generate_host_key
+
+    return tuple(generate_host_key() for _ in range(node_count(configuration)))
+
+
+def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, host_keys: Tuple[HostKey, ...],
                config: DstackConfig) -> StackSpec:
+    """The stack of `configuration` on `offer`: as many nodes as `host_keys` (generate_host_keys)."""
     backend_config = config.backend(offer.backend)
     ingress = tuple(backend_config.ingress_cidrs) if backend_config is not None else DEFAULT_INGRESS
-    max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
+    max_duration = getattr(configuration, "max_duration", None)  # a fleet has none, nor ports or tags, until it does
+    max_duration = max_duration if isinstance(max_duration, int) else None
     t = offer.instance
     return StackSpec(
         run_name=run_name,
@@ -33,10 +75,10 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         gpu_count=t.gpu_count,
         gpu_memory_gib=t.gpu_memory_gib,
         disk_gb=int(round(offer.disk_gb)),
-        ports=tuple(sorted({p.container_port for p in configuration.ports}))
+        ports=tuple(sorted({p.container_port for p in getattr(configuration, "ports", None) or ()}))
         if getattr(backend_config, "public_ports", False) else (),
         ssh_public_key=ssh_public_key,
-        host_key=host_key,
+        host_keys=host_keys,
         owner=owner_id(),
         ingress_cidrs=ingress,
         gcp_project_id=getattr(backend_config, "project_id", None),
@@ -45,7 +87,8 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         subnet=getattr(backend_config, "subnet", None) or getattr(backend_config, "subnetwork", None),
         max_duration_s=max_duration,
         nvidia_open_driver=(compute_capability(t.gpu_name) or OPEN_DRIVER_MIN_CAPABILITY) >= OPEN_DRIVER_MIN_CAPABILITY,
-        user_tags=tuple(sorted((configuration.tags or {}).items())),
+        user_tags=tuple(sorted((getattr(configuration, "tags", None) or {}).items())),
+        cluster=forms_cluster(configuration),
     )
 
 
@@ -64,7 +107,8 @@ def program_for(spec: StackSpec) -> Callable[[], None]:
 def render_plan_resources(spec: StackSpec) -> List[dict]:
     from stacks.render import render_program
 
-    return render_program(program_for(spec), spec.run_name, secrets=(spec.host_key.private_openssh,))
+    return render_program(program_for(spec), spec.run_name,
+                          secrets=tuple(key.private_openssh for key in spec.host_keys))
 
 
 def placeholder_key(run_name: str) -> str:
@@ -75,8 +119,8 @@ def dry_run_resources(run_name: str, configuration, offer: Optional[Offer], conf
     if offer is None or offer.backend not in CLOUD_BACKENDS:
         return []
     from stacks.extras import require_extra
-    from stacks.spec import generate_host_key
 
     require_extra(offer.backend, f"rendering the {offer.backend} stack of the plan")
-    spec = stack_spec(run_name, configuration, offer, placeholder_key(run_name), generate_host_key(), config)
+    spec = stack_spec(run_name, configuration, offer, placeholder_key(run_name), generate_host_keys(configuration),
+                      config)
     return render_plan_resources(spec)

@@ -48,6 +48,7 @@ def _redact(value: Any, run: ResolvedRun) -> Any:
 
 
 def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Optional[List[dict]] = None) -> dict:
+    from provisioner.cloud_plan import placement_notes
     from provisioner.field_support import plan_notes
 
     document = {
@@ -55,7 +56,7 @@ def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Option
         "offer": offer.to_json() if offer is not None else None,
         "resources": _redact(resources or [], run),
     }
-    notes = plan_notes(run.configuration)
+    notes = plan_notes(run.configuration) + placement_notes(run.configuration, offer)
     if notes:
         document["notes"] = notes
     return document

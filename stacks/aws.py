@@ -1,4 +1,5 @@
-"""The Pulumi program of an AWS run: key pair, security group, instance (with its root disk).
+"""The Pulumi program of an AWS run: key pair, security group, one instance per node (with its root disk), and for a
+cluster a `cluster` placement group.
 
 Every resource carries the run's tags (through the provider's default tags and on each resource), so a stack lost
 to a crash can still be found and removed by `dstack gc`.
@@ -6,7 +7,7 @@ to a crash can still be found and removed by `dstack gc`.
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from stacks.spec import StackSpec, cloud_init
 
@@ -14,6 +15,9 @@ SSH_USER = "ubuntu"
 CANONICAL = "099720109477"
 AMAZON = "amazon"
 _ARCH = {"x86": ("x86_64", "amd64"), "arm": ("arm64", "arm64")}
+# Instance families a cluster placement group refuses (EC2 User Guide, placement group rules and limitations):
+# burstable performance instances (T2, T3, T3a, T4g) and Mac instances; and the flex types (M7i-flex, C7i-flex).
+NO_CLUSTER_PLACEMENT_PREFIXES = ("t2", "t3", "t4g", "mac")
 
 
 def image_query(spec: StackSpec) -> Dict[str, object]:
@@ -42,12 +46,41 @@ def image_query(spec: StackSpec) -> Dict[str, object]:
     }
 
 
+def supports_cluster_placement(instance_type: str) -> bool:
+    family = instance_type.split(".", 1)[0]
+    return not family.startswith(NO_CLUSTER_PLACEMENT_PREFIXES) and not family.endswith("-flex")
+
+
+def placement_note(instance_type: str) -> Optional[str]:
+    """What the plan says when a cluster of `instance_type` goes without its placement group."""
+    if supports_cluster_placement(instance_type):
+        return None
+    return (f"{instance_type} cannot join a cluster placement group (burstable, Mac and flex instances cannot): the "
+            "nodes share a zone, without the group")
+
+
 def ingress_rules(spec: StackSpec) -> List[dict]:
-    return [
+    """From the internet (`ingress_cidrs`): SSH and the opened task ports. Between a cluster's nodes: everything, by
+    a rule naming the group itself, so only members reach each other's other ports."""
+    rules = [
         {"protocol": "tcp", "from_port": port, "to_port": port, "cidr_blocks": list(spec.ingress_cidrs),
          "description": "ssh" if port == 22 else f"task port {port}"}
         for port in spec.open_ports
     ]
+    if spec.cluster:
+        rules.append({"protocol": "-1", "from_port": 0, "to_port": 0, "self": True,
+                      "description": "every port between the run's nodes"})
+    return rules
+
+
+def placement_group(spec: StackSpec, opts):
+    """The cluster's placement group (its nodes on one low-latency network segment of the zone), or None."""
+    import pulumi_aws as aws
+
+    if not spec.cluster or not supports_cluster_placement(spec.instance_type):
+        return None
+    return aws.ec2.PlacementGroup(f"{spec.resource_name}-pg", name=spec.resource_name, strategy="cluster",
+                                  tags=spec.tags(), opts=opts)
 
 
 def aws_program(spec: StackSpec) -> None:
@@ -79,7 +112,8 @@ def aws_program(spec: StackSpec) -> None:
     group = aws.ec2.SecurityGroup(
         f"{name}-sg",
         name=name,
-        description=f"dstack run {spec.run_name}: ssh" + (" and the task's ports" if spec.ports else ""),
+        description=f"dstack run {spec.run_name}: ssh" + (" and the task's ports" if spec.ports else "")
+        + (", every port between its nodes" if spec.cluster else ""),
         vpc_id=vpc.id,
         ingress=ingress_rules(spec),
         egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],
@@ -87,30 +121,55 @@ def aws_program(spec: StackSpec) -> None:
         tags=tags,
         opts=opts,
     )
+    group_placement = placement_group(spec, opts)
+    instances = [node_instance(spec, rank, ami.id, key.key_name, group.id, subnet_id,
+                               group_placement.name if group_placement is not None else None, opts)
+                 for rank in spec.ranks]
+    export_nodes(instances)
+
+
+def node_instance(spec: StackSpec, rank: int, ami_id, key_name, group_id, subnet_id, placement_group_name, opts):
+    """One node's VM: all of a stack's in the offer's zone (and subnet), each with its own host key."""
+    import pulumi
+    import pulumi_aws as aws
+
+    tags = spec.tags(rank)
     market = None
     if spec.spot:
         market = {"market_type": "spot",
                   "spot_options": {"spot_instance_type": "one-time", "instance_interruption_behavior": "terminate"}}
-    instance = aws.ec2.Instance(
-        name,
+    return aws.ec2.Instance(
+        spec.node_name(rank),
         instance_type=spec.instance_type,
-        ami=ami.id,
+        ami=ami_id,
         availability_zone=spec.zone,
-        key_name=key.key_name,
-        vpc_security_group_ids=[group.id],
+        key_name=key_name,
+        vpc_security_group_ids=[group_id],
         subnet_id=subnet_id,
+        placement_group=placement_group_name,
         associate_public_ip_address=True,
         root_block_device={"volume_size": spec.disk_gb, "volume_type": "gp3", "delete_on_termination": True,
                            "tags": tags},
         metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},
         instance_market_options=market,
         instance_initiated_shutdown_behavior="terminate",
-        user_data=pulumi.Output.secret(cloud_init(spec)),
+        user_data=pulumi.Output.secret(cloud_init(spec, rank)),
         user_data_replace_on_change=True,
         tags=tags,
         opts=opts,
     )
-    pulumi.export("instance_id", instance.id)
-    pulumi.export("public_ip", instance.public_ip)
+
+
+def export_nodes(instances: list) -> None:
+    """Each node's address in rank order (`public_ips`, `private_ips`), and rank 0's alone as before."""
+    import pulumi
+
+    first = instances[0]
+    pulumi.export("instance_id", first.id)
+    pulumi.export("instance_ids", [i.id for i in instances])
+    pulumi.export("public_ip", first.public_ip)
+    pulumi.export("public_ips", [i.public_ip for i in instances])
+    pulumi.export("private_ip", first.private_ip)
+    pulumi.export("private_ips", [i.private_ip for i in instances])
     pulumi.export("ssh_user", SSH_USER)
-    pulumi.export("zone", instance.availability_zone)
+    pulumi.export("zone", first.availability_zone)

@@ -11,8 +11,8 @@ from stacks.spec import PROJECT
 
 @dataclass(frozen=True)
 class Leftover:
-    kind: str  # instance, security-group, key-pair, volume
-    id: str  # the resource id; a key pair's name
+    kind: str  # instance, security-group, key-pair, volume, placement-group
+    id: str  # the resource id; a key pair's or placement group's name
     region: str
     run: str
     owner: str  # the `dstack:owner` tag ("" on resources from before owners existed)
@@ -44,6 +44,8 @@ def find_leftovers(ec2, region: str, owner: Optional[str], run: Optional[str] = 
         found.append(leftover("security-group", group["GroupId"], group.get("Tags")))
     for key in ec2.describe_key_pairs(Filters=filters)["KeyPairs"]:
         found.append(leftover("key-pair", key["KeyName"], key.get("Tags")))
+    for group in ec2.describe_placement_groups(Filters=filters)["PlacementGroups"]:
+        found.append(leftover("placement-group", group["GroupName"], group.get("Tags")))
     volume_filters = filters + [{"Name": "status", "Values": ["available"]}]
     for volume in ec2.describe_volumes(Filters=volume_filters)["Volumes"]:
         found.append(leftover("volume", volume["VolumeId"], volume.get("Tags")))
@@ -51,7 +53,8 @@ def find_leftovers(ec2, region: str, owner: Optional[str], run: Optional[str] = 
 
 
 def remove_leftovers(ec2, leftovers: Iterable[Leftover], wait: bool = True) -> None:
-    """Instances first (and wait for them: their security groups cannot go while they exist), then the rest."""
+    """Instances first (and wait for them: their security groups and placement group cannot go while they exist),
+    then the rest."""
     leftovers = list(leftovers)
     instances = [l.id for l in leftovers if l.kind == "instance"]
     if instances:
@@ -66,3 +69,5 @@ def remove_leftovers(ec2, leftovers: Iterable[Leftover], wait: bool = True) -> N
             ec2.delete_key_pair(KeyName=leftover.id)
         elif leftover.kind == "volume":
             ec2.delete_volume(VolumeId=leftover.id)
+        elif leftover.kind == "placement-group":
+            ec2.delete_placement_group(GroupName=leftover.id)

@@ -1,6 +1,8 @@
-"""The Pulumi program of a GCP run: a firewall rule for the run's network tag, the instance with its boot disk
-(and attached GPUs on N1 machines), and the service account the instance runs as, which may delete that instance and
-nothing else: a VM that ends itself (stacks.power_off) is deleted rather than stopped with its disk still billed."""
+"""The Pulumi program of a GCP run: a firewall rule for the run's network tag, one instance per node with its boot
+disk (and attached GPUs on N1 machines), and the service account the instances run as, which may delete the run's
+instances and nothing else: a VM that ends itself (stacks.power_off) is deleted rather than stopped with its disk
+still billed. A cluster adds a firewall rule letting its nodes reach each other on every port and, where the machine
+series supports one, a compact placement policy."""
 
 from __future__ import annotations
 
@@ -36,7 +38,14 @@ UBUNTU_IMAGE = {"x86": {"project": "ubuntu-os-cloud", "family": "ubuntu-2404-lts
 # on the project as well), used with the Compute scope alone.
 SELF_DELETE_ROLE = "roles/compute.instanceAdmin.v1"
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
-FIREWALL_DESCRIPTION = "dstack run "  # how every firewall's description begins; firewalls take no labels
+# How the description of every firewall and resource policy begins, followed by the run's name and a colon: neither
+# takes labels, so a sweep recognizes them by this and their names.
+DESCRIPTION_PREFIX = "dstack run "
+CLUSTER_FIREWALL_SUFFIX = "-nodes"  # the cluster's own rule: `dstack-OWNER-RUN-nodes`
+# Machine series that take a compact placement policy (Compute Engine, "About compact placement policies", and AI
+# Hypercomputer's list for the accelerator series); others (E2, N1, N4, T2D, M*, ...) do not.
+COMPACT_PLACEMENT_SERIES = ("a2-", "a3-", "a4-", "a4x-", "g2-", "g4-", "c2-", "c2d-", "c3-", "c3d-", "c4-", "c4a-",
+                            "c4d-", "h3-", "h4d-", "n2-", "n2d-")
 
 
 def service_account_id(owner: str, run_name: str) -> str:
@@ -69,11 +78,29 @@ def boot_disk_type(machine_type: str) -> str:
     return "hyperdisk-balanced" if machine_type.startswith(HYPERDISK_ONLY) else "pd-balanced"
 
 
+def supports_compact_placement(machine_type: str) -> bool:
+    return machine_type.startswith(COMPACT_PLACEMENT_SERIES)
+
+
+def compact_placement(spec: StackSpec) -> bool:
+    return spec.cluster and supports_compact_placement(spec.instance_type)
+
+
+def placement_note(machine_type: str) -> Optional[str]:
+    """What the plan says when a cluster of `machine_type` goes without its compact placement policy."""
+    if supports_compact_placement(machine_type):
+        return None
+    return (f"{machine_type} takes no compact placement policy (its machine series does not support one): the nodes "
+            "share a zone, without the policy")
+
+
 def scheduling(spec: StackSpec) -> dict:
     """Spot VMs are deleted when preempted; with max_duration, every VM is deleted (not stopped: a stopped VM's disk
-    is still billed) at its deadline after boot."""
+    is still billed) at its deadline after boot. VMs under a compact placement policy are not live-migrated
+    (TERMINATE, which every series that takes the policy accepts)."""
+    terminate = spec.gpu_count or spec.spot or compact_placement(spec)
     settings: dict = {"automatic_restart": not spec.spot and not spec.gpu_count,
-                      "on_host_maintenance": "TERMINATE" if spec.gpu_count or spec.spot else "MIGRATE"}
+                      "on_host_maintenance": "TERMINATE" if terminate else "MIGRATE"}
     if spec.spot:
         settings.update(provisioning_model="SPOT", preemptible=True, instance_termination_action="DELETE")
     if spec.deadline_min:
@@ -96,61 +123,145 @@ def gcp_program(spec: StackSpec) -> None:
     import pulumi
     import pulumi_gcp as gcp
 
-    labels = spec.labels()
     provider = gcp.Provider("gcp", project=spec.gcp_project_id, region=spec.region, zone=spec.zone,
-                            default_labels=labels)
+                            default_labels=spec.labels())
     opts = pulumi.ResourceOptions(provider=provider)
-    name = spec.resource_name
     boot_image = gcp.compute.get_image(opts=pulumi.InvokeOptions(provider=provider), **image(spec))
-    account = None
-    if spec.self_delete:
-        account = gcp.serviceaccount.Account(
-            f"{name}-sa",
-            account_id=service_account_id(spec.owner, spec.run_name),
-            display_name=name,
-            description=f"dstack run {spec.run_name} (owner {spec.owner}): may delete its own VM and nothing else",
-            opts=opts,
-        )
+    account = service_account(spec, opts)
+    firewalls(spec, opts)
+    policy = placement_policy(spec, opts)
+    instances = []
+    for rank in spec.ranks:
+        instance = node_instance(spec, rank, boot_image.self_link, account, policy, opts)
+        if account is not None:
+            allow_self_delete(spec, rank, instance, account, opts)
+        instances.append(instance)
+    export_nodes(instances)
+
+
+def service_account(spec: StackSpec, opts):
+    """The run's service account, which its VMs run as (None without `self_delete`)."""
+    import pulumi_gcp as gcp
+
+    if not spec.self_delete:
+        return None
+    return gcp.serviceaccount.Account(
+        f"{spec.resource_name}-sa",
+        account_id=service_account_id(spec.owner, spec.run_name),
+        display_name=spec.resource_name,
+        description=f"dstack run {spec.run_name} (owner {spec.owner}): may delete its own VMs and nothing else",
+        opts=opts,
+    )
+
+
+def firewalls(spec: StackSpec, opts) -> None:
+    """From `ingress_cidrs`: SSH and the opened task ports. Within a cluster: every protocol and port, from the
+    run's network tag to the run's network tag, so only its own nodes are let in."""
+    import pulumi_gcp as gcp
+
+    name, network, tag = spec.resource_name, spec.vpc_name or "default", network_tag(spec)
     gcp.compute.Firewall(
         f"{name}-fw",
         name=name,
-        network=spec.vpc_name or "default",
+        network=network,
         direction="INGRESS",
         allows=[{"protocol": "tcp", "ports": [str(p) for p in spec.open_ports]}],
         source_ranges=list(spec.ingress_cidrs),
-        target_tags=[network_tag(spec)],
-        description=f"{FIREWALL_DESCRIPTION}{spec.run_name}: ssh" + (" and the task's ports" if spec.ports else ""),
+        target_tags=[tag],
+        description=f"{DESCRIPTION_PREFIX}{spec.run_name}: ssh" + (" and the task's ports" if spec.ports else ""),
         opts=opts,
     )
-    instance = gcp.compute.Instance(
+    if spec.cluster:
+        gcp.compute.Firewall(
+            f"{name}{CLUSTER_FIREWALL_SUFFIX}-fw",
+            name=f"{name}{CLUSTER_FIREWALL_SUFFIX}",
+            network=network,
+            direction="INGRESS",
+            allows=[{"protocol": "all"}],
+            source_tags=[tag],
+            target_tags=[tag],
+            description=f"{DESCRIPTION_PREFIX}{spec.run_name}: every port between its nodes",
+            opts=opts,
+        )
+
+
+def placement_policy(spec: StackSpec, opts):
+    """A cluster's compact placement policy (its nodes close together in the zone), or None."""
+    import pulumi_gcp as gcp
+
+    if not compact_placement(spec):
+        return None
+    return gcp.compute.ResourcePolicy(
+        f"{spec.resource_name}-placement",
+        name=spec.resource_name,
+        region=spec.region,
+        group_placement_policy={"collocation": "COLLOCATED"},
+        description=f"{DESCRIPTION_PREFIX}{spec.run_name}: its nodes placed close together",
+        opts=opts,
+    )
+
+
+def node_instance(spec: StackSpec, rank: int, image_link, account, policy, opts):
+    """One node's VM, in the offer's zone like every node of the stack, with its own host key."""
+    import pulumi
+    import pulumi_gcp as gcp
+
+    labels = spec.labels()
+    name = spec.node_name(rank)
+    return gcp.compute.Instance(
         name,
         name=name,
         machine_type=spec.instance_type,
         zone=spec.zone,
         boot_disk={"auto_delete": True, "initialize_params": {
-            "image": boot_image.self_link, "size": spec.disk_gb, "type": boot_disk_type(spec.instance_type),
+            "image": image_link, "size": spec.disk_gb, "type": boot_disk_type(spec.instance_type),
             "labels": labels}},
         network_interfaces=[network_interface(spec)],
         guest_accelerators=guest_accelerators(spec),
         scheduling=scheduling(spec),
+        resource_policies=policy.self_link if policy is not None else None,  # one at most: the provider's type
         metadata={"ssh-keys": f"{SSH_USER}:{spec.ssh_public_key}",
-                  "user-data": pulumi.Output.secret(cloud_init(spec))},
+                  "user-data": pulumi.Output.secret(cloud_init(spec, rank))},
         labels=labels,
         tags=[network_tag(spec)],
         service_account={"email": account.email, "scopes": [COMPUTE_SCOPE]} if account else None,
         allow_stopping_for_update=False,
         opts=opts,
     )
-    if account is not None:
-        gcp.compute.InstanceIAMMember(
-            f"{name}-self-delete",
-            zone=instance.zone,
-            instance_name=instance.name,
-            role=SELF_DELETE_ROLE,
-            member=account.member,
-            opts=opts,
-        )
-    pulumi.export("instance_id", instance.instance_id)
-    pulumi.export("public_ip", instance.network_interfaces[0].access_configs[0].nat_ip)
+
+
+def allow_self_delete(spec: StackSpec, rank: int, instance, account, opts) -> None:
+    """The run's account may delete this instance: bound on the instance alone. One account serves all of a run's
+    VMs, so a node's token could delete another node of the same run (which can already reach it over SSH), and
+    nothing outside the run."""
+    import pulumi_gcp as gcp
+
+    gcp.compute.InstanceIAMMember(
+        f"{spec.node_name(rank)}-self-delete",
+        zone=instance.zone,
+        instance_name=instance.name,
+        role=SELF_DELETE_ROLE,
+        member=account.member,
+        opts=opts,
+    )
+
+
+def export_nodes(instances: list) -> None:
+    """Each node's address in rank order (`public_ips`, `private_ips`), and rank 0's alone as before."""
+    import pulumi
+
+    def public(instance):
+        return instance.network_interfaces[0].access_configs[0].nat_ip
+
+    def private(instance):
+        return instance.network_interfaces[0].network_ip
+
+    first = instances[0]
+    pulumi.export("instance_id", first.instance_id)
+    pulumi.export("instance_ids", [i.instance_id for i in instances])
+    pulumi.export("public_ip", public(first))
+    pulumi.export("public_ips", [public(i) for i in instances])
+    pulumi.export("private_ip", private(first))
+    pulumi.export("private_ips", [private(i) for i in instances])
     pulumi.export("ssh_user", SSH_USER)
-    pulumi.export("zone", instance.zone)
+    pulumi.export("zone", first.zone)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional
 
 from configuration.errors import ConfigurationError
-from stacks.gcp import FIREWALL_DESCRIPTION, service_account_id
+from stacks.gcp import DESCRIPTION_PREFIX, service_account_id
 from stacks.spec import PROJECT
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -171,7 +171,7 @@ def _firewalls(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Le
     found = []
     for firewall in client.list(request=request, timeout=60):
         named = _owned(firewall.name, owner, run)
-        if named and firewall.description.startswith(FIREWALL_DESCRIPTION):
+        if named and firewall.description.startswith(DESCRIPTION_PREFIX):
             found.append(Leftover("firewall", firewall.name, "global", named[1], named[0]))
     return found
 

@@ -2,7 +2,8 @@
 resources it declares with their inputs: the `resources` of `dstack apply --dry-run --json`.
 
 Lookups (the AMI, the VPC, the boot image) cannot be answered offline; the mock answers them with a placeholder that
-says what will be looked up at apply time.
+says what will be looked up at apply time. So are the outputs the cloud computes that a program hands on to another
+resource (COMPUTED_OUTPUTS: a placement policy's self link, a service account's email).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Callable, List, Tuple
 
 from configuration.interpolation import SECRET_MASK
+
+COMPUTED_OUTPUTS = ("selfLink", "email", "member")
 
 
 def _mask_secrets(value):
@@ -34,7 +37,8 @@ def render_program(program: Callable[[], None], stack_name: str, secrets: Tuple[
         def new_resource(self, args: pulumi.runtime.MockResourceArgs):
             if not args.typ.startswith("pulumi:providers:"):
                 resources.append({"type": args.typ, "name": args.name, "inputs": _mask_secrets(args.inputs)})
-            return [f"{args.name}-id", dict(args.inputs)]
+            computed = {key: f"(known at apply: {args.name}'s {key})" for key in COMPUTED_OUTPUTS}
+            return [f"{args.name}-id", {**computed, **dict(args.inputs)}]
 
         def call(self, args: pulumi.runtime.MockCallArgs):
             placeholder = f"(looked up at apply: {args.token})"

@@ -50,8 +50,8 @@ class StackSpec:
     gpu_memory_gib: float
     disk_gb: int
     ports: Tuple[int, ...]  # ports opened to ingress_cidrs besides 22: the task's with the backend's `public_ports`
-    ssh_public_key: str
-    host_key: HostKey
+    ssh_public_key: str  # the run's login key, shared by its nodes
+    host_keys: Tuple[HostKey, ...]  # one per node, in rank order: each VM's first connection is verified
     owner: str  # configuration.owner: this $DSTACK_HOME's id, in every name and an owner tag
     ingress_cidrs: Tuple[str, ...] = DEFAULT_INGRESS
     project: str = PROJECT
@@ -62,6 +62,19 @@ class StackSpec:
     subnet: Optional[str] = None  # AWS subnet id, GCP subnetwork; None: the network's own in the zone or region
     nvidia_open_driver: bool = True  # NVIDIA's open kernel modules need Turing (compute capability 7.5) or newer
     user_tags: Tuple[Tuple[str, str], ...] = ()  # the task's `tags`, on every resource; ours win a clash
+    cluster: bool = False  # the nodes form a cluster: placed close together, reaching each other on every port
+
+    def __post_init__(self):
+        if not self.host_keys:
+            raise ValueError("a stack has at least one node, and one host key per node")
+
+    @property
+    def nodes(self) -> int:
+        return len(self.host_keys)
+
+    @property
+    def ranks(self) -> range:
+        return range(self.nodes)
 
     @property
     def open_ports(self) -> Tuple[int, ...]:
@@ -79,14 +92,19 @@ class StackSpec:
         """The cloud name of the run's resources: unique per owner, so users of one account never collide."""
         return f"dstack-{self.owner}-{self.run_name}"
 
+    def node_name(self, rank: int) -> str:
+        """The cloud name of one node's instance: the run's name, with the rank when the stack has several."""
+        return self.resource_name if self.nodes == 1 else f"{self.resource_name}-{rank}"
+
     @property
     def stack_name(self) -> str:
         return stack_name(self.run_name, self.owner)
 
-    def tags(self) -> dict:
-        """AWS tags; every resource of the run carries them, so `dstack gc` can find what a lost stack left."""
+    def tags(self, rank: Optional[int] = None) -> dict:
+        """AWS tags; every resource of the run carries them, so `dstack gc` can find what a lost stack left. A
+        node's own resources (`rank`) are named after it."""
         ours = {"dstack:run": self.run_name, "dstack:owner": self.owner, "dstack:project": self.project,
-                "Name": self.resource_name}
+                "Name": self.resource_name if rank is None else self.node_name(rank)}
         return {**dict(self.user_tags), **ours}
 
     def labels(self) -> dict:
@@ -111,15 +129,16 @@ def generate_host_key() -> HostKey:
     return HostKey(private, public)
 
 
-def cloud_init(spec: StackSpec) -> str:
+def cloud_init(spec: StackSpec, rank: int = 0) -> str:
     """cloud-config user data: install the run's host key (and no other) and login key, the power-off script
     (stacks.power_off: a GCP VM deletes itself, an AWS one powers off and so terminates) and the VM's deadlines
     (START_ALLOWANCE_MIN) that call it, so a forgotten run stops billing.
 
     GCP's guest agent makes new host keys on a new instance's first boot. `bootcmd` turns that off before the agent
     reads its configuration where cloud-init runs first; where the agent ran first, the final stage writes the run's
-    host key again (`write_files` with `defer`) and restarts sshd, so the key the client expects is the one served."""
-    private = _indent(spec.host_key.private_openssh, 4)
+    host key again (`write_files` with `defer`) and restarts sshd, so the key the client expects is the one served. Each node (`rank`) gets its own host key."""
+    host_key = spec.host_keys[rank]
+    private = _indent(host_key.private_openssh, 4)
     lines = [
         "#cloud-config",
         "ssh_deletekeys: true",
@@ -127,7 +146,7 @@ def cloud_init(spec: StackSpec) -> str:
         "ssh_keys:",
         "  ed25519_private: |",
         private,
-        f"  ed25519_public: {spec.host_key.public_openssh}",
+        f"  ed25519_public: {host_key.public_openssh}",
         "ssh_authorized_keys:",
         f"  - {spec.ssh_public_key}",
     ]
@@ -150,11 +169,11 @@ def cloud_init(spec: StackSpec) -> str:
             "    permissions: '0600'",
             "    defer: true",
             "    content: |",
-            _indent(spec.host_key.private_openssh, 6),
+            _indent(host_key.private_openssh, 6),
             "  - path: /etc/ssh/ssh_host_ed25519_key.pub",
             "    permissions: '0644'",
             "    defer: true",
-            f"    content: {spec.host_key.public_openssh}",
+            f"    content: {host_key.public_openssh}",
         ]
         runcmd.append("  - [sh, -c, 'rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key*; "
                       "systemctl restart ssh || systemctl restart sshd']")

@@ -66,6 +66,9 @@ def moto_endpoint():
     """A real moto server on 127.0.0.1 (EC2 works there; the Pricing API does not)."""
     from moto.server import ThreadedMotoServer
 
+    from tests.moto_placement_groups import install
+
+    install()  # the server runs in this process: it answers the placement group calls moto lacks
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

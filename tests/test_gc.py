@@ -26,7 +26,8 @@ def tagged(run, owner):
 
 
 def make_run_resources(ec2, run, owner=None):
-    """A run's four kinds of resource, tagged as this home's (owner None) or another owner's."""
+    """A run's five kinds of resource (a cluster's placement group among them), tagged as this home's (owner None)
+    or another owner's."""
     from configuration.owner import owner_id
 
     owner = owner or owner_id()
@@ -40,7 +41,10 @@ def make_run_resources(ec2, run, owner=None):
         {"ResourceType": "key-pair", "Tags": tagged(run, owner)}])["KeyName"]
     volume = ec2.create_volume(AvailabilityZone="eu-west-3a", Size=8, TagSpecifications=[
         {"ResourceType": "volume", "Tags": tagged(run, owner)}])["VolumeId"]
-    return {instance, group, key, volume}
+    placement = ec2.create_placement_group(GroupName=f"dstack-{owner}-{run}", Strategy="cluster", TagSpecifications=[
+        {"ResourceType": "placement-group", "Tags": tagged(run, owner)}])["PlacementGroup"]["GroupName"]
+    return {("instance", instance), ("security-group", group), ("key-pair", key), ("volume", volume),
+            ("placement-group", placement)}  # the key pair and the placement group share the run's name
 
 
 def test_gc_lists_and_removes_only_orphans(aws):
@@ -48,26 +52,28 @@ def test_gc_lists_and_removes_only_orphans(aws):
     orphan = make_run_resources(ec2, "ghost-run")
     live = make_run_resources(ec2, "live-run")
     ec2.create_security_group(GroupName="not-ours", Description="untagged")
+    ec2.create_placement_group(GroupName="not-ours", Strategy="cluster")
     StateStore().create_run(RunRecord(name="live-run", status="running", submitted_at=time.time()))
 
     listed = run_cli("gc", "-r", "eu-west-3", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     leftovers = json.loads(listed.stdout)["leftovers"]
-    assert {l["id"] for l in leftovers} == orphan
-    assert {l["kind"] for l in leftovers} == {"instance", "security-group", "key-pair", "volume"}
+    assert {(l["kind"], l["id"]) for l in leftovers} == orphan
     assert {l["run"] for l in leftovers} == {"ghost-run"}
 
     declined = run_cli("gc", "-r", "eu-west-3", env=env, input="n\n")
     assert declined.returncode == 1 and "ghost-run" in declined.stdout
     removed = run_cli("gc", "-r", "eu-west-3", "-y", env=env)
     assert removed.returncode == 0, removed.stderr
-    assert "Removed 4 resources" in removed.stderr
+    assert "Removed 5 resources" in removed.stderr
     assert json.loads(run_cli("gc", "-r", "eu-west-3", "--json", env=env).stdout)["leftovers"] == []
-    state = ec2.describe_instances(InstanceIds=[i for i in orphan if i.startswith("i-")])
+    state = ec2.describe_instances(InstanceIds=[i for kind, i in orphan if kind == "instance"])
     assert state["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
     remaining = {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]}
     assert "not-ours" in remaining and not any(name.endswith("-ghost-run") for name in remaining)
     assert any(name.endswith("-live-run") for name in remaining)
+    placement_groups = {g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]}
+    assert "not-ours" in placement_groups and not any(name.endswith("-ghost-run") for name in placement_groups)
     assert live  # the active run's resources were never listed
 
 
@@ -80,10 +86,10 @@ def test_a_runs_own_leftovers_are_found_by_its_tag(aws):
     from configuration.owner import owner_id
 
     found = find_leftovers(ec2, "eu-west-3", owner_id(), run="pending-run")
-    assert {l.id for l in found} == mine
+    assert {(l.kind, l.id) for l in found} == mine
     remove_leftovers(ec2, found)
     assert find_leftovers(ec2, "eu-west-3", owner_id(), run="pending-run") == []
-    assert {l.id for l in find_leftovers(ec2, "eu-west-3", owner_id(), run="other-run")} == other
+    assert {(l.kind, l.id) for l in find_leftovers(ec2, "eu-west-3", owner_id(), run="other-run")} == other
 
 
 def test_gc_and_sweeps_leave_another_owners_resources_alone(aws):
@@ -95,11 +101,11 @@ def test_gc_and_sweeps_leave_another_owners_resources_alone(aws):
     theirs = make_run_resources(ec2, "train", owner="0badf00d")
     mine = make_run_resources(ec2, "train")
     listed = json.loads(run_cli("gc", "-r", "eu-west-3", "--json", env=env).stdout)["leftovers"]
-    assert {l["id"] for l in listed} == mine and {l["owner"] for l in listed} == {owner_id()}
+    assert {(l["kind"], l["id"]) for l in listed} == mine and {l["owner"] for l in listed} == {owner_id()}
 
     def every_owners_train():  # the moto server is shared by the whole session: other tests' runs are there too
         listed = run_cli("gc", "-r", "eu-west-3", "--json", "--all-owners", env=env).stdout
-        return {l["id"] for l in json.loads(listed)["leftovers"] if l["run"] == "train"}
+        return {(l["kind"], l["id"]) for l in json.loads(listed)["leftovers"] if l["run"] == "train"}
 
     assert every_owners_train() == mine | theirs
     sweep_aws_run("eu-west-3", owner_id(), "train")

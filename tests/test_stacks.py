@@ -16,7 +16,8 @@ HOST_KEY = generate_host_key()
 BASE = StackSpec(
     run_name="train-1", backend="aws", instance_type="g5.xlarge", region="us-east-1", zone="us-east-1b", spot=False,
     arch="x86", gpu_vendor="nvidia", gpu_name="A10G", gpu_count=1, gpu_memory_gib=24, disk_gb=250, ports=(8080, 6006),
-    ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRun user@dstack", host_key=HOST_KEY, owner="0a1b2c3d",
+    ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRun user@dstack", host_keys=(HOST_KEY,),
+    owner="0a1b2c3d",
 )
 
 

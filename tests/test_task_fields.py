@@ -211,7 +211,8 @@ def test_tags_reach_aws_tags_and_gcp_labels():
     from stacks.spec import HostKey
 
     conf = task("tags: {Team: ML-Infra, cost_center: 'x/y 1', Name: spoof}")
-    spec = stack_spec("r1", conf, offer("aws", region="us-east-1"), "ssh-ed25519 K", HostKey("p", "q"), DstackConfig())
+    spec = stack_spec("r1", conf, offer("aws", region="us-east-1"), "ssh-ed25519 K", (HostKey("p", "q"),),
+                      DstackConfig())
     tags = spec.tags()
     assert tags["Team"] == "ML-Infra" and tags["cost_center"] == "x/y 1" and tags["Name"] == spec.resource_name
     labels = spec.labels()
