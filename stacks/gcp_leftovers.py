@@ -3,8 +3,9 @@ leaves behind, or what a lost state file forgot. Used by teardown (one run) and 
 every owner's).
 
 What the GCP program (stacks/gcp.py) creates, and how each is recognized across every zone of the project:
-instances and disks by their labels (`dstack-project`, `dstack-owner`, `dstack-run`); the firewall, which takes no
-labels, by its name `dstack-OWNER-RUN` and dstack's description; the service account by its display name
+instances and disks by their labels (`dstack-project`, `dstack-owner`, `dstack-run`); the firewalls and a cluster's
+compact placement policy, which take no labels, by their names (`dstack-OWNER-RUN`, and `dstack-OWNER-RUN-nodes` for
+a cluster's own firewall) and dstack's description, which names the run; the service account by its display name
 `dstack-OWNER-RUN` and the account id derived from it. The Compute API is reached through google-cloud-compute,
 the IAM API (service accounts) through google-auth's session; both are imported only here, when a sweep runs.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional
 
 from configuration.errors import ConfigurationError
-from stacks.gcp import DESCRIPTION_PREFIX, service_account_id
+from stacks.gcp import CLUSTER_FIREWALL_SUFFIX, DESCRIPTION_PREFIX, service_account_id
 from stacks.spec import PROJECT
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -34,9 +35,9 @@ WAIT_TIMEOUT_S = 600
 
 @dataclass(frozen=True)
 class Leftover:
-    kind: str  # instance, disk, firewall, service-account
+    kind: str  # instance, disk, firewall, resource-policy, service-account
     id: str  # the resource's name; a service account's email
-    region: str  # the zone's region; "global" for firewalls and service accounts
+    region: str  # the zone's region, a resource policy's; "global" for firewalls and service accounts
     run: str
     owner: str
     zone: Optional[str] = None  # instances and disks
@@ -112,12 +113,13 @@ def find_leftovers(api: GcpApi, owner: Optional[str], run: Optional[str] = None)
         raise ValueError("a run is named within its owner")
     with _refused(api, "listing dstack's resources"):
         return (_labelled(api, "instance", owner, run) + _labelled(api, "disk", owner, run)
-                + _firewalls(api, owner, run) + _service_accounts(api, owner, run))
+                + _firewalls(api, owner, run) + _resource_policies(api, owner, run)
+                + _service_accounts(api, owner, run))
 
 
 def remove_leftovers(api: GcpApi, leftovers: Iterable[Leftover], wait: bool = True) -> None:
-    """Instances first, waited for (their boot disks go with them), then the rest. Already gone is fine: a VM that
-    ends itself may beat the sweep to it."""
+    """Instances first, waited for (their boot disks go with them, and a placement policy cannot go while an
+    instance uses it), then the rest. Already gone is fine: a VM that ends itself may beat the sweep to it."""
     from google.cloud import compute_v1
 
     leftovers = list(leftovers)
@@ -134,12 +136,16 @@ def remove_leftovers(api: GcpApi, leftovers: Iterable[Leftover], wait: bool = Tr
             _wait(api, operations)
         disks = api.compute(compute_v1.DisksClient)
         firewalls = api.compute(compute_v1.FirewallsClient)
+        policies = api.compute(compute_v1.ResourcePoliciesClient)
         for leftover in leftovers:
             if leftover.kind == "disk":
                 _unless_gone(lambda: disks.delete_unary(project=api.project, zone=leftover.zone, disk=leftover.id,
                                                         timeout=60))
             elif leftover.kind == "firewall":
                 _unless_gone(lambda: firewalls.delete_unary(project=api.project, firewall=leftover.id, timeout=60))
+            elif leftover.kind == "resource-policy":
+                _unless_gone(lambda: policies.delete_unary(project=api.project, region=leftover.region,
+                                                           resource_policy=leftover.id, timeout=60))
             elif leftover.kind == "service-account":
                 _iam_request(api, "DELETE", f"/projects/{api.project}/serviceAccounts/{leftover.id}", missing_ok=True)
 
@@ -165,15 +171,47 @@ def _firewalls(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Le
     from google.cloud import compute_v1
 
     client = api.compute(compute_v1.FirewallsClient)
+    suffixes = ("", CLUSTER_FIREWALL_SUFFIX)
+    request = {"project": api.project}
+    if run is not None:
+        request["filter"] = " OR ".join(f'(name = "dstack-{owner}-{run}{suffix}")' for suffix in suffixes)
+    found = []
+    for firewall in client.list(request=request, timeout=60):
+        named = _described(firewall.name, firewall.description, owner, run, suffixes)
+        if named:
+            found.append(Leftover("firewall", firewall.name, "global", named[1], named[0]))
+    return found
+
+
+def _resource_policies(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
+    """A cluster's compact placement policy, in every region: aggregatedList."""
+    from google.cloud import compute_v1
+
+    client = api.compute(compute_v1.ResourcePoliciesClient)
     request = {"project": api.project}
     if run is not None:
         request["filter"] = f'name = "dstack-{owner}-{run}"'
     found = []
-    for firewall in client.list(request=request, timeout=60):
-        named = _owned(firewall.name, owner, run)
-        if named and firewall.description.startswith(DESCRIPTION_PREFIX):
-            found.append(Leftover("firewall", firewall.name, "global", named[1], named[0]))
+    for scope, listed in client.aggregated_list(request=request, timeout=60):
+        for policy in listed.resource_policies:
+            named = _described(policy.name, policy.description, owner, run)
+            if named:
+                found.append(Leftover("resource-policy", policy.name, scope.rsplit("/", 1)[-1], named[1], named[0]))
     return found
+
+
+def _described(name: str, description: str, owner: Optional[str], run: Optional[str],
+               suffixes: tuple = ("",)) -> Optional[tuple]:
+    """(owner, run) of a resource dstack named `dstack-OWNER-RUN` (plus one of `suffixes`) and described as
+    `dstack run RUN: ...`, when it is the owner's (and the run's, if given). The description says where the run's
+    name ends: `dstack-OWNER-RUN-nodes` may be run RUN's cluster firewall or run RUN-nodes's own."""
+    match = OWNED_NAME.match(name)
+    if not match or not description.startswith(DESCRIPTION_PREFIX):
+        return None
+    named = (match["owner"], description[len(DESCRIPTION_PREFIX):].split(":", 1)[0])
+    if name not in {f"dstack-{named[0]}-{named[1]}{suffix}" for suffix in suffixes}:
+        return None
+    return named if _is_wanted(named, owner, run) else None
 
 
 def _service_accounts(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
@@ -254,7 +292,8 @@ class _ApiRefusal(Exception):
 
 # What to do about a refusal, by HTTP status.
 _ADVICE = {
-    403: "the credentials need compute.instances/disks/firewalls list and delete (roles/compute.instanceAdmin.v1 "
+    403: "the credentials need compute.instances/disks/firewalls/resourcePolicies list and delete "
+         "(roles/compute.instanceAdmin.v1 "
          "and roles/compute.securityAdmin) and iam.serviceAccounts.list and delete (roles/iam.serviceAccountAdmin), "
          "and the project the Compute and IAM APIs enabled",
     404: "check that the project exists: `project_id` of the gcp backend in $DSTACK_HOME/config.yml",

@@ -30,6 +30,7 @@ def gcp(recorded_api):
     api.on("GET", f"{COMPUTE}/aggregated/instances", recorded("instances_aggregated.json"))
     api.on("GET", f"{COMPUTE}/aggregated/disks", recorded("disks_aggregated.json"))
     api.on("GET", f"{COMPUTE}/global/firewalls", recorded("firewalls.json"))
+    api.on("GET", f"{COMPUTE}/aggregated/resourcePolicies", recorded("resource_policies_aggregated.json"))
     api.on("GET", ACCOUNTS, recorded("service_accounts_page1.json"))
     api.on("GET", ACCOUNTS, recorded("service_accounts_page2.json"),
            query={"pageToken": recorded("service_accounts_page1.json")["nextPageToken"]})
@@ -38,6 +39,7 @@ def gcp(recorded_api):
            recorded("operation_delete_instance_done.json"))
     api.on("DELETE", f"{COMPUTE}/zones/[^/]+/disks/[^/]+", recorded("operation_delete_disk.json"))
     api.on("DELETE", f"{COMPUTE}/global/firewalls/[^/]+", recorded("operation_delete_firewall.json"))
+    api.on("DELETE", f"{COMPUTE}/regions/[^/]+/resourcePolicies/[^/]+", recorded("operation_delete_resource_policy.json"))
     api.on("DELETE", f"{ACCOUNTS}/[^/]+", {})
     return api, client(api)
 
@@ -59,11 +61,16 @@ def test_a_runs_sweep_sends_its_filters_and_removes_that_run_only(gcp):
     found = find_leftovers(api, MINE, run="train-1")
     assert [r.query.get("filter") for r in server.made("GET", f"{COMPUTE}/aggregated/(instances|disks)")] == \
         [RUN_FILTER, RUN_FILTER]
-    assert server.made("GET", f"{COMPUTE}/global/firewalls")[0].query["filter"] == f'name = "dstack-{MINE}-train-1"'
+    assert server.made("GET", f"{COMPUTE}/global/firewalls")[0].query["filter"] == \
+        f'(name = "dstack-{MINE}-train-1") OR (name = "dstack-{MINE}-train-1-nodes")'
+    assert server.made("GET", f"{COMPUTE}/aggregated/resourcePolicies")[0].query["filter"] == \
+        f'name = "dstack-{MINE}-train-1"'
     assert {(l.kind, l.id, l.zone) for l in found} == {
         ("instance", f"dstack-{MINE}-train-1", "us-central1-a"),  # stopped, its disk billed: found all the same
         ("disk", f"dstack-{MINE}-train-1-1", "us-central1-c"),  # the attached one goes with its instance
         ("firewall", f"dstack-{MINE}-train-1", None),
+        ("firewall", f"dstack-{MINE}-train-1-nodes", None),  # between a cluster's nodes
+        ("resource-policy", f"dstack-{MINE}-train-1", None),  # a cluster's compact placement
         ("service-account", account_email(MINE, "train-1"), None)}
     assert {(l.run, l.owner) for l in found} == {("train-1", MINE)}
     assert next(l for l in found if l.kind == "instance").region == "us-central1"
@@ -75,9 +82,12 @@ def test_a_runs_sweep_sends_its_filters_and_removes_that_run_only(gcp):
         ("POST", f"{COMPUTE}/zones/us-central1-a/operations/{OPERATION}/wait"),  # the instance is gone first
         ("DELETE", f"{COMPUTE}/zones/us-central1-c/disks/dstack-{MINE}-train-1-1"),
         ("DELETE", f"{COMPUTE}/global/firewalls/dstack-{MINE}-train-1"),
+        ("DELETE", f"{COMPUTE}/global/firewalls/dstack-{MINE}-train-1-nodes"),
+        ("DELETE", f"{COMPUTE}/regions/us-central1/resourcePolicies/dstack-{MINE}-train-1"),
         ("DELETE", f"{ACCOUNTS}/{account_email(MINE, 'train-1')}"),
     ]
-    assert not any(OTHERS in path or "eval-2" in path or "web-frontend" in path for _, path in deleted)
+    assert not any(OTHERS in path or "eval-2" in path or "web-frontend" in path or "nightly" in path
+                   for _, path in deleted)
 
 
 def test_an_owners_resources_for_gc_span_its_runs_and_no_other_owners(gcp):
@@ -86,10 +96,17 @@ def test_an_owners_resources_for_gc_span_its_runs_and_no_other_owners(gcp):
     assert server.made("GET", f"{COMPUTE}/aggregated/instances")[0].query["filter"] == \
         f'(labels.dstack-project = "dstack") AND (labels.dstack-owner = "{MINE}")'
     assert "filter" not in server.made("GET", f"{COMPUTE}/global/firewalls")[0].query  # no labels: names decide
+    assert "filter" not in server.made("GET", f"{COMPUTE}/aggregated/resourcePolicies")[0].query
     assert len(server.made("GET", ACCOUNTS)) == 2  # both pages
+    assert {(l.kind, l.id, l.run) for l in found if l.kind in ("firewall", "resource-policy")} == {
+        ("firewall", f"dstack-{MINE}-train-1", "train-1"), ("firewall", f"dstack-{MINE}-train-1-nodes", "train-1"),
+        ("firewall", f"dstack-{MINE}-eval-2", "eval-2"),
+        ("firewall", f"dstack-{MINE}-eval-2-nodes", "eval-2-nodes"),  # its description names its run
+        ("resource-policy", f"dstack-{MINE}-train-1", "train-1")}  # not the hand-made firewall, nor the snapshots
     assert {(l.kind, l.run) for l in found} == {
         ("instance", "train-1"), ("instance", "eval-2"), ("disk", "train-1"),
-        ("firewall", "train-1"), ("firewall", "eval-2"),  # not the hand-made `dstack-{MINE}-handmade`
+        ("firewall", "train-1"), ("firewall", "eval-2"), ("firewall", "eval-2-nodes"),
+        ("resource-policy", "train-1"),
         ("service-account", "train-1"), ("service-account", "eval-2")}  # not the look-alike account
     assert {l.owner for l in found} == {MINE}
     assert next(l for l in found if l.run == "eval-2" and l.kind == "instance").region == "europe-west4"
@@ -100,7 +117,10 @@ def test_an_owners_resources_for_gc_span_its_runs_and_no_other_owners(gcp):
     assert {l.owner for l in everyone} == {MINE, OTHERS}
     assert {l.id for l in everyone if l.owner == OTHERS} == {
         f"dstack-{OTHERS}-train-1", account_email(OTHERS, "train-1")}  # instance, disk, firewall share the name
-    assert not any(l.id in ("web-frontend", "default-allow-ssh") or "compute@developer" in l.id for l in everyone)
+    assert {l.kind for l in everyone if l.owner == OTHERS} == {"instance", "disk", "firewall", "resource-policy",
+                                                               "service-account"}
+    assert not any(l.id in ("web-frontend", "default-allow-ssh", "nightly-snapshots") or "compute@developer" in l.id
+                   for l in everyone)
 
 
 def test_what_is_already_gone_is_skipped(gcp):
@@ -111,7 +131,7 @@ def test_what_is_already_gone_is_skipped(gcp):
     server.on("DELETE", f"{ACCOUNTS}/.+", {"error": {"code": 404, "message": "Unknown service account"}}, status=404)
     remove_leftovers(api, found)
     assert server.made("POST", ".*/wait") == []
-    assert len(server.made("DELETE", ".*")) == 4
+    assert len(server.made("DELETE", ".*")) == 6
 
 
 @pytest.mark.parametrize("path, body, status, expected", [
@@ -166,7 +186,7 @@ def test_teardown_of_a_gcp_run_sweeps_what_its_stack_did_not_record(gcp, monkeyp
     assert destroyed == [f"train-1-{MINE}"] and projects == ["my-project"]
     assert [r.path for r in server.made("DELETE", ".*/instances/.*")] == \
         [f"{COMPUTE}/zones/us-central1-a/instances/dstack-{MINE}-train-1"]
-    assert len(server.made("DELETE", ".*")) == 4
+    assert len(server.made("DELETE", ".*")) == 6
 
 
 def test_the_sweep_uses_the_providers_credentials_and_project(monkeypatch, tmp_path):
