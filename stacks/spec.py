@@ -130,13 +130,13 @@ def generate_host_key() -> HostKey:
 
 
 def cloud_init(spec: StackSpec, rank: int = 0) -> str:
-    """cloud-config user data: install the run's host key (and no other) and login key, the power-off script
-    (stacks.power_off: a GCP VM deletes itself, an AWS one powers off and so terminates) and the VM's deadlines
-    (START_ALLOWANCE_MIN) that call it, so a forgotten run stops billing.
+    """cloud-config user data for node `rank`: install its host key (and no other) and the run's login key, the
+    power-off script (stacks.power_off: a GCP VM deletes itself, an AWS one powers off and so terminates) and the
+    VM's own deadlines (START_ALLOWANCE_MIN) that call it, so a forgotten run stops billing.
 
     GCP's guest agent makes new host keys on a new instance's first boot. `bootcmd` turns that off before the agent
     reads its configuration where cloud-init runs first; where the agent ran first, the final stage writes the run's
-    host key again (`write_files` with `defer`) and restarts sshd, so the key the client expects is the one served. Each node (`rank`) gets its own host key."""
+    host key again (`write_files` with `defer`) and restarts sshd, so the key the client expects is the one served."""
     host_key = spec.host_keys[rank]
     private = _indent(host_key.private_openssh, 4)
     lines = [

@@ -39,7 +39,8 @@ def gcp(recorded_api):
            recorded("operation_delete_instance_done.json"))
     api.on("DELETE", f"{COMPUTE}/zones/[^/]+/disks/[^/]+", recorded("operation_delete_disk.json"))
     api.on("DELETE", f"{COMPUTE}/global/firewalls/[^/]+", recorded("operation_delete_firewall.json"))
-    api.on("DELETE", f"{COMPUTE}/regions/[^/]+/resourcePolicies/[^/]+", recorded("operation_delete_resource_policy.json"))
+    api.on("DELETE", f"{COMPUTE}/regions/[^/]+/resourcePolicies/[^/]+",
+           recorded("operation_delete_resource_policy.json"))
     api.on("DELETE", f"{ACCOUNTS}/[^/]+", {})
     return api, client(api)
 
