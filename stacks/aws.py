@@ -69,7 +69,7 @@ def ingress_rules(spec: StackSpec) -> List[dict]:
     ]
     if spec.cluster:
         rules.append({"protocol": "-1", "from_port": 0, "to_port": 0, "self": True,
-                      "description": "every port between the run's nodes"})
+                      "description": "every port between the nodes of the run"})
     return rules
 
 
@@ -112,8 +112,8 @@ def aws_program(spec: StackSpec) -> None:
     group = aws.ec2.SecurityGroup(
         f"{name}-sg",
         name=name,
-        description=f"dstack run {spec.run_name}: ssh" + (" and the task's ports" if spec.ports else "")
-        + (", every port between its nodes" if spec.cluster else ""),
+        description=f"dstack run {spec.run_name}: ssh" + (" and the task ports" if spec.ports else "")
+        + (", every port between its nodes" if spec.cluster else ""),  # no apostrophes: EC2 refuses them here
         vpc_id=vpc.id,
         ingress=ingress_rules(spec),
         egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],

@@ -102,6 +102,14 @@ def test_aws_cluster_nodes_share_a_zone_a_placement_group_and_a_self_referencing
     assert not members.get("securityGroups") and not members.get("ipv6CidrBlocks")
 
 
+def test_aws_security_group_texts_use_only_the_characters_ec2_accepts():
+    import re
+
+    [group] = aws(ports=(8080,)).of_type("aws:ec2/securityGroup:SecurityGroup")
+    texts = [group.inputs["description"]] + [r["description"] for r in group.inputs["ingress"]]
+    assert len(texts) == 4 and all(re.fullmatch(r"[a-zA-Z0-9 ._:/()#,@\[\]+=;{}!$*-]{1,255}", t) for t in texts), texts
+
+
 def test_aws_each_node_has_its_own_host_key_and_name_tag_and_shares_the_login_key():
     recorder = aws()
     instances = sorted(recorder.of_type("aws:ec2/instance:Instance"), key=lambda r: r.name)
