@@ -256,6 +256,19 @@ def test_node_count_and_cluster_from_tasks_and_fleets():
     assert not forms_cluster(SimpleNamespace(type="fleet", nodes=2))
 
 
+def test_a_fleets_stack_spec_before_fleets_have_ports_tags_or_max_duration(dstack_home):
+    from types import SimpleNamespace
+
+    from configuration.backends import DstackConfig
+    from provisioner.cloud_plan import generate_host_keys, stack_spec
+
+    fleet = SimpleNamespace(type="fleet", name="pool", nodes=SimpleNamespace(min=2, max=4), placement="cluster")
+    spec = stack_spec("pool", fleet, aws_offer(), "ssh-ed25519 K", generate_host_keys(fleet), DstackConfig())
+    assert (spec.nodes, spec.cluster, spec.zone) == (2, True, "us-east-1b")
+    assert (spec.ports, spec.user_tags, spec.max_duration_s) == ((), (), None)
+    assert len({key.public_openssh for key in spec.host_keys}) == 2
+
+
 @pytest.fixture
 def cloud(monkeypatch, dstack_home):
     """CloudBackend with the engine replaced: `up` runs the program under the mocks (or fails as told) and what
