@@ -28,8 +28,8 @@ def node_count(configuration) -> int:
 
 def forms_cluster(configuration) -> bool:
     """Whether the nodes form a cluster (placed close together, reaching each other on every port): a task of
-    several nodes always does; a fleet does with `placement: cluster`."""
-    if getattr(configuration, "type", None) == "fleet":
+    several nodes always does; a fleet (or what has a fleet's `placement`) does with `placement: cluster`."""
+    if getattr(configuration, "type", None) == "fleet" or hasattr(configuration, "placement"):
         placement = getattr(configuration, "placement", None)
         return getattr(placement, "value", placement) == "cluster"
     return node_count(configuration) > 1

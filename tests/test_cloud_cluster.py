@@ -254,6 +254,9 @@ def test_node_count_and_cluster_from_tasks_and_fleets():
     assert (node_count(targeted), forms_cluster(targeted)) == (3, False)
     assert node_count(SimpleNamespace(type="fleet", nodes=2)) == 2
     assert not forms_cluster(SimpleNamespace(type="fleet", nodes=2))
+    shape = SimpleNamespace(nodes=3, placement=None)  # a fleet's shape, which has no `type`
+    assert (node_count(shape), forms_cluster(shape)) == (3, False)
+    assert forms_cluster(SimpleNamespace(nodes=3, placement="cluster"))
 
 
 def test_a_fleets_stack_spec_before_fleets_have_ports_tags_or_max_duration(dstack_home):
