@@ -281,7 +281,7 @@ def cloud(monkeypatch, dstack_home):
     from provisioner.backends import CloudBackend
     from provisioner.state import StateStore
 
-    seen = {"destroyed": 0, "specs": []}
+    seen = {"destroyed": 0}
 
     class Stack:
         name = "train-1-stack"
@@ -348,7 +348,7 @@ def test_create_stack_returns_every_node_in_rank_order_with_its_own_host_key(clo
         key_line = host.host_key.split()[1]
         assert f"ed25519_public: ssh-ed25519 {key_line}" in instance.inputs["userData"]["value"]
     assert len({h.host_key for h in hosts}) == 3
-    assert recorded and recorded[0]["backend"] == "aws"
+    assert recorded and recorded[0]["backend"] == "aws" and seen["destroyed"] == 0
     assert oct((tmp_path / "key").stat().st_mode & 0o777) == "0o600"
 
 
