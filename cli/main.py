@@ -53,7 +53,7 @@ COMMANDS: Dict[str, LazyCommand] = {
     "delete": LazyCommand("cli.fleet_command:delete", "Forget a fleet (`-f fleet.dstack.yml`) or a finished run "
                           "(NAME)."),
     "fleet": LazyCommand("cli.fleet_command:fleet_app", "List, show and delete SSH fleets."),
-    "volume": LazyCommand("cli.volume_command:volume_app", "Volumes: not supported yet."),
+    "volume": LazyCommand("cli.volume_command:volume_app", "List, show and delete network volumes."),
     "secret": LazyCommand("cli.secret_command:secret_app", "Store the secrets that `${{ secrets.NAME }}` reads"),
     "schedule": LazyCommand("cli.schedule_command:schedule_app", "Scheduled runs: list them, or start those that "
                             "are due"),

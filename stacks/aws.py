@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 from stacks.spec import StackSpec, cloud_init
+from stacks.volume_attach import attach_aws_volumes
 
 SSH_USER = "ubuntu"
 CANONICAL = "099720109477"
@@ -110,6 +111,7 @@ def aws_program(spec: StackSpec) -> None:
         tags=tags,
         opts=opts,
     )
+    attach_aws_volumes(spec, instance, opts)
     pulumi.export("instance_id", instance.id)
     pulumi.export("public_ip", instance.public_ip)
     pulumi.export("ssh_user", SSH_USER)

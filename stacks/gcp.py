@@ -8,6 +8,7 @@ import hashlib
 from typing import Dict, List, Optional
 
 from stacks.spec import StackSpec, cloud_init
+from stacks.volume_attach import attach_gcp_volumes
 
 SSH_USER = "ubuntu"
 # Catalogue GPU name (and memory, where one name has two sizes) -> GCP accelerator type, for attachable GPUs.
@@ -150,6 +151,7 @@ def gcp_program(spec: StackSpec) -> None:
             member=account.member,
             opts=opts,
         )
+    attach_gcp_volumes(spec, instance, opts)
     pulumi.export("instance_id", instance.instance_id)
     pulumi.export("public_ip", instance.network_interfaces[0].access_configs[0].nat_ip)
     pulumi.export("ssh_user", SSH_USER)
