@@ -356,3 +356,47 @@ def test_instance_volume_on_an_ssh_fleet_host(tmp_path, home_env, make_host, cli
     result = cli(home_env, "apply", "-f", conf, "-y")
     assert result.returncode == 0, result.stderr
     assert host.address in (folder / "where").read_text()  # written on the fleet host, kept in its folder
+
+
+# --- `dstack gc` never takes a network volume for a run's leftover ------------------------------------------------
+
+def test_gc_leaves_network_volumes_alone_on_aws(monkeypatch, moto_endpoint):
+    import boto3
+
+    from stacks.aws_leftovers import find_leftovers
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", moto_endpoint)
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+    ec2 = boto3.client("ec2", region_name="eu-west-3")
+    owner = f"o{os.getpid() % 10000000:07d}"
+
+    def disk(tags):
+        tags = [{"Key": k, "Value": v} for k, v in {"dstack:project": "dstack", "dstack:owner": owner, **tags}.items()]
+        return ec2.create_volume(AvailabilityZone="eu-west-3a", Size=8, TagSpecifications=[
+            {"ResourceType": "volume", "Tags": tags}])["VolumeId"]
+
+    left = disk({"dstack:run": "ghost"})
+    disk({"dstack:volume": "data"})
+    assert [l.id for l in find_leftovers(ec2, "eu-west-3", owner) if l.kind == "volume"] == [left]
+
+
+def test_gc_leaves_network_volumes_alone_on_gcp(recorded_api):
+    from google.auth.credentials import AnonymousCredentials
+
+    from stacks.gcp_leftovers import GcpApi, find_leftovers
+
+    compute = "/compute/v1/projects/my-project"
+
+    def disk(name, labels):
+        return {"name": name, "labels": {"dstack-project": "dstack", "dstack-owner": "0a1b2c3d", **labels}}
+
+    recorded_api.on("GET", f"{compute}/aggregated/instances", {"items": {}})
+    recorded_api.on("GET", f"{compute}/aggregated/disks", {"items": {"zones/us-central1-a": {"disks": [
+        disk("dstack-0a1b2c3d-ghost", {"dstack-run": "ghost"}),
+        disk("dstack-0a1b2c3d-vol-data", {"dstack-volume": "data"})]}}})
+    recorded_api.on("GET", f"{compute}/global/firewalls", {"items": []})
+    recorded_api.on("GET", "/v1/projects/my-project/serviceAccounts", {"accounts": []})
+    api = GcpApi("my-project", AnonymousCredentials(), compute_endpoint=recorded_api.url,
+                 iam_url=recorded_api.url + "/v1")
+    assert [l.id for l in find_leftovers(api, "0a1b2c3d") if l.kind == "disk"] == ["dstack-0a1b2c3d-ghost"]
