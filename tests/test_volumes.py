@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from configuration.loader import parse_configuration
 from provisioner.mounts import VOLUMES_ROOT, InstanceMount, Mounts, NetworkMount, docker_volume_args, mount_steps
 from provisioner.state import RunRecord, StateStore, VolumeRecord
 from stacks.volume_spec import VolumeAttachment, VolumeSpec, aws_device_path
+from tests.docker_daemon import docker_daemon  # noqa: F401 (fixture)
 from tests.helpers import run_cli
 from tests.test_stacks import BASE, Recorder
 
@@ -400,3 +402,30 @@ def test_gc_leaves_network_volumes_alone_on_gcp(recorded_api):
     api = GcpApi("my-project", AnonymousCredentials(), compute_endpoint=recorded_api.url,
                  iam_url=recorded_api.url + "/v1")
     assert [l.id for l in find_leftovers(api, "0a1b2c3d") if l.kind == "disk"] == ["dstack-0a1b2c3d-ghost"]
+
+
+# --- `image:` jobs: the volumes bound into the container ----------------------------------------------------------
+
+@pytest.mark.skipif(not can_mount(), reason="needs root, mkfs.ext4, blkid and mount")
+def test_image_job_sees_both_kinds_of_volume(docker_daemon, monkeypatch, tmp_path):  # noqa: F811
+    from provisioner.job import JobSpec, start_job
+    from provisioner.transport import LocalTransport
+    from tests.docker_daemon import IMAGE
+    from tests.helpers import wait_exit
+
+    monkeypatch.setenv("DOCKER_HOST", docker_daemon.host)
+    disk = tmp_path / "disk.img"
+    subprocess.run(["truncate", "-s", "16M", str(disk)], check=True)
+    network = NetworkMount(f"d{os.getpid()}", (str(disk),), "/data")
+    mounts = Mounts((network,), (InstanceMount(str(tmp_path / "cache"), "/cache"),))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    try:
+        start_job(local, JobSpec(run_name="img-vol", image=IMAGE, mounts=mounts,
+                                 commands=["echo cached > /cache/out", "echo kept > /data/out", "cat /data/out"]))
+        code, log = wait_exit(local, "img-vol")
+        assert (code, log.splitlines()[-1]) == (0, "kept"), log
+        assert (tmp_path / "cache" / "out").read_text() == "cached\n"
+        assert (Path(network.host_path) / "out").read_text() == "kept\n"
+        assert not (tmp_path / "jobs" / "img-vol" / "data").exists()  # no link for a container
+    finally:
+        subprocess.run(["umount", network.host_path], capture_output=True)
