@@ -167,6 +167,12 @@ def test_volume_dry_run_renders_its_stack(tmp_path, home_env):
     assert cli(home_env, "volume", "list", "--json").stdout.strip() == '{\n  "volumes": []\n}'
 
 
+def test_offers_of_a_volume_file_is_a_usage_error(tmp_path, home_env):
+    conf = write(tmp_path, "v.dstack.yml", "type: volume\nname: data\nbackend: aws\nregion: us-east-1\nsize: 10\n")
+    result = cli(home_env, "offers", "-f", conf)
+    assert result.returncode == 2 and "a volume configuration has no resources to match" in result.stderr
+
+
 def test_auto_cleanup_duration_is_refused_by_name(tmp_path, home_env):
     conf = write(tmp_path, "v.dstack.yml", "type: volume\nname: data\nbackend: aws\nregion: us-east-1\nsize: 10\n"
                  "auto_cleanup_duration: 1h\n")
@@ -225,6 +231,43 @@ def test_task_offers_are_where_its_volume_is_and_the_stack_attaches_it(tmp_path,
                  "-r", "eu-west-1", "--dry-run", "--json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["offer"]["availability_zones"] == ["eu-west-1a"]
+
+
+def offer(backend, region, zones):
+    from offers.catalog import InstanceType
+    from offers.offer import Offer
+
+    return Offer(backend, InstanceType("m5.large", 2, 8, "", "", 0, 0, "x86", True), region, tuple(zones), False,
+                 0.1, 100, 0.01)
+
+
+def test_the_host_looks_for_each_attached_disk_where_its_cloud_puts_it():
+    from configuration.loader import parse_configuration as parse
+    from provisioner.volumes import job_mounts, place_offers, volume_attachments
+
+    store = StateStore()
+    for name, backend, region, zone, cloud_id in (("ext", "aws", "us-west-2", "us-west-2b", "vol-0abc"),
+                                                  ("ckpt", "aws", "us-west-2", "us-west-2b", "vol-0def"),
+                                                  ("far", "gcp", "europe-west1", "europe-west1-b", "my-disk")):
+        store.create_volume(VolumeRecord(name=name, status="active", backend=backend, region=region, zone=zone,
+                                         volume_id=cloud_id, created_at=time.time()))
+    task = parse("type: task\ncommands: [x]\nvolumes: [ext:/data, {name: ckpt, path: /ckpt}, /srv:/srv]\n", "t")
+    here = offer("aws", "us-west-2", ["us-west-2a", "us-west-2b"])
+    assert place_offers(store, task, [here, offer("aws", "us-east-1", ["us-east-1a"])], "t") == \
+        [dataclasses.replace(here, zones=("us-west-2b",))]
+    assert [(a.volume_id, a.device_name) for a in volume_attachments(task, here, store)] == \
+        [("vol-0abc", "/dev/sdf"), ("vol-0def", "/dev/sdg")]
+    mounts = job_mounts(store, task, here)
+    assert mounts.network == (
+        NetworkMount("ext", ("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0abc", "/dev/xvdf", "/dev/sdf"),
+                     "/data"),
+        NetworkMount("ckpt", ("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0def", "/dev/xvdg", "/dev/sdg"),
+                     "/ckpt"))
+    assert mounts.instance == (InstanceMount("/srv", "/srv"),)
+    gcp_task = parse("type: task\ncommands: [x]\nvolumes: [far:/data]\n", "t")
+    gcp_offer = offer("gcp", "europe-west1", ["europe-west1-b"])
+    assert [a.device_name for a in volume_attachments(gcp_task, gcp_offer, store)] == ["dstack-far"]
+    assert job_mounts(store, gcp_task, gcp_offer).network[0].devices == ("/dev/disk/by-id/google-dstack-far",)
 
 
 def test_missing_and_misplaced_volumes_are_named(tmp_path, home_env):
