@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from configuration.errors import ConfigurationError
+from configuration.policies import VolumeMountPoint
 from offers.offer import Offer
 
 ALL_BACKENDS = ("local", "ssh", "aws", "gcp")
@@ -53,8 +54,6 @@ def _later(field: str, issue: str, used: Optional[Callable[[Any], bool]] = None)
 
 
 def _network_volumes(configuration) -> bool:
-    from configuration.policies import VolumeMountPoint
-
     return any(isinstance(v, VolumeMountPoint) for v in getattr(configuration, "volumes", []))
 
 

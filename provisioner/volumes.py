@@ -211,18 +211,19 @@ def narrow_requirements(store: StateStore, configuration, requirements, source: 
     candidates = _candidates(store, configuration, source)
     if not candidates:
         return requirements
-    places: List[Set[Tuple[str, str]]] = [{(r.backend, r.region) for r in records} for _, records in candidates]
+    places: List[Set[Place]] = [{(r.backend, r.region, r.zone) for r in records} for _, records in candidates]
     common = set.intersection(*places)
     if not common:
-        where = "; ".join(f"{', '.join(_names(point))}: {', '.join(sorted(f'{r.backend} {r.region}/{r.zone}' for r in records))}"
+        where = "; ".join(f"{', '.join(_names(point))}: {', '.join(sorted(f'{r.backend} {r.zone}' for r in records))}"
                           for point, records in candidates)
         raise ConfigurationError(f"{source}: the task's volumes are in different places ({where}); one instance "
-                                 "can only attach volumes of its own region and zone")
-    backends = tuple(sorted({b for b, _ in common} & set(requirements.backends or {b for b, _ in common})))
-    regions = tuple(sorted({r for _, r in common} & set(requirements.regions or {r for _, r in common})))
+                                 "can only attach volumes of its own zone")
+    backends = tuple(sorted({b for b, _, _ in common} & set(requirements.backends or {b for b, _, _ in common})))
+    regions = tuple(sorted({r for _, r, _ in common} & set(requirements.regions or {r for _, r, _ in common})))
     if not backends or not regions:
-        raise ConfigurationError(f"{source}: the task's volumes are in {', '.join(f'{b} {r}' for b, r in sorted(common))}, "
-                                 "outside the backends and regions the run allows")
+        where = ", ".join(f"{b} {r}" for b, r, _ in sorted(common))
+        raise ConfigurationError(f"{source}: the task's volumes are in {where}, outside the backends and regions the "
+                                 "run allows")
     return dataclasses.replace(requirements, backends=backends, regions=regions)
 
 

@@ -277,7 +277,11 @@ def test_missing_and_misplaced_volumes_are_named(tmp_path, home_env):
     register(tmp_path, home_env)
     register(tmp_path, home_env, name="far", zone="europe-west1-b", backend="gcp")
     apart = cli(home_env, "apply", "-f", task(tmp_path, "[ext:/data, far:/far]"), "--dry-run")
-    assert apart.returncode == 1 and "the task's volumes are in different places" in apart.stderr
+    assert apart.returncode == 1 and "the task's volumes are in different places (ext: aws us-west-2b; far: gcp " \
+                                     "europe-west1-b)" in apart.stderr
+    register(tmp_path, home_env, name="near", zone="us-west-2c")  # the same region, another zone
+    zones = cli(home_env, "apply", "-f", task(tmp_path, "[ext:/data, near:/near]"), "--dry-run")
+    assert zones.returncode == 1 and "(ext: aws us-west-2b; near: aws us-west-2c)" in zones.stderr
     elsewhere = cli(home_env, "apply", "-f", task(tmp_path, "[ext:/data]"), "-b", "gcp", "--dry-run")
     assert elsewhere.returncode == 1 and "outside the backends and regions the run allows" in elsewhere.stderr
     multi = cli(home_env, "apply", "-f", task(tmp_path, "[ext:/data]", "nodes: 2\n"), "--dry-run")
