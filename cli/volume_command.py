@@ -76,6 +76,11 @@ def delete_volume_command(
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Don't ask for confirmation")] = False,
 ) -> None:
     """Delete a volume and its data (a registered one is only forgotten); refused while a run uses it."""
+    remove_volume(name, yes)
+
+
+def remove_volume(name: str, yes: bool) -> None:
+    """`dstack volume delete NAME`, `dstack delete -f volume.dstack.yml`."""
     from cli.run_session import make_reporter
     from configuration.backends import load_config
     from provisioner.state import StateStore

@@ -203,6 +203,10 @@ def test_registered_volume_list_get_delete(tmp_path, home_env):
     deleted = cli(home_env, "volume", "delete", "ext", "-y")
     assert deleted.returncode == 0 and "Volume ext forgotten" in deleted.stderr
     assert json.loads(cli(home_env, "volume", "list", "--json").stdout)["volumes"] == []
+    register(tmp_path, home_env)  # `dstack delete -f` with the volume's file, as dstack has it
+    by_file = cli(home_env, "delete", "-f", str(tmp_path / "ext.dstack.yml"), "-y")
+    assert by_file.returncode == 0 and "Volume ext forgotten" in by_file.stderr
+    assert json.loads(cli(home_env, "volume", "list", "--json").stdout)["volumes"] == []
 
 
 def test_registering_needs_the_zone(tmp_path, home_env):
