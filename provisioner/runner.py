@@ -29,7 +29,7 @@ from provisioner.plan import configuration_json
 from provisioner.repo_archive import UploadPlan, check_size, plan_uploads
 from provisioner.state import RunRecord, StateStore
 from provisioner.store_errors import StoreDamaged
-from provisioner.volumes import job_mounts
+from provisioner.volumes import claim_volumes, job_mounts
 from provisioner.transport import HostUnreachable
 from stacks.errors import StackFailure
 
@@ -291,6 +291,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
     follower: Optional[LogFollower] = None
     forwarder = None
     try:
+        claim_volumes(store, configuration, run_name)
         offer, access = provision_with_retry(session, run_name, offers, configuration)
         store.update_run(run_name, host=access.to_json())
         session.reporter.info(f"Connecting to {access.description}")

@@ -178,6 +178,17 @@ def runs_using(store: StateStore, name: str) -> List[str]:
     return users
 
 
+def claim_volumes(store: StateStore, configuration, run_name: str) -> None:
+    """Checked once the run is recorded: another active run naming one of its volumes means both were submitted at
+    once (each saw the volume free before the other was recorded); each then sees the other and stops, so no disk is
+    ever attached twice."""
+    for point in network_mount_points(configuration):
+        for name in _names(point):
+            others = [run for run in runs_using(store, name) if run != run_name]
+            if others:
+                raise ConfigurationError(f"volume {name} is in use by run {', '.join(others)}")
+
+
 def _candidates(store: StateStore, configuration, source: str, busy_check: bool = True
                 ) -> List[Tuple[VolumeMountPoint, List[VolumeRecord]]]:
     """Each network mount point with the volumes it may take: missing volumes, and (with `busy_check`, before the

@@ -306,6 +306,22 @@ def test_a_volume_in_use_is_busy_and_cannot_be_deleted(tmp_path, home_env, dstac
     assert cli(home_env, "volume", "delete", "ext", "-y").returncode == 0
 
 
+def test_two_runs_submitted_at_once_never_share_a_volume():
+    from configuration.loader import parse_configuration as parse
+    from provisioner.volumes import claim_volumes
+
+    store = StateStore()
+    task = parse("type: task\ncommands: [x]\nvolumes: [ext:/data]\n", "t")
+    for name in ("first", "second"):  # both passed the plan's check, then both were recorded
+        store.create_run(RunRecord(name=name, status="submitted", submitted_at=time.time(),
+                                   configuration={"volumes": [{"name": "ext", "path": "/data"}]}))
+    for name, other in (("first", "second"), ("second", "first")):
+        with pytest.raises(ConfigurationError, match=f"volume ext is in use by run {other}"):
+            claim_volumes(store, task, name)
+    store.update_run("second", status="failed")
+    claim_volumes(store, task, "first")  # alone now
+
+
 # --- the host's steps ---------------------------------------------------------------------------------------------
 
 def test_docker_binds_each_volume():
