@@ -336,6 +336,13 @@ def can_mount() -> bool:
     return os.geteuid() == 0 and all(shutil.which(t) for t in ("mkfs.ext4", "blkid", "mount", "mountpoint"))
 
 
+def unmount(mount: NetworkMount) -> None:
+    """The test's mount undone and its mount point removed."""
+    subprocess.run(["umount", mount.host_path], capture_output=True)
+    if os.path.isdir(mount.host_path):
+        os.rmdir(mount.host_path)
+
+
 @pytest.mark.skipif(not can_mount(), reason="needs root, mkfs.ext4, blkid and mount")
 def test_a_disk_is_formatted_on_first_use_only_and_mounted(tmp_path):
     """The generated steps against a file-backed disk (`mount` sets up the loop device): formatted when blank,
@@ -357,7 +364,7 @@ def test_a_disk_is_formatted_on_first_use_only_and_mounted(tmp_path):
         assert "formatting" not in again.stdout
         assert (tmp_path / "job" / "data" / "kept.txt").read_text() == "written by run 1"
     finally:
-        subprocess.run(["umount", mount.host_path], capture_output=True)
+        unmount(mount)
 
 
 @pytest.mark.skipif(not can_mount(), reason="needs root, mkfs.ext4 and blkid")
@@ -375,7 +382,7 @@ def test_a_disk_with_another_filesystem_is_never_formatted(tmp_path):
         fs = subprocess.run(["blkid", "-p", "-o", "value", "-s", "TYPE", str(disk)], capture_output=True, text=True)
         assert fs.stdout.strip() == "ext2"
     finally:
-        subprocess.run(["umount", mount.host_path], capture_output=True)
+        unmount(mount)
 
 
 def test_a_device_that_never_appears_is_named(tmp_path, monkeypatch):
@@ -495,7 +502,7 @@ def test_image_job_sees_both_kinds_of_volume(docker_daemon, monkeypatch, tmp_pat
         assert (Path(network.host_path) / "out").read_text() == "kept\n"
         assert not (tmp_path / "jobs" / "img-vol" / "data").exists()  # no link for a container
     finally:
-        subprocess.run(["umount", network.host_path], capture_output=True)
+        unmount(network)
 
 
 def test_a_version_3_store_gets_the_volumes_table(dstack_home):
