@@ -67,6 +67,11 @@ def apply(
 
         apply_fleet(configuration, source, yes)
         return
+    if configuration.type == "volume":
+        from cli.volume_command import apply_volume
+
+        apply_volume(configuration, source, name, yes, dry_run)
+        return
     if name is not None:
         configuration = configuration.model_copy(update={"name": _run_name(name)})
     configuration = opt.override_run_fields(configuration, env, max_duration, retry, retry_duration)
@@ -78,6 +83,8 @@ def apply(
     from provisioner.runner import MAX_OFFERS_TRIED
     from provisioner.state import StateStore
 
+    from provisioner.volumes import narrow_requirements, place_offers
+
     store = StateStore()
     backend, region = opt.placement_flags(backend, region, fleet, reuse,
                                           lambda: [f["name"] for f in store.list_fleets()])
@@ -86,6 +93,7 @@ def apply(
         spot_policy=opt.spot_policy_flag(spot, on_demand, spot_auto, spot_policy), backends=backend, regions=region,
         instance_types=instance_type, max_price=max_price,
     )
+    requirements = narrow_requirements(store, run.configuration, requirements, file)  # where its volumes are
     config = load_config()
     run_name = run.configuration.name or generate_run_name()
     # A dry run plans over every cloud, configured or not: it is how one sees what a run would cost.
@@ -95,6 +103,7 @@ def apply(
     from provisioner.field_support import check_fields
 
     search.offers = check_fields(run.configuration, search.offers, file)  # fields no backend would act upon
+    search.offers = place_offers(store, run.configuration, search.offers, file)
     if not search.offers and not dry_run:
         hint = "" if config.cloud_backends else "; no cloud is configured, so only this machine and SSH fleets count"
         raise ConfigurationError(f"no offers match: {requirements.describe()}{hint} (see `dstack offers`)")

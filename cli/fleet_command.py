@@ -144,10 +144,12 @@ def forget_fleet(name: str) -> None:
 
 def delete(
     name: Annotated[Optional[str], typer.Argument(help="A finished run's name")] = None,
-    file: Annotated[Optional[str], typer.Option("-f", "--file", help="A fleet configuration to forget")] = None,
+    file: Annotated[Optional[str], typer.Option("-f", "--file", help="A fleet configuration to forget, or a volume "
+                                                                      "configuration to delete")] = None,
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
 ) -> None:
-    """Forget a fleet (`-f fleet.dstack.yml`) or a finished run (NAME)."""
+    """Forget a fleet (`-f fleet.dstack.yml`), delete a volume (`-f volume.dstack.yml`) or forget a finished run
+    (NAME)."""
     from configuration.errors import ConfigurationError
 
     if (name is None) == (file is None):
@@ -156,6 +158,13 @@ def delete(
         from cli.config_input import load_file
 
         configuration = load_file(file)
+        if configuration.type == "volume":
+            from cli.volume_command import remove_volume
+
+            if not configuration.name:
+                raise ConfigurationError(f"{file}: the volume has no `name`: delete it with `dstack volume delete NAME`")
+            remove_volume(configuration.name, yes)
+            return
         if configuration.type != "fleet":
             raise ConfigurationError(f"{file}: `dstack delete -f` takes a fleet configuration, not a {configuration.type}")
         forget_fleet(configuration.name)

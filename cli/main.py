@@ -50,10 +50,10 @@ COMMANDS: Dict[str, LazyCommand] = {
                            "its host."),
     "event": LazyCommand("cli.event_command:event", "Show runs' lifecycle events: submitted, offers tried, "
                          "provisioned, started, exit, teardown."),
-    "delete": LazyCommand("cli.fleet_command:delete", "Forget a fleet (`-f fleet.dstack.yml`) or a finished run "
-                          "(NAME)."),
+    "delete": LazyCommand("cli.fleet_command:delete", "Forget a fleet (`-f fleet.dstack.yml`), delete a volume "
+                                                      "(`-f volume.dstack.yml`) or forget a finished run (NAME)."),
     "fleet": LazyCommand("cli.fleet_command:fleet_app", "List, show and delete SSH fleets."),
-    "volume": LazyCommand("cli.volume_command:volume_app", "Volumes: not supported yet."),
+    "volume": LazyCommand("cli.volume_command:volume_app", "List, show and delete network volumes."),
     "secret": LazyCommand("cli.secret_command:secret_app", "Store the secrets that `${{ secrets.NAME }}` reads"),
     "schedule": LazyCommand("cli.schedule_command:schedule_app", "Scheduled runs: list them, or start those that "
                             "are due"),

@@ -47,8 +47,8 @@ def offers(
         from configuration.loader import load_configuration  # pydantic models of every field: only when needed
 
         configuration = load_configuration(file)
-    if configuration is not None and configuration.type == "fleet":
-        raise typer.BadParameter("a fleet configuration has no resources to match", param_hint="'-f'")
+    if configuration is not None and configuration.type in ("fleet", "volume"):
+        raise typer.BadParameter(f"a {configuration.type} configuration has no resources to match", param_hint="'-f'")
     requirements = opt.build_requirements(
         configuration, default_spot_policy="auto", gpu=gpu, cpu=cpu, memory=memory, disk=disk,
         spot_policy=opt.spot_policy_flag(spot, on_demand, spot_auto), backends=backend, regions=region,

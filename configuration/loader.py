@@ -24,12 +24,14 @@ from configuration.models import (
     FleetConfiguration,
     TaskConfiguration,
 )
+from configuration.volumes import VolumeConfiguration
 from configuration.yaml_input import parse_yaml, read_text, shorten
 
 MODELS_BY_TYPE = {
     "task": TaskConfiguration,
     "dev-environment": DevEnvironmentConfiguration,
     "fleet": FleetConfiguration,
+    "volume": VolumeConfiguration,
 }
 MAX_PROBLEMS = 10  # listed in one error; the rest are counted
 _ADAPTER: Optional[TypeAdapter] = None

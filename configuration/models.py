@@ -1,4 +1,4 @@
-"""The configuration types of a `*.dstack.yml` file: `task`, `dev-environment` and `fleet`.
+"""The configuration types of a `*.dstack.yml` file: `task`, `dev-environment`, `fleet` and `volume`.
 
 Field names, defaults and meanings follow dstack's task reference (docs/reference/task.md is generated from these
 models by `dstack schema --markdown`).
@@ -46,6 +46,7 @@ from configuration.policies import (
 )
 from configuration.repos import Files, Repos, SingleBranch
 from configuration.resources import ResourcesSpec, StrictModel
+from configuration.volumes import VolumeConfiguration
 
 
 class ProfileFields(StrictModel):
@@ -204,8 +205,8 @@ class RunFields(ProfileFields):
     ] = None
     volumes: Annotated[
         List[Annotated[MountPoint, BeforeValidator(parse_mount_point)]],
-        Field(description="Volumes to mount: `NAME:/path` or `/host/path:/path`. Not supported yet (issue: "
-                          "persistent resources)"),
+        Field(description="Volumes to mount: `NAME:/path` (a network volume; a list of names: any one of them) "
+                          "or `/host/path:/path` (a folder of the host); see docs/runs.md"),
     ] = []
     dstack: Annotated[
         bool, Field(description="Make the dstack server reachable from the job. Refused: there is no server")
@@ -369,6 +370,7 @@ class FleetConfiguration(StrictModel):
 
 
 AnyConfiguration = Annotated[
-    Union[TaskConfiguration, DevEnvironmentConfiguration, FleetConfiguration], Field(discriminator="type")
+    Union[TaskConfiguration, DevEnvironmentConfiguration, FleetConfiguration, VolumeConfiguration],
+    Field(discriminator="type"),
 ]
-CONFIGURATION_TYPES = ("task", "dev-environment", "fleet")
+CONFIGURATION_TYPES = ("task", "dev-environment", "fleet", "volume")

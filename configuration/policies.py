@@ -70,7 +70,10 @@ class VolumeMountPoint(StrictModel):
 class InstanceMountPoint(StrictModel):
     instance_path: Annotated[str, Field(description="The absolute path on the host")]
     path: Annotated[str, Field(description="The absolute path in the job")]
-    optional: Annotated[bool, Field(description="Run without it where the backend has no instance volumes")] = False
+    optional: Annotated[
+        bool, Field(description="Run without it where it cannot be had (every backend here has instance volumes: "
+                                "where the folder cannot be made or `path` is taken)")
+    ] = False
 
     _paths = field_validator("instance_path", "path")(classmethod(lambda cls, v: _absolute_path(v)))
 

@@ -17,6 +17,7 @@ from configuration.fields import RegistryAuth, RetryPolicy
 from configuration.models import AnyConfiguration, DevEnvironmentConfiguration, FleetConfiguration, TaskConfiguration
 from configuration.policies import InstanceMountPoint, NodeGroup, Schedule, UtilizationPolicy, VolumeMountPoint
 from configuration.resources import CPUSpec, DiskSpec, GPUSpec, ResourcesSpec
+from configuration.volumes import VolumeConfiguration
 
 SECTIONS = (
     ("task", TaskConfiguration, "The root of a `type: task` file."),
@@ -31,12 +32,15 @@ SECTIONS = (
     ("utilization_policy", UtilizationPolicy, "Stops a run whose GPUs idle (see docs/runs.md)."),
     ("schedule", Schedule, "`cron: \"0 8 * * mon-fri\"` or a list: minute hour day month weekday, in UTC. Parsed; "
                            "refused at plan time until scheduled runs land."),
-    ("volumes[] (volume)", VolumeMountPoint, "`volumes: [NAME:/path]` or this mapping. Refused until persistent "
-                                             "resources land."),
-    ("volumes[] (host folder)", InstanceMountPoint, "`volumes: [/host/path:/path]` or this mapping."),
+    ("volumes[] (volume)", VolumeMountPoint, "`volumes: [NAME:/path]` or this mapping: a network volume (see "
+                                             "docs/runs.md, Volumes)."),
+    ("volumes[] (host folder)", InstanceMountPoint, "`volumes: [/host/path:/path]` or this mapping: a folder of the "
+                                                    "host (an instance volume)."),
     ("groups[]", NodeGroup, "One group of a heterogeneous multi-node task. Refused until distributed tasks land."),
     ("dev-environment", DevEnvironmentConfiguration, "The root of a `type: dev-environment` file."),
     ("fleet", FleetConfiguration, "The root of a `type: fleet` file (hosts you own, reached over SSH)."),
+    ("volume", VolumeConfiguration, "The root of a `type: volume` file: a network volume (an EBS volume, a GCP "
+                                    "persistent disk)."),
 )
 
 

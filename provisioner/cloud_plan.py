@@ -8,6 +8,7 @@ from configuration.backends import DstackConfig
 from configuration.owner import owner_id
 from offers.gpus import compute_capability
 from offers.offer import Offer
+from provisioner.volumes import volume_attachments
 from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec
 
 CLOUD_BACKENDS = ("aws", "gcp")
@@ -89,6 +90,7 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         nvidia_open_driver=(compute_capability(t.gpu_name) or OPEN_DRIVER_MIN_CAPABILITY) >= OPEN_DRIVER_MIN_CAPABILITY,
         user_tags=tuple(sorted((getattr(configuration, "tags", None) or {}).items())),
         cluster=forms_cluster(configuration),
+        volumes=volume_attachments(configuration, offer),
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from configuration.errors import ConfigurationError
+from configuration.policies import VolumeMountPoint
 from offers.offer import Offer
 
 ALL_BACKENDS = ("local", "ssh", "aws", "gcp")
@@ -52,6 +53,10 @@ def _later(field: str, issue: str, used: Optional[Callable[[Any], bool]] = None)
     return FieldRule(field, used or _set(field), (), f"is not supported yet (issue: {issue})")
 
 
+def _network_volumes(configuration) -> bool:
+    return any(isinstance(v, VolumeMountPoint) for v in getattr(configuration, "volumes", []))
+
+
 def _nvidia_gpu(offer: Offer) -> bool:
     return offer.instance.gpu_vendor == "nvidia" and offer.instance.gpu_count > 0
 
@@ -61,7 +66,9 @@ RULES: Tuple[FieldRule, ...] = (
     _later("groups", "distributed tasks", lambda c: getattr(c, "groups", None) is not None),
     _later("startup_order", "distributed tasks"),
     _later("stop_criteria", "distributed tasks"),
-    _later("volumes", "persistent resources"),
+    FieldRule("volumes", lambda c: getattr(c, "nodes", 1) != 1 and _network_volumes(c), (),
+              "with a network volume (`NAME:/path`) needs one instance: a disk attaches to one instance at a time; "
+              "use instance volumes (`/host/path:/path`) on multi-node runs"),
     _later("fleets", "persistent resources"),
     _later("creation_policy", "persistent resources"),
     _later("idle_duration", "persistent resources", lambda c: c.idle_duration is not None),

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from configuration.fields import SUPPORTED_PYTHON
+from provisioner.mounts import Mounts, docker_volume_args, mount_steps
 from provisioner.repo_archive import LEGACY_REPO_DIR, UploadPlan, archive_stream, git_credentials, upload_name
 from provisioner.transport import Transport, TransportError
 from stacks.power_off import POWER_OFF_PATH
@@ -64,6 +65,7 @@ class JobSpec:
     utilization: Optional[Tuple[int, int]] = None  # (min GPU %, window s): stopped when a GPU stays below it
     job_id: str = field(default_factory=lambda: secrets.token_hex(12))
     uploads: UploadPlan = field(default_factory=UploadPlan)  # the repo and `files`
+    mounts: Mounts = Mounts()  # `volumes`: network volumes and instance folders (provisioner.mounts)
 
 
 def registry_of(image: str) -> Optional[str]:
@@ -279,7 +281,7 @@ def python_script(job: JobSpec) -> str:
         workdir = '"$JOB_DIR"/' + shlex.quote(workdir[len("$JOB_DIR/"):])
     else:
         workdir = shlex.quote(workdir)
-    lines = [_preamble(job), _upload_steps(job)]
+    lines = [_preamble(job), _upload_steps(job), mount_steps(job.mounts, in_container=False)]
     if job.docker:
         lines += [_DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else ""), _DOCKER_FOR_COMMANDS]
     else:
@@ -308,7 +310,8 @@ def docker_run_argv(job: JobSpec) -> List[str]:
              "-v", f"$JOB_DIR/mpi_hostfile:{CONTAINER_HOSTFILE}:ro"]
     if job.home_dir:
         argv += ["-e", f"HOME={job.home_dir}"]
-    argv += ["-v", f"$JOB_DIR/repo:{CONTAINER_REPO}", *_container_mounts(job), "-w", _workdir(job, CONTAINER_REPO)]
+    argv += ["-v", f"$JOB_DIR/repo:{CONTAINER_REPO}", *_container_mounts(job), *docker_volume_args(job.mounts),
+             "-w", _workdir(job, CONTAINER_REPO)]
     entry = shlex.split(job.entrypoint) if job.entrypoint else []
     args: List[str] = []
     if entry:
@@ -363,7 +366,8 @@ fi
 
 
 def docker_script(job: JobSpec) -> str:
-    lines = [_preamble(job), _upload_steps(job), _DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else "")]
+    lines = [_preamble(job), _upload_steps(job), mount_steps(job.mounts, in_container=True),
+             _DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else "")]
     if job.nvidia_gpus:
         lines.append(_NVIDIA_TOOLKIT)
     if job.registry_password is not None:

@@ -29,6 +29,7 @@ from provisioner.plan import configuration_json
 from provisioner.repo_archive import UploadPlan, check_size, plan_uploads
 from provisioner.state import RunRecord, StateStore
 from provisioner.store_errors import StoreDamaged
+from provisioner.volumes import claim_volumes, job_mounts
 from provisioner.transport import HostUnreachable
 from stacks.errors import StackFailure
 
@@ -290,6 +291,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
     follower: Optional[LogFollower] = None
     forwarder = None
     try:
+        claim_volumes(store, configuration, run_name)
         offer, access = provision_with_retry(session, run_name, offers, configuration)
         store.update_run(run_name, host=access.to_json())
         session.reporter.info(f"Connecting to {access.description}")
@@ -297,7 +299,8 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         if not detach:  # ports first: a local port that is taken fails the run before its job starts
             forwarder = forward_ports(session, run_name, access, configuration.ports,
                                       lambda: follower.transport if follower is not None else transport)
-        job = dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo), uploads=uploads)
+        job = dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo), uploads=uploads,
+                                  mounts=job_mounts(store, configuration, offer))
         start_job(transport, job, session.reporter.upload)  # returns once the job's pid file is written
         if not store.claim_run(run_name, ("provisioning",), "pulling" if configuration.image else "running",
                                started_at=time.time()):

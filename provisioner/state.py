@@ -28,7 +28,7 @@ from configuration.home import dstack_home, private_dir
 from provisioner.store_errors import DAMAGED, FULL, failure_kind, store_error
 
 ACTIVE = ("submitted", "provisioning", "pulling", "running", "terminating")  # then done, failed or terminated
-SCHEMA_VERSION = 3  # 2: runs.owner_started; 3: the events table; stores from before versions read 0
+SCHEMA_VERSION = 4  # 2: runs.owner_started; 3: the events table; 4: volumes; stores from before versions read 0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -67,14 +67,30 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     message TEXT
 );
-CREATE INDEX IF NOT EXISTS events_by_run ON events (run, at)
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run, at);
+CREATE TABLE IF NOT EXISTS volumes (
+    name TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    region TEXT NOT NULL,
+    zone TEXT,
+    size_gb INTEGER,
+    volume_id TEXT,
+    external INTEGER NOT NULL DEFAULT 0,
+    stack TEXT,
+    configuration TEXT,
+    created_at REAL NOT NULL
+)
 """
-_TABLES = {"runs", "fleets", "events"}
-_TABLES_ADDED = {3: {"events"}}  # a store older than the version has none of them yet: no damage
-_EVENTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS events"):].split(";")
+_TABLES = {"runs", "fleets", "events", "volumes"}
+_TABLES_ADDED = {3: {"events"}, 4: {"volumes"}}  # a store older than the version has none of them yet: no damage
+_EVENTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS events"):
+                        _SCHEMA.index("CREATE TABLE IF NOT EXISTS volumes")].split(";")
+_VOLUMES_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS volumes"):]
 _MIGRATIONS = {  # from each version to the next
     0: ["ALTER TABLE runs ADD COLUMN owner_started INTEGER"],
     2: [statement for statement in _EVENTS_TABLE if statement.strip()],
+    3: [_VOLUMES_TABLE],
 }
 _JSON_FIELDS = {"host": dict, "stack": dict, "offer": dict, "ports": list, "attempts": list, "configuration": dict}
 _NUMBER_FIELDS = ("submitted_at", "started_at", "finished_at", "price", "exit_code", "owner_pid", "owner_started",
@@ -122,6 +138,29 @@ class RunRecord:
             return 0.0
         end = self.finished_at or (now or time.time())
         return self.price * max(0.0, end - self.started_at) / 3600
+
+
+@dataclass
+class VolumeRecord:
+    """A network volume: created by its own Pulumi stack (recorded before `up`), or registered (`external`)."""
+
+    name: str
+    status: str  # submitted (its stack is being created), active, deleting
+    backend: str
+    region: str
+    created_at: float
+    zone: Optional[str] = None
+    size_gb: Optional[int] = None
+    volume_id: Optional[str] = None  # the cloud's id: an EBS volume id, a GCP disk name
+    external: bool = False  # registered with `volume_id`: never created or deleted by dstack
+    stack: Optional[dict] = None
+    configuration: Optional[dict] = None
+
+    def summary(self) -> dict:
+        """The shape of one volume in `dstack volume list --json`."""
+        return {"name": self.name, "status": self.status, "backend": self.backend, "region": self.region,
+                "zone": self.zone, "size_gb": self.size_gb, "volume_id": self.volume_id, "external": self.external,
+                "created_at": self.created_at}
 
 
 class _Damage(Exception):
@@ -383,6 +422,53 @@ class StateStore:
     def delete_fleet(self, name: str) -> bool:
         with self._connect() as db:
             return db.execute("DELETE FROM fleets WHERE name = ?", (name,)).rowcount == 1
+
+
+    # --- volumes ---
+
+    def create_volume(self, record: VolumeRecord) -> None:
+        values = {f.name: getattr(record, f.name) for f in fields(VolumeRecord)}
+        values.update(external=int(record.external), stack=_json_or_none(record.stack),
+                      configuration=_json_or_none(record.configuration))
+        try:
+            with self._connect() as db:
+                db.execute(f"INSERT INTO volumes ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})",
+                           list(values.values()))
+        except sqlite3.IntegrityError:
+            raise ConfigurationError(f"a volume named {record.name} already exists (see `dstack volume list`)") \
+                from None
+
+    def update_volume(self, name: str, **changes) -> None:
+        values = {k: _json_or_none(v) if k in ("stack", "configuration") else v for k, v in changes.items()}
+        with self._connect() as db:
+            db.execute(f"UPDATE volumes SET {', '.join(f'{k} = ?' for k in values)} WHERE name = ?",
+                       [*values.values(), name])
+
+    def get_volume(self, name: str) -> Optional[VolumeRecord]:
+        found = self._volumes("WHERE name = ?", (name,))
+        return found[0] if found else None
+
+    def list_volumes(self) -> List[VolumeRecord]:
+        return self._volumes("ORDER BY name", ())
+
+    def delete_volume(self, name: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+
+    def _volumes(self, where: str, values: tuple) -> List[VolumeRecord]:
+        with self._connect(read=True) as db:
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute(f"SELECT * FROM volumes {where}", values)]
+        for data in rows:
+            for name in ("stack", "configuration"):
+                if data[name] is not None:
+                    data[name] = _load_json(data[name], dict, f"volume {data['name']}'s {name}")
+            data["external"] = bool(data["external"])
+        return [VolumeRecord(**data) for data in rows]
+
+
+def _json_or_none(value) -> Optional[str]:
+    return None if value is None else json.dumps(value)
 
 
 def _tables_at(version: int) -> set:

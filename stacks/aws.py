@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from stacks.spec import StackSpec, cloud_init
+from stacks.volume_attach import attach_aws_volumes
 
 SSH_USER = "ubuntu"
 CANONICAL = "099720109477"
@@ -125,6 +126,7 @@ def aws_program(spec: StackSpec) -> None:
     instances = [node_instance(spec, rank, ami.id, key.key_name, group.id, subnet_id,
                                group_placement.name if group_placement is not None else None, opts)
                  for rank in spec.ranks]
+    attach_aws_volumes(spec, instances[0], opts)  # network volumes are refused with nodes > 1
     export_nodes(instances)
 
 

@@ -48,7 +48,8 @@ def find_leftovers(ec2, region: str, owner: Optional[str], run: Optional[str] = 
         found.append(leftover("placement-group", group["GroupName"], group.get("Tags")))
     volume_filters = filters + [{"Name": "status", "Values": ["available"]}]
     for volume in ec2.describe_volumes(Filters=volume_filters)["Volumes"]:
-        found.append(leftover("volume", volume["VolumeId"], volume.get("Tags")))
+        if not _tag(volume.get("Tags"), "dstack:volume"):  # a network volume outlives runs: its own stack has it
+            found.append(leftover("volume", volume["VolumeId"], volume.get("Tags")))
     return found
 
 

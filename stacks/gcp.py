@@ -10,6 +10,7 @@ import hashlib
 from typing import Dict, List, Optional
 
 from stacks.spec import StackSpec, cloud_init
+from stacks.volume_attach import attach_gcp_volumes
 
 SSH_USER = "ubuntu"
 # Catalogue GPU name (and memory, where one name has two sizes) -> GCP accelerator type, for attachable GPUs.
@@ -136,6 +137,7 @@ def gcp_program(spec: StackSpec) -> None:
         if account is not None:
             allow_self_delete(spec, rank, instance, account, opts)
         instances.append(instance)
+    attach_gcp_volumes(spec, instances[0], opts)  # network volumes are refused with nodes > 1
     export_nodes(instances)
 
 

@@ -162,6 +162,8 @@ def _labelled(api: GcpApi, kind: str, owner: Optional[str], run: Optional[str]) 
         for item in (listed.instances if kind == "instance" else [d for d in listed.disks if not d.users]):
             labels = item.labels
             named = (labels.get("dstack-owner", ""), labels.get("dstack-run", ""))
+            if labels.get("dstack-volume"):  # a network volume outlives runs: its own stack has it
+                continue
             if labels.get("dstack-project") == PROJECT and _is_wanted(named, owner, run):  # the filter, checked
                 found.append(Leftover(kind, item.name, zone.rsplit("-", 1)[0], named[1], named[0], zone))
     return found

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from stacks.power_off import POWER_OFF_PATH, power_off_script
+
+if TYPE_CHECKING:
+    from stacks.volume_spec import VolumeAttachment
 
 PROJECT = "dstack"
 DEFAULT_INGRESS = ("0.0.0.0/0",)
@@ -62,6 +65,7 @@ class StackSpec:
     subnet: Optional[str] = None  # AWS subnet id, GCP subnetwork; None: the network's own in the zone or region
     nvidia_open_driver: bool = True  # NVIDIA's open kernel modules need Turing (compute capability 7.5) or newer
     user_tags: Tuple[Tuple[str, str], ...] = ()  # the task's `tags`, on every resource; ours win a clash
+    volumes: Tuple["VolumeAttachment", ...] = ()  # network volumes to attach (stacks.volume_attach)
     cluster: bool = False  # the nodes form a cluster: placed close together, reaching each other on every port
 
     def __post_init__(self):

@@ -195,11 +195,13 @@ def test_fleet_list_get_delete_without_fleets(dstack_home):
         assert result.returncode == 1 and result.stderr == "error: no fleet named lab (see `dstack fleet list`)\n"
 
 
-def test_volume_says_it_is_not_supported_yet():
-    for args in (["volume"], ["volume", "list"], ["volume", "delete", "v1"]):
-        result = run_cli(*args)
-        assert result.returncode == 1
-        assert result.stderr.startswith("error: volumes are not supported yet")
+def test_volume_without_volumes(dstack_home):
+    env = {"DSTACK_HOME": str(dstack_home)}
+    assert json.loads(run_cli("volume", "list", "--json", env=env).stdout) == {"volumes": []}
+    assert run_cli("volume", env=env).stdout.startswith("No volumes.")
+    for args in (["volume", "get", "v1"], ["volume", "delete", "v1", "-y"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1 and result.stderr == "error: no volume named v1 (see `dstack volume list`)\n"
 
 
 def test_init_sets_up_the_home_and_names_the_backends(dstack_home):

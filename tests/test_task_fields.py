@@ -146,7 +146,7 @@ def offer(backend, gpus=0, zones=(), region="r"):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("volumes: ['v:/data']", "`volumes` is not supported yet (issue: persistent resources)"),
+    ("volumes: ['v:/data']", "volume v does not exist: create it with"),
     ("nodes: 2", "`nodes` is not supported yet (issue: distributed tasks)"),
     ("stop_criteria: master-done", "`stop_criteria` is not supported yet (issue: distributed tasks)"),
     ("fleets: [lab]", "`fleets` is not supported yet (issue: persistent resources)"),
