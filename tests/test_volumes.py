@@ -472,6 +472,7 @@ def test_gc_leaves_network_volumes_alone_on_gcp(recorded_api):
         disk("dstack-0a1b2c3d-ghost", {"dstack-run": "ghost"}),
         disk("dstack-0a1b2c3d-vol-data", {"dstack-volume": "data"})]}}})
     recorded_api.on("GET", f"{compute}/global/firewalls", {"items": []})
+    recorded_api.on("GET", f"{compute}/aggregated/resourcePolicies", {"items": {}})
     recorded_api.on("GET", "/v1/projects/my-project/serviceAccounts", {"accounts": []})
     api = GcpApi("my-project", AnonymousCredentials(), compute_endpoint=recorded_api.url,
                  iam_url=recorded_api.url + "/v1")
