@@ -50,11 +50,20 @@ class FleetBackend:
     name: str = "ssh"
 
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
-        access = self.hosts[(offer.region, offer.instance.name)]
-        holder = self.store.claim_host(run_name, access.to_json())
-        if holder is not None:
-            raise StackFailure(CAPACITY, "zone", f"{access.description} is busy with run {holder}")
-        return [access]
+        """The offer's host, and for `nodes: N` N-1 more idle hosts of its fleet among `hosts` (the session holds
+        those that fit the run), claimed all or none."""
+        from provisioner.cluster import node_count
+
+        nodes = node_count(configuration)
+        first = self.hosts[(offer.region, offer.instance.name)]
+        others = [access for (fleet, _), access in self.hosts.items() if fleet == offer.region and access != first]
+        candidates = [first] + (others if nodes > 1 else [])
+        claimed, holders = self.store.claim_hosts(run_name, [host.to_json() for host in candidates], nodes)
+        if claimed is None:
+            busy = f"busy with run{'s' if len(holders) > 1 else ''} {', '.join(holders)}"
+            raise StackFailure(CAPACITY, "zone", f"{first.description} is {busy}" if nodes == 1 else
+                               f"fleet {offer.region} has fewer than {nodes} idle hosts that fit (others are {busy})")
+        return [HostAccess.from_json(host) for host in claimed]
 
     def teardown(self, record, report) -> None:
         """The host is the user's: nothing to remove."""

@@ -33,7 +33,8 @@ REGISTRY_PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"
 REGISTRY_USERNAME_VAR = "DSTACK_REGISTRY_USERNAME"
 JOB_ID_VAR = "DSTACK_JOB_ID"  # marks every process of the job, for the sweep at its end
 CONTAINER_HOSTFILE = "/dstack/mpi/hostfile"
-# Set on the host when the job starts (the host knows its own address); the others come from the client.
+# Set on the host when a single node's job starts (the host knows its own address); a cluster's come from the client
+# (provisioner.cluster), and the host file is written from DSTACK_NODES_IPS either way.
 HOST_VARS = ("DSTACK_MASTER_NODE_IP", "DSTACK_NODES_IPS", "DSTACK_MPI_HOSTFILE")
 SHELLS = {"sh": "/bin/sh", "bash": "/bin/bash"}
 
@@ -90,13 +91,18 @@ cd "$(dirname "$0")"
 JOB_DIR="$PWD"
 mkdir -p repo
 if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
-DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
-DSTACK_MASTER_NODE_IP=${{DSTACK_MASTER_NODE_IP:-127.0.0.1}}
-DSTACK_NODES_IPS=$DSTACK_MASTER_NODE_IP
+if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
+  DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
+  DSTACK_MASTER_NODE_IP=${{DSTACK_MASTER_NODE_IP:-127.0.0.1}}
+  DSTACK_NODES_IPS=$DSTACK_MASTER_NODE_IP
+fi
 DSTACK_MPI_HOSTFILE="$JOB_DIR/mpi_hostfile"
-echo "$DSTACK_MASTER_NODE_IP slots={slots}" > "$DSTACK_MPI_HOSTFILE"
+printf '%s\\n' "$DSTACK_NODES_IPS" | sed 's/$/ slots={slots}/' > "$DSTACK_MPI_HOSTFILE"
 export DSTACK_MASTER_NODE_IP DSTACK_NODES_IPS DSTACK_MPI_HOSTFILE
 """
+# Written just before the commands (or the container) start: "running" for `startup_order`.
+BEGUN_FILE = "begun"
+_BEGUN = f": > \"$JOB_DIR/{BEGUN_FILE}\"\n"
 
 
 def _preamble(job: JobSpec) -> str:
@@ -286,7 +292,7 @@ def python_script(job: JobSpec) -> str:
         lines.append(_python_setup(job.python, job.may_install))
     if job.nvcc:
         lines.append(_NVCC)
-    lines += [f"mkdir -p {workdir}\n", f"cd {workdir}\n", _commands(job)]
+    lines += [f"mkdir -p {workdir}\n", f"cd {workdir}\n", _BEGUN, _commands(job)]
     return "".join(lines)
 
 
@@ -302,7 +308,7 @@ def docker_run_argv(job: JobSpec) -> List[str]:
         argv += ["--privileged"]
     if job.user:
         argv += ["--user", job.user]
-    for name in [*job.env, *HOST_VARS[:2]]:
+    for name in dict.fromkeys([*job.env, *HOST_VARS[:2]]):
         argv += ["-e", name]
     argv += ["-e", f"DSTACK_MPI_HOSTFILE={CONTAINER_HOSTFILE}",
              "-v", f"$JOB_DIR/mpi_hostfile:{CONTAINER_HOSTFILE}:ro"]
@@ -374,6 +380,7 @@ def docker_script(job: JobSpec) -> str:
         lines.append(f"unset {REGISTRY_PASSWORD_VAR} {REGISTRY_USERNAME_VAR}\n")
     image = shlex.quote(job.image)
     lines.append(f"$DOCKER image inspect {image} >/dev/null 2>&1 || $DOCKER pull {image}\n")
+    lines.append(_BEGUN)
     lines.append("exec " + " ".join(_quote(w) for w in docker_run_argv(job)) + "\n")
     return "".join(lines)
 
@@ -463,7 +470,7 @@ def start_command(job: JobSpec) -> str:
         wrapper += (f"; sudo -n {POWER_OFF_PATH} {minutes} || {POWER_OFF_PATH} {minutes} || "
                     f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
-    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid; }} || exit 1; "
+    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
 
@@ -512,6 +519,15 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
 
 def log_exists(transport: Transport, run_name: str) -> bool:
     return transport.run(f"test -f {job_folder(run_name)}/output.log", timeout=30).code == 0
+
+
+def job_begun(transport: Transport, run_name: str) -> Tuple[bool, Optional[int]]:
+    """(whether the job's commands have started, its exit code once it has ended)."""
+    folder = job_folder(run_name)
+    result = transport.run(f"cd {folder} 2>/dev/null || exit 0; cat exit_code 2>/dev/null >&2; "
+                           f"[ -f {BEGUN_FILE} ] && echo begun; true", timeout=30)
+    code = result.stderr.decode(errors="replace").strip()
+    return "begun" in result.text, int(code) if code.lstrip("-").isdigit() else None
 
 
 def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
