@@ -2,6 +2,7 @@
 (tests.netns_hosts.Switch): the cluster variables, a rendezvous at the master's address, startup order, stop
 criteria, a failing worker, Ctrl-C and a killed client, all through the `dstack` command."""
 
+import dataclasses
 import json
 import signal
 import textwrap
@@ -84,12 +85,14 @@ def wait_for_every_node(process, word: str) -> None:
             seen += wait_for_output(process, b"\n", timeout=120)
 
 
-def no_job_left(hosts, name) -> bool:
-    for host in hosts:
-        pid = host.jobs_dir / name / "pid"
-        if pid.exists() and group_alive(int(pid.read_text())):
-            return False
-    return True
+def no_job_left(hosts, name, timeout: float = 10) -> bool:
+    """No process of the run's job on any host (killed processes stay in their group as zombies for a moment)."""
+    groups = [int((host.jobs_dir / name / "pid").read_text()) for host in hosts
+              if (host.jobs_dir / name / "pid").exists()]
+    deadline = time.monotonic() + timeout
+    while any(group_alive(group) for group in groups) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(group_alive(group) for group in groups)
 
 
 def test_rendezvous_with_every_variable_on_every_node(tmp_path, home_env, fleet):
@@ -203,3 +206,135 @@ def test_a_fleet_smaller_than_the_cluster_is_named(tmp_path, home_env, make_host
     assert result.returncode != 0
     assert result.stderr.strip() == (f"error: {conf}: `nodes: 3` needs 3 hosts that fit the resources: "
                                      "fleet pair has 2 hosts that fit")
+
+
+def test_a_detached_cluster_is_stopped_on_every_node(tmp_path, home_env, fleet):
+    conf = task(tmp_path, "cstop", "commands: [sleep 300]\n")
+    assert run_cli("apply", "-f", conf, "-y", "-d", env=home_env, timeout=300).returncode == 0
+    assert [job["status"] for job in ps(home_env)["cstop"]["jobs"]] == ["running"] * 3
+    assert run_cli("stop", "cstop", "-y", "-x", env=home_env, timeout=120).returncode == 0
+    run = ps(home_env)["cstop"]
+    assert (run["status"], [job["status"] for job in run["jobs"]]) == ("terminated", ["terminated"] * 3)
+    assert no_job_left(fleet, "cstop")
+
+
+# --- without hosts ---
+
+def fleet_host(index: int):
+    from provisioner.access import HostAccess
+
+    return HostAccess(kind="ssh", hostname=f"10.251.{index}.2", user="root")  # never connected to here
+
+
+def fleet_offer(hostname: str, fleet_name: str = "lab", cpus: int = 2):
+    from offers.catalog import InstanceType
+    from offers.offer import Offer
+
+    return Offer("ssh", InstanceType(hostname, cpus, 4.0, "", "", 0, 0.0, "x86", False), fleet_name, (), False, 0.0,
+                 50.0, 0.0)
+
+
+def cluster_conf(nodes: int):
+    from configuration.loader import parse_configuration
+
+    return parse_configuration(f"type: task\nnodes: {nodes}\ncommands: [x]\n", "c.dstack.yml")
+
+
+def test_fleet_hosts_of_a_cluster_are_claimed_all_or_none(dstack_home):
+    from provisioner.backends import FleetBackend
+    from provisioner.state import RunRecord, StateStore
+    from stacks.errors import StackFailure
+
+    store = StateStore()
+    hosts = {("lab", fleet_host(i).hostname): fleet_host(i) for i in (240, 241, 242)}
+    for name in ("single", "pair", "trio"):
+        store.create_run(RunRecord(name=name, status="provisioning", submitted_at=time.time(), backend="ssh"))
+    backend = FleetBackend(store, hosts)
+    assert backend.provision("single", fleet_offer("10.251.241.2"), cluster_conf(1), None) == [fleet_host(241)]
+    with pytest.raises(StackFailure, match="fleet lab has fewer than 3 idle hosts that fit .*single"):
+        backend.provision("trio", fleet_offer("10.251.240.2"), cluster_conf(3), None)
+    assert store.list_jobs("trio") == [] and store.get_run("trio").host is None  # none of them was taken
+    claimed = backend.provision("pair", fleet_offer("10.251.242.2"), cluster_conf(2), None)
+    assert claimed == [fleet_host(242), fleet_host(240)]  # the offer's host is rank 0
+    assert [(job.rank, job.host["hostname"], job.status) for job in store.list_jobs("pair")] == [
+        (0, "10.251.242.2", "provisioning"), (1, "10.251.240.2", "provisioning")]
+    store.update_run("single", status="done")
+    with pytest.raises(StackFailure, match="busy with run pair"):  # a worker's host is held as the master's is
+        backend.provision("trio", fleet_offer("10.251.240.2"), cluster_conf(1), None)
+
+
+def test_offers_for_a_cluster_need_a_fleet_big_enough_and_never_this_machine():
+    from configuration.errors import ConfigurationError
+    from provisioner.cluster import node_offers
+
+    small = [fleet_offer("a", "pair"), fleet_offer("b", "pair")]
+    big = [fleet_offer("c", "trio"), fleet_offer("d", "trio"), fleet_offer("e", "trio")]
+    local = dataclasses.replace(fleet_offer("localhost", "local"), backend="local")
+    assert node_offers([local, *small, *big], 3, "c.dstack.yml") == big
+    assert node_offers([local, *small], 1, "c.dstack.yml") == [local, *small]
+    with pytest.raises(ConfigurationError) as refused:
+        node_offers([local, *small], 3, "c.dstack.yml")
+    assert str(refused.value) == ("c.dstack.yml: `nodes: 3` needs 3 hosts that fit the resources: this machine (the "
+                                  "local backend) is one node: use an SSH fleet (`--fleet`) or a cloud; fleet pair "
+                                  "has 2 hosts that fit")
+
+
+def test_cluster_variables_and_single_node_values():
+    from provisioner.access import HostAccess
+    from provisioner.cluster import Cluster, cluster_env
+
+    assert cluster_env(None, 2) == {"DSTACK_NODES_NUM": "1", "DSTACK_NODE_RANK": "0", "DSTACK_GPUS_PER_NODE": "2",
+                                    "DSTACK_GPUS_NUM": "2"}  # the host adds its own address (provisioner.job)
+    vm = HostAccess(kind="ssh", hostname="3.3.3.3", internal_ip="172.31.0.5")
+    hosts = [vm, fleet_host(240)]
+    assert cluster_env(Cluster(hosts, 1), 8) == {
+        "DSTACK_NODES_NUM": "2", "DSTACK_NODE_RANK": "1", "DSTACK_GPUS_PER_NODE": "8", "DSTACK_GPUS_NUM": "16",
+        "DSTACK_MASTER_NODE_IP": "172.31.0.5", "DSTACK_NODES_IPS": "172.31.0.5\n10.251.240.2"}
+
+
+def test_startup_waves_and_the_run_outcome():
+    from provisioner.cluster import startup_waves
+    from provisioner.run_jobs import run_outcome
+
+    assert startup_waves(None, 3) == startup_waves("any", 3) == [[0, 1, 2]]
+    assert startup_waves("master-first", 3) == [[0], [1, 2]]
+    assert startup_waves("workers-first", 3) == [[1, 2], [0]]
+    assert startup_waves("workers-first", 1) == [[0]]
+    assert run_outcome({1: 0}, 3, None) is None and run_outcome({0: 0}, 3, None) is None
+    assert run_outcome({0: 0}, 3, "master-done") == ("done", None, 0)
+    assert run_outcome({0: 0, 1: 0, 2: 0}, 3, "all-done") == ("done", None, 0)
+    assert run_outcome({2: 3}, 3, None) == ("failed", "node 2: exit code 3", 3)
+    assert run_outcome({0: 3}, 1, None) == ("failed", "exit code 3", 3)
+    assert run_outcome({1: 124}, 2, None) == ("terminated", "node 1: max_duration reached", 124)
+
+
+def test_node_output_gets_whole_lines_with_the_rank_in_front():
+    from provisioner.node_logs import NodeLines, interleave
+
+    written = []
+    lines = NodeLines(2, written.append)
+    lines.add(1, b"wor")
+    lines.add(0, b"a\nb")
+    lines.add(1, b"ld\n")
+    lines.flush(0)
+    assert b"".join(written) == b"[0] a\n[1] world\n[0] b\n"
+    single = []
+    NodeLines(1, single.append).add(0, b"as it is")
+    assert single == [b"as it is"]
+    assert interleave([b"a\nb\nc\n", b"x\n"]) == b"[0] a\n[1] x\n[0] b\n[0] c\n"
+
+
+def test_a_version_3_store_gets_the_jobs_table(dstack_home):
+    import sqlite3
+
+    from provisioner.state import SCHEMA_VERSION, RunRecord, StateStore
+
+    StateStore()
+    old = sqlite3.connect(dstack_home / "state.db")
+    old.executescript("DROP TABLE jobs; PRAGMA user_version = 3;")
+    old.close()
+    store = StateStore()  # brought up to date, not judged damaged
+    store.create_run(RunRecord(name="r", status="provisioning", submitted_at=1.0))
+    store.set_jobs("r", [fleet_host(240).to_json()])
+    assert [job.host["hostname"] for job in store.list_jobs("r")] == ["10.251.240.2"]
+    assert SCHEMA_VERSION == 4
