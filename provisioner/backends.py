@@ -76,14 +76,11 @@ def run_key_path(run_name: str) -> Path:
 def generate_key(path: Path, comment: str) -> str:
     """An ed25519 key pair: the private key written to `path` with mode 0600 before it holds anything; returns the
     public key in OpenSSH form."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from provisioner.cluster_ssh import new_key_pair
 
-    key = Ed25519PrivateKey.generate()
-    private_file(path).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                     serialization.NoEncryption()))
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode() + f" {comment}"
+    private, public = new_key_pair(comment)
+    private_file(path).write_bytes(private)
+    return public
 
 
 @dataclass

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from configuration.fields import SUPPORTED_PYTHON
+from provisioner.cluster_ssh import SSH_SETUP, ClusterSSH, job_files
 from provisioner.repo_archive import LEGACY_REPO_DIR, UploadPlan, archive_stream, git_credentials, upload_name
 from provisioner.transport import Transport, TransportError
 from stacks.power_off import POWER_OFF_PATH
@@ -63,6 +64,7 @@ class JobSpec:
     may_install: bool = True  # may download what the job needs (uv, Docker); False on the user's own machine
     gpus: int = 0  # DSTACK_GPUS_NUM, and the slots of the MPI host file
     utilization: Optional[Tuple[int, int]] = None  # (min GPU %, window s): stopped when a GPU stays below it
+    cluster_ssh: Optional[ClusterSSH] = None  # a multi-node job's SSH to the other nodes (provisioner.cluster_ssh)
     job_id: str = field(default_factory=lambda: secrets.token_hex(12))
     uploads: UploadPlan = field(default_factory=UploadPlan)  # the repo and `files`
 
@@ -286,6 +288,8 @@ def python_script(job: JobSpec) -> str:
     else:
         workdir = shlex.quote(workdir)
     lines = [_preamble(job), _upload_steps(job)]
+    if job.cluster_ssh is not None:
+        lines.append(SSH_SETUP)
     if job.docker:
         lines += [_DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else ""), _DOCKER_FOR_COMMANDS]
     else:
@@ -482,6 +486,8 @@ def _archive_extras(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:
     extras = {"job.sh": (job_script(job).encode(), 0o700)}
     if job.utilization:
         extras["monitor.sh"] = (MONITOR_SCRIPT.encode(), 0o700)
+    if job.cluster_ssh is not None:
+        extras.update(job_files(job.cluster_ssh))
     credentials = git_credentials(job.uploads.clone.url) if job.uploads.clone is not None else None
     if credentials is not None:
         env += "".join(f"{name}={shlex.quote(value)}\n" for name, value in

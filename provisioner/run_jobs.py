@@ -109,6 +109,18 @@ class RunJobs:
             if index < len(waves) - 1:
                 on_every_node(self._wait_begun, wave)
 
+    def authorize(self, line: str) -> None:
+        """The run's cluster key line added to every node's authorized_keys (provisioner.cluster_ssh)."""
+        from provisioner.cluster_ssh import authorize_command
+
+        def authorize_one(rank: int) -> None:
+            result = self.transports[rank].run(authorize_command(line), timeout=30)
+            if result.code != 0:
+                raise NodeFailed(f"node {rank} ({self.hosts[rank].description}): cannot add the run's key to "
+                                 f"authorized_keys: {result.stderr.decode(errors='replace').strip()}")
+
+        on_every_node(authorize_one, list(range(self.size)))
+
     def _wait_begun(self, rank: int) -> None:
         deadline = time.time() + BEGIN_WAIT_S
         while time.time() < deadline:

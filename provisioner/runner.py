@@ -25,6 +25,7 @@ from provisioner.field_support import check_fields
 from provisioner.events import mark_output
 from provisioner.follow import LogFollower, kept_run_hint
 from provisioner.cluster import Cluster, cluster_env, node_count
+from provisioner.cluster_ssh import cluster_ssh, revoke_everywhere
 from provisioner.job import TIMED_OUT, JobSpec
 from provisioner.node_logs import NodeLines, local_log_path
 from provisioner.owner import current_owner, owner_alive
@@ -244,6 +245,9 @@ def finish_run(session: RunSession, name: str, status: str, reason: Optional[str
     record = store.get_run(name)
     store.update_run(name, status="terminating", reason=reason, exit_code=exit_code)
     store.add_event(name, "terminating", reason or "")
+    jobs = store.list_jobs(name)
+    if record.backend == "ssh" and len(jobs) > 1:  # the user's hosts keep nothing of the run (a VM goes whole)
+        revoke_everywhere(name, [HostAccess.from_json(job.host) for job in jobs], session.reporter.info)
     if record.backend:
         def step(progress) -> None:
             session.reporter.step(progress)
@@ -257,7 +261,7 @@ def finish_run(session: RunSession, name: str, status: str, reason: Optional[str
             store.update_run(name, reason=f"teardown failed, retry with `dstack stop {name}`: {e}")
             store.add_event(name, "teardown-failed", str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise
-    for job in store.list_jobs(name):
+    for job in jobs:
         if not job.final:
             store.update_job(name, job.rank, status=status, finished_at=time.time())
     finished = store.update_run(name, status=status, finished_at=time.time())
@@ -300,9 +304,13 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         jobs.connect(say)
         if not detach:  # ports first: a local port that is taken fails the run before its job starts
             forwarder = forward_ports(session, run_name, hosts[0], configuration.ports, lambda: jobs.transports[0])
+        ssh = None
+        if len(hosts) > 1 and not configuration.image:  # an image's container has no sshd of its own to reach
+            ssh, line = cluster_ssh(run_name, hosts)
+            jobs.authorize(line)
         specs = [dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo,
-                                              Cluster(hosts, rank) if len(hosts) > 1 else None), uploads=uploads)
-                 for rank in range(len(hosts))]
+                                              Cluster(hosts, rank) if len(hosts) > 1 else None),
+                                     uploads=uploads, cluster_ssh=ssh) for rank in range(len(hosts))]
         jobs.start(specs, configuration.startup_order, session.reporter.upload)
         if not store.claim_run(run_name, ("provisioning",), "pulling" if configuration.image else "running",
                                started_at=time.time()):

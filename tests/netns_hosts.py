@@ -108,7 +108,8 @@ def sh(*argv: str) -> None:
 
 
 class NamespaceHost:
-    """One test host: namespace `dstk<pid>-<n>`, address 10.251.<n>.2, sshd on port 22 accepting `client_key`.
+    """One test host: namespace `dstk<pid>-<n>`, address 10.251.<n>.2, sshd on port 22 accepting `client_key` (its
+    authorized_keys is the host's own file, which sshd names to dstack as DSTACK_AUTHORIZED_KEYS).
     Without an index, the first one that no process holds."""
 
     def __init__(self, client_public_key: str, index=None):
@@ -144,7 +145,7 @@ class NamespaceHost:
             f"PidFile {self.dir / 'sshd.pid'}", f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "UsePAM no", "StrictModes no", "AllowTcpForwarding yes", "LogLevel ERROR", "MaxStartups 100",
-            f"SetEnv DSTACK_JOBS_DIR={self.jobs_dir}",
+            f"SetEnv DSTACK_JOBS_DIR={self.jobs_dir} DSTACK_AUTHORIZED_KEYS={self.dir / 'authorized_keys'}",
         ]) + "\n")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         self.start_sshd()

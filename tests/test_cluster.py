@@ -7,7 +7,6 @@ import json
 import signal
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
@@ -114,6 +113,24 @@ def test_rendezvous_with_every_variable_on_every_node(tmp_path, home_env, fleet)
     assert run_cli("logs", "rdv", "--node", "2", env=home_env).stdout == "variables ok\nconnected\n"
     verbose = run_cli("ps", "-a", "-v", env=home_env).stdout
     assert all(job["host"] in verbose for job in run["jobs"])
+
+
+def test_nodes_reach_each_other_over_ssh_with_the_runs_key_and_it_is_removed_after(tmp_path, home_env, fleet):
+    before = [(host.dir / "authorized_keys").read_text() for host in fleet]
+    conf = task(tmp_path, "mpi", "commands:\n"
+                "  - 'next=$(echo \"$DSTACK_NODES_IPS\" | sed -n \"$(( (DSTACK_NODE_RANK + 1) % 3 + 1 ))p\")'\n"
+                "  - 'ssh $next \"echo reached \\$SSH_CONNECTION\"'\n")
+    result = run_cli("apply", "-f", conf, "-y", env=home_env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    addresses = [job["host"].split("@")[1].split(":")[0] for job in ps(home_env)["mpi"]["jobs"]]
+    for rank in range(3):  # each node reached the next one, from its own address
+        client, server = addresses[rank], addresses[(rank + 1) % 3]
+        reached = [line.split() for line in result.stdout.splitlines() if line.startswith(f"[{rank}] reached")]
+        assert len(reached) == 1 and (reached[0][2], reached[0][4]) == (client, server), result.stdout
+    # the hosts' authorized_keys (which hold only the tests' key) as they were, and the run's private key gone
+    assert [(host.dir / "authorized_keys").read_text() for host in fleet] == before
+    assert not any((host.jobs_dir / "mpi" / "cluster_key").exists() for host in fleet)
+    assert all((host.jobs_dir / "mpi" / "output.log").exists() for host in fleet)
 
 
 @pytest.mark.parametrize("order", ["master-first", "workers-first"])
