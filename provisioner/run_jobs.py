@@ -144,7 +144,7 @@ class RunJobs:
                 self.transports[rank] = transport
                 code = stop_job(transport, self.run_name, grace=grace)
             except Exception as e:  # the host may be gone already; teardown removes what the run created
-                log(f"could not stop node {rank}'s job cleanly: {e}")
+                log(f"could not reach the host to stop the job{f' of node {rank}' if self.size > 1 else ''}: {e}")
                 code = None
             self.record_end(rank, code, "terminated")
             return code
