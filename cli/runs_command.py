@@ -146,8 +146,9 @@ def logs(
         bool, typer.Option("-d", "--diagnose", help="Show the run's provisioning and bootstrap log instead")
     ] = False,
     node: Annotated[
-        Optional[int], typer.Option("--node", metavar="K", min=0, help="Only node K's output (a multi-node run "
-                                    "shows every node's, each line after its node's rank: [K])")
+        Optional[int], typer.Option("--job", "--node", metavar="K", min=0,
+                                    help="Only node K's output, as dstack's --job (a multi-node run shows every "
+                                    "node's, each line after its node's rank: [K])")
     ] = None,
 ) -> None:
     """Print a run's output, from the start."""
@@ -158,7 +159,7 @@ def logs(
     size = max(1, len(run_jobs(session.store, record)))
     if node is not None and node >= size:
         raise typer.BadParameter(f"{name} has {'one node, 0' if size == 1 else f'nodes 0 to {size - 1}'}",
-                                 param_hint="'--node'")
+                                 param_hint="'--job/--node'")
     if diagnose:
         _print_diagnostics(record)
     elif since is not None:

@@ -208,6 +208,9 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
                     f"{'zone' if failure.scope == 'zone' else 'offer'}")
                 continue
             store.add_event(run_name, "provisioned", ", ".join(host.description for host in hosts))
+            if len(hosts) != nodes:  # never a smaller cluster than asked for; submit tears down what was made
+                raise RunFailed(f"{label}: the {offer.backend} backend brought up {len(hosts)} "
+                                f"host{'' if len(hosts) == 1 else 's'} for `nodes: {nodes}`")
             return offer, hosts
     lines = "\n".join(f"  {a['offer']}{' in ' + a['zone'] if a.get('zone') else ''}: {a['kind']}: {a['error']}"
                       for a in attempts) or "  (none could be tried)"

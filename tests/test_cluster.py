@@ -110,7 +110,9 @@ def test_rendezvous_with_every_variable_on_every_node(tmp_path, home_env, fleet)
         (0, "done", 0), (1, "done", 0), (2, "done", 0)]
     assert len({job["host"] for job in run["jobs"]}) == 3
     assert sorted(run_cli("logs", "rdv", env=home_env).stdout.splitlines()) == sorted(lines)
-    assert run_cli("logs", "rdv", "--node", "2", env=home_env).stdout == "variables ok\nconnected\n"
+    assert run_cli("logs", "rdv", "--job", "2", env=home_env).stdout == "variables ok\nconnected\n"
+    assert run_cli("logs", "rdv", "--node", "1", env=home_env).stdout == "variables ok\nconnected\n"
+    assert "rdv has nodes 0 to 2" in run_cli("logs", "rdv", "--job", "3", env=home_env).stderr
     verbose = run_cli("ps", "-a", "-v", env=home_env).stdout
     assert all(job["host"] in verbose for job in run["jobs"])
 
@@ -355,3 +357,18 @@ def test_a_version_3_store_gets_the_jobs_table(dstack_home):
     store.set_jobs("r", [fleet_host(240).to_json()])
     assert [job.host["hostname"] for job in store.list_jobs("r")] == ["10.251.240.2"]
     assert SCHEMA_VERSION == 4
+
+
+def test_a_backend_that_brings_up_fewer_hosts_than_nodes_fails_the_offer(dstack_home, monkeypatch):
+    from configuration.backends import DstackConfig
+    from provisioner.runner import RunFailed, RunSession, provision_with_failover
+    from provisioner.state import RunRecord, StateStore
+    from tests.test_failover import FakeCloud, offer
+
+    cloud = FakeCloud("aws", {})  # one host per offer, whatever `nodes` says
+    monkeypatch.setattr(RunSession, "backend", lambda self, name: cloud)
+    session = RunSession(store=StateStore(), config=DstackConfig())
+    session.store.create_run(RunRecord(name="few", status="submitted", submitted_at=time.time()))
+    with pytest.raises(RunFailed, match="the aws backend brought up 1 host for `nodes: 2`"):
+        provision_with_failover(session, "few", [offer("aws", "us-east-1", "us-east-1a", 1.0)], cluster_conf(2))
+    assert session.store.get_run("few").price == 2.0 + 0.02  # the run's price is for both nodes
