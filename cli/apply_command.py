@@ -116,10 +116,9 @@ def apply(
     if not as_json:
         from cli.output import stderr_console
         from cli.plan_view import print_plan
+        from provisioner.plan import plan_json
 
-        from provisioner.field_support import plan_notes
-
-        print_plan(source, run_name, requirements, search, {"notes": plan_notes(run.configuration)},
+        print_plan(source, run_name, requirements, search, plan_json(run, search.offers[0]),
                    console=stderr_console(), max_offers=max_offers)
     schedule = run.configuration.schedule
     if schedule is not None and not scheduled_start:

@@ -42,6 +42,10 @@ def print_plan(source: str, run_name: str, requirements, search, document: dict,
     console.print(offers)
     console.print(f"{search.total} offers match, showing {min(max_offers, len(search.offers))}; the first is used, "
                   "the next ones if it has no capacity.")
+    nodes = document.get("nodes")
+    if nodes and "total_price" in nodes:
+        console.print(f"[bold]{nodes['count']} nodes:[/] each offer is one node's; the first costs "
+                      f"${nodes['price_per_node']:.4f}/hour per node, ${nodes['total_price']:.4f}/hour in all.")
     resources = document.get("resources") or []
     if resources:
         table = Table(box=None, header_style="bold", title="Cloud resources of the run's stack", title_justify="left")

@@ -45,7 +45,8 @@ def ps(
     last: Annotated[
         Optional[int], typer.Option("-n", "--last", min=1, help="Show only the last N runs (implies --all)")
     ] = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show each run's job: host, ports, exit code")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show each run's jobs (one per node): host, status, "
+                                                                  "ports, exit code")] = False,
     watch: Annotated[bool, typer.Option("-w", "--watch", help="Refresh every 2s until Ctrl-C")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
@@ -73,23 +74,26 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
     _warn_of_unknown_jobs(session.store, every)
     records = [r for r in every if all_runs or last or r.active][:last]
     if as_json:
-        print_json({"runs": [_run_json(r, now, verbose) for r in records]})
+        print_json({"runs": [_run_json(session, r, now) for r in records]})
         return
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
     columns = ["NAME", "STATUS", "BACKEND", "REGION", "INSTANCE", "$/HOUR", "COST", "AGE"]
-    for column in columns + (["JOB", "HOST", "PORTS", "EXIT"] if verbose else []):
+    for column in columns + (["JOB", "HOST", "JOB STATUS", "PORTS", "EXIT"] if verbose else []):
         table.add_column(column)
     for r in records:
         status = r.status + (f" ({r.reason})" if r.reason else "")
         row = [r.name, status, r.backend or "-", r.region or "-", r.instance or "-",
                f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}", _age(now - r.submitted_at)]
-        if verbose:
-            job = _job_json(r)
-            row += ["0", job["host"] or "-", ", ".join(f"localhost:{a}->{b}" for a, b in job["ports"]) or "-",
-                    "-" if r.exit_code is None else str(r.exit_code)]
-        table.add_row(*row)
+        if not verbose:
+            table.add_row(*row)
+            continue
+        for job in _jobs_json(session, r):  # the run's row, then one row per further node
+            table.add_row(*row, str(job["node"]), job["host"] or "-", job["status"],
+                          ", ".join(f"localhost:{a}->{b}" for a, b in job["ports"]) or "-",
+                          "-" if job["exit_code"] is None else str(job["exit_code"]))
+            row = [""] * len(columns)
     console = stdout_console()
     if records:
         console.print(table)
@@ -97,20 +101,20 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
         console.print("No runs." if all_runs or last else "No active runs (`dstack ps -a` shows finished ones).")
 
 
-def _job_json(record) -> dict:
-    """A run's one job (node 0): where it runs and its forwarded ports."""
-    from provisioner.access import HostAccess
+def _jobs_json(session, record) -> list:
+    """A run's jobs, one per node: where each runs, its status and exit code; ports are forwarded from node 0.
+    A run that never got a host has one job, without one."""
+    from provisioner.run_jobs import run_jobs
+    from provisioner.state import JobRecord
 
-    host = HostAccess.from_json(record.host).description if record.host else None
-    return {"node": 0, "host": host, "ports": record.ports or [], "exit_code": record.exit_code,
-            "attempts": record.attempts}
+    jobs = run_jobs(session.store, record) or [JobRecord(run=record.name, rank=0, status=record.status,
+                                                         exit_code=record.exit_code)]
+    return [{**job.summary(), "ports": (record.ports or []) if job.rank == 0 else [], "attempts": record.attempts}
+            for job in jobs]
 
 
-def _run_json(record, now: float, verbose: bool) -> dict:
-    summary = record.summary(now)
-    if verbose:
-        summary["jobs"] = [_job_json(record)]
-    return summary
+def _run_json(session, record, now: float) -> dict:
+    return {**record.summary(now), "jobs": _jobs_json(session, record)}
 
 
 def _warn_of_unknown_jobs(store, records) -> None:
@@ -141,20 +145,32 @@ def logs(
     diagnose: Annotated[
         bool, typer.Option("-d", "--diagnose", help="Show the run's provisioning and bootstrap log instead")
     ] = False,
-    node: Annotated[int, typer.Option("--node", metavar="K", min=0, help="The node whose output to show")] = 0,
+    node: Annotated[
+        Optional[int], typer.Option("--job", "--node", metavar="K", min=0,
+                                    help="Only node K's output, as dstack's --job (a multi-node run shows every "
+                                    "node's, each line after its node's rank: [K])")
+    ] = None,
 ) -> None:
     """Print a run's output, from the start."""
+    from provisioner.run_jobs import run_jobs
+
     session = _session()
     record = _record(session, name)
-    if node != 0:
-        raise typer.BadParameter(f"{name} has one node, 0 (multi-node tasks are not supported yet)",
-                                 param_hint="'--node'")
+    size = max(1, len(run_jobs(session.store, record)))
+    if node is not None and node >= size:
+        raise typer.BadParameter(f"{name} has {'one node, 0' if size == 1 else f'nodes 0 to {size - 1}'}",
+                                 param_hint="'--job/--node'")
     if diagnose:
         _print_diagnostics(record)
     elif since is not None:
-        _print_logs_since(record, _since_time(since))
+        if size > 1 and node is None:
+            raise typer.BadParameter(f"{name} has {size} nodes: --since shows one node's output; add --node K",
+                                     param_hint="'--since'")
+        _print_logs_since(record, _since_time(since), node or 0)
+    elif size > 1 and node is None:
+        _print_every_node(session, record, follow)
     else:
-        _print_logs(session, name, follow)
+        _print_logs(session, name, follow, node or 0)
 
 
 def _since_time(text: str) -> float:
@@ -177,13 +193,14 @@ def _since_time(text: str) -> float:
     return moment.timestamp()
 
 
-def _print_logs_since(record, since: float) -> None:
+def _print_logs_since(record, since: float, rank: int) -> None:
+    """Arrival times are kept for node 0's output; another node's are not."""
     from configuration.errors import DstackError
     from provisioner.events import offset_since
     from provisioner.runner import local_log_path, write_stdout
 
-    offset = offset_since(record.name, since)
-    path = local_log_path(record.name)
+    offset = offset_since(record.name, since) if rank == 0 else None
+    path = local_log_path(record.name, rank)
     if offset is None or not path.exists():
         raise DstackError(f"{record.name}'s output has no arrival times (dstack records them while it streams an "
                           f"attached run): `dstack logs {record.name}` shows all of it")
@@ -208,7 +225,57 @@ def _print_diagnostics(record) -> None:
     print_events(record.name, as_json=False)
 
 
-def _print_logs(session, name: str, follow: bool) -> None:
+def _node_host(session, record, rank: int) -> Optional[dict]:
+    from provisioner.run_jobs import run_jobs
+
+    jobs = run_jobs(session.store, record)
+    return jobs[rank].host if rank < len(jobs) else record.host
+
+
+def _print_every_node(session, record, follow: bool) -> None:
+    """Every node's output, line by line with its rank in front: as it comes (`-f`), else each node's whole log
+    (from its host, or the copy kept locally) taken in turn a line at a time."""
+    from provisioner.access import HostAccess
+    from provisioner.follow import LogFollower
+    from provisioner.job import read_log
+    from provisioner.node_logs import NodeLines, interleave, local_log_path
+    from provisioner.run_jobs import run_jobs
+    from provisioner.runner import write_stdout
+    from provisioner.transport import TransportError
+
+    jobs = run_jobs(session.store, record)
+    hosts = [HostAccess.from_json(job.host) for job in jobs]
+    if follow and record.active:
+        followers = [LogFollower(host.connect, record.name, log=session.reporter.info, host=host.description)
+                     for host in hosts]
+        lines, ended = NodeLines(len(jobs), write_stdout), set()
+        while len(ended) < len(jobs):
+            for rank, follower in enumerate(followers):
+                if rank not in ended and follower.poll(lambda data, rank=rank: lines.add(rank, data)) is not None:
+                    lines.flush(rank)
+                    ended.add(rank)
+            time.sleep(0.2)
+        return
+    reachable = record.active or record.backend in ("local", "ssh")
+    outputs = []
+    for rank, host in enumerate(hosts):
+        data, path = b"", local_log_path(record.name, rank)
+        if reachable:
+            try:
+                transport = host.connect(total_wait=30)
+                try:
+                    data = read_log(transport, record.name, 0).data
+                finally:
+                    transport.close()
+            except TransportError as e:
+                session.reporter.info(f"node {rank}'s host is not reachable ({e}); showing the copy kept locally")
+        if not data and path.exists():
+            data = path.read_bytes()
+        outputs.append(data)
+    write_stdout(interleave(outputs))
+
+
+def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
     from configuration.errors import DstackError
     from provisioner.access import HostAccess
     from provisioner.follow import LogFollower, kept_run_hint
@@ -217,11 +284,12 @@ def _print_logs(session, name: str, follow: bool) -> None:
     from provisioner.transport import HostUnreachable, TransportError
 
     record = _record(session, name)
-    reachable = record.host and (record.active or record.backend in ("local", "ssh"))
+    host = _node_host(session, record, rank)
+    reachable = host and (record.active or record.backend in ("local", "ssh"))
     missing = f"its {record.backend} host was removed with the run"
     shown, lost = 0, False
     if reachable:
-        access = HostAccess.from_json(record.host)
+        access = HostAccess.from_json(host)
         follower = LogFollower(access.connect, name, log=session.reporter.info, host=access.description)
         try:
             if follow and record.active:
@@ -235,7 +303,7 @@ def _print_logs(session, name: str, follow: bool) -> None:
             shown, lost = follower.offset, True  # the local copy goes on from there
             session.reporter.info(f"the host is not reachable ({e}); showing the copy kept locally")
             missing = f"{access.description} is not reachable"
-    path = local_log_path(name)
+    path = local_log_path(name, rank)
     if path.exists():
         write_stdout(path.read_bytes()[shown:])
     if lost and follow and record.active:

@@ -111,11 +111,12 @@ class ProfileFields(StrictModel):
     ] = None
     startup_order: Annotated[
         Optional[Literal["any", "master-first", "workers-first"]],
-        Field(description="The order multi-node jobs start in. Not supported yet (issue: distributed tasks)"),
+        Field(description="The order multi-node jobs start in: `any` (default: all at once), `master-first`, "
+                          "`workers-first` (docs/runs.md)"),
     ] = None
     stop_criteria: Annotated[
         Optional[Literal["all-done", "master-done"]],
-        Field(description="When a multi-node run is finished. Not supported yet (issue: distributed tasks)"),
+        Field(description="When a multi-node run is finished: `all-done` (default: every node) or `master-done`"),
     ] = None
     fleets: Annotated[
         Optional[List[Annotated[EntityReference, BeforeValidator(parse_entity_reference)]]],
@@ -267,7 +268,7 @@ class TaskConfiguration(RunFields):
         Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local port)"),
     ] = []
     nodes: Annotated[
-        int, Field(ge=1, description="The number of nodes. More than 1: not supported yet (issue: distributed tasks)")
+        int, Field(ge=1, description="The number of nodes: one cluster of N jobs, rank 0 the master (docs/runs.md)")
     ] = 1
     groups: Annotated[
         Optional[List[NodeGroup]],

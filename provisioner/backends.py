@@ -50,11 +50,20 @@ class FleetBackend:
     name: str = "ssh"
 
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
-        access = self.hosts[(offer.region, offer.instance.name)]
-        holder = self.store.claim_host(run_name, access.to_json())
-        if holder is not None:
-            raise StackFailure(CAPACITY, "zone", f"{access.description} is busy with run {holder}")
-        return [access]
+        """The offer's host, and for `nodes: N` N-1 more idle hosts of its fleet among `hosts` (the session holds
+        those that fit the run), claimed all or none."""
+        from provisioner.cluster import node_count
+
+        nodes = node_count(configuration)
+        first = self.hosts[(offer.region, offer.instance.name)]
+        others = [access for (fleet, _), access in self.hosts.items() if fleet == offer.region and access != first]
+        candidates = [first] + (others if nodes > 1 else [])
+        claimed, holders = self.store.claim_hosts(run_name, [host.to_json() for host in candidates], nodes)
+        if claimed is None:
+            busy = f"busy with run{'s' if len(holders) > 1 else ''} {', '.join(holders)}"
+            raise StackFailure(CAPACITY, "zone", f"{first.description} is {busy}" if nodes == 1 else
+                               f"fleet {offer.region} has fewer than {nodes} idle hosts that fit (others are {busy})")
+        return [HostAccess.from_json(host) for host in claimed]
 
     def teardown(self, record, report) -> None:
         """The host is the user's: nothing to remove."""
@@ -67,14 +76,11 @@ def run_key_path(run_name: str) -> Path:
 def generate_key(path: Path, comment: str) -> str:
     """An ed25519 key pair: the private key written to `path` with mode 0600 before it holds anything; returns the
     public key in OpenSSH form."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from provisioner.cluster_ssh import new_key_pair
 
-    key = Ed25519PrivateKey.generate()
-    private_file(path).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                     serialization.NoEncryption()))
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode() + f" {comment}"
+    private, public = new_key_pair(comment)
+    private_file(path).write_bytes(private)
+    return public
 
 
 @dataclass

@@ -62,10 +62,7 @@ def _nvidia_gpu(offer: Offer) -> bool:
 
 
 RULES: Tuple[FieldRule, ...] = (
-    _later("nodes", "distributed tasks", lambda c: getattr(c, "nodes", 1) != 1),
     _later("groups", "distributed tasks", lambda c: getattr(c, "groups", None) is not None),
-    _later("startup_order", "distributed tasks"),
-    _later("stop_criteria", "distributed tasks"),
     FieldRule("volumes", lambda c: getattr(c, "nodes", 1) != 1 and _network_volumes(c), (),
               "with a network volume (`NAME:/path`) needs one instance: a disk attaches to one instance at a time; "
               "use instance volumes (`/host/path:/path`) on multi-node runs"),
@@ -122,9 +119,14 @@ def restrict_zones(offers: Sequence[Offer], zones: Optional[List[str]]) -> List[
 def check_fields(configuration, offers: Sequence[Offer], source: str) -> List[Offer]:
     """The offers a run may take. Raises, naming each field, when a field no backend acts upon is set or when the
     cheapest offer's backend would not act upon one; the offers after it whose backends would not are dropped
-    (failover never moves a run to a backend that ignores its fields)."""
+    (failover never moves a run to a backend that ignores its fields). `nodes: N` keeps the offers that can host
+    N nodes (provisioner.cluster.node_offers), or says why none can."""
+    from provisioner.cluster import node_count, node_offers
+
     messages = refusals(configuration, None)
     offers = restrict_zones(offers, getattr(configuration, "availability_zones", None))
+    if not messages:
+        offers = node_offers(offers, node_count(configuration), source)
     if not messages and offers:
         messages = refusals(configuration, offers[0])
     if messages:

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from configuration.fields import SUPPORTED_PYTHON
 from provisioner.mounts import Mounts, docker_volume_args, mount_steps
+from provisioner.cluster_ssh import SSH_SETUP, ClusterSSH, job_files
 from provisioner.repo_archive import LEGACY_REPO_DIR, UploadPlan, archive_stream, git_credentials, upload_name
 from provisioner.transport import Transport, TransportError
 from stacks.power_off import POWER_OFF_PATH
@@ -34,7 +35,8 @@ REGISTRY_PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"
 REGISTRY_USERNAME_VAR = "DSTACK_REGISTRY_USERNAME"
 JOB_ID_VAR = "DSTACK_JOB_ID"  # marks every process of the job, for the sweep at its end
 CONTAINER_HOSTFILE = "/dstack/mpi/hostfile"
-# Set on the host when the job starts (the host knows its own address); the others come from the client.
+# Set on the host when a single node's job starts (the host knows its own address); a cluster's come from the client
+# (provisioner.cluster), and the host file is written from DSTACK_NODES_IPS either way.
 HOST_VARS = ("DSTACK_MASTER_NODE_IP", "DSTACK_NODES_IPS", "DSTACK_MPI_HOSTFILE")
 SHELLS = {"sh": "/bin/sh", "bash": "/bin/bash"}
 
@@ -63,6 +65,7 @@ class JobSpec:
     may_install: bool = True  # may download what the job needs (uv, Docker); False on the user's own machine
     gpus: int = 0  # DSTACK_GPUS_NUM, and the slots of the MPI host file
     utilization: Optional[Tuple[int, int]] = None  # (min GPU %, window s): stopped when a GPU stays below it
+    cluster_ssh: Optional[ClusterSSH] = None  # a multi-node job's SSH to the other nodes (provisioner.cluster_ssh)
     job_id: str = field(default_factory=lambda: secrets.token_hex(12))
     uploads: UploadPlan = field(default_factory=UploadPlan)  # the repo and `files`
     mounts: Mounts = Mounts()  # `volumes`: network volumes and instance folders (provisioner.mounts)
@@ -92,13 +95,18 @@ cd "$(dirname "$0")"
 JOB_DIR="$PWD"
 mkdir -p repo
 if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
-DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
-DSTACK_MASTER_NODE_IP=${{DSTACK_MASTER_NODE_IP:-127.0.0.1}}
-DSTACK_NODES_IPS=$DSTACK_MASTER_NODE_IP
+if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
+  DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
+  DSTACK_MASTER_NODE_IP=${{DSTACK_MASTER_NODE_IP:-127.0.0.1}}
+  DSTACK_NODES_IPS=$DSTACK_MASTER_NODE_IP
+fi
 DSTACK_MPI_HOSTFILE="$JOB_DIR/mpi_hostfile"
-echo "$DSTACK_MASTER_NODE_IP slots={slots}" > "$DSTACK_MPI_HOSTFILE"
+printf '%s\\n' "$DSTACK_NODES_IPS" | sed 's/$/ slots={slots}/' > "$DSTACK_MPI_HOSTFILE"
 export DSTACK_MASTER_NODE_IP DSTACK_NODES_IPS DSTACK_MPI_HOSTFILE
 """
+# Written just before the commands (or the container) start: "running" for `startup_order`.
+BEGUN_FILE = "begun"
+_BEGUN = f": > \"$JOB_DIR/{BEGUN_FILE}\"\n"
 
 
 def _preamble(job: JobSpec) -> str:
@@ -282,13 +290,15 @@ def python_script(job: JobSpec) -> str:
     else:
         workdir = shlex.quote(workdir)
     lines = [_preamble(job), _upload_steps(job), mount_steps(job.mounts, in_container=False)]
+    if job.cluster_ssh is not None:
+        lines.append(SSH_SETUP)
     if job.docker:
         lines += [_DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else ""), _DOCKER_FOR_COMMANDS]
     else:
         lines.append(_python_setup(job.python, job.may_install))
     if job.nvcc:
         lines.append(_NVCC)
-    lines += [f"mkdir -p {workdir}\n", f"cd {workdir}\n", _commands(job)]
+    lines += [f"mkdir -p {workdir}\n", f"cd {workdir}\n", _BEGUN, _commands(job)]
     return "".join(lines)
 
 
@@ -304,7 +314,7 @@ def docker_run_argv(job: JobSpec) -> List[str]:
         argv += ["--privileged"]
     if job.user:
         argv += ["--user", job.user]
-    for name in [*job.env, *HOST_VARS[:2]]:
+    for name in dict.fromkeys([*job.env, *HOST_VARS[:2]]):
         argv += ["-e", name]
     argv += ["-e", f"DSTACK_MPI_HOSTFILE={CONTAINER_HOSTFILE}",
              "-v", f"$JOB_DIR/mpi_hostfile:{CONTAINER_HOSTFILE}:ro"]
@@ -378,6 +388,7 @@ def docker_script(job: JobSpec) -> str:
         lines.append(f"unset {REGISTRY_PASSWORD_VAR} {REGISTRY_USERNAME_VAR}\n")
     image = shlex.quote(job.image)
     lines.append(f"$DOCKER image inspect {image} >/dev/null 2>&1 || $DOCKER pull {image}\n")
+    lines.append(_BEGUN)
     lines.append("exec " + " ".join(_quote(w) for w in docker_run_argv(job)) + "\n")
     return "".join(lines)
 
@@ -467,7 +478,7 @@ def start_command(job: JobSpec) -> str:
         wrapper += (f"; sudo -n {POWER_OFF_PATH} {minutes} || {POWER_OFF_PATH} {minutes} || "
                     f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
-    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid; }} || exit 1; "
+    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
 
@@ -479,6 +490,8 @@ def _archive_extras(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:
     extras = {"job.sh": (job_script(job).encode(), 0o700)}
     if job.utilization:
         extras["monitor.sh"] = (MONITOR_SCRIPT.encode(), 0o700)
+    if job.cluster_ssh is not None:
+        extras.update(job_files(job.cluster_ssh))
     credentials = git_credentials(job.uploads.clone.url) if job.uploads.clone is not None else None
     if credentials is not None:
         env += "".join(f"{name}={shlex.quote(value)}\n" for name, value in
@@ -516,6 +529,15 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
 
 def log_exists(transport: Transport, run_name: str) -> bool:
     return transport.run(f"test -f {job_folder(run_name)}/output.log", timeout=30).code == 0
+
+
+def job_begun(transport: Transport, run_name: str) -> Tuple[bool, Optional[int]]:
+    """(whether the job's commands have started, its exit code once it has ended)."""
+    folder = job_folder(run_name)
+    result = transport.run(f"cd {folder} 2>/dev/null || exit 0; cat exit_code 2>/dev/null >&2; "
+                           f"[ -f {BEGUN_FILE} ] && echo begun; true", timeout=30)
+    code = result.stderr.decode(errors="replace").strip()
+    return "begun" in result.text, int(code) if code.lstrip("-").isdigit() else None
 
 
 def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:

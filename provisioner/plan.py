@@ -1,6 +1,8 @@
 """The run plan: what `dstack apply --dry-run --json` prints and what `apply` shows before asking to confirm.
 
-`{"configuration": ..., "offer": ..., "resources": [...]}`, with `"notes": [...]` when a field needs a word; every secret value prints as `[secret]`.
+`{"configuration": ..., "offer": ..., "resources": [...]}`, with `"notes": [...]` when a field needs a word and
+`"nodes": {"count", "price_per_node", "total_price"}` for a multi-node run (the offer is one node's); every secret
+value prints as `[secret]`.
 """
 
 from __future__ import annotations
@@ -56,7 +58,18 @@ def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Option
         "offer": offer.to_json() if offer is not None else None,
         "resources": _redact(resources or [], run),
     }
+    nodes = getattr(run.configuration, "nodes", 1) or 1
+    if nodes > 1:
+        document["nodes"] = nodes_json(nodes, offer)
     notes = plan_notes(run.configuration) + placement_notes(run.configuration, offer)
     if notes:
         document["notes"] = notes
     return document
+
+
+def nodes_json(nodes: int, offer: Optional[Offer]) -> dict:
+    """A multi-node run's size and price: the offer is one node's."""
+    if offer is None:
+        return {"count": nodes}
+    return {"count": nodes, "price_per_node": round(offer.total_price, 6),
+            "total_price": round(offer.total_price * nodes, 6)}

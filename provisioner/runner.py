@@ -6,6 +6,7 @@ State is written before each step (provisioner.state), so `reconcile` can finish
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import sys
@@ -16,17 +17,22 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from configuration.backends import DstackConfig
 from configuration.errors import ConfigurationError, DstackError
-from configuration.home import append_private, dstack_home
+from configuration.home import append_private
 from offers.offer import Offer
 from provisioner.access import HostAccess
 from provisioner.backends import Backend, backend_for
 from provisioner.field_support import check_fields
 from provisioner.events import mark_output
 from provisioner.follow import LogFollower, kept_run_hint
-from provisioner.job import TIMED_OUT, UNDERUTILIZED, JobSpec, job_state, start_job, stop_job
+from provisioner.cluster import Cluster, cluster_env, node_count
+from provisioner.cluster_ssh import cluster_ssh, revoke_everywhere
+from provisioner.job import TIMED_OUT, JobSpec
+from provisioner.node_logs import NodeLines, local_log_path
 from provisioner.owner import current_owner, owner_alive
 from provisioner.plan import configuration_json
 from provisioner.repo_archive import UploadPlan, check_size, plan_uploads
+from provisioner.run_jobs import (NodeFailed, RunJobs, copy_log, exit_status, run_jobs, run_outcome,
+                                  settled_job_state)
 from provisioner.state import RunRecord, StateStore
 from provisioner.store_errors import StoreDamaged
 from provisioner.volumes import claim_volumes, job_mounts
@@ -39,7 +45,6 @@ RUNNING = ("pulling", "running")  # the job's pid file exists
 MAX_OFFERS_TRIED = 5
 POWER_OFF_AFTER_EXIT_MIN = 5
 STOP_GRACE_S = 10
-JOB_SETTLE_S = 0.5  # between a job's end and its exit code being written
 
 
 RETRY_INTERVAL_S = 60
@@ -77,10 +82,6 @@ class RunSession:
         return backend_for(name, self.config, self.store, self.fleet_hosts)
 
 
-def local_log_path(run_name: str) -> Path:
-    return dstack_home() / "runs" / run_name / "output.log"
-
-
 def repo_id(repo: Optional[str]) -> str:
     """DSTACK_REPO_ID: the repo's name and a digest of its folder or URL, stable across runs of one repo."""
     if not repo:
@@ -90,12 +91,11 @@ def repo_id(repo: Optional[str]) -> str:
     return f"{name}-{hashlib.sha256(repo.encode()).hexdigest()[:8]}"
 
 
-def system_env(run_name: str, offer: Offer, repo: Optional[str]) -> Dict[str, str]:
-    """dstack's system variables of a single-node job; the host sets DSTACK_MASTER_NODE_IP, DSTACK_NODES_IPS and
-    DSTACK_MPI_HOSTFILE itself (provisioner.job)."""
-    gpus = str(offer.instance.gpu_count)
-    return {"DSTACK_RUN_NAME": run_name, "DSTACK_REPO_ID": repo_id(repo), "DSTACK_GPUS_NUM": gpus,
-            "DSTACK_GPUS_PER_NODE": gpus, "DSTACK_NODES_NUM": "1", "DSTACK_NODE_RANK": "0"}
+def system_env(run_name: str, offer: Offer, repo: Optional[str], cluster: Optional[Cluster] = None
+               ) -> Dict[str, str]:
+    """dstack's system variables of one node's job (provisioner.cluster.cluster_env)."""
+    return {"DSTACK_RUN_NAME": run_name, "DSTACK_REPO_ID": repo_id(repo),
+            **cluster_env(cluster, offer.instance.gpu_count)}
 
 
 def stop_grace(stop_duration) -> Optional[int]:
@@ -109,14 +109,15 @@ def recorded_stop_grace(record: RunRecord) -> Optional[int]:
     return stop_grace((record.configuration or {}).get("stop_duration"))
 
 
-def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[str] = None) -> JobSpec:
+def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[str] = None,
+             cluster: Optional[Cluster] = None) -> JobSpec:
     auth = configuration.registry_auth
     resources = configuration.resources
     policy = configuration.utilization_policy
     return JobSpec(
         run_name=run_name,
         commands=[*configuration.setup, *configuration.commands],
-        env={**system_env(run_name, offer, repo), **configuration.env},
+        env={**system_env(run_name, offer, repo, cluster), **configuration.env},
         image=configuration.image,
         python=configuration.python,
         entrypoint=configuration.entrypoint,
@@ -163,14 +164,16 @@ def zone_offers(offer: Offer) -> List[Offer]:
 
 
 def provision_with_failover(session: RunSession, run_name: str, offers: Sequence[Offer], configuration
-                            ) -> Tuple[Offer, HostAccess]:
+                            ) -> Tuple[Offer, List[HostAccess]]:
     """Tries offers in price order, each in every zone of its region: a capacity error rules out its zone, a quota
     error its region (or the cloud for a global GPU quota); configuration and credential errors stop at once. At
-    most MAX_OFFERS_TRIED offers (their zones count as one)."""
+    most MAX_OFFERS_TRIED offers (their zones count as one). Returns the offer and its hosts, one per node: a
+    backend provisions all of them or none (it removes what it made when one fails)."""
     store, say = session.store, session.reporter.info
     attempts: List[dict] = []
     blocked: set = set()
     tried = 0
+    nodes = node_count(configuration)
     for whole_offer in offers:
         if tried >= MAX_OFFERS_TRIED:
             break
@@ -183,14 +186,17 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
             zone = offer.zones[0] if offer.zones else ""
             label = f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
             if not store.claim_run(run_name, STARTING, "provisioning", backend=offer.backend, region=offer.region,
-                                   instance=offer.instance.name, price=offer.total_price, offer=offer.to_json()):
+                                   instance=offer.instance.name, price=offer.total_price * nodes,
+                                   offer=offer.to_json()):
                 raise StopRequested
-            say(f"Provisioning {label}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour")
+            each = f"{nodes} x " if nodes > 1 else ""
+            say(f"Provisioning {each}{label}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour"
+                + (f" each (${offer.total_price * nodes:.4f}/hour)" if nodes > 1 else ""))
             store.add_event(run_name, "offer", f"trying {label}{f' in {zone}' if zone else ''} "
                                                f"at ${offer.total_price:.4f}/hour")
             try:
-                access = session.backend(offer.backend).provision(run_name, offer, configuration,
-                                                                  session.reporter.step)[0]
+                hosts = session.backend(offer.backend).provision(run_name, offer, configuration,
+                                                                 session.reporter.step)
             except StackFailure as failure:
                 attempts.append({"offer": label, "zone": zone, "kind": failure.kind, "error": failure.message})
                 store.update_run(run_name, attempts=attempts)
@@ -202,8 +208,11 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
                 say(f"{label}: {failure.kind} ({failure.message}); trying the next "
                     f"{'zone' if failure.scope == 'zone' else 'offer'}")
                 continue
-            store.add_event(run_name, "provisioned", access.description)
-            return offer, access
+            store.add_event(run_name, "provisioned", ", ".join(host.description for host in hosts))
+            if len(hosts) != nodes:  # never a smaller cluster than asked for; submit tears down what was made
+                raise RunFailed(f"{label}: the {offer.backend} backend brought up {len(hosts)} "
+                                f"host{'' if len(hosts) == 1 else 's'} for `nodes: {nodes}`")
+            return offer, hosts
     lines = "\n".join(f"  {a['offer']}{' in ' + a['zone'] if a.get('zone') else ''}: {a['kind']}: {a['error']}"
                       for a in attempts) or "  (none could be tried)"
     raise NoCapacity(f"no offer could be provisioned; tried {tried}:\n{lines}")
@@ -218,7 +227,7 @@ def retry_deadline(configuration, event: str, since: float) -> Optional[float]:
 
 
 def provision_with_retry(session: RunSession, run_name: str, offers: Sequence[Offer], configuration
-                         ) -> Tuple[Offer, HostAccess]:
+                         ) -> Tuple[Offer, List[HostAccess]]:
     deadline = retry_deadline(configuration, "no-capacity", time.time())
     while True:
         try:
@@ -234,12 +243,15 @@ def provision_with_retry(session: RunSession, run_name: str, offers: Sequence[Of
 
 def finish_run(session: RunSession, name: str, status: str, reason: Optional[str] = None,
                exit_code: Optional[int] = None) -> RunRecord:
-    """Tears down what the run created, then records its final state. A failed teardown leaves the run
-    `terminating`, so the next `dstack ps` or `dstack stop` tries again."""
+    """Tears down what the run created, then records its final state (and its jobs' that had not ended). A failed
+    teardown leaves the run `terminating`, so the next `dstack ps` or `dstack stop` tries again."""
     store = session.store
     record = store.get_run(name)
     store.update_run(name, status="terminating", reason=reason, exit_code=exit_code)
     store.add_event(name, "terminating", reason or "")
+    jobs = store.list_jobs(name)
+    if record.backend == "ssh" and len(jobs) > 1:  # the user's hosts keep nothing of the run (a VM goes whole)
+        revoke_everywhere(name, [HostAccess.from_json(job.host) for job in jobs], session.reporter.info)
     if record.backend:
         def step(progress) -> None:
             session.reporter.step(progress)
@@ -253,30 +265,26 @@ def finish_run(session: RunSession, name: str, status: str, reason: Optional[str
             store.update_run(name, reason=f"teardown failed, retry with `dstack stop {name}`: {e}")
             store.add_event(name, "teardown-failed", str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise
+    for job in jobs:
+        if not job.final:
+            store.update_job(name, job.rank, status=status, finished_at=time.time())
     finished = store.update_run(name, status=status, finished_at=time.time())
     store.add_event(name, status, reason or "")
     return finished
 
 
-def _exit_status(code: Optional[int]) -> Tuple[str, Optional[str]]:
-    if code == 0:
-        return "done", None
-    if code == TIMED_OUT:
-        return "terminated", "max_duration reached"
-    if code == UNDERUTILIZED:
-        return "terminated", "GPU utilization below utilization_policy"
-    return "failed", f"exit code {code}"
-
-
 def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], source: Optional[Path],
            detach: bool, upload_repo: bool = True) -> RunRecord:
-    """Runs a task. Attached: until its job ends, then tears down. Detached: returns once the job is running.
-    `source` is the configuration file: its repo (unless not `upload_repo`: `--no-repo`) and `files` are listed and
-    size-checked before provisioning."""
+    """Runs a task: one job per node. Attached: until the run's jobs end (provisioner.run_jobs), then tears down.
+    Detached: returns once every job is running. `source` is the configuration file: its repo (unless not
+    `upload_repo`: `--no-repo`) and `files` are listed and size-checked before provisioning."""
     configuration = resolved.configuration
     if configuration.type != "task":
         raise ConfigurationError(f"running a {configuration.type} is not supported yet: `dstack offers -f` and "
                                  "`dstack apply --dry-run` work with it")
+    offered = {(o.region, o.instance.name) for o in offers if o.backend == "ssh"}
+    session = dataclasses.replace(session, fleet_hosts={key: access for key, access in session.fleet_hosts.items()
+                                                        if key in offered})  # a cluster's hosts must fit too
     offers = check_fields(configuration, offers, run_name)
     uploads = UploadPlan() if source is None else plan_uploads(configuration, source.parent, str(source),
                                                                include_repos=upload_repo)
@@ -288,41 +296,46 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
                                owner_started=owner_started, detached=detach, max_duration=max_duration,
                                configuration=configuration_json(resolved)))
     store.add_event(run_name, "submitted", f"{len(offers)} offer{'' if len(offers) == 1 else 's'} to try")
-    follower: Optional[LogFollower] = None
+    jobs: Optional[RunJobs] = None
     forwarder = None
+    say = session.reporter.info
     try:
         claim_volumes(store, configuration, run_name)
-        offer, access = provision_with_retry(session, run_name, offers, configuration)
-        store.update_run(run_name, host=access.to_json())
-        session.reporter.info(f"Connecting to {access.description}")
-        transport = access.connect(total_wait=300, log=session.reporter.info, booting=True)
+        offer, hosts = provision_with_retry(session, run_name, offers, configuration)
+        store.set_jobs(run_name, [host.to_json() for host in hosts])
+        store.update_run(run_name, host=hosts[0].to_json())
+        jobs = RunJobs(store, run_name, hosts)
+        say(f"Connecting to {', '.join(host.description for host in hosts)}")
+        jobs.connect(say)
         if not detach:  # ports first: a local port that is taken fails the run before its job starts
-            forwarder = forward_ports(session, run_name, access, configuration.ports,
-                                      lambda: follower.transport if follower is not None else transport)
-        job = dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo), uploads=uploads,
-                                  mounts=job_mounts(store, configuration, offer))
-        start_job(transport, job, session.reporter.upload)  # returns once the job's pid file is written
+            forwarder = forward_ports(session, run_name, hosts[0], configuration.ports, lambda: jobs.transports[0])
+        ssh = None
+        if len(hosts) > 1 and not configuration.image:  # an image's container has no sshd of its own to reach
+            ssh, line = cluster_ssh(run_name, hosts)
+            jobs.authorize(line)
+        mounts = job_mounts(store, configuration, offer)
+        specs = [dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo,
+                                              Cluster(hosts, rank) if len(hosts) > 1 else None),
+                                     uploads=uploads, cluster_ssh=ssh,
+                                     mounts=mounts) for rank in range(len(hosts))]
+        jobs.start(specs, configuration.startup_order, session.reporter.upload)
         if not store.claim_run(run_name, ("provisioning",), "pulling" if configuration.image else "running",
                                started_at=time.time()):
-            stop_job(transport, run_name, grace=0)
+            jobs.stop(range(jobs.size), 0, say)
             raise StopRequested
-        store.add_event(run_name, "started", f"job started on {access.description}")
+        store.add_event(run_name, "started", f"job started on {', '.join(host.description for host in hosts)}")
         if configuration.image:
             store.claim_run(run_name, ("pulling",), "running")
         if detach:
-            transport.close()
+            jobs.close()
             return store.get_run(run_name)
-        follower = LogFollower(access.connect, run_name, log=session.reporter.info, host=access.description)
-        follower.transport = transport
-        code = stream_logs(session, follower, run_name)
+        status, reason, code = _follow(session, jobs, run_name, configuration)
         error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
         while code not in (0, TIMED_OUT, None) and error_deadline is not None and time.time() < error_deadline:
-            session.reporter.info(f"the job failed with exit code {code}; running it again (retry on error)")
+            say(f"the job failed with exit code {code}; running it again (retry on error)")
             store.add_event(run_name, "retry", f"exit code {code}; running the job again")
-            start_job(follower.transport, job, session.reporter.upload)
-            follower.offset = 0
-            code = stream_logs(session, follower, run_name)
-        status, reason = _exit_status(code)
+            jobs.start(specs, configuration.startup_order, session.reporter.upload)
+            status, reason, code = _follow(session, jobs, run_name, configuration)
         store.add_event(run_name, "exited", "the job went away" if code is None else f"exit code {code}")
         if store.claim_run(run_name, RUNNING, "terminating"):
             return finish_run(session, run_name, status, reason, code)
@@ -330,27 +343,31 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
     except StopRequested:
         return finish_run(session, run_name, "terminated", store.get_run(run_name).reason)
     except KeyboardInterrupt:
-        session.reporter.info("Interrupted: stopping the run and removing what it created (Ctrl-C again to leave "
-                              f"now; `dstack stop {run_name}` finishes it later)")
+        say("Interrupted: stopping the run and removing what it created (Ctrl-C again to leave "
+            f"now; `dstack stop {run_name}` finishes it later)")
         if store.claim_run(run_name, STARTED, "terminating"):
-            _stop_job_quietly(session, run_name, follower)
+            _stop_jobs_quietly(session, run_name, jobs)
             finish_run(session, run_name, "terminated", "interrupted")
         raise
     except StoreDamaged:
         raise  # nothing can be recorded any more; its message names the job if it is still running
     except HostUnreachable as e:  # its job runs on in its own session if the host is up: keep the run
         raise HostUnreachable(f"{e}\n{kept_run_hint(run_name)}") from None
-    except DstackError as e:
-        _stop_job_quietly(session, run_name, follower)
+    except (DstackError, NodeFailed) as e:
+        _stop_jobs_quietly(session, run_name, jobs)
         finish_run(session, run_name, "failed", str(e).splitlines()[0])
+        if isinstance(e, NodeFailed):
+            raise RunFailed(f"{run_name}: {e}") from None
         raise
     except Exception as e:
-        _stop_job_quietly(session, run_name, follower)
+        _stop_jobs_quietly(session, run_name, jobs)
         finish_run(session, run_name, "failed", f"{type(e).__name__}: {e}")
         raise
     finally:
         if forwarder is not None:
             forwarder.close()
+        if jobs is not None:
+            jobs.close()
 
 
 def _wait_final(store: StateStore, name: str, timeout: float = 600, while_owner: Optional[RunRecord] = None
@@ -368,19 +385,54 @@ def _owner_alive(record: RunRecord) -> bool:
     return owner_alive(record.owner_pid, record.owner_started)
 
 
-def stream_logs(session: RunSession, follower: LogFollower, run_name: str) -> Optional[int]:
-    """Writes the job's output as it comes (and keeps a copy under $DSTACK_HOME); stops the job at max_duration."""
-    record = session.store.get_run(run_name)
-    with append_private(local_log_path(run_name)) as copy:
-        def write(data: bytes) -> None:
-            mark_output(run_name, copy.tell())  # for `dstack logs --since`
-            copy.write(data)
-            copy.flush()
-            session.reporter.output(data)
+def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
+            ) -> Tuple[str, Optional[str], Optional[int]]:
+    """Writes every node's output as it comes (a copy of each kept under $DSTACK_HOME) until the run is over by
+    its `stop_criteria` or a node's failure, then stops the nodes still running; returns (status, reason, exit
+    code). Past max_duration (with a margin for the host's own timeout) the jobs are stopped."""
+    store = session.store
+    record = store.get_run(run_name)
+    grace = recorded_stop_grace(record)
+    deadline = (record.started_at or time.time()) + record.max_duration + 15 if record.max_duration else None
+    lines = NodeLines(jobs.size, session.reporter.output)
+    codes: Dict[int, Optional[int]] = {}
+    followers = {}
+    with contextlib.ExitStack() as stack:
+        for rank, host in enumerate(jobs.hosts):
+            followers[rank] = LogFollower(host.connect, run_name, log=session.reporter.info, host=host.description)
+            followers[rank].transport = jobs.transports.get(rank)
+        copies = {rank: stack.enter_context(append_private(local_log_path(run_name, rank))) for rank in followers}
 
-        deadline = (record.started_at or time.time()) + record.max_duration if record.max_duration else None
-        code = follower.follow(write, should_stop=lambda: deadline is not None and time.time() > deadline + 15)
-    return code
+        def writer(rank: int) -> Callable[[bytes], None]:
+            def write(data: bytes) -> None:
+                if rank == 0:
+                    mark_output(run_name, copies[0].tell())  # for `dstack logs --since`
+                copies[rank].write(data)
+                copies[rank].flush()
+                lines.add(rank, data)
+            return write
+
+        outcome = None
+        while outcome is None:
+            for rank, follower in followers.items():
+                if rank not in codes:
+                    code = follower.poll(writer(rank))
+                    jobs.transports[rank] = follower.transport
+                    if code is not None:
+                        codes[rank] = code
+                        lines.flush(rank)
+                        jobs.record_end(rank, code)
+            outcome = run_outcome(codes, jobs.size, configuration.stop_criteria)
+            if outcome is None and deadline is not None and time.time() > deadline:
+                outcome = (*exit_status(TIMED_OUT), TIMED_OUT)
+            if outcome is None:
+                time.sleep(0.2)
+    remaining = [rank for rank in followers if rank not in codes]
+    if remaining:
+        session.reporter.info(f"stopping node{'s' if len(remaining) > 1 else ''} "
+                              f"{', '.join(map(str, remaining))}: {outcome[1] or 'the master is done'}")
+        jobs.stop(remaining, grace, session.reporter.info)
+    return outcome
 
 
 def forward_ports(session: RunSession, run_name: str, access: HostAccess, ports, ssh_transport):
@@ -407,16 +459,22 @@ def forward_ports(session: RunSession, run_name: str, access: HostAccess, ports,
     return forwarder
 
 
-def _stop_job_quietly(session: RunSession, run_name: str, follower: Optional[LogFollower]) -> None:
-    record = session.store.get_run(run_name)
-    if not record.host:
-        return
+def _stop_jobs_quietly(session: RunSession, run_name: str, jobs: Optional[RunJobs] = None,
+                      grace: Optional[int] = -1) -> Dict[int, Optional[int]]:
+    """Stops every job of the run that has not ended (with the run's stop grace unless `grace` is given);
+    returns their exit codes. Hosts that cannot be reached are reported, not raised: teardown goes on."""
+    store = session.store
+    record = store.get_run(run_name)
+    recorded = run_jobs(store, record)
+    if not recorded:
+        return {}
+    if jobs is None:
+        jobs = RunJobs(store, run_name, [HostAccess.from_json(job.host) for job in recorded])
+    live = [job.rank for job in recorded if not job.final]
     try:
-        transport = follower.transport if follower and follower.transport else \
-            HostAccess.from_json(record.host).connect(total_wait=30)
-        stop_job(transport, run_name, grace=recorded_stop_grace(record))
-    except Exception as e:  # the host may be gone already; teardown removes it either way
-        session.reporter.info(f"could not stop the job cleanly: {e}")
+        return jobs.stop(live, recorded_stop_grace(record) if grace == -1 else grace, session.reporter.info)
+    finally:
+        jobs.close()
 
 
 def stop_run(session: RunSession, name: str, abort: bool = False) -> RunRecord:
@@ -441,17 +499,8 @@ def stop_run(session: RunSession, name: str, abort: bool = False) -> RunRecord:
         if record.status != "terminating" or _owner_alive(record):
             return _wait_final(store, name) if record.active else record
         # a teardown that a dead process began: finish it
-    if record.host:
-        try:
-            transport = HostAccess.from_json(record.host).connect(total_wait=30)
-            code = stop_job(transport, name, grace=0 if abort else recorded_stop_grace(record))
-            transport.close()
-        except Exception as e:  # unreachable host: still tear down what the run created
-            session.reporter.info(f"could not reach the host to stop the job: {e}")
-            code = None
-    else:
-        code = None
-    return finish_run(session, name, "terminated", reason, code)
+    codes = _stop_jobs_quietly(session, name, grace=0 if abort else -1)
+    return finish_run(session, name, "terminated", reason, codes.get(0))
 
 
 def reconcile(session: RunSession) -> List[RunRecord]:
@@ -474,10 +523,11 @@ def _looked_after(record: RunRecord) -> bool:
 
 
 def _reconcile_one(session: RunSession, record: RunRecord) -> None:
+    store = session.store
     if record.status in STARTING or not record.host:
-        if session.store.claim_run(record.name, STARTING, "terminating"):
-            if record.host:  # its owner died after choosing the host: the job may have started
-                _stop_job_quietly(session, record.name, None)
+        if store.claim_run(record.name, STARTING, "terminating"):
+            if record.host:  # its owner died after choosing the hosts: the jobs may have started
+                _stop_jobs_quietly(session, record.name)
             finish_run(session, record.name, "failed",
                        "interrupted while starting" if record.host else "interrupted while provisioning")
         return
@@ -485,45 +535,47 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
         finish_run(session, record.name, "terminated", record.reason or "interrupted while terminating",
                    record.exit_code)
         return
-    transport = HostAccess.from_json(record.host).connect(total_wait=20)
-    try:
-        state, code = _settled_job_state(transport, record.name)
-        if state == "running" and record.max_duration and record.started_at and \
-                time.time() > record.started_at + record.max_duration + 15:
-            code = stop_job(transport, record.name, grace=recorded_stop_grace(record))
-            state, code = "exited", TIMED_OUT if code is None else code
-        if state == "exited":
-            _copy_log(transport, record.name)
-    finally:
-        transport.close()
-    if state == "exited":
-        status, reason = _exit_status(code)
-        session.store.add_event(record.name, "exited", "exit code " + str(code))
-        if session.store.claim_run(record.name, RUNNING, "terminating"):
+    outcome = _ended_jobs(session, record)
+    if outcome is not None:
+        status, reason, code = outcome
+        store.add_event(record.name, "exited", reason or f"exit code {code}")
+        if store.claim_run(record.name, RUNNING, "terminating"):
             finish_run(session, record.name, status, reason, code)
-    elif state == "missing":
-        if session.store.claim_run(record.name, RUNNING, "terminating"):
-            finish_run(session, record.name, "failed", "the job is gone from its host")
 
 
-def _settled_job_state(transport, run_name: str) -> Tuple[str, Optional[int]]:
-    """job_state, asked once more after a moment when the job looks gone: a job that has just ended has no exit
-    code yet for that moment."""
-    state, code = job_state(transport, run_name)
-    if state == "missing":
-        time.sleep(JOB_SETTLE_S)
-        state, code = job_state(transport, run_name)
-    return state, code
-
-
-def _copy_log(transport, run_name: str) -> None:
-    from provisioner.job import read_log
-
-    path = local_log_path(run_name)
-    have = path.stat().st_size if path.exists() else 0
-    chunk = read_log(transport, run_name, have)
-    with append_private(path) as f:
-        f.write(chunk.data)
+def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, Optional[str], Optional[int]]]:
+    """Asks each running job's host how it stands and records those that ended (their logs copied); once the run
+    is over by its stop criteria, a failed node or max_duration, stops the others and returns (status, reason,
+    exit code); else None."""
+    recorded = run_jobs(session.store, record)
+    jobs = RunJobs(session.store, record.name, [HostAccess.from_json(job.host) for job in recorded])
+    codes = {job.rank: job.exit_code for job in recorded if job.final}
+    stop_criteria = (record.configuration or {}).get("stop_criteria")
+    try:
+        for job in recorded:
+            if job.final:
+                continue
+            jobs.transports[job.rank] = transport = jobs.hosts[job.rank].connect(total_wait=20)
+            state, code = settled_job_state(transport, record.name)
+            if state in ("exited", "missing"):
+                codes[job.rank] = code
+                jobs.record_end(job.rank, code)
+            if state == "exited":
+                copy_log(transport, record.name, job.rank)
+        outcome = run_outcome(codes, jobs.size, stop_criteria)
+        if outcome is None and record.max_duration and record.started_at and \
+                time.time() > record.started_at + record.max_duration + 15:
+            outcome = (*exit_status(TIMED_OUT), TIMED_OUT)
+        remaining = [job.rank for job in recorded if job.rank not in codes]
+        if outcome is not None and remaining:
+            stopped = jobs.stop(remaining, recorded_stop_grace(record), session.reporter.info)
+            for rank in remaining:
+                copy_log(jobs.transports[rank], record.name, rank)
+            if outcome[2] == TIMED_OUT and stopped.get(0) not in (None, TIMED_OUT):
+                outcome = (outcome[0], outcome[1], stopped[0])
+    finally:
+        jobs.close()
+    return outcome
 
 
 def write_stdout(data: bytes) -> None:

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
 from configuration.errors import ConfigurationError, DstackError
@@ -28,7 +28,7 @@ from configuration.home import dstack_home, private_dir
 from provisioner.store_errors import DAMAGED, FULL, failure_kind, store_error
 
 ACTIVE = ("submitted", "provisioning", "pulling", "running", "terminating")  # then done, failed or terminated
-SCHEMA_VERSION = 4  # 2: runs.owner_started; 3: the events table; 4: volumes; stores from before versions read 0
+SCHEMA_VERSION = 4  # 2: runs.owner_started; 3: the events table; 4: volumes and jobs; stores from before versions read 0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -80,17 +80,34 @@ CREATE TABLE IF NOT EXISTS volumes (
     stack TEXT,
     configuration TEXT,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    run TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    host TEXT,
+    exit_code INTEGER,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (run, rank)
 )
 """
-_TABLES = {"runs", "fleets", "events", "volumes"}
-_TABLES_ADDED = {3: {"events"}, 4: {"volumes"}}  # a store older than the version has none of them yet: no damage
-_EVENTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS events"):
-                        _SCHEMA.index("CREATE TABLE IF NOT EXISTS volumes")].split(";")
-_VOLUMES_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS volumes"):]
+_TABLES = {"runs", "fleets", "events", "volumes", "jobs"}
+_TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs"}}  # a store older than the version has none of them yet: no damage
+
+
+def _statements(first: str, last: str) -> List[str]:
+    """The CREATE statements of _SCHEMA from the one starting with `first` to the one starting with `last`."""
+    statements = [s.strip() for s in _SCHEMA.split(";") if s.strip()]
+    start = next(i for i, s in enumerate(statements) if s.startswith(first))
+    end = next(i for i, s in enumerate(statements) if s.startswith(last))
+    return statements[start:end + 1]
+
+
 _MIGRATIONS = {  # from each version to the next
     0: ["ALTER TABLE runs ADD COLUMN owner_started INTEGER"],
-    2: [statement for statement in _EVENTS_TABLE if statement.strip()],
-    3: [_VOLUMES_TABLE],
+    2: _statements("CREATE TABLE IF NOT EXISTS events", "CREATE INDEX IF NOT EXISTS events_by_run"),
+    3: _statements("CREATE TABLE IF NOT EXISTS volumes", "CREATE TABLE IF NOT EXISTS jobs"),
 }
 _JSON_FIELDS = {"host": dict, "stack": dict, "offer": dict, "ports": list, "attempts": list, "configuration": dict}
 _NUMBER_FIELDS = ("submitted_at", "started_at", "finished_at", "price", "exit_code", "owner_pid", "owner_started",
@@ -161,6 +178,34 @@ class VolumeRecord:
         return {"name": self.name, "status": self.status, "backend": self.backend, "region": self.region,
                 "zone": self.zone, "size_gb": self.size_gb, "volume_id": self.volume_id, "external": self.external,
                 "created_at": self.created_at}
+
+
+JOB_FINAL = ("done", "failed", "terminated")
+
+
+@dataclass
+class JobRecord:
+    """One node's job of a run: its host (provisioner.access.HostAccess) and where it stands: `provisioning`
+    (host chosen), `running`, then `done`, `failed` or `terminated` with its exit code."""
+    run: str
+    rank: int
+    status: str
+    host: Optional[dict] = None
+    exit_code: Optional[int] = None
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in JOB_FINAL
+
+    def summary(self) -> dict:
+        """The shape of one job in `dstack ps --json`."""
+        from provisioner.access import HostAccess
+
+        host = HostAccess.from_json(self.host).description if self.host else None
+        return {"node": self.rank, "status": self.status, "host": host, "exit_code": self.exit_code,
+                "started_at": self.started_at, "finished_at": self.finished_at}
 
 
 class _Damage(Exception):
@@ -320,23 +365,74 @@ class StateStore:
             db.execute("COMMIT")
             return cursor.rowcount == 1
 
-    def claim_host(self, name: str, host: dict) -> Optional[str]:
-        """Records `host` as run `name`'s unless an active run holds the same address (hostname and port); returns
-        the run holding it, or None once claimed. The check and the claim are one transaction, so two runs
-        started at once never both get the host."""
-        address = (host.get("hostname"), host.get("port"))
+    def claim_hosts(self, name: str, candidates: List[dict], count: int) -> Tuple[Optional[List[dict]], List[str]]:
+        """Claims the first `count` of `candidates` that no other active run holds (as its host or one of its jobs'),
+        in order, and records them as run `name`'s jobs (rank order; the run's host is rank 0's). Returns (the hosts
+        claimed, []) or, when fewer than `count` are free, (None, the runs holding the others): all or none. The
+        check and the claim are one transaction, so two runs started at once never both get a host."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            marks = ", ".join("?" for _ in ACTIVE)
-            rows = db.execute(f"SELECT name, host FROM runs WHERE name != ? AND host IS NOT NULL "
-                              f"AND status IN ({marks})", (name, *ACTIVE)).fetchall()
-            for other, text in rows:
-                held = _load_json(text, dict, f"run {other}'s host")
-                if (held.get("hostname"), held.get("port")) == address:
-                    return other  # the transaction ends, unchanged, with the connection
-            db.execute("UPDATE runs SET host = ? WHERE name = ?", (json.dumps(host), name))
+            held = self._held_addresses(db, name)
+            chosen = [host for host in candidates if _address(host) not in held][:count]
+            if len(chosen) < count:
+                holders = sorted({held[_address(h)] for h in candidates if _address(h) in held})
+                return None, holders  # the transaction ends, unchanged, with the connection
+            db.execute("UPDATE runs SET host = ? WHERE name = ?", (json.dumps(chosen[0]), name))
+            self._insert_jobs(db, name, chosen)
             db.execute("COMMIT")
-        return None
+        return chosen, []
+
+    def claim_host(self, name: str, host: dict) -> Optional[str]:
+        """claim_hosts for one host: None once claimed, else the run holding it."""
+        claimed, holders = self.claim_hosts(name, [host], 1)
+        return None if claimed else holders[0]
+
+    @staticmethod
+    def _held_addresses(db: sqlite3.Connection, name: str) -> dict:
+        """(hostname, port) -> the active run other than `name` that holds it, as its host or a job's."""
+        marks = ", ".join("?" for _ in ACTIVE)
+        held = {}
+        rows = db.execute(f"SELECT name, host FROM runs WHERE name != ? AND host IS NOT NULL AND status IN ({marks})",
+                          (name, *ACTIVE)).fetchall()
+        rows += db.execute(f"SELECT jobs.run, jobs.host FROM jobs JOIN runs ON runs.name = jobs.run WHERE "
+                           f"jobs.run != ? AND jobs.host IS NOT NULL AND runs.status IN ({marks})",
+                           (name, *ACTIVE)).fetchall()
+        for other, text in rows:
+            held[_address(_load_json(text, dict, f"run {other}'s host"))] = other
+        return held
+
+    # --- jobs: one per node of a run, rank 0 the master ---
+
+    def set_jobs(self, run: str, hosts: List[dict]) -> None:
+        """Records the run's jobs, one per host in rank order, before any is started."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            self._insert_jobs(db, run, hosts)
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _insert_jobs(db: sqlite3.Connection, run: str, hosts: List[dict]) -> None:
+        db.execute("DELETE FROM jobs WHERE run = ?", (run,))
+        db.executemany("INSERT INTO jobs (run, rank, status, host) VALUES (?, ?, 'provisioning', ?)",
+                       [(run, rank, json.dumps(host)) for rank, host in enumerate(hosts)])
+
+    def list_jobs(self, run: str) -> List[JobRecord]:
+        with self._connect(read=True) as db:
+            rows = db.execute("SELECT run, rank, status, host, exit_code, started_at, finished_at FROM jobs "
+                              "WHERE run = ? ORDER BY rank", (run,)).fetchall()
+        jobs = []
+        for row in rows:
+            if not isinstance(row[1], int) or not isinstance(row[2], str):
+                raise _Damage(f"a job of run {run} has no rank or status")
+            host = _load_json(row[3], dict, f"run {run}'s job {row[1]}'s host") if row[3] is not None else None
+            jobs.append(JobRecord(run=row[0], rank=row[1], status=row[2], host=host, exit_code=row[4],
+                                  started_at=row[5], finished_at=row[6]))
+        return jobs
+
+    def update_job(self, run: str, rank: int, **changes) -> None:
+        assignments = ", ".join(f"{k} = ?" for k in changes)
+        with self._connect() as db:
+            db.execute(f"UPDATE jobs SET {assignments} WHERE run = ? AND rank = ?", [*changes.values(), run, rank])
 
     def get_run(self, name: str) -> Optional[RunRecord]:
         with self._connect(read=True) as db:
@@ -354,6 +450,7 @@ class StateStore:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM runs WHERE name = ?", (name,))
             db.execute("DELETE FROM events WHERE run = ?", (name,))
+            db.execute("DELETE FROM jobs WHERE run = ?", (name,))
             db.execute("COMMIT")
 
     # --- events: a run's lifecycle, for `dstack event` ---
@@ -469,6 +566,10 @@ class StateStore:
 
 def _json_or_none(value) -> Optional[str]:
     return None if value is None else json.dumps(value)
+
+
+def _address(host: dict) -> tuple:
+    return host.get("hostname"), host.get("port")
 
 
 def _tables_at(version: int) -> set:

@@ -108,7 +108,8 @@ def sh(*argv: str) -> None:
 
 
 class NamespaceHost:
-    """One test host: namespace `dstk<pid>-<n>`, address 10.251.<n>.2, sshd on port 22 accepting `client_key`.
+    """One test host: namespace `dstk<pid>-<n>`, address 10.251.<n>.2, sshd on port 22 accepting `client_key` (its
+    authorized_keys is the host's own file, which sshd names to dstack as DSTACK_AUTHORIZED_KEYS).
     Without an index, the first one that no process holds."""
 
     def __init__(self, client_public_key: str, index=None):
@@ -144,7 +145,7 @@ class NamespaceHost:
             f"PidFile {self.dir / 'sshd.pid'}", f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "UsePAM no", "StrictModes no", "AllowTcpForwarding yes", "LogLevel ERROR", "MaxStartups 100",
-            f"SetEnv DSTACK_JOBS_DIR={self.jobs_dir}",
+            f"SetEnv DSTACK_JOBS_DIR={self.jobs_dir} DSTACK_AUTHORIZED_KEYS={self.dir / 'authorized_keys'}",
         ]) + "\n")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         self.start_sshd()
@@ -204,3 +205,42 @@ class NamespaceHost:
             self._guarded = False
             release_test_range()
         self._index_lock.close()
+
+
+class Switch:
+    """An L2 switch joining cluster test hosts, so that each reaches the others' addresses (10.251.N.2) directly:
+    a bridge in a namespace of its own, one veth from each host to it, and in each host a /32 route to every other
+    member through that veth. Nothing goes through this machine's namespace (no IP forwarding there, no route
+    outside TEST_RANGE); removing the switch's namespace removes its veths and so the hosts' routes to each other.
+    Its name carries this process's id and a count, so concurrent test runs never share one."""
+
+    _made = 0
+
+    def __init__(self):
+        Switch._made += 1
+        self.ns = f"dstksw{os.getpid() % 10000}-{Switch._made}"
+        self.members: list = []  # (host, its veth to the switch)
+
+    def start(self) -> "Switch":
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "add", "br0", "type", "bridge")
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", "br0", "up")
+        return self
+
+    def join(self, host: NamespaceHost) -> None:
+        link = f"ds{os.getpid() % 10000}c{host.index}"
+        port = f"ds{os.getpid() % 10000}p{host.index}"
+        sh("ip", "link", "add", link, "type", "veth", "peer", "name", port)
+        sh("ip", "link", "set", link, "netns", host.ns)
+        sh("ip", "link", "set", port, "netns", self.ns)
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", port, "master", "br0", "up")
+        sh("ip", "netns", "exec", host.ns, "ip", "link", "set", link, "up")
+        for other, other_link in self.members:
+            sh("ip", "netns", "exec", host.ns, "ip", "route", "add", f"{other.address}/32", "dev", link,
+               "src", host.address)
+            sh("ip", "netns", "exec", other.ns, "ip", "route", "add", f"{host.address}/32", "dev", other_link,
+               "src", other.address)
+        self.members.append((host, link))
+
+    def cleanup(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)

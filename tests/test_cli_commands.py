@@ -139,8 +139,11 @@ def test_ps_last_verbose_logs_since_diagnose_and_node(tmp_path, dstack_home):
     assert cli_in(tmp_path, "apply", "-y", "-n", "second", env=env).returncode == 0
     last = json.loads(run_cli("ps", "-n", "1", "--json", "-v", env=env).stdout)["runs"]
     assert [r["name"] for r in last] == ["second"]  # -n implies --all: finished runs count
-    assert last[0]["jobs"] == [{"node": 0, "host": "this machine", "ports": [[18431, 18431]], "exit_code": 0,
-                                "attempts": []}]
+    job = last[0]["jobs"][0]
+    assert len(last[0]["jobs"]) == 1 and job["started_at"] <= job["finished_at"]
+    assert {k: v for k, v in job.items() if not k.endswith("_at")} == {
+        "node": 0, "status": "done", "host": "this machine", "ports": [[18431, 18431]], "exit_code": 0,
+        "attempts": []}
     table = run_cli("ps", "-n", "2", "-v", env=env).stdout
     assert "HOST" in table and "this machine" in table and "localhost:18431->18431" in table
     assert run_cli("logs", "second", env=env).stdout == "one\ntwo\n"

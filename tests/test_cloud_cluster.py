@@ -393,11 +393,8 @@ def test_dry_run_of_a_cluster_renders_its_nodes_and_notes_a_missing_placement_gr
 def test_apply_dry_run_json_of_three_nodes_shows_three_instances(tmp_path, dstack_home, backend, gpu, types):
     from collections import Counter
 
-    from provisioner.field_support import refusals
     from tests.helpers import run_cli
 
-    if refusals(cluster_task(), None):
-        pytest.skip("`nodes` is refused until the runner runs a node per host (issue 10, branch multinode)")
     conf = tmp_path / "t.dstack.yml"
     conf.write_text(f"type: task\nname: dist\nnodes: 3\ncommands: [python train.py]\nresources: {{gpu: '{gpu}'}}\n")
     result = run_cli("apply", "-f", str(conf), "-b", backend, "--dry-run", "--json",

@@ -15,7 +15,7 @@ from configuration.interpolation import resolve_run
 from configuration.loader import parse_configuration
 from offers.catalog import InstanceType
 from offers.offer import Offer
-from provisioner import runner
+from provisioner import run_jobs, runner
 from provisioner.access import HostAccess
 from provisioner.backends import FleetBackend
 from provisioner.hosts import local_offer
@@ -56,14 +56,14 @@ class HeldStart:
 
     def __init__(self, monkeypatch):
         self.reached, self.release = threading.Event(), threading.Event()
-        real = runner.start_job
+        real = run_jobs.start_job
 
         def held(transport, job, repo=None):
             self.reached.set()
             assert self.release.wait(60)
             return real(transport, job, repo)
 
-        monkeypatch.setattr(runner, "start_job", held)
+        monkeypatch.setattr(run_jobs, "start_job", held)
 
 
 def submit_in_thread(name: str, detach: bool):
@@ -156,7 +156,7 @@ def test_a_job_that_has_just_ended_is_not_judged_gone(dstack_home):
     (folder / "pid").write_text(f"{ended.pid}\n")
     StateStore().create_run(RunRecord(name="just-ended", status="running", submitted_at=time.time(),
                                       backend="local", host=HostAccess(kind="local").to_json(), detached=True))
-    writer = threading.Timer(runner.JOB_SETTLE_S / 3, lambda: (folder / "exit_code").write_text("0\n"))
+    writer = threading.Timer(run_jobs.JOB_SETTLE_S / 3, lambda: (folder / "exit_code").write_text("0\n"))
     writer.start()
     record = {r.name: r for r in runner.reconcile(local_session())}["just-ended"]
     writer.join()

@@ -147,8 +147,7 @@ def offer(backend, gpus=0, zones=(), region="r"):
 
 @pytest.mark.parametrize("text, message", [
     ("volumes: ['v:/data']", "volume v does not exist: create it with"),
-    ("nodes: 2", "`nodes` is not supported yet (issue: distributed tasks)"),
-    ("stop_criteria: master-done", "`stop_criteria` is not supported yet (issue: distributed tasks)"),
+    ("nodes: 2", "`nodes: 2` needs 2 hosts that fit the resources: this machine (the local backend) is one node"),
     ("fleets: [lab]", "`fleets` is not supported yet (issue: persistent resources)"),
     ("idle_duration: 'off'", "`idle_duration` is not supported yet"),
     ("entrypoint: python", "`entrypoint` needs `image:`"),
