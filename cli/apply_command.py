@@ -60,12 +60,9 @@ def apply(
     configuration = load_file(file)
     source = source_name(file)
     if configuration.type == "fleet":
-        if dry_run:
-            print_json({"configuration": configuration.model_dump(mode="json")})
-            return
         from cli.fleet_command import apply_fleet
 
-        apply_fleet(configuration, source, yes)
+        apply_fleet(configuration, source, yes, dry_run, as_json, max_offers)
         return
     if name is not None:
         configuration = configuration.model_copy(update={"name": _run_name(name)})
@@ -79,6 +76,10 @@ def apply(
     from provisioner.state import StateStore
 
     store = StateStore()
+    if not dry_run:
+        from cli.fleet_command import expire_idle_fleets
+
+        expire_idle_fleets()  # an instance idle past its idle_duration is not offered: it is destroyed
     backend, region = opt.placement_flags(backend, region, fleet, reuse,
                                           lambda: [f["name"] for f in store.list_fleets()])
     requirements = opt.build_requirements(
@@ -93,8 +94,11 @@ def apply(
                               all_clouds=dry_run)
     search, hosts = found.search, found.hosts
     from provisioner.field_support import check_fields
+    from provisioner.instances import plan_offers
 
-    search.offers = check_fields(run.configuration, search.offers, file)  # fields no backend would act upon
+    # idle fleet instances first (`fleets`, `creation_policy`), then fields no backend would act upon
+    search.offers = check_fields(run.configuration, plan_offers(run.configuration, search.offers, store, requirements,
+                                                                file), file)
     if not search.offers and not dry_run:
         hint = "" if config.cloud_backends else "; no cloud is configured, so only this machine and SSH fleets count"
         raise ConfigurationError(f"no offers match: {requirements.describe()}{hint} (see `dstack offers`)")

@@ -52,7 +52,7 @@ COMMANDS: Dict[str, LazyCommand] = {
                          "provisioned, started, exit, teardown."),
     "delete": LazyCommand("cli.fleet_command:delete", "Forget a fleet (`-f fleet.dstack.yml`) or a finished run "
                           "(NAME)."),
-    "fleet": LazyCommand("cli.fleet_command:fleet_app", "List, show and delete SSH fleets."),
+    "fleet": LazyCommand("cli.fleet_command:fleet_app", "List, show and delete SSH and cloud fleets."),
     "volume": LazyCommand("cli.volume_command:volume_app", "Volumes: not supported yet."),
     "secret": LazyCommand("cli.secret_command:secret_app", "Store the secrets that `${{ secrets.NAME }}` reads"),
     "schedule": LazyCommand("cli.schedule_command:schedule_app", "Scheduled runs: list them, or start those that "

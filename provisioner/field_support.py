@@ -62,11 +62,10 @@ RULES: Tuple[FieldRule, ...] = (
     _later("startup_order", "distributed tasks"),
     _later("stop_criteria", "distributed tasks"),
     _later("volumes", "persistent resources"),
-    _later("fleets", "persistent resources"),
-    _later("creation_policy", "persistent resources"),
-    _later("idle_duration", "persistent resources", lambda c: c.idle_duration is not None),
-    _later("instances", "persistent resources"),
-    _later("reservation", "persistent resources"),
+    FieldRule("instances", _set("instances"), (), "is not supported yet: runs pick fleet instances by `fleets` "
+                                                  "and their resources"),
+    FieldRule("reservation", _set("reservation"), (), "is not supported yet: the stack programs do not target "
+                                                      "capacity reservations"),
     FieldRule("dstack", _set("dstack"), (), "is not supported: there is no dstack server to reach (this CLI runs "
                                             "tasks itself)"),
     FieldRule("backend_options", _set("backend_options"), (),

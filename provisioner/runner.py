@@ -23,6 +23,7 @@ from provisioner.backends import Backend, backend_for
 from provisioner.field_support import check_fields
 from provisioner.events import mark_output
 from provisioner.follow import LogFollower, kept_run_hint
+from provisioner.instances import power_off_minutes
 from provisioner.job import TIMED_OUT, UNDERUTILIZED, JobSpec, job_state, start_job, stop_job
 from provisioner.owner import current_owner, owner_alive
 from provisioner.plan import configuration_json
@@ -36,7 +37,6 @@ STARTED = ("submitted", "provisioning", "pulling", "running")
 STARTING = ("submitted", "provisioning")  # the job is not started yet: it may be starting while its owner lives
 RUNNING = ("pulling", "running")  # the job's pid file exists
 MAX_OFFERS_TRIED = 5
-POWER_OFF_AFTER_EXIT_MIN = 5
 STOP_GRACE_S = 10
 JOB_SETTLE_S = 0.5  # between a job's end and its exit code being written
 
@@ -125,7 +125,7 @@ def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[str] = N
         registry_username=auth.username if auth else None,
         registry_password=auth.password.get_secret_value() if auth else None,
         max_duration_s=configuration.max_duration if isinstance(configuration.max_duration, int) else None,
-        power_off_after_exit_min=POWER_OFF_AFTER_EXIT_MIN if offer.backend in ("aws", "gcp") else None,
+        power_off_after_exit_min=power_off_minutes(configuration, offer),
         shell=configuration.shell,
         user=configuration.user,
         privileged=configuration.privileged,
