@@ -42,14 +42,14 @@ class InstanceOffer(Offer):
 
 def offer_record(offer: Offer) -> dict:
     """An offer as an instance row keeps it: every field, so the plan can offer the instance again."""
-    return {"backend": offer.backend, "instance": list(offer.instance), "region": offer.region,
+    return {"backend": offer.backend, "instance": offer.instance._asdict(), "region": offer.region,
             "zones": list(offer.zones), "spot": offer.spot, "price": offer.price, "disk_gb": offer.disk_gb,
             "disk_price": offer.disk_price}
 
 
 def instance_offer(record: InstanceRecord) -> InstanceOffer:
     o = record.offer
-    return InstanceOffer(o["backend"], InstanceType(*o["instance"]), o["region"], tuple(o["zones"]), o["spot"],
+    return InstanceOffer(o["backend"], InstanceType(**o["instance"]), o["region"], tuple(o["zones"]), o["spot"],
                          o["price"], o["disk_gb"], o["disk_price"], fleet=record.fleet, num=record.num,
                          idle_duration=record.idle_duration)
 
