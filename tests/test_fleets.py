@@ -324,3 +324,42 @@ def test_a_fleet_instance_stops_its_start_watchdog_and_arms_its_idle_one():
     assert commands[0].startswith("sudo -n systemctl stop dstack-start-watchdog.timer") and \
         "dstack-power-off --idle 2" in commands[0]
     assert "--idle" not in commands[1] and "dstack-start-watchdog" in commands[1]
+
+
+def test_gc_leaves_a_recorded_fleets_resources_alone(monkeypatch, moto_endpoint, dstack_home):
+    import boto3
+
+    from provisioner.state import StateStore
+    from tests.test_gc import make_run_resources
+
+    env = {"AWS_ENDPOINT_URL_EC2": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "eu-west-3", "DSTACK_HOME": str(dstack_home)}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ec2 = boto3.client("ec2", region_name="eu-west-3")
+    orphan = make_run_resources(ec2, "gone-fleet")
+    make_run_resources(ec2, "idle-fleet")
+    StateStore().create_cloud_fleet("idle-fleet", "fleet.dstack.yml", "aws", {}, None)
+    listed = run_cli("gc", "-r", "eu-west-3", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert {l["id"] for l in json.loads(listed.stdout)["leftovers"]} == orphan
+
+
+def test_the_plan_puts_an_idle_instance_first_marked_reused_with_no_resources_to_create(tmp_path, dstack_home):
+    from provisioner.instances import offer_record
+    from provisioner.state import InstanceRecord, StateStore
+
+    host = {"kind": "ssh", "hostname": "10.251.250.2"}  # never contacted: a dry run
+    StateStore().create_cloud_fleet("warm", "fleet.dstack.yml", "aws", {}, None, [
+        InstanceRecord("warm", 0, "aws", offer_record(OFFER), host, idle_since=time.time())])
+    conf = write(tmp_path, "t.dstack.yml", "type: task\ncommands: [x]\nresources: {cpu: 2}\n")
+    env = {"DSTACK_HOME": str(dstack_home)}
+    result = run_cli("apply", "-f", conf, "--dry-run", "--json", "-b", "aws", env=env)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["offer"]["reused"] == {"fleet": "warm", "instance_num": 0} and plan["resources"] == []
+    text = run_cli("apply", "-f", conf, "--dry-run", "-b", "aws", env=env)
+    assert text.returncode == 0 and "aws (reused warm/0)" in text.stdout
+    bigger = write(tmp_path, "big.dstack.yml", "type: task\ncommands: [x]\nresources: {cpu: 4..}\n")
+    plan = json.loads(run_cli("apply", "-f", bigger, "--dry-run", "--json", "-b", "aws", env=env).stdout)
+    assert "reused" not in plan["offer"]  # an instance that does not fit is not offered
