@@ -167,7 +167,9 @@ class ReusingBackend:
             stacks.append(stack)
             self.store.update_run(run_name, stack=stack)
 
-        hosts = self.cloud.create_stack(fleet, offer, configuration, report, fleet_key_path(fleet), record)
+        # No VM deadline from max_duration: the instance outlives the run (the job's own deadline still holds).
+        outliving = configuration.model_copy(update={"max_duration": None})
+        hosts = self.cloud.create_stack(fleet, offer, outliving, report, fleet_key_path(fleet), record)
         instances = [InstanceRecord(fleet=fleet, num=num, backend=offer.backend, offer=offer_record(offer),
                                     host=host.to_json(), status="busy", run=run_name,
                                     idle_duration=kept_for(configuration)) for num, host in enumerate(hosts)]

@@ -150,9 +150,10 @@ def test_a_run_with_idle_duration_leaves_its_instance_for_the_next_run_until_it_
     from provisioner.state import StateStore
 
     store = StateStore()
-    first, planned, output = submit_task(store, "first", "idle_duration: 1h\ncommands: [echo one]\n", [OFFER],
-                                         tmp_path)
+    first, planned, output = submit_task(store, "first", "idle_duration: 1h\nmax_duration: 10m\n"
+                                         "commands: [echo one]\n", [OFFER], tmp_path)
     assert (first.status, output, planned) == ("done", "one\n", [OFFER])
+    assert cloud["shapes"][0].max_duration is None  # no VM deadline: the instance outlives the run
     assert cloud["made"] == ["first"] and cloud["destroyed"] == []  # kept: not destroyed with the run
     [kept] = store.list_instances()
     assert (kept.fleet, kept.status, kept.run, kept.idle_duration) == ("first", "idle", None, 3600)
