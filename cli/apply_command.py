@@ -52,7 +52,8 @@ def apply(
     scheduled_start: Annotated[bool, typer.Option("--scheduled-start", hidden=True,
                                                   help="A start of a scheduled run: run it now")] = False,
 ) -> None:
-    """Apply a configuration: a task runs on the cheapest offer that fits; a fleet registers your SSH hosts."""
+    """Apply a configuration: a task runs on the cheapest offer that fits; a fleet registers your SSH hosts or
+    provisions cloud instances."""
     from cli.config_input import chosen_file, load_file, config_path, source_name
     from configuration.interpolation import resolve_run
 

@@ -34,7 +34,7 @@ class LazyCommand:
 
 COMMANDS: Dict[str, LazyCommand] = {
     "apply": LazyCommand("cli.apply_command:apply", "Apply a configuration: a task runs on the cheapest offer that "
-                         "fits; a fleet registers your SSH hosts.", _RUN_SETTINGS),
+                         "fits; a fleet registers your SSH hosts or provisions cloud instances.", _RUN_SETTINGS),
     "run": LazyCommand("cli.apply_command:apply", "An alias of `apply`.", _RUN_SETTINGS, alias_of="apply"),
     "offer": LazyCommand("cli.offers_command:offers", "Show the offers that match the requirements (spot and "
                          "on-demand unless told otherwise)."),

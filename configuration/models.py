@@ -402,11 +402,15 @@ class FleetConfiguration(StrictModel):
         Optional[Literal["any", "cluster"]],
         Field(description="Cloud fleets: `cluster` puts the instances close together (a placement group)"),
     ] = None
-    resources: Annotated[Optional[ResourcesSpec], Field(description="Cloud fleets: the resources of each instance")] = None
+    resources: Annotated[
+        Optional[ResourcesSpec], Field(description="Cloud fleets: the resources of each instance")
+    ] = None
     backends: Annotated[Optional[List[BackendName]], Field(description="Cloud fleets: `aws`, `gcp`")] = None
     regions: Annotated[Optional[List[str]], Field(description="Cloud fleets: the regions to consider")] = None
     availability_zones: Annotated[Optional[List[str]], Field(description="Cloud fleets: the zones to consider")] = None
-    instance_types: Annotated[Optional[List[str]], Field(description="Cloud fleets: the instance types to consider")] = None
+    instance_types: Annotated[
+        Optional[List[str]], Field(description="Cloud fleets: the instance types to consider")
+    ] = None
     spot_policy: Annotated[
         Optional[SpotPolicy], Field(description="Cloud fleets: `spot`, `on-demand` (default) or `auto`")
     ] = None

@@ -100,9 +100,9 @@ def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requi
         chosen = reused + list(offers)
     if not chosen and (names or getattr(configuration, "creation_policy", None) == "reuse"):
         where = f"fleet{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else "any fleet"
-        raise ConfigurationError(f"{source}: no idle instance of {where} fits {requirements.describe()}, and "
-                                 f"{'`fleets` limits the run to them' if names else '`creation_policy: reuse` creates none'}"
-                                 " (see `dstack fleet list`)")
+        why = "`fleets` limits the run to them" if names else "`creation_policy: reuse` creates none"
+        raise ConfigurationError(f"{source}: no idle instance of {where} fits {requirements.describe()}, and {why} "
+                                 "(see `dstack fleet list`)")
     return chosen
 
 
