@@ -55,27 +55,19 @@ def instance_offer(record: InstanceRecord) -> InstanceOffer:
 
 
 def idle_offers(store: StateStore, requirements: Requirements) -> List[InstanceOffer]:
-    """The idle instances that fit the requirements, cheapest first. A spot instance serves a run that allows
-    spot; a run that asks for spot only gets none (host_offers' rule for hosts that exist)."""
+    """The idle instances that fit the requirements (host_offers' rules for hosts that exist), cheapest first. A
+    spot instance serves runs that allow spot, an on-demand one runs that allow on-demand."""
+    import dataclasses
+
+    any_market = dataclasses.replace(requirements, spot=None)
     found = []
     for record in store.list_instances():
         if record.status != "idle":
             continue
         offer = instance_offer(record)
-        as_host = host_offers([offer], _allowing_spot(requirements, offer))
-        if next(iter(as_host), None) is not None:
+        if requirements.spot in (None, offer.spot) and next(iter(host_offers([offer], any_market)), None):
             found.append(offer)
     return sorted(found, key=lambda o: (o.price, o.fleet, o.num))
-
-
-def _allowing_spot(requirements: Requirements, offer: Offer) -> Requirements:
-    import dataclasses
-
-    if offer.spot and requirements.spot is not False:
-        return dataclasses.replace(requirements, spot=None)
-    if offer.spot:  # on-demand asked for: a spot instance does not fit
-        return dataclasses.replace(requirements, spot=True)
-    return requirements
 
 
 def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requirements: Requirements,

@@ -387,3 +387,23 @@ def test_the_plan_puts_an_idle_instance_first_marked_reused_with_no_resources_to
     bigger = write(tmp_path, "big.dstack.yml", "type: task\ncommands: [x]\nresources: {cpu: 4..}\n")
     plan = json.loads(run_cli("apply", "-f", bigger, "--dry-run", "--json", "-b", "aws", env=env).stdout)
     assert "reused" not in plan["offer"]  # an instance that does not fit is not offered
+
+
+def test_a_spot_instance_serves_runs_that_allow_spot_and_an_on_demand_one_runs_that_allow_on_demand():
+    import dataclasses
+
+    from configuration.resources import ResourcesSpec
+    from offers.requirements import Requirements
+    from provisioner.instances import idle_offers, offer_record
+    from provisioner.state import InstanceRecord, StateStore
+
+    store = StateStore()
+    spot = dataclasses.replace(OFFER, spot=True, price=0.03)
+    store.create_cloud_fleet("f1", "x", "aws", {}, None, [
+        InstanceRecord("f1", 0, "aws", offer_record(OFFER), {}, idle_since=1.0),
+        InstanceRecord("f1", 1, "aws", offer_record(spot), {}, idle_since=1.0)])
+
+    def nums(policy):
+        return [o.num for o in idle_offers(store, Requirements(resources=ResourcesSpec(), spot=policy))]
+
+    assert (nums(None), nums(True), nums(False)) == ([1, 0], [1], [0])  # cheapest first
