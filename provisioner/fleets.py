@@ -146,6 +146,9 @@ def _provision(name: str, offers: List[Offer], shape: FleetShape, config: Dstack
         try:
             hosts = CloudBackend(offer.backend, config, store).create_stack(
                 name, offer, shape, report, fleet_key_path(name), lambda stack: store.set_fleet_stack(name, stack))
+            if len(hosts) != shape.nodes:
+                raise DstackError(f"fleet {name}: its stack brought up {len(hosts)} of the {shape.nodes} instances "
+                                  "asked for")
             return offer, hosts
         except StackFailure as failure:
             if not failure.retryable:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from configuration.errors import ConfigurationError
+from configuration.errors import ConfigurationError, DstackError
 from offers.catalog import InstanceType
 from offers.offer import Offer
 from tests.helpers import run_cli
@@ -218,6 +218,22 @@ def test_a_cloud_fleet_is_one_stack_of_n_idle_instances_that_fleets_pins_runs_to
     store.release_instance("holder")
     destroy_cloud_fleet(store, load_config(), "gpus", lambda p: None)
     assert cloud["destroyed"] == ["gpus"] and store.list_cloud_fleets() == []
+
+
+def test_a_fleet_whose_stack_brings_up_fewer_instances_is_destroyed_and_forgotten(cloud, monkeypatch):
+    from configuration.backends import load_config
+    from provisioner.backends import CloudBackend
+    from provisioner.fleets import create_cloud_fleet
+    from provisioner.state import StateStore
+
+    made = CloudBackend.create_stack
+    monkeypatch.setattr(CloudBackend, "create_stack", lambda self, *args: made(self, *args)[:1])
+    monkeypatch.setattr("provisioner.fleets.prepare_instance", lambda host, idle: None)
+    store = StateStore()
+    with pytest.raises(DstackError, match="its stack brought up 1 of the 3 instances"):
+        create_cloud_fleet(parse_fleet({"nodes": 3}), "f.yml", [OFFER], load_config(), store, lambda p: None,
+                           lambda m: None)
+    assert cloud["destroyed"] == ["gpus"] and store.list_cloud_fleets() == [] and store.list_instances() == []
 
 
 def test_two_runs_never_claim_one_instance():
