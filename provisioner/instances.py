@@ -11,6 +11,7 @@ destroys its fleet's stack (provisioner.fleets.expire_idle_fleets).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
@@ -30,35 +31,37 @@ CLOUDS = ("aws", "gcp")
 
 @dataclass(frozen=True)
 class InstanceOffer(Offer):
-    """An idle fleet instance as an offer: the run that takes it claims the instance rather than provisioning."""
+    """An idle fleet instance as an offer: the run that takes it claims the instance rather than provisioning. Its
+    `zones` are empty, so failover never tries it once per zone, and a claim lost to another run rules out no zone
+    for the offers after it; `zone` is where it is."""
 
     fleet: str = ""
     num: int = 0
     idle_duration: Optional[int] = None  # the instance's, in seconds: None keeps it until its fleet is deleted
+    zone: str = ""
 
     def to_json(self) -> dict:
-        return {**super().to_json(), "reused": {"fleet": self.fleet, "instance_num": self.num}}
+        return {**super().to_json(), "reused": {"fleet": self.fleet, "instance_num": self.num, "zone": self.zone}}
 
 
 def offer_record(offer: Offer) -> dict:
-    """An offer as an instance row keeps it: every field, so the plan can offer the instance again."""
+    """An offer as an instance row keeps it: every field, so the plan can offer the instance again; of its zones,
+    the first, where the stack put the instance."""
     return {"backend": offer.backend, "instance": offer.instance._asdict(), "region": offer.region,
-            "zones": list(offer.zones), "spot": offer.spot, "price": offer.price, "disk_gb": offer.disk_gb,
+            "zones": list(offer.zones[:1]), "spot": offer.spot, "price": offer.price, "disk_gb": offer.disk_gb,
             "disk_price": offer.disk_price}
 
 
 def instance_offer(record: InstanceRecord) -> InstanceOffer:
     o = record.offer
-    return InstanceOffer(o["backend"], InstanceType(**o["instance"]), o["region"], tuple(o["zones"]), o["spot"],
-                         o["price"], o["disk_gb"], o["disk_price"], fleet=record.fleet, num=record.num,
-                         idle_duration=record.idle_duration)
+    return InstanceOffer(o["backend"], InstanceType(**o["instance"]), o["region"], (), o["spot"], o["price"],
+                         o["disk_gb"], o["disk_price"], fleet=record.fleet, num=record.num,
+                         idle_duration=record.idle_duration, zone=o["zones"][0] if o["zones"] else "")
 
 
 def idle_offers(store: StateStore, requirements: Requirements) -> List[InstanceOffer]:
     """The idle instances that fit the requirements (host_offers' rules for hosts that exist), cheapest first. A
     spot instance serves runs that allow spot, an on-demand one runs that allow on-demand."""
-    import dataclasses
-
     any_market = dataclasses.replace(requirements, spot=None)
     found = []
     for record in store.list_instances():
@@ -82,7 +85,9 @@ def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requi
         if missing:
             raise ConfigurationError(f"{source}: `fleets`: no fleet named {', '.join(missing)} (see `dstack fleet "
                                      "list`)")
-    reused: List[Offer] = [o for o in idle_offers(store, requirements) if not names or o.fleet in names]
+    zones = getattr(configuration, "availability_zones", None)
+    reused: List[Offer] = [o for o in idle_offers(store, requirements)
+                           if (not names or o.fleet in names) and (not zones or o.zone in zones)]
     existing = [o for o in offers if o.backend == "ssh" and (not names or o.region in names)]
     if names:
         chosen = reused + existing

@@ -124,7 +124,7 @@ def cloud(monkeypatch, make_host, client_key):
     return calls
 
 
-def submit_task(store, name, text, offers, tmp_path):
+def submit_task(store, name, text, offers, tmp_path, before_submit=lambda: None):
     from configuration.backends import load_config
     from configuration.interpolation import resolve_run
     from configuration.loader import parse_configuration
@@ -138,6 +138,7 @@ def submit_task(store, name, text, offers, tmp_path):
     requirements = Requirements(resources=configuration.resources, spot=False)
     planned = plan_offers(configuration, offers, store, requirements, "t.dstack.yml")
     session = RunSession(store=store, config=load_config(), reporter=Reporter(output=output.append))
+    before_submit()
     record = submit(session, name, resolved, planned, None, detach=False)
     return record, planned, b"".join(output).decode()
 
@@ -163,7 +164,7 @@ def test_a_run_with_idle_duration_leaves_its_instance_for_the_next_run_until_it_
 
     second, planned, output = submit_task(store, "second", "commands: [echo two]\n", [OFFER], tmp_path)
     assert isinstance(planned[0], InstanceOffer) and planned[1:] == [OFFER]  # the idle instance first
-    assert planned[0].to_json()["reused"] == {"fleet": "first", "instance_num": 0}
+    assert planned[0].to_json()["reused"] == {"fleet": "first", "instance_num": 0, "zone": "us-east-1a"}
     assert (second.status, output, second.host["hostname"]) == ("done", "two\n", cloud["access"].hostname)
     assert cloud["made"] == ["first"] and cloud["destroyed"] == []  # no provisioning, nothing destroyed
     [kept] = store.list_instances()
@@ -234,6 +235,20 @@ def test_a_fleet_whose_stack_brings_up_fewer_instances_is_destroyed_and_forgotte
         create_cloud_fleet(parse_fleet({"nodes": 3}), "f.yml", [OFFER], load_config(), store, lambda p: None,
                            lambda m: None)
     assert cloud["destroyed"] == ["gpus"] and store.list_cloud_fleets() == [] and store.list_instances() == []
+
+
+def test_an_instance_taken_after_the_plan_moves_the_run_to_the_next_offer(cloud, tmp_path):
+    from provisioner.instances import InstanceOffer, offer_record
+    from provisioner.state import InstanceRecord, StateStore
+
+    store = StateStore()
+    store.create_cloud_fleet("warm", "x", "aws", {}, None, [
+        InstanceRecord("warm", 0, "aws", offer_record(OFFER), cloud["access"].to_json(), idle_since=time.time())])
+    record, planned, output = submit_task(store, "late", "commands: [echo late]\n", [OFFER], tmp_path,
+                                          before_submit=lambda: store.claim_instance("warm", 0, "other"))
+    assert isinstance(planned[0], InstanceOffer) and record.status == "done" and output == "late\n"
+    assert cloud["made"] == ["late"]  # the next offer, in the instance's own zone: the lost claim ruled out none
+    assert [a["error"] for a in record.attempts] == ["instance 0 of fleet warm was taken by another run"]
 
 
 def test_two_runs_never_claim_one_instance():
@@ -397,12 +412,15 @@ def test_the_plan_puts_an_idle_instance_first_marked_reused_with_no_resources_to
     result = run_cli("apply", "-f", conf, "--dry-run", "--json", "-b", "aws", env=env)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
-    assert plan["offer"]["reused"] == {"fleet": "warm", "instance_num": 0} and plan["resources"] == []
+    assert plan["offer"]["reused"] == {"fleet": "warm", "instance_num": 0, "zone": "us-east-1a"}
+    assert plan["resources"] == []
     text = run_cli("apply", "-f", conf, "--dry-run", "-b", "aws", env=env)
     assert text.returncode == 0 and "aws (reused warm/0)" in text.stdout
-    bigger = write(tmp_path, "big.dstack.yml", "type: task\ncommands: [x]\nresources: {cpu: 4..}\n")
-    plan = json.loads(run_cli("apply", "-f", bigger, "--dry-run", "--json", "-b", "aws", env=env).stdout)
-    assert "reused" not in plan["offer"]  # an instance that does not fit is not offered
+    for name, text in (("bigger", "resources: {cpu: 4..}"),
+                       ("elsewhere", "regions: [us-east-1]\navailability_zones: [us-east-1b]")):
+        other = write(tmp_path, f"{name}.dstack.yml", f"type: task\ncommands: [x]\n{text}\n")
+        plan = json.loads(run_cli("apply", "-f", other, "--dry-run", "--json", "-b", "aws", env=env).stdout)
+        assert "reused" not in plan["offer"], name  # an instance that does not fit is not offered
 
 
 def test_a_spot_instance_serves_runs_that_allow_spot_and_an_on_demand_one_runs_that_allow_on_demand():
