@@ -21,7 +21,7 @@ from offers.offer import Offer
 from offers.requirements import Requirements, spot_from_policy
 from provisioner.backends import CloudBackend, fleet_key_path
 from provisioner.field_support import restrict_zones
-from provisioner.instances import CLOUDS, offer_record
+from provisioner.instances import CLOUDS, offer_record, watchdog_minutes
 from provisioner.state import InstanceRecord, StateStore
 from stacks.errors import StackFailure
 from stacks.power_off import POWER_OFF_PATH
@@ -162,9 +162,9 @@ def _provision(name: str, offers: List[Offer], shape: FleetShape, config: Dstack
 def prepare_instance(host, idle_seconds: Optional[int]) -> None:
     """A fleet instance waits for runs: the VM's start watchdog (which ends a VM no job started on) is stopped,
     and with an idle_duration the idle watchdog is armed, as after a job."""
-    minutes = None if idle_seconds is None else max(1, -(-idle_seconds // 60))
     command = "sudo -n systemctl stop dstack-start-watchdog.timer 2>/dev/null || true"
-    if minutes is not None:
+    if idle_seconds is not None:
+        minutes = watchdog_minutes(idle_seconds)
         command += f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes}"
     transport = host.connect(total_wait=300, booting=True)
     try:
@@ -229,7 +229,8 @@ def fleets_json(store: StateStore, now: float) -> List[dict]:
     cloud = []
     for fleet in store.list_cloud_fleets():
         instances = store.list_instances(fleet["name"])
-        cloud.append({"name": fleet["name"], "kind": "cloud", "source": fleet["source"], "backend": fleet["backend"],
+        backend = (fleet["stack"] or {}).get("backend", fleet["backend"])  # failover may have moved it
+        cloud.append({"name": fleet["name"], "kind": "cloud", "source": fleet["source"], "backend": backend,
                       "created_at": fleet["created_at"], "hosts": [{"access": i.host} for i in instances],
                       "instances": [i.to_json(now) for i in instances]})
     return sorted(ssh + cloud, key=lambda f: f["name"])

@@ -115,7 +115,12 @@ def power_off_minutes(configuration, offer: Offer) -> Optional[int]:
         seconds = kept_for(configuration)
         if seconds == 0:
             return POWER_OFF_AFTER_EXIT_MIN
-    return None if seconds is None else max(1, math.ceil(seconds / 60))
+    return None if seconds is None else watchdog_minutes(seconds)
+
+
+def watchdog_minutes(seconds: int) -> int:
+    """An idle_duration as the VM's idle watchdog counts it: whole minutes, at least one."""
+    return max(1, math.ceil(seconds / 60))
 
 
 def kept_for(configuration) -> Optional[int]:
