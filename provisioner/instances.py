@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
@@ -26,6 +27,7 @@ from provisioner.state import InstanceRecord, StateStore
 from stacks.errors import CAPACITY, StackFailure
 
 POWER_OFF_AFTER_EXIT_MIN = 5  # a cloud VM of a run kept by nothing ends this long after its job (for `dstack logs`)
+POWER_OFF_MARGIN_S = 60  # an instance this close to its idle watchdog's power-off is not offered: it may be gone
 CLOUDS = ("aws", "gcp")
 
 
@@ -61,11 +63,14 @@ def instance_offer(record: InstanceRecord) -> InstanceOffer:
 
 def idle_offers(store: StateStore, requirements: Requirements) -> List[InstanceOffer]:
     """The idle instances that fit the requirements (host_offers' rules for hosts that exist), cheapest first. A
-    spot instance serves runs that allow spot, an on-demand one runs that allow on-demand."""
+    spot instance serves runs that allow spot, an on-demand one runs that allow on-demand; an instance about to
+    power itself off (within POWER_OFF_MARGIN_S of its idle_duration) serves none."""
     any_market = dataclasses.replace(requirements, spot=None)
+    now = time.time()
     found = []
     for record in store.list_instances():
-        if record.status != "idle":
+        if record.status != "idle" or (record.idle_duration is not None and record.idle_since is not None and
+                                       now > record.idle_since + record.idle_duration - POWER_OFF_MARGIN_S):
             continue
         offer = instance_offer(record)
         if requirements.spot in (None, offer.spot) and next(iter(host_offers([offer], any_market)), None):

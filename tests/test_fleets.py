@@ -441,3 +441,17 @@ def test_a_spot_instance_serves_runs_that_allow_spot_and_an_on_demand_one_runs_t
         return [o.num for o in idle_offers(store, Requirements(resources=ResourcesSpec(), spot=policy))]
 
     assert (nums(None), nums(True), nums(False)) == ([1, 0], [1], [0])  # cheapest first
+
+
+def test_an_instance_about_to_power_itself_off_is_not_offered():
+    from configuration.resources import ResourcesSpec
+    from offers.requirements import Requirements
+    from provisioner.instances import POWER_OFF_MARGIN_S, idle_offers, offer_record
+    from provisioner.state import InstanceRecord, StateStore
+
+    store = StateStore()
+    now = time.time()
+    store.create_cloud_fleet("f1", "x", "aws", {}, None, [
+        InstanceRecord("f1", num, "aws", offer_record(OFFER), {}, idle_since=now - idle, idle_duration=600)
+        for num, idle in enumerate((0, 600 - POWER_OFF_MARGIN_S - 30, 600 - POWER_OFF_MARGIN_S + 30))])
+    assert [o.num for o in idle_offers(store, Requirements(resources=ResourcesSpec()))] == [0, 1]
