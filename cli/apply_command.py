@@ -52,7 +52,8 @@ def apply(
     scheduled_start: Annotated[bool, typer.Option("--scheduled-start", hidden=True,
                                                   help="A start of a scheduled run: run it now")] = False,
 ) -> None:
-    """Apply a configuration: a task runs on the cheapest offer that fits; a fleet registers your SSH hosts."""
+    """Apply a configuration: a task runs on the cheapest offer that fits; a fleet registers your SSH hosts or
+    provisions cloud instances."""
     from cli.config_input import chosen_file, load_file, config_path, source_name
     from configuration.interpolation import resolve_run
 
@@ -60,12 +61,9 @@ def apply(
     configuration = load_file(file)
     source = source_name(file)
     if configuration.type == "fleet":
-        if dry_run:
-            print_json({"configuration": configuration.model_dump(mode="json")})
-            return
         from cli.fleet_command import apply_fleet
 
-        apply_fleet(configuration, source, yes)
+        apply_fleet(configuration, source, yes, dry_run, as_json, max_offers)
         return
     if configuration.type == "volume":
         from cli.volume_command import apply_volume
@@ -86,6 +84,10 @@ def apply(
     from provisioner.volumes import narrow_requirements, place_offers
 
     store = StateStore()
+    if not dry_run:
+        from cli.fleet_command import expire_idle_fleets
+
+        expire_idle_fleets()  # an instance idle past its idle_duration is not offered: it is destroyed
     backend, region = opt.placement_flags(backend, region, fleet, reuse,
                                           lambda: [f["name"] for f in store.list_fleets()])
     requirements = opt.build_requirements(
@@ -101,8 +103,11 @@ def apply(
                               all_clouds=dry_run)
     search, hosts = found.search, found.hosts
     from provisioner.field_support import check_fields
+    from provisioner.instances import plan_offers
 
-    search.offers = check_fields(run.configuration, search.offers, file)  # fields no backend would act upon
+    # idle fleet instances first (`fleets`, `creation_policy`), then fields no backend would act upon
+    search.offers = check_fields(run.configuration, plan_offers(run.configuration, search.offers, store, requirements,
+                                                                file), file)
     search.offers = place_offers(store, run.configuration, search.offers, file)
     if not search.offers and not dry_run:
         hint = "" if config.cloud_backends else "; no cloud is configured, so only this machine and SSH fleets count"
@@ -152,12 +157,14 @@ def _print_dry_run(source: str, run_name: str, run, requirements, search, config
     """The plan: the offer, and the cloud resources its stack would create, rendered offline. Without the cloud's
     extra installed, the plan still shows the offer and says what rendering the stack needs."""
     from provisioner.cloud_plan import dry_run_resources
+    from provisioner.instances import InstanceOffer
     from provisioner.plan import plan_json
     from stacks.extras import MissingExtra
 
     offer = search.offers[0] if search.offers else None
-    try:
-        resources = dry_run_resources(run_name, run.configuration, offer, config)
+    try:  # an idle fleet instance's run creates no cloud resources
+        resources = [] if isinstance(offer, InstanceOffer) else dry_run_resources(run_name, run.configuration, offer,
+                                                                                   config)
         missing = None
     except MissingExtra as e:
         resources, missing = [], e

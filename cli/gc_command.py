@@ -28,7 +28,8 @@ def gc(
     config = load_config()
     mine = owner_id()
     owner = None if all_owners else mine
-    live = {r.name for r in StateStore().list_runs() if r.active}
+    store = StateStore()
+    live = {r.name for r in store.list_runs() if r.active} | {f["name"] for f in store.list_cloud_fleets()}
     scans = []
     if region or config.backend("aws") is not None or config.backend("gcp") is None:
         scans.append(_aws_scan(config, region, owner))

@@ -34,7 +34,7 @@ class LazyCommand:
 
 COMMANDS: Dict[str, LazyCommand] = {
     "apply": LazyCommand("cli.apply_command:apply", "Apply a configuration: a task runs on the cheapest offer that "
-                         "fits; a fleet registers your SSH hosts.", _RUN_SETTINGS),
+                         "fits; a fleet registers your SSH hosts or provisions cloud instances.", _RUN_SETTINGS),
     "run": LazyCommand("cli.apply_command:apply", "An alias of `apply`.", _RUN_SETTINGS, alias_of="apply"),
     "offer": LazyCommand("cli.offers_command:offers", "Show the offers that match the requirements (spot and "
                          "on-demand unless told otherwise)."),
@@ -52,7 +52,7 @@ COMMANDS: Dict[str, LazyCommand] = {
                          "provisioned, started, exit, teardown."),
     "delete": LazyCommand("cli.fleet_command:delete", "Forget a fleet (`-f fleet.dstack.yml`), delete a volume "
                                                       "(`-f volume.dstack.yml`) or forget a finished run (NAME)."),
-    "fleet": LazyCommand("cli.fleet_command:fleet_app", "List, show and delete SSH fleets."),
+    "fleet": LazyCommand("cli.fleet_command:fleet_app", "List, show and delete SSH and cloud fleets."),
     "volume": LazyCommand("cli.volume_command:volume_app", "List, show and delete network volumes."),
     "secret": LazyCommand("cli.secret_command:secret_app", "Store the secrets that `${{ secrets.NAME }}` reads"),
     "schedule": LazyCommand("cli.schedule_command:schedule_app", "Scheduled runs: list them, or start those that "

@@ -36,7 +36,8 @@ def print_plan(source: str, run_name: str, requirements, search, document: dict,
     for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "$/HOUR", "WITH DISK"):
         offers.add_column(column)
     for i, offer in enumerate(search.offers[:max_offers], 1):
-        offers.add_row(str(i), offer.backend, escape(offer.region), escape(offer.instance.name),
+        reused = f" (reused {offer.fleet}/{offer.num})" if getattr(offer, "fleet", "") else ""  # InstanceOffer
+        offers.add_row(str(i), offer.backend + escape(reused), escape(offer.region), escape(offer.instance.name),
                        escape(offer.describe_resources()), "spot" if offer.spot else "on-demand",
                        f"${offer.price:.4f}", f"${offer.total_price:.4f}")
     console.print(offers)

@@ -67,10 +67,12 @@ def ps(
 
 
 def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool) -> None:
+    from cli.fleet_command import expire_idle_fleets
     from provisioner.runner import reconcile
 
     now = time.time()
     every = reconcile(session)
+    expire_idle_fleets()  # after reconcile, whose teardowns hand instances back idle
     _warn_of_unknown_jobs(session.store, every)
     records = [r for r in every if all_runs or last or r.active][:last]
     if as_json:

@@ -95,19 +95,18 @@ class ProfileFields(StrictModel):
         Optional[Schedule], Field(description="Start the run at these times: `{cron: \"0 8 * * mon-fri\"}` (UTC)")
     ] = None
     reservation: Annotated[
-        Optional[str], Field(description="A cloud capacity reservation to use. Not supported yet (issue: persistent "
-                                         "resources)")
+        Optional[str], Field(description="A cloud capacity reservation to use. Not supported yet")
     ] = None
     creation_policy: Annotated[
         Optional[Literal["reuse", "reuse-or-create"]],
-        Field(description="`reuse` or `reuse-or-create` fleet instances. Not supported yet (issue: persistent "
-                          "resources)"),
+        Field(description="`reuse`: only idle fleet instances that exist; `reuse-or-create` (default): those "
+                          "first, else a new instance"),
     ] = None
     idle_duration: Annotated[
         Optional[int],
         BeforeValidator(parse_idle_duration),
-        Field(description="How long an idle instance is kept (`off`: forever). Not supported yet (issue: persistent "
-                          "resources)"),
+        Field(description="Keep the run's cloud instance this long after the run, idle, for the next runs "
+                          "(`off`: until `dstack fleet delete`); absent: it is destroyed with the run"),
     ] = None
     startup_order: Annotated[
         Optional[Literal["any", "master-first", "workers-first"]],
@@ -120,13 +119,12 @@ class ProfileFields(StrictModel):
     ] = None
     fleets: Annotated[
         Optional[List[Annotated[EntityReference, BeforeValidator(parse_entity_reference)]]],
-        Field(description="The fleets to reuse: `NAME` or `PROJECT/NAME`. Not supported yet (issue: persistent "
-                          "resources)"),
+        Field(description="Run only on these fleets' hosts and idle instances: `NAME` or `PROJECT/NAME`"),
     ] = None
     instances: Annotated[
         Optional[List[Annotated[InstanceSelector, BeforeValidator(parse_instance_selector)]]],
         Field(min_length=1, description="The fleet instances to use: a name, `{hostname}` or `{fleet, instance}`. "
-                                        "Not supported yet (issue: persistent resources)"),
+                                        "Not supported yet"),
     ] = None
     backend_options: Annotated[
         Optional[List[VastAIOptions]],
@@ -357,10 +355,79 @@ class SSHConfig(StrictModel):
         return check_pattern(v, LOGIN_NAME, "user name")
 
 
+class FleetNodes(StrictModel):
+    """How many instances a cloud fleet has: `min` are provisioned at apply (dstack's `target`, which defaults to
+    `min`); `max` bounds a fleet that would grow, and fleets here do not grow."""
+
+    min: Annotated[int, Field(description="The instances provisioned at apply: at least 1")]
+    target: Annotated[Optional[int], Field(description="The instances provisioned at apply; defaults to `min`")] = None
+    max: Annotated[Optional[int], Field(description="The most instances the fleet may have")] = None
+
+    @model_validator(mode="after")
+    def _order(self) -> "FleetNodes":
+        if self.min < 1:
+            raise ValueError("`nodes` needs a minimum of at least 1: a fleet's instances are provisioned at apply "
+                             "(runs do not add instances to a fleet here)")
+        if self.target is None:
+            self.target = self.min
+        if self.target < self.min or (self.max is not None and self.max < self.target):
+            raise ValueError("`nodes` needs min <= target <= max")
+        return self
+
+
+def parse_fleet_nodes(v: Any) -> Any:
+    """`N`, `MIN..MAX` (either side may be absent) or `{min, target, max}`, as dstack's fleets take them."""
+    if isinstance(v, str) and ".." in v:
+        low, high = v.replace(" ", "").split("..", 1)
+        return {"min": low or 0, "max": high or None}
+    if isinstance(v, (int, str)) and not isinstance(v, bool):
+        return {"min": v, "max": v}
+    return v
+
+
+CLOUD_FLEET_FIELDS = ("nodes", "placement", "resources", "backends", "regions", "availability_zones",
+                      "instance_types", "spot_policy", "max_price", "idle_duration", "reservation", "tags")
+
+
 class FleetConfiguration(StrictModel):
+    """A fleet: hosts you own (`ssh_config`), or cloud instances provisioned at apply (`nodes` and the fields that
+    place them): exactly one of the two kinds."""
+
     type: Literal["fleet"] = "fleet"
     name: Annotated[str, Field(description="The fleet name")]
-    ssh_config: Annotated[SSHConfig, Field(description="Hosts you own, reached over SSH")]
+    ssh_config: Annotated[Optional[SSHConfig], Field(description="Hosts you own, reached over SSH")] = None
+    nodes: Annotated[
+        Optional[FleetNodes], BeforeValidator(parse_fleet_nodes),
+        Field(description="Cloud fleets: the number of instances, `N` or a range `MIN..MAX` (MIN are provisioned)"),
+    ] = None
+    placement: Annotated[
+        Optional[Literal["any", "cluster"]],
+        Field(description="Cloud fleets: `cluster` puts the instances close together (a placement group)"),
+    ] = None
+    resources: Annotated[
+        Optional[ResourcesSpec], Field(description="Cloud fleets: the resources of each instance")
+    ] = None
+    backends: Annotated[Optional[List[BackendName]], Field(description="Cloud fleets: `aws`, `gcp`")] = None
+    regions: Annotated[Optional[List[str]], Field(description="Cloud fleets: the regions to consider")] = None
+    availability_zones: Annotated[Optional[List[str]], Field(description="Cloud fleets: the zones to consider")] = None
+    instance_types: Annotated[
+        Optional[List[str]], Field(description="Cloud fleets: the instance types to consider")
+    ] = None
+    spot_policy: Annotated[
+        Optional[SpotPolicy], Field(description="Cloud fleets: `spot`, `on-demand` (default) or `auto`")
+    ] = None
+    max_price: Annotated[
+        Optional[float], Field(gt=0, allow_inf_nan=False, description="Cloud fleets: the maximum price per hour")
+    ] = None
+    idle_duration: Annotated[
+        Optional[int], BeforeValidator(parse_idle_duration),
+        Field(description="Cloud fleets: the fleet is destroyed once every instance has been idle this long; "
+                          "absent or `off`: kept until `dstack fleet delete`"),
+    ] = None
+    reservation: Annotated[
+        Optional[str], Field(description="Cloud fleets: a capacity reservation. Not supported yet")
+    ] = None
+    tags: Annotated[Optional[Dict[str, str]], Field(description="Cloud fleets: tags for every cloud resource")] = None
 
     @field_validator("name")
     @classmethod
@@ -368,6 +435,24 @@ class FleetConfiguration(StrictModel):
         if not RUN_NAME.match(v):
             raise ValueError(f"Invalid name: {v!r} (2 to 41 lowercase letters, digits and hyphens, starting with a letter)")
         return v
+
+    _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: parse_tags(v)))
+    _one_or_many = field_validator("regions", "instance_types", "backends", "availability_zones", mode="before")(
+        classmethod(lambda cls, v: [v] if isinstance(v, str) else v))
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "FleetConfiguration":
+        cloud = [f for f in CLOUD_FLEET_FIELDS if getattr(self, f) is not None]
+        if self.ssh_config is not None and cloud:
+            raise ValueError(f"`ssh_config` (hosts you own) and {', '.join(f'`{f}`' for f in cloud)} (cloud "
+                             "instances) are two kinds of fleet: give one of them")
+        if self.ssh_config is None and self.nodes is None:
+            raise ValueError("a fleet needs `ssh_config` (hosts you own) or `nodes` (cloud instances)")
+        return self
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.ssh_config is None
 
 
 AnyConfiguration = Annotated[

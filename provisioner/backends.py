@@ -183,10 +183,18 @@ def sweep_gcp_run(project_id: Optional[str], owner: Optional[str], run_name: str
     remove_leftovers(api, find_leftovers(api, owner or owner_id(), run=run_name))
 
 
+def fleet_key_path(fleet: str) -> Path:
+    """A cloud fleet's private key: its instances outlive the runs on them, so it is not under any run's folder."""
+    return dstack_home() / "fleets" / fleet / "id_ed25519"
+
+
 def backend_for(name: str, config: DstackConfig, store: StateStore, fleet_hosts: Optional[dict] = None) -> Backend:
+    """A cloud's backend reuses idle fleet instances (provisioner.instances) before creating any."""
+    from provisioner.instances import ReusingBackend
+
     if name == "local":
         return LocalBackend()
     if name == "ssh":
         return FleetBackend(store, fleet_hosts or {})
-    return CloudBackend(name, config, store)
+    return ReusingBackend(CloudBackend(name, config, store), store)
 

@@ -66,11 +66,10 @@ RULES: Tuple[FieldRule, ...] = (
     FieldRule("volumes", lambda c: getattr(c, "nodes", 1) != 1 and _network_volumes(c), (),
               "with a network volume (`NAME:/path`) needs one instance: a disk attaches to one instance at a time; "
               "use instance volumes (`/host/path:/path`) on multi-node runs"),
-    _later("fleets", "persistent resources"),
-    _later("creation_policy", "persistent resources"),
-    _later("idle_duration", "persistent resources", lambda c: c.idle_duration is not None),
-    _later("instances", "persistent resources"),
-    _later("reservation", "persistent resources"),
+    FieldRule("instances", _set("instances"), (), "is not supported yet: runs pick fleet instances by `fleets` "
+                                                  "and their resources"),
+    FieldRule("reservation", _set("reservation"), (), "is not supported yet: the stack programs do not target "
+                                                      "capacity reservations"),
     FieldRule("dstack", _set("dstack"), (), "is not supported: there is no dstack server to reach (this CLI runs "
                                             "tasks itself)"),
     FieldRule("backend_options", _set("backend_options"), (),

@@ -55,7 +55,7 @@ class JobSpec:
     registry_username: Optional[str] = None
     registry_password: Optional[str] = None
     max_duration_s: Optional[int] = None  # the job is stopped (exit code 124) when it runs longer
-    power_off_after_exit_min: Optional[int] = None  # cloud VMs: power off (and so terminate) after the job ends
+    power_off_after_exit_min: Optional[int] = None  # cloud VMs: power off (and so terminate) this long after the job
     shell: Optional[str] = None  # `sh`, `bash` or an absolute path; None: bash (sh without it), /bin/sh in an image
     user: Optional[str] = None  # image jobs: the container's user
     privileged: bool = False  # image jobs: a privileged container
@@ -474,9 +474,12 @@ def start_command(job: JobSpec) -> str:
                "echo $code > exit_code.tmp; mv exit_code.tmp exit_code")
     if job.power_off_after_exit_min:
         minutes = job.power_off_after_exit_min
-        # The VM's own power-off (cloud-init writes it: a GCP VM deletes itself), else a plain scheduled shutdown.
-        wrapper += (f"; sudo -n {POWER_OFF_PATH} {minutes} || {POWER_OFF_PATH} {minutes} || "
-                    f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
+        # The VM's own idle watchdog (cloud-init writes it: a GCP VM deletes itself), else a plain scheduled
+        # shutdown; the start of the next job on a reused instance cancels what an earlier one scheduled.
+        wrapper = (f"{{ sudo -n {POWER_OFF_PATH} --cancel-idle || {POWER_OFF_PATH} --cancel-idle || "
+                   f"sudo -n shutdown -c || shutdown -c; }} > /dev/null 2>&1; {wrapper}"
+                   f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes} || "
+                   f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
     return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "

@@ -28,6 +28,7 @@ from provisioner.cluster import Cluster, cluster_env, node_count
 from provisioner.cluster_ssh import cluster_ssh, revoke_everywhere
 from provisioner.job import TIMED_OUT, JobSpec
 from provisioner.node_logs import NodeLines, local_log_path
+from provisioner.instances import power_off_minutes
 from provisioner.owner import current_owner, owner_alive
 from provisioner.plan import configuration_json
 from provisioner.repo_archive import UploadPlan, check_size, plan_uploads
@@ -43,7 +44,6 @@ STARTED = ("submitted", "provisioning", "pulling", "running")
 STARTING = ("submitted", "provisioning")  # the job is not started yet: it may be starting while its owner lives
 RUNNING = ("pulling", "running")  # the job's pid file exists
 MAX_OFFERS_TRIED = 5
-POWER_OFF_AFTER_EXIT_MIN = 5
 STOP_GRACE_S = 10
 
 
@@ -127,7 +127,7 @@ def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[str] = N
         registry_username=auth.username if auth else None,
         registry_password=auth.password.get_secret_value() if auth else None,
         max_duration_s=configuration.max_duration if isinstance(configuration.max_duration, int) else None,
-        power_off_after_exit_min=POWER_OFF_AFTER_EXIT_MIN if offer.backend in ("aws", "gcp") else None,
+        power_off_after_exit_min=power_off_minutes(configuration, offer),
         shell=configuration.shell,
         user=configuration.user,
         privileged=configuration.privileged,

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from configuration.errors import ConfigurationError, DstackError
@@ -28,7 +28,8 @@ from configuration.home import dstack_home, private_dir
 from provisioner.store_errors import DAMAGED, FULL, failure_kind, store_error
 
 ACTIVE = ("submitted", "provisioning", "pulling", "running", "terminating")  # then done, failed or terminated
-SCHEMA_VERSION = 4  # 2: runs.owner_started; 3: the events table; 4: volumes and jobs; stores from before versions read 0
+SCHEMA_VERSION = 4  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
+# instances; stores from before versions read 0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -90,10 +91,31 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     PRIMARY KEY (run, rank)
+);
+CREATE TABLE IF NOT EXISTS cloud_fleets (
+    name TEXT PRIMARY KEY,
+    source TEXT,
+    backend TEXT NOT NULL,
+    stack TEXT,
+    configuration TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    fleet TEXT NOT NULL,
+    num INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    offer TEXT NOT NULL,
+    host TEXT NOT NULL,
+    status TEXT NOT NULL,
+    run TEXT,
+    idle_since REAL,
+    idle_duration INTEGER,
+    PRIMARY KEY (fleet, num)
 )
 """
-_TABLES = {"runs", "fleets", "events", "volumes", "jobs"}
-_TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs"}}  # a store older than the version has none of them yet: no damage
+_TABLES = {"runs", "fleets", "events", "volumes", "jobs", "cloud_fleets", "instances"}
+_TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs", "cloud_fleets", "instances"}}  # a store older than the
+# version has none of them yet: no damage
 
 
 def _statements(first: str, last: str) -> List[str]:
@@ -107,7 +129,7 @@ def _statements(first: str, last: str) -> List[str]:
 _MIGRATIONS = {  # from each version to the next
     0: ["ALTER TABLE runs ADD COLUMN owner_started INTEGER"],
     2: _statements("CREATE TABLE IF NOT EXISTS events", "CREATE INDEX IF NOT EXISTS events_by_run"),
-    3: _statements("CREATE TABLE IF NOT EXISTS volumes", "CREATE TABLE IF NOT EXISTS jobs"),
+    3: _statements("CREATE TABLE IF NOT EXISTS volumes", "CREATE TABLE IF NOT EXISTS instances"),
 }
 _JSON_FIELDS = {"host": dict, "stack": dict, "offer": dict, "ports": list, "attempts": list, "configuration": dict}
 _NUMBER_FIELDS = ("submitted_at", "started_at", "finished_at", "price", "exit_code", "owner_pid", "owner_started",
@@ -562,6 +584,130 @@ class StateStore:
                     data[name] = _load_json(data[name], dict, f"volume {data['name']}'s {name}")
             data["external"] = bool(data["external"])
         return [VolumeRecord(**data) for data in rows]
+
+    # --- cloud fleets and their instances (provisioner.fleets, provisioner.instances) ---
+
+    def create_cloud_fleet(self, name: str, source: str, backend: str, configuration: dict,
+                           stack: Optional[dict] = None, instances: Sequence["InstanceRecord"] = ()) -> bool:
+        """Records a cloud fleet (and any instances it already has) unless one of that name exists: False then."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM cloud_fleets WHERE name = ?", (name,)).fetchone():
+                return False  # the transaction ends, unchanged, with the connection
+            db.execute("INSERT INTO cloud_fleets (name, source, backend, stack, configuration, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (name, source, backend, _json_or_none(stack), json.dumps(configuration),
+                                                     time.time()))
+            for instance in instances:
+                self._insert_instance(db, instance)
+            db.execute("COMMIT")
+        return True
+
+    def set_fleet_stack(self, name: str, stack: dict) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?", (json.dumps(stack), name))
+
+    def list_cloud_fleets(self) -> List[dict]:
+        with self._connect(read=True) as db:
+            rows = db.execute("SELECT name, source, backend, stack, configuration, created_at FROM cloud_fleets "
+                              "ORDER BY name").fetchall()
+        return [{"name": r[0], "source": r[1], "backend": r[2],
+                 "stack": _load_json(r[3], dict, f"fleet {r[0]}'s stack") if r[3] is not None else None,
+                 "configuration": _load_json(r[4], dict, f"fleet {r[0]}'s configuration"), "created_at": r[5]}
+                for r in rows]
+
+    def get_cloud_fleet(self, name: str) -> Optional[dict]:
+        return next((f for f in self.list_cloud_fleets() if f["name"] == name), None)
+
+    def delete_cloud_fleet(self, name: str) -> None:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM instances WHERE fleet = ?", (name,))
+            db.execute("DELETE FROM cloud_fleets WHERE name = ?", (name,))
+            db.execute("COMMIT")
+
+    def add_instances(self, instances: Sequence["InstanceRecord"]) -> None:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            for instance in instances:
+                self._insert_instance(db, instance)
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _insert_instance(db: sqlite3.Connection, instance: "InstanceRecord") -> None:
+        db.execute("INSERT INTO instances (fleet, num, backend, offer, host, status, run, idle_since, idle_duration) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (instance.fleet, instance.num, instance.backend, json.dumps(instance.offer),
+                    json.dumps(instance.host), instance.status, instance.run, instance.idle_since,
+                    instance.idle_duration))
+
+    def list_instances(self, fleet: Optional[str] = None) -> List["InstanceRecord"]:
+        query, values = "SELECT fleet, num, backend, offer, host, status, run, idle_since, idle_duration " \
+                        "FROM instances", []
+        if fleet is not None:
+            query, values = query + " WHERE fleet = ?", [fleet]
+        with self._connect(read=True) as db:
+            rows = db.execute(query + " ORDER BY fleet, num", values).fetchall()
+        return [InstanceRecord(fleet=r[0], num=r[1], backend=r[2],
+                               offer=_load_json(r[3], dict, f"instance {r[0]}/{r[1]}'s offer"),
+                               host=_load_json(r[4], dict, f"instance {r[0]}/{r[1]}'s host"), status=r[5], run=r[6],
+                               idle_since=r[7], idle_duration=r[8]) for r in rows]
+
+    def claim_instance(self, fleet: str, num: int, run: str) -> bool:
+        """Makes an idle instance run `run`'s; one run wins when two claim it at once."""
+        with self._connect() as db:
+            return db.execute("UPDATE instances SET status = 'busy', run = ?, idle_since = NULL "
+                              "WHERE fleet = ? AND num = ? AND status = 'idle'", (run, fleet, num)).rowcount == 1
+
+    def release_instance(self, run: str) -> bool:
+        """The instance `run` holds becomes idle from now; False when it holds none."""
+        with self._connect() as db:
+            return db.execute("UPDATE instances SET status = 'idle', run = NULL, idle_since = ? "
+                              "WHERE run = ? AND status = 'busy'", (time.time(), run)).rowcount == 1
+
+    def claim_fleet_teardown(self, fleet: str, expired_at: Optional[float] = None) -> bool:
+        """Marks `fleet`'s instances `terminating` when no run holds any (with `expired_at`: when each has been
+        idle past its idle_duration at that time; a fleet with no instances yet is never expired). Instances left
+        `terminating` by a teardown that failed count as claimable, so the next command tries again."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute("SELECT status, idle_since, idle_duration FROM instances WHERE fleet = ?",
+                              (fleet,)).fetchall()
+            if expired_at is not None:
+                ready = bool(rows) and all(row[0] == "terminating" or _expired(*row, expired_at) for row in rows)
+            else:
+                ready = all(row[0] in ("idle", "terminating") for row in rows)
+            if not ready:
+                return False  # the transaction ends, unchanged, with the connection
+            db.execute("UPDATE instances SET status = 'terminating' WHERE fleet = ?", (fleet,))
+            db.execute("COMMIT")
+        return True
+
+
+@dataclass
+class InstanceRecord:
+    """One instance of a cloud fleet: how to reach it, and whether a run holds it (`busy`) or it waits (`idle`)."""
+
+    fleet: str
+    num: int  # its index in the fleet's stack
+    backend: str
+    offer: dict  # the offer it was provisioned from (Offer.to_json)
+    host: dict  # provisioner.access.HostAccess
+    status: str = "idle"  # idle, busy, or terminating (its fleet's stack is being destroyed)
+    run: Optional[str] = None
+    idle_since: Optional[float] = None
+    idle_duration: Optional[int] = None  # seconds; None: kept until `dstack fleet delete`
+
+    def to_json(self, now: float) -> dict:
+        idle_for = round(now - self.idle_since, 1) if self.status == "idle" and self.idle_since else None
+        return {"fleet": self.fleet, "instance_num": self.num, "backend": self.backend,
+                "region": self.offer.get("region"), "instance_type": self.offer.get("instance", {}).get("name"),
+                "price": self.offer.get("price"), "hostname": self.host.get("hostname"), "status": self.status,
+                "run": self.run, "idle_for_s": idle_for, "idle_duration": self.idle_duration}
+
+
+def _expired(status: str, idle_since: Optional[float], idle_duration: Optional[int], now: float) -> bool:
+    return status == "idle" and idle_duration is not None and idle_since is not None and \
+        now >= idle_since + idle_duration
 
 
 def _json_or_none(value) -> Optional[str]:

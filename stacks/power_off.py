@@ -3,6 +3,10 @@ VM's deadlines (the start watchdog, max_duration) and by the job wrapper after t
 
 `dstack-power-off` ends the VM now; `dstack-power-off MINUTES` schedules that (a transient systemd timer, which
 unlike `shutdown +N` does not block logins meanwhile, so `dstack logs` can still fetch the log's end).
+`dstack-power-off --idle MINUTES` is the idle watchdog the job wrapper sets when a job ends (the instance's
+idle_duration, provisioner.instances): one timer of a fixed name, replaced by the next one, which
+`dstack-power-off --cancel-idle` stops when the next job starts on a reused instance. The other timers (max_duration's
+deadline) are never cancelled.
 
 On AWS powering off is enough: instances terminate on shutdown. A GCP VM that powers off is only stopped and its
 disk stays billed, so there the script DELETEs its own instance through the Compute API with the token of the VM's
@@ -20,6 +24,12 @@ COMPUTE_URL = "https://compute.googleapis.com/compute/v1"
 _SCHEDULE = """#!/bin/sh
 # Written by dstack's cloud-init: end this VM for good. With MINUTES: in that many minutes.
 set -u
+IDLE=dstack-idle-power-off
+case "${1:-}" in
+  --cancel-idle) systemctl stop "$IDLE.timer" 2>/dev/null; exit 0 ;;
+  --idle) systemctl stop "$IDLE.timer" 2>/dev/null
+          exec systemd-run --quiet --collect --on-active="${2}min" --unit="$IDLE" "$0" ;;
+esac
 if [ $# -gt 0 ]; then
   exec systemd-run --quiet --collect --on-active="${1}min" --unit="dstack-power-off-$$" "$0"
 fi

@@ -651,8 +651,10 @@ def test_power_off_later_is_a_systemd_timer_and_aws_just_powers_off(tmp_path):
 
 
 @pytest.mark.parametrize("sudo_works, expected", [
-    (True, ["sudo -n /usr/local/sbin/dstack-power-off 5"]),
-    (False, ["sudo -n /usr/local/sbin/dstack-power-off 5", "sudo -n shutdown -h +5", "shutdown -h +5"]),
+    (True, ["sudo -n /usr/local/sbin/dstack-power-off --cancel-idle",
+            "sudo -n /usr/local/sbin/dstack-power-off --idle 5"]),
+    (False, ["sudo -n /usr/local/sbin/dstack-power-off --cancel-idle", "sudo -n shutdown -c", "shutdown -c",
+             "sudo -n /usr/local/sbin/dstack-power-off --idle 5", "sudo -n shutdown -h +5", "shutdown -h +5"]),
 ])
 def test_the_job_wrapper_ends_the_vm_through_its_power_off_script(tmp_path, sudo_works, expected):
     import subprocess

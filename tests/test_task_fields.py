@@ -148,8 +148,8 @@ def offer(backend, gpus=0, zones=(), region="r"):
 @pytest.mark.parametrize("text, message", [
     ("volumes: ['v:/data']", "volume v does not exist: create it with"),
     ("nodes: 2", "`nodes: 2` needs 2 hosts that fit the resources: this machine (the local backend) is one node"),
-    ("fleets: [lab]", "`fleets` is not supported yet (issue: persistent resources)"),
-    ("idle_duration: 'off'", "`idle_duration` is not supported yet"),
+    ("reservation: cr-1", "`reservation` is not supported yet"),
+    ("instances: [gpu-1]", "`instances` is not supported yet"),
     ("entrypoint: python", "`entrypoint` needs `image:`"),
     ("resources: {shm_size: 8GB}", "`resources.shm_size` needs `image:`"),
     ("registry_auth: {username: u, password: p}", "`registry_auth` needs `image:`"),
