@@ -23,6 +23,7 @@ from offers.offer import Offer
 from offers.requirements import Requirements
 from offers.solver import host_offers
 from provisioner.access import HostAccess
+from provisioner.cluster import node_count
 from provisioner.state import InstanceRecord, StateStore
 from stacks.errors import CAPACITY, StackFailure
 
@@ -91,8 +92,10 @@ def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requi
             raise ConfigurationError(f"{source}: `fleets`: no fleet named {', '.join(missing)} (see `dstack fleet "
                                      "list`)")
     zones = getattr(configuration, "availability_zones", None)
+    # an idle instance serves one node: a multi-node run takes a cluster made for it (or an SSH fleet's hosts)
     reused: List[Offer] = [o for o in idle_offers(store, requirements)
-                           if (not names or o.fleet in names) and (not zones or o.zone in zones)]
+                           if (not names or o.fleet in names) and (not zones or o.zone in zones)
+                           and node_count(configuration) == 1]
     existing = [o for o in offers if o.backend == "ssh" and (not names or o.region in names)]
     if names:
         chosen = reused + existing

@@ -659,10 +659,10 @@ class StateStore:
                               "WHERE fleet = ? AND num = ? AND status = 'idle'", (run, fleet, num)).rowcount == 1
 
     def release_instance(self, run: str) -> bool:
-        """The instance `run` holds becomes idle from now; False when it holds none."""
+        """The instances `run` holds (one per node) become idle from now; False when it holds none."""
         with self._connect() as db:
             return db.execute("UPDATE instances SET status = 'idle', run = NULL, idle_since = ? "
-                              "WHERE run = ? AND status = 'busy'", (time.time(), run)).rowcount == 1
+                              "WHERE run = ? AND status = 'busy'", (time.time(), run)).rowcount > 0
 
     def claim_fleet_teardown(self, fleet: str, expired_at: Optional[float] = None) -> bool:
         """Marks `fleet`'s instances `terminating` when no run holds any (with `expired_at`: when each has been

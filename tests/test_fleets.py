@@ -423,6 +423,34 @@ def test_the_plan_puts_an_idle_instance_first_marked_reused_with_no_resources_to
         assert "reused" not in plan["offer"], name  # an instance that does not fit is not offered
 
 
+def test_a_multi_node_run_is_not_offered_an_idle_instance(tmp_path, dstack_home):
+    from provisioner.instances import offer_record
+    from provisioner.state import InstanceRecord, StateStore
+
+    host = {"kind": "ssh", "hostname": "10.251.250.2"}  # never contacted: a dry run
+    StateStore().create_cloud_fleet("warm", "fleet.dstack.yml", "aws", {}, None, [
+        InstanceRecord("warm", 0, "aws", offer_record(OFFER), host, idle_since=time.time())])
+    env = {"DSTACK_HOME": str(dstack_home)}
+    one = write(tmp_path, "one.dstack.yml", "type: task\ncommands: [x]\nresources: {cpu: 2}\n")
+    two = write(tmp_path, "two.dstack.yml", "type: task\nnodes: 2\ncommands: [x]\nresources: {cpu: 2}\n")
+    single = run_cli("apply", "-f", one, "--dry-run", "--json", "-b", "aws", env=env)
+    assert "reused" in json.loads(single.stdout)["offer"]
+    result = run_cli("apply", "-f", two, "--dry-run", "--json", "-b", "aws", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "reused" not in json.loads(result.stdout)["offer"]  # one idle instance is one node, not a cluster
+
+
+def test_a_run_holding_every_instance_of_its_cluster_releases_them_all():
+    from provisioner.state import InstanceRecord, StateStore
+
+    store = StateStore()
+    store.create_cloud_fleet("train", "run train", "aws", {}, None, [
+        InstanceRecord("train", num, "aws", {}, {}, status="busy", run="train") for num in range(3)])
+    assert store.release_instance("train")
+    assert [(i.status, i.run) for i in store.list_instances("train")] == [("idle", None)] * 3
+    assert not store.release_instance("train")  # it holds none any more
+
+
 def test_a_spot_instance_serves_runs_that_allow_spot_and_an_on_demand_one_runs_that_allow_on_demand():
     import dataclasses
 
