@@ -397,7 +397,7 @@ def test_gc_leaves_a_recorded_fleets_resources_alone(monkeypatch, moto_endpoint,
     StateStore().create_cloud_fleet("idle-fleet", "fleet.dstack.yml", "aws", {}, None)
     listed = run_cli("gc", "-r", "eu-west-3", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
-    assert {l["id"] for l in json.loads(listed.stdout)["leftovers"]} == orphan
+    assert {(l["kind"], l["id"]) for l in json.loads(listed.stdout)["leftovers"]} == orphan
 
 
 def test_the_plan_puts_an_idle_instance_first_marked_reused_with_no_resources_to_create(tmp_path, dstack_home):
