@@ -428,6 +428,13 @@ class FleetConfiguration(StrictModel):
         Optional[str], Field(description="Cloud fleets: a capacity reservation. Not supported yet")
     ] = None
     tags: Annotated[Optional[Dict[str, str]], Field(description="Cloud fleets: tags for every cloud resource")] = None
+    blocks: Annotated[
+        Union[Literal["auto"], Annotated[int, Field(ge=1)]],
+        Field(description="Jobs sharing one instance. Only 1 (the default): an instance runs one job at a time here"),
+    ] = 1
+    env: Annotated[Optional[Dict[str, Any]], Field(description="The fleet's environment. Not supported")] = None
+    retry: Annotated[Optional[Any], Field(description="Retrying a fleet's provisioning. Not supported")] = None
+    backend_options: Annotated[Optional[Any], Field(description="vastai's options. Not supported")] = None
 
     @field_validator("name")
     @classmethod
@@ -439,6 +446,19 @@ class FleetConfiguration(StrictModel):
     _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: parse_tags(v)))
     _one_or_many = field_validator("regions", "instance_types", "backends", "availability_zones", mode="before")(
         classmethod(lambda cls, v: [v] if isinstance(v, str) else v))
+
+    @model_validator(mode="after")
+    def _refused(self) -> "FleetConfiguration":
+        """dstack's fleet fields that nothing here acts upon: refused by name rather than ignored."""
+        refused = {"blocks": (self.blocks != 1, "an instance runs one job at a time here"),
+                   "env": (bool(self.env), "a fleet starts no process of its own to give it to; set `env` in tasks"),
+                   "retry": (self.retry is not None and self.retry is not False,
+                             "a fleet's apply tries the cheapest offers once; run it again"),
+                   "backend_options": (self.backend_options is not None, "its only options are vastai's")}
+        for name, (used, why) in refused.items():
+            if used:
+                raise ValueError(f"`{name}` is not supported: {why}")
+        return self
 
     @model_validator(mode="after")
     def _one_kind(self) -> "FleetConfiguration":

@@ -72,6 +72,15 @@ def test_dry_run_of_a_cloud_fleet_plans_its_stack(tmp_path):
     assert text.returncode == 0 and "Fleet trainers: 2 x aws us-east-1" in text.stderr
 
 
+@pytest.mark.parametrize("field, value", [("blocks", "4"), ("blocks", "auto"), ("env", "{A: b}"), ("retry", "true"),
+                                          ("backend_options", "[{}]")])
+def test_dstacks_fleet_fields_that_nothing_acts_upon_are_refused_by_name(tmp_path, field, value):
+    conf = write(tmp_path, "fleet.dstack.yml", f"type: fleet\nname: r1\nnodes: 1\n{field}: {value}\n")
+    result = run_cli("apply", "-f", conf, "--dry-run")
+    assert result.returncode == 1 and f"`{field}` is not supported: " in result.stderr, result.stderr
+    assert parse_fleet({"nodes": 1, "blocks": 1, "env": {}}).blocks == 1  # dstack's defaults stay accepted
+
+
 def test_reservation_is_refused_by_name(tmp_path):
     conf = write(tmp_path, "fleet.dstack.yml", "type: fleet\nname: r1\nnodes: 1\nreservation: cr-0123\n")
     result = run_cli("apply", "-f", conf, "--dry-run")
