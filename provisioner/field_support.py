@@ -66,6 +66,9 @@ RULES: Tuple[FieldRule, ...] = (
     FieldRule("volumes", lambda c: getattr(c, "nodes", 1) != 1 and _network_volumes(c), (),
               "with a network volume (`NAME:/path`) needs one instance: a disk attaches to one instance at a time; "
               "use instance volumes (`/host/path:/path`) on multi-node runs"),
+    FieldRule("idle_duration", lambda c: _network_volumes(c) and (getattr(c, "idle_duration", None) or 0) != 0,
+              (), "with a network volume (`NAME:/path`) is not supported: the kept instance would hold the disk "
+                  "attached after the run, where no other run could attach it and `dstack volume delete` fails"),
     FieldRule("instances", _set("instances"), (), "is not supported yet: runs pick fleet instances by `fleets` "
                                                   "and their resources"),
     FieldRule("reservation", _set("reservation"), (), "is not supported yet: the stack programs do not target "
