@@ -250,7 +250,8 @@ def finish_run(session: RunSession, name: str, status: str, reason: Optional[str
     store.update_run(name, status="terminating", reason=reason, exit_code=exit_code)
     store.add_event(name, "terminating", reason or "")
     jobs = store.list_jobs(name)
-    if record.backend == "ssh" and len(jobs) > 1:  # the user's hosts keep nothing of the run (a VM goes whole)
+    # the user's hosts, and VMs a fleet keeps after the run, keep nothing of it (a VM destroyed goes whole)
+    if len(jobs) > 1 and (record.backend == "ssh" or any(i.run == name for i in store.list_instances())):
         revoke_everywhere(name, [HostAccess.from_json(job.host) for job in jobs], session.reporter.info)
     if record.backend:
         def step(progress) -> None:

@@ -177,6 +177,34 @@ def test_a_run_with_idle_duration_leaves_its_instance_for_the_next_run_until_it_
     assert not key.exists() and "Fleet first has been idle past its idle_duration" in log[0]
 
 
+def test_a_multi_node_run_kept_by_idle_duration_leaves_no_cluster_key_on_its_kept_instances(
+        cloud, tmp_path, make_host, client_key, monkeypatch):
+    """Its VMs outlive the run (the implicit fleet), so the run's authorized_keys line and private key must go
+    from each of them as they do from an SSH fleet's hosts: the next run on one of them must not reach the other."""
+    from provisioner.access import HostAccess
+    from provisioner.backends import CloudBackend
+    from provisioner.state import StateStore
+
+    hosts = [make_host(), make_host()]
+    accesses = [HostAccess(kind="ssh", hostname=h.address, port=22, user="root", identity_file=client_key[0],
+                           host_key=h.host_public_key) for h in hosts]
+
+    def create_stack(self, name, offer, configuration, report, key_path, record_stack):
+        record_stack({"backend": self.name, "name": f"{name}-stack", "owner": "test", "region": offer.region})
+        cloud["made"].append(name)
+        return accesses
+
+    monkeypatch.setattr(CloudBackend, "create_stack", create_stack)
+    before = [(h.dir / "authorized_keys").read_text() for h in hosts]
+    store = StateStore()
+    record, _, _ = submit_task(store, "pair", "nodes: 2\nidle_duration: 1h\ncommands: [echo x]\n", [OFFER],
+                               tmp_path)
+    assert record.status == "done" and cloud["made"] == ["pair"] and cloud["destroyed"] == []
+    assert [i.status for i in store.list_instances("pair")] == ["idle", "idle"]  # kept
+    assert [(h.dir / "authorized_keys").read_text() for h in hosts] == before
+    assert not any((h.jobs_dir / "pair" / "cluster_key").exists() for h in hosts)
+
+
 def test_a_run_without_idle_duration_destroys_its_stack_and_creation_policy_reuse_takes_only_instances(
         cloud, tmp_path):
     from provisioner.state import StateStore
@@ -397,7 +425,7 @@ def test_gc_leaves_a_recorded_fleets_resources_alone(monkeypatch, moto_endpoint,
     StateStore().create_cloud_fleet("idle-fleet", "fleet.dstack.yml", "aws", {}, None)
     listed = run_cli("gc", "-r", "eu-west-3", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
-    assert {l["id"] for l in json.loads(listed.stdout)["leftovers"]} == orphan
+    assert {(l["kind"], l["id"]) for l in json.loads(listed.stdout)["leftovers"]} == orphan
 
 
 def test_the_plan_puts_an_idle_instance_first_marked_reused_with_no_resources_to_create(tmp_path, dstack_home):
