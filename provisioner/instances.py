@@ -189,7 +189,8 @@ class ReusingBackend:
         return hosts
 
     def _free_fleet_name(self, run_name: str) -> str:
-        taken = {f["name"] for f in self.store.list_cloud_fleets()} | {f["name"] for f in self.store.list_fleets()}
+        taken = {f["name"] for f in self.store.list_cloud_fleets()} | {f["name"] for f in self.store.list_fleets()} \
+            | {r.name for r in self.store.list_runs() if r.active and r.name != run_name}  # their stacks' names
         name, n = run_name, 1
         while name in taken:
             n += 1

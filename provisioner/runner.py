@@ -291,6 +291,9 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
                                                                include_repos=upload_repo)
     check_size(uploads)
     store = session.store
+    if store.get_cloud_fleet(run_name) is not None:  # a run's stack, resources and tags are named after the run
+        raise ConfigurationError(f"a cloud fleet named {run_name} exists, and a run's cloud stack would take its "
+                                 "stack's name (and a teardown its resources): pick another run name (`-n`)")
     max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
     owner_pid, owner_started = current_owner()
     store.create_run(RunRecord(name=run_name, status="submitted", submitted_at=time.time(), owner_pid=owner_pid,

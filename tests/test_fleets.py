@@ -249,6 +249,31 @@ def test_a_cloud_fleet_is_one_stack_of_n_idle_instances_that_fleets_pins_runs_to
     assert cloud["destroyed"] == ["gpus"] and store.list_cloud_fleets() == []
 
 
+def test_a_run_and_a_cloud_fleet_never_share_a_name_their_stacks_would_share(cloud, tmp_path, monkeypatch):
+    """A stack, its resources' names and their `dstack:run` tag come from the run's or the fleet's name: a run named
+    as a fleet would `up` over the fleet's stack (replacing its instances) and its teardown would destroy it."""
+    from configuration.backends import load_config
+    from provisioner.fleets import create_cloud_fleet
+    from provisioner.instances import ReusingBackend
+    from provisioner.state import RunRecord, StateStore
+
+    monkeypatch.setattr("provisioner.fleets.prepare_instance", lambda host, idle: None)
+    store = StateStore()
+    create_cloud_fleet(parse_fleet({"nodes": 1}), "fleet.dstack.yml", [OFFER], load_config(), store,
+                       lambda p: None, lambda m: None)
+    with pytest.raises(ConfigurationError, match="a cloud fleet named gpus exists"):
+        submit_task(store, "gpus", "creation_policy: reuse-or-create\nresources: {cpu: 64}\ncommands: [echo x]\n",
+                    [OFFER], tmp_path)
+    assert cloud["made"] == ["gpus"] and cloud["destroyed"] == [] and store.get_run("gpus") is None
+
+    store.create_run(RunRecord(name="train", status="running", submitted_at=time.time()))
+    with pytest.raises(ConfigurationError, match="run train is active"):
+        create_cloud_fleet(parse_fleet({"nodes": 1}).model_copy(update={"name": "train"}), "f.yml", [OFFER],
+                           load_config(), store, lambda p: None, lambda m: None)
+    store.create_run(RunRecord(name="gpus-2", status="running", submitted_at=time.time()))
+    assert ReusingBackend(None, store)._free_fleet_name("gpus") == "gpus-3"  # an implicit fleet avoids both
+
+
 def test_a_fleet_whose_stack_brings_up_fewer_instances_is_destroyed_and_forgotten(cloud, monkeypatch):
     from configuration.backends import load_config
     from provisioner.backends import CloudBackend
