@@ -104,11 +104,19 @@ def refusals(configuration, offer: Optional[Offer]) -> List[str]:
 
 def restrict_zones(offers: Sequence[Offer], zones: Optional[List[str]]) -> List[Offer]:
     """`availability_zones`: cloud offers narrowed to the zones asked for; offers in none of them are dropped.
-    An offer that names no zones keeps those of its region (zone names start with the region's)."""
+    An offer that names no zones keeps those of its region (zone names start with the region's). An idle fleet
+    instance's offer (provisioner.instances.InstanceOffer) is kept as it is where its `zone` is asked for: given
+    zones, failover would claim it once per zone and a lost claim would rule those zones out for the offers after."""
+    from provisioner.instances import InstanceOffer
+
     if not zones:
         return list(offers)
     kept = []
     for offer in offers:
+        if isinstance(offer, InstanceOffer):
+            if offer.zone in zones:
+                kept.append(offer)
+            continue
         if offer.backend not in CLOUDS:
             kept.append(offer)
             continue

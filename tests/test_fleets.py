@@ -304,6 +304,26 @@ def test_an_instance_taken_after_the_plan_moves_the_run_to_the_next_offer(cloud,
     assert [a["error"] for a in record.attempts] == ["instance 0 of fleet warm was taken by another run"]
 
 
+def test_availability_zones_leave_an_instance_offer_without_zones_so_a_lost_claim_rules_out_none(cloud, tmp_path):
+    from configuration.loader import parse_configuration
+    from provisioner.field_support import check_fields, restrict_zones
+    from provisioner.instances import offer_record
+    from provisioner.state import InstanceRecord, StateStore
+
+    store = StateStore()
+    store.create_cloud_fleet("warm", "x", "aws", {}, None, [
+        InstanceRecord("warm", 0, "aws", offer_record(OFFER), cloud["access"].to_json(), idle_since=time.time())])
+    record, planned, output = submit_task(store, "late", "availability_zones: [us-east-1a, us-east-1b]\n"
+                                          "commands: [echo late]\n", [OFFER], tmp_path,
+                                          before_submit=lambda: store.claim_instance("warm", 0, "other"))
+    assert planned[0].zone == "us-east-1a" and planned[0].zones == ()
+    task = parse_configuration("type: task\ncommands: [x]\navailability_zones: [us-east-1a, us-east-1b]\n", "t")
+    assert check_fields(task, planned, "late")[0].zones == ()  # restricted: still no zones of its own
+    assert restrict_zones(planned[:1], ["us-east-1b"]) == []  # an instance elsewhere is dropped
+    assert (record.status, output, cloud["made"]) == ("done", "late\n", ["late"])
+    assert [a["error"] for a in record.attempts] == ["instance 0 of fleet warm was taken by another run"]
+
+
 def test_two_runs_never_claim_one_instance():
     from provisioner.state import InstanceRecord, StateStore
 
