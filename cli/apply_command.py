@@ -60,6 +60,21 @@ def apply(
     file = chosen_file(file)
     configuration = load_file(file)
     source = source_name(file)
+    if configuration.type in ("fleet", "volume"):
+        run_flags = {"ARGS": args, "--gpu": gpu, "--cpu": cpu, "--memory": memory, "--disk": disk, "--spot": spot,
+                     "--on-demand": on_demand, "--spot-auto": spot_auto, "--spot-policy": spot_policy,
+                     "-b/--backend": backend, "-r/--region": region, "--instance-type": instance_type,
+                     "--max-price": max_price, "-e/--env": env, "--max-duration": max_duration, "--retry": retry,
+                     "--retry-duration": retry_duration, "--fleet": fleet, "-R/--reuse": reuse,
+                     "--no-repo": no_repo, "-d/--detach": detach, "--scheduled-start": scheduled_start}
+        if configuration.type == "fleet":
+            run_flags["-n/--name"] = name  # a volume takes its name from -n; a fleet's is its file's
+        given = [flag for flag, value in run_flags.items() if value not in (None, False, [])]
+        if given:
+            from configuration.errors import ConfigurationError
+
+            raise ConfigurationError(f"{source}: {', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                                     f"runs, not to a {configuration.type}: set its fields in the file")
     if configuration.type == "fleet":
         from cli.fleet_command import apply_fleet
 

@@ -72,6 +72,21 @@ def test_dry_run_of_a_cloud_fleet_plans_its_stack(tmp_path):
     assert text.returncode == 0 and "Fleet trainers: 2 x aws us-east-1" in text.stderr
 
 
+def test_run_flags_on_a_fleet_or_a_volume_are_refused_by_name(tmp_path):
+    """-b, -r, --gpu, --max-price ... place a run: on a fleet (its fields do that) or a volume they would do
+    nothing."""
+    fleet = write(tmp_path, "fleet.dstack.yml", "type: fleet\nname: f1\nnodes: 1\nbackends: [aws]\n")
+    result = run_cli("apply", "-f", fleet, "--dry-run", "-b", "gcp", "--max-price", "0.5", "-n", "other")
+    assert result.returncode == 1, result.stdout
+    assert "-b/--backend, --max-price, -n/--name apply to runs, not to a fleet" in result.stderr
+    volume = write(tmp_path, "vol.dstack.yml", "type: volume\nname: v1\nbackend: aws\nregion: us-east-1\n"
+                   "availability_zone: us-east-1a\nvolume_id: vol-0123\n")
+    result = run_cli("apply", "-f", volume, "--dry-run", "--gpu", "A100")
+    assert result.returncode == 1 and "--gpu applies to runs, not to a volume" in result.stderr
+    ssh = write(tmp_path, "ssh.dstack.yml", "type: fleet\nname: s1\nssh_config: {hosts: [10.251.250.9]}\n")
+    assert run_cli("apply", "-f", ssh, "--dry-run", "--json").returncode == 0  # the fleet's own flags still go
+
+
 def test_reservation_is_refused_by_name(tmp_path):
     conf = write(tmp_path, "fleet.dstack.yml", "type: fleet\nname: r1\nnodes: 1\nreservation: cr-0123\n")
     result = run_cli("apply", "-f", conf, "--dry-run")
