@@ -83,7 +83,7 @@ def apply(
     if configuration.type == "volume":
         from cli.volume_command import apply_volume
 
-        apply_volume(configuration, source, name, yes, dry_run)
+        apply_volume(configuration, source, None if name is None else _run_name(name), yes, dry_run)
         return
     if name is not None:
         configuration = configuration.model_copy(update={"name": _run_name(name)})

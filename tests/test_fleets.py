@@ -85,6 +85,8 @@ def test_run_flags_on_a_fleet_or_a_volume_are_refused_by_name(tmp_path):
     assert result.returncode == 1 and "--gpu applies to runs, not to a volume" in result.stderr
     ssh = write(tmp_path, "ssh.dstack.yml", "type: fleet\nname: s1\nssh_config: {hosts: [10.251.250.9]}\n")
     assert run_cli("apply", "-f", ssh, "--dry-run", "--json").returncode == 0  # the fleet's own flags still go
+    named = run_cli("apply", "-f", volume, "--dry-run", "-n", "Bad/Name")  # a volume's -n is checked as a run's
+    assert named.returncode == 2 and "2 to 41 lowercase letters" in named.stderr
 
 
 def test_reservation_is_refused_by_name(tmp_path):
