@@ -341,6 +341,43 @@ def test_availability_zones_leave_an_instance_offer_without_zones_so_a_lost_clai
     assert [a["error"] for a in record.attempts] == ["instance 0 of fleet warm was taken by another run"]
 
 
+def test_a_kept_runs_failed_stack_is_swept_by_its_implicit_fleets_name(monkeypatch):
+    """An SSH fleet named as the run makes its implicit fleet `NAME-2`: the stack, its resources and their tags are
+    `NAME-2`'s; the run's teardown (the stack is the run's until `up` succeeds) must sweep those, not `NAME`'s."""
+    from configuration.backends import load_config
+    from configuration.loader import parse_configuration
+    from provisioner.backends import CloudBackend
+    from provisioner.instances import ReusingBackend
+    from provisioner.runner import finish_run, Reporter, RunSession
+    from provisioner.state import RunRecord, StateStore
+    from stacks.errors import StackFailure
+
+    swept = []
+    monkeypatch.setattr("stacks.extras.require_extra", lambda *args: None)
+    monkeypatch.setattr("stacks.automation.require_pulumi", lambda: None)
+    monkeypatch.setattr("stacks.automation.open_stack", lambda *args: None)
+    monkeypatch.setattr("stacks.automation.stack_destroy", lambda *args, **kwargs: None)
+    monkeypatch.setattr(CloudBackend, "check_credentials", lambda self, region: None)
+    monkeypatch.setattr("provisioner.backends.sweep_aws_run", lambda region, owner, name: swept.append(name))
+
+    def up_fails(stack, on_event):
+        raise StackFailure("error", "offer", "the up was cut short")
+
+    monkeypatch.setattr("stacks.automation.stack_up", up_fails)
+    store = StateStore()
+    store.save_fleet("train", "ssh.yml", [])
+    store.create_run(RunRecord(name="train", status="provisioning", submitted_at=time.time(), backend="aws"))
+    configuration = parse_configuration("type: task\nidle_duration: 1h\ncommands: [x]\n", "t")
+    backend = ReusingBackend(CloudBackend("aws", load_config(), store), store)
+    with pytest.raises(StackFailure):
+        backend.provision("train", OFFER, configuration, lambda p: None)
+    assert store.get_run("train").stack["name"].startswith("train-2-")
+    session = RunSession(store=store, config=load_config(), reporter=Reporter(output=lambda b: None))
+    monkeypatch.setattr("provisioner.runner.backend_for", lambda *args: backend)
+    finish_run(session, "train", "failed")
+    assert swept == ["train-2"]
+
+
 def test_two_runs_never_claim_one_instance():
     from provisioner.state import InstanceRecord, StateStore
 
