@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
-from configuration.errors import ConfigurationError
+from configuration.errors import ConfigurationError, DstackError
 from offers.catalog import InstanceType
 from offers.offer import Offer
 from offers.requirements import Requirements
@@ -183,8 +183,10 @@ class ReusingBackend:
         instances = [InstanceRecord(fleet=fleet, num=num, backend=offer.backend, offer=offer_record(offer),
                                     host=host.to_json(), status="busy", run=run_name,
                                     idle_duration=kept_for(configuration)) for num, host in enumerate(hosts)]
-        self.store.create_cloud_fleet(fleet, f"run {run_name}", offer.backend, {"idle_duration": kept_for(
-            configuration)}, stacks[-1], instances)
+        if not self.store.create_cloud_fleet(fleet, f"run {run_name}", offer.backend, {"idle_duration": kept_for(
+                configuration)}, stacks[-1], instances):  # named meanwhile: the stack stays the run's, to destroy
+            raise DstackError(f"a fleet named {fleet} was created while run {run_name}'s instance was provisioned "
+                              "as a fleet of that name")
         self.store.update_run(run_name, stack=None)  # the fleet's now: the run's teardown must not destroy it
         return hosts
 

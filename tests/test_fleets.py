@@ -378,6 +378,17 @@ def test_a_kept_runs_failed_stack_is_swept_by_its_implicit_fleets_name(monkeypat
     assert swept == ["train-2"]
 
 
+def test_a_kept_run_whose_fleet_name_is_taken_meanwhile_destroys_its_stack(cloud, tmp_path, monkeypatch):
+    from provisioner.state import StateStore
+
+    store = StateStore()
+    monkeypatch.setattr(StateStore, "create_cloud_fleet", lambda self, *args, **kwargs: False)  # lost the name
+    with pytest.raises(DstackError, match="a fleet named late was created"):
+        submit_task(store, "late", "idle_duration: 1h\ncommands: [echo x]\n", [OFFER], tmp_path)
+    assert store.get_run("late").status == "failed"
+    assert cloud["made"] == ["late"] and cloud["destroyed"] == ["late"]  # not left with no record of it
+
+
 def test_two_runs_never_claim_one_instance():
     from provisioner.state import InstanceRecord, StateStore
 
