@@ -103,6 +103,12 @@ def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requi
         chosen = reused + existing + [o for o in offers if o.backend == "local"]
     else:
         chosen = reused + list(offers)
+    cloud_fleets = {f["name"] for f in store.list_cloud_fleets()}
+    if not chosen and node_count(configuration) > 1 and (set(names) & cloud_fleets if names else cloud_fleets) and \
+            (names or getattr(configuration, "creation_policy", None) == "reuse"):
+        raise ConfigurationError(f"{source}: a multi-node run takes no cloud fleet's idle instances (each serves "
+                                 "one node; the run's cluster is made for it), and `fleets`/`creation_policy: reuse` "
+                                 "leave it nothing else: an SSH fleet's hosts, or `creation_policy: reuse-or-create`")
     if not chosen and (names or getattr(configuration, "creation_policy", None) == "reuse"):
         where = f"fleet{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else "any fleet"
         why = "`fleets` limits the run to them" if names else "`creation_policy: reuse` creates none"

@@ -576,6 +576,9 @@ def test_a_multi_node_run_is_not_offered_an_idle_instance(tmp_path, dstack_home)
     result = run_cli("apply", "-f", two, "--dry-run", "--json", "-b", "aws", env=env)
     assert result.returncode == 0, result.stderr
     assert "reused" not in json.loads(result.stdout)["offer"]  # one idle instance is one node, not a cluster
+    pinned = write(tmp_path, "pinned.dstack.yml", "type: task\nnodes: 2\nfleets: [warm]\ncommands: [x]\n")
+    result = run_cli("apply", "-f", pinned, "--dry-run", "-b", "aws", env=env)
+    assert result.returncode == 1 and "a multi-node run takes no cloud fleet's idle instances" in result.stderr
 
 
 def test_a_run_holding_every_instance_of_its_cluster_releases_them_all():
