@@ -72,6 +72,12 @@ def check_volume(configuration: VolumeConfiguration, source: str) -> None:
     if configuration.auto_cleanup_duration is not None and configuration.auto_cleanup_duration >= 0:
         raise ConfigurationError(f"{source}: `auto_cleanup_duration` is not supported yet: delete the volume with "
                                  "`dstack volume delete NAME` (or set `auto_cleanup_duration: off`)")
+    if configuration.is_external:
+        ignored = [f"`{field}`" for field in ("size", "tags") if getattr(configuration, field)]
+        if ignored:
+            raise ConfigurationError(f"{source}: {' and '.join(ignored)} would do nothing to an existing volume "
+                                     "(`volume_id`): it keeps its own; remove them, or create a volume without "
+                                     "`volume_id`")
     if configuration.is_external and configuration.availability_zone is None:
         raise ConfigurationError(f"{source}: registering an existing volume (`volume_id`) needs its "
                                  "`availability_zone`: a run's instance must be in the same zone to attach it")

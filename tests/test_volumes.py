@@ -209,6 +209,15 @@ def test_registered_volume_list_get_delete(tmp_path, home_env):
     assert json.loads(cli(home_env, "volume", "list", "--json").stdout)["volumes"] == []
 
 
+def test_registering_with_size_or_tags_is_refused_by_name(tmp_path, home_env):
+    conf = write(tmp_path, "v.dstack.yml", "type: volume\nname: ext\nbackend: aws\nregion: us-west-2\n"
+                 "availability_zone: us-west-2b\nvolume_id: vol-0123456789abcdef0\nsize: 100GB\ntags: {a: b}\n")
+    for args in (("--dry-run",), ("-y",)):
+        result = cli(home_env, "apply", "-f", conf, *args)
+        assert result.returncode == 1 and "`size` and `tags` would do nothing to an existing volume" in result.stderr
+    assert json.loads(cli(home_env, "volume", "list", "--json").stdout)["volumes"] == []
+
+
 def test_registering_needs_the_zone(tmp_path, home_env):
     conf = write(tmp_path, "v.dstack.yml", "type: volume\nname: ext\nbackend: aws\nregion: us-west-2\n"
                  "volume_id: vol-1\n")
