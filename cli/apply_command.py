@@ -172,14 +172,14 @@ def _print_dry_run(source: str, run_name: str, run, requirements, search, config
     """The plan: the offer, and the cloud resources its stack would create, rendered offline. Without the cloud's
     extra installed, the plan still shows the offer and says what rendering the stack needs."""
     from provisioner.cloud_plan import dry_run_resources
-    from provisioner.instances import InstanceOffer
+    from provisioner.instances import InstanceOffer, stack_configuration
     from provisioner.plan import plan_json
     from stacks.extras import MissingExtra
 
     offer = search.offers[0] if search.offers else None
     try:  # an idle fleet instance's run creates no cloud resources
-        resources = [] if isinstance(offer, InstanceOffer) else dry_run_resources(run_name, run.configuration, offer,
-                                                                                   config)
+        resources = [] if isinstance(offer, InstanceOffer) else dry_run_resources(
+            run_name, stack_configuration(run.configuration), offer, config)
         missing = None
     except MissingExtra as e:
         resources, missing = [], e

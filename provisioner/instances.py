@@ -146,6 +146,14 @@ def kept_for(configuration) -> Optional[int]:
     return None if seconds < 0 else seconds
 
 
+def stack_configuration(configuration):
+    """What a run's stack is made from: a run whose instance is kept (`idle_duration`) gives its VMs no deadline
+    from max_duration, since they outlive the run (the job's own deadline still holds)."""
+    if getattr(configuration, "type", None) != "task" or kept_for(configuration) == 0:
+        return configuration
+    return configuration.model_copy(update={"max_duration": None})
+
+
 @dataclass
 class ReusingBackend:
     """A cloud backend that reuses idle instances: an InstanceOffer is claimed (atomically: two runs never get one
@@ -183,9 +191,8 @@ class ReusingBackend:
             stacks.append(stack)
             self.store.update_run(run_name, stack=stack)
 
-        # No VM deadline from max_duration: the instance outlives the run (the job's own deadline still holds).
-        outliving = configuration.model_copy(update={"max_duration": None})
-        hosts = self.cloud.create_stack(fleet, offer, outliving, report, fleet_key_path(fleet), record)
+        hosts = self.cloud.create_stack(fleet, offer, stack_configuration(configuration), report,
+                                        fleet_key_path(fleet), record)
         instances = [InstanceRecord(fleet=fleet, num=num, backend=offer.backend, offer=offer_record(offer),
                                     host=host.to_json(), status="busy", run=run_name,
                                     idle_duration=kept_for(configuration)) for num, host in enumerate(hosts)]

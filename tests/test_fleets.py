@@ -561,6 +561,22 @@ def test_the_plan_puts_an_idle_instance_first_marked_reused_with_no_resources_to
         assert "reused" not in plan["offer"], name  # an instance that does not fit is not offered
 
 
+def test_the_plan_of_a_kept_run_shows_its_vms_without_a_max_duration_deadline(tmp_path, dstack_home):
+    """The stack a kept run makes gives its VMs no deadline (they outlive the run): the dry run renders that one
+    (on GCP the deadline is the instance's max run duration; AWS's is in its user data, which the plan masks)."""
+    pytest.importorskip("pulumi_gcp")
+
+    def scheduling(extra):
+        conf = write(tmp_path, "t.dstack.yml", f"type: task\ncommands: [x]\nmax_duration: 10m\n{extra}")
+        result = run_cli("apply", "-f", conf, "--dry-run", "--json", "-b", "gcp", env={"DSTACK_HOME": str(dstack_home)})
+        assert result.returncode == 0, result.stderr
+        [instance] = [r for r in json.loads(result.stdout)["resources"] if r["type"] == "gcp:compute/instance:Instance"]
+        return instance["inputs"].get("scheduling") or {}
+
+    assert "maxRunDuration" in scheduling("")  # the deadline of a run's VM
+    assert "maxRunDuration" not in scheduling("idle_duration: 1h\n")
+
+
 def test_a_multi_node_run_is_not_offered_an_idle_instance(tmp_path, dstack_home):
     from provisioner.instances import offer_record
     from provisioner.state import InstanceRecord, StateStore
