@@ -60,6 +60,21 @@ def apply(
     file = chosen_file(file)
     configuration = load_file(file)
     source = source_name(file)
+    if configuration.type in ("fleet", "volume"):
+        run_flags = {"ARGS": args, "--gpu": gpu, "--cpu": cpu, "--memory": memory, "--disk": disk, "--spot": spot,
+                     "--on-demand": on_demand, "--spot-auto": spot_auto, "--spot-policy": spot_policy,
+                     "-b/--backend": backend, "-r/--region": region, "--instance-type": instance_type,
+                     "--max-price": max_price, "-e/--env": env, "--max-duration": max_duration, "--retry": retry,
+                     "--retry-duration": retry_duration, "--fleet": fleet, "-R/--reuse": reuse,
+                     "--no-repo": no_repo, "-d/--detach": detach, "--scheduled-start": scheduled_start}
+        if configuration.type == "fleet":
+            run_flags["-n/--name"] = name  # a volume takes its name from -n; a fleet's is its file's
+        given = [flag for flag, value in run_flags.items() if value not in (None, False, [])]
+        if given:
+            from configuration.errors import ConfigurationError
+
+            raise ConfigurationError(f"{source}: {', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                                     f"runs, not to a {configuration.type}: set its fields in the file")
     if configuration.type == "fleet":
         from cli.fleet_command import apply_fleet
 
@@ -68,7 +83,7 @@ def apply(
     if configuration.type == "volume":
         from cli.volume_command import apply_volume
 
-        apply_volume(configuration, source, name, yes, dry_run)
+        apply_volume(configuration, source, None if name is None else _run_name(name), yes, dry_run)
         return
     if name is not None:
         configuration = configuration.model_copy(update={"name": _run_name(name)})
@@ -157,14 +172,14 @@ def _print_dry_run(source: str, run_name: str, run, requirements, search, config
     """The plan: the offer, and the cloud resources its stack would create, rendered offline. Without the cloud's
     extra installed, the plan still shows the offer and says what rendering the stack needs."""
     from provisioner.cloud_plan import dry_run_resources
-    from provisioner.instances import InstanceOffer
+    from provisioner.instances import InstanceOffer, stack_configuration
     from provisioner.plan import plan_json
     from stacks.extras import MissingExtra
 
     offer = search.offers[0] if search.offers else None
     try:  # an idle fleet instance's run creates no cloud resources
-        resources = [] if isinstance(offer, InstanceOffer) else dry_run_resources(run_name, run.configuration, offer,
-                                                                                   config)
+        resources = [] if isinstance(offer, InstanceOffer) else dry_run_resources(
+            run_name, stack_configuration(run.configuration), offer, config)
         missing = None
     except MissingExtra as e:
         resources, missing = [], e

@@ -111,7 +111,7 @@ class CloudBackend:
         spec = stack_spec(name, configuration, offer, public_key, generate_host_keys(configuration), self.config)
         settings = state_settings(self.config.pulumi.backend_url)
         record_stack({"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
-                      "backend_url": settings.backend_url})
+                      "backend_url": settings.backend_url, "tagged": name})
         stack = open_stack(spec.stack_name, program_for(spec), settings)
         outputs = stack_up(stack, on_event=EngineEventTracker(report))
         return stack_hosts(outputs, spec.host_keys, key_path)
@@ -134,7 +134,8 @@ class CloudBackend:
 
     def destroy_stack(self, name: str, stack: dict, report: Callable) -> None:
         """Destroys the stack `create_stack` recorded for `name`, then sweeps what an interrupted `up` created
-        before Pulumi recorded it."""
+        before Pulumi recorded it: the resources tagged with the name the stack was made for (`tagged`: a run's
+        implicit fleet may be named apart from the run whose record holds the stack)."""
         from stacks.extras import require_extra
 
         require_extra(self.name, f"removing {name}'s {self.name} stack")
@@ -146,10 +147,10 @@ class CloudBackend:
         pulumi_stack = open_stack(stack.get("name", name), lambda: None, settings)
         stack_destroy(pulumi_stack, on_event=EngineEventTracker(report))
         if self.name == "aws":
-            sweep_aws_run(stack["region"], stack.get("owner"), name)
+            sweep_aws_run(stack["region"], stack.get("owner"), stack.get("tagged", name))
         else:
             gcp = self.config.backend("gcp")
-            sweep_gcp_run(gcp.project_id if gcp is not None else None, stack.get("owner"), name)
+            sweep_gcp_run(gcp.project_id if gcp is not None else None, stack.get("owner"), stack.get("tagged", name))
 
 
 def stack_hosts(outputs: dict, host_keys, key_path: Path) -> List[HostAccess]:

@@ -8,23 +8,12 @@ from configuration.backends import DstackConfig
 from configuration.owner import owner_id
 from offers.gpus import compute_capability
 from offers.offer import Offer
+from provisioner.cluster import node_count
 from provisioner.volumes import volume_attachments
 from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec
 
 CLOUD_BACKENDS = ("aws", "gcp")
 OPEN_DRIVER_MIN_CAPABILITY = (7, 5)
-
-
-def node_count(configuration) -> int:
-    """How many instances the stack of `configuration` holds: a task's `nodes`; a fleet's `nodes`, a number or a
-    range (its `target`, else its minimum: what dstack provisions when a fleet is applied)."""
-    nodes = getattr(configuration, "nodes", None)
-    if nodes is None:
-        return 1
-    if isinstance(nodes, int):
-        return nodes
-    target = getattr(nodes, "target", None)
-    return target if target is not None else nodes.min
 
 
 def forms_cluster(configuration) -> bool:

@@ -17,7 +17,15 @@ from provisioner.access import HostAccess
 
 
 def node_count(configuration) -> int:
-    return getattr(configuration, "nodes", 1) or 1
+    """How many nodes (instances) `configuration` has: a task's `nodes`; a fleet's `nodes`, a number or a range
+    (its `target`, else its minimum: what dstack provisions when a fleet is applied)."""
+    nodes = getattr(configuration, "nodes", None)
+    if nodes is None:
+        return 1
+    if isinstance(nodes, int):
+        return nodes or 1
+    target = getattr(nodes, "target", None)
+    return target if target is not None else nodes.min
 
 
 def node_offers(offers: Sequence[Offer], nodes: int, source: str) -> List[Offer]:

@@ -37,15 +37,12 @@ class ClusterSSH:
 
 
 def new_key_pair(comment: str) -> Tuple[bytes, str]:
-    """An ed25519 key pair: (the private key in OpenSSH PEM, the public key line with `comment`)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    """An ed25519 key pair: (the private key in OpenSSH PEM, the public key line with `comment`); made as a VM's
+    host key is (stacks.spec.generate_host_key)."""
+    from stacks.spec import generate_host_key
 
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, f"{public.decode()} {comment}"
+    key = generate_host_key()
+    return key.private_openssh.encode(), f"{key.public_openssh} {comment}"
 
 
 def host_keys(host: HostAccess) -> List[str]:

@@ -66,6 +66,9 @@ RULES: Tuple[FieldRule, ...] = (
     FieldRule("volumes", lambda c: getattr(c, "nodes", 1) != 1 and _network_volumes(c), (),
               "with a network volume (`NAME:/path`) needs one instance: a disk attaches to one instance at a time; "
               "use instance volumes (`/host/path:/path`) on multi-node runs"),
+    FieldRule("idle_duration", lambda c: _network_volumes(c) and (getattr(c, "idle_duration", None) or 0) != 0,
+              (), "with a network volume (`NAME:/path`) is not supported: the kept instance would hold the disk "
+                  "attached after the run, where no other run could attach it and `dstack volume delete` fails"),
     FieldRule("instances", _set("instances"), (), "is not supported yet: runs pick fleet instances by `fleets` "
                                                   "and their resources"),
     FieldRule("reservation", _set("reservation"), (), "is not supported yet: the stack programs do not target "
@@ -101,11 +104,19 @@ def refusals(configuration, offer: Optional[Offer]) -> List[str]:
 
 def restrict_zones(offers: Sequence[Offer], zones: Optional[List[str]]) -> List[Offer]:
     """`availability_zones`: cloud offers narrowed to the zones asked for; offers in none of them are dropped.
-    An offer that names no zones keeps those of its region (zone names start with the region's)."""
+    An offer that names no zones keeps those of its region (zone names start with the region's). An idle fleet
+    instance's offer (provisioner.instances.InstanceOffer) is kept as it is where its `zone` is asked for: given
+    zones, failover would claim it once per zone and a lost claim would rule those zones out for the offers after."""
+    from provisioner.instances import InstanceOffer
+
     if not zones:
         return list(offers)
     kept = []
     for offer in offers:
+        if isinstance(offer, InstanceOffer):
+            if offer.zone in zones:
+                kept.append(offer)
+            continue
         if offer.backend not in CLOUDS:
             kept.append(offer)
             continue

@@ -112,6 +112,10 @@ def create_cloud_fleet(configuration, source: str, offers: List[Offer], config: 
     """Provisions the fleet on the first offer that has capacity (as a run fails over) and records its instances
     idle. Any other failure destroys what was made and forgets the fleet."""
     name = configuration.name
+    run = store.get_run(name)
+    if run is not None and run.active:  # a stack is named after its run or fleet: one would take the other's
+        raise ConfigurationError(f"{source}: run {name} is active, and the fleet's stack would take its stack's "
+                                 "name: pick another fleet name, or wait for the run to end")
     if any(f["name"] == name for f in store.list_fleets()) or \
             not store.create_cloud_fleet(name, source, offers[0].backend, configuration.model_dump(mode="json")):
         raise ConfigurationError(f"{source}: a fleet named {name} exists already: `dstack fleet delete {name}` "

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
-from configuration.errors import ConfigurationError
+from configuration.errors import ConfigurationError, DstackError
 from offers.catalog import InstanceType
 from offers.offer import Offer
 from offers.requirements import Requirements
@@ -103,6 +103,12 @@ def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requi
         chosen = reused + existing + [o for o in offers if o.backend == "local"]
     else:
         chosen = reused + list(offers)
+    cloud_fleets = {f["name"] for f in store.list_cloud_fleets()}
+    if not chosen and node_count(configuration) > 1 and (set(names) & cloud_fleets if names else cloud_fleets) and \
+            (names or getattr(configuration, "creation_policy", None) == "reuse"):
+        raise ConfigurationError(f"{source}: a multi-node run takes no cloud fleet's idle instances (each serves "
+                                 "one node; the run's cluster is made for it), and `fleets`/`creation_policy: reuse` "
+                                 "leave it nothing else: an SSH fleet's hosts, or `creation_policy: reuse-or-create`")
     if not chosen and (names or getattr(configuration, "creation_policy", None) == "reuse"):
         where = f"fleet{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else "any fleet"
         why = "`fleets` limits the run to them" if names else "`creation_policy: reuse` creates none"
@@ -138,6 +144,14 @@ def kept_for(configuration) -> Optional[int]:
     if seconds is None or seconds == 0:
         return 0
     return None if seconds < 0 else seconds
+
+
+def stack_configuration(configuration):
+    """What a run's stack is made from: a run whose instance is kept (`idle_duration`) gives its VMs no deadline
+    from max_duration, since they outlive the run (the job's own deadline still holds)."""
+    if getattr(configuration, "type", None) != "task" or kept_for(configuration) == 0:
+        return configuration
+    return configuration.model_copy(update={"max_duration": None})
 
 
 @dataclass
@@ -177,19 +191,21 @@ class ReusingBackend:
             stacks.append(stack)
             self.store.update_run(run_name, stack=stack)
 
-        # No VM deadline from max_duration: the instance outlives the run (the job's own deadline still holds).
-        outliving = configuration.model_copy(update={"max_duration": None})
-        hosts = self.cloud.create_stack(fleet, offer, outliving, report, fleet_key_path(fleet), record)
+        hosts = self.cloud.create_stack(fleet, offer, stack_configuration(configuration), report,
+                                        fleet_key_path(fleet), record)
         instances = [InstanceRecord(fleet=fleet, num=num, backend=offer.backend, offer=offer_record(offer),
                                     host=host.to_json(), status="busy", run=run_name,
                                     idle_duration=kept_for(configuration)) for num, host in enumerate(hosts)]
-        self.store.create_cloud_fleet(fleet, f"run {run_name}", offer.backend, {"idle_duration": kept_for(
-            configuration)}, stacks[-1], instances)
+        if not self.store.create_cloud_fleet(fleet, f"run {run_name}", offer.backend, {"idle_duration": kept_for(
+                configuration)}, stacks[-1], instances):  # named meanwhile: the stack stays the run's, to destroy
+            raise DstackError(f"a fleet named {fleet} was created while run {run_name}'s instance was provisioned "
+                              "as a fleet of that name")
         self.store.update_run(run_name, stack=None)  # the fleet's now: the run's teardown must not destroy it
         return hosts
 
     def _free_fleet_name(self, run_name: str) -> str:
-        taken = {f["name"] for f in self.store.list_cloud_fleets()} | {f["name"] for f in self.store.list_fleets()}
+        taken = {f["name"] for f in self.store.list_cloud_fleets()} | {f["name"] for f in self.store.list_fleets()} \
+            | {r.name for r in self.store.list_runs() if r.active and r.name != run_name}  # their stacks' names
         name, n = run_name, 1
         while name in taken:
             n += 1

@@ -250,7 +250,8 @@ def finish_run(session: RunSession, name: str, status: str, reason: Optional[str
     store.update_run(name, status="terminating", reason=reason, exit_code=exit_code)
     store.add_event(name, "terminating", reason or "")
     jobs = store.list_jobs(name)
-    if record.backend == "ssh" and len(jobs) > 1:  # the user's hosts keep nothing of the run (a VM goes whole)
+    # the user's hosts, and VMs a fleet keeps after the run, keep nothing of it (a VM destroyed goes whole)
+    if len(jobs) > 1 and (record.backend == "ssh" or any(i.run == name for i in store.list_instances())):
         revoke_everywhere(name, [HostAccess.from_json(job.host) for job in jobs], session.reporter.info)
     if record.backend:
         def step(progress) -> None:
@@ -290,6 +291,9 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
                                                                include_repos=upload_repo)
     check_size(uploads)
     store = session.store
+    if store.get_cloud_fleet(run_name) is not None:  # a run's stack, resources and tags are named after the run
+        raise ConfigurationError(f"a cloud fleet named {run_name} exists, and a run's cloud stack would take its "
+                                 "stack's name (and a teardown its resources): pick another run name (`-n`)")
     max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
     owner_pid, owner_started = current_owner()
     store.create_run(RunRecord(name=run_name, status="submitted", submitted_at=time.time(), owner_pid=owner_pid,

@@ -404,11 +404,6 @@ class StateStore:
             db.execute("COMMIT")
         return chosen, []
 
-    def claim_host(self, name: str, host: dict) -> Optional[str]:
-        """claim_hosts for one host: None once claimed, else the run holding it."""
-        claimed, holders = self.claim_hosts(name, [host], 1)
-        return None if claimed else holders[0]
-
     @staticmethod
     def _held_addresses(db: sqlite3.Connection, name: str) -> dict:
         """(hostname, port) -> the active run other than `name` that holds it, as its host or a job's."""

@@ -72,6 +72,12 @@ def check_volume(configuration: VolumeConfiguration, source: str) -> None:
     if configuration.auto_cleanup_duration is not None and configuration.auto_cleanup_duration >= 0:
         raise ConfigurationError(f"{source}: `auto_cleanup_duration` is not supported yet: delete the volume with "
                                  "`dstack volume delete NAME` (or set `auto_cleanup_duration: off`)")
+    if configuration.is_external:
+        ignored = [f"`{field}`" for field in ("size", "tags") if getattr(configuration, field)]
+        if ignored:
+            raise ConfigurationError(f"{source}: {' and '.join(ignored)} would do nothing to an existing volume "
+                                     "(`volume_id`): it keeps its own; remove them, or create a volume without "
+                                     "`volume_id`")
     if configuration.is_external and configuration.availability_zone is None:
         raise ConfigurationError(f"{source}: registering an existing volume (`volume_id`) needs its "
                                  "`availability_zone`: a run's instance must be in the same zone to attach it")
@@ -239,10 +245,20 @@ def narrow_requirements(store: StateStore, configuration, requirements, source: 
 
 
 def place_offers(store: StateStore, configuration, offers: Sequence[Offer], source: str) -> List[Offer]:
-    """The offers where every network volume of the task can be attached, each narrowed to the zones where it can."""
+    """The offers where every network volume of the task can be attached, each narrowed to the zones where it can.
+    An idle fleet instance is none of them: the run's stack attaches its volumes, and a reused instance's stack is
+    its fleet's, made before the run (its offer's empty `zones` would otherwise pass for any zone of its region)."""
+    from provisioner.instances import InstanceOffer
+
     candidates = _candidates(store, configuration, source)
     if not candidates:
         return list(offers)
+    reused = [offer for offer in offers if isinstance(offer, InstanceOffer)]
+    offers = [offer for offer in offers if not isinstance(offer, InstanceOffer)]
+    if reused and not offers:
+        raise ConfigurationError(f"{source}: an idle fleet instance cannot attach the task's network volumes (its "
+                                 "stack is its fleet's), and the run may take no other (`fleets`, `creation_policy: "
+                                 "reuse`)")
     placed = []
     for offer in offers:
         zones = set(offer.zones)

@@ -81,6 +81,23 @@ def test_dstacks_fleet_fields_that_nothing_acts_upon_are_refused_by_name(tmp_pat
     assert parse_fleet({"nodes": 1, "blocks": 1, "env": {}}).blocks == 1  # dstack's defaults stay accepted
 
 
+def test_run_flags_on_a_fleet_or_a_volume_are_refused_by_name(tmp_path):
+    """-b, -r, --gpu, --max-price ... place a run: on a fleet (its fields do that) or a volume they would do
+    nothing."""
+    fleet = write(tmp_path, "fleet.dstack.yml", "type: fleet\nname: f1\nnodes: 1\nbackends: [aws]\n")
+    result = run_cli("apply", "-f", fleet, "--dry-run", "-b", "gcp", "--max-price", "0.5", "-n", "other")
+    assert result.returncode == 1, result.stdout
+    assert "-b/--backend, --max-price, -n/--name apply to runs, not to a fleet" in result.stderr
+    volume = write(tmp_path, "vol.dstack.yml", "type: volume\nname: v1\nbackend: aws\nregion: us-east-1\n"
+                   "availability_zone: us-east-1a\nvolume_id: vol-0123\n")
+    result = run_cli("apply", "-f", volume, "--dry-run", "--gpu", "A100")
+    assert result.returncode == 1 and "--gpu applies to runs, not to a volume" in result.stderr
+    ssh = write(tmp_path, "ssh.dstack.yml", "type: fleet\nname: s1\nssh_config: {hosts: [10.251.250.9]}\n")
+    assert run_cli("apply", "-f", ssh, "--dry-run", "--json").returncode == 0  # the fleet's own flags still go
+    named = run_cli("apply", "-f", volume, "--dry-run", "-n", "Bad/Name")  # a volume's -n is checked as a run's
+    assert named.returncode == 2 and "2 to 41 lowercase letters" in named.stderr
+
+
 def test_reservation_is_refused_by_name(tmp_path):
     conf = write(tmp_path, "fleet.dstack.yml", "type: fleet\nname: r1\nnodes: 1\nreservation: cr-0123\n")
     result = run_cli("apply", "-f", conf, "--dry-run")
@@ -186,6 +203,34 @@ def test_a_run_with_idle_duration_leaves_its_instance_for_the_next_run_until_it_
     assert not key.exists() and "Fleet first has been idle past its idle_duration" in log[0]
 
 
+def test_a_multi_node_run_kept_by_idle_duration_leaves_no_cluster_key_on_its_kept_instances(
+        cloud, tmp_path, make_host, client_key, monkeypatch):
+    """Its VMs outlive the run (the implicit fleet), so the run's authorized_keys line and private key must go
+    from each of them as they do from an SSH fleet's hosts: the next run on one of them must not reach the other."""
+    from provisioner.access import HostAccess
+    from provisioner.backends import CloudBackend
+    from provisioner.state import StateStore
+
+    hosts = [make_host(), make_host()]
+    accesses = [HostAccess(kind="ssh", hostname=h.address, port=22, user="root", identity_file=client_key[0],
+                           host_key=h.host_public_key) for h in hosts]
+
+    def create_stack(self, name, offer, configuration, report, key_path, record_stack):
+        record_stack({"backend": self.name, "name": f"{name}-stack", "owner": "test", "region": offer.region})
+        cloud["made"].append(name)
+        return accesses
+
+    monkeypatch.setattr(CloudBackend, "create_stack", create_stack)
+    before = [(h.dir / "authorized_keys").read_text() for h in hosts]
+    store = StateStore()
+    record, _, _ = submit_task(store, "pair", "nodes: 2\nidle_duration: 1h\ncommands: [echo x]\n", [OFFER],
+                               tmp_path)
+    assert record.status == "done" and cloud["made"] == ["pair"] and cloud["destroyed"] == []
+    assert [i.status for i in store.list_instances("pair")] == ["idle", "idle"]  # kept
+    assert [(h.dir / "authorized_keys").read_text() for h in hosts] == before
+    assert not any((h.jobs_dir / "pair" / "cluster_key").exists() for h in hosts)
+
+
 def test_a_run_without_idle_duration_destroys_its_stack_and_creation_policy_reuse_takes_only_instances(
         cloud, tmp_path):
     from provisioner.state import StateStore
@@ -230,6 +275,31 @@ def test_a_cloud_fleet_is_one_stack_of_n_idle_instances_that_fleets_pins_runs_to
     assert cloud["destroyed"] == ["gpus"] and store.list_cloud_fleets() == []
 
 
+def test_a_run_and_a_cloud_fleet_never_share_a_name_their_stacks_would_share(cloud, tmp_path, monkeypatch):
+    """A stack, its resources' names and their `dstack:run` tag come from the run's or the fleet's name: a run named
+    as a fleet would `up` over the fleet's stack (replacing its instances) and its teardown would destroy it."""
+    from configuration.backends import load_config
+    from provisioner.fleets import create_cloud_fleet
+    from provisioner.instances import ReusingBackend
+    from provisioner.state import RunRecord, StateStore
+
+    monkeypatch.setattr("provisioner.fleets.prepare_instance", lambda host, idle: None)
+    store = StateStore()
+    create_cloud_fleet(parse_fleet({"nodes": 1}), "fleet.dstack.yml", [OFFER], load_config(), store,
+                       lambda p: None, lambda m: None)
+    with pytest.raises(ConfigurationError, match="a cloud fleet named gpus exists"):
+        submit_task(store, "gpus", "creation_policy: reuse-or-create\nresources: {cpu: 64}\ncommands: [echo x]\n",
+                    [OFFER], tmp_path)
+    assert cloud["made"] == ["gpus"] and cloud["destroyed"] == [] and store.get_run("gpus") is None
+
+    store.create_run(RunRecord(name="train", status="running", submitted_at=time.time()))
+    with pytest.raises(ConfigurationError, match="run train is active"):
+        create_cloud_fleet(parse_fleet({"nodes": 1}).model_copy(update={"name": "train"}), "f.yml", [OFFER],
+                           load_config(), store, lambda p: None, lambda m: None)
+    store.create_run(RunRecord(name="gpus-2", status="running", submitted_at=time.time()))
+    assert ReusingBackend(None, store)._free_fleet_name("gpus") == "gpus-3"  # an implicit fleet avoids both
+
+
 def test_a_fleet_whose_stack_brings_up_fewer_instances_is_destroyed_and_forgotten(cloud, monkeypatch):
     from configuration.backends import load_config
     from provisioner.backends import CloudBackend
@@ -258,6 +328,74 @@ def test_an_instance_taken_after_the_plan_moves_the_run_to_the_next_offer(cloud,
     assert isinstance(planned[0], InstanceOffer) and record.status == "done" and output == "late\n"
     assert cloud["made"] == ["late"]  # the next offer, in the instance's own zone: the lost claim ruled out none
     assert [a["error"] for a in record.attempts] == ["instance 0 of fleet warm was taken by another run"]
+
+
+def test_availability_zones_leave_an_instance_offer_without_zones_so_a_lost_claim_rules_out_none(cloud, tmp_path):
+    from configuration.loader import parse_configuration
+    from provisioner.field_support import check_fields, restrict_zones
+    from provisioner.instances import offer_record
+    from provisioner.state import InstanceRecord, StateStore
+
+    store = StateStore()
+    store.create_cloud_fleet("warm", "x", "aws", {}, None, [
+        InstanceRecord("warm", 0, "aws", offer_record(OFFER), cloud["access"].to_json(), idle_since=time.time())])
+    record, planned, output = submit_task(store, "late", "availability_zones: [us-east-1a, us-east-1b]\n"
+                                          "commands: [echo late]\n", [OFFER], tmp_path,
+                                          before_submit=lambda: store.claim_instance("warm", 0, "other"))
+    assert planned[0].zone == "us-east-1a" and planned[0].zones == ()
+    task = parse_configuration("type: task\ncommands: [x]\navailability_zones: [us-east-1a, us-east-1b]\n", "t")
+    assert check_fields(task, planned, "late")[0].zones == ()  # restricted: still no zones of its own
+    assert restrict_zones(planned[:1], ["us-east-1b"]) == []  # an instance elsewhere is dropped
+    assert (record.status, output, cloud["made"]) == ("done", "late\n", ["late"])
+    assert [a["error"] for a in record.attempts] == ["instance 0 of fleet warm was taken by another run"]
+
+
+def test_a_kept_runs_failed_stack_is_swept_by_its_implicit_fleets_name(monkeypatch):
+    """An SSH fleet named as the run makes its implicit fleet `NAME-2`: the stack, its resources and their tags are
+    `NAME-2`'s; the run's teardown (the stack is the run's until `up` succeeds) must sweep those, not `NAME`'s."""
+    from configuration.backends import load_config
+    from configuration.loader import parse_configuration
+    from provisioner.backends import CloudBackend
+    from provisioner.instances import ReusingBackend
+    from provisioner.runner import finish_run, Reporter, RunSession
+    from provisioner.state import RunRecord, StateStore
+    from stacks.errors import StackFailure
+
+    swept = []
+    monkeypatch.setattr("stacks.extras.require_extra", lambda *args: None)
+    monkeypatch.setattr("stacks.automation.require_pulumi", lambda: None)
+    monkeypatch.setattr("stacks.automation.open_stack", lambda *args: None)
+    monkeypatch.setattr("stacks.automation.stack_destroy", lambda *args, **kwargs: None)
+    monkeypatch.setattr(CloudBackend, "check_credentials", lambda self, region: None)
+    monkeypatch.setattr("provisioner.backends.sweep_aws_run", lambda region, owner, name: swept.append(name))
+
+    def up_fails(stack, on_event):
+        raise StackFailure("error", "offer", "the up was cut short")
+
+    monkeypatch.setattr("stacks.automation.stack_up", up_fails)
+    store = StateStore()
+    store.save_fleet("train", "ssh.yml", [])
+    store.create_run(RunRecord(name="train", status="provisioning", submitted_at=time.time(), backend="aws"))
+    configuration = parse_configuration("type: task\nidle_duration: 1h\ncommands: [x]\n", "t")
+    backend = ReusingBackend(CloudBackend("aws", load_config(), store), store)
+    with pytest.raises(StackFailure):
+        backend.provision("train", OFFER, configuration, lambda p: None)
+    assert store.get_run("train").stack["name"].startswith("train-2-")
+    session = RunSession(store=store, config=load_config(), reporter=Reporter(output=lambda b: None))
+    monkeypatch.setattr("provisioner.runner.backend_for", lambda *args: backend)
+    finish_run(session, "train", "failed")
+    assert swept == ["train-2"]
+
+
+def test_a_kept_run_whose_fleet_name_is_taken_meanwhile_destroys_its_stack(cloud, tmp_path, monkeypatch):
+    from provisioner.state import StateStore
+
+    store = StateStore()
+    monkeypatch.setattr(StateStore, "create_cloud_fleet", lambda self, *args, **kwargs: False)  # lost the name
+    with pytest.raises(DstackError, match="a fleet named late was created"):
+        submit_task(store, "late", "idle_duration: 1h\ncommands: [echo x]\n", [OFFER], tmp_path)
+    assert store.get_run("late").status == "failed"
+    assert cloud["made"] == ["late"] and cloud["destroyed"] == ["late"]  # not left with no record of it
 
 
 def test_two_runs_never_claim_one_instance():
@@ -432,6 +570,22 @@ def test_the_plan_puts_an_idle_instance_first_marked_reused_with_no_resources_to
         assert "reused" not in plan["offer"], name  # an instance that does not fit is not offered
 
 
+def test_the_plan_of_a_kept_run_shows_its_vms_without_a_max_duration_deadline(tmp_path, dstack_home):
+    """The stack a kept run makes gives its VMs no deadline (they outlive the run): the dry run renders that one
+    (on GCP the deadline is the instance's max run duration; AWS's is in its user data, which the plan masks)."""
+    pytest.importorskip("pulumi_gcp")
+
+    def scheduling(extra):
+        conf = write(tmp_path, "t.dstack.yml", f"type: task\ncommands: [x]\nmax_duration: 10m\n{extra}")
+        result = run_cli("apply", "-f", conf, "--dry-run", "--json", "-b", "gcp", env={"DSTACK_HOME": str(dstack_home)})
+        assert result.returncode == 0, result.stderr
+        [instance] = [r for r in json.loads(result.stdout)["resources"] if r["type"] == "gcp:compute/instance:Instance"]
+        return instance["inputs"].get("scheduling") or {}
+
+    assert "maxRunDuration" in scheduling("")  # the deadline of a run's VM
+    assert "maxRunDuration" not in scheduling("idle_duration: 1h\n")
+
+
 def test_a_multi_node_run_is_not_offered_an_idle_instance(tmp_path, dstack_home):
     from provisioner.instances import offer_record
     from provisioner.state import InstanceRecord, StateStore
@@ -447,6 +601,9 @@ def test_a_multi_node_run_is_not_offered_an_idle_instance(tmp_path, dstack_home)
     result = run_cli("apply", "-f", two, "--dry-run", "--json", "-b", "aws", env=env)
     assert result.returncode == 0, result.stderr
     assert "reused" not in json.loads(result.stdout)["offer"]  # one idle instance is one node, not a cluster
+    pinned = write(tmp_path, "pinned.dstack.yml", "type: task\nnodes: 2\nfleets: [warm]\ncommands: [x]\n")
+    result = run_cli("apply", "-f", pinned, "--dry-run", "-b", "aws", env=env)
+    assert result.returncode == 1 and "a multi-node run takes no cloud fleet's idle instances" in result.stderr
 
 
 def test_a_run_holding_every_instance_of_its_cluster_releases_them_all():

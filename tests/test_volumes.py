@@ -209,6 +209,15 @@ def test_registered_volume_list_get_delete(tmp_path, home_env):
     assert json.loads(cli(home_env, "volume", "list", "--json").stdout)["volumes"] == []
 
 
+def test_registering_with_size_or_tags_is_refused_by_name(tmp_path, home_env):
+    conf = write(tmp_path, "v.dstack.yml", "type: volume\nname: ext\nbackend: aws\nregion: us-west-2\n"
+                 "availability_zone: us-west-2b\nvolume_id: vol-0123456789abcdef0\nsize: 100GB\ntags: {a: b}\n")
+    for args in (("--dry-run",), ("-y",)):
+        result = cli(home_env, "apply", "-f", conf, *args)
+        assert result.returncode == 1 and "`size` and `tags` would do nothing to an existing volume" in result.stderr
+    assert json.loads(cli(home_env, "volume", "list", "--json").stdout)["volumes"] == []
+
+
 def test_registering_needs_the_zone(tmp_path, home_env):
     conf = write(tmp_path, "v.dstack.yml", "type: volume\nname: ext\nbackend: aws\nregion: us-west-2\n"
                  "volume_id: vol-1\n")
@@ -290,6 +299,41 @@ def test_missing_and_misplaced_volumes_are_named(tmp_path, home_env):
     assert elsewhere.returncode == 1 and "outside the backends and regions the run allows" in elsewhere.stderr
     multi = cli(home_env, "apply", "-f", task(tmp_path, "[ext:/data]", "nodes: 2\n"), "--dry-run")
     assert multi.returncode == 1 and "`volumes` with a network volume (`NAME:/path`) needs one instance" in multi.stderr
+
+
+def test_an_idle_fleet_instance_is_not_offered_to_a_run_with_network_volumes(tmp_path, home_env, dstack_home):
+    """A reused instance's stack is its fleet's: nothing would attach the run's volume to it (in the volume's zone
+    or not: its offer's empty `zones` let any zone of the region pass)."""
+    from provisioner.instances import offer_record
+    from provisioner.state import InstanceRecord
+
+    register(tmp_path, home_env)
+    store = StateStore(dstack_home / "state.db")
+    host = {"kind": "ssh", "hostname": "10.251.250.2"}  # never contacted: a dry run
+    instances = [InstanceRecord("warm", num, "aws", offer_record(offer("aws", "us-west-2", [zone])), host,
+                                idle_since=time.time()) for num, zone in enumerate(("us-west-2b", "us-west-2c"))]
+    store.create_cloud_fleet("warm", "fleet.dstack.yml", "aws", {}, None, instances)
+    plain = cli(home_env, "apply", "-f", write(tmp_path, "p.dstack.yml", "type: task\ncommands: [x]\n"
+                                              "resources: {cpu: 2}\n"), "-b", "aws", "--dry-run", "--json")
+    assert "reused" in json.loads(plain.stdout)["offer"]  # the instances are offered to a run without volumes
+    result = cli(home_env, "apply", "-f", task(tmp_path, "[ext:/data]", "resources: {cpu: 2}\n"), "--dry-run",
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert "reused" not in plan["offer"] and plan["offer"]["availability_zones"] == ["us-west-2b"]
+    assert [r for r in plan["resources"] if r["type"] == ATTACHMENT]
+    reuse = cli(home_env, "apply", "-f", task(tmp_path, "[ext:/data]", "creation_policy: reuse\n"), "--dry-run")
+    assert reuse.returncode == 1 and "an idle fleet instance cannot attach the task's network volumes" in reuse.stderr
+
+
+def test_idle_duration_with_a_network_volume_is_refused_by_name(tmp_path, home_env):
+    register(tmp_path, home_env)
+    for value in ("1h", "'off'"):
+        kept = cli(home_env, "apply", "-f", task(tmp_path, "[ext:/data]", f"idle_duration: {value}\n"), "--dry-run")
+        assert kept.returncode == 1 and "`idle_duration` with a network volume (`NAME:/path`) is not supported" \
+            in kept.stderr, value
+    assert cli(home_env, "apply", "-f", task(tmp_path, "[ext:/data]", "idle_duration: 0\n"), "--dry-run",
+               "--json").returncode == 0
 
 
 def test_a_volume_in_use_is_busy_and_cannot_be_deleted(tmp_path, home_env, dstack_home):
