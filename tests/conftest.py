@@ -19,6 +19,12 @@ def no_stale_pyenv_lock():
         pass
 
 
+@pytest.fixture
+def home_env(dstack_home):
+    """The environment that points a `dstack` subprocess at the test's own $DSTACK_HOME."""
+    return {"DSTACK_HOME": str(dstack_home)}
+
+
 @pytest.fixture(autouse=True)
 def dstack_home(tmp_path, monkeypatch):
     """Every test gets its own $DSTACK_HOME: nothing reads or writes the user's ~/.dstack."""

@@ -10,6 +10,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
+def write(tmp_path, name, text) -> str:
+    """A file under tmp_path with `text`; its path as a string."""
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
 def run_cli(*args, env=None, input=None, timeout=120):
     """Runs the installed `dstack` entry point as a user would, in a child process."""
     full_env = dict(os.environ)

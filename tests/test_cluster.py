@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, write
 from tests.netns_hosts import Switch
 from tests.test_faults import add_fleet
-from tests.test_runs import group_alive, home_env, ps, spawn, wait_for_output, wait_status, write  # noqa: F401
+from tests.test_runs import group_alive, ps, spawn, wait_for_output, wait_status
 
 # Every node checks its variables, then rank 0 accepts one connection per worker at $DSTACK_MASTER_NODE_IP.
 RENDEZVOUS = textwrap.dedent('''\

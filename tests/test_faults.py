@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.state import RunRecord, StateStore
-from tests.helpers import ROOT, run_cli
-from tests.test_runs import group_alive, home_env, ps, spawn, wait_for_output, write  # noqa: F401 (a fixture)
+from tests.helpers import ROOT, run_cli, write
+from tests.test_runs import group_alive, ps, spawn, wait_for_output
 
 # a job that keeps writing, so a follower always has something to read
 TICKING = "commands: [echo started, 'while true; do echo tick; sleep 0.5; done']\n"

@@ -15,16 +15,10 @@ import pytest
 from configuration.errors import ConfigurationError, DstackError
 from offers.catalog import InstanceType
 from offers.offer import Offer
-from tests.helpers import run_cli
+from tests.helpers import run_cli, write
 
 T3 = InstanceType("t3.large", 2, 8.0, "", "", 0, 0.0, "x86", True)
 OFFER = Offer("aws", T3, "us-east-1", ("us-east-1a",), False, 0.0832, 100.0, 0.011)
-
-
-def write(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
 
 
 def parse_fleet(data):

@@ -14,11 +14,6 @@ from provisioner.ssh import (HostKeyChanged, HostKeyUnknown, SSHTarget, connect,
 from tests.helpers import ROOT, run_cli
 
 
-@pytest.fixture
-def home_env(dstack_home):
-    return {"DSTACK_HOME": str(dstack_home)}
-
-
 def fleet_file(tmp_path, client_key, *hosts, name="lab"):
     path = tmp_path / f"{name}.dstack.yml"
     path.write_text(f"type: fleet\nname: {name}\nssh_config:\n  user: root\n  identity_file: {client_key[0]}\n"

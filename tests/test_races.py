@@ -24,8 +24,8 @@ from provisioner.owner import owner_alive, process_start_time
 from provisioner.state import RunRecord, StateStore
 from provisioner.transport import LocalTransport
 from stacks.errors import StackFailure
-from tests.helpers import ROOT, run_cli
-from tests.test_runs import group_alive, ps, write
+from tests.helpers import ROOT, run_cli, write
+from tests.test_runs import group_alive, ps
 
 
 def local_session() -> runner.RunSession:

@@ -9,20 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import ROOT, run_cli
-
-
-@pytest.fixture
-def home_env(dstack_home):
-    return {"DSTACK_HOME": str(dstack_home)}
-
-
-def write(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
+from tests.helpers import ROOT, run_cli, write
 
 
 def ps(env, *extra):

@@ -14,11 +14,6 @@ TOKEN = "ghp_Literal0Token0In0The0File"
 CLIENT_TOKEN = "hf_from_the_client_environment"
 
 
-@pytest.fixture
-def home_env(dstack_home):
-    return {"DSTACK_HOME": str(dstack_home)}
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 

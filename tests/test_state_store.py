@@ -15,8 +15,7 @@ from provisioner.access import HostAccess
 from provisioner.job import JobSpec, start_job
 from provisioner.state import SCHEMA_VERSION, RunRecord, StateStore
 from provisioner.transport import LocalTransport
-from tests.helpers import run_cli
-from tests.test_runs import write
+from tests.helpers import run_cli, write
 
 
 def running_local_run(home: Path, name: str) -> int:

@@ -19,22 +19,11 @@ from provisioner.mounts import VOLUMES_ROOT, InstanceMount, Mounts, NetworkMount
 from provisioner.state import RunRecord, StateStore, VolumeRecord
 from stacks.volume_spec import VolumeAttachment, VolumeSpec, aws_device_path
 from tests.docker_daemon import docker_daemon  # noqa: F401 (fixture)
-from tests.helpers import run_cli
+from tests.helpers import run_cli, write
 from tests.test_stacks import BASE, Recorder
 
 EBS = "aws:ebs/volume:Volume"
 ATTACHMENT = "aws:ec2/volumeAttachment:VolumeAttachment"
-
-
-@pytest.fixture
-def home_env(dstack_home):
-    return {"DSTACK_HOME": str(dstack_home)}
-
-
-def write(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
 
 
 def cli(env, *args):
