@@ -75,8 +75,17 @@ class DockerDaemon:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        subprocess.run(["umount", "-R", str(self.dir / "exec")], capture_output=True)
+        for mount in mounts_under(self.dir):  # dockerd's own netns file among them: `umount -R exec` misses it
+            subprocess.run(["umount", "-l", mount], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def mounts_under(folder: Path) -> list:
+    """The mount points inside `folder`, deepest first (from /proc/self/mounts, octal escapes decoded)."""
+    prefix = str(folder).rstrip("/") + "/"
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in f]
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
 
 
 @pytest.fixture(scope="session")
