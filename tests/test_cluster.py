@@ -343,22 +343,6 @@ def test_node_output_gets_whole_lines_with_the_rank_in_front():
     assert interleave([b"a\nb\nc\n", b"x\n"]) == b"[0] a\n[1] x\n[0] b\n[0] c\n"
 
 
-def test_a_version_3_store_gets_the_jobs_table(dstack_home):
-    import sqlite3
-
-    from provisioner.state import SCHEMA_VERSION, RunRecord, StateStore
-
-    StateStore()
-    old = sqlite3.connect(dstack_home / "state.db")
-    old.executescript("DROP TABLE jobs; PRAGMA user_version = 3;")
-    old.close()
-    store = StateStore()  # brought up to date, not judged damaged
-    store.create_run(RunRecord(name="r", status="provisioning", submitted_at=1.0))
-    store.set_jobs("r", [fleet_host(240).to_json()])
-    assert [job.host["hostname"] for job in store.list_jobs("r")] == ["10.251.240.2"]
-    assert SCHEMA_VERSION == 4
-
-
 def test_a_backend_that_brings_up_fewer_hosts_than_nodes_fails_the_offer(dstack_home, monkeypatch):
     from configuration.backends import DstackConfig
     from provisioner.runner import RunFailed, RunSession, provision_with_failover

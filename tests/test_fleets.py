@@ -435,20 +435,6 @@ def test_the_next_command_expires_an_idle_fleet_and_fleet_list_shows_both_kinds(
     assert deleted.returncode == 0 and "Fleet kept destroyed" in deleted.stderr and store.list_cloud_fleets() == []
 
 
-def test_a_store_of_schema_3_gets_the_fleet_tables(dstack_home):
-    import sqlite3
-
-    from provisioner.state import SCHEMA_VERSION, StateStore
-
-    path = StateStore().path
-    db = sqlite3.connect(path)
-    db.executescript("DROP TABLE instances; DROP TABLE cloud_fleets; PRAGMA user_version = 3;")
-    db.close()
-    StateStore().create_cloud_fleet("f1", "x", "aws", {}, None)
-    db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
-
-
 # --- the watchdog on the VM ---
 
 def test_power_off_minutes_follow_the_idle_duration():

@@ -139,6 +139,31 @@ def test_a_damaged_store_names_the_jobs_on_its_fleet_hosts(dstack_home, make_hos
         transport.close()
 
 
+def test_a_version_3_store_gets_the_volumes_jobs_and_fleet_tables(dstack_home):
+    from configuration.errors import ConfigurationError
+    from provisioner.state import _SCHEMA, VolumeRecord
+
+    dstack_home.mkdir(parents=True)
+    old = sqlite3.connect(dstack_home / "state.db")
+    old.executescript(_SCHEMA[:_SCHEMA.index("CREATE TABLE IF NOT EXISTS volumes")] + "PRAGMA user_version = 3;")
+    old.execute("INSERT INTO runs (name, status, submitted_at) VALUES ('old', 'done', 1.0)")
+    old.commit()
+    old.close()
+    store = StateStore()  # brought up to date, not judged damaged
+    assert store.get_run("old").status == "done" and store.list_volumes() == []
+    store.create_volume(VolumeRecord(name="v", status="active", backend="aws", region="r", created_at=1.0))
+    assert [v.name for v in store.list_volumes()] == ["v"]
+    with pytest.raises(ConfigurationError, match="a volume named v already exists"):
+        store.create_volume(VolumeRecord(name="v", status="active", backend="aws", region="r", created_at=1.0))
+    store.create_run(RunRecord(name="r", status="provisioning", submitted_at=1.0))
+    store.set_jobs("r", [HostAccess(kind="ssh", hostname="10.251.240.2", user="root").to_json()])
+    assert [job.host["hostname"] for job in store.list_jobs("r")] == ["10.251.240.2"]
+    assert store.create_cloud_fleet("f1", "x", "aws", {}, None)
+    db = sqlite3.connect(store.path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    db.close()
+
+
 def test_an_old_store_is_brought_up_to_date(dstack_home):
     dstack_home.mkdir(parents=True)
     old = sqlite3.connect(dstack_home / "state.db")

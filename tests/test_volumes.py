@@ -537,22 +537,3 @@ def test_image_job_sees_both_kinds_of_volume(docker_daemon, monkeypatch, tmp_pat
         assert not (tmp_path / "jobs" / "img-vol" / "data").exists()  # no link for a container
     finally:
         unmount(network)
-
-
-def test_a_version_3_store_gets_the_volumes_table(dstack_home):
-    import sqlite3
-
-    from provisioner.state import _SCHEMA
-
-    dstack_home.mkdir(parents=True)
-    old = sqlite3.connect(dstack_home / "state.db")
-    old.executescript(_SCHEMA[:_SCHEMA.index("CREATE TABLE IF NOT EXISTS volumes")] + "PRAGMA user_version = 3;")
-    old.execute("INSERT INTO runs (name, status, submitted_at) VALUES ('old', 'done', 1.0)")
-    old.commit()
-    old.close()
-    store = StateStore()  # brought up to date, not judged damaged
-    assert store.get_run("old").status == "done" and store.list_volumes() == []
-    store.create_volume(VolumeRecord(name="v", status="active", backend="aws", region="r", created_at=1.0))
-    assert [v.name for v in store.list_volumes()] == ["v"]
-    with pytest.raises(ConfigurationError, match="a volume named v already exists"):
-        store.create_volume(VolumeRecord(name="v", status="active", backend="aws", region="r", created_at=1.0))
