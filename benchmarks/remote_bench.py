@@ -24,9 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from provisioner.job import JobSpec, start_job, stop_job  # noqa: E402
-from provisioner.ports import PortForwarder, ssh_opener  # noqa: E402
-from provisioner.ssh import SSHTarget, SSHTransport, connect  # noqa: E402
+from provisioner.jobs.control import start_job, stop_job  # noqa
+from provisioner.jobs.script import JobSpec  # noqa
+from provisioner.host.ports import PortForwarder, ssh_opener  # noqa
+from provisioner.host.ssh import SSHTarget, SSHTransport, connect  # noqa
 from tests.netns_hosts import NamespaceHost, namespaces_available  # noqa: E402
 
 
@@ -84,6 +85,7 @@ def main() -> None:
         target = SSHTarget(host.address, 22, "root", str(work / "key"), host_key=host.host_public_key)
         fast = connect(target, total_wait=10)
         slow = nagle_connection(target)
+
         def naive():
             _, out, _ = slow._client.exec_command("true")
             out.channel.recv_exit_status()

@@ -33,9 +33,10 @@ PROVISION_ENV = "DSTACK_BENCH_PROVISION_S"
 
 def stand_in_cloud() -> None:
     """In the child: CloudBackend's stack boundary over the namespace host."""
-    from provisioner import runner
-    from provisioner.access import HostAccess
-    from provisioner.backends import CloudBackend, generate_key
+    from provisioner.runs import job_specs
+    from provisioner.host.access import HostAccess
+    from provisioner.backends.cloud import CloudBackend
+    from provisioner.host.keys import generate_key
 
     access = HostAccess.from_json(json.loads(os.environ[HOST_ENV]))
 
@@ -48,7 +49,7 @@ def stand_in_cloud() -> None:
     CloudBackend.create_stack = create_stack
     CloudBackend.destroy_stack = lambda self, name, stack, report: None
     # A cloud VM's job wrapper schedules the VM's power-off; the namespace host is this machine: never here.
-    runner.power_off_minutes = lambda configuration, offer: None
+    job_specs.power_off_minutes = lambda configuration, offer: None
 
 
 def dstack(*args: str, env: dict) -> subprocess.Popen:

@@ -21,9 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from provisioner.job import JobSpec, start_job  # noqa: E402
-from provisioner.repo_archive import Upload, UploadPlan, list_folder  # noqa: E402
-from provisioner.ssh import SSHTarget, connect  # noqa: E402
+from provisioner.jobs.control import start_job  # noqa
+from provisioner.jobs.script import JobSpec  # noqa
+from provisioner.jobs.uploads import Upload, UploadPlan, list_folder  # noqa
+from provisioner.host.ssh import SSHTarget, connect  # noqa
 from tests.netns_hosts import NamespaceHost, namespaces_available  # noqa: E402
 
 

@@ -33,42 +33,42 @@ class LazyCommand:
 
 
 COMMANDS: Dict[str, LazyCommand] = {
-    "apply": LazyCommand("cli.apply_command:apply", "Apply a configuration: a task runs on the cheapest offer that "
+    "apply": LazyCommand("cli.commands.apply:apply", "Apply a configuration: a task runs on the cheapest offer that "
                          "fits; a fleet registers your SSH hosts or provisions cloud instances.", _RUN_SETTINGS),
-    "run": LazyCommand("cli.apply_command:apply", "An alias of `apply`.", _RUN_SETTINGS, alias_of="apply"),
-    "offer": LazyCommand("cli.offers_command:offers", "Show the offers that match the requirements (spot and "
+    "run": LazyCommand("cli.commands.apply:apply", "An alias of `apply`.", _RUN_SETTINGS, alias_of="apply"),
+    "offer": LazyCommand("cli.commands.offers:offers", "Show the offers that match the requirements (spot and "
                          "on-demand unless told otherwise)."),
-    "offers": LazyCommand("cli.offers_command:offers", "An alias of `offer`.", alias_of="offer"),
-    "ps": LazyCommand("cli.runs_command:ps", "List runs: status, where they run, what they cost. Finishes what an "
+    "offers": LazyCommand("cli.commands.offers:offers", "An alias of `offer`.", alias_of="offer"),
+    "ps": LazyCommand("cli.commands.runs:ps", "List runs: status, where they run, what they cost. Finishes what an "
                       "interrupted dstack left."),
-    "logs": LazyCommand("cli.runs_command:logs", "Print a run's output, from the start."),
-    "attach": LazyCommand("cli.runs_command:attach", "Follow a running run's output and forward its ports again, "
+    "logs": LazyCommand("cli.commands.runs:logs", "Print a run's output, from the start."),
+    "attach": LazyCommand("cli.commands.runs:attach", "Follow a running run's output and forward its ports again, "
                           "until it ends (Ctrl-C detaches)."),
-    "stop": LazyCommand("cli.runs_command:stop", "Stop a run (SIGTERM, then SIGKILL after 10s) and remove "
+    "stop": LazyCommand("cli.commands.runs:stop", "Stop a run (SIGTERM, then SIGKILL after 10s) and remove "
                         "everything it created."),
-    "metrics": LazyCommand("cli.metrics_command:metrics", "Show a running job's CPU, memory and GPU use, read on "
+    "metrics": LazyCommand("cli.commands.metrics:metrics", "Show a running job's CPU, memory and GPU use, read on "
                            "its host."),
-    "event": LazyCommand("cli.event_command:event", "Show runs' lifecycle events: submitted, offers tried, "
+    "event": LazyCommand("cli.commands.event:event", "Show runs' lifecycle events: submitted, offers tried, "
                          "provisioned, started, exit, teardown."),
-    "delete": LazyCommand("cli.fleet_command:delete", "Forget a fleet (`-f fleet.dstack.yml`), delete a volume "
+    "delete": LazyCommand("cli.commands.delete:delete", "Forget a fleet (`-f fleet.dstack.yml`), delete a volume "
                                                       "(`-f volume.dstack.yml`) or forget a finished run (NAME)."),
-    "fleet": LazyCommand("cli.fleet_command:fleet_app", "List, show and delete SSH and cloud fleets."),
-    "volume": LazyCommand("cli.volume_command:volume_app", "List, show and delete network volumes."),
-    "secret": LazyCommand("cli.secret_command:secret_app", "Store the secrets that `${{ secrets.NAME }}` reads"),
-    "schedule": LazyCommand("cli.schedule_command:schedule_app", "Scheduled runs: list them, or start those that "
+    "fleet": LazyCommand("cli.commands.fleet:fleet_app", "List, show and delete SSH and cloud fleets."),
+    "volume": LazyCommand("cli.commands.volume:volume_app", "List, show and delete network volumes."),
+    "secret": LazyCommand("cli.commands.secret:secret_app", "Store the secrets that `${{ secrets.NAME }}` reads"),
+    "schedule": LazyCommand("cli.commands.schedule:schedule_app", "Scheduled runs: list them, or start those that "
                             "are due"),
-    "init": LazyCommand("cli.init_command:init", "Set up $DSTACK_HOME and say which backends can run."),
-    "config": LazyCommand("cli.config_command:config_app", "Check the cloud configuration in $DSTACK_HOME/config.yml"),
-    "gc": LazyCommand("cli.gc_command:gc", "List AWS instances, security groups, key pairs and volumes (and GCP "
+    "init": LazyCommand("cli.commands.init:init", "Set up $DSTACK_HOME and say which backends can run."),
+    "config": LazyCommand("cli.commands.config:config_app", "Check the cloud configuration in $DSTACK_HOME/config.yml"),
+    "gc": LazyCommand("cli.commands.gc:gc", "List AWS instances, security groups, key pairs and volumes (and GCP "
                       "instances, disks, firewalls and service accounts, where GCP is configured) tagged by dstack "
                       "whose run is not active, and remove them after confirmation."),
-    "stacks": LazyCommand("cli.stacks_command:stacks", "List the runs' Pulumi stacks and their outputs (needs the "
+    "stacks": LazyCommand("cli.commands.stacks:stacks", "List the runs' Pulumi stacks and their outputs (needs the "
                           "Pulumi CLI)."),
-    "setup": LazyCommand("cli.setup_command:setup", "Install what dstack needs besides its Python packages: "
+    "setup": LazyCommand("cli.commands.setup:setup", "Install what dstack needs besides its Python packages: "
                          "`dstack setup pulumi`."),
-    "schema": LazyCommand("cli.schema_command:schema", "Print the JSON Schema of configuration files (for editors), "
+    "schema": LazyCommand("cli.commands.schema:schema", "Print the JSON Schema of configuration files (for editors), "
                           "or the reference page."),
-    "completion": LazyCommand("cli.completion_command:completion", "Print the shell completion script for bash, "
+    "completion": LazyCommand("cli.commands.completion:completion", "Print the shell completion script for bash, "
                               "zsh or fish."),
 }
 
@@ -141,10 +141,21 @@ def main() -> None:
     except DstackError as e:
         from cli.output import error
 
-        error(str(e))
+        error(_message(e))
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _message(error: DstackError) -> str:
+    """A damaged state store's message names the jobs still running where the damaged copy said runs were."""
+    from provisioner.store.errors import StoreDamaged
+
+    if isinstance(error, StoreDamaged):
+        from provisioner.jobs.orphans import damage_report
+
+        return damage_report(error)
+    return str(error)
 
 
 if __name__ == "__main__":

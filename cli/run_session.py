@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from cli.output import stderr_console
+from provisioner.store.statuses import RunStatus
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -39,8 +40,8 @@ def stop_signals_interrupt():
 def make_reporter(quiet: bool = False, run_name: Optional[str] = None):
     """Progress on stderr and the job's output on stdout; `quiet` (for --json) keeps both for the logs alone. With
     `run_name`, every progress line is also kept for `dstack logs -d`."""
-    from provisioner.events import log_diagnostic
-    from provisioner.runner import Reporter, write_stdout
+    from provisioner.runs.session import Reporter, write_stdout
+    from provisioner.store.run_files import log_diagnostic
 
     console = None if quiet else stderr_console()
     started = time.monotonic()
@@ -67,7 +68,7 @@ def make_reporter(quiet: bool = False, run_name: Optional[str] = None):
 
 
 def session_for(config, store, hosts=None, quiet: bool = False, run_name: Optional[str] = None):
-    from provisioner.runner import RunSession
+    from provisioner.runs.session import RunSession
 
     return RunSession(store=store, config=config, reporter=make_reporter(quiet, run_name), fleet_hosts=hosts or {})
 
@@ -77,7 +78,7 @@ def run_and_report(config, store, hosts, run_name, resolved, offers, source: Pat
     """Runs the task; returns the exit status for the shell: 0 when the job succeeded, its exit code when it failed.
     With `as_json`, stdout gets only the run's final record (`{"run": ...}`); the output stays in `dstack logs`.
     `source` is the configuration file: its repo is uploaded unless `upload_repo` is false (`--no-repo`)."""
-    from provisioner.runner import submit
+    from provisioner.runs.lifecycle import submit
 
     session = session_for(config, store, hosts, quiet=as_json, run_name=run_name)
     try:
@@ -100,6 +101,6 @@ def run_and_report(config, store, hosts, run_name, resolved, offers, source: Pat
                               f"`dstack stop {run_name}` ends it")
         return 0
     session.reporter.info(f"{run_name} {record.status}" + (f" ({record.reason})" if record.reason else ""))
-    if record.status == "done":
+    if record.status == RunStatus.DONE:
         return 0
     return record.exit_code if record.exit_code not in (None, 0) and 0 < record.exit_code < 256 else 1

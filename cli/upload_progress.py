@@ -10,7 +10,7 @@ SHOW_AFTER_S = 1.0
 
 
 class UploadProgress:
-    """Called as `progress(bytes packed, bytes in all)` by provisioner.repo_archive.archive_stream."""
+    """Called as `progress(bytes packed, bytes in all)` by provisioner.jobs.uploads.archive_stream."""
 
     def __init__(self, console):
         self._console = console

@@ -25,6 +25,8 @@ from configuration.errors import ConfigurationError
 from configuration.home import dstack_home
 from configuration.resources import StrictModel
 
+CLOUD_BACKENDS = ("aws", "gcp")  # the clouds dstack provisions in through Pulumi stacks
+
 
 class CloudBackend(StrictModel):
     regions: Optional[List[str]] = None
@@ -94,7 +96,7 @@ class DstackConfig(StrictModel):
 
     @property
     def cloud_backends(self) -> List[str]:
-        return [b.type for b in self.backends if b.type in ("aws", "gcp")]
+        return [b.type for b in self.backends if b.type in CLOUD_BACKENDS]
 
 
 def load_config() -> DstackConfig:

@@ -1,6 +1,6 @@
 """The nested models of dstack's run profile and task fields beyond resources: utilization policy, schedule, volume
 mount points, fleet and instance references, node groups and backend options. Their grammar is dstack 0.22's;
-which of them a backend acts upon is provisioner.field_support's business.
+which of them a backend acts upon is provisioner.planning.field_support's business.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
     (r"SpotMaxPriceTooLow|capacity-not-available|UnfulfillableCapacity", CAPACITY, "zone"),
     (r"STOCKOUT|stockout", CAPACITY, "zone"),
     (r"OptInRequired", UNAVAILABLE, "region"),
-    # A boot disk type the machine series does not take (stacks.gcp.HYPERDISK_ONLY should prevent it): that machine
+    # A boot disk type the machine series does not take (stacks.gcp.program.HYPERDISK_ONLY should prevent it): that machine
     # type is unusable here, other types are not.
     (r"[Dd]isk type .{0,80}(not supported|cannot be used)|diskType.{0,120}(not supported|not compatible)|"
      r"UNSUPPORTED_OPERATION.{0,120}[Hh]yperdisk", UNAVAILABLE, "type"),

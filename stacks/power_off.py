@@ -4,7 +4,7 @@ VM's deadlines (the start watchdog, max_duration) and by the job wrapper after t
 `dstack-power-off` ends the VM now; `dstack-power-off MINUTES` schedules that (a transient systemd timer, which
 unlike `shutdown +N` does not block logins meanwhile, so `dstack logs` can still fetch the log's end).
 `dstack-power-off --idle MINUTES` is the idle watchdog the job wrapper sets when a job ends (the instance's
-idle_duration, provisioner.instances): one timer of a fixed name, replaced by the next one, which
+idle_duration, provisioner.planning.reuse): one timer of a fixed name, replaced by the next one, which
 `dstack-power-off --cancel-idle` stops when the next job starts on a reused instance. The other timers (max_duration's
 deadline) are never cancelled.
 

@@ -18,7 +18,7 @@ DEFAULT_INGRESS = ("0.0.0.0/0",)
 # the job's own deadline counts from its start, within the allowance after boot, so the job always ends first and
 # its log's end and exit code can still be read (the VM also stays up POWER_OFF_AFTER_EXIT_MIN after the job).
 START_ALLOWANCE_MIN = 20
-JOBS_GLOB = "/home/*/.dstack-jobs/*/pid"  # provisioner.job writes a run's pid file there when its job starts
+JOBS_GLOB = "/home/*/.dstack-jobs/*/pid"  # provisioner.jobs.script writes a run's pid file there when its job starts
 
 
 def gcp_label(text: str, key: bool = False) -> str:

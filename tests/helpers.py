@@ -29,7 +29,7 @@ def run_cli(*args, env=None, input=None, timeout=120):
 
 def wait_exit(transport, run, timeout=60):
     """Reads a job's log until it ends: (exit code, the whole log as text)."""
-    from provisioner.job import read_log
+    from provisioner.jobs.control import read_log
 
     deadline, offset, log = time.monotonic() + timeout, 0, b""
     while time.monotonic() < deadline:

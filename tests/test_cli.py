@@ -132,7 +132,7 @@ def test_cli_imports_no_cloud_sdk():
     from cli.main import COMMANDS
 
     modules = sorted({spec.target.split(":")[0] for spec in COMMANDS.values()})
-    assert {"cli.metrics_command", "cli.event_command", "cli.init_command", "cli.volume_command"} <= set(modules)
+    assert {"cli.commands.metrics", "cli.commands.event", "cli.commands.init", "cli.commands.volume"} <= set(modules)
     code = (f"import sys, importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
             "print(sorted(m for m in ('pulumi','boto3','botocore','paramiko','google') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from stacks.aws import aws_program
-from stacks.gcp import gcp_program
+from stacks.aws.program import aws_program
+from stacks.gcp.program import gcp_program
 from stacks.spec import generate_host_key
 from tests.test_stacks import BASE, Recorder, is_secret
 
@@ -136,7 +136,7 @@ def test_aws_outputs_list_every_node_in_rank_order():
 
 @pytest.mark.parametrize("instance_type", ["t3.large", "t4g.xlarge", "m7i-flex.large", "mac2.metal"])
 def test_aws_types_a_placement_group_refuses_go_without_one(instance_type):
-    from stacks.aws import placement_note
+    from stacks.aws.program import placement_note
 
     recorder = aws(instance_type=instance_type, gpu_vendor="", gpu_name="", gpu_count=0)
     assert "aws:ec2/placementGroup:PlacementGroup" not in {r.typ for r in recorder.resources}
@@ -211,7 +211,7 @@ def test_gcp_outputs_list_every_node_in_rank_order():
                                               ("n4-standard-8", False), ("n2-standard-8", True),
                                               ("c2d-standard-8", True), ("c3-standard-8", True)])
 def test_gcp_compact_policy_only_where_the_machine_series_takes_one(machine, compact):
-    from stacks.gcp import placement_note
+    from stacks.gcp.program import placement_note
 
     recorder = gcp(instance_type=machine, gpu_vendor="", gpu_name="", gpu_count=0)
     types = {r.typ for r in recorder.resources}
@@ -241,7 +241,7 @@ def test_node_count_and_cluster_from_tasks_and_fleets():
     from types import SimpleNamespace
 
     from configuration.loader import parse_configuration
-    from provisioner.cloud_plan import forms_cluster, node_count
+    from provisioner.planning.stack_plan import forms_cluster, node_count
 
     task = parse_configuration("type: task\nnodes: 3\ncommands: ['true']\n", "t.dstack.yml")
     single = parse_configuration("type: task\ncommands: ['true']\n", "t.dstack.yml")
@@ -263,7 +263,7 @@ def test_a_fleets_stack_spec_before_fleets_have_ports_tags_or_max_duration(dstac
     from types import SimpleNamespace
 
     from configuration.backends import DstackConfig
-    from provisioner.cloud_plan import generate_host_keys, stack_spec
+    from provisioner.planning.stack_plan import generate_host_keys, stack_spec
 
     fleet = SimpleNamespace(type="fleet", name="pool", nodes=SimpleNamespace(min=2, max=4), placement="cluster")
     spec = stack_spec("pool", fleet, aws_offer(), "ssh-ed25519 K", generate_host_keys(fleet), DstackConfig())
@@ -278,8 +278,8 @@ def cloud(monkeypatch, dstack_home):
     the stack would do is recorded."""
     import stacks.automation
     from configuration.backends import AWSBackend, DstackConfig
-    from provisioner.backends import CloudBackend
-    from provisioner.state import StateStore
+    from provisioner.backends.cloud import CloudBackend
+    from provisioner.store.store import StateStore
 
     seen = {"destroyed": 0}
 
@@ -316,7 +316,7 @@ def cloud(monkeypatch, dstack_home):
 
     monkeypatch.setattr(stacks.automation, "require_pulumi", lambda: None)
     monkeypatch.setattr(stacks.automation, "open_stack", lambda name, program, settings: Stack(program))
-    monkeypatch.setattr(CloudBackend, "check_credentials", lambda self, region: None)
+    monkeypatch.setattr("stacks.clouds.check_credentials", lambda backend, region: None)
     config = DstackConfig(backends=[AWSBackend(type="aws")])
     return CloudBackend("aws", config, StateStore()), Stack, seen
 
@@ -370,7 +370,7 @@ def test_a_node_that_cannot_be_created_fails_the_whole_stack_which_is_destroyed(
 
 def test_dry_run_of_a_cluster_renders_its_nodes_and_notes_a_missing_placement_group(dstack_home):
     from configuration.backends import DstackConfig
-    from provisioner.cloud_plan import dry_run_resources, placement_notes
+    from provisioner.planning.stack_plan import dry_run_resources, placement_notes
 
     resources = dry_run_resources("train-1", cluster_task(), aws_offer(), DstackConfig())
     names = [r["name"] for r in resources if r["type"] == "aws:ec2/instance:Instance"]

@@ -240,7 +240,7 @@ def test_a_detached_cluster_is_stopped_on_every_node(tmp_path, home_env, fleet):
 # --- without hosts ---
 
 def fleet_host(index: int):
-    from provisioner.access import HostAccess
+    from provisioner.host.access import HostAccess
 
     return HostAccess(kind="ssh", hostname=f"10.251.{index}.2", user="root")  # never connected to here
 
@@ -260,8 +260,9 @@ def cluster_conf(nodes: int):
 
 
 def test_fleet_hosts_of_a_cluster_are_claimed_all_or_none(dstack_home):
-    from provisioner.backends import FleetBackend
-    from provisioner.state import RunRecord, StateStore
+    from provisioner.backends.hosts import FleetBackend
+    from provisioner.store.records import RunRecord
+    from provisioner.store.store import StateStore
     from stacks.errors import StackFailure
 
     store = StateStore()
@@ -284,7 +285,7 @@ def test_fleet_hosts_of_a_cluster_are_claimed_all_or_none(dstack_home):
 
 def test_offers_for_a_cluster_need_a_fleet_big_enough_and_never_this_machine():
     from configuration.errors import ConfigurationError
-    from provisioner.cluster import node_offers
+    from provisioner.jobs.nodes import node_offers
 
     small = [fleet_offer("a", "pair"), fleet_offer("b", "pair")]
     big = [fleet_offer("c", "trio"), fleet_offer("d", "trio"), fleet_offer("e", "trio")]
@@ -299,11 +300,11 @@ def test_offers_for_a_cluster_need_a_fleet_big_enough_and_never_this_machine():
 
 
 def test_cluster_variables_and_single_node_values():
-    from provisioner.access import HostAccess
-    from provisioner.cluster import Cluster, cluster_env
+    from provisioner.host.access import HostAccess
+    from provisioner.jobs.nodes import Cluster, cluster_env
 
     assert cluster_env(None, 2) == {"DSTACK_NODES_NUM": "1", "DSTACK_NODE_RANK": "0", "DSTACK_GPUS_PER_NODE": "2",
-                                    "DSTACK_GPUS_NUM": "2"}  # the host adds its own address (provisioner.job)
+                                    "DSTACK_GPUS_NUM": "2"}  # the host adds its own address (provisioner.jobs.script)
     vm = HostAccess(kind="ssh", hostname="3.3.3.3", internal_ip="172.31.0.5")
     hosts = [vm, fleet_host(240)]
     assert cluster_env(Cluster(hosts, 1), 8) == {
@@ -312,8 +313,8 @@ def test_cluster_variables_and_single_node_values():
 
 
 def test_startup_waves_and_the_run_outcome():
-    from provisioner.cluster import startup_waves
-    from provisioner.run_jobs import run_outcome
+    from provisioner.jobs.nodes import startup_waves
+    from provisioner.jobs.run_jobs import run_outcome
 
     assert startup_waves(None, 3) == startup_waves("any", 3) == [[0, 1, 2]]
     assert startup_waves("master-first", 3) == [[0], [1, 2]]
@@ -328,7 +329,7 @@ def test_startup_waves_and_the_run_outcome():
 
 
 def test_node_output_gets_whole_lines_with_the_rank_in_front():
-    from provisioner.node_logs import NodeLines, interleave
+    from provisioner.jobs.node_logs import NodeLines, interleave
 
     written = []
     lines = NodeLines(2, written.append)
@@ -345,8 +346,10 @@ def test_node_output_gets_whole_lines_with_the_rank_in_front():
 
 def test_a_backend_that_brings_up_fewer_hosts_than_nodes_fails_the_offer(dstack_home, monkeypatch):
     from configuration.backends import DstackConfig
-    from provisioner.runner import RunFailed, RunSession, provision_with_failover
-    from provisioner.state import RunRecord, StateStore
+    from provisioner.runs.failover import RunFailed, provision_with_failover
+    from provisioner.runs.session import RunSession
+    from provisioner.store.records import RunRecord
+    from provisioner.store.store import StateStore
     from tests.test_failover import FakeCloud, offer
 
     cloud = FakeCloud("aws", {})  # one host per offer, whatever `nodes` says

@@ -7,7 +7,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from stacks.aws_checks import GPU_QUOTAS, check_aws
+from stacks.aws.checks import GPU_QUOTAS, check_aws
 from stacks.checks import FAIL, OK, WARN, check_pulumi
 from tests.helpers import run_cli
 
@@ -69,7 +69,7 @@ def test_aws_without_credentials_says_what_to_set(no_aws_credentials):
 
 
 def test_an_opt_in_region_is_skipped_by_failover_not_fatal(aws_on_moto):
-    from stacks.aws_checks import require_region_enabled
+    from stacks.aws.checks import require_region_enabled
     from stacks.errors import StackFailure
 
     require_region_enabled("us-east-1")
@@ -131,7 +131,7 @@ def record_gcp(api, gpus_all_regions=8, network_found=True):
 def gcp_checks(api, regions, **kwargs):
     from google.auth.credentials import AnonymousCredentials
 
-    from stacks.gcp_checks import check_gcp
+    from stacks.gcp.checks import check_gcp
 
     return by_subject(check_gcp(regions, project_id="ml-proj", credentials=AnonymousCredentials(),
                                 endpoint=api.url, **kwargs))
@@ -161,11 +161,11 @@ def test_gcp_no_default_network_and_a_zero_global_gpu_quota(recorded_api):
 
 
 def test_gcp_unknown_project_and_missing_credentials(recorded_api, monkeypatch, tmp_path):
-    from stacks.gcp_checks import check_gcp
+    from stacks.gcp.checks import check_gcp
 
     checks = gcp_checks(recorded_api, ["us-central1"])
     assert checks["project"].status == FAIL and "ml-proj" in checks["project"].detail
-    from stacks.credentials import GCP_PROVIDER_CREDENTIAL_VARIABLES
+    from stacks.gcp.credentials import GCP_PROVIDER_CREDENTIAL_VARIABLES
 
     for variable in GCP_PROVIDER_CREDENTIAL_VARIABLES:
         monkeypatch.delenv(variable, raising=False)

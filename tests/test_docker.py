@@ -8,9 +8,10 @@ import urllib.request
 
 import pytest
 
-from provisioner.job import JobSpec, docker_script, read_log, start_job, stop_job
-from provisioner.repo_archive import LEGACY_REPO_DIR, Upload, UploadPlan, list_folder
-from provisioner.transport import LocalTransport
+from provisioner.jobs.control import read_log, start_job, stop_job
+from provisioner.jobs.script import JobSpec, docker_script
+from provisioner.jobs.uploads import LEGACY_REPO_DIR, Upload, UploadPlan, list_folder
+from provisioner.host.transport import LocalTransport
 from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
 from tests.helpers import wait_exit
 

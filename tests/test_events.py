@@ -9,8 +9,12 @@ import pytest
 
 from configuration.backends import DstackConfig
 from configuration.loader import parse_configuration
-from provisioner.runner import NoCapacity, RunSession, finish_run, provision_with_failover
-from provisioner.state import SCHEMA_VERSION, RunRecord, StateStore
+from provisioner.runs.failover import NoCapacity, provision_with_failover
+from provisioner.runs.session import RunSession
+from provisioner.runs.teardown import finish_run
+from provisioner.store.records import RunRecord
+from provisioner.store.schema import SCHEMA_VERSION
+from provisioner.store.store import StateStore
 from tests.helpers import run_cli
 from tests.test_failover import CAPACITY, FakeCloud, offer
 

@@ -10,9 +10,11 @@ from configuration.backends import DstackConfig
 from configuration.loader import parse_configuration
 from offers.catalog import InstanceType
 from offers.offer import Offer
-from provisioner.access import HostAccess
-from provisioner.runner import MAX_OFFERS_TRIED, RunFailed, RunSession, provision_with_failover
-from provisioner.state import RunRecord, StateStore
+from provisioner.host.access import HostAccess
+from provisioner.runs.failover import MAX_OFFERS_TRIED, RunFailed, provision_with_failover
+from provisioner.runs.session import RunSession
+from provisioner.store.records import RunRecord
+from provisioner.store.store import StateStore
 from stacks.errors import classify
 
 GPU = InstanceType("g5.xlarge", 4, 16.0, "nvidia", "A10G", 1, 24.0, "x86", True)
@@ -158,7 +160,7 @@ def test_when_every_offer_fails_each_is_listed_with_its_reason(session):
 
 def test_submit_tears_down_and_records_failure(session, tmp_path):
     from configuration.interpolation import resolve_run
-    from provisioner.runner import submit
+    from provisioner.runs.lifecycle import submit
 
     session, clouds = session
     session.store.delete_run("fo")
@@ -172,10 +174,10 @@ def test_submit_tears_down_and_records_failure(session, tmp_path):
 
 
 def test_no_capacity_is_retried_within_the_retry_duration(session, monkeypatch):
-    from provisioner import runner
+    from provisioner.runs import failover
 
     session, clouds = session
-    monkeypatch.setattr(runner, "RETRY_INTERVAL_S", 0.01)
+    monkeypatch.setattr(failover, "RETRY_INTERVAL_S", 0.01)
     calls = {"n": 0}
 
     class Flaky(FakeCloud):
@@ -189,17 +191,17 @@ def test_no_capacity_is_retried_within_the_retry_duration(session, monkeypatch):
     offers = [offer("aws", "us-east-1", "us-east-1a", 1.0), offer("aws", "us-east-2", "us-east-2a", 1.1)]
     retrying = parse_configuration("type: task\ncommands: [x]\nretry: {on_events: [no-capacity], duration: 1m}\n",
                                    "x.dstack.yml")
-    chosen, _ = runner.provision_with_retry(session, "fo", offers, retrying)
+    chosen, _ = failover.provision_with_retry(session, "fo", offers, retrying)
     assert chosen.region == "us-east-1" and calls["n"] == 3
     calls["n"] = 0
-    with pytest.raises(runner.NoCapacity):  # without `retry`, the first round's failure is final
-        runner.provision_with_retry(session, "fo", offers, CONF)
+    with pytest.raises(failover.NoCapacity):  # without `retry`, the first round's failure is final
+        failover.provision_with_retry(session, "fo", offers, CONF)
     assert calls["n"] == 2
 
 
 def test_ctrl_c_during_provisioning_tears_the_stack_down(session):
     from configuration.interpolation import resolve_run
-    from provisioner.runner import submit
+    from provisioner.runs.lifecycle import submit
 
     session, clouds = session
     session.store.delete_run("fo")
@@ -220,7 +222,7 @@ def test_ctrl_c_during_provisioning_tears_the_stack_down(session):
 
 
 def test_a_teardown_cut_short_is_finished_by_reconcile(session):
-    from provisioner.runner import reconcile
+    from provisioner.runs.reconcile import reconcile
 
     session, clouds = session
     clouds["aws"] = FakeCloud("aws", {})

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.state import RunRecord, StateStore
+from provisioner.store.records import RunRecord
+from provisioner.store.store import StateStore
 from tests.helpers import ROOT, run_cli, write
 from tests.test_runs import group_alive, ps, spawn, wait_for_output
 
@@ -154,8 +155,8 @@ def test_logs_attach_and_stop_are_bounded_on_a_hung_host(tmp_path, home_env, mak
 
 def test_keepalives_break_an_idle_connection_to_a_vanished_host(make_host, client_key, monkeypatch):
     """No command in flight: SSH keep-alives go unacknowledged and TCP_USER_TIMEOUT ends the connection."""
-    from provisioner.liveness import Liveness
-    from provisioner.ssh import SSHTarget, connect
+    from provisioner.host.liveness import Liveness
+    from provisioner.host.ssh import SSHTarget, connect
 
     if not shutil.which("iptables"):
         pytest.skip("iptables is not installed")
@@ -174,7 +175,7 @@ def test_keepalives_break_an_idle_connection_to_a_vanished_host(make_host, clien
 
 
 def test_a_local_command_that_hangs_is_a_transport_error(tmp_path):
-    from provisioner.transport import LocalTransport, TransportError
+    from provisioner.host.transport import LocalTransport, TransportError
 
     started = time.monotonic()
     with pytest.raises(TransportError, match=r"localhost: no answer within 0.5s"):
@@ -184,7 +185,7 @@ def test_a_local_command_that_hangs_is_a_transport_error(tmp_path):
 
 def test_host_timeout_setting_is_checked(monkeypatch):
     from configuration.errors import ConfigurationError
-    from provisioner.liveness import Liveness, liveness
+    from provisioner.host.liveness import Liveness, liveness
 
     monkeypatch.setenv("DSTACK_HOST_TIMEOUT", "30")
     assert liveness() == Liveness(30.0) and (liveness().keepalive, liveness().silent_after) == (3, 10.0)

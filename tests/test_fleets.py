@@ -117,8 +117,9 @@ def test_fleets_naming_a_fleet_that_does_not_exist_is_a_clear_error(tmp_path):
 @pytest.fixture
 def cloud(monkeypatch, make_host, client_key):
     """CloudBackend's stack boundary over one namespace host: `made` and `destroyed` list the stacks' names."""
-    from provisioner.access import HostAccess
-    from provisioner.backends import CloudBackend, generate_key
+    from provisioner.host.access import HostAccess
+    from provisioner.backends.cloud import CloudBackend
+    from provisioner.host.keys import generate_key
 
     host = make_host()
     access = HostAccess(kind="ssh", hostname=host.address, port=22, user="root", identity_file=client_key[0],
@@ -139,7 +140,7 @@ def cloud(monkeypatch, make_host, client_key):
     monkeypatch.setattr(CloudBackend, "create_stack", create_stack)
     monkeypatch.setattr(CloudBackend, "destroy_stack", destroy_stack)
     # The job wrapper on a cloud VM schedules its power-off; the namespace host is this machine, so never here.
-    monkeypatch.setattr("provisioner.runner.power_off_minutes", lambda configuration, offer: None)
+    monkeypatch.setattr("provisioner.runs.job_specs.power_off_minutes", lambda configuration, offer: None)
     calls["access"] = access
     return calls
 
@@ -148,8 +149,9 @@ def submit_task(store, name, text, offers, tmp_path, before_submit=lambda: None)
     from configuration.backends import load_config
     from configuration.interpolation import resolve_run
     from configuration.loader import parse_configuration
-    from provisioner.instances import plan_offers
-    from provisioner.runner import Reporter, RunSession, submit
+    from provisioner.planning.reuse import plan_offers
+    from provisioner.runs.lifecycle import submit
+    from provisioner.runs.session import Reporter, RunSession
     from offers.requirements import Requirements
 
     output = []
@@ -166,9 +168,9 @@ def submit_task(store, name, text, offers, tmp_path, before_submit=lambda: None)
 def test_a_run_with_idle_duration_leaves_its_instance_for_the_next_run_until_it_expires(cloud, tmp_path):
     from configuration.backends import load_config
     from configuration.home import dstack_home
-    from provisioner.fleets import expire_idle_fleets
-    from provisioner.instances import InstanceOffer
-    from provisioner.state import StateStore
+    from provisioner.backends.cloud_fleets import expire_idle_fleets
+    from provisioner.planning.reuse import InstanceOffer
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     first, planned, output = submit_task(store, "first", "idle_duration: 1h\nmax_duration: 10m\n"
@@ -201,9 +203,9 @@ def test_a_multi_node_run_kept_by_idle_duration_leaves_no_cluster_key_on_its_kep
         cloud, tmp_path, make_host, client_key, monkeypatch):
     """Its VMs outlive the run (the implicit fleet), so the run's authorized_keys line and private key must go
     from each of them as they do from an SSH fleet's hosts: the next run on one of them must not reach the other."""
-    from provisioner.access import HostAccess
-    from provisioner.backends import CloudBackend
-    from provisioner.state import StateStore
+    from provisioner.host.access import HostAccess
+    from provisioner.backends.cloud import CloudBackend
+    from provisioner.store.store import StateStore
 
     hosts = [make_host(), make_host()]
     accesses = [HostAccess(kind="ssh", hostname=h.address, port=22, user="root", identity_file=client_key[0],
@@ -227,7 +229,7 @@ def test_a_multi_node_run_kept_by_idle_duration_leaves_no_cluster_key_on_its_kep
 
 def test_a_run_without_idle_duration_destroys_its_stack_and_creation_policy_reuse_takes_only_instances(
         cloud, tmp_path):
-    from provisioner.state import StateStore
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     record, _, _ = submit_task(store, "plain", "commands: [echo x]\n", [OFFER], tmp_path)
@@ -239,11 +241,11 @@ def test_a_run_without_idle_duration_destroys_its_stack_and_creation_policy_reus
 
 def test_a_cloud_fleet_is_one_stack_of_n_idle_instances_that_fleets_pins_runs_to(cloud, tmp_path, monkeypatch):
     from configuration.backends import load_config
-    from provisioner.fleets import create_cloud_fleet, destroy_cloud_fleet
-    from provisioner.state import StateStore
+    from provisioner.backends.cloud_fleets import create_cloud_fleet, destroy_cloud_fleet
+    from provisioner.store.store import StateStore
 
     prepared = []
-    monkeypatch.setattr("provisioner.fleets.prepare_instance", lambda host, idle: prepared.append(idle))
+    monkeypatch.setattr("provisioner.backends.cloud_fleets.prepare_instance", lambda host, idle: prepared.append(idle))
     store = StateStore()
     conf = parse_fleet({"nodes": 2, "placement": "cluster", "idle_duration": "30m", "tags": {"team": "ml"}})
     instances = create_cloud_fleet(conf, "fleet.dstack.yml", [OFFER], load_config(), store, lambda p: None,
@@ -273,11 +275,12 @@ def test_a_run_and_a_cloud_fleet_never_share_a_name_their_stacks_would_share(clo
     """A stack, its resources' names and their `dstack:run` tag come from the run's or the fleet's name: a run named
     as a fleet would `up` over the fleet's stack (replacing its instances) and its teardown would destroy it."""
     from configuration.backends import load_config
-    from provisioner.fleets import create_cloud_fleet
-    from provisioner.instances import ReusingBackend
-    from provisioner.state import RunRecord, StateStore
+    from provisioner.backends.cloud_fleets import create_cloud_fleet
+    from provisioner.backends.reusing import ReusingBackend
+    from provisioner.store.records import RunRecord
+    from provisioner.store.store import StateStore
 
-    monkeypatch.setattr("provisioner.fleets.prepare_instance", lambda host, idle: None)
+    monkeypatch.setattr("provisioner.backends.cloud_fleets.prepare_instance", lambda host, idle: None)
     store = StateStore()
     create_cloud_fleet(parse_fleet({"nodes": 1}), "fleet.dstack.yml", [OFFER], load_config(), store,
                        lambda p: None, lambda m: None)
@@ -296,13 +299,13 @@ def test_a_run_and_a_cloud_fleet_never_share_a_name_their_stacks_would_share(clo
 
 def test_a_fleet_whose_stack_brings_up_fewer_instances_is_destroyed_and_forgotten(cloud, monkeypatch):
     from configuration.backends import load_config
-    from provisioner.backends import CloudBackend
-    from provisioner.fleets import create_cloud_fleet
-    from provisioner.state import StateStore
+    from provisioner.backends.cloud import CloudBackend
+    from provisioner.backends.cloud_fleets import create_cloud_fleet
+    from provisioner.store.store import StateStore
 
     made = CloudBackend.create_stack
     monkeypatch.setattr(CloudBackend, "create_stack", lambda self, *args: made(self, *args)[:1])
-    monkeypatch.setattr("provisioner.fleets.prepare_instance", lambda host, idle: None)
+    monkeypatch.setattr("provisioner.backends.cloud_fleets.prepare_instance", lambda host, idle: None)
     store = StateStore()
     with pytest.raises(DstackError, match="its stack brought up 1 of the 3 instances"):
         create_cloud_fleet(parse_fleet({"nodes": 3}), "f.yml", [OFFER], load_config(), store, lambda p: None,
@@ -311,8 +314,9 @@ def test_a_fleet_whose_stack_brings_up_fewer_instances_is_destroyed_and_forgotte
 
 
 def test_an_instance_taken_after_the_plan_moves_the_run_to_the_next_offer(cloud, tmp_path):
-    from provisioner.instances import InstanceOffer, offer_record
-    from provisioner.state import InstanceRecord, StateStore
+    from provisioner.planning.reuse import InstanceOffer, offer_record
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     store.create_cloud_fleet("warm", "x", "aws", {}, None, [
@@ -326,9 +330,10 @@ def test_an_instance_taken_after_the_plan_moves_the_run_to_the_next_offer(cloud,
 
 def test_availability_zones_leave_an_instance_offer_without_zones_so_a_lost_claim_rules_out_none(cloud, tmp_path):
     from configuration.loader import parse_configuration
-    from provisioner.field_support import check_fields, restrict_zones
-    from provisioner.instances import offer_record
-    from provisioner.state import InstanceRecord, StateStore
+    from provisioner.planning.field_support import check_fields, restrict_zones
+    from provisioner.planning.reuse import offer_record
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     store.create_cloud_fleet("warm", "x", "aws", {}, None, [
@@ -349,10 +354,12 @@ def test_a_kept_runs_failed_stack_is_swept_by_its_implicit_fleets_name(monkeypat
     `NAME-2`'s; the run's teardown (the stack is the run's until `up` succeeds) must sweep those, not `NAME`'s."""
     from configuration.backends import load_config
     from configuration.loader import parse_configuration
-    from provisioner.backends import CloudBackend
-    from provisioner.instances import ReusingBackend
-    from provisioner.runner import finish_run, Reporter, RunSession
-    from provisioner.state import RunRecord, StateStore
+    from provisioner.backends.cloud import CloudBackend
+    from provisioner.backends.reusing import ReusingBackend
+    from provisioner.runs.session import Reporter, RunSession
+    from provisioner.runs.teardown import finish_run
+    from provisioner.store.records import RunRecord
+    from provisioner.store.store import StateStore
     from stacks.errors import StackFailure
 
     swept = []
@@ -360,8 +367,8 @@ def test_a_kept_runs_failed_stack_is_swept_by_its_implicit_fleets_name(monkeypat
     monkeypatch.setattr("stacks.automation.require_pulumi", lambda: None)
     monkeypatch.setattr("stacks.automation.open_stack", lambda *args: None)
     monkeypatch.setattr("stacks.automation.stack_destroy", lambda *args, **kwargs: None)
-    monkeypatch.setattr(CloudBackend, "check_credentials", lambda self, region: None)
-    monkeypatch.setattr("provisioner.backends.sweep_aws_run", lambda region, owner, name: swept.append(name))
+    monkeypatch.setattr("stacks.clouds.check_credentials", lambda backend, region: None)
+    monkeypatch.setattr("stacks.aws.leftovers.sweep_run", lambda region, owner, name: swept.append(name))
 
     def up_fails(stack, on_event):
         raise StackFailure("error", "offer", "the up was cut short")
@@ -376,13 +383,13 @@ def test_a_kept_runs_failed_stack_is_swept_by_its_implicit_fleets_name(monkeypat
         backend.provision("train", OFFER, configuration, lambda p: None)
     assert store.get_run("train").stack["name"].startswith("train-2-")
     session = RunSession(store=store, config=load_config(), reporter=Reporter(output=lambda b: None))
-    monkeypatch.setattr("provisioner.runner.backend_for", lambda *args: backend)
+    monkeypatch.setattr("provisioner.runs.session.backend_for", lambda *args: backend)
     finish_run(session, "train", "failed")
     assert swept == ["train-2"]
 
 
 def test_a_kept_run_whose_fleet_name_is_taken_meanwhile_destroys_its_stack(cloud, tmp_path, monkeypatch):
-    from provisioner.state import StateStore
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     monkeypatch.setattr(StateStore, "create_cloud_fleet", lambda self, *args, **kwargs: False)  # lost the name
@@ -393,7 +400,8 @@ def test_a_kept_run_whose_fleet_name_is_taken_meanwhile_destroys_its_stack(cloud
 
 
 def test_two_runs_never_claim_one_instance():
-    from provisioner.state import InstanceRecord, StateStore
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     store.create_cloud_fleet("f1", "x", "aws", {}, None, [InstanceRecord("f1", 0, "aws", {}, {}, idle_since=1.0)])
@@ -402,7 +410,8 @@ def test_two_runs_never_claim_one_instance():
 
 
 def test_the_next_command_expires_an_idle_fleet_and_fleet_list_shows_both_kinds(dstack_home):
-    from provisioner.state import InstanceRecord, StateStore
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     offer = {"backend": "aws", "instance": T3._asdict(), "region": "us-east-1", "zones": [], "spot": False,
@@ -439,7 +448,7 @@ def test_the_next_command_expires_an_idle_fleet_and_fleet_list_shows_both_kinds(
 
 def test_power_off_minutes_follow_the_idle_duration():
     from configuration.models import TaskConfiguration
-    from provisioner.instances import POWER_OFF_AFTER_EXIT_MIN, InstanceOffer, power_off_minutes
+    from provisioner.planning.reuse import InstanceOffer, POWER_OFF_AFTER_EXIT_MIN, power_off_minutes
 
     def task(**fields):
         return TaskConfiguration.model_validate({"commands": ["x"], **fields})
@@ -483,8 +492,8 @@ def test_the_idle_watchdog_is_one_timer_that_the_next_job_cancels(tmp_path):
 
 
 def test_a_fleet_instance_stops_its_start_watchdog_and_arms_its_idle_one():
-    from provisioner.fleets import prepare_instance
-    from provisioner.transport import CommandResult
+    from provisioner.backends.cloud_fleets import prepare_instance
+    from provisioner.host.transport import CommandResult
 
     commands = []
 
@@ -511,7 +520,7 @@ def test_a_fleet_instance_stops_its_start_watchdog_and_arms_its_idle_one():
 def test_gc_leaves_a_recorded_fleets_resources_alone(monkeypatch, moto_endpoint, dstack_home):
     import boto3
 
-    from provisioner.state import StateStore
+    from provisioner.store.store import StateStore
     from tests.test_gc import make_run_resources
 
     env = {"AWS_ENDPOINT_URL_EC2": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -528,8 +537,9 @@ def test_gc_leaves_a_recorded_fleets_resources_alone(monkeypatch, moto_endpoint,
 
 
 def test_the_plan_puts_an_idle_instance_first_marked_reused_with_no_resources_to_create(tmp_path, dstack_home):
-    from provisioner.instances import offer_record
-    from provisioner.state import InstanceRecord, StateStore
+    from provisioner.planning.reuse import offer_record
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
 
     host = {"kind": "ssh", "hostname": "10.251.250.2"}  # never contacted: a dry run
     StateStore().create_cloud_fleet("warm", "fleet.dstack.yml", "aws", {}, None, [
@@ -567,8 +577,9 @@ def test_the_plan_of_a_kept_run_shows_its_vms_without_a_max_duration_deadline(tm
 
 
 def test_a_multi_node_run_is_not_offered_an_idle_instance(tmp_path, dstack_home):
-    from provisioner.instances import offer_record
-    from provisioner.state import InstanceRecord, StateStore
+    from provisioner.planning.reuse import offer_record
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
 
     host = {"kind": "ssh", "hostname": "10.251.250.2"}  # never contacted: a dry run
     StateStore().create_cloud_fleet("warm", "fleet.dstack.yml", "aws", {}, None, [
@@ -587,7 +598,8 @@ def test_a_multi_node_run_is_not_offered_an_idle_instance(tmp_path, dstack_home)
 
 
 def test_a_run_holding_every_instance_of_its_cluster_releases_them_all():
-    from provisioner.state import InstanceRecord, StateStore
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     store.create_cloud_fleet("train", "run train", "aws", {}, None, [
@@ -602,8 +614,9 @@ def test_a_spot_instance_serves_runs_that_allow_spot_and_an_on_demand_one_runs_t
 
     from configuration.resources import ResourcesSpec
     from offers.requirements import Requirements
-    from provisioner.instances import idle_offers, offer_record
-    from provisioner.state import InstanceRecord, StateStore
+    from provisioner.planning.reuse import idle_offers, offer_record
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     spot = dataclasses.replace(OFFER, spot=True, price=0.03)
@@ -620,8 +633,9 @@ def test_a_spot_instance_serves_runs_that_allow_spot_and_an_on_demand_one_runs_t
 def test_an_instance_about_to_power_itself_off_is_not_offered():
     from configuration.resources import ResourcesSpec
     from offers.requirements import Requirements
-    from provisioner.instances import POWER_OFF_MARGIN_S, idle_offers, offer_record
-    from provisioner.state import InstanceRecord, StateStore
+    from provisioner.planning.reuse import POWER_OFF_MARGIN_S, idle_offers, offer_record
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     now = time.time()

@@ -7,7 +7,8 @@ import time
 import boto3
 import pytest
 
-from provisioner.state import RunRecord, StateStore
+from provisioner.store.records import RunRecord
+from provisioner.store.store import StateStore
 from tests.helpers import run_cli
 
 
@@ -78,7 +79,7 @@ def test_gc_lists_and_removes_only_orphans(aws):
 
 
 def test_a_runs_own_leftovers_are_found_by_its_tag(aws):
-    from stacks.aws_leftovers import find_leftovers, remove_leftovers
+    from stacks.aws.leftovers import find_leftovers, remove_leftovers
 
     ec2, _ = aws
     mine = make_run_resources(ec2, "pending-run")
@@ -95,7 +96,7 @@ def test_a_runs_own_leftovers_are_found_by_its_tag(aws):
 def test_gc_and_sweeps_leave_another_owners_resources_alone(aws):
     """Two users of one account, both with a run named `train`: this home's gc and teardown sweep touch only its own."""
     from configuration.owner import owner_id
-    from provisioner.backends import sweep_aws_run
+    from stacks.aws.leftovers import sweep_run as sweep_aws_run
 
     ec2, env = aws
     theirs = make_run_resources(ec2, "train", owner="0badf00d")

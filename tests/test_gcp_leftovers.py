@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from configuration.errors import ConfigurationError
-from stacks.gcp_leftovers import GcpApi, find_leftovers, remove_leftovers
+from stacks.gcp.leftovers import GcpApi, find_leftovers, remove_leftovers
 
 DATA = Path(__file__).parent / "data" / "gcp"
 COMPUTE = "/compute/v1/projects/my-project"
@@ -52,7 +52,7 @@ def client(api, project="my-project"):
 
 
 def account_email(owner, run):
-    from stacks.gcp import service_account_id
+    from stacks.gcp.program import service_account_id
 
     return f"{service_account_id(owner, run)}@my-project.iam.gserviceaccount.com"
 
@@ -169,17 +169,18 @@ def test_a_deletion_that_fails_is_named(gcp):
 
 def test_teardown_of_a_gcp_run_sweeps_what_its_stack_did_not_record(gcp, monkeypatch, dstack_home):
     import stacks.automation
-    import stacks.gcp_leftovers
+    import stacks.gcp.leftovers
     from configuration.backends import DstackConfig, GCPBackend
-    from provisioner.backends import CloudBackend
-    from provisioner.state import RunRecord, StateStore
+    from provisioner.backends.cloud import CloudBackend
+    from provisioner.store.records import RunRecord
+    from provisioner.store.store import StateStore
 
     server, api = gcp
     destroyed, projects = [], []
     monkeypatch.setattr(stacks.automation, "open_stack", lambda name, program, settings: name)
     monkeypatch.setattr(stacks.automation, "stack_destroy", lambda stack, on_event=None: destroyed.append(stack))
-    monkeypatch.setattr(stacks.gcp_leftovers, "gcp_api", lambda project: projects.append(project) or api)
-    monkeypatch.setattr(CloudBackend, "check_credentials", lambda self, region: None)  # tests/test_faults.py's
+    monkeypatch.setattr(stacks.gcp.leftovers, "gcp_api", lambda project: projects.append(project) or api)
+    monkeypatch.setattr("stacks.clouds.check_credentials", lambda backend, region: None)  # tests/test_faults.py's
     config = DstackConfig(backends=[GCPBackend(type="gcp", project_id="my-project")])
     record = RunRecord(name="train-1", status="terminating", submitted_at=time.time(),
                        stack={"backend": "gcp", "name": f"train-1-{MINE}", "owner": MINE, "region": "us-central1"})
@@ -191,7 +192,7 @@ def test_teardown_of_a_gcp_run_sweeps_what_its_stack_did_not_record(gcp, monkeyp
 
 
 def test_the_sweep_uses_the_providers_credentials_and_project(monkeypatch, tmp_path):
-    from stacks.gcp_leftovers import gcp_api
+    from stacks.gcp.leftovers import gcp_api
 
     for name in ("GOOGLE_CREDENTIALS", "GOOGLE_CLOUD_KEYFILE_JSON", "GCLOUD_KEYFILE_JSON",
                  "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT",

@@ -8,7 +8,7 @@ from offers.requirements import Requirements
 from offers.solver import find_offers
 from configuration.resources import ResourcesSpec
 from offers.offer import Offer
-from provisioner.host_probe import nvidia_gpu_name, parse_nvidia, parse_probe
+from provisioner.host.probe import nvidia_gpu_name, parse_nvidia, parse_probe
 from tests.helpers import DATA
 
 H200 = DATA / "gpu-hosts" / "h200-1x"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from provisioner.metrics import parse_gpus
+from provisioner.jobs.metrics import parse_gpus
 from tests.helpers import DATA, run_cli
 
 H200 = DATA / "gpu-hosts" / "h200-1x"

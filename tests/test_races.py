@@ -15,21 +15,27 @@ from configuration.interpolation import resolve_run
 from configuration.loader import parse_configuration
 from offers.catalog import InstanceType
 from offers.offer import Offer
-from provisioner import run_jobs, runner
-from provisioner.access import HostAccess
-from provisioner.backends import FleetBackend
-from provisioner.hosts import local_offer
-from provisioner.job import JobSpec, start_job
-from provisioner.owner import owner_alive, process_start_time
-from provisioner.state import RunRecord, StateStore
-from provisioner.transport import LocalTransport
+from provisioner.jobs import run_jobs
+from provisioner.runs.lifecycle import submit
+from provisioner.runs.reconcile import reconcile
+from provisioner.runs.session import RunSession
+from provisioner.runs.teardown import stop_run
+from provisioner.host.access import HostAccess
+from provisioner.backends.hosts import FleetBackend
+from provisioner.planning.host_offers import local_offer
+from provisioner.jobs.control import start_job
+from provisioner.jobs.script import JobSpec
+from provisioner.runs.owner import owner_alive, process_start_time
+from provisioner.store.records import RunRecord
+from provisioner.store.store import StateStore
+from provisioner.host.transport import LocalTransport
 from stacks.errors import StackFailure
 from tests.helpers import ROOT, run_cli, write
 from tests.test_runs import group_alive, ps
 
 
-def local_session() -> runner.RunSession:
-    return runner.RunSession(store=StateStore(), config=DstackConfig())
+def local_session() -> RunSession:
+    return RunSession(store=StateStore(), config=DstackConfig())
 
 
 def job_pgid(dstack_home: Path, name: str) -> int:
@@ -72,7 +78,7 @@ def submit_in_thread(name: str, detach: bool):
 
     def run():
         try:
-            result["record"] = runner.submit(local_session(), name, resolve_run(configuration, "r.dstack.yml", [], {}),
+            result["record"] = submit(local_session(), name, resolve_run(configuration, "r.dstack.yml", [], {}),
                                              [local_offer()[0]], None, detach)
         except BaseException as e:  # surfaced by the test
             result["error"] = e
@@ -87,7 +93,7 @@ def test_reconcile_leaves_a_run_whose_live_owner_is_starting_it(monkeypatch, dst
     thread, result = submit_in_thread("starting", detach=True)
     assert held.reached.wait(30)
     try:
-        records = {r.name: r for r in runner.reconcile(local_session())}  # `dstack ps` while `apply -d` starts it
+        records = {r.name: r for r in reconcile(local_session())}  # `dstack ps` while `apply -d` starts it
         assert records["starting"].active, (records["starting"].status, records["starting"].reason)
     finally:
         held.release.set()
@@ -95,9 +101,9 @@ def test_reconcile_leaves_a_run_whose_live_owner_is_starting_it(monkeypatch, dst
     assert "error" not in result and result["record"].status == "running"
     pgid = job_pgid(dstack_home, "starting")
     try:
-        record = {r.name: r for r in runner.reconcile(local_session())}["starting"]
+        record = {r.name: r for r in reconcile(local_session())}["starting"]
         assert (record.status, record.reason) == ("running", None) and group_alive(pgid)
-        stopped = runner.stop_run(local_session(), "starting", abort=True)
+        stopped = stop_run(local_session(), "starting", abort=True)
         assert (stopped.status, stopped.reason) == ("terminated", "aborted") and group_gone(pgid)
     finally:
         kill_group(pgid)
@@ -108,7 +114,7 @@ def test_stop_while_the_owner_starts_the_job_stops_the_job(monkeypatch, dstack_h
     thread, result = submit_in_thread("stopped-early", detach=False)
     assert held.reached.wait(30)
     stopped = {}
-    stopper = threading.Thread(target=lambda: stopped.update(record=runner.stop_run(local_session(), "stopped-early")))
+    stopper = threading.Thread(target=lambda: stopped.update(record=stop_run(local_session(), "stopped-early")))
     stopper.start()
     deadline = time.monotonic() + 30
     while StateStore().get_run("stopped-early").status != "terminating" and time.monotonic() < deadline:
@@ -143,7 +149,7 @@ def test_an_owner_whose_pid_was_reused_is_no_owner():
     StateStore().create_run(RunRecord(name="reused", status="running", submitted_at=time.time(), backend="local",
                                       host=HostAccess(kind="local").to_json(), started_at=time.time(),
                                       owner_pid=me, owner_started=started + 1))  # attached, but not to this process
-    record = {r.name: r for r in runner.reconcile(local_session())}["reused"]
+    record = {r.name: r for r in reconcile(local_session())}["reused"]
     assert (record.status, record.exit_code) == ("done", 0)
 
 
@@ -159,7 +165,7 @@ def test_a_job_that_has_just_ended_is_not_judged_gone(dstack_home):
                                       backend="local", host=HostAccess(kind="local").to_json(), detached=True))
     writer = threading.Timer(run_jobs.JOB_SETTLE_S / 3, lambda: (folder / "exit_code").write_text("0\n"))
     writer.start()
-    record = {r.name: r for r in runner.reconcile(local_session())}["just-ended"]
+    record = {r.name: r for r in reconcile(local_session())}["just-ended"]
     writer.join()
     assert (record.status, record.exit_code, record.reason) == ("done", 0, None)
 

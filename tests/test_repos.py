@@ -8,7 +8,7 @@ import pytest
 
 from configuration.errors import ConfigurationError
 from configuration.loader import parse_configuration
-from provisioner.job import JobSpec, upload_target
+from provisioner.jobs.script import JobSpec, upload_target
 from tests.helpers import run_cli
 
 GIT = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
@@ -177,13 +177,13 @@ def test_repo_and_files_on_an_ssh_host(tmp_path, dstack_home, make_host, client_
 
 
 def test_credentials_from_the_users_git_go_to_the_env_file_only(tmp_path, monkeypatch):
-    from provisioner.job import _archive_extras
-    from provisioner.repo_archive import RemoteRepo, UploadPlan
+    from provisioner.jobs.control import job_folder_files
+    from provisioner.jobs.uploads import RemoteRepo, UploadPlan
 
     config = tmp_path / "gitconfig"
     config.write_text("[credential]\n\thelper = \"!f() { echo username=me; echo password=pw_from_helper_42; }; f\"\n")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
     job = JobSpec(run_name="r", commands=["true"], uploads=UploadPlan(clone=RemoteRepo("https://git.example/r.git", ".")))
-    extras = _archive_extras(job)
+    extras = job_folder_files(job)
     assert b"pw_from_helper_42" in extras["env"][0] and extras["env"][1] == 0o600
     assert b"pw_from_helper_42" not in extras["job.sh"][0] and "askpass" in extras

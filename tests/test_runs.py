@@ -211,7 +211,8 @@ def test_apply_json_prints_only_the_run_record(tmp_path, home_env):
 def test_only_one_process_claims_a_run():
     import threading
 
-    from provisioner.state import RunRecord, StateStore
+    from provisioner.store.records import RunRecord
+    from provisioner.store.store import StateStore
 
     store = StateStore()
     store.create_run(RunRecord(name="race", status="running", submitted_at=time.time()))

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from provisioner import schedules
-from provisioner.schedules import next_start, register, tick, unregister
+from provisioner.runs import schedules
+from provisioner.runs.schedules import next_start, register, tick, unregister
 
 UTC = datetime.timezone.utc
 
@@ -109,8 +109,8 @@ def test_a_scheduled_task_is_registered_started_by_a_tick_and_removed_by_stop(cr
     detached, `dstack stop NAME` removes the schedule and the crontab line."""
     import json
 
-    from cli.schedule_command import start_scheduled
-    from provisioner.schedules import ScheduleBook
+    from cli.commands.schedule import start_scheduled
+    from provisioner.runs.schedules import ScheduleBook
     from tests.helpers import run_cli
 
     conf = tmp_path / "nightly.dstack.yml"

@@ -126,7 +126,7 @@ def test_fleet_run_folders_and_copies_are_private(tmp_path, home_env, dstack_hom
 def test_a_token_written_into_a_repo_url_is_masked_in_the_plan_and_the_state(tmp_path, dstack_home):
     import json
 
-    from provisioner.plan import mask_url_credentials
+    from provisioner.runs.plan import mask_url_credentials
     from tests.helpers import run_cli
 
     assert mask_url_credentials("https://me:ghp_abc@github.com/o/r.git") == "https://me:[secret]@github.com/o/r.git"

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from stacks.aws import aws_program
-from stacks.gcp import gcp_program
+from stacks.aws.program import aws_program
+from stacks.gcp.program import gcp_program
 from stacks.render import render_program
 from stacks.spec import StackSpec, cloud_init, generate_host_key
 
@@ -186,7 +186,7 @@ def test_gcp_n1_attaches_gpus_and_firewall_opens_the_ports():
 @pytest.mark.parametrize("name, memory, expected", [("A100", 40, "nvidia-tesla-a100"), ("A100", 80, "nvidia-a100-80gb"),
                                                     ("V100", 16, "nvidia-tesla-v100"), ("P4", 8, "nvidia-tesla-p4")])
 def test_gcp_accelerator_type_names(name, memory, expected):
-    from stacks.gcp import accelerator_type
+    from stacks.gcp.program import accelerator_type
 
     assert accelerator_type(name, memory) == expected
 
@@ -335,7 +335,7 @@ def test_state_settings_make_a_private_passphrase(dstack_home):
 
 def test_missing_aws_credentials_are_named(no_aws_credentials):
     from configuration.errors import ConfigurationError
-    from stacks.credentials import check_aws_credentials
+    from stacks.aws.credentials import check_aws_credentials
 
     with pytest.raises(ConfigurationError, match="AWS credentials are missing"):
         check_aws_credentials("us-east-1")
@@ -344,7 +344,7 @@ def test_missing_aws_credentials_are_named(no_aws_credentials):
 def test_aws_credentials_checked_against_sts(monkeypatch):
     from moto import mock_aws
 
-    from stacks.credentials import check_aws_credentials
+    from stacks.aws.credentials import check_aws_credentials
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -354,7 +354,7 @@ def test_aws_credentials_checked_against_sts(monkeypatch):
 
 def test_gcp_credentials_lookup(monkeypatch, tmp_path):
     from configuration.errors import ConfigurationError
-    from stacks.credentials import gcp_credentials_source
+    from stacks.gcp.credentials import gcp_credentials_source
 
     for name in ("GOOGLE_CREDENTIALS", "GOOGLE_CLOUD_KEYFILE_JSON", "GCLOUD_KEYFILE_JSON",
                  "GOOGLE_APPLICATION_CREDENTIALS"):
@@ -435,7 +435,7 @@ def test_public_ports_in_the_backend_config_open_the_task_ports(tmp_path, dstack
 
 def test_pre_turing_gpus_get_the_proprietary_driver():
     from offers.catalog import load_catalogs
-    from provisioner.cloud_plan import stack_spec
+    from provisioner.planning.stack_plan import stack_spec
     from configuration.backends import DstackConfig
     from configuration.loader import parse_configuration
     from offers.offer import Offer
@@ -536,7 +536,7 @@ def test_owner_id_is_made_once_per_home_and_names_the_stack(dstack_home, monkeyp
 # --- a VM that ends itself: deleted on GCP, terminated on AWS ---------------------------------------------------
 
 def test_gcp_vm_runs_as_its_own_service_account_allowed_to_delete_only_itself():
-    from stacks.gcp import service_account_id
+    from stacks.gcp.program import service_account_id
 
     recorder = gcp()
     account = recorder.of_type("gcp:serviceaccount/account:Account")[0].inputs
@@ -555,7 +555,7 @@ def test_gcp_vm_runs_as_its_own_service_account_allowed_to_delete_only_itself():
 def test_service_account_ids_fit_gcp_and_differ_per_owner_and_run():
     import re
 
-    from stacks.gcp import service_account_id
+    from stacks.gcp.program import service_account_id
 
     ids = {service_account_id(owner, run) for owner in ("0a1b2c3d", "99887766") for run in ("train", "x" * 40)}
     assert len(ids) == 4
@@ -660,8 +660,8 @@ def test_the_job_wrapper_ends_the_vm_through_its_power_off_script(tmp_path, sudo
     import subprocess
     import time
 
-    from provisioner.job import JobSpec, start_command
-    from provisioner.repo_archive import UploadPlan, archive_stream
+    from provisioner.jobs.script import JobSpec, start_command
+    from provisioner.jobs.uploads import UploadPlan, archive_stream
     from stacks.power_off import POWER_OFF_PATH
 
     if os.path.exists(POWER_OFF_PATH):

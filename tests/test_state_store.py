@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.access import HostAccess
-from provisioner.job import JobSpec, start_job
-from provisioner.state import SCHEMA_VERSION, RunRecord, StateStore
-from provisioner.transport import LocalTransport
+from provisioner.host.access import HostAccess
+from provisioner.jobs.control import start_job
+from provisioner.jobs.script import JobSpec
+from provisioner.store.records import RunRecord
+from provisioner.store.schema import SCHEMA_VERSION
+from provisioner.store.store import StateStore
+from provisioner.host.transport import LocalTransport
 from tests.helpers import run_cli, write
 
 
@@ -112,7 +115,7 @@ def test_after_the_damage_ps_starts_afresh_and_still_names_the_running_job(dstac
 
 
 def test_a_damaged_store_names_the_jobs_on_its_fleet_hosts(dstack_home, make_host, client_key):
-    from provisioner.ssh import connect
+    from provisioner.host.ssh import connect
 
     host = make_host()
     access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=client_key[0],
@@ -141,11 +144,12 @@ def test_a_damaged_store_names_the_jobs_on_its_fleet_hosts(dstack_home, make_hos
 
 def test_a_version_3_store_gets_the_volumes_jobs_and_fleet_tables(dstack_home):
     from configuration.errors import ConfigurationError
-    from provisioner.state import _SCHEMA, VolumeRecord
+    from provisioner.store.records import VolumeRecord
+    from provisioner.store.schema import SCHEMA
 
     dstack_home.mkdir(parents=True)
     old = sqlite3.connect(dstack_home / "state.db")
-    old.executescript(_SCHEMA[:_SCHEMA.index("CREATE TABLE IF NOT EXISTS volumes")] + "PRAGMA user_version = 3;")
+    old.executescript(SCHEMA[:SCHEMA.index("CREATE TABLE IF NOT EXISTS volumes")] + "PRAGMA user_version = 3;")
     old.execute("INSERT INTO runs (name, status, submitted_at) VALUES ('old', 'done', 1.0)")
     old.commit()
     old.close()

@@ -14,19 +14,12 @@ from configuration.errors import ConfigurationError
 from configuration.loader import parse_configuration
 from configuration.models import TaskConfiguration
 from offers.offer import Offer
-from provisioner.field_support import check_fields, refusals, restrict_zones
-from provisioner.job import (
-    UNDERUTILIZED,
-    JobSpec,
-    MONITOR_SCRIPT,
-    docker_run_argv,
-    python_script,
-    read_log,
-    start_job,
-    stop_job,
-)
-from provisioner.runner import job_spec, stop_grace
-from provisioner.transport import LocalTransport
+from provisioner.planning.field_support import check_fields, refusals, restrict_zones
+from provisioner.jobs.control import read_log, start_job, stop_job
+from provisioner.jobs.layout import UNDERUTILIZED
+from provisioner.jobs.script import JobSpec, MONITOR_SCRIPT, docker_run_argv, python_script
+from provisioner.runs.job_specs import job_spec, stop_grace
+from provisioner.host.transport import LocalTransport
 from tests.helpers import DATA, run_cli, wait_exit
 
 # dstack 0.22.5's TaskConfiguration: its 46 root properties.
@@ -205,7 +198,7 @@ def test_priority_is_said_in_the_plan(tmp_path):
 
 
 def test_tags_reach_aws_tags_and_gcp_labels():
-    from provisioner.cloud_plan import stack_spec
+    from provisioner.planning.stack_plan import stack_spec
     from configuration.backends import DstackConfig
     from stacks.spec import HostKey
 
@@ -260,7 +253,7 @@ def host(request, tmp_path, monkeypatch):
     if request.param == "local":
         yield LocalTransport(str(tmp_path / "jobs"))
         return
-    from provisioner.ssh import connect
+    from provisioner.host.ssh import connect
     from tests.test_remote import target
 
     make_host, client_key = request.getfixturevalue("make_host"), request.getfixturevalue("client_key")

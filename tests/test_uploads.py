@@ -12,7 +12,7 @@ import pytest
 
 from configuration.errors import ConfigurationError
 from configuration.loader import parse_configuration
-from provisioner.repo_archive import UploadPlan, Upload, archive_stream, check_size, list_folder, plan_uploads
+from provisioner.jobs.uploads import Upload, UploadPlan, archive_stream, check_size, list_folder, plan_uploads
 from tests.helpers import run_cli
 
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nfake0key0that0must0stay0home\n"
@@ -151,8 +151,9 @@ def test_progress_is_reported_up_to_the_total(tmp_path):
 def test_a_large_upload_reaches_an_ssh_host_in_one_stream(tmp_path, make_host, client_key, dstack_home):
     """64 MB of incompressible data: paramiko's sendall on bytes copied what was left after every packet (over a
     minute here); as chunks of memoryviews it takes seconds. The bound is generous."""
-    from provisioner.job import JobSpec, start_job
-    from provisioner.ssh import SSHTarget, connect
+    from provisioner.jobs.control import start_job
+    from provisioner.jobs.script import JobSpec
+    from provisioner.host.ssh import SSHTarget, connect
 
     host = make_host()
     (tmp_path / "w.bin").write_bytes(os.urandom(64 << 20))
@@ -171,7 +172,7 @@ def test_a_large_upload_reaches_an_ssh_host_in_one_stream(tmp_path, make_host, c
 
 
 def test_only_compressible_uploads_are_compressed(tmp_path):
-    from provisioner.repo_archive import compression_level
+    from provisioner.jobs.uploads import compression_level
 
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "a.py").write_text("def f(x):\n    return x\n" * 5000)

@@ -15,8 +15,9 @@ import pytest
 
 from configuration.errors import ConfigurationError
 from configuration.loader import parse_configuration
-from provisioner.mounts import VOLUMES_ROOT, InstanceMount, Mounts, NetworkMount, docker_volume_args, mount_steps
-from provisioner.state import RunRecord, StateStore, VolumeRecord
+from provisioner.jobs.mounts import InstanceMount, Mounts, NetworkMount, VOLUMES_ROOT, docker_volume_args, mount_steps
+from provisioner.store.records import RunRecord, VolumeRecord
+from provisioner.store.store import StateStore
 from stacks.volume_spec import VolumeAttachment, VolumeSpec, aws_device_path
 from tests.docker_daemon import docker_daemon  # noqa: F401 (fixture)
 from tests.helpers import run_cli, write
@@ -60,7 +61,7 @@ SPEC = VolumeSpec(name="data", backend="aws", region="us-east-1", zone="us-east-
 
 
 def test_aws_volume_program_is_one_tagged_ebs_volume():
-    from stacks.aws_volume import aws_volume_program
+    from stacks.aws.volume import aws_volume_program
 
     recorder = Recorder().run(lambda: aws_volume_program(SPEC))
     assert [r.typ for r in recorder.resources if not r.typ.startswith("pulumi:providers")] == [EBS]
@@ -72,7 +73,7 @@ def test_aws_volume_program_is_one_tagged_ebs_volume():
 
 
 def test_gcp_volume_program_is_one_labelled_disk():
-    from stacks.gcp_volume import gcp_volume_program
+    from stacks.gcp.volume import gcp_volume_program
 
     spec = dataclasses.replace(SPEC, backend="gcp", region="us-central1", zone="us-central1-a",
                                gcp_project_id="my-project", user_tags=(("Team", "ML"),))
@@ -84,7 +85,7 @@ def test_gcp_volume_program_is_one_labelled_disk():
 
 
 def test_aws_run_stack_attaches_its_volumes_and_leaves_detaching_to_termination():
-    from stacks.aws import aws_program
+    from stacks.aws.program import aws_program
 
     volumes = (VolumeAttachment("data", "vol-0abc", "/dev/sdf"), VolumeAttachment("ckpt", "vol-0def", "/dev/sdg"))
     recorder = Recorder().run(lambda: aws_program(dataclasses.replace(BASE, volumes=volumes)))
@@ -97,7 +98,7 @@ def test_aws_run_stack_attaches_its_volumes_and_leaves_detaching_to_termination(
 
 
 def test_gcp_run_stack_attaches_its_disks():
-    from stacks.gcp import gcp_program
+    from stacks.gcp.program import gcp_program
 
     spec = dataclasses.replace(BASE, backend="gcp", instance_type="n1-standard-8", region="us-central1",
                                zone="us-central1-a", gpu_name="T4", gpu_memory_gib=16, gcp_project_id="my-project",
@@ -113,7 +114,7 @@ def test_gcp_run_stack_attaches_its_disks():
 def fake_pulumi(monkeypatch, store, outputs):
     """The stack calls replaced: `up` checks the record is written before it, and returns `outputs`."""
     import stacks.automation as automation
-    from provisioner.backends import CloudBackend
+    from provisioner.backends.cloud import CloudBackend
 
     calls = []
 
@@ -127,13 +128,13 @@ def fake_pulumi(monkeypatch, store, outputs):
     monkeypatch.setattr(automation, "open_stack", lambda name, program, settings: name)
     monkeypatch.setattr(automation, "stack_up", up)
     monkeypatch.setattr(automation, "stack_destroy", lambda stack, on_event=None: calls.append(("destroy", stack)))
-    monkeypatch.setattr(CloudBackend, "check_credentials", lambda self, region: None)
+    monkeypatch.setattr("stacks.clouds.check_credentials", lambda backend, region: None)
     return calls
 
 
 def test_a_volume_is_recorded_before_up_and_its_stack_destroyed_on_delete(monkeypatch):
     from configuration.backends import DstackConfig
-    from provisioner.volumes import create_volume, delete_volume
+    from provisioner.backends.volume_stacks import create_volume, delete_volume
 
     store = StateStore()
     calls = fake_pulumi(monkeypatch, store, {"volume_id": "vol-0new", "zone": "us-east-1a"})
@@ -245,7 +246,7 @@ def offer(backend, region, zones):
 
 def test_the_host_looks_for_each_attached_disk_where_its_cloud_puts_it():
     from configuration.loader import parse_configuration as parse
-    from provisioner.volumes import job_mounts, place_offers, volume_attachments
+    from provisioner.planning.task_volumes import job_mounts, place_offers, volume_attachments
 
     store = StateStore()
     for name, backend, region, zone, cloud_id in (("ext", "aws", "us-west-2", "us-west-2b", "vol-0abc"),
@@ -293,8 +294,8 @@ def test_missing_and_misplaced_volumes_are_named(tmp_path, home_env):
 def test_an_idle_fleet_instance_is_not_offered_to_a_run_with_network_volumes(tmp_path, home_env, dstack_home):
     """A reused instance's stack is its fleet's: nothing would attach the run's volume to it (in the volume's zone
     or not: its offer's empty `zones` let any zone of the region pass)."""
-    from provisioner.instances import offer_record
-    from provisioner.state import InstanceRecord
+    from provisioner.planning.reuse import offer_record
+    from provisioner.store.records import InstanceRecord
 
     register(tmp_path, home_env)
     store = StateStore(dstack_home / "state.db")
@@ -341,7 +342,7 @@ def test_a_volume_in_use_is_busy_and_cannot_be_deleted(tmp_path, home_env, dstac
 
 def test_two_runs_submitted_at_once_never_share_a_volume():
     from configuration.loader import parse_configuration as parse
-    from provisioner.volumes import claim_volumes
+    from provisioner.planning.task_volumes import claim_volumes
 
     store = StateStore()
     task = parse("type: task\ncommands: [x]\nvolumes: [ext:/data]\n", "t")
@@ -419,7 +420,7 @@ def test_a_disk_with_another_filesystem_is_never_formatted(tmp_path):
 
 
 def test_a_device_that_never_appears_is_named(tmp_path, monkeypatch):
-    import provisioner.mounts as mounts
+    import provisioner.jobs.mounts as mounts
 
     steps = mount_steps(Mounts((NetworkMount("data", (str(tmp_path / "nvme-x"),), "/data"),)), in_container=False)
     steps = steps.replace(f"-lt {mounts.DEVICE_WAIT_S} ]", "-lt 1 ]")
@@ -472,7 +473,7 @@ def test_instance_volume_on_an_ssh_fleet_host(tmp_path, home_env, make_host, cli
 def test_gc_leaves_network_volumes_alone_on_aws(monkeypatch, moto_endpoint):
     import boto3
 
-    from stacks.aws_leftovers import find_leftovers
+    from stacks.aws.leftovers import find_leftovers
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", moto_endpoint)
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
@@ -493,7 +494,7 @@ def test_gc_leaves_network_volumes_alone_on_aws(monkeypatch, moto_endpoint):
 def test_gc_leaves_network_volumes_alone_on_gcp(recorded_api):
     from google.auth.credentials import AnonymousCredentials
 
-    from stacks.gcp_leftovers import GcpApi, find_leftovers
+    from stacks.gcp.leftovers import GcpApi, find_leftovers
 
     compute = "/compute/v1/projects/my-project"
 
@@ -516,8 +517,9 @@ def test_gc_leaves_network_volumes_alone_on_gcp(recorded_api):
 
 @pytest.mark.skipif(not can_mount(), reason="needs root, mkfs.ext4, blkid and mount")
 def test_image_job_sees_both_kinds_of_volume(docker_daemon, monkeypatch, tmp_path):  # noqa: F811
-    from provisioner.job import JobSpec, start_job
-    from provisioner.transport import LocalTransport
+    from provisioner.jobs.control import start_job
+    from provisioner.jobs.script import JobSpec
+    from provisioner.host.transport import LocalTransport
     from tests.docker_daemon import IMAGE
     from tests.helpers import wait_exit
 

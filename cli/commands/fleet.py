@@ -1,0 +1,125 @@
+"""`dstack apply -f fleet.dstack.yml`, `dstack fleet`, `dstack delete`: SSH fleets of hosts the user owns, and cloud
+fleets whose instances runs reuse (provisioner.backends.cloud_fleets)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typing_extensions import Annotated
+
+from cli.helpers import destroy_cloud_fleet, expire_idle_fleets, forget_fleet
+from cli.output import TYPER_SETTINGS, print_json, stdout_console
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+fleet_app = typer.Typer(help="List, show and delete SSH and cloud fleets.", invoke_without_command=True,
+                        **TYPER_SETTINGS)
+
+
+@fleet_app.callback()
+def fleet(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List, show and delete SSH and cloud fleets. Without a subcommand: `dstack fleet list`."""
+    if ctx.invoked_subcommand is None:
+        list_fleets(as_json)
+
+
+@fleet_app.command("list")
+def list_fleets(as_json: JsonOption = False) -> None:
+    """List fleets: SSH fleets' hosts, cloud fleets' instances (idle or busy)."""
+    import time
+
+    from provisioner.backends.cloud_fleets import fleets_json
+    from provisioner.store.store import StateStore
+
+    expire_idle_fleets()
+    fleets = fleets_json(StateStore(), time.time())
+    if as_json:
+        print_json({"fleets": fleets})
+        return
+    console = stdout_console()
+    if not fleets:
+        console.print("No fleets. `dstack apply -f fleet.dstack.yml` adds one.")
+        return
+    _print_hosts(fleets)
+
+
+@fleet_app.command("get")
+def get_fleet(
+    name: Annotated[str, typer.Argument(help="The fleet's name")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show one fleet: where it was registered from, each SSH host's resources or each cloud instance's state."""
+    item = _fleet(name)
+    if as_json:
+        print_json({"fleet": item})
+        return
+    import datetime
+
+    console = stdout_console()
+    created = datetime.datetime.fromtimestamp(item["created_at"]).isoformat(" ", "seconds")
+    console.print(f"Fleet {name} ({item['kind']}), from {item['source']}, created {created}", markup=False)
+    _print_hosts([item])
+
+
+@fleet_app.command("delete")
+def delete_fleet_command(
+    name: Annotated[str, typer.Argument(help="The fleet's name")],
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Forget an SSH fleet (its hosts are untouched) or destroy a cloud fleet's instances; refused while a run
+    uses the fleet (-y or not)."""
+    item = _fleet(name)
+    what = "Destroy cloud fleet" if item["kind"] == "cloud" else "Forget fleet"
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"{what} {name}?", default=False, err=True):
+        raise typer.Exit(1)
+    if item["kind"] == "cloud":
+        destroy_cloud_fleet(name)
+    else:
+        forget_fleet(name)
+
+
+def _fleet(name: str) -> dict:
+    import time
+
+    from configuration.errors import ConfigurationError
+    from provisioner.backends.cloud_fleets import fleets_json
+    from provisioner.store.store import StateStore
+
+    for item in fleets_json(StateStore(), time.time()):
+        if item["name"] == name:
+            return item
+    raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
+
+
+def _print_hosts(fleets: list) -> None:
+    from rich.table import Table
+
+    from provisioner.backends.ssh_fleets import describe_facts
+    from provisioner.host.probe import HostFacts
+
+    table = Table(box=None, header_style="bold")
+    for column in ("FLEET", "HOST", "RESOURCES", "STATUS"):
+        table.add_column(column)
+    for item in fleets:
+        if item["kind"] == "cloud":
+            for instance in item["instances"]:
+                table.add_row(item["name"], f"{instance['hostname']} (#{instance['instance_num']})",
+                              f"{instance['backend']} {instance['region']} {instance['instance_type']}",
+                              _instance_status(instance))
+            continue
+        for host in item["hosts"]:
+            access = host["access"]
+            table.add_row(item["name"], f"{access['user']}@{access['hostname']}:{access['port']}",
+                          describe_facts(HostFacts.from_json(host["facts"])), "ssh host")
+    stdout_console().print(table, markup=False)
+
+
+def _instance_status(instance: dict) -> str:
+    if instance["status"] == "busy":
+        return f"busy ({instance['run']})"
+    if instance["status"] != "idle":
+        return instance["status"]
+    kept = "kept until deleted" if instance["idle_duration"] is None else f"kept {instance['idle_duration']}s"
+    return f"idle {instance['idle_for_s'] or 0:.0f}s, {kept}"
+
+

@@ -1,0 +1,67 @@
+"""`dstack apply -f volume.dstack.yml`, `dstack volume list|get|delete`: network volumes (provisioner.planning.task_volumes)."""
+
+from __future__ import annotations
+
+import typer
+from typing_extensions import Annotated
+
+from cli.helpers import find_volume, remove_volume
+from cli.output import TYPER_SETTINGS, print_json, stdout_console
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+volume_app = typer.Typer(help="List, show and delete network volumes.", invoke_without_command=True,
+                         **TYPER_SETTINGS)
+
+
+@volume_app.callback()
+def volume(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List, show and delete network volumes. Without a subcommand: `dstack volume list`."""
+    if ctx.invoked_subcommand is None:
+        list_volumes(as_json)
+
+
+@volume_app.command("list")
+def list_volumes(as_json: JsonOption = False) -> None:
+    """List network volumes."""
+    from provisioner.store.store import StateStore
+
+    volumes = [v.summary() for v in StateStore().list_volumes()]
+    if as_json:
+        print_json({"volumes": volumes})
+        return
+    if not volumes:
+        stdout_console().print("No volumes. `dstack apply -f volume.dstack.yml` creates one.")
+        return
+    _print_table(volumes)
+
+
+@volume_app.command("get")
+def get_volume(name: Annotated[str, typer.Argument(help="The volume's name")], as_json: JsonOption = False) -> None:
+    """Show one network volume."""
+    item = find_volume(name).summary()
+    if as_json:
+        print_json({"volume": item})
+        return
+    _print_table([item])
+
+
+@volume_app.command("delete")
+def delete_volume_command(
+    name: Annotated[str, typer.Argument(help="The volume's name")],
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Don't ask for confirmation")] = False,
+) -> None:
+    """Delete a volume and its data (a registered one is only forgotten); refused while a run uses it."""
+    remove_volume(name, yes)
+
+
+def _print_table(volumes: list) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "BACKEND", "ZONE", "SIZE", "VOLUME ID", "STATUS"):
+        table.add_column(column)
+    for v in volumes:
+        size = f"{v['size_gb']}GB" if v["size_gb"] else "-"
+        table.add_row(v["name"], v["backend"], v["zone"] or v["region"], size, v["volume_id"] or "-",
+                      v["status"] + (" (registered)" if v["external"] else ""))
+    stdout_console().print(table)

@@ -1,0 +1,173 @@
+"""What several commands share: the run session and its lookups, `--since`, events, and removing a run, a fleet, a
+volume or a schedule (the commands import this module, never each other)."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from typing import Optional
+
+import typer
+
+from cli.output import print_json, stderr_console, stdout_console
+
+
+def run_session():
+    from cli.run_session import session_for
+    from configuration.backends import load_config
+    from provisioner.store.store import StateStore
+
+    return session_for(load_config(), StateStore())
+
+
+def find_run(session, name: str):
+    from configuration.errors import ConfigurationError
+
+    record = session.store.get_run(name)
+    if record is None:
+        raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
+    return record
+
+
+def since_time(text: str) -> float:
+    """`--since`: a duration back from now, or an RFC 3339 time."""
+    import datetime
+
+    from configuration.fields import parse_duration
+
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither a duration (10s, 5m, 1d) nor an RFC 3339 time "
+                                 "(2025-09-24T15:30:00Z)", param_hint="'--since'") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # local time, as the user reads it
+    return moment.timestamp()
+
+
+def delete_run(session, name: str) -> None:
+    from configuration.errors import ConfigurationError
+
+    record = find_run(session, name)
+    if record.active:
+        raise ConfigurationError(f"{name} is {record.status}: `dstack stop {name}` first")
+    session.store.delete_run(name)
+
+
+def expire_idle_fleets() -> None:
+    """What the next `dstack` command does for instances idle past their idle_duration (no server does it)."""
+    from cli.run_session import make_reporter
+    from configuration.backends import load_config
+    from provisioner.backends.cloud_fleets import expire_idle_fleets as expire
+    from provisioner.store.store import StateStore
+
+    reporter = make_reporter()
+    expire(StateStore(), load_config(), reporter.step, reporter.info)
+
+
+def destroy_cloud_fleet(name: str) -> None:
+    from cli.run_session import make_reporter
+    from configuration.backends import load_config
+    from provisioner.backends.cloud_fleets import destroy_cloud_fleet as destroy
+    from provisioner.store.store import StateStore
+
+    destroy(StateStore(), load_config(), name, make_reporter().step)
+    stderr_console().print(f"Fleet {name} destroyed")
+
+
+def forget_fleet(name: str) -> None:
+    from configuration.errors import ConfigurationError
+    from provisioner.store.store import StateStore
+
+    store = StateStore()
+    busy = [r.name for r in store.list_runs() if r.active and r.backend == "ssh" and r.region == name]
+    if busy:
+        raise ConfigurationError(f"fleet {name} is in use by {', '.join(busy)}; stop them first")
+    if not store.delete_fleet(name):
+        raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
+    stderr_console().print(f"Fleet {name} forgotten (its hosts are untouched)")
+
+
+def print_events(name: Optional[str], as_json: bool, since: Optional[float] = None, after_id: int = 0,
+                 last: Optional[int] = None, header: bool = True) -> int:
+    """Prints the events; returns the id of the last one (0 when there were none)."""
+    from configuration.errors import ConfigurationError
+    from provisioner.store.store import StateStore
+
+    store = StateStore()
+    if name is not None and after_id == 0 and store.get_run(name) is None:
+        raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
+    events = store.list_events(name, since=since, after_id=after_id)
+    if last is not None:
+        events = events[-last:]
+    if as_json:
+        if events or header:
+            print_json({"events": events})
+    else:
+        _print_events_table(events, header)
+    return events[-1]["id"] if events else after_id
+
+
+def _print_events_table(events: list, header: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = stdout_console()
+    if not events:
+        if header:
+            console.print("No events.")
+        return
+    table = Table(box=None, header_style="bold", show_header=header)
+    for column in ("TIME", "RUN", "EVENT", "DETAIL"):
+        table.add_column(column)
+    for item in events:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["at"]))
+        table.add_row(at, item["run"], item["kind"], escape(item["message"]))
+    console.print(table)
+
+
+def remove_volume(name: str, yes: bool) -> None:
+    """`dstack volume delete NAME`, `dstack delete -f volume.dstack.yml`."""
+    from cli.run_session import make_reporter
+    from configuration.backends import load_config
+    from provisioner.backends.volume_stacks import delete_volume
+    from provisioner.store.store import StateStore
+
+    record = find_volume(name)
+    what = f"Forget volume {name} (the disk stays)" if record.external else f"Delete volume {name} and its data"
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"{what}?", default=False, err=True):
+        raise typer.Exit(1)
+    delete_volume(StateStore(), load_config(), name, make_reporter().step)
+    stderr_console().print(f"Volume {name} {'forgotten' if record.external else 'deleted'}")
+
+
+def find_volume(name: str):
+    from configuration.errors import ConfigurationError
+    from provisioner.store.store import StateStore
+
+    record = StateStore().get_volume(name)
+    if record is None:
+        raise ConfigurationError(f"no volume named {name} (see `dstack volume list`)")
+    return record
+
+
+def utc(at: Optional[float]) -> str:
+    if at is None:
+        return "never (no date matches)"
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def remove_schedule(name: str) -> bool:
+    """`dstack stop NAME` / `dstack delete NAME` of a scheduled task: the schedule goes (its runs stay as they are)."""
+    from provisioner.runs.schedules import unregister
+
+    if not unregister(name):
+        return False
+    stderr_console().print(f"Removed the schedule of {name}; its runs (`{name}-N` in `dstack ps -a`) are left as "
+                           "they are", highlight=False)
+    return True

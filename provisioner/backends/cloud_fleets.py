@@ -1,0 +1,242 @@
+"""Cloud fleets: `dstack apply -f fleet.dstack.yml` without `ssh_config` provisions `nodes` instances on the cheapest
+offer, in one Pulumi stack (CloudBackend.create_stack), and records them as idle instances that runs reuse
+(provisioner.planning.reuse). `dstack fleet delete` and idle expiry destroy the stack.
+
+The fleet's row is written before `up` and its stack's identity as `up` begins, so a crash leaves what the delete
+needs. Its key lives under `$DSTACK_HOME/fleets/NAME/` (0600), outliving the runs on its instances.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from configuration.backends import CLOUD_BACKENDS, DstackConfig
+from configuration.errors import ConfigurationError, DstackError
+from configuration.home import dstack_home
+from configuration.resources import ResourcesSpec
+from offers.offer import Offer
+from offers.requirements import Requirements, spot_from_policy
+from provisioner.backends.cloud import CloudBackend, fleet_key_path
+from provisioner.planning.field_support import restrict_zones
+from provisioner.planning.reuse import offer_record, watchdog_minutes
+from provisioner.store.records import InstanceRecord
+from provisioner.store.statuses import InstanceStatus
+from provisioner.store.store import StateStore
+from stacks.errors import StackFailure
+from stacks.power_off import POWER_OFF_PATH
+
+MAX_OFFERS_TRIED = 3
+
+
+@dataclass(frozen=True)
+class FleetShape:
+    """What a stack program reads of a configuration, for a fleet: `nodes` instances, placed as `placement` says,
+    with no job deadline and no task ports (stacks are made per fleet, not per run)."""
+
+    nodes: int
+    placement: Optional[str]
+    tags: Optional[Dict[str, str]]
+    max_duration: Optional[int] = None
+    ports: Tuple = ()
+    volumes: Tuple = ()
+
+
+def fleet_shape(configuration) -> FleetShape:
+    return FleetShape(nodes=configuration.nodes.target, placement=configuration.placement, tags=configuration.tags)
+
+
+def kept_seconds(configuration) -> Optional[int]:
+    """A cloud fleet's idle_duration as its instances keep it: None (absent or `off`) keeps them until deleted."""
+    seconds = configuration.idle_duration
+    return None if seconds is None or seconds < 0 else seconds
+
+
+def check_cloud_fleet(configuration, source: str) -> None:
+    where = f"{source}: fleet {configuration.name}"
+    if configuration.reservation is not None:
+        raise ConfigurationError(f"{where}: `reservation` is not supported yet: the stack programs do not target "
+                                 "capacity reservations")
+    others = [b for b in configuration.backends or [] if b not in CLOUD_BACKENDS]
+    if others:
+        raise ConfigurationError(f"{where}: `backends`: a cloud fleet's instances come from aws or gcp, not "
+                                 f"{', '.join(others)} (hosts you own go in `ssh_config`)")
+
+
+def fleet_requirements(configuration, config: DstackConfig, all_clouds: bool) -> Requirements:
+    """A dry run plans over every cloud, configured or not, as a run's does."""
+    backends = configuration.backends or (list(CLOUD_BACKENDS) if all_clouds else config.cloud_backends)
+    return Requirements(resources=configuration.resources or ResourcesSpec(),
+                        spot=spot_from_policy(configuration.spot_policy or "on-demand"),
+                        max_price=configuration.max_price, backends=tuple(backends),
+                        regions=tuple(configuration.regions) if configuration.regions else None,
+                        instance_types=tuple(configuration.instance_types) if configuration.instance_types else None)
+
+
+def fleet_offers(configuration, requirements: Requirements, source: str) -> List[Offer]:
+    from offers.catalog import load_catalogs
+    from offers.solver import find_offers
+
+    if not requirements.backends:
+        raise ConfigurationError(f"{source}: fleet {configuration.name} needs a cloud, and none is configured in "
+                                 "$DSTACK_HOME/config.yml (docs/clouds.md)")
+    search = find_offers(requirements, load_catalogs(list(requirements.backends)), [], limit=None)
+    offers = restrict_zones(search.offers, configuration.availability_zones)
+    if not offers:
+        raise ConfigurationError(f"{source}: fleet {configuration.name}: no offers match: {requirements.describe()} "
+                                 "(see `dstack offers`)")
+    return offers
+
+
+def fleet_plan(configuration, offers: List[Offer], config: DstackConfig, max_offers: int) -> dict:
+    """`dstack apply --dry-run` of a cloud fleet: the offer it would take, the others, and its stack's resources
+    (rendered offline; without the cloud's extra, the reason instead)."""
+    from provisioner.planning.stack_plan import dry_run_resources
+    from stacks.extras import MissingExtra
+
+    shape = fleet_shape(configuration)
+    document = {"fleet": configuration.name, "configuration": configuration.model_dump(mode="json"),
+                "nodes": shape.nodes, "placement": shape.placement or "any",
+                "idle_duration": kept_seconds(configuration), "offer": offers[0].to_json(),
+                "offers": [o.to_json() for o in offers[:max_offers]],
+                "price": round(offers[0].total_price * shape.nodes, 6)}
+    try:
+        document["resources"] = dry_run_resources(configuration.name, shape, offers[0], config)
+    except MissingExtra as e:
+        document["resources"], document["stack"] = [], {"rendered": False, "reason": str(e)}
+    return document
+
+
+def create_cloud_fleet(configuration, source: str, offers: List[Offer], config: DstackConfig, store: StateStore,
+                       report: Callable, log: Callable[[str], None]) -> List[InstanceRecord]:
+    """Provisions the fleet on the first offer that has capacity (as a run fails over) and records its instances
+    idle. Any other failure destroys what was made and forgets the fleet."""
+    name = configuration.name
+    run = store.get_run(name)
+    if run is not None and run.active:  # a stack is named after its run or fleet: one would take the other's
+        raise ConfigurationError(f"{source}: run {name} is active, and the fleet's stack would take its stack's "
+                                 "name: pick another fleet name, or wait for the run to end")
+    if any(f["name"] == name for f in store.list_fleets()) or \
+            not store.create_cloud_fleet(name, source, offers[0].backend, configuration.model_dump(mode="json")):
+        raise ConfigurationError(f"{source}: a fleet named {name} exists already: `dstack fleet delete {name}` "
+                                 "first, or pick another name")
+    shape = fleet_shape(configuration)
+    try:
+        offer, hosts = _provision(name, offers, shape, config, store, report, log)
+        idle = kept_seconds(configuration)
+        for host in hosts:
+            prepare_instance(host, idle)
+    except BaseException:
+        log(f"Fleet {name} was not created; removing what was made")
+        fleet = store.get_cloud_fleet(name)
+        if fleet is not None and fleet["stack"]:
+            CloudBackend(fleet["stack"]["backend"], config, store).destroy_stack(name, fleet["stack"], report)
+        forget_cloud_fleet(store, name)
+        raise
+    now = time.time()
+    instances = [InstanceRecord(fleet=name, num=num, backend=offer.backend, offer=offer_record(offer),
+                                host=host.to_json(), idle_since=now, idle_duration=idle)
+                 for num, host in enumerate(hosts)]
+    store.add_instances(instances)
+    return instances
+
+
+def _provision(name: str, offers: List[Offer], shape: FleetShape, config: DstackConfig, store: StateStore,
+               report: Callable, log: Callable[[str], None]):
+    failures = []
+    for offer in offers[:MAX_OFFERS_TRIED]:
+        log(f"Provisioning {shape.nodes} x {offer.backend} {offer.region} {offer.instance.name}"
+            f"{' (spot)' if offer.spot else ''} at ${offer.total_price:.4f}/hour each")
+        try:
+            hosts = CloudBackend(offer.backend, config, store).create_stack(
+                name, offer, shape, report, fleet_key_path(name), lambda stack: store.set_fleet_stack(name, stack))
+            if len(hosts) != shape.nodes:
+                raise DstackError(f"fleet {name}: its stack brought up {len(hosts)} of the {shape.nodes} instances "
+                                  "asked for")
+            return offer, hosts
+        except StackFailure as failure:
+            if not failure.retryable:
+                raise
+            failures.append(f"  {offer.backend} {offer.region} {offer.instance.name}: {failure.kind}: "
+                            f"{failure.message}")
+            log(f"{offer.instance.name}: {failure.kind} ({failure.message}); trying the next offer")
+    raise DstackError(f"fleet {name}: no offer could be provisioned:\n" + "\n".join(failures))
+
+
+def prepare_instance(host, idle_seconds: Optional[int]) -> None:
+    """A fleet instance waits for runs: the VM's start watchdog (which ends a VM no job started on) is stopped,
+    and with an idle_duration the idle watchdog is armed, as after a job."""
+    command = "sudo -n systemctl stop dstack-start-watchdog.timer 2>/dev/null || true"
+    if idle_seconds is not None:
+        minutes = watchdog_minutes(idle_seconds)
+        command += f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes}"
+    transport = host.connect(total_wait=300, booting=True)
+    try:
+        result = transport.run(command, timeout=60)
+    finally:
+        transport.close()
+    if result.code != 0:
+        raise DstackError(f"{host.description}: could not arm the fleet instance's idle watchdog: "
+                          f"{result.stderr.decode(errors='replace').strip()[:200]}")
+
+
+def busy_runs(store: StateStore, name: str) -> List[str]:
+    return sorted({i.run for i in store.list_instances(name) if i.status == InstanceStatus.BUSY and i.run})
+
+
+def destroy_cloud_fleet(store: StateStore, config: DstackConfig, name: str, report: Callable) -> None:
+    """Destroys a cloud fleet's stack and forgets it; refused while a run holds one of its instances (as dstack
+    refuses to delete a fleet with active runs)."""
+    fleet = store.get_cloud_fleet(name)
+    if fleet is None:
+        raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
+    if not store.claim_fleet_teardown(name):
+        raise ConfigurationError(f"fleet {name} is in use by {', '.join(busy_runs(store, name))}: stop "
+                                 f"{'them' if len(busy_runs(store, name)) > 1 else 'it'} first (`dstack stop`)")
+    _destroy(store, config, fleet, report)
+
+
+def _destroy(store: StateStore, config: DstackConfig, fleet: dict, report: Callable) -> None:
+    if fleet["stack"]:
+        CloudBackend(fleet["stack"]["backend"], config, store).destroy_stack(fleet["name"], fleet["stack"], report)
+    forget_cloud_fleet(store, fleet["name"])
+
+
+def forget_cloud_fleet(store: StateStore, name: str) -> None:
+    store.delete_cloud_fleet(name)
+    shutil.rmtree(dstack_home() / "fleets" / name, ignore_errors=True)
+
+
+def expire_idle_fleets(store: StateStore, config: DstackConfig, report: Callable,
+                       log: Callable[[str], None], now: Optional[float] = None) -> List[str]:
+    """Destroys the cloud fleets whose every instance has been idle past its idle_duration (a stack holds all of a
+    fleet's instances, so it goes as a whole); returns their names. A failure is logged and tried again by the
+    next command."""
+    now = time.time() if now is None else now
+    expired = []
+    for fleet in store.list_cloud_fleets():
+        if not store.claim_fleet_teardown(fleet["name"], expired_at=now):
+            continue
+        log(f"Fleet {fleet['name']} has been idle past its idle_duration: destroying it")
+        try:
+            _destroy(store, config, fleet, report)
+            expired.append(fleet["name"])
+        except Exception as e:  # one fleet's cloud error must not stop the command that happened to run this
+            log(f"fleet {fleet['name']}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; the next "
+                "`dstack ps` tries again")
+    return expired
+
+
+def fleets_json(store: StateStore, now: float) -> List[dict]:
+    """SSH and cloud fleets as `dstack fleet list --json` shows them; an SSH fleet keeps its former shape."""
+    ssh = [{**f, "kind": "ssh"} for f in store.list_fleets()]
+    cloud = []
+    for fleet in store.list_cloud_fleets():
+        instances = store.list_instances(fleet["name"])
+        backend = (fleet["stack"] or {}).get("backend", fleet["backend"])  # failover may have moved it
+        cloud.append({"name": fleet["name"], "kind": "cloud", "source": fleet["source"], "backend": backend,
+                      "created_at": fleet["created_at"], "hosts": [{"access": i.host} for i in instances],
+                      "instances": [i.to_json(now) for i in instances]})
+    return sorted(ssh + cloud, key=lambda f: f["name"])

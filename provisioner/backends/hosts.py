@@ -1,0 +1,53 @@
+"""Backends whose hosts already exist: this machine (`local`) and SSH fleets' hosts (`ssh`), claimed for a run and
+handed back untouched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+from configuration.errors import ConfigurationError
+from provisioner.host.access import HostAccess
+from provisioner.store.store import StateStore
+from stacks.errors import CAPACITY, StackFailure
+
+
+class LocalBackend:
+    name = "local"
+
+    def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
+        import shutil
+
+        if configuration.image and not shutil.which("docker"):
+            raise ConfigurationError("`image:` tasks on this machine need Docker, which is not installed: install it "
+                                     "(https://docs.docker.com/engine/install/), or run with `python:` instead")
+        return [HostAccess(kind="local")]
+
+    def teardown(self, record, report) -> None:
+        """Nothing was created: the job folder stays for `dstack logs`."""
+
+
+@dataclass
+class FleetBackend:
+    store: StateStore
+    hosts: dict  # (fleet, hostname) -> HostAccess
+    name: str = "ssh"
+
+    def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
+        """The offer's host, and for `nodes: N` N-1 more idle hosts of its fleet among `hosts` (the session holds
+        those that fit the run), claimed all or none."""
+        from provisioner.jobs.nodes import node_count
+
+        nodes = node_count(configuration)
+        first = self.hosts[(offer.region, offer.instance.name)]
+        others = [access for (fleet, _), access in self.hosts.items() if fleet == offer.region and access != first]
+        candidates = [first] + (others if nodes > 1 else [])
+        claimed, holders = self.store.claim_hosts(run_name, [host.to_json() for host in candidates], nodes)
+        if claimed is None:
+            busy = f"busy with run{'s' if len(holders) > 1 else ''} {', '.join(holders)}"
+            raise StackFailure(CAPACITY, "zone", f"{first.description} is {busy}" if nodes == 1 else
+                               f"fleet {offer.region} has fewer than {nodes} idle hosts that fit (others are {busy})")
+        return [HostAccess.from_json(host) for host in claimed]
+
+    def teardown(self, record, report) -> None:
+        """The host is the user's: nothing to remove."""

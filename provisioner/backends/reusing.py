@@ -1,0 +1,85 @@
+"""A cloud backend that reuses idle fleet instances before creating any (provisioner.planning.reuse offers them), and
+keeps a run's instance as an implicit fleet when the task has `idle_duration`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List
+
+from configuration.errors import DstackError
+from provisioner.host.access import HostAccess
+from provisioner.planning.reuse import InstanceOffer, kept_for, offer_record, stack_configuration
+from provisioner.store.records import InstanceRecord
+from provisioner.store.statuses import InstanceStatus
+from provisioner.store.store import StateStore
+from stacks.errors import CAPACITY, StackFailure
+
+
+@dataclass
+class ReusingBackend:
+    """A cloud backend that reuses idle instances: an InstanceOffer is claimed (atomically: two runs never get one
+    instance) rather than provisioned; a run with `idle_duration` provisions its instance as an implicit fleet named
+    after it. Teardown hands a held instance back idle and destroys the stack of a run that holds none."""
+
+    cloud: object  # provisioner.backends.cloud.CloudBackend
+    store: StateStore
+
+    @property
+    def name(self) -> str:
+        return self.cloud.name
+
+    def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
+        if isinstance(offer, InstanceOffer):
+            if not self.store.claim_instance(offer.fleet, offer.num, run_name):
+                raise StackFailure(CAPACITY, "zone", f"instance {offer.num} of fleet {offer.fleet} was taken by "
+                                                     "another run")
+            record = next(r for r in self.store.list_instances(offer.fleet) if r.num == offer.num)
+            report_reuse(report, offer)
+            return [HostAccess.from_json(record.host)]
+        if kept_for(configuration) == 0:
+            return self.cloud.provision(run_name, offer, configuration, report)
+        return self._provision_kept(run_name, offer, configuration, report)
+
+    def _provision_kept(self, run_name, offer, configuration, report) -> List[HostAccess]:
+        """The run's stack, recorded as the run's until it is up (a failure destroys it with the run), then as
+        the implicit fleet's, whose instances the run holds."""
+        from provisioner.backends.cloud import fleet_key_path
+
+        fleet = self._free_fleet_name(run_name)
+        stacks: list = []
+
+        def record(stack: dict) -> None:
+            stacks.append(stack)
+            self.store.update_run(run_name, stack=stack)
+
+        hosts = self.cloud.create_stack(fleet, offer, stack_configuration(configuration), report,
+                                        fleet_key_path(fleet), record)
+        instances = [InstanceRecord(fleet=fleet, num=num, backend=offer.backend, offer=offer_record(offer),
+                                    host=host.to_json(), status=InstanceStatus.BUSY, run=run_name,
+                                    idle_duration=kept_for(configuration)) for num, host in enumerate(hosts)]
+        if not self.store.create_cloud_fleet(fleet, f"run {run_name}", offer.backend, {"idle_duration": kept_for(
+                configuration)}, stacks[-1], instances):  # named meanwhile: the stack stays the run's, to destroy
+            raise DstackError(f"a fleet named {fleet} was created while run {run_name}'s instance was provisioned "
+                              "as a fleet of that name")
+        self.store.update_run(run_name, stack=None)  # the fleet's now: the run's teardown must not destroy it
+        return hosts
+
+    def _free_fleet_name(self, run_name: str) -> str:
+        taken = {f["name"] for f in self.store.list_cloud_fleets()} | {f["name"] for f in self.store.list_fleets()} \
+            | {r.name for r in self.store.list_runs() if r.active and r.name != run_name}  # their stacks' names
+        name, n = run_name, 1
+        while name in taken:
+            n += 1
+            name = f"{run_name}-{n}"
+        return name
+
+    def teardown(self, record, report) -> None:
+        if self.store.release_instance(record.name):
+            return
+        self.cloud.teardown(record, report)
+
+
+def report_reuse(report: Callable, offer: InstanceOffer) -> None:
+    from stacks.progress import StepProgress
+
+    report(StepProgress("reuse", "instance", f"{offer.fleet}/{offer.num}", "done", 0.0))

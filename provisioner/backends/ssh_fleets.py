@@ -1,0 +1,104 @@
+"""SSH fleets (`type: fleet` with `ssh_config`): hosts the user owns, their keys confirmed and recorded, each probed for
+what it has and recorded as a fleet, whose hosts become offers at price 0 (provisioner.planning.host_offers)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+from typing import Callable, List, Tuple
+
+from configuration.errors import ConfigurationError
+from provisioner.host.access import HostAccess
+from provisioner.host.probe import PROBE_COMMAND, HostFacts, parse_probe
+from provisioner.store.store import StateStore
+
+
+def fleet_hosts(configuration) -> List[HostAccess]:
+    ssh = configuration.ssh_config
+    hosts = []
+    for host in ssh.hosts:
+        user = host.user or ssh.user or "root"
+        identity = host.identity_file or ssh.identity_file
+        hosts.append(HostAccess(kind="ssh", hostname=host.hostname, port=host.port or ssh.port, user=user,
+                                identity_file=str(Path(identity).expanduser()) if identity else None))
+    return hosts
+
+
+def probe(access: HostAccess, total_wait: float = 30.0) -> HostFacts:
+    transport = access.connect(total_wait=total_wait)
+    try:
+        result = transport.run(PROBE_COMMAND, timeout=60)
+    finally:
+        transport.close()
+    return parse_probe(result.text)
+
+
+# Given the hosts whose keys are not recorded yet, with their fingerprints, says whether to trust them.
+ConfirmKeys = Callable[[List[Tuple[HostAccess, str]]], bool]
+
+
+def apply_fleet(configuration, source: str, store: StateStore, confirm: ConfirmKeys,
+                log: Callable[[str], None] = lambda _: None) -> List[Tuple[HostAccess, HostFacts]]:
+    """Reads every host's key (before logging in), has the user confirm those not recorded yet and records them,
+    then probes every host and records the fleet. Any host that fails fails the apply, with every host's error
+    listed; a key that differs from the recorded one is such an error."""
+    where = f"{source}: fleet {configuration.name}"
+    hosts = fleet_hosts(configuration)
+    offered = _on_every_host(hosts, _offered_key, where)
+    new = [(host, key) for host, (key, recorded) in zip(hosts, offered) if not recorded]
+    if new:
+        from provisioner.host.ssh import describe_key, record_host_keys
+
+        if not confirm([(host, describe_key(key)) for host, key in new]):
+            raise ConfigurationError(f"{where}: not registered: its host keys were not trusted")
+        record_host_keys([(host.ssh_target(), key) for host, key in new])
+
+    def probe_and_report(host: HostAccess) -> HostFacts:
+        facts = probe(host)
+        log(f"{host.description}: {describe_facts(facts)}")
+        return facts
+
+    facts = _on_every_host(hosts, probe_and_report, where)
+    store.save_fleet(configuration.name, source,
+                     [{"access": h.to_json(), "facts": f.to_json()} for h, f in zip(hosts, facts)])
+    return list(zip(hosts, facts))
+
+
+def _offered_key(host: HostAccess):
+    """(the key the host offers, whether known_hosts holds it); a key other than the recorded one is refused."""
+    from provisioner.host.ssh import key_changed, recorded_host_keys, scan_host_key
+
+    target = host.ssh_target()
+    key = scan_host_key(target)
+    recorded = recorded_host_keys(target)
+    if recorded and recorded.get(key.get_name()) != key:
+        raise key_changed(target, key, recorded.get(key.get_name()) or next(iter(recorded.values())))
+    return key, bool(recorded)
+
+
+def _on_every_host(hosts: List[HostAccess], action: Callable, where: str) -> list:
+    """`action(host)` on every host at once; the results in the hosts' order, or one error naming each host that
+    failed."""
+    results: dict = {}
+    errors: dict = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+        futures = {pool.submit(action, host): host for host in hosts}
+        for future in concurrent.futures.as_completed(futures):
+            host = futures[future]
+            try:
+                results[host] = future.result()
+            except Exception as e:  # one unreachable host must not hide the others' errors
+                errors[host] = str(e)
+    if errors:
+        raise ConfigurationError(f"{where}: cannot use every host:\n" +
+                                 "\n".join(f"{h.description}: {errors[h]}" for h in hosts if h in errors))
+    return [results[host] for host in hosts]
+
+
+def describe_facts(facts: HostFacts) -> str:
+    gpus = ""
+    if facts.gpus:
+        vendor, name, memory = facts.gpus[0]
+        gpus = f"{len(facts.gpus)}x{name} ({memory:g}GB), "
+    return (f"{gpus}{facts.cpus} CPU ({facts.arch}), {facts.memory_gib:g}GB RAM, {facts.disk_free_gb:g}GB disk free, "
+            f"docker {'yes' if facts.docker else 'no'}")

@@ -1,0 +1,359 @@
+"""SSH to a host with paramiko: retries until sshd answers, strict host keys, one connection reused for every step.
+
+- Host keys: a key known in advance (a cloud VM whose host key the run generated) is the only one accepted; a fleet
+  host's key is recorded in `$DSTACK_HOME/known_hosts` (0600) when the user confirms its fingerprint at fleet
+  registration (`scan_host_key`, `record_host_keys`), and a connection to a host whose key is not recorded, or
+  differs, is refused: nothing is trusted on first use.
+- Latency: paramiko leaves Nagle's algorithm on, so each request/response waits ~40 ms on delayed ACKs; the socket
+  is opened here with TCP_NODELAY, which brings a command on an open connection to ~2 ms.
+- A dead peer: SSH keep-alives and TCP keep-alives every few seconds, and TCP_USER_TIMEOUT, so a connection to a
+  host that vanished breaks within provisioner.host.liveness's bounds instead of TCP's ~15 minutes; every attempt of a
+  connect gets at most the time left. paramiko's own log (a traceback per failed attempt) never reaches the
+  terminal: the failure reaches the caller as a TransportError.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import secrets
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from configuration.errors import ConfigurationError
+from configuration.home import dstack_home, private_file
+from provisioner.host.liveness import Liveness, liveness
+from provisioner.host.transport import CommandResult, Stdin, TransportError
+
+# paramiko logs each failure of its transport thread at ERROR with a traceback ("Exception (client): ..."), which
+# Python's last-resort handler prints on stderr; the same failure reaches the caller as an exception anyway.
+_paramiko_log = logging.getLogger("paramiko")
+_paramiko_log.addHandler(logging.NullHandler())
+_paramiko_log.propagate = False
+
+_EMPTY_ERRORS = {EOFError: "the connection closed", TimeoutError: "timed out"}
+
+
+def _why(error: BaseException) -> str:
+    """An exception's message for a person: its text, never a bare class name."""
+    return str(error) or _EMPTY_ERRORS.get(type(error), "the connection failed")
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    hostname: str
+    port: int = 22
+    user: str = "root"
+    identity_file: Optional[str] = None
+    private_key: Optional[str] = None  # an OpenSSH private key's text, instead of a file
+    host_key: Optional[str] = None  # "ssh-ed25519 AAAA...": accept this key and no other
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+
+class HostKeyChanged(ConfigurationError):
+    pass
+
+
+class HostKeyUnknown(ConfigurationError):
+    """A fleet host whose key was never confirmed, or whose record is gone: connecting would trust any key."""
+
+
+class AuthenticationRefused(ConfigurationError):
+    pass
+
+
+def known_hosts_path() -> Path:
+    return dstack_home() / "known_hosts"
+
+
+def describe_key(key) -> str:
+    """`ssh-ed25519 SHA256:...`: the fingerprint as `ssh-keygen -l` prints it (base64 of the SHA-256, no padding)."""
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+def key_changed(target: SSHTarget, offered, expected) -> HostKeyChanged:
+    remedy = ("the address no longer leads to the VM the run created" if target.host_key else
+              f"if the host was reinstalled, remove its line from {known_hosts_path()} and register its fleet "
+              "again (`dstack apply -f FLEET.dstack.yml`) to check the new key")
+    return HostKeyChanged(f"the host key of {target.hostname}:{target.port} is not the one expected (got "
+                          f"{describe_key(offered)}, expected {describe_key(expected)}); refusing to connect: {remedy}")
+
+
+def recorded_host_keys(target: SSHTarget) -> dict:
+    """The keys recorded for the host in known_hosts, by type ({} when none is)."""
+    import paramiko
+
+    path = known_hosts_path()
+    keys = paramiko.HostKeys(str(path)) if path.exists() else paramiko.HostKeys()
+    return dict(keys.lookup(host_key_name(target)) or {})
+
+
+def record_host_keys(offered: list) -> None:
+    """Adds [(SSHTarget, key), ...] to known_hosts, which is created 0600 before anything is written to it."""
+    import paramiko
+
+    path = private_file(known_hosts_path())
+    keys = paramiko.HostKeys(str(path))
+    for target, key in offered:
+        keys.add(host_key_name(target), key.get_name(), key)
+    keys.save(str(path))
+
+
+def _load_key(target: SSHTarget):
+    import paramiko
+
+    if target.private_key is None and target.identity_file is None:
+        return None
+    text = target.private_key
+    source = "the run's key"
+    if text is None:
+        path = Path(target.identity_file).expanduser()
+        source = str(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read the SSH identity file {path}: {e.strerror}") from None
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return key_class.from_private_key(io.StringIO(text))
+        except paramiko.SSHException:
+            continue
+    raise ConfigurationError(f"{source} is not an unencrypted OpenSSH private key (ed25519, ecdsa or rsa)")
+
+
+class SSHTransport:
+    """Commands without stdin go to one long-lived `sh` on the host, framed by a random marker: the user's login
+    shell (and its .bashrc, ~100 ms on some hosts) starts once per connection instead of once per command. Commands
+    with stdin (the job's archive) get a channel of their own."""
+
+    def __init__(self, client, target: SSHTarget):
+        self._client = client
+        self.target = target
+        self.description = target.address
+        self._shell = None
+        self._lock = threading.Lock()
+
+    @property
+    def transport(self):
+        return self._client.get_transport()
+
+    def run(self, command: str, stdin: Optional[Stdin] = None, timeout: Optional[float] = None) -> CommandResult:
+        import paramiko
+
+        try:
+            if stdin is not None and stdin != b"":
+                return self._exec(command, stdin, timeout)
+            with self._lock:
+                return self._in_shell(command, timeout)
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            self._shell = None
+            raise TransportError(f"{self.description}: connection lost: {_why(e)}") from None
+
+    def _exec(self, command: str, stdin: Stdin, timeout: Optional[float]) -> CommandResult:
+        """Sends `stdin` (bytes, or chunks as they are made) on a channel of its own. Each chunk goes as a
+        memoryview: paramiko's sendall slices what is left after every 32 KB packet, which copies a bytes object
+        every time (quadratic: 100 MB took minutes) and a memoryview never."""
+        channel = self.transport.open_session(timeout=10)
+        try:
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            for chunk in ([stdin] if isinstance(stdin, bytes) else stdin):
+                channel.sendall(memoryview(chunk))
+            channel.shutdown_write()
+            stdout, stderr = _drain(channel, lambda out, err: channel.exit_status_ready() and not channel.recv_ready()
+                                    and not channel.recv_stderr_ready(), timeout)
+            return CommandResult(channel.recv_exit_status(), stdout, stderr)
+        finally:
+            channel.close()
+
+    def _in_shell(self, command: str, timeout: Optional[float]) -> CommandResult:
+        if self._shell is None or self._shell.closed or self._shell.exit_status_ready():
+            self._shell = self.transport.open_session(timeout=10)
+            self._shell.exec_command("exec sh")
+        marker = "__dstack_" + secrets.token_hex(8)
+        end_out = re.compile(rb"\n" + marker.encode() + rb" (-?\d+)\n$")
+        end_err = ("\n" + marker + "\n").encode()
+        self._shell.sendall(f"( {command}\n) < /dev/null; printf '\\n{marker} %d\\n' $?; "
+                            f"printf '\\n{marker}\\n' >&2\n".encode())
+        try:
+            stdout, stderr = _drain(self._shell, lambda out, err: end_out.search(out) and err.endswith(end_err),
+                                    timeout)
+        except TimeoutError:
+            self._shell.close()
+            self._shell = None
+            raise
+        match = end_out.search(stdout)
+        return CommandResult(int(match.group(1)), bytes(stdout[:match.start()]), bytes(stderr[:-len(end_err)]))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _drain(channel, done, timeout: Optional[float]):
+    """Reads stdout and stderr until `done(stdout, stderr)`; select() wakes on data, so there is no polling delay."""
+    stdout, stderr = bytearray(), bytearray()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not done(stdout, stderr):
+        if channel.recv_ready():
+            stdout += channel.recv(65536)
+            continue
+        if channel.recv_stderr_ready():
+            stderr += channel.recv_stderr(65536)
+            continue
+        if channel.closed or (channel.eof_received and channel.exit_status_ready()):
+            if not (channel.recv_ready() or channel.recv_stderr_ready()):
+                if done(stdout, stderr) or channel.exit_status_ready():
+                    break
+                raise EOFError("the remote shell ended")
+        wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+        if wait <= 0:
+            raise TimeoutError(f"no answer within {timeout}s")
+        select.select([channel], [], [], wait)
+    return stdout, stderr
+
+
+def host_key_name(target: SSHTarget) -> str:
+    """The host as known_hosts names it."""
+    return target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+
+
+def connect(
+    target: SSHTarget,
+    total_wait: float = 300.0,
+    log: Callable[[str], None] = lambda _: None,
+    connect_timeout: float = 10.0,
+    *,
+    unknown_key_policy=None,
+    booting: bool = False,
+) -> SSHTransport:
+    """Connect, retrying with backoff while the host does not answer yet, up to `total_wait` seconds (an attempt
+    gets at most the time left). A refused key or a host key that is not the one known fails at once: waiting cannot
+    fix those. `unknown_key_policy` (for `scan_host_key`) replaces the refusal of a key that is not recorded.
+
+    `booting`: a VM the run just made, with the host key the run made for it. While it boots, its guest agent may
+    still serve a key of its own (GCP makes new ones at first boot, until cloud-init puts the run's back) and may not
+    have installed the login key yet: both are retried until the deadline. The run's host key is never replaced:
+    only it is ever accepted."""
+    import paramiko
+
+    key = _load_key(target)
+    live = liveness()
+    deadline = time.monotonic() + total_wait
+    delay, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        timeout = min(connect_timeout, max(1.0, deadline - time.monotonic()))
+        client = paramiko.SSHClient()
+        name = host_key_name(target)
+        if unknown_key_policy is not None:
+            client.set_missing_host_key_policy(unknown_key_policy)
+        elif target.host_key:
+            key_type, key_data = target.host_key.split()[:2]
+            client.get_host_keys().add(name, key_type, paramiko.PKey.from_type_string(key_type, _b64(key_data)))
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        else:
+            known = known_hosts_path()
+            if known.exists():
+                client.load_host_keys(str(known))
+            client.set_missing_host_key_policy(_RefuseUnknownKey(target))
+        try:
+            sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _detect_dead_peer(sock, live)
+            # the handshake's own timeout a little longer than the banner's: paramiko then reports "Error reading
+            # SSH protocol banner" for a host that never speaks, rather than a puzzling "No existing session"
+            client.connect(target.hostname, port=target.port, username=target.user, pkey=key, sock=sock,
+                           timeout=timeout + 1, banner_timeout=timeout, auth_timeout=timeout,
+                           allow_agent=key is None, look_for_keys=key is None)
+            client.get_transport().set_keepalive(live.keepalive)
+            return SSHTransport(client, target)
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            failure = key_changed(target, e.key, e.expected_key)
+            if not booting or time.monotonic() + delay > deadline:
+                raise failure from None
+            log(f"{target.address} does not serve the run's host key yet (still booting); retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        except paramiko.AuthenticationException:
+            client.close()
+            with_key = f" with {target.identity_file}" if target.identity_file else ""
+            refused = AuthenticationRefused(f"{target.address} refused the SSH key{with_key}: check the user and that "
+                                            "the public key is in the host's authorized_keys")
+            if not booting or time.monotonic() + delay > deadline:
+                raise refused from None
+            log(f"{target.address} does not accept the run's login key yet (still booting); retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            client.close()
+            if time.monotonic() + delay > deadline:
+                raise TransportError(f"{target.address} did not answer SSH within {total_wait:.0f}s "
+                                     f"({attempt} attempts; last error: {_why(e)})") from None
+            log(f"waiting for sshd on {target.address} ({_why(e)}); retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        except BaseException:  # a refused host key (the policies raise), Ctrl-C: no transport thread left behind
+            client.close()
+            raise
+
+
+def _detect_dead_peer(sock: socket.socket, live: Liveness) -> None:
+    """TCP keep-alives probe an idle connection; TCP_USER_TIMEOUT breaks one whose data (SSH keep-alives included)
+    stays unacknowledged, so a vanished host shows as a broken connection, not as a read that waits forever."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", live.keepalive), ("TCP_KEEPINTVL", live.keepalive), ("TCP_KEEPCNT", 3),
+                          ("TCP_USER_TIMEOUT", int(live.silent_after * 1000))):
+        if hasattr(socket, option):  # Linux has them all; macOS lacks some
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def _b64(data: str) -> bytes:
+    import base64
+
+    return base64.b64decode(data)
+
+
+class _RefuseUnknownKey:
+    """A fleet host's key must have been confirmed at registration; a missing record is never filled silently."""
+
+    def __init__(self, target: SSHTarget):
+        self.target = target
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        raise HostKeyUnknown(
+            f"the host key of {self.target.address} is not recorded in {known_hosts_path()} (it offers "
+            f"{describe_key(key)}); refusing to connect. Register the fleet that lists the host again "
+            "(`dstack apply -f FLEET.dstack.yml`) to check its fingerprint and record it")
+
+
+class _KeyOffered(Exception):
+    def __init__(self, key):
+        super().__init__("host key offered")
+        self.key = key
+
+
+class _CaptureKey:
+    """Ends the connection at the key exchange, before any authentication, with the key the host offered."""
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        raise _KeyOffered(key)
+
+
+def scan_host_key(target: SSHTarget, total_wait: float = 30.0):
+    """The key the host offers (as `ssh-keyscan` reads it), without trusting it or logging in: no key is known to
+    the connection, so the capture policy ends every attempt that reaches the key exchange."""
+    try:
+        connect(target, total_wait=total_wait, unknown_key_policy=_CaptureKey()).close()
+    except _KeyOffered as offered:
+        return offered.key
+    raise AssertionError("the capture policy let a connection through")

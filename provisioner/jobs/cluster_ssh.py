@@ -1,0 +1,117 @@
+"""SSH between the nodes of a multi-node run, as the job's user (what `mpirun` needs): a key pair made for the run.
+
+Before any job starts, each node's `authorized_keys` gets the run's public key, limited to connections from the
+cluster's addresses (`from="..."`) and marked with the run (`dstack-cluster-RUN`); the line is removed from every
+node when the run ends (provisioner.runs.teardown.finish_run). Each job folder gets the private key (0600), a known_hosts
+file with every node's host key and an ssh config using both; `ssh` on the job's PATH is the host's, with that
+config, so `ssh $OTHER_NODE_IP` works from the commands. The private key never leaves the job folders (it travels in
+the job's archive, like the env file), is never written on the client, and is removed with the line.
+
+`authorized_keys` is `$DSTACK_AUTHORIZED_KEYS` where the host's sshd sets it (`SetEnv`, as for DSTACK_JOBS_DIR), else
+`~/.ssh/authorized_keys`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence, Tuple
+
+from provisioner.host.access import HostAccess
+from provisioner.host.keys import new_key_pair
+from provisioner.jobs.nodes import node_address
+
+AUTHORIZED_KEYS = '"${DSTACK_AUTHORIZED_KEYS:-$HOME/.ssh/authorized_keys}"'  # a shell word, expanded on the host
+
+
+def key_comment(run_name: str) -> str:
+    return f"dstack-cluster-{run_name}"
+
+
+@dataclass(frozen=True)
+class ClusterSSH:
+    """What every node's job folder gets: `cluster_key`, `known_hosts`, `ssh_config` (job.sh puts `ssh` with it
+    on PATH)."""
+    private_key: bytes
+    known_hosts: str
+    config: str
+
+
+def host_keys(host: HostAccess) -> List[str]:
+    """The host's public keys as `type base64`: the one the run made for a VM, else those recorded for a fleet
+    host when the fleet was applied."""
+    if host.host_key:
+        return [" ".join(host.host_key.split()[:2])]
+    if host.kind != "ssh":
+        return []
+    from provisioner.host.ssh import recorded_host_keys
+
+    return [f"{key.get_name()} {key.get_base64()}" for key in recorded_host_keys(host.ssh_target()).values()]
+
+
+def cluster_ssh(run_name: str, hosts: Sequence[HostAccess]) -> Tuple[ClusterSSH, str]:
+    """The run's key pair and what each job folder gets, and the authorized_keys line for every node."""
+    private, public = new_key_pair(key_comment(run_name))
+    addresses = [node_address(host) for host in hosts]
+    known = "".join(f"{address} {key}\n" for address, host in zip(addresses, hosts) for key in host_keys(host))
+    config = "".join(f"Host {address}\n  User {host.user or 'root'}\n  Port {host.port}\n"
+                     for address, host in zip(addresses, hosts))
+    config += ("Host *\n  IdentityFile JOB_DIR/cluster_key\n  IdentitiesOnly yes\n"
+               "  UserKnownHostsFile JOB_DIR/known_hosts\n  StrictHostKeyChecking yes\n")
+    line = f'from="{",".join(dict.fromkeys(addresses))}" {public}'
+    return ClusterSSH(private, known, config), line
+
+
+def authorize_command(line: str) -> str:
+    """Adds the run's line to authorized_keys (made 0600 in a 0700 folder where missing), once."""
+    comment = line.rsplit(" ", 1)[-1]
+    return (f"F={AUTHORIZED_KEYS}; umask 077; mkdir -p \"$(dirname \"$F\")\" && touch \"$F\" && "
+            f"{{ grep -qF {shlex.quote(' ' + comment)} \"$F\" || printf '%s\\n' {shlex.quote(line)} >> \"$F\"; }}")
+
+
+def revoke_command(run_name: str) -> str:
+    """Removes the run's private key from its job folder and its line from authorized_keys, keeping the file
+    itself (its mode and owner)."""
+    from provisioner.jobs.layout import job_folder
+
+    comment = shlex.quote(" " + key_comment(run_name))
+    return (f"rm -f {job_folder(run_name)}/cluster_key; "
+            f"F={AUTHORIZED_KEYS}; [ -f \"$F\" ] || exit 0; grep -qF {comment} \"$F\" || exit 0; umask 077; "
+            f"grep -vF {comment} \"$F\" > \"$F.dstack\"; cat \"$F.dstack\" > \"$F\" && rm -f \"$F.dstack\"")
+
+
+def revoke_everywhere(run_name: str, hosts: Sequence[HostAccess], report: Callable[[str], None]) -> None:
+    """The run's line removed from every node's authorized_keys; a host that cannot be reached is named."""
+    from provisioner.jobs.nodes import on_every_node
+
+    def revoke(host: HostAccess) -> None:
+        try:
+            transport = host.connect(total_wait=30)
+            try:
+                result = transport.run(revoke_command(run_name), timeout=30)
+            finally:
+                transport.close()
+            if result.code != 0:
+                raise RuntimeError(result.stderr.decode(errors="replace").strip() or f"exit code {result.code}")
+        except Exception as e:  # one host must not keep the others' lines; the user is told what is left
+            report(f"could not remove {run_name}'s cluster key from {host.description}'s authorized_keys "
+                   f"(the line ending `{key_comment(run_name)}`): {e}")
+
+    on_every_node(revoke, list(hosts))
+
+
+def job_files(ssh: ClusterSSH) -> Dict[str, Tuple[bytes, int]]:
+    """The files a node's job archive gets (name: (content, mode)); JOB_DIR in the config is replaced by job.sh."""
+    return {"cluster_key": (ssh.private_key, 0o600), "known_hosts": (ssh.known_hosts.encode(), 0o600),
+            "ssh_config.in": (ssh.config.encode(), 0o600)}
+
+
+# In job.sh, with a cluster: the config gets the job folder's path, and an `ssh` using it goes first on PATH.
+SSH_SETUP = """if [ -f ssh_config.in ] && REAL_SSH=$(command -v ssh); then
+  sed "s#JOB_DIR#$JOB_DIR#g" ssh_config.in > ssh_config && rm -f ssh_config.in
+  mkdir -p "$JOB_DIR/bin"
+  printf '#!/bin/sh\\nexec %s -F "%s/ssh_config" "$@"\\n' "$REAL_SSH" "$JOB_DIR" > "$JOB_DIR/bin/ssh"
+  chmod +x "$JOB_DIR/bin/ssh"
+  PATH="$JOB_DIR/bin:$PATH"; export PATH
+fi
+"""

@@ -1,0 +1,115 @@
+"""A task's job on its host, each step one round trip: its folder sent and the job started detached, its log read from
+a byte on, its state asked, the jobs still running listed, the job stopped."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from provisioner.host.transport import Transport, TransportError
+from provisioner.jobs.cluster_ssh import job_files
+from provisioner.jobs.layout import BEGUN_FILE, JOBS_ROOT, job_folder
+from provisioner.jobs.script import (
+    ASKPASS_SCRIPT,
+    GIT_PASSWORD_VAR,
+    GIT_USERNAME_VAR,
+    MONITOR_SCRIPT,
+    JobSpec,
+    env_file,
+    job_script,
+    start_command,
+    stop_command,
+)
+from provisioner.jobs.uploads import archive_stream, git_credentials
+
+
+def job_folder_files(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:
+    """job.sh, the env file, the utilization monitor where the task has a policy and, for a `url` repo that the user's git setup has credentials for, the askpass script
+    that hands them to `git clone` on the host (through the env file, which the job deletes once read)."""
+    env = env_file(job)
+    extras = {"job.sh": (job_script(job).encode(), 0o700)}
+    if job.utilization:
+        extras["monitor.sh"] = (MONITOR_SCRIPT.encode(), 0o700)
+    if job.cluster_ssh is not None:
+        extras.update(job_files(job.cluster_ssh))
+    credentials = git_credentials(job.uploads.clone.url) if job.uploads.clone is not None else None
+    if credentials is not None:
+        env += "".join(f"{name}={shlex.quote(value)}\n" for name, value in
+                       ((GIT_USERNAME_VAR, credentials[0]), (GIT_PASSWORD_VAR, credentials[1]))).encode()
+        extras["askpass"] = (ASKPASS_SCRIPT, 0o700)
+    extras["env"] = (env, 0o600)
+    return extras
+
+
+def start_job(transport: Transport, job: JobSpec,
+              progress: Callable[[int, int], None] = lambda done, total: None) -> int:
+    """Sends the job folder (one tar.gz stream, packed while it is sent) and starts the job."""
+    archive = archive_stream(job.uploads, job_folder_files(job), progress)
+    result = transport.run(start_command(job), stdin=archive, timeout=120)
+    if result.code != 0 or not result.text.strip().isdigit():
+        raise TransportError(f"starting the job on {transport.description} failed: "
+                           f"{result.stderr.decode(errors='replace').strip() or result.text.strip()}")
+    return int(result.text.strip())
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    data: bytes
+    exit_code: Optional[int]  # set once the job has ended; `data` then holds the end of the log
+
+
+def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 20) -> LogChunk:
+    """The log from `offset` on, and the exit code if the job has ended (read first, so the log is complete)."""
+    folder = job_folder(run_name)
+    result = transport.run(f"cd {folder} && {{ cat exit_code 2>/dev/null || true; }} >&2; "
+                           f"tail -c +{offset + 1} output.log 2>/dev/null || true", timeout=timeout)
+    code = result.stderr.decode(errors="replace").strip()
+    return LogChunk(result.stdout, int(code) if code.lstrip("-").isdigit() else None)
+
+
+def log_exists(transport: Transport, run_name: str) -> bool:
+    return transport.run(f"test -f {job_folder(run_name)}/output.log", timeout=30).code == 0
+
+
+def job_begun(transport: Transport, run_name: str) -> Tuple[bool, Optional[int]]:
+    """(whether the job's commands have started, its exit code once it has ended)."""
+    folder = job_folder(run_name)
+    result = transport.run(f"cd {folder} 2>/dev/null || exit 0; cat exit_code 2>/dev/null >&2; "
+                           f"[ -f {BEGUN_FILE} ] && echo begun; true", timeout=30)
+    code = result.stderr.decode(errors="replace").strip()
+    return "begun" in result.text, int(code) if code.lstrip("-").isdigit() else None
+
+
+def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
+    """("running", None), ("exited", code) or ("missing", None)."""
+    folder = job_folder(run_name)
+    result = transport.run(f"cd {folder} 2>/dev/null || {{ echo missing; exit 0; }}; "
+                           "if [ -f exit_code ]; then echo exited $(cat exit_code); "
+                           "elif [ -s pid ] && kill -0 -$(cat pid) 2>/dev/null; then echo running; "
+                           "else echo missing; fi", timeout=30)
+    words = result.text.split()
+    if words and words[0] == "exited":
+        return "exited", int(words[1])
+    return (words[0] if words else "missing"), None
+
+
+def running_jobs(transport: Transport) -> List[Tuple[str, int]]:
+    """(run name, process group) of every job on the host that is still running, whichever store knows it."""
+    result = transport.run(f"cd {JOBS_ROOT} 2>/dev/null || exit 0; for d in */; do n=${{d%/}}; "
+                           '[ -f "$n/exit_code" ] && continue; p=$(cat "$n/pid" 2>/dev/null); '
+                           '[ -n "$p" ] && kill -0 -"$p" 2>/dev/null && echo "$p $n"; done; exit 0', timeout=30)
+    jobs = []
+    for line in result.text.splitlines():
+        pgid, _, name = line.partition(" ")
+        if pgid.isdigit() and name:
+            jobs.append((name, int(pgid)))
+    return sorted(jobs)
+
+
+def stop_job(transport: Transport, run_name: str, grace: Optional[int] = 10) -> Optional[int]:
+    """SIGTERM to the job's process group (and `docker stop` for its container), SIGKILL after `grace` seconds
+    (never, with None); returns the exit code recorded (None when the job is still ending)."""
+    result = transport.run(stop_command(run_name, grace), timeout=(grace or 0) + 30)
+    text = result.text.strip()
+    return int(text) if text.lstrip("-").isdigit() else None

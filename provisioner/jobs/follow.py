@@ -1,0 +1,84 @@
+"""Streams a job's log until it ends, reconnecting when the connection drops: the log continues from the byte the
+client had, so nothing is lost or repeated. A host that answers nothing for the liveness timeout (reconnecting
+meanwhile) raises HostUnreachable; the job itself runs on in its own session on the host, so the run is kept."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+from provisioner.host.liveness import Liveness, liveness
+from provisioner.host.transport import HostUnreachable, Transport, TransportError
+from provisioner.jobs.control import read_log
+
+
+def kept_run_hint(run_name: str) -> str:
+    """What a user can do about a run whose host stopped answering: dstack keeps it as it is."""
+    return (f"{run_name} is kept as it is (its job goes on if the host is up): `dstack attach {run_name}` follows it "
+            f"again once the host answers, `dstack stop {run_name}` stops it and removes what it created")
+
+
+class LogFollower:
+    def __init__(self, connect: Callable[..., Transport], run_name: str, offset: int = 0,
+                 live: Optional[Liveness] = None, log: Callable[[str], None] = lambda _: None,
+                 host: str = "the host"):
+        """`connect(total_wait=seconds)` opens a connection to the host within the time given; `host` names it in
+        messages until a connection does."""
+        self._connect = connect
+        self.run_name = run_name
+        self.offset = offset
+        self.transport: Optional[Transport] = None
+        self._live = live or liveness()
+        self._log = log
+        self._answered_at = time.monotonic()
+        self._host = host
+
+    def _transport(self) -> Transport:
+        if self.transport is None:
+            silent = time.monotonic() - self._answered_at
+            self.transport = self._connect(total_wait=max(1.0, self._live.unreachable_after - silent))
+        self._host = self.transport.description
+        return self.transport
+
+    def poll(self, write: Callable[[bytes], None]) -> Optional[int]:
+        """Writes what is new; returns the exit code once the job has ended. Reconnects while the host has been
+        silent for less than the liveness timeout, then raises HostUnreachable."""
+        lost = False
+        while True:
+            try:
+                chunk = read_log(self._transport(), self.run_name, self.offset, timeout=self._live.silent_after)
+                break
+            except TransportError as e:
+                self._drop()
+                silent = time.monotonic() - self._answered_at
+                why = str(e).removeprefix(self._host).lstrip(": ")  # the host is named once
+                if silent >= self._live.unreachable_after:
+                    raise HostUnreachable(f"{self._host} unreachable for {silent:.0f}s: {why}") from None
+                if not lost:
+                    self._log(f"lost the connection to {self._host} ({why}); reconnecting for up to "
+                              f"{self._live.unreachable_after - silent:.0f}s")
+                    lost = True
+                time.sleep(min(1.0, self._live.unreachable_after - silent))
+        self._answered_at = time.monotonic()
+        if lost:
+            self._log(f"reconnected to {self._host}")
+        if chunk.data:
+            write(chunk.data)
+            self.offset += len(chunk.data)
+        return chunk.exit_code
+
+    def follow(self, write: Callable[[bytes], None], interval: float = 0.2,
+               should_stop: Callable[[], bool] = lambda: False) -> Optional[int]:
+        while True:
+            code = self.poll(write)
+            if code is not None or should_stop():
+                return code
+            time.sleep(interval)
+
+    def _drop(self) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.close()
+            except Exception:  # closing a broken connection can fail in many ways; it is gone either way
+                pass
+            self.transport = None

@@ -1,0 +1,106 @@
+"""A multi-node task (`nodes: N`) as one cluster: which offers can host N nodes, and what each node's job is told
+about the others (dstack's cluster variables).
+
+On an SSH fleet the N nodes are N idle hosts of one fleet that all fit the resources (claimed together, see
+StateStore.claim_hosts); on a cloud, the offer's instance type N times in one stack; this machine (`local`) is one
+node only.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+from configuration.errors import ConfigurationError
+from offers.offer import Offer
+from provisioner.host.access import HostAccess
+
+
+def node_count(configuration) -> int:
+    """How many nodes (instances) `configuration` has: a task's `nodes`; a fleet's `nodes`, a number or a range
+    (its `target`, else its minimum: what dstack provisions when a fleet is applied)."""
+    nodes = getattr(configuration, "nodes", None)
+    if nodes is None:
+        return 1
+    if isinstance(nodes, int):
+        return nodes or 1
+    target = getattr(nodes, "target", None)
+    return target if target is not None else nodes.min
+
+
+def node_offers(offers: Sequence[Offer], nodes: int, source: str) -> List[Offer]:
+    """The offers that can host `nodes` nodes: cloud offers as they are, the hosts of SSH fleets with at least
+    `nodes` hosts that fit (each offer is a cluster's rank 0; the fleet backend claims the others), no `local`
+    offer. Raises, naming why, when none is left."""
+    if nodes == 1:
+        return list(offers)
+    fitting: Dict[str, int] = {}
+    for offer in offers:
+        if offer.backend == "ssh":
+            fitting[offer.region] = fitting.get(offer.region, 0) + 1
+    kept = [offer for offer in offers if offer.backend != "local" and
+            (offer.backend != "ssh" or fitting[offer.region] >= nodes)]
+    if kept or not offers:
+        return kept
+    why = []
+    if any(o.backend == "local" for o in offers):
+        why.append("this machine (the local backend) is one node: use an SSH fleet (`--fleet`) or a cloud")
+    why += [f"fleet {fleet} has {count} host{'' if count == 1 else 's'} that fit{'s' if count == 1 else ''}"
+            for fleet, count in sorted(fitting.items())]
+    raise ConfigurationError(f"{source}: `nodes: {nodes}` needs {nodes} hosts that fit the resources: "
+                             + "; ".join(why))
+
+
+def node_address(access: HostAccess) -> str:
+    """The address the other nodes reach a node at: a VM's private address, else the host name."""
+    return access.internal_ip or access.hostname or "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The run's nodes in rank order, as seen from the node of `rank`."""
+    hosts: Sequence[HostAccess]
+    rank: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.hosts)
+
+
+def cluster_env(cluster: Optional[Cluster], gpus_per_node: int) -> Dict[str, str]:
+    """dstack's cluster variables for one node's job. A single node leaves DSTACK_MASTER_NODE_IP and
+    DSTACK_NODES_IPS to its host, which knows its own address (provisioner.jobs.script); the host writes
+    DSTACK_MPI_HOSTFILE from DSTACK_NODES_IPS either way."""
+    size = cluster.size if cluster is not None else 1
+    env = {"DSTACK_NODES_NUM": str(size), "DSTACK_NODE_RANK": str(cluster.rank if cluster is not None else 0),
+           "DSTACK_GPUS_PER_NODE": str(gpus_per_node), "DSTACK_GPUS_NUM": str(gpus_per_node * size)}
+    if cluster is not None and size > 1:
+        addresses = [node_address(host) for host in cluster.hosts]
+        env["DSTACK_MASTER_NODE_IP"] = addresses[0]
+        env["DSTACK_NODES_IPS"] = "\n".join(addresses)
+    return env
+
+
+STARTUP_ORDERS = ("any", "master-first", "workers-first")
+
+
+def startup_waves(startup_order: Optional[str], size: int) -> List[List[int]]:
+    """The ranks to start, wave by wave: a wave starts once every job of the one before runs its commands."""
+    ranks = list(range(size))
+    if size == 1 or startup_order in (None, "any"):
+        return [ranks]
+    if startup_order == "master-first":
+        return [[0], ranks[1:]]
+    return [ranks[1:], [0]]
+
+
+def on_every_node(action: Callable, items: Sequence) -> list:
+    """`action(item)` for every item at once; results in order; the first error (by item order) is raised after
+    every action has finished."""
+    if len(items) == 1:
+        return [action(items[0])]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        futures = [pool.submit(action, item) for item in items]
+        concurrent.futures.wait(futures)
+    return [future.result() for future in futures]

@@ -1,0 +1,175 @@
+"""The jobs of one run, one per node (rank 0 the master), as the unit of the run's state machine: each job's host
+and status are in the store (StateStore jobs) before it is started, so `reconcile` can finish every node of a run a
+killed client left.
+
+Jobs start wave by wave in `startup_order` (a wave once the one before runs its commands), are followed together,
+and end together: a node that fails (a non-zero exit code) fails the run and the others are stopped; with
+`stop_criteria: master-done` the master's end ends the run; else (`all-done`) the run ends when every node has.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from provisioner.host.access import HostAccess
+from provisioner.host.transport import Transport
+from provisioner.jobs.control import job_begun, job_state, read_log, start_job, stop_job
+from provisioner.jobs.layout import TIMED_OUT, UNDERUTILIZED
+from provisioner.jobs.nodes import on_every_node, startup_waves
+from provisioner.jobs.script import JobSpec
+from provisioner.store.records import JobRecord, RunRecord
+from provisioner.store.statuses import RUNNING, JobStatus, RunStatus
+from provisioner.store.store import StateStore
+
+JOB_SETTLE_S = 0.5  # between a job's end and its exit code being written
+BEGIN_WAIT_S = 600  # how long a wave may take to begin its commands before the next one starts
+
+
+class NodeFailed(Exception):
+    """A node's job ended before its wave began running: the run fails."""
+
+
+def exit_status(code: Optional[int]) -> Tuple[RunStatus, Optional[str]]:
+    """How a run whose job exited with `code` (None: the job is gone) ends, and why."""
+    if code == 0:
+        return RunStatus.DONE, None
+    if code == TIMED_OUT:
+        return RunStatus.TERMINATED, "max_duration reached"
+    if code == UNDERUTILIZED:
+        return RunStatus.TERMINATED, "GPU utilization below utilization_policy"
+    if code is None:
+        return RunStatus.FAILED, "the job is gone from its host"
+    return RunStatus.FAILED, f"exit code {code}"
+
+
+def run_outcome(codes: Dict[int, Optional[int]], size: int, stop_criteria: Optional[str]
+                ) -> Optional[Tuple[RunStatus, Optional[str], Optional[int]]]:
+    """(status, reason, exit code) once the run is over given the ended nodes' exit codes (None: the job is gone),
+    else None: any node that did not succeed ends it; the master's success with `master-done`, or every node's."""
+    for rank, code in sorted(codes.items()):
+        if code != 0:
+            status, reason = exit_status(code)
+            return status, reason if size == 1 else f"node {rank}: {reason}", code
+    if 0 in codes and (stop_criteria == "master-done" or len(codes) == size):
+        return RunStatus.DONE, None, 0
+    return None
+
+
+def job_final_status(code: Optional[int]) -> JobStatus:
+    return JobStatus(str(exit_status(code)[0]))
+
+
+def run_jobs(store: StateStore, record: RunRecord) -> List[JobRecord]:
+    """The run's jobs; a run recorded before jobs existed has one, on its host."""
+    jobs = store.list_jobs(record.name)
+    if jobs or not record.host:
+        return jobs
+    return [JobRecord(run=record.name, rank=0, status=JobStatus.RUNNING if record.status in RUNNING
+                      else JobStatus.PROVISIONING, host=record.host, started_at=record.started_at)]
+
+
+class RunJobs:
+    """The jobs of a run on their hosts, with a connection to each."""
+
+    def __init__(self, store: StateStore, run_name: str, hosts: Sequence[HostAccess]):
+        self.store = store
+        self.run_name = run_name
+        self.hosts = list(hosts)
+        self.transports: Dict[int, Transport] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self.hosts)
+
+    def connect(self, log: Callable[[str], None], booting: bool = True) -> None:
+        def connect_one(rank: int) -> None:
+            self.transports[rank] = self.hosts[rank].connect(total_wait=300, log=log, booting=booting)
+
+        on_every_node(connect_one, list(range(self.size)))
+
+    def start(self, specs: Sequence[JobSpec], startup_order: Optional[str], progress: Callable) -> None:
+        """Starts every node's job, wave by wave in `startup_order`; each job is recorded running once its pid
+        file is written."""
+        waves = startup_waves(startup_order, self.size)
+        for index, wave in enumerate(waves):
+            def start_one(rank: int) -> None:
+                start_job(self.transports[rank], specs[rank], progress if rank == 0 else lambda done, total: None)
+                self.store.update_job(self.run_name, rank, status=JobStatus.RUNNING, started_at=time.time(),
+                                      exit_code=None, finished_at=None)
+
+            on_every_node(start_one, wave)
+            if index < len(waves) - 1:
+                on_every_node(self._wait_begun, wave)
+
+    def authorize(self, line: str) -> None:
+        """The run's cluster key line added to every node's authorized_keys (provisioner.jobs.cluster_ssh)."""
+        from provisioner.jobs.cluster_ssh import authorize_command
+
+        def authorize_one(rank: int) -> None:
+            result = self.transports[rank].run(authorize_command(line), timeout=30)
+            if result.code != 0:
+                raise NodeFailed(f"node {rank} ({self.hosts[rank].description}): cannot add the run's key to "
+                                 f"authorized_keys: {result.stderr.decode(errors='replace').strip()}")
+
+        on_every_node(authorize_one, list(range(self.size)))
+
+    def _wait_begun(self, rank: int) -> None:
+        deadline = time.time() + BEGIN_WAIT_S
+        while time.time() < deadline:
+            begun, code = job_begun(self.transports[rank], self.run_name)
+            if begun:
+                return
+            if code is not None:
+                raise NodeFailed(f"node {rank} ended with exit code {code} before its commands began")
+            time.sleep(0.2)
+        raise NodeFailed(f"node {rank} did not begin its commands within {BEGIN_WAIT_S}s")
+
+    def record_end(self, rank: int, code: Optional[int], status: Optional[JobStatus] = None) -> None:
+        self.store.update_job(self.run_name, rank, status=status or job_final_status(code), exit_code=code,
+                              finished_at=time.time())
+
+    def stop(self, ranks: Sequence[int], grace: Optional[int], log: Callable[[str], None]) -> Dict[int, Optional[int]]:
+        """Stops the jobs of `ranks` (SIGTERM, SIGKILL after `grace`), each recorded `terminated`."""
+        def stop_one(rank: int) -> Optional[int]:
+            try:
+                transport = self.transports.get(rank) or self.hosts[rank].connect(total_wait=30)
+                self.transports[rank] = transport
+                code = stop_job(transport, self.run_name, grace=grace)
+            except Exception as e:  # the host may be gone already; teardown removes what the run created
+                log(f"could not reach the host to stop the job{f' of node {rank}' if self.size > 1 else ''}: {e}")
+                code = None
+            self.record_end(rank, code, JobStatus.TERMINATED)
+            return code
+
+        return dict(zip(ranks, on_every_node(stop_one, list(ranks))))
+
+    def close(self) -> None:
+        for transport in self.transports.values():
+            try:
+                transport.close()
+            except Exception:  # a broken connection is gone either way
+                pass
+        self.transports.clear()
+
+
+def settled_job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
+    """job_state, asked once more after a moment when the job looks gone: a job that has just ended has no exit
+    code yet for that moment."""
+    state, code = job_state(transport, run_name)
+    if state == "missing":
+        time.sleep(JOB_SETTLE_S)
+        state, code = job_state(transport, run_name)
+    return state, code
+
+
+def copy_log(transport: Transport, run_name: str, rank: int) -> None:
+    """What the local copy of node `rank`'s log lacks, fetched from its host."""
+    from configuration.home import append_private
+    from provisioner.store.run_files import local_log_path
+
+    path = local_log_path(run_name, rank)
+    have = path.stat().st_size if path.exists() else 0
+    chunk = read_log(transport, run_name, have)
+    with append_private(path) as f:
+        f.write(chunk.data)

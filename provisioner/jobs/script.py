@@ -1,0 +1,496 @@
+"""A task's job on a host: written, started detached, read, stopped, each in one round trip.
+
+The job folder is `$DSTACK_JOBS_DIR/<run>` on the host, by default `~/.dstack-jobs/<run>` (a host's admin can move it
+with sshd's `SetEnv DSTACK_JOBS_DIR=...`; the local backend puts it under `$DSTACK_HOME/jobs`). Both folders are
+made under umask 077, so they are 0700 and what the job writes in them 0600. In it: `job.sh` (the script), `env`
+(mode 0600, read by the script at start and then deleted), `repo/` (the working directory, where the repo and
+`files` go unless their paths say otherwise), `uploads/` (what the client sent, until the script puts each upload
+in its place or, in a container, mounts it there), `output.log` (stdout and
+stderr), `pid` (the job's process group) and `exit_code` (written when the job ends). The job runs in its own session
+(setsid), so a dropped SSH connection loses nothing: the client reconnects and reads the log on from the byte it had.
+
+A job without `image:` starts from an empty environment (`env -i`): a login shell's basics (HOME, USER, LOGNAME,
+SHELL, PATH, LANG), dstack's system variables and what the task declares, on every backend alike. When the job's
+main process ends, everything it started ends too: its process group is killed, then every process still carrying
+the job's `DSTACK_JOB_ID` in its environment (a child that escaped the group with setsid).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import secrets
+import shlex
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from configuration.fields import SUPPORTED_PYTHON
+from provisioner.jobs.cluster_ssh import SSH_SETUP, ClusterSSH
+from provisioner.jobs.layout import BEGUN_FILE, UNDERUTILIZED, job_folder
+from provisioner.jobs.mounts import Mounts, docker_volume_args, mount_steps
+from provisioner.jobs.uploads import LEGACY_REPO_DIR, UploadPlan, upload_name
+from stacks.power_off import POWER_OFF_PATH
+
+CONTAINER_REPO = "/workflow"
+REGISTRY_PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"
+REGISTRY_USERNAME_VAR = "DSTACK_REGISTRY_USERNAME"
+JOB_ID_VAR = "DSTACK_JOB_ID"  # marks every process of the job, for the sweep at its end
+CONTAINER_HOSTFILE = "/dstack/mpi/hostfile"
+# Set on the host when a single node's job starts (the host knows its own address); a cluster's come from the client
+# (provisioner.jobs.nodes), and the host file is written from DSTACK_NODES_IPS either way.
+HOST_VARS = ("DSTACK_MASTER_NODE_IP", "DSTACK_NODES_IPS", "DSTACK_MPI_HOSTFILE")
+SHELLS = {"sh": "/bin/sh", "bash": "/bin/bash"}
+
+
+@dataclass
+class JobSpec:
+    run_name: str
+    commands: List[str]
+    env: Dict[str, str] = field(default_factory=dict)
+    image: Optional[str] = None
+    python: Optional[str] = None
+    entrypoint: Optional[str] = None
+    working_dir: Optional[str] = None
+    shm_size_gb: Optional[float] = None
+    nvidia_gpus: bool = False
+    registry_username: Optional[str] = None
+    registry_password: Optional[str] = None
+    max_duration_s: Optional[int] = None  # the job is stopped (exit code 124) when it runs longer
+    power_off_after_exit_min: Optional[int] = None  # cloud VMs: power off (and so terminate) this long after the job
+    shell: Optional[str] = None  # `sh`, `bash` or an absolute path; None: bash (sh without it), /bin/sh in an image
+    user: Optional[str] = None  # image jobs: the container's user
+    privileged: bool = False  # image jobs: a privileged container
+    home_dir: Optional[str] = None  # image jobs: the container's HOME
+    docker: bool = False  # Docker usable by the commands
+    nvcc: bool = False  # the commands need the CUDA compiler
+    may_install: bool = True  # may download what the job needs (uv, Docker); False on the user's own machine
+    gpus: int = 0  # DSTACK_GPUS_NUM, and the slots of the MPI host file
+    utilization: Optional[Tuple[int, int]] = None  # (min GPU %, window s): stopped when a GPU stays below it
+    cluster_ssh: Optional[ClusterSSH] = None  # a multi-node job's SSH to the other nodes (provisioner.jobs.cluster_ssh)
+    job_id: str = field(default_factory=lambda: secrets.token_hex(12))
+    uploads: UploadPlan = field(default_factory=UploadPlan)  # the repo and `files`
+    mounts: Mounts = Mounts()  # `volumes`: network volumes and instance folders (provisioner.jobs.mounts)
+
+
+def registry_of(image: str) -> Optional[str]:
+    """The registry host of an image reference, or None for Docker Hub (`ghcr.io/me/x:1` -> ghcr.io)."""
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def env_file(job: JobSpec) -> bytes:
+    values = dict(job.env)
+    values[JOB_ID_VAR] = job.job_id
+    if job.registry_password is not None:
+        values[REGISTRY_USERNAME_VAR] = job.registry_username or ""
+        values[REGISTRY_PASSWORD_VAR] = job.registry_password
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items()).encode()
+
+
+_PREAMBLE = """#!/bin/sh
+# Written by dstack for run {run}.
+set -e
+cd "$(dirname "$0")"
+JOB_DIR="$PWD"
+mkdir -p repo
+if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
+if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
+  DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
+  DSTACK_MASTER_NODE_IP=${{DSTACK_MASTER_NODE_IP:-127.0.0.1}}
+  DSTACK_NODES_IPS=$DSTACK_MASTER_NODE_IP
+fi
+DSTACK_MPI_HOSTFILE="$JOB_DIR/mpi_hostfile"
+printf '%s\\n' "$DSTACK_NODES_IPS" | sed 's/$/ slots={slots}/' > "$DSTACK_MPI_HOSTFILE"
+export DSTACK_MASTER_NODE_IP DSTACK_NODES_IPS DSTACK_MPI_HOSTFILE
+"""
+_BEGUN = f": > \"$JOB_DIR/{BEGUN_FILE}\"\n"
+
+
+def _preamble(job: JobSpec) -> str:
+    return _PREAMBLE.format(run=job.run_name, slots=max(job.gpus, 1))
+
+
+# An interpreter that runs and is the version asked for (a pyenv shim of a version not selected exits 127), as
+# a path: `python3.12`, else a pyenv-installed 3.12.x, else nothing. With no version: python3.
+_FIND_PYTHON = """py_ok() { "$1" -c "import sys; sys.exit(0 if '$2' in ('', '%d.%d' % sys.version_info[:2]) else 1)" \
+>/dev/null 2>&1; }
+find_python() {
+  for c in ${1:+python$1} python3; do if py_ok "$c" "$1"; then command -v "$c"; return 0; fi; done
+  [ -n "$1" ] && command -v pyenv >/dev/null 2>&1 || return 1
+  for v in $(pyenv versions --bare 2>/dev/null | grep -E "^$(echo "$1" | sed 's/[.]/[.]/')[.][0-9]+\\$"); do
+    p=$(PYENV_VERSION=$v pyenv which python 2>/dev/null) && py_ok "$p" "$1" && { echo "$p"; return 0; }
+  done
+  return 1
+}
+present_pythons() { for v in VERSIONS; do find_python $v >/dev/null && printf ' %s' $v; done; }
+""".replace("VERSIONS", " ".join(SUPPORTED_PYTHON))
+
+_INSTALL_UV = """if ! command -v uv >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/uv" ]; then
+    echo "dstack: installing uv to get Python {version}"
+    curl -LsSf --max-time 120 https://astral.sh/uv/install.sh | \
+env UV_INSTALL_DIR="$HOME/.local/bin" INSTALLER_NO_MODIFY_PATH=1 sh >/dev/null 2>&1 || true
+  fi
+  PATH="$PATH:$HOME/.local/bin"
+"""
+
+
+def _python_setup(version: Optional[str], may_install: bool) -> str:
+    """A virtual environment for the run. The interpreter asked for, found on the host (PATH or pyenv), or else
+    installed by uv (uv itself installed first where the job may download). Never another version instead: the job
+    fails naming the versions the host has. uv makes the venv where present; else the system's Python does, seeing
+    the host's site packages, with `pip` as `python -m pip` (milliseconds where ensurepip takes seconds)."""
+    wanted = version or ""
+    get_uv = _INSTALL_UV.format(version=version) if version and may_install else ""
+    cannot = "and uv could not install it" if may_install else "(the local backend installs nothing)"
+    return f"""{_FIND_PYTHON}if [ ! -x "$JOB_DIR/venv/bin/python" ]; then
+  PY=$(find_python {wanted}) || PY=""
+  if [ -z "$PY" ]; then
+  {get_uv}  if ! command -v uv >/dev/null 2>&1 || ! uv venv -q --seed --python {wanted or 3} "$JOB_DIR/venv" >/dev/null 2>&1; then
+      echo "dstack: Python {wanted or 3} is not installed on this host {cannot}; present:$(present_pythons)" >&2
+      exit 1
+    fi
+  elif command -v uv >/dev/null 2>&1 && uv venv -q --seed --python "$PY" "$JOB_DIR/venv" >/dev/null 2>&1; then :
+  else
+    "$PY" -m venv --without-pip --system-site-packages "$JOB_DIR/venv"
+    for shim in pip pip3; do
+      printf '#!/bin/sh\\nexec "%s/bin/python" -m pip "$@"\\n' "$JOB_DIR/venv" > "$JOB_DIR/venv/bin/$shim"
+      chmod +x "$JOB_DIR/venv/bin/$shim"
+    done
+  fi
+fi
+. "$JOB_DIR/venv/bin/activate"
+"""
+
+
+_NVCC = """PATH="$PATH:/usr/local/cuda/bin"
+if ! command -v nvcc >/dev/null 2>&1; then
+  echo "dstack: nvcc: true, but this host has no nvcc (the CUDA toolkit) on PATH or in /usr/local/cuda/bin" >&2
+  exit 1
+fi
+"""
+# `docker: true`: the commands call `docker`; where only root may, a `docker` on PATH runs it through sudo.
+_DOCKER_FOR_COMMANDS = """if [ "$DOCKER" != docker ]; then
+  mkdir -p "$JOB_DIR/bin"
+  printf '#!/bin/sh\\nexec %s docker "$@"\\n' "$AS_ROOT" > "$JOB_DIR/bin/docker"
+  chmod +x "$JOB_DIR/bin/docker"
+  PATH="$JOB_DIR/bin:$PATH"
+fi
+"""
+
+
+def _commands(job: JobSpec) -> str:
+    """The commands, run by the login shell that runs job.sh, or by `shell:` when the task names one."""
+    if job.shell is None:
+        return "".join(command + "\n" for command in job.commands)
+    shell = SHELLS.get(job.shell, job.shell)
+    return f"exec {shlex.quote(shell)} -c {shlex.quote('set -e' + chr(10) + chr(10).join(job.commands))}\n"
+
+
+def _workdir(job: JobSpec, base: str) -> str:
+    if job.working_dir is None:
+        return base
+    if job.working_dir.startswith("/"):
+        return job.working_dir
+    return f"{base}/{job.working_dir}"
+
+
+GIT_USERNAME_VAR = "DSTACK_GIT_USERNAME"
+GIT_PASSWORD_VAR = "DSTACK_GIT_PASSWORD"
+CLONE = "uploads/clone"
+
+# dstack_place SRC DEST IF_EXISTS WHAT: moves an upload to its place. A repo meets an existing, non-empty DEST with
+# its `if_exists` (error, skip); `files` merge into a folder and replace a file.
+_PLACE = """dstack_place() {
+  if [ -f "$2" ] || { [ -d "$2" ] && [ -n "$(ls -A "$2")" ]; }; then
+    case "$3" in
+      error) echo "dstack: $4: $2 exists and is not empty (if_exists: error)" >&2; exit 1 ;;
+      skip) echo "dstack: $4: $2 exists; left as it is (if_exists: skip)" >&2; return 0 ;;
+    esac
+  fi
+  mkdir -p "$(dirname "$2")"
+  rmdir "$2" 2>/dev/null || true
+  if [ -d "$1" ] && [ -d "$2" ]; then cp -a "$1/." "$2/" && rm -rf "$1"; else rm -rf "$2" && mv "$1" "$2"; fi
+}
+"""
+ASKPASS_SCRIPT = b"""#!/bin/sh
+case "$1" in Username*) printf '%s\\n' "$DSTACK_GIT_USERNAME" ;; *) printf '%s\\n' "$DSTACK_GIT_PASSWORD" ;; esac
+"""
+
+
+def _in_job_dir(relative: str) -> str:
+    return '"$JOB_DIR"/' + shlex.quote(relative) if relative not in ("", ".") else '"$JOB_DIR"'
+
+
+def upload_target(job: JobSpec, dest: str) -> Tuple[str, Optional[str]]:
+    """Where an upload's `dest` is: (the host path as a shell word, the container path to mount it at or None).
+    Relative paths follow the working directory; `~` is the home folder (`/root` in a container); LEGACY_REPO_DIR is
+    the repo folder itself, which a relative `working_dir` is inside."""
+    if dest == LEGACY_REPO_DIR:
+        return _in_job_dir("repo"), None
+    if dest == "~" or dest.startswith("~/"):
+        if job.image:
+            return "", posixpath.normpath("/root/" + dest[1:])
+        return '"$HOME"' + (shlex.quote(dest[1:]) if dest[1:] else ""), None
+    if not dest.startswith("/") and not (job.working_dir or "").startswith("/"):
+        inside = posixpath.normpath(posixpath.join("repo", job.working_dir or "", dest))
+        if job.image and not (inside == "repo" or inside.startswith("repo/")):
+            return "", posixpath.normpath(posixpath.join(CONTAINER_REPO, job.working_dir or "", dest))
+        return _in_job_dir(inside), None
+    absolute = posixpath.normpath(posixpath.join(job.working_dir or "/", dest))
+    return ("", absolute) if job.image else (shlex.quote(absolute), None)
+
+
+def _upload_steps(job: JobSpec) -> str:
+    """The clone of a `url` repo, then each upload moved to its place (container paths are mounted instead)."""
+    plan = job.uploads
+    places = [(upload_name(i), u.dest, u.if_exists, u.what) for i, u in enumerate(plan.uploads)]
+    lines = []
+    if plan.clone is not None:
+        clone = plan.clone
+        options = ["--single-branch" if clone.single_branch else "--no-single-branch"]
+        options += ["--branch", shlex.quote(clone.branch)] if clone.branch else []
+        url = shlex.quote(clone.url)
+        lines.append(f'command -v git >/dev/null 2>&1 || {{ echo "dstack: git is not installed on this host; '
+                     f'it is needed to clone "{url} >&2; exit 1; }}\n')
+        lines.append(f'rm -rf {CLONE}; if [ -f askpass ]; then export GIT_ASKPASS="$JOB_DIR/askpass"; fi\n')
+        lines.append(f"GIT_TERMINAL_PROMPT=0 git clone -q {' '.join(options)} -- {url} {CLONE}\n")
+        if clone.hash:
+            lines.append(f"git -C {CLONE} checkout -q {shlex.quote(clone.hash)}\n")
+        lines.append(f"unset GIT_ASKPASS {GIT_USERNAME_VAR} {GIT_PASSWORD_VAR}; rm -f askpass\n")
+        places.insert(0, (CLONE, clone.dest, clone.if_exists, "repos[0]"))
+    for source, dest, if_exists, what in places:
+        host, _ = upload_target(job, dest)
+        if host:
+            lines.append(f"dstack_place {source} {host} {if_exists} {shlex.quote(what)}\n")
+    return _PLACE + "".join(lines) if lines else ""
+
+
+def _container_mounts(job: JobSpec) -> List[str]:
+    sources = [upload_name(i) for i in range(len(job.uploads.uploads))]
+    dests = [u.dest for u in job.uploads.uploads]
+    if job.uploads.clone is not None:
+        sources.insert(0, CLONE)
+        dests.insert(0, job.uploads.clone.dest)
+    mounts = []
+    for source, dest in zip(sources, dests):
+        _, container = upload_target(job, dest)
+        if container:
+            mounts += ["-v", f"$JOB_DIR/{source}:{container}"]
+    return mounts
+
+
+def python_script(job: JobSpec) -> str:
+    """A job without `image:`: in a venv of its Python, or (`docker: true`) with Docker at hand."""
+    workdir = _workdir(job, "$JOB_DIR/repo")
+    if workdir.startswith("$JOB_DIR/"):
+        workdir = '"$JOB_DIR"/' + shlex.quote(workdir[len("$JOB_DIR/"):])
+    else:
+        workdir = shlex.quote(workdir)
+    lines = [_preamble(job), _upload_steps(job), mount_steps(job.mounts, in_container=False)]
+    if job.cluster_ssh is not None:
+        lines.append(SSH_SETUP)
+    if job.docker:
+        lines += [_DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else ""), _DOCKER_FOR_COMMANDS]
+    else:
+        lines.append(_python_setup(job.python, job.may_install))
+    if job.nvcc:
+        lines.append(_NVCC)
+    lines += [f"mkdir -p {workdir}\n", f"cd {workdir}\n", _BEGUN, _commands(job)]
+    return "".join(lines)
+
+
+def docker_run_argv(job: JobSpec) -> List[str]:
+    """The `docker run` command line. The container shares the host's network (one run per host), so its ports are
+    the host's and no `-p` is needed. Env values are not on it: `-e NAME` passes the value the script exported."""
+    argv = ["$DOCKER", "run", "--rm", "--init", "--name", f"dstack-{job.run_name}", "--network", "host"]
+    if job.nvidia_gpus:
+        argv += ["--gpus", "all"]
+    if job.shm_size_gb:
+        argv += ["--shm-size", f"{int(job.shm_size_gb * 1024)}m"]
+    if job.privileged:
+        argv += ["--privileged"]
+    if job.user:
+        argv += ["--user", job.user]
+    for name in dict.fromkeys([*job.env, *HOST_VARS[:2]]):
+        argv += ["-e", name]
+    argv += ["-e", f"DSTACK_MPI_HOSTFILE={CONTAINER_HOSTFILE}",
+             "-v", f"$JOB_DIR/mpi_hostfile:{CONTAINER_HOSTFILE}:ro"]
+    if job.home_dir:
+        argv += ["-e", f"HOME={job.home_dir}"]
+    argv += ["-v", f"$JOB_DIR/repo:{CONTAINER_REPO}", *_container_mounts(job), *docker_volume_args(job.mounts),
+             "-w", _workdir(job, CONTAINER_REPO)]
+    entry = shlex.split(job.entrypoint) if job.entrypoint else []
+    args: List[str] = []
+    if entry:
+        argv += ["--entrypoint", entry[0]]
+        args = entry[1:] + (["\n".join(job.commands)] if job.commands else [])
+    elif job.commands:
+        argv += ["--entrypoint", SHELLS.get(job.shell or "sh", job.shell or "sh")]
+        args = ["-c", "set -e\n" + "\n".join(job.commands)]
+    return argv + [job.image] + args
+
+
+def _quote(word: str) -> str:
+    """Shell-quote, leaving `$JOB_DIR` to the shell and `$DOCKER` to split into its words."""
+    if word == "$DOCKER":
+        return word
+    if word.startswith("$JOB_DIR"):
+        return '"' + word.replace('"', '\\"') + '"'
+    return shlex.quote(word)
+
+
+# Docker needs root: a cloud image's `ubuntu` is not in the `docker` group but has passwordless sudo; a fleet host's
+# user may be either. AS_ROOT is how this job becomes root ("" as root, sudo -n -E with passwordless sudo, `none`);
+# DOCKER is plain `docker` where the user may use it, else `$AS_ROOT docker` (-E keeps the task's env for `-e NAME`).
+_DOCKER_ACCESS = """if [ "$(id -u)" = 0 ]; then AS_ROOT=""; elif sudo -n true 2>/dev/null; then AS_ROOT="sudo -n -E"; \
+else AS_ROOT=none; fi
+as_root() {
+  if [ "$AS_ROOT" = none ]; then echo "dstack: $(id -un) cannot become root (no passwordless sudo) to $*" >&2; exit 1; fi
+  $AS_ROOT "$@"
+}
+if ! command -v docker >/dev/null 2>&1; then
+  [ -n "{may_install}" ] || { echo "dstack: Docker is not installed on this machine; install it first" >&2; exit 1; }
+  echo "dstack: installing Docker"
+  curl -fsSL https://get.docker.com -o "$JOB_DIR/get-docker.sh"
+  as_root sh "$JOB_DIR/get-docker.sh"
+fi
+if docker info >/dev/null 2>&1; then DOCKER=docker
+elif [ "$AS_ROOT" != none ]; then DOCKER="$AS_ROOT docker"
+else echo "dstack: $(id -un) may not use Docker: not root, not in the docker group, no passwordless sudo" >&2; exit 1
+fi
+"""
+_NVIDIA_TOOLKIT = """if ! $DOCKER info 2>/dev/null | grep -qi "runtimes:.*nvidia"; then
+  echo "dstack: installing the NVIDIA container toolkit"
+  curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | \
+as_root gpg --batch --yes --dearmor -o /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg
+  curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list | \
+sed "s#deb https://#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] https://#g" | \
+as_root tee /etc/apt/sources.list.d/nvidia-container-toolkit.list >/dev/null
+  as_root apt-get update -qq && as_root apt-get install -y -qq nvidia-container-toolkit
+  as_root nvidia-ctk runtime configure --runtime=docker && as_root systemctl restart docker
+fi
+"""
+
+
+def docker_script(job: JobSpec) -> str:
+    lines = [_preamble(job), _upload_steps(job), mount_steps(job.mounts, in_container=True),
+             _DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else "")]
+    if job.nvidia_gpus:
+        lines.append(_NVIDIA_TOOLKIT)
+    if job.registry_password is not None:
+        server = registry_of(job.image) or ""
+        login = ["$DOCKER", "login", "--username", f'"${REGISTRY_USERNAME_VAR}"', "--password-stdin"]
+        login += [shlex.quote(server)] if server else []
+        lines.append(f'printf "%s" "${REGISTRY_PASSWORD_VAR}" | ' + " ".join(login) + "\n")
+        lines.append(f"unset {REGISTRY_PASSWORD_VAR} {REGISTRY_USERNAME_VAR}\n")
+    image = shlex.quote(job.image)
+    lines.append(f"$DOCKER image inspect {image} >/dev/null 2>&1 || $DOCKER pull {image}\n")
+    lines.append(_BEGUN)
+    lines.append("exec " + " ".join(_quote(w) for w in docker_run_argv(job)) + "\n")
+    return "".join(lines)
+
+
+def job_script(job: JobSpec) -> str:
+    return docker_script(job) if job.image else python_script(job)
+
+
+# `monitor.sh PGID MIN_PERCENT WINDOW_S INTERVAL_S`: samples each GPU's utilization with nvidia-smi every INTERVAL_S;
+# when one has stayed below MIN_PERCENT for WINDOW_S, writes `stop_reason` and stops the job's process group
+# (SIGTERM, SIGKILL 10 s later). util.<gpu> holds the last time that GPU was at or above the minimum.
+MONITOR_SCRIPT = """#!/bin/sh
+cd "$(dirname "$0")"
+pg=$1 min=$2 window=$3 interval=$4
+start=$(date +%s)
+while kill -0 "$pg" 2>/dev/null; do  # the leader: its group may not exist yet (setsid has not run)
+  now=$(date +%s)
+  nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader 2>/dev/null | while IFS=, read -r gpu util; do
+    gpu=$(echo "$gpu" | tr -d ' '); util=$(echo "$util" | tr -d ' %')
+    case "$gpu$util" in ''|*[!0-9]*) continue ;; esac
+    [ -f "util.$gpu" ] || echo "$start" > "util.$gpu"
+    [ "$util" -ge "$min" ] && echo "$now" > "util.$gpu"
+    if [ $((now - $(cat "util.$gpu"))) -ge "$window" ]; then
+      echo "utilization_policy: GPU $gpu below $min% for ${window}s" > stop_reason
+    fi
+  done
+  if [ -f stop_reason ]; then
+    kill -TERM -"$pg" 2>/dev/null; sleep 10; kill -KILL -"$pg" 2>/dev/null; exit 0
+  fi
+  sleep "$interval"
+done
+"""
+MIN_SAMPLE_INTERVAL_S = 5
+MAX_SAMPLE_INTERVAL_S = 60
+
+
+def _launcher(job: JobSpec) -> str:
+    """The job's first process. `python:` and `docker:` jobs run in a login shell (once per job), so the PATH the
+    user's profile sets (conda, ~/.local/bin, pyenv) applies as in an SSH session, from an empty environment: a
+    login shell's basics and the env file only. `image:` jobs only drive docker (the container gets `-e` names)."""
+    if job.image:
+        return "sh ./job.sh"
+    basics = ('env -i HOME="$HOME" USER="${USER:-$(id -un)}" LOGNAME="${LOGNAME:-$(id -un)}" SHELL="${SHELL:-/bin/sh}" '
+              'PATH="$PATH" LANG="${LANG:-C.UTF-8}"')
+    if job.docker:
+        basics += ' ${DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"} ${DOCKER_CONFIG:+DOCKER_CONFIG="$DOCKER_CONFIG"}'
+    return basics + " sh -c 'if command -v bash >/dev/null; then exec bash -l ./job.sh; fi; exec sh -l ./job.sh'"
+
+
+def sweep_command(job_id: str) -> str:
+    """Kills every process whose environment carries the job's id: what escaped its process group."""
+    return (f'for f in $(grep -lsaF "{JOB_ID_VAR}={job_id}" /proc/[0-9]*/environ 2>/dev/null); do '
+            'p=${f#/proc/}; [ "${p%/environ}" != "$$" ] && kill -KILL "${p%/environ}" 2>/dev/null; done; true')
+
+
+def start_command(job: JobSpec) -> str:
+    """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
+    folder = job_folder(job.run_name)
+    limit = f"timeout -s TERM -k 10 {job.max_duration_s} " if job.max_duration_s else ""
+    monitor_start = monitor_stop = ""
+    if job.utilization:
+        low, window = job.utilization
+        interval = min(max(window // 10, MIN_SAMPLE_INTERVAL_S), MAX_SAMPLE_INTERVAL_S)
+        monitor_start = f"./monitor.sh $J {low} {window} {interval} & M=$!; "
+        monitor_start = f"rm -f stop_reason util.*; {monitor_start}"
+        monitor_stop = f'kill $M 2>/dev/null; [ -f stop_reason ] && code={UNDERUTILIZED}; '
+    wrapper = (f"setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; echo $J > pid; "
+               f"{monitor_start}wait $J; code=$?; {monitor_stop}"
+               f"kill -KILL -$J 2>/dev/null; {sweep_command(job.job_id)}; "
+               "echo $code > exit_code.tmp; mv exit_code.tmp exit_code")
+    if job.power_off_after_exit_min:
+        minutes = job.power_off_after_exit_min
+        # The VM's own idle watchdog (cloud-init writes it: a GCP VM deletes itself), else a plain scheduled
+        # shutdown; the start of the next job on a reused instance cancels what an earlier one scheduled.
+        wrapper = (f"{{ sudo -n {POWER_OFF_PATH} --cancel-idle || {POWER_OFF_PATH} --cancel-idle || "
+                   f"sudo -n shutdown -c || shutdown -c; }} > /dev/null 2>&1; {wrapper}"
+                   f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes} || "
+                   f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
+    # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
+    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun; }} || exit 1; "
+            f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
+            "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
+
+
+def stop_command(run_name: str, grace: Optional[int]) -> str:
+    """SIGTERM, then SIGKILL after `grace` seconds; with None (`stop_duration: off`) SIGTERM alone: the job takes
+    as long as it needs, and the command returns at once."""
+    folder = job_folder(run_name)
+    container = shlex.quote(f"dstack-{run_name}")
+    docker_stop = (f"{{ docker stop -t SECONDS {container} || sudo -n docker stop -t SECONDS {container}; }} "
+                   ">/dev/null 2>&1")
+    prefix = f"cd {folder} 2>/dev/null || exit 0; [ -s pid ] || exit 0; PG=$(cat pid); "
+    if grace is None:
+        return (prefix + "if command -v docker >/dev/null 2>&1; then "
+                f"setsid nohup sh -c {shlex.quote(docker_stop.replace('SECONDS', str(OFF_DOCKER_STOP_S)))} "
+                "</dev/null >/dev/null 2>&1 & fi; kill -TERM -$PG 2>/dev/null; true")
+    return (prefix + f"if command -v docker >/dev/null 2>&1; then {docker_stop.replace('SECONDS', str(grace))} || true; fi; "
+            f"kill -TERM -$PG 2>/dev/null || true; "
+            f"i=0; while kill -0 -$PG 2>/dev/null && [ $i -lt {grace * 10} ]; do sleep 0.1; i=$((i+1)); done; "
+            f"kill -KILL -$PG 2>/dev/null || true; "
+            f"i=0; while [ ! -f exit_code ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
+            f"cat exit_code 2>/dev/null || true")
+
+
+OFF_DOCKER_STOP_S = 7 * 86400  # `docker stop` needs some bound: a week stands for none
+
+

@@ -1,0 +1,55 @@
+"""Which backends a run may use and the offers they make, from `$DSTACK_HOME/config.yml`, the fleets and flags.
+
+Without configured clouds the embedded default is this machine (`local`) plus any SSH fleets; with clouds, the
+configured clouds plus fleets. `-b` on the command line (or `backends:` in the file) picks among all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from configuration.backends import CLOUD_BACKENDS, DstackConfig
+from offers.catalog import Catalog, load_catalogs
+from offers.requirements import Requirements
+from offers.solver import OfferSearch, find_offers
+from provisioner.host.access import HostAccess
+from provisioner.store.store import StateStore
+
+
+def default_backends(config: DstackConfig, has_fleets: bool) -> List[str]:
+    chosen = list(config.cloud_backends)
+    if has_fleets:
+        chosen.append("ssh")
+    if not config.cloud_backends or config.backend("local") is not None:
+        chosen.append("local")
+    return chosen
+
+
+@dataclass
+class RunOffers:
+    search: OfferSearch
+    hosts: Dict[Tuple[str, str], HostAccess]  # (region, host name) of each host offer -> how to reach it
+    catalogs: List[Catalog]  # the catalogues searched, for their snapshot dates
+
+
+def search_run_offers(requirements: Requirements, config: DstackConfig, store: StateStore, limit: Optional[int],
+                      all_clouds: bool = False) -> RunOffers:
+    """The offers a run (or `dstack offers`, with all_clouds) can use, and how to reach each host offer."""
+    from provisioner.planning.host_offers import fleet_offers, local_offer
+
+    fleets = fleet_offers(store)
+    if requirements.backends:
+        backends: Sequence[str] = requirements.backends
+    else:
+        backends = default_backends(config, bool(fleets))
+        if all_clouds:
+            backends = sorted(set(backends) | {"aws", "gcp"})
+        requirements = dataclasses.replace(requirements, backends=tuple(backends))
+    hosts = [pair for pair in fleets if "ssh" in backends]
+    if "local" in backends:
+        hosts.append(local_offer())
+    catalogs = load_catalogs([b for b in backends if b in CLOUD_BACKENDS])
+    search = find_offers(requirements, catalogs, [offer for offer, _ in hosts], limit=limit)
+    return RunOffers(search, {(offer.region, offer.instance.name): access for offer, access in hosts}, catalogs)

@@ -1,0 +1,101 @@
+"""From a chosen cloud offer to the stack that provisions it: the StackSpec, its program, and its offline rendering."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from configuration.backends import CLOUD_BACKENDS, DstackConfig
+from configuration.owner import owner_id
+from offers.gpus import compute_capability
+from offers.offer import Offer
+from provisioner.jobs.nodes import node_count
+from provisioner.planning.task_volumes import volume_attachments
+from stacks import clouds
+from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec
+
+OPEN_DRIVER_MIN_CAPABILITY = (7, 5)
+
+
+def forms_cluster(configuration) -> bool:
+    """Whether the nodes form a cluster (placed close together, reaching each other on every port): a task of
+    several nodes always does; a fleet (or what has a fleet's `placement`) does with `placement: cluster`."""
+    if getattr(configuration, "type", None) == "fleet" or hasattr(configuration, "placement"):
+        placement = getattr(configuration, "placement", None)
+        return getattr(placement, "value", placement) == "cluster"
+    return node_count(configuration) > 1
+
+
+def placement_notes(configuration, offer: Optional[Offer]) -> List[str]:
+    """What the plan says about a cluster whose instance type takes no placement group or policy."""
+    if offer is None or offer.backend not in CLOUD_BACKENDS or not forms_cluster(configuration):
+        return []
+    note = clouds.placement_note(offer.backend, offer.instance.name)
+    return [note] if note else []
+
+
+def generate_host_keys(configuration) -> Tuple[HostKey, ...]:
+    """One SSH host key per node of the stack."""
+    from stacks.spec import generate_host_key
+
+    return tuple(generate_host_key() for _ in range(node_count(configuration)))
+
+
+def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, host_keys: Tuple[HostKey, ...],
+               config: DstackConfig) -> StackSpec:
+    """The stack of `configuration` on `offer`: as many nodes as `host_keys` (generate_host_keys)."""
+    backend_config = config.backend(offer.backend)
+    ingress = tuple(backend_config.ingress_cidrs) if backend_config is not None else DEFAULT_INGRESS
+    max_duration = getattr(configuration, "max_duration", None)  # a fleet has none, nor ports or tags, until it does
+    max_duration = max_duration if isinstance(max_duration, int) else None
+    t = offer.instance
+    return StackSpec(
+        run_name=run_name,
+        backend=offer.backend,
+        instance_type=t.name,
+        region=offer.region,
+        zone=offer.zones[0] if offer.zones else None,
+        spot=offer.spot,
+        arch=t.arch,
+        gpu_vendor=t.gpu_vendor,
+        gpu_name=t.gpu_name,
+        gpu_count=t.gpu_count,
+        gpu_memory_gib=t.gpu_memory_gib,
+        disk_gb=int(round(offer.disk_gb)),
+        ports=tuple(sorted({p.container_port for p in getattr(configuration, "ports", None) or ()}))
+        if getattr(backend_config, "public_ports", False) else (),
+        ssh_public_key=ssh_public_key,
+        host_keys=host_keys,
+        owner=owner_id(),
+        ingress_cidrs=ingress,
+        gcp_project_id=getattr(backend_config, "project_id", None),
+        vpc_name=getattr(backend_config, "vpc_name", None),
+        self_delete=getattr(backend_config, "self_delete", True),
+        subnet=getattr(backend_config, "subnet", None) or getattr(backend_config, "subnetwork", None),
+        max_duration_s=max_duration,
+        nvidia_open_driver=(compute_capability(t.gpu_name) or OPEN_DRIVER_MIN_CAPABILITY) >= OPEN_DRIVER_MIN_CAPABILITY,
+        user_tags=tuple(sorted((getattr(configuration, "tags", None) or {}).items())),
+        cluster=forms_cluster(configuration),
+        volumes=volume_attachments(configuration, offer),
+    )
+
+
+def render_plan_resources(spec: StackSpec) -> List[dict]:
+    from stacks.render import render_program
+
+    return render_program(clouds.program_for(spec), spec.run_name,
+                          secrets=tuple(key.private_openssh for key in spec.host_keys))
+
+
+def placeholder_key(run_name: str) -> str:
+    return f"(the run's ed25519 key, generated at apply: {run_name})"
+
+
+def dry_run_resources(run_name: str, configuration, offer: Optional[Offer], config: DstackConfig) -> List[dict]:
+    if offer is None or offer.backend not in CLOUD_BACKENDS:
+        return []
+    from stacks.extras import require_extra
+
+    require_extra(offer.backend, f"rendering the {offer.backend} stack of the plan")
+    spec = stack_spec(run_name, configuration, offer, placeholder_key(run_name), generate_host_keys(configuration),
+                      config)
+    return render_plan_resources(spec)

@@ -1,0 +1,73 @@
+"""From a task and its offer to each node's JobSpec (provisioner.jobs.script): commands, dstack's system variables,
+the stop grace, the VM's power-off after the job."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Dict, Optional
+
+from offers.offer import Offer
+from provisioner.jobs.nodes import Cluster, cluster_env
+from provisioner.jobs.script import JobSpec
+from provisioner.planning.reuse import power_off_minutes
+from provisioner.store.records import RunRecord
+
+STOP_GRACE_S = 10
+
+
+def repo_id(repo: Optional[str]) -> str:
+    """DSTACK_REPO_ID: the repo's name and a digest of its folder or URL, stable across runs of one repo."""
+    if not repo:
+        return ""
+    name = repo.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    name = name[:-4] if name.endswith(".git") else name
+    return f"{name}-{hashlib.sha256(repo.encode()).hexdigest()[:8]}"
+
+
+def system_env(run_name: str, offer: Offer, repo: Optional[str], cluster: Optional[Cluster] = None
+               ) -> Dict[str, str]:
+    """dstack's system variables of one node's job (provisioner.jobs.nodes.cluster_env)."""
+    return {"DSTACK_RUN_NAME": run_name, "DSTACK_REPO_ID": repo_id(repo),
+            **cluster_env(cluster, offer.instance.gpu_count)}
+
+
+def stop_grace(stop_duration) -> Optional[int]:
+    """Seconds between SIGTERM and SIGKILL: `stop_duration`, STOP_GRACE_S without it, None with `off`."""
+    if stop_duration == "off":
+        return None
+    return STOP_GRACE_S if stop_duration is None else stop_duration
+
+
+def recorded_stop_grace(record: RunRecord) -> Optional[int]:
+    return stop_grace((record.configuration or {}).get("stop_duration"))
+
+
+def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[str] = None,
+             cluster: Optional[Cluster] = None) -> JobSpec:
+    auth = configuration.registry_auth
+    resources = configuration.resources
+    policy = configuration.utilization_policy
+    return JobSpec(
+        run_name=run_name,
+        commands=[*configuration.setup, *configuration.commands],
+        env={**system_env(run_name, offer, repo, cluster), **configuration.env},
+        image=configuration.image,
+        python=configuration.python,
+        entrypoint=configuration.entrypoint,
+        working_dir=configuration.working_dir,
+        shm_size_gb=resources.shm_size,
+        nvidia_gpus=offer.instance.gpu_vendor == "nvidia" and offer.instance.gpu_count > 0,
+        registry_username=auth.username if auth else None,
+        registry_password=auth.password.get_secret_value() if auth else None,
+        max_duration_s=configuration.max_duration if isinstance(configuration.max_duration, int) else None,
+        power_off_after_exit_min=power_off_minutes(configuration, offer),
+        shell=configuration.shell,
+        user=configuration.user,
+        privileged=configuration.privileged,
+        home_dir=configuration.home_dir,
+        docker=bool(configuration.docker),
+        nvcc=bool(configuration.nvcc),
+        may_install=offer.backend != "local",
+        gpus=offer.instance.gpu_count,
+        utilization=(policy.min_gpu_utilization, policy.time_window) if policy else None,
+    )

@@ -1,0 +1,216 @@
+"""A run from submission to teardown: provision with failover (provisioner.runs.failover), start the jobs, stream
+their logs and forward the ports, and tear down whatever happens (job end, failure, Ctrl-C, `dstack stop`:
+provisioner.runs.teardown).
+
+State is written before each step (provisioner.store), so `reconcile` can finish what a killed process left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+from configuration.errors import ConfigurationError, DstackError
+from configuration.home import append_private
+from offers.offer import Offer
+from provisioner.host.access import HostAccess
+from provisioner.host.transport import HostUnreachable
+from provisioner.jobs.cluster_ssh import cluster_ssh
+from provisioner.jobs.follow import LogFollower, kept_run_hint
+from provisioner.jobs.layout import TIMED_OUT
+from provisioner.jobs.node_logs import NodeLines
+from provisioner.jobs.nodes import Cluster
+from provisioner.jobs.run_jobs import NodeFailed, RunJobs, exit_status, run_outcome
+from provisioner.jobs.uploads import UploadPlan, check_size, plan_uploads
+from provisioner.planning.field_support import check_fields
+from provisioner.planning.task_volumes import claim_volumes, job_mounts
+from provisioner.runs.failover import RunFailed, StopRequested, provision_with_retry, retry_deadline
+from provisioner.runs.job_specs import job_spec, recorded_stop_grace
+from provisioner.runs.owner import current_owner
+from provisioner.runs.plan import configuration_json
+from provisioner.runs.session import RunSession
+from provisioner.runs.teardown import finish_run, stop_jobs, wait_final
+from provisioner.store.errors import StoreDamaged
+from provisioner.store.records import RunRecord
+from provisioner.store.run_files import local_log_path, mark_output
+from provisioner.store.statuses import RUNNING, STARTED, RunStatus
+
+
+def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], source: Optional[Path],
+           detach: bool, upload_repo: bool = True) -> RunRecord:
+    """Runs a task: one job per node. Attached: until the run's jobs end (provisioner.jobs.run_jobs), then tears down.
+    Detached: returns once every job is running. `source` is the configuration file: its repo (unless not
+    `upload_repo`: `--no-repo`) and `files` are listed and size-checked before provisioning."""
+    configuration = resolved.configuration
+    if configuration.type != "task":
+        raise ConfigurationError(f"running a {configuration.type} is not supported yet: `dstack offers -f` and "
+                                 "`dstack apply --dry-run` work with it")
+    offered = {(o.region, o.instance.name) for o in offers if o.backend == "ssh"}
+    session = dataclasses.replace(session, fleet_hosts={key: access for key, access in session.fleet_hosts.items()
+                                                        if key in offered})  # a cluster's hosts must fit too
+    offers = check_fields(configuration, offers, run_name)
+    uploads = UploadPlan() if source is None else plan_uploads(configuration, source.parent, str(source),
+                                                               include_repos=upload_repo)
+    check_size(uploads)
+    store = session.store
+    if store.get_cloud_fleet(run_name) is not None:  # a run's stack, resources and tags are named after the run
+        raise ConfigurationError(f"a cloud fleet named {run_name} exists, and a run's cloud stack would take its "
+                                 "stack's name (and a teardown its resources): pick another run name (`-n`)")
+    max_duration = configuration.max_duration if isinstance(configuration.max_duration, int) else None
+    owner_pid, owner_started = current_owner()
+    store.create_run(RunRecord(name=run_name, status=RunStatus.SUBMITTED, submitted_at=time.time(), owner_pid=owner_pid,
+                               owner_started=owner_started, detached=detach, max_duration=max_duration,
+                               configuration=configuration_json(resolved)))
+    store.add_event(run_name, RunStatus.SUBMITTED, f"{len(offers)} offer{'' if len(offers) == 1 else 's'} to try")
+    jobs: Optional[RunJobs] = None
+    forwarder = None
+    say = session.reporter.info
+    try:
+        claim_volumes(store, configuration, run_name)
+        offer, hosts = provision_with_retry(session, run_name, offers, configuration)
+        store.set_jobs(run_name, [host.to_json() for host in hosts])
+        store.update_run(run_name, host=hosts[0].to_json())
+        jobs = RunJobs(store, run_name, hosts)
+        say(f"Connecting to {', '.join(host.description for host in hosts)}")
+        jobs.connect(say)
+        if not detach:  # ports first: a local port that is taken fails the run before its job starts
+            forwarder = forward_ports(session, run_name, hosts[0], configuration.ports, lambda: jobs.transports[0])
+        ssh = None
+        if len(hosts) > 1 and not configuration.image:  # an image's container has no sshd of its own to reach
+            ssh, line = cluster_ssh(run_name, hosts)
+            jobs.authorize(line)
+        mounts = job_mounts(store, configuration, offer)
+        specs = [dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo,
+                                              Cluster(hosts, rank) if len(hosts) > 1 else None),
+                                     uploads=uploads, cluster_ssh=ssh,
+                                     mounts=mounts) for rank in range(len(hosts))]
+        jobs.start(specs, configuration.startup_order, session.reporter.upload)
+        if not store.claim_run(run_name, (RunStatus.PROVISIONING,),
+                               RunStatus.PULLING if configuration.image else RunStatus.RUNNING,
+                               started_at=time.time()):
+            jobs.stop(range(jobs.size), 0, say)
+            raise StopRequested
+        store.add_event(run_name, "started", f"job started on {', '.join(host.description for host in hosts)}")
+        if configuration.image:
+            store.claim_run(run_name, (RunStatus.PULLING,), RunStatus.RUNNING)
+        if detach:
+            jobs.close()
+            return store.get_run(run_name)
+        status, reason, code = _follow(session, jobs, run_name, configuration)
+        error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
+        while code not in (0, TIMED_OUT, None) and error_deadline is not None and time.time() < error_deadline:
+            say(f"the job failed with exit code {code}; running it again (retry on error)")
+            store.add_event(run_name, "retry", f"exit code {code}; running the job again")
+            jobs.start(specs, configuration.startup_order, session.reporter.upload)
+            status, reason, code = _follow(session, jobs, run_name, configuration)
+        store.add_event(run_name, "exited", "the job went away" if code is None else f"exit code {code}")
+        if store.claim_run(run_name, RUNNING, RunStatus.TERMINATING):
+            return finish_run(session, run_name, status, reason, code)
+        return wait_final(store, run_name)  # `dstack stop` from elsewhere is finishing it
+    except StopRequested:
+        return finish_run(session, run_name, RunStatus.TERMINATED, store.get_run(run_name).reason)
+    except KeyboardInterrupt:
+        say("Interrupted: stopping the run and removing what it created (Ctrl-C again to leave "
+            f"now; `dstack stop {run_name}` finishes it later)")
+        if store.claim_run(run_name, STARTED, RunStatus.TERMINATING):
+            stop_jobs(session, run_name, jobs)
+            finish_run(session, run_name, RunStatus.TERMINATED, "interrupted")
+        raise
+    except StoreDamaged:
+        raise  # nothing can be recorded any more; its message names the job if it is still running
+    except HostUnreachable as e:  # its job runs on in its own session if the host is up: keep the run
+        raise HostUnreachable(f"{e}\n{kept_run_hint(run_name)}") from None
+    except (DstackError, NodeFailed) as e:
+        stop_jobs(session, run_name, jobs)
+        finish_run(session, run_name, RunStatus.FAILED, str(e).splitlines()[0])
+        if isinstance(e, NodeFailed):
+            raise RunFailed(f"{run_name}: {e}") from None
+        raise
+    except Exception as e:
+        stop_jobs(session, run_name, jobs)
+        finish_run(session, run_name, RunStatus.FAILED, f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if forwarder is not None:
+            forwarder.close()
+        if jobs is not None:
+            jobs.close()
+
+
+def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
+            ) -> Tuple[str, Optional[str], Optional[int]]:
+    """Writes every node's output as it comes (a copy of each kept under $DSTACK_HOME) until the run is over by
+    its `stop_criteria` or a node's failure, then stops the nodes still running; returns (status, reason, exit
+    code). Past max_duration (with a margin for the host's own timeout) the jobs are stopped."""
+    store = session.store
+    record = store.get_run(run_name)
+    grace = recorded_stop_grace(record)
+    deadline = (record.started_at or time.time()) + record.max_duration + 15 if record.max_duration else None
+    lines = NodeLines(jobs.size, session.reporter.output)
+    codes: Dict[int, Optional[int]] = {}
+    followers = {}
+    with contextlib.ExitStack() as stack:
+        for rank, host in enumerate(jobs.hosts):
+            followers[rank] = LogFollower(host.connect, run_name, log=session.reporter.info, host=host.description)
+            followers[rank].transport = jobs.transports.get(rank)
+        copies = {rank: stack.enter_context(append_private(local_log_path(run_name, rank))) for rank in followers}
+
+        def writer(rank: int) -> Callable[[bytes], None]:
+            def write(data: bytes) -> None:
+                if rank == 0:
+                    mark_output(run_name, copies[0].tell())  # for `dstack logs --since`
+                copies[rank].write(data)
+                copies[rank].flush()
+                lines.add(rank, data)
+            return write
+
+        outcome = None
+        while outcome is None:
+            for rank, follower in followers.items():
+                if rank not in codes:
+                    code = follower.poll(writer(rank))
+                    jobs.transports[rank] = follower.transport
+                    if code is not None:
+                        codes[rank] = code
+                        lines.flush(rank)
+                        jobs.record_end(rank, code)
+            outcome = run_outcome(codes, jobs.size, configuration.stop_criteria)
+            if outcome is None and deadline is not None and time.time() > deadline:
+                outcome = (*exit_status(TIMED_OUT), TIMED_OUT)
+            if outcome is None:
+                time.sleep(0.2)
+    remaining = [rank for rank in followers if rank not in codes]
+    if remaining:
+        session.reporter.info(f"stopping node{'s' if len(remaining) > 1 else ''} "
+                              f"{', '.join(map(str, remaining))}: {outcome[1] or 'the master is done'}")
+        jobs.stop(remaining, grace, session.reporter.info)
+    return outcome
+
+
+def forward_ports(session: RunSession, run_name: str, access: HostAccess, ports, ssh_transport):
+    """Forwards each task port to localhost; returns the forwarder (None when nothing needs forwarding)."""
+    if not ports:
+        return None
+    from provisioner.host.ports import PortForwarder, local_opener, ssh_opener
+
+    if access.kind == "local":
+        needed = [p for p in ports if p.local_port not in (None, p.container_port)]
+        forwarder = PortForwarder(local_opener)
+    else:
+        needed = list(ports)
+        forwarder = PortForwarder(ssh_opener(lambda: ssh_transport().transport))
+    bound = []
+    for mapping in ports:
+        if mapping in needed:
+            local = forwarder.forward(mapping.local_port, mapping.container_port)
+        else:
+            local = mapping.container_port
+        bound.append([local, mapping.container_port])
+        session.reporter.info(f"Port {mapping.container_port} is at http://localhost:{local}")
+    session.store.update_run(run_name, ports=bound)
+    return forwarder
+
+

@@ -1,0 +1,75 @@
+"""The run plan: what `dstack apply --dry-run --json` prints and what `apply` shows before asking to confirm.
+
+`{"configuration": ..., "offer": ..., "resources": [...]}`, with `"notes": [...]` when a field needs a word and
+`"nodes": {"count", "price_per_node", "total_price"}` for a multi-node run (the offer is one node's); every secret
+value prints as `[secret]`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, List, Optional
+
+from configuration.interpolation import SECRET_MASK, ResolvedRun
+from offers.offer import Offer
+
+
+def configuration_json(run: ResolvedRun) -> dict:
+    """The normalized configuration after interpolation, with secrets masked."""
+    document = run.configuration.model_dump(mode="json")
+    for name in run.secret_env:
+        document["env"][name] = SECRET_MASK
+    if document.get("registry_auth"):
+        document["registry_auth"]["password"] = SECRET_MASK
+    return _redact(document, run)
+
+
+# user:password@ (or token@) in a URL, as people write a git repo's URL with a token in it
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*)(?::[^/@\s]*)?@")
+
+
+def mask_url_credentials(text: str) -> str:
+    """`https://me:ghp_x@github.com/...` -> `https://me:[secret]@github.com/...`; a lone name before `@` in an http(s)
+    URL is a token (`https://ghp_x@github.com/...`) and is masked too; in `ssh://git@host` it is a user name."""
+    def masked(match: "re.Match") -> str:
+        scheme, user = match.group("scheme"), match.group("user")
+        if match.group(0)[len(scheme) + len(user):-1]:  # a password follows the user
+            return f"{scheme}{user}:{SECRET_MASK}@"
+        return f"{scheme}{SECRET_MASK}@" if scheme.lower() in ("http://", "https://") else match.group(0)
+    return _URL_CREDENTIALS.sub(masked, text)
+
+
+def _redact(value: Any, run: ResolvedRun) -> Any:
+    if isinstance(value, str):
+        return mask_url_credentials(run.redact(value))
+    if isinstance(value, list):
+        return [_redact(v, run) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact(v, run) for k, v in value.items()}
+    return value
+
+
+def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Optional[List[dict]] = None) -> dict:
+    from provisioner.planning.field_support import plan_notes
+    from provisioner.planning.stack_plan import placement_notes
+
+    document = {
+        "configuration": configuration_json(run),
+        "offer": offer.to_json() if offer is not None else None,
+        "resources": _redact(resources or [], run),
+    }
+    nodes = getattr(run.configuration, "nodes", 1) or 1
+    if nodes > 1:
+        document["nodes"] = nodes_json(nodes, offer)
+    notes = plan_notes(run.configuration) + placement_notes(run.configuration, offer)
+    if notes:
+        document["notes"] = notes
+    return document
+
+
+def nodes_json(nodes: int, offer: Optional[Offer]) -> dict:
+    """A multi-node run's size and price: the offer is one node's."""
+    if offer is None:
+        return {"count": nodes}
+    return {"count": nodes, "price_per_node": round(offer.total_price, 6),
+            "total_price": round(offer.total_price * nodes, 6)}

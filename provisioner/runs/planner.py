@@ -1,0 +1,85 @@
+"""What `dstack apply` of a task decides before anything is created, in one call: the run's name, its requirements
+narrowed to where its volumes are, and its offers in the order a run tries them (idle fleet instances first, then
+what may be created, each checked against the fields the backend acts upon); and for a dry run, the plan document
+with the resources its stack would create, rendered offline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from configuration.backends import DstackConfig
+from configuration.errors import ConfigurationError
+from configuration.interpolation import ResolvedRun
+from offers.offer import Offer
+from offers.requirements import Requirements
+from offers.solver import OfferSearch
+from provisioner.host.access import HostAccess
+from provisioner.jobs.uploads import check_size, plan_uploads
+from provisioner.planning.field_support import check_fields
+from provisioner.planning.reuse import InstanceOffer, plan_offers, stack_configuration
+from provisioner.planning.search import search_run_offers
+from provisioner.planning.stack_plan import dry_run_resources
+from provisioner.planning.task_volumes import narrow_requirements, place_offers
+from provisioner.runs.failover import MAX_OFFERS_TRIED
+from provisioner.runs.names import generate_run_name
+from provisioner.runs.plan import plan_json
+from provisioner.store.store import StateStore
+from stacks.extras import MissingExtra
+
+
+@dataclass
+class RunPlan:
+    run: ResolvedRun
+    name: str
+    requirements: Requirements  # as narrowed to the places of the task's volumes
+    search: OfferSearch  # its offers are the run's, in the order they are tried
+    hosts: Dict[Tuple[str, str], HostAccess]  # (fleet, host name) of each SSH fleet host offered -> how to reach it
+    config: DstackConfig
+
+    @property
+    def offers(self) -> List[Offer]:
+        return self.search.offers
+
+
+def plan_run(run: ResolvedRun, file: str, requirements: Requirements, store: StateStore, config: DstackConfig,
+             max_offers: int, dry_run: bool = False) -> RunPlan:
+    """The run's plan; a run (not a dry run) that no offer fits is an error naming the requirements. A dry run plans
+    over every cloud, configured or not: it is how one sees what a run would cost."""
+    configuration = run.configuration
+    requirements = narrow_requirements(store, configuration, requirements, file)  # where its volumes are
+    found = search_run_offers(requirements, config, store, limit=max(max_offers, MAX_OFFERS_TRIED),
+                              all_clouds=dry_run)
+    search = found.search
+    # idle fleet instances first (`fleets`, `creation_policy`), then fields no backend would act upon
+    search.offers = check_fields(configuration, plan_offers(configuration, search.offers, store, requirements, file),
+                                 file)
+    search.offers = place_offers(store, configuration, search.offers, file)
+    if not search.offers and not dry_run:
+        hint = "" if config.cloud_backends else "; no cloud is configured, so only this machine and SSH fleets count"
+        raise ConfigurationError(f"no offers match: {requirements.describe()}{hint} (see `dstack offers`)")
+    return RunPlan(run, configuration.name or generate_run_name(), requirements, search, found.hosts, config)
+
+
+def dry_run_document(plan: RunPlan) -> Tuple[dict, Optional[MissingExtra]]:
+    """The plan document of `apply --dry-run`: the first offer and the resources its stack would create (none for an
+    idle fleet instance). Without the cloud's extra installed, the document still shows the offer, says the stack was
+    not rendered, and the missing extra is returned for the CLI to warn about."""
+    offer = plan.offers[0] if plan.offers else None
+    try:
+        resources = [] if isinstance(offer, InstanceOffer) else dry_run_resources(
+            plan.name, stack_configuration(plan.run.configuration), offer, plan.config)
+        missing = None
+    except MissingExtra as e:
+        resources, missing = [], e
+    document = plan_json(plan.run, offer, resources)
+    if missing is not None:
+        document["stack"] = {"rendered": False, "reason": str(missing)}
+    return document, missing
+
+
+def check_uploads(configuration, path: Path, include_repos: bool) -> None:
+    """What `apply` would upload, listed and size-checked as the run does before provisioning: a bad `repos` or
+    `files` entry, or an upload over the limit, fails the dry run too."""
+    check_size(plan_uploads(configuration, path.parent, str(path), include_repos=include_repos))

@@ -1,0 +1,91 @@
+"""Finishing what no live dstack process looks after (each `dstack ps` runs it): a job that ended, a run past
+max_duration, a provisioning or teardown that a crash cut short."""
+
+from __future__ import annotations
+
+import time
+from typing import List, Optional, Tuple
+
+from provisioner.host.access import HostAccess
+from provisioner.jobs.layout import TIMED_OUT
+from provisioner.jobs.run_jobs import RunJobs, copy_log, exit_status, run_jobs, run_outcome, settled_job_state
+from provisioner.runs.job_specs import recorded_stop_grace
+from provisioner.runs.session import RunSession
+from provisioner.runs.teardown import finish_run, run_owner_alive, stop_jobs
+from provisioner.store.records import RunRecord
+from provisioner.store.statuses import RUNNING, STARTING, RunStatus
+
+
+def reconcile(session: RunSession) -> List[RunRecord]:
+    """Finishes what no live dstack process is looking after: a job that ended (record it, tear down), a run past
+    max_duration (stop it), a provisioning or teardown cut short by a crash (tear down)."""
+    for record in session.store.list_runs():
+        if not record.active or _looked_after(record):
+            continue
+        try:
+            _reconcile_one(session, record)
+        except Exception as e:  # one unreachable host must not hide the others; the run stays as it is
+            session.reporter.info(f"{record.name}: {e}")
+    return session.store.list_runs()
+
+
+def _looked_after(record: RunRecord) -> bool:
+    """Whether a live dstack process looks after the run: an attached owner until the run ends, a detached one
+    until it has started the job (or, stopped meanwhile, torn the run down)."""
+    return run_owner_alive(record) and (not record.detached or record.status not in RUNNING)
+
+
+def _reconcile_one(session: RunSession, record: RunRecord) -> None:
+    store = session.store
+    if record.status in STARTING or not record.host:
+        if store.claim_run(record.name, STARTING, RunStatus.TERMINATING):
+            if record.host:  # its owner died after choosing the hosts: the jobs may have started
+                stop_jobs(session, record.name)
+            finish_run(session, record.name, RunStatus.FAILED,
+                       "interrupted while starting" if record.host else "interrupted while provisioning")
+        return
+    if record.status == RunStatus.TERMINATING:
+        finish_run(session, record.name, RunStatus.TERMINATED, record.reason or "interrupted while terminating",
+                   record.exit_code)
+        return
+    outcome = _ended_jobs(session, record)
+    if outcome is not None:
+        status, reason, code = outcome
+        store.add_event(record.name, "exited", reason or f"exit code {code}")
+        if store.claim_run(record.name, RUNNING, RunStatus.TERMINATING):
+            finish_run(session, record.name, status, reason, code)
+
+
+def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, Optional[str], Optional[int]]]:
+    """Asks each running job's host how it stands and records those that ended (their logs copied); once the run
+    is over by its stop criteria, a failed node or max_duration, stops the others and returns (status, reason,
+    exit code); else None."""
+    recorded = run_jobs(session.store, record)
+    jobs = RunJobs(session.store, record.name, [HostAccess.from_json(job.host) for job in recorded])
+    codes = {job.rank: job.exit_code for job in recorded if job.status.is_finished()}
+    stop_criteria = (record.configuration or {}).get("stop_criteria")
+    try:
+        for job in recorded:
+            if job.status.is_finished():
+                continue
+            jobs.transports[job.rank] = transport = jobs.hosts[job.rank].connect(total_wait=20)
+            state, code = settled_job_state(transport, record.name)
+            if state in ("exited", "missing"):
+                codes[job.rank] = code
+                jobs.record_end(job.rank, code)
+            if state == "exited":
+                copy_log(transport, record.name, job.rank)
+        outcome = run_outcome(codes, jobs.size, stop_criteria)
+        if outcome is None and record.max_duration and record.started_at and \
+                time.time() > record.started_at + record.max_duration + 15:
+            outcome = (*exit_status(TIMED_OUT), TIMED_OUT)
+        remaining = [job.rank for job in recorded if job.rank not in codes]
+        if outcome is not None and remaining:
+            stopped = jobs.stop(remaining, recorded_stop_grace(record), session.reporter.info)
+            for rank in remaining:
+                copy_log(jobs.transports[rank], record.name, rank)
+            if outcome[2] == TIMED_OUT and stopped.get(0) not in (None, TIMED_OUT):
+                outcome = (outcome[0], outcome[1], stopped[0])
+    finally:
+        jobs.close()
+    return outcome

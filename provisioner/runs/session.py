@@ -1,0 +1,38 @@
+"""What a run's steps share: the state store, the configuration, where progress and output go, and the backend of
+each offer."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Tuple
+
+from configuration.backends import DstackConfig
+from provisioner.backends.base import Backend
+from provisioner.backends.registry import backend_for
+from provisioner.host.access import HostAccess
+from provisioner.store.store import StateStore
+
+
+@dataclass
+class Reporter:
+    info: Callable[[str], None] = lambda message: None
+    step: Callable = lambda progress: None
+    output: Callable[[bytes], None] = lambda data: None
+    upload: Callable[[int, int], None] = lambda done, total: None  # bytes packed, bytes in all
+
+
+@dataclass
+class RunSession:
+    store: StateStore
+    config: DstackConfig
+    reporter: Reporter = field(default_factory=Reporter)
+    fleet_hosts: Dict[Tuple[str, str], HostAccess] = field(default_factory=dict)
+
+    def backend(self, name: str) -> Backend:
+        return backend_for(name, self.config, self.store, self.fleet_hosts)
+
+
+def write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()

@@ -1,0 +1,164 @@
+"""The state store's file: opened and checked, brought up to the current schema, connected to with SQLite's
+errors made the user's, and set aside when damaged (provisioner.store.damage); the table classes build on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+from urllib.parse import quote
+
+from configuration.errors import DstackError
+from configuration.home import dstack_home, private_dir
+from provisioner.store.damage import set_aside_and_report
+from provisioner.store.errors import DAMAGED, FULL, failure_kind, store_error
+from provisioner.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TABLES, tables_at
+
+
+class Damage(Exception):
+    """A check of the store or of a row failed: the store is damaged, for `reason`."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StoreFile:
+    """`$DSTACK_HOME/state.db` (or `path`), checked when opened."""
+
+    def __init__(self, path: Optional[Path] = None):
+        self.path = Path(path) if path else dstack_home() / "state.db"
+        self.marker = self.path.with_name(self.path.name + ".marker")
+        private_dir(self.path.parent)
+        self._open()
+
+    def _open(self) -> None:
+        if self.path.exists() and not self.path.is_file():
+            raise self._damaged("it is a directory, not a file" if self.path.is_dir() else "it is not a regular file")
+        if not self.path.exists() and self.marker.exists():
+            raise self._damaged("it is gone, though dstack recorded runs in it before")
+        if self.path.exists():
+            with self._connect(read=True) as db:
+                if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise Damage("SQLite's check of its pages failed")
+                tables, version = self._schema(db)
+            if TABLES <= tables and version == SCHEMA_VERSION:
+                self._mark()
+                return
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Creates the tables, or brings an older store's up to date. Under the write lock, so that two processes
+        opening a new home at once agree; the marker is written after the commit, so a store without tables and
+        with a marker was emptied, never half made."""
+        with self._connect(create=True) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN IMMEDIATE")
+            tables, version = self._schema(db)
+            if not tables and self.marker.exists():
+                raise Damage("it holds no tables: it was truncated or emptied")
+            missing = tables_at(version) - tables
+            if tables and missing:
+                raise Damage(f"its {' and '.join(sorted(missing))} table is missing")
+            if version > SCHEMA_VERSION:
+                raise DstackError(f"{self.path} was written by a newer dstack (schema {version}); upgrade dstack")
+            if not tables:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS.get(step, []):
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        os.chmod(self.path, 0o600)
+        self._mark()
+
+    @staticmethod
+    def _schema(db: sqlite3.Connection) -> tuple:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return tables, db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _mark(self) -> None:
+        if self.marker.exists():
+            return
+        try:
+            self.marker.write_text("dstack's state store state.db was made in this folder: if it is ever lost or "
+                                   "emptied, dstack says so instead of starting afresh.\n")
+        except OSError:  # a full disk: the empty file it leaves marks as well, and the text comes next time
+            pass
+
+    @contextmanager
+    def _connect(self, read: bool = False, create: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection whose SQLite errors become the user's: damage moves the store aside, a full disk says so."""
+        try:
+            db = self._reader() if read else self._connection("rwc" if create else "rw")
+        except sqlite3.Error as e:
+            raise self._failure(e) from None
+        failure: Optional[Exception] = None
+        try:
+            yield db
+        except sqlite3.IntegrityError:  # a constraint the caller explains (a run name taken)
+            raise
+        except (sqlite3.Error, Damage) as e:
+            failure = e
+        finally:
+            db.close()
+        if failure is not None:
+            raise self._failure(failure) from None
+
+    def _connection(self, mode: str, immutable: bool = False) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path))}?mode={mode}" + ("&immutable=1" if immutable else "")
+        return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+
+    def _reader(self) -> sqlite3.Connection:
+        """A connection for reading. On a full disk SQLite cannot make the shared-memory file that WAL reads need;
+        then no dstack process is connected (it would have made it), so every committed change is in the main
+        file, which is read as it is: `dstack ps` and `dstack logs` work on a full disk."""
+        db = self._connection("rw")
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.Error as e:
+            db.close()
+            if failure_kind(e, self.path.parent) != FULL:
+                raise
+        return self._connection("ro", immutable=True)
+
+    def _failure(self, error: Exception) -> Exception:
+        if isinstance(error, Damage):
+            return self._damaged(error.reason)
+        kind = failure_kind(error, self.path.parent)
+        if kind == DAMAGED:
+            return self._damaged(f"SQLite says: {error}")
+        return store_error(kind, self.path, error)
+
+    def _damaged(self, reason: str) -> DstackError:
+        return set_aside_and_report(self.path, self.marker, reason)
+
+
+def stored_status(kind: type, value, what: str):
+    """A stored status as its enum; a value the enum does not know is damage."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise Damage(f"{what}'s status {value!r} is not one dstack writes") from None
+
+
+def json_or_none(value) -> Optional[str]:
+    return None if value is None else json.dumps(value)
+
+
+def load_json(text, kind: type, what: str):
+    """A JSON column's value, checked to be the object or list it must be: anything else is damage."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        raise Damage(f"{what} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise Damage(f"{what} is not a JSON {'object' if kind is dict else 'list'}")
+    return value

@@ -1,0 +1,182 @@
+"""SSH fleets, network volumes, and cloud fleets with their instances, in the state store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import fields
+from typing import List, Optional, Sequence
+
+from configuration.errors import ConfigurationError
+from provisioner.store.connection import StoreFile, json_or_none, load_json, stored_status
+from provisioner.store.records import InstanceRecord, VolumeRecord
+from provisioner.store.statuses import InstanceStatus, VolumeStatus
+
+
+class FleetTables(StoreFile):
+    """The fleets, volumes, cloud_fleets and instances tables."""
+
+    # --- fleets ---
+
+    def save_fleet(self, name: str, source: str, hosts: list) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO fleets (name, source, hosts, created_at) VALUES (?, ?, ?, ?)",
+                       (name, source, json.dumps(hosts), time.time()))
+
+    def list_fleets(self) -> List[dict]:
+        with self._connect(read=True) as db:
+            rows = db.execute("SELECT name, source, hosts, created_at FROM fleets ORDER BY name").fetchall()
+            return [{"name": r[0], "source": r[1], "hosts": load_json(r[2], list, f"fleet {r[0]}'s hosts"),
+                     "created_at": r[3]} for r in rows]
+
+    def delete_fleet(self, name: str) -> bool:
+        with self._connect() as db:
+            return db.execute("DELETE FROM fleets WHERE name = ?", (name,)).rowcount == 1
+
+    # --- volumes ---
+
+    def create_volume(self, record: VolumeRecord) -> None:
+        values = {f.name: getattr(record, f.name) for f in fields(VolumeRecord)}
+        values.update(external=int(record.external), stack=json_or_none(record.stack),
+                      configuration=json_or_none(record.configuration))
+        try:
+            with self._connect() as db:
+                db.execute(f"INSERT INTO volumes ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})",
+                           list(values.values()))
+        except sqlite3.IntegrityError:
+            raise ConfigurationError(f"a volume named {record.name} already exists (see `dstack volume list`)") \
+                from None
+
+    def update_volume(self, name: str, **changes) -> None:
+        values = {k: json_or_none(v) if k in ("stack", "configuration") else v for k, v in changes.items()}
+        with self._connect() as db:
+            db.execute(f"UPDATE volumes SET {', '.join(f'{k} = ?' for k in values)} WHERE name = ?",
+                       [*values.values(), name])
+
+    def get_volume(self, name: str) -> Optional[VolumeRecord]:
+        found = self._volumes("WHERE name = ?", (name,))
+        return found[0] if found else None
+
+    def list_volumes(self) -> List[VolumeRecord]:
+        return self._volumes("ORDER BY name", ())
+
+    def delete_volume(self, name: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+
+    def _volumes(self, where: str, values: tuple) -> List[VolumeRecord]:
+        with self._connect(read=True) as db:
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute(f"SELECT * FROM volumes {where}", values)]
+        for data in rows:
+            for name in ("stack", "configuration"):
+                if data[name] is not None:
+                    data[name] = load_json(data[name], dict, f"volume {data['name']}'s {name}")
+            data["external"] = bool(data["external"])
+            data["status"] = stored_status(VolumeStatus, data["status"], f"volume {data['name']}")
+        return [VolumeRecord(**data) for data in rows]
+
+    # --- cloud fleets and their instances (provisioner.backends.cloud_fleets, provisioner.planning.reuse) ---
+
+    def create_cloud_fleet(self, name: str, source: str, backend: str, configuration: dict,
+                           stack: Optional[dict] = None, instances: Sequence["InstanceRecord"] = ()) -> bool:
+        """Records a cloud fleet (and any instances it already has) unless one of that name exists: False then."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM cloud_fleets WHERE name = ?", (name,)).fetchone():
+                return False  # the transaction ends, unchanged, with the connection
+            db.execute("INSERT INTO cloud_fleets (name, source, backend, stack, configuration, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (name, source, backend, json_or_none(stack), json.dumps(configuration),
+                                                     time.time()))
+            for instance in instances:
+                self._insert_instance(db, instance)
+            db.execute("COMMIT")
+        return True
+
+    def set_fleet_stack(self, name: str, stack: dict) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?", (json.dumps(stack), name))
+
+    def list_cloud_fleets(self) -> List[dict]:
+        with self._connect(read=True) as db:
+            rows = db.execute("SELECT name, source, backend, stack, configuration, created_at FROM cloud_fleets "
+                              "ORDER BY name").fetchall()
+        return [{"name": r[0], "source": r[1], "backend": r[2],
+                 "stack": load_json(r[3], dict, f"fleet {r[0]}'s stack") if r[3] is not None else None,
+                 "configuration": load_json(r[4], dict, f"fleet {r[0]}'s configuration"), "created_at": r[5]}
+                for r in rows]
+
+    def get_cloud_fleet(self, name: str) -> Optional[dict]:
+        return next((f for f in self.list_cloud_fleets() if f["name"] == name), None)
+
+    def delete_cloud_fleet(self, name: str) -> None:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM instances WHERE fleet = ?", (name,))
+            db.execute("DELETE FROM cloud_fleets WHERE name = ?", (name,))
+            db.execute("COMMIT")
+
+    def add_instances(self, instances: Sequence["InstanceRecord"]) -> None:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            for instance in instances:
+                self._insert_instance(db, instance)
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _insert_instance(db: sqlite3.Connection, instance: "InstanceRecord") -> None:
+        db.execute("INSERT INTO instances (fleet, num, backend, offer, host, status, run, idle_since, idle_duration) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (instance.fleet, instance.num, instance.backend, json.dumps(instance.offer),
+                    json.dumps(instance.host), instance.status, instance.run, instance.idle_since,
+                    instance.idle_duration))
+
+    def list_instances(self, fleet: Optional[str] = None) -> List["InstanceRecord"]:
+        query, values = "SELECT fleet, num, backend, offer, host, status, run, idle_since, idle_duration " \
+                        "FROM instances", []
+        if fleet is not None:
+            query, values = query + " WHERE fleet = ?", [fleet]
+        with self._connect(read=True) as db:
+            rows = db.execute(query + " ORDER BY fleet, num", values).fetchall()
+        return [InstanceRecord(fleet=r[0], num=r[1], backend=r[2],
+                               offer=load_json(r[3], dict, f"instance {r[0]}/{r[1]}'s offer"),
+                               host=load_json(r[4], dict, f"instance {r[0]}/{r[1]}'s host"),
+                               status=stored_status(InstanceStatus, r[5], f"instance {r[0]}/{r[1]}"), run=r[6],
+                               idle_since=r[7], idle_duration=r[8]) for r in rows]
+
+    def claim_instance(self, fleet: str, num: int, run: str) -> bool:
+        """Makes an idle instance run `run`'s; one run wins when two claim it at once."""
+        with self._connect() as db:
+            return db.execute("UPDATE instances SET status = ?, run = ?, idle_since = NULL "
+                              "WHERE fleet = ? AND num = ? AND status = ?",
+                              (InstanceStatus.BUSY, run, fleet, num, InstanceStatus.IDLE)).rowcount == 1
+
+    def release_instance(self, run: str) -> bool:
+        """The instances `run` holds (one per node) become idle from now; False when it holds none."""
+        with self._connect() as db:
+            return db.execute("UPDATE instances SET status = ?, run = NULL, idle_since = ? WHERE run = ? AND status = ?",
+                              (InstanceStatus.IDLE, time.time(), run, InstanceStatus.BUSY)).rowcount > 0
+
+    def claim_fleet_teardown(self, fleet: str, expired_at: Optional[float] = None) -> bool:
+        """Marks `fleet`'s instances `terminating` when no run holds any (with `expired_at`: when each has been
+        idle past its idle_duration at that time; a fleet with no instances yet is never expired). Instances left
+        `terminating` by a teardown that failed count as claimable, so the next command tries again."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute("SELECT status, idle_since, idle_duration FROM instances WHERE fleet = ?",
+                              (fleet,)).fetchall()
+            if expired_at is not None:
+                ready = bool(rows) and all(row[0] == InstanceStatus.TERMINATING or _expired(*row, expired_at) for row in rows)
+            else:
+                ready = all(row[0] in (InstanceStatus.IDLE, InstanceStatus.TERMINATING) for row in rows)
+            if not ready:
+                return False  # the transaction ends, unchanged, with the connection
+            db.execute("UPDATE instances SET status = ? WHERE fleet = ?", (InstanceStatus.TERMINATING, fleet))
+            db.execute("COMMIT")
+        return True
+
+
+def _expired(status: InstanceStatus, idle_since: Optional[float], idle_duration: Optional[int], now: float) -> bool:
+    return status == InstanceStatus.IDLE and idle_duration is not None and idle_since is not None and \
+        now >= idle_since + idle_duration

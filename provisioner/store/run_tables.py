@@ -1,0 +1,198 @@
+"""The runs, their jobs (one per node) and their lifecycle events, in the state store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import fields
+from typing import List, Optional, Tuple
+
+from configuration.errors import ConfigurationError, DstackError
+from provisioner.store.connection import Damage, StoreFile, load_json, stored_status
+from provisioner.store.records import JobRecord, RunRecord
+from provisioner.store.statuses import ACTIVE, JobStatus, RunStatus
+
+_JSON_FIELDS = {"host": dict, "stack": dict, "offer": dict, "ports": list, "attempts": list, "configuration": dict}
+_NUMBER_FIELDS = ("submitted_at", "started_at", "finished_at", "price", "exit_code", "owner_pid", "owner_started",
+                  "max_duration")
+
+
+class RunTables(StoreFile):
+    """The runs, jobs and events tables."""
+
+    # --- runs ---
+
+    def create_run(self, record: RunRecord) -> None:
+        values = self._row(record)
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        try:
+            with self._connect() as db:
+                db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", list(values.values()))
+        except sqlite3.IntegrityError:
+            raise ConfigurationError(f"a run named {record.name} already exists; pick another name, or "
+                                     f"`dstack delete {record.name}` once it has finished") from None
+
+    def update_run(self, name: str, **changes) -> RunRecord:
+        values = self._columns(changes)
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            updated = db.execute(f"UPDATE runs SET {assignments} WHERE name = ?", [*values.values(), name]).rowcount
+            db.execute("COMMIT")
+        if not updated:
+            raise DstackError(f"{self.path} no longer holds run {name}: the store was moved aside or replaced while "
+                              "the run went on; its job may still be running (`dstack ps` says where)")
+        return self.get_run(name)
+
+    def claim_run(self, name: str, expected: Tuple[RunStatus, ...], status: RunStatus, **changes) -> bool:
+        """Moves a run to `status` only if it is in one of `expected` now; one process wins the race."""
+        values = self._columns({**changes, "status": status})
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        marks = ", ".join("?" for _ in expected)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            cursor = db.execute(f"UPDATE runs SET {assignments} WHERE name = ? AND status IN ({marks})",
+                                [*values.values(), name, *expected])
+            db.execute("COMMIT")
+            return cursor.rowcount == 1
+
+    def claim_hosts(self, name: str, candidates: List[dict], count: int) -> Tuple[Optional[List[dict]], List[str]]:
+        """Claims the first `count` of `candidates` that no other active run holds (as its host or one of its jobs'),
+        in order, and records them as run `name`'s jobs (rank order; the run's host is rank 0's). Returns (the hosts
+        claimed, []) or, when fewer than `count` are free, (None, the runs holding the others): all or none. The
+        check and the claim are one transaction, so two runs started at once never both get a host."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            held = self._held_addresses(db, name)
+            chosen = [host for host in candidates if _address(host) not in held][:count]
+            if len(chosen) < count:
+                holders = sorted({held[_address(h)] for h in candidates if _address(h) in held})
+                return None, holders  # the transaction ends, unchanged, with the connection
+            db.execute("UPDATE runs SET host = ? WHERE name = ?", (json.dumps(chosen[0]), name))
+            self._insert_jobs(db, name, chosen)
+            db.execute("COMMIT")
+        return chosen, []
+
+    @staticmethod
+    def _held_addresses(db: sqlite3.Connection, name: str) -> dict:
+        """(hostname, port) -> the active run other than `name` that holds it, as its host or a job's."""
+        marks = ", ".join("?" for _ in ACTIVE)
+        held = {}
+        rows = db.execute(f"SELECT name, host FROM runs WHERE name != ? AND host IS NOT NULL AND status IN ({marks})",
+                          (name, *ACTIVE)).fetchall()
+        rows += db.execute(f"SELECT jobs.run, jobs.host FROM jobs JOIN runs ON runs.name = jobs.run WHERE "
+                           f"jobs.run != ? AND jobs.host IS NOT NULL AND runs.status IN ({marks})",
+                           (name, *ACTIVE)).fetchall()
+        for other, text in rows:
+            held[_address(load_json(text, dict, f"run {other}'s host"))] = other
+        return held
+
+    # --- jobs: one per node of a run, rank 0 the master ---
+
+    def set_jobs(self, run: str, hosts: List[dict]) -> None:
+        """Records the run's jobs, one per host in rank order, before any is started."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            self._insert_jobs(db, run, hosts)
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _insert_jobs(db: sqlite3.Connection, run: str, hosts: List[dict]) -> None:
+        db.execute("DELETE FROM jobs WHERE run = ?", (run,))
+        db.executemany("INSERT INTO jobs (run, rank, status, host) VALUES (?, ?, ?, ?)",
+                       [(run, rank, JobStatus.PROVISIONING, json.dumps(host)) for rank, host in enumerate(hosts)])
+
+    def list_jobs(self, run: str) -> List[JobRecord]:
+        with self._connect(read=True) as db:
+            rows = db.execute("SELECT run, rank, status, host, exit_code, started_at, finished_at FROM jobs "
+                              "WHERE run = ? ORDER BY rank", (run,)).fetchall()
+        jobs = []
+        for row in rows:
+            if not isinstance(row[1], int) or not isinstance(row[2], str):
+                raise Damage(f"a job of run {run} has no rank or status")
+            host = load_json(row[3], dict, f"run {run}'s job {row[1]}'s host") if row[3] is not None else None
+            status = stored_status(JobStatus, row[2], f"run {run}'s job {row[1]}")
+            jobs.append(JobRecord(run=row[0], rank=row[1], status=status, host=host, exit_code=row[4],
+                                  started_at=row[5], finished_at=row[6]))
+        return jobs
+
+    def update_job(self, run: str, rank: int, **changes) -> None:
+        assignments = ", ".join(f"{k} = ?" for k in changes)
+        with self._connect() as db:
+            db.execute(f"UPDATE jobs SET {assignments} WHERE run = ? AND rank = ?", [*changes.values(), run, rank])
+
+    def get_run(self, name: str) -> Optional[RunRecord]:
+        with self._connect(read=True) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()
+            return self._record(row) if row else None
+
+    def list_runs(self) -> List[RunRecord]:
+        with self._connect(read=True) as db:
+            db.row_factory = sqlite3.Row
+            return [self._record(r) for r in db.execute("SELECT * FROM runs ORDER BY submitted_at DESC")]
+
+    def delete_run(self, name: str) -> None:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM runs WHERE name = ?", (name,))
+            db.execute("DELETE FROM events WHERE run = ?", (name,))
+            db.execute("DELETE FROM jobs WHERE run = ?", (name,))
+            db.execute("COMMIT")
+
+    # --- events: a run's lifecycle, for `dstack event` ---
+
+    def add_event(self, run: str, kind: str, message: str = "", at: Optional[float] = None) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO events (run, at, kind, message) VALUES (?, ?, ?, ?)",
+                       (run, time.time() if at is None else at, kind, message))
+
+    def list_events(self, run: Optional[str] = None, since: Optional[float] = None, after_id: int = 0) -> List[dict]:
+        """Events in the order they happened: one run's or all, from `since` (a time) and after `after_id`."""
+        query, values = "SELECT id, run, at, kind, message FROM events WHERE id > ?", [after_id]
+        if run is not None:
+            query, values = query + " AND run = ?", [*values, run]
+        if since is not None:
+            query, values = query + " AND at >= ?", [*values, since]
+        with self._connect(read=True) as db:
+            rows = db.execute(query + " ORDER BY id", values).fetchall()
+        for row in rows:
+            if not isinstance(row[2], (int, float)) or not isinstance(row[3], str):
+                raise Damage(f"event {row[0]} of run {row[1]} is not a time and a kind")
+        return [{"id": r[0], "run": r[1], "at": r[2], "kind": r[3], "message": r[4] or ""} for r in rows]
+
+    @staticmethod
+    def _columns(changes: dict) -> dict:
+        """Column values as stored: JSON text for the structured fields, 0/1 for `detached`."""
+        values = {}
+        for name, value in changes.items():
+            if name in _JSON_FIELDS and value is not None:
+                value = json.dumps(value)
+            elif name == "detached":
+                value = int(bool(value))
+            values[name] = value
+        return values
+
+    @classmethod
+    def _row(cls, record: RunRecord) -> dict:
+        return cls._columns({f.name: getattr(record, f.name) for f in fields(RunRecord)})
+
+    @staticmethod
+    def _record(row) -> RunRecord:
+        data = dict(row)
+        for name, kind in _JSON_FIELDS.items():
+            if data.get(name) is not None:
+                data[name] = load_json(data[name], kind, f"run {data['name']}'s {name}")
+        for name in _NUMBER_FIELDS:
+            if data.get(name) is not None and not isinstance(data[name], (int, float)):
+                raise Damage(f"run {data['name']}'s {name} is not a number")
+        data["detached"] = bool(data["detached"])
+        data["attempts"] = data.get("attempts") or []
+        data["status"] = stored_status(RunStatus, data["status"], f"run {data['name']}")
+        return RunRecord(**data)
+
+
+def _address(host: dict) -> tuple:
+    return host.get("hostname"), host.get("port")

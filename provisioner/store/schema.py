@@ -1,0 +1,120 @@
+"""The state store's tables, its version (SQLite's `PRAGMA user_version`) and the steps that bring an older store up
+to it."""
+
+from __future__ import annotations
+
+from typing import List
+
+SCHEMA_VERSION = 4  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
+# instances; stores from before versions read 0
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    name TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    reason TEXT,
+    backend TEXT,
+    region TEXT,
+    instance TEXT,
+    price REAL,
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    exit_code INTEGER,
+    owner_pid INTEGER,
+    owner_started INTEGER,
+    detached INTEGER NOT NULL DEFAULT 0,
+    max_duration INTEGER,
+    host TEXT,
+    stack TEXT,
+    offer TEXT,
+    ports TEXT,
+    attempts TEXT,
+    configuration TEXT
+);
+CREATE TABLE IF NOT EXISTS fleets (
+    name TEXT PRIMARY KEY,
+    source TEXT,
+    hosts TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run, at);
+CREATE TABLE IF NOT EXISTS volumes (
+    name TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    region TEXT NOT NULL,
+    zone TEXT,
+    size_gb INTEGER,
+    volume_id TEXT,
+    external INTEGER NOT NULL DEFAULT 0,
+    stack TEXT,
+    configuration TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    run TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    host TEXT,
+    exit_code INTEGER,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (run, rank)
+);
+CREATE TABLE IF NOT EXISTS cloud_fleets (
+    name TEXT PRIMARY KEY,
+    source TEXT,
+    backend TEXT NOT NULL,
+    stack TEXT,
+    configuration TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    fleet TEXT NOT NULL,
+    num INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    offer TEXT NOT NULL,
+    host TEXT NOT NULL,
+    status TEXT NOT NULL,
+    run TEXT,
+    idle_since REAL,
+    idle_duration INTEGER,
+    PRIMARY KEY (fleet, num)
+)
+"""
+
+
+TABLES = {"runs", "fleets", "events", "volumes", "jobs", "cloud_fleets", "instances"}
+
+
+TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs", "cloud_fleets", "instances"}}  # a store older than the
+# version has none of them yet: no damage
+
+
+def _statements(first: str, last: str) -> List[str]:
+    """The CREATE statements of SCHEMA from the one starting with `first` to the one starting with `last`."""
+    statements = [s.strip() for s in SCHEMA.split(";") if s.strip()]
+    start = next(i for i, s in enumerate(statements) if s.startswith(first))
+    end = next(i for i, s in enumerate(statements) if s.startswith(last))
+    return statements[start:end + 1]
+
+
+MIGRATIONS = {  # from each version to the next
+    0: ["ALTER TABLE runs ADD COLUMN owner_started INTEGER"],
+    2: _statements("CREATE TABLE IF NOT EXISTS events", "CREATE INDEX IF NOT EXISTS events_by_run"),
+    3: _statements("CREATE TABLE IF NOT EXISTS volumes", "CREATE TABLE IF NOT EXISTS instances"),
+}
+
+
+def tables_at(version: int) -> set:
+    """The tables a store of `version` must hold."""
+    return TABLES - {table for added, tables in TABLES_ADDED.items() if added > version for table in tables}

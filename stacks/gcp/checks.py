@@ -1,0 +1,86 @@
+"""The GCP answers of `dstack config check` (stacks.checks): credentials and project, regions, the VPC network a run
+will use, and GPU quotas (per region, and the project's GPUS_ALL_REGIONS), through google-cloud-compute."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+from stacks.checks import FAIL, OK, WARN, Check, regions_check
+
+
+def check_gcp(regions: Sequence[str], project_id: Optional[str] = None, vpc_name: Optional[str] = None,
+              credentials=None, endpoint: Optional[str] = None) -> List[Check]:
+    """`credentials` and `endpoint` are for tests (anonymous credentials, a local server); by default the
+    application default credentials and Google's endpoint."""
+    from configuration.errors import ConfigurationError
+
+    if credentials is None:
+        from stacks.gcp.credentials import gcp_credentials_source
+
+        try:
+            source = gcp_credentials_source()
+            import google.auth
+            import google.auth.exceptions
+
+            credentials, adc_project = google.auth.default(scopes=["https://www.googleapis.com/auth/compute"])
+        except ConfigurationError as e:
+            return [Check("gcp", "credentials", FAIL, str(e))]
+        except google.auth.exceptions.GoogleAuthError as e:
+            return [Check("gcp", "credentials", FAIL, f"the credentials from {source} do not load: {e}")]
+        project_id = project_id or adc_project
+        checks = [Check("gcp", "credentials", OK, source)]
+    else:
+        checks = [Check("gcp", "credentials", OK, "given")]
+    if not project_id:
+        return checks + [Check("gcp", "project", FAIL, "no project: set `project_id` for the gcp backend in "
+                                                       "$DSTACK_HOME/config.yml")]
+    from google.api_core import exceptions as api
+    from google.cloud import compute_v1
+
+    options = {"client_options": {"api_endpoint": endpoint}} if endpoint else {}
+    try:
+        project = compute_v1.ProjectsClient(credentials=credentials, transport="rest", **options).get(
+            project=project_id)
+        found = {r.name: r for r in compute_v1.RegionsClient(credentials=credentials, transport="rest",
+                                                             **options).list(project=project_id)}
+    except api.GoogleAPICallError as e:
+        return checks + [Check("gcp", "project", FAIL, f"project {project_id}: {_reason(e)}")]
+    checks.append(Check("gcp", "project", OK, project_id))
+    usable = [r for r in regions if r in found and found[r].status == "UP"]
+    checks.append(regions_check("gcp", regions, usable, "usable", {
+        "unknown to this project": [r for r in regions if r not in found],
+        "not UP": [r for r in regions if r in found and found[r].status != "UP"]}))
+    network = vpc_name or "default"
+    try:
+        compute_v1.NetworksClient(credentials=credentials, transport="rest", **options).get(
+            project=project_id, network=network)
+        checks.append(Check("gcp", "network", OK, f"VPC network {network!r}"))
+    except api.NotFound:
+        fix = "create it" if vpc_name else "set `vpc_name` (and `subnetwork`) for the gcp backend in " \
+                                           "$DSTACK_HOME/config.yml"
+        checks.append(Check("gcp", "network", FAIL, f"no VPC network {network!r} in {project_id}: {fix}"))
+    except api.GoogleAPICallError as e:
+        checks.append(Check("gcp", "network", WARN, f"could not read network {network!r}: {_reason(e)}"))
+    checks.append(_quota_check(project, [found[r] for r in usable]))
+    return checks
+
+
+def _quota_check(project, regions) -> Check:
+    everywhere = next((q.limit for q in project.quotas if q.metric == "GPUS_ALL_REGIONS"), None)
+    parts = []
+    for region in regions:
+        gpus = [f"{q.metric} {int(q.limit)}" for q in region.quotas if "GPUS" in q.metric and q.limit > 0]
+        if gpus:
+            parts.append(f"{region.name} " + ", ".join(gpus))
+    if everywhere is not None and everywhere <= 0:
+        return Check("gcp", "gpu quota", WARN, "GPUS_ALL_REGIONS is 0: request an increase (IAM & Admin, Quotas) "
+                                               "before a GPU run")
+    if not parts:
+        return Check("gcp", "gpu quota", WARN, "no GPU quota in any usable region: request an increase before a "
+                                               "GPU run")
+    head = f"GPUS_ALL_REGIONS {int(everywhere)}; " if everywhere is not None else ""
+    return Check("gcp", "gpu quota", OK, head + "; ".join(parts))
+
+
+def _reason(error) -> str:
+    return getattr(error, "message", None) or str(error)

@@ -1,0 +1,344 @@
+"""GCP resources of dstack's that no stack owns any more: what an `up` interrupted before Pulumi recorded a cloud id
+leaves behind, or what a lost state file forgot. Used by teardown (one run) and `dstack gc` (an owner's runs, or
+every owner's).
+
+What the GCP program (stacks/gcp.py) creates, and how each is recognized across every zone of the project:
+instances and disks by their labels (`dstack-project`, `dstack-owner`, `dstack-run`); the firewalls and a cluster's
+compact placement policy, which take no labels, by their names (`dstack-OWNER-RUN`, and `dstack-OWNER-RUN-nodes` for
+a cluster's own firewall) and dstack's description, which names the run; the service account by its display name
+`dstack-OWNER-RUN` and the account id derived from it. The Compute API is reached through google-cloud-compute,
+the IAM API (service accounts) through google-auth's session; both are imported only here, when a sweep runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, List, Optional
+
+from configuration.errors import ConfigurationError
+from stacks.gcp.program import CLUSTER_FIREWALL_SUFFIX, DESCRIPTION_PREFIX, service_account_id
+from stacks.spec import PROJECT
+
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+IAM_URL = "https://iam.googleapis.com/v1"
+# The Pulumi GCP provider's project variables, in its order; application default credentials may name one too.
+PROJECT_VARIABLES = ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
+OWNED_NAME = re.compile(r"^dstack-(?P<owner>[0-9a-f]{8})-(?P<run>.+)$")
+WAIT_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Leftover:
+    kind: str  # instance, disk, firewall, resource-policy, service-account
+    id: str  # the resource's name; a service account's email
+    region: str  # the zone's region, a resource policy's; "global" for firewalls and service accounts
+    run: str
+    owner: str
+    zone: Optional[str] = None  # instances and disks
+
+
+@dataclass(frozen=True)
+class GcpApi:
+    """Where a sweep's requests go: the project, the credentials and the APIs' addresses (a test points them at a
+    local server)."""
+
+    project: str
+    credentials: object
+    compute_endpoint: Optional[str] = None  # None: compute.googleapis.com
+    iam_url: str = IAM_URL
+
+    def compute(self, client_class):
+        options = {"api_endpoint": self.compute_endpoint} if self.compute_endpoint else None
+        return client_class(credentials=self.credentials, transport="rest", client_options=options)
+
+    def iam(self):
+        from google.auth.transport.requests import AuthorizedSession
+
+        return AuthorizedSession(self.credentials)
+
+
+def gcp_api(project_id: Optional[str]) -> GcpApi:
+    """The credentials the Pulumi provider uses, and the project: the backend's `project_id`, else the provider's
+    variables, else the one the credentials name."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    from stacks.gcp.credentials import gcp_credentials_source
+
+    gcp_credentials_source()  # names what is missing, before google.auth would probe for a metadata server
+    try:
+        credentials, default = _load_credentials()
+    except (DefaultCredentialsError, ValueError) as e:
+        raise ConfigurationError(f"GCP credentials could not be read: {_one_line(str(e))}") from None
+    project = project_id or next((os.environ[v] for v in PROJECT_VARIABLES if os.environ.get(v)), None) or default
+    if not project:
+        raise ConfigurationError("no GCP project is known: set `project_id` for the gcp backend in "
+                                 "$DSTACK_HOME/config.yml")
+    return GcpApi(project, credentials)
+
+
+def _load_credentials():
+    """(credentials, the project they name), found as the Pulumi provider finds them: its variables (a key file's
+    path or its JSON), then application default credentials."""
+    import google.auth
+
+    from stacks.gcp.credentials import GCP_PROVIDER_CREDENTIAL_VARIABLES
+
+    with warnings.catch_warnings():
+        # google.auth warns that its generic loaders trust their input: here that is the user's own configuration.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for variable in GCP_PROVIDER_CREDENTIAL_VARIABLES:
+            value = os.environ.get(variable, "")
+            if value.lstrip().startswith("{"):
+                return google.auth.load_credentials_from_dict(json.loads(value), scopes=SCOPES)
+            if value:
+                return google.auth.load_credentials_from_file(value, scopes=SCOPES)
+        return google.auth.default(scopes=SCOPES)
+
+
+def label_filter(owner: Optional[str], run: Optional[str]) -> str:
+    """A Compute API filter on dstack's labels: the owner's (None: every owner's) and the run's (None: every run's)."""
+    labels = [("dstack-project", PROJECT), ("dstack-owner", owner), ("dstack-run", run)]
+    return " AND ".join(f'(labels.{key} = "{value}")' for key, value in labels if value is not None)
+
+
+def find_leftovers(api: GcpApi, owner: Optional[str], run: Optional[str] = None) -> List[Leftover]:
+    """Everything dstack created in the project for `owner` (None: for every owner), or for one of its runs."""
+    if run is not None and owner is None:
+        raise ValueError("a run is named within its owner")
+    with _refused(api, "listing dstack's resources"):
+        return (_labelled(api, "instance", owner, run) + _labelled(api, "disk", owner, run)
+                + _firewalls(api, owner, run) + _resource_policies(api, owner, run)
+                + _service_accounts(api, owner, run))
+
+
+def remove_leftovers(api: GcpApi, leftovers: Iterable[Leftover], wait: bool = True) -> None:
+    """Instances first, waited for (their boot disks go with them, and a placement policy cannot go while an
+    instance uses it), then the rest. Already gone is fine: a VM that ends itself may beat the sweep to it."""
+    from google.cloud import compute_v1
+
+    leftovers = list(leftovers)
+    with _refused(api, "removing dstack's resources"):
+        instances = api.compute(compute_v1.InstancesClient)
+        operations = []
+        for leftover in leftovers:
+            if leftover.kind == "instance":
+                operation = _unless_gone(lambda: instances.delete_unary(project=api.project, zone=leftover.zone,
+                                                                        instance=leftover.id, timeout=60))
+                if operation is not None:
+                    operations.append((leftover.zone, operation))
+        if wait:
+            _wait(api, operations)
+        disks = api.compute(compute_v1.DisksClient)
+        firewalls = api.compute(compute_v1.FirewallsClient)
+        policies = api.compute(compute_v1.ResourcePoliciesClient)
+        for leftover in leftovers:
+            if leftover.kind == "disk":
+                _unless_gone(lambda: disks.delete_unary(project=api.project, zone=leftover.zone, disk=leftover.id,
+                                                        timeout=60))
+            elif leftover.kind == "firewall":
+                _unless_gone(lambda: firewalls.delete_unary(project=api.project, firewall=leftover.id, timeout=60))
+            elif leftover.kind == "resource-policy":
+                _unless_gone(lambda: policies.delete_unary(project=api.project, region=leftover.region,
+                                                           resource_policy=leftover.id, timeout=60))
+            elif leftover.kind == "service-account":
+                _iam_request(api, "DELETE", f"/projects/{api.project}/serviceAccounts/{leftover.id}", missing_ok=True)
+
+
+def _labelled(api: GcpApi, kind: str, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
+    """Instances, or disks no instance uses (a used one goes with its instance), in every zone: aggregatedList."""
+    from google.cloud import compute_v1
+
+    client = api.compute(compute_v1.InstancesClient if kind == "instance" else compute_v1.DisksClient)
+    found = []
+    pages = client.aggregated_list(request={"project": api.project, "filter": label_filter(owner, run)}, timeout=60)
+    for scope, listed in pages:
+        zone = scope.rsplit("/", 1)[-1]
+        for item in (listed.instances if kind == "instance" else [d for d in listed.disks if not d.users]):
+            labels = item.labels
+            named = (labels.get("dstack-owner", ""), labels.get("dstack-run", ""))
+            if labels.get("dstack-volume"):  # a network volume outlives runs: its own stack has it
+                continue
+            if labels.get("dstack-project") == PROJECT and _is_wanted(named, owner, run):  # the filter, checked
+                found.append(Leftover(kind, item.name, zone.rsplit("-", 1)[0], named[1], named[0], zone))
+    return found
+
+
+def _firewalls(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
+    from google.cloud import compute_v1
+
+    client = api.compute(compute_v1.FirewallsClient)
+    suffixes = ("", CLUSTER_FIREWALL_SUFFIX)
+    request = {"project": api.project}
+    if run is not None:
+        request["filter"] = " OR ".join(f'(name = "dstack-{owner}-{run}{suffix}")' for suffix in suffixes)
+    found = []
+    for firewall in client.list(request=request, timeout=60):
+        named = _described(firewall.name, firewall.description, owner, run, suffixes)
+        if named:
+            found.append(Leftover("firewall", firewall.name, "global", named[1], named[0]))
+    return found
+
+
+def _resource_policies(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
+    """A cluster's compact placement policy, in every region: aggregatedList."""
+    from google.cloud import compute_v1
+
+    client = api.compute(compute_v1.ResourcePoliciesClient)
+    request = {"project": api.project}
+    if run is not None:
+        request["filter"] = f'name = "dstack-{owner}-{run}"'
+    found = []
+    for scope, listed in client.aggregated_list(request=request, timeout=60):
+        for policy in listed.resource_policies:
+            named = _described(policy.name, policy.description, owner, run)
+            if named:
+                found.append(Leftover("resource-policy", policy.name, scope.rsplit("/", 1)[-1], named[1], named[0]))
+    return found
+
+
+def _described(name: str, description: str, owner: Optional[str], run: Optional[str],
+               suffixes: tuple = ("",)) -> Optional[tuple]:
+    """(owner, run) of a resource dstack named `dstack-OWNER-RUN` (plus one of `suffixes`) and described as
+    `dstack run RUN: ...`, when it is the owner's (and the run's, if given). The description says where the run's
+    name ends: `dstack-OWNER-RUN-nodes` may be run RUN's cluster firewall or run RUN-nodes's own."""
+    match = OWNED_NAME.match(name)
+    if not match or not description.startswith(DESCRIPTION_PREFIX):
+        return None
+    named = (match["owner"], description[len(DESCRIPTION_PREFIX):].split(":", 1)[0])
+    if name not in {f"dstack-{named[0]}-{named[1]}{suffix}" for suffix in suffixes}:
+        return None
+    return named if _is_wanted(named, owner, run) else None
+
+
+def _service_accounts(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
+    found, token = [], None
+    while True:
+        page = _iam_request(api, "GET", f"/projects/{api.project}/serviceAccounts",
+                            params={"pageSize": 100, **({"pageToken": token} if token else {})})
+        for account in page.get("accounts", []):
+            named = _owned(account.get("displayName", ""), owner, run)
+            email = account.get("email", "")
+            if named and email.split("@", 1)[0] == service_account_id(*named):
+                found.append(Leftover("service-account", email, "global", named[1], named[0]))
+        token = page.get("nextPageToken")
+        if not token:
+            return found
+
+
+def _owned(name: str, owner: Optional[str], run: Optional[str]) -> Optional[tuple]:
+    """(owner, run) of a `dstack-OWNER-RUN` name, when it is the owner's (and the run's, if given)."""
+    match = OWNED_NAME.match(name)
+    return (match["owner"], match["run"]) if match and _is_wanted((match["owner"], match["run"]), owner, run) \
+        else None
+
+
+def _is_wanted(named: tuple, owner: Optional[str], run: Optional[str]) -> bool:
+    return (owner is None or named[0] == owner) and (run is None or named[1] == run)
+
+
+def _wait(api: GcpApi, operations: list) -> None:
+    """Zone operations until done (`wait` answers when done or after about two minutes), each error named."""
+    from google.cloud import compute_v1
+
+    client = api.compute(compute_v1.ZoneOperationsClient)
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    for zone, operation in operations:
+        while operation.status != compute_v1.Operation.Status.DONE:
+            if time.monotonic() > deadline:
+                raise ConfigurationError(f"GCP project {api.project}: {operation.target_link or operation.name} "
+                                         f"was still being deleted after {WAIT_TIMEOUT_S // 60} minutes; run the "
+                                         "command again later")
+            operation = client.wait(project=api.project, zone=zone, operation=operation.name, timeout=150)
+        if operation.error and operation.error.errors:
+            reasons = "; ".join(e.message for e in operation.error.errors)
+            raise ConfigurationError(f"GCP project {api.project}: deleting {operation.target_link} failed: "
+                                     f"{_one_line(reasons)}")
+
+
+def _unless_gone(call):
+    """The call's answer, or None when what it deletes no longer exists."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        return call()
+    except NotFound:
+        return None
+
+
+def _iam_request(api: GcpApi, method: str, path: str, params: Optional[dict] = None,
+                 missing_ok: bool = False) -> dict:
+    response = api.iam().request(method, api.iam_url + path, params=params, timeout=60)
+    if response.status_code == 404 and missing_ok:
+        return {}
+    if response.status_code >= 400:
+        try:
+            reason = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = response.text[:200]
+        raise _ApiRefusal(response.status_code, reason)
+    return response.json() if response.content else {}
+
+
+class _ApiRefusal(Exception):
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# What to do about a refusal, by HTTP status.
+_ADVICE = {
+    403: "the credentials need compute.instances/disks/firewalls/resourcePolicies list and delete "
+         "(roles/compute.instanceAdmin.v1 "
+         "and roles/compute.securityAdmin) and iam.serviceAccounts.list and delete (roles/iam.serviceAccountAdmin), "
+         "and the project the Compute and IAM APIs enabled",
+    404: "check that the project exists: `project_id` of the gcp backend in $DSTACK_HOME/config.yml",
+}
+
+
+@contextmanager
+def _refused(api: GcpApi, action: str) -> Iterator[None]:
+    """A refusal from either API as one line that names the project and says what to do."""
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import GoogleAuthError
+    from requests import RequestException
+
+    try:
+        yield
+    except GoogleAPICallError as e:
+        code = e.code or 0
+        reason = re.sub(r"^[A-Z]+ \S+: ", "", e.message or str(e))  # the REST client puts the request first
+    except _ApiRefusal as e:
+        code, reason = e.code, e.reason
+    except GoogleAuthError as e:
+        raise ConfigurationError(f"GCP project {api.project}: {action} failed, the credentials were not accepted: "
+                                 f"{_one_line(str(e))} (renew them: `gcloud auth application-default login`)") \
+            from None
+    except RequestException as e:
+        raise ConfigurationError(f"GCP project {api.project}: {action} failed, the API could not be reached: "
+                                 f"{_one_line(str(e))}") from None
+    else:
+        return
+    advice = _ADVICE.get(code)
+    raise ConfigurationError(f"GCP project {api.project}: {action} was refused ({code}): {_one_line(reason)}"
+                             + (f" ({advice})" if advice else "")) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+def sweep_run(project_id: Optional[str], owner: Optional[str], run_name: str) -> None:
+    """What an interrupted `up` created before Pulumi recorded it: found by the run's labels and names, in every
+    zone (an offer's zones are tried in turn), and removed."""
+    from configuration.owner import owner_id
+    from stacks.gcp.leftovers import find_leftovers, gcp_api, remove_leftovers
+
+    api = gcp_api(project_id)
+    remove_leftovers(api, find_leftovers(api, owner or owner_id(), run=run_name))
