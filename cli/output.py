@@ -18,6 +18,12 @@ def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
+def write_stdout(data: bytes) -> None:
+    """A job's output as it came, unbuffered."""
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
 def stdout_console():
     """Tables keep one line per row when piped: rich would otherwise wrap them at 80 columns."""
     from rich.console import Console

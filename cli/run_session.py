@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from cli.output import stderr_console
+from cli.output import stderr_console, write_stdout
 from provisioner.store.statuses import RunStatus
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -40,7 +40,7 @@ def stop_signals_interrupt():
 def make_reporter(quiet: bool = False, run_name: Optional[str] = None):
     """Progress on stderr and the job's output on stdout; `quiet` (for --json) keeps both for the logs alone. With
     `run_name`, every progress line is also kept for `dstack logs -d`."""
-    from provisioner.runs.session import Reporter, write_stdout
+    from provisioner.runs.session import Reporter
     from provisioner.store.run_files import log_diagnostic
 
     console = None if quiet else stderr_console()

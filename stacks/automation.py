@@ -149,5 +149,3 @@ def list_stacks(settings: StateSettings) -> List[dict]:
         raise ConfigurationError(f"listing the stacks in {settings.backend_url} failed: "
                                  f"{classify(str(e)).message}") from None
     return stacks
-
-

@@ -14,6 +14,7 @@ import pytest
 from provisioner.host.access import HostAccess
 from provisioner.jobs.control import start_job
 from provisioner.jobs.script import JobSpec
+from provisioner.store.errors import StoreDamaged
 from provisioner.store.records import RunRecord
 from provisioner.store.schema import SCHEMA_VERSION
 from provisioner.store.store import StateStore
@@ -166,6 +167,53 @@ def test_a_version_3_store_gets_the_volumes_jobs_and_fleet_tables(dstack_home):
     db = sqlite3.connect(store.path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     db.close()
+
+
+def test_statuses_written_as_strings_read_as_enums_and_print_unchanged(dstack_home):
+    """A store written before statuses were enums (plain strings, every status of each kind) reads the same: each
+    status is its enum, compares equal to its string and prints as it; `ps --json`'s shapes are unchanged."""
+    from provisioner.store.statuses import InstanceStatus, JobStatus, RunStatus, VolumeStatus
+
+    store = StateStore()
+    db = sqlite3.connect(store.path)
+    for status in ("submitted", "provisioning", "pulling", "running", "terminating", "done", "failed", "terminated"):
+        db.execute("INSERT INTO runs (name, status, submitted_at) VALUES (?, ?, 1.0)", (f"r-{status}", status))
+    for rank, status in enumerate(("provisioning", "running", "done", "failed", "terminated")):
+        db.execute("INSERT INTO jobs (run, rank, status) VALUES ('r-running', ?, ?)", (rank, status))
+    for status in ("submitted", "active", "failed", "deleting"):
+        db.execute("INSERT INTO volumes (name, status, backend, region, created_at) VALUES (?, ?, 'aws', 'r', 1.0)",
+                   (f"v-{status}", status))
+    for num, status in enumerate(("idle", "busy", "terminating")):
+        db.execute("INSERT INTO instances (fleet, num, backend, offer, host, status) VALUES ('f', ?, 'aws', '{}', "
+                   "'{}', ?)", (num, status))
+    db.commit()
+    db.close()
+    runs = {r.name: r for r in store.list_runs()}
+    assert all(type(r.status) is RunStatus and r.name == f"r-{r.status}" for r in runs.values())
+    assert sorted(r.name for r in runs.values() if r.status.is_finished()) == ["r-done", "r-failed", "r-terminated"]
+    assert runs["r-pulling"].active and not runs["r-done"].active
+    summary = runs["r-failed"].summary(2.0)
+    assert summary["status"] == "failed" and json.loads(json.dumps(summary))["status"] == "failed"
+    assert f"{runs['r-running'].status:>9}|{runs['r-running'].status}" == "  running|running"
+    jobs = store.list_jobs("r-running")
+    assert [type(j.status) for j in jobs] == [JobStatus] * 5
+    assert [j.status.is_finished() for j in jobs] == [False, False, True, True, True]
+    assert [j.summary(None)["status"] for j in jobs] == ["provisioning", "running", "done", "failed", "terminated"]
+    assert {v.name: v.status for v in store.list_volumes()} == {f"v-{s}": VolumeStatus(s) for s in
+                                                               ("submitted", "active", "failed", "deleting")}
+    assert [i.status for i in store.list_instances()] == [InstanceStatus.IDLE, InstanceStatus.BUSY,
+                                                          InstanceStatus.TERMINATING]
+    assert store.claim_instance("f", 0, "r-running") and store.list_instances()[0].status == "busy"
+
+
+def test_a_status_no_dstack_writes_is_damage(dstack_home):
+    store = StateStore()
+    db = sqlite3.connect(store.path)
+    db.execute("INSERT INTO runs (name, status, submitted_at) VALUES ('odd', 'exploded', 1.0)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreDamaged, match="run odd's status 'exploded' is not one dstack writes"):
+        store.list_runs()
 
 
 def test_an_old_store_is_brought_up_to_date(dstack_home):

@@ -35,5 +35,3 @@ def event(
             shown = print_events(name, as_json, after_id=shown, header=False) or shown
     except KeyboardInterrupt:
         pass
-
-

@@ -121,5 +121,3 @@ def _instance_status(instance: dict) -> str:
         return instance["status"]
     kept = "kept until deleted" if instance["idle_duration"] is None else f"kept {instance['idle_duration']}s"
     return f"idle {instance['idle_for_s'] or 0:.0f}s, {kept}"
-
-

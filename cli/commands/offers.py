@@ -147,4 +147,3 @@ def _print_groups(requirements, groups, keys, total) -> None:
 
 def _price(value: float) -> str:
     return f"${value:.4f}".rstrip("0").rstrip(".") if value < 1 else f"${value:,.2f}"
-

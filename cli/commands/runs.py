@@ -9,7 +9,7 @@ import typer
 from typing_extensions import Annotated
 
 from cli.helpers import expire_idle_fleets, find_run, print_events, remove_schedule, run_session, since_time
-from cli.output import print_json, stderr_console, stdout_console
+from cli.output import print_json, stderr_console, stdout_console, write_stdout
 
 NameArgument = Annotated[str, typer.Argument(help="The run name")]
 
@@ -163,7 +163,6 @@ def _print_logs_since(record, since: float, rank: int) -> None:
     """Arrival times are kept for node 0's output; another node's are not."""
     from configuration.errors import DstackError
     from provisioner.runs.lifecycle import local_log_path
-    from provisioner.runs.session import write_stdout
     from provisioner.store.run_files import offset_since
 
     offset = offset_since(record.name, since) if rank == 0 else None
@@ -178,7 +177,6 @@ def _print_logs_since(record, since: float, rank: int) -> None:
 
 def _print_diagnostics(record) -> None:
     """The progress lines dstack printed while it provisioned, started and tore down the run, then its events."""
-    from provisioner.runs.session import write_stdout
     from provisioner.store.run_files import diagnostics_path
 
     path = diagnostics_path(record.name)
@@ -207,7 +205,6 @@ def _print_every_node(session, record, follow: bool) -> None:
     from provisioner.jobs.follow import LogFollower
     from provisioner.jobs.node_logs import NodeLines, interleave
     from provisioner.jobs.run_jobs import run_jobs
-    from provisioner.runs.session import write_stdout
     from provisioner.store.run_files import local_log_path
 
     jobs = run_jobs(session.store, record)
@@ -249,7 +246,6 @@ def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
     from provisioner.jobs.control import log_exists
     from provisioner.jobs.follow import LogFollower, kept_run_hint
     from provisioner.runs.lifecycle import local_log_path
-    from provisioner.runs.session import write_stdout
 
     record = find_run(session, name)
     host = _node_host(session, record, rank)
@@ -291,7 +287,6 @@ def attach(name: NameArgument) -> None:
     from provisioner.host.transport import HostUnreachable
     from provisioner.jobs.follow import LogFollower, kept_run_hint
     from provisioner.runs.lifecycle import forward_ports
-    from provisioner.runs.session import write_stdout
 
     session = run_session()
     record = find_run(session, name)
@@ -331,5 +326,3 @@ def stop(
         raise typer.Exit(1)
     record = stop_run(session, name, abort=abort)
     session.reporter.info(f"{name} {record.status}" + (f" ({record.reason})" if record.reason else ""))
-
-

@@ -89,5 +89,3 @@ def stack_hosts(outputs: dict, host_keys, key_path: Path) -> List[HostAccess]:
 def fleet_key_path(fleet: str) -> Path:
     """A cloud fleet's private key: its instances outlive the runs on them, so it is not under any run's folder."""
     return dstack_home() / "fleets" / fleet / "id_ed25519"
-
-

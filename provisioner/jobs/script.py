@@ -492,5 +492,3 @@ def stop_command(run_name: str, grace: Optional[int]) -> str:
 
 
 OFF_DOCKER_STOP_S = 7 * 86400  # `docker stop` needs some bound: a week stands for none
-
-

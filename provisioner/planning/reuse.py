@@ -152,5 +152,3 @@ def stack_configuration(configuration):
     if getattr(configuration, "type", None) != "task" or kept_for(configuration) == 0:
         return configuration
     return configuration.model_copy(update={"max_duration": None})
-
-

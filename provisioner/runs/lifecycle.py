@@ -212,5 +212,3 @@ def forward_ports(session: RunSession, run_name: str, access: HostAccess, ports,
         session.reporter.info(f"Port {mapping.container_port} is at http://localhost:{local}")
     session.store.update_run(run_name, ports=bound)
     return forwarder
-
-

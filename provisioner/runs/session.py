@@ -3,7 +3,6 @@ each offer."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Tuple
 
@@ -31,8 +30,3 @@ class RunSession:
 
     def backend(self, name: str) -> Backend:
         return backend_for(name, self.config, self.store, self.fleet_hosts)
-
-
-def write_stdout(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()

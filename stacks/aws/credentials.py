@@ -28,5 +28,3 @@ def check_aws_credentials(region: str) -> str:
 
     with aws_errors("checking the AWS credentials"):
         return boto3.session.Session().client("sts", region_name=region).get_caller_identity()["Arn"]
-
-
