@@ -14,8 +14,10 @@ from configuration.home import dstack_home
 from offers.offer import Offer
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import generate_key
+from provisioner.planning.stack_plan import generate_host_keys, stack_spec
 from provisioner.store.store import StateStore
 from stacks import clouds
+from stacks.progress import EngineEventTracker
 
 
 def run_key_path(run_name: str) -> Path:
@@ -38,10 +40,8 @@ class CloudBackend:
         (provisioner.jobs.nodes.node_count). `record_stack` stores the stack's identity before `up`, so a crash
         mid-way still leaves what `destroy_stack` needs. All or nothing: a node that cannot be created fails the
         whole `up`, which destroys what was created (stacks.automation.stack_up)."""
-        from provisioner.planning.stack_plan import generate_host_keys, stack_spec
         from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
         from stacks.extras import require_extra
-        from stacks.progress import EngineEventTracker
 
         require_extra(self.name, f"{name} on {self.name.upper() if self.name == 'aws' else 'GCP'}")
         require_pulumi()  # before anything else: without it nothing can be created or destroyed
@@ -68,7 +68,6 @@ class CloudBackend:
         require_extra(self.name, f"removing {name}'s {self.name} stack")
         clouds.check_credentials(self.name, stack["region"])  # before Pulumi, whose error would be pages long
         from stacks.automation import open_stack, stack_destroy, state_settings
-        from stacks.progress import EngineEventTracker
 
         settings = state_settings(stack.get("backend_url"))
         pulumi_stack = open_stack(stack.get("name", name), lambda: None, settings)

@@ -17,11 +17,14 @@ from configuration.backends import CLOUD_BACKENDS, DstackConfig
 from configuration.errors import ConfigurationError, DstackError
 from configuration.home import dstack_home
 from configuration.resources import ResourcesSpec
+from offers.catalog import load_catalogs
 from offers.offer import Offer
 from offers.requirements import Requirements, spot_from_policy
+from offers.solver import find_offers
 from provisioner.backends.cloud import CloudBackend, fleet_key_path
 from provisioner.planning.field_support import restrict_zones
 from provisioner.planning.reuse import offer_record, watchdog_minutes
+from provisioner.planning.stack_plan import dry_run_resources
 from provisioner.store.records import InstanceRecord
 from provisioner.store.statuses import InstanceStatus
 from provisioner.store.store import StateStore
@@ -76,8 +79,6 @@ def fleet_requirements(configuration, config: DstackConfig, all_clouds: bool) ->
 
 
 def fleet_offers(configuration, requirements: Requirements, source: str) -> List[Offer]:
-    from offers.catalog import load_catalogs
-    from offers.solver import find_offers
 
     if not requirements.backends:
         raise ConfigurationError(f"{source}: fleet {configuration.name} needs a cloud, and none is configured in "
@@ -93,7 +94,6 @@ def fleet_offers(configuration, requirements: Requirements, source: str) -> List
 def fleet_plan(configuration, offers: List[Offer], config: DstackConfig, max_offers: int) -> dict:
     """`dstack apply --dry-run` of a cloud fleet: the offer it would take, the others, and its stack's resources
     (rendered offline; without the cloud's extra, the reason instead)."""
-    from provisioner.planning.stack_plan import dry_run_resources
     from stacks.extras import MissingExtra
 
     shape = fleet_shape(configuration)

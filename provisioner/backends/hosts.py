@@ -8,6 +8,7 @@ from typing import List
 
 from configuration.errors import ConfigurationError
 from provisioner.host.access import HostAccess
+from provisioner.jobs.nodes import node_count
 from provisioner.store.store import StateStore
 from stacks.errors import CAPACITY, StackFailure
 
@@ -36,7 +37,6 @@ class FleetBackend:
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
         """The offer's host, and for `nodes: N` N-1 more idle hosts of its fleet among `hosts` (the session holds
         those that fit the run), claimed all or none."""
-        from provisioner.jobs.nodes import node_count
 
         nodes = node_count(configuration)
         first = self.hosts[(offer.region, offer.instance.name)]

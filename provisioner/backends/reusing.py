@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from typing import Callable, List
 
 from configuration.errors import DstackError
+from provisioner.backends.cloud import fleet_key_path
 from provisioner.host.access import HostAccess
 from provisioner.planning.reuse import InstanceOffer, kept_for, offer_record, stack_configuration
 from provisioner.store.records import InstanceRecord
 from provisioner.store.statuses import InstanceStatus
 from provisioner.store.store import StateStore
 from stacks.errors import CAPACITY, StackFailure
+from stacks.progress import StepProgress
 
 
 @dataclass
@@ -43,7 +45,6 @@ class ReusingBackend:
     def _provision_kept(self, run_name, offer, configuration, report) -> List[HostAccess]:
         """The run's stack, recorded as the run's until it is up (a failure destroys it with the run), then as
         the implicit fleet's, whose instances the run holds."""
-        from provisioner.backends.cloud import fleet_key_path
 
         fleet = self._free_fleet_name(run_name)
         stacks: list = []
@@ -80,6 +81,5 @@ class ReusingBackend:
 
 
 def report_reuse(report: Callable, offer: InstanceOffer) -> None:
-    from stacks.progress import StepProgress
 
     report(StepProgress("reuse", "instance", f"{offer.fleet}/{offer.num}", "done", 0.0))

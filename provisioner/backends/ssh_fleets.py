@@ -10,6 +10,7 @@ from typing import Callable, List, Tuple
 from configuration.errors import ConfigurationError
 from provisioner.host.access import HostAccess
 from provisioner.host.probe import PROBE_COMMAND, HostFacts, parse_probe
+from provisioner.host.ssh import describe_key, key_changed, record_host_keys, recorded_host_keys, scan_host_key
 from provisioner.store.store import StateStore
 
 
@@ -47,7 +48,6 @@ def apply_fleet(configuration, source: str, store: StateStore, confirm: ConfirmK
     offered = _on_every_host(hosts, _offered_key, where)
     new = [(host, key) for host, (key, recorded) in zip(hosts, offered) if not recorded]
     if new:
-        from provisioner.host.ssh import describe_key, record_host_keys
 
         if not confirm([(host, describe_key(key)) for host, key in new]):
             raise ConfigurationError(f"{where}: not registered: its host keys were not trusted")
@@ -66,7 +66,6 @@ def apply_fleet(configuration, source: str, store: StateStore, confirm: ConfirmK
 
 def _offered_key(host: HostAccess):
     """(the key the host offers, whether known_hosts holds it); a key other than the recorded one is refused."""
-    from provisioner.host.ssh import key_changed, recorded_host_keys, scan_host_key
 
     target = host.ssh_target()
     key = scan_host_key(target)

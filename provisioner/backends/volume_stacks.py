@@ -12,11 +12,13 @@ from configuration.backends import DstackConfig
 from configuration.errors import ConfigurationError
 from configuration.owner import owner_id
 from configuration.volumes import VolumeConfiguration
+from offers.catalog import load_catalogs
 from provisioner.planning.task_volumes import runs_using
 from provisioner.store.records import VolumeRecord
 from provisioner.store.statuses import VolumeStatus
 from provisioner.store.store import StateStore
 from stacks import clouds
+from stacks.progress import EngineEventTracker
 from stacks.volume_spec import VolumeSpec
 
 
@@ -24,8 +26,6 @@ def first_zone(backend: str, region: str) -> str:
     """The zone a volume without `availability_zone` goes to: the region's first in the offer catalogue (a regular
     zone: `us-east-1a`, `us-central1-a`; not a Local Zone such as `us-east-1-atl-2a`)."""
     import re
-
-    from offers.catalog import load_catalogs
 
     regular = re.compile(re.escape(region) + ("[a-z]" if backend == "aws" else "-[a-z]") + r"\Z")
     for catalog in load_catalogs([backend]):
@@ -96,7 +96,6 @@ def create_volume(store: StateStore, config: DstackConfig, name: str, configurat
         return store.get_volume(name)
     from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
     from stacks.extras import require_extra
-    from stacks.progress import EngineEventTracker
 
     require_extra(configuration.backend, f"volume {name}")
     require_pulumi()
@@ -128,7 +127,6 @@ def delete_volume(store: StateStore, config: DstackConfig, name: str, report: Ca
     if record.stack:
         from stacks.automation import open_stack, stack_destroy, state_settings
         from stacks.extras import require_extra
-        from stacks.progress import EngineEventTracker
 
         require_extra(record.backend, f"deleting volume {name}")
         clouds.check_credentials(record.backend, record.region)

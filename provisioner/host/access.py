@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from configuration.home import dstack_home
+from provisioner.host.ssh import SSHTarget, connect
 from provisioner.host.transport import LocalTransport, Transport
 
 
@@ -34,7 +35,6 @@ class HostAccess:
         return "this machine" if self.kind == "local" else f"{self.user}@{self.hostname}:{self.port}"
 
     def ssh_target(self):
-        from provisioner.host.ssh import SSHTarget
 
         return SSHTarget(hostname=self.hostname, port=self.port, user=self.user or "root",
                          identity_file=self.identity_file, host_key=self.host_key)
@@ -44,6 +44,5 @@ class HostAccess:
         """`booting`: the first connection to a VM the run just made (see provisioner.host.ssh.connect)."""
         if self.kind == "local":
             return LocalTransport(str(dstack_home() / "jobs"))
-        from provisioner.host.ssh import connect
 
         return connect(self.ssh_target(), total_wait=total_wait, log=log, booting=booting and bool(self.host_key))

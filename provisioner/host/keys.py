@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Tuple
 
 from configuration.home import private_file
+from stacks.spec import generate_host_key
 
 
 def new_key_pair(comment: str) -> Tuple[bytes, str]:
     """An ed25519 key pair: (the private key in OpenSSH PEM, the public key line with `comment`); made as a VM's
     host key is (stacks.spec.generate_host_key)."""
-    from stacks.spec import generate_host_key
 
     key = generate_host_key()
     return key.private_openssh.encode(), f"{key.public_openssh} {comment}"

@@ -19,7 +19,9 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import new_key_pair
-from provisioner.jobs.nodes import node_address
+from provisioner.host.ssh import recorded_host_keys
+from provisioner.jobs.layout import job_folder
+from provisioner.jobs.nodes import node_address, on_every_node
 
 AUTHORIZED_KEYS = '"${DSTACK_AUTHORIZED_KEYS:-$HOME/.ssh/authorized_keys}"'  # a shell word, expanded on the host
 
@@ -44,7 +46,6 @@ def host_keys(host: HostAccess) -> List[str]:
         return [" ".join(host.host_key.split()[:2])]
     if host.kind != "ssh":
         return []
-    from provisioner.host.ssh import recorded_host_keys
 
     return [f"{key.get_name()} {key.get_base64()}" for key in recorded_host_keys(host.ssh_target()).values()]
 
@@ -72,7 +73,6 @@ def authorize_command(line: str) -> str:
 def revoke_command(run_name: str) -> str:
     """Removes the run's private key from its job folder and its line from authorized_keys, keeping the file
     itself (its mode and owner)."""
-    from provisioner.jobs.layout import job_folder
 
     comment = shlex.quote(" " + key_comment(run_name))
     return (f"rm -f {job_folder(run_name)}/cluster_key; "
@@ -82,7 +82,6 @@ def revoke_command(run_name: str) -> str:
 
 def revoke_everywhere(run_name: str, hosts: Sequence[HostAccess], report: Callable[[str], None]) -> None:
     """The run's line removed from every node's authorized_keys; a host that cannot be reached is named."""
-    from provisioner.jobs.nodes import on_every_node
 
     def revoke(host: HostAccess) -> None:
         try:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from configuration.home import append_private
 from provisioner.host.access import HostAccess
 from provisioner.host.transport import Transport
+from provisioner.jobs.cluster_ssh import authorize_command
 from provisioner.jobs.control import job_begun, job_state, read_log, start_job, stop_job
 from provisioner.jobs.layout import TIMED_OUT, UNDERUTILIZED
 from provisioner.jobs.nodes import on_every_node, startup_waves
 from provisioner.jobs.script import JobSpec
 from provisioner.store.records import JobRecord, RunRecord
+from provisioner.store.run_files import local_log_path
 from provisioner.store.statuses import RUNNING, JobStatus, RunStatus
 from provisioner.store.store import StateStore
 
@@ -104,7 +107,6 @@ class RunJobs:
 
     def authorize(self, line: str) -> None:
         """The run's cluster key line added to every node's authorized_keys (provisioner.jobs.cluster_ssh)."""
-        from provisioner.jobs.cluster_ssh import authorize_command
 
         def authorize_one(rank: int) -> None:
             result = self.transports[rank].run(authorize_command(line), timeout=30)
@@ -165,8 +167,6 @@ def settled_job_state(transport: Transport, run_name: str) -> Tuple[str, Optiona
 
 def copy_log(transport: Transport, run_name: str, rank: int) -> None:
     """What the local copy of node `rank`'s log lacks, fetched from its host."""
-    from configuration.home import append_private
-    from provisioner.store.run_files import local_log_path
 
     path = local_log_path(run_name, rank)
     have = path.stat().st_size if path.exists() else 0

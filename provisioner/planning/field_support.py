@@ -15,6 +15,8 @@ from configuration.backends import CLOUD_BACKENDS
 from configuration.errors import ConfigurationError
 from configuration.policies import VolumeMountPoint
 from offers.offer import Offer
+from provisioner.jobs.nodes import node_count, node_offers
+from provisioner.planning.reuse import InstanceOffer
 
 ALL_BACKENDS = ("local", "ssh", "aws", "gcp")
 
@@ -107,7 +109,6 @@ def restrict_zones(offers: Sequence[Offer], zones: Optional[List[str]]) -> List[
     An offer that names no zones keeps those of its region (zone names start with the region's). An idle fleet
     instance's offer (provisioner.planning.reuse.InstanceOffer) is kept as it is where its `zone` is asked for: given
     zones, failover would claim it once per zone and a lost claim would rule those zones out for the offers after."""
-    from provisioner.planning.reuse import InstanceOffer
 
     if not zones:
         return list(offers)
@@ -131,7 +132,6 @@ def check_fields(configuration, offers: Sequence[Offer], source: str) -> List[Of
     cheapest offer's backend would not act upon one; the offers after it whose backends would not are dropped
     (failover never moves a run to a backend that ignores its fields). `nodes: N` keeps the offers that can host
     N nodes (provisioner.jobs.nodes.node_offers), or says why none can."""
-    from provisioner.jobs.nodes import node_count, node_offers
 
     messages = refusals(configuration, None)
     offers = restrict_zones(offers, getattr(configuration, "availability_zones", None))

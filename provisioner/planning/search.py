@@ -15,6 +15,7 @@ from offers.catalog import Catalog, load_catalogs
 from offers.requirements import Requirements
 from offers.solver import OfferSearch, find_offers
 from provisioner.host.access import HostAccess
+from provisioner.planning.host_offers import fleet_offers, local_offer
 from provisioner.store.store import StateStore
 
 
@@ -37,7 +38,6 @@ class RunOffers:
 def search_run_offers(requirements: Requirements, config: DstackConfig, store: StateStore, limit: Optional[int],
                       all_clouds: bool = False) -> RunOffers:
     """The offers a run (or `dstack offers`, with all_clouds) can use, and how to reach each host offer."""
-    from provisioner.planning.host_offers import fleet_offers, local_offer
 
     fleets = fleet_offers(store)
     if requirements.backends:

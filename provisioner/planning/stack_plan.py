@@ -11,7 +11,7 @@ from offers.offer import Offer
 from provisioner.jobs.nodes import node_count
 from provisioner.planning.task_volumes import volume_attachments
 from stacks import clouds
-from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec
+from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec, generate_host_key
 
 OPEN_DRIVER_MIN_CAPABILITY = (7, 5)
 
@@ -35,7 +35,6 @@ def placement_notes(configuration, offer: Optional[Offer]) -> List[str]:
 
 def generate_host_keys(configuration) -> Tuple[HostKey, ...]:
     """One SSH host key per node of the stack."""
-    from stacks.spec import generate_host_key
 
     return tuple(generate_host_key() for _ in range(node_count(configuration)))
 

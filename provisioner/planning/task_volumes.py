@@ -15,6 +15,7 @@ from configuration.errors import ConfigurationError
 from configuration.policies import InstanceMountPoint, VolumeMountPoint
 from offers.offer import Offer
 from provisioner.jobs.mounts import InstanceMount, Mounts, NetworkMount
+from provisioner.planning.reuse import InstanceOffer
 from provisioner.store.records import VolumeRecord
 from provisioner.store.statuses import VolumeStatus
 from provisioner.store.store import StateStore
@@ -109,7 +110,6 @@ def place_offers(store: StateStore, configuration, offers: Sequence[Offer], sour
     """The offers where every network volume of the task can be attached, each narrowed to the zones where it can.
     An idle fleet instance is none of them: the run's stack attaches its volumes, and a reused instance's stack is
     its fleet's, made before the run (its offer's empty `zones` would otherwise pass for any zone of its region)."""
-    from provisioner.planning.reuse import InstanceOffer
 
     candidates = _candidates(store, configuration, source)
     if not candidates:

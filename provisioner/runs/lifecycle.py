@@ -17,6 +17,7 @@ from configuration.errors import ConfigurationError, DstackError
 from configuration.home import append_private
 from offers.offer import Offer
 from provisioner.host.access import HostAccess
+from provisioner.host.ports import PortForwarder, local_opener, ssh_opener
 from provisioner.host.transport import HostUnreachable
 from provisioner.jobs.cluster_ssh import cluster_ssh
 from provisioner.jobs.follow import LogFollower, kept_run_hint
@@ -194,7 +195,6 @@ def forward_ports(session: RunSession, run_name: str, access: HostAccess, ports,
     """Forwards each task port to localhost; returns the forwarder (None when nothing needs forwarding)."""
     if not ports:
         return None
-    from provisioner.host.ports import PortForwarder, local_opener, ssh_opener
 
     if access.kind == "local":
         needed = [p for p in ports if p.local_port not in (None, p.container_port)]

@@ -12,6 +12,8 @@ from typing import Any, List, Optional
 
 from configuration.interpolation import SECRET_MASK, ResolvedRun
 from offers.offer import Offer
+from provisioner.planning.field_support import plan_notes
+from provisioner.planning.stack_plan import placement_notes
 
 
 def configuration_json(run: ResolvedRun) -> dict:
@@ -50,8 +52,6 @@ def _redact(value: Any, run: ResolvedRun) -> Any:
 
 
 def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Optional[List[dict]] = None) -> dict:
-    from provisioner.planning.field_support import plan_notes
-    from provisioner.planning.stack_plan import placement_notes
 
     document = {
         "configuration": configuration_json(run),
