@@ -93,6 +93,7 @@ _PREAMBLE = """#!/bin/sh
 set -e
 cd "$(dirname "$0")"
 JOB_DIR="$PWD"
+if [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
 mkdir -p repo
 if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
 if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
@@ -110,7 +111,7 @@ _BEGUN = f": > \"$JOB_DIR/{BEGUN_FILE}\"\n"
 
 
 def _preamble(job: JobSpec) -> str:
-    return _PREAMBLE.format(run=job.run_name, slots=max(job.gpus, 1))
+    return _PREAMBLE.format(run=job.run_name, slots=max(job.gpus, 1), profile=PROFILE_ENV)
 
 
 # An interpreter that runs and is the version asked for (a pyenv shim of a version not selected exits 127), as
@@ -182,7 +183,7 @@ fi
 
 
 def _commands(job: JobSpec) -> str:
-    """The commands, run by the login shell that runs job.sh, or by `shell:` when the task names one."""
+    """The commands, run by the shell that runs job.sh (bash, else sh), or by `shell:` when the task names one."""
     if job.shell is None:
         return "".join(command + "\n" for command in job.commands)
     shell = SHELLS.get(job.shell, job.shell)
@@ -438,9 +439,31 @@ MIN_SAMPLE_INTERVAL_S = 5
 MAX_SAMPLE_INTERVAL_S = 60
 
 
+# The login profile's environment (its exported variables and, from bash, its functions) is read by a login shell of
+# its own, under `timeout` in a process group of its own, and written to PROFILE_ENV, which job.sh sources first. A
+# profile that has not finished within $DSTACK_PROFILE_TIMEOUT seconds (a lock another shell left, a prompt, a slow
+# network home) is cut short, SIGTERM first so that its own traps release what it holds, and the job goes on with the
+# basics, saying so in its log. A stop's SIGTERM to the job's group is passed on to that group.
+PROFILE_ENV = "profile.env"
+PROFILE_TIMEOUT_S = 10
+_LOGIN = """sh=sh; if command -v bash >/dev/null; then sh=bash; fi
+t=; trap '[ -n "$t" ] && kill -TERM $t 2>/dev/null; wait; exit 143' TERM
+timeout -k 2 "$1" "$sh" -l -c 'unset PWD OLDPWD; { export -p; declare -f 2>/dev/null; true; } > "$0.tmp" && \
+mv "$0.tmp" "$0"' "$PWD/profile.env" & t=$!
+wait $t; code=$?
+if [ ! -f profile.env ]; then
+  why="failed (exit $code)"; case $code in 124|137) why="did not finish within ${1}s (DSTACK_PROFILE_TIMEOUT)" ;; esac
+  echo "dstack: the login profile ($sh -l) $why; the job goes on without it, from HOME, USER, LOGNAME, SHELL, PATH and \
+LANG alone"
+fi
+trap - TERM
+exec "$sh" ./job.sh
+"""
+
+
 def _launcher(job: JobSpec) -> str:
-    """The job's first process. `python:` and `docker:` jobs run in a login shell (once per job), so the PATH the
-    user's profile sets (conda, ~/.local/bin, pyenv) applies as in an SSH session, from an empty environment: a
+    """The job's first process. `python:` and `docker:` jobs start from what the user's login profile sets (once per
+    job), so the PATH it sets (conda, ~/.local/bin, pyenv) applies as in an SSH session, from an empty environment: a
     login shell's basics and the env file only. `image:` jobs only drive docker (the container gets `-e` names)."""
     if job.image:
         return "sh ./job.sh"
@@ -448,7 +471,7 @@ def _launcher(job: JobSpec) -> str:
               'PATH="$PATH" LANG="${LANG:-C.UTF-8}"')
     if job.docker:
         basics += ' ${DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"} ${DOCKER_CONFIG:+DOCKER_CONFIG="$DOCKER_CONFIG"}'
-    return basics + " sh -c 'if command -v bash >/dev/null; then exec bash -l ./job.sh; fi; exec sh -l ./job.sh'"
+    return f'{basics} sh -c {shlex.quote(_LOGIN)} dstack-login "${{DSTACK_PROFILE_TIMEOUT:-{PROFILE_TIMEOUT_S}}}"'
 
 
 def sweep_command(job_id: str) -> str:
@@ -481,7 +504,7 @@ def start_command(job: JobSpec) -> str:
                    f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes} || "
                    f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
-    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun; }} || exit 1; "
+    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun {PROFILE_ENV}; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
 
