@@ -439,24 +439,35 @@ MIN_SAMPLE_INTERVAL_S = 5
 MAX_SAMPLE_INTERVAL_S = 60
 
 
-# The login profile's environment (its exported variables and, from bash, its functions) is read by a login shell of
-# its own, under `timeout` in a process group of its own, and written to PROFILE_ENV, which job.sh sources first. A
-# profile that has not finished within $DSTACK_PROFILE_TIMEOUT seconds (a lock another shell left, a prompt, a slow
-# network home) is cut short, SIGTERM first so that its own traps release what it holds, and the job goes on with the
-# basics, saying so in its log. A stop's SIGTERM to the job's group is passed on to that group.
+# The login profile's environment (its exported variables and, from bash, its functions) is read by a login shell in
+# a session of its own and written to PROFILE_ENV, which job.sh sources first. A profile that has not finished within
+# $DSTACK_PROFILE_TIMEOUT seconds (a lock another shell left, a prompt, a slow network home) is cut short: one
+# SIGTERM to its process group, so that its own traps release what it holds (`timeout` would signal twice and could
+# kill a trap's `rm` of its lock), SIGKILL 2 s later; the job goes on with the basics, saying so in its log. A stop's
+# SIGTERM cuts the profile short the same way, and the job ends there. A SIGKILL of the job's group does not reach the
+# profile: it finishes as it would have, releasing what it holds.
 PROFILE_ENV = "profile.env"
 PROFILE_TIMEOUT_S = 10
 _LOGIN = """sh=sh; if command -v bash >/dev/null; then sh=bash; fi
-t=; trap '[ -n "$t" ] && kill -TERM $t 2>/dev/null; wait; exit 143' TERM
-timeout -k 2 "$1" "$sh" -l -c 'unset PWD OLDPWD; { export -p; declare -f 2>/dev/null; true; } > "$0.tmp" && \
-mv "$0.tmp" "$0"' "$PWD/profile.env" & t=$!
-wait $t; code=$?
+case $1 in ''|*[!0-9]*) set -- 10 ;; esac
+i=0; n=$(($1 * 20)); term=; stop=
+trap 'stop=1; n=0' TERM
+setsid "$sh" -l -c 'unset PWD OLDPWD
+{ export -p; declare -f; declare -F | sed -n "s/^declare -fx /export -f /p"; } 2>/dev/null >"$0.tmp" && mv "$0.tmp" "$0"
+' "$PWD/profile.env" & p=$!
+while kill -0 $p 2>/dev/null; do
+  if [ -z "$term" ] && [ $i -ge $n ]; then kill -TERM -$p 2>/dev/null; term=$i
+  elif [ -n "$term" ] && [ $i -ge $((term + 40)) ]; then kill -KILL -$p 2>/dev/null; fi
+  sleep 0.05; i=$((i + 1))
+done
+[ -z "$stop" ] || exit 143
+trap - TERM
+wait $p; code=$?
 if [ ! -f profile.env ]; then
-  why="failed (exit $code)"; case $code in 124|137) why="did not finish within ${1}s (DSTACK_PROFILE_TIMEOUT)" ;; esac
+  why="failed (exit $code)"; [ -z "$term" ] || why="did not finish within ${1}s (DSTACK_PROFILE_TIMEOUT)"
   echo "dstack: the login profile ($sh -l) $why; the job goes on without it, from HOME, USER, LOGNAME, SHELL, PATH and \
 LANG alone"
 fi
-trap - TERM
 exec "$sh" ./job.sh
 """
 

@@ -299,17 +299,20 @@ def login_home(tmp_path, monkeypatch):
 
 def test_the_login_profile_sets_the_job_environment(login_home, tmp_path):
     (login_home / ".profile").write_text("export FROM_PROFILE=yes\ngreet() { echo \"hello from $*\"; }\n"
+                                         "module() { echo module $*; }\nexport -f module\n"
                                          "echo the profile speaks\ncd /\n")
     local = LocalTransport(str(tmp_path / "jobs"))
-    start_job(local, JobSpec(run_name="profile-env", commands=["echo $FROM_PROFILE", "greet the profile", "pwd"]))
+    start_job(local, JobSpec(run_name="profile-env", commands=[
+        "echo $FROM_PROFILE", "greet the profile", "bash -c 'module load in a child'", "pwd"]))
     code, log = wait_exit(local, "profile-env", timeout=30)
-    assert (code, log) == (0, f"the profile speaks\nyes\nhello from the profile\n{tmp_path}/jobs/profile-env/repo\n")
+    assert (code, log) == (0, "the profile speaks\nyes\nhello from the profile\nmodule load in a child\n"
+                              f"{tmp_path}/jobs/profile-env/repo\n")
     assert not (tmp_path / "jobs" / "profile-env" / "profile.env").exists()  # read, then deleted
 
 
 def hanging_profile(home: Path) -> None:
     """A profile that takes a lock (as `pyenv rehash` does), releases it on exit, and never finishes."""
-    (home / ".profile").write_text('echo $$ > "$HOME/profile.pid"; : > "$HOME/lock"; trap \'rm -f "$HOME/lock"\' EXIT\n'
+    (home / ".profile").write_text('echo $$ > "$HOME/profile.pid"; trap \'rm -f "$HOME/lock"\' EXIT; : > "$HOME/lock"\n'
                                    "sleep 300\n")
 
 
