@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cli.output import print_json, stderr_console, stdout_console
+from cli.output import print_json, stderr_console, stdout_console, warn
 
 NameArgument = Annotated[str, typer.Argument(help="The run name")]
 
@@ -132,8 +132,7 @@ def _warn_of_unknown_jobs(store, records) -> None:
             continue
         record = store.get_run(name)  # a run submitted since the list was read is no stranger
         if record is None or not record.active:
-            stderr_console().print(f"warning: {describe(access, name, pgid)}, but no active run in "
-                                   f"{store.path} knows it", markup=False)
+            warn(f"{describe(access, name, pgid)}, but no active run in {store.path} knows it")  # a path: unwrapped
 
 
 def logs(
