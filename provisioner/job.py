@@ -6,7 +6,8 @@ made under umask 077, so they are 0700 and what the job writes in them 0600. In 
 (mode 0600, read by the script at start and then deleted), `repo/` (the working directory, where the repo and
 `files` go unless their paths say otherwise), `uploads/` (what the client sent, until the script puts each upload
 in its place or, in a container, mounts it there), `output.log` (stdout and
-stderr), `pid` (the job's process group) and `exit_code` (written when the job ends). The job runs in its own session
+stderr), `profile.log` (what the login profile printed), `pid` (the job's process group) and `exit_code` (written
+when the job ends). The job runs in its own session
 (setsid), so a dropped SSH connection loses nothing: the client reconnects and reads the log on from the byte it had.
 
 A job without `image:` starts from an empty environment (`env -i`): a login shell's basics (HOME, USER, LOGNAME,
@@ -440,7 +441,9 @@ MAX_SAMPLE_INTERVAL_S = 60
 
 
 # The login profile's environment (its exported variables and, from bash, its functions) is read by a login shell in
-# a session of its own and written to PROFILE_ENV, which job.sh sources first. A profile that has not finished within
+# a session of its own and written to PROFILE_ENV, which job.sh sources first; what the profile prints goes to
+# profile.log, not to the job's log (which holds the job's output only: a profile's greeting, or pyenv's complaints
+# when two logins rehash at once, are no part of it). A profile that has not finished within
 # $DSTACK_PROFILE_TIMEOUT seconds (a lock another shell left, a prompt, a slow network home) is cut short: one
 # SIGTERM to its process group, so that its own traps release what it holds (`timeout` would signal twice and could
 # kill a trap's `rm` of its lock), SIGKILL 2 s later; the job goes on with the basics, saying so in its log. A stop's
@@ -454,7 +457,7 @@ i=0; n=$(($1 * 20)); term=; stop=
 trap 'stop=1; n=0' TERM
 setsid "$sh" -l -c 'unset PWD OLDPWD
 { export -p; declare -f; declare -F | sed -n "s/^declare -fx /export -f /p"; } 2>/dev/null >"$0.tmp" && mv "$0.tmp" "$0"
-' "$PWD/profile.env" & p=$!
+' "$PWD/profile.env" > profile.log 2>&1 & p=$!
 while kill -0 $p 2>/dev/null; do
   if [ -z "$term" ] && [ $i -ge $n ]; then kill -TERM -$p 2>/dev/null; term=$i
   elif [ -n "$term" ] && [ $i -ge $((term + 40)) ]; then kill -KILL -$p 2>/dev/null; fi
@@ -466,7 +469,7 @@ wait $p; code=$?
 if [ ! -f profile.env ]; then
   why="failed (exit $code)"; [ -z "$term" ] || why="did not finish within ${1}s (DSTACK_PROFILE_TIMEOUT)"
   echo "dstack: the login profile ($sh -l) $why; the job goes on without it, from HOME, USER, LOGNAME, SHELL, PATH and \
-LANG alone"
+LANG alone (what the profile printed is in $PWD/profile.log)"
 fi
 exec "$sh" ./job.sh
 """
