@@ -452,7 +452,7 @@ MAX_SAMPLE_INTERVAL_S = 60
 PROFILE_ENV = "profile.env"
 PROFILE_TIMEOUT_S = 10
 _LOGIN = """sh=sh; if command -v bash >/dev/null; then sh=bash; fi
-case $1 in ''|*[!0-9]*) set -- 10 ;; esac
+case $1 in ''|*[!0-9]*) set -- DEFAULT_S ;; esac
 i=0; n=$(($1 * 20)); term=; stop=
 trap 'stop=1; n=0' TERM
 setsid "$sh" -l -c 'unset PWD OLDPWD
@@ -472,7 +472,7 @@ if [ ! -f profile.env ]; then
 LANG alone (what the profile printed is in $PWD/profile.log)"
 fi
 exec "$sh" ./job.sh
-"""
+""".replace("DEFAULT_S", str(PROFILE_TIMEOUT_S))
 
 
 def _launcher(job: JobSpec) -> str:
