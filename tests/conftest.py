@@ -1,22 +1,4 @@
-import time
-from pathlib import Path
-
 import pytest
-
-
-PYENV_SHIM_LOCK = Path.home() / ".pyenv" / "shims" / ".pyenv-shim"
-
-
-@pytest.fixture(autouse=True)
-def no_stale_pyenv_lock():
-    """Jobs run in a login shell, and this machine's root profile runs `pyenv rehash`, which holds a lock file while
-    it works. A test that kills a job's process group at that moment leaves the lock behind, and every later login
-    shell then waits 60 s for it. A lock older than a rehash ever takes is removed before each test."""
-    try:
-        if time.time() - PYENV_SHIM_LOCK.stat().st_mtime > 20:
-            PYENV_SHIM_LOCK.unlink()
-    except FileNotFoundError:
-        pass
 
 
 @pytest.fixture

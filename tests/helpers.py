@@ -17,6 +17,15 @@ def write(tmp_path, name, text) -> str:
     return str(path)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (a fixed one would meet a parallel test run's)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_cli(*args, env=None, input=None, timeout=120):
     """Runs the installed `dstack` entry point as a user would, in a child process."""
     full_env = dict(os.environ)

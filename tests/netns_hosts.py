@@ -193,11 +193,24 @@ class NamespaceHost:
     def in_namespace(self, *argv: str, **kwargs) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **kwargs)
 
+    def pids(self) -> list:
+        return subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout.split()
+
     def cleanup(self) -> None:
+        """What still runs in the namespace gets SIGTERM (and SIGCONT, where a test froze it) and 2 s before SIGKILL,
+        as a stop gives it: a shell killed outright in its login profile can leave a lock behind (`pyenv rehash`
+        holds one under root's shared ~/.pyenv), which every later login shell would wait on."""
         self.stop_sshd()
-        pids = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            subprocess.run(["kill", "-KILL", pid], capture_output=True)
+        pids = self.pids()
+        if pids:
+            subprocess.run(["kill", "-TERM", *pids], capture_output=True)
+            subprocess.run(["kill", "-CONT", *pids], capture_output=True)
+            deadline = time.monotonic() + 2
+            while pids and time.monotonic() < deadline:
+                time.sleep(0.05)
+                pids = self.pids()
+            if pids:
+                subprocess.run(["kill", "-KILL", *pids], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.veth_host], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -218,7 +231,7 @@ class Switch:
 
     def __init__(self):
         Switch._made += 1
-        self.ns = f"dstksw{os.getpid() % 10000}-{Switch._made}"
+        self.ns = f"dstksw{os.getpid()}-{Switch._made}"  # a namespace's name is a file name: no 15-byte limit
         self.members: list = []  # (host, its veth to the switch)
 
     def start(self) -> "Switch":

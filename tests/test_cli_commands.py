@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cli.main import COMMANDS, load_command
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, free_port, run_cli
 
 
 def cli_in(folder, *args, env=None, input=None):
@@ -134,7 +134,9 @@ def test_no_repo_uploads_nothing(tmp_path, dstack_home):
 
 def test_ps_last_verbose_logs_since_diagnose_and_node(tmp_path, dstack_home):
     env = {"DSTACK_HOME": str(dstack_home)}
-    (tmp_path / ".dstack.yml").write_text("type: task\nports: [18431]\ncommands: ['echo one', 'sleep 2', 'echo two']\n")
+    port = free_port()
+    (tmp_path / ".dstack.yml").write_text(f"type: task\nports: [{port}]\n"
+                                          "commands: ['echo one', 'sleep 2', 'echo two']\n")
     assert cli_in(tmp_path, "apply", "-y", "-n", "first", env=env).returncode == 0
     assert cli_in(tmp_path, "apply", "-y", "-n", "second", env=env).returncode == 0
     last = json.loads(run_cli("ps", "-n", "1", "--json", "-v", env=env).stdout)["runs"]
@@ -142,10 +144,10 @@ def test_ps_last_verbose_logs_since_diagnose_and_node(tmp_path, dstack_home):
     job = last[0]["jobs"][0]
     assert len(last[0]["jobs"]) == 1 and job["started_at"] <= job["finished_at"]
     assert {k: v for k, v in job.items() if not k.endswith("_at")} == {
-        "node": 0, "status": "done", "host": "this machine", "ports": [[18431, 18431]], "exit_code": 0,
+        "node": 0, "status": "done", "host": "this machine", "ports": [[port, port]], "exit_code": 0,
         "attempts": []}
     table = run_cli("ps", "-n", "2", "-v", env=env).stdout
-    assert "HOST" in table and "this machine" in table and "localhost:18431->18431" in table
+    assert "HOST" in table and "this machine" in table and f"localhost:{port}->{port}" in table
     assert run_cli("logs", "second", env=env).stdout == "one\ntwo\n"
     assert run_cli("logs", "second", "--since", "1h", env=env).stdout == "one\ntwo\n"
     assert run_cli("logs", "second", "--since", "2099-01-01T00:00:00Z", env=env).stdout == ""

@@ -13,7 +13,7 @@ from provisioner.jobs.script import JobSpec, docker_script
 from provisioner.jobs.uploads import LEGACY_REPO_DIR, Upload, UploadPlan, list_folder
 from provisioner.host.transport import LocalTransport
 from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
-from tests.helpers import wait_exit
+from tests.helpers import free_port, wait_exit
 
 
 @pytest.fixture
@@ -53,12 +53,13 @@ def test_image_port_serves_http(local, tmp_path):
     repo = tmp_path / "site"
     repo.mkdir()
     (repo / "index.html").write_text("served from a container")
-    start_job(local, JobSpec(run_name="img-3", image=IMAGE, commands=["httpd -f -p 127.0.0.1:18181 -h /workflow"],
+    port = free_port()
+    start_job(local, JobSpec(run_name="img-3", image=IMAGE, commands=[f"httpd -f -p 127.0.0.1:{port} -h /workflow"],
                              uploads=folder_upload(repo)))
     body, deadline = None, time.monotonic() + 20
     while body is None and time.monotonic() < deadline:
         try:
-            body = urllib.request.urlopen("http://127.0.0.1:18181/index.html", timeout=2).read().decode()
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2).read().decode()
         except OSError:
             time.sleep(0.1)
     assert body == "served from a container"

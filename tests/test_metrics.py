@@ -64,13 +64,15 @@ def test_metrics_of_a_running_local_job(tmp_path, dstack_home, fake_gpu_path):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # the job gets busy.py from its repo
     conf = tmp_path / "busy.dstack.yml"
     # 64 MiB held, one core busy: the figures must show both.
-    (tmp_path / "busy.py").write_text("held = b'x' * (64 * 2**20)\nwhile True:\n    pass\n")
+    (tmp_path / "busy.py").write_text("held = b'x' * (64 * 2**20)\nprint('holding', flush=True)\nwhile True:\n    pass\n")
     conf.write_text("type: task\ncommands: [python3 busy.py]\n")
     env = {"DSTACK_HOME": str(dstack_home), "PATH": fake_gpu_path}
     started = run_cli("apply", "-f", str(conf), "-y", "-d", "-n", "busy", env=env)
     assert started.returncode == 0, started.stderr
     try:
-        time.sleep(1)
+        log, deadline = dstack_home / "jobs" / "busy" / "output.log", time.monotonic() + 30
+        while (not log.exists() or "holding" not in log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)  # a loaded machine starts the job slowly: measured once the memory is held
         result = run_cli("metrics", "busy", "--json", env=env)
         assert result.returncode == 0, result.stderr
         found = json.loads(result.stdout)["metrics"]

@@ -156,18 +156,25 @@ def test_a_booting_vm_is_waited_for_until_it_serves_the_runs_host_key_and_login_
     with pytest.raises(HostKeyChanged):  # not booting: a key other than the run's fails at once
         connect(target(host, client_key, host_key=runs_key), total_wait=10)
 
+    said = []
+
+    def told(what: str) -> None:
+        """Each step of the boot comes once the client has met the one before (fixed sleeps raced its backoff)."""
+        deadline = time.monotonic() + 20
+        while not any(what in line for line in said) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def cloud_init_finishes():
-        time.sleep(1.5)
+        told("does not serve the run's host key yet")
         host.stop_sshd()
         for suffix in ("", ".pub"):
             shutil.copy(tmp_path / f"runs_key{suffix}", host.dir / f"host_key{suffix}")
         host.start_sshd()
-        time.sleep(1.5)
+        told("does not accept the run's login key yet")
         (host.dir / "authorized_keys").write_text(client_key[1] + "\n")
 
     finishing = threading.Thread(target=cloud_init_finishes)
     finishing.start()
-    said = []
     started = time.monotonic()
     transport = connect(target(host, client_key, host_key=runs_key), total_wait=30, log=said.append, booting=True)
     finishing.join()

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from configuration.errors import ConfigurationError
 from configuration.loader import parse_configuration
 from provisioner.jobs.script import JobSpec, upload_target
 from tests.helpers import run_cli

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -275,6 +276,80 @@ def test_job_environment_is_declared_plus_system_variables_only(host):
     master = log.split("MASTER=")[1].split()[0]
     assert master and f"{master} slots=2" in log
 
+
+
+@pytest.fixture
+def login_home(tmp_path, monkeypatch):
+    """A HOME of the test's own for local jobs, whose `.profile` the test writes; PATH without pyenv's shims (they
+    need the PYENV_ROOT of the real profile), the profile cut short after 2 s."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin")
+    monkeypatch.setenv("DSTACK_PROFILE_TIMEOUT", "2")
+    return home
+
+
+def test_the_login_profile_sets_the_job_environment(login_home, tmp_path):
+    (login_home / ".profile").write_text("export FROM_PROFILE=yes\ngreet() { echo \"hello from $*\"; }\n"
+                                         "module() { echo module $*; }\nexport -f module\n"
+                                         "echo the profile speaks\ncd /\n")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    start_job(local, JobSpec(run_name="profile-env", commands=[
+        "echo $FROM_PROFILE", "greet the profile", "bash -c 'module load in a child'", "pwd"]))
+    code, log = wait_exit(local, "profile-env", timeout=30)
+    assert (code, log) == (0, "yes\nhello from the profile\nmodule load in a child\n"
+                              f"{tmp_path}/jobs/profile-env/repo\n")
+    folder = tmp_path / "jobs" / "profile-env"
+    assert not (folder / "profile.env").exists()  # read, then deleted
+    assert (folder / "profile.log").read_text() == "the profile speaks\n"  # beside the job's log, not in it
+
+
+def hanging_profile(home: Path) -> None:
+    """A profile that takes a lock (as `pyenv rehash` does), releases it on exit, and never finishes."""
+    (home / ".profile").write_text('echo $$ > "$HOME/profile.pid"; trap \'rm -f "$HOME/lock"\' EXIT; : > "$HOME/lock"\n'
+                                   "sleep 300\n")
+
+
+def gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_a_login_profile_that_does_not_finish_is_cut_short_and_the_job_goes_on(login_home, tmp_path):
+    """A stale lock in the profile (pyenv's rehash waits a minute on one) delays a job by DSTACK_PROFILE_TIMEOUT at
+    most; the log says so; the profile gets SIGTERM first, so its traps release what it held."""
+    hanging_profile(login_home)
+    local = LocalTransport(str(tmp_path / "jobs"))
+    began = time.monotonic()
+    start_job(local, JobSpec(run_name="slow-profile", commands=["echo started; echo FROM_PROFILE=$FROM_PROFILE"]))
+    try:
+        code, log = wait_exit(local, "slow-profile", timeout=20)
+    finally:
+        stop_job(local, "slow-profile", grace=0)
+    assert time.monotonic() - began < 10
+    assert (code, log) == (0, "dstack: the login profile (bash -l) did not finish within 2s "
+                              "(DSTACK_PROFILE_TIMEOUT); the job goes on without it, from HOME, USER, LOGNAME, SHELL, "
+                              "PATH and LANG alone (what the profile printed is in "
+                              f"{tmp_path}/jobs/slow-profile/profile.log)\nstarted\nFROM_PROFILE=\n")
+    assert gone(int((login_home / "profile.pid").read_text())) and not (login_home / "lock").exists()
+
+
+def test_a_stop_while_the_login_profile_runs_ends_the_profile_too(login_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSTACK_PROFILE_TIMEOUT", "60")
+    hanging_profile(login_home)
+    local = LocalTransport(str(tmp_path / "jobs"))
+    start_job(local, JobSpec(run_name="stopped-in-profile", commands=["echo never"]))
+    deadline = time.monotonic() + 10
+    while not (login_home / "lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    began = time.monotonic()
+    assert stop_job(local, "stopped-in-profile", grace=10) == 143  # SIGTERM was enough
+    assert time.monotonic() - began < 5
+    assert gone(int((login_home / "profile.pid").read_text())) and not (login_home / "lock").exists()
+    assert "never" not in read_log(local, "stopped-in-profile", 0).data.decode()
 
 def _sleeping(seconds: int) -> list:
     """Live processes running `sleep SECONDS`."""

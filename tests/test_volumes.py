@@ -114,7 +114,6 @@ def test_gcp_run_stack_attaches_its_disks():
 def fake_pulumi(monkeypatch, store, outputs):
     """The stack calls replaced: `up` checks the record is written before it, and returns `outputs`."""
     import stacks.automation as automation
-    from provisioner.backends.cloud import CloudBackend
 
     calls = []
 

@@ -9,7 +9,7 @@ import typer
 from typing_extensions import Annotated
 
 from cli.helpers import expire_idle_fleets, find_run, print_events, remove_schedule, run_session, since_time
-from cli.output import print_json, stderr_console, stdout_console, write_stdout
+from cli.output import print_json, stderr_console, stdout_console, warn, write_stdout
 
 NameArgument = Annotated[str, typer.Argument(help="The run name")]
 
@@ -116,8 +116,7 @@ def _warn_of_unknown_jobs(store, records) -> None:
             continue
         record = store.get_run(name)  # a run submitted since the list was read is no stranger
         if record is None or not record.active:
-            stderr_console().print(f"warning: {describe(access, name, pgid)}, but no active run in "
-                                   f"{store.path} knows it", markup=False)
+            warn(f"{describe(access, name, pgid)}, but no active run in {store.path} knows it")  # a path: unwrapped
 
 
 def logs(

@@ -6,7 +6,8 @@ made under umask 077, so they are 0700 and what the job writes in them 0600. In 
 (mode 0600, read by the script at start and then deleted), `repo/` (the working directory, where the repo and
 `files` go unless their paths say otherwise), `uploads/` (what the client sent, until the script puts each upload
 in its place or, in a container, mounts it there), `output.log` (stdout and
-stderr), `pid` (the job's process group) and `exit_code` (written when the job ends). The job runs in its own session
+stderr), `profile.log` (what the login profile printed), `pid` (the job's process group) and `exit_code` (written
+when the job ends). The job runs in its own session
 (setsid), so a dropped SSH connection loses nothing: the client reconnects and reads the log on from the byte it had.
 
 A job without `image:` starts from an empty environment (`env -i`): a login shell's basics (HOME, USER, LOGNAME,
@@ -93,6 +94,7 @@ _PREAMBLE = """#!/bin/sh
 set -e
 cd "$(dirname "$0")"
 JOB_DIR="$PWD"
+if [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
 mkdir -p repo
 if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
 if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
@@ -108,7 +110,7 @@ _BEGUN = f": > \"$JOB_DIR/{BEGUN_FILE}\"\n"
 
 
 def _preamble(job: JobSpec) -> str:
-    return _PREAMBLE.format(run=job.run_name, slots=max(job.gpus, 1))
+    return _PREAMBLE.format(run=job.run_name, slots=max(job.gpus, 1), profile=PROFILE_ENV)
 
 
 # An interpreter that runs and is the version asked for (a pyenv shim of a version not selected exits 127), as
@@ -180,7 +182,7 @@ fi
 
 
 def _commands(job: JobSpec) -> str:
-    """The commands, run by the login shell that runs job.sh, or by `shell:` when the task names one."""
+    """The commands, run by the shell that runs job.sh (bash, else sh), or by `shell:` when the task names one."""
     if job.shell is None:
         return "".join(command + "\n" for command in job.commands)
     shell = SHELLS.get(job.shell, job.shell)
@@ -423,9 +425,44 @@ MIN_SAMPLE_INTERVAL_S = 5
 MAX_SAMPLE_INTERVAL_S = 60
 
 
+# The login profile's environment (its exported variables and, from bash, its functions) is read by a login shell in
+# a session of its own and written to PROFILE_ENV, which job.sh sources first; what the profile prints goes to
+# profile.log, not to the job's log (which holds the job's output only: a profile's greeting, or pyenv's complaints
+# when two logins rehash at once, are no part of it). A profile that has not finished within
+# $DSTACK_PROFILE_TIMEOUT seconds (a lock another shell left, a prompt, a slow network home) is cut short: one
+# SIGTERM to its process group, so that its own traps release what it holds (`timeout` would signal twice and could
+# kill a trap's `rm` of its lock), SIGKILL 2 s later; the job goes on with the basics, saying so in its log. A stop's
+# SIGTERM cuts the profile short the same way, and the job ends there. A SIGKILL of the job's group does not reach the
+# profile: it finishes as it would have, releasing what it holds.
+PROFILE_ENV = "profile.env"
+PROFILE_TIMEOUT_S = 10
+_LOGIN = """sh=sh; if command -v bash >/dev/null; then sh=bash; fi
+case $1 in ''|*[!0-9]*) set -- DEFAULT_S ;; esac
+i=0; n=$(($1 * 20)); term=; stop=
+trap 'stop=1; n=0' TERM
+setsid "$sh" -l -c 'unset PWD OLDPWD
+{ export -p; declare -f; declare -F | sed -n "s/^declare -fx /export -f /p"; } 2>/dev/null >"$0.tmp" && mv "$0.tmp" "$0"
+' "$PWD/profile.env" > profile.log 2>&1 & p=$!
+while kill -0 $p 2>/dev/null; do
+  if [ -z "$term" ] && [ $i -ge $n ]; then kill -TERM -$p 2>/dev/null; term=$i
+  elif [ -n "$term" ] && [ $i -ge $((term + 40)) ]; then kill -KILL -$p 2>/dev/null; fi
+  sleep 0.05; i=$((i + 1))
+done
+[ -z "$stop" ] || exit 143
+trap - TERM
+wait $p; code=$?
+if [ ! -f profile.env ]; then
+  why="failed (exit $code)"; [ -z "$term" ] || why="did not finish within ${1}s (DSTACK_PROFILE_TIMEOUT)"
+  echo "dstack: the login profile ($sh -l) $why; the job goes on without it, from HOME, USER, LOGNAME, SHELL, PATH and \
+LANG alone (what the profile printed is in $PWD/profile.log)"
+fi
+exec "$sh" ./job.sh
+""".replace("DEFAULT_S", str(PROFILE_TIMEOUT_S))
+
+
 def _launcher(job: JobSpec) -> str:
-    """The job's first process. `python:` and `docker:` jobs run in a login shell (once per job), so the PATH the
-    user's profile sets (conda, ~/.local/bin, pyenv) applies as in an SSH session, from an empty environment: a
+    """The job's first process. `python:` and `docker:` jobs start from what the user's login profile sets (once per
+    job), so the PATH it sets (conda, ~/.local/bin, pyenv) applies as in an SSH session, from an empty environment: a
     login shell's basics and the env file only. `image:` jobs only drive docker (the container gets `-e` names)."""
     if job.image:
         return "sh ./job.sh"
@@ -433,7 +470,7 @@ def _launcher(job: JobSpec) -> str:
               'PATH="$PATH" LANG="${LANG:-C.UTF-8}"')
     if job.docker:
         basics += ' ${DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"} ${DOCKER_CONFIG:+DOCKER_CONFIG="$DOCKER_CONFIG"}'
-    return basics + " sh -c 'if command -v bash >/dev/null; then exec bash -l ./job.sh; fi; exec sh -l ./job.sh'"
+    return f'{basics} sh -c {shlex.quote(_LOGIN)} dstack-login "${{DSTACK_PROFILE_TIMEOUT:-{PROFILE_TIMEOUT_S}}}"'
 
 
 def sweep_command(job_id: str) -> str:
@@ -466,7 +503,7 @@ def start_command(job: JobSpec) -> str:
                    f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes} || "
                    f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
-    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun; }} || exit 1; "
+    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun {PROFILE_ENV}; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
 
