@@ -33,10 +33,10 @@ PROVISION_ENV = "DSTACK_BENCH_PROVISION_S"
 
 def stand_in_cloud() -> None:
     """In the child: CloudBackend's stack boundary over the namespace host."""
-    from provisioner.runs import job_specs
-    from provisioner.host.access import HostAccess
     from provisioner.backends.cloud import CloudBackend
+    from provisioner.host.access import HostAccess
     from provisioner.host.keys import generate_key
+    from provisioner.runs import job_specs
 
     access = HostAccess.from_json(json.loads(os.environ[HOST_ENV]))
 

@@ -8,10 +8,10 @@ import urllib.request
 
 import pytest
 
+from provisioner.host.transport import LocalTransport
 from provisioner.jobs.control import read_log, start_job, stop_job
 from provisioner.jobs.script import JobSpec, docker_script
 from provisioner.jobs.uploads import LEGACY_REPO_DIR, Upload, UploadPlan, list_folder
-from provisioner.host.transport import LocalTransport
 from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
 from tests.helpers import free_port, wait_exit
 

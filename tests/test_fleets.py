@@ -117,8 +117,8 @@ def test_fleets_naming_a_fleet_that_does_not_exist_is_a_clear_error(tmp_path):
 @pytest.fixture
 def cloud(monkeypatch, make_host, client_key):
     """CloudBackend's stack boundary over one namespace host: `made` and `destroyed` list the stacks' names."""
-    from provisioner.host.access import HostAccess
     from provisioner.backends.cloud import CloudBackend
+    from provisioner.host.access import HostAccess
     from provisioner.host.keys import generate_key
 
     host = make_host()
@@ -149,10 +149,10 @@ def submit_task(store, name, text, offers, tmp_path, before_submit=lambda: None)
     from configuration.backends import load_config
     from configuration.interpolation import resolve_run
     from configuration.loader import parse_configuration
+    from offers.requirements import Requirements
     from provisioner.planning.reuse import plan_offers
     from provisioner.runs.lifecycle import submit
     from provisioner.runs.session import Reporter, RunSession
-    from offers.requirements import Requirements
 
     output = []
     configuration = parse_configuration(f"type: task\nname: {name}\n{text}", "t.dstack.yml")
@@ -203,8 +203,8 @@ def test_a_multi_node_run_kept_by_idle_duration_leaves_no_cluster_key_on_its_kep
         cloud, tmp_path, make_host, client_key, monkeypatch):
     """Its VMs outlive the run (the implicit fleet), so the run's authorized_keys line and private key must go
     from each of them as they do from an SSH fleet's hosts: the next run on one of them must not reach the other."""
-    from provisioner.host.access import HostAccess
     from provisioner.backends.cloud import CloudBackend
+    from provisioner.host.access import HostAccess
     from provisioner.store.store import StateStore
 
     hosts = [make_host(), make_host()]
@@ -448,7 +448,7 @@ def test_the_next_command_expires_an_idle_fleet_and_fleet_list_shows_both_kinds(
 
 def test_power_off_minutes_follow_the_idle_duration():
     from configuration.models import TaskConfiguration
-    from provisioner.planning.reuse import InstanceOffer, POWER_OFF_AFTER_EXIT_MIN, power_off_minutes
+    from provisioner.planning.reuse import POWER_OFF_AFTER_EXIT_MIN, InstanceOffer, power_off_minutes
 
     def task(**fields):
         return TaskConfiguration.model_validate({"commands": ["x"], **fields})

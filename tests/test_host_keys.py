@@ -9,7 +9,15 @@ import time
 
 import pytest
 
-from provisioner.host.ssh import HostKeyChanged, HostKeyUnknown, SSHTarget, connect, known_hosts_path, record_host_keys, scan_host_key
+from provisioner.host.ssh import (
+    HostKeyChanged,
+    HostKeyUnknown,
+    SSHTarget,
+    connect,
+    known_hosts_path,
+    record_host_keys,
+    scan_host_key,
+)
 from tests.helpers import ROOT, run_cli
 
 

@@ -4,10 +4,10 @@ import re
 
 import pytest
 
-from offers.requirements import Requirements
-from offers.solver import find_offers
 from configuration.resources import ResourcesSpec
 from offers.offer import Offer
+from offers.requirements import Requirements
+from offers.solver import find_offers
 from provisioner.host.probe import nvidia_gpu_name, parse_nvidia, parse_probe
 from tests.helpers import DATA
 

@@ -4,6 +4,7 @@ use without its extra names the extra to install; `[aws]`, `[gcp]`, `[all]` hold
 import json
 import subprocess
 import sys
+
 import tomllib
 
 from tests.helpers import ROOT

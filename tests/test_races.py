@@ -15,20 +15,20 @@ from configuration.interpolation import resolve_run
 from configuration.loader import parse_configuration
 from offers.catalog import InstanceType
 from offers.offer import Offer
+from provisioner.backends.hosts import FleetBackend
+from provisioner.host.access import HostAccess
+from provisioner.host.transport import LocalTransport
 from provisioner.jobs import run_jobs
+from provisioner.jobs.control import start_job
+from provisioner.jobs.script import JobSpec
+from provisioner.planning.host_offers import local_offer
 from provisioner.runs.lifecycle import submit
+from provisioner.runs.owner import owner_alive, process_start_time
 from provisioner.runs.reconcile import reconcile
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import stop_run
-from provisioner.host.access import HostAccess
-from provisioner.backends.hosts import FleetBackend
-from provisioner.planning.host_offers import local_offer
-from provisioner.jobs.control import start_job
-from provisioner.jobs.script import JobSpec
-from provisioner.runs.owner import owner_alive, process_start_time
 from provisioner.store.records import RunRecord
 from provisioner.store.store import StateStore
-from provisioner.host.transport import LocalTransport
 from stacks.errors import StackFailure
 from tests.helpers import ROOT, run_cli, write
 from tests.test_runs import group_alive, ps

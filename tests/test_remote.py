@@ -7,14 +7,14 @@ import urllib.request
 import pytest
 
 from configuration.errors import ConfigurationError
-from provisioner.jobs.follow import LogFollower
-from provisioner.host.probe import PROBE_COMMAND, parse_probe
-from provisioner.jobs.control import job_state, read_log, start_job, stop_job
-from provisioner.jobs.script import JobSpec
 from provisioner.host.liveness import Liveness
 from provisioner.host.ports import PortForwarder, PortTaken, bind_local, ssh_opener
+from provisioner.host.probe import PROBE_COMMAND, parse_probe
 from provisioner.host.ssh import AuthenticationRefused, HostKeyChanged, SSHTarget, connect, known_hosts_path
 from provisioner.host.transport import TransportError
+from provisioner.jobs.control import job_state, read_log, start_job, stop_job
+from provisioner.jobs.follow import LogFollower
+from provisioner.jobs.script import JobSpec
 from tests.helpers import wait_exit
 
 

@@ -434,11 +434,11 @@ def test_public_ports_in_the_backend_config_open_the_task_ports(tmp_path, dstack
 
 
 def test_pre_turing_gpus_get_the_proprietary_driver():
-    from offers.catalog import load_catalogs
-    from provisioner.planning.stack_plan import stack_spec
     from configuration.backends import DstackConfig
     from configuration.loader import parse_configuration
+    from offers.catalog import load_catalogs
     from offers.offer import Offer
+    from provisioner.planning.stack_plan import stack_spec
 
     aws_types = {t.name: t for t in load_catalogs(["aws"])[0].types}
     task = parse_configuration("type: task\ncommands: ['true']\n", "t.dstack.yml")
@@ -660,7 +660,8 @@ def test_the_job_wrapper_ends_the_vm_through_its_power_off_script(tmp_path, sudo
     import subprocess
     import time
 
-    from provisioner.jobs.script import JobSpec, start_command
+    from provisioner.jobs.launch import start_command
+    from provisioner.jobs.script import JobSpec
     from provisioner.jobs.uploads import UploadPlan, archive_stream
     from stacks.power_off import POWER_OFF_PATH
 

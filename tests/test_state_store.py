@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from provisioner.host.access import HostAccess
+from provisioner.host.transport import LocalTransport
 from provisioner.jobs.control import start_job
 from provisioner.jobs.script import JobSpec
 from provisioner.store.errors import StoreDamaged
 from provisioner.store.records import RunRecord
 from provisioner.store.schema import SCHEMA_VERSION
 from provisioner.store.store import StateStore
-from provisioner.host.transport import LocalTransport
 from tests.helpers import run_cli, write
 
 

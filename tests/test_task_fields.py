@@ -15,12 +15,13 @@ from configuration.errors import ConfigurationError
 from configuration.loader import parse_configuration
 from configuration.models import TaskConfiguration
 from offers.offer import Offer
-from provisioner.planning.field_support import check_fields, refusals, restrict_zones
-from provisioner.jobs.control import read_log, start_job, stop_job
-from provisioner.jobs.layout import UNDERUTILIZED
-from provisioner.jobs.script import JobSpec, MONITOR_SCRIPT, docker_run_argv, python_script
-from provisioner.runs.job_specs import job_spec, stop_grace
 from provisioner.host.transport import LocalTransport
+from provisioner.jobs.control import read_log, start_job, stop_job
+from provisioner.jobs.launch import MONITOR_SCRIPT
+from provisioner.jobs.layout import UNDERUTILIZED
+from provisioner.jobs.script import JobSpec, docker_run_argv, python_script
+from provisioner.planning.field_support import check_fields, refusals, restrict_zones
+from provisioner.runs.job_specs import job_spec, stop_grace
 from tests.helpers import DATA, run_cli, wait_exit
 
 # dstack 0.22.5's TaskConfiguration: its 46 root properties.
@@ -199,8 +200,8 @@ def test_priority_is_said_in_the_plan(tmp_path):
 
 
 def test_tags_reach_aws_tags_and_gcp_labels():
-    from provisioner.planning.stack_plan import stack_spec
     from configuration.backends import DstackConfig
+    from provisioner.planning.stack_plan import stack_spec
     from stacks.spec import HostKey
 
     conf = task("tags: {Team: ML-Infra, cost_center: 'x/y 1', Name: spoof}")
@@ -277,7 +278,6 @@ def test_job_environment_is_declared_plus_system_variables_only(host):
     assert master and f"{master} slots=2" in log
 
 
-
 @pytest.fixture
 def login_home(tmp_path, monkeypatch):
     """A HOME of the test's own for local jobs, whose `.profile` the test writes; PATH without pyenv's shims (they
@@ -350,6 +350,7 @@ def test_a_stop_while_the_login_profile_runs_ends_the_profile_too(login_home, tm
     assert time.monotonic() - began < 5
     assert gone(int((login_home / "profile.pid").read_text())) and not (login_home / "lock").exists()
     assert "never" not in read_log(local, "stopped-in-profile", 0).data.decode()
+
 
 def _sleeping(seconds: int) -> list:
     """Live processes running `sleep SECONDS`."""

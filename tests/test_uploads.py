@@ -151,9 +151,9 @@ def test_progress_is_reported_up_to_the_total(tmp_path):
 def test_a_large_upload_reaches_an_ssh_host_in_one_stream(tmp_path, make_host, client_key, dstack_home):
     """64 MB of incompressible data: paramiko's sendall on bytes copied what was left after every packet (over a
     minute here); as chunks of memoryviews it takes seconds. The bound is generous."""
+    from provisioner.host.ssh import SSHTarget, connect
     from provisioner.jobs.control import start_job
     from provisioner.jobs.script import JobSpec
-    from provisioner.host.ssh import SSHTarget, connect
 
     host = make_host()
     (tmp_path / "w.bin").write_bytes(os.urandom(64 << 20))

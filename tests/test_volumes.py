@@ -15,7 +15,7 @@ import pytest
 
 from configuration.errors import ConfigurationError
 from configuration.loader import parse_configuration
-from provisioner.jobs.mounts import InstanceMount, Mounts, NetworkMount, VOLUMES_ROOT, docker_volume_args, mount_steps
+from provisioner.jobs.mounts import VOLUMES_ROOT, InstanceMount, Mounts, NetworkMount, docker_volume_args, mount_steps
 from provisioner.store.records import RunRecord, VolumeRecord
 from provisioner.store.store import StateStore
 from stacks.volume_spec import VolumeAttachment, VolumeSpec, aws_device_path
@@ -516,9 +516,9 @@ def test_gc_leaves_network_volumes_alone_on_gcp(recorded_api):
 
 @pytest.mark.skipif(not can_mount(), reason="needs root, mkfs.ext4, blkid and mount")
 def test_image_job_sees_both_kinds_of_volume(docker_daemon, monkeypatch, tmp_path):  # noqa: F811
+    from provisioner.host.transport import LocalTransport
     from provisioner.jobs.control import start_job
     from provisioner.jobs.script import JobSpec
-    from provisioner.host.transport import LocalTransport
     from tests.docker_daemon import IMAGE
     from tests.helpers import wait_exit
 

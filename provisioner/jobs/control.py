@@ -9,18 +9,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from provisioner.host.transport import Transport, TransportError
 from provisioner.jobs.cluster_ssh import job_files
+from provisioner.jobs.launch import MONITOR_SCRIPT, start_command, stop_command
 from provisioner.jobs.layout import BEGUN_FILE, JOBS_ROOT, job_folder
-from provisioner.jobs.script import (
-    ASKPASS_SCRIPT,
-    GIT_PASSWORD_VAR,
-    GIT_USERNAME_VAR,
-    MONITOR_SCRIPT,
-    JobSpec,
-    env_file,
-    job_script,
-    start_command,
-    stop_command,
-)
+from provisioner.jobs.script import ASKPASS_SCRIPT, GIT_PASSWORD_VAR, GIT_USERNAME_VAR, JobSpec, env_file, job_script
 from provisioner.jobs.uploads import archive_stream, git_credentials
 
 

@@ -21,3 +21,6 @@ TIMED_OUT = 124  # the exit code of a job stopped at max_duration (as timeout(1)
 
 
 UNDERUTILIZED = 122  # the exit code of a job stopped by its utilization_policy
+
+
+PROFILE_ENV = "profile.env"  # the login profile's environment, which job.sh sources first (provisioner.jobs.launch)

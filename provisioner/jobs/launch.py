@@ -1,0 +1,150 @@
+"""How a job's processes start and stop on its host, as shell text: the launcher (the login profile read under a
+bound), the detached wrapper (max_duration's deadline, the utilization monitor, the VM's power-off after the job),
+the sweep of what escaped the job's process group, and the stop."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Optional
+
+from provisioner.jobs.layout import PROFILE_ENV, UNDERUTILIZED, job_folder
+from provisioner.jobs.script import JOB_ID_VAR, JobSpec
+from stacks.power_off import POWER_OFF_PATH
+
+# `monitor.sh PGID MIN_PERCENT WINDOW_S INTERVAL_S`: samples each GPU's utilization with nvidia-smi every INTERVAL_S;
+# when one has stayed below MIN_PERCENT for WINDOW_S, writes `stop_reason` and stops the job's process group
+# (SIGTERM, SIGKILL 10 s later). util.<gpu> holds the last time that GPU was at or above the minimum.
+MONITOR_SCRIPT = """#!/bin/sh
+cd "$(dirname "$0")"
+pg=$1 min=$2 window=$3 interval=$4
+start=$(date +%s)
+while kill -0 "$pg" 2>/dev/null; do  # the leader: its group may not exist yet (setsid has not run)
+  now=$(date +%s)
+  nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader 2>/dev/null | while IFS=, read -r gpu util; do
+    gpu=$(echo "$gpu" | tr -d ' '); util=$(echo "$util" | tr -d ' %')
+    case "$gpu$util" in ''|*[!0-9]*) continue ;; esac
+    [ -f "util.$gpu" ] || echo "$start" > "util.$gpu"
+    [ "$util" -ge "$min" ] && echo "$now" > "util.$gpu"
+    if [ $((now - $(cat "util.$gpu"))) -ge "$window" ]; then
+      echo "utilization_policy: GPU $gpu below $min% for ${window}s" > stop_reason
+    fi
+  done
+  if [ -f stop_reason ]; then
+    kill -TERM -"$pg" 2>/dev/null; sleep 10; kill -KILL -"$pg" 2>/dev/null; exit 0
+  fi
+  sleep "$interval"
+done
+"""
+
+
+MIN_SAMPLE_INTERVAL_S = 5
+
+
+MAX_SAMPLE_INTERVAL_S = 60
+
+
+# The login profile's environment (its exported variables and, from bash, its functions) is read by a login shell in
+# a session of its own and written to PROFILE_ENV, which job.sh sources first; what the profile prints goes to
+# profile.log, not to the job's log (which holds the job's output only: a profile's greeting, or pyenv's complaints
+# when two logins rehash at once, are no part of it). A profile that has not finished within
+# $DSTACK_PROFILE_TIMEOUT seconds (a lock another shell left, a prompt, a slow network home) is cut short: one
+# SIGTERM to its process group, so that its own traps release what it holds (`timeout` would signal twice and could
+# kill a trap's `rm` of its lock), SIGKILL 2 s later; the job goes on with the basics, saying so in its log. A stop's
+# SIGTERM cuts the profile short the same way, and the job ends there. A SIGKILL of the job's group does not reach the
+# profile: it finishes as it would have, releasing what it holds.
+PROFILE_TIMEOUT_S = 10
+
+
+_LOGIN = """sh=sh; if command -v bash >/dev/null; then sh=bash; fi
+case $1 in ''|*[!0-9]*) set -- DEFAULT_S ;; esac
+i=0; n=$(($1 * 20)); term=; stop=
+trap 'stop=1; n=0' TERM
+setsid "$sh" -l -c 'unset PWD OLDPWD
+{ export -p; declare -f; declare -F | sed -n "s/^declare -fx /export -f /p"; } 2>/dev/null >"$0.tmp" && mv "$0.tmp" "$0"
+' "$PWD/profile.env" > profile.log 2>&1 & p=$!
+while kill -0 $p 2>/dev/null; do
+  if [ -z "$term" ] && [ $i -ge $n ]; then kill -TERM -$p 2>/dev/null; term=$i
+  elif [ -n "$term" ] && [ $i -ge $((term + 40)) ]; then kill -KILL -$p 2>/dev/null; fi
+  sleep 0.05; i=$((i + 1))
+done
+[ -z "$stop" ] || exit 143
+trap - TERM
+wait $p; code=$?
+if [ ! -f profile.env ]; then
+  why="failed (exit $code)"; [ -z "$term" ] || why="did not finish within ${1}s (DSTACK_PROFILE_TIMEOUT)"
+  echo "dstack: the login profile ($sh -l) $why; the job goes on without it, from HOME, USER, LOGNAME, SHELL, PATH and \
+LANG alone (what the profile printed is in $PWD/profile.log)"
+fi
+exec "$sh" ./job.sh
+""".replace("DEFAULT_S", str(PROFILE_TIMEOUT_S))
+
+
+def _launcher(job: JobSpec) -> str:
+    """The job's first process. `python:` and `docker:` jobs start from what the user's login profile sets (once per
+    job), so the PATH it sets (conda, ~/.local/bin, pyenv) applies as in an SSH session, from an empty environment: a
+    login shell's basics and the env file only. `image:` jobs only drive docker (the container gets `-e` names)."""
+    if job.image:
+        return "sh ./job.sh"
+    basics = ('env -i HOME="$HOME" USER="${USER:-$(id -un)}" LOGNAME="${LOGNAME:-$(id -un)}" SHELL="${SHELL:-/bin/sh}" '
+              'PATH="$PATH" LANG="${LANG:-C.UTF-8}"')
+    if job.docker:
+        basics += ' ${DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"} ${DOCKER_CONFIG:+DOCKER_CONFIG="$DOCKER_CONFIG"}'
+    return f'{basics} sh -c {shlex.quote(_LOGIN)} dstack-login "${{DSTACK_PROFILE_TIMEOUT:-{PROFILE_TIMEOUT_S}}}"'
+
+
+def sweep_command(job_id: str) -> str:
+    """Kills every process whose environment carries the job's id: what escaped its process group."""
+    return (f'for f in $(grep -lsaF "{JOB_ID_VAR}={job_id}" /proc/[0-9]*/environ 2>/dev/null); do '
+            'p=${f#/proc/}; [ "${p%/environ}" != "$$" ] && kill -KILL "${p%/environ}" 2>/dev/null; done; true')
+
+
+def start_command(job: JobSpec) -> str:
+    """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
+    folder = job_folder(job.run_name)
+    limit = f"timeout -s TERM -k 10 {job.max_duration_s} " if job.max_duration_s else ""
+    monitor_start = monitor_stop = ""
+    if job.utilization:
+        low, window = job.utilization
+        interval = min(max(window // 10, MIN_SAMPLE_INTERVAL_S), MAX_SAMPLE_INTERVAL_S)
+        monitor_start = f"./monitor.sh $J {low} {window} {interval} & M=$!; "
+        monitor_start = f"rm -f stop_reason util.*; {monitor_start}"
+        monitor_stop = f'kill $M 2>/dev/null; [ -f stop_reason ] && code={UNDERUTILIZED}; '
+    wrapper = (f"setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; echo $J > pid; "
+               f"{monitor_start}wait $J; code=$?; {monitor_stop}"
+               f"kill -KILL -$J 2>/dev/null; {sweep_command(job.job_id)}; "
+               "echo $code > exit_code.tmp; mv exit_code.tmp exit_code")
+    if job.power_off_after_exit_min:
+        minutes = job.power_off_after_exit_min
+        # The VM's own idle watchdog (cloud-init writes it: a GCP VM deletes itself), else a plain scheduled
+        # shutdown; the start of the next job on a reused instance cancels what an earlier one scheduled.
+        wrapper = (f"{{ sudo -n {POWER_OFF_PATH} --cancel-idle || {POWER_OFF_PATH} --cancel-idle || "
+                   f"sudo -n shutdown -c || shutdown -c; }} > /dev/null 2>&1; {wrapper}"
+                   f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes} || "
+                   f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
+    # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
+    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun {PROFILE_ENV}; }} || exit 1; "
+            f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
+            "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
+
+
+def stop_command(run_name: str, grace: Optional[int]) -> str:
+    """SIGTERM, then SIGKILL after `grace` seconds; with None (`stop_duration: off`) SIGTERM alone: the job takes
+    as long as it needs, and the command returns at once."""
+    folder = job_folder(run_name)
+    container = shlex.quote(f"dstack-{run_name}")
+    docker_stop = (f"{{ docker stop -t SECONDS {container} || sudo -n docker stop -t SECONDS {container}; }} "
+                   ">/dev/null 2>&1")
+    prefix = f"cd {folder} 2>/dev/null || exit 0; [ -s pid ] || exit 0; PG=$(cat pid); "
+    if grace is None:
+        return (prefix + "if command -v docker >/dev/null 2>&1; then "
+                f"setsid nohup sh -c {shlex.quote(docker_stop.replace('SECONDS', str(OFF_DOCKER_STOP_S)))} "
+                "</dev/null >/dev/null 2>&1 & fi; kill -TERM -$PG 2>/dev/null; true")
+    return (prefix + f"if command -v docker >/dev/null 2>&1; then {docker_stop.replace('SECONDS', str(grace))} || true; fi; "
+            f"kill -TERM -$PG 2>/dev/null || true; "
+            f"i=0; while kill -0 -$PG 2>/dev/null && [ $i -lt {grace * 10} ]; do sleep 0.1; i=$((i+1)); done; "
+            f"kill -KILL -$PG 2>/dev/null || true; "
+            f"i=0; while [ ! -f exit_code ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
+            f"cat exit_code 2>/dev/null || true")
+
+
+OFF_DOCKER_STOP_S = 7 * 86400  # `docker stop` needs some bound: a week stands for none
