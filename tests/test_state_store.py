@@ -105,6 +105,37 @@ def test_a_damaged_store_is_named_set_aside_and_its_running_job_named(damage, co
     os.killpg(live_job, 0)  # the job was left alone: it is the user's to stop
 
 
+def test_the_store_salvages_a_damaged_copy_without_reaching_any_host(dstack_home, monkeypatch):
+    """The state store never calls up: a damaged store is set aside and its error carries the hosts the copy still
+    names (a fleet's and an active run's), for the caller to search; the store itself connects to none of them."""
+    from provisioner.host import access
+    from provisioner.jobs.orphans import salvaged_accesses
+
+    store = StateStore()
+    fleet_host = HostAccess(kind="ssh", hostname="10.251.240.7", port=2222, user="me")
+    run_host = HostAccess(kind="ssh", hostname="10.251.240.8", user="root")
+    store.save_fleet("mine", "fleet.dstack.yml", [{"access": fleet_host.to_json(), "facts": {}}])
+    store.create_run(RunRecord(name="cloudy", status="running", submitted_at=1.0, backend="aws", region="us-east-1",
+                               host=run_host.to_json()))
+    store.create_run(RunRecord(name="old", status="done", submitted_at=1.0, host={"kind": "local"}))
+    store.create_run(RunRecord(name="survivor", status="running", submitted_at=1.0, host={"kind": "local"}))
+    bad_json(store.path)  # the `survivor` row's host is damaged; the others can still be read
+    connected = []
+    monkeypatch.setattr(access.HostAccess, "connect", lambda self, *a, **k: connected.append(self) or 1 / 0)
+    with pytest.raises(StoreDamaged) as damaged:
+        StateStore().list_runs()
+    error = damaged.value
+    assert connected == []
+    assert fleet_host.to_json() in error.hosts and run_host.to_json() in error.hosts
+    assert {"kind": "local"} not in error.hosts  # a finished run's host is no place to look
+    assert [a.description for a in salvaged_accesses(error.hosts)] == ["this machine", "me@10.251.240.7:2222",
+                                                                      "root@10.251.240.8:22"]
+    assert error.head[0].startswith(f"the state store {store.path} is damaged: run survivor's host is not valid JSON")
+    assert error.tail == ["run cloudy was active on aws us-east-1: `dstack gc` lists the cloud resources that runs "
+                          "left behind", "fleet mine must be registered again: `dstack apply -f fleet.dstack.yml`"]
+    assert str(error) == "\n".join(error.head + error.tail)
+
+
 def test_after_the_damage_ps_starts_afresh_and_still_names_the_running_job(dstack_home, live_job):
     os.truncate(dstack_home / "state.db", 0)
     env = {"DSTACK_HOME": str(dstack_home)}
