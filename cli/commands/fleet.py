@@ -10,8 +10,8 @@ from typing_extensions import Annotated
 
 from cli.helpers import destroy_cloud_fleet, expire_idle_fleets, forget_fleet
 from cli.output import TYPER_SETTINGS, print_json, stdout_console
+from cli.run_options import JsonOption
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 fleet_app = typer.Typer(help="List, show and delete SSH and cloud fleets.", invoke_without_command=True,
                         **TYPER_SETTINGS)
 

@@ -7,8 +7,8 @@ from typing_extensions import Annotated
 
 from cli.helpers import find_volume, remove_volume
 from cli.output import TYPER_SETTINGS, print_json, stdout_console
+from cli.run_options import JsonOption
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 volume_app = typer.Typer(help="List, show and delete network volumes.", invoke_without_command=True,
                          **TYPER_SETTINGS)
 
