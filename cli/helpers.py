@@ -32,8 +32,6 @@ def find_run(session, name: str):
 
 def since_time(text: str) -> float:
     """`--since`: a duration back from now, or an RFC 3339 time."""
-    import datetime
-
     from configuration.fields import parse_duration
 
     try:

@@ -17,7 +17,7 @@ from configuration.models import TaskConfiguration
 from offers.offer import Offer
 from provisioner.host.transport import LocalTransport
 from provisioner.jobs.control import read_log, start_job, stop_job
-from provisioner.jobs.launch import MONITOR_SCRIPT
+from provisioner.jobs.launch import MONITOR_SCRIPT, PROFILE_TIMEOUT_S
 from provisioner.jobs.layout import UNDERUTILIZED
 from provisioner.jobs.script import JobSpec, docker_run_argv, python_script
 from provisioner.planning.field_support import check_fields, refusals, restrict_zones
@@ -303,6 +303,17 @@ def test_the_login_profile_sets_the_job_environment(login_home, tmp_path):
     folder = tmp_path / "jobs" / "profile-env"
     assert not (folder / "profile.env").exists()  # read, then deleted
     assert (folder / "profile.log").read_text() == "the profile speaks\n"  # beside the job's log, not in it
+
+
+def test_a_profile_timeout_that_is_no_number_is_named_in_the_log_and_the_default_used(login_home, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("DSTACK_PROFILE_TIMEOUT", "2m")
+    (login_home / ".profile").write_text("export FROM_PROFILE=yes\n")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    start_job(local, JobSpec(run_name="odd-bound", commands=["echo $FROM_PROFILE"]))
+    code, log = wait_exit(local, "odd-bound", timeout=30)
+    assert (code, log) == (0, f"dstack: DSTACK_PROFILE_TIMEOUT=2m is not a whole number of seconds; the login profile "
+                              f"gets {PROFILE_TIMEOUT_S}\nyes\n")
 
 
 def hanging_profile(home: Path) -> None:

@@ -1,5 +1,5 @@
-"""`dstack apply -f fleet.dstack.yml`, `dstack fleet`, `dstack delete`: SSH fleets of hosts the user owns, and cloud
-fleets whose instances runs reuse (provisioner.backends.cloud_fleets)."""
+"""`dstack fleet list|get|delete`: SSH fleets of hosts the user owns, and cloud fleets whose instances runs reuse
+(provisioner.backends.ssh_fleets, provisioner.backends.cloud_fleets)."""
 
 from __future__ import annotations
 

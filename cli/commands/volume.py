@@ -1,4 +1,4 @@
-"""`dstack apply -f volume.dstack.yml`, `dstack volume list|get|delete`: network volumes (provisioner.planning.task_volumes)."""
+"""`dstack volume list|get|delete`: network volumes (their stacks: provisioner.backends.volume_stacks)."""
 
 from __future__ import annotations
 

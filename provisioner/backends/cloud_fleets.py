@@ -79,7 +79,6 @@ def fleet_requirements(configuration, config: DstackConfig, all_clouds: bool) ->
 
 
 def fleet_offers(configuration, requirements: Requirements, source: str) -> List[Offer]:
-
     if not requirements.backends:
         raise ConfigurationError(f"{source}: fleet {configuration.name} needs a cloud, and none is configured in "
                                  "$DSTACK_HOME/config.yml (docs/clouds.md)")

@@ -37,7 +37,6 @@ class FleetBackend:
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
         """The offer's host, and for `nodes: N` N-1 more idle hosts of its fleet among `hosts` (the session holds
         those that fit the run), claimed all or none."""
-
         nodes = node_count(configuration)
         first = self.hosts[(offer.region, offer.instance.name)]
         others = [access for (fleet, _), access in self.hosts.items() if fleet == offer.region and access != first]

@@ -45,7 +45,6 @@ class ReusingBackend:
     def _provision_kept(self, run_name, offer, configuration, report) -> List[HostAccess]:
         """The run's stack, recorded as the run's until it is up (a failure destroys it with the run), then as
         the implicit fleet's, whose instances the run holds."""
-
         fleet = self._free_fleet_name(run_name)
         stacks: list = []
 
@@ -81,5 +80,4 @@ class ReusingBackend:
 
 
 def report_reuse(report: Callable, offer: InstanceOffer) -> None:
-
     report(StepProgress("reuse", "instance", f"{offer.fleet}/{offer.num}", "done", 0.0))

@@ -86,7 +86,8 @@ def create_volume(store: StateStore, config: DstackConfig, name: str, configurat
                   source: str, report: Callable) -> VolumeRecord:
     """Registers an existing volume, or creates one in its stack; the record is written before `up`."""
     check_volume(configuration, source)
-    record = VolumeRecord(name=name, status=VolumeStatus.SUBMITTED, backend=configuration.backend, region=configuration.region,
+    record = VolumeRecord(name=name, status=VolumeStatus.SUBMITTED, backend=configuration.backend,
+                          region=configuration.region,
                           zone=configuration.availability_zone, created_at=time.time(),
                           size_gb=int(configuration.size) if configuration.size else None,
                           volume_id=configuration.volume_id, external=configuration.is_external,
@@ -111,7 +112,8 @@ def create_volume(store: StateStore, config: DstackConfig, name: str, configurat
     except BaseException:
         store.update_volume(name, status=VolumeStatus.FAILED)
         raise
-    store.update_volume(name, status=VolumeStatus.ACTIVE, volume_id=str(outputs["volume_id"]), zone=str(outputs["zone"]))
+    store.update_volume(name, status=VolumeStatus.ACTIVE, volume_id=str(outputs["volume_id"]),
+                        zone=str(outputs["zone"]))
     return store.get_volume(name)
 
 

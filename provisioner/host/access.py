@@ -35,7 +35,6 @@ class HostAccess:
         return "this machine" if self.kind == "local" else f"{self.user}@{self.hostname}:{self.port}"
 
     def ssh_target(self):
-
         return SSHTarget(hostname=self.hostname, port=self.port, user=self.user or "root",
                          identity_file=self.identity_file, host_key=self.host_key)
 

@@ -56,12 +56,13 @@ PROFILE_TIMEOUT_S = 10
 
 
 _LOGIN = """sh=sh; if command -v bash >/dev/null; then sh=bash; fi
-case $1 in ''|*[!0-9]*) set -- DEFAULT_S ;; esac
+case $1 in ''|*[!0-9]*) echo "dstack: DSTACK_PROFILE_TIMEOUT=$1 is not a whole number of seconds; the login \
+profile gets DEFAULT_S"; set -- DEFAULT_S ;; esac
 i=0; n=$(($1 * 20)); term=; stop=
 trap 'stop=1; n=0' TERM
 setsid "$sh" -l -c 'unset PWD OLDPWD
 { export -p; declare -f; declare -F | sed -n "s/^declare -fx /export -f /p"; } 2>/dev/null >"$0.tmp" && mv "$0.tmp" "$0"
-' "$PWD/profile.env" > profile.log 2>&1 & p=$!
+' "$PWD/PROFILE_ENV" > profile.log 2>&1 & p=$!
 while kill -0 $p 2>/dev/null; do
   if [ -z "$term" ] && [ $i -ge $n ]; then kill -TERM -$p 2>/dev/null; term=$i
   elif [ -n "$term" ] && [ $i -ge $((term + 40)) ]; then kill -KILL -$p 2>/dev/null; fi
@@ -70,13 +71,13 @@ done
 [ -z "$stop" ] || exit 143
 trap - TERM
 wait $p; code=$?
-if [ ! -f profile.env ]; then
+if [ ! -f PROFILE_ENV ]; then
   why="failed (exit $code)"; [ -z "$term" ] || why="did not finish within ${1}s (DSTACK_PROFILE_TIMEOUT)"
   echo "dstack: the login profile ($sh -l) $why; the job goes on without it, from HOME, USER, LOGNAME, SHELL, PATH and \
 LANG alone (what the profile printed is in $PWD/profile.log)"
 fi
 exec "$sh" ./job.sh
-""".replace("DEFAULT_S", str(PROFILE_TIMEOUT_S))
+""".replace("DEFAULT_S", str(PROFILE_TIMEOUT_S)).replace("PROFILE_ENV", PROFILE_ENV)
 
 
 def _launcher(job: JobSpec) -> str:

@@ -70,8 +70,9 @@ def idle_offers(store: StateStore, requirements: Requirements) -> List[InstanceO
     now = time.time()
     found = []
     for record in store.list_instances():
-        if record.status != InstanceStatus.IDLE or (record.idle_duration is not None and record.idle_since is not None and
-                                       now > record.idle_since + record.idle_duration - POWER_OFF_MARGIN_S):
+        about_to_end = record.idle_duration is not None and record.idle_since is not None and \
+            now > record.idle_since + record.idle_duration - POWER_OFF_MARGIN_S
+        if record.status != InstanceStatus.IDLE or about_to_end:
             continue
         offer = instance_offer(record)
         if requirements.spot in (None, offer.spot) and next(iter(host_offers([offer], any_market)), None):

@@ -81,7 +81,8 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
                 tried, counted = tried + 1, True
             zone = offer.zones[0] if offer.zones else ""
             label = f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
-            if not store.claim_run(run_name, STARTING, RunStatus.PROVISIONING, backend=offer.backend, region=offer.region,
+            if not store.claim_run(run_name, STARTING, RunStatus.PROVISIONING, backend=offer.backend,
+                                   region=offer.region,
                                    instance=offer.instance.name, price=offer.total_price * nodes,
                                    offer=offer.to_json()):
                 raise StopRequested

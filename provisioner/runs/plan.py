@@ -52,7 +52,6 @@ def _redact(value: Any, run: ResolvedRun) -> Any:
 
 
 def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Optional[List[dict]] = None) -> dict:
-
     document = {
         "configuration": configuration_json(run),
         "offer": offer.to_json() if offer is not None else None,

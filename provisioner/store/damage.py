@@ -76,8 +76,9 @@ def salvage(copy: Optional[Path]) -> Tuple[List[tuple], List[tuple]]:
 def salvaged_hosts(fleets: List[tuple], runs: List[tuple]) -> List[dict]:
     """Every fleet host's and every active run's host as recorded (provisioner.host.access.HostAccess JSON), as far
     as the damaged copy still says where they are."""
-    return [h.get("access") for _, _, hosts in fleets if isinstance(hosts, list) for h in hosts if isinstance(h, dict)] \
-        + [host for _, _, _, host in runs]
+    fleet_hosts = [h.get("access") for _, _, hosts in fleets if isinstance(hosts, list) for h in hosts
+                   if isinstance(h, dict)]
+    return fleet_hosts + [host for _, _, _, host in runs]
 
 
 def set_aside_and_report(path: Path, marker: Path, reason: str) -> StoreDamaged:

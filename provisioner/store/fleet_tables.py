@@ -155,7 +155,8 @@ class FleetTables(StoreFile):
     def release_instance(self, run: str) -> bool:
         """The instances `run` holds (one per node) become idle from now; False when it holds none."""
         with self._connect() as db:
-            return db.execute("UPDATE instances SET status = ?, run = NULL, idle_since = ? WHERE run = ? AND status = ?",
+            return db.execute("UPDATE instances SET status = ?, run = NULL, idle_since = ? "
+                              "WHERE run = ? AND status = ?",
                               (InstanceStatus.IDLE, time.time(), run, InstanceStatus.BUSY)).rowcount > 0
 
     def claim_fleet_teardown(self, fleet: str, expired_at: Optional[float] = None) -> bool:
@@ -167,7 +168,8 @@ class FleetTables(StoreFile):
             rows = db.execute("SELECT status, idle_since, idle_duration FROM instances WHERE fleet = ?",
                               (fleet,)).fetchall()
             if expired_at is not None:
-                ready = bool(rows) and all(row[0] == InstanceStatus.TERMINATING or _expired(*row, expired_at) for row in rows)
+                ready = bool(rows) and all(row[0] == InstanceStatus.TERMINATING or _expired(*row, expired_at)
+                                           for row in rows)
             else:
                 ready = all(row[0] in (InstanceStatus.IDLE, InstanceStatus.TERMINATING) for row in rows)
             if not ready:
