@@ -3,6 +3,7 @@
 register at once; what a tick starts."""
 
 import datetime
+import json
 import os
 import time
 
@@ -10,7 +11,7 @@ import pytest
 
 from provisioner.runs import schedules
 from provisioner.runs.schedules import next_start, register, tick, unregister
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_cli
 
 UTC = datetime.timezone.utc
 
@@ -113,11 +114,9 @@ def test_a_start_that_fails_is_said_and_the_others_go_on(crontab, dstack_home):
 def test_a_scheduled_task_is_registered_started_by_a_tick_and_removed_by_stop(crontab, dstack_home, tmp_path):
     """Through the CLI, on this machine: apply registers (nothing runs), a tick at the due minute starts NAME-1
     detached, `dstack stop NAME` removes the schedule and the crontab line."""
-    import json
 
     from cli.commands.schedule import start_scheduled
     from provisioner.runs.schedules import ScheduleBook
-    from tests.helpers import run_cli
 
     conf = tmp_path / "nightly.dstack.yml"
     conf.write_text("type: task\nname: nightly\ncommands: ['echo started by cron']\nschedule: {cron: '0 2 * * *'}\n")
@@ -148,7 +147,6 @@ def test_a_scheduled_task_is_registered_started_by_a_tick_and_removed_by_stop(cr
 
 
 def test_a_scheduled_task_from_stdin_is_refused(crontab, dstack_home):
-    from tests.helpers import run_cli
 
     result = run_cli("apply", "-f", "-", "-y", env={"DSTACK_HOME": str(dstack_home), "PATH": os.environ["PATH"]},
                      input="type: task\ncommands: [x]\nschedule: {cron: '0 2 * * *'}\n")
@@ -164,9 +162,7 @@ def scheduled_task(tmp_path, name="nightly") -> str:
 
 def test_a_crontab_that_cannot_be_read_is_left_as_it_is(crontab, dstack_home, tmp_path, monkeypatch):
     """Only crontab's own "no crontab for USER" means an empty table; any other failure refuses, with its text."""
-    import json
 
-    from tests.helpers import run_cli
 
     conf = scheduled_task(tmp_path)
     crontab.write_text("0 3 * * * backup.sh\n")
@@ -194,7 +190,6 @@ def test_homes_registering_at_once_all_get_their_tick_line(crontab, tmp_path, mo
     reading the table and writing it back): every tick line is there, and the user's own line too."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.helpers import run_cli
 
     conf = scheduled_task(tmp_path)
     crontab.write_text("0 3 * * * backup.sh\n")
@@ -210,9 +205,7 @@ def test_homes_registering_at_once_all_get_their_tick_line(crontab, tmp_path, mo
 
 
 def test_a_schedule_without_its_tick_line_says_so_in_the_list(crontab, dstack_home, tmp_path):
-    import json
 
-    from tests.helpers import run_cli
 
     assert run_cli("apply", "-f", scheduled_task(tmp_path), "-y").returncode == 0
     listed = run_cli("schedule", "list")
@@ -228,3 +221,12 @@ def test_a_schedule_without_its_tick_line_says_so_in_the_list(crontab, dstack_ho
                              "schedules never start: `dstack apply` one of them again to put the line back, or keep "
                              "`dstack schedule run` running\n")
     assert [e["ticking"] for e in json.loads(run_cli("schedule", "list", "--json").stdout)["schedules"]] == [False]
+
+
+def test_a_damaged_schedule_book_says_how_to_remove_its_tick_line(crontab, dstack_home, tmp_path):
+    assert run_cli("apply", "-f", scheduled_task(tmp_path), "-y").returncode == 0
+    (dstack_home / "schedules.json").write_text("{not json")
+    listed = run_cli("schedule", "list")
+    assert listed.returncode == 1 and "Traceback" not in listed.stderr
+    assert "crontab -e" in listed.stderr and f"# dstack schedule tick for {dstack_home}" in listed.stderr
+    assert "schedule off" not in listed.stderr

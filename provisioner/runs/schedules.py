@@ -103,7 +103,8 @@ class ScheduleBook:
             return {name: Scheduled(**value) for name, value in json.loads(self.path.read_text()).items()}
         except (ValueError, TypeError) as e:
             raise ConfigurationError(f"{self.path} is damaged ({e}): fix or remove it; the schedules it held are "
-                                     "then gone (the crontab line stays until `dstack schedule off`)") from None
+                                     "then gone; its tick line stays in your crontab until you remove the line that ends in "
+                                     f"`{CRON_MARK} {dstack_home()}` (`crontab -e`)") from None
 
 
 def register(name: str, source: str, crons: Sequence[str], now: float) -> Scheduled:
