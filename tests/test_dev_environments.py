@@ -83,16 +83,17 @@ def test_the_local_backend_is_refused_naming_why(tmp_path):
     assert "a dev-environment is not supported on the local backend: it is reached with `ssh NAME`" in result.stderr
 
 
-def test_the_dry_run_renders_a_cloud_dev_environments_stack(tmp_path):
-    pytest.importorskip("pulumi_aws")
-    conf = write(tmp_path, "d.dstack.yml", "type: dev-environment\nname: dev-aws\nide: vscode\ninit: [echo hi]\n"
+@pytest.mark.parametrize("backend, instance", [("aws", "aws:ec2/instance:Instance"),
+                                               ("gcp", "gcp:compute/instance:Instance")])
+def test_the_dry_run_renders_a_cloud_dev_environments_stack(tmp_path, backend, instance):
+    pytest.importorskip(f"pulumi_{backend}")
+    conf = write(tmp_path, "d.dstack.yml", "type: dev-environment\nname: dev-cloud\nide: vscode\ninit: [echo hi]\n"
                                            "ports: [8888]\nresources: {gpu: 24GB}\ninactivity_duration: 2h\n")
-    result = run_cli("apply", "-f", conf, "--dry-run", "--json", "-b", "aws")
+    result = run_cli("apply", "-f", conf, "--dry-run", "--json", "-b", backend)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["configuration"]["type"] == "dev-environment" and plan["configuration"]["inactivity_duration"] == 7200
-    types = {r["type"] for r in plan["resources"]}
-    assert {"aws:ec2/instance:Instance", "aws:ec2/securityGroup:SecurityGroup"} <= types
+    assert plan["offer"]["backend"] == backend and instance in {r["type"] for r in plan["resources"]}
     assert plan["configuration"]["ports"] == [{"local_port": 8888, "container_port": 8888}]
 
 
@@ -216,7 +217,10 @@ def test_stop_removes_the_entry_and_leaves_nothing_on_the_host(dev_setup, user_h
     host, env, repo = dev_setup
     conf = repo / ".dstack.yml"
     conf.write_text("type: dev-environment\nname: dev-stop\npython: '3.11'\n")
-    assert run_cli("apply", "-f", str(conf), "-d", "-y", "-b", "ssh", env=env).returncode == 0
+    applied = run_cli("apply", "-f", str(conf), "-d", "-y", "-b", "ssh", "--json", env=env)
+    assert applied.returncode == 0, applied.stderr
+    run = json.loads(applied.stdout)["run"]
+    assert (run["type"], run["status"], run["dev_environment"]["ssh_host"]) == ("dev-environment", "running", "dev-stop")
     version = ssh(user_home, "dev-stop", "python --version")
     assert version.returncode == 0 and version.stdout.startswith("Python 3.11"), version.stderr
     keys = (host.dir / "authorized_keys").read_text()
@@ -244,7 +248,8 @@ def test_attach_writes_the_entry_again_and_being_attached_is_activity(dev_setup,
 
     host, env, repo = dev_setup
     conf = repo / ".dstack.yml"
-    conf.write_text("type: dev-environment\nname: dev-att\nide: cursor\ninactivity_duration: 6s\n")
+    conf.write_text("type: dev-environment\nname: dev-att\nide: cursor\ninactivity_duration: 6s\n"
+                    "ports: ['*:18731']\n")
     assert run_cli("apply", "-f", str(conf), "-d", "-y", "-b", "ssh", env=env).returncode == 0
     assert remove_entry("dev-att") and ssh(user_home, "dev-att", "true").returncode != 0
     attached = spawn(["attach", "dev-att"], env)
@@ -257,6 +262,7 @@ def test_attach_writes_the_entry_again_and_being_attached_is_activity(dev_setup,
         _, stderr = attached.communicate(timeout=30)
     assert f"To open in Cursor: cursor://vscode-remote/ssh-remote+dev-att{host.jobs_dir}/dev-att/repo" in \
         stderr.decode()
+    assert "Port 18731 is at http://localhost:" in stderr.decode()  # the port forwarded again
     assert wait_status(env, "dev-att", "terminated", timeout=40)["reason"] == \
         "no SSH connection for inactivity_duration"
 

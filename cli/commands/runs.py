@@ -100,12 +100,9 @@ def _jobs_json(session, record) -> list:
 
 
 def _run_json(session, record, now: float) -> dict:
-    document = {**record.summary(now), "jobs": _jobs_json(session, record)}
-    if record.configuration and record.configuration.get("type") == "dev-environment":
-        from provisioner.runs.dev_environments import dev_environment_json
+    from provisioner.runs.dev_environments import with_dev_environment
 
-        document["dev_environment"] = dev_environment_json(record.name, record.active)
-    return document
+    return with_dev_environment({**record.summary(now), "jobs": _jobs_json(session, record)}, record)
 
 
 def _warn_of_unknown_jobs(store, records) -> None:

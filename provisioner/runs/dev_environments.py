@@ -122,6 +122,13 @@ def reopen_entry(run_name: str, access: HostAccess, configuration: dict, report:
     return open_entry(run_name, access, configuration, folder, report)
 
 
+def with_dev_environment(document: dict, record) -> dict:
+    """A run's JSON (`ps --json`, `apply --json`), with a dev environment's `dev_environment` added."""
+    if is_dev_environment(record.configuration or {}):
+        document["dev_environment"] = dev_environment_json(record.name, record.active)
+    return document
+
+
 def dev_environment_json(run_name: str, active: bool) -> dict:
     """What `dstack ps --json` shows of a dev environment: its entry (while there is one) and the IDE's link."""
     info = json.loads(info_path(run_name).read_text()) if info_path(run_name).exists() else {}
