@@ -185,6 +185,10 @@ def test_a_detached_dev_environment_is_reached_with_ssh_and_ends_after_inactivit
                     "env: [MODE=dev]\ninit: [echo init-ran > init.txt]\n")
     applied = run_cli("apply", "-f", str(conf), "-d", "-y", "-b", "ssh", env=env)
     assert applied.returncode == 0, applied.stderr
+    # a session open longer than inactivity_duration (from now, while the checks below run) keeps the run
+    held = subprocess.Popen(["ssh", "-F", str(user_home / ".ssh" / "config"), "-o", "BatchMode=yes", "dev-ssh",
+                             "sleep 24; echo still-here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
     assert f"Added `Include {Path(env['DSTACK_HOME']) / 'ssh' / 'config'}` to the top of " in applied.stderr
     workdir = f"{host.jobs_dir}/dev-ssh/repo"
     assert f"To open in VS Code: vscode://vscode-remote/ssh-remote+dev-ssh{workdir}" in applied.stderr
@@ -198,9 +202,9 @@ def test_a_detached_dev_environment_is_reached_with_ssh_and_ends_after_inactivit
     assert run["dev_environment"]["ssh_host"] == "dev-ssh"
     assert run["dev_environment"]["ide_url"] == f"vscode://vscode-remote/ssh-remote+dev-ssh{workdir}"
 
-    # a session open longer than inactivity_duration keeps the run; its end starts the clock
-    held = ssh(user_home, "dev-ssh", "sleep 16; echo still-here", timeout=60)
-    assert held.returncode == 0 and held.stdout == "still-here\n", held.stderr
+    out, err = held.communicate(timeout=60)
+    assert held.returncode == 0 and out == "still-here\n", err  # the end of the run would have closed it
+    # its end starts the clock
     closed_at = time.monotonic()
     while time.monotonic() - closed_at < 40 and ps(env)["dev-ssh"]["status"] == "running":
         time.sleep(1)
@@ -248,14 +252,14 @@ def test_attach_writes_the_entry_again_and_being_attached_is_activity(dev_setup,
 
     host, env, repo = dev_setup
     conf = repo / ".dstack.yml"
-    conf.write_text("type: dev-environment\nname: dev-att\nide: cursor\ninactivity_duration: 6s\n"
+    conf.write_text("type: dev-environment\nname: dev-att\nide: cursor\ninactivity_duration: 15s\n"
                     "ports: ['*:18731']\n")
     assert run_cli("apply", "-f", str(conf), "-d", "-y", "-b", "ssh", env=env).returncode == 0
     assert remove_entry("dev-att") and ssh(user_home, "dev-att", "true").returncode != 0
     attached = spawn(["attach", "dev-att"], env)
     try:
         assert entry_works(user_home, "dev-att")
-        time.sleep(10)  # longer than inactivity_duration, with no ssh session: the attached dstack holds one
+        time.sleep(20)  # longer than inactivity_duration, with no ssh session: the attached dstack holds one
         assert ps(env)["dev-att"]["status"] == "running"
     finally:
         attached.send_signal(signal.SIGINT)
@@ -263,7 +267,7 @@ def test_attach_writes_the_entry_again_and_being_attached_is_activity(dev_setup,
     assert f"To open in Cursor: cursor://vscode-remote/ssh-remote+dev-att{host.jobs_dir}/dev-att/repo" in \
         stderr.decode()
     assert "Port 18731 is at http://localhost:" in stderr.decode()  # the port forwarded again
-    assert wait_status(env, "dev-att", "terminated", timeout=40)["reason"] == \
+    assert wait_status(env, "dev-att", "terminated", timeout=60)["reason"] == \
         "no SSH connection for inactivity_duration"
 
 
@@ -324,3 +328,17 @@ def test_an_image_dev_environments_sessions_run_in_its_container(docker_daemon, 
     assert session.stdout == "/workflow\nfrom the repo\nmade\nimg\n"
     stop_job(local, "dev-img", grace=5)
     assert keys.read_text() == "ssh-ed25519 AAAAother someone\n"
+
+
+def test_an_init_that_fails_fails_the_detached_apply_and_leaves_no_entry(dev_setup, user_home):
+    host, env, repo = dev_setup
+    conf = repo / ".dstack.yml"
+    conf.write_text("type: dev-environment\nname: dev-bad\ninit: [echo trying, exit 3]\n")
+    applied = run_cli("apply", "-f", str(conf), "-d", "-y", "-b", "ssh", env=env)
+    assert applied.returncode == 1
+    assert "dev-bad: its job has ended (exit code 3) before `init` was done" in applied.stderr
+    assert "Traceback" not in applied.stderr
+    run = ps(env)["dev-bad"]
+    assert run["status"] == "failed" and run["dev_environment"]["ssh_host"] is None
+    assert not (Path(env["DSTACK_HOME"]) / "ssh" / "config").exists()
+    assert "dstack-dev" not in (host.dir / "authorized_keys").read_text()

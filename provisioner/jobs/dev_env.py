@@ -247,5 +247,5 @@ def hold_command(run_name: str) -> str:
 def state_command(run_name: str) -> str:
     """The job folder's absolute path, whether the environment is ready, and (on stderr) the exit code once ended."""
     folder = job_folder(run_name)
-    return (f"cd {folder} 2>/dev/null || exit 0; pwd -P; cat exit_code 2>/dev/null >&2; "
+    return (f"cd {folder} 2>/dev/null || exit 0; pwd -P; {{ cat exit_code 2>/dev/null || true; }} >&2; "
             f"grep -qxF {shlex.quote(ready_line(run_name))} output.log 2>/dev/null && echo ready; true")

@@ -31,6 +31,7 @@ from provisioner.jobs.dev_env import (
     state_command,
 )
 from provisioner.jobs.cluster_ssh import host_keys
+from provisioner.jobs.run_jobs import exit_status
 from provisioner.runs.ssh_entries import SSHEntry, add_entry, has_entry, remove_entry
 from provisioner.store.run_files import run_folder
 
@@ -65,7 +66,7 @@ class InitFailed(DstackError):
 def wait_ready(access: HostAccess, run_name: str, report: Callable[[str], None],
                stop: Optional[threading.Event] = None) -> Optional[str]:
     """Waits until `init` is done; returns the job folder's absolute path on the host (None once `stop` is set).
-    Raises InitFailed when the job ends first."""
+    Raises InitFailed when the job has ended."""
     transport = access.connect(total_wait=60)
     try:
         said = False
@@ -73,11 +74,13 @@ def wait_ready(access: HostAccess, run_name: str, report: Callable[[str], None],
             result = transport.run(state_command(run_name), timeout=30)
             lines = result.text.split()
             code = result.stderr.decode(errors="replace").strip()
-            if "ready" in lines[1:]:
-                return lines[0]
+            ready = "ready" in lines[1:]
             if code.lstrip("-").isdigit():
-                raise InitFailed(f"{run_name}: the job ended with exit code {code} before `init` was done "
-                                 f"(`dstack logs {run_name}` shows its output)")
+                why = exit_status(int(code))[1] or "exit code 0"
+                raise InitFailed(f"{run_name}: its job has ended ({why}){'' if ready else ' before `init` was done'}"
+                                 f" (`dstack logs {run_name}` shows its output)")
+            if ready:
+                return lines[0]
             if not said:
                 report(f"Waiting for `init` to finish (`dstack logs {run_name} -f` follows it)")
                 said = True
