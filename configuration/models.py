@@ -328,7 +328,8 @@ class DevEnvironmentConfiguration(RunFields):
     ] = None
     ports: Annotated[
         List[PortMapping],
-        Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local port)"),
+        Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local "
+                          "port)"),
     ] = []
     repos: Repos = []
     files: Files = []

@@ -224,9 +224,14 @@ def test_stop_removes_the_entry_and_leaves_nothing_on_the_host(dev_setup, user_h
     applied = run_cli("apply", "-f", str(conf), "-d", "-y", "-b", "ssh", "--json", env=env)
     assert applied.returncode == 0, applied.stderr
     run = json.loads(applied.stdout)["run"]
-    assert (run["type"], run["status"], run["dev_environment"]["ssh_host"]) == ("dev-environment", "running", "dev-stop")
+    assert (run["type"], run["status"]) == ("dev-environment", "running")
+    assert run["dev_environment"]["ssh_host"] == "dev-stop"
     version = ssh(user_home, "dev-stop", "python --version")
     assert version.returncode == 0 and version.stdout.startswith("Python 3.11"), version.stderr
+    login = subprocess.run(["ssh", "-F", str(user_home / ".ssh" / "config"), "-o", "BatchMode=yes", "dev-stop"],
+                           input="pwd; command -v python\n", capture_output=True, text=True, timeout=60)
+    assert login.returncode == 0, login.stderr  # a login shell: the profile, then the run's folder and venv
+    assert login.stdout.split() == [f"{host.jobs_dir}/dev-stop/repo", f"{host.jobs_dir}/dev-stop/venv/bin/python"]
     keys = (host.dir / "authorized_keys").read_text()
     assert 'command="' in keys and "dstack-dev-dev-stop" in keys
     stopped = run_cli("stop", "dev-stop", "-y", env=env)
@@ -326,6 +331,8 @@ def test_an_image_dev_environments_sessions_run_in_its_container(docker_daemon, 
                              env=dict(os.environ, SSH_ORIGINAL_COMMAND="pwd; cat data.txt /tmp/made; echo $MODE"))
     assert session.returncode == 0, session.stderr
     assert session.stdout == "/workflow\nfrom the repo\nmade\nimg\n"
+    login = subprocess.run([str(folder / "login.sh")], input="pwd\n", capture_output=True, text=True, timeout=60)
+    assert (login.returncode, login.stdout) == (0, "/workflow\n"), login.stderr  # no command: a login shell
     stop_job(local, "dev-img", grace=5)
     assert keys.read_text() == "ssh-ed25519 AAAAother someone\n"
 

@@ -282,8 +282,8 @@ def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
 
 
 def attach(name: NameArgument) -> None:
-    """Follow a running run's output and forward its ports again, until it ends (Ctrl-C detaches). A dev
-    environment's `Host NAME` entry is written again, and being attached counts as activity."""
+    """Follow a running run's output and forward its ports again, until it ends (Ctrl-C detaches); a dev
+    environment's `ssh NAME` entry too."""
     from configuration.errors import ConfigurationError
     from provisioner.host.access import HostAccess
     from provisioner.host.transport import HostUnreachable

@@ -69,7 +69,8 @@ def ide_server_command(ide: Optional[str], version: Optional[str]) -> Optional[s
     if not ide or not version:
         return None
     if ide not in IDE_SERVERS:
-        return f"echo 'dstack: {IDE_NAMES.get(ide, ide)} installs its remote server itself when it connects; `version` pins nothing'"
+        return (f"echo 'dstack: {IDE_NAMES.get(ide, ide)} installs its remote server itself when it connects; "
+                "`version` pins nothing'")
     name, url, folder = IDE_SERVERS[ide]
     release, _, commit = version.partition("@")
     url, folder = url.format(version=release, commit=commit), folder.format(version=release, commit=commit)
@@ -79,7 +80,8 @@ def ide_server_command(ide: Optional[str], version: Optional[str]) -> Optional[s
              'false; fi; }')
     return (f'arch=x64; [ "$(uname -m)" = aarch64 ] && arch=arm64; url="{url}"; '
             f'if [ -d {target}/bin ]; then echo "dstack: the {name} server {release} is installed"; '
-            f'elif mkdir -p {target} && {fetch} | tar --no-same-owner -xz --strip-components=1 -C {target} 2>/dev/null; then '
+            f'elif mkdir -p {target} && {fetch} | '
+            f'tar --no-same-owner -xz --strip-components=1 -C {target} 2>/dev/null; then '
             f'echo "dstack: installed the {name} server {release}"; '
             f'else rm -rf {target}; echo "dstack: could not install the {name} server {release} from $url (the host '
             f'cannot download it); {name} installs its server itself when it first connects"; fi')
@@ -144,7 +146,8 @@ T=; [ -t 0 ] && T=-t
 if [ -n "$SSH_ORIGINAL_COMMAND" ]; then
   exec $D exec -i $T -w {workdir} {container} sh -c "$SSH_ORIGINAL_COMMAND"
 fi
-exec $D exec -i $T -w {workdir} {container} sh -c 'if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l'
+login='if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l'
+exec $D exec -i $T -w {workdir} {container} sh -c "$login"
 """
 
 

@@ -40,8 +40,9 @@ class RunRecord:
 
     def summary(self, now: float) -> dict:
         """The shape of one run in `dstack ps --json` and `dstack apply --json`."""
-        return {"name": self.name, "type": (self.configuration or {}).get("type", "task"), "status": self.status, "reason": self.reason, "backend": self.backend,
-                "region": self.region, "instance": self.instance, "price": self.price,
+        return {"name": self.name, "type": (self.configuration or {}).get("type", "task"), "status": self.status,
+                "reason": self.reason, "backend": self.backend, "region": self.region, "instance": self.instance,
+                "price": self.price,
                 "cost": round(self.cost(now), 6), "exit_code": self.exit_code, "submitted_at": self.submitted_at,
                 "age_s": round(now - self.submitted_at, 1), "ports": self.ports or [],
                 "tags": (self.configuration or {}).get("tags") or {}}
@@ -71,7 +72,7 @@ class VolumeRecord:
 
     def summary(self) -> dict:
         """The shape of one volume in `dstack volume list --json`."""
-        return {"name": self.name, "type": (self.configuration or {}).get("type", "task"), "status": self.status, "backend": self.backend, "region": self.region,
+        return {"name": self.name, "status": self.status, "backend": self.backend, "region": self.region,
                 "zone": self.zone, "size_gb": self.size_gb, "volume_id": self.volume_id, "external": self.external,
                 "created_at": self.created_at}
 
