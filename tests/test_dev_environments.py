@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -192,9 +193,9 @@ def test_a_detached_dev_environment_is_reached_with_ssh_and_ends_after_inactivit
     assert f"Added `Include {Path(env['DSTACK_HOME']) / 'ssh' / 'config'}` to the top of " in applied.stderr
     workdir = f"{host.jobs_dir}/dev-ssh/repo"
     assert f"To open in VS Code: vscode://vscode-remote/ssh-remote+dev-ssh{workdir}" in applied.stderr
-    session = ssh(user_home, "dev-ssh", "pwd; cat version.txt init.txt; echo $MODE")
+    session = ssh(user_home, "dev-ssh", "hostname; pwd; cat version.txt init.txt; echo $MODE")
     assert session.returncode == 0, session.stderr
-    assert session.stdout.split() == [workdir, "v7", "init-ran", "dev"]
+    assert session.stdout.split() == [socket.gethostname(), workdir, "v7", "init-ran", "dev"]
     log = run_cli("logs", "dev-ssh", env=env).stdout  # the host has no way out: the IDE server's download says so
     assert "dstack: could not install the VS Code server 0f0e0d0c from https://update.code.visualstudio.com/" in log
     run = ps(env)["dev-ssh"]
@@ -321,9 +322,9 @@ def test_an_image_dev_environments_sessions_run_in_its_container(docker_daemon, 
                   uploads=UploadPlan([Upload(repo, list_folder(repo), LEGACY_REPO_DIR, "repo")]))
     start_job(local, job)
     folder = tmp_path / "jobs" / "dev-img"
-    deadline = time.monotonic() + 60
-    while b"dstack: dev environment dev-img is ready\n" not in (folder / "output.log").read_bytes():
-        assert time.monotonic() < deadline and not (folder / "exit_code").exists(), (folder / "output.log").read_text()
+    deadline, log = time.monotonic() + 60, folder / "output.log"  # (made by the job's start, a moment after)
+    while b"dstack: dev environment dev-img is ready\n" not in (log.read_bytes() if log.exists() else b""):
+        assert time.monotonic() < deadline and not (folder / "exit_code").exists(), log.read_text()
         time.sleep(0.2)
     assert keys.read_text() == (f'ssh-ed25519 AAAAother someone\ncommand="{folder}/login.sh" '
                                 "ssh-ed25519 AAAAdevkey dstack-dev-dev-img\n")
