@@ -6,6 +6,7 @@ models by `dstack schema --markdown`).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
@@ -301,22 +302,64 @@ class TaskConfiguration(RunFields):
         return self
 
 
-class DevEnvironmentConfiguration(RunFields):
-    type: Literal["dev-environment"] = "dev-environment"
-    ide: Annotated[Literal["vscode", "cursor"], Field(description="The IDE to connect with: `vscode` or `cursor`")] = (
-        "vscode"
-    )
-    init: Annotated[List[str], Field(description="Commands to run before the IDE is ready")] = []
-    commands: Annotated[List[str], Field(description="Commands to run (as the reference's examples write them)")] = []
-    inactivity_duration: Annotated[
-        Optional[MaxDuration], Field(description="Stop after this long without an attached IDE (e.g. `2h`), or `off`")
-    ] = None
-    ports: Annotated[List[PortMapping], Field(description="Ports to forward")] = []
+WINDSURF_VERSION = re.compile(r"^.+@[a-f0-9]+\Z")
+IDE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}(@[a-f0-9]{1,64})?\Z")  # it goes into a download URL
 
-    @field_validator("inactivity_duration", mode="before")
+
+class DevEnvironmentConfiguration(RunFields):
+    """A machine kept for you after `init`: reached with `ssh NAME` (an entry in ~/.ssh/config's include) and the
+    IDE's link, until `dstack stop`, `inactivity_duration` or `max_duration` (docs/runs.md)."""
+
+    type: Literal["dev-environment"] = "dev-environment"
+    ide: Annotated[
+        Optional[Literal["vscode", "cursor", "windsurf", "zed"]],
+        Field(description="The IDE whose link is printed: `vscode`, `cursor`, `windsurf` or `zed`; absent: SSH only"),
+    ] = None
+    version: Annotated[
+        Optional[str],
+        Field(description="The IDE server to install on the host before you connect (needs `ide`): a VS Code or "
+                          "Cursor commit, `version@commit` for Windsurf; downloaded by the host itself"),
+    ] = None
+    init: Annotated[List[str], Field(description="The shell commands run before the environment is ready")] = []
+    inactivity_duration: Annotated[
+        Optional[int],
+        Field(description="Stop the run after this long without an SSH connection to it (`ssh NAME`, the IDE, an "
+                          "attached `dstack apply` or `dstack attach`), e.g. `2h`; `off` (the default): never"),
+    ] = None
+    ports: Annotated[
+        List[PortMapping],
+        Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local "
+                          "port)"),
+    ] = []
+    repos: Repos = []
+    files: Files = []
+    single_branch: SingleBranch = None
+
+    @field_validator("inactivity_duration", mode="before", json_schema_input_type=Optional[MaxDuration])
     @classmethod
     def _inactivity(cls, v: Any) -> Any:
-        return v if v is None or v == "off" else parse_duration(v)
+        """As dstack: `off` is None (kept as None in the run's configuration)."""
+        v = parse_off_duration(v)
+        return None if v == "off" else v
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _no_entrypoint(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            raise ValueError("`entrypoint` is not supported for a dev-environment (it runs `init`, then waits)")
+        return v
+
+    @model_validator(mode="after")
+    def _version_needs_ide(self) -> "DevEnvironmentConfiguration":
+        if self.version and self.ide is None:
+            raise ValueError("`version` requires `ide` to be set")
+        if self.version and not IDE_VERSION.match(self.version):
+            raise ValueError(f"Invalid IDE version: {self.version!r} (letters, digits and `._+-`, as the IDE's "
+                             "`Help > About` shows it; Windsurf: `version@commit`)")
+        if self.ide == "windsurf" and self.version and not WINDSURF_VERSION.match(self.version):
+            raise ValueError(f"Invalid Windsurf version: {self.version!r} (expected `version@commit`, e.g. "
+                             "`1.106.0@8951cd3ad688e789573d7f51750d67ae4a0bea7d`)")
+        return self
 
 
 class SSHHost(StrictModel):

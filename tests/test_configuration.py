@@ -26,20 +26,28 @@ def parse(text, source="x.dstack.yml"):
 
 @pytest.mark.parametrize("index", range(8))
 def test_every_reference_example_parses(index):
+    """The tasks as they are; the dev environments once their `commands` are `init` (dstack 0.22.5 refuses a dev
+    environment's `commands`: tests/test_dev_environments.py)."""
     title, text = reference_examples()[index]
-    conf = parse(text, title)
     kind = re.search(r"type: (\S+)", text).group(1)
+    if kind == "dev-environment":
+        with pytest.raises(ConfigurationError, match="dev-environment.commands: Extra inputs are not permitted"):
+            parse(text, title)
+        text = text.replace("commands:", "init:")
+    conf = parse(text, title)
     assert conf.type == kind
     assert isinstance(conf, TaskConfiguration if kind == "task" else DevEnvironmentConfiguration)
-    assert conf.commands and conf.commands[0].startswith(("pip install", "pip3 install"))
+    steps = conf.commands if kind == "task" else conf.init
+    assert steps and steps[0].startswith(("pip install", "pip3 install"))
 
 
 def test_reference_examples_have_the_expected_values():
-    examples = [parse(text, title) for title, text in reference_examples()]
+    examples = [parse(text.replace("commands:", "init:") if "dev-environment" in text else text, title)
+                for title, text in reference_examples()]
     python, ports, image, resources, env, private, args, app = examples
     assert python.python == "3.11" and python.image is None
     assert [p.model_dump() for p in ports.ports] == [{"local_port": 6000, "container_port": 6000}]
-    assert image.image == "dstackai/base:py3.11-0.4rc4-cuda-12.1" and image.ide == "vscode"
+    assert image.image == "dstackai/base:py3.11-0.4rc4-cuda-12.1" and image.ide is None
     r = resources.resources
     assert (r.cpu.count.min, r.memory.min, r.gpu.count.min, r.gpu.memory.min, r.gpu.memory.max) == (16, 200, 4, 40, 80)
     assert (r.shm_size, r.disk.size.min) == (16, 500)
