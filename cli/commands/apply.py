@@ -156,9 +156,9 @@ def _print_dry_run(source: str, plan, max_offers: int, as_json: bool) -> None:
 
 
 def _run_name(name: str) -> str:
-    from configuration.fields import RUN_NAME
+    from configuration.fields import NAME_RULE, RUN_NAME
 
     if not RUN_NAME.match(name):
-        raise typer.BadParameter("2 to 41 lowercase letters, digits and hyphens, starting with a letter",
+        raise typer.BadParameter(NAME_RULE,
                                  param_hint="'-n/--name'")
     return name
