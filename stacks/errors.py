@@ -14,7 +14,7 @@ CAPACITY = "capacity"
 QUOTA = "quota"
 CREDENTIALS = "credentials"
 CONFIGURATION = "configuration"
-UNAVAILABLE = "unavailable"  # the region is not enabled for the account: skip it, like capacity
+UNAVAILABLE = "unavailable"  # the region, zone or type is not usable here: skip it, like capacity
 
 # (pattern, kind, scope); the first match wins, so the more specific patterns come first.
 _RULES: Tuple[Tuple[str, str, str], ...] = (
@@ -27,8 +27,12 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
      CAPACITY, "zone"),
     (r"ZONE_RESOURCE_POOL_EXHAUSTED|does not have enough resources available|resource pool exhausted", CAPACITY,
      "zone"),
-    (r"Unsupported: .*(instance type|Availability Zone)|is not supported in your requested Availability Zone",
-     CAPACITY, "zone"),
+    (r"Unsupported: .*(instance type|Availability Zone)|is not supported in your requested Availability Zone|"
+     r"Unsupported: The requested configuration is currently not supported", CAPACITY, "zone"),
+    # A zone the run cannot use, though others of the region may do: one with no default subnet (Local and Wavelength
+    # Zones have none), none of the VPC's (stacks.aws.program), or one the account has not enabled (an opt-in zone).
+    (r"No default subnet for availability zone|has no subnet in \S+|Invalid [Aa]vailability [Zz]one", UNAVAILABLE,
+     "zone"),
     (r"SpotMaxPriceTooLow|capacity-not-available|UnfulfillableCapacity", CAPACITY, "zone"),
     (r"STOCKOUT|stockout", CAPACITY, "zone"),
     (r"OptInRequired", UNAVAILABLE, "region"),
