@@ -119,8 +119,8 @@ def apply(
         from cli.plan_view import print_plan
         from provisioner.runs.plan import plan_json
 
-        print_plan(source, plan.name, plan.requirements, plan.search, plan_json(run, plan.offers[0]),
-                   console=stderr_console(), max_offers=max_offers)
+        print_plan(source, plan.name, plan.requirements, plan.search,
+                   plan_json(run, plan.offers[0], config=plan.config), console=stderr_console(), max_offers=max_offers)
     schedule = run.configuration.schedule
     if schedule is not None and not scheduled_start:
         if not yes and not typer.confirm("Schedule the run?", default=True, err=True):
