@@ -418,8 +418,8 @@ class FleetConfiguration(StrictModel):
     ] = None
     idle_duration: Annotated[
         Optional[int], BeforeValidator(parse_idle_duration),
-        Field(description="Cloud fleets: the fleet is destroyed once every instance has been idle this long; "
-                          "absent or `off`: kept until `dstack fleet delete`"),
+        Field(description="Cloud fleets: the fleet is destroyed once every instance has been idle this long "
+                          "(default `3d`, as dstack's); `off`: kept until `dstack fleet delete`"),
     ] = None
     reservation: Annotated[
         Optional[str], Field(description="Cloud fleets: a capacity reservation. Not supported yet")

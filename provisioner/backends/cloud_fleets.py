@@ -49,10 +49,34 @@ def fleet_shape(configuration) -> FleetShape:
     return FleetShape(nodes=configuration.nodes.target, placement=configuration.placement, tags=configuration.tags)
 
 
+# dstack 0.22.5's default idle_duration of a fleet (DEFAULT_FLEET_TERMINATION_IDLE_TIME): an idle fleet is not billed
+# forever unless asked for (`idle_duration: off`).
+DEFAULT_IDLE_S = 3 * 24 * 3600
+
+
 def kept_seconds(configuration) -> Optional[int]:
-    """A cloud fleet's idle_duration as its instances keep it: None (absent or `off`) keeps them until deleted."""
+    """A cloud fleet's idle_duration as its instances keep it: absent (or `true`), dstack's 3 days (DEFAULT_IDLE_S);
+    `off` (`false`, a negative number) None, kept until deleted."""
     seconds = configuration.idle_duration
-    return None if seconds is None or seconds < 0 else seconds
+    if seconds is None:
+        return DEFAULT_IDLE_S
+    return None if seconds < 0 else seconds
+
+
+def idle_policy(configuration) -> str:
+    """What happens to the fleet when idle, in the plan's words."""
+    seconds = kept_seconds(configuration)
+    if seconds is None:
+        return "kept until `dstack fleet delete` (idle_duration: off)"
+    default = " (the default)" if configuration.idle_duration is None else ""
+    return f"destroyed once every instance has been idle {_duration(seconds)}{default}"
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def check_cloud_fleet(configuration, source: str) -> None:
@@ -89,16 +113,18 @@ def fleet_offers(configuration, requirements: Requirements, source: str) -> List
 
 
 def fleet_plan(configuration, offers: List[Offer], config: DstackConfig, max_offers: int) -> dict:
-    """`dstack apply --dry-run` of a cloud fleet: the offer it would take, the others, and its stack's resources
-    (rendered offline; without the cloud's extra, the reason instead)."""
+    """`dstack apply --dry-run` of a cloud fleet: the offer it would take, the others, what it costs an hour
+    (`price`, all its instances) and how long it is kept idle (`idle_duration`, `idle_policy`), and its stack's
+    resources (rendered offline; without the cloud's extra, the reason instead)."""
     from stacks.extras import MissingExtra
 
     shape = fleet_shape(configuration)
     document = {"fleet": configuration.name, "configuration": configuration.model_dump(mode="json"),
                 "nodes": shape.nodes, "placement": shape.placement or "any",
-                "idle_duration": kept_seconds(configuration), "offer": offers[0].to_json(),
-                "offers": [o.to_json() for o in offers[:max_offers]],
-                "price": round(offers[0].total_price * shape.nodes, 6)}
+                "idle_duration": kept_seconds(configuration), "idle_policy": idle_policy(configuration),
+                "offer": offers[0].to_json(), "offers": [o.to_json() for o in offers[:max_offers]],
+                "price": round(offers[0].total_price * shape.nodes, 6),
+                "price_per_instance": round(offers[0].total_price, 6)}
     try:
         document["resources"] = dry_run_resources(configuration.name, shape, offers[0], config)
     except MissingExtra as e:
