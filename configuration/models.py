@@ -14,13 +14,14 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 from configuration.fields import (
     HOSTNAME,
     LOGIN_NAME,
-    RUN_NAME,
+    NAME_RULE,
     BackendName,
     MaxDuration,
     PortMapping,
     RegistryAuth,
     RetryPolicy,
     SpotPolicy,
+    check_name,
     check_pattern,
     parse_duration,
     parse_env,
@@ -167,7 +168,7 @@ class RunFields(ProfileFields):
 
     name: Annotated[
         Optional[str],
-        Field(description="The run name: lowercase letters, digits and hyphens, starting with a letter; generated if absent"),
+        Field(description=f"The run name: {NAME_RULE}; generated if absent"),
     ] = None
     image: Annotated[Optional[str], Field(description="The Docker image to run in")] = None
     python: Annotated[
@@ -220,11 +221,7 @@ class RunFields(ProfileFields):
     @field_validator("name")
     @classmethod
     def _name(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not RUN_NAME.match(v):
-            raise ValueError(
-                f"Invalid name: {v!r} (2 to 41 lowercase letters, digits and hyphens, starting with a letter)"
-            )
-        return v
+        return check_name(v)
 
     @field_validator("python", mode="before")
     @classmethod
@@ -437,7 +434,7 @@ class FleetConfiguration(StrictModel):
     place them): exactly one of the two kinds."""
 
     type: Literal["fleet"] = "fleet"
-    name: Annotated[str, Field(description="The fleet name")]
+    name: Annotated[str, Field(description=f"The fleet name: {NAME_RULE}")]
     ssh_config: Annotated[Optional[SSHConfig], Field(description="Hosts you own, reached over SSH")] = None
     nodes: Annotated[
         Optional[FleetNodes], BeforeValidator(parse_fleet_nodes),
@@ -464,8 +461,8 @@ class FleetConfiguration(StrictModel):
     ] = None
     idle_duration: Annotated[
         Optional[int], BeforeValidator(parse_idle_duration),
-        Field(description="Cloud fleets: the fleet is destroyed once every instance has been idle this long; "
-                          "absent or `off`: kept until `dstack fleet delete`"),
+        Field(description="Cloud fleets: the fleet is destroyed once every instance has been idle this long "
+                          "(default `3d`, as dstack's); `off`: kept until `dstack fleet delete`"),
     ] = None
     reservation: Annotated[
         Optional[str], Field(description="Cloud fleets: a capacity reservation. Not supported yet")
@@ -482,9 +479,7 @@ class FleetConfiguration(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not RUN_NAME.match(v):
-            raise ValueError(f"Invalid name: {v!r} (2 to 41 lowercase letters, digits and hyphens, starting with a letter)")
-        return v
+        return check_name(v)
 
     _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: parse_tags(v)))
     _one_or_many = field_validator("regions", "instance_types", "backends", "availability_zones", mode="before")(

@@ -33,6 +33,24 @@ def placement_notes(configuration, offer: Optional[Offer]) -> List[str]:
     return [note] if note else []
 
 
+def stack_notes(configuration, offer: Optional[Offer], config: Optional[DstackConfig]) -> List[str]:
+    """What the plan says about the stack of `offer`: a cluster's placement and network (stacks.clouds), and, in a
+    named AWS VPC without a `subnet`, which subnet the nodes get."""
+    if offer is None or offer.backend not in CLOUD_BACKENDS:
+        return []
+    notes = placement_notes(configuration, offer)
+    if forms_cluster(configuration):
+        network = clouds.network_note(offer.backend, offer.instance.name)
+        notes += [network] if network else []
+    backend_config = config.backend(offer.backend) if config is not None else None
+    vpc_name = getattr(backend_config, "vpc_name", None)
+    if offer.backend == "aws" and vpc_name and not getattr(backend_config, "subnet", None):
+        zone = offer.zones[0] if offer.zones else "the offer's zone"
+        notes.append(f"subnet: VPC {vpc_name}'s subnet in {zone} that maps public IPs on launch (the first by id), "
+                     "looked up at apply and named in the log; set `subnet` for the aws backend to choose it")
+    return notes
+
+
 def generate_host_keys(configuration) -> Tuple[HostKey, ...]:
     """One SSH host key per node of the stack."""
 

@@ -15,6 +15,7 @@ from configuration.interpolation import ResolvedRun
 from offers.offer import Offer
 from offers.requirements import Requirements
 from offers.solver import OfferSearch
+from provisioner.backends.offer_failover import MAX_OFFERS_TRIED
 from provisioner.host.access import HostAccess
 from provisioner.jobs.uploads import check_size, plan_uploads
 from provisioner.planning.field_support import check_fields
@@ -22,7 +23,6 @@ from provisioner.planning.reuse import InstanceOffer, plan_offers, stack_configu
 from provisioner.planning.search import search_run_offers
 from provisioner.planning.stack_plan import dry_run_resources
 from provisioner.planning.task_volumes import narrow_requirements, place_offers
-from provisioner.runs.failover import MAX_OFFERS_TRIED
 from provisioner.runs.names import generate_run_name
 from provisioner.runs.plan import plan_json
 from provisioner.store.store import StateStore
@@ -73,7 +73,7 @@ def dry_run_document(plan: RunPlan) -> Tuple[dict, Optional[MissingExtra]]:
         missing = None
     except MissingExtra as e:
         resources, missing = [], e
-    document = plan_json(plan.run, offer, resources)
+    document = plan_json(plan.run, offer, resources, plan.config)
     if missing is not None:
         document["stack"] = {"rendered": False, "reason": str(missing)}
     return document, missing
