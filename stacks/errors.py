@@ -70,8 +70,8 @@ _HINTS: Tuple[Tuple[str, str], ...] = (
 
 @dataclass
 class StackFailure(DstackError):
-    """A failed `up`: kind is capacity, quota, unavailable, credentials or configuration; scope is zone, region, cloud
-    or type (the instance type, everywhere)."""
+    """A failed `up`: kind is capacity, quota, unavailable, credentials or configuration; scope is zone, region, cloud,
+    type (the instance type, everywhere) or host (one host of an SSH fleet, whose region is the fleet)."""
 
     kind: str
     scope: str

@@ -1,5 +1,6 @@
 """Provisioning with failover: offers in price order, each in every zone of its region, a capacity or quota failure
-ruling out its zone, region or cloud for the tries after it; `retry` on no-capacity tries the round again later."""
+ruling out its zone, region or cloud (an SSH fleet's host: that host, or the fleet) for the tries after it; `retry` on
+no-capacity tries the round again later."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from provisioner.runs.session import RunSession
 from provisioner.store.statuses import STARTING, RunStatus
 from stacks.errors import StackFailure
 
-MAX_OFFERS_TRIED = 5
+HOST_BACKENDS = ("ssh", "local")  # hosts that exist: claiming one creates nothing
+MAX_OFFERS_TRIED = 5  # offers that create something; hosts that exist (SSH fleets', this machine) are all tried
 
 
 RETRY_INTERVAL_S = 60
@@ -37,14 +39,16 @@ class StopRequested(Exception):
 
 
 def _scope_key(offer: Offer, scope: str) -> tuple:
-    """What a failure of `scope` rules out for the next tries: the cloud, a region, a zone, or an instance type."""
+    """What a failure of `scope` rules out for the next tries: the cloud, a region (an SSH fleet), a zone, an
+    instance type, or one host (of an SSH fleet: its region is the fleet, its instance the host)."""
     zone = offer.zones[0] if offer.zones else ""
     return {"cloud": (offer.backend,), "region": (offer.backend, offer.region),
-            "zone": (offer.backend, offer.region, zone), "type": (offer.backend, "type", offer.instance.name)}[scope]
+            "zone": (offer.backend, offer.region, zone), "type": (offer.backend, "type", offer.instance.name),
+            "host": (offer.backend, offer.region, "host", offer.instance.name)}[scope]
 
 
 def _ruled_out(offer: Offer, blocked: set) -> Optional[str]:
-    for why in ("cloud", "region", "zone", "type"):
+    for why in ("cloud", "region", "zone", "type", "host"):
         key = _scope_key(offer, why)
         if key in blocked:
             return why
@@ -62,23 +66,25 @@ def zone_offers(offer: Offer) -> List[Offer]:
 def provision_with_failover(session: RunSession, run_name: str, offers: Sequence[Offer], configuration
                             ) -> Tuple[Offer, List[HostAccess]]:
     """Tries offers in price order, each in every zone of its region: a capacity error rules out its zone, a quota
-    error its region (or the cloud for a global GPU quota); configuration and credential errors stop at once. At
-    most MAX_OFFERS_TRIED offers (their zones count as one). Returns the offer and its hosts, one per node: a
-    backend provisions all of them or none (it removes what it made when one fails)."""
+    error its region (or the cloud for a global GPU quota), a busy SSH fleet host that host; configuration and
+    credential errors stop at once. At most MAX_OFFERS_TRIED offers that create something (their zones count as
+    one), and every host that exists. Returns the offer and its hosts, one per node: a backend provisions all of
+    them or none (it removes what it made when one fails)."""
     store, say = session.store, session.reporter.info
     attempts: List[dict] = []
     blocked: set = set()
-    tried = 0
+    tried = created = 0
     nodes = node_count(configuration)
     for whole_offer in offers:
-        if tried >= MAX_OFFERS_TRIED:
-            break
+        exists = whole_offer.backend in HOST_BACKENDS
+        if created >= MAX_OFFERS_TRIED and not exists:
+            continue
         counted = False
         for offer in zone_offers(whole_offer):
             if _ruled_out(offer, blocked):
                 continue
             if not counted:
-                tried, counted = tried + 1, True
+                tried, created, counted = tried + 1, created + (not exists), True
             zone = offer.zones[0] if offer.zones else ""
             label = f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
             if not store.claim_run(run_name, STARTING, RunStatus.PROVISIONING, backend=offer.backend,
@@ -103,7 +109,7 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
                     raise RunFailed(f"{label}: {failure.kind} error, not retrying: {failure.message}") from None
                 blocked.add(_scope_key(offer, failure.scope))
                 say(f"{label}: {failure.kind} ({failure.message}); trying the next "
-                    f"{'zone' if failure.scope == 'zone' else 'offer'}")
+                    f"{failure.scope if failure.scope in ('zone', 'host') else 'offer'}")
                 continue
             store.add_event(run_name, "provisioned", ", ".join(host.description for host in hosts))
             if len(hosts) != nodes:  # never a smaller cluster than asked for; submit tears down what was made
