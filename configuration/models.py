@@ -42,6 +42,7 @@ from configuration.policies import (
     VastAIOptions,
     check_backend_options,
     check_node_count,
+    check_volume_names,
     name_groups,
     parse_entity_reference,
     parse_instance_selector,
@@ -218,6 +219,8 @@ class RunFields(ProfileFields):
         Field(description="Environment variables: a list of `NAME=VALUE` or `NAME` (taken from your environment), or a mapping"),
     ] = {}
     resources: Annotated[ResourcesSpec, Field(description="The resources the run needs")] = ResourcesSpec()
+
+    _volumes = field_validator("volumes")(classmethod(lambda cls, v: check_volume_names(v)))
 
     @field_validator("name")
     @classmethod

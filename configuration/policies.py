@@ -96,6 +96,21 @@ def parse_mount_point(v: Any) -> Any:
 MountPoint = Annotated[Union[VolumeMountPoint, InstanceMountPoint], Field(union_mode="left_to_right")]
 
 
+def check_volume_names(points: List[Any]) -> List[Any]:
+    """A network volume named at most once in a run's `volumes`, counting every name of a `name: [a, b]` list (any
+    of them may be taken): one disk is attached once, at one mount point (dstack refuses it alike)."""
+    paths: dict = {}
+    for point in points:
+        if isinstance(point, VolumeMountPoint):
+            for name in [point.name] if isinstance(point.name, str) else point.name:
+                paths.setdefault(name, []).append(point.path)
+    for name, where in paths.items():
+        if len(where) > 1:
+            raise ValueError(f"volume {name} is named more than once (at {', '.join(dict.fromkeys(where))}): a volume "
+                             "is attached at one mount point only")
+    return points
+
+
 class EntityReference(StrictModel):
     project: Annotated[Optional[str], Field(description="The project; the current one if absent")] = None
     name: Annotated[str, Field(description="The name")]
