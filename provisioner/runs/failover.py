@@ -73,18 +73,18 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
     store, say = session.store, session.reporter.info
     attempts: List[dict] = []
     blocked: set = set()
-    tried = created = 0
+    tried = creating = 0  # offers tried, and of them those that create something (MAX_OFFERS_TRIED)
     nodes = node_count(configuration)
     for whole_offer in offers:
         exists = whole_offer.backend in HOST_BACKENDS
-        if created >= MAX_OFFERS_TRIED and not exists:
+        if creating >= MAX_OFFERS_TRIED and not exists:
             continue
         counted = False
         for offer in zone_offers(whole_offer):
             if _ruled_out(offer, blocked):
                 continue
             if not counted:
-                tried, created, counted = tried + 1, created + (not exists), True
+                tried, creating, counted = tried + 1, creating + (not exists), True
             zone = offer.zones[0] if offer.zones else ""
             label = f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
             if not store.claim_run(run_name, STARTING, RunStatus.PROVISIONING, backend=offer.backend,
