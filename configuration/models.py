@@ -39,8 +39,11 @@ from configuration.policies import (
     NodeGroup,
     Schedule,
     UtilizationPolicy,
+    MAX_NODES,
     VastAIOptions,
     check_backend_options,
+    check_node_count,
+    check_volume_names,
     name_groups,
     parse_entity_reference,
     parse_instance_selector,
@@ -218,6 +221,8 @@ class RunFields(ProfileFields):
     ] = {}
     resources: Annotated[ResourcesSpec, Field(description="The resources the run needs")] = ResourcesSpec()
 
+    _volumes = field_validator("volumes")(classmethod(lambda cls, v: check_volume_names(v)))
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: Optional[str]) -> Optional[str]:
@@ -264,7 +269,8 @@ class TaskConfiguration(RunFields):
         Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local port)"),
     ] = []
     nodes: Annotated[
-        int, Field(ge=1, description="The number of nodes: one cluster of N jobs, rank 0 the master (docs/runs.md)")
+        int, Field(ge=1, description=f"The number of nodes: one cluster of N jobs, rank 0 the master; at most "
+                                     f"{MAX_NODES} (docs/runs.md)")
     ] = 1
     groups: Annotated[
         Optional[List[NodeGroup]],
@@ -273,6 +279,7 @@ class TaskConfiguration(RunFields):
     ] = None
 
     _groups = field_validator("groups")(classmethod(lambda cls, v: name_groups(v)))
+    _nodes = field_validator("nodes")(classmethod(lambda cls, v: check_node_count(v)))
 
     @model_validator(mode="before")
     @classmethod
@@ -410,6 +417,7 @@ class FleetNodes(StrictModel):
                              "(runs do not add instances to a fleet here)")
         if self.target is None:
             self.target = self.min
+        check_node_count(self.target)  # what apply provisions; `max` is never reached here
         if self.target < self.min or (self.max is not None and self.max < self.target):
             raise ValueError("`nodes` needs min <= target <= max")
         return self

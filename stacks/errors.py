@@ -76,7 +76,8 @@ _HINTS: Tuple[Tuple[str, str], ...] = (
 @dataclass
 class StackFailure(DstackError):
     """A failed `up`: kind is capacity, quota, unavailable, unreachable, credentials or configuration; scope is zone,
-    region, cloud, type (the instance type, everywhere) or offer (its instance type in its region, every zone)."""
+    region, cloud, type (the instance type, everywhere), offer (its instance type in its region, every zone) or host
+    (one host of an SSH fleet, whose region is the fleet)."""
 
     kind: str
     scope: str

@@ -1,7 +1,7 @@
 """Trying offers in price order, each in every zone of its region, until one provisions: what runs
 (provisioner.runs.failover) and cloud fleets (provisioner.backends.cloud_fleets) share. A retryable failure rules out
 its scope for the tries after it: its zone, its offer (every zone of it), its region, its instance type everywhere,
-or the whole cloud; any other failure stops at once."""
+the whole cloud, or one host of an SSH fleet; any other failure stops at once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 from offers.offer import Offer
 from stacks.errors import StackFailure
 
-MAX_OFFERS_TRIED = 5  # offers, not zones: the zones of one offer count as one try
+HOST_BACKENDS = ("ssh", "local")  # hosts that exist: claiming one creates nothing
+MAX_OFFERS_TRIED = 5  # offers that create something, not zones (the zones of one offer count as one try); hosts
+# that exist (SSH fleets', this machine) are all tried
 
 Provisioned = TypeVar("Provisioned")
 
@@ -25,17 +27,19 @@ class OffersExhausted(Exception):
 
 
 def scope_key(offer: Offer, scope: str) -> tuple:
-    """What a failure of `scope` rules out for the next tries: the cloud, a region, a zone, the offer's instance type
-    in its region (every zone), or an instance type everywhere."""
+    """What a failure of `scope` rules out for the next tries: the cloud, a region (an SSH fleet), a zone, the offer's
+    instance type in its region (every zone), an instance type everywhere, or one host (of an SSH fleet: its region
+    is the fleet, its instance the host)."""
     zone = offer.zones[0] if offer.zones else ""
     return {"cloud": (offer.backend,), "region": (offer.backend, offer.region),
             "zone": (offer.backend, offer.region, zone),
             "offer": (offer.backend, "offer", offer.region, offer.instance.name, offer.spot),
-            "type": (offer.backend, "type", offer.instance.name)}[scope]
+            "type": (offer.backend, "type", offer.instance.name),
+            "host": (offer.backend, offer.region, "host", offer.instance.name)}[scope]
 
 
 def ruled_out(offer: Offer, blocked: set) -> Optional[str]:
-    for why in ("cloud", "region", "zone", "offer", "type"):
+    for why in ("cloud", "region", "zone", "offer", "type", "host"):
         if scope_key(offer, why) in blocked:
             return why
     return None
@@ -54,19 +58,20 @@ def first_provisioned(offers: Sequence[Offer], attempt: Callable[[Offer], Provis
                       max_offers: int = MAX_OFFERS_TRIED) -> Tuple[Offer, Provisioned]:
     """`attempt(offer)` for each offer in turn, zone by zone, skipping what earlier failures ruled out, until one
     returns: that offer (its zone) and what it returned. Each StackFailure goes to `failed(offer, failure)` first
-    (which may raise instead); a failure that is not retryable is raised then. At most `max_offers` offers are
-    tried; then OffersExhausted."""
+    (which may raise instead); a failure that is not retryable is raised then. At most `max_offers` offers that
+    create something are tried, and every host that exists (HOST_BACKENDS); then OffersExhausted."""
     blocked: set = set()
-    tried = 0
+    tried = creating = 0  # offers tried, and of them those that create something (max_offers)
     for whole_offer in offers:
-        if tried >= max_offers:
-            break
+        exists = whole_offer.backend in HOST_BACKENDS
+        if creating >= max_offers and not exists:
+            continue
         counted = False
         for offer in zone_offers(whole_offer):
             if ruled_out(offer, blocked):
                 continue
             if not counted:
-                tried, counted = tried + 1, True
+                tried, creating, counted = tried + 1, creating + (not exists), True
             try:
                 return offer, attempt(offer)
             except StackFailure as failure:

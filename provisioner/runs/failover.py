@@ -42,9 +42,10 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
                             ) -> Tuple[Offer, List[HostAccess]]:
     """Tries offers in price order, each in every zone of its region (provisioner.backends.offer_failover): a
     capacity error rules out its zone, a quota error its region (or the cloud for a global GPU quota), a VM that
-    never answered its offer; configuration and credential errors stop at once. At most MAX_OFFERS_TRIED offers
-    (their zones count as one). Returns the offer and its hosts, one per node: a backend provisions all of them or
-    none (it removes what it made when one fails)."""
+    never answered its offer, a busy SSH fleet host that host; configuration and credential errors stop at once. At
+    most MAX_OFFERS_TRIED offers that create something (their zones count as one), and every host that exists.
+    Returns the offer and its hosts, one per node: a backend provisions all of them or none (it removes what it made
+    when one fails)."""
     store, say = session.store, session.reporter.info
     attempts: List[dict] = []
     nodes = node_count(configuration)
@@ -77,7 +78,7 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
         if not failure.retryable:
             raise RunFailed(f"{label}: {failure.kind} error, not retrying: {failure.message}") from None
         say(f"{label}: {failure.kind} ({failure.message}); trying the next "
-            f"{'zone' if failure.scope == 'zone' else 'offer'}")
+            f"{failure.scope if failure.scope in ('zone', 'host') else 'offer'}")
 
     try:
         return first_provisioned(offers, attempt, failed, MAX_OFFERS_TRIED)

@@ -50,7 +50,7 @@ def plan_run(run: ResolvedRun, file: str, requirements: Requirements, store: Sta
     configuration = run.configuration
     requirements = narrow_requirements(store, configuration, requirements, file)  # where its volumes are
     found = search_run_offers(requirements, config, store, limit=max(max_offers, MAX_OFFERS_TRIED),
-                              all_clouds=dry_run)
+                              all_clouds=dry_run, every_host=True)
     search = found.search
     # idle fleet instances first (`fleets`, `creation_policy`), then fields no backend would act upon
     search.offers = check_fields(configuration, plan_offers(configuration, search.offers, store, requirements, file),
