@@ -176,6 +176,25 @@ class RunTables(StoreFile):
             raise Damage(f"event {number} of run {run}'s {'message' if isinstance(run, str) else 'run'} is not text")
         return {"id": number, "run": run, "at": at, "kind": kind, "message": message or ""}
 
+    # --- cluster keys left on nodes that could not be reached when their run ended (provisioner.jobs.cluster_ssh) ---
+
+    def add_key_left(self, run: str, host: dict) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR IGNORE INTO cluster_keys_left (run, host) VALUES (?, ?)",
+                       (run, json.dumps(host, sort_keys=True)))
+
+    def keys_left(self, host: dict) -> List[Tuple[str, dict]]:
+        """(run, its node as recorded) for each run whose key is left on `host`'s account: its address and user."""
+        with self._connect(read=True) as db:
+            rows = db.execute("SELECT run, host FROM cluster_keys_left ORDER BY run").fetchall()
+            left = [(run, load_json(text, dict, f"the node run {run}'s cluster key was left on")) for run, text in rows]
+        return [(run, node) for run, node in left if _account(node) == _account(host)]
+
+    def remove_key_left(self, run: str, host: dict) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM cluster_keys_left WHERE run = ? AND host = ?",
+                       (run, json.dumps(host, sort_keys=True)))
+
     @staticmethod
     def _columns(changes: dict) -> dict:
         """Column values as stored: JSON text for the structured fields, 0/1 for `detached`."""
@@ -209,3 +228,7 @@ class RunTables(StoreFile):
 
 def _address(host: dict) -> tuple:
     return host.get("hostname"), host.get("port")
+
+
+def _account(host: dict) -> tuple:
+    return host.get("hostname"), host.get("port"), host.get("user")
