@@ -8,7 +8,9 @@ State lives in a `file://` backend under `$DSTACK_HOME/pulumi` unless the config
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -32,17 +34,27 @@ class PulumiMissing(ConfigurationError):
 
 
 def find_pulumi() -> Optional[str]:
-    """The `pulumi` binary: on PATH, in ~/.pulumi/bin (the installer's place), or one `dstack setup pulumi` put in
-    ~/.pulumi/versions/<version>/bin."""
+    """The `pulumi` binary: on PATH, in one `dstack setup pulumi` put in ~/.pulumi/versions/<version>/bin (the
+    newest version), or in ~/.pulumi/bin (the installer's place)."""
     found = shutil.which("pulumi")
     if found:
         return found
     home = Path.home() / ".pulumi"
-    candidates = [str(home / "bin" / "pulumi")] + sorted(glob.glob(str(home / "versions" / "*" / "bin" / "pulumi")))
-    for candidate in reversed(candidates):
+    installed = sorted(glob.glob(str(home / "versions" / "*" / "bin" / "pulumi")),
+                       key=lambda binary: _version_key(Path(binary).parent.parent.name), reverse=True)
+    for candidate in [*installed, str(home / "bin" / "pulumi")]:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def _version_key(name: str) -> tuple:
+    """A version folder's order: 3.272.0 above 3.99.0, a release above its pre-releases, a name that is no version
+    below every version."""
+    match = re.fullmatch(r"v?(\d+(?:\.\d+)*)(-.+)?", name)
+    if match is None:
+        return 0, (), 0
+    return 1, tuple(int(part) for part in match.group(1).split(".")), 0 if match.group(2) else 1
 
 
 def require_pulumi():
@@ -52,7 +64,25 @@ def require_pulumi():
         raise PulumiMissing(INSTALL_HINT)
     from stacks.engine import engine_command_class
 
-    return engine_command_class()(root=str(Path(path).parent.parent))
+    return engine_command_class()(root=engine_root(path))
+
+
+def engine_root(binary: str) -> str:
+    """The `root` the automation API's PulumiCommand takes: it runs `root/bin/pulumi`. For a binary in a folder named
+    `bin` that is the folder above; for one elsewhere (an unpacked tarball, a package manager's folder) a folder
+    under $DSTACK_HOME/pulumi/cli, one per binary's folder, whose `bin` links to that folder (so the plugins beside
+    the binary are found beside it as well)."""
+    folder = os.path.dirname(os.path.abspath(binary))
+    if os.path.basename(binary) == "pulumi" and os.path.basename(folder) == "bin":
+        return os.path.dirname(folder)
+    root = private_dir(dstack_home() / "pulumi" / "cli" / hashlib.sha256(folder.encode()).hexdigest()[:16])
+    link = root / "bin"
+    if not (link.is_symlink() and os.readlink(link) == folder):
+        made = root / f"bin.{os.getpid()}"  # made aside, then renamed over: commands at once never see it half made
+        made.unlink(missing_ok=True)
+        os.symlink(folder, made)
+        os.replace(made, link)
+    return str(root)
 
 
 def install_pulumi() -> str:

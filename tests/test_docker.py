@@ -40,7 +40,8 @@ def test_image_task_env_shm_workdir_and_exit_code(local, tmp_path):
     assert code == 5
     assert lines[0] == "hello world" and lines[1] == "/workflow/sub" and lines[2] == "from the repo"
     assert lines[3].split()[1] == "256"  # --shm-size
-    assert "tok_secret" not in (tmp_path / "jobs" / "img-1" / "job.sh").read_text()
+    assert "tok_secret" not in docker_script(job)  # env values go by name (`-e TOKEN`), never in the script
+    assert not (tmp_path / "jobs" / "img-1" / "job.sh").exists()  # the script goes when the job ends
 
 
 def test_image_entrypoint(local):
@@ -108,8 +109,8 @@ exit 0
     assert recorded[5] == "python train.py"  # the script argument goes on after its newline
     assert sum("ghp_supersecret" in line for line in recorded) == 1
     assert "hf_abc" not in calls.read_text()
-    script = (tmp_path / "jobs" / "img-5" / "job.sh").read_text()
-    assert "ghp_supersecret" not in script and not (tmp_path / "jobs" / "img-5" / "env").exists()
+    assert "ghp_supersecret" not in docker_script(job)
+    assert not any((tmp_path / "jobs" / "img-5" / name).exists() for name in ("job.sh", "env"))
 
 
 def test_docker_hub_image_logs_in_without_a_server_and_gpus_are_passed():

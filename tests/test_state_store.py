@@ -15,6 +15,7 @@ from provisioner.host.access import HostAccess
 from provisioner.host.transport import LocalTransport
 from provisioner.jobs.control import start_job
 from provisioner.jobs.script import JobSpec
+from provisioner.store.damage import COPY_SIDE_FILES
 from provisioner.store.errors import StoreDamaged
 from provisioner.store.records import RunRecord
 from provisioner.store.schema import SCHEMA_VERSION
@@ -97,7 +98,7 @@ def test_a_damaged_store_is_named_set_aside_and_its_running_job_named(damage, co
     assert result.stdout == "" and len(result.stderr.splitlines()) <= 4, result.stderr
     assert f"the state store {path} is damaged: " in result.stderr and reason in result.stderr
     assert f"job survivor is still running on this machine (`kill -TERM -{live_job}` stops it)" in result.stderr
-    kept = sorted(p.name for p in dstack_home.glob("state.db.damaged-*") if not p.name.endswith(("-wal", "-shm")))
+    kept = sorted(p.name for p in dstack_home.glob("state.db.damaged-*") if not p.name.endswith(COPY_SIDE_FILES))
     if damage == "deleted":
         assert kept == [] and "The next dstack command starts a new, empty store" in result.stderr
     else:
@@ -196,7 +197,7 @@ def test_a_version_3_store_gets_the_volumes_jobs_and_fleet_tables(dstack_home):
     assert [job.host["hostname"] for job in store.list_jobs("r")] == ["10.251.240.2"]
     assert store.create_cloud_fleet("f1", "x", "aws", {}, None)
     db = sqlite3.connect(store.path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     db.close()
 
 

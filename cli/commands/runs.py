@@ -62,13 +62,14 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
         print_json({"runs": [_run_json(session, r, now) for r in records]})
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, header_style="bold")
     columns = ["NAME", "STATUS", "BACKEND", "REGION", "INSTANCE", "$/HOUR", "COST", "AGE"]
     for column in columns + (["JOB", "HOST", "JOB STATUS", "PORTS", "EXIT"] if verbose else []):
         table.add_column(column)
     for r in records:
-        status = r.status + (f" ({r.reason})" if r.reason else "")
+        status = Text(r.status + (f" ({r.reason})" if r.reason else ""))  # as it is: no markup, no :emoji: codes
         row = [r.name, status, r.backend or "-", r.region or "-", r.instance or "-",
                f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}", _age(now - r.submitted_at)]
         if not verbose:

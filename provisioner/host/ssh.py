@@ -192,6 +192,9 @@ class SSHTransport:
             self._shell = None
             raise
         match = end_out.search(stdout)
+        if match is None or not stderr.endswith(end_err):  # the shell went (killed, its session closed) mid-command
+            self._shell = None
+            raise EOFError("the remote shell ended before the command finished")
         return CommandResult(int(match.group(1)), bytes(stdout[:match.start()]), bytes(stderr[:-len(end_err)]))
 
     def close(self) -> None:

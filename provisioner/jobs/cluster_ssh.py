@@ -2,10 +2,12 @@
 
 Before any job starts, each node's `authorized_keys` gets the run's public key, limited to connections from the
 cluster's addresses (`from="..."`) and marked with the run (`dstack-cluster-RUN`); the line is removed from every
-node when the run ends (provisioner.runs.teardown.finish_run). Each job folder gets the private key (0600), a known_hosts
-file with every node's host key and an ssh config using both; `ssh` on the job's PATH is the host's, with that
-config, so `ssh $OTHER_NODE_IP` works from the commands. The private key never leaves the job folders (it travels in
-the job's archive, like the env file), is never written on the client, and is removed with the line.
+node when the run ends (provisioner.runs.teardown.finish_run), and from a node that cannot be reached then at
+dstack's next connection to it (the store keeps the node meanwhile: revoke_left). Each job folder gets the private
+key (0600), a known_hosts file with every node's host key and an ssh config using both; `ssh` on the job's PATH is
+the host's, with that config, so `ssh $OTHER_NODE_IP` works from the commands. The private key never leaves the job
+folders (it travels in the job's archive, like the env file), is never written on the client, and is removed when
+the node's job ends (provisioner.jobs.launch.SECRET_HOLDERS) and with the line.
 
 `authorized_keys` is `$DSTACK_AUTHORIZED_KEYS` where the host's sshd sets it (`SetEnv`, as for DSTACK_JOBS_DIR), else
 `~/.ssh/authorized_keys`.
@@ -15,13 +17,15 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import new_key_pair
 from provisioner.host.ssh import recorded_host_keys
+from provisioner.host.transport import Transport
 from provisioner.jobs.layout import job_folder
 from provisioner.jobs.nodes import node_address, on_every_node
+from provisioner.store.store import StateStore
 
 AUTHORIZED_KEYS = '"${DSTACK_AUTHORIZED_KEYS:-$HOME/.ssh/authorized_keys}"'  # a shell word, expanded on the host
 
@@ -80,23 +84,50 @@ def revoke_command(run_name: str) -> str:
             f"grep -vF {comment} \"$F\" > \"$F.dstack\"; cat \"$F.dstack\" > \"$F\" && rm -f \"$F.dstack\"")
 
 
-def revoke_everywhere(run_name: str, hosts: Sequence[HostAccess], report: Callable[[str], None]) -> None:
-    """The run's line removed from every node's authorized_keys; a host that cannot be reached is named."""
+def _revoke(transport: Transport, run_name: str) -> None:
+    result = transport.run(revoke_command(run_name), timeout=30)
+    if result.code != 0:
+        raise RuntimeError(result.stderr.decode(errors="replace").strip() or f"exit code {result.code}")
+
+
+def revoke_everywhere(store: StateStore, run_name: str, hosts: Sequence[HostAccess],
+                      report: Callable[[str], None]) -> None:
+    """The run's line removed from every node's authorized_keys. A node that cannot be reached is named and recorded
+    in the store, for the next connection to it to finish (revoke_left)."""
 
     def revoke(host: HostAccess) -> None:
         try:
             transport = host.connect(total_wait=30)
             try:
-                result = transport.run(revoke_command(run_name), timeout=30)
+                _revoke(transport, run_name)
             finally:
                 transport.close()
-            if result.code != 0:
-                raise RuntimeError(result.stderr.decode(errors="replace").strip() or f"exit code {result.code}")
         except Exception as e:  # one host must not keep the others' lines; the user is told what is left
+            store.add_key_left(run_name, host.to_json())
             report(f"could not remove {run_name}'s cluster key from {host.description}'s authorized_keys "
-                   f"(the line ending `{key_comment(run_name)}`): {e}")
+                   f"(the line ending `{key_comment(run_name)}`): {e}; dstack removes it at its next connection to "
+                   f"{host.description}")
 
     on_every_node(revoke, list(hosts))
+
+
+def revoke_left(store: StateStore, host: HostAccess, transport: Transport, report: Callable[[str], None],
+                starting: Optional[str] = None) -> None:
+    """At a connection to `host`: the cluster keys that runs left there, unreachable when they ended, removed and
+    named. A run of that name that is active now holds the line itself, and is left alone unless it is `starting`
+    (the run connecting to start its jobs, before it adds its own line: an old line would stand in its way)."""
+    for run_name, node in store.keys_left(host.to_json()):
+        current = store.get_run(run_name)
+        if current is not None and current.active and run_name != starting:
+            continue
+        try:
+            _revoke(transport, run_name)
+        except Exception as e:  # kept for the next connection; the run goes on
+            report(f"could not remove run {run_name}'s cluster key from {host.description} yet: {e}")
+            continue
+        store.remove_key_left(run_name, node)
+        report(f"removed run {run_name}'s cluster key from {host.description}, which could not be reached when "
+               f"{run_name} ended")
 
 
 def job_files(ssh: ClusterSSH) -> Dict[str, Tuple[bytes, int]]:

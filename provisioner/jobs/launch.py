@@ -100,6 +100,12 @@ def sweep_command(job_id: str) -> str:
             'p=${f#/proc/}; [ "${p%/environ}" != "$$" ] && kill -KILL "${p%/environ}" 2>/dev/null; done; true')
 
 
+# What may hold secret values in the job folder, removed once the job has ended (before its exit code is written):
+# the script (the commands, with `${{ secrets.X }}` filled in), the env file (deleted when read, but a job stopped in
+# its login profile never reads it), the git askpass helper and a cluster's private key.
+SECRET_HOLDERS = ("job.sh", "env", "askpass", "cluster_key")
+
+
 def start_command(job: JobSpec) -> str:
     """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
     folder = job_folder(job.run_name)
@@ -122,7 +128,7 @@ def start_command(job: JobSpec) -> str:
         monitor_stop += f"{dev_env.revoke_command(job.dev.public_key)}; rm -f session.env; "
     wrapper = (f"setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; echo $J > pid; "
                f"{monitor_start}wait $J; code=$?; {monitor_stop}"
-               f"kill -KILL -$J 2>/dev/null; {sweep_command(job.job_id)}; "
+               f"kill -KILL -$J 2>/dev/null; {sweep_command(job.job_id)}; rm -f {' '.join(SECRET_HOLDERS)}; "
                "echo $code > exit_code.tmp; mv exit_code.tmp exit_code")
     if job.power_off_after_exit_min:
         minutes = job.power_off_after_exit_min

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from configuration.home import append_private
 from provisioner.host.access import HostAccess
 from provisioner.host.transport import Transport
-from provisioner.jobs.cluster_ssh import authorize_command
+from provisioner.jobs.cluster_ssh import authorize_command, revoke_left
 from provisioner.jobs.control import job_begun, job_state, read_log, start_job, stop_job
 from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED
 from provisioner.jobs.nodes import on_every_node, startup_waves
@@ -88,10 +88,17 @@ class RunJobs:
         return len(self.hosts)
 
     def connect(self, log: Callable[[str], None], booting: bool = True) -> None:
-        def connect_one(rank: int) -> None:
-            self.transports[rank] = self.hosts[rank].connect(total_wait=300, log=log, booting=booting)
+        """Connects to every node, before the jobs start."""
+        on_every_node(lambda rank: self.reach(rank, 300, log, booting, starting=True), list(range(self.size)))
 
-        on_every_node(connect_one, list(range(self.size)))
+    def reach(self, rank: int, total_wait: float, log: Callable[[str], None], booting: bool = False,
+              starting: bool = False) -> Transport:
+        """The connection to node `rank`, made now; cluster keys earlier runs left on that host go with it
+        (provisioner.jobs.cluster_ssh.revoke_left)."""
+        host = self.hosts[rank]
+        transport = self.transports[rank] = host.connect(total_wait=total_wait, log=log, booting=booting)
+        revoke_left(self.store, host, transport, log, starting=self.run_name if starting else None)
+        return transport
 
     def start(self, specs: Sequence[JobSpec], startup_order: Optional[str], progress: Callable) -> None:
         """Starts every node's job, wave by wave in `startup_order`; each job is recorded running once its pid
@@ -137,8 +144,7 @@ class RunJobs:
         """Stops the jobs of `ranks` (SIGTERM, SIGKILL after `grace`), each recorded `terminated`."""
         def stop_one(rank: int) -> Optional[int]:
             try:
-                transport = self.transports.get(rank) or self.hosts[rank].connect(total_wait=30)
-                self.transports[rank] = transport
+                transport = self.transports.get(rank) or self.reach(rank, 30, log)
                 code = stop_job(transport, self.run_name, grace=grace)
             except Exception as e:  # the host may be gone already; teardown removes what the run created
                 log(f"could not reach the host to stop the job{f' of node {rank}' if self.size > 1 else ''}: {e}")

@@ -3,7 +3,8 @@
 The job folder is `$DSTACK_JOBS_DIR/<run>` on the host, by default `~/.dstack-jobs/<run>` (a host's admin can move it
 with sshd's `SetEnv DSTACK_JOBS_DIR=...`; the local backend puts it under `$DSTACK_HOME/jobs`). Both folders are
 made under umask 077, so they are 0700 and what the job writes in them 0600. In it: `job.sh` (the script), `env`
-(mode 0600, read by the script at start and then deleted), `repo/` (the working directory, where the repo and
+(mode 0600, read by the script at start and then deleted; both go when the job ends, with whatever else may hold a
+secret value: provisioner.jobs.launch.SECRET_HOLDERS), `repo/` (the working directory, where the repo and
 `files` go unless their paths say otherwise), `uploads/` (what the client sent, until the script puts each upload
 in its place or, in a container, mounts it there), `output.log` (stdout and
 stderr), `profile.log` (what the login profile printed), `pid` (the job's process group) and `exit_code` (written
@@ -29,7 +30,7 @@ from provisioner.jobs.cluster_ssh import SSH_SETUP, ClusterSSH
 from provisioner.jobs.dev_env import DevSession
 from provisioner.jobs.layout import BEGUN_FILE, PROFILE_ENV
 from provisioner.jobs.mounts import Mounts, docker_volume_args, mount_steps
-from provisioner.jobs.uploads import LEGACY_REPO_DIR, UploadPlan, upload_name
+from provisioner.jobs.uploads import LEGACY_REPO_DIR, UploadPlan, in_job_folder, upload_name
 
 CONTAINER_REPO = "/workflow"
 REGISTRY_PASSWORD_VAR = "DSTACK_REGISTRY_PASSWORD"
@@ -235,8 +236,8 @@ def upload_target(job: JobSpec, dest: str) -> Tuple[str, Optional[str]]:
         if job.image:
             return "", posixpath.normpath("/root/" + dest[1:])
         return '"$HOME"' + (shlex.quote(dest[1:]) if dest[1:] else ""), None
-    if not dest.startswith("/") and not (job.working_dir or "").startswith("/"):
-        inside = posixpath.normpath(posixpath.join("repo", job.working_dir or "", dest))
+    inside = in_job_folder(dest, job.working_dir)
+    if inside is not None:
         if job.image and not (inside == "repo" or inside.startswith("repo/")):
             return "", posixpath.normpath(posixpath.join(CONTAINER_REPO, job.working_dir or "", dest))
         return _in_job_dir(inside), None

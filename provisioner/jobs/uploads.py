@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import posixpath
 import queue
 import stat
 import subprocess
@@ -192,6 +193,30 @@ def _in_dstack_home(path: Path) -> bool:
     return resolved == home or home in resolved.parents or resolved in home.parents
 
 
+def in_job_folder(dest: str, working_dir: Optional[str]) -> Optional[str]:
+    """Where a relative `dest` lands in the job folder of a job without `image:` (relative to the folder: the working
+    directory is `repo/` in it, or a relative `working_dir` under that); None for a `dest` that is not placed
+    there (absolute, `~`, or under an absolute working directory)."""
+    if dest.startswith("/") or dest == "~" or dest.startswith("~/") or (working_dir or "").startswith("/"):
+        return None
+    return posixpath.normpath(posixpath.join("repo", working_dir or "", dest))
+
+
+def _check_places(plan: UploadPlan, configuration, source: str) -> None:
+    """A relative path that climbs out of the job folder (`../../x`) would write beside it, into the jobs folder or
+    another run's: refused by name. Absolute paths say where they go, and `image:` jobs' are in the container."""
+    if getattr(configuration, "image", None):
+        return
+    places = [(upload.what, upload.dest) for upload in plan.uploads]
+    places += [(f"{source}: repos[0]", plan.clone.dest)] if plan.clone is not None else []
+    for what, dest in places:
+        inside = in_job_folder(dest, getattr(configuration, "working_dir", None)) if dest != LEGACY_REPO_DIR else None
+        if inside is not None and (inside == ".." or inside.startswith("../")):
+            raise ConfigurationError(f"{what}: `{dest}` leaves the job folder (relative paths are relative to the "
+                                     "working directory, repo/ in it); write an absolute path to put it elsewhere on "
+                                     "the host")
+
+
 def plan_uploads(configuration, config_dir: Path, source: str, include_repos: bool = True) -> UploadPlan:
     """The uploads of a run configuration whose file is in `config_dir`. Without `repos`, the git repository that
     holds the configuration is uploaded as `repos: [.]` would (dstack before 0.20 did so); outside one, nothing.
@@ -232,6 +257,7 @@ def plan_uploads(configuration, config_dir: Path, source: str, include_repos: bo
             plan.uploads.append(Upload(path, list_folder(path), mapping.path, what))
         else:
             plan.uploads.append(Upload(path, (("", path.stat().st_size),), mapping.path, what))
+    _check_places(plan, configuration, source)
     return plan
 
 

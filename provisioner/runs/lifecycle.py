@@ -34,7 +34,7 @@ from provisioner.runs.job_specs import job_spec, recorded_stop_grace
 from provisioner.runs.owner import current_owner
 from provisioner.runs.plan import configuration_json
 from provisioner.runs.session import RunSession
-from provisioner.runs.teardown import finish_run, stop_jobs, wait_final
+from provisioner.runs.teardown import finish_run, one_line, stop_jobs, wait_final
 from provisioner.store.errors import StoreDamaged
 from provisioner.store.records import RunRecord
 from provisioner.store.run_files import local_log_path, mark_output
@@ -135,7 +135,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         raise HostUnreachable(f"{e}\n{kept_run_hint(run_name)}") from None
     except (DstackError, NodeFailed) as e:
         stop_jobs(session, run_name, jobs)
-        finish_run(session, run_name, RunStatus.FAILED, str(e).splitlines()[0])
+        finish_run(session, run_name, RunStatus.FAILED, one_line(str(e)))
         if isinstance(e, NodeFailed):
             raise RunFailed(f"{run_name}: {e}") from None
         raise

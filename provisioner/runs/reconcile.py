@@ -68,7 +68,7 @@ def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, O
         for job in recorded:
             if job.status.is_finished():
                 continue
-            jobs.transports[job.rank] = transport = jobs.hosts[job.rank].connect(total_wait=20)
+            transport = jobs.reach(job.rank, 20, session.reporter.info)
             state, code = settled_job_state(transport, record.name)
             if state in ("exited", "missing"):
                 codes[job.rank] = code

@@ -31,7 +31,7 @@ def finish_run(session: RunSession, name: str, status: RunStatus, reason: Option
     # the user's hosts, and VMs a fleet keeps after the run, keep nothing of it (a VM destroyed goes whole)
     outlive = record.backend == "ssh" or any(i.run == name for i in store.list_instances())
     if len(jobs) > 1 and outlive:
-        revoke_everywhere(name, [HostAccess.from_json(job.host) for job in jobs], session.reporter.info)
+        revoke_everywhere(store, name, [HostAccess.from_json(job.host) for job in jobs], session.reporter.info)
     if dev_environments.is_dev_environment(record.configuration or {}):
         dev_environments.close(name, [HostAccess.from_json(job.host) for job in jobs if job.host] if outlive else [],
                                session.reporter.info)
@@ -54,6 +54,16 @@ def finish_run(session: RunSession, name: str, status: RunStatus, reason: Option
     finished = store.update_run(name, status=status, finished_at=time.time())
     store.add_event(name, status, reason or "")
     return finished
+
+
+def one_line(message: str) -> str:
+    """A message of several lines as a run's reason, whole, on one line: a line ending in `:` runs on into what it
+    introduces (`tried 2: aws ...; gcp ...`), the others are parted by `; `."""
+    reason = ""
+    for line in (line.strip() for line in message.splitlines()):
+        if line:
+            reason += line if not reason else (" " if reason.endswith(":") else "; ") + line
+    return reason
 
 
 def wait_final(store: StateStore, name: str, timeout: float = 600, while_owner: Optional[RunRecord] = None

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 from urllib.parse import quote
 
 from configuration.errors import DstackError
 from configuration.home import dstack_home, private_dir
-from provisioner.store.damage import set_aside_and_report
+from provisioner.store.damage import (file_identity, moved_aside, remove_leftovers, set_aside_and_report, stat_of,
+                                      store_lock)
 from provisioner.store.errors import DAMAGED, FULL, failure_kind, store_error
 from provisioner.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TABLES, tables_at
 
@@ -32,29 +34,39 @@ class StoreFile:
     def __init__(self, path: Optional[Path] = None):
         self.path = Path(path) if path else dstack_home() / "state.db"
         self.marker = self.path.with_name(self.path.name + ".marker")
+        self.identity: Optional[Tuple[int, int]] = None  # the file opened and checked, which failures are about
         private_dir(self.path.parent)
         self._open()
 
     def _open(self) -> None:
-        if self.path.exists() and not self.path.is_file():
-            raise self._damaged("it is a directory, not a file" if self.path.is_dir() else "it is not a regular file")
-        if not self.path.exists() and self.marker.exists():
-            raise self._damaged("it is gone, though dstack recorded runs in it before")
-        if self.path.exists():
-            with self._connect(read=True) as db:
-                if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                    raise Damage("SQLite's check of its pages failed")
-                tables, version = self._schema(db)
-            if TABLES <= tables and version == SCHEMA_VERSION:
-                self._mark()
-                return
+        found = stat_of(self.path)
+        if found is None:
+            with store_lock(self.path):  # made under the lock that moving a damaged store aside holds
+                found = stat_of(self.path)
+                if found is None:
+                    if self.marker.exists():
+                        raise self._damaged("it is gone, though dstack recorded runs in it before")
+                    remove_leftovers(self.path)
+                    self._initialise(create=True)
+                    return
+        self.identity = found.st_dev, found.st_ino  # what is judged below is this file, whatever happens to the path
+        if not stat.S_ISREG(found.st_mode):
+            raise self._damaged("it is a directory, not a file" if stat.S_ISDIR(found.st_mode) else
+                                "it is not a regular file")
+        with self._connect(read=True) as db:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise Damage("SQLite's check of its pages failed")
+            tables, version = self._schema(db)
+        if TABLES <= tables and version == SCHEMA_VERSION:
+            self._mark()
+            return
         self._initialise()
 
-    def _initialise(self) -> None:
-        """Creates the tables, or brings an older store's up to date. Under the write lock, so that two processes
-        opening a new home at once agree; the marker is written after the commit, so a store without tables and
-        with a marker was emptied, never half made."""
-        with self._connect(create=True) as db:
+    def _initialise(self, create: bool = False) -> None:
+        """Creates the tables (in a new file with `create`, under store_lock), or brings an older store's up to date.
+        Under the write lock, so that two processes opening a new home at once agree; the marker is written after
+        the commit, so a store without tables and with a marker was emptied, never half made."""
+        with self._connect(create=create) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("BEGIN IMMEDIATE")
             tables, version = self._schema(db)
@@ -76,6 +88,8 @@ class StoreFile:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         os.chmod(self.path, 0o600)
+        if create:
+            self.identity = file_identity(self.path)
         self._mark()
 
     @staticmethod
@@ -84,12 +98,17 @@ class StoreFile:
         return tables, db.execute("PRAGMA user_version").fetchone()[0]
 
     def _mark(self) -> None:
+        """Writes the marker unless it is there; only while the file checked is still in place (a command that
+        checked the store just before another moved it aside must not mark the empty folder it leaves)."""
         if self.marker.exists():
             return
         try:
-            self.marker.write_text("dstack's state store state.db was made in this folder: if it is ever lost or "
-                                   "emptied, dstack says so instead of starting afresh.\n")
-        except OSError:  # a full disk: the empty file it leaves marks as well, and the text comes next time
+            with store_lock(self.path):
+                if self.marker.exists() or file_identity(self.path) != self.identity:
+                    return
+                self.marker.write_text("dstack's state store state.db was made in this folder: if it is ever lost "
+                                       "or emptied, dstack says so instead of starting afresh.\n")
+        except (OSError, DstackError):  # a full disk (no room for the lock or the text): the next command marks it
             pass
 
     @contextmanager
@@ -135,10 +154,10 @@ class StoreFile:
         kind = failure_kind(error, self.path.parent)
         if kind == DAMAGED:
             return self._damaged(f"SQLite says: {error}")
-        return store_error(kind, self.path, error)
+        return moved_aside(self.path, self.identity) or store_error(kind, self.path, error)
 
     def _damaged(self, reason: str) -> DstackError:
-        return set_aside_and_report(self.path, self.marker, reason)
+        return set_aside_and_report(self.path, self.marker, reason, self.identity)
 
 
 def stored_status(kind: type, value, what: str):

@@ -68,14 +68,16 @@ class FleetTables(StoreFile):
     def _volumes(self, where: str, values: tuple) -> List[VolumeRecord]:
         with self._connect(read=True) as db:
             db.row_factory = sqlite3.Row
-            rows = [dict(r) for r in db.execute(f"SELECT * FROM volumes {where}", values)]
-        for data in rows:
-            for name in ("stack", "configuration"):
-                if data[name] is not None:
-                    data[name] = load_json(data[name], dict, f"volume {data['name']}'s {name}")
-            data["external"] = bool(data["external"])
-            data["status"] = stored_status(VolumeStatus, data["status"], f"volume {data['name']}")
-        return [VolumeRecord(**data) for data in rows]
+            return [self._volume(dict(row)) for row in db.execute(f"SELECT * FROM volumes {where}", values)]
+
+    @staticmethod
+    def _volume(data: dict) -> VolumeRecord:
+        for name in ("stack", "configuration"):
+            if data[name] is not None:
+                data[name] = load_json(data[name], dict, f"volume {data['name']}'s {name}")
+        data["external"] = bool(data["external"])
+        data["status"] = stored_status(VolumeStatus, data["status"], f"volume {data['name']}")
+        return VolumeRecord(**data)
 
     # --- cloud fleets and their instances (provisioner.backends.cloud_fleets, provisioner.planning.reuse) ---
 
@@ -102,10 +104,10 @@ class FleetTables(StoreFile):
         with self._connect(read=True) as db:
             rows = db.execute("SELECT name, source, backend, stack, configuration, created_at FROM cloud_fleets "
                               "ORDER BY name").fetchall()
-        return [{"name": r[0], "source": r[1], "backend": r[2],
-                 "stack": load_json(r[3], dict, f"fleet {r[0]}'s stack") if r[3] is not None else None,
-                 "configuration": load_json(r[4], dict, f"fleet {r[0]}'s configuration"), "created_at": r[5]}
-                for r in rows]
+            return [{"name": r[0], "source": r[1], "backend": r[2],
+                     "stack": load_json(r[3], dict, f"fleet {r[0]}'s stack") if r[3] is not None else None,
+                     "configuration": load_json(r[4], dict, f"fleet {r[0]}'s configuration"), "created_at": r[5]}
+                    for r in rows]
 
     def get_cloud_fleet(self, name: str) -> Optional[dict]:
         return next((f for f in self.list_cloud_fleets() if f["name"] == name), None)
@@ -139,11 +141,11 @@ class FleetTables(StoreFile):
             query, values = query + " WHERE fleet = ?", [fleet]
         with self._connect(read=True) as db:
             rows = db.execute(query + " ORDER BY fleet, num", values).fetchall()
-        return [InstanceRecord(fleet=r[0], num=r[1], backend=r[2],
-                               offer=load_json(r[3], dict, f"instance {r[0]}/{r[1]}'s offer"),
-                               host=load_json(r[4], dict, f"instance {r[0]}/{r[1]}'s host"),
-                               status=stored_status(InstanceStatus, r[5], f"instance {r[0]}/{r[1]}"), run=r[6],
-                               idle_since=r[7], idle_duration=r[8]) for r in rows]
+            return [InstanceRecord(fleet=r[0], num=r[1], backend=r[2],
+                                   offer=load_json(r[3], dict, f"instance {r[0]}/{r[1]}'s offer"),
+                                   host=load_json(r[4], dict, f"instance {r[0]}/{r[1]}'s host"),
+                                   status=stored_status(InstanceStatus, r[5], f"instance {r[0]}/{r[1]}"), run=r[6],
+                                   idle_since=r[7], idle_duration=r[8]) for r in rows]
 
     def claim_instance(self, fleet: str, num: int, run: str) -> bool:
         """Makes an idle instance run `run`'s; one run wins when two claim it at once."""

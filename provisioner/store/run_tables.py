@@ -112,18 +112,19 @@ class RunTables(StoreFile):
                        [(run, rank, JobStatus.PROVISIONING, json.dumps(host)) for rank, host in enumerate(hosts)])
 
     def list_jobs(self, run: str) -> List[JobRecord]:
-        with self._connect(read=True) as db:
+        with self._connect(read=True) as db:  # rows are checked inside: damage they show moves the store aside
             rows = db.execute("SELECT run, rank, status, host, exit_code, started_at, finished_at FROM jobs "
                               "WHERE run = ? ORDER BY rank", (run,)).fetchall()
-        jobs = []
-        for row in rows:
-            if not isinstance(row[1], int) or not isinstance(row[2], str):
-                raise Damage(f"a job of run {run} has no rank or status")
-            host = load_json(row[3], dict, f"run {run}'s job {row[1]}'s host") if row[3] is not None else None
-            status = stored_status(JobStatus, row[2], f"run {run}'s job {row[1]}")
-            jobs.append(JobRecord(run=row[0], rank=row[1], status=status, host=host, exit_code=row[4],
-                                  started_at=row[5], finished_at=row[6]))
-        return jobs
+            return [self._job(run, row) for row in rows]
+
+    @staticmethod
+    def _job(run: str, row: tuple) -> JobRecord:
+        if not isinstance(row[1], int) or not isinstance(row[2], str):
+            raise Damage(f"a job of run {run} has no rank or status")
+        host = load_json(row[3], dict, f"run {run}'s job {row[1]}'s host") if row[3] is not None else None
+        status = stored_status(JobStatus, row[2], f"run {run}'s job {row[1]}")
+        return JobRecord(run=row[0], rank=row[1], status=status, host=host, exit_code=row[4], started_at=row[5],
+                         finished_at=row[6])
 
     def update_job(self, run: str, rank: int, **changes) -> None:
         assignments = ", ".join(f"{k} = ?" for k in changes)
@@ -164,11 +165,35 @@ class RunTables(StoreFile):
         if since is not None:
             query, values = query + " AND at >= ?", [*values, since]
         with self._connect(read=True) as db:
-            rows = db.execute(query + " ORDER BY id", values).fetchall()
-        for row in rows:
-            if not isinstance(row[2], (int, float)) or not isinstance(row[3], str):
-                raise Damage(f"event {row[0]} of run {row[1]} is not a time and a kind")
-        return [{"id": r[0], "run": r[1], "at": r[2], "kind": r[3], "message": r[4] or ""} for r in rows]
+            return [self._event(row) for row in db.execute(query + " ORDER BY id", values).fetchall()]
+
+    @staticmethod
+    def _event(row: tuple) -> dict:
+        number, run, at, kind, message = row
+        if not isinstance(at, (int, float)) or not isinstance(kind, str):
+            raise Damage(f"event {number} of run {run} is not a time and a kind")
+        if not isinstance(run, str) or not isinstance(message, (str, type(None))):
+            raise Damage(f"event {number} of run {run}'s {'message' if isinstance(run, str) else 'run'} is not text")
+        return {"id": number, "run": run, "at": at, "kind": kind, "message": message or ""}
+
+    # --- cluster keys left on nodes that could not be reached when their run ended (provisioner.jobs.cluster_ssh) ---
+
+    def add_key_left(self, run: str, host: dict) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR IGNORE INTO cluster_keys_left (run, host) VALUES (?, ?)",
+                       (run, json.dumps(host, sort_keys=True)))
+
+    def keys_left(self, host: dict) -> List[Tuple[str, dict]]:
+        """(run, its node as recorded) for each run whose key is left on `host`'s account: its address and user."""
+        with self._connect(read=True) as db:
+            rows = db.execute("SELECT run, host FROM cluster_keys_left ORDER BY run").fetchall()
+            left = [(run, load_json(text, dict, f"the node run {run}'s cluster key was left on")) for run, text in rows]
+        return [(run, node) for run, node in left if _account(node) == _account(host)]
+
+    def remove_key_left(self, run: str, host: dict) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM cluster_keys_left WHERE run = ? AND host = ?",
+                       (run, json.dumps(host, sort_keys=True)))
 
     @staticmethod
     def _columns(changes: dict) -> dict:
@@ -203,3 +228,7 @@ class RunTables(StoreFile):
 
 def _address(host: dict) -> tuple:
     return host.get("hostname"), host.get("port")
+
+
+def _account(host: dict) -> tuple:
+    return host.get("hostname"), host.get("port"), host.get("user")

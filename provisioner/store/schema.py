@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import List
 
-SCHEMA_VERSION = 4  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
-# instances; stores from before versions read 0
+SCHEMA_VERSION = 5  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
+# instances; 5: cluster keys left on nodes; stores from before versions read 0
 
 
 SCHEMA = """
@@ -89,15 +89,20 @@ CREATE TABLE IF NOT EXISTS instances (
     idle_since REAL,
     idle_duration INTEGER,
     PRIMARY KEY (fleet, num)
+);
+CREATE TABLE IF NOT EXISTS cluster_keys_left (
+    run TEXT NOT NULL,
+    host TEXT NOT NULL,
+    PRIMARY KEY (run, host)
 )
 """
 
 
-TABLES = {"runs", "fleets", "events", "volumes", "jobs", "cloud_fleets", "instances"}
+TABLES = {"runs", "fleets", "events", "volumes", "jobs", "cloud_fleets", "instances", "cluster_keys_left"}
 
 
-TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs", "cloud_fleets", "instances"}}  # a store older than the
-# version has none of them yet: no damage
+# A store older than the version has none of them yet: no damage.
+TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs", "cloud_fleets", "instances"}, 5: {"cluster_keys_left"}}
 
 
 def _statements(first: str, last: str) -> List[str]:
@@ -112,6 +117,7 @@ MIGRATIONS = {  # from each version to the next
     0: ["ALTER TABLE runs ADD COLUMN owner_started INTEGER"],
     2: _statements("CREATE TABLE IF NOT EXISTS events", "CREATE INDEX IF NOT EXISTS events_by_run"),
     3: _statements("CREATE TABLE IF NOT EXISTS volumes", "CREATE TABLE IF NOT EXISTS instances"),
+    4: _statements("CREATE TABLE IF NOT EXISTS cluster_keys_left", "CREATE TABLE IF NOT EXISTS cluster_keys_left"),
 }
 
 

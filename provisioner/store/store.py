@@ -8,7 +8,9 @@ configuration is kept as the plan prints it, with `[secret]` in their place.
 The store is checked when opened (SQLite's quick_check, its tables, the schema version in `PRAGMA user_version`) and
 each row when read. A store that fails a check is damaged: it is moved aside and the user is told what may still be
 running (provisioner.store.damage); dstack never silently starts afresh. `state.db.marker`, written once the store
-exists, tells a store that was truncated, emptied or deleted apart from a home where none was made yet.
+exists, tells a store that was truncated, emptied or deleted apart from a home where none was made yet. Setting a
+damaged store aside and making a new one happen under `state.db.lock`, so that commands meeting the damage at once
+set aside one copy, the file found damaged, and never the new store one of them has just made.
 """
 
 from __future__ import annotations
