@@ -97,12 +97,14 @@ class AwsCloud:
         kind = resource.kind
         operation = {"Instance": "RunInstances", "SecurityGroup": "CreateSecurityGroup", "KeyPair": "ImportKeyPair",
                      "PlacementGroup": "CreatePlacementGroup", "Volume": "CreateVolume",
-                     "VolumeAttachment": "AttachVolume"}.get(kind)
+                     "VolumeAttachment": "AttachVolume", "LaunchTemplate": "CreateLaunchTemplate",
+                     "Eip": "AllocateAddress"}.get(kind)
         if operation is None:
             raise self.world.refuse(request["type"], request["name"], f"cloudsim: {request['type']} is not simulated")
         what = {"Instance": "EC2 Instance", "SecurityGroup": "Security Group", "KeyPair": "EC2 Key Pair",
                 "PlacementGroup": "EC2 Placement Group", "Volume": "EBS Volume",
-                "VolumeAttachment": "EBS Volume Attachment"}[kind]
+                "VolumeAttachment": "EBS Volume Attachment", "LaunchTemplate": "EC2 Launch Template",
+                "Eip": "EC2 EIP"}[kind]
         try:
             self._opted_in(region, operation)
             getattr(self, f"_create_{kind.lower()}")(resource, self._tag_specification(kind, tags))
@@ -124,7 +126,8 @@ class AwsCloud:
     @staticmethod
     def _tag_specification(kind: str, tags: dict) -> list:
         resource_type = {"Instance": "instance", "SecurityGroup": "security-group", "KeyPair": "key-pair",
-                         "PlacementGroup": "placement-group", "Volume": "volume"}.get(kind)
+                         "PlacementGroup": "placement-group", "Volume": "volume", "LaunchTemplate": "launch-template",
+                         "Eip": "elastic-ip"}.get(kind)
         if resource_type is None or not tags:
             return []
         return [{"ResourceType": resource_type, "Tags": [{"Key": k, "Value": str(v)} for k, v in tags.items()]}]
@@ -181,27 +184,101 @@ class AwsCloud:
                          InstanceInitiatedShutdownBehavior=inputs.get("instanceInitiatedShutdownBehavior", "stop"))
         placement = {k: v for k, v in (("AvailabilityZone", zone), ("GroupName", inputs.get("placementGroup"))) if v}
         arguments["Placement"] = placement
-        if inputs.get("networkInterfaces"):
-            arguments["NetworkInterfaces"] = [self._interface(i, inputs) for i in inputs["networkInterfaces"]]
+        interfaces = self._interfaces(inputs, region)
+        if interfaces:  # moto keeps the primary one; the simulator checks them all
+            arguments["NetworkInterfaces"] = [self._interface(interfaces[0], inputs)]
         else:
-            arguments.update({k: v for k, v in (("KeyName", inputs.get("keyName")),
-                                                ("SecurityGroupIds", inputs.get("vpcSecurityGroupIds")),
+            arguments.update({k: v for k, v in (("SecurityGroupIds", inputs.get("vpcSecurityGroupIds")),
                                                 ("SubnetId", inputs.get("subnetId"))) if v})
-        if inputs.get("networkInterfaces") and inputs.get("keyName"):
+        if inputs.get("keyName"):
             arguments["KeyName"] = inputs["keyName"]
         if spot:
             arguments["InstanceMarketOptions"] = {"MarketType": "spot"}
         instance = self.ec2(region).run_instances(**arguments)["Instances"][0]
         resource.id = instance["InstanceId"]
         resource.zone = instance["Placement"]["AvailabilityZone"]
-        resource.extra["spot"] = spot
+        resource.extra.update(spot=spot, interfaces=interfaces, subnet=instance.get("SubnetId"))
         keys = [r.inputs["publicKey"] for r in self.world.live("KeyPair", "aws")
                 if r.id == inputs.get("keyName") and r.region == region]
         vm = self.world.start_vm(resource, user_data, keys, gcp=False)
-        resource.outputs = {"publicIp": vm.address, "privateIp": vm.address, "availabilityZone": resource.zone,
+        if not self._reachable(region, instance.get("SubnetId")):
+            vm.link(False)  # a subnet with no route to an internet gateway: its address answers nothing
+            resource.events.append((self.world.now(), "no route from the internet (its subnet has no IGW route)"))
+        # EC2 user guide, "Public IPv4 addresses": none is assigned to an instance with several network interfaces
+        public = "" if len(interfaces) > 1 else vm.address
+        resource.outputs = {"publicIp": public, "privateIp": vm.address, "availabilityZone": resource.zone,
                             "instanceState": "running", "arn": f"arn:aws:ec2:{region}:123456789012:instance/{resource.id}",
                             "primaryNetworkInterfaceId": instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
-                            if instance.get("NetworkInterfaces") else None}
+                            if instance.get("NetworkInterfaces") else f"eni-{self._digest(resource.id)}",
+                            "subnetId": instance.get("SubnetId")}
+
+    def _interfaces(self, inputs: dict, region: str) -> list:
+        """The instance's network interfaces (its own, or its launch template's), checked as EC2 checks them."""
+        interfaces = list(inputs.get("networkInterfaces") or [])
+        template = inputs.get("launchTemplate") or {}
+        if template:
+            found = self.world.find(template.get("id") or "") or next(
+                (r for r in self.world.live("LaunchTemplate", "aws") if r.inputs.get("name") == template.get("name")),
+                None)
+            if found is None:
+                raise Refusal(api_error("RunInstances", "InvalidLaunchTemplateId.NotFound",
+                                        f"The specified launch template, with template ID {template.get('id')}, "
+                                        "does not exist."))
+            interfaces = list(found.inputs.get("networkInterfaces") or [])
+        efa = [i for i in interfaces if i.get("interfaceType") in ("efa", "efa-only")]
+        if efa:  # EC2 user guide, "Elastic Fabric Adapter": supported instance types (describe_instance_types)
+            info = self.ec2(region).describe_instance_types(InstanceTypes=[inputs["instanceType"]])["InstanceTypes"]
+            network = info[0]["NetworkInfo"] if info else {}
+            if not network.get("EfaSupported") or len(efa) > network.get("EfaInfo", {}).get("MaximumEfaInterfaces", 0):
+                raise Refusal(api_error("RunInstances", "InvalidParameterCombination",
+                                        f"The requested number of EFA interfaces ({len(efa)}) is not supported by "
+                                        f"instance type {inputs['instanceType']}."))
+        if len(interfaces) > 1 and any(str(i.get("associatePublicIpAddress")).lower() == "true" for i in interfaces):
+            raise Refusal(api_error("RunInstances", "InvalidParameterCombination",
+                                    "The associatePublicIPAddress parameter cannot be specified when launching with "
+                                    "multiple network interfaces."))
+        return interfaces
+
+    def _reachable(self, region: str, subnet_id: Optional[str]) -> bool:
+        """Whether a subnet routes to an internet gateway (VPC user guide, "Subnets": a public subnet). moto's
+        default VPCs have no gateway: their subnets count as public, as AWS's default subnets are."""
+        if not subnet_id:
+            return True
+        ec2 = self.ec2(region)
+        subnet = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
+        if subnet.get("DefaultForAz"):
+            return True
+        tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}])
+        tables = tables["RouteTables"] or ec2.describe_route_tables(Filters=[
+            {"Name": "vpc-id", "Values": [subnet["VpcId"]]}, {"Name": "association.main", "Values": ["true"]}])[
+            "RouteTables"]
+        return any(str(route.get("GatewayId", "")).startswith("igw-") for table in tables for route in table["Routes"])
+
+    def _create_launchtemplate(self, resource: Resource, tag_specification: list) -> None:
+        inputs = resource.inputs
+        template = self.ec2(resource.region).create_launch_template(
+            LaunchTemplateName=inputs.get("name") or resource.name, LaunchTemplateData={},
+            TagSpecifications=tag_specification)["LaunchTemplate"]
+        resource.id = template["LaunchTemplateId"]
+        resource.outputs = {"latestVersion": 1, "arn": f"arn:aws:ec2:{resource.region}::launch-template/{resource.id}"}
+
+    def _create_eip(self, resource: Resource, tag_specification: list) -> None:
+        inputs, ec2 = resource.inputs, self.ec2(resource.region)
+        interface = inputs.get("networkInterface")
+        instance = next((r for r in self.world.live("Instance", "aws")
+                         if r.outputs.get("primaryNetworkInterfaceId") == interface), None)
+        address = ec2.allocate_address(Domain="vpc", TagSpecifications=tag_specification)
+        resource.id = address["AllocationId"]
+        if instance is not None and interface and interface.startswith("eni-") and \
+                instance.outputs["primaryNetworkInterfaceId"] == interface:
+            try:
+                ec2.associate_address(AllocationId=resource.id, NetworkInterfaceId=interface)
+            except Exception:  # moto may not know the interface of a multi-card instance: the simulator does
+                pass
+        # the VM has one address, its namespace's: the Elastic IP is it, on the interface named
+        resource.outputs = {"publicIp": instance.vm.address if instance is not None and instance.vm else "",
+                            "allocationId": resource.id}
+        resource.extra["instance"] = instance.id if instance is not None else None
 
     @staticmethod
     def _interface(interface: dict, inputs: dict) -> dict:
@@ -263,6 +340,10 @@ class AwsCloud:
                 ec2.delete_placement_group(GroupName=resource.id)
             elif kind == "Volume":
                 ec2.delete_volume(VolumeId=resource.id)
+            elif kind == "LaunchTemplate":
+                ec2.delete_launch_template(LaunchTemplateId=resource.id)
+            elif kind == "Eip":
+                ec2.release_address(AllocationId=resource.id)
             elif kind == "VolumeAttachment" and not resource.inputs.get("skipDestroy"):
                 ec2.detach_volume(VolumeId=resource.extra["volume"], InstanceId=resource.extra["instance"])
         except Refusal as refusal:
@@ -313,6 +394,10 @@ class AwsCloud:
             return bool(ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [resource.id]}])["Volumes"])
         if kind == "PlacementGroup":
             return any(g["GroupName"] == resource.id for g in ec2.describe_placement_groups()["PlacementGroups"])
+        if kind == "LaunchTemplate":
+            return any(t["LaunchTemplateId"] == resource.id for t in ec2.describe_launch_templates()["LaunchTemplates"])
+        if kind == "Eip":
+            return any(a["AllocationId"] == resource.id for a in ec2.describe_addresses()["Addresses"])
         return True
 
     # --- lookups -----------------------------------------------------------------------------------------------

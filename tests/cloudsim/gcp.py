@@ -349,8 +349,8 @@ class GcpCloud:
         self.world.delete(resource, by)
 
     def delete_instance(self, instance: Resource, by: str) -> None:
-        """The instance, its IAM bindings and its auto-deleted boot disk; its attached disks become free."""
-        self.world.delete(instance, by)
+        """The instance, its IAM bindings and its auto-deleted boot disk; its attached disks become free (those
+        first: a test that sees the instance gone sees the rest gone too)."""
         self.bindings.pop(instance.id, None)
         for resource in self.world.live(backend="gcp"):
             if resource.extra.get("boot_of") == instance.id:
@@ -362,6 +362,7 @@ class GcpCloud:
                 resource.extra["users"] = []
         if self.vm_side is not None:
             self.vm_side.unserve(instance)
+        self.world.delete(instance, by)
 
     def guest_power_off(self, instance: Resource) -> None:
         """A GCP VM that powers off is stopped (TERMINATED, its disks billed), not deleted (Compute Engine, "Stop

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Set
 
 from tests.cloudsim.aws import AwsCloud
 from tests.cloudsim.gcp import GcpCloud
-from tests.cloudsim.gcp_rest import Compute, Handler, VmSide
+from tests.cloudsim.gcp_rest import USER_TOKEN, Compute, Handler, VmSide
 from tests.cloudsim.world import Refusal, Resource, World
 from tests.helpers import ROOT
 
@@ -90,8 +90,9 @@ class CloudSim:
 
     def env(self, home: Path, patches: Optional[Dict[str, object]] = None) -> Dict[str, str]:
         """The environment of a `dstack` child process: its $DSTACK_HOME, the simulator, moto, GCP credentials."""
+        # an access token good for long: google-auth's authorized_user credentials refresh only at Google's address
         credentials = {"type": "authorized_user", "client_id": "cloudsim", "client_secret": "cloudsim",
-                       "refresh_token": "cloudsim", "token_uri": f"{self.url}/token"}
+                       "refresh_token": "cloudsim", "token": USER_TOKEN, "expiry": "2099-01-01T00:00:00Z"}
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "CLOUDSDK_"))}
         environment.update({
             "DSTACK_HOME": str(home), "CLOUDSIM_URL": self.url, "CLOUDSIM_PATCHES": json.dumps(patches or {}),

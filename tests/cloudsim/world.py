@@ -91,7 +91,7 @@ class World:
         self.clock_offset = 0.0  # `advance` moves the VMs' clock forward
         self.counter = itertools.count(1)
         self.on_power_off: Dict[str, Callable[[Resource], None]] = {}  # backend -> what a guest power-off does
-        self.never_boot = False  # new VMs never serve SSH (their image is broken)
+        self.never_boot = 0  # how many of the next VMs never serve SSH (a broken image, a VM that never comes up)
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
         self._watcher.start()
@@ -149,15 +149,17 @@ class World:
 
     def start_vm(self, resource: Resource, user_data: str, keys: List[str], gcp: bool, hosts_lines=(),
                  ca_bundle: Optional[str] = None, agent_first: bool = False) -> GuestVM:
-        """The VM of an instance just created: its sandbox, then cloud-init (unless `never_boot`: it never comes
-        up, as with a broken image), sshd among it."""
-        name = resource.outputs.get("name") or resource.labels.get("Name") or resource.id
+        """The VM of an instance just created: its sandbox, then cloud-init, sshd among it (unless `never_boot`
+        counts it: its sandbox runs, nothing answers)."""
+        name = resource.inputs.get("name") or resource.labels.get("Name") or resource.id.rsplit("/", 1)[-1]
         vm = GuestVM(name[:63], hosts_lines, ca_bundle)
         try:
             vm.create()
             resource.vm = vm
-            if self.never_boot:
+            if self.never_boot > 0:
+                self.never_boot -= 1
                 vm.boot()
+                resource.events.append((self.now(), "never boots: no cloud-init, no sshd"))
             else:
                 resource.boots.append(boot(vm, user_data, True, keys, gcp, agent_first))
         except BaseException:
