@@ -116,6 +116,7 @@ class AwsCloud:
                 raise
             text = api_error(operation, error.get("Code", "?"), error.get("Message", str(e)))
             raise self.world.refuse(request["type"], request["name"], f"creating {what}: {text}") from None
+        resource.extra["options"] = request.get("options") or {}
         return self.world.add(resource)
 
     def _opted_in(self, region: str, operation: str) -> None:

@@ -51,8 +51,9 @@ def parse(user_data: str) -> dict:
 
 def boot(vm: GuestVM, user_data: str, first_boot: bool, authorized_keys: List[str], gcp: bool,
          gcp_agent_first: bool = False) -> VmBoot:
-    """Boots `vm` with its user data: the init stage, sshd, then the final stage. `authorized_keys` are what the
-    cloud adds to the default user (an EC2 key pair; GCP's `ssh-keys` metadata, through its guest agent)."""
+    """Boots `vm` with its user data: the init stage, sshd, then the final stage; `bootcmd` at every boot, the other
+    modules on the first (cloud-init's module frequencies). `authorized_keys` are what the cloud adds to the default
+    user (an EC2 key pair; GCP's `ssh-keys` metadata, through its guest agent)."""
     record = VmBoot()
     try:
         config = parse(user_data)
@@ -62,9 +63,9 @@ def boot(vm: GuestVM, user_data: str, first_boot: bool, authorized_keys: List[st
     vm.boot()
     if gcp and gcp_agent_first and first_boot:
         _guest_agent_host_keys(vm, record)
-    _commands(vm, "bootcmd", config.get("bootcmd") or [], record)
-    _write_files(vm, [f for f in config.get("write_files") or [] if not f.get("defer")], record)
-    if first_boot:
+    _commands(vm, "bootcmd", config.get("bootcmd") or [], record)  # every boot
+    if first_boot:  # the rest runs once per instance
+        _write_files(vm, [f for f in config.get("write_files") or [] if not f.get("defer")], record)
         _users(vm, config, authorized_keys if not gcp else [], record)
         _ssh(vm, config, record)
     if gcp:
@@ -72,8 +73,8 @@ def boot(vm: GuestVM, user_data: str, first_boot: bool, authorized_keys: List[st
             _guest_agent_host_keys(vm, record)
         _add_keys(vm, DEFAULT_USER, authorized_keys, record)  # the agent applies the metadata on every boot
     vm.start_sshd()
-    _write_files(vm, [f for f in config.get("write_files") or [] if f.get("defer")], record)
-    if first_boot:  # scripts_user runs runcmd once per instance
+    if first_boot:
+        _write_files(vm, [f for f in config.get("write_files") or [] if f.get("defer")], record)
         _commands(vm, "runcmd", config.get("runcmd") or [], record)
     return record
 
@@ -122,7 +123,7 @@ def _add_keys(vm: GuestVM, user: str, keys: List[str], record: VmBoot) -> None:
         return
     path = f"/home/{user}/.ssh/authorized_keys"
     present = (vm.file(path) or "").splitlines()
-    new = [key.strip() for key in keys if key.strip() and key.strip() not in present]
+    new = [key for key in dict.fromkeys(k.strip() for k in keys) if key and key not in present]
     if new:
         record.log.append(f"authorized_keys of {user}: {len(new)} added")
         vm.write_file(path, ("\n".join(new) + "\n").encode(), "0600", append=True)

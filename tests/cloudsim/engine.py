@@ -131,6 +131,7 @@ class SimStack:
         import pulumi
 
         providers: Dict[str, dict] = {}
+        options: Dict[tuple, dict] = {}
         inflight = threading.Semaphore(64)
         refusals: List[str] = []
         cancelled = threading.Event()
@@ -159,7 +160,7 @@ class SimStack:
                     event("resource_pre_event", args.typ, urn)
                     answer = stack.client.post("register", {
                         "stack": stack.name, "type": args.typ, "name": args.name, "inputs": plain(dict(args.inputs)),
-                        "provider": provider, "pid": os.getpid()})
+                        "provider": provider, "options": options.get((args.typ, args.name), {}), "pid": os.getpid()})
                     if "error" in answer:
                         event("res_op_failed_event", args.typ, urn)
                         text = (f"error: update failed\n  {short_type(args.typ)} ({args.name}):\n"
@@ -194,7 +195,17 @@ class SimStack:
                 pulumi.export = real_export
             return pulumi.Output.from_input(exported).apply(exports.update)
 
-        pulumi.runtime.set_mocks(Mocks(), project="dstack", stack=self.name, preview=False)
+        from pulumi.runtime.mocks import MockMonitor
+
+        class Monitor(MockMonitor):
+            """The engine sees a registration's options, which the mocks do not: `ignore_changes` is kept."""
+
+            def RegisterResource(self, request):
+                options[(request.type, request.name)] = {"ignoreChanges": list(request.ignoreChanges)}
+                return super().RegisterResource(request)
+
+        mocks = Mocks()
+        pulumi.runtime.set_mocks(mocks, project="dstack", stack=self.name, preview=False, monitor=Monitor(mocks))
         try:
             pulumi.runtime.test(program)()
         except KeyboardInterrupt:

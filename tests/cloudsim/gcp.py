@@ -27,9 +27,9 @@ LABEL_KEY, LABEL_VALUE = re.compile(r"[a-z][a-z0-9_-]{0,62}"), re.compile(r"[a-z
 HYPERDISK_ONLY = ("a3-ultragpu-", "a4-", "a4x-", "c4-", "c4a-", "c4d-", "g4-", "n4-", "n4a-", "n4d-", "m4-", "x4-",
                   "h4d-")
 PERSISTENT_DISK_ONLY = ("n1-", "e2-", "n2-", "n2d-", "t2d-", "t2a-", "c2-", "c2d-", "a2-", "g2-", "m1-", "m2-")
-# Compute Engine, "Accelerator-optimized machine family", consumption options by machine type: A4X, A4 and A3 Ultra
-# are sold through reservations, Flex-start or Spot, not on demand.
-RESERVATION_BOUND = ("a3-ultragpu-", "a4-", "a4x-")
+# Compute Engine, "Accelerator-optimized machine family", consumption option availability by machine type: A4X, A4,
+# A3 Ultra, A3 Mega and a3-highgpu-8g are sold through reservations, Flex-start or Spot, not on demand.
+RESERVATION_BOUND = ("a3-ultragpu-", "a4-", "a4x-", "a3-megagpu-", "a3-highgpu-8g")
 # Compute Engine, "GPU machine types": machines with GPUs (built in or attached) cannot live-migrate.
 GPU_SERIES = ("a2-", "a3-", "a4-", "a4x-", "g2-", "g4-")
 # Compute Engine IAM roles: the predefined roles that hold compute.instances.delete.
@@ -71,6 +71,18 @@ class GcpCloud:
             self.delete_instance(instance, "cloud")
         else:
             self.world.stop_vm(instance, "preempted")
+
+    def maintenance(self, instance: Resource) -> None:
+        """A host maintenance event (Compute Engine, "Host events"): a VM set to MIGRATE moves live; one set to
+        TERMINATE stops, and with automatic restart (the default) starts again: its every-boot user data runs."""
+        scheduling = instance.inputs.get("scheduling") or {}
+        instance.events.append((self.world.now(), "host maintenance"))
+        if scheduling.get("onHostMaintenance", "MIGRATE") == "MIGRATE":
+            return
+        if scheduling.get("automaticRestart", True):
+            self.world.reboot(instance)
+        else:
+            self.world.stop_vm(instance, "host maintenance")
 
     # --- IAM -----------------------------------------------------------------------------------------------------
 
@@ -145,6 +157,7 @@ class GcpCloud:
             getattr(self, f"_create_{kind.lower()}")(resource, project, what)
         except Refusal as refusal:
             raise self.world.refuse(request["type"], request["name"], str(refusal)) from None
+        resource.extra["options"] = request.get("options") or {}
         return self.world.add(resource)
 
     @staticmethod

@@ -14,9 +14,10 @@ import json
 import re
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.cloudsim.gcp import TOKEN_PREFIX, GcpCloud
@@ -35,7 +36,9 @@ class ApiError(Exception):
         self.code, self.message, self.reason = code, message, reason
 
     def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message,
+        status = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  409: "ALREADY_EXISTS"}.get(self.code, "UNKNOWN")
+        return {"error": {"code": self.code, "message": self.message, "status": status,
                           "errors": [{"message": self.message, "domain": "global", "reason": self.reason}]}}
 
 
@@ -59,6 +62,7 @@ class Compute:
     def __init__(self, cloud: GcpCloud):
         self.cloud = cloud
         self.operations = 0
+        self.requests: List[tuple] = []  # (time, method, path) of every request
 
     def _require(self, permission: str, target: str) -> None:
         if permission in self.cloud.denied:
@@ -89,6 +93,7 @@ class Compute:
                 "users": [f"{API}/{user}" for user in r.extra.get("users", [])], "type": r.extra.get("disk_type")}
 
     def handle(self, method: str, path: str, query: dict, body: dict, token: str) -> Tuple[int, dict]:
+        self.requests.append((time.time(), method, path))
         try:
             if path == "/token":
                 return 200, {"access_token": USER_TOKEN, "expires_in": 3600, "token_type": "Bearer"}

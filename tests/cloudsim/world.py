@@ -156,6 +156,7 @@ class World:
         try:
             vm.create()
             resource.vm = vm
+            resource.extra.update(user_data=user_data, keys=keys, gcp=gcp)
             if self.never_boot > 0:
                 self.never_boot -= 1
                 vm.boot()
@@ -167,6 +168,17 @@ class World:
             vm.cleanup()
             raise
         return vm
+
+    def reboot(self, resource: Resource) -> None:
+        """The VM restarts (a guest reboot, a host maintenance that is no live migration): its processes end, its
+        disk stays, cloud-init runs its every-boot part."""
+        vm = resource.vm
+        vm.halt()
+        self.timers = [t for t in self.timers if t.resource is not resource]
+        with self.lock:
+            self.timeline.append((time.time(), f"rebooted {resource.kind} {resource.id}"))
+        resource.boots.append(boot(vm, resource.extra["user_data"], False, resource.extra["keys"],
+                                   resource.extra["gcp"]))
 
     def boot_errors(self) -> List[str]:
         with self.lock:
