@@ -44,22 +44,20 @@ def test_a_one_node_run_goes_end_to_end_and_leaves_nothing(cloudsim, tmp_path, d
     assert "hello from hello-1" in logs.stdout
 
 
-def test_a_zone_out_of_capacity_moves_the_run_to_the_next_zone(cloudsim, tmp_path, dstack_home):
-    cloudsim.aws.refuse_zone("us-east-1a", "capacity")
-    result = cloudsim.dstack("apply", "-f", task(tmp_path, "zones-1"), "-b", "aws", "-y", home=dstack_home)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "InsufficientInstanceCapacity" in cloudsim.refusals()[0]
-    [instance] = cloudsim.ever("Instance", "aws")  # the refused zone made no instance
-    assert instance.zone == "us-east-1b"
-    assert cloudsim.live() == []
-
-
-def test_an_opt_in_region_the_account_has_not_enabled_is_skipped(cloudsim, tmp_path, dstack_home):
-    conf = task(tmp_path, "optin-1", regions="il-central-1, eu-central-1")  # il-central-1 is cheaper, not enabled
+def test_an_opt_in_region_is_skipped_and_a_zone_out_of_capacity_moves_the_run_to_the_next_zone(
+        cloudsim, tmp_path, dstack_home):
+    """il-central-1 is cheaper and not enabled for the account (moto's opt-in regions, as AWS's): skipped; in
+    eu-central-1 the first zone has no capacity: the run moves to the next zone."""
+    cloudsim.aws.refuse_zone("eu-central-1a", "capacity")
+    conf = task(tmp_path, "zones-1", regions="il-central-1, eu-central-1")
     result = cloudsim.dstack("apply", "-f", conf, "-b", "aws", "-y", home=dstack_home)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "il-central-1 is an opt-in region" in result.stderr
-    assert [r.region for r in cloudsim.ever(backend="aws")] == ["eu-central-1"] * 3  # nothing made in il-central-1
+    assert [text.split("api error ")[1].split(":")[0] for text in cloudsim.refusals()] == [
+        "InsufficientInstanceCapacity"]
+    [instance] = cloudsim.ever("Instance", "aws")  # the refused zone made no instance
+    assert instance.zone == "eu-central-1b"
+    assert {r.region for r in cloudsim.ever()} == {"eu-central-1"}  # nothing was made in il-central-1
     assert cloudsim.live() == []
 
 
@@ -87,7 +85,8 @@ def test_stop_of_a_detached_run_removes_everything(cloudsim, tmp_path, dstack_ho
 def test_a_spot_instance_taken_back_ends_the_run_and_leaves_nothing(cloudsim, tmp_path, dstack_home):
     conf = task(tmp_path, "spot-1", command="touch /tmp/started; sleep 120", types="g4dn.xlarge",
                 extra="spot_policy: spot\n")
-    process = cloudsim.start("apply", "-f", conf, "-b", "aws", "-y", home=dstack_home)
+    process = cloudsim.start("apply", "-f", conf, "-b", "aws", "-y", home=dstack_home,
+                             env={"DSTACK_HOST_TIMEOUT": "5"})  # how soon a host that stopped answering is given up
     instance = wait_until(lambda: cloudsim.world.live("Instance", "aws") and instance_of(cloudsim.world),
                           process=process)
     assert instance.extra["spot"]
@@ -142,10 +141,9 @@ def test_gc_finds_and_removes_what_a_lost_home_left(cloudsim, tmp_path, dstack_h
     assert started.returncode == 0, started.stdout + started.stderr
     other_home = tmp_path / "another-home"  # the first home is gone (another machine, a deleted ~/.dstack)
     cloudsim.write_config(other_home, gcp=False)
-    listed = cloudsim.dstack("gc", "--all-owners", "--json", home=other_home)
-    assert listed.returncode == 0, listed.stderr
-    assert {"instance", "security-group", "key-pair"} <= set(listed.stdout.replace('"', " ").split())
     removed = cloudsim.dstack("gc", "--all-owners", "-y", home=other_home)
     assert removed.returncode == 0, removed.stdout + removed.stderr
+    for kind in ("instance", "security-group", "key-pair"):  # listed, then removed
+        assert kind in removed.stdout
     assert cloudsim.live() == []
     assert {r.deleted_by for r in cloudsim.ever(backend="aws")} == {"sweep"}

@@ -51,6 +51,7 @@ class AwsCloud:
         self.spot_zone_refusals: Dict[str, str] = {}  # the same, for spot requests only
         self._clients: dict = {}
         self._images: Dict[str, str] = {}
+        self._opt_in: Optional[set] = None  # the regions moto says the account has not enabled
         world.on_power_off["aws"] = self.guest_power_off
 
     def ec2(self, region: str):
@@ -120,8 +121,10 @@ class AwsCloud:
         return self.world.add(resource)
 
     def _opted_in(self, region: str, operation: str) -> None:
-        regions = self.ec2("us-east-1").describe_regions(AllRegions=True)["Regions"]
-        if any(r["RegionName"] == region and r.get("OptInStatus") == "not-opted-in" for r in regions):
+        if self._opt_in is None:
+            regions = self.ec2("us-east-1").describe_regions(AllRegions=True)["Regions"]
+            self._opt_in = {r["RegionName"] for r in regions if r.get("OptInStatus") == "not-opted-in"}
+        if region in self._opt_in:
             raise Refusal(api_error(operation, *OPT_IN, status=401))
 
     @staticmethod
@@ -247,7 +250,7 @@ class AwsCloud:
             return True
         ec2 = self.ec2(region)
         subnet = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
-        if subnet.get("DefaultForAz"):
+        if subnet.get("DefaultForAz") or subnet["VpcId"] in self._default_vpcs(region):
             return True
         tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}])
         tables = tables["RouteTables"] or ec2.describe_route_tables(Filters=[
@@ -376,30 +379,33 @@ class AwsCloud:
 
     def sync(self) -> None:
         """What moto no longer has (a sweep or `dstack gc` removed it through boto3) is deleted here too."""
-        for resource in self.world.live(backend="aws"):
-            if not self._in_moto(resource):
-                self.world.delete(resource, "sweep")
+        live = self.world.live(backend="aws")
+        for region in {r.region for r in live}:
+            present = self._in_moto(region, {r.kind for r in live if r.region == region})
+            for resource in live:
+                if resource.region == region and resource.kind in present and resource.id not in present[resource.kind]:
+                    self.world.delete(resource, "sweep")
 
-    def _in_moto(self, resource: Resource) -> bool:
-        ec2, kind = self.ec2(resource.region), resource.kind
-        if kind == "Instance":
-            found = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": [resource.id]}])
-            states = [i["State"]["Name"] for r in found["Reservations"] for i in r["Instances"]]
-            return bool(states) and states[0] not in ("terminated", "shutting-down")
-        if kind == "SecurityGroup":
-            return bool(ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [resource.id]}])[
-                "SecurityGroups"])
-        if kind == "KeyPair":
-            return any(k["KeyName"] == resource.id for k in ec2.describe_key_pairs()["KeyPairs"])
-        if kind == "Volume":
-            return bool(ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [resource.id]}])["Volumes"])
-        if kind == "PlacementGroup":
-            return any(g["GroupName"] == resource.id for g in ec2.describe_placement_groups()["PlacementGroups"])
-        if kind == "LaunchTemplate":
-            return any(t["LaunchTemplateId"] == resource.id for t in ec2.describe_launch_templates()["LaunchTemplates"])
-        if kind == "Eip":
-            return any(a["AllocationId"] == resource.id for a in ec2.describe_addresses()["Addresses"])
-        return True
+    def _in_moto(self, region: str, kinds: set) -> Dict[str, set]:
+        """The ids moto holds in `region`, per kind of resource asked about (one listing per kind)."""
+        ec2, found = self.ec2(region), {}
+        if "Instance" in kinds:
+            found["Instance"] = {i["InstanceId"] for r in ec2.describe_instances()["Reservations"]
+                                 for i in r["Instances"] if i["State"]["Name"] not in ("terminated", "shutting-down")}
+        if "SecurityGroup" in kinds:
+            found["SecurityGroup"] = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+        if "KeyPair" in kinds:
+            found["KeyPair"] = {k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]}
+        if "Volume" in kinds:
+            found["Volume"] = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
+        if "PlacementGroup" in kinds:
+            found["PlacementGroup"] = {g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]}
+        if "LaunchTemplate" in kinds:
+            found["LaunchTemplate"] = {t["LaunchTemplateId"] for t in
+                                       ec2.describe_launch_templates()["LaunchTemplates"]}
+        if "Eip" in kinds:
+            found["Eip"] = {a["AllocationId"] for a in ec2.describe_addresses()["Addresses"]}
+        return found
 
     # --- lookups -----------------------------------------------------------------------------------------------
 
@@ -441,6 +447,10 @@ class AwsCloud:
             image_id = f"ami-{self._digest(pattern)}"
             return {"id": image_id, "imageId": image_id, "name": pattern.replace("*", "20250601")}
         raise Refusal(f"cloudsim: the lookup {token} is not simulated")
+
+    def _default_vpcs(self, region: str) -> set:
+        vpcs = self.ec2(region).describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        return {v["VpcId"] for v in vpcs}
 
     def _zones(self, region: str) -> List[str]:
         zones = self.ec2(region).describe_availability_zones()["AvailabilityZones"]

@@ -8,6 +8,7 @@ scenarios' child processes. Only the engine and the credentials are swapped; the
 - GCP: the credentials are an `authorized_user` in GOOGLE_CREDENTIALS whose token comes from the simulator; the
   REST clients dstack builds (`gcp_api`) get the simulator's address instead of googleapis.com.
 - $CLOUDSIM_PATCHES (JSON, {"module:attribute": value}): constants a scenario shortens (a wait of minutes).
+- botocore's models are parsed once per process (they are parsed per session otherwise): CPU, not behaviour.
 """
 
 from __future__ import annotations
@@ -31,10 +32,26 @@ def _redirect(api, url: str):
     return dataclasses.replace(api, **changes)
 
 
+def _parse_botocore_models_once() -> None:
+    """botocore parses its JSON models again for every session (EC2's is 3.8 MB), and dstack makes a session per
+    call: in this process each file is parsed once. The models are read-only data; nothing dstack does changes."""
+    from botocore import loaders
+
+    parse, parsed = loaders.JSONFileLoader.load_file, {}
+
+    def load_file(self, file_path):
+        if file_path not in parsed:
+            parsed[file_path] = parse(self, file_path)
+        return parsed[file_path]
+
+    loaders.JSONFileLoader.load_file = load_file
+
+
 def install(url: str) -> None:
     import stacks.automation as automation
     from tests.cloudsim.engine import SimClient, SimStack, list_stacks
 
+    _parse_botocore_models_once()
     client = SimClient(url)
     automation.require_pulumi = lambda: None
     automation.open_stack = lambda name, program, settings: SimStack(name, program, settings, client)

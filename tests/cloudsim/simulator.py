@@ -88,7 +88,8 @@ class CloudSim:
 
     # --- running dstack --------------------------------------------------------------------------------------------
 
-    def env(self, home: Path, patches: Optional[Dict[str, object]] = None) -> Dict[str, str]:
+    def env(self, home: Path, patches: Optional[Dict[str, object]] = None,
+            extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         """The environment of a `dstack` child process: its $DSTACK_HOME, the simulator, moto, GCP credentials."""
         # an access token good for long: google-auth's authorized_user credentials refresh only at Google's address
         credentials = {"type": "authorized_user", "client_id": "cloudsim", "client_secret": "cloudsim",
@@ -101,20 +102,21 @@ class CloudSim:
             "AWS_CONFIG_FILE": str(self.folder / "no-aws-config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(self.folder / "no-aws-credentials"),
             "GOOGLE_CREDENTIALS": json.dumps(credentials), "CLOUDSDK_CONFIG": str(self.folder / "no-gcloud"),
-            "COLUMNS": "200", "NO_COLOR": "1"})
+            "COLUMNS": "200", "NO_COLOR": "1", **(extra or {})})
         return environment
 
     def dstack(self, *args: str, home: Path, timeout: float = 120, patches: Optional[dict] = None,
-               input: Optional[str] = None) -> subprocess.CompletedProcess:
-        """`dstack ARGS` in a child process, to its end."""
-        return subprocess.run([sys.executable, "-m", "tests.cloudsim.cli", *args], cwd=ROOT, env=self.env(home, patches),
-                              capture_output=True, text=True, timeout=timeout, input=input)
+               env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+        """`dstack ARGS` in a child process, to its end (`env`: variables a user would set, DSTACK_HOST_TIMEOUT)."""
+        return subprocess.run([sys.executable, "-m", "tests.cloudsim.cli", *args], cwd=ROOT,
+                              env=self.env(home, patches, env), capture_output=True, text=True, timeout=timeout)
 
-    def start(self, *args: str, home: Path, patches: Optional[dict] = None) -> subprocess.Popen:
-        """`dstack ARGS` in a child process of its own session (a test may send it Ctrl-C), output to files."""
-        out = open(self.folder / f"dstack-{len(self.calls)}-{os.getpid()}.out", "w+")
+    def start(self, *args: str, home: Path, patches: Optional[dict] = None,
+              env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+        """`dstack ARGS` in a child process of its own session (a test may send it Ctrl-C), output to a file."""
+        out = open(self.folder / f"dstack-{len(self.calls)}-{os.getpid()}-{id(args)}.out", "w+")
         return subprocess.Popen([sys.executable, "-m", "tests.cloudsim.cli", *args], cwd=ROOT,
-                                env=self.env(home, patches), stdout=out, stderr=subprocess.STDOUT, text=True,
+                                env=self.env(home, patches, env), stdout=out, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
 
     @staticmethod
