@@ -14,6 +14,7 @@ def cloudsim(tmp_path, moto_endpoint, dstack_home):
     from tests.netns_hosts import require_namespaces
 
     require_namespaces()
+    _require_overlay()
     # moto's state is this worker's: each scenario starts from a fresh account (default VPCs, no resources)
     urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=30)
     simulator = CloudSim(tmp_path / "cloudsim", moto_endpoint)
@@ -22,6 +23,29 @@ def cloudsim(tmp_path, moto_endpoint, dstack_home):
         yield simulator
     finally:
         simulator.close()
+
+
+_overlay: list = []
+
+
+def _require_overlay() -> None:
+    """A VM's root is an overlay (tests.cloudsim.guest): skip where the kernel has none, fail under CI."""
+    import os
+    import subprocess
+    import tempfile
+
+    if not _overlay:
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+            for name in ("lower", "upper", "work", "merged"):
+                os.mkdir(f"{folder}/{name}")
+            probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "mount", "-t", "overlay",
+                                    "cloudsim-probe", "-o", f"lowerdir={folder}/lower,upperdir={folder}/upper,"
+                                    f"workdir={folder}/work", f"{folder}/merged"], capture_output=True, text=True)
+        _overlay.append(probe.stderr.strip() if probe.returncode else "")
+    if _overlay[0]:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the simulated cloud's VMs need overlayfs under CI: {_overlay[0]}")
+        pytest.skip(f"overlayfs is not available: {_overlay[0]}")
 
 
 def wait_until(predicate, timeout: float = 60, interval: float = 0.1, process=None):

@@ -225,6 +225,16 @@ class GuestVM(NamespaceHost):
                         str(merged) + inside], check=True, capture_output=True)
         self.run(["/bin/ln", "-sfn", inside, f"/dev/disk/by-id/{device_name}"])
 
+    def written(self, under: str = "/") -> List[str]:
+        """The files the VM has written (its layer's), under a folder: what it would have changed on a machine."""
+        upper = self.layer / "upper"
+        root = upper / under.lstrip("/")
+        seeded = {MARKER, EVENTS, REAL_MOUNT, "/etc/passwd", "/etc/hosts", "/etc/ssh/sshd_config",
+                  "/etc/ssl/certs/ca-certificates.crt", *SHIMMED}
+        found = ["/" + str(path.relative_to(upper)) for path in root.rglob("*") if path.is_file()] \
+            if root.is_dir() else []
+        return sorted(path for path in found if path not in seeded)
+
     # --- sshd ----------------------------------------------------------------------------------------------------
 
     def start_sshd(self) -> None:
