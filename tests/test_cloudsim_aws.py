@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.cloudsim.aws import instance_of
-from tests.cloudsim.fixtures import cloudsim, wait_until  # noqa: F401 (the fixture)
+from tests.cloudsim.fixtures import wait_until
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim

@@ -4,7 +4,7 @@ its instances that runs reuse, a volume's own stack and its disk that a run atta
 import pytest
 
 from tests.cloudsim.aws import instance_of
-from tests.cloudsim.fixtures import cloudsim, wait_until  # noqa: F401 (the fixture)
+from tests.cloudsim.fixtures import wait_until
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim

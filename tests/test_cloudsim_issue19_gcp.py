@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tests.cloudsim.fixtures import cloudsim, wait_until  # noqa: F401 (the fixture)
+from tests.cloudsim.fixtures import wait_until
 from tests.cloudsim.gcp import instance_of
 from tests.helpers import write
 

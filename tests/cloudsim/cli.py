@@ -32,11 +32,13 @@ def _redirect(api, url: str):
     return dataclasses.replace(api, **changes)
 
 
-def _parse_botocore_models_once() -> None:
+def parse_botocore_models_once() -> None:
     """botocore parses its JSON models again for every session (EC2's is 3.8 MB), and dstack makes a session per
     call: in this process each file is parsed once. The models are read-only data; nothing dstack does changes."""
     from botocore import loaders
 
+    if getattr(loaders.JSONFileLoader.load_file, "cloudsim", False):
+        return
     parse, parsed = loaders.JSONFileLoader.load_file, {}
 
     def load_file(self, file_path):
@@ -44,6 +46,7 @@ def _parse_botocore_models_once() -> None:
             parsed[file_path] = parse(self, file_path)
         return parsed[file_path]
 
+    load_file.cloudsim = True
     loaders.JSONFileLoader.load_file = load_file
 
 
@@ -51,7 +54,7 @@ def install(url: str) -> None:
     import stacks.automation as automation
     from tests.cloudsim.engine import SimClient, SimStack, list_stacks
 
-    _parse_botocore_models_once()
+    parse_botocore_models_once()
     client = SimClient(url)
     automation.require_pulumi = lambda: None
     automation.open_stack = lambda name, program, settings: SimStack(name, program, settings, client)

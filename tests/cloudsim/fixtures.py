@@ -1,4 +1,4 @@
-"""The `cloudsim` fixture (a test module imports it): a simulated AWS and GCP for one test, with this test's
+"""The simulated cloud's fixtures (tests/conftest.py registers them): `cloudsim`, a simulated AWS and GCP for one test, with this test's
 $DSTACK_HOME configured for both; every VM and server it made is gone after the test."""
 
 from __future__ import annotations
@@ -6,23 +6,53 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="session")
+def cloudsim_zygote(tmp_path_factory):
+    """The warm interpreter the scenarios' `dstack` processes are forked from (tests.cloudsim.zygote), one per
+    worker; its socket's path."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    path = str(tmp_path_factory.mktemp("cloudsim-zygote") / "socket")
+    zygote = subprocess.Popen([sys.executable, "-m", "tests.cloudsim.zygote", path], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    if zygote.stdout.readline().strip() != "ready":
+        zygote.kill()
+        pytest.fail(f"the cloudsim zygote did not start (exit code {zygote.wait()})")
+    yield path
+    zygote.kill()
+    zygote.wait()
+
+
 @pytest.fixture
-def cloudsim(tmp_path, moto_endpoint, dstack_home):
-    import urllib.request
+def cloudsim(tmp_path, moto_endpoint, dstack_home, cloudsim_zygote):
+    import os
 
     from tests.cloudsim.simulator import CloudSim
     from tests.netns_hosts import require_namespaces
 
     require_namespaces()
     _require_overlay()
-    # moto's state is this worker's: each scenario starts from a fresh account (default VPCs, no resources)
-    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=30)
-    simulator = CloudSim(tmp_path / "cloudsim", moto_endpoint)
+    # moto runs in this worker: each scenario starts from a fresh account (default VPCs, no resources), without the
+    # 1,200 default images moto would load for each region (the simulator never lists images)
+    os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    _reset(moto_endpoint)
+    simulator = CloudSim(tmp_path / "cloudsim", moto_endpoint, cloudsim_zygote)
     simulator.write_config(dstack_home)
     try:
         yield simulator
     finally:
         simulator.close()
+        del os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"]
+        _reset(moto_endpoint)  # the next test of this worker gets moto as it was
+
+
+def _reset(moto_endpoint: str) -> None:
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=30)
 
 
 _overlay: list = []

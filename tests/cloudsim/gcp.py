@@ -328,7 +328,7 @@ class GcpCloud:
         resource.zone = instance.zone
         resource.extra.update(instance=instance.id, disk=disk.id)
         if instance.vm is not None and instance.vm.running:
-            instance.vm.attach_disk(f"google-{device}", self.world.folder / "disks" / disk_name)
+            self.world.attach(instance, f"google-{device}", self.world.folder / "disks" / disk_name)
 
     # --- deleting ------------------------------------------------------------------------------------------------
 

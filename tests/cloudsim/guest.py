@@ -79,7 +79,7 @@ esac
 # The VM's boot: the sandbox's mounts, each checked (`set -e`), then its init (PID 1 of the VM, reaping orphans).
 BOOT = r"""set -eu
 M=MERGED
-mount -t overlay cloudsim-root -o lowerdir=/,upperdir=LAYER/upper,workdir=LAYER/work "$M"
+mount -t overlay cloudsim-root -o lowerdir=/,upperdir=UPPER,workdir=WORK "$M"
 [ -e "$M/.cloudsim-vm" ]
 for shimmed in SHIMMED; do grep -q '^# cloudsim' "$M$shimmed"; done
 mount -t proc proc "$M/proc"
@@ -114,7 +114,7 @@ class GuestVM(NamespaceHost):
         self.init_pid: Optional[int] = None
         self.sshd: Optional[subprocess.Popen] = None
         self.events_read = 0
-        self.boots = 0
+        self.boots = 0  # a reboot gets a copy of the layer: the last boot's overlay may not be quite gone yet
 
     # --- the sandbox -------------------------------------------------------------------------------------------
 
@@ -123,9 +123,9 @@ class GuestVM(NamespaceHost):
         configuration, the shims); nothing runs yet."""
         self.start_network()
         shutil.rmtree(self.layer, ignore_errors=True)
-        for folder in ("upper", "work", "merged"):
+        for folder in ("upper-0", "work-0", "merged"):
             (self.layer / folder).mkdir(parents=True)
-        upper = self.layer / "upper"
+        upper = self.upper
         self._write(upper / MARKER.lstrip("/"), f"{self.name}\n")
         for path in SHIMMED:
             self._write(upper / path.lstrip("/"), SHIM, 0o755)
@@ -153,11 +153,22 @@ class GuestVM(NamespaceHost):
         path.write_text(text)
         path.chmod(mode)
 
+    @property
+    def upper(self) -> Path:
+        """The VM's own files: its overlay's upper layer, as of its last boot."""
+        return self.layer / f"upper-{max(self.boots - 1, 0)}"
+
     def boot(self) -> None:
         """Starts the sandbox (a stopped VM's layer is as it left it); raises when a mount or check fails."""
+        if self.boots:
+            previous = self.upper
+            subprocess.run(["cp", "-a", str(previous), str(self.layer / f"upper-{self.boots}")], check=True)
+            (self.layer / f"work-{self.boots}").mkdir()
+            shutil.rmtree(previous, ignore_errors=True)
         self.boots += 1
         (self.layer / "booted").unlink(missing_ok=True)
         script = (BOOT.replace("MERGED", str(self.layer / "merged")).replace("LAYER", str(self.layer))
+                  .replace("UPPER", str(self.upper)).replace("WORK", str(self.layer / f"work-{self.boots - 1}"))
                   .replace("SHIMMED", " ".join(SHIMMED)).replace("REAL_MOUNT", REAL_MOUNT.lstrip("/"))
                   .replace("HOSTNAME", shlex.quote(self.name)))
         (self.dir / "boot.sh").write_text(script)
@@ -213,7 +224,7 @@ class GuestVM(NamespaceHost):
         done = self.run(["/bin/cat", path]) if self.running else None
         if done is not None:
             return done.stdout.decode() if done.returncode == 0 else None
-        upper = self.layer / "upper" / path.lstrip("/")
+        upper = self.upper / path.lstrip("/")
         return upper.read_text() if upper.is_file() else None
 
     def attach_disk(self, device_name: str, folder: Path) -> None:
@@ -227,7 +238,7 @@ class GuestVM(NamespaceHost):
 
     def written(self, under: str = "/") -> List[str]:
         """The files the VM has written (its layer's), under a folder: what it would have changed on a machine."""
-        upper = self.layer / "upper"
+        upper = self.upper
         root = upper / under.lstrip("/")
         seeded = {MARKER, EVENTS, REAL_MOUNT, "/etc/passwd", "/etc/hosts", "/etc/ssh/sshd_config",
                   "/etc/ssl/certs/ca-certificates.crt", *SHIMMED}
@@ -275,7 +286,7 @@ class GuestVM(NamespaceHost):
 
     def new_events(self) -> List[List[str]]:
         """What the shims recorded since the last call: [time, command, arg...] each."""
-        path = self.layer / "upper" / EVENTS.lstrip("/")
+        path = self.upper / EVENTS.lstrip("/")
         try:
             with open(path, "rb") as events:
                 events.seek(self.events_read)

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -21,14 +20,18 @@ from tests.cloudsim.aws import AwsCloud
 from tests.cloudsim.gcp import GcpCloud
 from tests.cloudsim.gcp_rest import USER_TOKEN, Compute, Handler, VmSide
 from tests.cloudsim.world import Refusal, Resource, World
+from tests.cloudsim.zygote import Forked
 from tests.helpers import ROOT
 
 GCP_PROJECT = "my-project"
 
 
 class CloudSim:
-    def __init__(self, folder: Path, moto_endpoint: str):
+    def __init__(self, folder: Path, moto_endpoint: str, zygote: str):
         self.folder = folder
+        self.zygote = zygote  # the socket of tests.cloudsim.zygote, which forks the `dstack` processes
+        self.processes = 0
+        self.cpu = 0.0  # CPU seconds the `dstack` processes run to their end used
         self.moto_endpoint = moto_endpoint
         self.world = World(folder)
         self.aws = AwsCloud(self.world, moto_endpoint)
@@ -107,17 +110,32 @@ class CloudSim:
 
     def dstack(self, *args: str, home: Path, timeout: float = 120, patches: Optional[dict] = None,
                env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-        """`dstack ARGS` in a child process, to its end (`env`: variables a user would set, DSTACK_HOST_TIMEOUT)."""
-        return subprocess.run([sys.executable, "-m", "tests.cloudsim.cli", *args], cwd=ROOT,
-                              env=self.env(home, patches, env), capture_output=True, text=True, timeout=timeout)
+        """`dstack ARGS` in a child process (tests.cloudsim.zygote), to its end, killed after `timeout` seconds
+        (subprocess.TimeoutExpired); `env`: variables a user would set (DSTACK_HOST_TIMEOUT)."""
+        out, err = self._outputs()
+        process = Forked(self.zygote, args, self.env(home, patches, env), str(ROOT), str(out), str(err))
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+            raise
+        self.cpu += process.cpu
+        return subprocess.CompletedProcess(list(args), code, out.read_text(), err.read_text())
 
     def start(self, *args: str, home: Path, patches: Optional[dict] = None,
-              env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
-        """`dstack ARGS` in a child process of its own session (a test may send it Ctrl-C), output to a file."""
-        out = open(self.folder / f"dstack-{len(self.calls)}-{os.getpid()}-{id(args)}.out", "w+")
-        return subprocess.Popen([sys.executable, "-m", "tests.cloudsim.cli", *args], cwd=ROOT,
-                                env=self.env(home, patches, env), stdout=out, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+              env: Optional[Dict[str, str]] = None) -> Forked:
+        """`dstack ARGS` in a child process of its own session (a test may send it Ctrl-C); its output (stdout and
+        stderr together) is the file `stdout`."""
+        out, _ = self._outputs()
+        out.touch()
+        process = Forked(self.zygote, args, self.env(home, patches, env), str(ROOT), str(out), str(out))
+        process.stdout = open(out)
+        return process
+
+    def _outputs(self):
+        self.processes += 1
+        return (self.folder / f"dstack-{self.processes}.out"), (self.folder / f"dstack-{self.processes}.err")
 
     @staticmethod
     def write_config(home: Path, aws_regions=("us-east-1",), gcp_regions=("us-central1",), gcp: bool = True,

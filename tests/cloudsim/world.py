@@ -92,6 +92,7 @@ class World:
         self.counter = itertools.count(1)
         self.on_power_off: Dict[str, Callable[[Resource], None]] = {}  # backend -> what a guest power-off does
         self.never_boot = 0  # how many of the next VMs never serve SSH (a broken image, a VM that never comes up)
+        self.events_lock = threading.RLock()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
         self._watcher.start()
@@ -126,8 +127,17 @@ class World:
             return [r for r in self.resources if (kind is None or r.kind == kind)
                     and (backend is None or r.backend == backend) and (live is None or r.live == live)]
 
+    def _keep_last_events(self, resource: Resource) -> None:
+        """What a VM's guest recorded and nobody read yet, kept (not acted on) before the VM stops."""
+        vm = resource.vm
+        if vm is not None and vm.running:
+            with self.events_lock:
+                for event in vm.new_events():
+                    resource.events.append((float(event[0]), " ".join(event[1:])))
+
     def delete(self, resource: Resource, by: str) -> None:
         """Marks it deleted (its VM goes, and its timers)."""
+        self._keep_last_events(resource)
         with self.lock:
             if not resource.live:
                 return
@@ -140,6 +150,7 @@ class World:
 
     def stop_vm(self, resource: Resource, why: str) -> None:
         """The VM is stopped: its processes end, its disk (the VM's layer) stays, and so does the bill for it."""
+        self._keep_last_events(resource)
         with self.lock:
             resource.stopped = True
             self.timeline.append((time.time(), f"stopped {resource.kind} {resource.id}: {why}"))
@@ -169,6 +180,12 @@ class World:
             raise
         return vm
 
+    @staticmethod
+    def attach(instance: Resource, device: str, folder: Path) -> None:
+        """A network disk on the instance's VM (and again after each reboot)."""
+        instance.extra.setdefault("disks", []).append((device, folder))
+        instance.vm.attach_disk(device, folder)
+
     def reboot(self, resource: Resource) -> None:
         """The VM restarts (a guest reboot, a host maintenance that is no live migration): its processes end, its
         disk stays, cloud-init runs its every-boot part."""
@@ -177,8 +194,10 @@ class World:
         self.timers = [t for t in self.timers if t.resource is not resource]
         with self.lock:
             self.timeline.append((time.time(), f"rebooted {resource.kind} {resource.id}"))
-        resource.boots.append(boot(vm, resource.extra["user_data"], False, resource.extra["keys"],
-                                   resource.extra["gcp"]))
+        record = boot(vm, resource.extra["user_data"], False, resource.extra["keys"], resource.extra["gcp"])
+        for device, folder in resource.extra.get("disks", []):
+            vm.attach_disk(device, folder)
+        resource.boots.append(record)
 
     def boot_errors(self) -> List[str]:
         with self.lock:
@@ -196,6 +215,7 @@ class World:
 
     def fire(self, resource: Resource, unit: str) -> None:
         """Fires a VM's timer now (its command runs in the VM)."""
+        self.read_events()
         with self.lock:
             timer = next((t for t in self.timers if t.resource is resource and t.unit == unit), None)
             if timer is None:
@@ -205,6 +225,7 @@ class World:
 
     def timers_of(self, resource: Resource) -> Dict[str, float]:
         """Unit -> seconds until it fires."""
+        self.read_events()
         with self.lock:
             return {t.unit: t.due_at - self.now() for t in self.timers if t.resource is resource}
 
@@ -226,6 +247,13 @@ class World:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.1):
+            self.read_events()
+            self._fire_due()
+
+    def read_events(self) -> None:
+        """Acts on what the VMs' guests asked for since the last read (the watcher does it every 0.1 s; a test's
+        query does it first, so that it sees what a `dstack` process that has ended made its VM do)."""
+        with self.events_lock:
             with self.lock:
                 running = [r for r in self.resources if r.live and r.vm is not None and r.vm.running]
             for resource in running:
@@ -235,7 +263,6 @@ class World:
                 except Exception as e:  # a VM that went meanwhile
                     if resource.live and resource.vm is not None:
                         resource.events.append((time.time(), f"watcher error: {e}"))
-            self._fire_due()
 
     def _guest_event(self, resource: Resource, event: List[str]) -> None:
         command, args = event[1], event[2:]
