@@ -114,7 +114,7 @@ def test_in_a_named_vpc_the_run_gets_the_zones_public_subnet(cloudsim, tmp_path,
     ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
     ec2.associate_route_table(RouteTableId=table, SubnetId=public["SubnetId"])
     cloudsim.write_config(dstack_home, gcp=False, aws_vpc_name="my-vpc")
-    result = cloudsim.dstack("apply", "-f", task(tmp_path, "vpc-1"), "-b", "aws", "-y", home=dstack_home, timeout=40)
+    result = cloudsim.dstack("apply", "-f", task(tmp_path, "vpc-1"), "-b", "aws", "-y", home=dstack_home, timeout=25)
     assert result.returncode == 0, result.stdout + result.stderr
     assert [i.extra["subnet"] for i in cloudsim.ever("Instance")] == [public["SubnetId"]]
     assert private["SubnetId"] not in result.stdout + result.stderr and cloudsim.live() == []
@@ -126,7 +126,7 @@ def test_a_vm_that_never_answers_is_given_up_for_the_next_offer(cloudsim, tmp_pa
     cloudsim.world.never_boot = 1  # the first VM never comes up
     conf = task(tmp_path, "silent-1", types="t3a.large, m5a.large")
     budget = {"provisioner.backends.cloud:BOOT_BUDGET_CPU_S": 4, "provisioner.backends.cloud:MIN_BOOT_WAIT_S": 2}
-    result = cloudsim.dstack("apply", "-f", conf, "-b", "aws", "-y", home=dstack_home, patches=budget, timeout=40)
+    result = cloudsim.dstack("apply", "-f", conf, "-b", "aws", "-y", home=dstack_home, patches=budget, timeout=25)
     assert result.returncode == 0, result.stdout + result.stderr
     first, second = cloudsim.ever("Instance")
     assert first.inputs["instanceType"] == "t3a.large" and first.deleted_by == "engine"

@@ -101,7 +101,7 @@ def test_a_fleet_instance_that_deleted_itself_is_not_claimed(cloudsim, tmp_path,
     cloudsim.world.fire(kept, "dstack-idle-power-off")  # its VM's own watchdog, before the store's idle clock
     wait_until(lambda: not kept.live, timeout=30)
     result = cloudsim.dstack("apply", "-f", task(tmp_path, "after-1"), "-b", "gcp", "-y", home=dstack_home,
-                             timeout=60)
+                             timeout=25)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(cloudsim.ever("Instance")) == 2 and "hello from after-1" in result.stdout
 
