@@ -95,7 +95,9 @@ def run_and_report(config, store, hosts, run_name, resolved, offers, source: Pat
     if as_json:
         from cli.output import print_json
 
-        print_json({"run": record.summary(time.time())})
+        from provisioner.runs.dev_environments import with_dev_environment
+
+        print_json({"run": with_dev_environment(record.summary(time.time()), record)})
     if detach:
         session.reporter.info(f"{run_name} is running; `dstack logs {run_name} -f` follows it, "
                               f"`dstack stop {run_name}` ends it")

@@ -12,11 +12,20 @@ from configuration.resources import StrictModel
 SUPPORTED_PYTHON = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 # `\Z`, not `$`: `$` also matches before a final newline, which a quoted YAML string may hold
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-RUN_NAME = re.compile(r"^[a-z][a-z0-9-]{1,40}\Z")
+# Run, fleet and volume names: every cloud resource is named after them, and GCP refuses a name ending in `-`.
+RUN_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}[a-z0-9]\Z")
+NAME_RULE = "2 to 41 lowercase letters, digits and hyphens; starts with a letter, ends with a letter or digit"
 # A host name or address (`10.0.0.1`, `gpu-1.example.com`, `fe80::1%eth0`) and a login name: they reach SSH, logs and
 # tables, so no spaces, control characters, markup brackets or a leading `-` (an option to a command line).
 HOSTNAME = re.compile(r"^[A-Za-z0-9:][A-Za-z0-9_.:%-]{0,252}\Z")
 LOGIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@$-]{0,63}\Z")
+
+
+def check_name(value: Optional[str]) -> Optional[str]:
+    """A run's, fleet's or volume's name, as RUN_NAME allows it."""
+    if value is not None and not RUN_NAME.match(value):
+        raise ValueError(f"Invalid name: {value!r} ({NAME_RULE})")
+    return value
 
 
 def check_pattern(value: Optional[str], pattern: re.Pattern, what: str) -> Optional[str]:

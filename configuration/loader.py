@@ -33,6 +33,12 @@ MODELS_BY_TYPE = {
     "fleet": FleetConfiguration,
     "volume": VolumeConfiguration,
 }
+# dstack's fields of one type written in a file of another: refused as dstack refuses them, saying where they belong
+MISPLACED_FIELDS = {
+    (DevEnvironmentConfiguration, ("commands",)): (
+        "Extra inputs are not permitted: a dev-environment runs `init` (its setup), then waits for you over SSH; "
+        "put these commands in `init`, or run them as a job with `type: task`"),
+}
 MAX_PROBLEMS = 10  # listed in one error; the rest are counted
 _ADAPTER: Optional[TypeAdapter] = None
 
@@ -75,7 +81,9 @@ def describe_validation_error(
         # pydantic adds the name of a function validator as a path element; it is not a field
         loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
         field = _path(loc)
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden" and (model, loc) in MISPLACED_FIELDS:
+            problem = f"{model.model_fields['type'].default}.{field}: {MISPLACED_FIELDS[(model, loc)]}"
+        elif item["type"] == "extra_forbidden":
             hint = _did_you_mean(model, loc)
             problem = f"unknown field '{field}'" + (f" (did you mean '{hint}'?)" if hint else "")
         else:

@@ -6,6 +6,7 @@ models by `dstack schema --markdown`).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
@@ -13,13 +14,14 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 from configuration.fields import (
     HOSTNAME,
     LOGIN_NAME,
-    RUN_NAME,
+    NAME_RULE,
     BackendName,
     MaxDuration,
     PortMapping,
     RegistryAuth,
     RetryPolicy,
     SpotPolicy,
+    check_name,
     check_pattern,
     parse_duration,
     parse_env,
@@ -37,8 +39,11 @@ from configuration.policies import (
     NodeGroup,
     Schedule,
     UtilizationPolicy,
+    MAX_NODES,
     VastAIOptions,
     check_backend_options,
+    check_node_count,
+    check_volume_names,
     name_groups,
     parse_entity_reference,
     parse_instance_selector,
@@ -166,7 +171,7 @@ class RunFields(ProfileFields):
 
     name: Annotated[
         Optional[str],
-        Field(description="The run name: lowercase letters, digits and hyphens, starting with a letter; generated if absent"),
+        Field(description=f"The run name: {NAME_RULE}; generated if absent"),
     ] = None
     image: Annotated[Optional[str], Field(description="The Docker image to run in")] = None
     python: Annotated[
@@ -216,14 +221,12 @@ class RunFields(ProfileFields):
     ] = {}
     resources: Annotated[ResourcesSpec, Field(description="The resources the run needs")] = ResourcesSpec()
 
+    _volumes = field_validator("volumes")(classmethod(lambda cls, v: check_volume_names(v)))
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not RUN_NAME.match(v):
-            raise ValueError(
-                f"Invalid name: {v!r} (2 to 41 lowercase letters, digits and hyphens, starting with a letter)"
-            )
-        return v
+        return check_name(v)
 
     @field_validator("python", mode="before")
     @classmethod
@@ -266,7 +269,8 @@ class TaskConfiguration(RunFields):
         Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local port)"),
     ] = []
     nodes: Annotated[
-        int, Field(ge=1, description="The number of nodes: one cluster of N jobs, rank 0 the master (docs/runs.md)")
+        int, Field(ge=1, description=f"The number of nodes: one cluster of N jobs, rank 0 the master; at most "
+                                     f"{MAX_NODES} (docs/runs.md)")
     ] = 1
     groups: Annotated[
         Optional[List[NodeGroup]],
@@ -275,6 +279,7 @@ class TaskConfiguration(RunFields):
     ] = None
 
     _groups = field_validator("groups")(classmethod(lambda cls, v: name_groups(v)))
+    _nodes = field_validator("nodes")(classmethod(lambda cls, v: check_node_count(v)))
 
     @model_validator(mode="before")
     @classmethod
@@ -301,22 +306,64 @@ class TaskConfiguration(RunFields):
         return self
 
 
-class DevEnvironmentConfiguration(RunFields):
-    type: Literal["dev-environment"] = "dev-environment"
-    ide: Annotated[Literal["vscode", "cursor"], Field(description="The IDE to connect with: `vscode` or `cursor`")] = (
-        "vscode"
-    )
-    init: Annotated[List[str], Field(description="Commands to run before the IDE is ready")] = []
-    commands: Annotated[List[str], Field(description="Commands to run (as the reference's examples write them)")] = []
-    inactivity_duration: Annotated[
-        Optional[MaxDuration], Field(description="Stop after this long without an attached IDE (e.g. `2h`), or `off`")
-    ] = None
-    ports: Annotated[List[PortMapping], Field(description="Ports to forward")] = []
+WINDSURF_VERSION = re.compile(r"^.+@[a-f0-9]+\Z")
+IDE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}(@[a-f0-9]{1,64})?\Z")  # it goes into a download URL
 
-    @field_validator("inactivity_duration", mode="before")
+
+class DevEnvironmentConfiguration(RunFields):
+    """A machine kept for you after `init`: reached with `ssh NAME` (an entry in ~/.ssh/config's include) and the
+    IDE's link, until `dstack stop`, `inactivity_duration` or `max_duration` (docs/runs.md)."""
+
+    type: Literal["dev-environment"] = "dev-environment"
+    ide: Annotated[
+        Optional[Literal["vscode", "cursor", "windsurf", "zed"]],
+        Field(description="The IDE whose link is printed: `vscode`, `cursor`, `windsurf` or `zed`; absent: SSH only"),
+    ] = None
+    version: Annotated[
+        Optional[str],
+        Field(description="The IDE server to install on the host before you connect (needs `ide`): a VS Code or "
+                          "Cursor commit, `version@commit` for Windsurf; downloaded by the host itself"),
+    ] = None
+    init: Annotated[List[str], Field(description="The shell commands run before the environment is ready")] = []
+    inactivity_duration: Annotated[
+        Optional[int],
+        Field(description="Stop the run after this long without an SSH connection to it (`ssh NAME`, the IDE, an "
+                          "attached `dstack apply` or `dstack attach`), e.g. `2h`; `off` (the default): never"),
+    ] = None
+    ports: Annotated[
+        List[PortMapping],
+        Field(description="Ports to forward: `8080`, `\"8080:80\"` (local:remote) or `\"*:8080\"` (any free local "
+                          "port)"),
+    ] = []
+    repos: Repos = []
+    files: Files = []
+    single_branch: SingleBranch = None
+
+    @field_validator("inactivity_duration", mode="before", json_schema_input_type=Optional[MaxDuration])
     @classmethod
     def _inactivity(cls, v: Any) -> Any:
-        return v if v is None or v == "off" else parse_duration(v)
+        """As dstack: `off` is None (kept as None in the run's configuration)."""
+        v = parse_off_duration(v)
+        return None if v == "off" else v
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _no_entrypoint(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            raise ValueError("`entrypoint` is not supported for a dev-environment (it runs `init`, then waits)")
+        return v
+
+    @model_validator(mode="after")
+    def _version_needs_ide(self) -> "DevEnvironmentConfiguration":
+        if self.version and self.ide is None:
+            raise ValueError("`version` requires `ide` to be set")
+        if self.version and not IDE_VERSION.match(self.version):
+            raise ValueError(f"Invalid IDE version: {self.version!r} (letters, digits and `._+-`, as the IDE's "
+                             "`Help > About` shows it; Windsurf: `version@commit`)")
+        if self.ide == "windsurf" and self.version and not WINDSURF_VERSION.match(self.version):
+            raise ValueError(f"Invalid Windsurf version: {self.version!r} (expected `version@commit`, e.g. "
+                             "`1.106.0@8951cd3ad688e789573d7f51750d67ae4a0bea7d`)")
+        return self
 
 
 class SSHHost(StrictModel):
@@ -370,6 +417,7 @@ class FleetNodes(StrictModel):
                              "(runs do not add instances to a fleet here)")
         if self.target is None:
             self.target = self.min
+        check_node_count(self.target)  # what apply provisions; `max` is never reached here
         if self.target < self.min or (self.max is not None and self.max < self.target):
             raise ValueError("`nodes` needs min <= target <= max")
         return self
@@ -394,7 +442,7 @@ class FleetConfiguration(StrictModel):
     place them): exactly one of the two kinds."""
 
     type: Literal["fleet"] = "fleet"
-    name: Annotated[str, Field(description="The fleet name")]
+    name: Annotated[str, Field(description=f"The fleet name: {NAME_RULE}")]
     ssh_config: Annotated[Optional[SSHConfig], Field(description="Hosts you own, reached over SSH")] = None
     nodes: Annotated[
         Optional[FleetNodes], BeforeValidator(parse_fleet_nodes),
@@ -421,8 +469,8 @@ class FleetConfiguration(StrictModel):
     ] = None
     idle_duration: Annotated[
         Optional[int], BeforeValidator(parse_idle_duration),
-        Field(description="Cloud fleets: the fleet is destroyed once every instance has been idle this long; "
-                          "absent or `off`: kept until `dstack fleet delete`"),
+        Field(description="Cloud fleets: the fleet is destroyed once every instance has been idle this long "
+                          "(default `3d`, as dstack's); `off`: kept until `dstack fleet delete`"),
     ] = None
     reservation: Annotated[
         Optional[str], Field(description="Cloud fleets: a capacity reservation. Not supported yet")
@@ -439,9 +487,7 @@ class FleetConfiguration(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not RUN_NAME.match(v):
-            raise ValueError(f"Invalid name: {v!r} (2 to 41 lowercase letters, digits and hyphens, starting with a letter)")
-        return v
+        return check_name(v)
 
     _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: parse_tags(v)))
     _one_or_many = field_validator("regions", "instance_types", "backends", "availability_zones", mode="before")(

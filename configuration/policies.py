@@ -16,6 +16,9 @@ from configuration.fields import PortMapping, parse_duration
 from configuration.resources import ResourcesSpec, StrictModel
 
 MIN_UTILIZATION_WINDOW_S = 300
+# The most nodes one run (or cloud fleet) has: one cluster, one stack, one job and connection per node. dstack sets no
+# bound; without one, a typo (`nodes: 100000`) planned for minutes and gigabytes (docs/runs.md).
+MAX_NODES = 1000
 GROUP_NAME_HINT = "1 to 40 lowercase letters, digits and `-`, starting with a letter or digit"
 
 
@@ -93,6 +96,21 @@ def parse_mount_point(v: Any) -> Any:
 MountPoint = Annotated[Union[VolumeMountPoint, InstanceMountPoint], Field(union_mode="left_to_right")]
 
 
+def check_volume_names(points: List[Any]) -> List[Any]:
+    """A network volume named at most once in a run's `volumes`, counting every name of a `name: [a, b]` list (any
+    of them may be taken): one disk is attached once, at one mount point (dstack refuses it alike)."""
+    paths: dict = {}
+    for point in points:
+        if isinstance(point, VolumeMountPoint):
+            for name in [point.name] if isinstance(point.name, str) else point.name:
+                paths.setdefault(name, []).append(point.path)
+    for name, where in paths.items():
+        if len(where) > 1:
+            raise ValueError(f"volume {name} is named more than once (at {', '.join(dict.fromkeys(where))}): a volume "
+                             "is attached at one mount point only")
+    return points
+
+
 class EntityReference(StrictModel):
     project: Annotated[Optional[str], Field(description="The project; the current one if absent")] = None
     name: Annotated[str, Field(description="The name")]
@@ -130,14 +148,24 @@ def parse_instance_selector(v: Any) -> Any:
 InstanceSelector = Union[InstanceNameSelector, InstanceHostnameSelector, FleetInstanceSelector]
 
 
+def check_node_count(value: Optional[int]) -> Optional[int]:
+    """A node count within MAX_NODES (the lower bound is each field's own)."""
+    if value is not None and value > MAX_NODES:
+        raise ValueError(f"at most {MAX_NODES} nodes, got {value}: the largest cluster a run or fleet makes here "
+                         "(docs/runs.md)")
+    return value
+
+
 class NodeGroup(StrictModel):
     name: Annotated[Optional[str], Field(description=f"The group name ({GROUP_NAME_HINT}); `0`, `1`, ... if absent")] = (
         None
     )
-    nodes: Annotated[int, Field(ge=1, description="The number of nodes in the group")] = 1
+    nodes: Annotated[int, Field(ge=1, description=f"The number of nodes in the group (at most {MAX_NODES})")] = 1
     resources: Annotated[ResourcesSpec, Field(description="The resources of each node of the group")] = ResourcesSpec()
     commands: Annotated[List[str], Field(description="The commands the group's nodes run")] = []
     ports: Annotated[List[PortMapping], Field(description="The ports the group's nodes expose")] = []
+
+    _nodes = field_validator("nodes")(classmethod(lambda cls, v: check_node_count(v)))
 
     @field_validator("name")
     @classmethod
@@ -148,11 +176,12 @@ class NodeGroup(StrictModel):
 
 
 def name_groups(groups: Optional[List[NodeGroup]]) -> Optional[List[NodeGroup]]:
-    """Unnamed groups are named by position; names must be unique."""
+    """Unnamed groups are named by position; names must be unique; their nodes are at most MAX_NODES in all."""
     if groups is None:
         return groups
     if not groups:
         raise ValueError("`groups` must not be empty")
+    check_node_count(sum(g.nodes for g in groups))
     named = [g if g.name is not None else g.model_copy(update={"name": str(i)}) for i, g in enumerate(groups)]
     names = [g.name for g in named]
     duplicates = sorted({n for n in names if names.count(n) > 1})

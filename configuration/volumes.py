@@ -8,7 +8,7 @@ from typing import Any, Dict, Literal, Optional
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 from typing_extensions import Annotated
 
-from configuration.fields import RUN_NAME, parse_idle_duration, parse_tags
+from configuration.fields import NAME_RULE, check_name, parse_idle_duration, parse_tags
 from configuration.resources import Memory, StrictModel
 
 VOLUME_BACKENDS = ("aws", "gcp")
@@ -17,7 +17,7 @@ VOLUME_BACKENDS = ("aws", "gcp")
 class VolumeConfiguration(StrictModel):
     type: Literal["volume"] = "volume"
     name: Annotated[
-        Optional[str], Field(description="The volume name: lowercase letters, digits and hyphens; generated if absent")
+        Optional[str], Field(description=f"The volume name: {NAME_RULE}; generated if absent")
     ] = None
     backend: Annotated[Literal["aws", "gcp"], Field(description="The volume backend: `aws` or `gcp`")]
     region: Annotated[str, Field(min_length=1, description="The volume region (e.g. `us-east-1`)")]
@@ -48,11 +48,7 @@ class VolumeConfiguration(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not RUN_NAME.match(v):
-            raise ValueError(
-                f"Invalid name: {v!r} (2 to 41 lowercase letters, digits and hyphens, starting with a letter)"
-            )
-        return v
+        return check_name(v)
 
     @field_validator("size")
     @classmethod

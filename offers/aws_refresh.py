@@ -2,7 +2,8 @@
 
 Calls, per the EC2 and Pricing API references:
 - `ec2.describe_instance_types` (once, in the first region): vCPUs, memory, GPUs or Neuron devices, architecture, spot;
-- `ec2.describe_instance_type_offerings` per region, by availability zone;
+- `ec2.describe_instance_type_offerings` per region, by availability zone (Availability Zones only: Local and
+  Wavelength Zones, listed there for accounts that opted in, are no offers, see offers.catalog.aws_availability_zone);
 - `ec2.describe_spot_price_history` per region from now: the current Linux/UNIX spot price per type and zone;
 - `pricing.get_products` (service `AmazonEC2`, in us-east-1): on-demand Linux, shared tenancy, no pre-installed
   software, per region.
@@ -18,7 +19,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from configuration.errors import MISSING_AWS_CREDENTIALS, ConfigurationError
 from configuration.home import dstack_home, private_dir
-from offers.catalog import InstanceType, PriceRow, write_catalog
+from offers.catalog import InstanceType, PriceRow, aws_availability_zone, write_catalog
 from offers.gpus import NO_IMAGE_VENDORS, normalize_memory
 
 MANUFACTURERS = {"nvidia": "nvidia", "amd": "amd", "habana": "intel", "intel": "intel", "aws": "aws",
@@ -141,6 +142,8 @@ def collect_rows(
             if instance is None or price is None:
                 continue  # rows without a price are not offers
             for zone in type_zones:
+                if not aws_availability_zone(region, zone):
+                    continue  # a Local or Wavelength Zone: an opt-in zone without a default subnet
                 yield PriceRow(instance, region, zone, price, spot.get((name, zone)) if instance.spot_supported else None)
 
 

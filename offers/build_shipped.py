@@ -9,7 +9,8 @@ own, at the region's on-demand price (AWS prices on-demand per region, not per z
 
 What is left out, and why (also in docs/offers.md): rows without an on-demand price (not offers), TPUs (no host
 VM in the data; out of scope), fractional GPUs (AWS g6f/gr6f slices: a count below one GPU does not fit the grammar),
-Mac instances (dedicated hosts, not provisioned here) and accelerators no image has drivers for (NO_IMAGE_VENDORS).
+Mac instances (dedicated hosts, not provisioned here), accelerators no image has drivers for (NO_IMAGE_VENDORS) and
+AWS Local and Wavelength Zones (opt-in zones without a default subnet: offers.catalog.aws_availability_zone).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
-from offers.catalog import SHIPPED_DIR, InstanceType, PriceRow, write_catalog
+from offers.catalog import SHIPPED_DIR, InstanceType, PriceRow, aws_availability_zone, write_catalog
 from offers.gpus import NO_IMAGE_VENDORS, normalize_memory
 
 ARCHES = {"x86_64": "x86", "arm64": "arm"}
@@ -60,6 +61,8 @@ def read_rows(csv_path: Path, spot_prices: Optional[SpotPrices] = None) -> Itera
         for r in csv.DictReader(f):
             if not r["price_ondemand"] or not r["cpu"] or r["arch"] not in ARCHES:
                 continue
+            if r["provider"] == "aws" and not aws_availability_zone(r["region"], r["zone"]):
+                continue
             vendor, name = r["gpu_vendor"], r["gpu_name"]
             count = float(r["gpu_count"] or 0)
             if vendor == "google" or vendor in NO_IMAGE_VENDORS or (name and count < 1):
@@ -85,6 +88,8 @@ def read_rows(csv_path: Path, spot_prices: Optional[SpotPrices] = None) -> Itera
             listed[(r["instance_type"], r["region"])] = row
             yield row
     for (name, region, zone), spot_price in sorted(unjoined.items()):
+        if not aws_availability_zone(region, zone):  # the spot CSV is AWS's
+            continue
         known = listed.get((name, region))
         if known is not None and known.instance.spot_supported:
             yield known._replace(zone=zone, spot_price=spot_price)

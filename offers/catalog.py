@@ -147,6 +147,14 @@ def read_catalog(path: Path) -> Catalog:
     )
 
 
+def aws_availability_zone(region: str, zone: str) -> bool:
+    """Whether an AWS zone is an Availability Zone proper: the region's name and one letter (`us-east-1a`). Local
+    Zones (`us-east-1-atl-2a`) and Wavelength Zones (`us-east-1-wl1-bos-wlz-1`) are no offers: each needs the
+    account's opt-in and has no default subnet, so a run there fails (offers.build_shipped and offers.aws_refresh
+    leave them out)."""
+    return len(zone) == len(region) + 1 and zone.startswith(region) and "a" <= zone[-1] <= "z"
+
+
 def catalog_path(backend: str) -> Path:
     """The refreshed catalogue under $DSTACK_HOME when there is one, else the shipped snapshot."""
     refreshed = dstack_home() / "catalog" / f"{backend}.catalog"

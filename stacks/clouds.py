@@ -60,6 +60,18 @@ def placement_note(backend: str, instance_type: str) -> Optional[str]:
     return gcp_note(instance_type)
 
 
+def network_note(backend: str, instance_type: str) -> Optional[str]:
+    """What the plan says of a cluster's network on `instance_type`: the EFA interfaces an AWS node gets, the GPU
+    NICs a GCP A3 or A4 node goes without."""
+    if backend == "aws":
+        from stacks.aws.program import efa_note
+
+        return efa_note(instance_type)
+    from stacks.gcp.nics import gpu_nic_note
+
+    return gpu_nic_note(instance_type)
+
+
 def sweep_run(backend: str, region: str, project_id: Optional[str], owner: Optional[str], run_name: str) -> None:
     """Removes what an interrupted `up` of `run_name`'s stack created before Pulumi recorded it (found by the run's
     and its owner's tags or labels)."""

@@ -14,7 +14,8 @@ CAPACITY = "capacity"
 QUOTA = "quota"
 CREDENTIALS = "credentials"
 CONFIGURATION = "configuration"
-UNAVAILABLE = "unavailable"  # the region is not enabled for the account: skip it, like capacity
+UNAVAILABLE = "unavailable"  # the region, zone or type is not usable here: skip it, like capacity
+UNREACHABLE = "unreachable"  # the VM never answered SSH within its boot budget: its offer is given up
 
 # (pattern, kind, scope); the first match wins, so the more specific patterns come first.
 _RULES: Tuple[Tuple[str, str, str], ...] = (
@@ -27,8 +28,12 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
      CAPACITY, "zone"),
     (r"ZONE_RESOURCE_POOL_EXHAUSTED|does not have enough resources available|resource pool exhausted", CAPACITY,
      "zone"),
-    (r"Unsupported: .*(instance type|Availability Zone)|is not supported in your requested Availability Zone",
-     CAPACITY, "zone"),
+    (r"Unsupported: .*(instance type|Availability Zone)|is not supported in your requested Availability Zone|"
+     r"Unsupported: The requested configuration is currently not supported", CAPACITY, "zone"),
+    # A zone the run cannot use, though others of the region may do: one with no default subnet (Local and Wavelength
+    # Zones have none), none of the VPC's (stacks.aws.program), or one the account has not enabled (an opt-in zone).
+    (r"No default subnet for availability zone|has no (default )?subnet in \S+|Invalid [Aa]vailability [Zz]one",
+     UNAVAILABLE, "zone"),
     (r"SpotMaxPriceTooLow|capacity-not-available|UnfulfillableCapacity", CAPACITY, "zone"),
     (r"STOCKOUT|stockout", CAPACITY, "zone"),
     (r"OptInRequired", UNAVAILABLE, "region"),
@@ -70,8 +75,9 @@ _HINTS: Tuple[Tuple[str, str], ...] = (
 
 @dataclass
 class StackFailure(DstackError):
-    """A failed `up`: kind is capacity, quota, unavailable, credentials or configuration; scope is zone, region, cloud
-    or type (the instance type, everywhere)."""
+    """A failed `up`: kind is capacity, quota, unavailable, unreachable, credentials or configuration; scope is zone,
+    region, cloud, type (the instance type, everywhere), offer (its instance type in its region, every zone) or host
+    (one host of an SSH fleet, whose region is the fleet)."""
 
     kind: str
     scope: str
@@ -83,8 +89,9 @@ class StackFailure(DstackError):
 
     @property
     def retryable(self) -> bool:
-        """Capacity, quota and disabled-region failures mean: try the next offer. The others stop the run."""
-        return self.kind in (CAPACITY, QUOTA, UNAVAILABLE)
+        """Capacity, quota, unusable places and VMs that never answered mean: try the next offer (or zone). The others
+        stop the run."""
+        return self.kind in (CAPACITY, QUOTA, UNAVAILABLE, UNREACHABLE)
 
 
 def classify(text: str) -> StackFailure:

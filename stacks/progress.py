@@ -17,13 +17,18 @@ class StepProgress:
     seconds: Optional[float] = None
 
 
+INSTANCE_TYPES = ("aws:ec2/instance:Instance", "gcp:compute/instance:Instance")
+
+
 class EngineEventTracker:
-    """An `on_event` callback for `Stack.up`/`destroy` that reports StepProgress, skipping no-op steps."""
+    """An `on_event` callback for `Stack.up`/`destroy` that reports StepProgress, skipping no-op steps; it keeps
+    when the first VM's creation began (`launched_at`, on its clock), from which a VM's boot is timed."""
 
     def __init__(self, report: Callable[[StepProgress], None], clock: Callable[[], float] = time.monotonic):
         self._report = report
         self._clock = clock
         self._started: Dict[str, float] = {}
+        self.launched_at: Optional[float] = None
 
     def __call__(self, event) -> None:
         for field, state in (("resource_pre_event", "started"), ("res_outputs_event", "done"),
@@ -40,6 +45,8 @@ class EngineEventTracker:
         seconds = None
         if state == "started":
             self._started[metadata.urn] = self._clock()
+            if op == "create" and metadata.type in INSTANCE_TYPES and self.launched_at is None:
+                self.launched_at = self._started[metadata.urn]
         elif metadata.urn in self._started:
             seconds = self._clock() - self._started.pop(metadata.urn)
         self._report(StepProgress(op, metadata.type, name, state, seconds))

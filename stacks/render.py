@@ -3,7 +3,8 @@ resources it declares with their inputs: the `resources` of `dstack apply --dry-
 
 Lookups (the AMI, the VPC, the boot image) cannot be answered offline; the mock answers them with a placeholder that
 says what will be looked up at apply time. So are the outputs the cloud computes that a program hands on to another
-resource (COMPUTED_OUTPUTS: a placement policy's self link, a service account's email).
+resource (COMPUTED_OUTPUTS: a placement policy's self link, a service account's email, an instance's primary network
+interface, which an Elastic IP names).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable, List, Tuple
 
 from configuration.interpolation import SECRET_MASK
 
-COMPUTED_OUTPUTS = ("selfLink", "email", "member")
+COMPUTED_OUTPUTS = ("selfLink", "email", "member", "primaryNetworkInterfaceId")
 
 
 def _mask_secrets(value):
@@ -42,7 +43,7 @@ def render_program(program: Callable[[], None], stack_name: str, secrets: Tuple[
 
         def call(self, args: pulumi.runtime.MockCallArgs):
             placeholder = f"(looked up at apply: {args.token})"
-            return {"id": placeholder, "selfLink": placeholder, "imageId": placeholder}
+            return {"id": placeholder, "selfLink": placeholder, "imageId": placeholder, "ids": [placeholder]}
 
     pulumi.runtime.set_mocks(RecordingMocks(), project="dstack", stack=stack_name, preview=False)
     try:

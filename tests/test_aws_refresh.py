@@ -81,3 +81,30 @@ def test_accelerators_without_an_image_are_no_offers(aws_on_moto):
     found = instance_types(boto3.client("ec2"))  # moto's describe_instance_types: every type it knows
     assert {"g5.xlarge", "p3dn.24xlarge", "inf2.xlarge"} <= set(found)
     assert not {"g4ad.xlarge", "dl1.24xlarge", "dl2q.24xlarge"} & set(found)  # AMD, Gaudi, Qualcomm
+
+
+def test_local_and_wavelength_zones_the_apis_list_are_left_out(aws_on_moto, dstack_home):
+    """An account that opted in to Local Zones sees them in the zone offerings and the spot price history (moto has
+    none, so they are added to its real answers): they are no offers, opt-in zones without a default subnet."""
+    import datetime as dt
+
+    session = boto3.session.Session()
+    added = {"us-east-1-atl-2a": 0.5, "us-east-1-wl1-bos-wlz-1": 0.6}
+
+    def more_offerings(parsed, **_):
+        parsed["InstanceTypeOfferings"] += [{"InstanceType": "g5.xlarge", "LocationType": "availability-zone",
+                                             "Location": zone} for zone in added]
+
+    def more_spot_prices(parsed, **_):
+        parsed["SpotPriceHistory"] += [
+            {"AvailabilityZone": zone, "InstanceType": "g5.xlarge", "ProductDescription": "Linux/UNIX",
+             "SpotPrice": str(price), "Timestamp": dt.datetime.now(dt.timezone.utc)} for zone, price in added.items()]
+
+    session.events.register("after-call.ec2.DescribeInstanceTypeOfferings", more_offerings)
+    session.events.register("after-call.ec2.DescribeSpotPriceHistory", more_spot_prices)
+    pricing, _ = stubbed_pricing()
+    path = refresh_aws_catalog(regions=["us-east-1"], log=lambda _: None, session=session, pricing_client=pricing)
+    catalog = read_catalog(path)
+    zones = {zone for group in range(len(catalog)) for zone in catalog.zones(group)}
+    assert "us-east-1a" in zones and not zones & set(added)
+    assert min(catalog.spot_price[g] for g in range(len(catalog)) if catalog.spot_price[g] > 0) == 0.00001

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -166,14 +167,22 @@ def test_ps_last_verbose_logs_since_diagnose_and_node(tmp_path, dstack_home):
 
 
 def test_ps_watch_refreshes_until_ctrl_c(dstack_home):
-    env = dict(os.environ, DSTACK_HOME=str(dstack_home))
+    """The second listing is waited for as it comes (unbuffered output), not for a fixed time, which a loaded
+    machine can outlast before the first one."""
+    env = dict(os.environ, DSTACK_HOME=str(dstack_home), PYTHONUNBUFFERED="1")
     watcher = subprocess.Popen([sys.executable, "-m", "cli.main", "ps", "-w", "-a"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(5)
+    guard = threading.Timer(60, watcher.kill)  # a watcher that never prints twice fails the test, not the suite
+    guard.start()
+    listings = 0
+    for line in watcher.stdout:
+        listings += "No runs." in line
+        if listings == 2:  # printed again after WATCH_INTERVAL_S
+            break
+    guard.cancel()
     watcher.send_signal(signal.SIGINT)
-    out, err = watcher.communicate(timeout=30)
-    assert watcher.returncode == 0, err
-    assert out.count("No runs.") >= 2  # printed again after WATCH_INTERVAL_S
+    _, err = watcher.communicate(timeout=30)
+    assert listings == 2 and watcher.returncode == 0, err
 
 
 def test_stop_abort_and_yes(tmp_path, dstack_home):

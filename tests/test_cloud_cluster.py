@@ -317,6 +317,9 @@ def cloud(monkeypatch, dstack_home):
     monkeypatch.setattr(stacks.automation, "require_pulumi", lambda: None)
     monkeypatch.setattr(stacks.automation, "open_stack", lambda name, program, settings: Stack(program))
     monkeypatch.setattr("stacks.clouds.check_credentials", lambda backend, region: None)
+    # the nodes' addresses are made up: their first SSH answer is recorded, never sought
+    monkeypatch.setattr("provisioner.backends.cloud.await_boot",
+                        lambda hosts, deadline: seen.setdefault("awaited", [h.hostname for h in hosts]))
     config = DstackConfig(backends=[AWSBackend(type="aws")])
     return CloudBackend("aws", config, StateStore()), Stack, seen
 
@@ -349,6 +352,7 @@ def test_create_stack_returns_every_node_in_rank_order_with_its_own_host_key(clo
         assert f"ed25519_public: ssh-ed25519 {key_line}" in instance.inputs["userData"]["value"]
     assert len({h.host_key for h in hosts}) == 3
     assert recorded and recorded[0]["backend"] == "aws" and seen["destroyed"] == 0
+    assert seen["awaited"] == [h.hostname for h in hosts]  # every node's first answer awaited before it is returned
     assert oct((tmp_path / "key").stat().st_mode & 0o777) == "0o600"
 
 

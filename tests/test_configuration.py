@@ -26,20 +26,28 @@ def parse(text, source="x.dstack.yml"):
 
 @pytest.mark.parametrize("index", range(8))
 def test_every_reference_example_parses(index):
+    """The tasks as they are; the dev environments once their `commands` are `init` (dstack 0.22.5 refuses a dev
+    environment's `commands`: tests/test_dev_environments.py)."""
     title, text = reference_examples()[index]
-    conf = parse(text, title)
     kind = re.search(r"type: (\S+)", text).group(1)
+    if kind == "dev-environment":
+        with pytest.raises(ConfigurationError, match="dev-environment.commands: Extra inputs are not permitted"):
+            parse(text, title)
+        text = text.replace("commands:", "init:")
+    conf = parse(text, title)
     assert conf.type == kind
     assert isinstance(conf, TaskConfiguration if kind == "task" else DevEnvironmentConfiguration)
-    assert conf.commands and conf.commands[0].startswith(("pip install", "pip3 install"))
+    steps = conf.commands if kind == "task" else conf.init
+    assert steps and steps[0].startswith(("pip install", "pip3 install"))
 
 
 def test_reference_examples_have_the_expected_values():
-    examples = [parse(text, title) for title, text in reference_examples()]
+    examples = [parse(text.replace("commands:", "init:") if "dev-environment" in text else text, title)
+                for title, text in reference_examples()]
     python, ports, image, resources, env, private, args, app = examples
     assert python.python == "3.11" and python.image is None
     assert [p.model_dump() for p in ports.ports] == [{"local_port": 6000, "container_port": 6000}]
-    assert image.image == "dstackai/base:py3.11-0.4rc4-cuda-12.1" and image.ide == "vscode"
+    assert image.image == "dstackai/base:py3.11-0.4rc4-cuda-12.1" and image.ide is None
     r = resources.resources
     assert (r.cpu.count.min, r.memory.min, r.gpu.count.min, r.gpu.memory.min, r.gpu.memory.max) == (16, 200, 4, 40, 80)
     assert (r.shm_size, r.disk.size.min) == (16, 500)
@@ -302,3 +310,40 @@ def test_a_final_newline_is_not_part_of_a_name():
         parse('type: task\ncommands: [x]\nname: "my-run\\n"\n')
     with pytest.raises(ConfigurationError, match="Invalid env name"):
         parse('type: task\ncommands: [x]\nenv: {"A\\n": "1"}\n')
+
+
+@pytest.mark.parametrize("kind, text", [
+    ("task", "type: task\ncommands: [x]\nname: train-\n"),
+    ("fleet", "type: fleet\nnodes: 1\nname: gpus-\n"),
+    ("volume", "type: volume\nbackend: gcp\nregion: us-central1\nsize: 10GB\nname: data-\n"),
+])
+def test_a_name_ending_in_a_hyphen_is_refused_in_one_line(kind, text):
+    """GCP refuses resource names that end in `-`, and every cloud resource of a run, fleet or volume is named after
+    it: the rule is `^[a-z][a-z0-9-]{0,39}[a-z0-9]$`, said in one line with the file, line and field."""
+    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("name:"))) + 1
+    with pytest.raises(ConfigurationError) as e:
+        parse(text, "x.dstack.yml")
+    message = str(e.value)
+    assert message.startswith(f"x.dstack.yml:{line}: name: Invalid name: ") and "\n" not in message
+    assert "ends with a letter or digit" in message and "2 to 41" in message
+
+
+def test_names_at_the_edges_of_the_rule_and_generated_ones():
+    from provisioner.runs.names import generate_run_name
+
+    for name in ("ab", "a1", "a" + "b" * 40, "a-b"):
+        assert parse(f"type: task\ncommands: [x]\nname: {name}\n").name == name
+    for name in ("a", "a-", "a" + "b" * 41, "1ab", "a_b"):
+        with pytest.raises(ConfigurationError, match="Invalid name"):
+            parse(f"type: task\ncommands: [x]\nname: {name}\n")
+    for _ in range(200):  # what a run or volume without a name gets must pass the same rule
+        name = generate_run_name()
+        assert parse(f"type: task\ncommands: [x]\nname: {name}\n").name == name
+
+
+def test_the_name_flag_refuses_a_final_hyphen(tmp_path):
+    from tests.helpers import run_cli, write
+
+    conf = write(tmp_path, "t.dstack.yml", "type: task\ncommands: [x]\n")
+    result = run_cli("apply", "-f", conf, "--dry-run", "-b", "local", "-n", "train-")
+    assert result.returncode == 2 and "ends with a letter or digit" in result.stderr

@@ -232,3 +232,18 @@ def test_a_teardown_cut_short_is_finished_by_reconcile(session):
     record = session.store.get_run("fo")
     assert (record.status, record.reason) == ("failed", "interrupted while provisioning")
     assert clouds["aws"].torn_down == ["fo"]
+
+
+def test_a_zone_without_a_default_subnet_moves_to_the_next_zone(session):
+    """A Local Zone of an older refreshed catalogue, or a VPC with no subnet in the zone: that zone is skipped, the run
+    goes on in the offer's next zone."""
+    session, clouds = session
+    no_subnet = ("api error InvalidInput: No default subnet for availability zone: 'us-west-2-lax-1b'.")
+    unsupported = ("api error Unsupported: The requested configuration is currently not supported. Please check the "
+                   "documentation for supported configurations.")
+    clouds["aws"] = FakeCloud("aws", {("us-west-2", "us-west-2-lax-1b"): no_subnet,
+                                      ("us-west-2", "us-west-2a"): unsupported})
+    zones = Offer("aws", GPU, "us-west-2", ("us-west-2-lax-1b", "us-west-2a", "us-west-2b"), False, 1.0, 100.0, 0.01)
+    chosen, _ = provision_with_failover(session, "fo", [zones], CONF)
+    assert chosen.zones == ("us-west-2b",)
+    assert [a["zone"] for a in session.store.get_run("fo").attempts] == ["us-west-2-lax-1b", "us-west-2a"]

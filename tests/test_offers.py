@@ -1,6 +1,7 @@
 """The catalogue file and the solver's matching semantics, on a small synthetic catalogue and on the shipped one."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -244,3 +245,44 @@ def test_on_demand_offers_of_a_region_are_one_offer_with_every_zone():
     assert len(found) == 1 and len(found[0].zones) > 1, [(o.price, o.zones) for o in found]
     spot = find_offers(dataclasses.replace(req, spot=True), aws).offers
     assert len(spot) > 1 and all(len(o.zones) >= 1 for o in spot)
+
+
+def test_local_and_wavelength_zones_are_no_offers(tmp_path):
+    """AWS Local Zones (`us-east-1-atl-2a`) and Wavelength Zones (`us-east-1-wl1-bos-wlz-1`) need an opt-in and have
+    no default subnet: the catalogue builder leaves their rows out, the on-demand CSV's and the spot CSV's alike."""
+    csv_path = tmp_path / "aws.csv"
+    header = ("provider,instance_type,region,zone,cpu,memory_gib,gpu_vendor,gpu_name,gpu_count,gpu_memory_gib,"
+              "price_ondemand,price_spot,arch,local_disk_gb,spot_supported,price_source\n")
+    csv_path.write_text(header + "\n".join([
+        "aws,g4dn.xlarge,us-west-2,us-west-2a,4,16,nvidia,T4,1,16,0.526,,x86_64,125,1,lc",
+        "aws,g4dn.xlarge,us-west-2,us-west-2-lax-1a,4,16,nvidia,T4,1,16,0.526,,x86_64,125,1,lc",
+        "aws,t3.large,us-east-1,us-east-1-wl1-bos-wlz-1,2,8,,,,,0.0832,,x86_64,,1,lc",
+    ]) + "\n")
+    spot = {("g4dn.xlarge", "us-west-2", "us-west-2-lax-1b"): 0.1053, ("g4dn.xlarge", "us-west-2", "us-west-2b"): 0.2}
+    rows = [(r.instance.name, r.zone, r.spot_price) for r in read_rows(csv_path, spot)]
+    assert rows == [("g4dn.xlarge", "us-west-2a", None), ("g4dn.xlarge", "us-west-2b", 0.2)]
+
+
+def test_the_shipped_aws_catalogue_has_availability_zones_only():
+    from offers.catalog import aws_availability_zone
+
+    [aws] = load_catalogs(["aws"])
+    zones = {(aws.regions[aws.region[i]], zone) for i in range(len(aws)) for zone in aws.zones(i)}
+    assert zones and all(aws_availability_zone(region, zone) for region, zone in zones), \
+        sorted(z for z in zones if not aws_availability_zone(*z))[:5]
+    assert aws_availability_zone("us-east-1", "us-east-1a") and aws_availability_zone("ap-northeast-1", "ap-northeast-1d")
+    for region, zone in (("us-east-1", "us-east-1-atl-2a"), ("us-west-2", "us-west-2-lax-1b"),
+                         ("us-east-1", "us-east-1-wl1-bos-wlz-1"), ("us-east-1", "us-east-2a")):
+        assert not aws_availability_zone(region, zone)
+
+
+def test_offers_never_name_a_local_zone(tmp_path):
+    """Through the CLI: the cheapest T4 spot and the 8 x H100 offers of us-east-1 are in Availability Zones."""
+    from tests.helpers import run_cli
+
+    env = {"DSTACK_HOME": str(tmp_path / "home")}
+    for args in (("--gpu", "T4", "--spot"), ("--gpu", "H100:8", "-r", "us-east-1"), ("--gpu", "H200:8", "-r", "us-east-1")):
+        result = run_cli("offer", *args, "-b", "aws", "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        zones = [z for o in json.loads(result.stdout)["offers"] for z in o["availability_zones"]]
+        assert zones and not [z for z in zones if "-atl-" in z or "-lax-" in z or "wlz" in z], args

@@ -138,12 +138,6 @@ def test_max_duration_stops_the_run(tmp_path, home_env):
     assert result.returncode == 124
 
 
-def test_dev_environment_run_says_it_is_not_supported_yet(tmp_path, home_env):
-    conf = write(tmp_path, "d.dstack.yml", "type: dev-environment\ncommands: [echo]\n")
-    result = run_cli("apply", "-f", conf, "-y", env=home_env)
-    assert result.returncode == 1 and "running a dev-environment is not supported yet" in result.stderr
-
-
 def test_ssh_fleet_end_to_end(tmp_path, home_env, make_host, client_key):
     first, second = make_host(), make_host()
     fleet = write(tmp_path, "fleet.dstack.yml",

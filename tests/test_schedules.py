@@ -1,7 +1,9 @@
 """Scheduled tasks: when the next start is (UTC), the crontab line shared by every schedule of a $DSTACK_HOME
-(through a stand-in `crontab` that keeps the table in a file), and what a tick starts."""
+(through a stand-in `crontab` that keeps the table in a file), kept whole when it cannot be read and when many homes
+register at once; what a tick starts."""
 
 import datetime
+import json
 import os
 import time
 
@@ -9,6 +11,7 @@ import pytest
 
 from provisioner.runs import schedules
 from provisioner.runs.schedules import next_start, register, tick, unregister
+from tests.helpers import ROOT, run_cli
 
 UTC = datetime.timezone.utc
 
@@ -35,13 +38,16 @@ def test_an_expression_that_never_matches_has_no_next_start():
 
 @pytest.fixture
 def crontab(tmp_path, monkeypatch):
-    """A stand-in `crontab` (-l prints the table or fails when there is none, - installs stdin); the table's file."""
+    """A stand-in `crontab` (-l prints the table or fails when there is none, - installs stdin); the table's file.
+    $CRONTAB_LIST_FAILS makes -l fail with that message; $CRONTAB_LIST_SLEEP makes it take that long (seconds)."""
     table = tmp_path / "crontab.txt"
     tool = tmp_path / "bin" / "crontab"
     tool.parent.mkdir()
     tool.write_text(f"""#!/bin/sh
 case "$1" in
-  -l) [ -f {table} ] || {{ echo "no crontab for $USER" >&2; exit 1; }}; cat {table} ;;
+  -l) [ -z "$CRONTAB_LIST_FAILS" ] || {{ echo "$CRONTAB_LIST_FAILS" >&2; exit 1; }}
+      [ -f {table} ] || {{ echo "no crontab for $(id -un)" >&2; exit 1; }}
+      cat {table}; sleep "${{CRONTAB_LIST_SLEEP:-0}}" ;;
   -) cat > {table} ;;
   *) exit 2 ;;
 esac
@@ -58,6 +64,7 @@ def test_one_crontab_line_serves_every_schedule_and_goes_with_the_last(crontab, 
     lines = crontab.read_text().splitlines()
     assert lines[0] == "0 3 * * * backup.sh" and len(lines) == 2
     assert lines[1].startswith("* * * * * DSTACK_HOME=") and "schedule tick" in lines[1]
+    assert f" PYTHONPATH={ROOT} " in lines[1]  # the folder holding `cli`, so that cron runs this very code
     assert lines[1].endswith(f"{schedules.CRON_MARK} {dstack_home}")
     assert (dstack_home / "schedules.json").stat().st_mode & 0o777 == 0o600
     assert unregister("nightly") and len(crontab.read_text().splitlines()) == 2
@@ -107,11 +114,9 @@ def test_a_start_that_fails_is_said_and_the_others_go_on(crontab, dstack_home):
 def test_a_scheduled_task_is_registered_started_by_a_tick_and_removed_by_stop(crontab, dstack_home, tmp_path):
     """Through the CLI, on this machine: apply registers (nothing runs), a tick at the due minute starts NAME-1
     detached, `dstack stop NAME` removes the schedule and the crontab line."""
-    import json
 
     from cli.commands.schedule import start_scheduled
     from provisioner.runs.schedules import ScheduleBook
-    from tests.helpers import run_cli
 
     conf = tmp_path / "nightly.dstack.yml"
     conf.write_text("type: task\nname: nightly\ncommands: ['echo started by cron']\nschedule: {cron: '0 2 * * *'}\n")
@@ -142,8 +147,86 @@ def test_a_scheduled_task_is_registered_started_by_a_tick_and_removed_by_stop(cr
 
 
 def test_a_scheduled_task_from_stdin_is_refused(crontab, dstack_home):
-    from tests.helpers import run_cli
 
     result = run_cli("apply", "-f", "-", "-y", env={"DSTACK_HOME": str(dstack_home), "PATH": os.environ["PATH"]},
                      input="type: task\ncommands: [x]\nschedule: {cron: '0 2 * * *'}\n")
     assert result.returncode == 1 and "needs a file (-f FILE)" in result.stderr
+
+
+def scheduled_task(tmp_path, name="nightly") -> str:
+    from tests.helpers import write
+
+    return write(tmp_path, f"{name}.dstack.yml", f"type: task\nname: {name}\ncommands: [echo]\n"
+                 "schedule: {cron: '0 2 * * *'}\n")
+
+
+def test_a_crontab_that_cannot_be_read_is_left_as_it_is(crontab, dstack_home, tmp_path, monkeypatch):
+    """Only crontab's own "no crontab for USER" means an empty table; any other failure refuses, with its text."""
+
+
+    conf = scheduled_task(tmp_path)
+    crontab.write_text("0 3 * * * backup.sh\n")
+    monkeypatch.setenv("CRONTAB_LIST_FAILS", "crontab: Permission denied")
+    refused = run_cli("apply", "-f", conf, "-y")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.splitlines()[-1] == \
+        "error: cannot read your crontab: `crontab -l` said: crontab: Permission denied; it was left as it is"
+    assert crontab.read_text() == "0 3 * * * backup.sh\n"
+    assert json.loads(run_cli("schedule", "list", "--json").stdout)["schedules"] == []  # not registered
+
+    monkeypatch.delenv("CRONTAB_LIST_FAILS")
+    assert run_cli("apply", "-f", conf, "-y").returncode == 0
+    with_tick = crontab.read_text()
+    monkeypatch.setenv("CRONTAB_LIST_FAILS", "crontab: Permission denied")
+    stopped = run_cli("stop", "nightly", "-y")
+    assert stopped.returncode == 1 and "crontab: Permission denied; it was left as it is" in stopped.stderr
+    assert crontab.read_text() == with_tick
+    monkeypatch.delenv("CRONTAB_LIST_FAILS")
+    assert [e["name"] for e in json.loads(run_cli("schedule", "list", "--json").stdout)["schedules"]] == ["nightly"]
+
+
+def test_homes_registering_at_once_all_get_their_tick_line(crontab, tmp_path, monkeypatch):
+    """Ten $DSTACK_HOMEs of one user apply a scheduled task at once (a slow `crontab -l` widens the window between
+    reading the table and writing it back): every tick line is there, and the user's own line too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+
+    conf = scheduled_task(tmp_path)
+    crontab.write_text("0 3 * * * backup.sh\n")
+    monkeypatch.setenv("CRONTAB_LIST_SLEEP", "0.3")
+    homes = [tmp_path / f"home-{i}" for i in range(10)]
+    with ThreadPoolExecutor(len(homes)) as pool:
+        results = list(pool.map(lambda home: run_cli("apply", "-f", conf, "-y", env={"DSTACK_HOME": str(home)}),
+                                homes))
+    assert [r.returncode for r in results] == [0] * 10, [r.stderr for r in results]
+    lines = crontab.read_text().splitlines()
+    assert lines[0] == "0 3 * * * backup.sh" and len(lines) == 11
+    assert sorted(line.rpartition(f"{schedules.CRON_MARK} ")[2] for line in lines[1:]) == sorted(map(str, homes))
+
+
+def test_a_schedule_without_its_tick_line_says_so_in_the_list(crontab, dstack_home, tmp_path):
+
+
+    assert run_cli("apply", "-f", scheduled_task(tmp_path), "-y").returncode == 0
+    listed = run_cli("schedule", "list")
+    assert listed.returncode == 0 and "no tick" not in listed.stdout + listed.stderr
+    assert [e["ticking"] for e in json.loads(run_cli("schedule", "list", "--json").stdout)["schedules"]] == [True]
+
+    crontab.write_text("0 3 * * * backup.sh\n")  # the user removed the line, or a lost update did
+    listed = run_cli("schedule", "list")
+    assert listed.returncode == 0
+    row = next(line for line in listed.stdout.splitlines() if line.split()[0] == "nightly")
+    assert "no tick line" in row
+    assert listed.stderr == (f"warning: your crontab has no `dstack schedule tick` line for {dstack_home}, so these "
+                             "schedules never start: `dstack apply` one of them again to put the line back, or keep "
+                             "`dstack schedule run` running\n")
+    assert [e["ticking"] for e in json.loads(run_cli("schedule", "list", "--json").stdout)["schedules"]] == [False]
+
+
+def test_a_damaged_schedule_book_says_how_to_remove_its_tick_line(crontab, dstack_home, tmp_path):
+    assert run_cli("apply", "-f", scheduled_task(tmp_path), "-y").returncode == 0
+    (dstack_home / "schedules.json").write_text("{not json")
+    listed = run_cli("schedule", "list")
+    assert listed.returncode == 1 and "Traceback" not in listed.stderr
+    assert "crontab -e" in listed.stderr and f"# dstack schedule tick for {dstack_home}" in listed.stderr
+    assert "schedule off" not in listed.stderr

@@ -1,4 +1,5 @@
-"""`dstack secret`: the store `${{ secrets.NAME }}` reads, 0600, values never from argv, never in our own output."""
+"""`dstack secret`: the store `${{ secrets.NAME }}` reads, 0600, values never from argv, never in our own output;
+changes made at once all kept, and a full disk said in one line."""
 
 import hashlib
 import json
@@ -54,3 +55,52 @@ def test_a_stored_secret_reaches_the_job_and_none_of_our_output(tmp_path, dstack
     leaked = [p for p in dstack_home.rglob("*") if p.is_file() and p.name not in ("secrets.yml", "job.sh")
               and VALUE.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def run_all_at_once(calls):
+    """Runs every (args, input) as its own `dstack` process, all at once; their results in the same order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: run_cli(*call[0], input=call[1]), calls))
+
+
+def test_twenty_sets_at_once_keep_every_value(dstack_home):
+    from configuration.secret_store import read_secrets
+
+    values = {f"S{i}": f"value-{i}-{'x' * i}" for i in range(20)}
+    results = run_all_at_once([(("secret", "set", name), value) for name, value in values.items()])
+    assert [r.returncode for r in results] == [0] * 20, [r.stderr for r in results]
+    assert all("stored in" in r.stderr for r in results)
+    assert read_secrets() == values
+
+
+def test_sets_and_deletes_at_once_keep_what_they_reported(dstack_home):
+    from configuration.secret_store import editing_secrets, read_secrets
+
+    with editing_secrets() as stored:
+        stored.update({f"OLD{i}": f"old-{i}" for i in range(10)}, KEPT="kept")
+    calls = [(("secret", "delete", f"OLD{i}"), None) for i in range(10)]
+    calls += [(("secret", "set", f"NEW{i}"), f"new-{i}") for i in range(10)]
+    results = run_all_at_once(calls)
+    assert [r.returncode for r in results] == [0] * 20, [r.stderr for r in results]
+    assert all("deleted" in r.stderr for r in results[:10]) and all("stored in" in r.stderr for r in results[10:])
+    assert read_secrets() == {f"NEW{i}": f"new-{i}" for i in range(10)} | {"KEPT": "kept"}
+
+
+def test_on_a_full_disk_set_and_delete_say_so_in_one_line_and_keep_the_store(tmp_path, monkeypatch):
+    from tests.full_disk import small_disk
+
+    with small_disk(tmp_path) as (mount, fill):
+        home = mount / "home"
+        monkeypatch.setenv("DSTACK_HOME", str(home))
+        assert run_cli("secret", "set", "BEFORE", input=VALUE).returncode == 0
+        fill()
+        for args, value in ((("secret", "set", "AFTER"), "x" * 5000), (("secret", "delete", "BEFORE"), None)):
+            refused = run_cli(*args, input=value)
+            assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+            assert refused.stderr == (f"error: cannot write {home / 'secrets.yml'}: the disk is full; free some space "
+                                      "on it and run the command again\n")
+        assert run_cli("secret", "get", "BEFORE").stdout == VALUE + "\n"
+        assert run_cli("secret", "list").stdout.split() == ["BEFORE"]
+        assert [p.name for p in home.iterdir() if p.name.endswith(".tmp")] == []

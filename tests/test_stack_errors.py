@@ -67,3 +67,46 @@ def test_summary_keeps_the_clouds_sentence_without_request_ids():
     assert "We currently do not have sufficient p4d.24xlarge capacity" in failure.message
     assert "RequestID" not in failure.message and "StatusCode" not in failure.message
     assert str(classify(GCP_GPU_QUOTA)).startswith("Error creating instance: googleapi: Error 403: Quota 'NVIDIA_T4_GPUS'")
+
+
+AWS_UNSUPPORTED_CONFIGURATION = (
+    "creating EC2 Instance: operation error EC2: RunInstances, https response error StatusCode: 400, RequestID: 9c1d, "
+    "api error Unsupported: The requested configuration is currently not supported. Please check the documentation "
+    "for supported configurations.")
+AWS_NO_DEFAULT_SUBNET = ("creating EC2 Instance: operation error EC2: RunInstances, https response error StatusCode: "
+                         "400, RequestID: 1a2b, api error InvalidInput: No default subnet for availability zone: "
+                         "'us-east-1-atl-2a'.")
+AWS_VPC_WITHOUT_SUBNET = ("error: Program failed with an unhandled exception:\n  File \"stacks/aws/program.py\"\n"
+                          "    ValueError: VPC ml-vpc has no subnet in us-east-1b that maps public IPs on launch: add "
+                          "one, or set `subnet` for the aws backend in $DSTACK_HOME/config.yml")
+
+
+@pytest.mark.parametrize("text", [AWS_UNSUPPORTED_CONFIGURATION, AWS_NO_DEFAULT_SUBNET, AWS_VPC_WITHOUT_SUBNET])
+def test_zone_misses_move_to_the_next_zone(text):
+    """What one zone cannot do (a configuration EC2 does not run there, a zone with no default subnet or none of the
+    VPC's) rules out that zone only: the run goes on in the next one."""
+    failure = classify(text)
+    assert failure.scope == "zone" and failure.retryable, (failure.kind, failure.scope)
+
+
+def test_moto_says_what_aws_says_of_a_zone_without_a_default_subnet_or_not_enabled(aws_on_moto):
+    """RunInstances in a zone whose default subnet is gone, and in a zone the account has not enabled (a Local Zone
+    without its opt-in), as moto's EC2 words them: both are zone misses."""
+    import boto3
+    import botocore.exceptions
+
+    ec2 = boto3.client("ec2", region_name="sa-east-1")  # the moto server is shared: a region no other test uses
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    for subnet in ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]},
+                                                {"Name": "availability-zone", "Values": ["sa-east-1b"]}])["Subnets"]:
+        ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    texts = []
+    for zone in ("sa-east-1b", "sa-east-1-gru-1a"):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.run_instances(ImageId=image, InstanceType="t3.large", MinCount=1, MaxCount=1,
+                              Placement={"AvailabilityZone": zone})
+        texts.append(f"creating EC2 Instance: operation error EC2: RunInstances, {e.value}")
+    no_subnet, not_enabled = (classify(text) for text in texts)
+    assert "No default subnet for availability zone: 'sa-east-1b'" in no_subnet.message
+    assert "Invalid Availability Zone (sa-east-1-gru-1a)" in not_enabled.message
+    assert {(f.scope, f.retryable) for f in (no_subnet, not_enabled)} == {("zone", True)}

@@ -493,7 +493,8 @@ def test_aws_default_vpc_or_the_named_one_and_its_subnet():
     named = aws(vpc_name="ml-vpc")
     assert named.call("aws:ec2/getVpc:getVpc") == {"tags": {"Name": "ml-vpc"}}
     filters = {f["name"]: f["values"] for f in named.call("aws:ec2/getSubnets:getSubnets")["filters"]}
-    assert filters == {"vpc-id": ["looked-up-id"], "availability-zone": ["us-east-1b"]}
+    assert filters == {"vpc-id": ["looked-up-id"], "availability-zone": ["us-east-1b"],
+                       "map-public-ip-on-launch": ["true"]}  # a subnet whose nodes get a public address
     assert named.of_type("aws:ec2/instance:Instance")[0].inputs["subnetId"] == "subnet-found"
     given = aws(vpc_name="ml-vpc", subnet="subnet-0abc").of_type("aws:ec2/instance:Instance")[0].inputs
     assert given["subnetId"] == "subnet-0abc"

@@ -290,6 +290,26 @@ def test_missing_and_misplaced_volumes_are_named(tmp_path, home_env):
     assert multi.returncode == 1 and "`volumes` with a network volume (`NAME:/path`) needs one instance" in multi.stderr
 
 
+@pytest.mark.parametrize("volumes, paths", [
+    ("[ext:/a, ext:/b]", "/a, /b"),
+    ("[{name: ext, path: /a}, {name: [other, ext], path: /b}]", "/a, /b"),  # any of a list may be taken
+    ("[{name: [ext, ext], path: /a}]", "/a"),
+])
+def test_one_volume_named_twice_is_refused_by_name_before_anything_is_made(tmp_path, home_env, volumes, paths):
+    """It would be attached twice (/dev/sdf and /dev/sdg); dstack refuses it too ("the same volume at different
+    mount points"). Refused while the file is read: in a dry run, and in a run before it is recorded."""
+    register(tmp_path, home_env)
+    register(tmp_path, home_env, name="other", zone="us-west-2b")
+    conf = task(tmp_path, volumes)
+    for args in (("--dry-run",), ("--dry-run", "--json"), ("-y", "-d")):
+        result = cli(home_env, "apply", "-f", conf, *args)
+        assert (result.returncode, result.stderr) == (1, f"error: {conf}:4: volumes: volume ext is named more than "
+                                                         f"once (at {paths}): a volume is attached at one mount point "
+                                                         "only\n"), args
+    assert json.loads(cli(home_env, "ps", "-a", "--json").stdout)["runs"] == []
+    assert cli(home_env, "apply", "-f", task(tmp_path, "[ext:/a, other:/b]"), "--dry-run").returncode == 0
+
+
 def test_an_idle_fleet_instance_is_not_offered_to_a_run_with_network_volumes(tmp_path, home_env, dstack_home):
     """A reused instance's stack is its fleet's: nothing would attach the run's volume to it (in the volume's zone
     or not: its offer's empty `zones` let any zone of the region pass)."""

@@ -119,8 +119,8 @@ def apply(
         from cli.plan_view import print_plan
         from provisioner.runs.plan import plan_json
 
-        print_plan(source, plan.name, plan.requirements, plan.search, plan_json(run, plan.offers[0]),
-                   console=stderr_console(), max_offers=max_offers)
+        print_plan(source, plan.name, plan.requirements, plan.search,
+                   plan_json(run, plan.offers[0], config=plan.config), console=stderr_console(), max_offers=max_offers)
     schedule = run.configuration.schedule
     if schedule is not None and not scheduled_start:
         if not yes and not typer.confirm("Schedule the run?", default=True, err=True):
@@ -156,9 +156,9 @@ def _print_dry_run(source: str, plan, max_offers: int, as_json: bool) -> None:
 
 
 def _run_name(name: str) -> str:
-    from configuration.fields import RUN_NAME
+    from configuration.fields import NAME_RULE, RUN_NAME
 
     if not RUN_NAME.match(name):
-        raise typer.BadParameter("2 to 41 lowercase letters, digits and hyphens, starting with a letter",
+        raise typer.BadParameter(NAME_RULE,
                                  param_hint="'-n/--name'")
     return name

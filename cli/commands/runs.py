@@ -100,7 +100,9 @@ def _jobs_json(session, record) -> list:
 
 
 def _run_json(session, record, now: float) -> dict:
-    return {**record.summary(now), "jobs": _jobs_json(session, record)}
+    from provisioner.runs.dev_environments import with_dev_environment
+
+    return with_dev_environment({**record.summary(now), "jobs": _jobs_json(session, record)}, record)
 
 
 def _warn_of_unknown_jobs(store, records) -> None:
@@ -280,7 +282,8 @@ def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
 
 
 def attach(name: NameArgument) -> None:
-    """Follow a running run's output and forward its ports again, until it ends (Ctrl-C detaches)."""
+    """Follow a running run's output and forward its ports again, until it ends (Ctrl-C detaches); a dev
+    environment's `ssh NAME` entry too."""
     from configuration.errors import ConfigurationError
     from provisioner.host.access import HostAccess
     from provisioner.host.transport import HostUnreachable
@@ -296,6 +299,7 @@ def attach(name: NameArgument) -> None:
     from configuration.fields import PortMapping
 
     ports = [PortMapping.model_validate(p) for p in (record.configuration or {}).get("ports", [])]
+    attachment = _reattach_dev_environment(session, record, access)
     forwarder = forward_ports(session, name, access, ports, lambda: follower.transport)
     try:
         follower.follow(write_stdout)
@@ -304,8 +308,21 @@ def attach(name: NameArgument) -> None:
     except HostUnreachable as e:
         raise HostUnreachable(f"{e}\n{kept_run_hint(name)}") from None
     finally:
+        if attachment is not None:
+            attachment.close()
         if forwarder is not None:
             forwarder.close()
+
+
+def _reattach_dev_environment(session, record, access):
+    """A dev environment's entry written again and its link shown; returns the session held while attached."""
+    from provisioner.runs import dev_environments
+
+    if not dev_environments.is_dev_environment(record.configuration or {}):
+        return None
+    dev_environments.reopen_entry(record.name, access, record.configuration, session.reporter.info)
+    return dev_environments.Attachment(access, record.name, record.configuration, session.reporter.info,
+                                       announce=False)
 
 
 def stop(

@@ -11,7 +11,7 @@ import typer
 
 from cli import run_options as opt
 from cli.helpers import utc
-from cli.output import print_json, stderr_console, stdout_console
+from cli.output import print_json, stderr_console, stdout_console, warn
 
 schedule_app = typer.Typer(help="Scheduled runs: list them, or start those that are due", no_args_is_help=True)
 
@@ -70,12 +70,14 @@ def run() -> None:
 
 @schedule_app.command("list")
 def list_schedules(as_json: opt.JsonOption = False) -> None:
-    """List the scheduled runs: their cron expressions, next start and how many times they started."""
-    from provisioner.runs.schedules import ScheduleBook
+    """List the scheduled runs: their cron expressions, next start and how many times they started; and whether the
+    crontab holds the line that starts them (`ticking` in the JSON)."""
+    from provisioner.runs.schedules import ScheduleBook, tick_missing
 
     entries = sorted(ScheduleBook().entries().values(), key=lambda e: e.name)
+    not_ticking = tick_missing() if entries else None
     if as_json:
-        print_json({"schedules": [e.__dict__ for e in entries]})
+        print_json({"schedules": [dict(e.__dict__, ticking=not_ticking is None) for e in entries]})
         return
     console = stdout_console()
     if not entries:
@@ -87,5 +89,9 @@ def list_schedules(as_json: opt.JsonOption = False) -> None:
     for column in ("NAME", "CRON (UTC)", "NEXT START", "STARTS", "FILE"):
         table.add_column(column)
     for entry in entries:
-        table.add_row(entry.name, ", ".join(entry.crons), utc(entry.next_at), str(entry.starts), entry.source)
+        next_at = utc(entry.next_at) + (" (no tick line: never starts)" if not_ticking else "")
+        table.add_row(entry.name, ", ".join(entry.crons), next_at, str(entry.starts), entry.source)
     console.print(table)
+    if not_ticking:
+        warn(f"{not_ticking}, so these schedules never start: `dstack apply` one of them again to put the line "
+             "back, or keep `dstack schedule run` running")

@@ -40,15 +40,15 @@ def set_secret(
 ) -> None:
     """Store a secret; its value is asked for without echo, or read from stdin (never from the command line)."""
     from configuration.errors import ConfigurationError
-    from configuration.secret_store import check_name, read_secrets, secrets_path, write_secrets
+    from configuration.secret_store import check_name, editing_secrets, secrets_path
 
     if value is not None:
         raise ConfigurationError("a secret's value is never taken from the command line (process lists and shell "
                                  f"history show it); run `dstack secret set {name}` and type it, or pipe it in")
     check_name(name)
-    secrets = read_secrets()
-    secrets[name] = _read_value(name)
-    write_secrets(secrets)
+    given = _read_value(name)  # before the store's lock: a person may take a while to type it
+    with editing_secrets() as secrets:
+        secrets[name] = given
     sys.stderr.write(f"Secret {name} stored in {secrets_path()}\n")
 
 
@@ -82,10 +82,9 @@ def list_secrets(as_json: Annotated[bool, typer.Option("--json", help="Print the
 def delete_secret(name: NameArgument) -> None:
     """Remove a secret."""
     from configuration.errors import ConfigurationError
-    from configuration.secret_store import read_secrets, write_secrets
+    from configuration.secret_store import editing_secrets
 
-    secrets = read_secrets()
-    if secrets.pop(name, None) is None:
-        raise ConfigurationError(f"no secret named {name} (see `dstack secret list`)")
-    write_secrets(secrets)
+    with editing_secrets() as secrets:
+        if secrets.pop(name, None) is None:
+            raise ConfigurationError(f"no secret named {name} (see `dstack secret list`)")
     sys.stderr.write(f"Secret {name} deleted\n")

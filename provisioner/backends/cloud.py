@@ -5,19 +5,35 @@ stack per run (`create_stack`/`destroy_stack`, which fleets use for stacks of th
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 from configuration.backends import DstackConfig
 from configuration.home import dstack_home
+from offers.catalog import InstanceType
 from offers.offer import Offer
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import generate_key
+from provisioner.host.transport import TransportError
+from provisioner.jobs.nodes import on_every_node
 from provisioner.planning.stack_plan import generate_host_keys, stack_spec
 from provisioner.store.store import StateStore
 from stacks import clouds
-from stacks.progress import EngineEventTracker
+from stacks.errors import UNREACHABLE, StackFailure
+from stacks.progress import EngineEventTracker, StepProgress
+
+# How long a new VM may take from its launch (the engine's first instance create) to its first SSH answer. Ubuntu on
+# a CPU VM answers within a minute or two; an accelerator VM boots a larger image and loads its drivers first
+# (dstack allows any VM 10 minutes from its request to a ready host); an 8-accelerator or bare-metal VM (p4d, p5,
+# p6, GCP A3 and A4, `*.metal`) also brings up NVSwitch and many NICs before sshd starts (dstack allows GCP's
+# a4-highgpu-8g 16 minutes). A VM that has not answered by then is given up: its stack is destroyed and the run moves
+# to its next offer (a StackFailure of scope `offer`).
+BOOT_BUDGET_CPU_S = 300
+BOOT_BUDGET_ACCELERATOR_S = 600
+BOOT_BUDGET_LARGE_S = 960
+MIN_BOOT_WAIT_S = 60  # what a VM gets at least after `up`, however long `up` took
 
 
 def run_key_path(run_name: str) -> Path:
@@ -52,8 +68,28 @@ class CloudBackend:
         record_stack({"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
                       "backend_url": settings.backend_url, "tagged": name})
         stack = open_stack(spec.stack_name, clouds.program_for(spec), settings)
-        outputs = stack_up(stack, on_event=EngineEventTracker(report))
-        return stack_hosts(outputs, spec.host_keys, key_path)
+        tracker = EngineEventTracker(report)
+        began = time.monotonic()
+        outputs = stack_up(stack, on_event=tracker)
+        if outputs.get("subnet_id"):
+            report(StepProgress("use", "aws:ec2/subnet:Subnet", f"{outputs['subnet_id']} ("
+                                f"{'VPC ' + spec.vpc_name if spec.vpc_name else 'the default VPC'}, {spec.zone})",
+                                "done"))
+        hosts = stack_hosts(outputs, spec.host_keys, key_path)
+        budget = boot_budget_s(offer.instance)
+        try:
+            await_boot(hosts, (tracker.launched_at or began) + budget)
+        except TransportError as e:
+            from stacks.automation import stack_destroy
+
+            failure = StackFailure(UNREACHABLE, "offer", f"{str(e).splitlines()[0]}; a {offer.instance.name} VM "
+                                                         f"gets {budget}s from its launch (its boot budget)")
+            try:
+                stack_destroy(stack, on_event=tracker)
+            except StackFailure as cleanup:
+                failure.message += f" (and the cleanup failed: {cleanup.message}; run `dstack stop` again)"
+            raise failure from None
+        return hosts
 
     def teardown(self, record, report) -> None:
         if record.stack:
@@ -75,6 +111,23 @@ class CloudBackend:
         gcp = self.config.backend("gcp")
         clouds.sweep_run(self.name, stack["region"], gcp.project_id if gcp is not None else None, stack.get("owner"),
                          stack.get("tagged", name))
+
+
+def boot_budget_s(instance: InstanceType) -> int:
+    """The seconds a new VM of `instance` may take from its launch to its first SSH answer (see BOOT_BUDGET_*)."""
+    if instance.gpu_count >= 8 or ".metal" in instance.name:
+        return BOOT_BUDGET_LARGE_S
+    return BOOT_BUDGET_ACCELERATOR_S if instance.gpu_count else BOOT_BUDGET_CPU_S
+
+
+def await_boot(hosts: Sequence[HostAccess], deadline: float) -> None:
+    """Waits until every node answers SSH (with the run's host key and login key), each until `deadline` (on the
+    monotonic clock) or MIN_BOOT_WAIT_S from now, whichever is later. A node that never answered raises
+    TransportError; one that answers with another key or refuses the login raises what the connection says."""
+    def first_answer(host: HostAccess) -> None:
+        host.connect(total_wait=max(deadline - time.monotonic(), MIN_BOOT_WAIT_S), booting=True).close()
+
+    on_every_node(first_answer, list(hosts))
 
 
 def stack_hosts(outputs: dict, host_keys, key_path: Path) -> List[HostAccess]:

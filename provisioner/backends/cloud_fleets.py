@@ -22,6 +22,7 @@ from offers.offer import Offer
 from offers.requirements import Requirements, spot_from_policy
 from offers.solver import find_offers
 from provisioner.backends.cloud import CloudBackend, fleet_key_path
+from provisioner.backends.offer_failover import MAX_OFFERS_TRIED, OffersExhausted, first_provisioned
 from provisioner.planning.field_support import restrict_zones
 from provisioner.planning.reuse import offer_record, watchdog_minutes
 from provisioner.planning.stack_plan import dry_run_resources
@@ -30,9 +31,6 @@ from provisioner.store.statuses import InstanceStatus
 from provisioner.store.store import StateStore
 from stacks.errors import StackFailure
 from stacks.power_off import POWER_OFF_PATH
-
-MAX_OFFERS_TRIED = 3
-
 
 @dataclass(frozen=True)
 class FleetShape:
@@ -51,10 +49,34 @@ def fleet_shape(configuration) -> FleetShape:
     return FleetShape(nodes=configuration.nodes.target, placement=configuration.placement, tags=configuration.tags)
 
 
+# dstack 0.22.5's default idle_duration of a fleet (DEFAULT_FLEET_TERMINATION_IDLE_TIME): an idle fleet is not billed
+# forever unless asked for (`idle_duration: off`).
+DEFAULT_IDLE_S = 3 * 24 * 3600
+
+
 def kept_seconds(configuration) -> Optional[int]:
-    """A cloud fleet's idle_duration as its instances keep it: None (absent or `off`) keeps them until deleted."""
+    """A cloud fleet's idle_duration as its instances keep it: absent (or `true`), dstack's 3 days (DEFAULT_IDLE_S);
+    `off` (`false`, a negative number) None, kept until deleted."""
     seconds = configuration.idle_duration
-    return None if seconds is None or seconds < 0 else seconds
+    if seconds is None:
+        return DEFAULT_IDLE_S
+    return None if seconds < 0 else seconds
+
+
+def idle_policy(configuration) -> str:
+    """What happens to the fleet when idle, in the plan's words."""
+    seconds = kept_seconds(configuration)
+    if seconds is None:
+        return "kept until `dstack fleet delete` (idle_duration: off)"
+    default = " (the default)" if configuration.idle_duration is None else ""
+    return f"destroyed once every instance has been idle {_duration(seconds)}{default}"
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def check_cloud_fleet(configuration, source: str) -> None:
@@ -91,16 +113,18 @@ def fleet_offers(configuration, requirements: Requirements, source: str) -> List
 
 
 def fleet_plan(configuration, offers: List[Offer], config: DstackConfig, max_offers: int) -> dict:
-    """`dstack apply --dry-run` of a cloud fleet: the offer it would take, the others, and its stack's resources
-    (rendered offline; without the cloud's extra, the reason instead)."""
+    """`dstack apply --dry-run` of a cloud fleet: the offer it would take, the others, what it costs an hour
+    (`price`, all its instances) and how long it is kept idle (`idle_duration`, `idle_policy`), and its stack's
+    resources (rendered offline; without the cloud's extra, the reason instead)."""
     from stacks.extras import MissingExtra
 
     shape = fleet_shape(configuration)
     document = {"fleet": configuration.name, "configuration": configuration.model_dump(mode="json"),
                 "nodes": shape.nodes, "placement": shape.placement or "any",
-                "idle_duration": kept_seconds(configuration), "offer": offers[0].to_json(),
-                "offers": [o.to_json() for o in offers[:max_offers]],
-                "price": round(offers[0].total_price * shape.nodes, 6)}
+                "idle_duration": kept_seconds(configuration), "idle_policy": idle_policy(configuration),
+                "offer": offers[0].to_json(), "offers": [o.to_json() for o in offers[:max_offers]],
+                "price": round(offers[0].total_price * shape.nodes, 6),
+                "price_per_instance": round(offers[0].total_price, 6)}
     try:
         document["resources"] = dry_run_resources(configuration.name, shape, offers[0], config)
     except MissingExtra as e:
@@ -110,8 +134,8 @@ def fleet_plan(configuration, offers: List[Offer], config: DstackConfig, max_off
 
 def create_cloud_fleet(configuration, source: str, offers: List[Offer], config: DstackConfig, store: StateStore,
                        report: Callable, log: Callable[[str], None]) -> List[InstanceRecord]:
-    """Provisions the fleet on the first offer that has capacity (as a run fails over) and records its instances
-    idle. Any other failure destroys what was made and forgets the fleet."""
+    """Provisions the fleet on the first offer that has capacity (failing over as a run does: _provision) and records
+    its instances idle. Any other failure destroys what was made and forgets the fleet."""
     name = configuration.name
     run = store.get_run(name)
     if run is not None and run.active:  # a stack is named after its run or fleet: one would take the other's
@@ -144,24 +168,36 @@ def create_cloud_fleet(configuration, source: str, offers: List[Offer], config: 
 
 def _provision(name: str, offers: List[Offer], shape: FleetShape, config: DstackConfig, store: StateStore,
                report: Callable, log: Callable[[str], None]):
+    """The fleet's stack on the first offer that provisions, as a run fails over (provisioner.backends.offer_failover):
+    each offer in every zone of its region, a failure ruling out its zone, offer, region or cloud for the next tries;
+    a failure that is not retryable stops at once."""
     failures = []
-    for offer in offers[:MAX_OFFERS_TRIED]:
+
+    def attempt(offer: Offer):
+        zone = offer.zones[0] if offer.zones else ""
         log(f"Provisioning {shape.nodes} x {offer.backend} {offer.region} {offer.instance.name}"
-            f"{' (spot)' if offer.spot else ''} at ${offer.total_price:.4f}/hour each")
-        try:
-            hosts = CloudBackend(offer.backend, config, store).create_stack(
-                name, offer, shape, report, fleet_key_path(name), lambda stack: store.set_fleet_stack(name, stack))
-            if len(hosts) != shape.nodes:
-                raise DstackError(f"fleet {name}: its stack brought up {len(hosts)} of the {shape.nodes} instances "
-                                  "asked for")
-            return offer, hosts
-        except StackFailure as failure:
-            if not failure.retryable:
-                raise
-            failures.append(f"  {offer.backend} {offer.region} {offer.instance.name}: {failure.kind}: "
-                            f"{failure.message}")
-            log(f"{offer.instance.name}: {failure.kind} ({failure.message}); trying the next offer")
-    raise DstackError(f"fleet {name}: no offer could be provisioned:\n" + "\n".join(failures))
+            f"{' (spot)' if offer.spot else ''}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour each")
+        hosts = CloudBackend(offer.backend, config, store).create_stack(
+            name, offer, shape, report, fleet_key_path(name), lambda stack: store.set_fleet_stack(name, stack))
+        if len(hosts) != shape.nodes:
+            raise DstackError(f"fleet {name}: its stack brought up {len(hosts)} of the {shape.nodes} instances "
+                              "asked for")
+        return hosts
+
+    def failed(offer: Offer, failure: StackFailure) -> None:
+        if not failure.retryable:
+            return  # raised as it is
+        zone = offer.zones[0] if offer.zones else ""
+        failures.append(f"  {offer.backend} {offer.region} {offer.instance.name}{f' in {zone}' if zone else ''}: "
+                        f"{failure.kind}: {failure.message}")
+        log(f"{offer.instance.name}{f' in {zone}' if zone else ''}: {failure.kind} ({failure.message}); trying the "
+            f"next {'zone' if failure.scope == 'zone' else 'offer'}")
+
+    try:
+        return first_provisioned(offers, attempt, failed, MAX_OFFERS_TRIED)
+    except OffersExhausted as e:
+        raise DstackError(f"fleet {name}: no offer could be provisioned; tried {e.tried}:\n"
+                          + ("\n".join(failures) or "  (none could be tried)")) from None
 
 
 def prepare_instance(host, idle_seconds: Optional[int]) -> None:

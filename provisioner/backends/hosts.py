@@ -36,16 +36,21 @@ class FleetBackend:
 
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
         """The offer's host, and for `nodes: N` N-1 more idle hosts of its fleet among `hosts` (the session holds
-        those that fit the run), claimed all or none."""
+        those that fit the run), claimed all or none. The offer's host busy rules out that host only (failover tries
+        the fleet's next host); a fleet with too few idle hosts for the cluster rules out the fleet."""
         nodes = node_count(configuration)
         first = self.hosts[(offer.region, offer.instance.name)]
         others = [access for (fleet, _), access in self.hosts.items() if fleet == offer.region and access != first]
         candidates = [first] + (others if nodes > 1 else [])
-        claimed, holders = self.store.claim_hosts(run_name, [host.to_json() for host in candidates], nodes)
+        claimed, held = self.store.claim_hosts(run_name, [host.to_json() for host in candidates], nodes)
         if claimed is None:
-            busy = f"busy with run{'s' if len(holders) > 1 else ''} {', '.join(holders)}"
-            raise StackFailure(CAPACITY, "zone", f"{first.description} is {busy}" if nodes == 1 else
-                               f"fleet {offer.region} has fewer than {nodes} idle hosts that fit (others are {busy})")
+            holder = next((run for host, run in held if host == first.to_json()), None)
+            if holder is not None:
+                raise StackFailure(CAPACITY, "host", f"{first.description} is busy with run {holder}")
+            runs = sorted({run for _, run in held})
+            raise StackFailure(CAPACITY, "region", f"fleet {offer.region} has fewer than {nodes} idle hosts that fit "
+                                                   f"(others are busy with run{'s' if len(runs) > 1 else ''} "
+                                                   f"{', '.join(runs)})")
         return [HostAccess.from_json(host) for host in claimed]
 
     def teardown(self, record, report) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from provisioner.host.transport import Transport, TransportError
+from provisioner.jobs import dev_env
 from provisioner.jobs.cluster_ssh import job_files
 from provisioner.jobs.launch import MONITOR_SCRIPT, start_command, stop_command
 from provisioner.jobs.layout import BEGUN_FILE, JOBS_ROOT, job_folder
@@ -16,7 +17,8 @@ from provisioner.jobs.uploads import archive_stream, git_credentials
 
 
 def job_folder_files(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:
-    """job.sh, the env file, the utilization monitor where the task has a policy and, for a `url` repo that the user's git setup has credentials for, the askpass script
+    """job.sh, the env file, the utilization monitor where the task has a policy, a dev environment's session files
+    (provisioner.jobs.dev_env) and, for a `url` repo that the user's git setup has credentials for, the askpass script
     that hands them to `git clone` on the host (through the env file, which the job deletes once read)."""
     env = env_file(job)
     extras = {"job.sh": (job_script(job).encode(), 0o700)}
@@ -24,6 +26,8 @@ def job_folder_files(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:
         extras["monitor.sh"] = (MONITOR_SCRIPT.encode(), 0o700)
     if job.cluster_ssh is not None:
         extras.update(job_files(job.cluster_ssh))
+    if job.dev is not None:
+        extras.update(dev_env.folder_files(job.run_name, job.job_id, job.working_dir, job.image, job.env))
     credentials = git_credentials(job.uploads.clone.url) if job.uploads.clone is not None else None
     if credentials is not None:
         env += "".join(f"{name}={shlex.quote(value)}\n" for name, value in

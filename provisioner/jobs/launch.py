@@ -7,7 +7,8 @@ from __future__ import annotations
 import shlex
 from typing import Optional
 
-from provisioner.jobs.layout import PROFILE_ENV, UNDERUTILIZED, job_folder
+from provisioner.jobs import dev_env
+from provisioner.jobs.layout import INACTIVE, PROFILE_ENV, UNDERUTILIZED, job_folder
 from provisioner.jobs.script import JOB_ID_VAR, JobSpec
 from stacks.power_off import POWER_OFF_PATH
 
@@ -110,6 +111,15 @@ def start_command(job: JobSpec) -> str:
         monitor_start = f"./monitor.sh $J {low} {window} {interval} & M=$!; "
         monitor_start = f"rm -f stop_reason util.*; {monitor_start}"
         monitor_stop = f'kill $M 2>/dev/null; [ -f stop_reason ] && code={UNDERUTILIZED}; '
+    authorize = ""
+    if job.dev is not None:  # its key's line goes with the job: added before it starts, removed once it has ended
+        authorize = f" && {{ {dev_env.authorize_command(job.dev.public_key)}; }}"
+        if job.dev.inactivity_s is not None:
+            interval = dev_env.sample_interval(job.dev.inactivity_s)
+            monitor_start += (f"rm -f {dev_env.INACTIVE_FILE}; ./sessions.sh $J {job.dev.inactivity_s} {interval} & "
+                              "S=$!; ")
+            monitor_stop += f"kill $S 2>/dev/null; [ -f {dev_env.INACTIVE_FILE} ] && code={INACTIVE}; "
+        monitor_stop += f"{dev_env.revoke_command(job.dev.public_key)}; rm -f session.env; "
     wrapper = (f"setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; echo $J > pid; "
                f"{monitor_start}wait $J; code=$?; {monitor_stop}"
                f"kill -KILL -$J 2>/dev/null; {sweep_command(job.job_id)}; "
@@ -123,7 +133,8 @@ def start_command(job: JobSpec) -> str:
                    f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes} || "
                    f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
-    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && rm -f exit_code pid begun {PROFILE_ENV}; }} || exit 1; "
+    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && "
+            f"rm -f exit_code pid begun {PROFILE_ENV}{authorize}; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
 

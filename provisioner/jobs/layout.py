@@ -23,4 +23,7 @@ TIMED_OUT = 124  # the exit code of a job stopped at max_duration (as timeout(1)
 UNDERUTILIZED = 122  # the exit code of a job stopped by its utilization_policy
 
 
+INACTIVE = 121  # the exit code of a dev environment stopped by its inactivity_duration (provisioner.jobs.dev_env)
+
+
 PROFILE_ENV = "profile.env"  # the login profile's environment, which job.sh sources first (provisioner.jobs.launch)

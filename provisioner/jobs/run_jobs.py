@@ -17,7 +17,7 @@ from provisioner.host.access import HostAccess
 from provisioner.host.transport import Transport
 from provisioner.jobs.cluster_ssh import authorize_command
 from provisioner.jobs.control import job_begun, job_state, read_log, start_job, stop_job
-from provisioner.jobs.layout import TIMED_OUT, UNDERUTILIZED
+from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED
 from provisioner.jobs.nodes import on_every_node, startup_waves
 from provisioner.jobs.script import JobSpec
 from provisioner.store.records import JobRecord, RunRecord
@@ -41,6 +41,8 @@ def exit_status(code: Optional[int]) -> Tuple[RunStatus, Optional[str]]:
         return RunStatus.TERMINATED, "max_duration reached"
     if code == UNDERUTILIZED:
         return RunStatus.TERMINATED, "GPU utilization below utilization_policy"
+    if code == INACTIVE:
+        return RunStatus.TERMINATED, "no SSH connection for inactivity_duration"
     if code is None:
         return RunStatus.FAILED, "the job is gone from its host"
     return RunStatus.FAILED, f"exit code {code}"

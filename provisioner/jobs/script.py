@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 from configuration.fields import SUPPORTED_PYTHON
 from provisioner.jobs.cluster_ssh import SSH_SETUP, ClusterSSH
+from provisioner.jobs.dev_env import DevSession
 from provisioner.jobs.layout import BEGUN_FILE, PROFILE_ENV
 from provisioner.jobs.mounts import Mounts, docker_volume_args, mount_steps
 from provisioner.jobs.uploads import LEGACY_REPO_DIR, UploadPlan, upload_name
@@ -66,6 +67,7 @@ class JobSpec:
     gpus: int = 0  # DSTACK_GPUS_NUM, and the slots of the MPI host file
     utilization: Optional[Tuple[int, int]] = None  # (min GPU %, window s): stopped when a GPU stays below it
     cluster_ssh: Optional[ClusterSSH] = None  # a multi-node job's SSH to the other nodes (provisioner.jobs.cluster_ssh)
+    dev: Optional[DevSession] = None  # a dev environment's sessions and inactivity (provisioner.jobs.dev_env)
     job_id: str = field(default_factory=lambda: secrets.token_hex(12))
     uploads: UploadPlan = field(default_factory=UploadPlan)  # the repo and `files`
     mounts: Mounts = Mounts()  # `volumes`: network volumes and instance folders (provisioner.jobs.mounts)

@@ -127,6 +127,19 @@ def restrict_zones(offers: Sequence[Offer], zones: Optional[List[str]]) -> List[
     return kept
 
 
+def reached_over_ssh(configuration, offers: Sequence[Offer], source: str) -> List[Offer]:
+    """A dev environment is reached with `ssh NAME` and the IDE's link: this machine's offer (`local`, where jobs
+    run without SSH) is dropped; when it was the only one, the run is refused naming why."""
+    if getattr(configuration, "type", "task") != "dev-environment":
+        return list(offers)
+    kept = [offer for offer in offers if offer.backend != "local"]
+    if offers and not kept:
+        raise ConfigurationError(f"{source}: a dev-environment is not supported on the local backend: it is reached "
+                                 "with `ssh NAME` and the IDE's link, and jobs on this machine run without SSH; use "
+                                 "an SSH fleet (this machine can be one of its hosts) or a cloud backend")
+    return kept
+
+
 def check_fields(configuration, offers: Sequence[Offer], source: str) -> List[Offer]:
     """The offers a run may take. Raises, naming each field, when a field no backend acts upon is set or when the
     cheapest offer's backend would not act upon one; the offers after it whose backends would not are dropped
@@ -134,7 +147,8 @@ def check_fields(configuration, offers: Sequence[Offer], source: str) -> List[Of
     N nodes (provisioner.jobs.nodes.node_offers), or says why none can."""
 
     messages = refusals(configuration, None)
-    offers = restrict_zones(offers, getattr(configuration, "availability_zones", None))
+    offers = reached_over_ssh(configuration, restrict_zones(offers, getattr(configuration, "availability_zones",
+                                                                             None)), source)
     if not messages:
         offers = node_offers(offers, node_count(configuration), source)
     if not messages and offers:

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from configuration.backends import CLOUD_BACKENDS, DstackConfig
 from offers.catalog import Catalog, load_catalogs
+from offers.offer import Offer
 from offers.requirements import Requirements
 from offers.solver import OfferSearch, find_offers
 from provisioner.host.access import HostAccess
@@ -36,8 +37,11 @@ class RunOffers:
 
 
 def search_run_offers(requirements: Requirements, config: DstackConfig, store: StateStore, limit: Optional[int],
-                      all_clouds: bool = False) -> RunOffers:
-    """The offers a run (or `dstack offers`, with all_clouds) can use, and how to reach each host offer."""
+                      all_clouds: bool = False, every_host: bool = False) -> RunOffers:
+    """The offers a run (or `dstack offers`, with all_clouds) can use, and how to reach each host offer. With
+    every_host (a run's plan), every SSH fleet host that fits is among them beyond the cheapest `limit`: a run tries
+    each, as they cost nothing to try. The hosts that an active run holds come after the other offers at their
+    price, so a run tries the idle ones first."""
 
     fleets = fleet_offers(store)
     if requirements.backends:
@@ -51,5 +55,14 @@ def search_run_offers(requirements: Requirements, config: DstackConfig, store: S
     if "local" in backends:
         hosts.append(local_offer())
     catalogs = load_catalogs([b for b in backends if b in CLOUD_BACKENDS])
-    search = find_offers(requirements, catalogs, [offer for offer, _ in hosts], limit=limit)
-    return RunOffers(search, {(offer.region, offer.instance.name): access for offer, access in hosts}, catalogs)
+    search = find_offers(requirements, catalogs, [offer for offer, _ in hosts],
+                         limit=limit + len(hosts) if limit is not None and every_host else limit)
+    by_key = {(offer.region, offer.instance.name): access for offer, access in hosts}
+    busy = store.busy_hosts() if fleets else {}
+
+    def held(offer: Offer) -> bool:
+        access = by_key.get((offer.region, offer.instance.name)) if offer.backend == "ssh" else None
+        return access is not None and (access.hostname, access.port) in busy
+
+    search.offers.sort(key=lambda offer: (offer.price, held(offer)))  # stable: the solver's order otherwise
+    return RunOffers(search, by_key, catalogs)

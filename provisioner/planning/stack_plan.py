@@ -14,6 +14,8 @@ from stacks import clouds
 from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec, generate_host_key
 
 OPEN_DRIVER_MIN_CAPABILITY = (7, 5)
+RENDERED_NODES = 3  # the nodes a dry run renders through the program: rank 0 (which may differ: volumes attach to it)
+# and two more, the last of which the others repeat (repeat_last_node)
 
 
 def forms_cluster(configuration) -> bool:
@@ -31,6 +33,24 @@ def placement_notes(configuration, offer: Optional[Offer]) -> List[str]:
         return []
     note = clouds.placement_note(offer.backend, offer.instance.name)
     return [note] if note else []
+
+
+def stack_notes(configuration, offer: Optional[Offer], config: Optional[DstackConfig]) -> List[str]:
+    """What the plan says about the stack of `offer`: a cluster's placement and network (stacks.clouds), and, in a
+    named AWS VPC without a `subnet`, which subnet the nodes get."""
+    if offer is None or offer.backend not in CLOUD_BACKENDS:
+        return []
+    notes = placement_notes(configuration, offer)
+    if forms_cluster(configuration):
+        network = clouds.network_note(offer.backend, offer.instance.name)
+        notes += [network] if network else []
+    backend_config = config.backend(offer.backend) if config is not None else None
+    vpc_name = getattr(backend_config, "vpc_name", None)
+    if offer.backend == "aws" and vpc_name and not getattr(backend_config, "subnet", None):
+        zone = offer.zones[0] if offer.zones else "the offer's zone"
+        notes.append(f"subnet: VPC {vpc_name}'s subnet in {zone} that maps public IPs on launch (the first by id), "
+                     "looked up at apply and named in the log; set `subnet` for the aws backend to choose it")
+    return notes
 
 
 def generate_host_keys(configuration) -> Tuple[HostKey, ...]:
@@ -90,11 +110,40 @@ def placeholder_key(run_name: str) -> str:
 
 
 def dry_run_resources(run_name: str, configuration, offer: Optional[Offer], config: DstackConfig) -> List[dict]:
+    """The resources the stack of `configuration` on `offer` would create, rendered offline: its first
+    RENDERED_NODES nodes through the program, the others repeated from the last of them (repeat_last_node)."""
     if offer is None or offer.backend not in CLOUD_BACKENDS:
         return []
     from stacks.extras import require_extra
 
     require_extra(offer.backend, f"rendering the {offer.backend} stack of the plan")
-    spec = stack_spec(run_name, configuration, offer, placeholder_key(run_name), generate_host_keys(configuration),
-                      config)
-    return render_plan_resources(spec)
+    nodes = node_count(configuration)
+    host_keys = tuple(generate_host_key() for _ in range(min(nodes, RENDERED_NODES)))
+    spec = stack_spec(run_name, configuration, offer, placeholder_key(run_name), host_keys, config)
+    return repeat_last_node(spec, render_plan_resources(spec), nodes)
+
+
+def repeat_last_node(spec: StackSpec, resources: List[dict], nodes: int) -> List[dict]:
+    """The resources of a stack of `nodes` nodes from those rendered for `spec`, its first nodes: the last rendered
+    node's own resources (those named after it) once more for each further rank, its name replaced by theirs.
+
+    Nodes past the first differ only by name (and host key, inside user data that the plan masks):
+    tests/test_plan_scale.py holds this equal to a full rendering on each cloud. It keeps a dry run linear and lean
+    in the node count: each resource Pulumi's mocks render costs milliseconds and a few hundred KB, and a full
+    rendering grows worse than linearly with its heap."""
+    if nodes <= spec.nodes:
+        return resources
+    last = spec.node_name(spec.nodes - 1)
+    own = [r for r in resources if r["name"] == last or r["name"].startswith(last + "-")]
+    more = [_renamed(r, last, spec.node_name(rank)) for rank in range(spec.nodes, nodes) for r in own]
+    return sorted(resources + more, key=lambda r: (r["type"], r["name"]))
+
+
+def _renamed(value, old: str, new: str):
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {k: _renamed(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v, old, new) for v in value]
+    return value

@@ -1,22 +1,20 @@
-"""Provisioning with failover: offers in price order, each in every zone of its region, a capacity or quota failure
-ruling out its zone, region or cloud for the tries after it; `retry` on no-capacity tries the round again later."""
+"""Provisioning a run with failover: offers in price order, each in every zone of its region, a capacity or quota
+failure ruling out its zone, region or cloud for the tries after it (provisioner.backends.offer_failover, which cloud
+fleets share); `retry` on no-capacity tries the round again later."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import List, Optional, Sequence, Tuple
 
 from configuration.errors import ConfigurationError
 from offers.offer import Offer
+from provisioner.backends.offer_failover import MAX_OFFERS_TRIED, OffersExhausted, first_provisioned
 from provisioner.host.access import HostAccess
 from provisioner.jobs.nodes import node_count
 from provisioner.runs.session import RunSession
 from provisioner.store.statuses import STARTING, RunStatus
 from stacks.errors import StackFailure
-
-MAX_OFFERS_TRIED = 5
-
 
 RETRY_INTERVAL_S = 60
 
@@ -36,83 +34,58 @@ class StopRequested(Exception):
     """`dstack stop` claimed the run while its owner was starting it: the owner stops what it started."""
 
 
-def _scope_key(offer: Offer, scope: str) -> tuple:
-    """What a failure of `scope` rules out for the next tries: the cloud, a region, a zone, or an instance type."""
-    zone = offer.zones[0] if offer.zones else ""
-    return {"cloud": (offer.backend,), "region": (offer.backend, offer.region),
-            "zone": (offer.backend, offer.region, zone), "type": (offer.backend, "type", offer.instance.name)}[scope]
-
-
-def _ruled_out(offer: Offer, blocked: set) -> Optional[str]:
-    for why in ("cloud", "region", "zone", "type"):
-        key = _scope_key(offer, why)
-        if key in blocked:
-            return why
-    return None
-
-
-def zone_offers(offer: Offer) -> List[Offer]:
-    """The offer once per zone of its region, in the catalogue's order: a capacity error in one zone moves to the
-    next zone of the same region before the next offer."""
-    if len(offer.zones) <= 1:
-        return [offer]
-    return [dataclasses.replace(offer, zones=(zone,)) for zone in offer.zones]
+def _label(offer: Offer) -> str:
+    return f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
 
 
 def provision_with_failover(session: RunSession, run_name: str, offers: Sequence[Offer], configuration
                             ) -> Tuple[Offer, List[HostAccess]]:
-    """Tries offers in price order, each in every zone of its region: a capacity error rules out its zone, a quota
-    error its region (or the cloud for a global GPU quota); configuration and credential errors stop at once. At
-    most MAX_OFFERS_TRIED offers (their zones count as one). Returns the offer and its hosts, one per node: a
-    backend provisions all of them or none (it removes what it made when one fails)."""
+    """Tries offers in price order, each in every zone of its region (provisioner.backends.offer_failover): a
+    capacity error rules out its zone, a quota error its region (or the cloud for a global GPU quota), a VM that
+    never answered its offer, a busy SSH fleet host that host; configuration and credential errors stop at once. At
+    most MAX_OFFERS_TRIED offers that create something (their zones count as one), and every host that exists.
+    Returns the offer and its hosts, one per node: a backend provisions all of them or none (it removes what it made
+    when one fails)."""
     store, say = session.store, session.reporter.info
     attempts: List[dict] = []
-    blocked: set = set()
-    tried = 0
     nodes = node_count(configuration)
-    for whole_offer in offers:
-        if tried >= MAX_OFFERS_TRIED:
-            break
-        counted = False
-        for offer in zone_offers(whole_offer):
-            if _ruled_out(offer, blocked):
-                continue
-            if not counted:
-                tried, counted = tried + 1, True
-            zone = offer.zones[0] if offer.zones else ""
-            label = f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
-            if not store.claim_run(run_name, STARTING, RunStatus.PROVISIONING, backend=offer.backend,
-                                   region=offer.region,
-                                   instance=offer.instance.name, price=offer.total_price * nodes,
-                                   offer=offer.to_json()):
-                raise StopRequested
-            each = f"{nodes} x " if nodes > 1 else ""
-            say(f"Provisioning {each}{label}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour"
-                + (f" each (${offer.total_price * nodes:.4f}/hour)" if nodes > 1 else ""))
-            store.add_event(run_name, "offer", f"trying {label}{f' in {zone}' if zone else ''} "
-                                               f"at ${offer.total_price:.4f}/hour")
-            try:
-                hosts = session.backend(offer.backend).provision(run_name, offer, configuration,
-                                                                 session.reporter.step)
-            except StackFailure as failure:
-                attempts.append({"offer": label, "zone": zone, "kind": failure.kind, "error": failure.message})
-                store.update_run(run_name, attempts=attempts)
-                store.add_event(run_name, "offer-failed", f"{label}{f' in {zone}' if zone else ''}: "
-                                                          f"{failure.kind}: {failure.message}")
-                if not failure.retryable:
-                    raise RunFailed(f"{label}: {failure.kind} error, not retrying: {failure.message}") from None
-                blocked.add(_scope_key(offer, failure.scope))
-                say(f"{label}: {failure.kind} ({failure.message}); trying the next "
-                    f"{'zone' if failure.scope == 'zone' else 'offer'}")
-                continue
-            store.add_event(run_name, "provisioned", ", ".join(host.description for host in hosts))
-            if len(hosts) != nodes:  # never a smaller cluster than asked for; submit tears down what was made
-                raise RunFailed(f"{label}: the {offer.backend} backend brought up {len(hosts)} "
-                                f"host{'' if len(hosts) == 1 else 's'} for `nodes: {nodes}`")
-            return offer, hosts
-    lines = "\n".join(f"  {a['offer']}{' in ' + a['zone'] if a.get('zone') else ''}: {a['kind']}: {a['error']}"
-                      for a in attempts) or "  (none could be tried)"
-    raise NoCapacity(f"no offer could be provisioned; tried {tried}:\n{lines}")
+
+    def attempt(offer: Offer) -> List[HostAccess]:
+        zone = offer.zones[0] if offer.zones else ""
+        label = _label(offer)
+        if not store.claim_run(run_name, STARTING, RunStatus.PROVISIONING, backend=offer.backend, region=offer.region,
+                               instance=offer.instance.name, price=offer.total_price * nodes, offer=offer.to_json()):
+            raise StopRequested
+        each = f"{nodes} x " if nodes > 1 else ""
+        say(f"Provisioning {each}{label}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour"
+            + (f" each (${offer.total_price * nodes:.4f}/hour)" if nodes > 1 else ""))
+        store.add_event(run_name, "offer", f"trying {label}{f' in {zone}' if zone else ''} "
+                                           f"at ${offer.total_price:.4f}/hour")
+        hosts = session.backend(offer.backend).provision(run_name, offer, configuration, session.reporter.step)
+        store.add_event(run_name, "provisioned", ", ".join(host.description for host in hosts))
+        if len(hosts) != nodes:  # never a smaller cluster than asked for; submit tears down what was made
+            raise RunFailed(f"{label}: the {offer.backend} backend brought up {len(hosts)} "
+                            f"host{'' if len(hosts) == 1 else 's'} for `nodes: {nodes}`")
+        return hosts
+
+    def failed(offer: Offer, failure: StackFailure) -> None:
+        zone = offer.zones[0] if offer.zones else ""
+        label = _label(offer)
+        attempts.append({"offer": label, "zone": zone, "kind": failure.kind, "error": failure.message})
+        store.update_run(run_name, attempts=attempts)
+        store.add_event(run_name, "offer-failed", f"{label}{f' in {zone}' if zone else ''}: "
+                                                  f"{failure.kind}: {failure.message}")
+        if not failure.retryable:
+            raise RunFailed(f"{label}: {failure.kind} error, not retrying: {failure.message}") from None
+        say(f"{label}: {failure.kind} ({failure.message}); trying the next "
+            f"{failure.scope if failure.scope in ('zone', 'host') else 'offer'}")
+
+    try:
+        return first_provisioned(offers, attempt, failed, MAX_OFFERS_TRIED)
+    except OffersExhausted as e:
+        lines = "\n".join(f"  {a['offer']}{' in ' + a['zone'] if a.get('zone') else ''}: {a['kind']}: {a['error']}"
+                          for a in attempts) or "  (none could be tried)"
+        raise NoCapacity(f"no offer could be provisioned; tried {e.tried}:\n{lines}") from None
 
 
 def retry_deadline(configuration, event: str, since: float) -> Optional[float]:

@@ -7,6 +7,7 @@ import hashlib
 from typing import Dict, Optional
 
 from offers.offer import Offer
+from provisioner.jobs.dev_env import DevSession, job_commands
 from provisioner.jobs.nodes import Cluster, cluster_env
 from provisioner.jobs.script import JobSpec
 from provisioner.planning.reuse import power_off_minutes
@@ -42,14 +43,23 @@ def recorded_stop_grace(record: RunRecord) -> Optional[int]:
     return stop_grace((record.configuration or {}).get("stop_duration"))
 
 
+def _commands(run_name: str, configuration) -> list:
+    """A task's `setup` and `commands`; a dev environment's `setup`, IDE server, `init`, then its wait."""
+    if configuration.type == "dev-environment":
+        return job_commands(run_name, configuration.setup, configuration.init, configuration.ide,
+                            configuration.version)
+    return [*configuration.setup, *configuration.commands]
+
+
 def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[str] = None,
-             cluster: Optional[Cluster] = None) -> JobSpec:
+             cluster: Optional[Cluster] = None, dev_key: Optional[str] = None) -> JobSpec:
+    """`dev_key`: a dev environment's public key line (provisioner.runs.dev_environments)."""
     auth = configuration.registry_auth
     resources = configuration.resources
     policy = configuration.utilization_policy
     return JobSpec(
         run_name=run_name,
-        commands=[*configuration.setup, *configuration.commands],
+        commands=_commands(run_name, configuration),
         env={**system_env(run_name, offer, repo, cluster), **configuration.env},
         image=configuration.image,
         python=configuration.python,
@@ -70,4 +80,5 @@ def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[str] = N
         may_install=offer.backend != "local",
         gpus=offer.instance.gpu_count,
         utilization=(policy.min_gpu_utilization, policy.time_window) if policy else None,
+        dev=DevSession(dev_key, getattr(configuration, "inactivity_duration", None)) if dev_key else None,
     )

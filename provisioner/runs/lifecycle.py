@@ -28,6 +28,7 @@ from provisioner.jobs.run_jobs import NodeFailed, RunJobs, exit_status, run_outc
 from provisioner.jobs.uploads import UploadPlan, check_size, plan_uploads
 from provisioner.planning.field_support import check_fields
 from provisioner.planning.task_volumes import claim_volumes, job_mounts
+from provisioner.runs import dev_environments
 from provisioner.runs.failover import RunFailed, StopRequested, provision_with_retry, retry_deadline
 from provisioner.runs.job_specs import job_spec, recorded_stop_grace
 from provisioner.runs.owner import current_owner
@@ -44,11 +45,13 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
            detach: bool, upload_repo: bool = True) -> RunRecord:
     """Runs a task: one job per node. Attached: until the run's jobs end (provisioner.jobs.run_jobs), then tears down.
     Detached: returns once every job is running. `source` is the configuration file: its repo (unless not
-    `upload_repo`: `--no-repo`) and `files` are listed and size-checked before provisioning."""
+    `upload_repo`: `--no-repo`) and `files` are listed and size-checked before provisioning. A dev environment's
+    job runs `init` and waits (provisioner.runs.dev_environments): detached, this returns once `init` is done and
+    `ssh NAME` works; attached, that is announced while its output streams."""
     configuration = resolved.configuration
-    if configuration.type != "task":
-        raise ConfigurationError(f"running a {configuration.type} is not supported yet: `dstack offers -f` and "
-                                 "`dstack apply --dry-run` work with it")
+    if configuration.type not in ("task", "dev-environment"):
+        raise ConfigurationError(f"running a {configuration.type} is not supported")
+    dev = configuration.type == "dev-environment"
     offered = {(o.region, o.instance.name) for o in offers if o.backend == "ssh"}
     session = dataclasses.replace(session, fleet_hosts={key: access for key, access in session.fleet_hosts.items()
                                                         if key in offered})  # a cluster's hosts must fit too
@@ -67,7 +70,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
                                configuration=configuration_json(resolved)))
     store.add_event(run_name, RunStatus.SUBMITTED, f"{len(offers)} offer{'' if len(offers) == 1 else 's'} to try")
     jobs: Optional[RunJobs] = None
-    forwarder = None
+    forwarder = attachment = None
     say = session.reporter.info
     try:
         claim_volumes(store, configuration, run_name)
@@ -84,8 +87,9 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             ssh, line = cluster_ssh(run_name, hosts)
             jobs.authorize(line)
         mounts = job_mounts(store, configuration, offer)
+        dev_key = dev_environments.make_key(run_name) if dev else None
         specs = [dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo,
-                                              Cluster(hosts, rank) if len(hosts) > 1 else None),
+                                              Cluster(hosts, rank) if len(hosts) > 1 else None, dev_key),
                                      uploads=uploads, cluster_ssh=ssh,
                                      mounts=mounts) for rank in range(len(hosts))]
         jobs.start(specs, configuration.startup_order, session.reporter.upload)
@@ -97,6 +101,11 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         store.add_event(run_name, "started", f"job started on {', '.join(host.description for host in hosts)}")
         if configuration.image:
             store.claim_run(run_name, (RunStatus.PULLING,), RunStatus.RUNNING)
+        if dev and detach:
+            folder = dev_environments.wait_ready(hosts[0], run_name, say)
+            dev_environments.open_entry(run_name, hosts[0], configuration_json(resolved), folder, say)
+        elif dev:
+            attachment = dev_environments.Attachment(hosts[0], run_name, configuration_json(resolved), say, True)
         if detach:
             jobs.close()
             return store.get_run(run_name)
@@ -135,6 +144,8 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         finish_run(session, run_name, RunStatus.FAILED, f"{type(e).__name__}: {e}")
         raise
     finally:
+        if attachment is not None:
+            attachment.close()
         if forwarder is not None:
             forwarder.close()
         if jobs is not None:

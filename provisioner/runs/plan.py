@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any, List, Optional
 
+from configuration.backends import DstackConfig
 from configuration.interpolation import SECRET_MASK, ResolvedRun
 from offers.offer import Offer
 from provisioner.planning.field_support import plan_notes
-from provisioner.planning.stack_plan import placement_notes
+from provisioner.planning.stack_plan import stack_notes
 
 
 def configuration_json(run: ResolvedRun) -> dict:
@@ -51,7 +52,8 @@ def _redact(value: Any, run: ResolvedRun) -> Any:
     return value
 
 
-def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Optional[List[dict]] = None) -> dict:
+def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Optional[List[dict]] = None,
+              config: Optional[DstackConfig] = None) -> dict:
     document = {
         "configuration": configuration_json(run),
         "offer": offer.to_json() if offer is not None else None,
@@ -60,7 +62,7 @@ def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Option
     nodes = getattr(run.configuration, "nodes", 1) or 1
     if nodes > 1:
         document["nodes"] = nodes_json(nodes, offer)
-    notes = plan_notes(run.configuration) + placement_notes(run.configuration, offer)
+    notes = plan_notes(run.configuration) + stack_notes(run.configuration, offer, config)
     if notes:
         document["notes"] = notes
     return document

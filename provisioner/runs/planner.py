@@ -15,6 +15,7 @@ from configuration.interpolation import ResolvedRun
 from offers.offer import Offer
 from offers.requirements import Requirements
 from offers.solver import OfferSearch
+from provisioner.backends.offer_failover import MAX_OFFERS_TRIED
 from provisioner.host.access import HostAccess
 from provisioner.jobs.uploads import check_size, plan_uploads
 from provisioner.planning.field_support import check_fields
@@ -22,7 +23,6 @@ from provisioner.planning.reuse import InstanceOffer, plan_offers, stack_configu
 from provisioner.planning.search import search_run_offers
 from provisioner.planning.stack_plan import dry_run_resources
 from provisioner.planning.task_volumes import narrow_requirements, place_offers
-from provisioner.runs.failover import MAX_OFFERS_TRIED
 from provisioner.runs.names import generate_run_name
 from provisioner.runs.plan import plan_json
 from provisioner.store.store import StateStore
@@ -50,7 +50,7 @@ def plan_run(run: ResolvedRun, file: str, requirements: Requirements, store: Sta
     configuration = run.configuration
     requirements = narrow_requirements(store, configuration, requirements, file)  # where its volumes are
     found = search_run_offers(requirements, config, store, limit=max(max_offers, MAX_OFFERS_TRIED),
-                              all_clouds=dry_run)
+                              all_clouds=dry_run, every_host=True)
     search = found.search
     # idle fleet instances first (`fleets`, `creation_policy`), then fields no backend would act upon
     search.offers = check_fields(configuration, plan_offers(configuration, search.offers, store, requirements, file),
@@ -73,7 +73,7 @@ def dry_run_document(plan: RunPlan) -> Tuple[dict, Optional[MissingExtra]]:
         missing = None
     except MissingExtra as e:
         resources, missing = [], e
-    document = plan_json(plan.run, offer, resources)
+    document = plan_json(plan.run, offer, resources, plan.config)
     if missing is not None:
         document["stack"] = {"rendered": False, "reason": str(missing)}
     return document, missing

@@ -7,6 +7,10 @@ scheduled run whose time has come and whose previous start has ended, as `dstack
 the file (and its secrets) then, never from a copy. `dstack stop NAME` or `dstack delete NAME` removes the schedule;
 with the last one goes the crontab line. Where there is no cron, `dstack schedule run` ticks in the foreground.
 Times are UTC, as dstack's.
+
+The crontab is the OS user's, shared by every `$DSTACK_HOME` of that user, and a change to it reads the table,
+edits it and writes it back: changes are serialized by a lock every home of the user finds (crontab_lock_path), and
+a table that cannot be read is never taken for an empty one (only crontab's own "no crontab for USER" means that).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import datetime
 import fcntl
 import json
 import os
+import pwd
+import re
 import shlex
 import subprocess
 import sys
@@ -97,24 +103,27 @@ class ScheduleBook:
             return {name: Scheduled(**value) for name, value in json.loads(self.path.read_text()).items()}
         except (ValueError, TypeError) as e:
             raise ConfigurationError(f"{self.path} is damaged ({e}): fix or remove it; the schedules it held are "
-                                     "then gone (the crontab line stays until `dstack schedule off`)") from None
+                                     "then gone; its tick line stays in your crontab until you remove the line that ends in "
+                                     f"`{CRON_MARK} {dstack_home()}` (`crontab -e`)") from None
 
 
 def register(name: str, source: str, crons: Sequence[str], now: float) -> Scheduled:
+    """Adds the schedule once the crontab holds the tick line (a schedule no tick would start is not kept); the
+    crontab changes under the book's lock, so that an unregister of this home cannot remove the line in between."""
     entry = Scheduled(name, source, list(crons), next_start(crons, now), now)
     with ScheduleBook().editing() as entries:
+        install_tick()
         entries[name] = entry
-    install_tick()
     return entry
 
 
 def unregister(name: str) -> bool:
-    """Removes the schedule (and, with the last one, the crontab line); False when `name` has none."""
+    """Removes the schedule (and, with the last one, the crontab line); False when `name` has none. Where the crontab
+    cannot be changed, the schedule stays."""
     with ScheduleBook().editing() as entries:
         found = entries.pop(name, None) is not None
-        left = bool(entries)
-    if found and not left:
-        remove_tick()
+        if found and not entries:
+            remove_tick()
     return found
 
 
@@ -144,7 +153,7 @@ def tick(now: float, start: Callable[[Scheduled], None], busy: Callable[[str], b
 
 def code_root() -> str:
     """The folder holding this installation's packages: a start runs the same code as the `dstack` that set it up."""
-    return str(Path(__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])
 
 
 def tick_line() -> str:
@@ -155,13 +164,61 @@ def tick_line() -> str:
             f">> {shlex.quote(log)} 2>&1 {CRON_MARK} {home}")
 
 
-def _crontab() -> List[str]:
+def crontab_lock_path() -> Path:
+    """The lock that serializes our changes to the crontab. `crontab` edits the table of the user its real uid names,
+    whatever `$DSTACK_HOME` says, so the lock is one file per uid: in the home directory the user database gives that
+    uid. Not under `$DSTACK_HOME` (one per home), nor `$HOME` (sudo, cron or a script may set it otherwise), nor
+    `$XDG_RUNTIME_DIR` (unset under cron), nor /tmp (another user could take the name first)."""
     try:
-        listed = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # a uid the user database lacks (some containers): crontab itself will say what is wrong
+        home = str(Path.home())
+    return Path(home) / ".dstack-crontab.lock"
+
+
+@contextmanager
+def _crontab_lock() -> Iterator[None]:
+    path = crontab_lock_path()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise ConfigurationError(f"cannot open {path}, the lock that keeps changes to your crontab apart: "
+                                 f"{e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+_NO_CRONTAB = re.compile(r"^(crontab: )?no crontab for \S+$")  # crontab's own words for an empty table
+
+
+class NoCron(ConfigurationError):
+    def __init__(self):
+        super().__init__("`schedule` needs cron (`crontab`), which is not installed: install cron, or start "
+                         "`dstack schedule run` and keep it running")
+
+
+class CrontabUnreadable(ConfigurationError):
+    def __init__(self, said: str):
+        super().__init__(f"cannot read your crontab: `crontab -l` said: {said}; it was left as it is")
+        self.said = said
+
+
+def _crontab() -> List[str]:
+    """The user's crontab, one line per item; [] only where crontab says there is none yet. Any other failure
+    (permission denied, a broken spool) refuses, so that writing back what was read never loses the user's lines."""
+    try:
+        listed = subprocess.run(["crontab", "-l"], capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"))
     except FileNotFoundError:
-        raise ConfigurationError("`schedule` needs cron (`crontab`), which is not installed: install cron, or "
-                                 "start `dstack schedule run` and keep it running") from None
-    return listed.stdout.splitlines() if listed.returncode == 0 else []  # no crontab yet: exit 1
+        raise NoCron() from None
+    if listed.returncode == 0:
+        return listed.stdout.splitlines()
+    said = "; ".join(line.strip() for line in listed.stderr.splitlines() if line.strip())
+    if _NO_CRONTAB.match(said):
+        return []
+    raise CrontabUnreadable(said or f"exit {listed.returncode}")
 
 
 def _write_crontab(lines: List[str]) -> None:
@@ -176,13 +233,29 @@ def _ours(line: str) -> bool:
 
 
 def install_tick() -> None:
-    lines = _crontab()
-    if not any(_ours(line) for line in lines):
-        _write_crontab(lines + [tick_line()])
+    with _crontab_lock():
+        lines = _crontab()
+        if not any(_ours(line) for line in lines):
+            _write_crontab(lines + [tick_line()])
 
 
 def remove_tick() -> None:
-    lines = _crontab()
-    kept = [line for line in lines if not _ours(line)]
-    if kept != lines:
-        _write_crontab(kept)
+    with _crontab_lock():
+        lines = _crontab()
+        kept = [line for line in lines if not _ours(line)]
+        if kept != lines:
+            _write_crontab(kept)
+
+
+def tick_missing() -> Optional[str]:
+    """Why nothing starts this home's schedules (no tick line in the crontab, or a crontab that cannot be read);
+    None when the line is there."""
+    try:
+        lines = _crontab()
+    except NoCron:
+        return "cron is not installed (no `crontab`)"
+    except CrontabUnreadable as e:
+        return f"your crontab cannot be read (`crontab -l` said: {e.said})"
+    if any(_ours(line) for line in lines):
+        return None
+    return f"your crontab has no `dstack schedule tick` line for {dstack_home()}"

@@ -10,6 +10,7 @@ from configuration.errors import ConfigurationError
 from provisioner.host.access import HostAccess
 from provisioner.jobs.cluster_ssh import revoke_everywhere
 from provisioner.jobs.run_jobs import RunJobs, run_jobs
+from provisioner.runs import dev_environments
 from provisioner.runs.job_specs import recorded_stop_grace
 from provisioner.runs.owner import owner_alive
 from provisioner.runs.session import RunSession
@@ -28,8 +29,12 @@ def finish_run(session: RunSession, name: str, status: RunStatus, reason: Option
     store.add_event(name, RunStatus.TERMINATING, reason or "")
     jobs = store.list_jobs(name)
     # the user's hosts, and VMs a fleet keeps after the run, keep nothing of it (a VM destroyed goes whole)
-    if len(jobs) > 1 and (record.backend == "ssh" or any(i.run == name for i in store.list_instances())):
+    outlive = record.backend == "ssh" or any(i.run == name for i in store.list_instances())
+    if len(jobs) > 1 and outlive:
         revoke_everywhere(name, [HostAccess.from_json(job.host) for job in jobs], session.reporter.info)
+    if dev_environments.is_dev_environment(record.configuration or {}):
+        dev_environments.close(name, [HostAccess.from_json(job.host) for job in jobs if job.host] if outlive else [],
+                               session.reporter.info)
     if record.backend:
         def step(progress) -> None:
             session.reporter.step(progress)

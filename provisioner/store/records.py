@@ -40,8 +40,9 @@ class RunRecord:
 
     def summary(self, now: float) -> dict:
         """The shape of one run in `dstack ps --json` and `dstack apply --json`."""
-        return {"name": self.name, "status": self.status, "reason": self.reason, "backend": self.backend,
-                "region": self.region, "instance": self.instance, "price": self.price,
+        return {"name": self.name, "type": (self.configuration or {}).get("type", "task"), "status": self.status,
+                "reason": self.reason, "backend": self.backend, "region": self.region, "instance": self.instance,
+                "price": self.price,
                 "cost": round(self.cost(now), 6), "exit_code": self.exit_code, "submitted_at": self.submitted_at,
                 "age_s": round(now - self.submitted_at, 1), "ports": self.ports or [],
                 "tags": (self.configuration or {}).get("tags") or {}}

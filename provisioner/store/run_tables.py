@@ -58,22 +58,29 @@ class RunTables(StoreFile):
             db.execute("COMMIT")
             return cursor.rowcount == 1
 
-    def claim_hosts(self, name: str, candidates: List[dict], count: int) -> Tuple[Optional[List[dict]], List[str]]:
+    def claim_hosts(self, name: str, candidates: List[dict], count: int
+                    ) -> Tuple[Optional[List[dict]], List[Tuple[dict, str]]]:
         """Claims the first `count` of `candidates` that no other active run holds (as its host or one of its jobs'),
-        in order, and records them as run `name`'s jobs (rank order; the run's host is rank 0's). Returns (the hosts
-        claimed, []) or, when fewer than `count` are free, (None, the runs holding the others): all or none. The
+        in order, and records them as run `name`'s jobs (rank order; the run's host is rank 0's). The first
+        candidate is the offer's own host, so it must be among them. Returns (the hosts claimed, []) or, when it is
+        held or fewer than `count` are free, (None, each held candidate with the run holding it): all or none. The
         check and the claim are one transaction, so two runs started at once never both get a host."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             held = self._held_addresses(db, name)
             chosen = [host for host in candidates if _address(host) not in held][:count]
-            if len(chosen) < count:
-                holders = sorted({held[_address(h)] for h in candidates if _address(h) in held})
+            if len(chosen) < count or chosen[:1] != candidates[:1]:
+                holders = [(host, held[_address(host)]) for host in candidates if _address(host) in held]
                 return None, holders  # the transaction ends, unchanged, with the connection
             db.execute("UPDATE runs SET host = ? WHERE name = ?", (json.dumps(chosen[0]), name))
             self._insert_jobs(db, name, chosen)
             db.execute("COMMIT")
         return chosen, []
+
+    def busy_hosts(self) -> dict:
+        """(hostname, port) -> the active run that holds it, as its host or a job's: what the plan offers last."""
+        with self._connect(read=True) as db:
+            return self._held_addresses(db, "")
 
     @staticmethod
     def _held_addresses(db: sqlite3.Connection, name: str) -> dict:

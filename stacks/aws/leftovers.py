@@ -11,8 +11,8 @@ from stacks.spec import PROJECT
 
 @dataclass(frozen=True)
 class Leftover:
-    kind: str  # instance, security-group, key-pair, volume, placement-group
-    id: str  # the resource id; a key pair's or placement group's name
+    kind: str  # instance, security-group, key-pair, volume, placement-group, elastic-ip, launch-template
+    id: str  # the resource id (an Elastic IP's allocation id); a key pair's or placement group's name
     region: str
     run: str
     owner: str  # the `dstack:owner` tag ("" on resources from before owners existed)
@@ -46,6 +46,10 @@ def find_leftovers(ec2, region: str, owner: Optional[str], run: Optional[str] = 
         found.append(leftover("key-pair", key["KeyName"], key.get("Tags")))
     for group in ec2.describe_placement_groups(Filters=filters)["PlacementGroups"]:
         found.append(leftover("placement-group", group["GroupName"], group.get("Tags")))
+    for address in ec2.describe_addresses(Filters=filters)["Addresses"]:  # an EFA node's public address
+        found.append(leftover("elastic-ip", address["AllocationId"], address.get("Tags")))
+    for template in ec2.describe_launch_templates(Filters=filters)["LaunchTemplates"]:  # an EFA cluster's interfaces
+        found.append(leftover("launch-template", template["LaunchTemplateId"], template.get("Tags")))
     volume_filters = filters + [{"Name": "status", "Values": ["available"]}]
     for volume in ec2.describe_volumes(Filters=volume_filters)["Volumes"]:
         if not _tag(volume.get("Tags"), "dstack:volume"):  # a network volume outlives runs: its own stack has it
@@ -54,8 +58,8 @@ def find_leftovers(ec2, region: str, owner: Optional[str], run: Optional[str] = 
 
 
 def remove_leftovers(ec2, leftovers: Iterable[Leftover], wait: bool = True) -> None:
-    """Instances first (and wait for them: their security groups and placement group cannot go while they exist),
-    then the rest."""
+    """Instances first (and wait for them: their security groups, placement group and Elastic IPs cannot go while they
+    exist), then the rest."""
     leftovers = list(leftovers)
     instances = [l.id for l in leftovers if l.kind == "instance"]
     if instances:
@@ -72,6 +76,10 @@ def remove_leftovers(ec2, leftovers: Iterable[Leftover], wait: bool = True) -> N
             ec2.delete_volume(VolumeId=leftover.id)
         elif leftover.kind == "placement-group":
             ec2.delete_placement_group(GroupName=leftover.id)
+        elif leftover.kind == "elastic-ip":
+            ec2.release_address(AllocationId=leftover.id)
+        elif leftover.kind == "launch-template":
+            ec2.delete_launch_template(LaunchTemplateId=leftover.id)
 
 
 def sweep_run(region: str, owner: Optional[str], run_name: str) -> None:

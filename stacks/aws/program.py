@@ -1,5 +1,6 @@
 """The Pulumi program of an AWS run: key pair, security group, one instance per node (with its root disk), and for a
-cluster a `cluster` placement group.
+cluster a `cluster` placement group; a cluster of an EFA type also a launch template with the nodes' EFA interfaces
+(stacks.aws.efa) and, where a node has several interfaces, an Elastic IP per node.
 
 Every resource carries the run's tags (through the provider's default tags and on each resource), so a stack lost
 to a crash can still be found and removed by `dstack gc`.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from stacks.aws.efa import efa_interfaces, needs_elastic_ip, network_interfaces
 from stacks.spec import StackSpec, cloud_init
 from stacks.volume_attach import attach_aws_volumes
 
@@ -19,6 +21,10 @@ _ARCH = {"x86": ("x86_64", "amd64"), "arm": ("arm64", "arm64")}
 # Instance families a cluster placement group refuses (EC2 User Guide, placement group rules and limitations):
 # burstable performance instances (T2, T3, T3a, T4g) and Mac instances; and the flex types (M7i-flex, C7i-flex).
 NO_CLUSTER_PLACEMENT_PREFIXES = ("t2", "t3", "t4g", "mac")
+# Burstable families (CPU credits). T3, T3a and T4g launch `unlimited` unless told otherwise (T2 as the account's
+# default says): a busy instance then pays for surplus credits beyond its hourly price. `standard` holds it to its
+# baseline once its credits are spent, so the price shown is the price paid.
+BURSTABLE_FAMILIES = ("t2", "t3", "t3a", "t4g")
 
 
 def image_query(spec: StackSpec) -> Dict[str, object]:
@@ -60,6 +66,27 @@ def placement_note(instance_type: str) -> Optional[str]:
             "nodes share a zone, without the group")
 
 
+def credit_specification(instance_type: str) -> Optional[dict]:
+    """`standard` CPU credits for a burstable type (BURSTABLE_FAMILIES), None for the others."""
+    return {"cpu_credits": "standard"} if instance_type.split(".", 1)[0] in BURSTABLE_FAMILIES else None
+
+
+def uses_efa(spec: StackSpec) -> bool:
+    """EFA interfaces for the nodes of a cluster whose type takes them (a single node has no one to talk to)."""
+    return spec.cluster and efa_interfaces(spec.instance_type) > 0
+
+
+def efa_note(instance_type: str) -> Optional[str]:
+    """What the plan says of a cluster of `instance_type` with EFA interfaces."""
+    count = efa_interfaces(instance_type)
+    if not count:
+        return None
+    address = " and an Elastic IP as its public address (EC2 gives none to an instance with several network " \
+              "interfaces)" if needs_elastic_ip(instance_type) else ""
+    return (f"{instance_type} takes EFA: each node gets {count} EFA interface{'s' if count > 1 else ''} (a launch "
+            f"template){address}; the security group lets the nodes reach each other on every port both ways")
+
+
 def ingress_rules(spec: StackSpec) -> List[dict]:
     """From the internet (`ingress_cidrs`): SSH and the opened task ports. Between a cluster's nodes: everything, by
     a rule naming the group itself, so only members reach each other's other ports."""
@@ -72,6 +99,49 @@ def ingress_rules(spec: StackSpec) -> List[dict]:
         rules.append({"protocol": "-1", "from_port": 0, "to_port": 0, "self": True,
                       "description": "every port between the nodes of the run"})
     return rules
+
+
+def egress_rules(spec: StackSpec) -> List[dict]:
+    """To anywhere; for a cluster also to the group itself, by name, which EFA traffic needs (it is not IP traffic)."""
+    rules = [{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],
+              "ipv6_cidr_blocks": ["::/0"]}]
+    if spec.cluster:
+        rules.append({"protocol": "-1", "from_port": 0, "to_port": 0, "self": True,
+                      "description": "every port between the nodes of the run"})
+    return rules
+
+
+def run_subnet(spec: StackSpec, vpc_id: str, invoke) -> Optional[str]:
+    """The subnet of the run's instances, in the offer's zone: the configured `subnet`; in a named VPC, its first
+    subnet (by id) of the zone that maps public IPs on launch, so that the node is reachable; in the default VPC, the
+    zone's default subnet where network interfaces need a subnet named (EFA), else none: EC2 takes it then. A zone
+    without one is a zone miss (stacks.errors): failover moves to the next zone."""
+    import pulumi_aws as aws
+
+    if spec.subnet:
+        return spec.subnet
+    if not spec.vpc_name and not uses_efa(spec):
+        return None
+    wanted = {"name": "map-public-ip-on-launch", "values": ["true"]} if spec.vpc_name else \
+        {"name": "default-for-az", "values": ["true"]}
+    found = aws.ec2.get_subnets(filters=[{"name": "vpc-id", "values": [vpc_id]},
+                                         {"name": "availability-zone", "values": [spec.zone]}, wanted], opts=invoke)
+    if found.ids:
+        return sorted(found.ids)[0]
+    if spec.vpc_name:
+        raise ValueError(f"VPC {spec.vpc_name} has no subnet in {spec.zone} that maps public IPs on launch: add one "
+                         "(or turn that on for one), or set `subnet` for the aws backend in $DSTACK_HOME/config.yml")
+    raise ValueError(f"the default VPC has no default subnet in {spec.zone}")
+
+
+def efa_template(spec: StackSpec, subnet_id: str, group_id, opts):
+    """The launch template that gives each node of an EFA cluster its network interfaces (stacks.aws.efa); the
+    instances name it instead of a subnet, security group and public address of their own."""
+    import pulumi_aws as aws
+
+    return aws.ec2.LaunchTemplate(f"{spec.resource_name}-efa", name=spec.resource_name,
+                                  network_interfaces=network_interfaces(spec.instance_type, subnet_id, group_id),
+                                  tags=spec.tags(), opts=opts)
 
 
 def placement_group(spec: StackSpec, opts):
@@ -98,14 +168,7 @@ def aws_program(spec: StackSpec) -> None:
         vpc = aws.ec2.get_vpc(tags={"Name": spec.vpc_name}, opts=invoke)
     else:
         vpc = aws.ec2.get_vpc(default=True, opts=invoke)
-    subnet_id = spec.subnet
-    if subnet_id is None and spec.vpc_name:  # a default VPC has a default subnet per zone; another VPC is asked
-        subnets = aws.ec2.get_subnets(filters=[{"name": "vpc-id", "values": [vpc.id]},
-                                               {"name": "availability-zone", "values": [spec.zone]}], opts=invoke)
-        subnet_id = subnets.ids[0] if subnets.ids else None
-        if subnet_id is None:
-            raise ValueError(f"VPC {spec.vpc_name} has no subnet in {spec.zone}: add one, or set `subnet` for the "
-                             "aws backend in $DSTACK_HOME/config.yml")
+    subnet_id = run_subnet(spec, vpc.id, invoke)
     query = image_query(spec)
     ami = aws.ec2.get_ami(most_recent=query["most_recent"], owners=query["owners"], filters=query["filters"],
                           opts=invoke)
@@ -117,21 +180,29 @@ def aws_program(spec: StackSpec) -> None:
         + (", every port between its nodes" if spec.cluster else ""),  # no apostrophes: EC2 refuses them here
         vpc_id=vpc.id,
         ingress=ingress_rules(spec),
-        egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"],
-                 "ipv6_cidr_blocks": ["::/0"]}],
+        egress=egress_rules(spec),
         tags=tags,
         opts=opts,
     )
     group_placement = placement_group(spec, opts)
+    template = efa_template(spec, subnet_id, group.id, opts) if uses_efa(spec) else None
     instances = [node_instance(spec, rank, ami.id, key.key_name, group.id, subnet_id,
-                               group_placement.name if group_placement is not None else None, opts)
+                               group_placement.name if group_placement is not None else None, template, opts)
                  for rank in spec.ranks]
     attach_aws_volumes(spec, instances[0], opts)  # network volumes are refused with nodes > 1
-    export_nodes(instances)
+    if template is not None and needs_elastic_ip(spec.instance_type):
+        public_ips = [aws.ec2.Eip(f"{spec.node_name(rank)}-eip", domain="vpc",
+                                  network_interface=instance.primary_network_interface_id, tags=spec.tags(rank),
+                                  opts=opts).public_ip for rank, instance in zip(spec.ranks, instances)]
+    else:
+        public_ips = [instance.public_ip for instance in instances]
+    export_nodes(instances, public_ips, subnet_id)
 
 
-def node_instance(spec: StackSpec, rank: int, ami_id, key_name, group_id, subnet_id, placement_group_name, opts):
-    """One node's VM: all of a stack's in the offer's zone (and subnet), each with its own host key."""
+def node_instance(spec: StackSpec, rank: int, ami_id, key_name, group_id, subnet_id, placement_group_name, template,
+                  opts):
+    """One node's VM: all of a stack's in the offer's zone (and subnet), each with its own host key. With an EFA
+    launch template, the template's interfaces carry the subnet, the security group and the public address."""
     import pulumi
     import pulumi_aws as aws
 
@@ -140,16 +211,19 @@ def node_instance(spec: StackSpec, rank: int, ami_id, key_name, group_id, subnet
     if spec.spot:
         market = {"market_type": "spot",
                   "spot_options": {"spot_instance_type": "one-time", "instance_interruption_behavior": "terminate"}}
+    if template is None:
+        network = {"vpc_security_group_ids": [group_id], "subnet_id": subnet_id, "associate_public_ip_address": True}
+    else:
+        network = {"launch_template": {"id": template.id, "version": "$Latest"}}
     return aws.ec2.Instance(
         spec.node_name(rank),
         instance_type=spec.instance_type,
         ami=ami_id,
         availability_zone=spec.zone,
         key_name=key_name,
-        vpc_security_group_ids=[group_id],
-        subnet_id=subnet_id,
         placement_group=placement_group_name,
-        associate_public_ip_address=True,
+        credit_specification=credit_specification(spec.instance_type),
+        **network,
         root_block_device={"volume_size": spec.disk_gb, "volume_type": "gp3", "delete_on_termination": True,
                            "tags": tags},
         metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},
@@ -162,15 +236,18 @@ def node_instance(spec: StackSpec, rank: int, ami_id, key_name, group_id, subnet
     )
 
 
-def export_nodes(instances: list) -> None:
-    """Each node's address in rank order (`public_ips`, `private_ips`), and rank 0's alone as before."""
+def export_nodes(instances: list, public_ips: list, subnet_id: Optional[str]) -> None:
+    """Each node's address in rank order (`public_ips`, `private_ips`), and rank 0's alone as before; the subnet
+    chosen (run_subnet), when one was."""
     import pulumi
 
     first = instances[0]
     pulumi.export("instance_id", first.id)
     pulumi.export("instance_ids", [i.id for i in instances])
-    pulumi.export("public_ip", first.public_ip)
-    pulumi.export("public_ips", [i.public_ip for i in instances])
+    pulumi.export("public_ip", public_ips[0])
+    pulumi.export("public_ips", public_ips)
+    if subnet_id:
+        pulumi.export("subnet_id", subnet_id)
     pulumi.export("private_ip", first.private_ip)
     pulumi.export("private_ips", [i.private_ip for i in instances])
     pulumi.export("ssh_user", SSH_USER)
