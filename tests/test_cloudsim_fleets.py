@@ -21,7 +21,7 @@ idle_duration: 1h
 
 def test_a_cloud_fleet_is_reused_by_a_run_and_removed_with_its_stack(cloudsim, tmp_path, dstack_home):
     made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", FLEET), "-y", home=dstack_home)
-    assert made.returncode == 0, made.stdout + made.stderr
+    assert made.returncode == 0, made.stdout + made.stderr + str(cloudsim.world.boot_errors())
     instance = instance_of(cloudsim.world)
     timers = cloudsim.world.timers_of(instance)
     assert "dstack-start-watchdog" not in timers  # a fleet instance waits for runs

@@ -1,7 +1,5 @@
-"""Issue 19's AWS defects as scenarios against the simulated cloud (tests.cloudsim): each passes once its fix is in.
-Those whose fix is on another branch are marked xfail (strict) here; the mark goes when the branches are merged."""
-
-import subprocess
+"""Issue 19's AWS defects as scenarios against the simulated cloud (tests.cloudsim): each failed before its fix
+(branch c19-aws, merged) and passes with it."""
 
 import pytest
 
@@ -10,7 +8,6 @@ from tests.cloudsim.fixtures import wait_until
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim
-AWS_FIX = "issue 19 defect {}: fixed on branch c19-aws"
 
 TASK = """type: task
 name: {name}
@@ -27,7 +24,6 @@ def task(tmp_path, name, command="echo hello from $DSTACK_RUN_NAME", regions="us
                  TASK.format(name=name, command=command, regions=regions, types=types) + extra)
 
 
-@pytest.mark.xfail(strict=True, reason=AWS_FIX.format("'Local Zones in offers'"))
 def test_a_local_zone_is_no_offer(cloudsim, tmp_path, dstack_home):
     """g4dn.xlarge's cheapest spot offers in us-west-2 are in its Los Angeles Local Zones, where the default VPC has
     no subnet: a run must not be offered them."""
@@ -38,7 +34,6 @@ def test_a_local_zone_is_no_offer(cloudsim, tmp_path, dstack_home):
     assert [i.zone for i in cloudsim.ever("Instance")] == ["us-west-2a"] and cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason=AWS_FIX.format("'no default subnet skips the zone'"))
 def test_a_zone_without_a_default_subnet_is_skipped(cloudsim, tmp_path, dstack_home):
     cloudsim.aws.remove_default_subnet("us-east-1", "us-east-1a")
     result = cloudsim.dstack("apply", "-f", task(tmp_path, "subnet-1"), "-b", "aws", "-y", home=dstack_home)
@@ -46,7 +41,6 @@ def test_a_zone_without_a_default_subnet_is_skipped(cloudsim, tmp_path, dstack_h
     assert [i.zone for i in cloudsim.ever("Instance")] == ["us-east-1b"] and cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason=AWS_FIX.format("'Unsupported is a zone miss'"))
 def test_unsupported_configuration_in_a_zone_moves_to_the_next_zone(cloudsim, tmp_path, dstack_home):
     cloudsim.aws.refuse_zone("us-east-1a", "unsupported")
     result = cloudsim.dstack("apply", "-f", task(tmp_path, "unsupported-1"), "-b", "aws", "-y", home=dstack_home)
@@ -64,7 +58,6 @@ instance_types: [t3a.large]
 """
 
 
-@pytest.mark.xfail(strict=True, reason=AWS_FIX.format("'fleet idle_duration default 3d'"))
 def test_a_cloud_fleet_without_idle_duration_powers_off_after_three_idle_days(cloudsim, tmp_path, dstack_home):
     made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", FLEET), "-y", home=dstack_home)
     assert made.returncode == 0, made.stdout + made.stderr
@@ -73,7 +66,6 @@ def test_a_cloud_fleet_without_idle_duration_powers_off_after_three_idle_days(cl
     assert idle is not None and 3 * 86400 - 120 < idle <= 3 * 86400
 
 
-@pytest.mark.xfail(strict=True, reason=AWS_FIX.format("'fleet zone failover'"))
 def test_a_cloud_fleet_moves_to_the_next_zone_when_one_has_no_capacity(cloudsim, tmp_path, dstack_home):
     cloudsim.aws.refuse_zone("us-east-1a", "capacity")
     made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", FLEET + "idle_duration: 1h\n"), "-y",
@@ -84,7 +76,6 @@ def test_a_cloud_fleet_moves_to_the_next_zone_when_one_has_no_capacity(cloudsim,
     assert deleted.returncode == 0 and cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason=AWS_FIX.format("'EFA for multi-node'"))
 def test_a_cluster_of_an_efa_type_gets_efa_interfaces_and_elastic_ips(cloudsim, tmp_path, dstack_home):
     conf = task(tmp_path, "efa-1", types="c6in.32xlarge", command="echo node $DSTACK_NODE_RANK", extra="nodes: 2\n")
     result = cloudsim.dstack("apply", "-f", conf, "-b", "aws", "-y", home=dstack_home)
@@ -98,7 +89,6 @@ def test_a_cluster_of_an_efa_type_gets_efa_interfaces_and_elastic_ips(cloudsim, 
     assert cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason=AWS_FIX.format("'subnet choice for vpc_name'"))
 def test_in_a_named_vpc_the_run_gets_the_zones_public_subnet(cloudsim, tmp_path, dstack_home):
     """my-vpc has two subnets in us-east-1a: the first private (no route to the internet gateway), the second
     public. A node in the private one can never be reached."""
@@ -120,8 +110,6 @@ def test_in_a_named_vpc_the_run_gets_the_zones_public_subnet(cloudsim, tmp_path,
     assert private["SubnetId"] not in result.stdout + result.stderr and cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason=AWS_FIX.format("'SSH wait counted from launch, a never-answering VM as a "
-                                                      "failover'"), raises=(AssertionError, subprocess.TimeoutExpired))
 def test_a_vm_that_never_answers_is_given_up_for_the_next_offer(cloudsim, tmp_path, dstack_home):
     cloudsim.world.never_boot = 1  # the first VM never comes up
     conf = task(tmp_path, "silent-1", types="t3a.large, m5a.large")
@@ -134,7 +122,6 @@ def test_a_vm_that_never_answers_is_given_up_for_the_next_offer(cloudsim, tmp_pa
     assert cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason=AWS_FIX.format("'name rule'"))
 def test_a_run_name_gcp_cannot_take_is_refused_before_anything_is_made(cloudsim, tmp_path, dstack_home):
     """GCP names end with a letter or digit (Compute Engine, "Naming resources"): `train-` is refused with the
     file and field, before any cloud call."""

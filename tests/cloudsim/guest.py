@@ -33,6 +33,7 @@ from tests.netns_hosts import NamespaceHost, SSHD
 LAYERS = Path("/dev/shm")
 MARKER = "/.cloudsim-vm"
 EVENTS = "/var/log/cloudsim/events"
+BOOTED = "/var/log/cloudsim/booted"  # written by the VM's init once it runs in the VM's root
 DISKS = "/var/lib/cloudsim/disks"  # a network disk's folder, as the VM sees it
 REAL_MOUNT = "/usr/lib/cloudsim/mount.real"
 VM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -94,8 +95,7 @@ mount -t tmpfs -o mode=755 cloudsim-run "$M/run"
 mkdir -p "$M/run/sshd"
 mount --bind /usr/bin/mount "$M/REAL_MOUNT"
 hostname HOSTNAME
-echo booted > LAYER/booted
-exec chroot "$M" /bin/sh -c 'while :; do sleep 5; done'
+exec chroot "$M" /bin/sh -c 'echo booted > BOOTED; while :; do sleep 5; done'
 """
 
 
@@ -107,7 +107,7 @@ class GuestVM(NamespaceHost):
     def __init__(self, name: str, hosts_lines: Sequence[str] = (), ca_bundle: Optional[str] = None):
         super().__init__(client_public_key="")
         self.name = name
-        self.layer = Path(f"/dev/shm/cloudsim-{os.getpid()}-{self.index}")
+        self.layer = LAYERS / f"cloudsim-{os.getpid()}-{self.index}"
         self.hosts_lines = list(hosts_lines)
         self.ca_bundle = ca_bundle
         self.boot_process: Optional[subprocess.Popen] = None
@@ -166,8 +166,9 @@ class GuestVM(NamespaceHost):
             (self.layer / f"work-{self.boots}").mkdir()
             shutil.rmtree(previous, ignore_errors=True)
         self.boots += 1
-        (self.layer / "booted").unlink(missing_ok=True)
-        script = (BOOT.replace("MERGED", str(self.layer / "merged")).replace("LAYER", str(self.layer))
+        booted = self.upper / BOOTED.lstrip("/")
+        booted.unlink(missing_ok=True)
+        script = (BOOT.replace("MERGED", str(self.layer / "merged")).replace("BOOTED", BOOTED)
                   .replace("UPPER", str(self.upper)).replace("WORK", str(self.layer / f"work-{self.boots - 1}"))
                   .replace("SHIMMED", " ".join(SHIMMED)).replace("REAL_MOUNT", REAL_MOUNT.lstrip("/"))
                   .replace("HOSTNAME", shlex.quote(self.name)))
@@ -178,7 +179,7 @@ class GuestVM(NamespaceHost):
              "private", "sh", str(self.dir / "boot.sh")], stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 10
-        while not (self.layer / "booted").exists():
+        while not booted.exists():
             if self.boot_process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"VM {self.name} did not boot: {(self.dir / 'boot.log').read_text()[-500:]}")
             time.sleep(0.01)
@@ -240,7 +241,7 @@ class GuestVM(NamespaceHost):
         """The files the VM has written (its layer's), under a folder: what it would have changed on a machine."""
         upper = self.upper
         root = upper / under.lstrip("/")
-        seeded = {MARKER, EVENTS, REAL_MOUNT, "/etc/passwd", "/etc/hosts", "/etc/ssh/sshd_config",
+        seeded = {MARKER, EVENTS, BOOTED, REAL_MOUNT, "/etc/passwd", "/etc/hosts", "/etc/ssh/sshd_config",
                   "/etc/ssl/certs/ca-certificates.crt", *SHIMMED}
         found = ["/" + str(path.relative_to(upper)) for path in root.rglob("*") if path.is_file()] \
             if root.is_dir() else []
