@@ -4,7 +4,6 @@
 import pytest
 
 from tests.cloudsim.aws import instance_of
-from tests.cloudsim.fixtures import wait_until
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim

@@ -213,8 +213,9 @@ class AwsCloud:
             resource.events.append((self.world.now(), "no route from the internet (its subnet has no IGW route)"))
         # EC2 user guide, "Public IPv4 addresses": none is assigned to an instance with several network interfaces
         public = "" if len(interfaces) > 1 else vm.address
+        arn = f"arn:aws:ec2:{region}:123456789012:instance/{resource.id}"
         resource.outputs = {"publicIp": public, "privateIp": vm.address, "availabilityZone": resource.zone,
-                            "instanceState": "running", "arn": f"arn:aws:ec2:{region}:123456789012:instance/{resource.id}",
+                            "instanceState": "running", "arn": arn,
                             "primaryNetworkInterfaceId": instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
                             if instance.get("NetworkInterfaces") else f"eni-{self._digest(resource.id)}",
                             "subnetId": instance.get("SubnetId")}

@@ -70,7 +70,7 @@ def install(url: str) -> None:
                 return _redirect(_real(*args, **kwargs), url)
 
             redirected.cloudsim = True
-            setattr(module, "gcp_api", redirected)
+            module.gcp_api = redirected
     for target, value in json.loads(os.environ.get("CLOUDSIM_PATCHES") or "{}").items():
         module_name, attribute = target.split(":")
         setattr(importlib.import_module(module_name), attribute, value)

@@ -1,5 +1,6 @@
-"""The simulated cloud's fixtures (tests/conftest.py registers them): `cloudsim`, a simulated AWS and GCP for one test, with this test's
-$DSTACK_HOME configured for both; every VM and server it made is gone after the test."""
+"""The simulated cloud's fixtures (tests/conftest.py registers them): `cloudsim`, a simulated AWS and GCP for one
+test, with this test's $DSTACK_HOME configured for both (every VM and server it made is gone after the test), and
+the warm interpreter its `dstack` processes are forked from; `wait_until`."""
 
 from __future__ import annotations
 

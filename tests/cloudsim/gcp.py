@@ -311,8 +311,8 @@ class GcpCloud:
         disk = next((d for d in self.world.live("Disk", "gcp") if d.id.endswith(f"/disks/{disk_name}")
                      and d.type == "gcp:compute/disk:Disk"), None)
         if instance is None or disk is None:
-            raise Refusal(f"Error {what}: " + api_error(404, f"The resource '{instance_path if instance is None else disk_name}' "
-                                                             "was not found", "notFound"))
+            missing = instance_path if instance is None else disk_name
+            raise Refusal(f"Error {what}: " + api_error(404, f"The resource '{missing}' was not found", "notFound"))
         if disk.zone != instance.zone:
             raise Refusal(f"Error {what}: " + api_error(
                 400, f"Invalid value for field 'disk': '{disk.id}'. Disk must be in the same zone as the instance",
@@ -333,7 +333,7 @@ class GcpCloud:
     # --- deleting ------------------------------------------------------------------------------------------------
 
     def delete(self, resource: Resource, by: str = "engine") -> None:
-        kind, project = resource.kind, resource.extra.get("project", self.project)
+        kind = resource.kind
         permission = {"Instance": "compute.instances.delete", "Firewall": "compute.firewalls.delete",
                       "ResourcePolicy": "compute.resourcePolicies.delete", "Disk": "compute.disks.delete",
                       "Account": "iam.serviceAccounts.delete", "InstanceIAMMember": "compute.instances.setIamPolicy",

@@ -182,7 +182,7 @@ class Compute:
             email = unquote(one[1])
             account = cloud.account(email)
             if account is None:
-                raise ApiError(404, f"Unknown service account", "notFound")
+                raise ApiError(404, "Unknown service account", "notFound")
             if method == "GET":
                 self._require("iam.serviceAccounts.get", email)
                 out = account.outputs

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from tests.netns_hosts import NamespaceHost, SSHD
+from tests.netns_hosts import SSHD, NamespaceHost
 
 LAYERS = Path("/dev/shm")
 MARKER = "/.cloudsim-vm"
@@ -68,7 +68,7 @@ case $me in
     event "$@"; touch "$disk/.cloudsim-filesystem"; exit 0 ;;
   mount)
     if [ $# -eq 2 ] && disk=$(disk_of "$1"); then
-      [ -f "$disk/.cloudsim-filesystem" ] || { echo "mount: $1: wrong fs type, bad option, bad superblock" >&2; exit 32; }
+      [ -f "$disk/.cloudsim-filesystem" ] || { echo "mount: $1: wrong fs type, bad superblock" >&2; exit 32; }
       event "$@"; exec REAL_MOUNT --bind "$disk" "$2"
     fi
     [ $# -eq 0 ] && exec REAL_MOUNT
@@ -137,7 +137,8 @@ class GuestVM(NamespaceHost):
         (upper / DISKS.lstrip("/")).mkdir(parents=True)
         self._write(upper / EVENTS.lstrip("/"), "")
         hosts = [line.format(host_side=self.host_side) for line in self.hosts_lines]
-        self._write(upper / "etc/hosts", "\n".join(["127.0.0.1 localhost", f"{self.address} {self.name}", *hosts]) + "\n")
+        self._write(upper / "etc/hosts",
+                    "\n".join(["127.0.0.1 localhost", f"{self.address} {self.name}", *hosts]) + "\n")
         if self.ca_bundle:
             self._write(upper / "etc/ssl/certs/ca-certificates.crt", self.ca_bundle)
         self._write(upper / "etc/ssh/sshd_config", "\n".join([
@@ -266,7 +267,8 @@ class GuestVM(NamespaceHost):
                 return
             except OSError:
                 if self.sshd.poll() is not None:
-                    raise RuntimeError(f"VM {self.name}: sshd failed: {(self.dir / 'sshd.log').read_text()[-300:]}")
+                    log_text = (self.dir / "sshd.log").read_text()[-300:]
+                    raise RuntimeError(f"VM {self.name}: sshd failed: {log_text}") from None
                 time.sleep(0.02)
         raise RuntimeError(f"VM {self.name}: sshd did not listen within 10s")
 

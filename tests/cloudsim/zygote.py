@@ -32,9 +32,9 @@ def warm() -> None:
     import pulumi_aws
     import pulumi_gcp
 
-    for resource in (pulumi_aws.ec2.Instance, pulumi_aws.ebs.Volume, pulumi_gcp.compute.Instance,
-                     pulumi_gcp.compute.Firewall, pulumi_gcp.serviceaccount.Account):
-        assert resource is not None  # providers load their modules lazily: touching one loads it
+    for loaded in (pulumi_aws.ec2.Instance, pulumi_aws.ebs.Volume, pulumi_gcp.compute.Instance,
+                   pulumi_gcp.compute.Firewall, pulumi_gcp.serviceaccount.Account):
+        assert loaded is not None  # providers load their modules lazily: touching one loads it
     from tests.cloudsim.cli import parse_botocore_models_once
 
     parse_botocore_models_once()
