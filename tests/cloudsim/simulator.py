@@ -1,8 +1,13 @@
 """The simulator a scenario holds: the simulated AWS and GCP (tests.cloudsim.aws, .gcp) behind one HTTP server on
 127.0.0.1, which answers the engine stand-in of the dstack child processes (`/engine/...`: register, look up,
-exist, delete) and GCP's REST API (tests.cloudsim.gcp_rest); `dstack` runs as `python -m tests.cloudsim.cli`, with
-the environment `env` gives it. Its state lives in this process: the test asserts on it directly (resources
-metered from creation to deletion, refusals, the VMs' events).
+exist, delete) and GCP's REST API (tests.cloudsim.gcp_rest). Its state lives in this process: the test asserts on
+it directly (resources metered from creation to deletion, refusals, the VMs' events, their timers).
+
+Layout: world.py (the books, the VMs' events and timers), aws.py and gcp.py (each provider's rules, with their
+sources), gcp_rest.py (GCP's REST APIs, a VM's metadata server), guest.py (a VM: a namespace host in a sandbox),
+cloud_init.py (user data applied to it), engine.py (the engine stand-in in the dstack process), cli.py (the entry
+that installs it: `CLOUDSIM_URL=... python -m tests.cloudsim.cli ARGS` runs dstack against a simulator),
+zygote.py (the warm interpreter the scenarios' dstack processes are forked from), fixtures.py.
 """
 
 from __future__ import annotations
