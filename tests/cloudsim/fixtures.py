@@ -34,7 +34,7 @@ def cloudsim_zygote(tmp_path_factory):
 
 
 @pytest.fixture
-def cloudsim(tmp_path, moto_endpoint, dstack_home, cloudsim_zygote):
+def cloudsim(cloudsim_zygote, tmp_path, moto_endpoint, dstack_home):
     import os
 
     from tests.cloudsim.simulator import CloudSim
