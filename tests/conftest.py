@@ -98,3 +98,6 @@ def recorded_api():
     yield api
     api.server.shutdown()
     api.server.server_close()
+
+
+from tests.cloudsim.fixtures import cloudsim, cloudsim_zygote  # noqa: E402,F401 (the simulated cloud's fixtures)

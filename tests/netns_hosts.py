@@ -126,17 +126,7 @@ class NamespaceHost:
         self.process = None
 
     def start(self) -> "NamespaceHost":
-        guard_test_range()
-        self._guarded = True
-        self._remove_stale_links()
-        sh("ip", "netns", "add", self.ns)
-        sh("ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns)
-        sh("ip", "link", "set", self.veth_ns, "netns", self.ns)
-        sh("ip", "addr", "add", f"{self.host_side}/24", "dev", self.veth_host)
-        sh("ip", "link", "set", self.veth_host, "up")
-        sh("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{self.address}/24", "dev", self.veth_ns)
-        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", self.veth_ns, "up")
-        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up")
+        self.start_network()
         self.new_host_key()
         (self.dir / "authorized_keys").write_text(self.client_public_key + "\n")
         self.jobs_dir.mkdir()
@@ -150,6 +140,21 @@ class NamespaceHost:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         self.start_sshd()
         return self
+
+    def start_network(self) -> None:
+        """The namespace and its link to this machine (the test range guarded first): what every test host has,
+        whatever runs in it (tests.cloudsim.guest runs a simulated cloud VM there)."""
+        guard_test_range()
+        self._guarded = True
+        self._remove_stale_links()
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns)
+        sh("ip", "link", "set", self.veth_ns, "netns", self.ns)
+        sh("ip", "addr", "add", f"{self.host_side}/24", "dev", self.veth_host)
+        sh("ip", "link", "set", self.veth_host, "up")
+        sh("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{self.address}/24", "dev", self.veth_ns)
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", self.veth_ns, "up")
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up")
 
     def _remove_stale_links(self) -> None:
         """A crashed run can leave a veth with this index's address (its lock died with it): remove that link."""

@@ -1,0 +1,106 @@
+"""The simulated cloud's fixtures (tests/conftest.py registers them): `cloudsim`, a simulated AWS and GCP for one
+test, with this test's $DSTACK_HOME configured for both (every VM and server it made is gone after the test), and
+the warm interpreter its `dstack` processes are forked from; `wait_until`."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cloudsim_zygote(tmp_path_factory):
+    """The warm interpreter the scenarios' `dstack` processes are forked from (tests.cloudsim.zygote), one per
+    worker; its socket's path."""
+    import os
+    import subprocess
+    import sys
+
+    from stacks.extras import installed
+    from tests.helpers import ROOT
+
+    missing = [m for m in ("pulumi_aws", "pulumi_gcp", "boto3", "google.cloud.compute_v1", "moto") if not installed(m)]
+    if missing:  # the [all] and [test] extras
+        message = f"the simulated cloud needs {', '.join(missing)} (pip install -e '.[all,test]')"
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+    path = str(tmp_path_factory.mktemp("cloudsim-zygote") / "socket")
+    zygote = subprocess.Popen([sys.executable, "-m", "tests.cloudsim.zygote", path], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    if zygote.stdout.readline().strip() != "ready":
+        zygote.kill()
+        pytest.fail(f"the cloudsim zygote did not start (exit code {zygote.wait()})")
+    yield path
+    zygote.kill()
+    zygote.wait()
+
+
+@pytest.fixture
+def cloudsim(cloudsim_zygote, tmp_path, moto_endpoint, dstack_home):
+    import os
+
+    from tests.cloudsim.simulator import CloudSim
+    from tests.netns_hosts import require_namespaces
+
+    require_namespaces()
+    _require_overlay()
+    # moto runs in this worker: each scenario starts from a fresh account (default VPCs, no resources), without the
+    # 1,200 default images moto would load for each region (the simulator never lists images)
+    os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    _reset(moto_endpoint)
+    simulator = CloudSim(tmp_path / "cloudsim", moto_endpoint, cloudsim_zygote)
+    simulator.write_config(dstack_home)
+    try:
+        yield simulator
+    finally:
+        simulator.close()
+        del os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"]
+        _reset(moto_endpoint)  # the next test of this worker gets moto as it was
+
+
+def _reset(moto_endpoint: str) -> None:
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=30)
+
+
+_overlay: list = []
+
+
+def _require_overlay() -> None:
+    """A VM's root is an overlay (tests.cloudsim.guest): skip where the kernel has none, fail under CI."""
+    import os
+    import subprocess
+    import tempfile
+
+    if not _overlay:
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+            for name in ("lower", "upper", "work", "merged"):
+                os.mkdir(f"{folder}/{name}")
+            probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "mount", "-t", "overlay",
+                                    "cloudsim-probe", "-o", f"lowerdir={folder}/lower,upperdir={folder}/upper,"
+                                    f"workdir={folder}/work", f"{folder}/merged"], capture_output=True, text=True)
+        _overlay.append(probe.stderr.strip() if probe.returncode else "")
+    if _overlay[0]:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the simulated cloud's VMs need overlayfs under CI: {_overlay[0]}")
+        pytest.skip(f"overlayfs is not available: {_overlay[0]}")
+
+
+def wait_until(predicate, timeout: float = 60, interval: float = 0.1, process=None):
+    """`predicate()` once it is true (its value), polling; fails the test after `timeout` seconds, or as soon as
+    `process` (a `CloudSim.start`ed dstack) has ended, with its output."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            process.stdout.seek(0)
+            raise AssertionError(f"dstack exited {process.returncode} first: {process.stdout.read()[-2000:]}")
+        try:
+            value = predicate()
+        except AssertionError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {getattr(predicate, '__doc__', None) or predicate}")
+        time.sleep(interval)
