@@ -5,7 +5,6 @@ import json
 import os
 import random
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from provisioner.store.errors import StoreDamaged
 from provisioner.store.records import RunRecord
 from provisioner.store.schema import SCHEMA_VERSION
 from provisioner.store.store import StateStore
+from tests.full_disk import small_disk
 from tests.helpers import run_cli, write
 
 
@@ -294,31 +294,11 @@ def test_a_store_another_process_makes_meanwhile_is_no_damage(monkeypatch, dstac
 
 @pytest.fixture
 def full_disk(tmp_path, monkeypatch):
-    """A 4 MB tmpfs as $DSTACK_HOME's disk, and a function that fills it."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        reason = f"cannot mount a tmpfs: {done.stderr.strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the full-disk test must run under CI: {reason}")
-        pytest.skip(reason)
-    home = mount / "home"
-    monkeypatch.setenv("DSTACK_HOME", str(home))
-
-    def fill() -> None:
-        with open(mount / "filler", "ab", buffering=0) as filler:
-            for size in (1 << 16, 1 << 12, 1):
-                try:
-                    while True:
-                        filler.write(b"\0" * size)
-                except OSError:
-                    pass
-        assert os.statvfs(mount).f_bavail == 0
-
-    yield home, fill
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    """$DSTACK_HOME on a small tmpfs (tests/full_disk.py): the home, and a function that fills the disk."""
+    with small_disk(tmp_path) as (mount, fill):
+        home = mount / "home"
+        monkeypatch.setenv("DSTACK_HOME", str(home))
+        yield home, fill
 
 
 def test_on_a_full_disk_reading_commands_work_and_writing_ones_say_so(tmp_path, full_disk):
