@@ -17,13 +17,8 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from configuration.errors import ConfigurationError
-from configuration.models import (
-    CONFIGURATION_TYPES,
-    AnyConfiguration,
-    DevEnvironmentConfiguration,
-    FleetConfiguration,
-    TaskConfiguration,
-)
+from configuration.fleets import FleetConfiguration
+from configuration.models import CONFIGURATION_TYPES, AnyConfiguration, DevEnvironmentConfiguration, TaskConfiguration
 from configuration.volumes import VolumeConfiguration
 from configuration.yaml_input import parse_yaml, read_text, shorten
 

@@ -14,8 +14,19 @@ from pydantic.fields import FieldInfo
 
 from configuration import yaml_input
 from configuration.fields import RegistryAuth, RetryPolicy
-from configuration.models import AnyConfiguration, DevEnvironmentConfiguration, FleetConfiguration, TaskConfiguration
-from configuration.policies import InstanceMountPoint, NodeGroup, Schedule, UtilizationPolicy, VolumeMountPoint
+from configuration.fleets import FleetConfiguration
+from configuration.models import (
+    AnyConfiguration,
+    DevEnvironmentConfiguration,
+    TaskConfiguration,
+)
+from configuration.policies import (
+    InstanceMountPoint,
+    NodeGroup,
+    Schedule,
+    UtilizationPolicy,
+    VolumeMountPoint,
+)
 from configuration.resources import CPUSpec, DiskSpec, GPUSpec, ResourcesSpec
 from configuration.volumes import VolumeConfiguration
 

@@ -146,7 +146,7 @@ def test_a_cloud_fleet_fails_over_zone_by_zone_as_a_run_does(monkeypatch, dstack
     """A capacity miss in one zone moves to the offer's next zone (not to the next offer); a quota error rules out
     its region for the offers after it."""
     from configuration.backends import load_config
-    from configuration.models import FleetConfiguration
+    from configuration.fleets import FleetConfiguration
     from provisioner.backends.cloud import CloudBackend
     from provisioner.backends.cloud_fleets import create_cloud_fleet
     from provisioner.host.access import HostAccess
@@ -188,7 +188,7 @@ def test_a_cloud_fleet_fails_over_zone_by_zone_as_a_run_does(monkeypatch, dstack
 def test_a_cloud_fleet_tries_as_many_offers_as_a_run_and_lists_each_failure(monkeypatch, dstack_home):
     from configuration.backends import load_config
     from configuration.errors import DstackError
-    from configuration.models import FleetConfiguration
+    from configuration.fleets import FleetConfiguration
     from provisioner.backends.cloud import CloudBackend
     from provisioner.backends.cloud_fleets import create_cloud_fleet
     from provisioner.backends.offer_failover import MAX_OFFERS_TRIED

@@ -9,23 +9,9 @@ import pytest
 
 from tests.cloudsim.aws import instance_of
 from tests.cloudsim.fixtures import wait_until
-from tests.helpers import write
+from tests.cloudsim.tasks import aws_task as task
 
 pytestmark = pytest.mark.cloudsim
-
-TASK = """type: task
-name: {name}
-commands:
-  - {command}
-regions: [{regions}]
-instance_types: [{types}]
-"""
-
-
-def task(tmp_path, name, command="echo hello from $DSTACK_RUN_NAME", regions="us-east-1", types="t3a.large",
-         extra=""):
-    return write(tmp_path, f"{name}.dstack.yml",
-                 TASK.format(name=name, command=command, regions=regions, types=types) + extra)
 
 
 def test_a_one_node_run_goes_end_to_end_and_leaves_nothing(cloudsim, tmp_path, dstack_home):

@@ -5,22 +5,15 @@ import pytest
 
 from tests.cloudsim.aws import instance_of
 from tests.cloudsim.fixtures import wait_until
+from tests.cloudsim.tasks import AWS_FLEET
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim
 
-FLEET = """type: fleet
-name: pool
-nodes: 1
-backends: [aws]
-regions: [us-east-1]
-instance_types: [t3a.large]
-idle_duration: 1h
-"""
-
 
 def test_a_cloud_fleet_is_reused_by_a_run_and_removed_with_its_stack(cloudsim, tmp_path, dstack_home):
-    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", FLEET), "-y", home=dstack_home)
+    fleet = write(tmp_path, "fleet.dstack.yml", AWS_FLEET + "idle_duration: 1h\n")
+    made = cloudsim.dstack("apply", "-f", fleet, "-y", home=dstack_home)
     assert made.returncode == 0, made.stdout + made.stderr + str(cloudsim.world.boot_errors())
     instance = instance_of(cloudsim.world)
     timers = cloudsim.world.timers_of(instance)

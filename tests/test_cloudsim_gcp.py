@@ -8,21 +8,9 @@ import pytest
 
 from tests.cloudsim.fixtures import wait_until
 from tests.cloudsim.gcp import instance_of
-from tests.helpers import write
+from tests.cloudsim.tasks import gcp_task as task
 
 pytestmark = pytest.mark.cloudsim
-
-TASK = """type: task
-name: {name}
-commands:
-  - {command}
-regions: [us-central1]
-instance_types: [{types}]
-"""
-
-
-def task(tmp_path, name, command="echo hello from $DSTACK_RUN_NAME", types="e2-standard-2", extra=""):
-    return write(tmp_path, f"{name}.dstack.yml", TASK.format(name=name, command=command, types=types) + extra)
 
 
 def test_a_vm_that_ends_itself_is_deleted_through_its_own_service_account(cloudsim, tmp_path, dstack_home):

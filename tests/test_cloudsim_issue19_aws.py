@@ -4,23 +4,11 @@
 import pytest
 
 from tests.cloudsim.aws import instance_of
+from tests.cloudsim.tasks import AWS_FLEET
+from tests.cloudsim.tasks import aws_task as task
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim
-
-TASK = """type: task
-name: {name}
-commands:
-  - {command}
-regions: [{regions}]
-instance_types: [{types}]
-"""
-
-
-def task(tmp_path, name, command="echo hello from $DSTACK_RUN_NAME", regions="us-east-1", types="t3a.large",
-         extra=""):
-    return write(tmp_path, f"{name}.dstack.yml",
-                 TASK.format(name=name, command=command, regions=regions, types=types) + extra)
 
 
 def test_a_local_zone_is_no_offer(cloudsim, tmp_path, dstack_home):
@@ -48,17 +36,8 @@ def test_unsupported_configuration_in_a_zone_moves_to_the_next_zone(cloudsim, tm
     assert [i.zone for i in cloudsim.ever("Instance")] == ["us-east-1b"] and cloudsim.live() == []
 
 
-FLEET = """type: fleet
-name: pool
-nodes: 1
-backends: [aws]
-regions: [us-east-1]
-instance_types: [t3a.large]
-"""
-
-
 def test_a_cloud_fleet_without_idle_duration_powers_off_after_three_idle_days(cloudsim, tmp_path, dstack_home):
-    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", FLEET), "-y", home=dstack_home)
+    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", AWS_FLEET), "-y", home=dstack_home)
     assert made.returncode == 0, made.stdout + made.stderr
     instance = instance_of(cloudsim.world)
     idle = cloudsim.world.timers_of(instance).get("dstack-idle-power-off")
@@ -67,8 +46,8 @@ def test_a_cloud_fleet_without_idle_duration_powers_off_after_three_idle_days(cl
 
 def test_a_cloud_fleet_moves_to_the_next_zone_when_one_has_no_capacity(cloudsim, tmp_path, dstack_home):
     cloudsim.aws.refuse_zone("us-east-1a", "capacity")
-    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", FLEET + "idle_duration: 1h\n"), "-y",
-                           home=dstack_home)
+    fleet = write(tmp_path, "fleet.dstack.yml", AWS_FLEET + "idle_duration: 1h\n")
+    made = cloudsim.dstack("apply", "-f", fleet, "-y", home=dstack_home)
     assert made.returncode == 0, made.stdout + made.stderr
     assert [i.zone for i in cloudsim.live("Instance")] == ["us-east-1b"]
     deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)

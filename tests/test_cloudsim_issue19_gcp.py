@@ -7,22 +7,12 @@ import pytest
 
 from tests.cloudsim.fixtures import wait_until
 from tests.cloudsim.gcp import instance_of
+from tests.cloudsim.tasks import gcp_task as task
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim
 GCP_FIX = "issue 19 defect {}: fixed on branch c19-gcp"
 
-TASK = """type: task
-name: {name}
-commands:
-  - {command}
-regions: [us-central1]
-instance_types: [{types}]
-"""
-
-
-def task(tmp_path, name, command="echo hello from $DSTACK_RUN_NAME", types="e2-standard-2", extra=""):
-    return write(tmp_path, f"{name}.dstack.yml", TASK.format(name=name, command=command, types=types) + extra)
 
 
 @pytest.mark.xfail(strict=True, reason=GCP_FIX.format("'self_delete permissions tested before any VM is created', "

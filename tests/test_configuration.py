@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 from configuration.errors import ConfigurationError
+from configuration.fleets import FleetConfiguration
 from configuration.interpolation import resolve_run
 from configuration.loader import load_configuration, parse_configuration
-from configuration.models import DevEnvironmentConfiguration, FleetConfiguration, TaskConfiguration
+from configuration.models import DevEnvironmentConfiguration, TaskConfiguration
 from configuration.yaml_input import MAX_DEPTH, MAX_VALUES, parse_yaml
 from tests.helpers import DATA
 

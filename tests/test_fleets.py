@@ -22,7 +22,7 @@ OFFER = Offer("aws", T3, "us-east-1", ("us-east-1a",), False, 0.0832, 100.0, 0.0
 
 
 def parse_fleet(data):
-    from configuration.models import FleetConfiguration
+    from configuration.fleets import FleetConfiguration
 
     return FleetConfiguration.model_validate({"type": "fleet", "name": "gpus", **data})
 

@@ -1,0 +1,184 @@
+"""Fleet configurations (`type: fleet`): SSH hosts you own (`ssh_config`) or cloud instances (`nodes`), as dstack 0.22
+parses them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from configuration.fields import (
+    HOSTNAME,
+    LOGIN_NAME,
+    NAME_RULE,
+    BackendName,
+    SpotPolicy,
+    check_name,
+    check_pattern,
+    parse_idle_duration,
+    parse_tags,
+)
+from configuration.policies import (
+    check_node_count,
+)
+from configuration.resources import ResourcesSpec, StrictModel
+
+
+class SSHHost(StrictModel):
+    hostname: Annotated[
+        str, Field(description="The host's address or name: letters, digits and `.-_:%`, not starting with `-`")
+    ]
+    user: Annotated[Optional[str], Field(description="Overrides `ssh_config.user`")] = None
+    port: Annotated[Optional[int], Field(ge=1, le=65535, description="Overrides `ssh_config.port`")] = None
+    identity_file: Annotated[Optional[str], Field(description="Overrides `ssh_config.identity_file`")] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address(cls, v: Any) -> Any:
+        return {"hostname": v} if isinstance(v, str) else v
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        return check_pattern(v, HOSTNAME, "host name or address")
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: Optional[str]) -> Optional[str]:
+        return check_pattern(v, LOGIN_NAME, "user name")
+
+
+class SSHConfig(StrictModel):
+    user: Annotated[Optional[str], Field(description="The SSH user")] = None
+    port: Annotated[int, Field(ge=1, le=65535, description="The SSH port")] = 22
+    identity_file: Annotated[Optional[str], Field(description="The private key file")] = None
+    hosts: Annotated[List[SSHHost], Field(min_length=1, description="The hosts: addresses, or mappings")]
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: Optional[str]) -> Optional[str]:
+        return check_pattern(v, LOGIN_NAME, "user name")
+
+
+class FleetNodes(StrictModel):
+    """How many instances a cloud fleet has: `min` are provisioned at apply (dstack's `target`, which defaults to
+    `min`); `max` bounds a fleet that would grow, and fleets here do not grow."""
+
+    min: Annotated[int, Field(description="The instances provisioned at apply: at least 1")]
+    target: Annotated[Optional[int], Field(description="The instances provisioned at apply; defaults to `min`")] = None
+    max: Annotated[Optional[int], Field(description="The most instances the fleet may have")] = None
+
+    @model_validator(mode="after")
+    def _order(self) -> "FleetNodes":
+        if self.min < 1:
+            raise ValueError("`nodes` needs a minimum of at least 1: a fleet's instances are provisioned at apply "
+                             "(runs do not add instances to a fleet here)")
+        if self.target is None:
+            self.target = self.min
+        check_node_count(self.target)  # what apply provisions; `max` is never reached here
+        if self.target < self.min or (self.max is not None and self.max < self.target):
+            raise ValueError("`nodes` needs min <= target <= max")
+        return self
+
+
+def parse_fleet_nodes(v: Any) -> Any:
+    """`N`, `MIN..MAX` (either side may be absent) or `{min, target, max}`, as dstack's fleets take them."""
+    if isinstance(v, str) and ".." in v:
+        low, high = v.replace(" ", "").split("..", 1)
+        return {"min": low or 0, "max": high or None}
+    if isinstance(v, (int, str)) and not isinstance(v, bool):
+        return {"min": v, "max": v}
+    return v
+
+
+CLOUD_FLEET_FIELDS = ("nodes", "placement", "resources", "backends", "regions", "availability_zones",
+                      "instance_types", "spot_policy", "max_price", "idle_duration", "reservation", "tags")
+
+
+class FleetConfiguration(StrictModel):
+    """A fleet: hosts you own (`ssh_config`), or cloud instances provisioned at apply (`nodes` and the fields that
+    place them): exactly one of the two kinds."""
+
+    type: Literal["fleet"] = "fleet"
+    name: Annotated[str, Field(description=f"The fleet name: {NAME_RULE}")]
+    ssh_config: Annotated[Optional[SSHConfig], Field(description="Hosts you own, reached over SSH")] = None
+    nodes: Annotated[
+        Optional[FleetNodes], BeforeValidator(parse_fleet_nodes),
+        Field(description="Cloud fleets: the number of instances, `N` or a range `MIN..MAX` (MIN are provisioned)"),
+    ] = None
+    placement: Annotated[
+        Optional[Literal["any", "cluster"]],
+        Field(description="Cloud fleets: `cluster` puts the instances close together (a placement group)"),
+    ] = None
+    resources: Annotated[
+        Optional[ResourcesSpec], Field(description="Cloud fleets: the resources of each instance")
+    ] = None
+    backends: Annotated[Optional[List[BackendName]], Field(description="Cloud fleets: `aws`, `gcp`")] = None
+    regions: Annotated[Optional[List[str]], Field(description="Cloud fleets: the regions to consider")] = None
+    availability_zones: Annotated[Optional[List[str]], Field(description="Cloud fleets: the zones to consider")] = None
+    instance_types: Annotated[
+        Optional[List[str]], Field(description="Cloud fleets: the instance types to consider")
+    ] = None
+    spot_policy: Annotated[
+        Optional[SpotPolicy], Field(description="Cloud fleets: `spot`, `on-demand` (default) or `auto`")
+    ] = None
+    max_price: Annotated[
+        Optional[float], Field(gt=0, allow_inf_nan=False, description="Cloud fleets: the maximum price per hour")
+    ] = None
+    idle_duration: Annotated[
+        Optional[int], BeforeValidator(parse_idle_duration),
+        Field(description="Cloud fleets: the fleet is destroyed once every instance has been idle this long "
+                          "(default `3d`, as dstack's); `off`: kept until `dstack fleet delete`"),
+    ] = None
+    reservation: Annotated[
+        Optional[str], Field(description="Cloud fleets: a capacity reservation. Not supported yet")
+    ] = None
+    tags: Annotated[Optional[Dict[str, str]], Field(description="Cloud fleets: tags for every cloud resource")] = None
+    blocks: Annotated[
+        Union[Literal["auto"], Annotated[int, Field(ge=1)]],
+        Field(description="Jobs sharing one instance. Only 1 (the default): an instance runs one job at a time here"),
+    ] = 1
+    env: Annotated[Optional[Dict[str, Any]], Field(description="The fleet's environment. Not supported")] = None
+    retry: Annotated[Optional[Any], Field(description="Retrying a fleet's provisioning. Not supported")] = None
+    backend_options: Annotated[Optional[Any], Field(description="vastai's options. Not supported")] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+    _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: parse_tags(v)))
+    _one_or_many = field_validator("regions", "instance_types", "backends", "availability_zones", mode="before")(
+        classmethod(lambda cls, v: [v] if isinstance(v, str) else v))
+
+    @model_validator(mode="after")
+    def _refused(self) -> "FleetConfiguration":
+        """dstack's fleet fields that nothing here acts upon: refused by name rather than ignored."""
+        refused = {"blocks": (self.blocks != 1, "an instance runs one job at a time here"),
+                   "env": (bool(self.env), "a fleet starts no process of its own to give it to; set `env` in tasks"),
+                   "retry": (self.retry is not None and self.retry is not False,
+                             "a fleet's apply tries the cheapest offers once; run it again"),
+                   "backend_options": (self.backend_options is not None, "its only options are vastai's")}
+        for name, (used, why) in refused.items():
+            if used:
+                raise ValueError(f"`{name}` is not supported: {why}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "FleetConfiguration":
+        cloud = [f for f in CLOUD_FLEET_FIELDS if getattr(self, f) is not None]
+        if self.ssh_config is not None and cloud:
+            raise ValueError(f"`ssh_config` (hosts you own) and {', '.join(f'`{f}`' for f in cloud)} (cloud "
+                             "instances) are two kinds of fleet: give one of them")
+        if self.ssh_config is None and self.nodes is None:
+            raise ValueError("a fleet needs `ssh_config` (hosts you own) or `nodes` (cloud instances)")
+        return self
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.ssh_config is None
