@@ -15,6 +15,7 @@ QUOTA = "quota"
 CREDENTIALS = "credentials"
 CONFIGURATION = "configuration"
 UNAVAILABLE = "unavailable"  # the region is not enabled for the account: skip it, like capacity
+TRANSIENT = "transient"  # IAM's eventual consistency: the same offer again after a moment (scope "attempt")
 
 # (pattern, kind, scope); the first match wins, so the more specific patterns come first.
 _RULES: Tuple[Tuple[str, str, str], ...] = (
@@ -32,6 +33,10 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
     (r"SpotMaxPriceTooLow|capacity-not-available|UnfulfillableCapacity", CAPACITY, "zone"),
     (r"STOCKOUT|stockout", CAPACITY, "zone"),
     (r"OptInRequired", UNAVAILABLE, "region"),
+    # A run's service account just made (stacks.gcp.iam) that Compute or IAM does not see yet, or one an earlier try
+    # made that reads as existing: IAM is eventually consistent, and the same offer works a moment later.
+    (r"[Ss]ervice account \S+ (does not exist|already exists)|serviceAccounts?/\S+ (does not exist|not found)",
+     TRANSIENT, "attempt"),
     # A boot disk type the machine series does not take (stacks.gcp.program.HYPERDISK_ONLY should prevent it): that machine
     # type is unusable here, other types are not.
     (r"[Dd]isk type .{0,80}(not supported|cannot be used)|diskType.{0,120}(not supported|not compatible)|"
@@ -70,8 +75,8 @@ _HINTS: Tuple[Tuple[str, str], ...] = (
 
 @dataclass
 class StackFailure(DstackError):
-    """A failed `up`: kind is capacity, quota, unavailable, credentials or configuration; scope is zone, region, cloud
-    or type (the instance type, everywhere)."""
+    """A failed `up`: kind is capacity, quota, unavailable, transient, credentials or configuration; scope is zone,
+    region, cloud or type (the instance type, everywhere), or attempt (nothing is ruled out: the same offer again)."""
 
     kind: str
     scope: str
@@ -83,8 +88,9 @@ class StackFailure(DstackError):
 
     @property
     def retryable(self) -> bool:
-        """Capacity, quota and disabled-region failures mean: try the next offer. The others stop the run."""
-        return self.kind in (CAPACITY, QUOTA, UNAVAILABLE)
+        """Capacity, quota, disabled-region and transient failures mean: try again (the next offer, or a transient
+        one's own again). The others stop the run."""
+        return self.kind in (CAPACITY, QUOTA, UNAVAILABLE, TRANSIENT)
 
 
 def classify(text: str) -> StackFailure:

@@ -21,6 +21,7 @@ from offers.catalog import load_catalogs
 from offers.offer import Offer
 from offers.requirements import Requirements, spot_from_policy
 from offers.solver import find_offers
+from provisioner.backends.base import LeftoversRemain
 from provisioner.backends.cloud import CloudBackend, fleet_key_path
 from provisioner.planning.field_support import restrict_zones
 from provisioner.planning.reuse import offer_record, watchdog_minutes
@@ -145,12 +146,15 @@ def create_cloud_fleet(configuration, source: str, offers: List[Offer], config: 
 def _provision(name: str, offers: List[Offer], shape: FleetShape, config: DstackConfig, store: StateStore,
                report: Callable, log: Callable[[str], None]):
     failures = []
+    backends: Dict[str, CloudBackend] = {}  # one per cloud: what it settles once (GCP's permissions) stays settled
     for offer in offers[:MAX_OFFERS_TRIED]:
         log(f"Provisioning {shape.nodes} x {offer.backend} {offer.region} {offer.instance.name}"
             f"{' (spot)' if offer.spot else ''} at ${offer.total_price:.4f}/hour each")
         try:
-            hosts = CloudBackend(offer.backend, config, store).create_stack(
-                name, offer, shape, report, fleet_key_path(name), lambda stack: store.set_fleet_stack(name, stack))
+            backend = backends.setdefault(offer.backend, CloudBackend(offer.backend, config, store))
+            hosts = backend.create_stack(
+                name, offer, shape, report, fleet_key_path(name), lambda stack: store.set_fleet_stack(name, stack),
+                note=lambda message: log(f"warning: {message}"))
             if len(hosts) != shape.nodes:
                 raise DstackError(f"fleet {name}: its stack brought up {len(hosts)} of the {shape.nodes} instances "
                                   "asked for")
@@ -198,8 +202,14 @@ def destroy_cloud_fleet(store: StateStore, config: DstackConfig, name: str, repo
 
 
 def _destroy(store: StateStore, config: DstackConfig, fleet: dict, report: Callable) -> None:
-    if fleet["stack"]:
-        CloudBackend(fleet["stack"]["backend"], config, store).destroy_stack(fleet["name"], fleet["stack"], report)
+    """A stack destroyed whose sweep then failed (LeftoversRemain) forgets the fleet all the same, and says so."""
+    try:
+        if fleet["stack"]:
+            CloudBackend(fleet["stack"]["backend"], config, store).destroy_stack(fleet["name"], fleet["stack"],
+                                                                                report)
+    except LeftoversRemain:
+        forget_cloud_fleet(store, fleet["name"])
+        raise
     forget_cloud_fleet(store, fleet["name"])
 
 
