@@ -236,13 +236,14 @@ def test_a_gcp_a3_or_a4_cluster_plan_names_the_bandwidth_its_gpu_nics_would_give
                                                                                  lost):
     pytest.importorskip("pulumi_gcp")
     conf = write(tmp_path, "t.dstack.yml", "type: task\nnodes: 2\ncommands: [x]\nresources: {gpu: 8}\n")
-    result = run_cli("apply", "-f", conf, "-b", "gcp", "--instance-type", machine, "--dry-run", "--json",
+    # these types are sold on demand only through a reservation: spot here (offers.consumption)
+    result = run_cli("apply", "-f", conf, "-b", "gcp", "--instance-type", machine, "--spot", "--dry-run", "--json",
                      env={"DSTACK_HOME": str(dstack_home)})
     assert result.returncode == 0, result.stderr
     notes = json.loads(result.stdout)["notes"]
     assert any(note.startswith(f"{machine}: each node gets its first NIC only") and lost in note for note in notes)
     single = write(tmp_path, "one.dstack.yml", "type: task\ncommands: [x]\nresources: {gpu: 8}\n")
-    alone = run_cli("apply", "-f", single, "-b", "gcp", "--instance-type", machine, "--dry-run", "--json",
+    alone = run_cli("apply", "-f", single, "-b", "gcp", "--instance-type", machine, "--spot", "--dry-run", "--json",
                     env={"DSTACK_HOME": str(dstack_home)})
     assert not [n for n in json.loads(alone.stdout).get("notes", []) if "NIC" in n]  # one node: nothing lost
 
