@@ -4,8 +4,9 @@ when the function runs."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence
 
+from stacks.losses import InstanceLoss
 from stacks.spec import StackSpec
 from stacks.volume_spec import VolumeSpec
 
@@ -83,3 +84,16 @@ def sweep_run(backend: str, region: str, project_id: Optional[str], owner: Optio
         from stacks.gcp.leftovers import sweep_run as sweep_gcp
 
         sweep_gcp(project_id, owner, run_name)
+
+
+def instance_losses(backend: str, region: str, zone: Optional[str], project_id: Optional[str],
+                    instance_ids: Sequence[str]) -> List[InstanceLoss]:
+    """Which of a stack's instances the cloud no longer runs, and why: AWS says it of every instance (its state
+    reason), GCP of the preempted ones (their zone's operations)."""
+    if backend == "aws":
+        from stacks.aws.interruptions import instance_losses as aws_losses
+
+        return aws_losses(region, instance_ids)
+    from stacks.gcp.interruptions import instance_losses as gcp_losses
+
+    return gcp_losses(project_id, zone or "", instance_ids)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from configuration.backends import DstackConfig
 from configuration.home import dstack_home
@@ -22,6 +22,7 @@ from provisioner.planning.stack_plan import generate_host_keys, stack_spec
 from provisioner.store.store import StateStore
 from stacks import clouds
 from stacks.errors import UNREACHABLE, StackFailure
+from stacks.losses import InstanceLoss
 from stacks.progress import EngineEventTracker, StepProgress
 
 # How long a new VM may take from its launch (the engine's first instance create) to its first SSH answer. Ubuntu on
@@ -65,12 +66,16 @@ class CloudBackend:
         public_key = generate_key(key_path, f"dstack-run-{name}")
         spec = stack_spec(name, configuration, offer, public_key, generate_host_keys(configuration), self.config)
         settings = state_settings(self.config.pulumi.backend_url)
-        record_stack({"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
-                      "backend_url": settings.backend_url, "tagged": name})
+        recorded = {"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
+                    "backend_url": settings.backend_url, "tagged": name}
+        record_stack(recorded)
         stack = open_stack(spec.stack_name, clouds.program_for(spec), settings)
         tracker = EngineEventTracker(report)
         began = time.monotonic()
         outputs = stack_up(stack, on_event=tracker)
+        # what `losses` asks the cloud about once a node stops answering (a spot VM taken back)
+        record_stack({**recorded, "zone": outputs.get("zone"),
+                      "instance_ids": [str(i) for i in outputs.get("instance_ids") or []]})
         if outputs.get("subnet_id"):
             report(StepProgress("use", "aws:ec2/subnet:Subnet", f"{outputs['subnet_id']} ("
                                 f"{'VPC ' + spec.vpc_name if spec.vpc_name else 'the default VPC'}, {spec.zone})",
@@ -90,6 +95,15 @@ class CloudBackend:
                 failure.message += f" (and the cleanup failed: {cleanup.message}; run `dstack stop` again)"
             raise failure from None
         return hosts
+
+    def losses(self, stack: Optional[dict]) -> List[InstanceLoss]:
+        """The instances of a stack (as `create_stack` recorded it) that the cloud no longer runs, and why: a spot
+        VM taken back is an interruption. Empty for a stack recorded without its instances."""
+        if not stack or not stack.get("instance_ids"):
+            return []
+        gcp = self.config.backend("gcp")
+        return clouds.instance_losses(self.name, stack["region"], stack.get("zone"),
+                                      gcp.project_id if gcp is not None else None, stack["instance_ids"])
 
     def teardown(self, record, report) -> None:
         if record.stack:

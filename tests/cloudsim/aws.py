@@ -88,6 +88,24 @@ class AwsCloud:
         else:
             self.ec2(instance.region).stop_instances(InstanceIds=[instance.id])
             self.world.stop_vm(instance, "spot interruption")
+        self._interrupted_in_moto(instance, "Server.SpotInstanceTermination" if behavior == "terminate"
+                                  else "Server.SpotInstanceShutdown")
+
+    @staticmethod
+    def _interrupted_in_moto(instance: Resource, code: str) -> None:
+        """What DescribeInstances says of an instance EC2 took back (EC2 user guide, "Spot Instance interruption
+        notices" and "Troubleshoot terminated instances": its state reason and a service-initiated transition);
+        moto, running in this process, has no call that sets them."""
+        import datetime
+
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+        from moto.ec2.models.instances import StateReason
+
+        found = ec2_backends[DEFAULT_ACCOUNT_ID][instance.region].get_instance(instance.id)
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        found._reason = f"Service initiated ({when} GMT)"
+        found.state_reason = StateReason(f"{code}: Spot instance termination", code)
 
     # --- the engine's requests ------------------------------------------------------------------------------------
 
