@@ -11,3 +11,4 @@ class InstanceLoss:
     instance_id: str
     interrupted: bool  # the cloud took a spot VM back (AWS spot interruption, GCP preemption)
     why: str  # for the run's log and events: what happened, and when where the cloud says
+    shut_itself_down: bool = False  # the guest powered off (dstack's idle power-off once the job has ended)

@@ -146,7 +146,8 @@ def test_a_detached_run_whose_spot_instance_was_taken_back_ends_at_the_next_ps(c
 
 def test_a_finished_jobs_vm_powers_itself_off_and_terminates(cloudsim, tmp_path, dstack_home):
     """The job wrapper arms the VM's idle power-off (stacks.power_off); when it fires, the VM shuts down, which on
-    AWS terminates it (instance_initiated_shutdown_behavior); `dstack stop` then removes the rest of the stack."""
+    AWS terminates it (instance_initiated_shutdown_behavior); the next `dstack ps` ends the run and removes the rest
+    of the stack."""
     conf = task(tmp_path, "poweroff-1", command="echo done")
     started = cloudsim.dstack("apply", "-f", conf, "-b", "aws", "-y", "-d", home=dstack_home)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -157,8 +158,12 @@ def test_a_finished_jobs_vm_powers_itself_off_and_terminates(cloudsim, tmp_path,
     wait_until(lambda: not instance.live)
     assert instance.deleted_by == "guest"  # not merely stopped: nothing bills any more
     assert {r.kind for r in cloudsim.live()} == {"KeyPair", "SecurityGroup"}
-    stopped = cloudsim.dstack("stop", "poweroff-1", "-y", home=dstack_home)
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    # the next `dstack ps` finds the host silent, asks EC2 (Client.InstanceInitiatedShutdown) and ends the run,
+    # removing the rest of its stack: it does not stay `running` until `dstack stop`
+    ps = cloudsim.dstack("ps", "-a", "--json", home=dstack_home, env={"DSTACK_HOST_TIMEOUT": "5"})
+    [run] = json.loads(ps.stdout)["runs"]
+    assert (run["status"], run["reason"]) == ("terminated", "the instance powered itself off after the job"), \
+        ps.stdout + ps.stderr
     assert cloudsim.live() == []
 
 

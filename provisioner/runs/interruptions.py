@@ -79,13 +79,16 @@ def record_loss(session: RunSession, run_name: str, losses: Sequence[InstanceLos
 
 
 def end_lost(session: RunSession, run_name: str, losses: Sequence[InstanceLoss]) -> Optional[RunRecord]:
-    """Ends a run whose instances are gone: `terminated` (interrupted) after an interruption, else `failed`. Its
-    jobs are not asked to stop (their hosts are gone, or go with the stack). None when another process (`dstack
-    stop`) claimed the run first."""
+    """Ends a run whose instances are gone: `terminated` (interrupted) after an interruption; `terminated` when
+    they powered themselves off (dstack arms that only once the job has ended: its exit code went with the VM);
+    else `failed`. Its jobs are not asked to stop (their hosts are gone, or go with the stack). None when another
+    process (`dstack stop`) claimed the run first."""
     if not session.store.claim_run(run_name, RUNNING, RunStatus.TERMINATING):
         return None
     if any(loss.interrupted for loss in losses):
         return finish_run(session, run_name, RunStatus.TERMINATED, "interrupted")
+    if all(loss.shut_itself_down for loss in losses):
+        return finish_run(session, run_name, RunStatus.TERMINATED, "the instance powered itself off after the job")
     return finish_run(session, run_name, RunStatus.FAILED, f"instance gone: {describe(losses)}")
 
 
@@ -106,14 +109,15 @@ class ZoneBlocks:
         self.until[(backend, region, zone)] = time.time() + INTERRUPTED_ZONE_BLOCK_S
 
     def open_offers(self, offers: Sequence[Offer]) -> List[Offer]:
-        """The offers without the zones blocked now (an offer none of whose zones is open is left out)."""
+        """The offers without the zones blocked now (an offer none of whose zones is open is left out); all of
+        them when that leaves none (a network volume pins the run to its zone: better that zone than no offer)."""
         now, kept = time.time(), []
         for offer in offers:
             zones = tuple(z for z in offer.zones if self.until.get((offer.backend, offer.region, z), 0) <= now)
             if offer.zones and not zones:
                 continue
             kept.append(offer if zones == tuple(offer.zones) else dataclasses.replace(offer, zones=zones))
-        return kept
+        return kept or list(offers)
 
 
 def back_to_submitted(session: RunSession, run_name: str, offer: Offer, blocks: ZoneBlocks, attempt: int) -> bool:

@@ -10,6 +10,7 @@ from typing import List, Sequence
 from stacks.losses import InstanceLoss
 
 SPOT_INTERRUPTION_CODES = ("Server.SpotInstanceTermination", "Server.SpotInstanceShutdown")
+GUEST_SHUTDOWN_CODE = "Client.InstanceInitiatedShutdown"  # the VM powered itself off
 _WHEN = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[^)]*\)")
 
 
@@ -37,5 +38,6 @@ def instance_losses(region: str, instance_ids: Sequence[str]) -> List[InstanceLo
             why = f"taken back by EC2 (spot interruption, {code}){at}"
         else:
             why = f"{state} ({code or 'no reason given'}){at}"
-        losses.append(InstanceLoss(instance["InstanceId"], code in SPOT_INTERRUPTION_CODES, why))
+        losses.append(InstanceLoss(instance["InstanceId"], code in SPOT_INTERRUPTION_CODES, why,
+                                   code == GUEST_SHUTDOWN_CODE))
     return losses
