@@ -130,6 +130,26 @@ def test_a_spot_instance_taken_back_with_retry_on_interruption_runs_again_in_ano
     assert kinds.count("started") == 2 and "interrupted" in kinds and "resubmitted" in kinds
 
 
+def test_ctrl_c_during_the_second_attempt_stops_the_run_and_removes_everything(cloudsim, tmp_path, dstack_home):
+    """An attached apply follows the run into its next attempt; Ctrl-C there acts as for any attached run."""
+    conf = task(tmp_path, "spot-6", command="touch /tmp/started; sleep 120", types="g4dn.xlarge",
+                extra="spot_policy: spot\nretry:\n  on_events: [interruption]\n")
+    process = cloudsim.start("apply", "-f", conf, "-b", "aws", "-y", home=dstack_home)
+    first = wait_until(lambda: cloudsim.world.live("Instance", "aws") and instance_of(cloudsim.world),
+                       process=process)
+    wait_until(lambda: first.vm is not None and first.vm.file("/tmp/started") is not None, process=process)
+    cloudsim.aws.reclaim(first)
+    second = wait_until(lambda: cloudsim.world.live("Instance", "aws") and instance_of(cloudsim.world),
+                        process=process)
+    wait_until(lambda: second.vm is not None and second.vm.file("/tmp/started") is not None, process=process)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 130
+    assert second.deleted_by == "engine" and cloudsim.live() == []
+    [run] = json.loads(cloudsim.dstack("ps", "-a", "--json", home=dstack_home).stdout)["runs"]
+    assert (run["status"], run["reason"]) == ("terminated", "interrupted")  # Ctrl-C's own reason, as before
+    assert len(run["submissions"]) == 2
+
+
 def test_a_detached_run_whose_spot_instance_was_taken_back_ends_at_the_next_ps(cloudsim, tmp_path, dstack_home):
     """The run no process follows: `dstack ps` finds its host silent, asks EC2, and ends it `terminated
     (interrupted)`, removing its stack; it no longer stays `running` until `dstack stop`."""
