@@ -4,8 +4,9 @@ when the function runs."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence
 
+from stacks.losses import InstanceLoss
 from stacks.spec import StackSpec
 from stacks.volume_spec import VolumeSpec
 
@@ -129,3 +130,14 @@ def instance_state(backend: str, region: str, zone: str, project_id: Optional[st
     from stacks.gcp.instances import instance_state as gcp_state
 
     return gcp_state(gcp_api(project_id), zone, name)
+def instance_losses(backend: str, region: str, zone: Optional[str], project_id: Optional[str],
+                    instance_ids: Sequence[str]) -> List[InstanceLoss]:
+    """Which of a stack's instances the cloud no longer runs, and why: AWS says it of every instance (its state
+    reason), GCP of the preempted ones (their zone's operations)."""
+    if backend == "aws":
+        from stacks.aws.interruptions import instance_losses as aws_losses
+
+        return aws_losses(region, instance_ids)
+    from stacks.gcp.interruptions import instance_losses as gcp_losses
+
+    return gcp_losses(project_id, zone or "", instance_ids)

@@ -2,6 +2,7 @@
 Pulumi engine swapped, Compute Engine and IAM answering by their documented rules, each instance a VM booted from its
 user data that reaches the simulator's metadata server and Compute API to delete itself."""
 
+import json
 import signal
 
 import pytest
@@ -54,22 +55,54 @@ def test_a_two_node_cluster_moves_to_a_zone_with_resources_and_runs_on_both_node
     assert cloudsim.live() == []
 
 
-def test_a_preempted_spot_vm_ends_the_run_and_leaves_nothing(cloudsim, tmp_path, dstack_home):
+def test_a_preempted_spot_vm_ends_the_run_terminated_interrupted_and_leaves_nothing(cloudsim, tmp_path, dstack_home):
+    """Compute Engine's zone operations name the preemption: the run ends `terminated (interrupted)` by itself."""
     conf = task(tmp_path, "spot-2", command="touch /tmp/started; sleep 120", types="n2d-standard-2",
                 extra="spot_policy: spot\n")
-    process = cloudsim.start("apply", "-f", conf, "-b", "gcp", "-y", home=dstack_home,
-                             env={"DSTACK_HOST_TIMEOUT": "5"})  # how soon a host that stopped answering is given up
+    process = cloudsim.start("apply", "-f", conf, "-b", "gcp", "-y", home=dstack_home)
     instance = wait_until(lambda: cloudsim.world.live("Instance", "gcp") and instance_of(cloudsim.world),
                           process=process)
     assert instance.extra["spot"] and instance.inputs["scheduling"]["instanceTerminationAction"] == "DELETE"
     wait_until(lambda: instance.vm.file("/tmp/started") is not None, process=process)
     cloudsim.gcp.preempt(instance)
     code = process.wait(120)
-    assert code != 0 and instance.deleted_by == "cloud"
-    stopped = cloudsim.dstack("stop", "spot-2", "-y", home=dstack_home)
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert cloudsim.live() == []
+    process.stdout.seek(0)
+    output = process.stdout.read()
+    assert code != 0 and instance.deleted_by == "cloud", output
+    assert "preempted by Compute Engine" in output
+    assert cloudsim.live() == []  # without `dstack stop`
+    [run] = json.loads(cloudsim.dstack("ps", "-a", "--json", home=dstack_home).stdout)["runs"]
+    assert (run["status"], run["reason"]) == ("terminated", "interrupted")
 
+
+def test_one_preempted_node_of_a_cluster_restarts_every_node_with_retry_on_interruption(
+        cloudsim, tmp_path, dstack_home):
+    """Node 1 of two is preempted: the whole run goes back to submitted, both nodes are made again in another zone
+    and both jobs start again from their commands (DSTACK_RUN_ATTEMPT 2)."""
+    command = ('echo node $DSTACK_NODE_RANK attempt $DSTACK_RUN_ATTEMPT; [ $DSTACK_RUN_ATTEMPT = 1 ] && '
+               'touch /tmp/started && sleep 120; echo finished node $DSTACK_NODE_RANK attempt $DSTACK_RUN_ATTEMPT')
+    conf = task(tmp_path, "spot-5", command=command, types="n2-standard-2",
+                extra="nodes: 2\nspot_policy: spot\nretry:\n  on_events: [interruption]\n")
+    process = cloudsim.start("apply", "-f", conf, "-b", "gcp", "-y", home=dstack_home)
+    first = wait_until(lambda: len(cloudsim.world.live("Instance", "gcp")) == 2 and sorted(
+        cloudsim.world.live("Instance", "gcp"), key=lambda r: r.id), process=process)
+    wait_until(lambda: all(i.vm is not None and i.vm.file("/tmp/started") is not None for i in first),
+               process=process)
+    cloudsim.gcp.preempt(first[1])
+    code = process.wait(300)
+    process.stdout.seek(0)
+    output = process.stdout.read()
+    assert code == 0, output
+    assert "finished node 0 attempt 2" in output and "finished node 1 attempt 2" in output
+    assert "finished node 0 attempt 1" not in output  # node 0 was not let finish its first attempt
+    instances = cloudsim.ever("Instance", "gcp")
+    assert len(instances) == 4 and [i.deleted_by for i in first] == ["engine", "cloud"]
+    second = [i for i in instances if i not in first]
+    assert len({i.zone for i in second}) == 1 and second[0].zone != first[0].zone
+    assert cloudsim.live() == []
+    [run] = json.loads(cloudsim.dstack("ps", "-a", "--json", home=dstack_home).stdout)["runs"]
+    assert run["status"] == "done" and [(a["status"], a["reason"]) for a in run["submissions"]] == [
+        ("terminated", "interrupted"), ("done", None)]
 
 def test_without_self_delete_a_vm_that_ends_itself_is_stopped_and_billed_until_dstack_removes_it(
         cloudsim, tmp_path, dstack_home):

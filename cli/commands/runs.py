@@ -80,6 +80,9 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
                           ", ".join(f"localhost:{a}->{b}" for a, b in job["ports"]) or "-",
                           "-" if job["exit_code"] is None else str(job["exit_code"]))
             row = [""] * len(columns)
+        for earlier in _submissions(session, r)[:-1]:  # attempts that lost their instances, one row each
+            table.add_row(*row, f"attempt {earlier['submission']}", Text(earlier["hosts"] or "-"),
+                          Text(f"{earlier['status']} ({earlier['reason']})"), "-", "-")
     console = stdout_console()
     if records:
         console.print(table)
@@ -103,7 +106,14 @@ def _jobs_json(session, record) -> list:
 def _run_json(session, record, now: float) -> dict:
     from provisioner.runs.dev_environments import with_dev_environment
 
-    return with_dev_environment({**record.summary(now), "jobs": _jobs_json(session, record)}, record)
+    return with_dev_environment({**record.summary(now), "jobs": _jobs_json(session, record),
+                                 "submissions": _submissions(session, record)}, record)
+
+
+def _submissions(session, record) -> list:
+    from provisioner.runs.interruptions import submissions
+
+    return submissions(session.store, record)
 
 
 def _warn_of_unknown_jobs(store, records) -> None:

@@ -24,6 +24,7 @@ from provisioner.planning.stack_plan import generate_host_keys, stack_spec
 from provisioner.store.store import StateStore
 from stacks import clouds
 from stacks.errors import UNREACHABLE, StackFailure
+from stacks.losses import InstanceLoss
 from stacks.progress import EngineEventTracker, StepProgress
 from stacks.spec import StackSpec, node_name
 
@@ -77,8 +78,9 @@ class CloudBackend:
         spec = stack_spec(name, configuration, offer, public_key, generate_host_keys(configuration), self.config)
         spec = self._self_delete_allowed(spec, note)
         settings = state_settings(self.config.pulumi.backend_url)
-        record_stack({"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
-                      "backend_url": settings.backend_url, "tagged": name})
+        recorded = {"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
+                    "backend_url": settings.backend_url, "tagged": name}
+        record_stack(recorded)
         if spec.self_delete and spec.backend == "gcp":  # recorded first: the run's teardown sweeps the account
             if name not in self.accounts:
                 self.accounts[name] = clouds.run_service_account(spec.gcp_project_id, spec.owner, name)
@@ -87,6 +89,9 @@ class CloudBackend:
         tracker = EngineEventTracker(report)
         began = time.monotonic()
         outputs = stack_up(stack, on_event=tracker)
+        # what `losses` asks the cloud about once a node stops answering (a spot VM taken back)
+        record_stack({**recorded, "zone": outputs.get("zone"),
+                      "instance_ids": [str(i) for i in outputs.get("instance_ids") or []]})
         if outputs.get("subnet_id"):
             report(StepProgress("use", "aws:ec2/subnet:Subnet", f"{outputs['subnet_id']} ("
                                 f"{'VPC ' + spec.vpc_name if spec.vpc_name else 'the default VPC'}, {spec.zone})",
@@ -131,6 +136,14 @@ class CloudBackend:
         gcp = self.config.backend("gcp")
         return clouds.instance_state(self.name, stack["region"], zone, gcp.project_id if gcp is not None else None,
                                      stack["owner"], node_name(stack["owner"], stack.get("tagged", ""), rank, nodes))
+    def losses(self, stack: Optional[dict]) -> List[InstanceLoss]:
+        """The instances of a stack (as `create_stack` recorded it) that the cloud no longer runs, and why: a spot
+        VM taken back is an interruption. Empty for a stack recorded without its instances."""
+        if not stack or not stack.get("instance_ids"):
+            return []
+        gcp = self.config.backend("gcp")
+        return clouds.instance_losses(self.name, stack["region"], stack.get("zone"),
+                                      gcp.project_id if gcp is not None else None, stack["instance_ids"])
 
     def teardown(self, record, report) -> None:
         if record.stack:

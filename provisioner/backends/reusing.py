@@ -93,6 +93,9 @@ class ReusingBackend:
             name = f"{run_name}-{n}"
         return name
 
+    def losses(self, stack) -> list:
+        return self.cloud.losses(stack)
+
     def teardown(self, record, report) -> None:
         """A held instance is idle from when the run's job ended on it (the host's time, recorded by
         provisioner.jobs.run_jobs), not from now: its VM's idle watchdog counts from the job's end."""

@@ -21,9 +21,11 @@ def kept_run_hint(run_name: str) -> str:
 class LogFollower:
     def __init__(self, connect: Callable[..., Transport], run_name: str, offset: int = 0,
                  live: Optional[Liveness] = None, log: Callable[[str], None] = lambda _: None,
-                 host: str = "the host"):
+                 host: str = "the host", on_lost: Callable[[], None] = lambda: None):
         """`connect(total_wait=seconds)` opens a connection to the host within the time given; `host` names it in
-        messages until a connection does."""
+        messages until a connection does. `on_lost()` runs when the connection is lost and may raise, to end the
+        follow sooner than the liveness timeout (a cloud that says the VM is gone)."""
+        self._on_lost = on_lost
         self._connect = connect
         self.run_name = run_name
         self.offset = offset
@@ -55,6 +57,7 @@ class LogFollower:
                 if silent >= self._live.unreachable_after:
                     raise HostUnreachable(f"{self._host} unreachable for {silent:.0f}s: {why}") from None
                 if not lost:
+                    self._on_lost()
                     self._log(f"lost the connection to {self._host} ({why}); reconnecting for up to "
                               f"{self._live.unreachable_after - silent:.0f}s")
                     lost = True

@@ -30,6 +30,8 @@ from provisioner.planning.field_support import check_fields
 from provisioner.planning.task_volumes import claim_volumes, job_mounts
 from provisioner.runs import dev_environments
 from provisioner.runs.failover import RunFailed, StopRequested, provision_with_retry, retry_deadline
+from provisioner.runs.interruptions import (ATTEMPT_VARIABLE, Interrupted, ZoneBlocks, back_to_submitted, end_lost,
+                                            lost_instances, raise_if_lost, record_loss, retries_interruption)
 from provisioner.runs.job_specs import job_spec, recorded_stop_grace
 from provisioner.runs.owner import current_owner
 from provisioner.runs.plan import configuration_json
@@ -74,48 +76,66 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
     say = session.reporter.info
     try:
         claim_volumes(store, configuration, run_name)
-        offer, hosts = provision_with_retry(session, run_name, offers, configuration)
-        store.set_jobs(run_name, [host.to_json() for host in hosts])
-        store.update_run(run_name, host=hosts[0].to_json())
-        jobs = RunJobs(store, run_name, hosts)
-        say(f"Connecting to {', '.join(host.description for host in hosts)}")
-        jobs.connect(say)
-        if not detach:  # ports first: a local port that is taken fails the run before its job starts
-            forwarder = forward_ports(session, run_name, hosts[0], configuration.ports, lambda: jobs.transports[0])
-        ssh = None
-        if len(hosts) > 1 and not configuration.image:  # an image's container has no sshd of its own to reach
-            ssh, line = cluster_ssh(run_name, hosts)
-            jobs.authorize(line)
-        mounts = job_mounts(store, configuration, offer)
-        dev_key = dev_environments.make_key(run_name) if dev else None
-        specs = [dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo,
-                                              Cluster(hosts, rank) if len(hosts) > 1 else None, dev_key),
-                                     uploads=uploads, cluster_ssh=ssh,
-                                     mounts=mounts) for rank in range(len(hosts))]
-        jobs.start(specs, configuration.startup_order, session.reporter.upload)
-        if not store.claim_run(run_name, (RunStatus.PROVISIONING,),
-                               RunStatus.PULLING if configuration.image else RunStatus.RUNNING,
-                               started_at=time.time()):
-            jobs.stop(range(jobs.size), 0, say)
-            raise StopRequested
-        store.add_event(run_name, "started", f"job started on {', '.join(host.description for host in hosts)}")
-        if configuration.image:
-            store.claim_run(run_name, (RunStatus.PULLING,), RunStatus.RUNNING)
-        if dev and detach:
-            folder = dev_environments.wait_ready(hosts[0], run_name, say)
-            dev_environments.open_entry(run_name, hosts[0], configuration_json(resolved), folder, say)
-        elif dev:
-            attachment = dev_environments.Attachment(hosts[0], run_name, configuration_json(resolved), say, True)
-        if detach:
+        attempt, blocks = 1, ZoneBlocks()
+        while True:
+            offer, hosts = provision_with_retry(session, run_name, blocks.open_offers(offers), configuration)
+            store.set_jobs(run_name, [host.to_json() for host in hosts])
+            store.update_run(run_name, host=hosts[0].to_json())
+            jobs = RunJobs(store, run_name, hosts)
+            say(f"Connecting to {', '.join(host.description for host in hosts)}")
+            jobs.connect(say)
+            if not detach and forwarder is None:  # ports first: a port that is taken fails the run before its job
+                forwarder = forward_ports(session, run_name, hosts[0], configuration.ports, lambda: jobs.transports[0])
+            ssh = None
+            if len(hosts) > 1 and not configuration.image:  # an image's container has no sshd of its own to reach
+                ssh, line = cluster_ssh(run_name, hosts)
+                jobs.authorize(line)
+            mounts = job_mounts(store, configuration, offer)
+            dev_key = dev_environments.make_key(run_name) if dev else None
+            specs = [dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo,
+                                                  Cluster(hosts, rank) if len(hosts) > 1 else None, dev_key),
+                                         uploads=uploads, cluster_ssh=ssh,
+                                         mounts=mounts) for rank in range(len(hosts))]
+            jobs.start(_numbered(specs, attempt), configuration.startup_order, session.reporter.upload)
+            if not store.claim_run(run_name, (RunStatus.PROVISIONING,),
+                                   RunStatus.PULLING if configuration.image else RunStatus.RUNNING,
+                                   started_at=time.time()):
+                jobs.stop(range(jobs.size), 0, say)
+                raise StopRequested
+            store.add_event(run_name, "started", f"job started on {', '.join(host.description for host in hosts)}"
+                                                 + (f" (attempt {attempt})" if attempt > 1 else ""))
+            if configuration.image:
+                store.claim_run(run_name, (RunStatus.PULLING,), RunStatus.RUNNING)
+            if dev and detach:
+                folder = dev_environments.wait_ready(hosts[0], run_name, say)
+                dev_environments.open_entry(run_name, hosts[0], configuration_json(resolved), folder, say)
+            elif dev:
+                attachment = dev_environments.Attachment(hosts[0], run_name, configuration_json(resolved), say, True)
+            if detach:
+                jobs.close()
+                return store.get_run(run_name)
+            try:
+                status, reason, code = _follow(session, jobs, run_name, configuration)
+                error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
+                while code not in (0, TIMED_OUT, None) and error_deadline is not None and \
+                        time.time() < error_deadline:
+                    say(f"the job failed with exit code {code}; running it again (retry on error)")
+                    store.add_event(run_name, "retry", f"exit code {code}; running the job again")
+                    attempt += 1
+                    jobs.start(_numbered(specs, attempt), configuration.startup_order, session.reporter.upload)
+                    status, reason, code = _follow(session, jobs, run_name, configuration)
+                break
+            except (HostUnreachable, Interrupted) as e:
+                lost = e if isinstance(e, Interrupted) else Interrupted(lost_instances(session, run_name))
+                if not lost.losses:
+                    raise
             jobs.close()
-            return store.get_run(run_name)
-        status, reason, code = _follow(session, jobs, run_name, configuration)
-        error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
-        while code not in (0, TIMED_OUT, None) and error_deadline is not None and time.time() < error_deadline:
-            say(f"the job failed with exit code {code}; running it again (retry on error)")
-            store.add_event(run_name, "retry", f"exit code {code}; running the job again")
-            jobs.start(specs, configuration.startup_order, session.reporter.upload)
-            status, reason, code = _follow(session, jobs, run_name, configuration)
+            record_loss(session, run_name, lost.losses, attempt)
+            if not lost.interruption or not retries_interruption(configuration, store.get_run(run_name)):
+                return end_lost(session, run_name, lost.losses) or wait_final(store, run_name)
+            if not back_to_submitted(session, run_name, offer, blocks, attempt):
+                return wait_final(store, run_name)  # `dstack stop` from elsewhere is finishing it
+            attempt += 1
         store.add_event(run_name, "exited", "the job went away" if code is None else f"exit code {code}")
         if store.claim_run(run_name, RUNNING, RunStatus.TERMINATING):
             return finish_run(session, run_name, status, reason, code)
@@ -152,6 +172,11 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             jobs.close()
 
 
+def _numbered(specs, attempt: int) -> list:
+    """The jobs' specs with the attempt's number in their environment (interruptions.ATTEMPT_VARIABLE)."""
+    return [dataclasses.replace(spec, env={**spec.env, ATTEMPT_VARIABLE: str(attempt)}) for spec in specs]
+
+
 def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
             ) -> Tuple[str, Optional[str], Optional[int]]:
     """Writes every node's output as it comes (a copy of each kept under $DSTACK_HOME) until the run is over by
@@ -166,7 +191,8 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
     followers = {}
     with contextlib.ExitStack() as stack:
         for rank, host in enumerate(jobs.hosts):
-            followers[rank] = LogFollower(host.connect, run_name, log=session.reporter.info, host=host.description)
+            followers[rank] = LogFollower(host.connect, run_name, log=session.reporter.info, host=host.description,
+                                          on_lost=lambda: raise_if_lost(session, run_name))
             followers[rank].transport = jobs.transports.get(rank)
         copies = {rank: stack.enter_context(append_private(local_log_path(run_name, rank))) for rank in followers}
 

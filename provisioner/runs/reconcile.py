@@ -1,5 +1,6 @@
 """Finishing what no live dstack process looks after (each `dstack ps` runs it): a job that ended, a run past
-max_duration, a provisioning or teardown that a crash cut short."""
+max_duration, a provisioning or teardown that a crash cut short, a run whose VM the cloud took back or that ended
+itself (provisioner.runs.interruptions)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import time
 from typing import List, Optional, Tuple
 
 from provisioner.host.access import HostAccess
+from provisioner.host.transport import TransportError
 from provisioner.jobs.layout import TIMED_OUT
 from provisioner.jobs.run_jobs import RunJobs, copy_log, exit_status, run_jobs, run_outcome, settled_job_state
+from provisioner.runs.interruptions import end_lost, lost_instances, record_loss
 from provisioner.runs.job_specs import recorded_stop_grace
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import finish_run, run_owner_alive, stop_jobs
@@ -48,7 +51,16 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
         finish_run(session, record.name, RunStatus.TERMINATED, record.reason or "interrupted while terminating",
                    record.exit_code)
         return
-    outcome = _ended_jobs(session, record)
+    try:
+        outcome = _ended_jobs(session, record)
+    except TransportError:  # a VM the cloud took back, or that ended itself, ends its run here
+        losses = lost_instances(session, record.name)
+        if not losses:
+            raise
+        attempt = 1 + sum(e["kind"] == "resubmitted" for e in store.list_events(record.name))
+        record_loss(session, record.name, losses, attempt)
+        end_lost(session, record.name, losses)
+        return
     if outcome is not None:
         status, reason, code = outcome
         store.add_event(record.name, "exited", reason or f"exit code {code}")

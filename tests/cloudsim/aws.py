@@ -88,6 +88,24 @@ class AwsCloud:
         else:
             self.ec2(instance.region).stop_instances(InstanceIds=[instance.id])
             self.world.stop_vm(instance, "spot interruption")
+        code = "Server.SpotInstanceTermination" if behavior == "terminate" else "Server.SpotInstanceShutdown"
+        self._state_reason_in_moto(instance, code, "Spot instance termination", "Service initiated")
+
+    @staticmethod
+    def _state_reason_in_moto(instance: Resource, code: str, message: str, initiated: str) -> None:
+        """What DescribeInstances says of an instance that EC2 took back or that shut itself down (EC2 user guide,
+        "Spot Instance interruption notices" and "Troubleshoot terminated instances": its state reason and who
+        initiated the transition); moto, running in this process, has no call that sets them."""
+        import datetime
+
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+        from moto.ec2.models.instances import StateReason
+
+        found = ec2_backends[DEFAULT_ACCOUNT_ID][instance.region].get_instance(instance.id)
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        found._reason = f"{initiated} ({when} GMT)"
+        found.state_reason = StateReason(f"{code}: {message}", code)
 
     # --- the engine's requests ------------------------------------------------------------------------------------
 
@@ -380,6 +398,8 @@ class AwsCloud:
         else:
             self.ec2(instance.region).stop_instances(InstanceIds=[instance.id])
             self.world.stop_vm(instance, "guest power-off")
+        self._state_reason_in_moto(instance, "Client.InstanceInitiatedShutdown", "Instance initiated shutdown",
+                                   "User initiated")
 
     def sync(self) -> None:
         """What moto no longer has (a sweep or `dstack gc` removed it through boto3) is deleted here too."""

@@ -53,6 +53,7 @@ class GcpCloud:
         self.bindings: Dict[str, List[tuple]] = {}  # instance id -> [(role, member, made at)]
         self.metadata_servers: Dict[str, object] = {}  # instance id -> its listeners (tests.cloudsim.gcp_rest)
         self.vm_side = None  # tests.cloudsim.gcp_rest.VmSide, set by the server
+        self.preemptions: List[tuple] = []  # (zone, instance id, time): the zones' compute.instances.preempted
         world.on_power_off["gcp"] = self.guest_power_off
 
     # --- what a test sets ----------------------------------------------------------------------------------------
@@ -67,6 +68,7 @@ class GcpCloud:
         """Compute Engine preempts a Spot VM: deleted where its termination action is DELETE, else stopped."""
         action = (instance.inputs.get("scheduling") or {}).get("instanceTerminationAction", "STOP")
         instance.events.append((self.world.now(), f"preempted: {action}"))
+        self.preemptions.append((instance.zone, instance.extra["instance_id"], self.world.now()))
         if action == "DELETE":
             self.delete_instance(instance, "cloud")
         else:

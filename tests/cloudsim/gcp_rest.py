@@ -145,6 +145,18 @@ class Compute:
                       "description": r.inputs.get("description", "")} for r in world.live("Firewall", "gcp")]
             return {"kind": "compute#firewallList",
                     "items": [f for f in found if _matches(query.get("filter", ""), {"name": f["name"]})]}
+        listed = re.fullmatch(r"zones/([^/]+)/operations", rest)
+        if method == "GET" and listed:  # a zone's operations: the preemptions (Compute Engine, "Detect if a VM was
+            # preempted": operationType compute.instances.preempted, its targetId the instance's id)
+            self._require("compute.zoneOperations.list", f"projects/{cloud.project}/zones/{listed[1]}")
+            items = [{"kind": "compute#operation", "id": f"{index}", "name": f"systemevent-{index}",
+                      "operationType": "compute.instances.preempted", "targetId": target, "status": "DONE",
+                      "insertTime": time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime(at)),
+                      "zone": f"{API}/projects/{cloud.project}/zones/{zone}"}
+                     for index, (zone, target, at) in enumerate(cloud.preemptions) if zone == listed[1]]
+            return {"kind": "compute#operationList",
+                    "items": [i for i in items if _matches(query.get("filter", ""),
+                                                           {"operationType": i["operationType"]})]}
         wait = re.fullmatch(r"zones/([^/]+)/operations/([^/]+)(/wait)?", rest)
         if wait:
             return {"kind": "compute#operation", "name": wait[2], "status": "DONE", "progress": 100,
