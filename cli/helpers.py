@@ -47,6 +47,14 @@ def find_run(session, name: str):
     return record
 
 
+def node_host(session, record, rank: int) -> Optional[dict]:
+    """How to reach node `rank` of the run (its first node's host for a run that records no jobs)."""
+    from provisioner.jobs.run_jobs import run_jobs
+
+    jobs = run_jobs(session.store, record)
+    return jobs[rank].host if rank < len(jobs) else record.host
+
+
 def since_time(text: str) -> float:
     """`--since`: a duration back from now, or an RFC 3339 time."""
     from configuration.fields import parse_duration

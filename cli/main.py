@@ -42,8 +42,8 @@ COMMANDS: Dict[str, LazyCommand] = {
     "ps": LazyCommand("cli.commands.ps:ps", "List runs: status, where they run, what they cost. Finishes what an "
                       "interrupted dstack left."),
     "logs": LazyCommand("cli.commands.runs:logs", "Print a run's output, from the start."),
-    "attach": LazyCommand("cli.commands.runs:attach", "Follow a running run's output and forward its ports again, "
-                          "until it ends (Ctrl-C detaches); a dev environment's `ssh NAME` entry too."),
+    "attach": LazyCommand("cli.commands.attach:attach", "Forward a running run's ports again and write its `ssh "
+                          "NAME` entry, until it ends (Ctrl-C detaches); `--logs` shows its output."),
     "stop": LazyCommand("cli.commands.runs:stop", "Stop a run (SIGTERM, then SIGKILL after 10s) and remove "
                         "everything it created."),
     "metrics": LazyCommand("cli.commands.metrics:metrics", "Show a running job's CPU, memory and GPU use, read on "

@@ -98,7 +98,7 @@ def test_detached_run_reattached(tmp_path, home_env):
     conf = write(tmp_path, "a.dstack.yml", "type: task\nname: local-attach\n"
                  "commands: ['for i in 1 2 3 4 5; do echo tick $i; sleep 0.3; done']\n")
     assert run_cli("apply", "-f", conf, "-y", "--detach", env=home_env).returncode == 0
-    attached = run_cli("attach", "local-attach", env=home_env)
+    attached = run_cli("attach", "local-attach", "--logs", env=home_env)
     assert attached.returncode == 0, attached.stderr
     assert attached.stdout == "".join(f"tick {i}\n" for i in range(1, 6))
     assert wait_status(home_env, "local-attach", "done")["exit_code"] == 0  # the next ps finishes it

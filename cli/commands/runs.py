@@ -1,4 +1,5 @@
-"""`dstack logs`, `dstack attach`, `dstack stop`: the runs after `apply` (`dstack ps` is cli.commands.ps)."""
+"""`dstack logs`, `dstack stop`: the runs after `apply` (`dstack ps` and `dstack attach` have modules of their
+own)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cli.helpers import expire_idle_fleets, find_run, print_events, remove_schedule, run_session, since_time
-from cli.output import print_json, stderr_console, stdout_console, warn, write_stdout
+from cli.helpers import find_run, node_host, print_events, remove_schedule, run_session, since_time
+from cli.output import stderr_console, write_stdout
 
 NameArgument = Annotated[str, typer.Argument(help="The run name")]
 
@@ -83,13 +84,6 @@ def _print_diagnostics(record) -> None:
     print_events(record.name, as_json=False)
 
 
-def _node_host(session, record, rank: int) -> Optional[dict]:
-    from provisioner.jobs.run_jobs import run_jobs
-
-    jobs = run_jobs(session.store, record)
-    return jobs[rank].host if rank < len(jobs) else record.host
-
-
 def _print_every_node(session, record, follow: bool) -> None:
     """Every node's output, line by line with its rank in front: as it comes (`-f`), else each node's whole log
     (from its host, or the copy kept locally) taken in turn a line at a time."""
@@ -142,7 +136,7 @@ def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
     from provisioner.runs.lifecycle import local_log_path
 
     record = find_run(session, name)
-    host = _node_host(session, record, rank)
+    host = node_host(session, record, rank)
     reachable = host and (record.active or record.backend in ("local", "ssh"))
     missing = f"its {record.backend} host was removed with the run"
     shown, lost = 0, False
@@ -172,50 +166,6 @@ def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
         else:
             raise DstackError(f"the output of {name} is gone: {missing}, and the copy dstack keeps ({path}) does "
                               "not exist")
-
-
-def attach(name: NameArgument) -> None:
-    """Follow a running run's output and forward its ports again, until it ends (Ctrl-C detaches); a dev
-    environment's `ssh NAME` entry too."""
-    from configuration.errors import ConfigurationError
-    from provisioner.host.access import HostAccess
-    from provisioner.host.transport import HostUnreachable
-    from provisioner.jobs.follow import LogFollower, kept_run_hint
-    from provisioner.runs.lifecycle import forward_ports
-
-    session = run_session()
-    record = find_run(session, name)
-    if not record.active or not record.host:
-        raise ConfigurationError(f"{name} is {record.status}; nothing to attach to (`dstack logs {name}` shows its output)")
-    access = HostAccess.from_json(record.host)
-    follower = LogFollower(access.connect, name, log=session.reporter.info, host=access.description)
-    from configuration.fields import PortMapping
-
-    ports = [PortMapping.model_validate(p) for p in (record.configuration or {}).get("ports", [])]
-    attachment = _reattach_dev_environment(session, record, access)
-    forwarder = forward_ports(session, name, access, ports, lambda: follower.transport)
-    try:
-        follower.follow(write_stdout)
-    except KeyboardInterrupt:
-        session.reporter.info(f"Detached; {name} goes on (`dstack stop {name}` ends it)")
-    except HostUnreachable as e:
-        raise HostUnreachable(f"{e}\n{kept_run_hint(name)}") from None
-    finally:
-        if attachment is not None:
-            attachment.close()
-        if forwarder is not None:
-            forwarder.close()
-
-
-def _reattach_dev_environment(session, record, access):
-    """A dev environment's entry written again and its link shown; returns the session held while attached."""
-    from provisioner.runs import dev_environments
-
-    if not dev_environments.is_dev_environment(record.configuration or {}):
-        return None
-    dev_environments.reopen_entry(record.name, access, record.configuration, session.reporter.info)
-    return dev_environments.Attachment(access, record.name, record.configuration, session.reporter.info,
-                                       announce=False)
 
 
 def stop(
