@@ -110,3 +110,10 @@ def test_on_a_full_disk_set_and_delete_say_so_in_one_line_and_keep_the_store(tmp
         assert run_cli("secret", "get", "BEFORE").stdout == VALUE + "\n"
         assert run_cli("secret", "list").stdout.split() == ["BEFORE"]
         assert [p.name for p in home.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_delete_takes_dstacks_yes_flag(dstack_home):
+    assert run_cli("secret", "set", "GONE", input="v").returncode == 0
+    deleted = run_cli("secret", "delete", "GONE", "-y")
+    assert deleted.returncode == 0 and deleted.stderr == "Secret GONE deleted\n", deleted.stderr
+    assert run_cli("secret", "list").stdout == ""

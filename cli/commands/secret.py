@@ -85,10 +85,17 @@ def list_secrets(as_json: Annotated[bool, typer.Option("--json", help="Print the
 
 
 @secret_app.command("delete")
-def delete_secret(name: NameArgument) -> None:
-    """Remove a secret."""
+def delete_secret(
+    name: NameArgument,
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Remove a secret (asking first on a terminal, unless -y)."""
+    from cli.output import confirm
     from configuration.errors import ConfigurationError
     from configuration.secret_store import editing_secrets
+
+    if not confirm(f"Delete secret {name}?", yes):
+        raise typer.Exit(1)
 
     with editing_secrets() as secrets:
         if secrets.pop(name, None) is None:
