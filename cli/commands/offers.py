@@ -187,7 +187,7 @@ def _print_groups(requirements, groups, keys, total) -> None:
             str(count["min"]) if count["min"] == count["max"] else f"{count['min']}..{count['max']}",
             ", ".join(g["spot"]),
             _price_range(g["price_per_gpu"]),
-            _price(g["price"]["min"]) + ("" if g["price"]["min"] == g["price"]["max"] else f"..{_price(g['price']['max'])}"),
+            _price_range(g["price"]),
             ", ".join(g["backends"]),
             str(g["offers"]),
         ]

@@ -13,6 +13,7 @@ from cli.helpers import expire_idle_fleets, repeat_until_ctrl_c, run_session
 from cli.output import print_json, stdout_console, warn
 
 FORMATS = ("plain", "json")
+PIPED_WIDTH = 10_000
 
 
 def _age(seconds: float) -> str:
@@ -97,6 +98,8 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
                           "-" if job["exit_code"] is None else str(job["exit_code"]))
             row = [""] * (len(columns) + 1)
     console = stdout_console()
+    if not console.is_terminal:
+        console.width = PIPED_WIDTH  # each row on one line, a long error whole (the table is as wide as it needs)
     if records:
         console.print(table)
     else:
