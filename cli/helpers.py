@@ -13,6 +13,23 @@ import typer
 from cli.output import print_json, stderr_console, stdout_console
 
 
+WATCH_INTERVAL_S = 2.0
+
+
+def repeat_until_ctrl_c(render, interval: float = WATCH_INTERVAL_S) -> None:
+    """`-w`: the listing printed again every `interval` seconds (the screen cleared first on a terminal) until
+    Ctrl-C, which exits 0."""
+    console = stdout_console()
+    try:
+        while True:
+            if console.is_terminal:
+                console.clear()
+            render()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
 def run_session():
     from cli.run_session import session_for
     from configuration.backends import load_config
@@ -28,6 +45,14 @@ def find_run(session, name: str):
     if record is None:
         raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
     return record
+
+
+def node_host(session, record, rank: int) -> Optional[dict]:
+    """How to reach node `rank` of the run (its first node's host for a run that records no jobs)."""
+    from provisioner.jobs.run_jobs import run_jobs
+
+    jobs = run_jobs(session.store, record)
+    return jobs[rank].host if rank < len(jobs) else record.host
 
 
 def since_time(text: str) -> float:
@@ -91,16 +116,24 @@ def forget_fleet(name: str) -> None:
     stderr_console().print(f"Fleet {name} forgotten (its hosts are untouched)")
 
 
-def print_events(name: Optional[str], as_json: bool, since: Optional[float] = None, after_id: int = 0,
+def print_events(runs, as_json: bool, since: Optional[float] = None, after_id: int = 0,
                  last: Optional[int] = None, header: bool = True) -> int:
-    """Prints the events; returns the id of the last one (0 when there were none)."""
+    """Prints the events of `runs` (a run's name, several, or None: every run's); returns the id of the last one
+    (0 when there were none)."""
     from configuration.errors import ConfigurationError
     from provisioner.store.store import StateStore
 
     store = StateStore()
-    if name is not None and after_id == 0 and store.get_run(name) is None:
-        raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
-    events = store.list_events(name, since=since, after_id=after_id)
+    names = [runs] if isinstance(runs, str) else runs
+    if names is not None and after_id == 0:
+        for name in names:
+            if store.get_run(name) is None:
+                raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
+    if names is not None and len(names) == 1:
+        events = store.list_events(names[0], since=since, after_id=after_id)
+    else:
+        events = [event for event in store.list_events(None, since=since, after_id=after_id)
+                  if names is None or event["run"] in names]
     if last is not None:
         events = events[-last:]
     if as_json:

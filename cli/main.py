@@ -39,11 +39,11 @@ COMMANDS: Dict[str, LazyCommand] = {
     "offer": LazyCommand("cli.commands.offers:offers", "Show the offers that match the requirements (spot and "
                          "on-demand unless told otherwise)."),
     "offers": LazyCommand("cli.commands.offers:offers", "An alias of `offer`.", alias_of="offer"),
-    "ps": LazyCommand("cli.commands.runs:ps", "List runs: status, where they run, what they cost. Finishes what an "
+    "ps": LazyCommand("cli.commands.ps:ps", "List runs: status, where they run, what they cost. Finishes what an "
                       "interrupted dstack left."),
     "logs": LazyCommand("cli.commands.runs:logs", "Print a run's output, from the start."),
-    "attach": LazyCommand("cli.commands.runs:attach", "Follow a running run's output and forward its ports again, "
-                          "until it ends (Ctrl-C detaches); a dev environment's `ssh NAME` entry too."),
+    "attach": LazyCommand("cli.commands.attach:attach", "Forward a running run's ports again and write its `ssh "
+                          "NAME` entry, until it ends (Ctrl-C detaches); `--logs` shows its output."),
     "stop": LazyCommand("cli.commands.runs:stop", "Stop a run (SIGTERM, then SIGKILL after 10s) and remove "
                         "everything it created."),
     "metrics": LazyCommand("cli.commands.metrics:metrics", "Show a running job's CPU, memory and GPU use, read on "
@@ -52,6 +52,7 @@ COMMANDS: Dict[str, LazyCommand] = {
                          "provisioned, started, exit, teardown."),
     "delete": LazyCommand("cli.commands.delete:delete", "Forget a fleet (`-f fleet.dstack.yml`), delete a volume "
                                                       "(`-f volume.dstack.yml`) or forget a finished run (NAME)."),
+    "destroy": LazyCommand("cli.commands.delete:delete", "An alias of `delete`.", alias_of="delete"),
     "fleet": LazyCommand("cli.commands.fleet:fleet_app", "List, show and delete SSH and cloud fleets."),
     "volume": LazyCommand("cli.commands.volume:volume_app", "List, show and delete network volumes."),
     "secret": LazyCommand("cli.commands.secret:secret_app", "Store the secrets that `${{ secrets.NAME }}` reads"),
@@ -71,6 +72,33 @@ COMMANDS: Dict[str, LazyCommand] = {
     "completion": LazyCommand("cli.commands.completion:completion", "Print the shell completion script for bash, "
                               "zsh or fish."),
 }
+
+
+def _plain_metavars() -> None:
+    """Help in one style, as click (and dstack's argparse) writes it: `--last LAST`, `NAME`, `[ARGS]...`, not typer's
+    internals (`--last <int range>`, `{name}`, `<list[str]>`)."""
+    from typer import core
+
+    def option_metavar(option, ctx) -> str:
+        return option.metavar or (option.name or "value").upper()
+
+    def argument_name(argument) -> str:
+        return argument.metavar or (argument.name or "arg").upper()
+
+    def usage_name(argument) -> str:
+        if argument.metavar:  # written as it should read
+            return argument.metavar
+        name = argument_name(argument) if argument.required else f"[{argument_name(argument)}]"
+        return name + ("..." if argument.nargs != 1 else "")
+
+    core.TyperOption.display_type_rich = option_metavar
+    core.TyperArgument.display_type_rich = lambda argument, ctx: ""
+    core.TyperArgument._rich_display_name = lambda argument: argument.metavar or argument_name(argument) + (
+        "..." if argument.nargs != 1 else "")
+    core.TyperArgument._usage_display_name = usage_name
+
+
+_plain_metavars()
 
 
 def load_command(name: str, spec: LazyCommand):
@@ -108,7 +136,6 @@ app = typer.Typer(
     cls=LazyGroup,
     help="Run tasks on the cheapest machine that fits, on AWS, GCP, your own hosts or this machine.",
     no_args_is_help=True,
-    add_completion=False,  # `dstack completion SHELL` prints the script, as dstack's does
     **TYPER_SETTINGS,
 )
 
@@ -122,7 +149,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit")
+        Optional[bool],
+        typer.Option("-v", "--version", callback=_version, is_eager=True, help="Show the version and exit"),
     ] = None,
 ) -> None:
     """Run tasks on the cheapest machine that fits, on AWS, GCP, your own hosts or this machine."""

@@ -6,10 +6,12 @@ import json
 import sys
 from typing import Any
 
-# Every typer.Typer of the CLI: plain help and one-line usage errors (quicker, and readable in logs), -h as --help.
+# Every typer.Typer of the CLI: plain help and one-line usage errors (quicker, and readable in logs), -h as --help,
+# no typer `--install-completion` (`dstack completion SHELL` prints the script, as dstack's does).
 TYPER_SETTINGS: dict = dict(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

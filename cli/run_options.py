@@ -16,21 +16,33 @@ from typing_extensions import Annotated
 from configuration.resources import CPUSpec, DiskSpec, GPUSpec, Memory, Range, ResourcesSpec
 from offers.requirements import Requirements, spot_from_policy
 
-GpuOption = Annotated[Optional[str], typer.Option("--gpu", help="GPU spec, e.g. A100:2, 24GB..:1..4, nvidia:H100:8")]
-CpuOption = Annotated[Optional[str], typer.Option("--cpu", help="CPU count or range, optionally with arch: 16.., arm:8")]
-MemoryOption = Annotated[Optional[str], typer.Option("--memory", help="RAM size or range, e.g. 64GB..")]
-DiskOption = Annotated[Optional[str], typer.Option("--disk", help="Disk size or range, e.g. 500GB")]
+GpuOption = Annotated[
+    Optional[str], typer.Option("--gpu", metavar="SPEC", help="GPU spec, e.g. A100:2, 24GB..:1..4, nvidia:H100:8")
+]
+CpuOption = Annotated[
+    Optional[str], typer.Option("--cpu", metavar="SPEC", help="CPU count or range, optionally with arch: 16.., arm:8")
+]
+MemoryOption = Annotated[
+    Optional[str], typer.Option("--memory", metavar="RANGE", help="RAM size or range, e.g. 64GB..")
+]
+DiskOption = Annotated[Optional[str], typer.Option("--disk", metavar="RANGE", help="Disk size or range, e.g. 500GB")]
 SpotOption = Annotated[Optional[bool], typer.Option("--spot", help="Spot instances only", show_default=False)]
-OnDemandOption = Annotated[Optional[bool], typer.Option("--on-demand", help="On-demand instances only", show_default=False)]
+OnDemandOption = Annotated[
+    Optional[bool], typer.Option("--on-demand", help="On-demand instances only", show_default=False)
+]
 SpotAutoOption = Annotated[
     Optional[bool], typer.Option("--spot-auto", help="Spot or on-demand, cheapest first", show_default=False)
 ]
 BackendOption = Annotated[
-    Optional[List[str]], typer.Option("-b", "--backend", help="Backends to consider (repeatable): aws, gcp, ssh, local")
+    Optional[List[str]],
+    typer.Option("-b", "--backend", metavar="NAME", help="Backends to consider (repeatable): aws, gcp, ssh, local"),
 ]
-RegionOption = Annotated[Optional[List[str]], typer.Option("-r", "--region", help="Regions to consider (repeatable)")]
+RegionOption = Annotated[
+    Optional[List[str]], typer.Option("-r", "--region", metavar="NAME", help="Regions to consider (repeatable)")
+]
 InstanceTypeOption = Annotated[
-    Optional[List[str]], typer.Option("--instance-type", help="Instance types to consider (repeatable)")
+    Optional[List[str]],
+    typer.Option("--instance-type", metavar="NAME", help="Instance types to consider (repeatable)"),
 ]
 
 
@@ -47,9 +59,9 @@ def parse_max_price(text: str) -> float:
 
 MaxPriceOption = Annotated[
     Optional[float],
-    typer.Option("--max-price", parser=parse_max_price, metavar="FLOAT", help="Maximum price per hour, in dollars"),
+    typer.Option("--max-price", parser=parse_max_price, metavar="PRICE", help="Maximum price per hour, in dollars"),
 ]
-FileOption = Annotated[Optional[str], typer.Option("-f", "--file", help="A *.dstack.yml configuration")]
+FileOption = Annotated[Optional[str], typer.Option("-f", "--file", metavar="FILE", help="A *.dstack.yml configuration")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 SpotPolicyOption = Annotated[
     Optional[str], typer.Option("--spot-policy", metavar="POLICY", help="One of spot, on-demand, auto")

@@ -4,7 +4,9 @@ missing SDK reads as the extra to install, not as an ImportError."""
 
 from __future__ import annotations
 
+import shlex
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Tuple
 
 from configuration.errors import DstackError
@@ -18,13 +20,26 @@ EXTRA_MODULES = {  # the modules each extra installs (pyproject.toml's optional-
 EXTRA_FOR = {"pulumi": "all"}
 
 
+def install_command(extra: str) -> str:
+    """The command that installs `extra`, runnable as written: from a checkout (this code beside its
+    pyproject.toml), an editable install of that checkout (`.` from its folder); else the package by name."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        return f"pip install '{PACKAGE}[{extra}]'"
+    try:
+        here = Path.cwd().resolve() == root
+    except OSError:  # the working folder is gone
+        here = False
+    return f"pip install -e {shlex.quote(('.' if here else str(root)) + f'[{extra}]')}"
+
+
 class MissingExtra(DstackError):
     """A cloud SDK is not installed; the message names the extra that installs it."""
 
     def __init__(self, extra: str, purpose: str, modules: Tuple[str, ...]):
         install = EXTRA_FOR.get(extra, extra)
         super().__init__(f"{purpose} needs the [{install}] extra of {PACKAGE} (missing: {', '.join(modules)}): "
-                         f"pip install '{PACKAGE}[{install}]'")
+                         f"{install_command(install)}")
         self.extra = install
 
 

@@ -129,7 +129,7 @@ def test_logs_attach_and_stop_are_bounded_on_a_hung_host(tmp_path, home_env, mak
     task = write(tmp_path, "hung.dstack.yml", f"type: task\nname: hung\n{TICKING}")
     assert run_cli("apply", "-f", task, "-y", "-d", "-b", "ssh", env=home_env).returncode == 0
     short = dict(home_env, DSTACK_HOST_TIMEOUT="9")
-    followers = [spawn(["logs", "hung", "-f"], short), spawn(["attach", "hung"], short)]
+    followers = [spawn(["logs", "hung", "-f"], short), spawn(["attach", "hung", "--logs"], short)]
     frozen = []
     try:
         for process in followers:

@@ -58,9 +58,16 @@ def test_a_cloud_dry_run_without_the_extra_shows_the_offer_and_says_what_renderi
     plan = json.loads(result.stdout)
     assert plan["offer"]["backend"] == "aws" and plan["resources"] == []
     assert plan["stack"]["rendered"] is False
-    assert "pip install 'dstack-pulumi[aws]'" in plan["stack"]["reason"]
+    assert "pip install -e '.[aws]'" in plan["stack"]["reason"]  # runnable as written from the checkout
     assert "warning: the stack's resources are not shown: rendering the aws stack of the plan needs the [aws] " \
            "extra of dstack-pulumi" in result.stderr
+
+
+def test_the_install_hint_runs_as_written_from_any_folder(tmp_path, dstack_home):
+    """From another folder the hint names the checkout by its path; that command installs the extra there."""
+    result = without_sdks("gc", env={"DSTACK_HOME": str(dstack_home)}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"pip install -e '{ROOT}[" in result.stderr, result.stderr
 
 
 def test_a_cloud_run_without_the_extra_names_it(tmp_path, dstack_home):
@@ -71,7 +78,7 @@ def test_a_cloud_run_without_the_extra_names_it(tmp_path, dstack_home):
         result = without_sdks("apply", "-f", str(conf), "-b", backend, "-y", "-n", f"no-{backend}", env=env)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert f"needs the [{extra}] extra of dstack-pulumi" in result.stderr
-        assert f"pip install 'dstack-pulumi[{extra}]'" in result.stderr
+        assert f"pip install -e '.[{extra}]'" in result.stderr
     for command in (["gc"], ["stacks"], ["setup", "pulumi"]):
         result = without_sdks(*command, env=env)
-        assert result.returncode == 1 and "pip install 'dstack-pulumi[" in result.stderr, command
+        assert result.returncode == 1 and "pip install -e '.[" in result.stderr, command

@@ -64,7 +64,8 @@ def test_local_task_output_exit_code_ps_and_logs(tmp_path, home_env):
     run = ps(home_env)["local-ok"]
     assert (run["status"], run["backend"], run["exit_code"], run["price"]) == ("done", "local", 0, 0.0)
     assert run_cli("logs", "local-ok", env=home_env).stdout == result.stdout
-    assert run_cli("ps", env=home_env).stdout.startswith("No active runs")
+    listed = run_cli("ps", env=home_env).stdout.splitlines()  # none active: the last run, as dstack's `ps`
+    assert len(listed) == 2 and listed[1].split()[:3] == ["local-ok", "done", "local"], listed
     again = run_cli("apply", "-f", conf, "-y", env=home_env)
     assert again.returncode == 1 and "a run named local-ok already exists" in again.stderr
 
@@ -97,7 +98,7 @@ def test_detached_run_reattached(tmp_path, home_env):
     conf = write(tmp_path, "a.dstack.yml", "type: task\nname: local-attach\n"
                  "commands: ['for i in 1 2 3 4 5; do echo tick $i; sleep 0.3; done']\n")
     assert run_cli("apply", "-f", conf, "-y", "--detach", env=home_env).returncode == 0
-    attached = run_cli("attach", "local-attach", env=home_env)
+    attached = run_cli("attach", "local-attach", "--logs", env=home_env)
     assert attached.returncode == 0, attached.stderr
     assert attached.stdout == "".join(f"tick {i}\n" for i in range(1, 6))
     assert wait_status(home_env, "local-attach", "done")["exit_code"] == 0  # the next ps finishes it

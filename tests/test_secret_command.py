@@ -27,10 +27,16 @@ def test_set_list_get_delete(dstack_home):
     assert missing.returncode == 1 and missing.stderr == "error: no secret named OTHER (see `dstack secret list`)\n"
 
 
-def test_a_value_on_the_command_line_is_refused_and_not_stored(dstack_home):
+def test_a_value_on_the_command_line_is_stored_as_dstack_does_with_a_warning(dstack_home):
+    """dstack 0.22.5 takes `secret set NAME VALUE`; we take it too, and say what the shell keeps."""
     result = run_cli("secret", "set", "HF_TOKEN", VALUE)
-    assert result.returncode == 1 and "never taken from the command line" in result.stderr
-    assert VALUE not in result.stderr and not (dstack_home / "secrets.yml").exists()
+    assert result.returncode == 0, result.stderr
+    assert "warning: a value given on the command line stays in your shell's history" in result.stderr
+    assert VALUE not in result.stderr + result.stdout
+    assert run_cli("secret", "get", "HF_TOKEN").stdout == VALUE + "\n"
+    assert oct((dstack_home / "secrets.yml").stat().st_mode & 0o777) == "0o600"
+    empty = run_cli("secret", "set", "EMPTY", "")
+    assert empty.returncode == 1 and "no value given for EMPTY" in empty.stderr
 
 
 def test_bad_names_and_empty_values_are_refused(dstack_home):
@@ -104,3 +110,10 @@ def test_on_a_full_disk_set_and_delete_say_so_in_one_line_and_keep_the_store(tmp
         assert run_cli("secret", "get", "BEFORE").stdout == VALUE + "\n"
         assert run_cli("secret", "list").stdout.split() == ["BEFORE"]
         assert [p.name for p in home.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_delete_takes_dstacks_yes_flag(dstack_home):
+    assert run_cli("secret", "set", "GONE", input="v").returncode == 0
+    deleted = run_cli("secret", "delete", "GONE", "-y")
+    assert deleted.returncode == 0 and deleted.stderr == "Secret GONE deleted\n", deleted.stderr
+    assert run_cli("secret", "list").stdout == ""

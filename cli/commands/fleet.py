@@ -8,7 +8,7 @@ import sys
 import typer
 from typing_extensions import Annotated
 
-from cli.helpers import destroy_cloud_fleet, expire_idle_fleets, forget_fleet
+from cli.helpers import destroy_cloud_fleet, expire_idle_fleets, forget_fleet, repeat_until_ctrl_c
 from cli.output import TYPER_SETTINGS, print_json, stdout_console
 from cli.run_options import JsonOption
 
@@ -16,16 +16,29 @@ fleet_app = typer.Typer(help="List, show and delete SSH and cloud fleets.", invo
                         **TYPER_SETTINGS)
 
 
+WatchOption = Annotated[bool, typer.Option("-w", "--watch", help="Refresh every 2s until Ctrl-C")]
+VerboseOption = Annotated[bool, typer.Option("-v", "--verbose", help="Show where each fleet was registered from "
+                                                                     "and when, and each cloud instance's price")]
+
+
 @fleet_app.callback()
-def fleet(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def fleet(ctx: typer.Context, watch: WatchOption = False, verbose: VerboseOption = False,
+          as_json: JsonOption = False) -> None:
     """List, show and delete SSH and cloud fleets. Without a subcommand: `dstack fleet list`."""
     if ctx.invoked_subcommand is None:
-        list_fleets(as_json)
+        list_fleets(watch, verbose, as_json)
 
 
 @fleet_app.command("list")
-def list_fleets(as_json: JsonOption = False) -> None:
+def list_fleets(watch: WatchOption = False, verbose: VerboseOption = False, as_json: JsonOption = False) -> None:
     """List fleets: SSH fleets' hosts, cloud fleets' instances (idle or busy)."""
+    if watch:
+        repeat_until_ctrl_c(lambda: _list_fleets(verbose, as_json))
+    else:
+        _list_fleets(verbose, as_json)
+
+
+def _list_fleets(verbose: bool, as_json: bool) -> None:
     import time
 
     from provisioner.backends.cloud_fleets import fleets_json
@@ -40,7 +53,7 @@ def list_fleets(as_json: JsonOption = False) -> None:
     if not fleets:
         console.print("No fleets. `dstack apply -f fleet.dstack.yml` adds one.")
         return
-    _print_hosts(fleets)
+    _print_hosts(fleets, verbose)
 
 
 @fleet_app.command("get")
@@ -91,26 +104,32 @@ def _fleet(name: str) -> dict:
     raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
 
 
-def _print_hosts(fleets: list) -> None:
+def _print_hosts(fleets: list, verbose: bool = False) -> None:
+    import datetime
+
     from rich.table import Table
 
     from provisioner.backends.ssh_fleets import describe_facts
     from provisioner.host.probe import HostFacts
 
     table = Table(box=None, header_style="bold")
-    for column in ("FLEET", "HOST", "RESOURCES", "STATUS"):
+    for column in ("FLEET", "HOST", "RESOURCES", "STATUS") + (("$/HOUR", "SOURCE", "CREATED") if verbose else ()):
         table.add_column(column)
     for item in fleets:
+        created = datetime.datetime.fromtimestamp(item["created_at"]).isoformat(" ", "seconds")
         if item["kind"] == "cloud":
             for instance in item["instances"]:
+                price = instance.get("price")
+                more = [f"${price:.4f}" if price is not None else "-", item["source"], created]
                 table.add_row(item["name"], f"{instance['hostname']} (#{instance['instance_num']})",
                               f"{instance['backend']} {instance['region']} {instance['instance_type']}",
-                              _instance_status(instance))
+                              _instance_status(instance), *(more if verbose else []))
             continue
         for host in item["hosts"]:
             access = host["access"]
             table.add_row(item["name"], f"{access['user']}@{access['hostname']}:{access['port']}",
-                          describe_facts(HostFacts.from_json(host["facts"])), "ssh host")
+                          describe_facts(HostFacts.from_json(host["facts"])), "ssh host",
+                          *(["-", item["source"], created] if verbose else []))
     stdout_console().print(table, markup=False)
 
 

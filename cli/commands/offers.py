@@ -1,8 +1,10 @@
-"""`dstack offers`: what a run's resources would buy, cheapest first."""
+"""`dstack offers`: what a run's resources would buy, cheapest first. dstack's flags are taken; those of its profile
+that do not change which offers match (`--max-duration`, the retry and idle flags) are checked and have no effect
+here, as in dstack's listing."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
@@ -24,22 +26,46 @@ def offers(
     region: opt.RegionOption = None,
     instance_type: opt.InstanceTypeOption = None,
     max_price: opt.MaxPriceOption = None,
-    max_offers: Annotated[int, typer.Option("--max-offers", min=1, help="How many offers to show")] = 50,
+    spot_policy: opt.SpotPolicyOption = None,
+    fleet: opt.FleetOption = None,
+    reuse: opt.ReuseOption = False,
+    max_duration: opt.MaxDurationOption = None,
+    retry: opt.RetryOption = None,
+    retry_duration: opt.RetryDurationOption = None,
+    idle_duration: Annotated[Optional[str], typer.Option("--idle-duration", metavar="DURATION", help="Accepted as "
+                                                         "dstack's: no effect on which offers match")] = None,
+    dont_destroy: Annotated[bool, typer.Option("--dont-destroy", help="Accepted as dstack's: no effect on which "
+                                               "offers match")] = False,
+    profile: Annotated[Optional[str], typer.Option("--profile", metavar="NAME", help="Refused: there are no "
+                                                   "profiles here (put the fields in the configuration)")] = None,
+    no_profile: Annotated[bool, typer.Option("--no-profile", help="Accepted as dstack's: there are no profiles "
+                                             "here")] = False,
+    max_offers: Annotated[int, typer.Option("--max-offers", metavar="N", min=1, help="How many offers to show")] = 50,
     group_by: Annotated[
-        Optional[str], typer.Option("--group-by", help="Group rows: gpu, optionally with backend, region, count")
+        Optional[List[str]], typer.Option("--group-by", metavar="KEYS", help="Group rows: gpu, optionally with "
+                                          "backend, region, count (comma-separated or repeated)")
     ] = None,
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Rebuild the AWS catalogue from the live APIs first (needs credentials)")
     ] = False,
-    as_json: opt.JsonOption = False,
+    output: Annotated[Optional[str], typer.Option("--format", metavar="[plain|json]", help="Output format: plain "
+                                                  "(a table, the default) or json (as --json)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts (as --format json)")] = False,
 ) -> None:
     """Show the offers that match the requirements (spot and on-demand unless told otherwise)."""
     from offers.grouping import group_offers, parse_group_by
 
+    if output not in (None, "plain", "json"):
+        raise typer.BadParameter(f"{output!r} is not one of plain, json", param_hint="'--format'")
+    as_json = as_json or output == "json"
+    if profile is not None:
+        raise typer.BadParameter("there are no profiles here (no server): give the fields in the configuration or "
+                                 "as flags", param_hint="'--profile'")
+    _check_profile_flags(max_duration, retry, retry_duration, idle_duration)
     keys = None
     if group_by is not None:
         try:
-            keys = parse_group_by(group_by)
+            keys = parse_group_by(",".join(group_by))
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="'--group-by'") from None
     configuration = None
@@ -49,9 +75,13 @@ def offers(
         configuration = load_configuration(file)
     if configuration is not None and configuration.type in ("fleet", "volume"):
         raise typer.BadParameter(f"a {configuration.type} configuration has no resources to match", param_hint="'-f'")
+    from provisioner.store.store import StateStore
+
+    backend, region = opt.placement_flags(backend, region, fleet, reuse,
+                                          lambda: [f["name"] for f in StateStore().list_fleets()])
     requirements = opt.build_requirements(
         configuration, default_spot_policy="auto", gpu=gpu, cpu=cpu, memory=memory, disk=disk,
-        spot_policy=opt.spot_policy_flag(spot, on_demand, spot_auto), backends=backend, regions=region,
+        spot_policy=opt.spot_policy_flag(spot, on_demand, spot_auto, spot_policy), backends=backend, regions=region,
         instance_types=instance_type, max_price=max_price,
     )
     if refresh:
@@ -60,7 +90,6 @@ def offers(
         refresh_aws_catalog(regions=requirements.regions, log=stderr_console().print)
     from configuration.backends import load_config
     from provisioner.planning.search import search_run_offers
-    from provisioner.store.store import StateStore
 
     # Every cloud's catalogue, configured or not, plus the hosts a run could use (SSH fleets, this machine).
     found = search_run_offers(requirements, load_config(), StateStore(), limit=None if keys else max_offers,
@@ -84,6 +113,22 @@ def offers(
     _print_table(requirements, search, catalogs)
 
 
+def _check_profile_flags(max_duration, retry, retry_duration, idle_duration) -> None:
+    """The profile flags dstack's `offer` takes and that change no offer: refused when malformed, as `apply` would."""
+    from configuration.fields import parse_duration
+
+    if retry is False and retry_duration is not None:
+        raise typer.BadParameter("--no-retry takes no duration", param_hint="'--retry-duration'")
+    for flag, value in (("--max-duration", max_duration), ("--retry-duration", retry_duration),
+                        ("--idle-duration", idle_duration)):
+        if value is None or (flag != "--retry-duration" and value == "off"):
+            continue
+        try:
+            parse_duration(value)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint=f"'{flag}'") from None
+
+
 def _print_table(requirements, search, catalogs) -> None:
     from rich.markup import escape  # a file's values may hold `[...]`, which rich reads as markup
     from rich.table import Table
@@ -99,11 +144,13 @@ def _print_table(requirements, search, catalogs) -> None:
                       "No offers match. Loosen the resources, or allow more backends, regions or spot.")
         return
     table = Table(box=None, header_style="bold")
-    for column, justify in (("#", "right"), ("BACKEND", "left"), ("REGION", "left"), ("INSTANCE", "left"),
+    for column, justify in (("#", "right"), ("BACKEND", "left"), ("REGION", "left"), ("ZONE", "left"),
+                            ("INSTANCE", "left"),
                             ("RESOURCES", "left"), ("SPOT", "left"), ("$/HOUR", "right"), ("WITH DISK", "right")):
         table.add_column(column, justify=justify)
     for i, offer in enumerate(search.offers, 1):
-        table.add_row(str(i), offer.backend, escape(offer.region), escape(offer.instance.name),
+        table.add_row(str(i), offer.backend, escape(offer.region), escape(_zones(offer)),
+                      escape(offer.instance.name),
                       escape(offer.describe_resources()), "spot" if offer.spot else "on-demand", _price(offer.price),
                       _price(offer.total_price))
     console.print(table)
@@ -126,7 +173,7 @@ def _print_groups(requirements, groups, keys, total) -> None:
     for key in keys:
         if key != "count":
             table.add_column(key.upper())
-    for column in ("COUNT", "SPOT", "$/HOUR", "BACKENDS", "OFFERS"):
+    for column in ("COUNT", "SPOT", "$/GPU", "$/HOUR", "BACKENDS", "OFFERS"):
         table.add_column(column)
     for g in groups:
         cells = []
@@ -139,13 +186,30 @@ def _print_groups(requirements, groups, keys, total) -> None:
         cells += [
             str(count["min"]) if count["min"] == count["max"] else f"{count['min']}..{count['max']}",
             ", ".join(g["spot"]),
-            _price(g["price"]["min"]) + ("" if g["price"]["min"] == g["price"]["max"] else f"..{_price(g['price']['max'])}"),
+            _price_range(g["price_per_gpu"]),
+            _price_range(g["price"]),
             ", ".join(g["backends"]),
             str(g["offers"]),
         ]
         table.add_row(*map(escape, cells))
     console.print(table)
     console.print(f"{total} offers in {len(groups)} groups.")
+
+
+def _zones(offer) -> str:
+    """The offer's zones after its region's name (`us-east-1` with `a,b,f`; `-` for a host): a catalogue priced per
+    zone gives rows that differ only here."""
+    if not offer.zones:
+        return "-"
+    return ",".join(zone[len(offer.region):].lstrip("-") if zone.startswith(offer.region) else zone
+                    for zone in offer.zones)
+
+
+def _price_range(prices) -> str:
+    if prices is None:
+        return "-"
+    low, high = _price(prices["min"]), _price(prices["max"])
+    return low if low == high else f"{low}..{high}"
 
 
 def _price(value: float) -> str:

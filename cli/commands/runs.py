@@ -1,4 +1,5 @@
-"""`dstack ps`, `dstack logs`, `dstack attach`, `dstack stop`: the runs after `apply`."""
+"""`dstack logs`, `dstack stop`: the runs after `apply` (`dstack ps` and `dstack attach` have modules of their
+own)."""
 
 from __future__ import annotations
 
@@ -8,128 +9,10 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cli.helpers import expire_idle_fleets, find_run, print_events, remove_schedule, run_session, since_time
-from cli.output import print_json, stderr_console, stdout_console, warn, write_stdout
+from cli.helpers import find_run, node_host, print_events, remove_schedule, run_session, since_time
+from cli.output import stderr_console, write_stdout
 
 NameArgument = Annotated[str, typer.Argument(help="The run name")]
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
-WATCH_INTERVAL_S = 2.0
-
-
-def ps(
-    all_runs: Annotated[bool, typer.Option("-a", "--all", help="Show finished runs too")] = False,
-    last: Annotated[
-        Optional[int], typer.Option("-n", "--last", min=1, help="Show only the last N runs (implies --all)")
-    ] = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show each run's jobs (one per node): host, status, "
-                                                                  "ports, exit code")] = False,
-    watch: Annotated[bool, typer.Option("-w", "--watch", help="Refresh every 2s until Ctrl-C")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
-) -> None:
-    """List runs: status, where they run, what they cost. Finishes what an interrupted dstack left."""
-    session = run_session()
-    if not watch:
-        _print_runs(session, all_runs, last, verbose, as_json)
-        return
-    console = stdout_console()
-    try:
-        while True:
-            if console.is_terminal:
-                console.clear()
-            _print_runs(session, all_runs, last, verbose, as_json)
-            time.sleep(WATCH_INTERVAL_S)
-    except KeyboardInterrupt:
-        pass
-
-
-def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool) -> None:
-    from provisioner.runs.reconcile import reconcile
-
-    now = time.time()
-    every = reconcile(session)
-    expire_idle_fleets()  # after reconcile, whose teardowns hand instances back idle
-    _warn_of_unknown_jobs(session.store, every)
-    records = [r for r in every if all_runs or last or r.active][:last]
-    if as_json:
-        print_json({"runs": [_run_json(session, r, now) for r in records]})
-        return
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=None, header_style="bold")
-    columns = ["NAME", "STATUS", "BACKEND", "REGION", "INSTANCE", "$/HOUR", "COST", "AGE"]
-    for column in columns + (["JOB", "HOST", "JOB STATUS", "PORTS", "EXIT"] if verbose else []):
-        table.add_column(column)
-    for r in records:
-        status = Text(r.status + (f" ({r.reason})" if r.reason else ""))  # as it is: no markup, no :emoji: codes
-        row = [r.name, status, r.backend or "-", r.region or "-", r.instance or "-",
-               f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}", _age(now - r.submitted_at)]
-        if not verbose:
-            table.add_row(*row)
-            continue
-        for job in _jobs_json(session, r):  # the run's row, then one row per further node
-            table.add_row(*row, str(job["node"]), job["host"] or "-", job["status"],
-                          ", ".join(f"localhost:{a}->{b}" for a, b in job["ports"]) or "-",
-                          "-" if job["exit_code"] is None else str(job["exit_code"]))
-            row = [""] * len(columns)
-        for earlier in _submissions(session, r)[:-1]:  # attempts that lost their instances, one row each
-            table.add_row(*row, f"attempt {earlier['submission']}", Text(earlier["hosts"] or "-"),
-                          Text(f"{earlier['status']} ({earlier['reason']})"), "-", "-")
-    console = stdout_console()
-    if records:
-        console.print(table)
-    else:
-        console.print("No runs." if all_runs or last else "No active runs (`dstack ps -a` shows finished ones).")
-
-
-def _jobs_json(session, record) -> list:
-    """A run's jobs, one per node: where each runs, its status and exit code; ports are forwarded from node 0.
-    A run that never got a host has one job, without one."""
-    from provisioner.host.access import HostAccess
-    from provisioner.jobs.run_jobs import run_jobs
-    from provisioner.store.records import JobRecord
-
-    jobs = run_jobs(session.store, record) or [JobRecord(run=record.name, rank=0, status=record.status,
-                                                         exit_code=record.exit_code)]
-    return [{**job.summary(HostAccess.from_json(job.host).description if job.host else None),
-             "ports": (record.ports or []) if job.rank == 0 else [], "attempts": record.attempts} for job in jobs]
-
-
-def _run_json(session, record, now: float) -> dict:
-    from provisioner.runs.dev_environments import with_dev_environment
-
-    return with_dev_environment({**record.summary(now), "jobs": _jobs_json(session, record),
-                                 "submissions": _submissions(session, record)}, record)
-
-
-def _submissions(session, record) -> list:
-    from provisioner.runs.interruptions import submissions
-
-    return submissions(session.store, record)
-
-
-def _warn_of_unknown_jobs(store, records) -> None:
-    """Jobs running on this machine that no active run knows (the store was lost, or a record went): named, so
-    that `No runs.` never hides a running job."""
-    from provisioner.host.access import HostAccess
-    from provisioner.jobs.orphans import describe, search
-
-    active = {r.name for r in records if r.active}
-    jobs, _ = search([HostAccess(kind="local")])
-    for access, name, pgid in jobs:
-        if name in active:
-            continue
-        record = store.get_run(name)  # a run submitted since the list was read is no stranger
-        if record is None or not record.active:
-            warn(f"{describe(access, name, pgid)}, but no active run in {store.path} knows it")  # a path: unwrapped
 
 
 def logs(
@@ -201,13 +84,6 @@ def _print_diagnostics(record) -> None:
     print_events(record.name, as_json=False)
 
 
-def _node_host(session, record, rank: int) -> Optional[dict]:
-    from provisioner.jobs.run_jobs import run_jobs
-
-    jobs = run_jobs(session.store, record)
-    return jobs[rank].host if rank < len(jobs) else record.host
-
-
 def _print_every_node(session, record, follow: bool) -> None:
     """Every node's output, line by line with its rank in front: as it comes (`-f`), else each node's whole log
     (from its host, or the copy kept locally) taken in turn a line at a time."""
@@ -260,7 +136,7 @@ def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
     from provisioner.runs.lifecycle import local_log_path
 
     record = find_run(session, name)
-    host = _node_host(session, record, rank)
+    host = node_host(session, record, rank)
     reachable = host and (record.active or record.backend in ("local", "ssh"))
     missing = f"its {record.backend} host was removed with the run"
     shown, lost = 0, False
@@ -290,50 +166,6 @@ def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
         else:
             raise DstackError(f"the output of {name} is gone: {missing}, and the copy dstack keeps ({path}) does "
                               "not exist")
-
-
-def attach(name: NameArgument) -> None:
-    """Follow a running run's output and forward its ports again, until it ends (Ctrl-C detaches); a dev
-    environment's `ssh NAME` entry too."""
-    from configuration.errors import ConfigurationError
-    from provisioner.host.access import HostAccess
-    from provisioner.host.transport import HostUnreachable
-    from provisioner.jobs.follow import LogFollower, kept_run_hint
-    from provisioner.runs.lifecycle import forward_ports
-
-    session = run_session()
-    record = find_run(session, name)
-    if not record.active or not record.host:
-        raise ConfigurationError(f"{name} is {record.status}; nothing to attach to (`dstack logs {name}` shows its output)")
-    access = HostAccess.from_json(record.host)
-    follower = LogFollower(access.connect, name, log=session.reporter.info, host=access.description)
-    from configuration.fields import PortMapping
-
-    ports = [PortMapping.model_validate(p) for p in (record.configuration or {}).get("ports", [])]
-    attachment = _reattach_dev_environment(session, record, access)
-    forwarder = forward_ports(session, name, access, ports, lambda: follower.transport)
-    try:
-        follower.follow(write_stdout)
-    except KeyboardInterrupt:
-        session.reporter.info(f"Detached; {name} goes on (`dstack stop {name}` ends it)")
-    except HostUnreachable as e:
-        raise HostUnreachable(f"{e}\n{kept_run_hint(name)}") from None
-    finally:
-        if attachment is not None:
-            attachment.close()
-        if forwarder is not None:
-            forwarder.close()
-
-
-def _reattach_dev_environment(session, record, access):
-    """A dev environment's entry written again and its link shown; returns the session held while attached."""
-    from provisioner.runs import dev_environments
-
-    if not dev_environments.is_dev_environment(record.configuration or {}):
-        return None
-    dev_environments.reopen_entry(record.name, access, record.configuration, session.reporter.info)
-    return dev_environments.Attachment(access, record.name, record.configuration, session.reporter.info,
-                                       announce=False)
 
 
 def stop(

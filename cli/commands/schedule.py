@@ -11,9 +11,10 @@ import typer
 
 from cli import run_options as opt
 from cli.helpers import utc
-from cli.output import print_json, stderr_console, stdout_console, warn
+from cli.output import TYPER_SETTINGS, print_json, stderr_console, stdout_console, warn
 
-schedule_app = typer.Typer(help="Scheduled runs: list them, or start those that are due", no_args_is_help=True)
+schedule_app = typer.Typer(help="Scheduled runs: list them, or start those that are due", no_args_is_help=True,
+                           **TYPER_SETTINGS)
 
 TICK_S = 60
 

@@ -1,7 +1,8 @@
 """`dstack secret set|get|list|delete`: the secrets `${{ secrets.NAME }}` reads (configuration.secret_store).
 
-A value is never taken from the command line, where process lists and shell history would show it: `set` asks for
-it without echo on a terminal, and otherwise reads it from stdin (`... | dstack secret set NAME`)."""
+`set` asks for the value without echo on a terminal, and otherwise reads it from stdin (`... | dstack secret set
+NAME`). dstack's `secret set NAME VALUE` is accepted too, with a warning: shell history and process lists show a
+value given on the command line."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cli.output import print_json
+from cli.output import TYPER_SETTINGS, print_json, warn
 
-secret_app = typer.Typer(help="Store the secrets that `${{ secrets.NAME }}` reads", no_args_is_help=True)
+secret_app = typer.Typer(help="Store the secrets that `${{ secrets.NAME }}` reads", no_args_is_help=True,
+                         **TYPER_SETTINGS)
 NameArgument = Annotated[str, typer.Argument(help="The secret's name, as `${{ secrets.NAME }}` writes it")]
 
 
@@ -36,17 +38,21 @@ def _read_value(name: str) -> str:
 @secret_app.command("set")
 def set_secret(
     name: NameArgument,
-    value: Annotated[Optional[str], typer.Argument(hidden=True, show_default=False)] = None,
+    value: Annotated[Optional[str], typer.Argument(show_default=False, help="The value, as dstack takes it (your "
+                                                   "shell's history keeps it): leave it out to type it unseen or "
+                                                   "pipe it in")] = None,
 ) -> None:
-    """Store a secret; its value is asked for without echo, or read from stdin (never from the command line)."""
+    """Store a secret; its value is asked for without echo, or read from stdin."""
     from configuration.errors import ConfigurationError
     from configuration.secret_store import check_name, editing_secrets, secrets_path
 
-    if value is not None:
-        raise ConfigurationError("a secret's value is never taken from the command line (process lists and shell "
-                                 f"history show it); run `dstack secret set {name}` and type it, or pipe it in")
     check_name(name)
-    given = _read_value(name)  # before the store's lock: a person may take a while to type it
+    if value is not None:
+        warn(f"a value given on the command line stays in your shell's history and shows in process lists; "
+             f"`dstack secret set {name}` asks for it unseen (or reads it from a pipe)")
+        if not value:
+            raise ConfigurationError(f"no value given for {name}; nothing stored")
+    given = value if value is not None else _read_value(name)  # before the store's lock: typing may take a while
     with editing_secrets() as secrets:
         secrets[name] = given
     sys.stderr.write(f"Secret {name} stored in {secrets_path()}\n")
@@ -79,10 +85,17 @@ def list_secrets(as_json: Annotated[bool, typer.Option("--json", help="Print the
 
 
 @secret_app.command("delete")
-def delete_secret(name: NameArgument) -> None:
-    """Remove a secret."""
+def delete_secret(
+    name: NameArgument,
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Remove a secret (asking first on a terminal, unless -y)."""
+    from cli.output import confirm
     from configuration.errors import ConfigurationError
     from configuration.secret_store import editing_secrets
+
+    if not confirm(f"Delete secret {name}?", yes):
+        raise typer.Exit(1)
 
     with editing_secrets() as secrets:
         if secrets.pop(name, None) is None:

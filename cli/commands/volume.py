@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from typing_extensions import Annotated
 
-from cli.helpers import find_volume, remove_volume
+from cli.helpers import find_volume, remove_volume, repeat_until_ctrl_c
 from cli.output import TYPER_SETTINGS, print_json, stdout_console
 from cli.run_options import JsonOption
 
@@ -13,16 +13,29 @@ volume_app = typer.Typer(help="List, show and delete network volumes.", invoke_w
                          **TYPER_SETTINGS)
 
 
+WatchOption = Annotated[bool, typer.Option("-w", "--watch", help="Refresh every 2s until Ctrl-C")]
+VerboseOption = Annotated[bool, typer.Option("-v", "--verbose", help="Show each volume's region and when it was "
+                                                                     "created or registered")]
+
+
 @volume_app.callback()
-def volume(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def volume(ctx: typer.Context, watch: WatchOption = False, verbose: VerboseOption = False,
+           as_json: JsonOption = False) -> None:
     """List, show and delete network volumes. Without a subcommand: `dstack volume list`."""
     if ctx.invoked_subcommand is None:
-        list_volumes(as_json)
+        list_volumes(watch, verbose, as_json)
 
 
 @volume_app.command("list")
-def list_volumes(as_json: JsonOption = False) -> None:
+def list_volumes(watch: WatchOption = False, verbose: VerboseOption = False, as_json: JsonOption = False) -> None:
     """List network volumes."""
+    if watch:
+        repeat_until_ctrl_c(lambda: _list_volumes(verbose, as_json))
+    else:
+        _list_volumes(verbose, as_json)
+
+
+def _list_volumes(verbose: bool, as_json: bool) -> None:
     from provisioner.store.store import StateStore
 
     volumes = [v.summary() for v in StateStore().list_volumes()]
@@ -32,7 +45,7 @@ def list_volumes(as_json: JsonOption = False) -> None:
     if not volumes:
         stdout_console().print("No volumes. `dstack apply -f volume.dstack.yml` creates one.")
         return
-    _print_table(volumes)
+    _print_table(volumes, verbose)
 
 
 @volume_app.command("get")
@@ -54,14 +67,19 @@ def delete_volume_command(
     remove_volume(name, yes)
 
 
-def _print_table(volumes: list) -> None:
+def _print_table(volumes: list, verbose: bool = False) -> None:
+    import datetime
+
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "BACKEND", "ZONE", "SIZE", "VOLUME ID", "STATUS"):
+    for column in ("NAME", "BACKEND", "ZONE", "SIZE", "VOLUME ID", "STATUS") + (("REGION", "CREATED") if verbose
+                                                                                 else ()):
         table.add_column(column)
     for v in volumes:
         size = f"{v['size_gb']}GB" if v["size_gb"] else "-"
+        created = datetime.datetime.fromtimestamp(v["created_at"]).isoformat(" ", "seconds") if v["created_at"] else "-"
         table.add_row(v["name"], v["backend"], v["zone"] or v["region"], size, v["volume_id"] or "-",
-                      v["status"] + (" (registered)" if v["external"] else ""))
+                      v["status"] + (" (registered)" if v["external"] else ""),
+                      *([v["region"] or "-", created] if verbose else []))
     stdout_console().print(table)

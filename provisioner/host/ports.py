@@ -16,12 +16,19 @@ class PortTaken(ConfigurationError):
     pass
 
 
-def bind_local(port: Optional[int]) -> socket.socket:
-    """A listening socket on 127.0.0.1; port None picks a free one."""
+LOOPBACK = "127.0.0.1"
+
+
+def bind_local(port: Optional[int], address: str = LOOPBACK) -> socket.socket:
+    """A listening socket on `address` (this machine's loopback unless told: `dstack attach --host`); port None
+    picks a free one."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener.bind(("127.0.0.1", port or 0))
+        listener.bind((address, port or 0))
+    except socket.gaierror as e:
+        listener.close()
+        raise ConfigurationError(f"cannot listen on {address}: {e.strerror or e}") from None
     except OSError:
         listener.close()
         raise PortTaken(f"local port {port} is already in use by another program; map the task's port to another "
@@ -69,14 +76,15 @@ def local_opener(port: int, address) -> socket.socket:
 
 
 class PortForwarder:
-    def __init__(self, open_stream: Callable[[int, Tuple[str, int]], object]):
+    def __init__(self, open_stream: Callable[[int, Tuple[str, int]], object], address: str = LOOPBACK):
         self._open_stream = open_stream
+        self.address = address
         self._listeners: List[socket.socket] = []
         self._stopping = threading.Event()
         self.bound: List[Tuple[int, int]] = []  # (local port, remote port)
 
     def forward(self, local_port: Optional[int], remote_port: int) -> int:
-        listener = bind_local(local_port)
+        listener = bind_local(local_port, self.address)
         self._listeners.append(listener)
         port = listener.getsockname()[1]
         self.bound.append((port, remote_port))

@@ -63,6 +63,13 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
     return LogChunk(result.stdout, int(code) if code.lstrip("-").isdigit() else None)
 
 
+def log_size(transport: Transport, run_name: str) -> int:
+    """How many bytes the job's log holds now (0 when there is none yet)."""
+    result = transport.run(f"wc -c < {job_folder(run_name)}/output.log 2>/dev/null || echo 0", timeout=30)
+    text = result.text.strip()
+    return int(text) if text.isdigit() else 0
+
+
 def log_exists(transport: Transport, run_name: str) -> bool:
     return transport.run(f"test -f {job_folder(run_name)}/output.log", timeout=30).code == 0
 

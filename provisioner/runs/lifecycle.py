@@ -17,7 +17,7 @@ from configuration.errors import ConfigurationError, DstackError
 from configuration.home import append_private
 from offers.offer import Offer
 from provisioner.host.access import HostAccess
-from provisioner.host.ports import PortForwarder, local_opener, ssh_opener
+from provisioner.host.ports import LOOPBACK, PortForwarder, local_opener, ssh_opener
 from provisioner.host.transport import HostUnreachable
 from provisioner.jobs.cluster_ssh import cluster_ssh
 from provisioner.jobs.follow import LogFollower, kept_run_hint
@@ -228,24 +228,27 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
     return outcome
 
 
-def forward_ports(session: RunSession, run_name: str, access: HostAccess, ports, ssh_transport):
-    """Forwards each task port to localhost; returns the forwarder (None when nothing needs forwarding)."""
+def forward_ports(session: RunSession, run_name: str, access: HostAccess, ports, ssh_transport,
+                  address: str = LOOPBACK):
+    """Forwards each task port to `address` (this machine's loopback unless told); returns the forwarder (None when
+    nothing needs forwarding)."""
     if not ports:
         return None
 
     if access.kind == "local":
-        needed = [p for p in ports if p.local_port not in (None, p.container_port)]
-        forwarder = PortForwarder(local_opener)
+        needed = [p for p in ports if p.local_port not in (None, p.container_port) or address != LOOPBACK]
+        forwarder = PortForwarder(local_opener, address)
     else:
         needed = list(ports)
-        forwarder = PortForwarder(ssh_opener(lambda: ssh_transport().transport))
+        forwarder = PortForwarder(ssh_opener(lambda: ssh_transport().transport), address)
     bound = []
+    shown = "localhost" if address == LOOPBACK else address
     for mapping in ports:
         if mapping in needed:
             local = forwarder.forward(mapping.local_port, mapping.container_port)
         else:
             local = mapping.container_port
         bound.append([local, mapping.container_port])
-        session.reporter.info(f"Port {mapping.container_port} is at http://localhost:{local}")
+        session.reporter.info(f"Port {mapping.container_port} is at http://{shown}:{local}")
     session.store.update_run(run_name, ports=bound)
     return forwarder

@@ -15,6 +15,7 @@ from provisioner.runs import dev_environments
 from provisioner.runs.job_specs import recorded_stop_grace
 from provisioner.runs.owner import owner_alive
 from provisioner.runs.session import RunSession
+from provisioner.runs.ssh_entries import remove_entry
 from provisioner.store.records import RunRecord
 from provisioner.store.statuses import RUNNING, STARTING, JobStatus, RunStatus
 from provisioner.store.store import StateStore
@@ -37,6 +38,8 @@ def finish_run(session: RunSession, name: str, status: RunStatus, reason: Option
     if dev_environments.is_dev_environment(record.configuration or {}):
         dev_environments.close(name, [HostAccess.from_json(job.host) for job in jobs if job.host] if outlive else [],
                                session.reporter.info)
+    else:
+        remove_entry(name)  # a task's, which `dstack attach` writes
     if record.backend:
         def step(progress) -> None:
             session.reporter.step(progress)
