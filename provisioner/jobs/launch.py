@@ -100,6 +100,19 @@ def sweep_command(job_id: str) -> str:
             'p=${f#/proc/}; [ "${p%/environ}" != "$$" ] && kill -KILL "${p%/environ}" 2>/dev/null; done; true')
 
 
+# `dstack logs --since` for every run, attached or not: while the job runs, the log's size is sampled every
+# SIZES_INTERVAL_S and each change appended to OUTPUT_SIZES as `TIME SIZE` (the host's clock; by TIME the log had SIZE
+# bytes), once more when the job has ended. The job writes its log itself, so nothing stands in its output's way; a
+# line's arrival is known to within the interval. provisioner.jobs.control.read_output_times reads it.
+OUTPUT_SIZES = "output.sizes"
+SIZES_INTERVAL_S = 0.5
+_SIZE = f'echo "$(date +%s.%N) $(stat -c %s output.log 2>/dev/null || echo 0)" >> {OUTPUT_SIZES}'
+_SIZES_START = ("{ trap 'kill $w 2>/dev/null; exit 0' TERM; o=0; while kill -0 $J 2>/dev/null; do "
+                "s=$(stat -c %s output.log 2>/dev/null || echo 0); "
+                f'[ "$s" = "$o" ] || {{ echo "$(date +%s.%N) $s" >> {OUTPUT_SIZES}; o=$s; }}; '
+                f"sleep {SIZES_INTERVAL_S} & w=$!; wait $w; done; }} & T=$!; ")
+_SIZES_STOP = f"kill $T 2>/dev/null; {_SIZE}; "
+
 # What may hold secret values in the job folder, removed once the job has ended (before its exit code is written):
 # the script (the commands, with `${{ secrets.X }}` filled in), the env file (deleted when read, but a job stopped in
 # its login profile never reads it), the git askpass helper and a cluster's private key.
@@ -142,8 +155,8 @@ def start_command(job: JobSpec) -> str:
                               "S=$!; ")
             monitor_stop += f"kill $S 2>/dev/null; [ -f {dev_env.INACTIVE_FILE} ] && code={INACTIVE}; "
         monitor_stop += f"{dev_env.revoke_command(job.dev.public_key)}; rm -f session.env; "
-    wrapper = (f"setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; echo $J > pid; "
-               f"{monitor_start}wait $J; code=$?; {monitor_stop}"
+    wrapper = (f": > {OUTPUT_SIZES}; setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; "
+               f"echo $J > pid; {_SIZES_START}{monitor_start}wait $J; code=$?; {_SIZES_STOP}{monitor_stop}"
                f"{_end_of_job(job)}rm -f {' '.join(SECRET_HOLDERS)}; "
                "echo $code > exit_code.tmp; mv exit_code.tmp exit_code")
     if job.power_off_after_exit_min:
