@@ -7,8 +7,9 @@ made under umask 077, so they are 0700 and what the job writes in them 0600. In 
 secret value: provisioner.jobs.launch.SECRET_HOLDERS), `repo/` (the working directory, where the repo and
 `files` go unless their paths say otherwise), `uploads/` (what the client sent, until the script puts each upload
 in its place or, in a container, mounts it there), `output.log` (stdout and
-stderr), `profile.log` (what the login profile printed), `pid` (the job's process group) and `exit_code` (written
-when the job ends). The job runs in its own session
+stderr), `output.sizes` (when its output arrived: provisioner.jobs.launch.OUTPUT_SIZES), `profile.log` (what the
+login profile printed), `pid` (the job's process group), `as_root` (how a job that needs root becomes it:
+provisioner.jobs.launch.ROOT_CHECK) and `exit_code` (written when the job ends). The job runs in its own session
 (setsid), so a dropped SSH connection loses nothing: the client reconnects and reads the log on from the byte it had.
 
 A job without `image:` starts from an empty environment (`env -i`): a login shell's basics (HOME, USER, LOGNAME,
