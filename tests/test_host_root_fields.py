@@ -95,7 +95,6 @@ def test_this_machine_as_an_ordinary_user_refuses_shm_size_and_privileged_naming
     os.chown(home, 65534, 65534)
     for name, text, field in (("shm", SHM_TASK, "resources.shm_size"), ("priv", PRIVILEGED_TASK, "privileged")):
         path = write(tmp_path, f"{name}.dstack.yml", text.format(name=name, backend="local"))
-        os.chmod(tmp_path, 0o755)
         done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps",
                                "+dac_read_search", "--ambient-caps", "+dac_read_search", "env", f"HOME={home}",
                                f"DSTACK_HOME={home}", sys.executable, "-m", "cli.main", "apply", "-f", path,
