@@ -96,13 +96,21 @@ BACKENDS = ("aws", "gcp", "ssh", "local")
 
 
 def _flag(name: str, model: Any, value: Optional[str]) -> Any:
+    """A resource flag's value as its model parses it. A refusal names the value, and the part of it that is wrong
+    where the model says (`'1...3': count.max: Input should be a valid integer`), as a file's errors name the field."""
     if value is None:
         return None
     try:
         return model.model_validate(value) if hasattr(model, "model_validate") else model(value)
     except (ValidationError, ValueError) as e:
-        detail = e.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(e, ValidationError) else str(e)
-        raise typer.BadParameter(detail, param_hint=f"'{name}'") from None
+        if isinstance(e, ValidationError):
+            error = e.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            detail = (f"{where}: " if where else "") + error["msg"].removeprefix("Value error, ")
+        else:
+            detail = str(e)
+        named = detail if repr(value) in detail else f"{value!r}: {detail}"
+        raise typer.BadParameter(named, param_hint=f"'{name}'") from None
 
 
 def override_resources(

@@ -195,7 +195,8 @@ class RunFields(ProfileFields):
     user: Annotated[
         Optional[str], Field(description="The user in the container, `USER[:GROUP]` (names or ids; with `image`)")
     ] = None
-    privileged: Annotated[bool, Field(description="Run the container privileged (with `image`)")] = False
+    privileged: Annotated[bool, Field(description="With `image`: a privileged container. Without: the commands run "
+                                                  "as root (sudo) where the host gives root (docs/runs.md)")] = False
     home_dir: Annotated[
         Optional[str], Field(description="The container's `HOME` (with `image`); deprecated by dstack")
     ] = None

@@ -360,7 +360,9 @@ class ResourcesSpec(StrictModel):
     memory: Annotated[Range[Memory], Field(description="The RAM size (e.g., `8GB`, `200GB..`)")] = DEFAULT_MEMORY_SIZE
     shm_size: Annotated[
         Optional[Memory],
-        Field(description="The size of shared memory (e.g., `8GB`); PyTorch data loaders may need more than the default"),
+        Field(description="The size of shared memory (e.g., `8GB`); PyTorch data loaders may need more than the default. "
+                          "With `image`: the container's; without: the job's own /dev/shm where the host gives root "
+                          "(docs/runs.md)"),
     ] = None
     gpu: Annotated[
         GPUSpec,

@@ -34,8 +34,8 @@ def make_host(client_key):
     require_namespaces()
     started = []
 
-    def make(index=None):
-        host = NamespaceHost(client_key[1], index)
+    def make(index=None, login_user=None):
+        host = NamespaceHost(client_key[1], index, login_user)
         started.append(host)
         try:
             return host.start()

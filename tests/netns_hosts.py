@@ -112,8 +112,13 @@ class NamespaceHost:
     authorized_keys is the host's own file, which sshd names to dstack as DSTACK_AUTHORIZED_KEYS).
     Without an index, the first one that no process holds."""
 
-    def __init__(self, client_public_key: str, index=None):
+    def __init__(self, client_public_key: str, index=None, login_user=None):
+        """`login_user`: a user of this host's own besides root (no sudo: this machine has none), whose
+        home is the host's folder's `home`; sshd sees it in copies of /etc/passwd and /etc/group bound over them in
+        a mount namespace of sshd's own, so this machine's files stay as they are."""
         index, self._index_lock = claim_index(index)
+        self.login_user = login_user
+        self.uid = 60000 + index
         self.index = index
         self.ns = f"dstk{os.getpid() % 10000}-{index}"
         self.veth_host = f"dv{os.getpid() % 10000}h{index}"
@@ -130,6 +135,8 @@ class NamespaceHost:
         self.new_host_key()
         (self.dir / "authorized_keys").write_text(self.client_public_key + "\n")
         self.jobs_dir.mkdir()
+        if self.login_user:
+            self._add_login_user()
         (self.dir / "sshd_config").write_text("\n".join([
             "Port 22", f"ListenAddress {self.address}", f"HostKey {self.dir / 'host_key'}",
             f"PidFile {self.dir / 'sshd.pid'}", f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
@@ -172,9 +179,24 @@ class NamespaceHost:
     def host_public_key(self) -> str:
         return " ".join((self.dir / "host_key.pub").read_text().split()[:2])
 
+    def _add_login_user(self) -> None:
+        home = self.dir / "home"
+        home.mkdir()
+        entry = f"{self.login_user}:x:{self.uid}:{self.uid}::{home}:/bin/sh\n"
+        (self.dir / "passwd").write_text(Path("/etc/passwd").read_text() + entry)
+        (self.dir / "group").write_text(Path("/etc/group").read_text() + f"{self.login_user}:x:{self.uid}:\n")
+        for path in (home, self.jobs_dir):
+            os.chown(path, self.uid, self.uid)
+        self.dir.chmod(0o755)
+        (self.dir / "authorized_keys").chmod(0o644)
+
     def start_sshd(self) -> None:
-        self.process = subprocess.Popen(["ip", "netns", "exec", self.ns, SSHD, "-D", "-e", "-f",
-                                         str(self.dir / "sshd_config")], stderr=subprocess.PIPE)
+        argv = [SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")]
+        if self.login_user:
+            binds = (f"mount --bind {self.dir / 'passwd'} /etc/passwd && mount --bind {self.dir / 'group'} /etc/group"
+                     " && exec \"$@\"")
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", binds, "sshd", *argv]
+        self.process = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, run_cli, write
 
 EXPECTED_A100_RESOURCES = {
     "cpu": {"arch": None, "count": {"min": 2, "max": None}}, "memory": {"min": 8.0, "max": None}, "shm_size": None,
@@ -80,6 +80,23 @@ def test_errors_have_codes_and_no_traceback(args, code, message):
     assert result.returncode == code
     assert message in result.stderr.replace("\n│ ", " ")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["offers", "apply"])
+@pytest.mark.parametrize("flag, value, detail", [
+    ("--cpu", "1...3", "count.max: Input should be a valid integer"),
+    ("--gpu", "H100:1...3", "count.max: Input should be a valid integer"),
+    ("--memory", "1...3GB", "Invalid range order: 1GB..0.3GB"),
+    ("--disk", "10GB...20GB", "size: Invalid range order: 10GB..0.2GB"),
+])
+def test_a_resource_flags_error_names_the_value_refused(tmp_path, command, flag, value, detail):
+    """Issue 20: as a file's error names its field, a flag's names the value it refused and the part that is wrong."""
+    args = [command, flag, value]
+    if command == "apply":
+        args += ["-f", write(tmp_path, "t.dstack.yml", "type: task\ncommands: [x]\n"), "--dry-run"]
+    result = run_cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"Invalid value for '{flag}': '{value}': {detail}" in result.stderr.replace("\n│ ", " "), result.stderr
 
 
 def test_bad_file_is_a_user_error(tmp_path):

@@ -161,6 +161,5 @@ def _run_name(name: str) -> str:
     from configuration.fields import NAME_RULE, RUN_NAME
 
     if not RUN_NAME.match(name):
-        raise typer.BadParameter(NAME_RULE,
-                                 param_hint="'-n/--name'")
+        raise typer.BadParameter(f"{name!r}: {NAME_RULE}", param_hint="'-n/--name'")
     return name

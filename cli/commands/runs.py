@@ -3,6 +3,7 @@ own)."""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Optional
 
@@ -47,27 +48,48 @@ def logs(
         if size > 1 and node is None:
             raise typer.BadParameter(f"{name} has {size} nodes: --since shows one node's output; add --node K",
                                      param_hint="'--since'")
-        _print_logs_since(record, since_time(since), node or 0)
+        _print_logs_since(session, record, since_time(since), node or 0)
     elif size > 1 and node is None:
         _print_every_node(session, record, follow)
     else:
         _print_logs(session, name, follow, node or 0)
 
 
-def _print_logs_since(record, since: float, rank: int) -> None:
-    """Arrival times are kept for node 0's output; another node's are not."""
+def _print_logs_since(session, record, since: float, rank: int) -> None:
+    """Node `rank`'s output that arrived at or after `since`: from the local copy where arrival times are kept beside
+    it (an attached run's, as dstack streamed it; a run that ended unattended, copied from its host), else from the
+    host, which records when each piece of every job's output arrives."""
     from configuration.errors import DstackError
-    from provisioner.runs.lifecycle import local_log_path
-    from provisioner.store.run_files import offset_since
+    from provisioner.host.access import HostAccess
+    from provisioner.host.transport import TransportError
+    from provisioner.jobs.control import read_log, read_output_times
+    from provisioner.store.run_files import first_offset_since, local_log_path, offset_since
 
-    offset = offset_since(record.name, since) if rank == 0 else None
+    offset = offset_since(record.name, since, rank)
     path = local_log_path(record.name, rank)
-    if offset is None or not path.exists():
-        raise DstackError(f"{record.name}'s output has no arrival times (dstack records them while it streams an "
-                          f"attached run): `dstack logs {record.name}` shows all of it")
-    with open(path, "rb") as f:
-        f.seek(min(offset, path.stat().st_size))
-        write_stdout(f.read())
+    if offset is not None and path.exists():
+        with open(path, "rb") as f:
+            f.seek(min(offset, path.stat().st_size))
+            write_stdout(f.read())
+        return
+    host = _node_host(session, record, rank)
+    why = "its host did not record them (a job started by an older dstack)"
+    if host and (record.active or record.backend in ("local", "ssh")):
+        try:
+            transport = HostAccess.from_json(host).connect(total_wait=30)
+            try:
+                times = read_output_times(transport, record.name)
+                if times is not None:
+                    offset = first_offset_since(times, since)
+                    if offset < sys.maxsize:
+                        write_stdout(read_log(transport, record.name, offset).data)
+                    return
+            finally:
+                transport.close()
+        except TransportError as e:
+            why = f"its host is not reachable ({e})"
+    raise DstackError(f"{record.name}'s output has no arrival times here and {why}: `dstack logs {record.name}` "
+                      "shows all of it")
 
 
 def _print_diagnostics(record) -> None:

@@ -4,13 +4,14 @@ a byte on, its state asked, the jobs still running listed, the job stopped."""
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from provisioner.host.transport import Transport, TransportError
 from provisioner.jobs import dev_env
 from provisioner.jobs.cluster_ssh import job_files
-from provisioner.jobs.launch import MONITOR_SCRIPT, start_command, stop_command
+from provisioner.jobs.launch import MONITOR_SCRIPT, OUTPUT_SIZES, start_command, stop_command
 from provisioner.jobs.layout import BEGUN_FILE, JOBS_ROOT, job_folder
 from provisioner.jobs.script import ASKPASS_SCRIPT, GIT_PASSWORD_VAR, GIT_USERNAME_VAR, JobSpec, env_file, job_script
 from provisioner.jobs.uploads import archive_stream, git_credentials
@@ -68,6 +69,34 @@ def log_size(transport: Transport, run_name: str) -> int:
     result = transport.run(f"wc -c < {job_folder(run_name)}/output.log 2>/dev/null || echo 0", timeout=30)
     text = result.text.strip()
     return int(text) if text.isdigit() else 0
+
+
+def read_output_times(transport: Transport, run_name: str) -> Optional[List[Tuple[float, int]]]:
+    """When each piece of the job's log arrived, as its host recorded it (provisioner.jobs.launch.OUTPUT_SIZES), in
+    the form of `$DSTACK_HOME/runs/NAME/output.times`: (time, the offset where output that arrived by then begins),
+    the times moved to this machine's clock (the host's is read in the same round trip). None when the host kept no
+    record (a job started by a dstack that did not keep one)."""
+    folder = job_folder(run_name)
+    asked = time.time()
+    result = transport.run(f"cd {folder} 2>/dev/null && [ -f {OUTPUT_SIZES} ] && date +%s.%N && cat {OUTPUT_SIZES}",
+                           timeout=30)
+    answered = time.time()
+    lines = result.text.splitlines()
+    try:
+        skew = float(lines[0]) - (asked + answered) / 2
+    except (IndexError, ValueError):
+        return None
+    times, had = [], 0
+    for line in lines[1:]:
+        at, _, size = line.partition(" ")
+        try:
+            at_here, size_now = float(at) - skew, int(size)
+        except ValueError:  # a line cut short
+            continue
+        if size_now > had:
+            times.append((at_here, had))
+            had = size_now
+    return times
 
 
 def log_exists(transport: Transport, run_name: str) -> bool:

@@ -100,15 +100,44 @@ def sweep_command(job_id: str) -> str:
             'p=${f#/proc/}; [ "${p%/environ}" != "$$" ] && kill -KILL "${p%/environ}" 2>/dev/null; done; true')
 
 
+# `dstack logs --since` for every run, attached or not: while the job runs, the log's size is sampled every
+# SIZES_INTERVAL_S and each change appended to OUTPUT_SIZES as `TIME SIZE` (the host's clock; by TIME the log had SIZE
+# bytes), once more when the job has ended. The job writes its log itself, so nothing stands in its output's way; a
+# line's arrival is known to within the interval. provisioner.jobs.control.read_output_times reads it.
+OUTPUT_SIZES = "output.sizes"
+SIZES_INTERVAL_S = 0.5
+_SIZE = f'echo "$(date +%s.%N) $(stat -c %s output.log 2>/dev/null || echo 0)" >> {OUTPUT_SIZES}'
+_SIZES_START = ("{ trap 'kill $w 2>/dev/null; exit 0' TERM; o=0; while kill -0 $J 2>/dev/null; do "
+                "s=$(stat -c %s output.log 2>/dev/null || echo 0); "
+                f'[ "$s" = "$o" ] || {{ echo "$(date +%s.%N) $s" >> {OUTPUT_SIZES}; o=$s; }}; '
+                f"sleep {SIZES_INTERVAL_S} & w=$!; wait $w; done; }} & T=$!; ")
+_SIZES_STOP = f"kill $T 2>/dev/null; {_SIZE}; "
+
 # What may hold secret values in the job folder, removed once the job has ended (before its exit code is written):
 # the script (the commands, with `${{ secrets.X }}` filled in), the env file (deleted when read, but a job stopped in
 # its login profile never reads it), the git askpass helper and a cluster's private key.
 SECRET_HOLDERS = ("job.sh", "env", "askpass", "cluster_key")
 
 
+# A job that becomes root (JobSpec.needs_root) is refused before anything is unpacked where the login user can not;
+# where it can, `as_root` in the job folder says how ("" as root, else "sudo -n"): the wrapper and a stop reach the
+# job's root processes (their signals and the sweep) and give the folder back to the user after it.
+ROOT_CHECK = ('if [ "$(id -u)" = 0 ]; then R=""; elif sudo -n true 2>/dev/null; then R="sudo -n"; else '
+              'echo "$(id -un) can not become root here (it is not root and has no passwordless sudo), which WHAT '
+              'without image: needs" >&2; exit 1; fi; ')
+
+
+def root_check(job: JobSpec) -> str:
+    what = " and ".join(w for w, used in (("privileged: true", job.privileged),
+                                           ("resources.shm_size", job.shm_size_gb)) if used)
+    return ROOT_CHECK.replace("WHAT", what)
+
+
 def start_command(job: JobSpec) -> str:
     """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
     folder = job_folder(job.run_name)
+    check = root_check(job) if job.needs_root else ""
+    mark_root = ' && printf "%s" "$R" > as_root' if job.needs_root else " && rm -f as_root"
     limit = f"timeout -s TERM -k 10 {job.max_duration_s} " if job.max_duration_s else ""
     monitor_start = monitor_stop = ""
     if job.utilization:
@@ -126,9 +155,9 @@ def start_command(job: JobSpec) -> str:
                               "S=$!; ")
             monitor_stop += f"kill $S 2>/dev/null; [ -f {dev_env.INACTIVE_FILE} ] && code={INACTIVE}; "
         monitor_stop += f"{dev_env.revoke_command(job.dev.public_key)}; rm -f session.env; "
-    wrapper = (f"setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; echo $J > pid; "
-               f"{monitor_start}wait $J; code=$?; {monitor_stop}"
-               f"kill -KILL -$J 2>/dev/null; {sweep_command(job.job_id)}; rm -f {' '.join(SECRET_HOLDERS)}; "
+    wrapper = (f": > {OUTPUT_SIZES}; setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; "
+               f"echo $J > pid; {_SIZES_START}{monitor_start}wait $J; code=$?; {_SIZES_STOP}{monitor_stop}"
+               f"{_end_of_job(job)}rm -f {' '.join(SECRET_HOLDERS)}; "
                "echo $code > exit_code.tmp; mv exit_code.tmp exit_code")
     if job.power_off_after_exit_min:
         minutes = job.power_off_after_exit_min
@@ -139,10 +168,20 @@ def start_command(job: JobSpec) -> str:
                    f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes} || "
                    f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
-    return (f"{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && "
-            f"rm -f exit_code pid begun {PROFILE_ENV}{authorize}; }} || exit 1; "
+    return (f"{check}{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && "
+            f"rm -f exit_code pid begun {PROFILE_ENV}{mark_root}{authorize}; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
+
+
+def _end_of_job(job: JobSpec) -> str:
+    """What the job left is killed (its process group, then what escaped it). After a job that ran as root, through
+    the way `as_root` says, and the job folder is the login user's again (what the commands wrote there)."""
+    if not job.needs_root:
+        return f"kill -KILL -$J 2>/dev/null; {sweep_command(job.job_id)}; "
+    root = "R=$(cat as_root 2>/dev/null); "
+    return (f"{root}$R sh -c {shlex.quote('kill -KILL -$0 2>/dev/null; ' + sweep_command(job.job_id))} $J; "
+            '[ -z "$R" ] || $R chown -R "$(id -u):$(id -g)" . 2>/dev/null; ')
 
 
 def stop_command(run_name: str, grace: Optional[int]) -> str:
@@ -152,15 +191,18 @@ def stop_command(run_name: str, grace: Optional[int]) -> str:
     container = shlex.quote(f"dstack-{run_name}")
     docker_stop = (f"{{ docker stop -t SECONDS {container} || sudo -n docker stop -t SECONDS {container}; }} "
                    ">/dev/null 2>&1")
-    prefix = f"cd {folder} 2>/dev/null || exit 0; [ -s pid ] || exit 0; PG=$(cat pid); "
+    # k SIGNAL: to the job's process group; also through `as_root` where the job runs as root by it (sudo).
+    prefix = (f"cd {folder} 2>/dev/null || exit 0; [ -s pid ] || exit 0; PG=$(cat pid); R=$(cat as_root 2>/dev/null); "
+              'k() { kill -$1 -$PG 2>/dev/null; r=$?; [ -z "$R" ] || { $R kill -$1 -- -$PG 2>/dev/null; r=$?; }; '
+              "return $r; }; ")
     if grace is None:
         return (prefix + "if command -v docker >/dev/null 2>&1; then "
                 f"setsid nohup sh -c {shlex.quote(docker_stop.replace('SECONDS', str(OFF_DOCKER_STOP_S)))} "
-                "</dev/null >/dev/null 2>&1 & fi; kill -TERM -$PG 2>/dev/null; true")
+                "</dev/null >/dev/null 2>&1 & fi; k TERM; true")
     return (prefix + f"if command -v docker >/dev/null 2>&1; then {docker_stop.replace('SECONDS', str(grace))} || true; fi; "
-            f"kill -TERM -$PG 2>/dev/null || true; "
-            f"i=0; while kill -0 -$PG 2>/dev/null && [ $i -lt {grace * 10} ]; do sleep 0.1; i=$((i+1)); done; "
-            f"kill -KILL -$PG 2>/dev/null || true; "
+            f"k TERM || true; "
+            f"i=0; while k 0 && [ $i -lt {grace * 10} ]; do sleep 0.1; i=$((i+1)); done; "
+            f"k KILL || true; "
             f"i=0; while [ ! -f exit_code ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
             f"cat exit_code 2>/dev/null || true")
 

@@ -16,12 +16,13 @@ from configuration.home import append_private
 from provisioner.host.access import HostAccess
 from provisioner.host.transport import Transport
 from provisioner.jobs.cluster_ssh import authorize_command, revoke_left
-from provisioner.jobs.control import job_begun, job_ended_ago, job_state, read_log, start_job, stop_job
+from provisioner.jobs.control import (job_begun, job_ended_ago, job_state, read_log, read_output_times, start_job,
+                                      stop_job)
 from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED
 from provisioner.jobs.nodes import on_every_node, startup_waves
 from provisioner.jobs.script import JobSpec
 from provisioner.store.records import JobRecord, RunRecord
-from provisioner.store.run_files import local_log_path
+from provisioner.store.run_files import append_times, local_log_path
 from provisioner.store.statuses import RUNNING, JobStatus, RunStatus
 from provisioner.store.store import StateStore
 
@@ -191,3 +192,6 @@ def copy_log(transport: Transport, run_name: str, rank: int) -> None:
     chunk = read_log(transport, run_name, have)
     with append_private(path) as f:
         f.write(chunk.data)
+    times = read_output_times(transport, run_name)  # for `dstack logs --since` once the host is gone
+    if times:
+        append_times(run_name, rank, times, start=have)

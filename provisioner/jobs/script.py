@@ -7,8 +7,9 @@ made under umask 077, so they are 0700 and what the job writes in them 0600. In 
 secret value: provisioner.jobs.launch.SECRET_HOLDERS), `repo/` (the working directory, where the repo and
 `files` go unless their paths say otherwise), `uploads/` (what the client sent, until the script puts each upload
 in its place or, in a container, mounts it there), `output.log` (stdout and
-stderr), `profile.log` (what the login profile printed), `pid` (the job's process group) and `exit_code` (written
-when the job ends). The job runs in its own session
+stderr), `output.sizes` (when its output arrived: provisioner.jobs.launch.OUTPUT_SIZES), `profile.log` (what the
+login profile printed), `pid` (the job's process group), `as_root` (how a job that needs root becomes it:
+provisioner.jobs.launch.ROOT_CHECK) and `exit_code` (written when the job ends). The job runs in its own session
 (setsid), so a dropped SSH connection loses nothing: the client reconnects and reads the log on from the byte it had.
 
 A job without `image:` starts from an empty environment (`env -i`): a login shell's basics (HOME, USER, LOGNAME,
@@ -60,7 +61,7 @@ class JobSpec:
     power_off_after_exit_min: Optional[int] = None  # cloud VMs: power off (and so terminate) this long after the job
     shell: Optional[str] = None  # `sh`, `bash` or an absolute path; None: bash (sh without it), /bin/sh in an image
     user: Optional[str] = None  # image jobs: the container's user
-    privileged: bool = False  # image jobs: a privileged container
+    privileged: bool = False  # image jobs: a privileged container; without `image:`, the commands run as root
     home_dir: Optional[str] = None  # image jobs: the container's HOME
     docker: bool = False  # Docker usable by the commands
     nvcc: bool = False  # the commands need the CUDA compiler
@@ -72,6 +73,11 @@ class JobSpec:
     job_id: str = field(default_factory=lambda: secrets.token_hex(12))
     uploads: UploadPlan = field(default_factory=UploadPlan)  # the repo and `files`
     mounts: Mounts = Mounts()  # `volumes`: network volumes and instance folders (provisioner.jobs.mounts)
+
+    @property
+    def needs_root(self) -> bool:
+        """A job without `image:` that becomes root on its host: `privileged: true`, or its own /dev/shm."""
+        return self.image is None and (self.privileged or bool(self.shm_size_gb))
 
 
 def registry_of(image: str) -> Optional[str]:
@@ -96,7 +102,7 @@ _PREAMBLE = """#!/bin/sh
 set -e
 cd "$(dirname "$0")"
 JOB_DIR="$PWD"
-if [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
+{as_root}if [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
 mkdir -p repo
 if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
 if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
@@ -112,7 +118,52 @@ _BEGUN = f": > \"$JOB_DIR/{BEGUN_FILE}\"\n"
 
 
 def _preamble(job: JobSpec) -> str:
-    return _PREAMBLE.format(run=job.run_name, slots=max(job.gpus, 1), profile=PROFILE_ENV)
+    return _PREAMBLE.format(run=job.run_name, slots=max(job.gpus, 1), profile=PROFILE_ENV, as_root=_as_root(job))
+
+
+# A job without `image:` that needs root (`privileged: true`, `resources.shm_size`) runs job.sh again as root (the
+# login user's sudo where it is not root), from the same basics the launcher gave it; with shm_size in a mount
+# namespace of its own, where a tmpfs of that size is mounted over /dev/shm: the job sees it, the host's own
+# /dev/shm stays as it is. Without `privileged`, the commands then run as the login user again (setpriv).
+# DSTACK_JOB_STAGE marks the second pass; the variables it needs are unset before the job's own begin.
+_AS_ROOT = """if [ -z "${{DSTACK_JOB_STAGE:-}}" ]; then
+  if [ "$(id -u)" = 0 ]; then AS_ROOT=""; elif sudo -n true 2>/dev/null; then AS_ROOT="sudo -n"
+  else echo "dstack: $(id -un)@$(uname -n) cannot become root (no passwordless sudo), which {what} needs" >&2; exit 1
+  fi
+  JOB_SHELL=sh; if command -v bash >/dev/null 2>&1; then JOB_SHELL=$(command -v bash); fi
+  $AS_ROOT env -i HOME="$HOME" USER="${{USER:-}}" LOGNAME="${{LOGNAME:-}}" SHELL="${{SHELL:-/bin/sh}}" PATH="$PATH" \
+LANG="${{LANG:-C.UTF-8}}" ${{DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"}} ${{DOCKER_CONFIG:+DOCKER_CONFIG="$DOCKER_CONFIG"}} \
+DSTACK_JOB_STAGE=root DSTACK_JOB_OWNER="$(id -u):$(id -g)" DSTACK_JOB_SHELL="$JOB_SHELL" {unshare}"$JOB_SHELL" "$0"
+  exit $?
+fi
+if [ "$DSTACK_JOB_STAGE" = root ]; then
+  :
+{mount}{drop}fi
+unset DSTACK_JOB_STAGE DSTACK_JOB_OWNER DSTACK_JOB_SHELL
+"""
+_MOUNT_SHM = """  mount -t tmpfs -o size={mib}m,mode=1777,nosuid,nodev dstack-shm /dev/shm || \
+{{ echo "dstack: could not mount a {mib}MB /dev/shm for the job (resources.shm_size)" >&2; exit 1; }}
+"""
+_DROP_ROOT = """  if [ "${DSTACK_JOB_OWNER%%:*}" != 0 ]; then
+    exec setpriv --reuid="${DSTACK_JOB_OWNER%%:*}" --regid="${DSTACK_JOB_OWNER#*:}" --init-groups \
+env DSTACK_JOB_STAGE=user "$DSTACK_JOB_SHELL" "$0"
+  fi
+"""
+
+
+def shm_mib(job: JobSpec) -> int:
+    return int((job.shm_size_gb or 0) * 1024)
+
+
+def _as_root(job: JobSpec) -> str:
+    if not job.needs_root:
+        return ""
+    what = " and ".join(w for w, used in (("privileged: true", job.privileged),
+                                           ("resources.shm_size", job.shm_size_gb)) if used)
+    shm = bool(job.shm_size_gb)
+    return _AS_ROOT.format(what=what, unshare="unshare --mount --propagation private -- " if shm else "",
+                           mount=_MOUNT_SHM.format(mib=shm_mib(job)) if shm else "",
+                           drop="" if job.privileged else _DROP_ROOT)
 
 
 # An interpreter that runs and is the version asked for (a pyenv shim of a version not selected exits 127), as

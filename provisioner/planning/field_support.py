@@ -17,6 +17,7 @@ from configuration.policies import VolumeMountPoint
 from offers.consumption import RESERVATION_BACKENDS
 from offers.offer import Offer
 from provisioner.jobs.nodes import node_count, node_offers
+from provisioner.planning.host_offers import local_gives_root
 from provisioner.planning.reuse import InstanceOffer
 
 ALL_BACKENDS = ("local", "ssh", "aws", "gcp")
@@ -64,6 +65,23 @@ def _nvidia_gpu(offer: Offer) -> bool:
     return offer.instance.gpu_vendor == "nvidia" and offer.instance.gpu_count > 0
 
 
+def _host_shm(configuration) -> bool:
+    return configuration.resources.shm_size is not None and configuration.image is None
+
+
+def _gives_root(offer: Offer) -> bool:
+    """Whether the offer's host lets a job become root: a cloud VM's user has passwordless sudo; this machine when
+    dstack runs as root or with passwordless sudo; an SSH host is asked when its job starts
+    (provisioner.jobs.launch.root_check), which refuses it there, naming it, before anything runs."""
+    if offer.backend == "local":
+        return local_gives_root()
+    return True
+
+
+_ROOT_REASON = ("without `image:` needs root on this machine (the local backend): dstack runs as neither root nor "
+                "a user with passwordless sudo here; run it as one, use `image:`, or an SSH fleet or cloud backend")
+
+
 RULES: Tuple[FieldRule, ...] = (
     _later("groups", "distributed tasks", lambda c: getattr(c, "groups", None) is not None),
     FieldRule("volumes", lambda c: getattr(c, "nodes", 1) != 1 and _network_volumes(c), (),
@@ -77,20 +95,20 @@ RULES: Tuple[FieldRule, ...] = (
     FieldRule("reservation", _set("reservation"), RESERVATION_BACKENDS,
               ": only a GCP VM consumes a named reservation here (AWS capacity reservations are not targeted yet)"),
     FieldRule("dstack", _set("dstack"), (), "is not supported: there is no dstack server to reach (this CLI runs "
-                                            "tasks itself)"),
+                                            "tasks itself, so there is no server API or token to hand the job); "
+                                            "remove it, and give the job what it needs to call instead through "
+                                            "`env` or `secrets`, or run `dstack` commands from your machine"),
     FieldRule("backend_options", _set("backend_options"), (),
               "is not supported: its only options are for the vastai backend, which is not one of ours"),
     FieldRule("entrypoint", _without_image("entrypoint"), (), "needs `image:` (a task without one runs "
                                                               "`commands` in a shell)"),
     FieldRule("user", _without_image("user"), (), "needs `image:` (a task without one runs as the host's "
                                                   "login user)"),
-    FieldRule("privileged", _without_image("privileged"), (), "needs `image:` (a task without one runs as the "
-                                                              "host's login user)"),
+    FieldRule("privileged", _without_image("privileged"), ALL_BACKENDS, _ROOT_REASON, fits=_gives_root),
     FieldRule("home_dir", _without_image("home_dir"), (), "needs `image:` (a task without one has the host "
                                                           "user's home)"),
     FieldRule("registry_auth", _without_image("registry_auth"), (), "needs `image:` (there is no image to pull)"),
-    FieldRule("resources.shm_size", lambda c: c.resources.shm_size is not None and c.image is None, (),
-              "needs `image:` (a task without one shares the host's /dev/shm)"),
+    FieldRule("resources.shm_size", _host_shm, ALL_BACKENDS, _ROOT_REASON, fits=_gives_root),
     FieldRule("docker", _set("docker"), ("ssh", "aws", "gcp"),
               ": it would install and drive Docker on this machine; use `image:` or a fleet host"),
     FieldRule("availability_zones", _set("availability_zones"), CLOUD_BACKENDS, ": only clouds have zones"),

@@ -56,3 +56,15 @@ def local_offer() -> Tuple[Offer, HostAccess]:
     facts = local_facts()
     return (Offer("local", facts.instance_type("localhost"), LOCAL_REGION, (), False, 0.0, facts.disk_free_gb, 0.0),
             HostAccess(kind="local"))
+
+
+def local_gives_root() -> bool:
+    """Whether a job on this machine can become root: dstack runs as root, or its user has passwordless sudo."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() == 0:
+        return True
+    if shutil.which("sudo") is None:
+        return False
+    return subprocess.run(["sudo", "-n", "true"], capture_output=True, timeout=30).returncode == 0
