@@ -72,7 +72,7 @@ def _print_logs_since(session, record, since: float, rank: int) -> None:
             f.seek(min(offset, path.stat().st_size))
             write_stdout(f.read())
         return
-    host = _node_host(session, record, rank)
+    host = node_host(session, record, rank)
     why = "its host did not record them (a job started by an older dstack)"
     if host and (record.active or record.backend in ("local", "ssh")):
         try:
