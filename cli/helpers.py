@@ -55,6 +55,9 @@ def delete_run(session, name: str) -> None:
     if record.active:
         raise ConfigurationError(f"{name} is {record.status}: `dstack stop {name}` first")
     session.store.delete_run(name)
+    from provisioner.store.run_files import remove_run_folder
+
+    remove_run_folder(name)  # its output, arrival times and diagnostics: the next run of the name has its own alone
 
 
 def expire_idle_fleets() -> None:

@@ -134,7 +134,7 @@ def apply(
     from cli.run_session import run_and_report
 
     code = run_and_report(plan.config, store, plan.hosts, plan.name, run, plan.offers, config_path(file), detach,
-                          as_json, upload_repo=not no_repo)
+                          as_json, upload_repo=not no_repo, yes=yes)
     raise typer.Exit(code)
 
 
