@@ -65,8 +65,9 @@ def test_local_task_output_exit_code_ps_and_logs(tmp_path, home_env):
     assert (run["status"], run["backend"], run["exit_code"], run["price"]) == ("done", "local", 0, 0.0)
     assert run_cli("logs", "local-ok", env=home_env).stdout == result.stdout
     assert run_cli("ps", env=home_env).stdout.startswith("No active runs")
-    again = run_cli("apply", "-f", conf, "-y", env=home_env)
-    assert again.returncode == 1 and "a run named local-ok already exists" in again.stderr
+    again = run_cli("apply", "-f", conf, "-y", env=home_env)  # a finished run's name is submitted again
+    assert again.returncode == 0 and "kept as local-ok@1" in again.stderr
+    assert {"local-ok", "local-ok@1"} <= set(ps(home_env))
 
 
 def test_failing_task_reports_its_exit_code(tmp_path, home_env):
