@@ -30,6 +30,26 @@ def find_run(session, name: str):
     return record
 
 
+def jobs_json(session, record) -> list:
+    """A run's jobs, one per node: where each runs, its status and exit code; ports are forwarded from node 0.
+    A run that never got a host has one job, without one."""
+    from provisioner.host.access import HostAccess
+    from provisioner.jobs.run_jobs import run_jobs
+    from provisioner.store.records import JobRecord
+
+    jobs = run_jobs(session.store, record) or [JobRecord(run=record.name, rank=0, status=record.status,
+                                                         exit_code=record.exit_code)]
+    return [{**job.summary(HostAccess.from_json(job.host).description if job.host else None),
+             "ports": (record.ports or []) if job.rank == 0 else [], "attempts": record.attempts} for job in jobs]
+
+
+def run_json(session, record, now: float) -> dict:
+    """One run as `dstack ps --json` and `dstack run get NAME --json` print it."""
+    from provisioner.runs.dev_environments import with_dev_environment
+
+    return with_dev_environment({**record.summary(now), "jobs": jobs_json(session, record)}, record)
+
+
 def since_time(text: str) -> float:
     """`--since`: a duration back from now, or an RFC 3339 time."""
     from configuration.fields import parse_duration

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cli.helpers import expire_idle_fleets, find_run, print_events, remove_schedule, run_session, since_time
+from cli.helpers import (expire_idle_fleets, find_run, jobs_json, print_events, remove_schedule, run_json, run_session,
+                         since_time)
 from cli.output import print_json, stderr_console, stdout_console, warn, write_stdout
 
 NameArgument = Annotated[str, typer.Argument(help="The run name")]
@@ -59,7 +60,7 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
     _warn_of_unknown_jobs(session.store, every)
     records = [r for r in every if all_runs or last or r.active][:last]
     if as_json:
-        print_json({"runs": [_run_json(session, r, now) for r in records]})
+        print_json({"runs": [run_json(session, r, now) for r in records]})
         return
     from rich.table import Table
     from rich.text import Text
@@ -75,7 +76,7 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
         if not verbose:
             table.add_row(*row)
             continue
-        for job in _jobs_json(session, r):  # the run's row, then one row per further node
+        for job in jobs_json(session, r):  # the run's row, then one row per further node
             table.add_row(*row, str(job["node"]), job["host"] or "-", job["status"],
                           ", ".join(f"localhost:{a}->{b}" for a, b in job["ports"]) or "-",
                           "-" if job["exit_code"] is None else str(job["exit_code"]))
@@ -85,25 +86,6 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
         console.print(table)
     else:
         console.print("No runs." if all_runs or last else "No active runs (`dstack ps -a` shows finished ones).")
-
-
-def _jobs_json(session, record) -> list:
-    """A run's jobs, one per node: where each runs, its status and exit code; ports are forwarded from node 0.
-    A run that never got a host has one job, without one."""
-    from provisioner.host.access import HostAccess
-    from provisioner.jobs.run_jobs import run_jobs
-    from provisioner.store.records import JobRecord
-
-    jobs = run_jobs(session.store, record) or [JobRecord(run=record.name, rank=0, status=record.status,
-                                                         exit_code=record.exit_code)]
-    return [{**job.summary(HostAccess.from_json(job.host).description if job.host else None),
-             "ports": (record.ports or []) if job.rank == 0 else [], "attempts": record.attempts} for job in jobs]
-
-
-def _run_json(session, record, now: float) -> dict:
-    from provisioner.runs.dev_environments import with_dev_environment
-
-    return with_dev_environment({**record.summary(now), "jobs": _jobs_json(session, record)}, record)
 
 
 def _warn_of_unknown_jobs(store, records) -> None:
