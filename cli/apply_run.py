@@ -75,11 +75,24 @@ def make_room(session, check: NameCheck, name: str) -> None:
         if stopped.active:
             raise ConfigurationError(f"{name} is still {stopped.status}: `dstack stop {name}` finishes it; apply again "
                                      "then")
+        _wait_owner_gone(stopped)
     if check.active is not None or check.finished:
         kept = session.store.archive_run(name)
         if kept is not None:
             move_run_folder(name, kept)
             say(f"The earlier run {name} is kept as {kept} (`dstack ps -a`, `dstack logs {kept}`)")
+
+
+def _wait_owner_gone(record, timeout: float = 30) -> None:
+    """An attached `apply` that owned the stopped run writes its last lines under the run's name as it leaves: the
+    name is taken over only once it is gone (or after `timeout`)."""
+    import time
+
+    from provisioner.runs.teardown import run_owner_alive
+
+    deadline = time.monotonic() + timeout
+    while run_owner_alive(record) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def setup_failures(plan, dry_run: bool) -> List[str]:
