@@ -55,6 +55,44 @@ def node_host(session, record, rank: int) -> Optional[dict]:
     return jobs[rank].host if rank < len(jobs) else record.host
 
 
+def jobs_json(session, record) -> list:
+    """A run's jobs, one per node: where each runs, its status and exit code; ports are forwarded from node 0.
+    A run that never got a host has one job, without one."""
+    from provisioner.host.access import HostAccess
+    from provisioner.jobs.run_jobs import run_jobs
+    from provisioner.store.records import JobRecord
+
+    jobs = run_jobs(session.store, record) or [JobRecord(run=record.name, rank=0, status=record.status,
+                                                         exit_code=record.exit_code)]
+    return [{**job.summary(HostAccess.from_json(job.host).description if job.host else None),
+             "ports": (record.ports or []) if job.rank == 0 else [], "attempts": record.attempts} for job in jobs]
+
+
+def run_json(session, record, now: float) -> dict:
+    """One run as `dstack ps --json` and `dstack run get NAME --json` print it."""
+    from provisioner.runs.dev_environments import with_dev_environment
+
+    from provisioner.runs.interruptions import submissions
+
+    return with_dev_environment({**record.summary(now), "gpu": _gpu_or_none(record.offer),
+                                 "jobs": jobs_json(session, record),
+                                 "submissions": submissions(session.store, record)}, record)
+
+
+def gpu_cell(offer: Optional[dict]) -> str:
+    """The run's GPUs as dstack's GPU column writes them: NAME:MEMORY:COUNT, or `-`."""
+    gpus = (((offer or {}).get("instance") or {}).get("resources") or {}).get("gpus") or []
+    if not gpus:
+        return "-"
+    memory_gb = round((gpus[0].get("memory_mib") or 0) / 1024)
+    return ":".join([gpus[0].get("name") or "gpu", *([f"{memory_gb}GB"] if memory_gb else []), str(len(gpus))])
+
+
+def _gpu_or_none(offer: Optional[dict]) -> Optional[str]:
+    cell = gpu_cell(offer)
+    return None if cell == "-" else cell
+
+
 def since_time(text: str) -> float:
     """`--since`: a duration back from now, or an RFC 3339 time."""
     from configuration.fields import parse_duration
@@ -80,6 +118,9 @@ def delete_run(session, name: str) -> None:
     if record.active:
         raise ConfigurationError(f"{name} is {record.status}: `dstack stop {name}` first")
     session.store.delete_run(name)
+    from provisioner.store.run_files import remove_run_folder
+
+    remove_run_folder(name)  # its output, arrival times and diagnostics: the next run of the name has its own alone
 
 
 def expire_idle_fleets() -> None:

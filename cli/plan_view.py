@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from cli.output import stdout_console
 
@@ -19,8 +19,56 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[Tuple[str, str]]:
             ", ".join(map(str, value))
 
 
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 0:
+        return "off"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _retry(policy: Any) -> str:
+    if not policy:
+        return "off"
+    events = ", ".join(policy.get("on_events") or ())
+    limit = f" for {_duration(policy['duration'])}" if isinstance(policy.get("duration"), int) else ""
+    return f"on {events}{limit}" if events else f"on{limit}"
+
+
+def plan_rows(requirements, configuration: dict, upload: Optional[str], verbose: bool) -> List[Tuple[str, str]]:
+    """dstack's rows of a run plan: type, resources, spot policy, max price, retry, idle duration, max duration (and
+    a dev environment's inactivity duration), creation policy and reservation where set (`-v`: always), and what is
+    uploaded."""
+    kind = configuration.get("type", "task")
+    if kind == "task":
+        kind += f" (nodes={configuration.get('nodes') or 1})"
+    spot = {True: "spot", False: "on-demand", None: "auto"}[requirements.spot]
+    idle = configuration.get("idle_duration")
+    rows = [("Type", kind), ("Resources", requirements.resources.describe()), ("Spot policy", spot),
+            ("Max price", f"${requirements.max_price:g}" if requirements.max_price is not None else "off"),
+            ("Retry policy", _retry(configuration.get("retry"))),
+            ("Idle duration", "none: a new instance goes with the run" if idle is None
+             else "off: a new instance is kept until `dstack fleet delete`" if idle < 0 else _duration(idle)),
+            ("Max duration", _duration(configuration.get("max_duration")))]
+    if kind == "dev-environment":
+        rows.append(("Inactivity duration", _duration(configuration.get("inactivity_duration"))))
+    creation = configuration.get("creation_policy")
+    if verbose or creation not in (None, "reuse-or-create"):
+        rows.append(("Creation policy", creation or "reuse-or-create"))
+    if verbose or configuration.get("reservation"):
+        rows.append(("Reservation", configuration.get("reservation") or "no"))
+    if verbose:
+        for name, value in (("Backends", requirements.backends), ("Regions", requirements.regions),
+                            ("Instance types", requirements.instance_types)):
+            rows.append((name, ", ".join(value) if value else "any"))
+    if upload is not None:
+        rows.append(("Uploads", upload))
+    return rows
+
+
 def print_plan(source: str, run_name: str, requirements, search, document: dict, console=None,
-               max_offers: int = 3) -> None:
+               max_offers: int = 3, upload: Optional[str] = None, verbose: bool = False) -> None:
     """On stdout for `--dry-run`; on stderr before a real run, whose stdout is the job's output alone."""
     from rich.markup import escape  # the file's name and values may hold `[...]`, which rich reads as markup
     from rich.table import Table
@@ -28,6 +76,12 @@ def print_plan(source: str, run_name: str, requirements, search, document: dict,
     console = console or stdout_console()
     console.print(f"[bold]Run[/] {run_name} from {escape(source)}")
     console.print(f"[bold]Request:[/] {escape(requirements.describe())}")
+    rows = Table(box=None, show_header=False)
+    rows.add_column(no_wrap=True)
+    rows.add_column()
+    for key, value in plan_rows(requirements, document.get("configuration") or {}, upload, verbose):
+        rows.add_row(f"[bold]{key}[/]", escape(value))
+    console.print(rows)
     for note in document.get("notes") or ():
         console.print(f"[bold]Note:[/] {escape(note)}")
     if not search.offers:

@@ -1,5 +1,10 @@
-"""The terminal side of a run: progress lines on stderr, the job's output on stdout, and what Ctrl-C means (and
-SIGTERM and SIGHUP, which mean the same: stop the job, remove what the run created, record it `terminated`)."""
+"""The terminal side of a run: progress lines on stderr, the job's output on stdout, and what the signals mean.
+
+Ctrl-C (SIGINT) while the job runs attached detaches, as in dstack: in a terminal, without `-y`, it first asks "Stop
+the run NAME before detaching?" (yes: stop and tear down; a second Ctrl-C there aborts: no grace period); with `-y`,
+or with no terminal to ask, it detaches at once. `dstack attach` detaches on Ctrl-C as well. Before the job runs,
+Ctrl-C stops the run (no process would go on provisioning it). SIGTERM and SIGHUP always stop the job, remove what
+the run created and record it `terminated`: a killed client, or a closed window, leaves nothing billed unseen."""
 
 from __future__ import annotations
 
@@ -67,20 +72,43 @@ def make_reporter(quiet: bool = False, run_name: Optional[str] = None):
                     upload=UploadProgress(console or stderr_console()))
 
 
-def session_for(config, store, hosts=None, quiet: bool = False, run_name: Optional[str] = None):
+def session_for(config, store, hosts=None, quiet: bool = False, run_name: Optional[str] = None, on_interrupt=None):
     from provisioner.runs.session import RunSession
 
-    return RunSession(store=store, config=config, reporter=make_reporter(quiet, run_name), fleet_hosts=hosts or {})
+    return RunSession(store=store, config=config, reporter=make_reporter(quiet, run_name), fleet_hosts=hosts or {},
+                      on_interrupt=on_interrupt)
+
+
+def ctrl_c_choice(yes: bool):
+    """What Ctrl-C does to an attached run (the module's docstring); SIGTERM and SIGHUP stop it."""
+    from provisioner.runs.session import InterruptAction
+
+    def choose(run_name: str, interrupt: KeyboardInterrupt) -> InterruptAction:
+        import sys
+
+        import click
+
+        if getattr(interrupt, "signum", signal.SIGINT) != signal.SIGINT:
+            return InterruptAction.STOP
+        if yes or not sys.stdin.isatty():
+            return InterruptAction.DETACH
+        try:
+            stop = click.confirm(f"\nStop the run {run_name} before detaching?", default=False, err=True)
+        except click.Abort:  # click's answer to a Ctrl-C (or a SIGTERM, or the end of input) while it asks
+            return InterruptAction.ABORT
+        return InterruptAction.STOP if stop else InterruptAction.DETACH
+
+    return choose
 
 
 def run_and_report(config, store, hosts, run_name, resolved, offers, source: Path, detach: bool,
-                   as_json: bool = False, upload_repo: bool = True) -> int:
+                   as_json: bool = False, upload_repo: bool = True, yes: bool = False) -> int:
     """Runs the task; returns the exit status for the shell: 0 when the job succeeded, its exit code when it failed.
     With `as_json`, stdout gets only the run's final record (`{"run": ...}`); the output stays in `dstack logs`.
     `source` is the configuration file: its repo is uploaded unless `upload_repo` is false (`--no-repo`)."""
     from provisioner.runs.lifecycle import submit
 
-    session = session_for(config, store, hosts, quiet=as_json, run_name=run_name)
+    session = session_for(config, store, hosts, quiet=as_json, run_name=run_name, on_interrupt=ctrl_c_choice(yes))
     try:
         with stop_signals_interrupt():
             record = submit(session, run_name, resolved, offers, source, detach, upload_repo=upload_repo)
@@ -101,6 +129,8 @@ def run_and_report(config, store, hosts, run_name, resolved, offers, source: Pat
     if detach:
         session.reporter.info(f"{run_name} is running; `dstack logs {run_name} -f` follows it, "
                               f"`dstack stop {run_name}` ends it")
+        return 0
+    if record.active and record.detached:  # Ctrl-C detached it (submit said so)
         return 0
     session.reporter.info(f"{run_name} {record.status}" + (f" ({record.reason})" if record.reason else ""))
     if record.status == RunStatus.DONE:

@@ -26,6 +26,40 @@ def check_credentials(backend: str, region: str) -> None:
         gcp_credentials_source()
 
 
+def setup_problems(backend: str, purpose: str) -> List[str]:
+    """What a run on `backend` would fail on before creating anything, found without asking the cloud: the extra
+    (its SDKs), the Pulumi CLI, credentials that are not there. One line each; empty when nothing is missing."""
+    from stacks.extras import MissingExtra, require_extra
+
+    try:
+        require_extra(backend, purpose)
+    except MissingExtra as e:
+        return [str(e)]  # without the SDK the other checks cannot run
+    from stacks import automation
+    from configuration.errors import ConfigurationError
+
+    problems = []
+    try:
+        automation.require_pulumi()
+    except automation.PulumiMissing as e:
+        problems.append(" ".join(str(e).split()))
+    try:
+        if backend == "aws":
+            import boto3
+
+            from configuration.errors import MISSING_AWS_CREDENTIALS
+
+            if boto3.session.Session().get_credentials() is None:
+                problems.append(MISSING_AWS_CREDENTIALS)
+        else:
+            from stacks.gcp.credentials import gcp_credentials_source
+
+            gcp_credentials_source()
+    except ConfigurationError as e:
+        problems.append(str(e))
+    return problems
+
+
 def program_for(spec: StackSpec) -> Callable[[], None]:
     """The Pulumi program of a run's or a fleet's stack."""
     if spec.backend == "aws":

@@ -123,7 +123,7 @@ def test_apply_dry_run_json(tmp_path, dstack_home):
     conf.write_text(
         "type: task\npython: 3.10\nenv: [HF_TOKEN, MODE=fast]\nports: [8080, '8081:80']\n"
         "commands: ['python train.py ${{ run.args }}']\nresources: {gpu: 'A100:1'}\n")
-    result = run_cli("apply", "-f", str(conf), "--dry-run", "--json", "--", "--lr", "0.1 x", "-v",
+    result = run_cli("apply", "-f", str(conf), "-b", "gcp", "--dry-run", "--json", "--", "--lr", "0.1 x", "-v",
                      env={"HF_TOKEN": "hf_very_secret", "DSTACK_HOME": str(dstack_home)})
     assert result.returncode == 0, result.stderr
     assert "hf_very_secret" not in result.stdout

@@ -68,7 +68,7 @@ def test_apply_reads_dstack_yml_by_default_and_stdin_with_dash(tmp_path):
 
 def test_apply_flags_override_the_file(tmp_path):
     (tmp_path / ".dstack.yml").write_text(
-        "type: task\ncommands: [x]\nenv: [A=file, B=file]\nmax_duration: 2h\nspot_policy: spot\n"
+        "type: task\ncommands: [x]\nenv: [A=file, B=file]\nmax_duration: 2h\nspot_policy: spot\nbackends: [aws]\n"
         "retry: {on_events: [no-capacity], duration: 1h}\n")
     from_file = dry_run(tmp_path)
     assert (from_file["max_duration"], from_file["retry"]) == (7200, {"on_events": ["no-capacity"], "duration": 3600})
@@ -78,8 +78,8 @@ def test_apply_flags_override_the_file(tmp_path):
     assert flags["max_duration"] == 1800
     assert flags["retry"] == {"on_events": ["no-capacity"], "duration": 600}  # the file's events, the flag's duration
     assert flags["spot_policy"] == "spot"  # the configuration as written; the request below is the flag's
-    assert ", spot\n" in cli_in(tmp_path, "apply", "--dry-run").stdout.split("Offers")[0]
-    assert ", spot or on-demand\n" in cli_in(tmp_path, "apply", "--spot-policy", "auto", "--dry-run").stdout
+    assert ", spot, backends aws\n" in cli_in(tmp_path, "apply", "--dry-run").stdout.split("Offers")[0]
+    assert ", spot or on-demand, backends aws\n" in cli_in(tmp_path, "apply", "--spot-policy", "auto", "--dry-run").stdout
     assert dry_run(tmp_path, "--no-retry")["retry"] is None
     assert dry_run(tmp_path, "--retry")["retry"]["on_events"] == ["no-capacity", "interruption", "error"]
     assert dry_run(tmp_path, "--max-duration", "off")["max_duration"] == "off"
@@ -104,7 +104,10 @@ def test_bad_apply_flags_are_usage_errors(tmp_path, args, message):
 
 def test_a_dry_run_without_an_offer_fails_and_reuse_takes_existing_hosts_only(tmp_path):
     (tmp_path / ".dstack.yml").write_text("type: task\ncommands: [x]\nresources: {gpu: H100:8}\n")
-    assert cli_in(tmp_path, "apply", "--dry-run", "--json").returncode == 0  # clouds have H100s
+    assert cli_in(tmp_path, "apply", "-b", "aws", "--dry-run", "--json").returncode == 0  # clouds have H100s
+    unconfigured = cli_in(tmp_path, "apply", "--dry-run", "--json")  # the offers a run would consider: no cloud
+    assert unconfigured.returncode == 1 and json.loads(unconfigured.stdout)["offer"] is None
+    assert "no cloud is configured" in unconfigured.stderr
     reuse = cli_in(tmp_path, "apply", "-R", "--dry-run", "--json")  # this machine has none, and no fleet exists
     assert reuse.returncode == 1
     assert json.loads(reuse.stdout)["offer"] is None

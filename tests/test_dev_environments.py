@@ -288,7 +288,7 @@ def test_an_attached_apply_announces_the_entry_streams_init_and_ctrl_c_ends_the_
         assert entry_works(user_home, "dev-fg")
         assert ps(env)["dev-fg"]["dev_environment"]["ssh_host"] == "dev-fg"
     finally:
-        applied.send_signal(signal.SIGINT)
+        applied.send_signal(signal.SIGTERM)  # stops it; Ctrl-C with -y would detach
         _, stderr = applied.communicate(timeout=60)
     assert "dev-fg is ready: `ssh dev-fg` opens a shell in" in stderr.decode()
     run = ps(env)["dev-fg"]

@@ -302,7 +302,7 @@ def test_apply_on_aws_without_credentials_names_them(tmp_path, no_aws_credential
     result = run_cli("apply", "-f", conf, "-y", "-b", "aws", env=home_env)
     assert result.returncode == 1 and "error: AWS credentials are missing" in result.stderr
     assert_no_traceback(result.stderr)
-    assert ps(home_env)["aws-none"]["status"] == "failed"
+    assert "aws-none" not in ps(home_env)  # found before anything was recorded: nothing blocks the retry
 
 
 def test_stacks_says_in_one_line_that_pulumi_failed(failing_pulumi, home_env, tmp_path):

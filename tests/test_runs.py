@@ -66,8 +66,9 @@ def test_local_task_output_exit_code_ps_and_logs(tmp_path, home_env):
     assert run_cli("logs", "local-ok", env=home_env).stdout == result.stdout
     listed = run_cli("ps", env=home_env).stdout.splitlines()  # none active: the last run, as dstack's `ps`
     assert len(listed) == 2 and listed[1].split()[:3] == ["local-ok", "done", "local"], listed
-    again = run_cli("apply", "-f", conf, "-y", env=home_env)
-    assert again.returncode == 1 and "a run named local-ok already exists" in again.stderr
+    again = run_cli("apply", "-f", conf, "-y", env=home_env)  # a finished run's name is submitted again
+    assert again.returncode == 0 and "kept as local-ok@1" in again.stderr
+    assert {"local-ok", "local-ok@1"} <= set(ps(home_env))
 
 
 def test_failing_task_reports_its_exit_code(tmp_path, home_env):
@@ -104,12 +105,12 @@ def test_detached_run_reattached(tmp_path, home_env):
     assert wait_status(home_env, "local-attach", "done")["exit_code"] == 0  # the next ps finishes it
 
 
-def test_sigint_during_a_run_stops_it_and_leaves_nothing(tmp_path, home_env):
+def test_sigterm_during_a_run_stops_it_and_leaves_nothing(tmp_path, home_env):
     conf = write(tmp_path, "i.dstack.yml", "type: task\nname: local-int\ncommands: [echo running, sleep 300]\n")
     process = spawn(["apply", "-f", conf, "-y"], home_env)
     wait_for_output(process, b"running")
-    process.send_signal(signal.SIGINT)
-    assert process.wait(30) == 130
+    process.send_signal(signal.SIGTERM)  # Ctrl-C with -y detaches (tests/test_apply_interrupt.py)
+    assert process.wait(30) == 128 + signal.SIGTERM
     run = ps(home_env)["local-int"]
     assert (run["status"], run["reason"]) == ("terminated", "interrupted")
     pid = (Path(home_env["DSTACK_HOME"]) / "jobs" / "local-int" / "pid").read_text().strip()
@@ -281,5 +282,5 @@ def test_forwarded_port_on_the_local_backend(tmp_path, home_env):
         assert body == "local forward"
         assert ps(home_env)["local-web"]["ports"] == [[remote, remote]]
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         process.wait(30)

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from cli import apply_flags as flags
 from cli import run_options as opt
 from cli.helpers import expire_idle_fleets
 from cli.output import print_json
@@ -44,11 +45,21 @@ def apply(
     fleet: opt.FleetOption = None,
     reuse: opt.ReuseOption = False,
     no_repo: Annotated[bool, typer.Option("--no-repo", help="Upload no repo: the job starts in an empty folder")] = False,
+    repo: flags.RepoOption = None,
+    repo_branch: flags.RepoBranchOption = None,
+    repo_hash: flags.RepoHashOption = None,
+    idle_duration: flags.IdleDurationOption = None,
+    dont_destroy: flags.DontDestroyOption = False,
+    port: flags.PortOption = None,
+    host: flags.HostOption = None,
+    ssh_identity: flags.SshIdentityOption = None,
+    force: flags.ForceOption = False,
     max_offers: Annotated[int, typer.Option("--max-offers", min=1, help="How many offers the plan shows")] = 3,
     name: Annotated[Optional[str], typer.Option("-n", "--name", help="The run name (overrides the file's)")] = None,
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
     detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once the job is running")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; provision nothing")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Every row of the plan")] = False,
     as_json: opt.JsonOption = False,
     scheduled_start: Annotated[bool, typer.Option("--scheduled-start", hidden=True,
                                                   help="A start of a scheduled run: run it now")] = False,
@@ -67,7 +78,10 @@ def apply(
                      "-b/--backend": backend, "-r/--region": region, "--instance-type": instance_type,
                      "--max-price": max_price, "-e/--env": env, "--max-duration": max_duration, "--retry": retry,
                      "--retry-duration": retry_duration, "--fleet": fleet, "-R/--reuse": reuse,
-                     "--no-repo": no_repo, "-d/--detach": detach, "--scheduled-start": scheduled_start}
+                     "--no-repo": no_repo, "-d/--detach": detach, "--scheduled-start": scheduled_start,
+                     "-P/--repo": repo, "--repo-branch": repo_branch, "--repo-hash": repo_hash,
+                     "--idle-duration": idle_duration, "--dont-destroy": dont_destroy, "-p/--port": port,
+                     "--host": host, "--ssh-identity": ssh_identity, "--force": force}
         if configuration.type == "fleet":
             run_flags["-n/--name"] = name  # a volume takes its name from -n; a fleet's is its file's
         given = [flag for flag, value in run_flags.items() if value not in (None, False, [])]
@@ -86,16 +100,22 @@ def apply(
 
         apply_volume(configuration, source, None if name is None else _run_name(name), yes, dry_run)
         return
+    flags.refuse_unsupported(host, ssh_identity)
     if name is not None:
         configuration = configuration.model_copy(update={"name": _run_name(name)})
     configuration = opt.override_run_fields(configuration, env, max_duration, retry, retry_duration)
+    configuration = flags.override_apply_fields(configuration, port, idle_duration, dont_destroy, reuse, repo,
+                                                repo_branch, repo_hash, no_repo)
     run = resolve_run(configuration, source, args or [], os.environ)
-    from configuration.backends import load_config
-    from configuration.errors import ConfigurationError
+    from cli.apply_run import check_cron, check_name, confirm_submit, make_room, setup_failures
+    from cli.helpers import run_session
     from provisioner.runs.planner import plan_run
-    from provisioner.store.store import StateStore
 
-    store = StateStore()
+    session = run_session()
+    store = session.store
+    # before anything is printed or written: what a run of this name, or this machine, cannot go on with
+    named = check_name(store, run.configuration.name, source, force, yes, dry_run)
+    check_cron(run.configuration.schedule, scheduled_start, dry_run)
     if not dry_run:
         expire_idle_fleets()  # an instance idle past its idle_duration is not offered: it is destroyed
     backend, region = opt.placement_flags(backend, region, fleet, reuse,
@@ -105,24 +125,22 @@ def apply(
         spot_policy=opt.spot_policy_flag(spot, on_demand, spot_auto, spot_policy), backends=backend, regions=region,
         instance_types=instance_type, max_price=max_price,
     )
-    plan = plan_run(run, file, requirements, store, load_config(), max_offers, dry_run)
+    plan = plan_run(run, file, requirements, store, session.config, max_offers, dry_run)
+    problems = setup_failures(plan, dry_run)
     if dry_run:
-        _print_dry_run(source, plan, max_offers, as_json)
-        if not plan.offers:
-            raise ConfigurationError(f"no offers match: {plan.requirements.describe()} (see `dstack offers`)"
-                                     + "".join(f"; {note}" for note in plan.search.notes))
-        from provisioner.runs.planner import check_uploads
-
-        check_uploads(run.configuration, config_path(file), not no_repo)
+        _print_dry_run(source, plan, max_offers, as_json, named.notes, problems, config_path(file), not no_repo,
+                       verbose)
         return
     if not as_json:
         from cli.output import stderr_console
         from cli.plan_view import print_plan
         from provisioner.runs.plan import plan_json
 
-        print_plan(source, plan.name, plan.requirements, plan.search,
-                   plan_json(run, plan.offers[0], config=plan.config, search_notes=plan.search.notes),
-                   console=stderr_console(), max_offers=max_offers)
+        document = plan_json(run, plan.offers[0], config=plan.config, search_notes=plan.search.notes)
+        document["notes"] = [*document.get("notes", []), *named.notes]
+        print_plan(source, plan.name, plan.requirements, plan.search, document, console=stderr_console(),
+                   max_offers=max_offers, upload=_upload_summary(run.configuration, config_path(file), not no_repo),
+                   verbose=verbose)
     schedule = run.configuration.schedule
     if schedule is not None and not scheduled_start:
         if not yes and not typer.confirm("Schedule the run?", default=True, err=True):
@@ -131,30 +149,49 @@ def apply(
 
         register_schedule(plan.name, file, schedule.cron, as_json)
         return
-    if not yes and not typer.confirm("Submit the run?", default=True, err=True):
+    if not confirm_submit(named, yes, force):
         raise typer.Exit(1)
+    make_room(session, named, plan.name)
     from cli.run_session import run_and_report
 
     code = run_and_report(plan.config, store, plan.hosts, plan.name, run, plan.offers, config_path(file), detach,
-                          as_json, upload_repo=not no_repo)
+                          as_json, upload_repo=not no_repo, yes=yes)
     raise typer.Exit(code)
 
 
-def _print_dry_run(source: str, plan, max_offers: int, as_json: bool) -> None:
-    """The plan: the offer, and the cloud resources its stack would create, rendered offline (or why not)."""
-    from provisioner.runs.planner import dry_run_document
+def _upload_summary(configuration, path, include_repos: bool) -> str:
+    """What the run uploads, for the plan: "repo X, N files, M MB", or why nothing is."""
+    from provisioner.runs.planner import upload_summary
+
+    return upload_summary(configuration, path, include_repos)
+
+
+def _print_dry_run(source: str, plan, max_offers: int, as_json: bool, notes, problems, path, include_repos: bool,
+                   verbose: bool) -> None:
+    """The plan: the offer, and the cloud resources its stack would create, rendered offline (or why not); what a
+    run of the name would do to an earlier one (`notes`) and what a run would fail on (`problems`, warned already)."""
+    from configuration.errors import ConfigurationError
+    from provisioner.runs.planner import check_uploads, dry_run_document, no_offers_message
 
     document, missing = dry_run_document(plan)
+    if notes:
+        document["notes"] = [*document.get("notes", []), *notes]
+    if problems:
+        document["problems"] = problems
     if as_json:
         print_json(document)
     else:
         from cli.plan_view import print_plan
 
-        print_plan(source, plan.name, plan.requirements, plan.search, document, max_offers=max_offers)
+        print_plan(source, plan.name, plan.requirements, plan.search, document, max_offers=max_offers,
+                   upload=_upload_summary(plan.run.configuration, path, include_repos), verbose=verbose)
     if missing is not None:
         from cli.output import warn
 
         warn(f"the stack's resources are not shown: {missing}")
+    if not plan.offers:
+        raise ConfigurationError(no_offers_message(plan.requirements, plan.config, plan.search.notes))
+    check_uploads(plan.run.configuration, path, include_repos)
 
 
 def _run_name(name: str) -> str:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cli.helpers import expire_idle_fleets, repeat_until_ctrl_c, run_session
+from cli.helpers import expire_idle_fleets, gpu_cell, jobs_json, repeat_until_ctrl_c, run_json, run_session
 from cli.output import print_json, stdout_console, warn
 
 FORMATS = ("plain", "json")
@@ -67,6 +67,7 @@ def _shown(records: list, all_runs: bool, last: Optional[int]) -> list:
 
 
 def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool) -> None:
+    from provisioner.runs.interruptions import submissions
     from provisioner.runs.reconcile import reconcile
 
     now = time.time()
@@ -75,7 +76,7 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
     _warn_of_unknown_jobs(session.store, every)
     if as_json:  # our contract: the active runs unless -a or -n
         records = [r for r in every if all_runs or last or r.active][:last]
-        print_json({"runs": [_run_json(session, r, now) for r in records]})
+        print_json({"runs": [run_json(session, r, now) for r in records]})
         return
     records = _shown(every, all_runs, last)
     from rich.table import Table
@@ -92,12 +93,12 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
             table.add_row(*row)
             continue
         row.append(Text(r.reason or "-"))  # as written: no markup, no :emoji: codes
-        for job in _jobs_json(session, r):  # the run's row, then one row per further node
+        for job in jobs_json(session, r):  # the run's row, then one row per further node
             table.add_row(*row, str(job["node"]), job["host"] or "-", job["status"],
                           ", ".join(f"localhost:{a}->{b}" for a, b in job["ports"]) or "-",
                           "-" if job["exit_code"] is None else str(job["exit_code"]))
             row = [""] * (len(columns) + 1)
-        for earlier in _submissions(session, r)[:-1]:  # attempts that lost their instances, one row each
+        for earlier in submissions(session.store, r)[:-1]:  # attempts that lost their instances, one row each
             table.add_row(*row, f"attempt {earlier['submission']}", Text(earlier["hosts"] or "-"),
                           Text(f"{earlier['status']} ({earlier['reason']})"), "-", "-")
     console = stdout_console()
@@ -107,47 +108,6 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
         console.print(table)
     else:
         console.print("No runs." if all_runs or last else "No runs (`dstack apply` starts one).")
-
-
-def gpu_cell(offer: Optional[dict]) -> str:
-    """The run's GPUs as dstack's GPU column writes them: NAME:MEMORY:COUNT, or `-`."""
-    gpus = (((offer or {}).get("instance") or {}).get("resources") or {}).get("gpus") or []
-    if not gpus:
-        return "-"
-    memory_gb = round((gpus[0].get("memory_mib") or 0) / 1024)
-    return ":".join([gpus[0].get("name") or "gpu", *([f"{memory_gb}GB"] if memory_gb else []), str(len(gpus))])
-
-
-def _gpu_or_none(offer: Optional[dict]) -> Optional[str]:
-    cell = gpu_cell(offer)
-    return None if cell == "-" else cell
-
-
-def _jobs_json(session, record) -> list:
-    """A run's jobs, one per node: where each runs, its status and exit code; ports are forwarded from node 0.
-    A run that never got a host has one job, without one."""
-    from provisioner.host.access import HostAccess
-    from provisioner.jobs.run_jobs import run_jobs
-    from provisioner.store.records import JobRecord
-
-    jobs = run_jobs(session.store, record) or [JobRecord(run=record.name, rank=0, status=record.status,
-                                                         exit_code=record.exit_code)]
-    return [{**job.summary(HostAccess.from_json(job.host).description if job.host else None),
-             "ports": (record.ports or []) if job.rank == 0 else [], "attempts": record.attempts} for job in jobs]
-
-
-def _run_json(session, record, now: float) -> dict:
-    from provisioner.runs.dev_environments import with_dev_environment
-
-    return with_dev_environment({**record.summary(now), "gpu": _gpu_or_none(record.offer),
-                                 "jobs": _jobs_json(session, record),
-                                 "submissions": _submissions(session, record)}, record)
-
-
-def _submissions(session, record) -> list:
-    from provisioner.runs.interruptions import submissions
-
-    return submissions(session.store, record)
 
 
 def _warn_of_unknown_jobs(store, records) -> None:

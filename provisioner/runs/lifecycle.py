@@ -35,7 +35,7 @@ from provisioner.runs.interruptions import (ATTEMPT_VARIABLE, Interrupted, ZoneB
 from provisioner.runs.job_specs import job_spec, recorded_stop_grace
 from provisioner.runs.owner import current_owner
 from provisioner.runs.plan import configuration_json
-from provisioner.runs.session import RunSession
+from provisioner.runs.session import InterruptAction, RunSession
 from provisioner.runs.teardown import finish_run, one_line, stop_jobs, wait_final
 from provisioner.store.errors import StoreDamaged
 from provisioner.store.records import RunRecord
@@ -142,12 +142,20 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
         return wait_final(store, run_name)  # `dstack stop` from elsewhere is finishing it
     except StopRequested:
         return finish_run(session, run_name, RunStatus.TERMINATED, store.get_run(run_name).reason)
-    except KeyboardInterrupt:
-        say("Interrupted: stopping the run and removing what it created (Ctrl-C again to leave "
-            f"now; `dstack stop {run_name}` finishes it later)")
+    except KeyboardInterrupt as interrupt:
+        action = _interrupt_action(session, run_name, interrupt, detach)
+        if action == InterruptAction.DETACH:
+            store.update_run(run_name, detached=True)  # from now on `dstack ps` finishes it when its job ends
+            store.add_event(run_name, "detached", "interrupted; the job goes on")
+            say(f"Detached; {run_name} goes on (`dstack attach {run_name}` follows it again, `dstack stop {run_name}` "
+                "ends it)")
+            return store.get_run(run_name)
+        aborted = action == InterruptAction.ABORT
+        say(f"{'Aborting' if aborted else 'Interrupted'}: stopping the run{' at once' if aborted else ''} and "
+            f"removing what it created (Ctrl-C again to leave now; `dstack stop {run_name}` finishes it later)")
         if store.claim_run(run_name, STARTED, RunStatus.TERMINATING):
-            stop_jobs(session, run_name, jobs)
-            finish_run(session, run_name, RunStatus.TERMINATED, "interrupted")
+            stop_jobs(session, run_name, jobs, grace=0 if aborted else -1)
+            finish_run(session, run_name, RunStatus.TERMINATED, "aborted" if aborted else "interrupted")
         raise
     except StoreDamaged:
         raise  # nothing can be recorded any more; its message names the job if it is still running
@@ -175,6 +183,19 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
 def _numbered(specs, attempt: int) -> list:
     """The jobs' specs with the attempt's number in their environment (interruptions.ATTEMPT_VARIABLE)."""
     return [dataclasses.replace(spec, env={**spec.env, ATTEMPT_VARIABLE: str(attempt)}) for spec in specs]
+
+
+def _interrupt_action(session: RunSession, run_name: str, interrupt: KeyboardInterrupt, detach: bool
+                      ) -> InterruptAction:
+    """An interrupt while the job runs attached asks the session (Ctrl-C: detach, or stop, as dstack does); before
+    the job runs, or while a detached run is being started, the run is stopped: no process would finish it."""
+    record = session.store.get_run(run_name)
+    if detach or session.on_interrupt is None or record is None or record.status not in RUNNING:
+        return InterruptAction.STOP
+    try:
+        return session.on_interrupt(run_name, interrupt)
+    except KeyboardInterrupt:  # a second Ctrl-C while asked
+        return InterruptAction.ABORT
 
 
 def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration

@@ -247,6 +247,13 @@ def remove_tick() -> None:
             _write_crontab(kept)
 
 
+def cron_missing() -> Optional[str]:
+    """Why `apply` could not register a schedule (no `crontab` to put its tick line in); None when it can."""
+    import shutil
+
+    return None if shutil.which("crontab") else str(NoCron())
+
+
 def tick_missing() -> Optional[str]:
     """Why nothing starts this home's schedules (no tick line in the crontab, or a crontab that cannot be read);
     None when the line is there."""

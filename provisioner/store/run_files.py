@@ -4,6 +4,7 @@ output arrived (`output.times`, next to the local copy of the output) and the pr
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,19 @@ from configuration.home import append_private, dstack_home
 
 def run_folder(run_name: str) -> Path:
     return dstack_home() / "runs" / run_name
+
+
+def remove_run_folder(run_name: str) -> None:
+    """What a deleted run left: its output, arrival times and diagnostics go with it."""
+    shutil.rmtree(run_folder(run_name), ignore_errors=True)
+
+
+def move_run_folder(run_name: str, kept: str) -> None:
+    """A finished run kept apart as `kept` (provisioner.store.run_tables.archive_run) takes its files along: the
+    next run of the name starts with none."""
+    folder = run_folder(run_name)
+    if folder.exists():
+        folder.rename(run_folder(kept))
 
 
 def output_times_path(run_name: str, rank: int = 0) -> Path:

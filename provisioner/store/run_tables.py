@@ -150,6 +150,27 @@ class RunTables(StoreFile):
             db.execute("DELETE FROM jobs WHERE run = ?", (name,))
             db.execute("COMMIT")
 
+    def archive_run(self, name: str) -> Optional[str]:
+        """Keeps a finished run apart under `NAME@N` (its events and jobs with it), so that `NAME` can be submitted
+        again; N counts the earlier runs of the name. `@` is in no run name, so no name of a user's meets it. None
+        when no finished run is named `name` (none at all, or an active one)."""
+        marks = ", ".join("?" for _ in ACTIVE)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(f"SELECT name FROM runs WHERE name = ? AND status NOT IN ({marks})",
+                             (name, *ACTIVE)).fetchone()
+            if row is None:
+                db.execute("COMMIT")
+                return None
+            earlier = [n for (n,) in db.execute("SELECT name FROM runs WHERE name LIKE ?", (f"{name}@%",))]
+            numbers = [int(n.rpartition("@")[2]) for n in earlier if n.rpartition("@")[2].isdigit()]
+            kept = f"{name}@{max(numbers, default=0) + 1}"
+            db.execute("UPDATE runs SET name = ? WHERE name = ?", (kept, name))
+            db.execute("UPDATE events SET run = ? WHERE run = ?", (kept, name))
+            db.execute("UPDATE jobs SET run = ? WHERE run = ?", (kept, name))
+            db.execute("COMMIT")
+        return kept
+
     # --- events: a run's lifecycle, for `dstack event` ---
 
     def add_event(self, run: str, kind: str, message: str = "", at: Optional[float] = None) -> None:
