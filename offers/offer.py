@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from offers.catalog import InstanceType
+from offers.tpus import VENDOR as TPU_VENDOR, tpu_hosts
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,17 @@ class Offer:
                 self.instance.gpu_count)
 
     def describe_resources(self) -> str:
-        """`8xH100 (80GB), 192 CPU, 2048GB, 100GB disk`."""
+        """`8xH100 (80GB), 192 CPU, 2048GB, 100GB disk`; a TPU slice: `TPU v5litepod-16 (256GB, 4 hosts), 112 CPU,
+        192GB per host, 100GB disk`."""
         t = self.instance
         parts = []
-        if t.gpu_count:
+        hosts = tpu_hosts(t.name) if t.gpu_vendor == TPU_VENDOR else 1
+        if t.gpu_vendor == TPU_VENDOR:
+            parts.append(f"TPU {t.gpu_name} ({_gb(t.gpu_memory_gib)}" + (f", {hosts} hosts)" if hosts > 1 else ")"))
+        elif t.gpu_count:
             parts.append(f"{t.gpu_count}x{t.gpu_name} ({_gb(t.gpu_memory_gib)})")
         parts.append(f"{t.cpus} CPU{'' if t.arch == 'x86' else ' (arm)'}")
-        parts.append(_gb(t.memory_gib))
+        parts.append(_gb(t.memory_gib) + (" per host" if hosts > 1 else ""))
         parts.append(f"{_gb(self.disk_gb)} disk")
         return ", ".join(parts)
 
