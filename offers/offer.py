@@ -24,6 +24,15 @@ class Offer:
     def total_price(self) -> float:
         return self.price + self.disk_price
 
+    @property
+    def tpu_slice(self) -> bool:
+        """A GCP TPU slice: one offer for all of its hosts, each a node of the run (offers.tpus)."""
+        return self.instance.gpu_vendor == TPU_VENDOR
+
+    def run_price(self, nodes: int) -> float:
+        """A run's price per hour on `nodes` nodes: the offer is one node's, except a TPU slice's (all its hosts')."""
+        return self.total_price if self.tpu_slice else self.total_price * nodes
+
     def sort_key(self) -> tuple:
         return (self.price, self.backend, self.instance.name, self.region, self.spot, self.instance.gpu_name,
                 self.instance.gpu_count)

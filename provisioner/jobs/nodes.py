@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from configuration.errors import ConfigurationError
 from offers.offer import Offer
+from offers.tpus import VENDOR as TPU_VENDOR, tpu_hosts
 from provisioner.host.access import HostAccess
 
 
@@ -32,7 +33,8 @@ def node_count(configuration) -> int:
 def node_offers(offers: Sequence[Offer], nodes: int, source: str) -> List[Offer]:
     """The offers that can host `nodes` nodes: cloud offers as they are, the hosts of SSH fleets with at least
     `nodes` hosts that fit (each offer is a cluster's rank 0; the fleet backend claims the others), no `local`
-    offer. Raises, naming why, when none is left."""
+    offer; a TPU slice when it has `nodes` hosts (tpu_node_offers). Raises, naming why, when none is left."""
+    offers = tpu_node_offers(offers, nodes, source)
     if nodes == 1:
         return list(offers)
     fitting: Dict[str, int] = {}
@@ -50,6 +52,19 @@ def node_offers(offers: Sequence[Offer], nodes: int, source: str) -> List[Offer]
             for fleet, count in sorted(fitting.items())]
     raise ConfigurationError(f"{source}: `nodes: {nodes}` needs {nodes} hosts that fit the resources: "
                              + "; ".join(why))
+
+
+def tpu_node_offers(offers: Sequence[Offer], nodes: int, source: str) -> List[Offer]:
+    """A TPU slice runs one job per host (offers.tpus): its offers fit `nodes: N` when the slice has N hosts. Raises,
+    naming the slices and their hosts, when only TPU offers of other sizes matched."""
+    kept = [o for o in offers if o.instance.gpu_vendor != TPU_VENDOR or tpu_hosts(o.instance.name) == nodes]
+    if kept or not offers:
+        return kept
+    slices = sorted({(tpu_hosts(o.instance.name), o.instance.name) for o in offers})
+    sizes = "; ".join(f"{name} is {hosts} TPU host{'s' if hosts > 1 else ''} (`nodes: {hosts}`)"
+                      for hosts, name in slices[:4]) + ("; ..." if len(slices) > 4 else "")
+    raise ConfigurationError(f"{source}: `nodes: {nodes}` does not fit the TPU slices that match, which run one "
+                             f"job per host: {sizes}")
 
 
 def node_address(access: HostAccess) -> str:
