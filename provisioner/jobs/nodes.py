@@ -8,7 +8,7 @@ node only.
 
 from __future__ import annotations
 
-import concurrent.futures
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -98,6 +98,7 @@ def cluster_env(cluster: Optional[Cluster], gpus_per_node: int) -> Dict[str, str
 
 
 STARTUP_ORDERS = ("any", "master-first", "workers-first")
+NODE_THREADS = 16  # on_every_node's actions at a time
 
 
 def startup_waves(startup_order: Optional[str], size: int) -> List[List[int]]:
@@ -111,11 +112,29 @@ def startup_waves(startup_order: Optional[str], size: int) -> List[List[int]]:
 
 
 def on_every_node(action: Callable, items: Sequence) -> list:
-    """`action(item)` for every item at once; results in order; the first error (by item order) is raised after
-    every action has finished."""
+    """`action(item)` for every item at once (at most NODE_THREADS at a time); results in order; the first error (by
+    item order) is raised after every action has finished. Ctrl-C is not held up by them: the actions run in daemon
+    threads, which the interrupted caller leaves behind (a pool's threads would be joined first, and a node that does
+    not answer yet would keep a boot's wait, and the process's exit, going until its deadline)."""
     if len(items) == 1:
         return [action(items[0])]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        futures = [pool.submit(action, item) for item in items]
-        concurrent.futures.wait(futures)
-    return [future.result() for future in futures]
+    slots = threading.BoundedSemaphore(NODE_THREADS)
+    results: list = [None] * len(items)
+    errors: List[Optional[BaseException]] = [None] * len(items)
+
+    def run(index: int) -> None:
+        with slots:
+            try:
+                results[index] = action(items[index])
+            except BaseException as e:  # noqa: B036 - handed to the caller's thread
+                errors[index] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True, name=f"node-{i}") for i in range(len(items))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise error
+    return results
