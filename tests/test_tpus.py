@@ -170,6 +170,8 @@ def test_what_a_tpu_offer_does_not_take_is_refused_by_name(tmp_path, dstack_home
     volume = plan(tmp_path, dstack_home, extra="volumes: [data:/data]\n")
     assert volume.returncode != 0
     assert "`volumes` with a network volume (`NAME:/path`) is not attached to a TPU VM here" in volume.stderr
+    kept = plan(tmp_path, dstack_home, extra="idle_duration: 1h\n")
+    assert kept.returncode != 0 and "`idle_duration` is not supported on a TPU slice here" in kept.stderr
     reserved = plan(tmp_path, dstack_home, extra="reservation: my-reservation\n")
     assert reserved.returncode != 0 and "`reservation` is not consumed by a TPU slice here" in reserved.stderr
     fleet = write(tmp_path, "f.dstack.yml", "type: fleet\nname: tpus\nnodes: 1\nbackends: [gcp]\n"

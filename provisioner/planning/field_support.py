@@ -78,6 +78,8 @@ RULES: Tuple[FieldRule, ...] = (
                   "attached after the run, where no other run could attach it and `dstack volume delete` fails"),
     FieldRule("volumes", _network_volumes, ALL_BACKENDS, "with a network volume (`NAME:/path`) is not attached to a "
               "TPU VM here (its disks attach at creation, through the TPU API); use instance volumes", fits=_not_tpu),
+    FieldRule("idle_duration", lambda c: (getattr(c, "idle_duration", None) or 0) != 0, ALL_BACKENDS,
+              "is not supported on a TPU slice here: a kept TPU VM is not reused by later runs", fits=_not_tpu),
     FieldRule("instances", _set("instances"), (), "is not supported yet: runs pick fleet instances by `fleets` "
                                                   "and their resources"),
     FieldRule("reservation", _set("reservation"), RESERVATION_BACKENDS,
