@@ -99,8 +99,10 @@ def print_plan(source: str, run_name: str, requirements, search, document: dict,
                   "the next ones if it has no capacity.")
     nodes = document.get("nodes")
     if nodes and "total_price" in nodes:
-        console.print(f"[bold]{nodes['count']} nodes:[/] each offer is one node's; the first costs "
-                      f"${nodes['price_per_node']:.4f}/hour per node, ${nodes['total_price']:.4f}/hour in all.")
+        tpu = bool(search.offers) and search.offers[0].tpu_slice
+        console.print(f"[bold]{nodes['count']} nodes:[/] " + (
+            "one TPU slice, a node per host; " if tpu else "each offer is one node's; ") +
+            f"the first costs ${nodes['price_per_node']:.4f}/hour per node, ${nodes['total_price']:.4f}/hour in all.")
     resources = document.get("resources") or []
     if resources:
         table = Table(box=None, header_style="bold", title="Cloud resources of the run's stack", title_justify="left")

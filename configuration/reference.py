@@ -36,7 +36,11 @@ SECTIONS = (
     ("resources.cpu", CPUSpec, "`cpu: 16..`, `cpu: x86:8`, `cpu: 2..:arm`, or this mapping."),
     ("resources.gpu", GPUSpec, "`gpu: A100:2`, `gpu: 40GB..80GB:4`, `gpu: nvidia:24GB..:1..2`, `gpu: A10,A10G`, "
                                "or this mapping. Tokens are separated by `:` and may come in any order: a vendor, "
-                               "names (comma-separated), a memory with its unit, a count. A bare number is a count."),
+                               "names (comma-separated), a memory with its unit, a count. A bare number is a count. "
+                               "GCP TPUs by slice: `gpu: v5litepod-8`, `tpu-v3-2048` (the `tpu-` prefix is dropped), "
+                               "`google:v3-64`, `tpu:v5p-1024`, `v5litepod-64:TPU`, or `vendor: tpu` (offered only "
+                               "when a TPU or its vendor is named; one accelerator, the whole slice); a slice of N "
+                               "hosts runs one job per host: `nodes: N` (docs/offers.md)."),
     ("resources.disk", DiskSpec, "`disk: 500GB`, `disk: 200GB..`, or this mapping."),
     ("registry_auth", RegistryAuth, "Credentials for a private registry."),
     ("retry", RetryPolicy, "`retry: true` retries on every event for the default duration."),

@@ -7,10 +7,12 @@ AWS spot prices come from `aws_spot.csv` (per zone, accelerator types only): eac
 type and zone; a spot zone that the on-demand data does not list for a type it lists in that region gets a row of its
 own, at the region's on-demand price (AWS prices on-demand per region, not per zone).
 
-What is left out, and why (also in docs/offers.md): rows without an on-demand price (not offers), TPUs (no host
-VM in the data; out of scope), fractional GPUs (AWS g6f/gr6f slices: a count below one GPU does not fit the grammar),
-Mac instances (dedicated hosts, not provisioned here), accelerators no image has drivers for (NO_IMAGE_VENDORS) and
-AWS Local and Wavelength Zones (opt-in zones without a default subnet: offers.catalog.aws_availability_zone).
+GCP TPU rows (vendor `google`, `tpu-v5litepod-8`) become offers under dstack's names (`v5litepod-8`): one accelerator,
+the whole slice, with the CPUs and memory of one of its hosts, which the data leaves empty (offers.tpus).
+
+What is left out, and why (also in docs/offers.md): rows without an on-demand price (not offers), fractional GPUs
+(AWS g6f/gr6f slices: a count below one GPU does not fit the grammar), Mac instances (dedicated hosts, not
+provisioned here), accelerators no image has drivers for (NO_IMAGE_VENDORS) and AWS Local and Wavelength Zones (opt-in zones without a default subnet: offers.catalog.aws_availability_zone).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 from offers.catalog import SHIPPED_DIR, InstanceType, PriceRow, aws_availability_zone, write_catalog
 from offers.gpus import NO_IMAGE_VENDORS, normalize_memory
+from offers.tpus import VENDOR as TPU_VENDOR, tpu_slice
 
 ARCHES = {"x86_64": "x86", "arm64": "arm"}
 SOURCES = {
@@ -40,9 +43,16 @@ SOURCES = {
     "gcp": {
         "snapshot": "2026-11-26",
         "sources": ["anycloud-sh/catalog gcp/vms.csv at 62ff0a98 (Cloud Billing Catalog SKUs, 2026-05-20)"],
-        "gaps": "no local SSD sizes; N1 + attachable GPU combinations are separate offers",
+        "gaps": "no local SSD sizes; N1 + attachable GPU combinations are separate offers; TPU hosts' CPUs and "
+                "memory from Google's per-host shapes (offers.tpus)",
     },
 }
+
+
+# What the snapshot gives v6e slices of every size in three regions (asia-east1, southamerica-east1, us-central2),
+# on demand and spot alike (and as the spot price of southamerica-west1): not a price but upstream's stand-in for one
+# it found none for. Such rows are left out, and such a spot price is none.
+TPU_UNPRICED = 700.0
 
 
 SpotPrices = Dict[Tuple[str, str, str], float]  # (instance type, region, zone) -> USD/hour
@@ -59,33 +69,25 @@ def read_rows(csv_path: Path, spot_prices: Optional[SpotPrices] = None) -> Itera
     listed: Dict[Tuple[str, str], PriceRow] = {}
     with csv_path.open(newline="") as f:
         for r in csv.DictReader(f):
-            if not r["price_ondemand"] or not r["cpu"] or r["arch"] not in ARCHES:
-                continue
+            if r["gpu_vendor"] == TPU_VENDOR:
+                instance = tpu_instance(r)
+                if instance is None or not r["price_ondemand"] or float(r["price_ondemand"]) == TPU_UNPRICED:
+                    continue
+            else:
+                instance = instance_type(r)
+                if instance is None or not r["price_ondemand"]:
+                    continue
             if r["provider"] == "aws" and not aws_availability_zone(r["region"], r["zone"]):
                 continue
-            vendor, name = r["gpu_vendor"], r["gpu_name"]
-            count = float(r["gpu_count"] or 0)
-            if vendor == "google" or vendor in NO_IMAGE_VENDORS or (name and count < 1):
-                continue
-            memory = normalize_memory(name, float(r["gpu_memory_gib"])) if name else 0.0
             spot_price = float(r["price_spot"]) if r["price_spot"] else None
-            instance = InstanceType(
-                name=r["instance_type"],
-                cpus=int(float(r["cpu"])),
-                memory_gib=float(r["memory_gib"]),
-                gpu_vendor=vendor,
-                gpu_name=name,
-                gpu_count=int(count),
-                gpu_memory_gib=memory,
-                arch=ARCHES[r["arch"]],
-                spot_supported=r["spot_supported"] == "1",
-            )
-            key = (r["instance_type"], r["region"], r["zone"])
+            if r["gpu_vendor"] == TPU_VENDOR and spot_price == TPU_UNPRICED:
+                spot_price = None
+            key = (instance.name, r["region"], r["zone"])
             if spot_price is None and key in unjoined:
                 spot_price = unjoined[key]
             unjoined.pop(key, None)
             row = PriceRow(instance, r["region"], r["zone"], float(r["price_ondemand"]), spot_price)
-            listed[(r["instance_type"], r["region"])] = row
+            listed[(instance.name, r["region"])] = row
             yield row
     for (name, region, zone), spot_price in sorted(unjoined.items()):
         if not aws_availability_zone(region, zone):  # the spot CSV is AWS's
@@ -93,6 +95,36 @@ def read_rows(csv_path: Path, spot_prices: Optional[SpotPrices] = None) -> Itera
         known = listed.get((name, region))
         if known is not None and known.instance.spot_supported:
             yield known._replace(zone=zone, spot_price=spot_price)
+
+
+def instance_type(r: Dict[str, str]) -> Optional[InstanceType]:
+    """A CSV row's instance type, or None where it is no offer (see the module's docstring)."""
+    vendor, name = r["gpu_vendor"], r["gpu_name"]
+    count = float(r["gpu_count"] or 0)
+    if not r["cpu"] or r["arch"] not in ARCHES or vendor in NO_IMAGE_VENDORS or (name and count < 1):
+        return None
+    return InstanceType(
+        name=r["instance_type"],
+        cpus=int(float(r["cpu"])),
+        memory_gib=float(r["memory_gib"]),
+        gpu_vendor=vendor,
+        gpu_name=name,
+        gpu_count=int(count),
+        gpu_memory_gib=normalize_memory(name, float(r["gpu_memory_gib"])) if name else 0.0,
+        arch=ARCHES[r["arch"]],
+        spot_supported=r["spot_supported"] == "1",
+    )
+
+
+def tpu_instance(r: Dict[str, str]) -> Optional[InstanceType]:
+    """A TPU slice row as dstack offers it: named `v5litepod-8`, one accelerator of the slice's HBM, one host's CPUs
+    and memory (x86); None for a slice shape offers.tpus does not know."""
+    found = tpu_slice(r["instance_type"])
+    if found is None:
+        return None
+    return InstanceType(name=found.name, cpus=found.host_cpus, memory_gib=found.host_memory_gib, gpu_vendor=TPU_VENDOR,
+                        gpu_name=found.name, gpu_count=1, gpu_memory_gib=found.hbm_gib, arch="x86",
+                        spot_supported=r["spot_supported"] == "1")
 
 
 def build(shared_catalog: Path, out_dir: Path = SHIPPED_DIR) -> None:

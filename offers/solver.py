@@ -18,6 +18,7 @@ from offers.consumption import RESERVATION_BACKENDS, needs_reservation, spot_sol
 from offers.gpus import SPEC_VENDORS, compute_capability
 from offers.offer import Offer
 from offers.requirements import Requirements
+from offers.tpus import BOOT_DISK_GB as TPU_BOOT_DISK_GB, VENDOR as TPU_VENDOR
 
 HOURS_PER_MONTH = 730.0
 
@@ -61,8 +62,8 @@ def gpu_matches(instance: InstanceType, gpu: GPUSpec) -> bool:
     if gpu.name:
         if instance.gpu_name.lower() not in {n.lower() for n in gpu.name}:
             return False
-    elif gpu.vendor is None and instance.gpu_vendor not in SPEC_VENDORS:
-        return False
+    elif gpu.vendor is None and (instance.gpu_vendor not in SPEC_VENDORS or instance.gpu_vendor == TPU_VENDOR):
+        return False  # TPUs too are offered only when asked for by name or vendor (`tpu`, `google`)
     if gpu.memory is not None and not gpu.memory.contains(instance.gpu_memory_gib):
         return False
     if gpu.total_memory is not None and not gpu.total_memory.contains(instance.gpu_memory_gib * instance.gpu_count):
@@ -130,6 +131,8 @@ def _catalog_candidates(catalog: Catalog, req: Requirements, disk_gb: float, wit
         if types is not None and instance.name.lower() not in types:
             continue
         if not instance_matches(instance, req.resources) or not default_arch_allows(instance, req.resources):
+            continue
+        if instance.gpu_vendor == TPU_VENDOR and not req.resources.disk.size.contains(TPU_BOOT_DISK_GB):
             continue
         name, gpu, count = instance.name, instance.gpu_name, instance.gpu_count
         spot_ok = want_spot and instance.spot_supported and spot_sold(backend, name)
@@ -215,6 +218,8 @@ def find_offers(
             continue
         catalog = catalogs[number]
         disk_gb, disk_price = disks[number]
+        if catalog.types[index].gpu_vendor == TPU_VENDOR:
+            disk_gb, disk_price = float(TPU_BOOT_DISK_GB), 0.0  # a TPU VM's boot disk is fixed, in the TPU's price
         zones = tuple(sorted({zone for group in groups for zone in catalog.zones(group)}))
         offers.append(Offer(catalog.backend, catalog.types[index], key[3], zones, spot, price, disk_gb, disk_price))
     return OfferSearch(offers, total, notes)

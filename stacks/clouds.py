@@ -61,12 +61,16 @@ def setup_problems(backend: str, purpose: str) -> List[str]:
 
 
 def program_for(spec: StackSpec) -> Callable[[], None]:
-    """The Pulumi program of a run's or a fleet's stack."""
+    """The Pulumi program of a run's or a fleet's stack (on GCP, a TPU slice's own: stacks.gcp.tpu)."""
     if spec.backend == "aws":
         from stacks.aws.program import aws_program
 
         return lambda: aws_program(spec)
     if spec.backend == "gcp":
+        from stacks.gcp.tpu import is_tpu, tpu_program
+
+        if is_tpu(spec):
+            return lambda: tpu_program(spec)
         from stacks.gcp.program import gcp_program
 
         return lambda: gcp_program(spec)
@@ -91,8 +95,9 @@ def placement_note(backend: str, instance_type: str) -> Optional[str]:
 
         return aws_note(instance_type)
     from stacks.gcp.program import placement_note as gcp_note
+    from stacks.gcp.tpu import is_tpu_type
 
-    return gcp_note(instance_type)
+    return None if is_tpu_type(instance_type) else gcp_note(instance_type)  # a TPU slice is its own interconnect
 
 
 def network_note(backend: str, instance_type: str) -> Optional[str]:

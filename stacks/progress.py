@@ -17,7 +17,7 @@ class StepProgress:
     seconds: Optional[float] = None
 
 
-INSTANCE_TYPES = ("aws:ec2/instance:Instance", "gcp:compute/instance:Instance")
+INSTANCE_TYPES = ("aws:ec2/instance:Instance", "gcp:compute/instance:Instance", "gcp:tpu/v2Vm:V2Vm")
 
 
 class EngineEventTracker:

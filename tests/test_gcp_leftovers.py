@@ -14,6 +14,7 @@ from stacks.gcp.leftovers import GcpApi, find_leftovers, remove_leftovers
 DATA = Path(__file__).parent / "data" / "gcp"
 COMPUTE = "/compute/v1/projects/my-project"
 ACCOUNTS = "/v1/projects/my-project/serviceAccounts"
+TPU = "/tpu/v2/projects/my-project"
 MINE, OTHERS = "0a1b2c3d", "99887766"
 RUN_FILTER = (f'(labels.dstack-project = "dstack") AND (labels.dstack-owner = "{MINE}") '
               'AND (labels.dstack-run = "train-1")')
@@ -42,13 +43,15 @@ def gcp(recorded_api):
     api.on("DELETE", f"{COMPUTE}/regions/[^/]+/resourcePolicies/[^/]+",
            recorded("operation_delete_resource_policy.json"))
     api.on("DELETE", f"{ACCOUNTS}/[^/]+", {})
+    api.on("GET", f"{TPU}/locations/-/nodes", {"nodes": []})  # no TPU nodes (test_tpu_nodes_* record some)
     return api, client(api)
 
 
 def client(api, project="my-project"):
     from google.auth.credentials import AnonymousCredentials
 
-    return GcpApi(project, AnonymousCredentials(), compute_endpoint=api.url, iam_url=api.url + "/v1")
+    return GcpApi(project, AnonymousCredentials(), compute_endpoint=api.url, iam_url=api.url + "/v1",
+                  tpu_url=api.url + "/tpu/v2")
 
 
 def account_email(owner, run):
@@ -246,3 +249,43 @@ def test_the_sweep_uses_the_providers_credentials_and_project(monkeypatch, tmp_p
     monkeypatch.setenv("GOOGLE_CREDENTIALS", "{not json")
     with pytest.raises(ConfigurationError, match="GCP credentials could not be read"):
         gcp_api("my-project")
+
+
+def test_tpu_nodes_are_found_by_their_labels_in_every_zone_and_deleted(gcp):
+    server, api = gcp
+    server.on("GET", f"{TPU}/locations/-/nodes", recorded("tpu_nodes_page1.json"))
+    server.on("GET", f"{TPU}/locations/-/nodes", recorded("tpu_nodes_page2.json"),
+              query={"pageToken": recorded("tpu_nodes_page1.json")["nextPageToken"]})
+    server.on("DELETE", f"{TPU}/locations/[^/]+/nodes/[^/]+", recorded("tpu_operation_delete.json"))
+    found = [l for l in find_leftovers(api, MINE, run="train-1") if l.kind == "tpu-node"]
+    assert [(l.id, l.zone, l.region, l.run, l.owner) for l in found] == [
+        (f"projects/my-project/locations/us-central2-b/nodes/dstack-{MINE}-train-1", "us-central2-b", "us-central2",
+         "train-1", MINE)]  # not the other owner's train-1, nor eval-2 (on page 2), nor a hand-made node
+    assert {l.run for l in find_leftovers(api, MINE) if l.kind == "tpu-node"} == {"train-1", "eval-2"}
+    remove_leftovers(api, found)
+    assert [r.path for r in server.made("DELETE", f"{TPU}/.*")] == [
+        f"{TPU}/locations/us-central2-b/nodes/dstack-{MINE}-train-1"]
+
+
+def test_tpu_nodes_without_the_tpu_api_enabled_are_none(gcp):
+    server, api = gcp
+    server.on("GET", f"{TPU}/locations/-/nodes", recorded("error_403_tpu_disabled.json"), status=403)
+    assert {l.kind for l in find_leftovers(api, MINE, run="train-1")} == {
+        "instance", "disk", "firewall", "resource-policy", "service-account"}
+    server.on("GET", f"{TPU}/locations/-/nodes", recorded("error_403_tpu_denied.json"), status=403)
+    with pytest.raises(ConfigurationError, match=r"refused \(403\): Permission 'tpu.nodes.list' denied.*"
+                                                 r"roles/tpu.admin"):
+        find_leftovers(api, MINE, run="train-1")
+
+
+def test_tpu_nodes_are_listed_zone_by_zone_where_every_zone_at_once_is_refused(gcp):
+    server, api = gcp
+    server.on("GET", f"{TPU}/locations/-/nodes", {"error": {"code": 400, "message": "bad location"}}, status=400)
+    server.on("GET", f"{TPU}/locations", {"locations": [{"locationId": "us-central2-b"},
+                                                        {"locationId": "europe-west4-a"}]})
+    server.on("GET", f"{TPU}/locations/us-central2-b/nodes", recorded("tpu_nodes_page1.json"))
+    server.on("GET", f"{TPU}/locations/us-central2-b/nodes", {"nodes": []},
+              query={"pageToken": recorded("tpu_nodes_page1.json")["nextPageToken"]})
+    server.on("GET", f"{TPU}/locations/europe-west4-a/nodes", recorded("tpu_nodes_page2.json"))
+    found = [l for l in find_leftovers(api, MINE) if l.kind == "tpu-node"]
+    assert sorted((l.run, l.zone) for l in found) == [("eval-2", "europe-west4-a"), ("train-1", "us-central2-b")]

@@ -148,7 +148,7 @@ def test_memory_normalization_table():
     assert normalize_memory("Unknown", 13.3) == 13.3
 
 
-def test_csv_rows_without_price_tpus_fractions_and_driverless_accelerators_are_not_offers(tmp_path):
+def test_csv_rows_without_price_fractions_and_driverless_accelerators_are_not_offers(tmp_path):
     csv_path = tmp_path / "aws.csv"
     header = ("provider,instance_type,region,zone,cpu,memory_gib,gpu_vendor,gpu_name,gpu_count,gpu_memory_gib,"
               "price_ondemand,price_spot,arch,local_disk_gb,spot_supported,price_source\n")
@@ -157,7 +157,6 @@ def test_csv_rows_without_price_tpus_fractions_and_driverless_accelerators_are_n
         "aws,g5.2xlarge,us-east-1,us-east-1a,8,32,nvidia,A10G,1,22.35,,,x86_64,450,1,",
         "aws,g6f.large,us-east-1,us-east-1a,2,8,nvidia,L4,0.125,2.79,0.2,,x86_64,,1,vt",
         "aws,mac2.metal,us-east-1,us-east-1a,12,16,,,,,0.65,,arm64_mac,,0,lc",
-        "gcp,tpu-v5litepod-8,us-west4,us-west4-a,,,google,tpu-v5litepod-8,1,,9.6,4.0,x86_64,,1,ac",
         "aws,m7g.large,us-east-1,us-east-1b,2,8,,,,,0.0816,,arm64,,1,lc",
         "aws,g4ad.xlarge,us-east-1,us-east-1a,4,16,amd,Radeon Pro V520,1,8,0.379,,x86_64,150,1,lc",
         "aws,dl1.24xlarge,us-east-1,us-east-1a,96,768,intel,Gaudi HL-205,8,32,13.1,,x86_64,4000,1,lc",
@@ -172,6 +171,28 @@ def test_csv_rows_without_price_tpus_fractions_and_driverless_accelerators_are_n
     assert joined == [("g5.xlarge", "us-east-1a", 1.006, 0.5), ("m7g.large", "us-east-1b", 0.0816, None),
                       ("g5.xlarge", "us-east-1c", 1.006, 0.6)]  # a spot zone of a listed type and region joins;
     # a region with no on-demand row (eu-west-3) and a type that is no offer (g6f) do not
+
+
+def test_csv_tpu_rows_become_offers_under_dstacks_names_with_one_hosts_figures(tmp_path):
+    csv_path = tmp_path / "gcp.csv"
+    header = ("provider,instance_type,region,zone,cpu,memory_gib,gpu_vendor,gpu_name,gpu_count,gpu_memory_gib,"
+              "price_ondemand,price_spot,arch,local_disk_gb,spot_supported,price_source\n")
+    csv_path.write_text(header + "\n".join([
+        "gcp,tpu-v5litepod-8,us-west4,us-west4-a,,,google,tpu-v5litepod-8,1,,9.6,4.0,,,1,ac",
+        "gcp,tpu-v5litepod-16,us-west4,us-west4-a,,,google,tpu-v5litepod-16,1,,19.2,8.0,,,1,ac",
+        "gcp,tpu-v3-8,us-east1,us-east1-d,,,google,tpu-v3-8,1,,8,,,,,ac",
+        "gcp,tpu-v6e-8,asia-east1,asia-east1-c,,,google,tpu-v6e-8,1,,700,700,,,1,ac",  # upstream's stand-in
+        "gcp,tpu-v6e-8,southamerica-west1,southamerica-west1-c,,,google,tpu-v6e-8,1,,21.6,700,,,1,ac",
+        "gcp,tpu-v9-8,us-west4,us-west4-a,,,google,tpu-v9-8,1,,1,1,,,1,ac",  # a shape offers.tpus does not know
+    ]) + "\n")
+    rows = [(r.instance, r.region, r.price, r.spot_price) for r in read_rows(csv_path)]
+    assert [(i.name, i.gpu_name, i.gpu_vendor, i.gpu_count, i.gpu_memory_gib, i.cpus, i.memory_gib, i.arch, region,
+             price, spot) for i, region, price, spot in rows] == [
+        ("v5litepod-8", "v5litepod-8", "google", 1, 128, 224, 384, "x86", "us-west4", 9.6, 4.0),
+        ("v5litepod-16", "v5litepod-16", "google", 1, 256, 112, 192, "x86", "us-west4", 19.2, 8.0),
+        ("v3-8", "v3-8", "google", 1, 128, 96, 334, "x86", "us-east1", 8.0, None),
+        ("v6e-8", "v6e-8", "google", 1, 256, 180, 1440, "x86", "southamerica-west1", 21.6, None)]
+    assert [i.spot_supported for i, *_ in rows] == [True, True, False, True]
 
 
 def test_shipped_catalogue_answers_the_issue_examples():

@@ -527,8 +527,9 @@ def test_gc_leaves_network_volumes_alone_on_gcp(recorded_api):
     recorded_api.on("GET", f"{compute}/global/firewalls", {"items": []})
     recorded_api.on("GET", f"{compute}/aggregated/resourcePolicies", {"items": {}})
     recorded_api.on("GET", "/v1/projects/my-project/serviceAccounts", {"accounts": []})
+    recorded_api.on("GET", "/tpu/v2/projects/my-project/locations/-/nodes", {"nodes": []})
     api = GcpApi("my-project", AnonymousCredentials(), compute_endpoint=recorded_api.url,
-                 iam_url=recorded_api.url + "/v1")
+                 iam_url=recorded_api.url + "/v1", tpu_url=recorded_api.url + "/tpu/v2")
     assert [l.id for l in find_leftovers(api, "0a1b2c3d") if l.kind == "disk"] == ["dstack-0a1b2c3d-ghost"]
 
 

@@ -107,6 +107,11 @@ def fleet_offers(configuration, requirements: Requirements, source: str) -> List
                                  "$DSTACK_HOME/config.yml (docs/clouds.md)")
     search = find_offers(requirements, load_catalogs(list(requirements.backends)), [], limit=None)
     offers = restrict_zones(search.offers, configuration.availability_zones)
+    slices = sorted({offer.instance.name for offer in offers if offer.tpu_slice})
+    offers = [offer for offer in offers if not offer.tpu_slice]
+    if slices and not offers:
+        raise ConfigurationError(f"{source}: fleet {configuration.name}: a TPU slice ({', '.join(slices[:3])}) is not "
+                                 "a fleet instance here: a task on a TPU takes a slice of its own (`gpu:` in the task)")
     if not offers:
         raise ConfigurationError(f"{source}: fleet {configuration.name}: no offers match: {requirements.describe()} "
                                  "(see `dstack offers`)")

@@ -8,12 +8,13 @@ node only.
 
 from __future__ import annotations
 
-import concurrent.futures
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 from configuration.errors import ConfigurationError
 from offers.offer import Offer
+from offers.tpus import VENDOR as TPU_VENDOR, tpu_hosts
 from provisioner.host.access import HostAccess
 
 
@@ -32,7 +33,8 @@ def node_count(configuration) -> int:
 def node_offers(offers: Sequence[Offer], nodes: int, source: str) -> List[Offer]:
     """The offers that can host `nodes` nodes: cloud offers as they are, the hosts of SSH fleets with at least
     `nodes` hosts that fit (each offer is a cluster's rank 0; the fleet backend claims the others), no `local`
-    offer. Raises, naming why, when none is left."""
+    offer; a TPU slice when it has `nodes` hosts (tpu_node_offers). Raises, naming why, when none is left."""
+    offers = tpu_node_offers(offers, nodes, source)
     if nodes == 1:
         return list(offers)
     fitting: Dict[str, int] = {}
@@ -50,6 +52,19 @@ def node_offers(offers: Sequence[Offer], nodes: int, source: str) -> List[Offer]
             for fleet, count in sorted(fitting.items())]
     raise ConfigurationError(f"{source}: `nodes: {nodes}` needs {nodes} hosts that fit the resources: "
                              + "; ".join(why))
+
+
+def tpu_node_offers(offers: Sequence[Offer], nodes: int, source: str) -> List[Offer]:
+    """A TPU slice runs one job per host (offers.tpus): its offers fit `nodes: N` when the slice has N hosts. Raises,
+    naming the slices and their hosts, when only TPU offers of other sizes matched."""
+    kept = [o for o in offers if o.instance.gpu_vendor != TPU_VENDOR or tpu_hosts(o.instance.name) == nodes]
+    if kept or not offers:
+        return kept
+    slices = sorted({(tpu_hosts(o.instance.name), o.instance.name) for o in offers})
+    sizes = "; ".join(f"{name} is {hosts} TPU host{'s' if hosts > 1 else ''} (`nodes: {hosts}`)"
+                      for hosts, name in slices[:4]) + ("; ..." if len(slices) > 4 else "")
+    raise ConfigurationError(f"{source}: `nodes: {nodes}` does not fit the TPU slices that match, which run one "
+                             f"job per host: {sizes}")
 
 
 def node_address(access: HostAccess) -> str:
@@ -83,6 +98,7 @@ def cluster_env(cluster: Optional[Cluster], gpus_per_node: int) -> Dict[str, str
 
 
 STARTUP_ORDERS = ("any", "master-first", "workers-first")
+NODE_THREADS = 16  # on_every_node's actions at a time
 
 
 def startup_waves(startup_order: Optional[str], size: int) -> List[List[int]]:
@@ -96,11 +112,29 @@ def startup_waves(startup_order: Optional[str], size: int) -> List[List[int]]:
 
 
 def on_every_node(action: Callable, items: Sequence) -> list:
-    """`action(item)` for every item at once; results in order; the first error (by item order) is raised after
-    every action has finished."""
+    """`action(item)` for every item at once (at most NODE_THREADS at a time); results in order; the first error (by
+    item order) is raised after every action has finished. Ctrl-C is not held up by them: the actions run in daemon
+    threads, which the interrupted caller leaves behind (a pool's threads would be joined first, and a node that does
+    not answer yet would keep a boot's wait, and the process's exit, going until its deadline)."""
     if len(items) == 1:
         return [action(items[0])]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        futures = [pool.submit(action, item) for item in items]
-        concurrent.futures.wait(futures)
-    return [future.result() for future in futures]
+    slots = threading.BoundedSemaphore(NODE_THREADS)
+    results: list = [None] * len(items)
+    errors: List[Optional[BaseException]] = [None] * len(items)
+
+    def run(index: int) -> None:
+        with slots:
+            try:
+                results[index] = action(items[index])
+            except BaseException as e:  # noqa: B036 - handed to the caller's thread
+                errors[index] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True, name=f"node-{i}") for i in range(len(items))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise error
+    return results

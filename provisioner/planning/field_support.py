@@ -61,6 +61,10 @@ def _network_volumes(configuration) -> bool:
     return any(isinstance(v, VolumeMountPoint) for v in getattr(configuration, "volumes", []))
 
 
+def _not_tpu(offer: Offer) -> bool:
+    return not offer.tpu_slice
+
+
 def _nvidia_gpu(offer: Offer) -> bool:
     return offer.instance.gpu_vendor == "nvidia" and offer.instance.gpu_count > 0
 
@@ -90,10 +94,16 @@ RULES: Tuple[FieldRule, ...] = (
     FieldRule("idle_duration", lambda c: _network_volumes(c) and (getattr(c, "idle_duration", None) or 0) != 0,
               (), "with a network volume (`NAME:/path`) is not supported: the kept instance would hold the disk "
                   "attached after the run, where no other run could attach it and `dstack volume delete` fails"),
+    FieldRule("volumes", _network_volumes, ALL_BACKENDS, "with a network volume (`NAME:/path`) is not attached to a "
+              "TPU VM here (its disks attach at creation, through the TPU API); use instance volumes", fits=_not_tpu),
+    FieldRule("idle_duration", lambda c: (getattr(c, "idle_duration", None) or 0) != 0, ALL_BACKENDS,
+              "is not supported on a TPU slice here: a kept TPU VM is not reused by later runs", fits=_not_tpu),
     FieldRule("instances", _set("instances"), (), "is not supported yet: runs pick fleet instances by `fleets` "
                                                   "and their resources"),
     FieldRule("reservation", _set("reservation"), RESERVATION_BACKENDS,
               ": only a GCP VM consumes a named reservation here (AWS capacity reservations are not targeted yet)"),
+    FieldRule("reservation", _set("reservation"), RESERVATION_BACKENDS,
+              "is not consumed by a TPU slice here (TPU reservations are not targeted yet)", fits=_not_tpu),
     FieldRule("dstack", _set("dstack"), (), "is not supported: there is no dstack server to reach (this CLI runs "
                                             "tasks itself, so there is no server API or token to hand the job); "
                                             "remove it, and give the job what it needs to call instead through "

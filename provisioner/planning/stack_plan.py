@@ -9,6 +9,7 @@ from configuration.owner import owner_id
 from offers.consumption import needs_reservation
 from offers.gpus import compute_capability
 from offers.offer import Offer
+from offers.tpus import VENDOR as TPU_VENDOR
 from provisioner.jobs.nodes import node_count
 from provisioner.planning.task_volumes import volume_attachments
 from stacks import clouds
@@ -89,7 +90,7 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         ingress_cidrs=ingress,
         gcp_project_id=getattr(backend_config, "project_id", None),
         vpc_name=getattr(backend_config, "vpc_name", None),
-        self_delete=getattr(backend_config, "self_delete", True),
+        self_delete=getattr(backend_config, "self_delete", True) and t.gpu_vendor != TPU_VENDOR,  # stacks.gcp.tpu
         subnet=getattr(backend_config, "subnet", None) or getattr(backend_config, "subnetwork", None),
         max_duration_s=max_duration,
         nvidia_open_driver=(compute_capability(t.gpu_name) or OPEN_DRIVER_MIN_CAPABILITY) >= OPEN_DRIVER_MIN_CAPABILITY,

@@ -68,11 +68,12 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
         while True:
             if not store.claim_run(run_name, STARTING, RunStatus.PROVISIONING, backend=offer.backend,
                                    region=offer.region, instance=offer.instance.name,
-                                   price=offer.total_price * nodes, offer=offer.to_json()):
+                                   price=offer.run_price(nodes), offer=offer.to_json()):
                 raise StopRequested
-            each = f"{nodes} x " if nodes > 1 else ""
+            per_node = nodes > 1 and not offer.tpu_slice  # a TPU slice's price is all its nodes'
+            each = f"{nodes} x " if per_node else ""
             say(f"Provisioning {each}{where} at ${offer.total_price:.4f}/hour"
-                + (f" each (${offer.total_price * nodes:.4f}/hour)" if nodes > 1 else ""))
+                + (f" each (${offer.run_price(nodes):.4f}/hour)" if per_node else ""))
             store.add_event(run_name, "offer", f"trying {where} at ${offer.total_price:.4f}/hour")
             seen = _last_event_id(store, run_name)
             try:

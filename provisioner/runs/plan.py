@@ -70,8 +70,8 @@ def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Option
 
 
 def nodes_json(nodes: int, offer: Optional[Offer]) -> dict:
-    """A multi-node run's size and price: the offer is one node's."""
+    """A multi-node run's size and price: the offer is one node's (a TPU slice's: all its nodes')."""
     if offer is None:
         return {"count": nodes}
-    return {"count": nodes, "price_per_node": round(offer.total_price, 6),
-            "total_price": round(offer.total_price * nodes, 6)}
+    total = offer.run_price(nodes)
+    return {"count": nodes, "price_per_node": round(total / nodes, 6), "total_price": round(total, 6)}

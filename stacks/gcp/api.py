@@ -1,6 +1,6 @@
 """How dstack reaches GCP's APIs outside Pulumi (the leftover sweep, the self-delete account and its permissions, an
 instance's state): the credentials and project the Pulumi provider would use, the Compute API through
-google-cloud-compute, and the IAM and Resource Manager REST APIs through google-auth's session. Imported only when
+google-cloud-compute, and the IAM, Resource Manager and Cloud TPU REST APIs through google-auth's session. Imported only when
 one of those runs."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from configuration.errors import ConfigurationError
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 IAM_URL = "https://iam.googleapis.com/v1"
 CRM_URL = "https://cloudresourcemanager.googleapis.com/v1"
+TPU_URL = "https://tpu.googleapis.com/v2"
 # The Pulumi GCP provider's project variables, in its order; application default credentials may name one too.
 PROJECT_VARIABLES = ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
 
@@ -30,6 +31,7 @@ class GcpApi:
     compute_endpoint: Optional[str] = None  # None: compute.googleapis.com
     iam_url: str = IAM_URL
     crm_url: str = CRM_URL
+    tpu_url: str = TPU_URL  # the Cloud TPU API: TPU VM nodes (stacks.gcp.tpu), reached over REST like IAM
 
     def compute(self, client_class):
         options = {"api_endpoint": self.compute_endpoint} if self.compute_endpoint else None

@@ -3,7 +3,8 @@ leaves behind, or what a lost state file forgot. Used by teardown (one run) and 
 every owner's).
 
 What the GCP program (stacks/gcp.py) creates, and how each is recognized across every zone of the project:
-instances and disks by their labels (`dstack-project`, `dstack-owner`, `dstack-run`); the firewalls and a cluster's
+instances, disks and TPU VM nodes (stacks.gcp.tpu) by their labels (`dstack-project`, `dstack-owner`, `dstack-run`;
+TPU nodes listed in every zone at once, `locations/-`, and their labels checked here); the firewalls and a cluster's
 compact placement policy, which take no labels, by their names (`dstack-OWNER-RUN`, and `dstack-OWNER-RUN-nodes` for
 a cluster's own firewall) and dstack's description, which names the run; the service account by its display name
 `dstack-OWNER-RUN` and the account id derived from it. The APIs are reached as stacks.gcp.api says, only when a
@@ -29,8 +30,8 @@ WAIT_TIMEOUT_S = 600
 
 @dataclass(frozen=True)
 class Leftover:
-    kind: str  # instance, disk, firewall, resource-policy, service-account
-    id: str  # the resource's name; a service account's email
+    kind: str  # instance, tpu-node, disk, firewall, resource-policy, service-account
+    id: str  # the resource's name; a service account's email; a TPU node's full name (projects/P/locations/Z/nodes/N)
     region: str  # the zone's region, a resource policy's; "global" for firewalls and service accounts
     run: str
     owner: str
@@ -48,14 +49,15 @@ def find_leftovers(api: GcpApi, owner: Optional[str], run: Optional[str] = None)
     if run is not None and owner is None:
         raise ValueError("a run is named within its owner")
     with _refused(api, "listing dstack's resources"):
-        return (_labelled(api, "instance", owner, run) + _labelled(api, "disk", owner, run)
-                + _firewalls(api, owner, run) + _resource_policies(api, owner, run)
+        return (_labelled(api, "instance", owner, run) + _tpu_nodes(api, owner, run)
+                + _labelled(api, "disk", owner, run) + _firewalls(api, owner, run) + _resource_policies(api, owner, run)
                 + _service_accounts(api, owner, run))
 
 
 def remove_leftovers(api: GcpApi, leftovers: Iterable[Leftover], wait: bool = True) -> None:
     """Instances first, waited for (their boot disks go with them, and a placement policy cannot go while an
-    instance uses it), then the rest. Already gone is fine: a VM that ends itself may beat the sweep to it."""
+    instance uses it), then the rest; a TPU node's delete is not waited for (nothing else waits on it). Already gone
+    is fine: a VM that ends itself may beat the sweep to it."""
     from google.cloud import compute_v1
 
     leftovers = list(leftovers)
@@ -84,6 +86,8 @@ def remove_leftovers(api: GcpApi, leftovers: Iterable[Leftover], wait: bool = Tr
                                                            resource_policy=leftover.id, timeout=60))
             elif leftover.kind == "service-account":
                 _iam_request(api, "DELETE", f"/projects/{api.project}/serviceAccounts/{leftover.id}", missing_ok=True)
+            elif leftover.kind == "tpu-node":
+                rest_request(api, "DELETE", f"{api.tpu_url}/{leftover.id}", missing_ok=True)
 
 
 def _labelled(api: GcpApi, kind: str, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
@@ -103,6 +107,46 @@ def _labelled(api: GcpApi, kind: str, owner: Optional[str], run: Optional[str]) 
             if labels.get("dstack-project") == PROJECT and _is_wanted(named, owner, run):  # the filter, checked
                 found.append(Leftover(kind, item.name, zone.rsplit("-", 1)[0], named[1], named[0], zone))
     return found
+
+
+def _tpu_nodes(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
+    """TPU VM nodes with dstack's labels, in every zone: listed across zones at once (`locations/-`, which answers
+    the zones it could not reach), else zone by zone. A project without the Cloud TPU API enabled has none: that
+    refusal is no error."""
+    try:
+        nodes = _tpu_list(api, "-")
+    except ApiRefusal as refusal:
+        if refusal.detail == "SERVICE_DISABLED":
+            return []
+        if refusal.code not in (400, 404):
+            raise
+        locations = _tpu_pages(api, f"/projects/{api.project}/locations", "locations")
+        nodes = [node for location in locations for node in _tpu_list(api, location["locationId"])]
+    found = []
+    for node in nodes:
+        labels = node.get("labels") or {}
+        named = (labels.get("dstack-owner", ""), labels.get("dstack-run", ""))
+        zone = node.get("name", "").split("/locations/", 1)[-1].split("/", 1)[0]
+        if labels.get("dstack-project") == PROJECT and _is_wanted(named, owner, run):
+            found.append(Leftover("tpu-node", node["name"], zone.rsplit("-", 1)[0], named[1], named[0], zone))
+    return found
+
+
+def _tpu_list(api: GcpApi, location: str) -> List[dict]:
+    return _tpu_pages(api, f"/projects/{api.project}/locations/{location}/nodes", "nodes")
+
+
+def _tpu_pages(api: GcpApi, path: str, key: str) -> List[dict]:
+    items, token = [], None
+    while True:
+        page = rest_request(api, "GET", api.tpu_url + path,
+                            params={"pageSize": 100, **({"pageToken": token} if token else {})})
+        if page.get("unreachable"):
+            raise ApiRefusal(503, f"the TPU API could not list zones {', '.join(page['unreachable'])}; try again")
+        items += page.get(key, [])
+        token = page.get("nextPageToken")
+        if not token:
+            return items
 
 
 def _firewalls(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
@@ -216,8 +260,8 @@ def _iam_request(api: GcpApi, method: str, path: str, params: Optional[dict] = N
 _ADVICE = {
     403: "the credentials need compute.instances/disks/firewalls/resourcePolicies list and delete "
          "(roles/compute.instanceAdmin.v1 "
-         "and roles/compute.securityAdmin) and iam.serviceAccounts.list and delete (roles/iam.serviceAccountAdmin), "
-         "and the project the Compute and IAM APIs enabled",
+         "and roles/compute.securityAdmin), iam.serviceAccounts.list and delete (roles/iam.serviceAccountAdmin) "
+         "and tpu.nodes.list and delete (roles/tpu.admin), and the project the Compute and IAM APIs enabled",
     404: "check that the project exists: `project_id` of the gcp backend in $DSTACK_HOME/config.yml",
 }
 

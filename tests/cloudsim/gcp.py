@@ -32,6 +32,15 @@ PERSISTENT_DISK_ONLY = ("n1-", "e2-", "n2-", "n2d-", "t2d-", "t2a-", "c2-", "c2d
 RESERVATION_BOUND = ("a3-ultragpu-", "a4-", "a4x-", "a3-megagpu-", "a3-highgpu-8g")
 # Compute Engine, "GPU machine types": machines with GPUs (built in or attached) cannot live-migrate.
 GPU_SERIES = ("a2-", "a3-", "a4-", "a4x-", "g2-", "g4-")
+# A TPU node's workers get addresses of the test range that no test host takes (index 254: tests.netns_hosts hands
+# out 10..249), behind its unreachable route, which a scenario with a TPU holds: nothing boots there, so a client's
+# SSH to a worker fails at once and never leaves this machine.
+TPU_WORKER_ADDRESS = "10.251.254.{}"
+# Cloud TPU, "TPU versions" and "TPU software versions": the accelerator types' generations, and the software
+# versions each boots (the generic Ubuntu image boots on every generation; the v5e and v6e images on their own).
+TPU_GENERATIONS = ("v2", "v3", "v4", "v5p", "v5litepod", "v6e")
+TPU_RUNTIMES = {"tpu-ubuntu2204-base": TPU_GENERATIONS, "v2-alpha-tpuv5-lite": ("v5litepod",),
+                "v2-alpha-tpuv6e": ("v6e",)}
 # Compute Engine IAM roles: the predefined roles that hold compute.instances.delete.
 DELETING_ROLES = ("roles/compute.instanceAdmin.v1", "roles/compute.instanceAdmin", "roles/owner", "roles/editor")
 TOKEN_PREFIX = "cloudsim-vm-token-"
@@ -143,7 +152,7 @@ class GcpCloud:
         what = {"Instance": "creating instance", "Firewall": "creating Firewall",
                 "ResourcePolicy": "creating ResourcePolicy", "Disk": "creating Disk",
                 "AttachedDisk": "attaching disk", "InstanceIAMMember": "applying IAM policy for compute instance",
-                "Account": "creating service account"}.get(kind)
+                "Account": "creating service account", "V2Vm": "creating Vm"}.get(kind)
         if what is None:
             raise self.world.refuse(request["type"], request["name"], f"cloudsim: {request['type']} is not simulated")
         try:
@@ -278,6 +287,38 @@ class GcpCloud:
                             "selfLink": f"https://www.googleapis.com/compute/v1/{path}", "currentStatus": "RUNNING",
                             "networkInterfaces": interfaces}
 
+    def _create_v2vm(self, resource: Resource, project: str, what: str) -> None:
+        """A TPU VM node (Cloud TPU API v2, `projects.locations.nodes.create`; the provider's `gcp.tpu.V2Vm`): its
+        name, labels, network, accelerator type and software version checked; one network endpoint per worker
+        (offers.tpus counts a slice's hosts). No guest boots on it (TPU_WORKER_ADDRESS)."""
+        from offers.tpus import tpu_hosts
+
+        inputs, zone = resource.inputs, resource.zone
+        name = self._named(resource, what)
+        path = f"projects/{project}/locations/{zone}/nodes/{name}"
+        self.require("tpu.nodes.create", path, what)
+        self._check_labels(resource.labels, what)
+        if self.world.find(path) is not None:
+            raise Refusal(f"Error {what}: " + api_error(409, f"Resource '{path}' already exists", "alreadyExists"))
+        network = str((inputs.get("networkConfig") or {}).get("network") or "default").rsplit("/", 1)[-1]
+        if network not in self.networks:
+            raise Refusal(f"Error {what}: " + api_error(
+                404, f"The resource 'projects/{project}/global/networks/{network}' was not found", "notFound"))
+        accelerator, runtime = inputs.get("acceleratorType", ""), inputs.get("runtimeVersion", "")
+        generation = accelerator.rpartition("-")[0]
+        if generation not in TPU_GENERATIONS or generation not in TPU_RUNTIMES.get(runtime, ()):
+            raise Refusal(f"Error {what}: " + api_error(
+                400, f"Invalid value for field 'runtime_version': '{runtime}' is not supported for accelerator type "
+                     f"'{accelerator}'", "badRequest"))
+        if zone in self.stockouts:
+            raise Refusal(f"Error waiting to create Vm: There is no more capacity in the zone \"{zone}\"; you can "
+                          "try in another zone where Cloud TPU Nodes are offered")
+        resource.id = path
+        endpoints = [{"ipAddress": TPU_WORKER_ADDRESS.format(rank + 1), "port": 8470,
+                      "accessConfigs": [{"externalIp": TPU_WORKER_ADDRESS.format(rank + 1)}]}
+                     for rank in range(tpu_hosts(accelerator))]
+        resource.outputs = {"name": name, "zone": zone, "state": "READY", "networkEndpoints": endpoints}
+
     @staticmethod
     def _disk_fits(disk_type: str, machine: str, what: str) -> None:
         disk_type = disk_type.rsplit("/", 1)[-1]
@@ -339,7 +380,7 @@ class GcpCloud:
         permission = {"Instance": "compute.instances.delete", "Firewall": "compute.firewalls.delete",
                       "ResourcePolicy": "compute.resourcePolicies.delete", "Disk": "compute.disks.delete",
                       "Account": "iam.serviceAccounts.delete", "InstanceIAMMember": "compute.instances.setIamPolicy",
-                      "AttachedDisk": "compute.instances.detachDisk"}.get(kind)
+                      "AttachedDisk": "compute.instances.detachDisk", "V2Vm": "tpu.nodes.delete"}.get(kind)
         if permission:
             self.require(permission, resource.id, f"deleting {kind}")
         if kind == "Instance":

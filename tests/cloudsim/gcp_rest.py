@@ -26,6 +26,7 @@ from tests.cloudsim.world import Refusal, Resource
 API = "https://www.googleapis.com/compute/v1"
 USER_TOKEN = "cloudsim-user-token"
 COMPUTE = re.compile(r"/compute/v1/projects/(?P<project>[^/]+)/(?P<rest>.+)")
+TPU_NODES = re.compile(r"/v2/projects/(?P<project>[^/]+)/locations/(?P<zone>[^/]+)/nodes(?:/(?P<name>[^/]+))?")
 LIST_PERMISSIONS = {"instances": "compute.instances.list", "disks": "compute.disks.list",
                     "firewalls": "compute.firewalls.list", "resourcePolicies": "compute.resourcePolicies.list"}
 
@@ -109,6 +110,9 @@ class Compute:
                 return 200, {"permissions": [p for p in wanted if p not in self.cloud.denied]}
             if path.startswith("/v1/projects/") and "/serviceAccounts" in path:
                 return self._iam(method, path, query, body)
+            nodes = TPU_NODES.fullmatch(path)
+            if nodes:
+                return 200, self._tpu(method, nodes)
             raise ApiError(404, f"cloudsim: {method} {path} is not simulated", "notFound")
         except ApiError as e:
             return e.code, e.body()
@@ -171,6 +175,24 @@ class Compute:
             cloud.delete(target, by="sweep")
             return self._operation(target, target.zone)
         raise ApiError(404, f"cloudsim: {method} compute/v1/.../{rest} is not simulated", "notFound")
+
+    def _tpu(self, method: str, match) -> dict:
+        """Cloud TPU API v2: `nodes.list` in a zone or every zone (`-`), and `nodes.delete` (its operation, done)."""
+        cloud, project = self.cloud, match["project"]
+        if method == "GET" and not match["name"]:
+            self._require("tpu.nodes.list", f"projects/{project}/locations/{match['zone']}")
+            return {"nodes": [{"name": r.id, "acceleratorType": r.inputs.get("acceleratorType"), "state": "READY",
+                               "labels": r.labels} for r in cloud.world.live("V2Vm", "gcp")
+                              if match["zone"] in ("-", r.zone)]}
+        path = f"projects/{project}/locations/{match['zone']}/nodes/{match['name']}"
+        target = cloud.world.find(path)
+        if target is None:
+            raise ApiError(404, f"Resource '{path}' was not found", "notFound")
+        if method == "DELETE":
+            cloud.delete(target, by="sweep")
+            return {"name": f"projects/{project}/locations/{target.zone}/operations/operation-{target.name}",
+                    "done": True}
+        raise ApiError(404, f"cloudsim: {method} {path} is not simulated", "notFound")
 
     def _iam(self, method: str, path: str, query: dict, body: dict) -> Tuple[int, dict]:
         cloud = self.cloud
