@@ -17,11 +17,6 @@ from tests.helpers import DATA, ROOT
 EXAMPLES = DATA / "dstack_examples"
 # The variables the files name without a value (`env: [HF_TOKEN]`): dstack takes them from the environment.
 ENV = {name: "x" for name in ("HF_TOKEN", "WANDB_API_KEY", "WANDB_PROJECT", "HUB_MODEL_ID", "SPARK_CLUSTER_IP")}
-# Files that other parts of issue 20 make plan (`groups`, TPUs, SSH-fleet clusters), on their branches: strict, so
-# that the merge that brings them turns these into failures until the mark goes.
-PENDING = {"examples__single-node-training__optimum-tpu__llama31__.dstack.yml":
-           pytest.mark.xfail(strict=True, reason="issue 20: tpu on its branch")}
-
 # file -> None (planned: exit 0), or the accelerator named in the refusal
 EXPECTED = {
     "docs__docs__concepts__tasks.md__apply.dstack.yml": None,
@@ -79,7 +74,7 @@ def planned(tmp_path_factory):
     return {Path(r["args"][2]).name: r for r in json.loads(results.read_text())}
 
 
-@pytest.mark.parametrize("name, refused", [pytest.param(name, refused, id=name, marks=PENDING.get(name, ()))
+@pytest.mark.parametrize("name, refused", [pytest.param(name, refused, id=name)
                                             for name, refused in EXPECTED.items()])
 def test_dstack_example_plans_or_is_refused_naming_the_accelerator(planned, name, refused):
     result = planned[name]

@@ -106,7 +106,8 @@ resources:
 
 def plan(tmp_path, dstack_home, name="tpu-1", gpu="v5litepod-8", extra="", args=()):
     conf = write(tmp_path, f"{name}.dstack.yml", TASK.format(name=name, gpu=gpu, extra=extra))
-    return run_cli("apply", "-f", conf, "--dry-run", "--json", *args, env={"DSTACK_HOME": str(dstack_home)})
+    return run_cli("apply", "-f", conf, "-b", "gcp", "--dry-run", "--json", *args,
+                   env={"DSTACK_HOME": str(dstack_home)})
 
 
 @pytest.mark.parametrize("gpu, spot, runtime, scheduling", [
@@ -152,7 +153,7 @@ def test_a_multi_host_slice_is_nodes_one_per_host(tmp_path, dstack_home):
     assert [r["type"] for r in document["resources"]] == [
         "gcp:compute/firewall:Firewall", "gcp:compute/firewall:Firewall", "gcp:tpu/v2Vm:V2Vm"]  # one node: 4 hosts
     assert "notes" not in document  # a slice is its own interconnect: no placement policy to miss
-    human = run_cli("apply", "-f", str(tmp_path / "tpu-1.dstack.yml"), "--dry-run",
+    human = run_cli("apply", "-f", str(tmp_path / "tpu-1.dstack.yml"), "-b", "gcp", "--dry-run",
                     env={"DSTACK_HOME": str(dstack_home)}).stdout
     assert "4 nodes: one TPU slice, a node per host" in human
     wrong = plan(tmp_path, dstack_home, gpu="v5litepod-16", extra="nodes: 2\n")
