@@ -299,7 +299,9 @@ def attach(name: NameArgument) -> None:
     follower = LogFollower(access.connect, name, log=session.reporter.info, host=access.description)
     from configuration.fields import PortMapping
 
-    ports = [PortMapping.model_validate(p) for p in (record.configuration or {}).get("ports", [])]
+    recorded = record.configuration or {}
+    groups = recorded.get("groups") or [recorded]  # with `groups`, rank 0's group's ports are the run's
+    ports = [PortMapping.model_validate(p) for p in groups[0].get("ports") or []]
     attachment = _reattach_dev_environment(session, record, access)
     forwarder = forward_ports(session, name, access, ports, lambda: follower.transport)
     try:

@@ -11,7 +11,7 @@ from configuration.errors import ConfigurationError
 from offers.offer import Offer
 from provisioner.backends.offer_failover import MAX_OFFERS_TRIED, OffersExhausted, first_provisioned
 from provisioner.host.access import HostAccess
-from provisioner.jobs.nodes import node_count
+from provisioner.jobs.nodes import GroupedOffer, cluster_price, node_count
 from provisioner.runs.session import RunSession
 from provisioner.store.statuses import STARTING, RunStatus
 from stacks.errors import StackFailure
@@ -35,6 +35,9 @@ class StopRequested(Exception):
 
 
 def _label(offer: Offer) -> str:
+    if isinstance(offer, GroupedOffer):  # each group's instance type (an SSH fleet's: its first host)
+        types = " + ".join(f"{g.nodes} x {g.offer.instance.name}" for g in offer.groups)
+        return f"{offer.backend} {offer.region} {types}{' (spot)' if offer.spot else ''}"
     return f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
 
 
@@ -54,11 +57,14 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
         zone = offer.zones[0] if offer.zones else ""
         label = _label(offer)
         if not store.claim_run(run_name, STARTING, RunStatus.PROVISIONING, backend=offer.backend, region=offer.region,
-                               instance=offer.instance.name, price=offer.total_price * nodes, offer=offer.to_json()):
+                               instance=offer.instance.name, price=cluster_price(offer, nodes), offer=offer.to_json()):
             raise StopRequested
-        each = f"{nodes} x " if nodes > 1 else ""
-        say(f"Provisioning {each}{label}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour"
-            + (f" each (${offer.total_price * nodes:.4f}/hour)" if nodes > 1 else ""))
+        if isinstance(offer, GroupedOffer):
+            say(f"Provisioning {label}{f' in {zone}' if zone else ''} at ${cluster_price(offer, nodes):.4f}/hour")
+        else:
+            each = f"{nodes} x " if nodes > 1 else ""
+            say(f"Provisioning {each}{label}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour"
+                + (f" each (${offer.total_price * nodes:.4f}/hour)" if nodes > 1 else ""))
         store.add_event(run_name, "offer", f"trying {label}{f' in {zone}' if zone else ''} "
                                            f"at ${offer.total_price:.4f}/hour")
         hosts = session.backend(offer.backend).provision(run_name, offer, configuration, session.reporter.step)
