@@ -165,3 +165,15 @@ def test_cloud_plan_has_each_groups_offer_and_instance_type_in_one_stack(tmp_pat
     assert len({r["inputs"][zone_key] for r in nodes}) == 1  # one stack, one zone
     assert plan["configuration"]["groups"][1]["commands"] == [
         "ray start --address=${{ groups[0].nodes[0].IP_ADDRESS }}:6379 --block"]
+
+
+def test_startup_order_across_groups_master_is_group_0s_first_node(tmp_path, home_env, fleet):
+    conf = write(tmp_path, "order.dstack.yml", "type: task\nname: order\nbackends: [ssh]\n"
+                 "startup_order: workers-first\ngroups:\n"
+                 "  - name: head\n    commands: ['echo began $(date +%s.%N)']\n"
+                 "  - name: workers\n    nodes: 2\n    commands: ['echo began $(date +%s.%N)']\n")
+    result = run_cli("apply", "-f", conf, "-y", env=home_env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    began = {int(line.split()[0].strip("[]")): float(line.split()[2]) for line in result.stdout.splitlines()
+             if line.split()[1:2] == ["began"]}
+    assert sorted(began) == [0, 1, 2] and began[0] > max(began[1], began[2]), result.stdout
