@@ -448,7 +448,8 @@ def test_gcp_node_groups_each_node_its_machine_type_one_compact_policy():
     assert [i.inputs["machineType"] for i in instances] == ["n2-standard-2", "a2-highgpu-1g", "a2-highgpu-1g"]
     assert len({i.inputs["zone"] for i in instances}) == 1
     [policy] = recorder.of_type("gcp:compute/resourcePolicy:ResourcePolicy")
-    assert all(policy.inputs["name"] in i.inputs["resourcePolicies"][0] for i in instances)
+    assert {i.inputs["resourcePolicies"] for i in instances} == {
+        f"projects/my-project/regions/us-central1/resourcePolicies/{policy.inputs['name']}"}
     images = [c.args for c in recorder.calls if c.token == "gcp:compute/getImage:getImage"]
     assert len(images) == 2
 
