@@ -17,6 +17,7 @@ from configuration.errors import ConfigurationError
 _INNER = r"groups\[(\d+)\]\.(\w+)\[(\d+)\]\.IP_ADDRESS"
 _ANY_REF = re.compile(r"(?<!\$)\$\{\{\s*([^}]+?)\s*\}\}")
 _IP_REF = re.compile(r"(?<!\$)\$\{\{\s*" + _INNER + r"\s*\}\}")
+_ESCAPED = re.compile(r"\$(\$\{\{\s*groups\b)")
 _NAMESPACE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -91,5 +92,6 @@ def _sizes(groups: Sequence[NodeGroupView]) -> str:
 
 def fill_node_refs(command: str, addresses: Sequence[Sequence[str]]) -> str:
     """`command` with each `${{ groups[i].nodes[j].IP_ADDRESS }}` replaced by `addresses[i][j]` (checked at submit
-    by check_node_refs)."""
-    return _IP_REF.sub(lambda m: addresses[int(m.group(1))][int(m.group(3))], command)
+    by check_node_refs); an escaped `$${{ groups... }}` becomes the literal `${{ groups... }}`."""
+    filled = _IP_REF.sub(lambda m: addresses[int(m.group(1))][int(m.group(3))], command)
+    return _ESCAPED.sub(r"\1", filled)

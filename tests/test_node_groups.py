@@ -24,6 +24,7 @@ RAY_LIKE = textwrap.dedent("""\
         commands:
           - echo head rank=$DSTACK_NODE_RANK of=$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP
           - echo head sees ${{{{ groups[0].nodes[0].IP_ADDRESS }}}} ${{{{ groups[1].nodes[1].IP_ADDRESS }}}}
+          - echo 'head escaped $${{{{ groups[0].nodes[0].IP_ADDRESS }}}}'
           - python3 -c "import socket; s = socket.create_server(('${{{{ groups[0].nodes[0].IP_ADDRESS }}}}', 29600)); [s.accept()[0].close() for _ in range(2)]; print('head accepted 2')"
         resources:
           cpu: 1..
@@ -63,6 +64,7 @@ def test_groups_run_on_an_ssh_fleet_with_ranks_commands_and_addresses_by_group(t
     assert f"[0] head rank=0 of=3 master={master}" in lines, result.stdout
     assert f"[0] head sees {master} {addresses[2]}" in lines
     assert "[0] head accepted 2" in lines
+    assert "[0] head escaped ${{ groups[0].nodes[0].IP_ADDRESS }}" in lines
     for rank in (1, 2):
         assert f"[{rank}] worker rank={rank} of=3 head={master}" in lines
         assert f"[{rank}] worker connected" in lines
