@@ -218,4 +218,5 @@ def build_requirements(
         backends=tuple(chosen_backends) if chosen_backends else None,
         regions=tuple(chosen_regions) if chosen_regions else None,
         instance_types=tuple(chosen_types) if chosen_types else None,
+        reservation=getattr(configuration, "reservation", None) if configuration is not None else None,
     )

@@ -104,7 +104,8 @@ class ProfileFields(StrictModel):
         Optional[Schedule], Field(description="Start the run at these times: `{cron: \"0 8 * * mon-fri\"}` (UTC)")
     ] = None
     reservation: Annotated[
-        Optional[str], Field(description="A cloud capacity reservation to use. Not supported yet")
+        Optional[str], Field(description="GCP: the name of a reservation the run's VMs consume (on-demand offers "
+                                         "only; it opens the machine types sold only through reservations)")
     ] = None
     creation_policy: Annotated[
         Optional[Literal["reuse", "reuse-or-create"]],

@@ -21,14 +21,16 @@ class Requirements:
     backends: Optional[Tuple[str, ...]] = None
     regions: Optional[Tuple[str, ...]] = None
     instance_types: Optional[Tuple[str, ...]] = None
+    reservation: Optional[str] = None  # a capacity reservation the run's VMs consume (offers.consumption)
 
     def to_json(self) -> dict:
-        """The `requirements` object of `offers --json`, shaped as dstack's."""
-        return {
+        """The `requirements` object of `offers --json`, shaped as dstack's (`reservation` when there is one)."""
+        document = {
             "resources": self.resources.model_dump(mode="json"),
             "max_price": self.max_price,
             "spot": self.spot,
         }
+        return {**document, "reservation": self.reservation} if self.reservation else document
 
     def describe(self) -> str:
         spot = {True: "spot", False: "on-demand", None: "spot or on-demand"}[self.spot]
@@ -41,4 +43,6 @@ class Requirements:
             parts.append("regions " + ",".join(self.regions))
         if self.instance_types:
             parts.append("types " + ",".join(self.instance_types))
+        if self.reservation:
+            parts.append(f"reservation {self.reservation}")
         return ", ".join(parts)

@@ -5,13 +5,16 @@ Instance types are matched first (a few hundred per cloud); only the price group
 
 from __future__ import annotations
 
+import dataclasses
+
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from configuration.resources import DEFAULT_DISK, DEFAULT_DISK_SIZE, GPUSpec, ResourcesSpec
 from offers.catalog import Catalog, InstanceType
+from offers.consumption import RESERVATION_BACKENDS, needs_reservation, spot_sold, withheld_note
 from offers.gpus import SPEC_VENDORS, compute_capability
 from offers.offer import Offer
 from offers.requirements import Requirements
@@ -92,15 +95,28 @@ def default_arch_allows(instance: InstanceType, resources: ResourcesSpec) -> boo
     return instance.gpu_count > 0 and instance.gpu_name.lower() in {n.lower() for n in names}
 
 
+def _within_regions(req: Requirements, configured: Optional[Sequence[str]]) -> Requirements:
+    """The requirements with their regions narrowed to the configured ones (none left: no offer from there)."""
+    if not configured:
+        return req
+    regions = [r for r in configured if _allowed(r, req.regions)]
+    return dataclasses.replace(req, regions=tuple(regions))
+
+
 def _allowed(value: str, allowed: Optional[Sequence[str]]) -> bool:
     return allowed is None or value.lower() in {a.lower() for a in allowed}
 
 
-def _catalog_candidates(catalog: Catalog, req: Requirements, disk_gb: float) -> Iterable[tuple]:
+def _catalog_candidates(catalog: Catalog, req: Requirements, disk_gb: float, withheld: Dict[str, float]
+                        ) -> Iterable[tuple]:
     """Sort keys of the matching price groups: (price, backend, type, region, spot, gpu, count, type index, groups).
     Offers are only built for the keys that are shown, which keeps a query over the whole catalogue cheap. On-demand
     prices are per region: the groups of a type and region that differ only in their zones' spot prices make one
-    on-demand offer with all their zones (spot offers stay per group, since their prices differ by zone)."""
+    on-demand offer with all their zones (spot offers stay per group, since their prices differ by zone).
+
+    Types sold on demand only through a reservation (offers.consumption) make on-demand offers only for a run that
+    names one; those left out go into `withheld`, with their cheapest price. A run with a reservation takes on-demand
+    offers alone on the backends that consume it (a spot VM consumes no reservation)."""
     regions = None if req.regions is None else {r.lower() for r in req.regions}
     region_ok = [regions is None or r.lower() in regions for r in catalog.regions]
     types = None if req.instance_types is None else {t.lower() for t in req.instance_types}
@@ -108,13 +124,16 @@ def _catalog_candidates(catalog: Catalog, req: Requirements, disk_gb: float) -> 
     backend, region_names, region_of, prices, spot_prices = (
         catalog.backend, catalog.regions, catalog.region, catalog.price, catalog.spot_price)
     want_on_demand, want_spot = req.spot is not True, req.spot is not False
+    reserved = bool(req.reservation) and backend in RESERVATION_BACKENDS
+    want_spot = want_spot and not reserved
     for index, instance in enumerate(catalog.types):
         if types is not None and instance.name.lower() not in types:
             continue
         if not instance_matches(instance, req.resources) or not default_arch_allows(instance, req.resources):
             continue
         name, gpu, count = instance.name, instance.gpu_name, instance.gpu_count
-        spot_ok = want_spot and instance.spot_supported
+        spot_ok = want_spot and instance.spot_supported and spot_sold(backend, name)
+        on_demand_ok = want_on_demand and (reserved or not needs_reservation(backend, name))
         start, end = catalog.type_slices[index]
         on_demand: Dict[Tuple[int, float], List[int]] = {}
         for group in range(start, end):
@@ -122,8 +141,10 @@ def _catalog_candidates(catalog: Catalog, req: Requirements, disk_gb: float) -> 
             if not region_ok[region]:
                 continue
             price = prices[group]
-            if want_on_demand and price <= max_price:
+            if on_demand_ok and price <= max_price:
                 on_demand.setdefault((region, price), []).append(group)
+            elif want_on_demand and price <= max_price:
+                withheld[name] = min(price, withheld.get(name, math.inf))
             price = spot_prices[group]
             if spot_ok and price <= max_price:  # NaN (no spot price) compares false
                 yield (price, backend, name, region_names[region], True, gpu, count, index, (group,))
@@ -156,15 +177,19 @@ def host_offers(offers: Iterable[Offer], req: Requirements) -> Iterable[Offer]:
 class OfferSearch:
     offers: List[Offer]  # the cheapest `limit` offers, in order
     total: int  # how many offers matched in all
+    notes: List[str] = field(default_factory=list)  # what it left out of the offers shown, and why
 
 
 def find_offers(
-    req: Requirements, catalogs: Sequence[Catalog], hosts: Sequence[Offer] = (), limit: Optional[int] = None
+    req: Requirements, catalogs: Sequence[Catalog], hosts: Sequence[Offer] = (), limit: Optional[int] = None,
+    backend_regions: Optional[Dict[str, Sequence[str]]] = None,
 ) -> OfferSearch:
-    """Matching offers, cheapest first, ties broken by backend, instance, region and spot."""
+    """Matching offers, cheapest first, ties broken by backend, instance, region and spot. `backend_regions` limits
+    a backend's catalogue offers to those regions (the `regions` of its entry in config.yml), within the run's own."""
     host_matches = list(host_offers(hosts, req))
     keyed: List[tuple] = [o.sort_key() + (-1, i, ()) for i, o in enumerate(host_matches)]
     disks = {}
+    withheld: Dict[str, Dict[str, float]] = {}  # backend -> type -> its cheapest on-demand price left out
     for number, catalog in enumerate(catalogs):
         if not _allowed(catalog.backend, req.backends):
             continue
@@ -173,9 +198,15 @@ def find_offers(
         if disk_gb is None:
             continue
         disks[number] = (disk_gb, disk_gb * pricing.usd_per_gb_month / HOURS_PER_MONTH)
-        keyed.extend(key[:-2] + (number,) + key[-2:] for key in _catalog_candidates(catalog, req, disk_gb))
+        catalog_req = _within_regions(req, (backend_regions or {}).get(catalog.backend))
+        keyed.extend(key[:-2] + (number,) + key[-2:] for key in _catalog_candidates(
+            catalog, catalog_req, disk_gb, withheld.setdefault(catalog.backend, {})))
     total = len(keyed)
     chosen = heapq.nsmallest(limit, keyed) if limit is not None and limit < total else sorted(keyed)
+    # what was left out is said where it would have been shown: priced within the offers shown
+    shown_up_to = chosen[-1][0] if chosen and limit is not None and limit < total else math.inf
+    notes = [withheld_note(backend, names) for backend, prices in withheld.items()
+             if (names := [name for name, price in prices.items() if price <= shown_up_to])]
     offers = []
     for key in chosen:
         price, spot, number, index, groups = key[0], key[4], key[-3], key[-2], key[-1]
@@ -186,4 +217,4 @@ def find_offers(
         disk_gb, disk_price = disks[number]
         zones = tuple(sorted({zone for group in groups for zone in catalog.zones(group)}))
         offers.append(Offer(catalog.backend, catalog.types[index], key[3], zones, spot, price, disk_gb, disk_price))
-    return OfferSearch(offers, total)
+    return OfferSearch(offers, total, notes)

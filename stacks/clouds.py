@@ -83,3 +83,49 @@ def sweep_run(backend: str, region: str, project_id: Optional[str], owner: Optio
         from stacks.gcp.leftovers import sweep_run as sweep_gcp
 
         sweep_gcp(project_id, owner, run_name)
+
+
+def self_delete_check(project_id: Optional[str]):
+    """GCP `self_delete`: what the credentials lack for it (stacks.gcp.iam.SelfDeleteCheck)."""
+    from stacks.gcp.api import gcp_api
+    from stacks.gcp.iam import check_self_delete
+
+    return check_self_delete(gcp_api(project_id))
+
+
+def self_delete_warning(project_id: Optional[str], missing) -> str:
+    from stacks.gcp.iam import fallback_warning
+
+    return fallback_warning(project_id or "(the credentials' project)", tuple(missing))
+
+
+def run_service_account(project_id: Optional[str], owner: str, name: str) -> str:
+    """GCP `self_delete`: the email of the service account the VMs of stack `name` run as, made (once) before
+    `up` and read back (stacks.gcp.iam.run_account)."""
+    from stacks.gcp.api import gcp_api
+    from stacks.gcp.iam import run_account
+
+    return run_account(gcp_api(project_id), owner, name)
+
+
+def attaches_network_volumes(backend: str, instance_type: str) -> bool:
+    """Whether `instance_type` can attach the backend's network volumes: a GCP volume is a pd-balanced disk, which
+    the Hyperdisk-only machine series cannot attach."""
+    if backend != "gcp":
+        return True
+    from stacks.gcp.program import hyperdisk_only
+
+    return not hyperdisk_only(instance_type)
+
+
+def instance_state(backend: str, region: str, zone: str, project_id: Optional[str], owner: str, name: str) -> str:
+    """A stack's VM as the cloud has it now, found by its name (stacks.spec.node_name): `running`, `gone`, or its
+    other state (stopped, terminated, ...)."""
+    if backend == "aws":
+        from stacks.aws.instances import instance_state as aws_state
+
+        return aws_state(region, owner, name)
+    from stacks.gcp.api import gcp_api
+    from stacks.gcp.instances import instance_state as gcp_state
+
+    return gcp_state(gcp_api(project_id), zone, name)

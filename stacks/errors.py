@@ -16,6 +16,7 @@ CREDENTIALS = "credentials"
 CONFIGURATION = "configuration"
 UNAVAILABLE = "unavailable"  # the region, zone or type is not usable here: skip it, like capacity
 UNREACHABLE = "unreachable"  # the VM never answered SSH within its boot budget: its offer is given up
+TRANSIENT = "transient"  # IAM's eventual consistency: the same offer again after a moment (scope "attempt")
 
 # (pattern, kind, scope); the first match wins, so the more specific patterns come first.
 _RULES: Tuple[Tuple[str, str, str], ...] = (
@@ -37,6 +38,10 @@ _RULES: Tuple[Tuple[str, str, str], ...] = (
     (r"SpotMaxPriceTooLow|capacity-not-available|UnfulfillableCapacity", CAPACITY, "zone"),
     (r"STOCKOUT|stockout", CAPACITY, "zone"),
     (r"OptInRequired", UNAVAILABLE, "region"),
+    # A run's service account just made (stacks.gcp.iam) that Compute or IAM does not see yet, or one an earlier try
+    # made that reads as existing: IAM is eventually consistent, and the same offer works a moment later.
+    (r"[Ss]ervice account \S+ (does not exist|already exists)|serviceAccounts?/\S+ (does not exist|not found)",
+     TRANSIENT, "attempt"),
     # A boot disk type the machine series does not take (stacks.gcp.program.HYPERDISK_ONLY should prevent it): that machine
     # type is unusable here, other types are not.
     (r"[Dd]isk type .{0,80}(not supported|cannot be used)|diskType.{0,120}(not supported|not compatible)|"
@@ -75,9 +80,10 @@ _HINTS: Tuple[Tuple[str, str], ...] = (
 
 @dataclass
 class StackFailure(DstackError):
-    """A failed `up`: kind is capacity, quota, unavailable, unreachable, credentials or configuration; scope is zone,
-    region, cloud, type (the instance type, everywhere), offer (its instance type in its region, every zone) or host
-    (one host of an SSH fleet, whose region is the fleet)."""
+    """A failed `up`: kind is capacity, quota, unavailable, unreachable, transient, credentials or configuration;
+    scope is zone, region, cloud, type (the instance type, everywhere), offer (its instance type in its region, every
+    zone), host (one host of an SSH fleet, whose region is the fleet) or attempt (nothing is ruled out: the same
+    offer again)."""
 
     kind: str
     scope: str
@@ -89,9 +95,9 @@ class StackFailure(DstackError):
 
     @property
     def retryable(self) -> bool:
-        """Capacity, quota, unusable places and VMs that never answered mean: try the next offer (or zone). The others
-        stop the run."""
-        return self.kind in (CAPACITY, QUOTA, UNAVAILABLE, UNREACHABLE)
+        """Capacity, quota, unusable places, VMs that never answered and transient failures mean: try again (the
+        next offer or zone, or a transient one's own again). The others stop the run."""
+        return self.kind in (CAPACITY, QUOTA, UNAVAILABLE, UNREACHABLE, TRANSIENT)
 
 
 def classify(text: str) -> StackFailure:

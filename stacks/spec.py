@@ -20,6 +20,10 @@ DEFAULT_INGRESS = ("0.0.0.0/0",)
 # its log's end and exit code can still be read (the VM also stays up POWER_OFF_AFTER_EXIT_MIN after the job).
 START_ALLOWANCE_MIN = 20
 JOBS_GLOB = "/home/*/.dstack-jobs/*/pid"  # provisioner.jobs.script writes a run's pid file there when its job starts
+# GCP's guest agent leaves host keys alone: cloud-init's bootcmd runs at every boot, so the setting is written once.
+GUEST_AGENT_CONFIG = "/etc/default/instance_configs.cfg"
+GUEST_AGENT_HOST_KEYS_OFF = (f"mkdir -p /etc/default && {{ grep -qsx \"set_host_keys = false\" {GUEST_AGENT_CONFIG} "
+                             f"|| printf \"[InstanceSetup]\\nset_host_keys = false\\n\" >> {GUEST_AGENT_CONFIG}; }}")
 
 
 def gcp_label(text: str, key: bool = False) -> str:
@@ -83,6 +87,9 @@ class StackSpec:
     user_tags: Tuple[Tuple[str, str], ...] = ()  # the task's `tags`, on every resource; ours win a clash
     volumes: Tuple["VolumeAttachment", ...] = ()  # network volumes to attach (stacks.volume_attach)
     cluster: bool = False  # the nodes form a cluster: placed close together, reaching each other on every port
+    reservation: Optional[str] = None  # GCP: the reservation the VMs consume (the run's `reservation`)
+    reservation_bound: bool = False  # the machine type is sold on demand only through a reservation
+    service_account_email: Optional[str] = None  # GCP self_delete: the run's account, made before `up`
     node_types: Tuple[NodeType, ...] = ()  # per rank where nodes differ (node groups); () : every node as above
 
     def __post_init__(self):
@@ -133,8 +140,7 @@ class StackSpec:
         return f"dstack-{self.owner}-{self.run_name}"
 
     def node_name(self, rank: int) -> str:
-        """The cloud name of one node's instance: the run's name, with the rank when the stack has several."""
-        return self.resource_name if self.nodes == 1 else f"{self.resource_name}-{rank}"
+        return node_name(self.owner, self.run_name, rank, self.nodes)
 
     @property
     def stack_name(self) -> str:
@@ -151,6 +157,13 @@ class StackSpec:
         """GCP labels: lowercase letters, digits, `-` and `_` only; the task's tags are made so (gcp_label)."""
         ours = {"dstack-run": self.run_name, "dstack-owner": self.owner, "dstack-project": self.project}
         return {**{gcp_label(k, key=True): gcp_label(v) for k, v in self.user_tags}, **ours}
+
+
+def node_name(owner: str, run_name: str, rank: int, nodes: int) -> str:
+    """The cloud name of one node's instance (and its AWS Name tag): the run's resource name, with the rank when the
+    stack has several nodes."""
+    name = f"dstack-{owner}-{run_name}"
+    return name if nodes == 1 else f"{name}-{rank}"
 
 
 def stack_name(run_name: str, owner: str) -> str:
@@ -174,9 +187,10 @@ def cloud_init(spec: StackSpec, rank: int = 0) -> str:
     power-off script (stacks.power_off: a GCP VM deletes itself, an AWS one powers off and so terminates) and the
     VM's own deadlines (START_ALLOWANCE_MIN) that call it, so a forgotten run stops billing.
 
-    GCP's guest agent makes new host keys on a new instance's first boot. `bootcmd` turns that off before the agent
-    reads its configuration where cloud-init runs first; where the agent ran first, the final stage writes the run's
-    host key again (`write_files` with `defer`) and restarts sshd, so the key the client expects is the one served."""
+    GCP's guest agent makes new host keys on a new instance's first boot. `bootcmd` (at every boot, writing the
+    setting once) turns that off before the agent reads its configuration where cloud-init runs first; where the agent
+    ran first, the final stage writes the run's host key again (`write_files` with `defer`) and restarts sshd, so the
+    key the client expects is the one served."""
     host_key = spec.host_keys[rank]
     private = _indent(host_key.private_openssh, 4)
     lines = [
@@ -199,11 +213,7 @@ def cloud_init(spec: StackSpec, rank: int = 0) -> str:
     runcmd = [f"  - [systemd-run, --on-active={START_ALLOWANCE_MIN}min, --unit=dstack-start-watchdog, sh, -c, "
               f"'ls {JOBS_GLOB} >/dev/null 2>&1 || {POWER_OFF_PATH}']"]
     if spec.backend == "gcp":
-        lines += [
-            "bootcmd:",
-            "  - [sh, -c, 'mkdir -p /etc/default && printf \"[InstanceSetup]\\nset_host_keys = false\\n\" "
-            ">> /etc/default/instance_configs.cfg']",
-        ]
+        lines += ["bootcmd:", f"  - [sh, -c, '{GUEST_AGENT_HOST_KEYS_OFF}']"]
         write_files += [
             "  - path: /etc/ssh/ssh_host_ed25519_key",
             "    permissions: '0600'",

@@ -163,3 +163,25 @@ def test_schema_and_reference_page_do_not_drift():
     assert {"TaskConfiguration", "GPUSpec", "ResourcesSpec"} <= set(schema["$defs"])
     page = (ROOT / "docs" / "reference" / "task.md").read_text()
     assert run_cli("schema", "--markdown").stdout == page, "regenerate: dstack schema --markdown > docs/reference/task.md"
+
+
+def test_a_backends_configured_regions_limit_its_offers_and_a_runs_plan(dstack_home, tmp_path):
+    dstack_home.mkdir(parents=True, exist_ok=True)
+    (dstack_home / "config.yml").write_text("backends:\n  - type: aws\n    regions: [us-west-2, eu-west-1]\n"
+                                            "  - type: gcp\n    project_id: p\n")
+    listed = run_cli("offers", "--gpu", "L4", "--json", "--max-offers", "200")
+    assert listed.returncode == 0, listed.stderr
+    offers = json.loads(listed.stdout)["offers"]
+    by_backend = {b: {o["region"] for o in offers if o["backend"] == b} for b in ("aws", "gcp")}
+    assert by_backend["aws"] and by_backend["aws"] <= {"us-west-2", "eu-west-1"}
+    assert len(by_backend["gcp"]) > 2  # gcp names no regions: all of them
+    # the run's own regions narrow within the configured ones; outside them nothing is offered from aws
+    (tmp_path / "t.dstack.yml").write_text("type: task\ncommands: [nvidia-smi]\nresources:\n  gpu: L4\n"
+                                           "backends: [aws]\nregions: [us-east-1, us-west-2]\n")
+    planned = run_cli("apply", "-f", str(tmp_path / "t.dstack.yml"), "--dry-run", "--json")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert json.loads(planned.stdout)["offer"]["region"] == "us-west-2"
+    (tmp_path / "t.dstack.yml").write_text("type: task\ncommands: [nvidia-smi]\nresources:\n  gpu: L4\n"
+                                           "backends: [aws]\nregions: [us-east-1]\n")
+    refused = run_cli("apply", "-f", str(tmp_path / "t.dstack.yml"), "--dry-run", "--json")
+    assert refused.returncode != 0 and "no offer" in (refused.stdout + refused.stderr).lower()

@@ -190,8 +190,9 @@ def test_gcp_each_node_has_its_own_host_key_and_may_be_deleted_by_the_runs_accou
         assert user_data_keys(instance.inputs["metadata"]["value"]["user-data"]) == [rank]
         assert instance.inputs["labels"] == {"dstack-run": "train-1", "dstack-owner": "0a1b2c3d",
                                              "dstack-project": "dstack"}
-    [account] = recorder.of_type("gcp:serviceaccount/account:Account")
-    email = f"{account.inputs['accountId']}@my-project.iam.gserviceaccount.com"
+    from stacks.gcp.program import service_account_id
+
+    email = f"{service_account_id('0a1b2c3d', 'train-1')}@my-project.iam.gserviceaccount.com"  # one, made before `up`
     assert {i.inputs["serviceAccount"]["email"] for i in instances} == {email}
     bindings = recorder.of_type("gcp:compute/instanceIAMMember:InstanceIAMMember")
     assert sorted(b.inputs["instanceName"] for b in bindings) == [f"{NAME}-{rank}" for rank in range(3)]
@@ -391,8 +392,7 @@ def test_dry_run_of_a_cluster_renders_its_nodes_and_notes_a_missing_placement_gr
     ("aws", "A10G:1", {"aws:ec2/placementGroup:PlacementGroup": 1, "aws:ec2/instance:Instance": 3,
              "aws:ec2/securityGroup:SecurityGroup": 1, "aws:ec2/keyPair:KeyPair": 1}),
     ("gcp", "A100:1", {"gcp:compute/resourcePolicy:ResourcePolicy": 1, "gcp:compute/instance:Instance": 3,
-             "gcp:compute/firewall:Firewall": 2, "gcp:compute/instanceIAMMember:InstanceIAMMember": 3,
-             "gcp:serviceaccount/account:Account": 1}),
+             "gcp:compute/firewall:Firewall": 2, "gcp:compute/instanceIAMMember:InstanceIAMMember": 3}),
 ])
 def test_apply_dry_run_json_of_three_nodes_shows_three_instances(tmp_path, dstack_home, backend, gpu, types):
     from collections import Counter

@@ -103,9 +103,6 @@ def test_a_finished_jobs_vm_powers_itself_off_and_terminates(cloudsim, tmp_path,
     assert cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason="found by the simulator, not in issue 19: the destroy of a stack whose instance "
-                                      "is a pending create fails on its security group (DependencyViolation) before "
-                                      "the sweep that would remove the instance runs")
 def test_a_dstack_process_killed_mid_up_leaves_what_ps_and_its_sweep_remove(cloudsim, tmp_path, dstack_home):
     """Killed right after EC2 made the instance and before the engine recorded it (a pending create): the stack does
     not know the instance; `dstack ps` tears the run down and the sweep finds the instance by its tags."""

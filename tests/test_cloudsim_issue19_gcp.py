@@ -1,7 +1,4 @@
-"""Issue 19's GCP defects as scenarios against the simulated cloud (tests.cloudsim): each passes once its fix is in.
-Those whose fix is on another branch are marked xfail (strict) here; the mark goes when the branches are merged."""
-
-import subprocess
+"""Issue 19's GCP defects as scenarios against the simulated cloud (tests.cloudsim): each failed before its fix."""
 
 import pytest
 
@@ -11,12 +8,9 @@ from tests.cloudsim.tasks import gcp_task as task
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim
-GCP_FIX = "issue 19 defect {}: fixed on branch c19-gcp"
 
 
 
-@pytest.mark.xfail(strict=True, reason=GCP_FIX.format("'self_delete permissions tested before any VM is created', "
-                                                      "'gVNIC'"))
 def test_missing_self_delete_permissions_are_found_before_any_gpu_vm_exists(cloudsim, tmp_path, dstack_home):
     """The credentials may not set an instance's IAM policy: that is known from the project's permissions before
     `up`, and the run goes without self-delete (a warning says what is missing) rather than failing once its GPU
@@ -35,7 +29,6 @@ def test_missing_self_delete_permissions_are_found_before_any_gpu_vm_exists(clou
     assert cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason=GCP_FIX.format("'reservation-bound types only spot'"))
 def test_a_type_sold_only_through_reservations_is_not_offered_on_demand(cloudsim, tmp_path, dstack_home):
     conf = task(tmp_path, "ultra-1", types="a3-ultragpu-8g")
     result = cloudsim.dstack("apply", "-f", conf, "-b", "gcp", "-y", home=dstack_home)
@@ -49,7 +42,6 @@ def test_a_type_sold_only_through_reservations_is_not_offered_on_demand(cloudsim
     assert cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason=GCP_FIX.format("'service account created once and retried'"))
 def test_a_service_account_iam_does_not_show_yet_is_waited_for_and_made_once(cloudsim, tmp_path, dstack_home):
     cloudsim.gcp.iam_delay_s = 3  # IAM's eventual consistency: a new account is not usable for 3 s
     result = cloudsim.dstack("apply", "-f", task(tmp_path, "iam-1"), "-b", "gcp", "-y", home=dstack_home)
@@ -58,7 +50,6 @@ def test_a_service_account_iam_does_not_show_yet_is_waited_for_and_made_once(clo
     assert cloudsim.live() == []
 
 
-@pytest.mark.xfail(strict=True, reason=GCP_FIX.format("'a 403 sweep after destroy warns and finishes'"))
 def test_a_sweep_refused_after_the_stack_is_destroyed_warns_and_ends_the_run(cloudsim, tmp_path, dstack_home):
     cloudsim.gcp.deny("compute.firewalls.list")  # the sweep lists firewalls by name; the stack deletes its own
     result = cloudsim.dstack("apply", "-f", task(tmp_path, "sweep-1"), "-b", "gcp", "-y", home=dstack_home)
@@ -82,8 +73,6 @@ idle_duration: 1h
 """
 
 
-@pytest.mark.xfail(strict=True, reason=GCP_FIX.format("'the cloud state checked before claiming a kept instance'"),
-                   raises=(AssertionError, subprocess.TimeoutExpired))
 def test_a_fleet_instance_that_deleted_itself_is_not_claimed(cloudsim, tmp_path, dstack_home):
     made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", GCP_FLEET), "-y", home=dstack_home)
     assert made.returncode == 0, made.stdout + made.stderr
@@ -99,7 +88,6 @@ def test_a_fleet_instance_that_deleted_itself_is_not_claimed(cloudsim, tmp_path,
 GCP_VOLUME = "type: volume\nname: gdata\nbackend: gcp\nregion: us-central1\nsize: 10\n"
 
 
-@pytest.mark.xfail(strict=True, reason=GCP_FIX.format("'Hyperdisk', 'ignore_changes'"))
 def test_a_gcp_volume_never_goes_to_a_hyperdisk_only_machine_and_stays_attached(cloudsim, tmp_path, dstack_home):
     """A GCP volume is a pd-balanced disk, which N4 (cheaper here than N2) cannot attach: the run takes the N2.
     The instance ignores its attachedDisks, as the provider's AttachedDisk asks, so an update never detaches it."""
@@ -116,7 +104,6 @@ def test_a_gcp_volume_never_goes_to_a_hyperdisk_only_machine_and_stays_attached(
     assert [r.kind for r in cloudsim.live()] == ["Disk"]
 
 
-@pytest.mark.xfail(strict=True, reason=GCP_FIX.format("'bootcmd once'"))
 def test_the_guest_agent_setting_is_written_once_however_often_the_vm_boots(cloudsim, tmp_path, dstack_home):
     """A compact-placement cluster's VMs stop for host maintenance and start again (onHostMaintenance TERMINATE,
     automatic restart): bootcmd runs at every boot, and the guest agent's setting must not pile up."""

@@ -125,7 +125,15 @@ def record_gcp(api, gpus_all_regions=8, network_found=True):
         {"name": "asia-east2", "status": "DOWN", "quotas": []}]})
     if network_found:
         api.on("GET", f"{base}/global/networks/default", {"name": "default"})
+    api.on("POST", "/v1/projects/ml-proj:testIamPermissions", recorded_gcp("crm_test_iam_permissions_all.json"))
+    api.on("GET", "/v1/projects/ml-proj/serviceAccounts", {"accounts": []})
     return api
+
+
+def recorded_gcp(name):
+    from tests.helpers import DATA
+
+    return json.loads((DATA / "gcp" / name).read_text())
 
 
 def gcp_checks(api, regions, **kwargs):
@@ -146,9 +154,35 @@ def test_gcp_answers_each_question_in_one_line(recorded_api):
     assert checks["gpu quota"].status == OK
     assert checks["gpu quota"].detail == ("GPUS_ALL_REGIONS 8; us-central1 NVIDIA_T4_GPUS 4; "
                                           "europe-west4 PREEMPTIBLE_NVIDIA_H100_GPUS 8")
+    assert checks["self-delete"].status == OK
     assert {r.path for r in recorded_api.requests} == {"/compute/v1/projects/ml-proj",
                                                        "/compute/v1/projects/ml-proj/regions",
-                                                       "/compute/v1/projects/ml-proj/global/networks/default"}
+                                                       "/compute/v1/projects/ml-proj/global/networks/default",
+                                                       "/v1/projects/ml-proj:testIamPermissions",
+                                                       "/v1/projects/ml-proj/serviceAccounts"}
+
+
+def test_gcp_self_delete_names_what_the_credentials_lack_and_the_fallback(recorded_api):
+    """Issue 19 item 2: an Editor lacks compute.instances.setIamPolicy; a project may not have the IAM API on.
+    Either is named before a run, whose VMs then fall back to `self_delete: false`."""
+    api = record_gcp(recorded_api)
+    api.on("POST", "/v1/projects/ml-proj:testIamPermissions", recorded_gcp("crm_test_iam_permissions_editor.json"))
+    check = gcp_checks(api, ["us-central1"])["self-delete"]
+    assert check.status == WARN
+    assert check.detail.startswith("missing compute.instances.setIamPolicy: runs fall back to `self_delete: false`")
+    asked = [r for r in api.requests if r.path.endswith(":testIamPermissions")]
+    assert len(asked) == 1 and asked[0].method == "POST"
+
+    api.on("GET", "/v1/projects/ml-proj/serviceAccounts", recorded_gcp("error_403_iam_disabled.json"), status=403)
+    check = gcp_checks(api, ["us-central1"])["self-delete"]
+    assert check.detail.startswith("missing the IAM API (iam.googleapis.com), compute.instances.setIamPolicy:")
+
+    api.on("POST", "/v1/projects/ml-proj:testIamPermissions", recorded_gcp("error_403_crm_disabled.json"),
+           status=403)
+    check = gcp_checks(api, ["us-central1"])["self-delete"]
+    assert check.status == WARN and "could not tell" in check.detail and "Cloud Resource Manager API" in check.detail
+    off = gcp_checks(record_gcp(recorded_api), ["us-central1"], self_delete=False)["self-delete"]
+    assert off.status == OK and off.detail.startswith("off (`self_delete: false`)")
 
 
 def test_gcp_no_default_network_and_a_zero_global_gpu_quota(recorded_api):
@@ -157,7 +191,7 @@ def test_gcp_no_default_network_and_a_zero_global_gpu_quota(recorded_api):
     assert checks["gpu quota"].status == WARN and "GPUS_ALL_REGIONS is 0" in checks["gpu quota"].detail
     named = gcp_checks(record_gcp(recorded_api), ["us-central1"], vpc_name="ml-net")
     assert named["network"].status == FAIL and named["network"].detail.endswith("create it")
-    assert recorded_api.requests[-1].path.endswith("/global/networks/ml-net")
+    assert any(r.path.endswith("/global/networks/ml-net") for r in recorded_api.requests)
 
 
 def test_gcp_unknown_project_and_missing_credentials(recorded_api, monkeypatch, tmp_path):

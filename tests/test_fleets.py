@@ -126,7 +126,7 @@ def cloud(monkeypatch, make_host, client_key):
                         host_key=host.host_public_key)
     calls = {"made": [], "destroyed": [], "shapes": [], "keys": []}
 
-    def create_stack(self, name, offer, configuration, report, key_path, record_stack):
+    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None):
         generate_key(key_path, f"dstack-run-{name}")
         calls["keys"].append(key_path)
         record_stack({"backend": self.name, "name": f"{name}-stack", "owner": "test", "region": offer.region})
@@ -139,9 +139,10 @@ def cloud(monkeypatch, make_host, client_key):
 
     monkeypatch.setattr(CloudBackend, "create_stack", create_stack)
     monkeypatch.setattr(CloudBackend, "destroy_stack", destroy_stack)
+    monkeypatch.setattr(CloudBackend, "instance_state", lambda self, stack, zone, rank, nodes: "running")
     # The job wrapper on a cloud VM schedules its power-off; the namespace host is this machine, so never here.
     monkeypatch.setattr("provisioner.runs.job_specs.power_off_minutes", lambda configuration, offer: None)
-    calls["access"] = access
+    calls["access"], calls["host"] = access, host
     return calls
 
 
@@ -211,7 +212,7 @@ def test_a_multi_node_run_kept_by_idle_duration_leaves_no_cluster_key_on_its_kep
     accesses = [HostAccess(kind="ssh", hostname=h.address, port=22, user="root", identity_file=client_key[0],
                            host_key=h.host_public_key) for h in hosts]
 
-    def create_stack(self, name, offer, configuration, report, key_path, record_stack):
+    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None):
         record_stack({"backend": self.name, "name": f"{name}-stack", "owner": "test", "region": offer.region})
         cloud["made"].append(name)
         return accesses
@@ -304,7 +305,7 @@ def test_a_fleet_whose_stack_brings_up_fewer_instances_is_destroyed_and_forgotte
     from provisioner.store.store import StateStore
 
     made = CloudBackend.create_stack
-    monkeypatch.setattr(CloudBackend, "create_stack", lambda self, *args: made(self, *args)[:1])
+    monkeypatch.setattr(CloudBackend, "create_stack", lambda self, *args, **kwargs: made(self, *args, **kwargs)[:1])
     monkeypatch.setattr("provisioner.backends.cloud_fleets.prepare_instance", lambda host, idle: None)
     store = StateStore()
     with pytest.raises(DstackError, match="its stack brought up 1 of the 3 instances"):

@@ -191,6 +191,40 @@ def test_teardown_of_a_gcp_run_sweeps_what_its_stack_did_not_record(gcp, monkeyp
     assert len(server.made("DELETE", ".*")) == 6
 
 
+def test_a_sweep_refused_after_the_stack_is_destroyed_ends_the_run_with_a_warning(gcp, monkeypatch, dstack_home):
+    """Issue 19 item 11: the stack is gone, only the sweep for what an interrupted `up` may have left is refused
+    (403 on listing): the run ends `terminated` (not `terminating` forever), the warning in its events; `dstack gc`
+    keeps the hard failure (test_refusals_are_one_line_errors_that_say_what_to_do)."""
+    import stacks.automation
+    import stacks.gcp.leftovers
+    from configuration.backends import DstackConfig, GCPBackend
+    from provisioner.runs.session import Reporter, RunSession
+    from provisioner.runs.teardown import finish_run
+    from provisioner.store.records import RunRecord
+    from provisioner.store.store import StateStore
+
+    server, api = gcp
+    server.on("GET", f"{COMPUTE}/aggregated/instances", recorded("error_403_compute.json"), status=403)
+    destroyed, said = [], []
+    monkeypatch.setattr(stacks.automation, "open_stack", lambda name, program, settings: name)
+    monkeypatch.setattr(stacks.automation, "stack_destroy", lambda stack, on_event=None: destroyed.append(stack))
+    monkeypatch.setattr(stacks.gcp.leftovers, "gcp_api", lambda project: api)
+    monkeypatch.setattr("stacks.clouds.check_credentials", lambda backend, region: None)
+    store = StateStore()
+    store.create_run(RunRecord(name="train-1", status="running", submitted_at=time.time(), backend="gcp",
+                               stack={"backend": "gcp", "name": f"train-1-{MINE}", "owner": MINE,
+                                      "region": "us-central1"}))
+    session = RunSession(store=store, config=DstackConfig(backends=[GCPBackend(type="gcp", project_id="my-project")]),
+                         reporter=Reporter(info=said.append))
+    record = finish_run(session, "train-1", "terminated", "stopped by user")
+    assert destroyed == [f"train-1-{MINE}"]
+    assert record.status == "terminated" and store.get_run("train-1").status == "terminated"
+    [warning] = [e["message"] for e in store.list_events("train-1") if e["kind"] == "teardown-warning"]
+    assert "stack was destroyed, but the sweep" in warning and "refused (403)" in warning and "dstack gc" in warning
+    assert not [e for e in store.list_events("train-1") if e["kind"] == "teardown-failed"]
+    assert any(line.startswith("warning: train-1's stack was destroyed") for line in said)
+
+
 def test_the_sweep_uses_the_providers_credentials_and_project(monkeypatch, tmp_path):
     from stacks.gcp.leftovers import gcp_api
 

@@ -239,7 +239,7 @@ def test_render_masks_secrets_and_names_lookups():
 @pytest.mark.parametrize("backend, types", [
     ("aws", ["aws:ec2/instance:Instance", "aws:ec2/keyPair:KeyPair", "aws:ec2/securityGroup:SecurityGroup"]),
     ("gcp", ["gcp:compute/firewall:Firewall", "gcp:compute/instance:Instance",
-             "gcp:compute/instanceIAMMember:InstanceIAMMember", "gcp:serviceaccount/account:Account"]),
+             "gcp:compute/instanceIAMMember:InstanceIAMMember"]),  # the account is made before `up`: stacks.gcp.iam
 ])
 def test_apply_dry_run_renders_the_stack(tmp_path, dstack_home, backend, types):
     from tests.helpers import run_cli
@@ -539,11 +539,9 @@ def test_owner_id_is_made_once_per_home_and_names_the_stack(dstack_home, monkeyp
 def test_gcp_vm_runs_as_its_own_service_account_allowed_to_delete_only_itself():
     from stacks.gcp.program import service_account_id
 
-    recorder = gcp()
-    account = recorder.of_type("gcp:serviceaccount/account:Account")[0].inputs
-    assert account["accountId"] == service_account_id("0a1b2c3d", "train-1")
-    assert account["displayName"] == "dstack-0a1b2c3d-train-1"  # how a sweep recognizes it
-    email = f"{account['accountId']}@my-project.iam.gserviceaccount.com"
+    email = f"{service_account_id('0a1b2c3d', 'train-1')}@my-project.iam.gserviceaccount.com"
+    recorder = gcp(service_account_email=email)  # made before `up`, once per run (tests/test_gcp_self_delete.py)
+    assert "gcp:serviceaccount/account:Account" not in {r.typ for r in recorder.resources}
     instance = recorder.of_type("gcp:compute/instance:Instance")[0].inputs
     assert instance["serviceAccount"] == {"email": email, "scopes": ["https://www.googleapis.com/auth/compute"]}
     [binding] = recorder.of_type("gcp:compute/instanceIAMMember:InstanceIAMMember")

@@ -143,7 +143,8 @@ def offer(backend, gpus=0, zones=(), region="r"):
 @pytest.mark.parametrize("text, message", [
     ("volumes: ['v:/data']", "volume v does not exist: create it with"),
     ("nodes: 2", "`nodes: 2` needs 2 hosts that fit the resources: this machine (the local backend) is one node"),
-    ("reservation: cr-1", "`reservation` is not supported yet"),
+    ("reservation: cr-1", "`reservation` is not supported on the local backend: only a GCP VM consumes a named "
+                          "reservation here"),
     ("instances: [gpu-1]", "`instances` is not supported yet"),
     ("entrypoint: python", "`entrypoint` needs `image:`"),
     ("resources: {shm_size: 8GB}", "`resources.shm_size` needs `image:`"),

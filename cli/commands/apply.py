@@ -109,7 +109,8 @@ def apply(
     if dry_run:
         _print_dry_run(source, plan, max_offers, as_json)
         if not plan.offers:
-            raise ConfigurationError(f"no offers match: {plan.requirements.describe()} (see `dstack offers`)")
+            raise ConfigurationError(f"no offers match: {plan.requirements.describe()} (see `dstack offers`)"
+                                     + "".join(f"; {note}" for note in plan.search.notes))
         from provisioner.runs.planner import check_uploads
 
         check_uploads(run.configuration, config_path(file), not no_repo)
@@ -120,7 +121,8 @@ def apply(
         from provisioner.runs.plan import plan_json
 
         print_plan(source, plan.name, plan.requirements, plan.search,
-                   plan_json(run, plan.offers[0], config=plan.config), console=stderr_console(), max_offers=max_offers)
+                   plan_json(run, plan.offers[0], config=plan.config, search_notes=plan.search.notes),
+                   console=stderr_console(), max_offers=max_offers)
     schedule = run.configuration.schedule
     if schedule is not None and not scheduled_start:
         if not yes and not typer.confirm("Schedule the run?", default=True, err=True):

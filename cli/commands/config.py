@@ -63,4 +63,5 @@ def _cloud_checks(name: str, backend) -> list:
         return check_aws(regions, vpc_name=backend.vpc_name)
     from stacks.gcp.checks import check_gcp
 
-    return check_gcp(regions, project_id=backend.project_id, vpc_name=backend.vpc_name)
+    return check_gcp(regions, project_id=backend.project_id, vpc_name=backend.vpc_name,
+                     self_delete=backend.self_delete)

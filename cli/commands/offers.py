@@ -78,6 +78,7 @@ def offers(
             "requirements": requirements.to_json(),
             "offers": [o.to_json() for o in search.offers],
             "total_offers": search.total,
+            **({"notes": search.notes} if search.notes else {}),
         })
         return
     _print_table(requirements, search, catalogs)
@@ -89,6 +90,8 @@ def _print_table(requirements, search, catalogs) -> None:
 
     console = stdout_console()
     console.print(f"[bold]Request:[/] {escape(requirements.describe())}")
+    for note in search.notes:
+        console.print(f"[bold]Note:[/] {escape(note)}")
     if not search.offers:
         from offers.spot_gaps import missing_spot_prices
 

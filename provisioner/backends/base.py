@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Protocol
 
+from configuration.errors import DstackError
 from offers.offer import Offer
 from provisioner.host.access import HostAccess
 from provisioner.store.records import RunRecord
@@ -18,3 +19,8 @@ class Backend(Protocol):
 
     def teardown(self, record: RunRecord, report: Callable) -> None:
         ...
+
+
+class LeftoversRemain(DstackError):
+    """A teardown that removed the stack, but whose sweep for what an interrupted `up` left could not finish (the
+    cloud refused to list, say): the run is over and ends with this warning; `dstack gc` removes the rest."""

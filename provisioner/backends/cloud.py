@@ -5,15 +5,17 @@ stack per run (`create_stack`/`destroy_stack`, which fleets use for stacks of th
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from configuration.backends import DstackConfig
 from configuration.home import dstack_home
 from offers.catalog import InstanceType
 from offers.offer import Offer
+from provisioner.backends.base import LeftoversRemain
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import generate_key
 from provisioner.host.transport import TransportError
@@ -23,6 +25,7 @@ from provisioner.store.store import StateStore
 from stacks import clouds
 from stacks.errors import UNREACHABLE, StackFailure
 from stacks.progress import EngineEventTracker, StepProgress
+from stacks.spec import StackSpec, node_name
 
 # How long a new VM may take from its launch (the engine's first instance create) to its first SSH answer. Ubuntu on
 # a CPU VM answers within a minute or two; an accelerator VM boots a larger image and loads its drivers first
@@ -42,20 +45,28 @@ def run_key_path(run_name: str) -> Path:
 
 @dataclass
 class CloudBackend:
+    """One per run's provisioning (provisioner.runs.failover keeps it across the run's tries), so what is settled
+    once per run is settled once: GCP's `self_delete` permissions, and each stack's service account."""
+
     name: str  # aws or gcp
     config: DstackConfig
     store: StateStore
+    self_delete_missing: Optional[Tuple[str, ...]] = None  # GCP: what the credentials lack; None: not asked yet
+    accounts: Dict[str, str] = field(default_factory=dict)  # GCP: stack name -> its service account, made
 
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
         return self.create_stack(run_name, offer, configuration, report, run_key_path(run_name),
-                                 lambda stack: self.store.update_run(run_name, stack=stack))
+                                 lambda stack: self.store.update_run(run_name, stack=stack),
+                                 note=run_note(self.store, run_name))
 
     def create_stack(self, name: str, offer: Offer, configuration, report: Callable, key_path: Path,
-                     record_stack: Callable[[dict], None]) -> List[HostAccess]:
+                     record_stack: Callable[[dict], None], note: Callable[[str], None] = lambda message: None
+                     ) -> List[HostAccess]:
         """Brings up the stack of `name` (a run, or a fleet) and returns its hosts, one per node in rank order
         (provisioner.jobs.nodes.node_count). `record_stack` stores the stack's identity before `up`, so a crash
         mid-way still leaves what `destroy_stack` needs. All or nothing: a node that cannot be created fails the
-        whole `up`, which destroys what was created (stacks.automation.stack_up)."""
+        whole `up`, which destroys what was created (stacks.automation.stack_up). `note` gets the warnings a
+        person should read (a GCP run falling back to `self_delete: false`)."""
         from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
         from stacks.extras import require_extra
 
@@ -64,9 +75,14 @@ class CloudBackend:
         clouds.check_credentials(self.name, offer.region)
         public_key = generate_key(key_path, f"dstack-run-{name}")
         spec = stack_spec(name, configuration, offer, public_key, generate_host_keys(configuration), self.config)
+        spec = self._self_delete_allowed(spec, note)
         settings = state_settings(self.config.pulumi.backend_url)
         record_stack({"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
                       "backend_url": settings.backend_url, "tagged": name})
+        if spec.self_delete and spec.backend == "gcp":  # recorded first: the run's teardown sweeps the account
+            if name not in self.accounts:
+                self.accounts[name] = clouds.run_service_account(spec.gcp_project_id, spec.owner, name)
+            spec = dataclasses.replace(spec, service_account_email=self.accounts[name])
         stack = open_stack(spec.stack_name, clouds.program_for(spec), settings)
         tracker = EngineEventTracker(report)
         began = time.monotonic()
@@ -91,6 +107,31 @@ class CloudBackend:
             raise failure from None
         return hosts
 
+    def _self_delete_allowed(self, spec: StackSpec, note: Callable[[str], None]) -> StackSpec:
+        """GCP `self_delete`, asked once before the first `up`: without the permissions (or the IAM API) it takes,
+        the stack falls back to `self_delete: false` and `note` names what is missing, rather than an `up` failing
+        after its GPU VM was created (docs/clouds.md)."""
+        if spec.backend != "gcp" or not spec.self_delete:
+            return spec
+        if self.self_delete_missing is None:
+            check = clouds.self_delete_check(spec.gcp_project_id)
+            self.self_delete_missing = check.missing
+            if check.missing:
+                note(clouds.self_delete_warning(spec.gcp_project_id, check.missing))
+            elif check.unknown:
+                note(f"could not tell whether the GCP credentials may give VMs their own service account "
+                     f"(`self_delete`): {check.unknown}; trying")
+        return dataclasses.replace(spec, self_delete=False) if self.self_delete_missing else spec
+
+    def instance_state(self, stack: dict, zone: str, rank: int, nodes: int) -> str:
+        """The state the cloud has for node `rank` of the stack `create_stack` recorded (`running`, `gone`, ...)."""
+        from stacks.extras import require_extra
+
+        require_extra(self.name, "reading an instance's state")
+        gcp = self.config.backend("gcp")
+        return clouds.instance_state(self.name, stack["region"], zone, gcp.project_id if gcp is not None else None,
+                                     stack["owner"], node_name(stack["owner"], stack.get("tagged", ""), rank, nodes))
+
     def teardown(self, record, report) -> None:
         if record.stack:
             self.destroy_stack(record.name, record.stack, report)
@@ -98,7 +139,8 @@ class CloudBackend:
     def destroy_stack(self, name: str, stack: dict, report: Callable) -> None:
         """Destroys the stack `create_stack` recorded for `name`, then sweeps what an interrupted `up` created
         before Pulumi recorded it: the resources tagged with the name the stack was made for (`tagged`: a run's
-        implicit fleet may be named apart from the run whose record holds the stack)."""
+        implicit fleet may be named apart from the run whose record holds the stack). A sweep that fails after the
+        stack is gone raises LeftoversRemain: a warning, not a teardown to try again."""
         from stacks.extras import require_extra
 
         require_extra(self.name, f"removing {name}'s {self.name} stack")
@@ -107,10 +149,35 @@ class CloudBackend:
 
         settings = state_settings(stack.get("backend_url"))
         pulumi_stack = open_stack(stack.get("name", name), lambda: None, settings)
-        stack_destroy(pulumi_stack, on_event=EngineEventTracker(report))
         gcp = self.config.backend("gcp")
-        clouds.sweep_run(self.name, stack["region"], gcp.project_id if gcp is not None else None, stack.get("owner"),
-                         stack.get("tagged", name))
+
+        def sweep() -> None:
+            clouds.sweep_run(self.name, stack["region"], gcp.project_id if gcp is not None else None,
+                             stack.get("owner"), stack.get("tagged", name))
+
+        try:
+            stack_destroy(pulumi_stack, on_event=EngineEventTracker(report))
+        except Exception as destroy_failed:
+            # A VM whose create the engine never recorded (dstack killed mid-`up`) holds what the stack deletes (AWS
+            # refuses the security group: DependencyViolation): the sweep removes it by its tags, then the destroy
+            # goes again. A sweep that cannot run leaves the destroy's own error as the reason.
+            try:
+                sweep()
+            except Exception:
+                raise destroy_failed from None
+            stack_destroy(pulumi_stack, on_event=EngineEventTracker(report))
+        try:
+            sweep()
+        except Exception as e:  # the stack is gone: what is left is `dstack gc`'s, whose failure stays hard
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise LeftoversRemain(f"{name}'s stack was destroyed, but the sweep for what an interrupted `up` may "
+                                  f"have left failed: {reason}; `dstack gc` finds and removes such resources") \
+                from None
+
+
+def run_note(store: StateStore, run_name: str) -> Callable[[str], None]:
+    """A warning about a run's provisioning, as one of its events (provisioner.runs.failover shows them)."""
+    return lambda message: store.add_event(run_name, "warning", message)
 
 
 def boot_budget_s(instance: InstanceType) -> int:

@@ -21,6 +21,7 @@ from offers.catalog import load_catalogs
 from offers.offer import Offer
 from offers.requirements import Requirements, spot_from_policy
 from offers.solver import find_offers
+from provisioner.backends.base import LeftoversRemain
 from provisioner.backends.cloud import CloudBackend, fleet_key_path
 from provisioner.backends.offer_failover import MAX_OFFERS_TRIED, OffersExhausted, first_provisioned
 from provisioner.planning.field_support import restrict_zones
@@ -172,13 +173,16 @@ def _provision(name: str, offers: List[Offer], shape: FleetShape, config: Dstack
     each offer in every zone of its region, a failure ruling out its zone, offer, region or cloud for the next tries;
     a failure that is not retryable stops at once."""
     failures = []
+    backends: Dict[str, CloudBackend] = {}  # one per cloud: what it settles once (GCP's permissions) stays settled
 
     def attempt(offer: Offer):
         zone = offer.zones[0] if offer.zones else ""
         log(f"Provisioning {shape.nodes} x {offer.backend} {offer.region} {offer.instance.name}"
             f"{' (spot)' if offer.spot else ''}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour each")
-        hosts = CloudBackend(offer.backend, config, store).create_stack(
-            name, offer, shape, report, fleet_key_path(name), lambda stack: store.set_fleet_stack(name, stack))
+        backend = backends.setdefault(offer.backend, CloudBackend(offer.backend, config, store))
+        hosts = backend.create_stack(
+            name, offer, shape, report, fleet_key_path(name), lambda stack: store.set_fleet_stack(name, stack),
+            note=lambda message: log(f"warning: {message}"))
         if len(hosts) != shape.nodes:
             raise DstackError(f"fleet {name}: its stack brought up {len(hosts)} of the {shape.nodes} instances "
                               "asked for")
@@ -234,8 +238,14 @@ def destroy_cloud_fleet(store: StateStore, config: DstackConfig, name: str, repo
 
 
 def _destroy(store: StateStore, config: DstackConfig, fleet: dict, report: Callable) -> None:
-    if fleet["stack"]:
-        CloudBackend(fleet["stack"]["backend"], config, store).destroy_stack(fleet["name"], fleet["stack"], report)
+    """A stack destroyed whose sweep then failed (LeftoversRemain) forgets the fleet all the same, and says so."""
+    try:
+        if fleet["stack"]:
+            CloudBackend(fleet["stack"]["backend"], config, store).destroy_stack(fleet["name"], fleet["stack"],
+                                                                                report)
+    except LeftoversRemain:
+        forget_cloud_fleet(store, fleet["name"])
+        raise
     forget_cloud_fleet(store, fleet["name"])
 
 

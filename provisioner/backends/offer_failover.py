@@ -78,5 +78,6 @@ def first_provisioned(offers: Sequence[Offer], attempt: Callable[[Offer], Provis
                 failed(offer, failure)
                 if not failure.retryable:
                     raise
-                blocked.add(scope_key(offer, failure.scope))
+                if failure.scope != "attempt":  # a transient failure rules nothing out
+                    blocked.add(scope_key(offer, failure.scope))
     raise OffersExhausted(tried)

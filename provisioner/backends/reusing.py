@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, List
 
 from configuration.errors import DstackError
-from provisioner.backends.cloud import fleet_key_path
+from provisioner.backends.cloud import fleet_key_path, run_note
 from provisioner.host.access import HostAccess
 from provisioner.jobs.nodes import rank_offers
 from provisioner.planning.reuse import InstanceOffer, kept_for, offer_record, stack_configuration
@@ -33,6 +33,7 @@ class ReusingBackend:
 
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
         if isinstance(offer, InstanceOffer):
+            self._check_alive(offer)
             if not self.store.claim_instance(offer.fleet, offer.num, run_name):
                 raise StackFailure(CAPACITY, "zone", f"instance {offer.num} of fleet {offer.fleet} was taken by "
                                                      "another run")
@@ -42,6 +43,25 @@ class ReusingBackend:
         if kept_for(configuration) == 0:
             return self.cloud.provision(run_name, offer, configuration, report)
         return self._provision_kept(run_name, offer, configuration, report)
+
+    def _check_alive(self, offer: InstanceOffer) -> None:
+        """Before the claim, the cloud is asked whether the instance's VM still runs: one that ended itself (its idle
+        watchdog fired before the store's idle clock said so) is retired, and the run moves to the next offer."""
+        fleet = self.store.get_cloud_fleet(offer.fleet)
+        stack = (fleet or {}).get("stack")
+        if not stack:
+            return  # no stack recorded, nothing to ask about
+        nodes = len(self.store.list_instances(offer.fleet))
+        stack = {**stack, "tagged": stack.get("tagged", offer.fleet)}
+        try:
+            state = self.cloud.instance_state(stack, offer.zone, offer.num, nodes)
+        except Exception as e:  # unknown is not running: a new instance is the safe choice
+            raise StackFailure(CAPACITY, "zone", f"instance {offer.num} of fleet {offer.fleet}: its state could not "
+                                                 f"be read ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        if state != "running":
+            self.store.retire_instance(offer.fleet, offer.num)
+            raise StackFailure(CAPACITY, "zone", f"instance {offer.num} of fleet {offer.fleet} is {state} (its VM "
+                                                 "ended itself): it is retired, not reused")
 
     def _provision_kept(self, run_name, offer, configuration, report) -> List[HostAccess]:
         """The run's stack, recorded as the run's until it is up (a failure destroys it with the run), then as
@@ -54,7 +74,7 @@ class ReusingBackend:
             self.store.update_run(run_name, stack=stack)
 
         hosts = self.cloud.create_stack(fleet, offer, stack_configuration(configuration), report,
-                                        fleet_key_path(fleet), record)
+                                        fleet_key_path(fleet), record, note=run_note(self.store, run_name))
         offers = rank_offers(offer, len(hosts))  # node groups: each instance its own group's offer
         instances = [InstanceRecord(fleet=fleet, num=num, backend=offer.backend, offer=offer_record(offers[num]),
                                     host=host.to_json(), status=InstanceStatus.BUSY, run=run_name,
@@ -76,7 +96,10 @@ class ReusingBackend:
         return name
 
     def teardown(self, record, report) -> None:
-        if self.store.release_instance(record.name):
+        """A held instance is idle from when the run's job ended on it (the host's time, recorded by
+        provisioner.jobs.run_jobs), not from now: its VM's idle watchdog counts from the job's end."""
+        ended = [job.finished_at for job in self.store.list_jobs(record.name) if job.finished_at]
+        if self.store.release_instance(record.name, idle_since=max(ended) if ended else None):
             return
         self.cloud.teardown(record, report)
 

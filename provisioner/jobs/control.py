@@ -76,6 +76,16 @@ def job_begun(transport: Transport, run_name: str) -> Tuple[bool, Optional[int]]
     return "begun" in result.text, int(code) if code.lstrip("-").isdigit() else None
 
 
+def job_ended_ago(transport: Transport, run_name: str) -> Optional[float]:
+    """How many seconds ago the job ended, by the host's own clock (its exit code file's age: the job wrapper writes
+    it as the job ends, then arms the VM's idle watchdog); None when it has not ended or cannot be told. A client
+    that learns of the end later (a detached run, the next `dstack ps`) counts an instance's idle time from here."""
+    result = transport.run(f"cd {job_folder(run_name)} 2>/dev/null && [ -f exit_code ] && "
+                           "echo $(( $(date +%s) - $(date -r exit_code +%s) ))", timeout=30)
+    text = result.text.strip()
+    return max(0.0, float(text)) if result.code == 0 and text.lstrip("-").isdigit() else None
+
+
 def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
     """("running", None), ("exited", code) or ("missing", None)."""
     folder = job_folder(run_name)

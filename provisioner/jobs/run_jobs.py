@@ -16,7 +16,7 @@ from configuration.home import append_private
 from provisioner.host.access import HostAccess
 from provisioner.host.transport import Transport
 from provisioner.jobs.cluster_ssh import authorize_command, revoke_left
-from provisioner.jobs.control import job_begun, job_state, read_log, start_job, stop_job
+from provisioner.jobs.control import job_begun, job_ended_ago, job_state, read_log, start_job, stop_job
 from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED
 from provisioner.jobs.nodes import on_every_node, startup_waves
 from provisioner.jobs.script import JobSpec
@@ -137,8 +137,18 @@ class RunJobs:
         raise NodeFailed(f"node {rank} did not begin its commands within {BEGIN_WAIT_S}s")
 
     def record_end(self, rank: int, code: Optional[int], status: Optional[JobStatus] = None) -> None:
+        """A job that ended by itself (no `status` given) ended when its host says (job_ended_ago): the client may
+        learn of it long after; a job stopped now ended now."""
+        finished_at = time.time()
+        transport = self.transports.get(rank)
+        if status is None and transport is not None:
+            try:
+                ago = job_ended_ago(transport, self.run_name)
+            except Exception:  # the host went away meanwhile: now is the best left
+                ago = None
+            finished_at -= ago or 0.0
         self.store.update_job(self.run_name, rank, status=status or job_final_status(code), exit_code=code,
-                              finished_at=time.time())
+                              finished_at=finished_at)
 
     def stop(self, ranks: Sequence[int], grace: Optional[int], log: Callable[[str], None]) -> Dict[int, Optional[int]]:
         """Stops the jobs of `ranks` (SIGTERM, SIGKILL after `grace`), each recorded `terminated`."""

@@ -14,6 +14,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from configuration.backends import CLOUD_BACKENDS
 from configuration.errors import ConfigurationError
 from configuration.policies import VolumeMountPoint
+from offers.consumption import RESERVATION_BACKENDS
 from offers.offer import Offer
 from provisioner.jobs.nodes import node_count, node_offers
 from provisioner.planning.reuse import InstanceOffer
@@ -68,8 +69,8 @@ RULES: Tuple[FieldRule, ...] = (
                   "attached after the run, where no other run could attach it and `dstack volume delete` fails"),
     FieldRule("instances", _set("instances"), (), "is not supported yet: runs pick fleet instances by `fleets` "
                                                   "and their resources"),
-    FieldRule("reservation", _set("reservation"), (), "is not supported yet: the stack programs do not target "
-                                                      "capacity reservations"),
+    FieldRule("reservation", _set("reservation"), RESERVATION_BACKENDS,
+              ": only a GCP VM consumes a named reservation here (AWS capacity reservations are not targeted yet)"),
     FieldRule("dstack", _set("dstack"), (), "is not supported: there is no dstack server to reach (this CLI runs "
                                             "tasks itself)"),
     FieldRule("backend_options", _set("backend_options"), (),

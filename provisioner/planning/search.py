@@ -55,8 +55,11 @@ def search_run_offers(requirements: Requirements, config: DstackConfig, store: S
     if "local" in backends:
         hosts.append(local_offer())
     catalogs = load_catalogs([b for b in backends if b in CLOUD_BACKENDS])
+    configured_regions = {name: entry.regions for name in CLOUD_BACKENDS
+                          if (entry := config.backend(name)) is not None and entry.regions}
     search = find_offers(requirements, catalogs, [offer for offer, _ in hosts],
-                         limit=limit + len(hosts) if limit is not None and every_host else limit)
+                         limit=limit + len(hosts) if limit is not None and every_host else limit,
+                         backend_regions=configured_regions)
     by_key = {(offer.region, offer.instance.name): access for offer, access in hosts}
     busy = store.busy_hosts() if fleets else {}
 

@@ -6,6 +6,7 @@ from typing import List, Optional, Tuple
 
 from configuration.backends import CLOUD_BACKENDS, DstackConfig
 from configuration.owner import owner_id
+from offers.consumption import needs_reservation
 from offers.gpus import compute_capability
 from offers.offer import Offer
 from provisioner.jobs.nodes import GroupedOffer, node_count, rank_offers
@@ -96,6 +97,8 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         user_tags=tuple(sorted((getattr(configuration, "tags", None) or {}).items())),
         cluster=forms_cluster(configuration),
         volumes=volume_attachments(configuration, offer),
+        reservation=getattr(configuration, "reservation", None),
+        reservation_bound=needs_reservation(offer.backend, t.name),
         node_types=tuple(_node_type(o) for o in rank_offers(offer, len(host_keys)))
         if isinstance(offer, GroupedOffer) else (),
     )

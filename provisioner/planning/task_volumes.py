@@ -19,6 +19,7 @@ from provisioner.planning.reuse import InstanceOffer
 from provisioner.store.records import VolumeRecord
 from provisioner.store.statuses import VolumeStatus
 from provisioner.store.store import StateStore
+from stacks import clouds
 from stacks.volume_spec import AWS_DEVICE_NAMES, VolumeAttachment, aws_device_path, gcp_device_name, gcp_device_path
 
 Place = Tuple[str, str, Optional[str]]  # backend, region, zone
@@ -80,8 +81,11 @@ def _candidates(store: StateStore, configuration, source: str, busy_check: bool 
 
 
 def _fits(record: VolumeRecord, offer: Offer) -> bool:
+    """The volume is where the offer is, and the offer's machine type can attach it (a GCP volume is a pd-balanced
+    disk, which the Hyperdisk-only machine series cannot attach: stacks.clouds.attaches_network_volumes)."""
     return (record.backend == offer.backend and record.region == offer.region
-            and (not offer.zones or record.zone in offer.zones))
+            and (not offer.zones or record.zone in offer.zones)
+            and clouds.attaches_network_volumes(offer.backend, offer.instance.name))
 
 
 def narrow_requirements(store: StateStore, configuration, requirements, source: str):
@@ -134,7 +138,11 @@ def place_offers(store: StateStore, configuration, offers: Sequence[Offer], sour
                 placed.append(dataclasses.replace(offer, zones=tuple(z for z in offer.zones if z in zones)))
     if offers and not placed:
         where = ", ".join(sorted({f"{r.backend} {r.zone}" for _, records in candidates for r in records}))
-        raise ConfigurationError(f"{source}: no offer that fits the run is where its volumes are ({where}); "
+        unattachable = sorted({o.instance.name for o in offers
+                               if not clouds.attaches_network_volumes(o.backend, o.instance.name)})
+        why = (f" (of those that fit, {', '.join(unattachable[:4])}{' ...' if len(unattachable) > 4 else ''} take "
+               "Hyperdisk only, and a GCP network volume is a pd-balanced disk)") if unattachable else ""
+        raise ConfigurationError(f"{source}: no offer that fits the run is where its volumes are ({where}){why}; "
                                  f"see `dstack offers` there")
     return placed
 

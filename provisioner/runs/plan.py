@@ -1,15 +1,15 @@
 """The run plan: what `dstack apply --dry-run --json` prints and what `apply` shows before asking to confirm.
 
-`{"configuration": ..., "offer": ..., "resources": [...]}`, with `"notes": [...]` when a field needs a word and
-`"nodes": {"count", "price_per_node", "total_price"}` for a multi-node run (the offer is one node's: with `groups`,
-rank 0's) and `"groups": [{"name", "nodes", "ranks", "offer", "price_per_node", "total_price"}]` with `groups`;
-every secret value prints as `[secret]`.
+`{"configuration": ..., "offer": ..., "resources": [...]}`, with `"notes": [...]` when a field needs a word (or the
+offer search left offers out, and why) and `"nodes": {"count", "price_per_node", "total_price"}` for a multi-node run
+(the offer is one node's: with `groups`, rank 0's) and `"groups": [{"name", "nodes", "ranks", "offer",
+"price_per_node", "total_price"}]` with `groups`; every secret value prints as `[secret]`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from configuration.backends import DstackConfig
 from configuration.interpolation import SECRET_MASK, ResolvedRun
@@ -56,7 +56,8 @@ def _redact(value: Any, run: ResolvedRun) -> Any:
 
 
 def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Optional[List[dict]] = None,
-              config: Optional[DstackConfig] = None) -> dict:
+              config: Optional[DstackConfig] = None, search_notes: Sequence[str] = ()) -> dict:
+    """`search_notes`: what the offer search left out, and why (offers.solver.OfferSearch.notes)."""
     document = {
         "configuration": configuration_json(run),
         "offer": offer.to_json() if offer is not None else None,
@@ -67,7 +68,7 @@ def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Option
         document["nodes"] = nodes_json(nodes, offer)
     if getattr(run.configuration, "groups", None) and offer is not None:
         document["groups"] = groups_json(offer)
-    notes = plan_notes(run.configuration) + stack_notes(run.configuration, offer, config)
+    notes = plan_notes(run.configuration) + stack_notes(run.configuration, offer, config) + list(search_notes)
     if notes:
         document["notes"] = notes
     return document

@@ -62,7 +62,8 @@ def plan_run(run: ResolvedRun, file: str, requirements: Requirements, store: Sta
     search.offers = place_offers(store, configuration, search.offers, file)
     if not search.offers and not dry_run:
         hint = "" if config.cloud_backends else "; no cloud is configured, so only this machine and SSH fleets count"
-        raise ConfigurationError(f"no offers match: {requirements.describe()}{hint} (see `dstack offers`)")
+        raise ConfigurationError(f"no offers match: {requirements.describe()}{hint} (see `dstack offers`)"
+                                 + "".join(f"; {note}" for note in search.notes))
     return RunPlan(run, configuration.name or generate_run_name(), requirements, search, found.hosts, config)
 
 
@@ -77,7 +78,7 @@ def dry_run_document(plan: RunPlan) -> Tuple[dict, Optional[MissingExtra]]:
         missing = None
     except MissingExtra as e:
         resources, missing = [], e
-    document = plan_json(plan.run, offer, resources, plan.config)
+    document = plan_json(plan.run, offer, resources, plan.config, plan.search.notes)
     if missing is not None:
         document["stack"] = {"rendered": False, "reason": str(missing)}
     return document, missing

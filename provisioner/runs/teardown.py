@@ -7,6 +7,7 @@ import time
 from typing import Dict, Optional
 
 from configuration.errors import ConfigurationError
+from provisioner.backends.base import LeftoversRemain
 from provisioner.host.access import HostAccess
 from provisioner.jobs.cluster_ssh import revoke_everywhere
 from provisioner.jobs.run_jobs import RunJobs, run_jobs
@@ -22,7 +23,8 @@ from provisioner.store.store import StateStore
 def finish_run(session: RunSession, name: str, status: RunStatus, reason: Optional[str] = None,
                exit_code: Optional[int] = None) -> RunRecord:
     """Tears down what the run created, then records its final state (and its jobs' that had not ended). A failed
-    teardown leaves the run `terminating`, so the next `dstack ps` or `dstack stop` tries again."""
+    teardown leaves the run `terminating`, so the next `dstack ps` or `dstack stop` tries again; one that removed
+    the stack but not what its sweep looked for ends the run with a warning (LeftoversRemain)."""
     store = session.store
     record = store.get_run(name)
     store.update_run(name, status=RunStatus.TERMINATING, reason=reason, exit_code=exit_code)
@@ -44,7 +46,10 @@ def finish_run(session: RunSession, name: str, status: RunStatus, reason: Option
 
         try:
             session.backend(record.backend).teardown(record, step)
-        except Exception as e:  # any failure keeps the run visible as terminating, to be finished later
+        except LeftoversRemain as e:  # the stack is gone: the run ends, with the warning in its events
+            store.add_event(name, "teardown-warning", str(e))
+            session.reporter.info(f"warning: {e}")
+        except Exception as e:  # any other failure keeps the run visible as terminating, to be finished later
             store.update_run(name, reason=f"teardown failed, retry with `dstack stop {name}`: {e}")
             store.add_event(name, "teardown-failed", str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise

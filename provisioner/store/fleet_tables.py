@@ -154,12 +154,21 @@ class FleetTables(StoreFile):
                               "WHERE fleet = ? AND num = ? AND status = ?",
                               (InstanceStatus.BUSY, run, fleet, num, InstanceStatus.IDLE)).rowcount == 1
 
-    def release_instance(self, run: str) -> bool:
-        """The instances `run` holds (one per node) become idle from now; False when it holds none."""
+    def release_instance(self, run: str, idle_since: Optional[float] = None) -> bool:
+        """The instances `run` holds (one per node) become idle from `idle_since` (when its job ended on the host;
+        default now); False when it holds none."""
         with self._connect() as db:
             return db.execute("UPDATE instances SET status = ?, run = NULL, idle_since = ? "
                               "WHERE run = ? AND status = ?",
-                              (InstanceStatus.IDLE, time.time(), run, InstanceStatus.BUSY)).rowcount > 0
+                              (InstanceStatus.IDLE, time.time() if idle_since is None else idle_since, run,
+                               InstanceStatus.BUSY)).rowcount > 0
+
+    def retire_instance(self, fleet: str, num: int) -> bool:
+        """An idle instance whose VM is gone (it ended itself): never offered again; its fleet's stack goes with the
+        fleet (`terminating` counts as expired: provisioner.backends.cloud_fleets.expire_idle_fleets)."""
+        with self._connect() as db:
+            return db.execute("UPDATE instances SET status = ? WHERE fleet = ? AND num = ? AND status = ?",
+                              (InstanceStatus.TERMINATING, fleet, num, InstanceStatus.IDLE)).rowcount > 0
 
     def claim_fleet_teardown(self, fleet: str, expired_at: Optional[float] = None) -> bool:
         """Marks `fleet`'s instances `terminating` when no run holds any (with `expired_at`: when each has been

@@ -1,17 +1,19 @@
 """The GCP answers of `dstack config check` (stacks.checks): credentials and project, regions, the VPC network a run
-will use, and GPU quotas (per region, and the project's GPUS_ALL_REGIONS), through google-cloud-compute."""
+will use, GPU quotas (per region, and the project's GPUS_ALL_REGIONS), through google-cloud-compute, and whether the
+credentials may give each VM its own service account (`self_delete`: stacks.gcp.iam)."""
 
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
 from stacks.checks import FAIL, OK, WARN, Check, regions_check
+from stacks.gcp.api import SCOPES
 
 
 def check_gcp(regions: Sequence[str], project_id: Optional[str] = None, vpc_name: Optional[str] = None,
-              credentials=None, endpoint: Optional[str] = None) -> List[Check]:
-    """`credentials` and `endpoint` are for tests (anonymous credentials, a local server); by default the
-    application default credentials and Google's endpoint."""
+              credentials=None, endpoint: Optional[str] = None, self_delete: bool = True) -> List[Check]:
+    """`credentials` and `endpoint` are for tests (anonymous credentials, a local server that answers every API);
+    by default the application default credentials and Google's endpoints."""
     from configuration.errors import ConfigurationError
 
     if credentials is None:
@@ -22,7 +24,7 @@ def check_gcp(regions: Sequence[str], project_id: Optional[str] = None, vpc_name
             import google.auth
             import google.auth.exceptions
 
-            credentials, adc_project = google.auth.default(scopes=["https://www.googleapis.com/auth/compute"])
+            credentials, adc_project = google.auth.default(scopes=list(SCOPES))
         except ConfigurationError as e:
             return [Check("gcp", "credentials", FAIL, str(e))]
         except google.auth.exceptions.GoogleAuthError as e:
@@ -62,7 +64,28 @@ def check_gcp(regions: Sequence[str], project_id: Optional[str] = None, vpc_name
     except api.GoogleAPICallError as e:
         checks.append(Check("gcp", "network", WARN, f"could not read network {network!r}: {_reason(e)}"))
     checks.append(_quota_check(project, [found[r] for r in usable]))
+    checks.append(_self_delete_check(project_id, credentials, endpoint, self_delete))
     return checks
+
+
+def _self_delete_check(project_id: str, credentials, endpoint: Optional[str], self_delete: bool) -> Check:
+    from stacks.gcp.api import CRM_URL, IAM_URL, GcpApi
+    from stacks.gcp.iam import check_self_delete
+
+    if not self_delete:
+        return Check("gcp", "self-delete", OK, "off (`self_delete: false`): a VM that ends itself is stopped, its "
+                                               "disk billed until the next dstack command")
+    api = GcpApi(project_id, credentials, compute_endpoint=endpoint, iam_url=f"{endpoint}/v1" if endpoint else IAM_URL,
+                 crm_url=f"{endpoint}/v1" if endpoint else CRM_URL)
+    check = check_self_delete(api)
+    if check.unknown:
+        return Check("gcp", "self-delete", WARN, f"could not tell whether runs may give each VM its own service "
+                                                 f"account: {check.unknown}")
+    if check.missing:
+        return Check("gcp", "self-delete", WARN, f"missing {', '.join(check.missing)}: runs fall back to "
+                                                 "`self_delete: false` (a VM that ends itself is stopped, its disk "
+                                                 "billed until the next dstack command); docs/clouds.md")
+    return Check("gcp", "self-delete", OK, "each VM gets its own service account, allowed to delete only itself")
 
 
 def _quota_check(project, regions) -> Check:

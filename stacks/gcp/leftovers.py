@@ -6,29 +6,23 @@ What the GCP program (stacks/gcp.py) creates, and how each is recognized across 
 instances and disks by their labels (`dstack-project`, `dstack-owner`, `dstack-run`); the firewalls and a cluster's
 compact placement policy, which take no labels, by their names (`dstack-OWNER-RUN`, and `dstack-OWNER-RUN-nodes` for
 a cluster's own firewall) and dstack's description, which names the run; the service account by its display name
-`dstack-OWNER-RUN` and the account id derived from it. The Compute API is reached through google-cloud-compute,
-the IAM API (service accounts) through google-auth's session; both are imported only here, when a sweep runs.
+`dstack-OWNER-RUN` and the account id derived from it. The APIs are reached as stacks.gcp.api says, only when a
+sweep runs.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional
 
 from configuration.errors import ConfigurationError
+from stacks.gcp.api import ApiRefusal, GcpApi, gcp_api, one_line, rest_request
 from stacks.gcp.program import CLUSTER_FIREWALL_SUFFIX, DESCRIPTION_PREFIX, service_account_id
 from stacks.spec import PROJECT
 
-SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
-IAM_URL = "https://iam.googleapis.com/v1"
-# The Pulumi GCP provider's project variables, in its order; application default credentials may name one too.
-PROJECT_VARIABLES = ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
 OWNED_NAME = re.compile(r"^dstack-(?P<owner>[0-9a-f]{8})-(?P<run>.+)$")
 WAIT_TIMEOUT_S = 600
 
@@ -41,64 +35,6 @@ class Leftover:
     run: str
     owner: str
     zone: Optional[str] = None  # instances and disks
-
-
-@dataclass(frozen=True)
-class GcpApi:
-    """Where a sweep's requests go: the project, the credentials and the APIs' addresses (a test points them at a
-    local server)."""
-
-    project: str
-    credentials: object
-    compute_endpoint: Optional[str] = None  # None: compute.googleapis.com
-    iam_url: str = IAM_URL
-
-    def compute(self, client_class):
-        options = {"api_endpoint": self.compute_endpoint} if self.compute_endpoint else None
-        return client_class(credentials=self.credentials, transport="rest", client_options=options)
-
-    def iam(self):
-        from google.auth.transport.requests import AuthorizedSession
-
-        return AuthorizedSession(self.credentials)
-
-
-def gcp_api(project_id: Optional[str]) -> GcpApi:
-    """The credentials the Pulumi provider uses, and the project: the backend's `project_id`, else the provider's
-    variables, else the one the credentials name."""
-    from google.auth.exceptions import DefaultCredentialsError
-
-    from stacks.gcp.credentials import gcp_credentials_source
-
-    gcp_credentials_source()  # names what is missing, before google.auth would probe for a metadata server
-    try:
-        credentials, default = _load_credentials()
-    except (DefaultCredentialsError, ValueError) as e:
-        raise ConfigurationError(f"GCP credentials could not be read: {_one_line(str(e))}") from None
-    project = project_id or next((os.environ[v] for v in PROJECT_VARIABLES if os.environ.get(v)), None) or default
-    if not project:
-        raise ConfigurationError("no GCP project is known: set `project_id` for the gcp backend in "
-                                 "$DSTACK_HOME/config.yml")
-    return GcpApi(project, credentials)
-
-
-def _load_credentials():
-    """(credentials, the project they name), found as the Pulumi provider finds them: its variables (a key file's
-    path or its JSON), then application default credentials."""
-    import google.auth
-
-    from stacks.gcp.credentials import GCP_PROVIDER_CREDENTIAL_VARIABLES
-
-    with warnings.catch_warnings():
-        # google.auth warns that its generic loaders trust their input: here that is the user's own configuration.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for variable in GCP_PROVIDER_CREDENTIAL_VARIABLES:
-            value = os.environ.get(variable, "")
-            if value.lstrip().startswith("{"):
-                return google.auth.load_credentials_from_dict(json.loads(value), scopes=SCOPES)
-            if value:
-                return google.auth.load_credentials_from_file(value, scopes=SCOPES)
-        return google.auth.default(scopes=SCOPES)
 
 
 def label_filter(owner: Optional[str], run: Optional[str]) -> str:
@@ -258,7 +194,7 @@ def _wait(api: GcpApi, operations: list) -> None:
         if operation.error and operation.error.errors:
             reasons = "; ".join(e.message for e in operation.error.errors)
             raise ConfigurationError(f"GCP project {api.project}: deleting {operation.target_link} failed: "
-                                     f"{_one_line(reasons)}")
+                                     f"{one_line(reasons)}")
 
 
 def _unless_gone(call):
@@ -273,23 +209,7 @@ def _unless_gone(call):
 
 def _iam_request(api: GcpApi, method: str, path: str, params: Optional[dict] = None,
                  missing_ok: bool = False) -> dict:
-    response = api.iam().request(method, api.iam_url + path, params=params, timeout=60)
-    if response.status_code == 404 and missing_ok:
-        return {}
-    if response.status_code >= 400:
-        try:
-            reason = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            reason = response.text[:200]
-        raise _ApiRefusal(response.status_code, reason)
-    return response.json() if response.content else {}
-
-
-class _ApiRefusal(Exception):
-    def __init__(self, code: int, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+    return rest_request(api, method, api.iam_url + path, params=params, missing_ok=missing_ok)
 
 
 # What to do about a refusal, by HTTP status.
@@ -314,31 +234,26 @@ def _refused(api: GcpApi, action: str) -> Iterator[None]:
     except GoogleAPICallError as e:
         code = e.code or 0
         reason = re.sub(r"^[A-Z]+ \S+: ", "", e.message or str(e))  # the REST client puts the request first
-    except _ApiRefusal as e:
+    except ApiRefusal as e:
         code, reason = e.code, e.reason
     except GoogleAuthError as e:
         raise ConfigurationError(f"GCP project {api.project}: {action} failed, the credentials were not accepted: "
-                                 f"{_one_line(str(e))} (renew them: `gcloud auth application-default login`)") \
+                                 f"{one_line(str(e))} (renew them: `gcloud auth application-default login`)") \
             from None
     except RequestException as e:
         raise ConfigurationError(f"GCP project {api.project}: {action} failed, the API could not be reached: "
-                                 f"{_one_line(str(e))}") from None
+                                 f"{one_line(str(e))}") from None
     else:
         return
     advice = _ADVICE.get(code)
-    raise ConfigurationError(f"GCP project {api.project}: {action} was refused ({code}): {_one_line(reason)}"
+    raise ConfigurationError(f"GCP project {api.project}: {action} was refused ({code}): {one_line(reason)}"
                              + (f" ({advice})" if advice else "")) from None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:300]
 
 
 def sweep_run(project_id: Optional[str], owner: Optional[str], run_name: str) -> None:
     """What an interrupted `up` created before Pulumi recorded it: found by the run's labels and names, in every
     zone (an offer's zones are tried in turn), and removed."""
     from configuration.owner import owner_id
-    from stacks.gcp.leftovers import find_leftovers, gcp_api, remove_leftovers
 
-    api = gcp_api(project_id)
+    api = gcp_api(project_id)  # a module global, looked up now: tests point it at a recorded API
     remove_leftovers(api, find_leftovers(api, owner or owner_id(), run=run_name))

@@ -1,8 +1,9 @@
 """The Pulumi program of a GCP run: a firewall rule for the run's network tag, one instance per node with its boot
-disk (and attached GPUs on N1 machines), and the service account the instances run as, which may delete the run's
-instances and nothing else: a VM that ends itself (stacks.power_off) is deleted rather than stopped with its disk
-still billed. A cluster adds a firewall rule letting its nodes reach each other on every port and, where the machine
-series supports one, a compact placement policy."""
+disk (and attached GPUs on N1 machines), running as the run's service account, which may delete the run's instances
+and nothing else: a VM that ends itself (stacks.power_off) is deleted rather than stopped with its disk still billed.
+The account itself is made before `up`, once per run (stacks.gcp.iam): IAM is eventually consistent, and an account
+in the stack would be deleted and made again by every zone a run tries. A cluster adds a firewall rule letting its
+nodes reach each other on every port and, where the machine series supports one, a compact placement policy."""
 
 from __future__ import annotations
 
@@ -27,8 +28,15 @@ ACCELERATOR_TYPES = {
     ("H200", None): "nvidia-h200-141gb",
     ("B200", None): "nvidia-b200",
 }
-# Machine series whose disks must be Hyperdisk (no Persistent Disk): GCP's machine series pages.
-HYPERDISK_ONLY = ("a3-ultragpu-", "a4-", "a4x-", "c4-", "c4a-", "c4d-", "n4-", "n4a-", "n4d-", "m4-", "x4-", "h4d-")
+# Machine series whose disks must be Hyperdisk (no Persistent Disk): Compute Engine, "Choose a disk type" and each
+# series' page. C3, C3D, H3, Z3 and A3 High/Mega/Edge take both.
+HYPERDISK_ONLY = ("a3-ultragpu-", "a4-", "a4x-", "c4-", "c4a-", "c4d-", "g4-", "n4-", "n4a-", "n4d-", "m4-", "x4-",
+                  "h4d-")
+# Machine series whose network interface must be gVNIC, or that reach their bandwidth (Tier_1, GPUDirect) only with
+# it: Compute Engine, "Using Google Virtual NIC" and the accelerator-optimized machine family. Both images support it.
+GVNIC_SERIES = ("a2-", "a3-", "a4-", "a4x-", "g2-", "g4-", "c3-", "c3d-", "c4-", "c4a-", "c4d-", "h3-", "h4d-", "m3-",
+                "m4-", "n4-", "n4a-", "n4d-", "t2a-", "x4-", "z3-")
+RESERVATION_KEY = "compute.googleapis.com/reservation-name"
 GPU_IMAGE = {"project": "deeplearning-platform-release", "family": "common-cu128-ubuntu-2204-nvidia-570"}
 UBUNTU_IMAGE = {"x86": {"project": "ubuntu-os-cloud", "family": "ubuntu-2404-lts-amd64"},
                 "arm": {"project": "ubuntu-os-cloud", "family": "ubuntu-2404-lts-arm64"}}
@@ -56,6 +64,16 @@ def service_account_id(owner: str, run_name: str) -> str:
     return f"dstack-{owner}-{digest[:13]}"
 
 
+def service_account_email(spec: StackSpec) -> Optional[str]:
+    """The account the run's VMs run as (None without `self_delete`): the one made before `up`; a plan rendered
+    offline names it in the configured project."""
+    if not spec.self_delete:
+        return None
+    project = spec.gcp_project_id or "PROJECT"
+    return spec.service_account_email or \
+        f"{service_account_id(spec.owner, spec.run_name)}@{project}.iam.gserviceaccount.com"
+
+
 def accelerator_type(gpu_name: str, memory_gib: float) -> str:
     by_memory = ACCELERATOR_TYPES.get((gpu_name, int(memory_gib)))
     found = by_memory or ACCELERATOR_TYPES.get((gpu_name, None))
@@ -75,8 +93,12 @@ def image(spec: StackSpec) -> Dict[str, str]:
     return GPU_IMAGE if spec.gpu_vendor == "nvidia" else UBUNTU_IMAGE[spec.arch]
 
 
+def hyperdisk_only(machine_type: str) -> bool:
+    return machine_type.startswith(HYPERDISK_ONLY)
+
+
 def boot_disk_type(machine_type: str) -> str:
-    return "hyperdisk-balanced" if machine_type.startswith(HYPERDISK_ONLY) else "pd-balanced"
+    return "hyperdisk-balanced" if hyperdisk_only(machine_type) else "pd-balanced"
 
 
 def supports_compact_placement(machine_type: str) -> bool:
@@ -106,13 +128,26 @@ def scheduling(spec: StackSpec) -> dict:
         settings.update(provisioning_model="SPOT", preemptible=True, instance_termination_action="DELETE")
     if spec.deadline_min:
         settings.update(max_run_duration={"seconds": spec.deadline_min * 60}, instance_termination_action="DELETE")
+    if spec.reservation and spec.reservation_bound:
+        # what Google sells only through a reservation is bound to it, and deleted (not stopped) when it ends
+        settings.update(provisioning_model="RESERVATION_BOUND", instance_termination_action="DELETE")
     return settings
+
+
+def reservation_affinity(spec: StackSpec) -> Optional[dict]:
+    """The run's `reservation`, consumed by name (on-demand offers only: offers.solver)."""
+    if not spec.reservation:
+        return None
+    return {"type": "SPECIFIC_RESERVATION",
+            "specific_reservation": {"key": RESERVATION_KEY, "values": [spec.reservation]}}
 
 
 def network_interface(spec: StackSpec) -> dict:
     interface = {"network": spec.vpc_name or "default", "access_configs": [{}]}
     if spec.subnet:
         interface["subnetwork"] = spec.subnet
+    if spec.instance_type.startswith(GVNIC_SERIES):
+        interface["nic_type"] = "GVNIC"
     return interface
 
 
@@ -133,7 +168,7 @@ def gcp_program(spec: StackSpec) -> None:
         key = tuple(sorted(wanted.items()))
         if key not in images:
             images[key] = gcp.compute.get_image(opts=pulumi.InvokeOptions(provider=provider), **wanted).self_link
-    account = service_account(spec, opts)
+    account = service_account_email(spec)
     firewalls(spec, opts)
     policy = placement_policy(spec, opts)
     instances = []
@@ -145,21 +180,6 @@ def gcp_program(spec: StackSpec) -> None:
         instances.append(instance)
     attach_gcp_volumes(spec, instances[0], opts)  # network volumes are refused with nodes > 1
     export_nodes(instances)
-
-
-def service_account(spec: StackSpec, opts):
-    """The run's service account, which its VMs run as (None without `self_delete`)."""
-    import pulumi_gcp as gcp
-
-    if not spec.self_delete:
-        return None
-    return gcp.serviceaccount.Account(
-        f"{spec.resource_name}-sa",
-        account_id=service_account_id(spec.owner, spec.run_name),
-        display_name=spec.resource_name,
-        description=f"dstack run {spec.run_name} (owner {spec.owner}): may delete its own VMs and nothing else",
-        opts=opts,
-    )
 
 
 def firewalls(spec: StackSpec, opts) -> None:
@@ -209,13 +229,17 @@ def placement_policy(spec: StackSpec, opts):
     )
 
 
-def node_instance(spec: StackSpec, rank: int, image_link, account, policy, opts):
-    """One node's VM, in the offer's zone like every node of the stack, with its own host key."""
+def node_instance(spec: StackSpec, rank: int, image_link, account: Optional[str], policy, opts):
+    """One node's VM, in the offer's zone like every node of the stack, with its own host key. Its network volumes
+    are AttachedDisk resources of their own (stacks.volume_attach), so the instance ignores its `attachedDisks`: else
+    the next update would detach them (the provider's documented pairing)."""
     import pulumi
     import pulumi_gcp as gcp
 
     labels = spec.labels()
     name = spec.node_name(rank)
+    if spec.volumes:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["attachedDisks"]))
     return gcp.compute.Instance(
         name,
         name=name,
@@ -227,18 +251,19 @@ def node_instance(spec: StackSpec, rank: int, image_link, account, policy, opts)
         network_interfaces=[network_interface(spec)],
         guest_accelerators=guest_accelerators(spec),
         scheduling=scheduling(spec),
+        reservation_affinity=reservation_affinity(spec),
         resource_policies=policy.self_link if policy is not None else None,  # one at most: the provider's type
         metadata={"ssh-keys": f"{SSH_USER}:{spec.ssh_public_key}",
                   "user-data": pulumi.Output.secret(cloud_init(spec, rank))},
         labels=labels,
         tags=[network_tag(spec)],
-        service_account={"email": account.email, "scopes": [COMPUTE_SCOPE]} if account else None,
+        service_account={"email": account, "scopes": [COMPUTE_SCOPE]} if account else None,
         allow_stopping_for_update=False,
         opts=opts,
     )
 
 
-def allow_self_delete(spec: StackSpec, rank: int, instance, account, opts) -> None:
+def allow_self_delete(spec: StackSpec, rank: int, instance, account: str, opts) -> None:
     """The run's account may delete this instance: bound on the instance alone. One account serves all of a run's
     VMs, so a node's token could delete another node of the same run (which can already reach it over SSH), and
     nothing outside the run."""
@@ -249,7 +274,7 @@ def allow_self_delete(spec: StackSpec, rank: int, instance, account, opts) -> No
         zone=instance.zone,
         instance_name=instance.name,
         role=SELF_DELETE_ROLE,
-        member=account.member,
+        member=f"serviceAccount:{account}",
         opts=opts,
     )
 

@@ -30,6 +30,9 @@ from tests.helpers import ROOT
 
 GCP_PROJECT = "my-project"
 
+# the AWS regions the scenarios use: il-central-1 is an opt-in region the simulated account has not enabled
+AWS_REGIONS = ("us-east-1", "us-west-2", "eu-central-1", "il-central-1")
+
 
 class CloudSim:
     def __init__(self, folder: Path, moto_endpoint: str, zygote: str):
@@ -143,10 +146,10 @@ class CloudSim:
         return (self.folder / f"dstack-{self.processes}.out"), (self.folder / f"dstack-{self.processes}.err")
 
     @staticmethod
-    def write_config(home: Path, aws_regions=("us-east-1",), gcp_regions=("us-central1",), gcp: bool = True,
+    def write_config(home: Path, aws_regions=AWS_REGIONS, gcp_regions=("us-central1",), gcp: bool = True,
                      aws: bool = True, **backend_options) -> None:
         """$DSTACK_HOME/config.yml with the simulated clouds (`gcp_self_delete=False` and the like go to a backend
-        by their prefix)."""
+        by their prefix). The regions limit offers (as the user's would): those the scenarios run in."""
         lines = ["backends:"]
         if aws:
             lines += ["  - type: aws", f"    regions: [{', '.join(aws_regions)}]"]
