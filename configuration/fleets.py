@@ -3,6 +3,7 @@ parses them."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import (
@@ -29,6 +30,51 @@ from configuration.policies import (
 from configuration.resources import ResourcesSpec, StrictModel
 
 
+class SSHProxy(StrictModel):
+    """A host the connection jumps through (`ssh -J`): reached first, then the fleet host from it."""
+
+    hostname: Annotated[str, Field(description="The proxy host's address or name")]
+    port: Annotated[Optional[int], Field(ge=1, le=65535, description="Its SSH port (default 22)")] = None
+    user: Annotated[str, Field(description="The user to log in with on the proxy host")]
+    identity_file: Annotated[str, Field(description="The private key for the proxy host")]
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        return check_pattern(v, HOSTNAME, "host name or address")
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        return check_pattern(v, LOGIN_NAME, "user name")
+
+
+def check_private_ip(value: Optional[str]) -> Optional[str]:
+    """`internal_ip`: a private address, as dstack requires."""
+    if value is None:
+        return value
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"Invalid IP address: {value!r}") from None
+    if not address.is_private:
+        raise ValueError(f"IP address {value} is not private")
+    return value
+
+
+def check_private_network(value: Optional[str]) -> Optional[str]:
+    """`network`: a private CIDR (`10.0.0.0/24`; host bits allowed), as dstack requires."""
+    if value is None:
+        return value
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"Failed to parse network: {value!r} (expected ADDRESS/PREFIX, e.g. 10.0.0.0/24)") from None
+    if not network.is_private:
+        raise ValueError(f"network {value} is public; a private network is required")
+    return value
+
+
 class SSHHost(StrictModel):
     hostname: Annotated[
         str, Field(description="The host's address or name: letters, digits and `.-_:%`, not starting with `-`")
@@ -36,6 +82,15 @@ class SSHHost(StrictModel):
     user: Annotated[Optional[str], Field(description="Overrides `ssh_config.user`")] = None
     port: Annotated[Optional[int], Field(ge=1, le=65535, description="Overrides `ssh_config.port`")] = None
     identity_file: Annotated[Optional[str], Field(description="Overrides `ssh_config.identity_file`")] = None
+    proxy_jump: Annotated[Optional[SSHProxy], Field(description="Overrides `ssh_config.proxy_jump`")] = None
+    internal_ip: Annotated[
+        Optional[str],
+        Field(description="The private address the other hosts reach this one at (a multi-node task's "
+                          "`DSTACK_NODES_IPS`); checked to be one of the host's own at apply. All hosts or none; "
+                          "not with `network`"),
+    ] = None
+
+    _internal_ip = field_validator("internal_ip")(classmethod(lambda cls, v: check_private_ip(v)))
 
     @model_validator(mode="before")
     @classmethod
@@ -57,12 +112,29 @@ class SSHConfig(StrictModel):
     user: Annotated[Optional[str], Field(description="The SSH user")] = None
     port: Annotated[int, Field(ge=1, le=65535, description="The SSH port")] = 22
     identity_file: Annotated[Optional[str], Field(description="The private key file")] = None
+    proxy_jump: Annotated[Optional[SSHProxy], Field(description="A host every connection jumps through")] = None
     hosts: Annotated[List[SSHHost], Field(min_length=1, description="The hosts: addresses, or mappings")]
+    network: Annotated[
+        Optional[str],
+        Field(description="A private network (`10.0.0.0/24`): each host's address in it, found on the host at apply, "
+                          "is where the other hosts reach it. Not with `internal_ip`"),
+    ] = None
+
+    _network = field_validator("network")(classmethod(lambda cls, v: check_private_network(v)))
 
     @field_validator("user")
     @classmethod
     def _user(cls, v: Optional[str]) -> Optional[str]:
         return check_pattern(v, LOGIN_NAME, "user name")
+
+    @model_validator(mode="after")
+    def _internal_addresses(self) -> "SSHConfig":
+        given = [host for host in self.hosts if host.internal_ip is not None]
+        if given and len(given) != len(self.hosts):
+            raise ValueError("internal_ip must be specified for all hosts (or none)")
+        if given and self.network is not None:
+            raise ValueError("internal_ip is mutually exclusive with network")
+        return self
 
 
 class FleetNodes(StrictModel):
@@ -96,7 +168,7 @@ def parse_fleet_nodes(v: Any) -> Any:
     return v
 
 
-CLOUD_FLEET_FIELDS = ("nodes", "placement", "resources", "backends", "regions", "availability_zones",
+CLOUD_FLEET_FIELDS = ("nodes", "resources", "backends", "regions", "availability_zones",
                       "instance_types", "spot_policy", "max_price", "idle_duration", "reservation", "tags")
 
 
@@ -113,7 +185,8 @@ class FleetConfiguration(StrictModel):
     ] = None
     placement: Annotated[
         Optional[Literal["any", "cluster"]],
-        Field(description="Cloud fleets: `cluster` puts the instances close together (a placement group)"),
+        Field(description="`cluster`: the instances are interconnected. Cloud fleets: placed close together (a "
+                          "placement group); SSH fleets: the hosts say so (their `internal_ip` or `network`)"),
     ] = None
     resources: Annotated[
         Optional[ResourcesSpec], Field(description="Cloud fleets: the resources of each instance")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence
 
 from configuration.errors import ConfigurationError
+from configuration.node_groups import check_node_refs
 from configuration.secret_names import looks_secret
 from configuration.secret_store import read_secrets
 
@@ -121,6 +122,10 @@ def resolve_run(configuration, source: str, run_args: Sequence[str], environ: Ma
     for key in ("commands", "init"):
         if hasattr(configuration, key):
             update[key] = [interpolate(c, f"{key}[{i}]", command_vars) for i, c in enumerate(getattr(configuration, key))]
+    if getattr(configuration, "groups", None):
+        update["groups"] = [group.model_copy(update={"commands": [
+            interpolate(c, f"groups[{g}].commands[{i}]", command_vars) for i, c in enumerate(group.commands)]})
+            for g, group in enumerate(configuration.groups)]
     if configuration.registry_auth is not None:
         auth = configuration.registry_auth
         username = interpolate(auth.username, "registry_auth.username", frozenset({"secrets", "env"}))
@@ -130,4 +135,6 @@ def resolve_run(configuration, source: str, run_args: Sequence[str], environ: Ma
         interpolate.used_secrets.append(password)
         update["registry_auth"] = type(auth)(username=username, password=password)
     resolved = configuration.model_copy(update=update)
+    if resolved.type == "task":
+        check_node_refs(resolved, source)
     return ResolvedRun(resolved, Redactor(interpolate.used_secrets), frozenset(secret_env))

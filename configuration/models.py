@@ -280,8 +280,10 @@ class TaskConfiguration(RunFields):
     ] = 1
     groups: Annotated[
         Optional[List[NodeGroup]],
-        Field(description="Node groups of a heterogeneous multi-node task (instead of `nodes`, `commands`, "
-                          "`ports`). Not supported yet (issue: distributed tasks)"),
+        Field(description="Node groups of a heterogeneous multi-node task, instead of `nodes`, `commands` and "
+                          "`ports`: each group's own `nodes`, `resources`, `commands` and `ports`; ranks run through "
+                          "the groups in order (rank 0, the master, is `groups[0].nodes[0]`). Commands may name any "
+                          "node's internal address: `${{ groups[I].nodes[J].IP_ADDRESS }}` (docs/runs.md)"),
     ] = None
 
     _groups = field_validator("groups")(classmethod(lambda cls, v: name_groups(v)))

@@ -51,7 +51,9 @@ SECTIONS = (
                                              "docs/runs.md, Volumes)."),
     ("volumes[] (host folder)", InstanceMountPoint, "`volumes: [/host/path:/path]` or this mapping: a folder of the "
                                                     "host (an instance volume)."),
-    ("groups[]", NodeGroup, "One group of a heterogeneous multi-node task. Refused until distributed tasks land."),
+    ("groups[]", NodeGroup, "One group of a heterogeneous multi-node task: its nodes take their own offer (on one SSH "
+                            "fleet, or one cloud stack in one zone) and run its commands. Top-level `resources` is "
+                            "not inherited (see docs/runs.md, Node groups)."),
     ("dev-environment", DevEnvironmentConfiguration, "The root of a `type: dev-environment` file."),
     ("fleet", FleetConfiguration, "The root of a `type: fleet` file (hosts you own, reached over SSH)."),
     ("volume", VolumeConfiguration, "The root of a `type: volume` file: a network volume (an EBS volume, a GCP "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Tuple
@@ -43,6 +44,21 @@ class HostKey:
 
 
 @dataclass(frozen=True)
+class NodeType:
+    """One node's machine where a stack's nodes differ (a task's node groups): what StackSpec says for every node
+    otherwise."""
+
+    instance_type: str
+    arch: str
+    gpu_vendor: str
+    gpu_name: str
+    gpu_count: int
+    gpu_memory_gib: float
+    disk_gb: int
+    nvidia_open_driver: bool = True
+
+
+@dataclass(frozen=True)
 class StackSpec:
     run_name: str
     backend: str  # "aws" or "gcp"
@@ -74,10 +90,30 @@ class StackSpec:
     reservation: Optional[str] = None  # GCP: the reservation the VMs consume (the run's `reservation`)
     reservation_bound: bool = False  # the machine type is sold on demand only through a reservation
     service_account_email: Optional[str] = None  # GCP self_delete: the run's account, made before `up`
+    node_types: Tuple[NodeType, ...] = ()  # per rank where nodes differ (node groups); () : every node as above
 
     def __post_init__(self):
         if not self.host_keys:
             raise ValueError("a stack has at least one node, and one host key per node")
+        if self.node_types and len(self.node_types) != len(self.host_keys):
+            raise ValueError("one node type per node, or none")
+
+    def node(self, rank: int) -> "StackSpec":
+        """The spec as node `rank` sees it: its own instance type, image and disk (node_types, kept: what the stack
+        shares, such as its placement, still sees every node)."""
+        if not self.node_types:
+            return self
+        return dataclasses.replace(self, **dataclasses.asdict(self.node_types[rank]))
+
+    @property
+    def instance_types(self) -> Tuple[str, ...]:
+        """The distinct instance types of the stack's nodes."""
+        return tuple(sorted({t.instance_type for t in self.node_types} or {self.instance_type}))
+
+    @property
+    def uniform(self) -> bool:
+        """Every node of the same instance type."""
+        return len(self.instance_types) == 1
 
     @property
     def nodes(self) -> int:

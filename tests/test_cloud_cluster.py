@@ -416,3 +416,44 @@ def test_apply_dry_run_json_of_three_nodes_shows_three_instances(tmp_path, dstac
         firewalls = [r["inputs"] for r in plan["resources"] if r["type"].endswith("Firewall")]
         assert sorted(f["allows"][0]["protocol"] for f in firewalls) == ["all", "tcp"]
     assert "PRIVATE KEY" not in result.stdout
+
+
+# --- node groups: per-node instance types in one stack -------------------------------------------------------------
+
+def node_types(*types):
+    from stacks.spec import NodeType
+
+    return tuple(NodeType(instance_type=name, arch="x86", gpu_vendor="nvidia" if gpus else "", gpu_name=gpu,
+                          gpu_count=gpus, gpu_memory_gib=memory, disk_gb=100) for name, gpu, gpus, memory in types)
+
+
+def test_aws_node_groups_each_node_its_type_and_image_one_placement_group():
+    recorder = aws(node_types=node_types(("c5.large", "", 0, 0), ("g5.xlarge", "A10G", 1, 24),
+                                         ("g5.xlarge", "A10G", 1, 24)))
+    instances = sorted(recorder.of_type("aws:ec2/instance:Instance"), key=lambda r: r.name)
+    assert [i.inputs["instanceType"] for i in instances] == ["c5.large", "g5.xlarge", "g5.xlarge"]
+    assert [i.inputs["rootBlockDevice"]["volumeSize"] for i in instances] == [100, 100, 100]
+    [group] = recorder.of_type("aws:ec2/placementGroup:PlacementGroup")
+    assert {i.inputs["placementGroup"] for i in instances} == {group.inputs["name"]}
+    images = [c.args for c in recorder.calls if c.token == "aws:ec2/getAmi:getAmi"]
+    names = sorted(f["values"][0] for c in images for f in c["filters"] if f["name"] == "name")
+    assert len(images) == 2 and "Nvidia" in names[0] and "ubuntu" in names[1]  # one lookup per distinct image
+    assert len(recorder.of_type("aws:ec2/securityGroup:SecurityGroup")) == 1
+
+
+def test_gcp_node_groups_each_node_its_machine_type_one_compact_policy():
+    recorder = gcp(node_types=node_types(("n2-standard-2", "", 0, 0), ("a2-highgpu-1g", "A100", 1, 40),
+                                         ("a2-highgpu-1g", "A100", 1, 40)))
+    instances = sorted(recorder.of_type("gcp:compute/instance:Instance"), key=lambda r: r.name)
+    assert [i.inputs["machineType"] for i in instances] == ["n2-standard-2", "a2-highgpu-1g", "a2-highgpu-1g"]
+    assert len({i.inputs["zone"] for i in instances}) == 1
+    [policy] = recorder.of_type("gcp:compute/resourcePolicy:ResourcePolicy")
+    assert {i.inputs["resourcePolicies"] for i in instances} == {
+        f"projects/my-project/regions/us-central1/resourcePolicies/{policy.inputs['name']}"}
+    images = [c.args for c in recorder.calls if c.token == "gcp:compute/getImage:getImage"]
+    assert len(images) == 2
+
+
+def test_node_types_must_match_the_node_count():
+    with pytest.raises(ValueError, match="one node type per node"):
+        dataclasses.replace(BASE, host_keys=KEYS, node_types=node_types(("c5.large", "", 0, 0)))

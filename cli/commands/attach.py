@@ -86,13 +86,14 @@ def attach(
 
 
 def _port_mappings(configuration: dict, flags: List[str]) -> list:
-    """The configuration's ports, each replaced by a `-p` for the same remote port; a `-p` for another port adds
-    one."""
+    """The configuration's ports (with `groups`, rank 0's group's: the run's), each replaced by a `-p` for the same
+    remote port; a `-p` for another port adds one."""
     from pydantic import ValidationError
 
     from configuration.fields import PortMapping
 
-    mappings = {m.container_port: m for m in (PortMapping.model_validate(p) for p in configuration.get("ports", []))}
+    recorded = (configuration.get("groups") or [configuration])[0]
+    mappings = {m.container_port: m for m in (PortMapping.model_validate(p) for p in recorded.get("ports") or [])}
     for text in flags:
         try:
             mapping = PortMapping.model_validate(text)

@@ -19,7 +19,7 @@ from provisioner.backends.base import LeftoversRemain
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import generate_key
 from provisioner.host.transport import TransportError
-from provisioner.jobs.nodes import on_every_node
+from provisioner.jobs.nodes import on_every_node, rank_offers
 from provisioner.planning.stack_plan import generate_host_keys, stack_spec
 from provisioner.store.store import StateStore
 from stacks import clouds
@@ -97,7 +97,7 @@ class CloudBackend:
                                 f"{'VPC ' + spec.vpc_name if spec.vpc_name else 'the default VPC'}, {spec.zone})",
                                 "done"))
         hosts = stack_hosts(outputs, spec.host_keys, key_path)
-        budget = boot_budget_s(offer.instance)
+        budget = max(boot_budget_s(o.instance) for o in rank_offers(offer, len(hosts)))
         try:
             await_boot(hosts, (tracker.launched_at or began) + budget)
         except TransportError as e:

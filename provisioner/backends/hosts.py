@@ -8,7 +8,7 @@ from typing import List
 
 from configuration.errors import ConfigurationError
 from provisioner.host.access import HostAccess
-from provisioner.jobs.nodes import node_count
+from provisioner.jobs.nodes import GroupedOffer, node_count
 from provisioner.store.store import StateStore
 from stacks.errors import CAPACITY, StackFailure
 
@@ -40,9 +40,15 @@ class FleetBackend:
         the fleet's next host); a fleet with too few idle hosts for the cluster rules out the fleet."""
         nodes = node_count(configuration)
         first = self.hosts[(offer.region, offer.instance.name)]
-        others = [access for (fleet, _), access in self.hosts.items() if fleet == offer.region and access != first]
-        candidates = [first] + (others if nodes > 1 else [])
-        claimed, held = self.store.claim_hosts(run_name, [host.to_json() for host in candidates], nodes)
+        if isinstance(offer, GroupedOffer):  # each group's nodes among the fleet's hosts that fit that group
+            groups = [([self.hosts[(o.region, o.instance.name)].to_json() for o in group.candidates
+                        if (o.region, o.instance.name) in self.hosts], group.nodes) for group in offer.groups]
+            groups[0] = ([first.to_json()] + [h for h in groups[0][0] if h != first.to_json()], groups[0][1])
+            claimed, held = self.store.claim_host_groups(run_name, groups)
+        else:
+            others = [access for (fleet, _), access in self.hosts.items() if fleet == offer.region and access != first]
+            candidates = [first] + (others if nodes > 1 else [])
+            claimed, held = self.store.claim_hosts(run_name, [host.to_json() for host in candidates], nodes)
         if claimed is None:
             holder = next((run for host, run in held if host == first.to_json()), None)
             if holder is not None:

@@ -9,6 +9,7 @@ from typing import Callable, List
 from configuration.errors import DstackError
 from provisioner.backends.cloud import fleet_key_path, run_note
 from provisioner.host.access import HostAccess
+from provisioner.jobs.nodes import rank_offers
 from provisioner.planning.reuse import InstanceOffer, kept_for, offer_record, stack_configuration
 from provisioner.store.records import InstanceRecord
 from provisioner.store.statuses import InstanceStatus
@@ -74,7 +75,8 @@ class ReusingBackend:
 
         hosts = self.cloud.create_stack(fleet, offer, stack_configuration(configuration), report,
                                         fleet_key_path(fleet), record, note=run_note(self.store, run_name))
-        instances = [InstanceRecord(fleet=fleet, num=num, backend=offer.backend, offer=offer_record(offer),
+        offers = rank_offers(offer, len(hosts))  # node groups: each instance its own group's offer
+        instances = [InstanceRecord(fleet=fleet, num=num, backend=offer.backend, offer=offer_record(offers[num]),
                                     host=host.to_json(), status=InstanceStatus.BUSY, run=run_name,
                                     idle_duration=kept_for(configuration)) for num, host in enumerate(hosts)]
         if not self.store.create_cloud_fleet(fleet, f"run {run_name}", offer.backend, {"idle_duration": kept_for(

@@ -4,6 +4,8 @@ what it has and recorded as a fleet, whose hosts become offers at price 0 (provi
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import ipaddress
 from pathlib import Path
 from typing import Callable, List, Tuple
 
@@ -20,9 +22,30 @@ def fleet_hosts(configuration) -> List[HostAccess]:
     for host in ssh.hosts:
         user = host.user or ssh.user or "root"
         identity = host.identity_file or ssh.identity_file
+        proxy = host.proxy_jump or ssh.proxy_jump
         hosts.append(HostAccess(kind="ssh", hostname=host.hostname, port=host.port or ssh.port, user=user,
-                                identity_file=str(Path(identity).expanduser()) if identity else None))
+                                identity_file=str(Path(identity).expanduser()) if identity else None,
+                                internal_ip=host.internal_ip,
+                                proxy_jump=f"{proxy.user}@{proxy.hostname}:{proxy.port or 22}" if proxy else None,
+                                proxy_identity_file=str(Path(proxy.identity_file).expanduser()) if proxy else None))
     return hosts
+
+
+def internal_address(access: HostAccess, facts: HostFacts, network) -> HostAccess:
+    """The host with the address the other hosts reach it at: its `internal_ip`, which must be one of its own, or
+    its address in the fleet's `network`; neither given: as it was (its hostname serves)."""
+    if access.internal_ip is not None:
+        if access.internal_ip not in facts.addresses:
+            raise ConfigurationError(f"internal_ip {access.internal_ip} is not one of the host's addresses "
+                                     f"({', '.join(facts.addresses) or 'none found'})")
+        return access
+    if network is None:
+        return access
+    inside = [a for a in facts.addresses if ipaddress.ip_address(a) in ipaddress.ip_network(network, strict=False)]
+    if not inside:
+        raise ConfigurationError(f"none of the host's addresses is in network {network} "
+                                 f"({', '.join(facts.addresses) or 'none found'})")
+    return dataclasses.replace(access, internal_ip=inside[0])
 
 
 def probe(access: HostAccess, total_wait: float = 30.0) -> HostFacts:
@@ -45,20 +68,24 @@ def apply_fleet(configuration, source: str, store: StateStore, confirm: ConfirmK
     listed; a key that differs from the recorded one is such an error."""
     where = f"{source}: fleet {configuration.name}"
     hosts = fleet_hosts(configuration)
-    offered = _on_every_host(hosts, _offered_key, where)
-    new = [(host, key) for host, (key, recorded) in zip(hosts, offered) if not recorded]
-    if new:
+    proxies = list(dict.fromkeys(p for p in (host.proxy_access() for host in hosts) if p is not None))
+    for group in ([proxies] if proxies else []) + [hosts]:  # a proxy's key first: the hosts are scanned through it
+        offered = _on_every_host(group, _offered_key, where)
+        new = [(host, key) for host, (key, recorded) in zip(group, offered) if not recorded]
+        if new:
+            if not confirm([(host, describe_key(key)) for host, key in new]):
+                raise ConfigurationError(f"{where}: not registered: its host keys were not trusted")
+            record_host_keys([(host.ssh_target(), key) for host, key in new])
 
-        if not confirm([(host, describe_key(key)) for host, key in new]):
-            raise ConfigurationError(f"{where}: not registered: its host keys were not trusted")
-        record_host_keys([(host.ssh_target(), key) for host, key in new])
-
-    def probe_and_report(host: HostAccess) -> HostFacts:
+    def probe_and_report(host: HostAccess) -> Tuple[HostAccess, HostFacts]:
         facts = probe(host)
-        log(f"{host.description}: {describe_facts(facts)}")
-        return facts
+        host = internal_address(host, facts, configuration.ssh_config.network)
+        log(f"{host.description}: {describe_facts(facts)}"
+            + (f", internal address {host.internal_ip}" if host.internal_ip else ""))
+        return host, facts
 
-    facts = _on_every_host(hosts, probe_and_report, where)
+    probed = _on_every_host(hosts, probe_and_report, where)
+    hosts, facts = [h for h, _ in probed], [f for _, f in probed]
     store.save_fleet(configuration.name, source,
                      [{"access": h.to_json(), "facts": f.to_json()} for h, f in zip(hosts, facts)])
     return list(zip(hosts, facts))

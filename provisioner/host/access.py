@@ -22,6 +22,8 @@ class HostAccess:
     identity_file: Optional[str] = None
     host_key: Optional[str] = None  # the public host key, for VMs whose key the run made
     internal_ip: Optional[str] = None  # the address the other nodes of a cluster reach it at (a VM's private one)
+    proxy_jump: Optional[str] = None  # `user@host:port` of an SSH fleet's proxy host (`proxy_jump`), reached first
+    proxy_identity_file: Optional[str] = None  # the proxy host's private key file
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -32,11 +34,24 @@ class HostAccess:
 
     @property
     def description(self) -> str:
-        return "this machine" if self.kind == "local" else f"{self.user}@{self.hostname}:{self.port}"
+        if self.kind == "local":
+            return "this machine"
+        return f"{self.user}@{self.hostname}:{self.port}" + (f" (via {self.proxy_jump})" if self.proxy_jump else "")
 
     def ssh_target(self):
+        proxy = self.proxy_access()
         return SSHTarget(hostname=self.hostname, port=self.port, user=self.user or "root",
-                         identity_file=self.identity_file, host_key=self.host_key)
+                         identity_file=self.identity_file, host_key=self.host_key,
+                         proxy=proxy.ssh_target() if proxy is not None else None)
+
+    def proxy_access(self) -> Optional["HostAccess"]:
+        """The proxy host this one is reached through, or None."""
+        if not self.proxy_jump:
+            return None
+        user, address = self.proxy_jump.split("@", 1)
+        hostname, port = address.rsplit(":", 1)
+        return HostAccess(kind="ssh", hostname=hostname, port=int(port), user=user,
+                          identity_file=self.proxy_identity_file)
 
     def connect(self, total_wait: float = 60.0, log: Callable[[str], None] = lambda _: None,
                 booting: bool = False) -> Transport:

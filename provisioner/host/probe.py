@@ -1,5 +1,5 @@
-"""What a host has: CPUs and architecture, memory, free disk, GPUs (nvidia-smi, amd-smi) and Docker, gathered in one
-round trip and parsed into an InstanceType that the solver matches like a cloud offer."""
+"""What a host has: CPUs and architecture, memory, free disk, GPUs (nvidia-smi, amd-smi), Docker and its IPv4
+addresses, gathered in one round trip and parsed into an InstanceType that the solver matches like a cloud offer."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ PROBE_COMMAND = "; ".join([
     "echo ---nvidia", "nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits 2>/dev/null || true",
     "echo ---amd", "amd-smi static --asic --vram --json 2>/dev/null || true",
     "echo ---docker", "command -v docker || true",
+    "echo ---addresses", "ip -o -4 addr show 2>/dev/null || hostname -I 2>/dev/null || true",
     "echo ---end",
 ])
 ARCHES = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm", "arm64": "arm"}
@@ -33,6 +34,7 @@ class HostFacts:
     disk_free_gb: float
     gpus: Tuple[Tuple[str, str, float], ...]  # (vendor, name, memory GB) per GPU
     docker: bool
+    addresses: Tuple[str, ...] = ()  # the host's own IPv4 addresses, loopback left out
 
     def instance_type(self, name: str) -> InstanceType:
         vendor, gpu, memory = self.gpus[0] if self.gpus else ("", "", 0.0)
@@ -42,12 +44,13 @@ class HostFacts:
 
     def to_json(self) -> dict:
         return {"cpus": self.cpus, "arch": self.arch, "memory_gib": self.memory_gib,
-                "disk_free_gb": self.disk_free_gb, "gpus": [list(g) for g in self.gpus], "docker": self.docker}
+                "disk_free_gb": self.disk_free_gb, "gpus": [list(g) for g in self.gpus], "docker": self.docker,
+                "addresses": list(self.addresses)}
 
     @classmethod
     def from_json(cls, data: dict) -> "HostFacts":
         return cls(data["cpus"], data["arch"], data["memory_gib"], data["disk_free_gb"],
-                   tuple(tuple(g) for g in data["gpus"]), data["docker"])
+                   tuple(tuple(g) for g in data["gpus"]), data["docker"], tuple(data.get("addresses", ())))
 
 
 def split_sections(output: str) -> Dict[str, str]:
@@ -105,6 +108,12 @@ def parse_amd(text: str) -> List[Tuple[str, str, float]]:
     return gpus
 
 
+def parse_addresses(text: str) -> Tuple[str, ...]:
+    """IPv4 addresses from `ip -o -4 addr show` (`inet 10.0.0.5/24`) or `hostname -I`; loopback left out."""
+    found = re.findall(r"\binet\s+(\d+\.\d+\.\d+\.\d+)", text) or re.findall(r"\b(\d+\.\d+\.\d+\.\d+)\b", text)
+    return tuple(dict.fromkeys(a for a in found if not a.startswith("127.")))
+
+
 def parse_probe(output: str) -> HostFacts:
     s = split_sections(output)
     if "end" not in s:
@@ -119,4 +128,5 @@ def parse_probe(output: str) -> HostFacts:
         disk_free_gb=round(int(df_line[3]) / 1024 ** 3, 1),
         gpus=tuple(parse_nvidia(s.get("nvidia", "")) + parse_amd(s.get("amd", ""))),
         docker=bool(s.get("docker", "").strip()),
+        addresses=parse_addresses(s.get("addresses", "")),
     )

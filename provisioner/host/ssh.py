@@ -53,10 +53,12 @@ class SSHTarget:
     identity_file: Optional[str] = None
     private_key: Optional[str] = None  # an OpenSSH private key's text, instead of a file
     host_key: Optional[str] = None  # "ssh-ed25519 AAAA...": accept this key and no other
+    proxy: Optional["SSHTarget"] = None  # a host to jump through (`ssh -J`), its own key recorded as a fleet host's
 
     @property
     def address(self) -> str:
-        return f"{self.user}@{self.hostname}:{self.port}"
+        via = f" (via {self.proxy.address})" if self.proxy is not None else ""
+        return f"{self.user}@{self.hostname}:{self.port}{via}"
 
 
 class HostKeyChanged(ConfigurationError):
@@ -135,8 +137,9 @@ class SSHTransport:
     shell (and its .bashrc, ~100 ms on some hosts) starts once per connection instead of once per command. Commands
     with stdin (the job's archive) get a channel of their own."""
 
-    def __init__(self, client, target: SSHTarget):
+    def __init__(self, client, target: SSHTarget, jump: Optional["SSHTransport"] = None):
         self._client = client
+        self._jump = jump  # the proxy's connection the target's runs through; closed with it
         self.target = target
         self.description = target.address
         self._shell = None
@@ -199,6 +202,8 @@ class SSHTransport:
 
     def close(self) -> None:
         self._client.close()
+        if self._jump is not None:
+            self._jump.close()
 
 
 def _drain(channel, done, timeout: Optional[float]):
@@ -245,12 +250,28 @@ def connect(
     `booting`: a VM the run just made, with the host key the run made for it. While it boots, its guest agent may
     still serve a key of its own (GCP makes new ones at first boot, until cloud-init puts the run's back) and may not
     have installed the login key yet: both are retried until the deadline. The run's host key is never replaced:
-    only it is ever accepted."""
-    import paramiko
+    only it is ever accepted.
 
+    A target with a `proxy` is reached through a connection to the proxy (a direct-tcpip channel, as `ssh -J`);
+    the proxy's own host key must be recorded, as a fleet host's is."""
     key = _load_key(target)
     live = liveness()
     deadline = time.monotonic() + total_wait
+    jump = connect(target.proxy, total_wait, log, connect_timeout) if target.proxy is not None else None
+    try:
+        return _connect_to(target, key, live, deadline, total_wait, log, connect_timeout, unknown_key_policy,
+                           booting, jump)
+    except BaseException:
+        if jump is not None:
+            jump.close()
+        raise
+
+
+def _connect_to(target: SSHTarget, key, live: Liveness, deadline: float, total_wait: float, log: Callable,
+                connect_timeout: float, unknown_key_policy, booting: bool, jump: Optional[SSHTransport]
+                ) -> SSHTransport:
+    import paramiko
+
     delay, attempt = 0.5, 0
     while True:
         attempt += 1
@@ -269,16 +290,20 @@ def connect(
                 client.load_host_keys(str(known))
             client.set_missing_host_key_policy(_RefuseUnknownKey(target))
         try:
-            sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _detect_dead_peer(sock, live)
+            if jump is not None:  # the proxy's socket has TCP_NODELAY and the dead-peer options already
+                sock = jump.transport.open_channel("direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
+                                                   timeout=timeout)
+            else:
+                sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _detect_dead_peer(sock, live)
             # the handshake's own timeout a little longer than the banner's: paramiko then reports "Error reading
             # SSH protocol banner" for a host that never speaks, rather than a puzzling "No existing session"
             client.connect(target.hostname, port=target.port, username=target.user, pkey=key, sock=sock,
                            timeout=timeout + 1, banner_timeout=timeout, auth_timeout=timeout,
                            allow_agent=key is None, look_for_keys=key is None)
             client.get_transport().set_keepalive(live.keepalive)
-            return SSHTransport(client, target)
+            return SSHTransport(client, target, jump)
         except paramiko.BadHostKeyException as e:
             client.close()
             failure = key_changed(target, e.key, e.expected_key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from configuration.errors import ConfigurationError
 from offers.offer import Offer
@@ -21,6 +21,9 @@ from provisioner.host.access import HostAccess
 def node_count(configuration) -> int:
     """How many nodes (instances) `configuration` has: a task's `nodes`; a fleet's `nodes`, a number or a range
     (its `target`, else its minimum: what dstack provisions when a fleet is applied)."""
+    groups = getattr(configuration, "groups", None)
+    if groups:
+        return sum(group.nodes for group in groups)
     nodes = getattr(configuration, "nodes", None)
     if nodes is None:
         return 1
@@ -30,13 +33,61 @@ def node_count(configuration) -> int:
     return target if target is not None else nodes.min
 
 
+@dataclass(frozen=True)
+class GroupOffer:
+    """One node group's part of a run: its offer, and for an SSH fleet the hosts of that fleet that fit the group
+    (cheapest first: its nodes are claimed among them)."""
+    name: str
+    nodes: int
+    offer: Offer
+    candidates: Tuple[Offer, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupedOffer(Offer):
+    """The offer of a task with `groups`: group 0's offer (rank 0's, the one the run record names), with every
+    group's own, all on one backend and region (one SSH fleet, or one cloud stack in one zone)."""
+    groups: Tuple[GroupOffer, ...] = ()
+
+    def rank_offer(self, rank: int) -> Offer:
+        for group in self.groups:
+            if rank < group.nodes:
+                return group.offer
+            rank -= group.nodes
+        raise ValueError("rank beyond the groups' nodes")
+
+
+def rank_offers(offer: Offer, nodes: int) -> List[Offer]:
+    """Each node's offer in rank order: a grouped offer's per group, else the one offer for every node."""
+    if isinstance(offer, GroupedOffer):
+        return [offer.rank_offer(rank) for rank in range(nodes)]
+    return [offer] * nodes
+
+
+def member_offers(offers: Sequence[Offer]) -> List[Offer]:
+    """`offers` with each grouped offer's groups' own offers (and candidate hosts) beside it."""
+    found: List[Offer] = []
+    for offer in offers:
+        found.append(offer)
+        for group in getattr(offer, "groups", ()):
+            found += [group.offer, *group.candidates]
+    return found
+
+
+def cluster_price(offer: Offer, nodes: int) -> float:
+    """$/hour of the run's nodes together (a TPU slice's offer is already all its hosts': Offer.run_price)."""
+    if isinstance(offer, GroupedOffer):
+        return sum(o.total_price for o in rank_offers(offer, nodes))
+    return offer.run_price(nodes)
+
+
 def node_offers(offers: Sequence[Offer], nodes: int, source: str) -> List[Offer]:
     """The offers that can host `nodes` nodes: cloud offers as they are, the hosts of SSH fleets with at least
     `nodes` hosts that fit (each offer is a cluster's rank 0; the fleet backend claims the others), no `local`
     offer; a TPU slice when it has `nodes` hosts (tpu_node_offers). Raises, naming why, when none is left."""
     offers = tpu_node_offers(offers, nodes, source)
-    if nodes == 1:
-        return list(offers)
+    if nodes == 1 or all(isinstance(offer, GroupedOffer) for offer in offers):
+        return list(offers)  # a grouped offer has its hosts already (provisioner.planning.node_groups)
     fitting: Dict[str, int] = {}
     for offer in offers:
         if offer.backend == "ssh":
@@ -83,13 +134,17 @@ class Cluster:
         return len(self.hosts)
 
 
-def cluster_env(cluster: Optional[Cluster], gpus_per_node: int) -> Dict[str, str]:
-    """dstack's cluster variables for one node's job. A single node leaves DSTACK_MASTER_NODE_IP and
-    DSTACK_NODES_IPS to its host, which knows its own address (provisioner.jobs.script); the host writes
-    DSTACK_MPI_HOSTFILE from DSTACK_NODES_IPS either way."""
+def cluster_env(cluster: Optional[Cluster], gpus_per_node: Union[int, Sequence[int]]) -> Dict[str, str]:
+    """dstack's cluster variables for one node's job; `gpus_per_node`: every node's, or each one's in rank order
+    (node groups differ). A single
+    node leaves DSTACK_MASTER_NODE_IP and DSTACK_NODES_IPS to its host, which knows its own address
+    (provisioner.jobs.script); the host writes DSTACK_MPI_HOSTFILE from DSTACK_NODES_IPS either way."""
     size = cluster.size if cluster is not None else 1
-    env = {"DSTACK_NODES_NUM": str(size), "DSTACK_NODE_RANK": str(cluster.rank if cluster is not None else 0),
-           "DSTACK_GPUS_PER_NODE": str(gpus_per_node), "DSTACK_GPUS_NUM": str(gpus_per_node * size)}
+    rank = cluster.rank if cluster is not None else 0
+    if isinstance(gpus_per_node, int):
+        gpus_per_node = [gpus_per_node] * size
+    env = {"DSTACK_NODES_NUM": str(size), "DSTACK_NODE_RANK": str(rank),
+           "DSTACK_GPUS_PER_NODE": str(gpus_per_node[rank]), "DSTACK_GPUS_NUM": str(sum(gpus_per_node))}
     if cluster is not None and size > 1:
         addresses = [node_address(host) for host in cluster.hosts]
         env["DSTACK_MASTER_NODE_IP"] = addresses[0]

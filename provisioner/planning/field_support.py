@@ -53,10 +53,6 @@ def _without_image(name: str) -> Callable[[Any], bool]:
     return lambda c: bool(getattr(c, name, None)) and c.image is None
 
 
-def _later(field: str, issue: str, used: Optional[Callable[[Any], bool]] = None) -> FieldRule:
-    return FieldRule(field, used or _set(field), (), f"is not supported yet (issue: {issue})")
-
-
 def _network_volumes(configuration) -> bool:
     return any(isinstance(v, VolumeMountPoint) for v in getattr(configuration, "volumes", []))
 
@@ -87,8 +83,7 @@ _ROOT_REASON = ("without `image:` needs root on this machine (the local backend)
 
 
 RULES: Tuple[FieldRule, ...] = (
-    _later("groups", "distributed tasks", lambda c: getattr(c, "groups", None) is not None),
-    FieldRule("volumes", lambda c: getattr(c, "nodes", 1) != 1 and _network_volumes(c), (),
+    FieldRule("volumes", lambda c: node_count(c) != 1 and _network_volumes(c), (),
               "with a network volume (`NAME:/path`) needs one instance: a disk attaches to one instance at a time; "
               "use instance volumes (`/host/path:/path`) on multi-node runs"),
     FieldRule("idle_duration", lambda c: _network_volumes(c) and (getattr(c, "idle_duration", None) or 0) != 0,

@@ -93,10 +93,11 @@ def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requi
             raise ConfigurationError(f"{source}: `fleets`: no fleet named {', '.join(missing)} (see `dstack fleet "
                                      "list`)")
     zones = getattr(configuration, "availability_zones", None)
-    # an idle instance serves one node: a multi-node run takes a cluster made for it (or an SSH fleet's hosts)
+    # an idle instance serves one node: a multi-node run takes a cluster made for it (or an SSH fleet's hosts); a
+    # task with `groups` is matched group by group (provisioner.planning.node_groups), not by the top-level resources
     reused: List[Offer] = [o for o in idle_offers(store, requirements)
                            if (not names or o.fleet in names) and (not zones or o.zone in zones)
-                           and node_count(configuration) == 1]
+                           and node_count(configuration) == 1 and not getattr(configuration, "groups", None)]
     existing = [o for o in offers if o.backend == "ssh" and (not names or o.region in names)]
     if names:
         chosen = reused + existing

@@ -10,10 +10,10 @@ from offers.consumption import needs_reservation
 from offers.gpus import compute_capability
 from offers.offer import Offer
 from offers.tpus import VENDOR as TPU_VENDOR
-from provisioner.jobs.nodes import node_count
+from provisioner.jobs.nodes import GroupedOffer, node_count, rank_offers
 from provisioner.planning.task_volumes import volume_attachments
 from stacks import clouds
-from stacks.spec import DEFAULT_INGRESS, HostKey, StackSpec, generate_host_key
+from stacks.spec import DEFAULT_INGRESS, HostKey, NodeType, StackSpec, generate_host_key
 
 OPEN_DRIVER_MIN_CAPABILITY = (7, 5)
 RENDERED_NODES = 3  # the nodes a dry run renders through the program: rank 0 (which may differ: volumes attach to it)
@@ -69,6 +69,8 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
     max_duration = getattr(configuration, "max_duration", None)  # a fleet has none, nor ports or tags, until it does
     max_duration = max_duration if isinstance(max_duration, int) else None
     t = offer.instance
+    groups = getattr(configuration, "groups", None) or [configuration]  # every group's ports are opened
+    ports = {p.container_port for group in groups for p in getattr(group, "ports", None) or ()}
     return StackSpec(
         run_name=run_name,
         backend=offer.backend,
@@ -82,8 +84,7 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         gpu_count=t.gpu_count,
         gpu_memory_gib=t.gpu_memory_gib,
         disk_gb=int(round(offer.disk_gb)),
-        ports=tuple(sorted({p.container_port for p in getattr(configuration, "ports", None) or ()}))
-        if getattr(backend_config, "public_ports", False) else (),
+        ports=tuple(sorted(ports)) if getattr(backend_config, "public_ports", False) else (),
         ssh_public_key=ssh_public_key,
         host_keys=host_keys,
         owner=owner_id(),
@@ -93,13 +94,27 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         self_delete=getattr(backend_config, "self_delete", True) and t.gpu_vendor != TPU_VENDOR,  # stacks.gcp.tpu
         subnet=getattr(backend_config, "subnet", None) or getattr(backend_config, "subnetwork", None),
         max_duration_s=max_duration,
-        nvidia_open_driver=(compute_capability(t.gpu_name) or OPEN_DRIVER_MIN_CAPABILITY) >= OPEN_DRIVER_MIN_CAPABILITY,
+        nvidia_open_driver=_open_driver(t.gpu_name),
         user_tags=tuple(sorted((getattr(configuration, "tags", None) or {}).items())),
         cluster=forms_cluster(configuration),
         volumes=volume_attachments(configuration, offer),
         reservation=getattr(configuration, "reservation", None),
         reservation_bound=needs_reservation(offer.backend, t.name),
+        node_types=tuple(_node_type(o) for o in rank_offers(offer, len(host_keys)))
+        if isinstance(offer, GroupedOffer) else (),
     )
+
+
+def _open_driver(gpu_name: str) -> bool:
+    return (compute_capability(gpu_name) or OPEN_DRIVER_MIN_CAPABILITY) >= OPEN_DRIVER_MIN_CAPABILITY
+
+
+def _node_type(offer: Offer) -> NodeType:
+    """One node's machine in a stack of node groups."""
+    t = offer.instance
+    return NodeType(instance_type=t.name, arch=t.arch, gpu_vendor=t.gpu_vendor, gpu_name=t.gpu_name,
+                    gpu_count=t.gpu_count, gpu_memory_gib=t.gpu_memory_gib, disk_gb=int(round(offer.disk_gb)),
+                    nvidia_open_driver=_open_driver(t.gpu_name))
 
 
 def render_plan_resources(spec: StackSpec) -> List[dict]:
@@ -122,7 +137,9 @@ def dry_run_resources(run_name: str, configuration, offer: Optional[Offer], conf
 
     require_extra(offer.backend, f"rendering the {offer.backend} stack of the plan")
     nodes = node_count(configuration)
-    host_keys = tuple(generate_host_key() for _ in range(min(nodes, RENDERED_NODES)))
+    # node groups differ node by node (their instance types): every node is rendered
+    rendered = nodes if isinstance(offer, GroupedOffer) else min(nodes, RENDERED_NODES)
+    host_keys = tuple(generate_host_key() for _ in range(rendered))
     spec = stack_spec(run_name, configuration, offer, placeholder_key(run_name), host_keys, config)
     return repeat_last_node(spec, render_plan_resources(spec), nodes)
 

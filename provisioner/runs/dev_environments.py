@@ -100,8 +100,11 @@ def session_path(configuration: dict, folder: str) -> str:
 def open_entry(run_name: str, access: HostAccess, configuration: dict, folder: str,
                report: Callable[[str], None]) -> dict:
     """Writes the run's `Host NAME` entry and its dev_environment.json; reports how to connect. Returns the JSON."""
+    proxy = access.proxy_access()  # an SSH fleet's `proxy_jump`: `ProxyJump NAME-jump`
+    jump = SSHEntry(name=f"{run_name}-jump", hostname=proxy.hostname, port=proxy.port, user=proxy.user,
+                    identity_file=proxy.identity_file, host_keys=host_keys(proxy)) if proxy is not None else None
     message = add_entry(SSHEntry(name=run_name, hostname=access.hostname, port=access.port, user=access.user or "root",
-                                 identity_file=str(key_path(run_name)), host_keys=host_keys(access)))
+                                 identity_file=str(key_path(run_name)), host_keys=host_keys(access), jump=jump))
     if message:
         report(message)
     path = session_path(configuration, folder)

@@ -12,7 +12,7 @@ from offers.offer import Offer
 from provisioner.backends.base import Backend
 from provisioner.backends.offer_failover import MAX_OFFERS_TRIED, OffersExhausted, first_provisioned
 from provisioner.host.access import HostAccess
-from provisioner.jobs.nodes import node_count
+from provisioner.jobs.nodes import GroupedOffer, cluster_price, node_count
 from provisioner.runs.session import RunSession
 from provisioner.store.statuses import STARTING, RunStatus
 from stacks.errors import StackFailure
@@ -40,6 +40,9 @@ class StopRequested(Exception):
 
 
 def _label(offer: Offer) -> str:
+    if isinstance(offer, GroupedOffer):  # each group's instance type (an SSH fleet's: its first host)
+        types = " + ".join(f"{g.nodes} x {g.offer.instance.name}" for g in offer.groups)
+        return f"{offer.backend} {offer.region} {types}{' (spot)' if offer.spot else ''}"
     return f"{offer.backend} {offer.region} {offer.instance.name}{' (spot)' if offer.spot else ''}"
 
 
@@ -68,12 +71,15 @@ def provision_with_failover(session: RunSession, run_name: str, offers: Sequence
         while True:
             if not store.claim_run(run_name, STARTING, RunStatus.PROVISIONING, backend=offer.backend,
                                    region=offer.region, instance=offer.instance.name,
-                                   price=offer.run_price(nodes), offer=offer.to_json()):
+                                   price=cluster_price(offer, nodes), offer=offer.to_json()):
                 raise StopRequested
-            per_node = nodes > 1 and not offer.tpu_slice  # a TPU slice's price is all its nodes'
-            each = f"{nodes} x " if per_node else ""
-            say(f"Provisioning {each}{where} at ${offer.total_price:.4f}/hour"
-                + (f" each (${offer.run_price(nodes):.4f}/hour)" if per_node else ""))
+            if isinstance(offer, GroupedOffer):
+                say(f"Provisioning {where} at ${cluster_price(offer, nodes):.4f}/hour")
+            else:
+                per_node = nodes > 1 and not offer.tpu_slice  # a TPU slice's price is all its nodes'
+                each = f"{nodes} x " if per_node else ""
+                say(f"Provisioning {each}{where} at ${offer.total_price:.4f}/hour"
+                    + (f" each (${cluster_price(offer, nodes):.4f}/hour)" if per_node else ""))
             store.add_event(run_name, "offer", f"trying {where} at ${offer.total_price:.4f}/hour")
             seen = _last_event_id(store, run_name)
             try:

@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from configuration.errors import ConfigurationError, DstackError
 from configuration.home import append_private
+from configuration.node_groups import node_groups
 from offers.offer import Offer
 from provisioner.host.access import HostAccess
 from provisioner.host.ports import LOOPBACK, PortForwarder, local_opener, ssh_opener
@@ -23,7 +24,7 @@ from provisioner.jobs.cluster_ssh import cluster_ssh
 from provisioner.jobs.follow import LogFollower, kept_run_hint
 from provisioner.jobs.layout import TIMED_OUT
 from provisioner.jobs.node_logs import NodeLines
-from provisioner.jobs.nodes import Cluster
+from provisioner.jobs.nodes import Cluster, member_offers
 from provisioner.jobs.run_jobs import NodeFailed, RunJobs, exit_status, run_outcome
 from provisioner.jobs.uploads import UploadPlan, check_size, plan_uploads
 from provisioner.planning.field_support import check_fields
@@ -54,7 +55,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
     if configuration.type not in ("task", "dev-environment"):
         raise ConfigurationError(f"running a {configuration.type} is not supported")
     dev = configuration.type == "dev-environment"
-    offered = {(o.region, o.instance.name) for o in offers if o.backend == "ssh"}
+    offered = {(o.region, o.instance.name) for o in member_offers(offers) if o.backend == "ssh"}
     session = dataclasses.replace(session, fleet_hosts={key: access for key, access in session.fleet_hosts.items()
                                                         if key in offered})  # a cluster's hosts must fit too
     offers = check_fields(configuration, offers, run_name)
@@ -85,7 +86,8 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             say(f"Connecting to {', '.join(host.description for host in hosts)}")
             jobs.connect(say)
             if not detach and forwarder is None:  # ports first: a port that is taken fails the run before its job
-                forwarder = forward_ports(session, run_name, hosts[0], configuration.ports, lambda: jobs.transports[0])
+                forwarder = forward_ports(session, run_name, hosts[0], node_groups(configuration)[0].ports,
+                                          lambda: jobs.transports[0])
             ssh = None
             if len(hosts) > 1 and not configuration.image:  # an image's container has no sshd of its own to reach
                 ssh, line = cluster_ssh(run_name, hosts)

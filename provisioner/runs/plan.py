@@ -2,7 +2,8 @@
 
 `{"configuration": ..., "offer": ..., "resources": [...]}`, with `"notes": [...]` when a field needs a word (or the
 offer search left offers out, and why) and `"nodes": {"count", "price_per_node", "total_price"}` for a multi-node run
-(the offer is one node's); every secret value prints as `[secret]`.
+(the offer is one node's: with `groups`, rank 0's) and `"groups": [{"name", "nodes", "ranks", "offer",
+"price_per_node", "total_price"}]` with `groups`; every secret value prints as `[secret]`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, List, Optional, Sequence
 from configuration.backends import DstackConfig
 from configuration.interpolation import SECRET_MASK, ResolvedRun
 from offers.offer import Offer
+from provisioner.jobs.nodes import cluster_price, node_count
 from provisioner.planning.field_support import plan_notes
+from provisioner.planning.node_groups import groups_json
 from provisioner.planning.stack_plan import stack_notes
 
 
@@ -60,9 +63,11 @@ def plan_json(run: ResolvedRun, offer: Optional[Offer] = None, resources: Option
         "offer": offer.to_json() if offer is not None else None,
         "resources": _redact(resources or [], run),
     }
-    nodes = getattr(run.configuration, "nodes", 1) or 1
+    nodes = node_count(run.configuration)
     if nodes > 1:
         document["nodes"] = nodes_json(nodes, offer)
+    if getattr(run.configuration, "groups", None) and offer is not None:
+        document["groups"] = groups_json(offer)
     notes = plan_notes(run.configuration) + stack_notes(run.configuration, offer, config) + list(search_notes)
     if notes:
         document["notes"] = notes
@@ -73,5 +78,6 @@ def nodes_json(nodes: int, offer: Optional[Offer]) -> dict:
     """A multi-node run's size and price: the offer is one node's (a TPU slice's: all its nodes')."""
     if offer is None:
         return {"count": nodes}
-    total = offer.run_price(nodes)
-    return {"count": nodes, "price_per_node": round(total / nodes, 6), "total_price": round(total, 6)}
+    total = cluster_price(offer, nodes)
+    per_node = total / nodes if offer.tpu_slice else offer.total_price  # a grouped run's: rank 0's
+    return {"count": nodes, "price_per_node": round(per_node, 6), "total_price": round(total, 6)}

@@ -19,6 +19,7 @@ from provisioner.backends.offer_failover import HOST_BACKENDS, MAX_OFFERS_TRIED
 from provisioner.host.access import HostAccess
 from provisioner.jobs.uploads import LEGACY_REPO_DIR, check_size, plan_uploads
 from provisioner.planning.field_support import check_fields
+from provisioner.planning.node_groups import search_group_offers
 from provisioner.planning.reuse import InstanceOffer, plan_offers, stack_configuration
 from provisioner.planning.search import search_run_offers
 from provisioner.planning.stack_plan import dry_run_resources
@@ -49,7 +50,11 @@ def plan_run(run: ResolvedRun, file: str, requirements: Requirements, store: Sta
     considers the offers the run would: `-b aws` (or `backends:`) shows a cloud that config.yml does not name."""
     configuration = run.configuration
     requirements = narrow_requirements(store, configuration, requirements, file)  # where its volumes are
-    found = search_run_offers(requirements, config, store, limit=max(max_offers, MAX_OFFERS_TRIED), every_host=True)
+    limit = max(max_offers, MAX_OFFERS_TRIED)
+    if getattr(configuration, "groups", None):
+        found = search_group_offers(configuration, requirements, config, store, limit, False, file)
+    else:
+        found = search_run_offers(requirements, config, store, limit=limit, every_host=True)
     search = found.search
     # idle fleet instances first (`fleets`, `creation_policy`), then fields no backend would act upon
     search.offers = check_fields(configuration, plan_offers(configuration, search.offers, store, requirements, file),

@@ -65,12 +65,26 @@ class RunTables(StoreFile):
         candidate is the offer's own host, so it must be among them. Returns (the hosts claimed, []) or, when it is
         held or fewer than `count` are free, (None, each held candidate with the run holding it): all or none. The
         check and the claim are one transaction, so two runs started at once never both get a host."""
+        return self.claim_host_groups(name, [(candidates, count)])
+
+    def claim_host_groups(self, name: str, groups: List[Tuple[List[dict], int]]
+                          ) -> Tuple[Optional[List[dict]], List[Tuple[dict, str]]]:
+        """claim_hosts for node groups: each group's `count` hosts among its own candidates, in group order, no host
+        twice; the first candidate of group 0 must be among them. All groups or none, in one transaction."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             held = self._held_addresses(db, name)
-            chosen = [host for host in candidates if _address(host) not in held][:count]
-            if len(chosen) < count or chosen[:1] != candidates[:1]:
-                holders = [(host, held[_address(host)]) for host in candidates if _address(host) in held]
+            chosen: List[dict] = []
+            for candidates, count in groups:
+                taken = {_address(host) for host in chosen}
+                mine = [host for host in candidates if _address(host) not in held and _address(host) not in taken]
+                chosen += mine[:count]
+                if len(mine) < count:
+                    break
+            first = groups[0][0][:1]
+            if len(chosen) < sum(count for _, count in groups) or chosen[:1] != first:
+                holders = [(host, held[_address(host)]) for candidates, _ in groups for host in candidates
+                           if _address(host) in held]
                 return None, holders  # the transaction ends, unchanged, with the connection
             db.execute("UPDATE runs SET host = ? WHERE name = ?", (json.dumps(chosen[0]), name))
             self._insert_jobs(db, name, chosen)

@@ -73,7 +73,7 @@ def credit_specification(instance_type: str) -> Optional[dict]:
 
 def uses_efa(spec: StackSpec) -> bool:
     """EFA interfaces for the nodes of a cluster whose type takes them (a single node has no one to talk to)."""
-    return spec.cluster and efa_interfaces(spec.instance_type) > 0
+    return spec.cluster and spec.uniform and efa_interfaces(spec.instance_type) > 0
 
 
 def efa_note(instance_type: str) -> Optional[str]:
@@ -148,7 +148,7 @@ def placement_group(spec: StackSpec, opts):
     """The cluster's placement group (its nodes on one low-latency network segment of the zone), or None."""
     import pulumi_aws as aws
 
-    if not spec.cluster or not supports_cluster_placement(spec.instance_type):
+    if not spec.cluster or not all(supports_cluster_placement(t) for t in spec.instance_types):
         return None
     return aws.ec2.PlacementGroup(f"{spec.resource_name}-pg", name=spec.resource_name, strategy="cluster",
                                   tags=spec.tags(), opts=opts)
@@ -169,9 +169,13 @@ def aws_program(spec: StackSpec) -> None:
     else:
         vpc = aws.ec2.get_vpc(default=True, opts=invoke)
     subnet_id = run_subnet(spec, vpc.id, invoke)
-    query = image_query(spec)
-    ami = aws.ec2.get_ami(most_recent=query["most_recent"], owners=query["owners"], filters=query["filters"],
-                          opts=invoke)
+    amis: dict = {}  # one lookup per distinct image (node groups may differ)
+    for rank in spec.ranks:
+        query = image_query(spec.node(rank))
+        key = repr(query)
+        if key not in amis:
+            amis[key] = aws.ec2.get_ami(most_recent=query["most_recent"], owners=query["owners"],
+                                        filters=query["filters"], opts=invoke).id
     key = aws.ec2.KeyPair(f"{name}-key", key_name=name, public_key=spec.ssh_public_key, tags=tags, opts=opts)
     group = aws.ec2.SecurityGroup(
         f"{name}-sg",
@@ -186,11 +190,12 @@ def aws_program(spec: StackSpec) -> None:
     )
     group_placement = placement_group(spec, opts)
     template = efa_template(spec, subnet_id, group.id, opts) if uses_efa(spec) else None
-    instances = [node_instance(spec, rank, ami.id, key.key_name, group.id, subnet_id,
+    instances = [node_instance(spec.node(rank), rank, amis[repr(image_query(spec.node(rank)))], key.key_name,
+                               group.id, subnet_id,
                                group_placement.name if group_placement is not None else None, template, opts)
                  for rank in spec.ranks]
     attach_aws_volumes(spec, instances[0], opts)  # network volumes are refused with nodes > 1
-    if template is not None and needs_elastic_ip(spec.instance_type):
+    if template is not None and needs_elastic_ip(spec.instance_type):  # an EFA template: uniform nodes
         public_ips = [aws.ec2.Eip(f"{spec.node_name(rank)}-eip", domain="vpc",
                                   network_interface=instance.primary_network_interface_id, tags=spec.tags(rank),
                                   opts=opts).public_ip for rank, instance in zip(spec.ranks, instances)]

@@ -106,7 +106,7 @@ def supports_compact_placement(machine_type: str) -> bool:
 
 
 def compact_placement(spec: StackSpec) -> bool:
-    return spec.cluster and supports_compact_placement(spec.instance_type)
+    return spec.cluster and all(supports_compact_placement(t) for t in spec.instance_types)
 
 
 def placement_note(machine_type: str) -> Optional[str]:
@@ -162,13 +162,19 @@ def gcp_program(spec: StackSpec) -> None:
     provider = gcp.Provider("gcp", project=spec.gcp_project_id, region=spec.region, zone=spec.zone,
                             default_labels=spec.labels())
     opts = pulumi.ResourceOptions(provider=provider)
-    boot_image = gcp.compute.get_image(opts=pulumi.InvokeOptions(provider=provider), **image(spec))
+    images: dict = {}  # one lookup per distinct image (node groups may differ)
+    for rank in spec.ranks:
+        wanted = image(spec.node(rank))
+        key = tuple(sorted(wanted.items()))
+        if key not in images:
+            images[key] = gcp.compute.get_image(opts=pulumi.InvokeOptions(provider=provider), **wanted).self_link
     account = service_account_email(spec)
     firewalls(spec, opts)
     policy = placement_policy(spec, opts)
     instances = []
     for rank in spec.ranks:
-        instance = node_instance(spec, rank, boot_image.self_link, account, policy, opts)
+        node = spec.node(rank)
+        instance = node_instance(node, rank, images[tuple(sorted(image(node).items()))], account, policy, opts)
         if account is not None:
             allow_self_delete(spec, rank, instance, account, opts)
         instances.append(instance)
