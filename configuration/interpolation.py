@@ -96,13 +96,21 @@ class ResolvedRun:
     secret_env: FrozenSet[str]
 
 
-def resolve_run(configuration, source: str, run_args: Sequence[str], environ: Mapping[str, str]) -> ResolvedRun:
+def resolve_run(configuration, source: str, run_args: Sequence[str], environ: Mapping[str, str],
+                missing_env: Optional[Callable[[str], None]] = None) -> ResolvedRun:
     """Bare `env` names take the caller's value (an error if unset); `${{ ... }}` is filled in env, commands and
-    registry credentials."""
+    registry credentials. With `missing_env` (a dry run: a plan needs no value), an unset name is said to it and
+    left empty, shown masked like every value taken from the environment."""
     interpolate = Interpolator(source=source, run_args=run_args, secret=load_secrets(environ))
     env: Dict[str, str] = {}
     secret_env = set()
     for name, value in configuration.env.items():
+        if value is None and name not in environ and missing_env is not None:
+            missing_env(f"{source}: env: {name} has no value and is not set in your environment: a run would stop "
+                        "here")
+            env[name] = ""
+            secret_env.add(name)
+            continue
         if value is None:
             if name not in environ:
                 raise ConfigurationError(f"{source}: env: {name} has no value and is not set in your environment")

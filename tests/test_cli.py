@@ -1,6 +1,7 @@
 """The `dstack` command as a user runs it: exit codes, JSON contracts, flags over files, import cost."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -202,3 +203,18 @@ def test_a_backends_configured_regions_limit_its_offers_and_a_runs_plan(dstack_h
                                            "backends: [aws]\nregions: [us-east-1]\n")
     refused = run_cli("apply", "-f", str(tmp_path / "t.dstack.yml"), "--dry-run", "--json")
     assert refused.returncode != 0 and "no offer" in (refused.stdout + refused.stderr).lower()
+
+
+def test_the_readmes_cloud_dry_run_runs_as_written_and_warns_of_an_unset_env_name(dstack_home):
+    """README: `dstack apply -f examples/train.dstack.yml -b aws --dry-run`, with HF_TOKEN (a bare env name) unset:
+    the plan is shown with a warning; a run still stops on it before anything is made."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    planned = subprocess.run([sys.executable, "-m", "cli.main", "apply", "-f", "examples/train.dstack.yml", "-b", "aws",
+                              "--dry-run", "--json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert planned.returncode == 0, planned.stderr
+    assert "env: HF_TOKEN has no value and is not set in your environment: a run would stop here" in planned.stderr
+    assert json.loads(planned.stdout)["offer"]["backend"] == "aws"
+    run = subprocess.run([sys.executable, "-m", "cli.main", "apply", "-f", "examples/train.dstack.yml", "-b", "aws",
+                          "-y"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert run.returncode == 1 and "env: HF_TOKEN has no value" in run.stderr
+    assert not (dstack_home / "state.db").exists() or "train" not in run_cli("ps", "-a").stdout

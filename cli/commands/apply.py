@@ -13,7 +13,7 @@ from typing_extensions import Annotated
 from cli import apply_flags as flags
 from cli import run_options as opt
 from cli.helpers import expire_idle_fleets
-from cli.output import print_json
+from cli.output import print_json, warn
 
 
 def apply(
@@ -106,7 +106,7 @@ def apply(
     configuration = opt.override_run_fields(configuration, env, max_duration, retry, retry_duration)
     configuration = flags.override_apply_fields(configuration, port, idle_duration, dont_destroy, reuse, repo,
                                                 repo_branch, repo_hash, no_repo)
-    run = resolve_run(configuration, source, args or [], os.environ)
+    run = resolve_run(configuration, source, args or [], os.environ, missing_env=warn if dry_run else None)
     from cli.apply_run import check_cron, check_name, confirm_submit, make_room, setup_failures
     from cli.helpers import run_session
     from provisioner.runs.planner import plan_run
@@ -186,8 +186,6 @@ def _print_dry_run(source: str, plan, max_offers: int, as_json: bool, notes, pro
         print_plan(source, plan.name, plan.requirements, plan.search, document, max_offers=max_offers,
                    upload=_upload_summary(plan.run.configuration, path, include_repos), verbose=verbose)
     if missing is not None:
-        from cli.output import warn
-
         warn(f"the stack's resources are not shown: {missing}")
     if not plan.offers:
         raise ConfigurationError(no_offers_message(plan.requirements, plan.config, plan.search.notes))
