@@ -8,6 +8,7 @@ resources. The id goes into every resource name, the stack name and an owner tag
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import secrets
@@ -34,3 +35,14 @@ def owner_id() -> str:
         raise ConfigurationError(f"{path} holds {value[:20]!r}, not an owner id (8 hex digits); it names this "
                                  "$DSTACK_HOME's cloud resources, so restore it rather than delete it")
     return value
+
+
+def user_name() -> str:
+    """Who this home's user is to the team (`dstack ps`'s USER): `$DSTACK_USER`, else the login name."""
+    name = os.environ.get("DSTACK_USER", "").strip()
+    if name:
+        return name[:64]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name for this uid (a container)
+        return f"uid-{os.getuid()}"

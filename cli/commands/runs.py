@@ -33,31 +33,34 @@ def ps(
                                                                   "ports, exit code")] = False,
     watch: Annotated[bool, typer.Option("-w", "--watch", help="Refresh every 2s until Ctrl-C")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+    mine: Annotated[bool, typer.Option("--mine", help="Only this home's runs (with a team database, the team's "
+                                                      "are listed, with a USER column)")] = False,
 ) -> None:
     """List runs: status, where they run, what they cost. Finishes what an interrupted dstack left."""
     session = run_session()
     if not watch:
-        _print_runs(session, all_runs, last, verbose, as_json)
+        _print_runs(session, all_runs, last, verbose, as_json, mine)
         return
     console = stdout_console()
     try:
         while True:
             if console.is_terminal:
                 console.clear()
-            _print_runs(session, all_runs, last, verbose, as_json)
+            _print_runs(session, all_runs, last, verbose, as_json, mine)
             time.sleep(WATCH_INTERVAL_S)
     except KeyboardInterrupt:
         pass
 
 
-def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool) -> None:
+def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool, mine: bool) -> None:
+    from provisioner.runs.owner import another_homes
     from provisioner.runs.reconcile import reconcile
 
     now = time.time()
     every = reconcile(session)
     expire_idle_fleets()  # after reconcile, whose teardowns hand instances back idle
     _warn_of_unknown_jobs(session.store, every)
-    records = [r for r in every if all_runs or last or r.active][:last]
+    records = [r for r in every if (all_runs or last or r.active) and not (mine and another_homes(r.owner_id))][:last]
     if as_json:
         print_json({"runs": [_run_json(session, r, now) for r in records]})
         return
@@ -65,13 +68,16 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
     from rich.text import Text
 
     table = Table(box=None, header_style="bold")
-    columns = ["NAME", "STATUS", "BACKEND", "REGION", "INSTANCE", "$/HOUR", "COST", "AGE"]
+    team = session.store.team is not None  # a team database: whose each run is
+    columns = ["NAME"] + (["USER"] if team else []) + ["STATUS", "BACKEND", "REGION", "INSTANCE", "$/HOUR", "COST",
+                                                       "AGE"]
     for column in columns + (["JOB", "HOST", "JOB STATUS", "PORTS", "EXIT"] if verbose else []):
         table.add_column(column)
     for r in records:
         status = Text(r.status + (f" ({r.reason})" if r.reason else ""))  # as it is: no markup, no :emoji: codes
-        row = [r.name, status, r.backend or "-", r.region or "-", r.instance or "-",
-               f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}", _age(now - r.submitted_at)]
+        row = [r.name] + ([Text(r.user_name or "-")] if team else []) + [
+            status, r.backend or "-", r.region or "-", r.instance or "-",
+            f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}", _age(now - r.submitted_at)]
         if not verbose:
             table.add_row(*row)
             continue
@@ -119,7 +125,7 @@ def _warn_of_unknown_jobs(store, records) -> None:
             continue
         record = store.get_run(name)  # a run submitted since the list was read is no stranger
         if record is None or not record.active:
-            warn(f"{describe(access, name, pgid)}, but no active run in {store.path} knows it")  # a path: unwrapped
+            warn(f"{describe(access, name, pgid)}, but no active run in {store.where} knows it")  # a path: unwrapped
 
 
 def logs(

@@ -4,6 +4,7 @@ what it has and recorded as a fleet, whose hosts become offers at price 0 (provi
 from __future__ import annotations
 
 import concurrent.futures
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, List, Tuple
 
@@ -52,6 +53,9 @@ def apply_fleet(configuration, source: str, store: StateStore, confirm: ConfirmK
         if not confirm([(host, describe_key(key)) for host, key in new]):
             raise ConfigurationError(f"{where}: not registered: its host keys were not trusted")
         record_host_keys([(host.ssh_target(), key) for host, key in new])
+    if store.team is not None:  # a teammate's laptop has no known_hosts line: the confirmed key goes with the host
+        hosts = [replace(host, host_key=f"{key.get_name()} {key.get_base64()}") for host, (key, _) in
+                 zip(hosts, offered)]
 
     def probe_and_report(host: HostAccess) -> HostFacts:
         facts = probe(host)

@@ -10,6 +10,7 @@ from provisioner.host.access import HostAccess
 from provisioner.jobs.layout import TIMED_OUT
 from provisioner.jobs.run_jobs import RunJobs, copy_log, exit_status, run_jobs, run_outcome, settled_job_state
 from provisioner.runs.job_specs import recorded_stop_grace
+from provisioner.runs.owner import another_homes
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import finish_run, run_owner_alive, stop_jobs
 from provisioner.store.records import RunRecord
@@ -31,7 +32,11 @@ def reconcile(session: RunSession) -> List[RunRecord]:
 
 def _looked_after(record: RunRecord) -> bool:
     """Whether a live dstack process looks after the run: an attached owner until the run ends, a detached one
-    until it has started the job (or, stopped meanwhile, torn the run down)."""
+    until it has started the job (or, stopped meanwhile, torn the run down). A teammate's run (a team database) is
+    its owner's to look after, which this machine cannot ask, but for a detached job already running on a host
+    this machine reaches too: its end is recorded by whichever laptop sees it first."""
+    if another_homes(record.owner_id):
+        return not (record.detached and record.status in RUNNING and (record.host or {}).get("kind") != "local")
     return run_owner_alive(record) and (not record.detached or record.status not in RUNNING)
 
 

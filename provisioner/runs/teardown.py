@@ -13,7 +13,7 @@ from provisioner.jobs.cluster_ssh import revoke_everywhere
 from provisioner.jobs.run_jobs import RunJobs, run_jobs
 from provisioner.runs import dev_environments
 from provisioner.runs.job_specs import recorded_stop_grace
-from provisioner.runs.owner import owner_alive
+from provisioner.runs.owner import another_homes, owner_alive
 from provisioner.runs.session import RunSession
 from provisioner.store.records import RunRecord
 from provisioner.store.statuses import RUNNING, STARTING, JobStatus, RunStatus
@@ -83,8 +83,9 @@ def wait_final(store: StateStore, name: str, timeout: float = 600, while_owner: 
 
 
 def run_owner_alive(record: RunRecord) -> bool:
-    """Whether the dstack process that owns the run (its pid and start time, provisioner.runs.owner) still lives."""
-    return owner_alive(record.owner_pid, record.owner_started)
+    """Whether the dstack process that owns the run (its pid and start time, provisioner.runs.owner) still lives.
+    A teammate's run's owner lives on another machine: its pid means nothing here, and counts as gone."""
+    return not another_homes(record.owner_id) and owner_alive(record.owner_pid, record.owner_started)
 
 
 def stop_jobs(session: RunSession, run_name: str, jobs: Optional[RunJobs] = None,
@@ -111,6 +112,10 @@ def stop_run(session: RunSession, name: str, abort: bool = False) -> RunRecord:
     if record is None:
         raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
     reason = "aborted" if abort else "stopped by user"
+    if record.active and another_homes(record.owner_id) and (record.backend == "local" or
+                                                             (record.host or {}).get("kind") == "local"):
+        raise ConfigurationError(f"run {name} is {record.user_name or 'a teammate'}'s and runs on their machine "
+                                 "(backend local): only they can stop it")
     if record.active:
         store.add_event(name, "stop", reason)
     if store.claim_run(name, STARTING, RunStatus.TERMINATING, reason=reason):

@@ -44,6 +44,18 @@ class DiskFull(DstackError):
     """A change could not be written: the disk holding $DSTACK_HOME is full."""
 
 
+class Damage(Exception):
+    """A check of the store or of a row failed: the store is damaged, for `reason`."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Conflict(Exception):
+    """A row with that key exists (a name taken): either engine's constraint error, for the caller to explain."""
+
+
 def failure_kind(error: sqlite3.Error, folder: Path) -> str:
     text = str(error)
     for needle, kind in _MESSAGES:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import fields
 from typing import List, Optional, Tuple
 
 from configuration.errors import ConfigurationError, DstackError
-from provisioner.store.connection import Damage, StoreFile, load_json, stored_status
+from provisioner.store.connection import Damage, StoreFile, load_json, owner, stored_status
+from provisioner.store.errors import Conflict
 from provisioner.store.records import JobRecord, RunRecord
 from provisioner.store.statuses import ACTIVE, JobStatus, RunStatus
 
@@ -24,13 +24,16 @@ class RunTables(StoreFile):
     # --- runs ---
 
     def create_run(self, record: RunRecord) -> None:
+        """Records a new run, as this home's (its owner and user) unless the record names another."""
         values = self._row(record)
+        if values["owner_id"] is None:
+            values["owner_id"], values["user_name"] = owner()
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         try:
             with self._connect() as db:
                 db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", list(values.values()))
-        except sqlite3.IntegrityError:
+        except Conflict:
             raise ConfigurationError(f"a run named {record.name} already exists; pick another name, or "
                                      f"`dstack delete {record.name}` once it has finished") from None
 
@@ -38,11 +41,11 @@ class RunTables(StoreFile):
         values = self._columns(changes)
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             updated = db.execute(f"UPDATE runs SET {assignments} WHERE name = ?", [*values.values(), name]).rowcount
-            db.execute("COMMIT")
+            db.commit()
         if not updated:
-            raise DstackError(f"{self.path} no longer holds run {name}: the store was moved aside or replaced while "
+            raise DstackError(f"{self.where} no longer holds run {name}: the store was moved aside or replaced while "
                               "the run went on; its job may still be running (`dstack ps` says where)")
         return self.get_run(name)
 
@@ -52,10 +55,10 @@ class RunTables(StoreFile):
         assignments = ", ".join(f"{k} = ?" for k in values)
         marks = ", ".join("?" for _ in expected)
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             cursor = db.execute(f"UPDATE runs SET {assignments} WHERE name = ? AND status IN ({marks})",
                                 [*values.values(), name, *expected])
-            db.execute("COMMIT")
+            db.commit()
             return cursor.rowcount == 1
 
     def claim_hosts(self, name: str, candidates: List[dict], count: int
@@ -66,7 +69,7 @@ class RunTables(StoreFile):
         held or fewer than `count` are free, (None, each held candidate with the run holding it): all or none. The
         check and the claim are one transaction, so two runs started at once never both get a host."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             held = self._held_addresses(db, name)
             chosen = [host for host in candidates if _address(host) not in held][:count]
             if len(chosen) < count or chosen[:1] != candidates[:1]:
@@ -74,7 +77,7 @@ class RunTables(StoreFile):
                 return None, holders  # the transaction ends, unchanged, with the connection
             db.execute("UPDATE runs SET host = ? WHERE name = ?", (json.dumps(chosen[0]), name))
             self._insert_jobs(db, name, chosen)
-            db.execute("COMMIT")
+            db.commit()
         return chosen, []
 
     def busy_hosts(self) -> dict:
@@ -83,7 +86,7 @@ class RunTables(StoreFile):
             return self._held_addresses(db, "")
 
     @staticmethod
-    def _held_addresses(db: sqlite3.Connection, name: str) -> dict:
+    def _held_addresses(db, name: str) -> dict:
         """(hostname, port) -> the active run other than `name` that holds it, as its host or a job's."""
         marks = ", ".join("?" for _ in ACTIVE)
         held = {}
@@ -101,12 +104,12 @@ class RunTables(StoreFile):
     def set_jobs(self, run: str, hosts: List[dict]) -> None:
         """Records the run's jobs, one per host in rank order, before any is started."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             self._insert_jobs(db, run, hosts)
-            db.execute("COMMIT")
+            db.commit()
 
     @staticmethod
-    def _insert_jobs(db: sqlite3.Connection, run: str, hosts: List[dict]) -> None:
+    def _insert_jobs(db, run: str, hosts: List[dict]) -> None:
         db.execute("DELETE FROM jobs WHERE run = ?", (run,))
         db.executemany("INSERT INTO jobs (run, rank, status, host) VALUES (?, ?, ?, ?)",
                        [(run, rank, JobStatus.PROVISIONING, json.dumps(host)) for rank, host in enumerate(hosts)])
@@ -133,22 +136,20 @@ class RunTables(StoreFile):
 
     def get_run(self, name: str) -> Optional[RunRecord]:
         with self._connect(read=True) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()
-            return self._record(row) if row else None
+            rows = db.rows("SELECT * FROM runs WHERE name = ?", (name,))
+            return self._record(rows[0]) if rows else None
 
     def list_runs(self) -> List[RunRecord]:
         with self._connect(read=True) as db:
-            db.row_factory = sqlite3.Row
-            return [self._record(r) for r in db.execute("SELECT * FROM runs ORDER BY submitted_at DESC")]
+            return [self._record(r) for r in db.rows("SELECT * FROM runs ORDER BY submitted_at DESC")]
 
     def delete_run(self, name: str) -> None:
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             db.execute("DELETE FROM runs WHERE name = ?", (name,))
             db.execute("DELETE FROM events WHERE run = ?", (name,))
             db.execute("DELETE FROM jobs WHERE run = ?", (name,))
-            db.execute("COMMIT")
+            db.commit()
 
     # --- events: a run's lifecycle, for `dstack event` ---
 
@@ -180,7 +181,7 @@ class RunTables(StoreFile):
 
     def add_key_left(self, run: str, host: dict) -> None:
         with self._connect() as db:
-            db.execute("INSERT OR IGNORE INTO cluster_keys_left (run, host) VALUES (?, ?)",
+            db.execute("INSERT INTO cluster_keys_left (run, host) VALUES (?, ?) ON CONFLICT DO NOTHING",
                        (run, json.dumps(host, sort_keys=True)))
 
     def keys_left(self, host: dict) -> List[Tuple[str, dict]]:
@@ -212,8 +213,7 @@ class RunTables(StoreFile):
         return cls._columns({f.name: getattr(record, f.name) for f in fields(RunRecord)})
 
     @staticmethod
-    def _record(row) -> RunRecord:
-        data = dict(row)
+    def _record(data: dict) -> RunRecord:
         for name, kind in _JSON_FIELDS.items():
             if data.get(name) is not None:
                 data[name] = load_json(data[name], kind, f"run {data['name']}'s {name}")
