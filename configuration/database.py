@@ -26,9 +26,13 @@ def database_url() -> Optional[str]:
         url, where = (load_config().database or "").strip(), f"{dstack_home() / 'config.yml'}: database"
         if not url:
             return None
+    return checked_url(url, where, "unset it to keep the state in this home's SQLite store")
+
+
+def checked_url(url: str, where: str, remedy: str) -> str:
     if urlsplit(url).scheme not in _SCHEMES:
         raise ConfigurationError(f"{where}: {redacted(url)} is not a PostgreSQL URL (postgresql://user@host/dbname); "
-                                 "unset it to keep the state in this home's SQLite store")
+                                 f"{remedy}")
     return url
 
 

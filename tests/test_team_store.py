@@ -240,3 +240,90 @@ def test_parallel_applies_from_two_homes_never_double_book_a_host(tmp_path, two_
         assert "is busy with run" in next(err for code, err in outcomes if code == 1)
         winner = next(name for name, run in ps_json(alice).items() if run["status"] == "running")
         assert run_cli("stop", winner, "--abort", "-y", env=bob).returncode == 0
+
+
+# --- dstack state migrate -------------------------------------------------------------------------------------------
+
+def sqlite_home_with_records(home_env) -> None:
+    """A SQLite store holding a finished run (with jobs, events and a key left), an SSH fleet, a volume and a cloud
+    fleet with an instance, as this home's commands leave them."""
+    store = StateStore()
+    assert store.team is None
+    store.create_run(RunRecord(name="old-run", status="done", submitted_at=5.0, host=HOST, exit_code=0,
+                               configuration={"type": "task", "commands": ["echo [secret]"]}))
+    store.set_jobs("old-run", [HOST])
+    for kind in ("submitted", "exited"):
+        store.add_event("old-run", kind, kind)
+    store.add_key_left("old-run", HOST)
+    store.save_fleet("lab", "lab.dstack.yml", [{"access": HOST, "facts": {}}])
+    store.create_volume(VolumeRecord(name="data", status="active", backend="aws", region="r", created_at=1.0,
+                                     volume_id="vol-1", external=True))
+    store.create_cloud_fleet("cf", "cf.yml", "aws", {"nodes": 1}, {"name": "stack"},
+                             [InstanceRecord("cf", 0, "aws", {"price": 1.0}, HOST, idle_since=1.0)])
+
+
+def every_record(store) -> tuple:
+    return ([(r.name, r.status, r.host, r.configuration, r.owner_id) for r in store.list_runs()],
+            [(j.rank, j.host) for j in store.list_jobs("old-run")],
+            [(e["kind"], e["at"] > 0) for e in store.list_events("old-run")], store.keys_left(HOST),
+            [(f["name"], f["hosts"]) for f in store.list_fleets()], [v.summary() for v in store.list_volumes()],
+            [(f["name"], f["stack"]) for f in store.list_cloud_fleets()],
+            [(i.fleet, i.host, i.status) for i in store.list_instances()])
+
+
+def test_state_migrate_moves_a_home_to_the_team_database_and_back(postgres_cluster, dstack_home, home_env,
+                                                                   monkeypatch):
+    monkeypatch.delenv("DSTACK_DATABASE_URL", raising=False)
+    sqlite_home_with_records(home_env)
+    before = every_record(StateStore())
+    url = postgres_cluster.new_database()
+    moved = run_cli("state", "migrate", "--to", url, env=home_env)
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.startswith("Moved 1 runs, 1 fleets, 1 volumes, 1 cloud fleets to the team database team")
+    assert not (dstack_home / "state.db").exists() and not (dstack_home / "state.db.marker").exists()
+    assert len(list(dstack_home.glob("state.db.migrated-*"))) == 1
+    assert every_record(StateStore(url=url)) == before
+    listed = run_cli("ps", "-a", "--json", env={**home_env, "DSTACK_DATABASE_URL": url})
+    assert [r["name"] for r in json.loads(listed.stdout)["runs"]] == ["old-run"], listed.stderr
+
+    back = run_cli("state", "migrate", "--to", "sqlite", env={**home_env, "DSTACK_DATABASE_URL": url})
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.startswith("Moved 1 runs, 1 fleets, 1 volumes, 1 cloud fleets of this home from the team "
+                                  f"database team on {postgres_cluster.folder} to {dstack_home / 'state.db'}")
+    assert every_record(StateStore()) == before
+    assert every_record(StateStore(url=url)) == ([], [], [], [], [], [], [], [])
+
+
+def test_state_migrate_refuses_names_the_team_holds_and_copies_nothing(postgres_cluster, home_env, monkeypatch):
+    monkeypatch.delenv("DSTACK_DATABASE_URL", raising=False)
+    sqlite_home_with_records(home_env)
+    url = postgres_cluster.new_database()
+    team = StateStore(url=url)
+    team.create_run(RunRecord(name="old-run", status="running", submitted_at=1.0))
+    team.save_fleet("lab", "theirs.yml", [])
+    refused = run_cli("state", "migrate", "--to", url, env=home_env)
+    assert refused.returncode == 1 and refused.stderr == (
+        f"error: the team database team on {postgres_cluster.folder} already holds fleet lab, run old-run: nothing "
+        "was copied (rename or delete those first)\n")
+    assert [v.name for v in StateStore().list_volumes()] == ["data"]  # the SQLite store is untouched and in use
+    assert team.list_volumes() == [] and [f["source"] for f in team.list_fleets()] == ["theirs.yml"]
+    wrong = run_cli("state", "migrate", "--to", "mysql://u:pw@h/x", env=home_env)
+    assert wrong.returncode == 1 and "--to: mysql://u@h/x is not a PostgreSQL URL" in wrong.stderr
+
+
+def test_config_check_reports_the_team_database(team_database, home_env, tmp_path):
+    StateStore()
+    checked = run_cli("config", "check", "--json", env=home_env)
+    assert checked.returncode == 0, checked.stderr
+    line = json.loads(checked.stdout)["checks"][0]
+    assert (line["backend"], line["subject"], line["status"]) == ("state", "database", "ok")
+    assert line["detail"].startswith(f"the team database team on ") and f"reachable, schema {SCHEMA_VERSION}; " \
+        "connect " in line["detail"] and " ms, round trip " in line["detail"]
+    schema_table(team_database, "UPDATE dstack_schema SET version = 99")
+    newer = run_cli("config", "check", env=home_env)
+    assert newer.returncode == 1 and "fail state  database     the team database team on " in newer.stdout
+    assert "schema 99 was written by a newer dstack" in newer.stdout
+    gone = run_cli("config", "check", env={**home_env,
+                                           "DSTACK_DATABASE_URL": f"postgresql://u:pw@/x?host={tmp_path}/none"})
+    assert gone.returncode == 1 and f"cannot reach the team database x on {tmp_path}/none" in gone.stdout
+    assert "pw" not in gone.stdout.replace("pwd", "")

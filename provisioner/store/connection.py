@@ -57,11 +57,11 @@ class SqliteDb:
 
 
 class StoreFile:
-    """`$DSTACK_HOME/state.db` (or `path`), checked when opened; or the team database when one is configured (and
+    """`$DSTACK_HOME/state.db` (or `path`), checked when opened; or the team database at `url`, or configured (when
     no `path` is given), checked the same way."""
 
-    def __init__(self, path: Optional[Path] = None):
-        url = None if path else database_url()
+    def __init__(self, path: Optional[Path] = None, url: Optional[str] = None):
+        url = url or (None if path else database_url())
         self.team = None
         if url:
             from provisioner.store.postgres import TeamDatabase

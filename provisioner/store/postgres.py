@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Set
+from typing import Iterator, List, Optional, Set, Tuple
 
 from configuration.database import describe
 from configuration.errors import DstackError
@@ -57,12 +57,7 @@ class TeamDatabase:
     """The database at `url`, checked (and its schema made or brought up to date) when opened."""
 
     def __init__(self, url: str):
-        try:
-            import psycopg
-        except ImportError:
-            raise DstackError("a team database (DSTACK_DATABASE_URL) needs psycopg: pip install "
-                              "'dstack-pulumi[postgresql]'") from None
-        self.psycopg = psycopg
+        self.psycopg = _psycopg()
         self.url = url
         self.description = describe(url)
         self._open()
@@ -133,6 +128,37 @@ class TeamDatabase:
             db.commit()
 
 
+def check_team_database(url: str) -> Tuple[str, str]:
+    """(ok, warn or fail, what was found) for `dstack config check`: whether the database answers, its schema
+    version against this dstack's, and a round trip's time; nothing is made or upgraded."""
+    description = describe(url)
+    try:
+        database = TeamDatabase.__new__(TeamDatabase)  # connected to without _open: a check changes nothing
+        database.psycopg, database.url, database.description = _psycopg(), url, description
+        started = time.monotonic()
+        with database.connect() as db:
+            connected = time.monotonic() - started
+            rounds = []
+            for _ in range(3):
+                started = time.monotonic()
+                db.execute("SELECT 1").fetchone()
+                rounds.append(time.monotonic() - started)
+            tables, version = schema_of(db)
+    except (DstackError, Damage) as e:
+        return "fail", str(e) if isinstance(e, DstackError) else f"{description} is damaged: {e.reason}"
+    timing = f"connect {connected * 1000:.0f} ms, round trip {sorted(rounds)[1] * 1000:.1f} ms"
+    if version is None:
+        if tables & TABLES:
+            return "fail", f"{description} holds dstack tables but no dstack_schema table ({timing})"
+        return "ok", f"{description}: reachable, empty (the first command makes schema {SCHEMA_VERSION}); {timing}"
+    if version > SCHEMA_VERSION:
+        return "fail", (f"{description}: schema {version} was written by a newer dstack (this one knows "
+                        f"{SCHEMA_VERSION}): upgrade dstack; {timing}")
+    if version < SCHEMA_VERSION:
+        return "warn", f"{description}: schema {version}, the next command upgrades it to {SCHEMA_VERSION}; {timing}"
+    return "ok", f"{description}: reachable, schema {version}; {timing}"
+
+
 def schema_of(db: PostgresDb) -> tuple:
     """(the tables of the connection's schema, the recorded schema version or None when there is none)."""
     tables: Set[str] = {row[0] for row in db.execute(
@@ -144,6 +170,15 @@ def schema_of(db: PostgresDb) -> tuple:
             raise Damage("its dstack_schema table is empty")
         version = row[0]
     return tables - {"dstack_schema"}, version
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError:
+        raise DstackError("a team database (DSTACK_DATABASE_URL) needs psycopg: pip install "
+                          "'dstack-pulumi[postgresql]'") from None
+    return psycopg
 
 
 def _first_line(error: Exception) -> str:
