@@ -327,3 +327,31 @@ def test_config_check_reports_the_team_database(team_database, home_env, tmp_pat
                                            "DSTACK_DATABASE_URL": f"postgresql://u:pw@/x?host={tmp_path}/none"})
     assert gone.returncode == 1 and f"cannot reach the team database x on {tmp_path}/none" in gone.stdout
     assert "pw" not in gone.stdout.replace("pwd", "")
+
+
+def test_a_dropped_connection_is_read_again_and_a_write_reported_once(team_database, monkeypatch):
+    """The server ends the connection in the middle of an operation (pg_terminate_backend, as a restart or a
+    network cut does): a read goes again on a new connection; a write is reported, never repeated."""
+    from provisioner.store.errors import ConnectionLost
+    from provisioner.store.postgres import PostgresDb
+
+    store = StateStore()
+    store.create_run(RunRecord(name="kept", status="running", submitted_at=1.0))
+    real_execute, cut = PostgresDb.execute, []
+
+    def cut_once(self, sql, parameters=()):
+        if not cut and not sql.startswith("SELECT table_name"):
+            cut.append(sql)
+            try:
+                real_execute(self, "SELECT pg_terminate_backend(pg_backend_pid())")
+            except Exception:  # the server's goodbye, for this connection
+                pass
+        return real_execute(self, sql, parameters)
+
+    monkeypatch.setattr(PostgresDb, "execute", cut_once)
+    assert [r.name for r in store.list_runs()] == ["kept"] and cut
+    cut.clear()
+    with pytest.raises(ConnectionLost, match="lost the connection to the team database team on .*: what this command "
+                                             "was writing may not be recorded"):
+        store.add_event("kept", "note", "once")
+    assert cut and store.list_events("kept") == []  # not written, and not tried again behind the user's back

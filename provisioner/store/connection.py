@@ -5,13 +5,14 @@ the tables' code sees one connection interface (SqliteDb here, PostgresDb there)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
 from configuration.database import database_url
@@ -20,10 +21,10 @@ from configuration.home import dstack_home, private_dir
 from configuration.owner import owner_id, user_name
 from provisioner.store.damage import (file_identity, moved_aside, remove_leftovers, set_aside_and_report, stat_of,
                                       store_lock)
-from provisioner.store.errors import DAMAGED, FULL, Conflict, Damage, failure_kind, store_error
+from provisioner.store.errors import DAMAGED, FULL, Conflict, ConnectionLost, Damage, failure_kind, store_error
 from provisioner.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TABLES, tables_at
 
-__all__ = ["Damage", "SqliteDb", "StoreFile", "json_or_none", "load_json", "owner", "stored_status"]
+__all__ = ["Damage", "SqliteDb", "StoreFile", "json_or_none", "load_json", "owner", "read_again", "stored_status"]
 
 
 class SqliteDb:
@@ -209,6 +210,18 @@ def stored_status(kind: type, value, what: str):
         return kind(value)
     except ValueError:
         raise Damage(f"{what}'s status {value!r} is not one dstack writes") from None
+
+
+def read_again(method: Callable) -> Callable:
+    """A reading method of the tables, run once more on a new connection when the team database's connection broke
+    during it (reads change nothing: repeating one is safe)."""
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except ConnectionLost:
+            return method(self, *args, **kwargs)
+    return read
 
 
 def owner() -> Tuple[str, str]:

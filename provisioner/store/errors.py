@@ -52,6 +52,11 @@ class Damage(Exception):
         self.reason = reason
 
 
+class ConnectionLost(DstackError):
+    """The team database's connection broke during an operation: a read is tried again once (read_again); a
+    write is reported, never repeated (it may have been recorded: repeating it could record it twice)."""
+
+
 class Conflict(Exception):
     """A row with that key exists (a name taken): either engine's constraint error, for the caller to explain."""
 

@@ -8,7 +8,7 @@ from dataclasses import fields
 from typing import List, Optional, Sequence
 
 from configuration.errors import ConfigurationError
-from provisioner.store.connection import StoreFile, json_or_none, load_json, owner, stored_status
+from provisioner.store.connection import StoreFile, json_or_none, load_json, owner, read_again, stored_status
 from provisioner.store.errors import Conflict
 from provisioner.store.records import InstanceRecord, VolumeRecord
 from provisioner.store.statuses import InstanceStatus, VolumeStatus
@@ -27,6 +27,7 @@ class FleetTables(StoreFile):
                        "hosts = excluded.hosts, created_at = excluded.created_at, owner_id = excluded.owner_id, "
                        "user_name = excluded.user_name", (name, source, json.dumps(hosts), time.time(), *owner()))
 
+    @read_again
     def list_fleets(self) -> List[dict]:
         with self._connect(read=True) as db:
             rows = db.execute("SELECT name, source, hosts, created_at, user_name FROM fleets ORDER BY name").fetchall()
@@ -59,10 +60,12 @@ class FleetTables(StoreFile):
             db.execute(f"UPDATE volumes SET {', '.join(f'{k} = ?' for k in values)} WHERE name = ?",
                        [*values.values(), name])
 
+    @read_again
     def get_volume(self, name: str) -> Optional[VolumeRecord]:
         found = self._volumes("WHERE name = ?", (name,))
         return found[0] if found else None
 
+    @read_again
     def list_volumes(self) -> List[VolumeRecord]:
         return self._volumes("ORDER BY name", ())
 
@@ -104,6 +107,7 @@ class FleetTables(StoreFile):
         with self._connect() as db:
             db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?", (json.dumps(stack), name))
 
+    @read_again
     def list_cloud_fleets(self) -> List[dict]:
         with self._connect(read=True) as db:
             rows = db.execute("SELECT name, source, backend, stack, configuration, created_at, user_name "
@@ -138,6 +142,7 @@ class FleetTables(StoreFile):
                     json.dumps(instance.host), instance.status, instance.run, instance.idle_since,
                     instance.idle_duration))
 
+    @read_again
     def list_instances(self, fleet: Optional[str] = None) -> List["InstanceRecord"]:
         query, values = "SELECT fleet, num, backend, offer, host, status, run, idle_since, idle_duration " \
                         "FROM instances", []

@@ -18,7 +18,7 @@ from typing import Iterator, List, Optional, Set, Tuple
 
 from configuration.database import describe
 from configuration.errors import DstackError
-from provisioner.store.errors import Conflict, Damage
+from provisioner.store.errors import Conflict, ConnectionLost, Damage
 from provisioner.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TABLES, postgres_statement, tables_at
 
 WRITE_LOCK = 0x64737461636B  # the advisory lock every writing transaction takes ("dstack" in ASCII)
@@ -77,7 +77,7 @@ class TeamDatabase:
         except (errors.UndefinedTable, errors.UndefinedColumn) as e:
             raise DstackError(f"{self.description} is damaged: {_first_line(e)}; dstack changed nothing") from None
         except self.psycopg.OperationalError as e:
-            raise DstackError(f"lost the connection to {self.description} ({_first_line(e)}): what this command "
+            raise ConnectionLost(f"lost the connection to {self.description} ({_first_line(e)}): what this command "
                               "was writing may not be recorded; `dstack ps` shows what is, run the command again") \
                 from None
         except self.psycopg.Error as e:

@@ -8,7 +8,7 @@ from dataclasses import fields
 from typing import List, Optional, Tuple
 
 from configuration.errors import ConfigurationError, DstackError
-from provisioner.store.connection import Damage, StoreFile, load_json, owner, stored_status
+from provisioner.store.connection import Damage, StoreFile, load_json, owner, read_again, stored_status
 from provisioner.store.errors import Conflict
 from provisioner.store.records import JobRecord, RunRecord
 from provisioner.store.statuses import ACTIVE, JobStatus, RunStatus
@@ -80,6 +80,7 @@ class RunTables(StoreFile):
             db.commit()
         return chosen, []
 
+    @read_again
     def busy_hosts(self) -> dict:
         """(hostname, port) -> the active run that holds it, as its host or a job's: what the plan offers last."""
         with self._connect(read=True) as db:
@@ -114,6 +115,7 @@ class RunTables(StoreFile):
         db.executemany("INSERT INTO jobs (run, rank, status, host) VALUES (?, ?, ?, ?)",
                        [(run, rank, JobStatus.PROVISIONING, json.dumps(host)) for rank, host in enumerate(hosts)])
 
+    @read_again
     def list_jobs(self, run: str) -> List[JobRecord]:
         with self._connect(read=True) as db:  # rows are checked inside: damage they show moves the store aside
             rows = db.execute("SELECT run, rank, status, host, exit_code, started_at, finished_at FROM jobs "
@@ -134,11 +136,13 @@ class RunTables(StoreFile):
         with self._connect() as db:
             db.execute(f"UPDATE jobs SET {assignments} WHERE run = ? AND rank = ?", [*changes.values(), run, rank])
 
+    @read_again
     def get_run(self, name: str) -> Optional[RunRecord]:
         with self._connect(read=True) as db:
             rows = db.rows("SELECT * FROM runs WHERE name = ?", (name,))
             return self._record(rows[0]) if rows else None
 
+    @read_again
     def list_runs(self) -> List[RunRecord]:
         with self._connect(read=True) as db:
             return [self._record(r) for r in db.rows("SELECT * FROM runs ORDER BY submitted_at DESC")]
@@ -158,6 +162,7 @@ class RunTables(StoreFile):
             db.execute("INSERT INTO events (run, at, kind, message) VALUES (?, ?, ?, ?)",
                        (run, time.time() if at is None else at, kind, message))
 
+    @read_again
     def list_events(self, run: Optional[str] = None, since: Optional[float] = None, after_id: int = 0) -> List[dict]:
         """Events in the order they happened: one run's or all, from `since` (a time) and after `after_id`."""
         query, values = "SELECT id, run, at, kind, message FROM events WHERE id > ?", [after_id]
@@ -184,6 +189,7 @@ class RunTables(StoreFile):
             db.execute("INSERT INTO cluster_keys_left (run, host) VALUES (?, ?) ON CONFLICT DO NOTHING",
                        (run, json.dumps(host, sort_keys=True)))
 
+    @read_again
     def keys_left(self, host: dict) -> List[Tuple[str, dict]]:
         """(run, its node as recorded) for each run whose key is left on `host`'s account: its address and user."""
         with self._connect(read=True) as db:
