@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 from configuration.errors import ConfigurationError
 
 DATABASE_URL_VARIABLE = "DSTACK_DATABASE_URL"
+TEAM_KEY_VARIABLE = "DSTACK_TEAM_KEY"
 _SCHEMES = ("postgresql", "postgres")
 
 
@@ -56,3 +57,17 @@ def describe(url: str) -> str:
     host = parts.hostname or parse_qs(parts.query).get("host", ["the local socket"])[0]
     name = parts.path.lstrip("/") or "the default database"
     return f"the team database {name} on {host}"
+
+
+def team_key() -> Optional[str]:
+    """The team key that seals a run's login key in the team database: `DSTACK_TEAM_KEY`, else the Pulumi passphrase
+    in `$DSTACK_HOME/pulumi/passphrase` (which every teammate shares for the stacks: docs/teams.md); None: neither."""
+    from configuration.home import dstack_home
+
+    key = os.environ.get(TEAM_KEY_VARIABLE, "")
+    if key:
+        return key
+    try:
+        return (dstack_home() / "pulumi" / "passphrase").read_text().strip() or None
+    except OSError:
+        return None

@@ -12,6 +12,7 @@ import getpass
 import os
 import re
 import secrets
+from typing import Optional
 
 from configuration.errors import ConfigurationError
 from configuration.home import dstack_home, private_dir
@@ -46,3 +47,9 @@ def user_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no login name for this uid (a container)
         return f"uid-{os.getuid()}"
+
+
+def another_homes(record_owner: Optional[str]) -> bool:
+    """Whether a record was made by another `$DSTACK_HOME` (a teammate's, in a team database): its owner's process
+    and its `local` jobs live on another machine, which this one cannot ask."""
+    return record_owner is not None and record_owner != owner_id()

@@ -355,3 +355,54 @@ def test_a_dropped_connection_is_read_again_and_a_write_reported_once(team_datab
                                              "was writing may not be recorded"):
         store.add_event("kept", "note", "once")
     assert cut and store.list_events("kept") == []  # not written, and not tried again behind the user's back
+
+
+def test_a_run_key_is_sealed_and_only_the_team_key_reaches_a_teammates_host(team_database, home_env, make_host,
+                                                                             client_key, monkeypatch, tmp_path):
+    """Alice's run (as her laptop records a cloud run: its login key under her home, sealed into the team
+    database) on a host this laptop never had a key for: Bob reaches it with the team key, not without it."""
+    from pathlib import Path
+
+    from provisioner.backends.cloud import seal_run_key
+    from provisioner.host.access import HostAccess
+    from provisioner.host.ssh import connect
+    from provisioner.jobs.control import start_job
+    from provisioner.jobs.script import JobSpec
+
+    host = make_host()
+    private = Path(client_key[0]).read_bytes()
+    alice_key = tmp_path / "alice-home" / "runs" / "far" / "id_ed25519"
+    alice_key.parent.mkdir(parents=True)
+    alice_key.write_bytes(private)
+    access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=str(alice_key),
+                        host_key=host.host_public_key)
+    store = StateStore()
+    store.create_run(RunRecord(name="far", status="running", submitted_at=time.time(), backend="ssh", region="lab",
+                               host=access.to_json(), detached=True, started_at=time.time(), owner_id="a11ce000",
+                               user_name="alice"))
+    monkeypatch.setenv("DSTACK_TEAM_KEY", "the-team-key")
+    seal_run_key(store, "far", alice_key)
+    transport = connect(access.ssh_target(), total_wait=10)
+    pgid = start_job(transport, JobSpec(run_name="far", commands=["echo sealed-ok", "sleep 300"]))
+    alice_key.unlink()  # her laptop's file is not on Bob's
+    try:
+        [(sealed,)] = schema_table(team_database, "SELECT sealed FROM sealed_keys WHERE run = 'far'")
+        body = b"".join(private.splitlines()[1:-1]).decode()
+        assert sealed.startswith("dstack-sealed-v1:") and "PRIVATE KEY" not in sealed and body[:40] not in sealed
+        for wrong in ({"DSTACK_TEAM_KEY": "another-key"}, {"DSTACK_TEAM_KEY": ""}):
+            refused = run_cli("logs", "far", env={**home_env, **wrong})
+            assert refused.returncode == 1 and refused.stderr == (
+                "error: run far is alice's: its SSH key is sealed with the team key, which this laptop does not have "
+                "(DSTACK_TEAM_KEY, or the team's Pulumi passphrase: docs/teams.md); its hosts cannot be reached from "
+                "here\n")
+        team = {**home_env, "DSTACK_TEAM_KEY": "the-team-key"}
+        deadline = time.monotonic() + 30
+        while "sealed-ok" not in (shown := run_cli("logs", "far", env=team)).stdout and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert shown.stdout == "sealed-ok\n", shown.stderr
+        stopped = run_cli("stop", "far", "-y", env=team)
+        assert stopped.returncode == 0 and ps_json(team)["far"]["status"] == "terminated", stopped.stderr
+        assert transport.run(f"kill -0 -{pgid} 2>/dev/null || echo gone").text.strip() == "gone"
+    finally:
+        transport.run(f"kill -9 -{pgid} 2>/dev/null; true")
+        transport.close()

@@ -53,7 +53,7 @@ def ps(
 
 
 def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool, mine: bool) -> None:
-    from provisioner.runs.owner import another_homes
+    from configuration.owner import another_homes
     from provisioner.runs.reconcile import reconcile
 
     now = time.time()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from configuration.backends import DstackConfig
+from configuration.errors import ConfigurationError
 from configuration.home import dstack_home
 from offers.catalog import InstanceType
 from offers.offer import Offer
@@ -43,6 +44,21 @@ def run_key_path(run_name: str) -> Path:
     return dstack_home() / "runs" / run_name / "id_ed25519"
 
 
+def seal_run_key(store: StateStore, run_name: str, key_path: Path) -> None:
+    """With a team database, the run's login key goes there too, sealed with the team key (never in plain text),
+    for a teammate's `dstack stop`/`logs` to reach its hosts (provisioner.jobs.run_jobs.reachable)."""
+    if store.team is None:
+        return
+    from configuration.database import TEAM_KEY_VARIABLE, team_key
+    from provisioner.host.keys import seal
+
+    key = team_key()
+    if key is None:
+        raise ConfigurationError(f"a cloud run recorded in {store.where} needs the team key, to seal its SSH key for "
+                                 f"teammates: set {TEAM_KEY_VARIABLE} or share the Pulumi passphrase (docs/teams.md)")
+    store.save_sealed_key(run_name, seal(key_path.read_bytes(), key))
+
+
 @dataclass
 class CloudBackend:
     """One per run's provisioning (provisioner.runs.failover keeps it across the run's tries), so what is settled
@@ -57,11 +73,11 @@ class CloudBackend:
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
         return self.create_stack(run_name, offer, configuration, report, run_key_path(run_name),
                                  lambda stack: self.store.update_run(run_name, stack=stack),
-                                 note=run_note(self.store, run_name))
+                                 note=run_note(self.store, run_name), sealed_for=run_name)
 
     def create_stack(self, name: str, offer: Offer, configuration, report: Callable, key_path: Path,
-                     record_stack: Callable[[dict], None], note: Callable[[str], None] = lambda message: None
-                     ) -> List[HostAccess]:
+                     record_stack: Callable[[dict], None], note: Callable[[str], None] = lambda message: None,
+                     sealed_for: Optional[str] = None) -> List[HostAccess]:
         """Brings up the stack of `name` (a run, or a fleet) and returns its hosts, one per node in rank order
         (provisioner.jobs.nodes.node_count). `record_stack` stores the stack's identity before `up`, so a crash
         mid-way still leaves what `destroy_stack` needs. All or nothing: a node that cannot be created fails the
@@ -76,7 +92,9 @@ class CloudBackend:
         public_key = generate_key(key_path, f"dstack-run-{name}")
         spec = stack_spec(name, configuration, offer, public_key, generate_host_keys(configuration), self.config)
         spec = self._self_delete_allowed(spec, note)
-        settings = state_settings(self.config.pulumi.backend_url)
+        settings = state_settings(self.config.pulumi.backend_url)  # the passphrase, the team key's default, made
+        if sealed_for is not None:
+            seal_run_key(self.store, sealed_for, key_path)
         record_stack({"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
                       "backend_url": settings.backend_url, "tagged": name})
         if spec.self_delete and spec.backend == "gcp":  # recorded first: the run's teardown sweeps the account

@@ -43,10 +43,3 @@ def owner_alive(pid: Optional[int], started: Optional[int] = None) -> bool:
         return True
     return True
 
-
-def another_homes(owner_id_of_record: Optional[str]) -> bool:
-    """Whether a record was made by another `$DSTACK_HOME` (a teammate's, in a team database): its owner's process
-    and its `local` jobs live on another machine, which this one cannot ask."""
-    from configuration.owner import owner_id
-
-    return owner_id_of_record is not None and owner_id_of_record != owner_id()

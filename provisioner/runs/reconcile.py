@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from typing import List, Optional, Tuple
 
+from configuration.owner import another_homes
 from provisioner.host.access import HostAccess
 from provisioner.jobs.layout import TIMED_OUT
 from provisioner.jobs.run_jobs import RunJobs, copy_log, exit_status, run_jobs, run_outcome, settled_job_state
 from provisioner.runs.job_specs import recorded_stop_grace
-from provisioner.runs.owner import another_homes
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import finish_run, run_owner_alive, stop_jobs
 from provisioner.store.records import RunRecord

@@ -7,13 +7,14 @@ import time
 from typing import Dict, Optional
 
 from configuration.errors import ConfigurationError
+from configuration.owner import another_homes
 from provisioner.backends.base import LeftoversRemain
 from provisioner.host.access import HostAccess
 from provisioner.jobs.cluster_ssh import revoke_everywhere
 from provisioner.jobs.run_jobs import RunJobs, run_jobs
 from provisioner.runs import dev_environments
 from provisioner.runs.job_specs import recorded_stop_grace
-from provisioner.runs.owner import another_homes, owner_alive
+from provisioner.runs.owner import owner_alive
 from provisioner.runs.session import RunSession
 from provisioner.store.records import RunRecord
 from provisioner.store.statuses import RUNNING, STARTING, JobStatus, RunStatus

@@ -18,7 +18,7 @@ from provisioner.store.connection import StoreFile
 from provisioner.store.damage import store_lock
 
 NAMED = ("runs", "fleets", "volumes", "cloud_fleets")  # tables whose rows are named, the name their key
-BY_RUN = ("events", "jobs", "cluster_keys_left")  # rows that belong to a run
+BY_RUN = ("events", "jobs", "cluster_keys_left", "sealed_keys")  # rows that belong to a run
 COPY_ORDER = NAMED + BY_RUN + ("instances",)
 
 
@@ -29,7 +29,7 @@ def source_rows(source: StoreFile, owner: Optional[str]) -> Dict[str, List[dict]
         for table in NAMED:
             where = " WHERE owner_id = ?" if owner else ""
             rows[table] = db.rows(f"SELECT * FROM {table}{where} ORDER BY name", (owner,) if owner else ())
-        order = {"events": "id", "jobs": "run, rank", "cluster_keys_left": "run, host"}
+        order = {"events": "id", "jobs": "run, rank", "cluster_keys_left": "run, host", "sealed_keys": "run"}
         runs = {row["name"] for row in rows["runs"]}
         for table in BY_RUN:
             found = db.rows(f"SELECT * FROM {table} ORDER BY {order[table]}")
@@ -73,7 +73,8 @@ def delete_rows(rows: Dict[str, List[dict]], store: StoreFile) -> None:
     with store._connect() as db:
         db.begin()
         for row in rows["runs"]:
-            for table, column in (("events", "run"), ("jobs", "run"), ("cluster_keys_left", "run"), ("runs", "name")):
+            for table, column in (("events", "run"), ("jobs", "run"), ("cluster_keys_left", "run"),
+                                  ("sealed_keys", "run"), ("runs", "name")):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (row["name"],))
         for row in rows["cloud_fleets"]:
             db.execute("DELETE FROM instances WHERE fleet = ?", (row["name"],))

@@ -153,6 +153,7 @@ class RunTables(StoreFile):
             db.execute("DELETE FROM runs WHERE name = ?", (name,))
             db.execute("DELETE FROM events WHERE run = ?", (name,))
             db.execute("DELETE FROM jobs WHERE run = ?", (name,))
+            db.execute("DELETE FROM sealed_keys WHERE run = ?", (name,))
             db.commit()
 
     # --- events: a run's lifecycle, for `dstack event` ---
@@ -201,6 +202,19 @@ class RunTables(StoreFile):
         with self._connect() as db:
             db.execute("DELETE FROM cluster_keys_left WHERE run = ? AND host = ?",
                        (run, json.dumps(host, sort_keys=True)))
+
+    # --- a run's login key, sealed with the team key (provisioner.host.keys.seal): opaque text here ---
+
+    def save_sealed_key(self, run: str, sealed: str) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO sealed_keys (run, sealed) VALUES (?, ?) ON CONFLICT (run) DO UPDATE SET "
+                       "sealed = excluded.sealed", (run, sealed))
+
+    @read_again
+    def sealed_key(self, run: str) -> Optional[str]:
+        with self._connect(read=True) as db:
+            row = db.execute("SELECT sealed FROM sealed_keys WHERE run = ?", (run,)).fetchone()
+            return row[0] if row else None
 
     @staticmethod
     def _columns(changes: dict) -> dict:

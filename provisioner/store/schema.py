@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 from typing import List
 
-SCHEMA_VERSION = 6  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
-# instances; 5: cluster keys left on nodes; 6: each record's owner (a team database); stores from before versions
-# read 0
+SCHEMA_VERSION = 7  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
+# instances; 5: cluster keys left on nodes; 6: each record's owner (a team database); 7: run keys sealed with the
+# team key; stores from before versions read 0
 
 OWNED_TABLES = ("runs", "fleets", "volumes", "cloud_fleets")  # their rows carry owner_id and user_name
 
@@ -107,15 +107,21 @@ CREATE TABLE IF NOT EXISTS cluster_keys_left (
     run TEXT NOT NULL,
     host TEXT NOT NULL,
     PRIMARY KEY (run, host)
+);
+CREATE TABLE IF NOT EXISTS sealed_keys (
+    run TEXT PRIMARY KEY,
+    sealed TEXT NOT NULL
 )
 """
 
 
-TABLES = {"runs", "fleets", "events", "volumes", "jobs", "cloud_fleets", "instances", "cluster_keys_left"}
+TABLES = {"runs", "fleets", "events", "volumes", "jobs", "cloud_fleets", "instances", "cluster_keys_left",
+          "sealed_keys"}
 
 
 # A store older than the version has none of them yet: no damage.
-TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs", "cloud_fleets", "instances"}, 5: {"cluster_keys_left"}}
+TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs", "cloud_fleets", "instances"}, 5: {"cluster_keys_left"},
+                7: {"sealed_keys"}}
 
 
 _OWNER_COLUMNS = ",\n    owner_id TEXT,\n    user_name TEXT"
@@ -137,6 +143,7 @@ MIGRATIONS = {  # from each version to the next
     4: _statements("CREATE TABLE IF NOT EXISTS cluster_keys_left", "CREATE TABLE IF NOT EXISTS cluster_keys_left"),
     5: [f"ALTER TABLE {table} ADD COLUMN {column} TEXT" for table in OWNED_TABLES
         for column in ("owner_id", "user_name")],
+    6: _statements("CREATE TABLE IF NOT EXISTS sealed_keys", "CREATE TABLE IF NOT EXISTS sealed_keys"),
 }
 
 
