@@ -9,9 +9,12 @@ def home_env(dstack_home):
 
 @pytest.fixture(autouse=True)
 def dstack_home(tmp_path, monkeypatch):
-    """Every test gets its own $DSTACK_HOME: nothing reads or writes the user's ~/.dstack."""
+    """Every test gets its own $DSTACK_HOME: nothing reads or writes the user's ~/.dstack (nor a team database the
+    environment names: tests/postgres_cluster.py's fixtures give the tests that want one their own)."""
     home = tmp_path / "dstack-home"
     monkeypatch.setenv("DSTACK_HOME", str(home))
+    for team_setting in ("DSTACK_DATABASE_URL", "DSTACK_TEAM_KEY", "DSTACK_USER"):  # a team database: opt-in only
+        monkeypatch.delenv(team_setting, raising=False)
     return home
 
 

@@ -390,6 +390,9 @@ def test_a_run_key_is_sealed_and_only_the_team_key_reaches_a_teammates_host(team
         body = b"".join(private.splitlines()[1:-1]).decode()
         assert sealed.startswith("dstack-sealed-v1:") and "PRIVATE KEY" not in sealed and body[:40] not in sealed
         for wrong in ({"DSTACK_TEAM_KEY": "another-key"}, {"DSTACK_TEAM_KEY": ""}):
+            listed = ps_json({**home_env, **wrong})["far"]  # the records, without the key
+            assert (listed["user"], listed["status"], listed["jobs"][0]["host"]) == ("alice", "running",
+                                                                                    f"root@{host.address}:22")
             refused = run_cli("logs", "far", env={**home_env, **wrong})
             assert refused.returncode == 1 and refused.stderr == (
                 "error: run far is alice's: its SSH key is sealed with the team key, which this laptop does not have "

@@ -68,14 +68,15 @@ def job_final_status(code: Optional[int]) -> JobStatus:
     return JobStatus(str(exit_status(code)[0]))
 
 
-def run_jobs(store: StateStore, record: RunRecord) -> List[JobRecord]:
+def run_jobs(store: StateStore, record: RunRecord, to_reach: bool = True) -> List[JobRecord]:
     """The run's jobs; a run recorded before jobs existed has one, on its host. A teammate's run's hosts are
-    reached with its sealed login key, unsealed into this home (reachable)."""
+    reached with its sealed login key, unsealed into this home (reachable), unless they are only listed
+    (`to_reach` false: `dstack ps` shows a teammate's run without the team key)."""
     jobs = store.list_jobs(record.name)
     if not jobs and record.host:
         jobs = [JobRecord(run=record.name, rank=0, status=JobStatus.RUNNING if record.status in RUNNING
                           else JobStatus.PROVISIONING, host=record.host, started_at=record.started_at)]
-    if store.team is None or not another_homes(record.owner_id):
+    if not to_reach or store.team is None or not another_homes(record.owner_id):
         return jobs
     return [dataclasses.replace(job, host=reachable(store, record, job.host)) for job in jobs]
 

@@ -42,4 +42,3 @@ def owner_alive(pid: Optional[int], started: Optional[int] = None) -> bool:
     except PermissionError:
         return True
     return True
-
