@@ -71,13 +71,16 @@ class CloudBackend:
     accounts: Dict[str, str] = field(default_factory=dict)  # GCP: stack name -> its service account, made
 
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
-        return self.create_stack(run_name, offer, configuration, report, run_key_path(run_name),
-                                 lambda stack: self.store.update_run(run_name, stack=stack),
-                                 note=run_note(self.store, run_name), sealed_for=run_name)
+        def record_stack(stack: dict) -> None:  # after the key and the passphrase (the team key's default) are made
+            seal_run_key(self.store, run_name, run_key_path(run_name))
+            self.store.update_run(run_name, stack=stack)
+
+        return self.create_stack(run_name, offer, configuration, report, run_key_path(run_name), record_stack,
+                                 note=run_note(self.store, run_name))
 
     def create_stack(self, name: str, offer: Offer, configuration, report: Callable, key_path: Path,
-                     record_stack: Callable[[dict], None], note: Callable[[str], None] = lambda message: None,
-                     sealed_for: Optional[str] = None) -> List[HostAccess]:
+                     record_stack: Callable[[dict], None], note: Callable[[str], None] = lambda message: None
+                     ) -> List[HostAccess]:
         """Brings up the stack of `name` (a run, or a fleet) and returns its hosts, one per node in rank order
         (provisioner.jobs.nodes.node_count). `record_stack` stores the stack's identity before `up`, so a crash
         mid-way still leaves what `destroy_stack` needs. All or nothing: a node that cannot be created fails the
@@ -92,9 +95,7 @@ class CloudBackend:
         public_key = generate_key(key_path, f"dstack-run-{name}")
         spec = stack_spec(name, configuration, offer, public_key, generate_host_keys(configuration), self.config)
         spec = self._self_delete_allowed(spec, note)
-        settings = state_settings(self.config.pulumi.backend_url)  # the passphrase, the team key's default, made
-        if sealed_for is not None:
-            seal_run_key(self.store, sealed_for, key_path)
+        settings = state_settings(self.config.pulumi.backend_url)
         record_stack({"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
                       "backend_url": settings.backend_url, "tagged": name})
         if spec.self_delete and spec.backend == "gcp":  # recorded first: the run's teardown sweeps the account
