@@ -62,8 +62,8 @@ def jobs_json(session, record) -> list:
     from provisioner.jobs.run_jobs import run_jobs
     from provisioner.store.records import JobRecord
 
-    jobs = run_jobs(session.store, record) or [JobRecord(run=record.name, rank=0, status=record.status,
-                                                         exit_code=record.exit_code)]
+    jobs = run_jobs(session.store, record, to_reach=False) or [
+        JobRecord(run=record.name, rank=0, status=record.status, exit_code=record.exit_code)]
     return [{**job.summary(HostAccess.from_json(job.host).description if job.host else None),
              "ports": (record.ports or []) if job.rank == 0 else [], "attempts": record.attempts} for job in jobs]
 

@@ -61,6 +61,8 @@ COMMANDS: Dict[str, LazyCommand] = {
                             "are due"),
     "init": LazyCommand("cli.commands.init:init", "Set up $DSTACK_HOME and say which backends can run."),
     "config": LazyCommand("cli.commands.config:config_app", "Check the cloud configuration in $DSTACK_HOME/config.yml"),
+    "state": LazyCommand("cli.commands.state:state_app", "Move this home's state between its SQLite store and a team "
+                         "database"),
     "gc": LazyCommand("cli.commands.gc:gc", "List AWS instances, security groups, key pairs and volumes (and GCP "
                       "instances, disks, firewalls and service accounts, where GCP is configured) tagged by dstack "
                       "whose run is not active, and remove them after confirmation."),

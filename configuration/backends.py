@@ -87,6 +87,10 @@ class PulumiSettings(StrictModel):
 class DstackConfig(StrictModel):
     backends: List[Annotated[Union[AWSBackend, GCPBackend, LocalBackend], Field(discriminator="type")]] = []
     pulumi: PulumiSettings = PulumiSettings()
+    database: Annotated[
+        Optional[str], Field(description="The team's state store, `postgresql://user@host/dbname` (docs/teams.md); "
+                                         "`DSTACK_DATABASE_URL` wins over it. Default: SQLite under $DSTACK_HOME")
+    ] = None
 
     def backend(self, name: str):
         for backend in self.backends:

@@ -8,9 +8,11 @@ resources. The id goes into every resource name, the stack name and an owner tag
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import secrets
+from typing import Optional
 
 from configuration.errors import ConfigurationError
 from configuration.home import dstack_home, private_dir
@@ -34,3 +36,20 @@ def owner_id() -> str:
         raise ConfigurationError(f"{path} holds {value[:20]!r}, not an owner id (8 hex digits); it names this "
                                  "$DSTACK_HOME's cloud resources, so restore it rather than delete it")
     return value
+
+
+def user_name() -> str:
+    """Who this home's user is to the team (`dstack ps`'s USER): `$DSTACK_USER`, else the login name."""
+    name = os.environ.get("DSTACK_USER", "").strip()
+    if name:
+        return name[:64]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name for this uid (a container)
+        return f"uid-{os.getuid()}"
+
+
+def another_homes(record_owner: Optional[str]) -> bool:
+    """Whether a record was made by another `$DSTACK_HOME` (a teammate's, in a team database): its owner's process
+    and its `local` jobs live on another machine, which this one cannot ask."""
+    return record_owner is not None and record_owner != owner_id()

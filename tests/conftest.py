@@ -9,9 +9,12 @@ def home_env(dstack_home):
 
 @pytest.fixture(autouse=True)
 def dstack_home(tmp_path, monkeypatch):
-    """Every test gets its own $DSTACK_HOME: nothing reads or writes the user's ~/.dstack."""
+    """Every test gets its own $DSTACK_HOME: nothing reads or writes the user's ~/.dstack (nor a team database the
+    environment names: tests/postgres_cluster.py's fixtures give the tests that want one their own)."""
     home = tmp_path / "dstack-home"
     monkeypatch.setenv("DSTACK_HOME", str(home))
+    for team_setting in ("DSTACK_DATABASE_URL", "DSTACK_TEAM_KEY", "DSTACK_USER"):  # a team database: opt-in only
+        monkeypatch.delenv(team_setting, raising=False)
     return home
 
 
@@ -101,3 +104,29 @@ def recorded_api():
 
 
 from tests.cloudsim.fixtures import cloudsim, cloudsim_zygote  # noqa: E402,F401 (the simulated cloud's fixtures)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """One PostgreSQL cluster for this session (xdist worker), on a Unix socket (tests/postgres_cluster.py)."""
+    from tests.postgres_cluster import Cluster
+
+    cluster = Cluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def team_database(postgres_cluster, monkeypatch):
+    """A fresh team database, which the store (and each `dstack` the test runs) uses: its URL."""
+    url = postgres_cluster.new_database()
+    monkeypatch.setenv("DSTACK_DATABASE_URL", url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_engine(request):
+    """Runs the test against both engines: this home's SQLite store, then a fresh team database."""
+    if request.param == "postgresql":
+        request.getfixturevalue("team_database")
+    return request.param

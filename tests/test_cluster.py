@@ -259,6 +259,7 @@ def cluster_conf(nodes: int):
     return parse_configuration(f"type: task\nnodes: {nodes}\ncommands: [x]\n", "c.dstack.yml")
 
 
+@pytest.mark.usefixtures("store_engine")  # both engines: SQLite, the team database
 def test_fleet_hosts_of_a_cluster_are_claimed_all_or_none(dstack_home):
     from provisioner.backends.hosts import FleetBackend
     from provisioner.store.records import RunRecord

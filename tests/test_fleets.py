@@ -400,6 +400,7 @@ def test_a_kept_run_whose_fleet_name_is_taken_meanwhile_destroys_its_stack(cloud
     assert cloud["made"] == ["late"] and cloud["destroyed"] == ["late"]  # not left with no record of it
 
 
+@pytest.mark.usefixtures("store_engine")  # both engines: SQLite, the team database
 def test_two_runs_never_claim_one_instance():
     from provisioner.store.records import InstanceRecord
     from provisioner.store.store import StateStore

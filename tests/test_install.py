@@ -28,12 +28,13 @@ def without_sdks(*args, env=None, cwd=ROOT):
 def test_the_core_depends_on_no_cloud_sdk_and_extras_hold_them():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = " ".join(project["dependencies"])
-    for sdk in ("pulumi", "boto3", "google-cloud"):
+    for sdk in ("pulumi", "boto3", "google-cloud", "psycopg"):
         assert sdk not in core
     extras = project["optional-dependencies"]
     assert {"pulumi-aws", "boto3"} <= {d.split(">")[0].split("<")[0] for d in extras["aws"]}
     assert {"pulumi-gcp", "google-cloud-compute"} <= {d.split(">")[0].split("<")[0] for d in extras["gcp"]}
-    assert extras["all"] == ["dstack-pulumi[aws,gcp]"]
+    assert extras["postgresql"] == ["psycopg[binary]>=3.1"]  # a team database
+    assert extras["all"] == ["dstack-pulumi[aws,gcp,postgresql]"]
     assert "-e '.[all,test]'" in (ROOT / ".ci" / "run").read_text()
     assert "pip install -e . &&" in (ROOT / "README.md").read_text()
 
@@ -82,3 +83,15 @@ def test_a_cloud_run_without_the_extra_names_it(tmp_path, dstack_home):
     for command in (["gc"], ["stacks"], ["setup", "pulumi"]):
         result = without_sdks(*command, env=env)
         assert result.returncode == 1 and "pip install -e '.[" in result.stderr, command
+
+
+def test_a_team_database_without_psycopg_names_the_extra(dstack_home):
+    code = ("import sys, runpy\nsys.modules['psycopg'] = None\nsys.argv = ['dstack', 'ps']\n"
+            "runpy.run_module('cli.main', run_name='__main__')\n")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DSTACK_DATABASE_URL="postgresql://u@db.example/team")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                            timeout=120)
+    assert (result.returncode, result.stderr) == (1, "error: a team database (DSTACK_DATABASE_URL) needs psycopg: "
+                                                     "pip install -e '.[postgresql]'\n")

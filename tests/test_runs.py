@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT, run_cli, write
 
 
@@ -204,6 +206,7 @@ def test_apply_json_prints_only_the_run_record(tmp_path, home_env):
     assert run_cli("logs", "local-json", env=home_env).stdout == "quiet\n"
 
 
+@pytest.mark.usefixtures("store_engine")  # both engines: SQLite, the team database
 def test_only_one_process_claims_a_run():
     import threading
 

@@ -182,7 +182,9 @@ def test_a_version_3_store_gets_the_volumes_jobs_and_fleet_tables(dstack_home):
 
     dstack_home.mkdir(parents=True)
     old = sqlite3.connect(dstack_home / "state.db")
-    old.executescript(SCHEMA[:SCHEMA.index("CREATE TABLE IF NOT EXISTS volumes")] + "PRAGMA user_version = 3;")
+    before_owners = SCHEMA.replace(",\n    owner_id TEXT,\n    user_name TEXT", "")  # version 6 added them
+    old.executescript(before_owners[:before_owners.index("CREATE TABLE IF NOT EXISTS volumes")] +
+                      "PRAGMA user_version = 3;")
     old.execute("INSERT INTO runs (name, status, submitted_at) VALUES ('old', 'done', 1.0)")
     old.commit()
     old.close()
@@ -197,7 +199,7 @@ def test_a_version_3_store_gets_the_volumes_jobs_and_fleet_tables(dstack_home):
     assert [job.host["hostname"] for job in store.list_jobs("r")] == ["10.251.240.2"]
     assert store.create_cloud_fleet("f1", "x", "aws", {}, None)
     db = sqlite3.connect(store.path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     db.close()
 
 

@@ -359,6 +359,7 @@ def test_a_volume_in_use_is_busy_and_cannot_be_deleted(tmp_path, home_env, dstac
     assert cli(home_env, "volume", "delete", "ext", "-y").returncode == 0
 
 
+@pytest.mark.usefixtures("store_engine")  # both engines: SQLite, the team database
 def test_two_runs_submitted_at_once_never_share_a_volume():
     from configuration.loader import parse_configuration as parse
     from provisioner.planning.task_volumes import claim_volumes

@@ -20,7 +20,7 @@ def check(as_json: opt.JsonOption = False) -> None:
     from stacks.checks import check_pulumi, worst
 
     config = load_config()
-    checks = []
+    checks = _database_checks(config)
     missing = _missing_extras(config.cloud_backends)
     if config.cloud_backends and not missing:
         checks.append(check_pulumi())
@@ -30,13 +30,38 @@ def check(as_json: opt.JsonOption = False) -> None:
         print_json({"checks": [c.to_json() for c in checks], "status": worst(checks)})
     else:
         console = stdout_console()
-        if not checks:
+        if not config.cloud_backends:
             console.print("No cloud is configured in $DSTACK_HOME/config.yml: runs use this machine and SSH fleets "
                           "(docs/clouds.md says how to add AWS or GCP).")
         for c in checks:
             console.print(f"{_MARKS[c.status]} {c.backend:<6} {c.subject:<12} {c.detail}", highlight=False)
     if worst(checks) == "fail":
         raise typer.Exit(1)
+
+
+def _database_checks(config) -> list:
+    """The team database's line (reachable, schema version, latency) when one is configured (docs/teams.md), and
+    a warning when the clouds' Pulumi stacks stay on this laptop, where no teammate's `dstack stop` finds them."""
+    from configuration.database import database_url
+    from configuration.errors import DstackError
+    from stacks.checks import FAIL, WARN, Check
+
+    try:
+        url = database_url()
+        if url is None:
+            return []
+        from provisioner.store.postgres import check_team_database
+
+        status, detail = check_team_database(url)
+    except DstackError as e:
+        status, detail = FAIL, str(e)
+    checks = [Check("state", "database", status, detail)]
+    backend_url = config.pulumi.backend_url or ""
+    if config.cloud_backends and not backend_url.startswith(("s3://", "gs://")):
+        checks.append(Check("state", "stacks", WARN, "the runs' Pulumi stacks are kept on this laptop "
+                            f"({backend_url or '$DSTACK_HOME/pulumi/state'}): a teammate cannot stop its cloud runs; "
+                            "set pulumi.backend_url to the team's s3:// or gs:// bucket (docs/teams.md)"))
+    return checks
 
 
 def _missing_extras(backends) -> dict:

@@ -47,14 +47,16 @@ def ps(
     watch: Annotated[bool, typer.Option("-w", "--watch", help="Refresh every 2s until Ctrl-C")] = False,
     output: FormatOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts (as --format json)")] = False,
+    mine: Annotated[bool, typer.Option("--mine", help="Only this home's runs (with a team database, the team's "
+                                                      "are listed, with a USER column)")] = False,
 ) -> None:
     """List runs: status, where they run, what they cost. Finishes what an interrupted dstack left."""
     as_json = as_json or output == "json"
     session = run_session()
     if watch:
-        repeat_until_ctrl_c(lambda: _print_runs(session, all_runs, last, verbose, as_json))
+        repeat_until_ctrl_c(lambda: _print_runs(session, all_runs, last, verbose, as_json, mine))
     else:
-        _print_runs(session, all_runs, last, verbose, as_json)
+        _print_runs(session, all_runs, last, verbose, as_json, mine)
 
 
 def _shown(records: list, all_runs: bool, last: Optional[int]) -> list:
@@ -66,7 +68,8 @@ def _shown(records: list, all_runs: bool, last: Optional[int]) -> list:
     return active or records[:1]
 
 
-def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool) -> None:
+def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool, mine: bool) -> None:
+    from configuration.owner import another_homes
     from provisioner.runs.interruptions import submissions
     from provisioner.runs.reconcile import reconcile
 
@@ -74,6 +77,8 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
     every = reconcile(session)
     expire_idle_fleets()  # after reconcile, whose teardowns hand instances back idle
     _warn_of_unknown_jobs(session.store, every)
+    if mine:
+        every = [r for r in every if not another_homes(r.owner_id)]
     if as_json:  # our contract: the active runs unless -a or -n
         records = [r for r in every if all_runs or last or r.active][:last]
         print_json({"runs": [run_json(session, r, now) for r in records]})
@@ -83,12 +88,15 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
     from rich.text import Text
 
     table = Table(box=None, header_style="bold")
-    columns = ["NAME", "STATUS", "BACKEND", "REGION", "INSTANCE", "GPU", "$/HOUR", "COST", "AGE"]
+    team = session.store.team is not None  # a team database: whose each run is
+    columns = ["NAME"] + (["USER"] if team else []) + ["STATUS", "BACKEND", "REGION", "INSTANCE", "GPU", "$/HOUR",
+                                                       "COST", "AGE"]
     for column in columns + (["ERROR", "JOB", "HOST", "JOB STATUS", "PORTS", "EXIT"] if verbose else []):
         table.add_column(column)
     for r in records:
-        row = [r.name, r.status, r.backend or "-", r.region or "-", r.instance or "-", gpu_cell(r.offer),
-               f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}", _age(now - r.submitted_at)]
+        row = [r.name] + ([Text(r.user_name or "-")] if team else []) + [
+            r.status, r.backend or "-", r.region or "-", r.instance or "-", gpu_cell(r.offer),
+            f"${r.price:.4f}" if r.price is not None else "-", f"${r.cost(now):.4f}", _age(now - r.submitted_at)]
         if not verbose:
             table.add_row(*row)
             continue
@@ -123,4 +131,4 @@ def _warn_of_unknown_jobs(store, records) -> None:
             continue
         record = store.get_run(name)  # a run submitted since the list was read is no stranger
         if record is None or not record.active:
-            warn(f"{describe(access, name, pgid)}, but no active run in {store.path} knows it")  # a path: unwrapped
+            warn(f"{describe(access, name, pgid)}, but no active run in {store.where} knows it")  # a path: unwrapped

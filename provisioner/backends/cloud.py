@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from configuration.backends import DstackConfig
+from configuration.errors import ConfigurationError
 from configuration.home import dstack_home
 from offers.catalog import InstanceType
 from offers.offer import Offer
@@ -44,6 +45,21 @@ def run_key_path(run_name: str) -> Path:
     return dstack_home() / "runs" / run_name / "id_ed25519"
 
 
+def seal_run_key(store: StateStore, run_name: str, key_path: Path) -> None:
+    """With a team database, the run's login key goes there too, sealed with the team key (never in plain text),
+    for a teammate's `dstack stop`/`logs` to reach its hosts (provisioner.jobs.run_jobs.reachable)."""
+    if store.team is None:
+        return
+    from configuration.database import TEAM_KEY_VARIABLE, team_key
+    from provisioner.host.keys import seal
+
+    key = team_key()
+    if key is None:
+        raise ConfigurationError(f"a cloud run recorded in {store.where} needs the team key, to seal its SSH key for "
+                                 f"teammates: set {TEAM_KEY_VARIABLE} or share the Pulumi passphrase (docs/teams.md)")
+    store.save_sealed_key(run_name, seal(key_path.read_bytes(), key))
+
+
 @dataclass
 class CloudBackend:
     """One per run's provisioning (provisioner.runs.failover keeps it across the run's tries), so what is settled
@@ -56,8 +72,11 @@ class CloudBackend:
     accounts: Dict[str, str] = field(default_factory=dict)  # GCP: stack name -> its service account, made
 
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
-        return self.create_stack(run_name, offer, configuration, report, run_key_path(run_name),
-                                 lambda stack: self.store.update_run(run_name, stack=stack),
+        def record_stack(stack: dict) -> None:  # after the key and the passphrase (the team key's default) are made
+            seal_run_key(self.store, run_name, run_key_path(run_name))
+            self.store.update_run(run_name, stack=stack)
+
+        return self.create_stack(run_name, offer, configuration, report, run_key_path(run_name), record_stack,
                                  note=run_note(self.store, run_name))
 
     def create_stack(self, name: str, offer: Offer, configuration, report: Callable, key_path: Path,

@@ -288,5 +288,5 @@ def fleets_json(store: StateStore, now: float) -> List[dict]:
         backend = (fleet["stack"] or {}).get("backend", fleet["backend"])  # failover may have moved it
         cloud.append({"name": fleet["name"], "kind": "cloud", "source": fleet["source"], "backend": backend,
                       "created_at": fleet["created_at"], "hosts": [{"access": i.host} for i in instances],
-                      "instances": [i.to_json(now) for i in instances]})
+                      "instances": [i.to_json(now) for i in instances], "user": fleet["user"]})
     return sorted(ssh + cloud, key=lambda f: f["name"])

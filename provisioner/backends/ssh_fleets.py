@@ -77,6 +77,10 @@ def apply_fleet(configuration, source: str, store: StateStore, confirm: ConfirmK
                 raise ConfigurationError(f"{where}: not registered: its host keys were not trusted")
             record_host_keys([(host.ssh_target(), key) for host, key in new])
 
+    if store.team is not None:  # a teammate's laptop has no known_hosts line: the confirmed key goes with the host
+        hosts = [dataclasses.replace(host, host_key=f"{key.get_name()} {key.get_base64()}")
+                 for host, (key, _) in zip(hosts, offered)]  # `offered`: the hosts', scanned last
+
     def probe_and_report(host: HostAccess) -> Tuple[HostAccess, HostFacts]:
         facts = probe(host)
         host = internal_address(host, facts, configuration.ssh_config.network)

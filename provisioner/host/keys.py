@@ -1,8 +1,11 @@
 """SSH key pairs that dstack makes: a run's or a fleet's login key, a cluster's key between its nodes (ed25519, made
-as a VM's host key is: stacks.spec.generate_host_key)."""
+as a VM's host key is: stacks.spec.generate_host_key); and a key sealed with the team key for a team database
+(docs/teams.md): AES-256-GCM under a key derived from the team key with scrypt, a salt and nonce of its own each."""
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
 from typing import Tuple
 
@@ -24,3 +27,34 @@ def generate_key(path: Path, comment: str) -> str:
     private, public = new_key_pair(comment)
     private_file(path).write_bytes(private)
     return public
+
+
+_SEALED = "dstack-sealed-v1:"
+
+
+def _team_cipher(team_key: str, salt: bytes):
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return AESGCM(Scrypt(salt=salt, length=32, n=2 ** 14, r=8, p=1).derive(team_key.encode()))
+
+
+def seal(secret: bytes, team_key: str) -> str:
+    """`secret` encrypted with the team key, as text the store keeps."""
+    salt, nonce = os.urandom(16), os.urandom(12)
+    sealed = _team_cipher(team_key, salt).encrypt(nonce, secret, _SEALED.encode())
+    return _SEALED + base64.b64encode(salt + nonce + sealed).decode()
+
+
+def unseal(text: str, team_key: str) -> bytes:
+    """The secret `seal` sealed; ValueError when `team_key` is not the one it was sealed with (or the text is not
+    sealed text)."""
+    from cryptography.exceptions import InvalidTag
+
+    if not text.startswith(_SEALED):
+        raise ValueError("not sealed by dstack")
+    try:
+        raw = base64.b64decode(text[len(_SEALED):], validate=True)
+        return _team_cipher(team_key, raw[:16]).decrypt(raw[16:28], raw[28:], _SEALED.encode())
+    except (InvalidTag, ValueError):
+        raise ValueError("sealed with another team key") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import List, Optional, Tuple
 
+from configuration.owner import another_homes
 from provisioner.host.access import HostAccess
 from provisioner.host.transport import TransportError
 from provisioner.jobs.layout import TIMED_OUT
@@ -34,7 +35,11 @@ def reconcile(session: RunSession) -> List[RunRecord]:
 
 def _looked_after(record: RunRecord) -> bool:
     """Whether a live dstack process looks after the run: an attached owner until the run ends, a detached one
-    until it has started the job (or, stopped meanwhile, torn the run down)."""
+    until it has started the job (or, stopped meanwhile, torn the run down). A teammate's run (a team database) is
+    its owner's to look after, which this machine cannot ask, but for a detached job already running on a host
+    this machine reaches too: its end is recorded by whichever laptop sees it first."""
+    if another_homes(record.owner_id):
+        return not (record.detached and record.status in RUNNING and (record.host or {}).get("kind") != "local")
     return run_owner_alive(record) and (not record.detached or record.status not in RUNNING)
 
 

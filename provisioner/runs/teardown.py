@@ -7,6 +7,7 @@ import time
 from typing import Dict, Optional
 
 from configuration.errors import ConfigurationError
+from configuration.owner import another_homes
 from provisioner.backends.base import LeftoversRemain
 from provisioner.host.access import HostAccess
 from provisioner.jobs.cluster_ssh import revoke_everywhere
@@ -86,8 +87,9 @@ def wait_final(store: StateStore, name: str, timeout: float = 600, while_owner: 
 
 
 def run_owner_alive(record: RunRecord) -> bool:
-    """Whether the dstack process that owns the run (its pid and start time, provisioner.runs.owner) still lives."""
-    return owner_alive(record.owner_pid, record.owner_started)
+    """Whether the dstack process that owns the run (its pid and start time, provisioner.runs.owner) still lives.
+    A teammate's run's owner lives on another machine: its pid means nothing here, and counts as gone."""
+    return not another_homes(record.owner_id) and owner_alive(record.owner_pid, record.owner_started)
 
 
 def stop_jobs(session: RunSession, run_name: str, jobs: Optional[RunJobs] = None,
@@ -114,6 +116,10 @@ def stop_run(session: RunSession, name: str, abort: bool = False) -> RunRecord:
     if record is None:
         raise ConfigurationError(f"no run named {name} (see `dstack ps -a`)")
     reason = "aborted" if abort else "stopped by user"
+    if record.active and another_homes(record.owner_id) and (record.backend == "local" or
+                                                             (record.host or {}).get("kind") == "local"):
+        raise ConfigurationError(f"run {name} is {record.user_name or 'a teammate'}'s and runs on their machine "
+                                 "(backend local): only they can stop it")
     if record.active:
         store.add_event(name, "stop", reason)
     if store.claim_run(name, STARTING, RunStatus.TERMINATING, reason=reason):

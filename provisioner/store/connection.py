@@ -1,38 +1,77 @@
 """The state store's file: opened and checked, brought up to the current schema, connected to with SQLite's
-errors made the user's, and set aside when damaged (provisioner.store.damage); the table classes build on it."""
+errors made the user's, and set aside when damaged (provisioner.store.damage); the table classes build on it. With
+a team database (configuration.database) the same tables live in PostgreSQL instead (provisioner.store.postgres):
+the tables' code sees one connection interface (SqliteDb here, PostgresDb there) whichever engine holds them."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
+from configuration.database import database_url
 from configuration.errors import DstackError
 from configuration.home import dstack_home, private_dir
+from configuration.owner import owner_id, user_name
 from provisioner.store.damage import (file_identity, moved_aside, remove_leftovers, set_aside_and_report, stat_of,
                                       store_lock)
-from provisioner.store.errors import DAMAGED, FULL, failure_kind, store_error
+from provisioner.store.errors import DAMAGED, FULL, Conflict, ConnectionLost, Damage, failure_kind, store_error
 from provisioner.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TABLES, tables_at
 
+__all__ = ["Damage", "SqliteDb", "StoreFile", "json_or_none", "load_json", "owner", "read_again", "stored_status"]
 
-class Damage(Exception):
-    """A check of the store or of a row failed: the store is damaged, for `reason`."""
 
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+class SqliteDb:
+    """A connection to the SQLite store as the tables use it (PostgresDb is the team database's)."""
+
+    def __init__(self, connection: sqlite3.Connection):
+        self.connection = connection
+
+    def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:
+        return self.connection.execute(sql, parameters)
+
+    def executemany(self, sql: str, rows: list) -> None:
+        self.connection.executemany(sql, rows)
+
+    def rows(self, sql: str, parameters=()) -> List[dict]:
+        """The rows as dicts, by column name."""
+        cursor = self.connection.execute(sql, parameters)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def begin(self) -> None:
+        """Starts a writing transaction: the check and the change that follow are one step no other process sees
+        half made (SQLite: one writer at a time)."""
+        self.connection.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.connection.execute("COMMIT")
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 class StoreFile:
-    """`$DSTACK_HOME/state.db` (or `path`), checked when opened."""
+    """`$DSTACK_HOME/state.db` (or `path`), checked when opened; or the team database at `url`, or configured (when
+    no `path` is given), checked the same way."""
 
-    def __init__(self, path: Optional[Path] = None):
+    def __init__(self, path: Optional[Path] = None, url: Optional[str] = None):
+        url = url or (None if path else database_url())
+        self.team = None
+        if url:
+            from provisioner.store.postgres import TeamDatabase
+
+            self.team = TeamDatabase(url)
+            self.path, self.where = None, self.team.description
+            return
         self.path = Path(path) if path else dstack_home() / "state.db"
+        self.where = str(self.path)
         self.marker = self.path.with_name(self.path.name + ".marker")
         self.identity: Optional[Tuple[int, int]] = None  # the file opened and checked, which failures are about
         private_dir(self.path.parent)
@@ -68,7 +107,7 @@ class StoreFile:
         the commit, so a store without tables and with a marker was emptied, never half made."""
         with self._connect(create=create) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             tables, version = self._schema(db)
             if not tables and self.marker.exists():
                 raise Damage("it holds no tables: it was truncated or emptied")
@@ -86,14 +125,14 @@ class StoreFile:
                     for statement in MIGRATIONS.get(step, []):
                         db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
+            db.commit()
         os.chmod(self.path, 0o600)
         if create:
             self.identity = file_identity(self.path)
         self._mark()
 
     @staticmethod
-    def _schema(db: sqlite3.Connection) -> tuple:
+    def _schema(db: SqliteDb) -> tuple:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         return tables, db.execute("PRAGMA user_version").fetchone()[0]
 
@@ -112,17 +151,22 @@ class StoreFile:
             pass
 
     @contextmanager
-    def _connect(self, read: bool = False, create: bool = False) -> Iterator[sqlite3.Connection]:
-        """A connection whose SQLite errors become the user's: damage moves the store aside, a full disk says so."""
+    def _connect(self, read: bool = False, create: bool = False) -> Iterator:
+        """A connection whose errors become the user's: SQLite's damage moves the store aside, a full disk says so
+        (the team database's: provisioner.store.postgres). A constraint is raised as Conflict, for the caller."""
+        if self.team is not None:
+            with self.team.connect() as db:
+                yield db
+            return
         try:
-            db = self._reader() if read else self._connection("rwc" if create else "rw")
+            db = SqliteDb(self._reader() if read else self._connection("rwc" if create else "rw"))
         except sqlite3.Error as e:
             raise self._failure(e) from None
         failure: Optional[Exception] = None
         try:
             yield db
         except sqlite3.IntegrityError:  # a constraint the caller explains (a run name taken)
-            raise
+            raise Conflict() from None
         except (sqlite3.Error, Damage) as e:
             failure = e
         finally:
@@ -166,6 +210,23 @@ def stored_status(kind: type, value, what: str):
         return kind(value)
     except ValueError:
         raise Damage(f"{what}'s status {value!r} is not one dstack writes") from None
+
+
+def read_again(method: Callable) -> Callable:
+    """A reading method of the tables, run once more on a new connection when the team database's connection broke
+    during it (reads change nothing: repeating one is safe)."""
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except ConnectionLost:
+            return method(self, *args, **kwargs)
+    return read
+
+
+def owner() -> Tuple[str, str]:
+    """(owner id, user name) of this home, which each record it makes carries (configuration.owner)."""
+    return owner_id(), user_name()
 
 
 def json_or_none(value) -> Optional[str]:

@@ -44,6 +44,23 @@ class DiskFull(DstackError):
     """A change could not be written: the disk holding $DSTACK_HOME is full."""
 
 
+class Damage(Exception):
+    """A check of the store or of a row failed: the store is damaged, for `reason`."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConnectionLost(DstackError):
+    """The team database's connection broke during an operation: a read is tried again once (read_again); a
+    write is reported, never repeated (it may have been recorded: repeating it could record it twice)."""
+
+
+class Conflict(Exception):
+    """A row with that key exists (a name taken): either engine's constraint error, for the caller to explain."""
+
+
 def failure_kind(error: sqlite3.Error, folder: Path) -> str:
     text = str(error)
     for needle, kind in _MESSAGES:

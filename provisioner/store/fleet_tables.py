@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import fields
 from typing import List, Optional, Sequence
 
 from configuration.errors import ConfigurationError
-from provisioner.store.connection import StoreFile, json_or_none, load_json, stored_status
+from provisioner.store.connection import StoreFile, json_or_none, load_json, owner, read_again, stored_status
+from provisioner.store.errors import Conflict
 from provisioner.store.records import InstanceRecord, VolumeRecord
 from provisioner.store.statuses import InstanceStatus, VolumeStatus
 
@@ -20,15 +20,19 @@ class FleetTables(StoreFile):
     # --- fleets ---
 
     def save_fleet(self, name: str, source: str, hosts: list) -> None:
+        """Records an SSH fleet, or replaces the one of that name (applied again), as this home's."""
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO fleets (name, source, hosts, created_at) VALUES (?, ?, ?, ?)",
-                       (name, source, json.dumps(hosts), time.time()))
+            db.execute("INSERT INTO fleets (name, source, hosts, created_at, owner_id, user_name) "
+                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET source = excluded.source, "
+                       "hosts = excluded.hosts, created_at = excluded.created_at, owner_id = excluded.owner_id, "
+                       "user_name = excluded.user_name", (name, source, json.dumps(hosts), time.time(), *owner()))
 
+    @read_again
     def list_fleets(self) -> List[dict]:
         with self._connect(read=True) as db:
-            rows = db.execute("SELECT name, source, hosts, created_at FROM fleets ORDER BY name").fetchall()
+            rows = db.execute("SELECT name, source, hosts, created_at, user_name FROM fleets ORDER BY name").fetchall()
             return [{"name": r[0], "source": r[1], "hosts": load_json(r[2], list, f"fleet {r[0]}'s hosts"),
-                     "created_at": r[3]} for r in rows]
+                     "created_at": r[3], "user": r[4]} for r in rows]
 
     def delete_fleet(self, name: str) -> bool:
         with self._connect() as db:
@@ -38,13 +42,15 @@ class FleetTables(StoreFile):
 
     def create_volume(self, record: VolumeRecord) -> None:
         values = {f.name: getattr(record, f.name) for f in fields(VolumeRecord)}
+        if values["owner_id"] is None:
+            values["owner_id"], values["user_name"] = owner()
         values.update(external=int(record.external), stack=json_or_none(record.stack),
                       configuration=json_or_none(record.configuration))
         try:
             with self._connect() as db:
                 db.execute(f"INSERT INTO volumes ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})",
                            list(values.values()))
-        except sqlite3.IntegrityError:
+        except Conflict:
             raise ConfigurationError(f"a volume named {record.name} already exists (see `dstack volume list`)") \
                 from None
 
@@ -54,10 +60,12 @@ class FleetTables(StoreFile):
             db.execute(f"UPDATE volumes SET {', '.join(f'{k} = ?' for k in values)} WHERE name = ?",
                        [*values.values(), name])
 
+    @read_again
     def get_volume(self, name: str) -> Optional[VolumeRecord]:
         found = self._volumes("WHERE name = ?", (name,))
         return found[0] if found else None
 
+    @read_again
     def list_volumes(self) -> List[VolumeRecord]:
         return self._volumes("ORDER BY name", ())
 
@@ -67,8 +75,7 @@ class FleetTables(StoreFile):
 
     def _volumes(self, where: str, values: tuple) -> List[VolumeRecord]:
         with self._connect(read=True) as db:
-            db.row_factory = sqlite3.Row
-            return [self._volume(dict(row)) for row in db.execute(f"SELECT * FROM volumes {where}", values)]
+            return [self._volume(row) for row in db.rows(f"SELECT * FROM volumes {where}", values)]
 
     @staticmethod
     def _volume(data: dict) -> VolumeRecord:
@@ -85,55 +92,57 @@ class FleetTables(StoreFile):
                            stack: Optional[dict] = None, instances: Sequence["InstanceRecord"] = ()) -> bool:
         """Records a cloud fleet (and any instances it already has) unless one of that name exists: False then."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             if db.execute("SELECT 1 FROM cloud_fleets WHERE name = ?", (name,)).fetchone():
                 return False  # the transaction ends, unchanged, with the connection
-            db.execute("INSERT INTO cloud_fleets (name, source, backend, stack, configuration, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (name, source, backend, json_or_none(stack), json.dumps(configuration),
-                                                     time.time()))
+            db.execute("INSERT INTO cloud_fleets (name, source, backend, stack, configuration, created_at, owner_id, "
+                       "user_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (name, source, backend, json_or_none(stack), json.dumps(configuration), time.time(), *owner()))
             for instance in instances:
                 self._insert_instance(db, instance)
-            db.execute("COMMIT")
+            db.commit()
         return True
 
     def set_fleet_stack(self, name: str, stack: dict) -> None:
         with self._connect() as db:
             db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?", (json.dumps(stack), name))
 
+    @read_again
     def list_cloud_fleets(self) -> List[dict]:
         with self._connect(read=True) as db:
-            rows = db.execute("SELECT name, source, backend, stack, configuration, created_at FROM cloud_fleets "
-                              "ORDER BY name").fetchall()
+            rows = db.execute("SELECT name, source, backend, stack, configuration, created_at, user_name "
+                              "FROM cloud_fleets ORDER BY name").fetchall()
             return [{"name": r[0], "source": r[1], "backend": r[2],
                      "stack": load_json(r[3], dict, f"fleet {r[0]}'s stack") if r[3] is not None else None,
-                     "configuration": load_json(r[4], dict, f"fleet {r[0]}'s configuration"), "created_at": r[5]}
-                    for r in rows]
+                     "configuration": load_json(r[4], dict, f"fleet {r[0]}'s configuration"), "created_at": r[5],
+                     "user": r[6]} for r in rows]
 
     def get_cloud_fleet(self, name: str) -> Optional[dict]:
         return next((f for f in self.list_cloud_fleets() if f["name"] == name), None)
 
     def delete_cloud_fleet(self, name: str) -> None:
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             db.execute("DELETE FROM instances WHERE fleet = ?", (name,))
             db.execute("DELETE FROM cloud_fleets WHERE name = ?", (name,))
-            db.execute("COMMIT")
+            db.commit()
 
     def add_instances(self, instances: Sequence["InstanceRecord"]) -> None:
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             for instance in instances:
                 self._insert_instance(db, instance)
-            db.execute("COMMIT")
+            db.commit()
 
     @staticmethod
-    def _insert_instance(db: sqlite3.Connection, instance: "InstanceRecord") -> None:
+    def _insert_instance(db, instance: "InstanceRecord") -> None:
         db.execute("INSERT INTO instances (fleet, num, backend, offer, host, status, run, idle_since, idle_duration) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (instance.fleet, instance.num, instance.backend, json.dumps(instance.offer),
                     json.dumps(instance.host), instance.status, instance.run, instance.idle_since,
                     instance.idle_duration))
 
+    @read_again
     def list_instances(self, fleet: Optional[str] = None) -> List["InstanceRecord"]:
         query, values = "SELECT fleet, num, backend, offer, host, status, run, idle_since, idle_duration " \
                         "FROM instances", []
@@ -175,7 +184,7 @@ class FleetTables(StoreFile):
         idle past its idle_duration at that time; a fleet with no instances yet is never expired). Instances left
         `terminating` by a teardown that failed count as claimable, so the next command tries again."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             rows = db.execute("SELECT status, idle_since, idle_duration FROM instances WHERE fleet = ?",
                               (fleet,)).fetchall()
             if expired_at is not None:
@@ -186,7 +195,7 @@ class FleetTables(StoreFile):
             if not ready:
                 return False  # the transaction ends, unchanged, with the connection
             db.execute("UPDATE instances SET status = ? WHERE fleet = ?", (InstanceStatus.TERMINATING, fleet))
-            db.execute("COMMIT")
+            db.commit()
         return True
 
 

@@ -33,6 +33,8 @@ class RunRecord:
     ports: Optional[list] = None  # [[local, remote], ...] as forwarded
     attempts: list = field(default_factory=list)  # offers tried and why they failed
     configuration: Optional[dict] = None
+    owner_id: Optional[str] = None  # the $DSTACK_HOME that made it (configuration.owner); set by the store
+    user_name: Optional[str] = None  # its user, as `dstack ps` shows it to the team
 
     @property
     def active(self) -> bool:
@@ -45,7 +47,8 @@ class RunRecord:
                 "price": self.price,
                 "cost": round(self.cost(now), 6), "exit_code": self.exit_code, "submitted_at": self.submitted_at,
                 "age_s": round(now - self.submitted_at, 1), "ports": self.ports or [],
-                "tags": (self.configuration or {}).get("tags") or {}}
+                "tags": (self.configuration or {}).get("tags") or {}, "user": self.user_name,
+                "owner": self.owner_id}
 
     def cost(self, now: Optional[float] = None) -> float:
         if not self.price or not self.started_at:
@@ -69,12 +72,14 @@ class VolumeRecord:
     external: bool = False  # registered with `volume_id`: never created or deleted by dstack
     stack: Optional[dict] = None
     configuration: Optional[dict] = None
+    owner_id: Optional[str] = None  # as RunRecord's
+    user_name: Optional[str] = None
 
     def summary(self) -> dict:
         """The shape of one volume in `dstack volume list --json`."""
         return {"name": self.name, "status": self.status, "backend": self.backend, "region": self.region,
                 "zone": self.zone, "size_gb": self.size_gb, "volume_id": self.volume_id, "external": self.external,
-                "created_at": self.created_at}
+                "created_at": self.created_at, "user": self.user_name}
 
 
 @dataclass

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import fields
 from typing import List, Optional, Tuple
 
 from configuration.errors import ConfigurationError, DstackError
-from provisioner.store.connection import Damage, StoreFile, load_json, stored_status
+from provisioner.store.connection import Damage, StoreFile, load_json, owner, read_again, stored_status
+from provisioner.store.errors import Conflict
 from provisioner.store.records import JobRecord, RunRecord
 from provisioner.store.statuses import ACTIVE, JobStatus, RunStatus
 
@@ -24,13 +24,16 @@ class RunTables(StoreFile):
     # --- runs ---
 
     def create_run(self, record: RunRecord) -> None:
+        """Records a new run, as this home's (its owner and user) unless the record names another."""
         values = self._row(record)
+        if values["owner_id"] is None:
+            values["owner_id"], values["user_name"] = owner()
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         try:
             with self._connect() as db:
                 db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", list(values.values()))
-        except sqlite3.IntegrityError:
+        except Conflict:
             raise ConfigurationError(f"a run named {record.name} already exists; pick another name, or "
                                      f"`dstack delete {record.name}` once it has finished") from None
 
@@ -38,11 +41,11 @@ class RunTables(StoreFile):
         values = self._columns(changes)
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             updated = db.execute(f"UPDATE runs SET {assignments} WHERE name = ?", [*values.values(), name]).rowcount
-            db.execute("COMMIT")
+            db.commit()
         if not updated:
-            raise DstackError(f"{self.path} no longer holds run {name}: the store was moved aside or replaced while "
+            raise DstackError(f"{self.where} no longer holds run {name}: the store was moved aside or replaced while "
                               "the run went on; its job may still be running (`dstack ps` says where)")
         return self.get_run(name)
 
@@ -52,10 +55,10 @@ class RunTables(StoreFile):
         assignments = ", ".join(f"{k} = ?" for k in values)
         marks = ", ".join("?" for _ in expected)
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             cursor = db.execute(f"UPDATE runs SET {assignments} WHERE name = ? AND status IN ({marks})",
                                 [*values.values(), name, *expected])
-            db.execute("COMMIT")
+            db.commit()
             return cursor.rowcount == 1
 
     def claim_hosts(self, name: str, candidates: List[dict], count: int
@@ -72,7 +75,7 @@ class RunTables(StoreFile):
         """claim_hosts for node groups: each group's `count` hosts among its own candidates, in group order, no host
         twice; the first candidate of group 0 must be among them. All groups or none, in one transaction."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             held = self._held_addresses(db, name)
             chosen: List[dict] = []
             for candidates, count in groups:
@@ -88,16 +91,17 @@ class RunTables(StoreFile):
                 return None, holders  # the transaction ends, unchanged, with the connection
             db.execute("UPDATE runs SET host = ? WHERE name = ?", (json.dumps(chosen[0]), name))
             self._insert_jobs(db, name, chosen)
-            db.execute("COMMIT")
+            db.commit()
         return chosen, []
 
+    @read_again
     def busy_hosts(self) -> dict:
         """(hostname, port) -> the active run that holds it, as its host or a job's: what the plan offers last."""
         with self._connect(read=True) as db:
             return self._held_addresses(db, "")
 
     @staticmethod
-    def _held_addresses(db: sqlite3.Connection, name: str) -> dict:
+    def _held_addresses(db, name: str) -> dict:
         """(hostname, port) -> the active run other than `name` that holds it, as its host or a job's."""
         marks = ", ".join("?" for _ in ACTIVE)
         held = {}
@@ -115,16 +119,17 @@ class RunTables(StoreFile):
     def set_jobs(self, run: str, hosts: List[dict]) -> None:
         """Records the run's jobs, one per host in rank order, before any is started."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             self._insert_jobs(db, run, hosts)
-            db.execute("COMMIT")
+            db.commit()
 
     @staticmethod
-    def _insert_jobs(db: sqlite3.Connection, run: str, hosts: List[dict]) -> None:
+    def _insert_jobs(db, run: str, hosts: List[dict]) -> None:
         db.execute("DELETE FROM jobs WHERE run = ?", (run,))
         db.executemany("INSERT INTO jobs (run, rank, status, host) VALUES (?, ?, ?, ?)",
                        [(run, rank, JobStatus.PROVISIONING, json.dumps(host)) for rank, host in enumerate(hosts)])
 
+    @read_again
     def list_jobs(self, run: str) -> List[JobRecord]:
         with self._connect(read=True) as db:  # rows are checked inside: damage they show moves the store aside
             rows = db.execute("SELECT run, rank, status, host, exit_code, started_at, finished_at FROM jobs "
@@ -145,24 +150,25 @@ class RunTables(StoreFile):
         with self._connect() as db:
             db.execute(f"UPDATE jobs SET {assignments} WHERE run = ? AND rank = ?", [*changes.values(), run, rank])
 
+    @read_again
     def get_run(self, name: str) -> Optional[RunRecord]:
         with self._connect(read=True) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()
-            return self._record(row) if row else None
+            rows = db.rows("SELECT * FROM runs WHERE name = ?", (name,))
+            return self._record(rows[0]) if rows else None
 
+    @read_again
     def list_runs(self) -> List[RunRecord]:
         with self._connect(read=True) as db:
-            db.row_factory = sqlite3.Row
-            return [self._record(r) for r in db.execute("SELECT * FROM runs ORDER BY submitted_at DESC")]
+            return [self._record(r) for r in db.rows("SELECT * FROM runs ORDER BY submitted_at DESC")]
 
     def delete_run(self, name: str) -> None:
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             db.execute("DELETE FROM runs WHERE name = ?", (name,))
             db.execute("DELETE FROM events WHERE run = ?", (name,))
             db.execute("DELETE FROM jobs WHERE run = ?", (name,))
-            db.execute("COMMIT")
+            db.execute("DELETE FROM sealed_keys WHERE run = ?", (name,))
+            db.commit()
 
     def archive_run(self, name: str) -> Optional[str]:
         """Keeps a finished run apart under `NAME@N` (its events and jobs with it), so that `NAME` can be submitted
@@ -192,6 +198,7 @@ class RunTables(StoreFile):
             db.execute("INSERT INTO events (run, at, kind, message) VALUES (?, ?, ?, ?)",
                        (run, time.time() if at is None else at, kind, message))
 
+    @read_again
     def list_events(self, run: Optional[str] = None, since: Optional[float] = None, after_id: int = 0) -> List[dict]:
         """Events in the order they happened: one run's or all, from `since` (a time) and after `after_id`."""
         query, values = "SELECT id, run, at, kind, message FROM events WHERE id > ?", [after_id]
@@ -215,9 +222,10 @@ class RunTables(StoreFile):
 
     def add_key_left(self, run: str, host: dict) -> None:
         with self._connect() as db:
-            db.execute("INSERT OR IGNORE INTO cluster_keys_left (run, host) VALUES (?, ?)",
+            db.execute("INSERT INTO cluster_keys_left (run, host) VALUES (?, ?) ON CONFLICT DO NOTHING",
                        (run, json.dumps(host, sort_keys=True)))
 
+    @read_again
     def keys_left(self, host: dict) -> List[Tuple[str, dict]]:
         """(run, its node as recorded) for each run whose key is left on `host`'s account: its address and user."""
         with self._connect(read=True) as db:
@@ -229,6 +237,19 @@ class RunTables(StoreFile):
         with self._connect() as db:
             db.execute("DELETE FROM cluster_keys_left WHERE run = ? AND host = ?",
                        (run, json.dumps(host, sort_keys=True)))
+
+    # --- a run's login key, sealed with the team key (provisioner.host.keys.seal): opaque text here ---
+
+    def save_sealed_key(self, run: str, sealed: str) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO sealed_keys (run, sealed) VALUES (?, ?) ON CONFLICT (run) DO UPDATE SET "
+                       "sealed = excluded.sealed", (run, sealed))
+
+    @read_again
+    def sealed_key(self, run: str) -> Optional[str]:
+        with self._connect(read=True) as db:
+            row = db.execute("SELECT sealed FROM sealed_keys WHERE run = ?", (run,)).fetchone()
+            return row[0] if row else None
 
     @staticmethod
     def _columns(changes: dict) -> dict:
@@ -247,8 +268,7 @@ class RunTables(StoreFile):
         return cls._columns({f.name: getattr(record, f.name) for f in fields(RunRecord)})
 
     @staticmethod
-    def _record(row) -> RunRecord:
-        data = dict(row)
+    def _record(data: dict) -> RunRecord:
         for name, kind in _JSON_FIELDS.items():
             if data.get(name) is not None:
                 data[name] = load_json(data[name], kind, f"run {data['name']}'s {name}")

@@ -1,12 +1,17 @@
-"""The state store's tables, its version (SQLite's `PRAGMA user_version`) and the steps that bring an older store up
-to it."""
+"""The state store's tables, its version (SQLite's `PRAGMA user_version`, the team database's `dstack_schema` table)
+and the steps that bring an older store up to it; written once, for SQLite, and translated for PostgreSQL
+(postgres_statement)."""
 
 from __future__ import annotations
 
+import re
 from typing import List
 
-SCHEMA_VERSION = 5  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
-# instances; 5: cluster keys left on nodes; stores from before versions read 0
+SCHEMA_VERSION = 7  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
+# instances; 5: cluster keys left on nodes; 6: each record's owner (a team database); 7: run keys sealed with the
+# team key; stores from before versions read 0
+
+OWNED_TABLES = ("runs", "fleets", "volumes", "cloud_fleets")  # their rows carry owner_id and user_name
 
 
 SCHEMA = """
@@ -31,13 +36,17 @@ CREATE TABLE IF NOT EXISTS runs (
     offer TEXT,
     ports TEXT,
     attempts TEXT,
-    configuration TEXT
+    configuration TEXT,
+    owner_id TEXT,
+    user_name TEXT
 );
 CREATE TABLE IF NOT EXISTS fleets (
     name TEXT PRIMARY KEY,
     source TEXT,
     hosts TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    owner_id TEXT,
+    user_name TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,7 +67,9 @@ CREATE TABLE IF NOT EXISTS volumes (
     external INTEGER NOT NULL DEFAULT 0,
     stack TEXT,
     configuration TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    owner_id TEXT,
+    user_name TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     run TEXT NOT NULL,
@@ -76,7 +87,9 @@ CREATE TABLE IF NOT EXISTS cloud_fleets (
     backend TEXT NOT NULL,
     stack TEXT,
     configuration TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    owner_id TEXT,
+    user_name TEXT
 );
 CREATE TABLE IF NOT EXISTS instances (
     fleet TEXT NOT NULL,
@@ -94,20 +107,30 @@ CREATE TABLE IF NOT EXISTS cluster_keys_left (
     run TEXT NOT NULL,
     host TEXT NOT NULL,
     PRIMARY KEY (run, host)
+);
+CREATE TABLE IF NOT EXISTS sealed_keys (
+    run TEXT PRIMARY KEY,
+    sealed TEXT NOT NULL
 )
 """
 
 
-TABLES = {"runs", "fleets", "events", "volumes", "jobs", "cloud_fleets", "instances", "cluster_keys_left"}
+TABLES = {"runs", "fleets", "events", "volumes", "jobs", "cloud_fleets", "instances", "cluster_keys_left",
+          "sealed_keys"}
 
 
 # A store older than the version has none of them yet: no damage.
-TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs", "cloud_fleets", "instances"}, 5: {"cluster_keys_left"}}
+TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs", "cloud_fleets", "instances"}, 5: {"cluster_keys_left"},
+                7: {"sealed_keys"}}
+
+
+_OWNER_COLUMNS = ",\n    owner_id TEXT,\n    user_name TEXT"
 
 
 def _statements(first: str, last: str) -> List[str]:
-    """The CREATE statements of SCHEMA from the one starting with `first` to the one starting with `last`."""
-    statements = [s.strip() for s in SCHEMA.split(";") if s.strip()]
+    """The CREATE statements of SCHEMA from the one starting with `first` to the one starting with `last`, as they
+    were before version 6 added the owner columns (which its own step adds)."""
+    statements = [s.strip().replace(_OWNER_COLUMNS, "") for s in SCHEMA.split(";") if s.strip()]
     start = next(i for i, s in enumerate(statements) if s.startswith(first))
     end = next(i for i, s in enumerate(statements) if s.startswith(last))
     return statements[start:end + 1]
@@ -118,9 +141,20 @@ MIGRATIONS = {  # from each version to the next
     2: _statements("CREATE TABLE IF NOT EXISTS events", "CREATE INDEX IF NOT EXISTS events_by_run"),
     3: _statements("CREATE TABLE IF NOT EXISTS volumes", "CREATE TABLE IF NOT EXISTS instances"),
     4: _statements("CREATE TABLE IF NOT EXISTS cluster_keys_left", "CREATE TABLE IF NOT EXISTS cluster_keys_left"),
+    5: [f"ALTER TABLE {table} ADD COLUMN {column} TEXT" for table in OWNED_TABLES
+        for column in ("owner_id", "user_name")],
+    6: _statements("CREATE TABLE IF NOT EXISTS sealed_keys", "CREATE TABLE IF NOT EXISTS sealed_keys"),
 }
 
 
 def tables_at(version: int) -> set:
     """The tables a store of `version` must hold."""
     return TABLES - {table for added, tables in TABLES_ADDED.items() if added > version for table in tables}
+
+
+def postgres_statement(statement: str) -> str:
+    """A statement of SCHEMA or MIGRATIONS in PostgreSQL's types: 64-bit integers (a process start time, a size in
+    bytes), double precision for SQLite's REAL, a sequence for the events' AUTOINCREMENT ids."""
+    statement = statement.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+    statement = re.sub(r"\bREAL\b", "DOUBLE PRECISION", statement)
+    return re.sub(r"\bINTEGER\b", "BIGINT", statement)

@@ -1,0 +1,188 @@
+"""The team database: the state store's tables in PostgreSQL (psycopg 3), shared by every laptop of a team.
+
+The schema is the SQLite store's (provisioner.store.schema, in PostgreSQL's types), its version in the one-row
+`dstack_schema` table: brought up to date when older, refused when newer. A writing transaction (`begin`) takes one
+transaction-scoped advisory lock first, so the check-then-change steps the tables make under SQLite's single writer
+(claiming a host, a run, an instance) stay exclusive across machines; single-statement claims are atomic anyway
+(an UPDATE re-reads its WHERE on the row it waited for).
+
+There is no file to set aside: a record that fails its check, a missing table, a lost connection are each one clear
+error naming the database (never its password), and nothing is changed or silently read as empty.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Set, Tuple
+
+from configuration.database import describe
+from configuration.errors import DstackError
+from provisioner.store.errors import Conflict, ConnectionLost, Damage
+from provisioner.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TABLES, postgres_statement, tables_at
+
+WRITE_LOCK = 0x64737461636B  # the advisory lock every writing transaction takes ("dstack" in ASCII)
+CONNECT_TRIES = 3  # a refused or dropped connection is tried again this often, a second apart, then reported
+CONNECT_TIMEOUT_S = 10
+
+
+class PostgresDb:
+    """A connection to the team database as the tables use it (SqliteDb's interface: `?` placeholders)."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def execute(self, sql: str, parameters=()):
+        return self.connection.execute(sql.replace("?", "%s"), tuple(parameters))
+
+    def executemany(self, sql: str, rows: list) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.executemany(sql.replace("?", "%s"), rows)
+
+    def rows(self, sql: str, parameters=()) -> List[dict]:
+        cursor = self.execute(sql, parameters)
+        names = [column.name for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def begin(self) -> None:
+        """Starts a writing transaction, after any other's (see the module's docstring)."""
+        self.connection.execute("BEGIN")
+        self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+
+    def commit(self) -> None:
+        self.connection.execute("COMMIT")
+
+
+class TeamDatabase:
+    """The database at `url`, checked (and its schema made or brought up to date) when opened."""
+
+    def __init__(self, url: str):
+        self.psycopg = _psycopg()
+        self.url = url
+        self.description = describe(url)
+        self._open()
+
+    @contextmanager
+    def connect(self) -> Iterator[PostgresDb]:
+        """A connection whose errors are the user's: Conflict for a constraint, one line for the rest."""
+        connection = self._connection()
+        errors = self.psycopg.errors
+        try:
+            yield PostgresDb(connection)
+        except errors.UniqueViolation:
+            raise Conflict() from None
+        except Damage as e:
+            raise DstackError(f"{self.description} is damaged: {e.reason}; dstack changed nothing (fix or delete "
+                              "what is named)") from None
+        except (errors.UndefinedTable, errors.UndefinedColumn) as e:
+            raise DstackError(f"{self.description} is damaged: {_first_line(e)}; dstack changed nothing") from None
+        except self.psycopg.OperationalError as e:
+            raise ConnectionLost(f"lost the connection to {self.description} ({_first_line(e)}): what this command "
+                              "was writing may not be recorded; `dstack ps` shows what is, run the command again") \
+                from None
+        except self.psycopg.Error as e:
+            raise DstackError(f"{self.description}: {_first_line(e)}") from None
+        finally:
+            connection.close()
+
+    def _connection(self):
+        """A new connection (autocommit: each statement its own transaction unless `begin`); a refused one is tried
+        again, CONNECT_TRIES times in all."""
+        for attempt in range(CONNECT_TRIES):
+            try:
+                return self.psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            except self.psycopg.Error as e:
+                failure = e
+                if attempt + 1 < CONNECT_TRIES:
+                    time.sleep(1.0)
+        raise DstackError(f"cannot reach {self.description}: {_first_line(failure)} (tried {CONNECT_TRIES} times; "
+                          "`dstack config check` reports the database)")
+
+    def _open(self) -> None:
+        with self.connect() as db:
+            tables, version = schema_of(db)
+            if version == SCHEMA_VERSION and TABLES <= tables:
+                return
+            db.begin()  # made or upgraded by one laptop at a time; the others wait, then find it done
+            tables, version = schema_of(db)
+            if version is None:
+                if tables & TABLES:
+                    raise Damage(f"it holds dstack's {' and '.join(sorted(tables & TABLES))} tables but no "
+                                 "dstack_schema table")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(postgres_statement(statement))
+                db.execute("CREATE TABLE dstack_schema (version INTEGER NOT NULL)")
+                db.execute("INSERT INTO dstack_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            else:
+                if version > SCHEMA_VERSION:
+                    raise DstackError(f"{self.description} was written by a newer dstack (schema {version}, this one "
+                                      f"knows {SCHEMA_VERSION}); upgrade dstack")
+                missing = tables_at(version) - tables
+                if missing:
+                    raise Damage(f"its {' and '.join(sorted(missing))} table is missing")
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS.get(step, []):
+                        db.execute(postgres_statement(statement))
+                db.execute("UPDATE dstack_schema SET version = ?", (SCHEMA_VERSION,))
+            db.commit()
+
+
+def check_team_database(url: str) -> Tuple[str, str]:
+    """(ok, warn or fail, what was found) for `dstack config check`: whether the database answers, its schema
+    version against this dstack's, and a round trip's time; nothing is made or upgraded."""
+    description = describe(url)
+    try:
+        database = TeamDatabase.__new__(TeamDatabase)  # connected to without _open: a check changes nothing
+        database.psycopg, database.url, database.description = _psycopg(), url, description
+        started = time.monotonic()
+        with database.connect() as db:
+            connected = time.monotonic() - started
+            rounds = []
+            for _ in range(3):
+                started = time.monotonic()
+                db.execute("SELECT 1").fetchone()
+                rounds.append(time.monotonic() - started)
+            tables, version = schema_of(db)
+    except (DstackError, Damage) as e:
+        return "fail", str(e) if isinstance(e, DstackError) else f"{description} is damaged: {e.reason}"
+    timing = f"connect {connected * 1000:.0f} ms, round trip {sorted(rounds)[1] * 1000:.1f} ms"
+    if version is None:
+        if tables & TABLES:
+            return "fail", f"{description} holds dstack tables but no dstack_schema table ({timing})"
+        return "ok", f"{description}: reachable, empty (the first command makes schema {SCHEMA_VERSION}); {timing}"
+    if version > SCHEMA_VERSION:
+        return "fail", (f"{description}: schema {version} was written by a newer dstack (this one knows "
+                        f"{SCHEMA_VERSION}): upgrade dstack; {timing}")
+    if version < SCHEMA_VERSION:
+        return "warn", f"{description}: schema {version}, the next command upgrades it to {SCHEMA_VERSION}; {timing}"
+    return "ok", f"{description}: reachable, schema {version}; {timing}"
+
+
+def schema_of(db: PostgresDb) -> tuple:
+    """(the tables of the connection's schema, the recorded schema version or None when there is none)."""
+    tables: Set[str] = {row[0] for row in db.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()").fetchall()}
+    version: Optional[int] = None
+    if "dstack_schema" in tables:
+        row = db.execute("SELECT version FROM dstack_schema").fetchone()
+        if row is None:
+            raise Damage("its dstack_schema table is empty")
+        version = row[0]
+    return tables - {"dstack_schema"}, version
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError:
+        from stacks.extras import install_command
+
+        raise DstackError(f"a team database (DSTACK_DATABASE_URL) needs psycopg: {install_command('postgresql')}") \
+            from None
+    return psycopg
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
