@@ -35,7 +35,7 @@ class LazyCommand:
 COMMANDS: Dict[str, LazyCommand] = {
     "apply": LazyCommand("cli.commands.apply:apply", "Apply a configuration: a task runs on the cheapest offer that "
                          "fits; a fleet registers your SSH hosts or provisions cloud instances.", _RUN_SETTINGS),
-    "run": LazyCommand("cli.commands.run:run", "Show a run: `dstack run get NAME` (`--json` for scripts). To "
+    "run": LazyCommand("cli.commands.runs:run", "Show a run: `dstack run get NAME` (`--json` for scripts). To "
                        "submit a run, `dstack apply`.", {"ignore_unknown_options": True}),
     "offer": LazyCommand("cli.commands.offers:offers", "Show the offers that match the requirements (spot and "
                          "on-demand unless told otherwise)."),
