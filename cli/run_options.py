@@ -219,8 +219,13 @@ def build_requirements(
     instance_types: Optional[List[str]] = None,
     max_price: Optional[float] = None,
 ) -> Requirements:
-    """The requirements of a run: the configuration's (when given), each overridden by its flag."""
+    """The requirements of a run: the configuration's (when given), each overridden by its flag. A task with
+    `groups` takes each group's own resources: a resource flag there would change nothing, so it is refused."""
     resources = configuration.resources if configuration is not None else ResourcesSpec()
+    given = [flag for flag, value in (("--gpu", gpu), ("--cpu", cpu), ("--memory", memory), ("--disk", disk)) if value]
+    if given and getattr(configuration, "groups", None):
+        raise typer.BadParameter("the task has `groups`, each with its own `resources`: set them per group in the "
+                                 "file", param_hint=f"'{given[0]}'")
 
     def pick(flag: Any, field: str) -> Any:
         if flag:

@@ -169,6 +169,14 @@ def test_cloud_plan_has_each_groups_offer_and_instance_type_in_one_stack(tmp_pat
         "ray start --address=${{ groups[0].nodes[0].IP_ADDRESS }}:6379 --block"]
 
 
+def test_a_resource_flag_on_a_task_with_groups_is_refused_by_name(tmp_path, home_env):
+    """Each group has its own resources: `--gpu` and the like would change nothing, so they are refused."""
+    conf = write(tmp_path, "ray.dstack.yml", RAY_CLOUD)
+    for flag, value in (("--gpu", "A100"), ("--memory", "64GB..")):
+        result = run_cli("apply", "-f", conf, "--dry-run", "-b", "aws", flag, value, env=home_env)
+        assert result.returncode == 2 and flag in result.stderr and "set them per group" in result.stderr
+
+
 def test_startup_order_across_groups_master_is_group_0s_first_node(tmp_path, home_env, fleet):
     conf = write(tmp_path, "order.dstack.yml", "type: task\nname: order\nbackends: [ssh]\n"
                  "startup_order: workers-first\ngroups:\n"
