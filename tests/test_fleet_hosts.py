@@ -104,3 +104,34 @@ def test_a_run_tries_every_host_of_a_fleet_larger_than_the_offers_it_tries_of_a_
     for number, host in enumerate(hosts):
         assert f"ssh big {host.hostname}: capacity: root@{host.hostname}:22 is busy with run holder-{number}" \
             in error, error
+
+
+def test_fleet_delete_one_instance_forgets_that_host_only_and_never_a_busy_one(dstack_home):
+    """dstack's `fleet delete NAME -i N`: the SSH fleet's host #N is forgotten (the host itself untouched); a host a
+    run holds is refused with its holder, an unknown number names the fleet's; the last host going forgets the
+    fleet."""
+    from provisioner.host.access import HostAccess
+    from provisioner.runs.owner import current_owner
+    from provisioner.store.records import RunRecord
+
+    hosts = [HostAccess(kind="ssh", hostname=f"10.251.241.{i}", user="root") for i in range(10, 13)]
+    facts = {"cpus": 4, "arch": "x86_64", "memory_gib": 16.0, "disk_free_gb": 200.0, "gpus": [], "docker": False}
+    store = StateStore()
+    store.save_fleet("lab", "lab.dstack.yml", [{"access": h.to_json(), "facts": facts} for h in hosts])
+    pid, started = current_owner()
+    store.create_run(RunRecord(name="holder", status="running", submitted_at=1.0, backend="ssh", region="lab",
+                               owner_pid=pid, owner_started=started, host=hosts[2].to_json()))
+    env = {"DSTACK_HOME": str(dstack_home)}
+    assert "10.251.241.11:22 (#1)" in run_cli("fleet", "get", "lab", env=env).stdout
+    busy = run_cli("fleet", "delete", "lab", "-i", "1", "-i", "2", "-y", env=env)
+    assert busy.returncode == 1 and "instance 2 of fleet lab (10.251.241.12) is in use by holder" in busy.stderr
+    unknown = run_cli("fleet", "delete", "lab", "-i", "7", "-y", env=env)
+    assert unknown.returncode == 1 and "fleet lab has no instance 7: its instances are 0..2" in unknown.stderr
+    assert len(store.list_fleets()[0]["hosts"]) == 3  # refused: nothing removed
+    deleted = run_cli("fleet", "delete", "lab", "-i", "1", "-y", env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    listed = json.loads(run_cli("fleet", "get", "lab", "--json", env=env).stdout)["fleet"]["hosts"]
+    assert [h["access"]["hostname"] for h in listed] == ["10.251.241.10", "10.251.241.12"]
+    store.update_run("holder", status="done")
+    assert run_cli("fleet", "delete", "lab", "-i", "0", "-i", "1", "-y", env=env).returncode == 0
+    assert store.list_fleets() == []

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import sys
+from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
 from cli.helpers import destroy_cloud_fleet, expire_idle_fleets, forget_fleet, repeat_until_ctrl_c
-from cli.output import TYPER_SETTINGS, print_json, stdout_console
+from cli.output import TYPER_SETTINGS, print_json, stderr_console, stdout_console
 from cli.run_options import JsonOption
 
 fleet_app = typer.Typer(help="List, show and delete SSH and cloud fleets.", invoke_without_command=True,
@@ -78,10 +79,16 @@ def get_fleet(
 def delete_fleet_command(
     name: Annotated[str, typer.Argument(help="The fleet's name")],
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")] = False,
+    instances: Annotated[Optional[List[int]], typer.Option("-i", "--instance", metavar="N",
+                                                           help="Only instance N (`#N` in `dstack fleet get`); "
+                                                                "repeat for several")] = None,
 ) -> None:
     """Forget an SSH fleet (its hosts are untouched) or destroy a cloud fleet's instances; refused while a run
-    uses the fleet (-y or not)."""
+    uses the fleet (-y or not). With -i, only those instances of an SSH fleet."""
     item = _fleet(name)
+    if instances:
+        _delete_instances(item, instances, yes)
+        return
     what = "Destroy cloud fleet" if item["kind"] == "cloud" else "Forget fleet"
     if not yes and sys.stdin.isatty() and not typer.confirm(f"{what} {name}?", default=False, err=True):
         raise typer.Exit(1)
@@ -89,6 +96,27 @@ def delete_fleet_command(
         destroy_cloud_fleet(name)
     else:
         forget_fleet(name)
+
+
+def _delete_instances(item: dict, numbers: List[int], yes: bool) -> None:
+    """dstack's `fleet delete NAME -i N`: an SSH fleet's host forgotten (the host is untouched). A cloud fleet's
+    stack holds its instances together: one of them cannot be destroyed alone here, so that is refused."""
+    from configuration.errors import ConfigurationError
+    from provisioner.store.store import StateStore
+
+    name = item["name"]
+    if item["kind"] == "cloud":
+        raise ConfigurationError(f"fleet {name} is a cloud fleet, whose instances live and go together in one stack: "
+                                 f"`dstack fleet delete {name}` destroys them all; one alone (-i) is not supported")
+    listed = ", ".join(f"#{n}" for n in sorted(set(numbers)))
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"Forget instance {listed} of fleet {name}?",
+                                                            default=False, err=True):
+        raise typer.Exit(1)
+    removed = StateStore().remove_fleet_hosts(name, numbers)
+    hosts = ", ".join(host["access"]["hostname"] for host in removed)
+    left = "" if len(removed) < len(item["hosts"]) else f"; fleet {name} had no other instance and is forgotten"
+    stderr_console().print(f"Forgot {hosts} (instance {listed}) of fleet {name}: the hosts are untouched{left}",
+                           markup=False)
 
 
 def _fleet(name: str) -> dict:
@@ -125,9 +153,9 @@ def _print_hosts(fleets: list, verbose: bool = False) -> None:
                               f"{instance['backend']} {instance['region']} {instance['instance_type']}",
                               _instance_status(instance), *(more if verbose else []))
             continue
-        for host in item["hosts"]:
+        for number, host in enumerate(item["hosts"]):
             access = host["access"]
-            table.add_row(item["name"], f"{access['user']}@{access['hostname']}:{access['port']}",
+            table.add_row(item["name"], f"{access['user']}@{access['hostname']}:{access['port']} (#{number})",
                           describe_facts(HostFacts.from_json(host["facts"])), "ssh host",
                           *(["-", item["source"], created] if verbose else []))
     stdout_console().print(table, markup=False)
