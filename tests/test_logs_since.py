@@ -50,24 +50,29 @@ def test_logs_since_of_a_detached_run_while_it_runs_and_after_it_ended(tmp_path,
     task = write(tmp_path, "t.dstack.yml", f"type: task\nname: since-{backend}\nbackends: [{backend}]\n"
                  f"commands: ['echo one', '{wait.format(gates[0])}', 'echo two', '{wait.format(gates[1])}']\n")
     name = f"since-{backend}"
-    started = run_cli("apply", "-f", task, "-y", "-d", env=env)
-    assert started.returncode == 0, started.stderr
-    wait_for(env, name, "one")
-    time.sleep(1)  # the host has recorded "one" by now (it samples every 0.5 s)
-    between = math.ceil(time.time())
-    while time.time() <= between:
-        time.sleep(0.05)
-    gates[0].touch()  # "two" comes after `between`
-    wait_for(env, name, "two")
-    assert status(env, name) == "running"
-    assert logs(env, name, "--since", rfc3339(between)) == "two\n"  # from the host's record
-    assert logs(env, name, "--since", "1h") == "one\ntwo\n"
-    assert logs(env, name, "--since", "2099-01-01T00:00:00Z") == ""
-    gates[1].touch()
-    deadline = time.monotonic() + 60
-    while status(env, name) == "running" and time.monotonic() < deadline:  # `ps` finishes it: its log copied
-        time.sleep(0.5)
-    assert status(env, name) == "done"
-    assert (dstack_home / "runs" / name / "output.times").exists()
-    assert logs(env, name, "--since", rfc3339(between)) == "two\n"  # from the copy, the same
-    assert logs(env, name, "--since", "1h") == "one\ntwo\n"
+    try:
+        started = run_cli("apply", "-f", task, "-y", "-d", env=env)
+        assert started.returncode == 0, started.stderr
+        wait_for(env, name, "one")
+        time.sleep(1)  # the host has recorded "one" by now (it samples every 0.5 s)
+        between = math.ceil(time.time())
+        while time.time() <= between:
+            time.sleep(0.05)
+        gates[0].touch()  # "two" comes after `between`
+        wait_for(env, name, "two")
+        assert status(env, name) == "running"
+        assert logs(env, name, "--since", rfc3339(between)) == "two\n"  # from the host's record
+        assert logs(env, name, "--since", "1h") == "one\ntwo\n"
+        assert logs(env, name, "--since", "2099-01-01T00:00:00Z") == ""
+        gates[1].touch()
+        deadline = time.monotonic() + 60
+        while status(env, name) == "running" and time.monotonic() < deadline:  # `ps` finishes it: its log copied
+            time.sleep(0.5)
+        assert status(env, name) == "done"
+        assert (dstack_home / "runs" / name / "output.times").exists()
+        assert logs(env, name, "--since", rfc3339(between)) == "two\n"  # from the copy, the same
+        assert logs(env, name, "--since", "1h") == "one\ntwo\n"
+    finally:  # a failed check never leaves the job waiting for its gates (on this machine or the namespace host)
+        for gate in gates:
+            gate.touch()
+        run_cli("stop", name, "--abort", "-y", env=env)
