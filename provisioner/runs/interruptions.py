@@ -15,7 +15,7 @@ from configuration.home import append_private
 from offers.offer import Offer
 from provisioner.runs.failover import retry_deadline
 from provisioner.runs.session import RunSession
-from provisioner.runs.teardown import finish_run
+from provisioner.runs.teardown import finish_run, teardown_progress
 from provisioner.store.records import RunRecord
 from provisioner.store.run_files import local_log_path
 from provisioner.store.statuses import RUNNING, RunStatus
@@ -129,13 +129,7 @@ def back_to_submitted(session: RunSession, run_name: str, offer: Offer, blocks: 
         return False
     zone = (record.stack or {}).get("zone") or (offer.zones[0] if offer.zones else "")
     if record.backend:
-        def step(progress) -> None:
-            session.reporter.step(progress)
-            if progress.state != "started":
-                store.add_event(run_name, "teardown", f"{progress.op} {progress.type.split(':')[-1]} "
-                                                      f"{progress.name}: {progress.state}")
-
-        session.backend(record.backend).teardown(record, step)
+        session.backend(record.backend).teardown(record, teardown_progress(session, run_name))
         store.update_run(run_name, stack=None)
     if zone:
         blocks.block(offer.backend, offer.region, zone)

@@ -4,7 +4,7 @@ owner may still be starting."""
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from configuration.errors import ConfigurationError
 from configuration.owner import another_homes
@@ -42,14 +42,8 @@ def finish_run(session: RunSession, name: str, status: RunStatus, reason: Option
     else:
         remove_entry(name)  # a task's, which `dstack attach` writes
     if record.backend:
-        def step(progress) -> None:
-            session.reporter.step(progress)
-            if progress.state != "started":
-                store.add_event(name, "teardown", f"{progress.op} {progress.type.split(':')[-1]} {progress.name}: "
-                                                  f"{progress.state}")
-
         try:
-            session.backend(record.backend).teardown(record, step)
+            session.backend(record.backend).teardown(record, teardown_progress(session, name))
         except LeftoversRemain as e:  # the stack is gone: the run ends, with the warning in its events
             store.add_event(name, "teardown-warning", str(e))
             session.reporter.info(f"warning: {e}")
@@ -63,6 +57,17 @@ def finish_run(session: RunSession, name: str, status: RunStatus, reason: Option
     finished = store.update_run(name, status=status, finished_at=time.time())
     store.add_event(name, status, reason or "")
     return finished
+
+
+def teardown_progress(session: RunSession, name: str) -> Callable:
+    """What a run's teardown reports each step to: the terminal, and the run's events once a step is done."""
+    def step(progress) -> None:
+        session.reporter.step(progress)
+        if progress.state != "started":
+            session.store.add_event(name, "teardown", f"{progress.op} {progress.type.split(':')[-1]} "
+                                                      f"{progress.name}: {progress.state}")
+
+    return step
 
 
 def one_line(message: str) -> str:
