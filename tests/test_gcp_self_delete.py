@@ -104,6 +104,8 @@ def gcp_run(recorded_api, monkeypatch, dstack_home):
         return {"public_ips": ["203.0.113.5"], "private_ips": ["10.0.0.5"], "ssh_user": "ubuntu"}
 
     monkeypatch.setattr(stacks.automation, "stack_up", up)
+    # the stood-in VM's address is TEST-NET-3 (203.0.113.0/24): nothing may try to reach it
+    monkeypatch.setattr("provisioner.backends.cloud.await_boot", lambda *args, **kwargs: None)
     store = StateStore()
     store.create_run(RunRecord(name="train-1", status="submitted", submitted_at=time.time()))
     config = DstackConfig(backends=[GCPBackend(type="gcp", project_id="my-project")])
