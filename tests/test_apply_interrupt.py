@@ -45,12 +45,17 @@ def read_until(controller, needle: bytes, process=None, timeout=30) -> bytes:
 
 
 def job_alive(env, name) -> bool:
-    pid = int((Path(env["DSTACK_HOME"]) / "jobs" / name / "pid").read_text().strip())
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a process of the job's group still runs. A killed process that init has not reaped yet (a zombie:
+    this machine's init reaps orphans late) is not running: killpg(pgid, 0) would still find it."""
+    group = int((Path(env["DSTACK_HOME"]) / "jobs" / name / "pid").read_text().strip())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, ...
+            return True
+    return False
 
 
 def task(tmp_path, name):
