@@ -38,15 +38,9 @@ class SSHProxy(StrictModel):
     user: Annotated[str, Field(description="The user to log in with on the proxy host")]
     identity_file: Annotated[str, Field(description="The private key for the proxy host")]
 
-    @field_validator("hostname")
-    @classmethod
-    def _hostname(cls, v: str) -> str:
-        return check_pattern(v, HOSTNAME, "host name or address")
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str) -> str:
-        return check_pattern(v, LOGIN_NAME, "user name")
+    _hostname = field_validator("hostname")(classmethod(lambda cls, v: check_pattern(v, HOSTNAME,
+                                                                                "host name or address")))
+    _user = field_validator("user")(classmethod(lambda cls, v: check_pattern(v, LOGIN_NAME, "user name")))
 
 
 def check_private_ip(value: Optional[str]) -> Optional[str]:
@@ -97,15 +91,9 @@ class SSHHost(StrictModel):
     def _address(cls, v: Any) -> Any:
         return {"hostname": v} if isinstance(v, str) else v
 
-    @field_validator("hostname")
-    @classmethod
-    def _hostname(cls, v: str) -> str:
-        return check_pattern(v, HOSTNAME, "host name or address")
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: Optional[str]) -> Optional[str]:
-        return check_pattern(v, LOGIN_NAME, "user name")
+    _hostname = field_validator("hostname")(classmethod(lambda cls, v: check_pattern(v, HOSTNAME,
+                                                                                "host name or address")))
+    _user = field_validator("user")(classmethod(lambda cls, v: check_pattern(v, LOGIN_NAME, "user name")))
 
 
 class SSHConfig(StrictModel):
@@ -122,10 +110,7 @@ class SSHConfig(StrictModel):
 
     _network = field_validator("network")(classmethod(lambda cls, v: check_private_network(v)))
 
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: Optional[str]) -> Optional[str]:
-        return check_pattern(v, LOGIN_NAME, "user name")
+    _user = field_validator("user")(classmethod(lambda cls, v: check_pattern(v, LOGIN_NAME, "user name")))
 
     @model_validator(mode="after")
     def _internal_addresses(self) -> "SSHConfig":
