@@ -196,6 +196,32 @@ def test_retry_on_error_runs_the_job_again(tmp_path, home_env):
     assert ps(home_env)["local-retry"]["status"] == "done"
 
 
+def test_a_jobs_start_clears_the_last_jobs_log_before_it_returns(tmp_path):
+    """A retry follows the new job from byte 0 as soon as the start returns; the launch opens the new log in the
+    background, so the old one must be gone by then (else its lines are read again). A `setsid` that launches nothing
+    leaves only what the start does before it returns."""
+    import subprocess
+
+    from provisioner.jobs.launch import start_command
+    from provisioner.jobs.script import JobSpec
+    from provisioner.jobs.uploads import UploadPlan, archive_stream
+
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "setsid").write_text("#!/bin/sh\nexit 0\n")
+    (shims / "setsid").chmod(0o755)
+    folder = tmp_path / "jobs" / "again"
+    folder.mkdir(parents=True)
+    (folder / "output.log").write_text("failing\n")
+    (folder / "exit_code").write_text("1\n")
+    archive = b"".join(archive_stream(UploadPlan(), {"job.sh": (b"#!/bin/sh\necho succeeded\n", 0o700)}))
+    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "DSTACK_JOBS_DIR": str(tmp_path / "jobs")}
+    subprocess.run(["sh", "-c", start_command(JobSpec(run_name="again", commands=[]))], input=archive, env=env,
+                   timeout=30, capture_output=True)
+    assert (folder / "job.sh").exists()  # the start did unpack the job
+    assert not (folder / "output.log").exists() and not (folder / "exit_code").exists()
+
+
 def test_apply_json_prints_only_the_run_record(tmp_path, home_env):
     conf = write(tmp_path, "j.dstack.yml", "type: task\nname: local-json\ncommands: [echo quiet]\n")
     result = run_cli("apply", "-f", conf, "-y", "--json", env=home_env)

@@ -168,8 +168,10 @@ def start_command(job: JobSpec) -> str:
                    f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes} || "
                    f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
+    # The last job's log goes before the command returns: the launch opens the new one in the background, and a
+    # follower that reads at once (a retry) would read the old log's lines again.
     return (f"{check}{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && "
-            f"rm -f exit_code pid begun {PROFILE_ENV}{mark_root}{authorize}; }} || exit 1; "
+            f"rm -f exit_code pid begun output.log {PROFILE_ENV}{mark_root}{authorize}; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
 
