@@ -14,7 +14,7 @@ from provisioner.jobs.control import read_log, start_job, stop_job
 from provisioner.jobs.script import JobSpec, docker_script
 from provisioner.jobs.uploads import LEGACY_REPO_DIR, Upload, UploadPlan, list_folder
 from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
-from tests.helpers import free_port, wait_exit
+from tests.helpers import free_port, process_list_with, wait_exit
 
 
 @pytest.fixture
@@ -51,11 +51,8 @@ def test_an_image_jobs_commands_never_reach_the_process_list(local):
     secret, pause = f"tok-{uuid.uuid4().hex}", f"3.{uuid.uuid4().int % 10 ** 6:06d}"  # this test's own `sleep`
     start_job(local, JobSpec(run_name="img-ps", image=IMAGE, commands=[
         f"echo {secret} > /dev/null", 'echo "left: ${DSTACK_COMMANDS:-none}"', f"sleep {pause}", "echo done"]))
-    deadline, listed = time.monotonic() + 30, []
-    while time.monotonic() < deadline and f"sleep {pause}" not in listed:
-        listed = local.run("ps -eo args").text.splitlines()
-        time.sleep(0.05)
-    assert f"sleep {pause}" in listed and not [line for line in listed if secret in line]
+    listed = process_list_with(local, f"sleep {pause}")
+    assert not [line for line in listed if secret in line]
     assert wait_exit(local, "img-ps") == (0, "left: none\ndone\n")
 
 

@@ -23,7 +23,7 @@ from provisioner.jobs.layout import UNDERUTILIZED
 from provisioner.jobs.script import JobSpec, docker_run_argv, python_script
 from provisioner.planning.field_support import check_fields, refusals, restrict_zones
 from provisioner.runs.job_specs import job_spec, stop_grace
-from tests.helpers import DATA, run_cli, wait_exit
+from tests.helpers import DATA, process_list_with, run_cli, wait_exit
 
 # dstack 0.22.5's TaskConfiguration: its 46 root properties.
 DSTACK_TASK_FIELDS = {"repos", "files",
@@ -401,11 +401,8 @@ def test_a_named_shells_commands_never_reach_the_process_list(host):
     secret, pause = f"tok-{uuid.uuid4().hex}", f"2.{random.randrange(10 ** 6):06d}"  # this test's own `sleep`
     start_job(host, JobSpec(run_name="ps-secret", shell="bash", commands=[
         f"echo {secret} > /dev/null", "echo \"left: ${DSTACK_COMMANDS:-none}\"", f"sleep {pause}", "echo done"]))
-    deadline, listed = time.monotonic() + 10, []
-    while time.monotonic() < deadline and f"sleep {pause}" not in listed:
-        listed = host.run("ps -eo args").text.splitlines()
-        time.sleep(0.05)
-    assert f"sleep {pause}" in listed and not [line for line in listed if secret in line]
+    listed = process_list_with(host, f"sleep {pause}")
+    assert not [line for line in listed if secret in line]
     assert wait_exit(host, "ps-secret") == (0, "left: none\ndone\n")
 
 
