@@ -59,7 +59,8 @@ def apply_cloud_fleet(configuration, source: str, yes: bool, dry_run: bool, as_j
                   f"{offer.instance.name} ({offer.describe_resources()}"
                   f"{', spot' if offer.spot else ''}) at ${offer.total_price:.4f}/hour each "
                   f"(${plan['price']:.4f}/hour in all, idle or not), placement {plan['placement']}; "
-                  f"{len(plan['resources'])} cloud resources", markup=False)
+                  f"{len(plan['resources'])} cloud resources"
+                  + (" (with the instance the first run adds)" if not plan["nodes"] else ""), markup=False)
     if plan["growth"]:
         console.print(f"  nodes {size}: {plan['growth']}", markup=False)
     console.print(f"  idle: {plan['idle_policy']}" + ("; `idle_duration: off` keeps it, or set another"

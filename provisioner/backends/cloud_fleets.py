@@ -60,7 +60,14 @@ def idle_policy(configuration) -> str:
     if seconds is None:
         return "kept until `dstack fleet delete` (idle_duration: off)"
     default = " (the default)" if configuration.idle_duration is None else ""
-    return f"destroyed once every instance has been idle {_duration(seconds)}{default}"
+    nodes = configuration.nodes
+    if nodes.max is not None and nodes.max == nodes.min:
+        return f"destroyed once every instance has been idle {_duration(seconds)}{default}"
+    if not nodes.min:
+        return (f"each instance destroyed alone once idle {_duration(seconds)}{default}; the fleet, with no "
+                "instance, kept until `dstack fleet delete`")
+    return (f"an instance above {nodes.min} destroyed alone once idle {_duration(seconds)}{default}; the fleet once "
+            "every instance has been")
 
 
 def growth_policy(configuration) -> str:
@@ -234,7 +241,9 @@ def prepare_instance(host, idle_seconds: Optional[int]) -> None:
 
 
 def busy_runs(store: StateStore, name: str) -> List[str]:
-    return sorted({i.run for i in store.list_instances(name) if i.status == InstanceStatus.BUSY and i.run})
+    """The runs that hold an instance of the fleet, or are adding one to it."""
+    return sorted({i.run for i in store.list_instances(name)
+                   if i.status in (InstanceStatus.BUSY, InstanceStatus.PROVISIONING) and i.run})
 
 
 def destroy_cloud_fleet(store: StateStore, config: DstackConfig, name: str, report: Callable) -> None:
