@@ -158,7 +158,7 @@ def _print_hosts(fleets: list, verbose: bool = False) -> None:
             for instance in item["instances"]:
                 price = instance.get("price")
                 more = [f"${price:.4f}" if price is not None else "-", item["source"], created]
-                table.add_row(item["name"], f"{instance['hostname']} (#{instance['instance_num']})",
+                table.add_row(item["name"], f"{instance['hostname'] or '-'} (#{instance['instance_num']})",
                               f"{instance['backend']} {instance['region']} {instance['instance_type']}",
                               _instance_status(instance), *(more if verbose else []))
             continue
