@@ -81,3 +81,35 @@ def test_the_lock_on_a_fleets_stack_has_one_holder_until_released_or_stale(dstac
     store.unlock_fleet_stack("pool", "run-a")
     assert store.lock_fleet_stack("pool", "run-b", 140.0, 60) is None
     assert store.lock_fleet_stack("pool", "run-c", 201.0, 60) is None  # run-b's is stale (its command died)
+
+
+def test_the_plan_of_a_run_offers_one_more_instance_of_a_fleet_below_its_maximum(tmp_path, dstack_home):
+    import json
+
+    from provisioner.planning.reuse import offer_record
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
+    from tests.helpers import run_cli, write
+
+    offer = Offer("aws", InstanceType("t3.large", 2, 8.0, "", "", 0, 0.0, "x86", True), "us-east-1",
+                  ("us-east-1a",), False, 0.0832, 100.0, 0.011)
+    host = {"kind": "ssh", "hostname": "10.251.250.2"}  # never contacted: a dry run
+    store = StateStore()
+    store.create_cloud_fleet("pool", "fleet.dstack.yml", "aws", {"nodes": {"min": 0, "max": 2}, "idle_duration": 60},
+                             {"backend": "aws", "numbered": True, "offer": offer_record(offer)},
+                             [InstanceRecord("pool", 0, "aws", offer_record(offer), host, status="busy", run="r0")])
+    conf = write(tmp_path, "t.dstack.yml", "type: task\ncommands: [x]\nfleets: [pool]\n")
+    env = {"DSTACK_HOME": str(dstack_home)}
+    result = run_cli("apply", "-f", conf, "--dry-run", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["offer"]["grows"] == {"fleet": "pool", "instance_num": 1, "instances": 1, "zone": "us-east-1a",
+                                      "nodes": {"min": 0, "max": 2},
+                                      "description": "adds instance 2 of 0..2 to fleet pool"}
+    assert plan["resources"] == [] and "reused" not in plan["offer"]
+    text = run_cli("apply", "-f", conf, "--dry-run", env=env)
+    assert text.returncode == 0 and "aws (adds instance 2 of 0..2 to fleet pool)" in text.stdout, text.stdout
+    store.add_instances([InstanceRecord("pool", 1, "aws", offer_record(offer), host, status="busy", run="r1")])
+    full = run_cli("apply", "-f", conf, "--dry-run", env=env)  # at its maximum: nothing to offer, and it says so
+    assert full.returncode == 1 and "no idle instance of fleet pool fits" in full.stderr, full.stderr
+    assert "none can grow for it (at its `nodes` maximum" in full.stderr

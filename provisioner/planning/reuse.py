@@ -191,7 +191,8 @@ def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requi
     if not chosen and (names or getattr(configuration, "creation_policy", None) == "reuse"):
         where = f"fleet{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else "any fleet"
         why = "`fleets` limits the run to them" if names else "`creation_policy: reuse` creates none"
-        raise ConfigurationError(f"{source}: no idle instance of {where} fits {requirements.describe()}, and {why} "
+        raise ConfigurationError(f"{source}: no idle instance of {where} fits {requirements.describe()}, none can "
+                                 f"grow for it (at its `nodes` maximum, or of another offer), and {why} "
                                  "(see `dstack fleet list`)")
     return chosen
 
