@@ -293,6 +293,8 @@ def expire_idle_fleets(store: StateStore, config: DstackConfig, report: Callable
             if ended and shrink_fleet(store, config, name, ended, report, wait_s=0):
                 log(f"Fleet {name}: instance{'s' if len(ended) > 1 else ''} {', '.join(f'#{n}' for n in ended)} "
                     "idle past its idle_duration: destroyed")
+            if not _all_expired(store.list_instances(name), now):  # read first: `dstack ps` writes nothing then
+                continue
             with fleet_stack_lock(store, name, f"the expiry of {name} ({os.getpid()})", wait_s=0) as locked:
                 if not locked or not store.claim_fleet_teardown(name, expired_at=now):
                     continue
@@ -303,6 +305,15 @@ def expire_idle_fleets(store: StateStore, config: DstackConfig, report: Callable
             log(f"fleet {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; the next "
                 "`dstack ps` tries again")
     return expired
+
+
+def _all_expired(instances: List[InstanceRecord], now: float) -> bool:
+    """What StateStore.claim_fleet_teardown checks again in its transaction: every instance idle past its
+    idle_duration (or `terminating` from a teardown that failed), and at least one."""
+    return bool(instances) and all(
+        i.status == InstanceStatus.TERMINATING or (i.status == InstanceStatus.IDLE and i.idle_duration is not None
+                                                   and i.idle_since is not None and now >= i.idle_since
+                                                   + i.idle_duration) for i in instances)
 
 
 def fleets_json(store: StateStore, now: float) -> List[dict]:
