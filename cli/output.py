@@ -26,6 +26,20 @@ def write_stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
+COPY_CHUNK = 4 << 20
+
+
+def copy_to_stdout(path, offset: int = 0) -> None:
+    """A file from byte `offset` on to stdout, a chunk at a time: a log of any size in constant memory."""
+    with open(path, "rb") as source:
+        source.seek(offset)
+        while True:
+            data = source.read(COPY_CHUNK)
+            if not data:
+                return
+            write_stdout(data)
+
+
 def stdout_console():
     """Tables keep one line per row when piped: rich would otherwise wrap them at 80 columns."""
     from rich.console import Console

@@ -11,7 +11,7 @@ import typer
 from typing_extensions import Annotated
 
 from cli.helpers import find_run, node_host, print_events, remove_schedule, run_json, run_session, since_time
-from cli.output import print_json, stderr_console, stdout_console, write_stdout
+from cli.output import copy_to_stdout, print_json, stderr_console, stdout_console, write_stdout
 
 NameArgument = Annotated[str, typer.Argument(help="The run name")]
 
@@ -68,9 +68,7 @@ def _print_logs_since(session, record, since: float, rank: int) -> None:
     offset = offset_since(record.name, since, rank)
     path = local_log_path(record.name, rank)
     if offset is not None and path.exists():
-        with open(path, "rb") as f:
-            f.seek(min(offset, path.stat().st_size))
-            write_stdout(f.read())
+        copy_to_stdout(path, offset)
         return
     host = node_host(session, record, rank)
     why = "its host did not record them (a job started by an older dstack)"
@@ -179,7 +177,7 @@ def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
             missing = f"{access.description} is not reachable"
     path = local_log_path(name, rank)
     if path.exists():
-        write_stdout(path.read_bytes()[shown:])
+        copy_to_stdout(path, shown)
     if lost and follow and record.active:
         raise HostUnreachable(kept_run_hint(name))
     if not path.exists():
