@@ -6,6 +6,7 @@ Behaviour only: the speed is benchmarks/growth_bench.py's."""
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -92,6 +93,25 @@ def test_the_store_migrates_to_the_indexed_runs(dstack_home):
         plan = " ".join(str(row) for row in db.execute(
             "EXPLAIN QUERY PLAN SELECT * FROM runs ORDER BY submitted_at DESC LIMIT 1"))
     assert {"runs_by_status", "runs_by_submission"} <= indexes and "runs_by_submission" in plan
+
+
+def test_a_process_checks_the_store_file_whole_once(dstack_home, monkeypatch):
+    """SQLite's quick_check reads every page: a command that opens the store several times (`ps`: its session, the
+    idle fleets, each table) checks it once. A new file in its place is checked again."""
+    from provisioner.store import connection
+
+    checks = []
+    execute = connection.SqliteDb.execute
+    monkeypatch.setattr(connection.SqliteDb, "execute", lambda db, sql, parameters=(): (
+        checks.append(sql) if "quick_check" in sql else None, execute(db, sql, parameters))[1])
+    monkeypatch.setattr(connection, "_CHECKED", set())
+    StateStore().create_run(RunRecord(name="a", status=RunStatus.DONE, submitted_at=1.0))
+    for _ in range(3):
+        assert StateStore().get_run("a") is not None
+    assert len(checks) == 1
+    (dstack_home / "state.db").rename(dstack_home / "copy.db")
+    shutil.copy(dstack_home / "copy.db", dstack_home / "state.db")  # another file at the path
+    assert StateStore().get_run("a") is not None and len(checks) == 2
 
 
 WRITER = textwrap.dedent("""
