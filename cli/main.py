@@ -14,7 +14,6 @@ import typer
 from typer.core import TyperGroup
 from typing_extensions import Annotated
 
-from cli import coercion
 from cli.output import TYPER_SETTINGS
 from configuration.errors import DstackError
 
@@ -103,7 +102,6 @@ def _plain_metavars() -> None:
 
 
 _plain_metavars()
-coercion.install()
 
 
 def load_command(name: str, spec: LazyCommand):
