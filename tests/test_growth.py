@@ -206,3 +206,27 @@ def test_logs_of_a_long_output_stream_in_constant_memory(tmp_path, dstack_home):
     shown = within_memory(env, tmp_path / "from-copy.txt", "logs", "long")
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert (tmp_path / "from-copy.txt").stat().st_size == expected_size
+
+
+def test_logs_of_a_long_multi_node_output_stream_in_constant_memory(tmp_path, dstack_home):
+    """Two nodes' copies kept locally (a cloud cluster whose VMs are gone), 70 MB each: interleaved line by line,
+    every line once with its rank in front, by a process whose memory is capped below their size."""
+    store = StateStore()
+    store.create_run(RunRecord(name="pair", status=RunStatus.DONE, submitted_at=1.0, backend="aws",
+                               host={"kind": "ssh", "hostname": "10.251.250.3", "user": "ubuntu"}))
+    store.set_jobs("pair", [{"kind": "ssh", "hostname": f"10.251.250.{3 + rank}", "user": "ubuntu"} for rank in (0, 1)])
+    folder = dstack_home / "runs" / "pair"
+    folder.mkdir(parents=True)
+    line = len(b"node 0 line %030d\n" % 0)
+    line_count = (70 << 20) // line
+    for rank, name in enumerate(("output.log", "output.node-1.log")):
+        with open(folder / name, "wb") as log:
+            block = b"".join(b"node %d line %030d\n" % (rank, n) for n in range(1000))
+            for _ in range(line_count // 1000):
+                log.write(block)
+    shown = within_memory({"DSTACK_HOME": str(dstack_home)}, tmp_path / "pair.txt", "logs", "pair")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    with open(tmp_path / "pair.txt", "rb") as out:
+        assert out.readline() == b"[0] node 0 line " + b"0" * 30 + b"\n"
+        assert out.readline() == b"[1] node 1 line " + b"0" * 30 + b"\n"
+    assert (tmp_path / "pair.txt").stat().st_size == 2 * (line_count // 1000) * 1000 * (line + len(b"[0] "))
