@@ -62,7 +62,7 @@ def _print_logs_since(session, record, since: float, rank: int) -> None:
     from configuration.errors import DstackError
     from provisioner.host.access import HostAccess
     from provisioner.host.transport import TransportError
-    from provisioner.jobs.control import read_log, read_output_times
+    from provisioner.jobs.control import read_output_times
     from provisioner.store.run_files import first_offset_since, local_log_path, offset_since
 
     offset = offset_since(record.name, since, rank)
@@ -80,7 +80,8 @@ def _print_logs_since(session, record, since: float, rank: int) -> None:
                 if times is not None:
                     offset = first_offset_since(times, since)
                     if offset < sys.maxsize:
-                        write_stdout(read_log(transport, record.name, offset).data)
+                        for data in _host_chunks(transport, record.name, offset):
+                            write_stdout(data)
                     return
             finally:
                 transport.close()
@@ -96,7 +97,7 @@ def _print_diagnostics(record) -> None:
 
     path = diagnostics_path(record.name)
     if path.exists():
-        write_stdout(path.read_bytes())
+        copy_to_stdout(path)
     else:
         stderr_console().print(f"{record.name} has no provisioning log (it was started by a dstack that did not "
                                "keep one); its events follow", markup=False)
@@ -141,7 +142,6 @@ def _node_output(session, name: str, rank: int, host) -> Iterator[bytes]:
     """Node `rank`'s whole log in chunks: from its host where it can be reached (`host` not None) and holds one,
     else (or from where the host stopped answering) from the copy kept locally."""
     from provisioner.host.transport import TransportError
-    from provisioner.jobs.control import LOG_READ_LIMIT, read_log
     from provisioner.store.run_files import local_log_path
 
     shown = 0
@@ -149,13 +149,9 @@ def _node_output(session, name: str, rank: int, host) -> Iterator[bytes]:
         try:
             transport = host.connect(total_wait=30)
             try:
-                while True:
-                    data = read_log(transport, name, shown, limit=LOG_READ_LIMIT).data
-                    if data:
-                        yield data
-                        shown += len(data)
-                    if len(data) < LOG_READ_LIMIT:
-                        break
+                for data in _host_chunks(transport, name, 0):
+                    yield data
+                    shown += len(data)
             finally:
                 transport.close()
             if shown:
@@ -165,6 +161,19 @@ def _node_output(session, name: str, rank: int, host) -> Iterator[bytes]:
     path = local_log_path(name, rank)
     if path.exists():
         yield from file_chunks(path, shown)
+
+
+def _host_chunks(transport, name: str, offset: int) -> Iterator[bytes]:
+    """The job's log on its host from byte `offset` on, in pieces of at most LOG_READ_LIMIT bytes."""
+    from provisioner.jobs.control import LOG_READ_LIMIT, read_log
+
+    while True:
+        data = read_log(transport, name, offset, limit=LOG_READ_LIMIT).data
+        if data:
+            yield data
+            offset += len(data)
+        if len(data) < LOG_READ_LIMIT:
+            return
 
 
 def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
