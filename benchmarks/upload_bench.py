@@ -1,8 +1,11 @@
 """Upload speed against a real sshd in a network namespace (needs root and iproute2): `scp -O -r` of a folder
-against dstack's upload of the same folder (one tar.gz stream, packed while it is sent, over paramiko), measured in
-the same run.
+against dstack's upload of the same folder (one gzip stream of per-file members, packed while it is sent, over
+paramiko), measured in the same run, for two folders:
 
-Run: sudo python benchmarks/upload_bench.py [--mb 100] [--runs 3]
+- `mix`: half incompressible (weights), half text (code, logs), 8 files of each;
+- `text`: a text-heavy repository, Python's own standard library sources (real code, about 4:1 under gzip).
+
+Run: sudo python benchmarks/upload_bench.py [--mb 100] [--runs 3] [--folders mix,text]
 """
 
 from __future__ import annotations
@@ -37,10 +40,29 @@ def make_folder(folder: Path, megabytes: int) -> None:
         (folder / f"code-{i}.py").write_text(("def f(x):\n    return x * %d\n" % i) * (part // 28))
 
 
+def make_text_folder(folder: Path, megabytes: int) -> None:
+    """Python's standard library sources, copied round after round until the folder holds `megabytes`."""
+    sources = sorted(Path(os.__file__).parent.rglob("*.py"))
+    folder.mkdir()
+    total, budget, round_ = 0, megabytes * 1024 * 1024, 0
+    while total < budget:
+        for index, source in enumerate(sources):
+            if total >= budget:
+                break
+            data = source.read_bytes()
+            (folder / f"r{round_}-{index}-{source.name}").write_bytes(data)
+            total += len(data)
+        round_ += 1
+
+
+FOLDERS = {"mix": (make_folder, "half random, half text"), "text": (make_text_folder, "Python's stdlib sources")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--folders", default="mix,text")
     args = parser.parse_args()
     reason = namespaces_available()
     if reason:
@@ -51,30 +73,34 @@ def main() -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "key")], check=True)
     host = NamespaceHost((work / "key.pub").read_text().strip()).start()
     try:
-        folder = work / "data"
-        make_folder(folder, args.mb)
-        size = sum(p.stat().st_size for p in folder.iterdir()) / 1024 / 1024
         scp = ["scp", "-O", "-q", "-r", "-i", str(work / "key"), "-o", "StrictHostKeyChecking=no",
                "-o", "UserKnownHostsFile=/dev/null"]
         ssh = connect(SSHTarget(host.address, 22, "root", str(work / "key"), host_key=host.host_public_key),
                       total_wait=10)
-        plan = UploadPlan([Upload(folder, list_folder(folder), ".", "bench")])
-        scp_times, dstack_times = [], []
-        for i in range(args.runs):
-            start = time.perf_counter()
-            subprocess.run(scp + [str(folder), f"root@{host.address}:{host.dir}/scp-{i}"], check=True)
-            scp_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            start_job(ssh, JobSpec(run_name=f"bench-{i}", commands=["true"], uploads=plan))
-            dstack_times.append(time.perf_counter() - start)
-            shutil.rmtree(host.dir / f"scp-{i}", ignore_errors=True)
-            shutil.rmtree(host.jobs_dir / f"bench-{i}", ignore_errors=True)
+        for kind in args.folders.split(","):
+            make, what = FOLDERS[kind]
+            folder = work / kind
+            make(folder, args.mb)
+            size = sum(p.stat().st_size for p in folder.iterdir()) / 1024 / 1024
+            plan = UploadPlan([Upload(folder, list_folder(folder), ".", "bench")])
+            scp_times, dstack_times = [], []
+            for i in range(args.runs):
+                start = time.perf_counter()
+                subprocess.run(scp + [str(folder), f"root@{host.address}:{host.dir}/scp-{i}"], check=True)
+                scp_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                start_job(ssh, JobSpec(run_name=f"bench-{i}", commands=["true"], uploads=plan))
+                dstack_times.append(time.perf_counter() - start)
+                shutil.rmtree(host.dir / f"scp-{i}", ignore_errors=True)
+                shutil.rmtree(host.jobs_dir / f"bench-{i}", ignore_errors=True)
+            scp_s, dstack_s = statistics.median(scp_times), statistics.median(dstack_times)
+            print(f"== {kind}: {size:.0f} MB in {len(plan.uploads[0].files)} files ({what}) to {host.address}, "
+                  f"median of {args.runs}")
+            print(f"scp -O -r            {scp_s:6.2f} s")
+            print(f"dstack upload        {dstack_s:6.2f} s  ({dstack_s / scp_s:.2f}x scp; includes unpacking and "
+                  "starting the job)")
+            shutil.rmtree(folder, ignore_errors=True)
         ssh.close()
-        scp_s, dstack_s = statistics.median(scp_times), statistics.median(dstack_times)
-        print(f"== {size:.0f} MB (half random, half text) to {host.address}, median of {args.runs}")
-        print(f"scp -O -r            {scp_s:6.2f} s")
-        print(f"dstack upload        {dstack_s:6.2f} s  ({dstack_s / scp_s:.2f}x scp; includes unpacking and "
-              "starting the job)")
     finally:
         host.cleanup()
         shutil.rmtree(work, ignore_errors=True)

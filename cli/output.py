@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 # Every typer.Typer of the CLI: plain help and one-line usage errors (quicker, and readable in logs), -h as --help,
 # no typer `--install-completion` (`dstack completion SHELL` prints the script, as dstack's does).
@@ -24,6 +24,25 @@ def write_stdout(data: bytes) -> None:
     """A job's output as it came, unbuffered."""
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+COPY_CHUNK = 4 << 20
+
+
+def file_chunks(path, offset: int = 0) -> Iterator[bytes]:
+    """A file from byte `offset` on, a chunk at a time: a log of any size in constant memory."""
+    with open(path, "rb") as source:
+        source.seek(offset)
+        while True:
+            data = source.read(COPY_CHUNK)
+            if not data:
+                return
+            yield data
+
+
+def copy_to_stdout(path, offset: int = 0) -> None:
+    for data in file_chunks(path, offset):
+        write_stdout(data)
 
 
 def stdout_console():

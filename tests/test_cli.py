@@ -162,17 +162,20 @@ def test_help_imports_no_command_module():
     code = ("import sys; sys.argv=['dstack','--help']\nimport cli.main\ntry:\n    cli.main.main()\n"
             "except SystemExit:\n    pass\n"
             "print(sorted(m for m in sys.modules if m.endswith('_command') or m.split('.')[0] in "
-            "('pydantic','rich','yaml','provisioner','offers','stacks','paramiko','pulumi','boto3')), file=sys.stderr)")
+            "('pydantic','rich','yaml','provisioner','offers','stacks','paramiko','pulumi','boto3','psycopg')), "
+            "file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "Commands:" in out.stdout
     assert out.stderr.strip().splitlines()[-1] == "[]"
 
 
 def test_offers_command_loads_no_cloud_sdk():
-    code = ("import sys; sys.argv=['dstack','offers','--gpu','H100:8','--json']\n"
+    code = ("import sys; sys.argv=['dstack','offers','--gpu','H100:8','--json','--max-offers','5']\n"
             "import cli.main\ntry:\n    cli.main.main()\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('pulumi','boto3','botocore','paramiko') if m in sys.modules), file=sys.stderr)")
+            "print(sorted(m for m in ('pulumi','boto3','botocore','paramiko','psycopg') if m in sys.modules), "
+            "file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert len(json.loads(out.stdout)["offers"]) == 5
     assert out.stderr.strip().splitlines()[-1] == "[]"
 
 

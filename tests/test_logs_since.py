@@ -61,6 +61,9 @@ def test_logs_since_of_a_detached_run_while_it_runs_and_after_it_ended(tmp_path,
         gates[0].touch()  # "two" comes after `between`
         wait_for(env, name, "two")
         assert status(env, name) == "running"
+        deadline = time.monotonic() + 10  # the host samples every 0.5 s: on a loaded machine, later than "two" shows
+        while logs(env, name, "--since", rfc3339(between)) != "two\n" and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert logs(env, name, "--since", rfc3339(between)) == "two\n"  # from the host's record
         assert logs(env, name, "--since", "1h") == "one\ntwo\n"
         assert logs(env, name, "--since", "2099-01-01T00:00:00Z") == ""

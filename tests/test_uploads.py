@@ -183,6 +183,74 @@ def test_only_compressible_uploads_are_compressed(tmp_path):
         assert compression_level(UploadPlan([Upload(folder, list_folder(folder), ".", name)])) == level
 
 
+def mixed_folder(folder: Path) -> None:
+    """Code, weights that do not compress, an empty file, an executable script and a symlink."""
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "train.py").write_text("def step(x):\n    return x * 2\n" * 200_000)
+    (folder / "weights.bin").write_bytes(os.urandom(3 << 20))
+    (folder / "small.bin").write_bytes(os.urandom(5000))
+    (folder / "empty").write_bytes(b"")
+    (folder / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (folder / "run.sh").chmod(0o755)
+    (folder / "latest").symlink_to("weights.bin")
+
+
+def gzip_members(data: bytes) -> int:
+    import zlib
+
+    count = 0
+    while data:
+        member = zlib.decompressobj(31)
+        member.decompress(data)
+        data, count = member.unused_data, count + 1
+    return count
+
+
+def unpack(archive: bytes, into: Path) -> None:
+    into.mkdir()
+    subprocess.run(["tar", "-xzf", "-", "-C", str(into)], input=archive, check=True)
+
+
+def test_each_file_gets_its_own_compression_and_the_archive_round_trips(tmp_path):
+    """Weights go stored, code compressed, in one gzip stream of several members that `tar -xz` reads as one:
+    every byte, mode and link comes back as it was."""
+    from provisioner.jobs.uploads import archive_stream, upload_name
+
+    folder = tmp_path / "repo"
+    mixed_folder(folder)
+    plan = UploadPlan([Upload(folder, list_folder(folder), ".", "files[0]")])
+    archive = b"".join(archive_stream(plan, {"job.sh": (b"echo job\n", 0o700)}))
+    code = (folder / "src" / "train.py").stat().st_size
+    assert (3 << 20) < len(archive) < (3 << 20) + code // 10  # the weights as they are, the code shrunk
+    assert gzip_members(archive) >= 2
+    unpack(archive, tmp_path / "out")
+    out = tmp_path / "out" / upload_name(0)
+    for name in ("src/train.py", "weights.bin", "small.bin", "empty", "run.sh"):
+        assert (out / name).read_bytes() == (folder / name).read_bytes(), name
+    assert (out / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert os.readlink(out / "latest") == "weights.bin"
+    assert (tmp_path / "out" / "job.sh").read_bytes() == b"echo job\n"
+    assert (tmp_path / "out" / "job.sh").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_level_follows_the_link(tmp_path):
+    """A sender that keeps the queue full (a slow link) raises the level of what compresses; an empty queue (a
+    fast link) lowers it back; what does not compress stays stored either way."""
+    from provisioner.jobs.uploads import LEVEL_EVERY, MAX_LEVEL, MIN_LEVEL, _FileLevels
+
+    folder = tmp_path / "repo"
+    mixed_folder(folder)
+    backlog = [1.0]
+    levels = _FileLevels(1, lambda: backlog[0])
+    code, weights = folder / "src" / "train.py", folder / "weights.bin"
+    seen = [levels.of(code, LEVEL_EVERY) for _ in range(10)]
+    assert seen[0] == MIN_LEVEL + 1 and seen[-1] == MAX_LEVEL
+    assert levels.of(weights, LEVEL_EVERY) == 0
+    backlog[0] = 0.0
+    assert [levels.of(code, LEVEL_EVERY) for _ in range(10)][-1] == MIN_LEVEL
+    assert _FileLevels(0, lambda: 0.0).of(folder / "small.bin", 5000) == 0  # a store of weights only: all stored
+
+
 def test_a_dry_run_checks_the_uploads_too(tmp_path, dstack_home):
     from tests.helpers import run_cli
 

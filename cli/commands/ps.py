@@ -59,31 +59,35 @@ def ps(
         _print_runs(session, all_runs, last, verbose, as_json, mine)
 
 
-def _shown(records: list, all_runs: bool, last: Optional[int]) -> list:
+def _runs(store, active: list, all_runs: bool, last: Optional[int], mine: bool, as_json: bool) -> list:
     """The runs to list, newest first: all of them (`-a`), the last N (`-n`), else the active ones or, when none is,
-    the last run (dstack's default)."""
+    the last run (dstack's default; `--json` lists none then). The store reads only those (a query's filter and
+    limit): finished runs are read only when asked for."""
+    from configuration.owner import another_homes
+
+    def owned(records: list) -> list:
+        return [r for r in records if not another_homes(r.owner_id)] if mine else records
+
     if all_runs or last:
-        return records[:last]
-    active = [r for r in records if r.active]
-    return active or records[:1]
+        return owned(store.list_runs(limit=None if mine else last))[:last]
+    active = owned(active)
+    if active or as_json:
+        return active
+    return owned(store.list_runs(limit=None if mine else 1))[:1]
 
 
 def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool, mine: bool) -> None:
-    from configuration.owner import another_homes
     from provisioner.runs.interruptions import submissions
     from provisioner.runs.reconcile import reconcile
 
     now = time.time()
-    every = reconcile(session)
+    active = [record for record in reconcile(session) if record.active]
     expire_idle_fleets()  # after reconcile, whose teardowns hand instances back idle
-    _warn_of_unknown_jobs(session.store, every)
-    if mine:
-        every = [r for r in every if not another_homes(r.owner_id)]
+    _warn_of_unknown_jobs(session.store, active)
+    records = _runs(session.store, active, all_runs, last, mine, as_json)
     if as_json:  # our contract: the active runs unless -a or -n
-        records = [r for r in every if all_runs or last or r.active][:last]
         print_json({"runs": [run_json(session, r, now) for r in records]})
         return
-    records = _shown(every, all_runs, last)
     from rich.table import Table
     from rich.text import Text
 
@@ -120,11 +124,11 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
 
 def _warn_of_unknown_jobs(store, records) -> None:
     """Jobs running on this machine that no active run knows (the store was lost, or a record went): named, so
-    that `No runs.` never hides a running job."""
+    that `No runs.` never hides a running job. `records`: the active runs."""
     from provisioner.host.access import HostAccess
     from provisioner.jobs.orphans import describe, search
 
-    active = {r.name for r in records if r.active}
+    active = {r.name for r in records}
     jobs, _ = search([HostAccess(kind="local")])
     for access, name, pgid in jobs:
         if name in active:

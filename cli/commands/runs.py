@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 from typing_extensions import Annotated
 
 from cli.helpers import find_run, node_host, print_events, remove_schedule, run_json, run_session, since_time
-from cli.output import print_json, stderr_console, stdout_console, write_stdout
+from cli.output import copy_to_stdout, file_chunks, print_json, stderr_console, stdout_console, write_stdout
 
 NameArgument = Annotated[str, typer.Argument(help="The run name")]
 
@@ -62,15 +62,13 @@ def _print_logs_since(session, record, since: float, rank: int) -> None:
     from configuration.errors import DstackError
     from provisioner.host.access import HostAccess
     from provisioner.host.transport import TransportError
-    from provisioner.jobs.control import read_log, read_output_times
+    from provisioner.jobs.control import read_output_times
     from provisioner.store.run_files import first_offset_since, local_log_path, offset_since
 
     offset = offset_since(record.name, since, rank)
     path = local_log_path(record.name, rank)
     if offset is not None and path.exists():
-        with open(path, "rb") as f:
-            f.seek(min(offset, path.stat().st_size))
-            write_stdout(f.read())
+        copy_to_stdout(path, offset)
         return
     host = node_host(session, record, rank)
     why = "its host did not record them (a job started by an older dstack)"
@@ -82,7 +80,8 @@ def _print_logs_since(session, record, since: float, rank: int) -> None:
                 if times is not None:
                     offset = first_offset_since(times, since)
                     if offset < sys.maxsize:
-                        write_stdout(read_log(transport, record.name, offset).data)
+                        for data in _host_chunks(transport, record.name, offset):
+                            write_stdout(data)
                     return
             finally:
                 transport.close()
@@ -98,7 +97,7 @@ def _print_diagnostics(record) -> None:
 
     path = diagnostics_path(record.name)
     if path.exists():
-        write_stdout(path.read_bytes())
+        copy_to_stdout(path)
     else:
         stderr_console().print(f"{record.name} has no provisioning log (it was started by a dstack that did not "
                                "keep one); its events follow", markup=False)
@@ -110,12 +109,9 @@ def _print_every_node(session, record, follow: bool) -> None:
     """Every node's output, line by line with its rank in front: as it comes (`-f`), else each node's whole log
     (from its host, or the copy kept locally) taken in turn a line at a time."""
     from provisioner.host.access import HostAccess
-    from provisioner.host.transport import TransportError
-    from provisioner.jobs.control import read_log
     from provisioner.jobs.follow import LogFollower
-    from provisioner.jobs.node_logs import NodeLines, interleave
+    from provisioner.jobs.node_logs import NodeLines, interleave_chunks
     from provisioner.jobs.run_jobs import run_jobs
-    from provisioner.store.run_files import local_log_path
 
     jobs = run_jobs(session.store, record)
     hosts = [HostAccess.from_json(job.host) for job in jobs]
@@ -131,22 +127,53 @@ def _print_every_node(session, record, follow: bool) -> None:
             time.sleep(0.2)
         return
     reachable = record.active or record.backend in ("local", "ssh")
-    outputs = []
-    for rank, host in enumerate(hosts):
-        data, path = b"", local_log_path(record.name, rank)
-        if reachable:
+    outputs = [_node_output(session, record.name, rank, host if reachable else None) for rank, host in enumerate(hosts)]
+    batch, size = [], 0
+    for line in interleave_chunks(outputs):  # written a megabyte or so at a time, not a line at a time
+        batch.append(line)
+        size += len(line)
+        if size >= 1 << 20:
+            write_stdout(b"".join(batch))
+            batch, size = [], 0
+    write_stdout(b"".join(batch))
+
+
+def _node_output(session, name: str, rank: int, host) -> Iterator[bytes]:
+    """Node `rank`'s whole log in chunks: from its host where it can be reached (`host` not None) and holds one,
+    else (or from where the host stopped answering) from the copy kept locally."""
+    from provisioner.host.transport import TransportError
+    from provisioner.store.run_files import local_log_path
+
+    shown = 0
+    if host is not None:
+        try:
+            transport = host.connect(total_wait=30)
             try:
-                transport = host.connect(total_wait=30)
-                try:
-                    data = read_log(transport, record.name, 0).data
-                finally:
-                    transport.close()
-            except TransportError as e:
-                session.reporter.info(f"node {rank}'s host is not reachable ({e}); showing the copy kept locally")
-        if not data and path.exists():
-            data = path.read_bytes()
-        outputs.append(data)
-    write_stdout(interleave(outputs))
+                for data in _host_chunks(transport, name, 0):
+                    yield data
+                    shown += len(data)
+            finally:
+                transport.close()
+            if shown:
+                return
+        except TransportError as e:
+            session.reporter.info(f"node {rank}'s host is not reachable ({e}); showing the copy kept locally")
+    path = local_log_path(name, rank)
+    if path.exists():
+        yield from file_chunks(path, shown)
+
+
+def _host_chunks(transport, name: str, offset: int) -> Iterator[bytes]:
+    """The job's log on its host from byte `offset` on, in pieces of at most LOG_READ_LIMIT bytes."""
+    from provisioner.jobs.control import LOG_READ_LIMIT, read_log
+
+    while True:
+        data = read_log(transport, name, offset, limit=LOG_READ_LIMIT).data
+        if data:
+            yield data
+            offset += len(data)
+        if len(data) < LOG_READ_LIMIT:
+            return
 
 
 def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
@@ -179,7 +206,7 @@ def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:
             missing = f"{access.description} is not reachable"
     path = local_log_path(name, rank)
     if path.exists():
-        write_stdout(path.read_bytes()[shown:])
+        copy_to_stdout(path, shown)
     if lost and follow and record.active:
         raise HostUnreachable(kept_run_hint(name))
     if not path.exists():

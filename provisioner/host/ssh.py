@@ -188,8 +188,9 @@ class SSHTransport:
         self._shell.sendall(f"( {command}\n) < /dev/null; printf '\\n{marker} %d\\n' $?; "
                             f"printf '\\n{marker}\\n' >&2\n".encode())
         try:
-            stdout, stderr = _drain(self._shell, lambda out, err: end_out.search(out) and err.endswith(end_err),
-                                    timeout)
+            # the end marker is looked for in the last bytes only: a long answer (a log) is never scanned whole
+            stdout, stderr = _drain(self._shell, lambda out, err: err.endswith(end_err) and
+                                    end_out.search(out, max(0, len(out) - 64)), timeout)
         except TimeoutError:
             self._shell.close()
             self._shell = None

@@ -55,11 +55,17 @@ class LogChunk:
     exit_code: Optional[int]  # set once the job has ended; `data` then holds the end of the log
 
 
-def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 20) -> LogChunk:
-    """The log from `offset` on, and the exit code if the job has ended (read first, so the log is complete)."""
+LOG_READ_LIMIT = 8 << 20  # bytes of a log one read takes at most: a long log comes in pieces, in constant memory
+
+
+def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 20,
+             limit: Optional[int] = None) -> LogChunk:
+    """The log from `offset` on (at most `limit` bytes of it), and the exit code if the job has ended (read first,
+    so the log is complete when fewer than `limit` bytes came)."""
     folder = job_folder(run_name)
+    cut = f" | head -c {limit}" if limit is not None else ""
     result = transport.run(f"cd {folder} && {{ cat exit_code 2>/dev/null || true; }} >&2; "
-                           f"tail -c +{offset + 1} output.log 2>/dev/null || true", timeout=timeout)
+                           f"{{ tail -c +{offset + 1} output.log 2>/dev/null || true; }}{cut}", timeout=timeout)
     code = result.stderr.decode(errors="replace").strip()
     return LogChunk(result.stdout, int(code) if code.lstrip("-").isdigit() else None)
 

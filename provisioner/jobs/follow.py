@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from provisioner.host.liveness import Liveness, liveness
 from provisioner.host.transport import HostUnreachable, Transport, TransportError
-from provisioner.jobs.control import read_log
+from provisioner.jobs.control import LOG_READ_LIMIT, LogChunk, read_log
 
 
 def kept_run_hint(run_name: str) -> str:
@@ -43,12 +43,24 @@ class LogFollower:
         return self.transport
 
     def poll(self, write: Callable[[bytes], None]) -> Optional[int]:
-        """Writes what is new; returns the exit code once the job has ended. Reconnects while the host has been
-        silent for less than the liveness timeout, then raises HostUnreachable."""
+        """Writes what is new, in pieces of at most LOG_READ_LIMIT bytes (a log of any size in constant memory);
+        returns the exit code once the job has ended and its whole log is written."""
+        while True:
+            chunk = self._read()
+            if chunk.data:
+                write(chunk.data)
+                self.offset += len(chunk.data)
+            if len(chunk.data) < LOG_READ_LIMIT:
+                return chunk.exit_code
+
+    def _read(self) -> LogChunk:
+        """The next piece of the log. Reconnects while the host has been silent for less than the liveness timeout,
+        then raises HostUnreachable."""
         lost = False
         while True:
             try:
-                chunk = read_log(self._transport(), self.run_name, self.offset, timeout=self._live.silent_after)
+                chunk = read_log(self._transport(), self.run_name, self.offset, timeout=self._live.silent_after,
+                                 limit=LOG_READ_LIMIT)
                 break
             except TransportError as e:
                 self._drop()
@@ -65,10 +77,7 @@ class LogFollower:
         self._answered_at = time.monotonic()
         if lost:
             self._log(f"reconnected to {self._host}")
-        if chunk.data:
-            write(chunk.data)
-            self.offset += len(chunk.data)
-        return chunk.exit_code
+        return chunk
 
     def follow(self, write: Callable[[bytes], None], interval: float = 0.2,
                should_stop: Callable[[], bool] = lambda: False) -> Optional[int]:

@@ -3,7 +3,7 @@ its node's rank in front, for a run of several nodes (`dstack apply`, `dstack lo
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterable, Iterator, List
 
 
 def prefix(rank: int) -> bytes:
@@ -37,13 +37,34 @@ class NodeLines:
             self._write(prefix(rank) + rest + b"\n")
 
 
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of output that arrives in chunks (any line ending, as bytes.splitlines reads them), without their
+    endings; a line cut between two chunks comes whole."""
+    rest = b""
+    for chunk in chunks:
+        lines = (rest + chunk).splitlines(keepends=True)
+        # the last piece waits for the next chunk unless it ends in "\n" (a lone "\r" may be half of "\r\n")
+        rest = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        for line in lines:
+            yield line.rstrip(b"\r\n")
+    if rest:
+        yield from rest.splitlines()
+
+
+def interleave_chunks(outputs: List[Iterable[bytes]]) -> Iterator[bytes]:
+    """Whole logs of several nodes, each read in chunks, line by line in turn (node 0's first line, node 1's first
+    line, ...), each with its rank in front: a few lines at a time, however long the logs."""
+    sources = [(rank, _lines(output)) for rank, output in enumerate(outputs)]
+    while sources:
+        left = []
+        for rank, lines in sources:
+            line = next(lines, None)
+            if line is not None:
+                yield prefix(rank) + line + b"\n"
+                left.append((rank, lines))
+        sources = left
+
+
 def interleave(outputs: List[bytes]) -> bytes:
-    """Whole logs of several nodes, line by line in turn (node 0's first line, node 1's first line, ...), each
-    with its rank in front."""
-    split = [output.splitlines() for output in outputs]
-    lines = []
-    for index in range(max((len(s) for s in split), default=0)):
-        for rank, node_lines in enumerate(split):
-            if index < len(node_lines):
-                lines.append(prefix(rank) + node_lines[index] + b"\n")
-    return b"".join(lines)
+    """interleave_chunks of logs held whole."""
+    return b"".join(interleave_chunks([[output] for output in outputs]))

@@ -22,15 +22,20 @@ from provisioner.store.statuses import RUNNING, STARTING, RunStatus
 
 def reconcile(session: RunSession) -> List[RunRecord]:
     """Finishes what no live dstack process is looking after: a job that ended (record it, tear down), a run past
-    max_duration (stop it), a provisioning or teardown cut short by a crash (tear down)."""
-    for record in session.store.list_runs():
-        if not record.active or _looked_after(record):
+    max_duration (stop it), a provisioning or teardown cut short by a crash (tear down). Returns the runs that were
+    active, as they are now, newest first: runs that had finished before are never read (a store may hold
+    thousands)."""
+    active = session.store.list_runs(active_only=True)
+    for record in active:
+        if _looked_after(record):
             continue
         try:
             _reconcile_one(session, record)
         except Exception as e:  # one unreachable host must not hide the others; the run stays as it is
             session.reporter.info(f"{record.name}: {e}")
-    return session.store.list_runs()
+    now = {record.name: record for record in session.store.list_runs(active_only=True)}
+    after = [now.get(record.name) or session.store.get_run(record.name) for record in active]
+    return [record for record in after if record is not None]
 
 
 def _looked_after(record: RunRecord) -> bool:

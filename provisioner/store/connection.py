@@ -57,6 +57,12 @@ class SqliteDb:
         self.connection.close()
 
 
+# The store files this process has checked whole (path, (device, inode)): SQLite's quick_check reads every page, so
+# its cost grows with the store (80 ms at 10,000 runs), and a command opens the store several times. A file checked
+# once is not checked again by the same process; damage met later still surfaces where a read or write meets it.
+_CHECKED: set = set()
+
+
 class StoreFile:
     """`$DSTACK_HOME/state.db` (or `path`), checked when opened; or the team database at `url`, or configured (when
     no `path` is given), checked the same way."""
@@ -92,12 +98,15 @@ class StoreFile:
         if not stat.S_ISREG(found.st_mode):
             raise self._damaged("it is a directory, not a file" if stat.S_ISDIR(found.st_mode) else
                                 "it is not a regular file")
+        if (str(self.path), self.identity) in _CHECKED:
+            return
         with self._connect(read=True) as db:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise Damage("SQLite's check of its pages failed")
             tables, version = self._schema(db)
         if TABLES <= tables and version == SCHEMA_VERSION:
             self._mark()
+            _CHECKED.add((str(self.path), self.identity))
             return
         self._initialise()
 

@@ -157,9 +157,21 @@ class RunTables(StoreFile):
             return self._record(rows[0]) if rows else None
 
     @read_again
-    def list_runs(self) -> List[RunRecord]:
+    def list_runs(self, active_only: bool = False, limit: Optional[int] = None) -> List[RunRecord]:
+        """The runs, newest first: the active ones only, and at most `limit`, where asked. The filter and the limit
+        are the query's (runs are indexed by status and submission time): `dstack ps` over a store of many finished
+        runs reads the few it shows, never every run's record. `active_only` reads every run not in a finished
+        status, so that a status no dstack writes is read, and reported as damage, as before."""
+        where, parameters = "", []
+        if active_only:
+            finished = [status.value for status in RunStatus if not status.is_active()]
+            where = f"WHERE status NOT IN ({', '.join('?' for _ in finished)}) "
+            parameters += finished
+        if limit is not None:
+            parameters.append(limit)
         with self._connect(read=True) as db:
-            return [self._record(r) for r in db.rows("SELECT * FROM runs ORDER BY submitted_at DESC")]
+            return [self._record(r) for r in db.rows(f"SELECT * FROM runs {where}ORDER BY submitted_at DESC"
+                                                     + (" LIMIT ?" if limit is not None else ""), parameters)]
 
     def delete_run(self, name: str) -> bool:
         """Forgets a finished run with its events and jobs; False (nothing deleted) when no finished run has the

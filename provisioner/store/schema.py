@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 from typing import List
 
-SCHEMA_VERSION = 7  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
+SCHEMA_VERSION = 8  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
 # instances; 5: cluster keys left on nodes; 6: each record's owner (a team database); 7: run keys sealed with the
-# team key; stores from before versions read 0
+# team key; 8: runs indexed by status and submission time (`dstack ps` over many runs); stores from before versions
+# read 0
 
 OWNED_TABLES = ("runs", "fleets", "volumes", "cloud_fleets")  # their rows carry owner_id and user_name
 
@@ -111,7 +112,9 @@ CREATE TABLE IF NOT EXISTS cluster_keys_left (
 CREATE TABLE IF NOT EXISTS sealed_keys (
     run TEXT PRIMARY KEY,
     sealed TEXT NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, submitted_at);
+CREATE INDEX IF NOT EXISTS runs_by_submission ON runs (submitted_at)
 """
 
 
@@ -144,6 +147,7 @@ MIGRATIONS = {  # from each version to the next
     5: [f"ALTER TABLE {table} ADD COLUMN {column} TEXT" for table in OWNED_TABLES
         for column in ("owner_id", "user_name")],
     6: _statements("CREATE TABLE IF NOT EXISTS sealed_keys", "CREATE TABLE IF NOT EXISTS sealed_keys"),
+    7: _statements("CREATE INDEX IF NOT EXISTS runs_by_status", "CREATE INDEX IF NOT EXISTS runs_by_submission"),
 }
 
 
