@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 from configuration.home import private_file
 from stacks.spec import generate_host_key
@@ -30,6 +30,17 @@ def generate_key(path: Path, comment: str) -> str:
 
 
 _SEALED = "dstack-sealed-v1:"
+HOME_KEYS = (("runs", "id_ed25519"), ("runs", "ssh_key"), ("fleets", "id_ed25519"))  # (folder, file) of each key
+# dstack makes under $DSTACK_HOME: a cloud run's login key, a dev environment's key, a cloud fleet's login key
+
+
+def home_key_name(path) -> Optional[str]:
+    """A key dstack made under some `$DSTACK_HOME` by its place there (`runs/NAME/id_ed25519`), from the path's last
+    three parts (another laptop's home has another root); None for any other file, such as a user's own key."""
+    parts = Path(path).parts[-3:]
+    if len(parts) == 3 and (parts[0], parts[2]) in HOME_KEYS and parts[1] not in ("", ".", ".."):
+        return "/".join(parts)
+    return None
 
 
 def _team_cipher(team_key: str, salt: bytes):

@@ -125,6 +125,7 @@ class FleetTables(StoreFile):
             db.begin()
             db.execute("DELETE FROM instances WHERE fleet = ?", (name,))
             db.execute("DELETE FROM cloud_fleets WHERE name = ?", (name,))
+            db.execute("DELETE FROM sealed_files WHERE fleet = ?", (name,))
             db.commit()
 
     def add_instances(self, instances: Sequence["InstanceRecord"]) -> None:
