@@ -20,12 +20,19 @@ class FleetTables(StoreFile):
     # --- fleets ---
 
     def save_fleet(self, name: str, source: str, hosts: list) -> None:
-        """Records an SSH fleet, or replaces the one of that name (applied again), as this home's."""
+        """Records an SSH fleet, or replaces the one of that name (applied again), as this home's; a teammate's
+        fleet of that name is refused (names are unique per team; its hosts' keys are paths on their laptop)."""
         with self._connect() as db:
-            db.execute("INSERT INTO fleets (name, source, hosts, created_at, owner_id, user_name) "
-                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET source = excluded.source, "
-                       "hosts = excluded.hosts, created_at = excluded.created_at, owner_id = excluded.owner_id, "
-                       "user_name = excluded.user_name", (name, source, json.dumps(hosts), time.time(), *owner()))
+            saved = db.execute("INSERT INTO fleets (name, source, hosts, created_at, owner_id, user_name) "
+                               "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET source = excluded.source, "
+                               "hosts = excluded.hosts, created_at = excluded.created_at, owner_id = excluded.owner_id, "
+                               "user_name = excluded.user_name WHERE fleets.owner_id IS NULL OR "
+                               "fleets.owner_id = excluded.owner_id",
+                               (name, source, json.dumps(hosts), time.time(), *owner())).rowcount
+            if not saved:
+                holder = db.execute("SELECT user_name FROM fleets WHERE name = ?", (name,)).fetchone()
+                raise ConfigurationError(f"{source}: fleet {name} is {(holder or [None])[0] or 'a teammate'}'s: pick "
+                                         f"another name, or `dstack fleet delete {name}` first")
 
     @read_again
     def list_fleets(self) -> List[dict]:
