@@ -31,8 +31,15 @@ class FleetTables(StoreFile):
                                (name, source, json.dumps(hosts), time.time(), *owner())).rowcount
             if not saved:
                 holder = db.execute("SELECT user_name FROM fleets WHERE name = ?", (name,)).fetchone()
-                raise ConfigurationError(f"{source}: fleet {name} is {(holder or [None])[0] or 'a teammate'}'s: pick "
-                                         f"another name, or `dstack fleet delete {name}` first")
+                raise _teammates_fleet(source, name, (holder or [None])[0])
+
+    def refuse_teammates_fleet(self, name: str, source: str) -> None:
+        """Before an SSH fleet is applied (its hosts asked): a teammate's fleet of that name refuses it now."""
+        with self._connect(read=True) as db:
+            holder = db.execute("SELECT user_name FROM fleets WHERE name = ? AND owner_id IS NOT NULL AND "
+                                "owner_id != ?", (name, owner()[0])).fetchone()
+        if holder is not None:
+            raise _teammates_fleet(source, name, holder[0])
 
     @read_again
     def list_fleets(self) -> List[dict]:
@@ -205,6 +212,11 @@ class FleetTables(StoreFile):
             db.execute("UPDATE instances SET status = ? WHERE fleet = ?", (InstanceStatus.TERMINATING, fleet))
             db.commit()
         return True
+
+
+def _teammates_fleet(source: str, name: str, user: Optional[str]) -> ConfigurationError:
+    return ConfigurationError(f"{source}: fleet {name} is {user or 'a teammate'}'s: pick another name, or "
+                              f"`dstack fleet delete {name}` first")
 
 
 def _expired(status: InstanceStatus, idle_since: Optional[float], idle_duration: Optional[int], now: float) -> bool:
