@@ -75,9 +75,8 @@ def test_a_teammate_reads_and_stops_a_cloud_run_whose_stack_is_in_the_team_backe
     assert not any(homes[user].joinpath("pulumi", "state").exists() for user in homes)
 
     key = (homes["alice"] / "runs" / "team-run" / "id_ed25519").read_text()
-    dump = database_dump(postgres_cluster, team_database)
-    assert "runs/team-run/id_ed25519" in dump and "dstack-sealed-v1:" in dump
-    assert_not_in(dump, key)
+    assert sealed_paths(team_database) == ["runs/team-run/id_ed25519"]
+    assert_not_in(database_dump(postgres_cluster, team_database), key)
 
     listed = as_user(cloudsim, "bob", homes, "ps", "--json")
     [run] = json.loads(listed.stdout)["runs"]
