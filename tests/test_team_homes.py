@@ -21,15 +21,23 @@ from tests.test_team_store import one_host_fleet, ps_json, schema_table, two_hom
 
 
 def test_a_teammate_attaches_to_and_reads_the_events_and_metrics_of_a_run(tmp_path, two_homes, make_host,
-                                                                          client_key):
+                                                                          client_key, team_database,
+                                                                          postgres_cluster):
+    from tests.test_cloudsim_team import database_dump
+
     alice, bob = two_homes
     one_host_fleet(tmp_path, alice, make_host(), client_key)
+    assert run_cli("secret", "set", "HF_TOKEN", input="hf_team_secret_value_0123\n", env=alice).returncode == 0
     started = tmp_path / "started"
     conf = write(tmp_path, "t.dstack.yml", "type: task\nname: shared-run\nbackends: [ssh]\n"
+                 "env: ['HF_TOKEN=${{ secrets.HF_TOKEN }}', API_KEY=sk-literal-secret-4567]\n"
                  f"commands: ['echo from alice', 'touch {started}', 'while [ ! -e {started}.end ]; do sleep 0.2; "
                  "done', 'echo finished']\n")
     applied = run_cli("apply", "-f", conf, "-y", "-d", env=alice)
     assert applied.returncode == 0, applied.stderr
+    dump = database_dump(postgres_cluster, team_database)  # the run's configuration keeps `[secret]` in their place
+    assert "shared-run" in dump and "[secret]" in dump
+    assert "hf_team_secret_value" not in dump and "sk-literal-secret" not in dump
     deadline = time.monotonic() + 30
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.2)

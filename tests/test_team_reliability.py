@@ -56,3 +56,25 @@ def test_a_connection_ended_by_the_server_mid_apply_is_replaced_and_nothing_is_r
     assert kinds and all(count == 1 for _, count in kinds), kinds
     assert schema_table(team_database, "SELECT count(*) FROM runs") == [(1,)]
     assert schema_table(team_database, "SELECT rank, status FROM jobs WHERE run = 'cut'") == [(0, "done")]
+
+
+def test_a_store_call_inside_anothers_block_has_a_session_of_its_own(team_database):
+    """The kept session is the outer block's: a call made inside it (nested) must neither commit nor roll back the
+    outer transaction, nor see what it has not committed."""
+    from provisioner.store.records import RunRecord
+    from provisioner.store.store import StateStore
+
+    store = StateStore()
+    store.create_run(RunRecord(name="outer", status="running", submitted_at=1.0))
+    with store._connect() as db:
+        db.begin()
+        db.execute("UPDATE runs SET reason = 'outer' WHERE name = 'outer'")
+        store.add_event("outer", "note", "inner")  # its own session, committed on its own
+        assert store.get_run("outer").reason is None  # the outer change is not committed yet
+    assert store.get_run("outer").reason is None  # left uncommitted: rolled back, not committed by the inner call
+    assert [e["message"] for e in store.list_events("outer")] == ["inner"]
+    with store._connect() as db:
+        db.begin()
+        db.execute("UPDATE runs SET reason = 'kept' WHERE name = 'outer'")
+        db.commit()
+    assert store.get_run("outer").reason == "kept"

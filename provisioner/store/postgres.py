@@ -80,8 +80,12 @@ class TeamDatabase:
     def connect(self) -> Iterator[PostgresDb]:
         """This thread's connection (kept for the next call) whose errors are the user's: Conflict for a
         constraint, ConnectionLost when it broke during the call, one line for the rest. A transaction the caller
-        began and left (a claim that found nothing to claim) is rolled back here."""
-        connection = self._kept_connection()
+        began and left (a claim that found nothing to claim) is rolled back here. A call made while this thread's
+        kept connection is in use (a store call inside another's block) gets a connection of its own, closed after
+        it: its transaction must not be the outer one's."""
+        nested = self.url in _in_use()
+        connection = self._connection() if nested else self._kept_connection()
+        _in_use().add(self.url)
         errors = self.psycopg.errors
         try:
             yield PostgresDb(connection)
@@ -99,7 +103,11 @@ class TeamDatabase:
         except self.psycopg.Error as e:
             raise DstackError(f"{self.description}: {_first_line(e)}") from None
         finally:
-            _settle(connection)
+            if nested:
+                _close(connection)
+            else:
+                _in_use().discard(self.url)
+                _settle(connection)
 
     def _kept_connection(self):
         """This thread's connection to the database, made on first use or when the last one was ended by the
@@ -204,8 +212,15 @@ def schema_of(db: PostgresDb) -> tuple:
 
 def _kept_connections() -> dict:
     if getattr(_kept, "pid", None) != os.getpid():
-        _kept.pid, _kept.connections = os.getpid(), {}
+        _kept.pid, _kept.connections, _kept.in_use = os.getpid(), {}, set()
     return _kept.connections
+
+
+def _in_use() -> set:
+    """The URLs whose kept connection this thread is using now (inside a `connect` block)."""
+    if getattr(_kept, "pid", None) != os.getpid():
+        _kept_connections()
+    return _kept.in_use
 
 
 def _keep(url: str, connection):
