@@ -35,13 +35,13 @@ class ReusingBackend:
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
         if isinstance(offer, InstanceOffer):
             self._check_alive(offer)
+            record = next(r for r in self.store.list_instances(offer.fleet) if r.num == offer.num)
+            key = reachable_key(self.store, record.host.get("identity_file"), f"fleet {offer.fleet} is a teammate's",
+                                theirs=False)  # a teammate's fleet: its key unsealed into this home, before the claim
             if not self.store.claim_instance(offer.fleet, offer.num, run_name):
                 raise StackFailure(CAPACITY, "zone", f"instance {offer.num} of fleet {offer.fleet} was taken by "
                                                      "another run")
-            record = next(r for r in self.store.list_instances(offer.fleet) if r.num == offer.num)
             report_reuse(report, offer)
-            key = reachable_key(self.store, record.host.get("identity_file"), f"fleet {offer.fleet} is a teammate's",
-                                theirs=False)  # a teammate's fleet: its key unsealed into this home
             return [HostAccess.from_json({**record.host, "identity_file": key})]
         if kept_for(configuration) == 0:
             return self.cloud.provision(run_name, offer, configuration, report)

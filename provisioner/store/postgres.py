@@ -249,7 +249,9 @@ def _settle(connection) -> None:
     if connection.closed or connection.broken:
         return
     try:
-        if connection.info.transaction_status != connection.info.transaction_status.IDLE:
+        from psycopg.pq import TransactionStatus
+
+        if connection.info.transaction_status != TransactionStatus.IDLE:
             connection.execute("ROLLBACK")
     except Exception:  # broken meanwhile: the next call sees it and makes a new one
         pass
