@@ -113,6 +113,13 @@ def test_a_teammates_cloud_fleet_is_reused_with_its_sealed_key_and_deleted_by_na
     table = as_user(cloudsim, "bob", homes, "fleet", "list")
     header, row = table.stdout.splitlines()[:2]
     assert header.split()[:3] == ["FLEET", "USER", "HOST"] and row.split()[:2] == ["pool", "alice"], table.stdout
+    keyless = write(tmp_path, "k.dstack.yml", "type: task\nname: keyless\nfleets: [pool]\ncommands: [hostname]\n")
+    refused = as_user(cloudsim, "bob", homes, "apply", "-f", keyless, "-y", DSTACK_TEAM_KEY="not the team's")
+    assert refused.returncode == 1 and "fleet pool is a teammate's: its SSH key is sealed with the team key, which " \
+        "this laptop does not have (DSTACK_TEAM_KEY, or the team's Pulumi passphrase" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    [idle] = json.loads(as_user(cloudsim, "bob", homes, "fleet", "list", "--json").stdout)["fleets"][0]["instances"]
+    assert idle["status"] == "idle"  # nothing claimed
     run = write(tmp_path, "t.dstack.yml", "type: task\nname: bobs-run\nfleets: [pool]\ncommands: [hostname]\n")
     result = as_user(cloudsim, "bob", homes, "apply", "-f", run, "-y")
     assert result.returncode == 0, result.stdout + result.stderr
