@@ -53,11 +53,16 @@ def apply_cloud_fleet(configuration, source: str, yes: bool, dry_run: bool, as_j
         print_json(plan)
         return
     offer = offers[0]
-    console.print(f"Fleet {configuration.name}: {plan['nodes']} x {offer.backend} {offer.region} "
+    nodes = plan["nodes_range"]
+    size = f"{nodes['min']}..{nodes['max'] if nodes['max'] is not None else ''}" if plan["growth"] else plan["nodes"]
+    console.print(f"Fleet {configuration.name}: {size} x {offer.backend} {offer.region} "
                   f"{offer.instance.name} ({offer.describe_resources()}"
                   f"{', spot' if offer.spot else ''}) at ${offer.total_price:.4f}/hour each "
                   f"(${plan['price']:.4f}/hour in all, idle or not), placement {plan['placement']}; "
-                  f"{len(plan['resources'])} cloud resources", markup=False)
+                  f"{len(plan['resources'])} cloud resources"
+                  + (" (with the instance the first run adds)" if not plan["nodes"] else ""), markup=False)
+    if plan["growth"]:
+        console.print(f"  nodes {size}: {plan['growth']}", markup=False)
     console.print(f"  idle: {plan['idle_policy']}" + ("; `idle_duration: off` keeps it, or set another"
                                                      if configuration.idle_duration is None else ""), markup=False)
     if dry_run:

@@ -115,9 +115,9 @@ def delete_run(session, name: str) -> None:
     from configuration.errors import ConfigurationError
 
     record = find_run(session, name)
-    if record.active:
+    if record.active or not session.store.delete_run(name):
+        record = find_run(session, name)  # submitted again, or deleted, since it was read
         raise ConfigurationError(f"{name} is {record.status}: `dstack stop {name}` first")
-    session.store.delete_run(name)
     from provisioner.store.run_files import remove_run_folder
 
     remove_run_folder(name)  # its output, arrival times and diagnostics: the next run of the name has its own alone

@@ -91,6 +91,8 @@ def print_plan(source: str, run_name: str, requirements, search, document: dict,
         offers.add_column(column)
     for i, offer in enumerate(search.offers[:max_offers], 1):
         reused = f" (reused {offer.fleet}/{offer.num})" if getattr(offer, "fleet", "") else ""  # InstanceOffer
+        if getattr(offer, "growth", ""):  # GrowthOffer: a fleet of `nodes: MIN..MAX` that the run grows
+            reused = f" ({offer.growth})"
         offers.add_row(str(i), offer.backend + escape(reused), escape(offer.region), escape(offer.instance.name),
                        escape(offer.describe_resources()), "spot" if offer.spot else "on-demand",
                        f"${offer.price:.4f}", f"${offer.total_price:.4f}")

@@ -123,23 +123,26 @@ class SSHConfig(StrictModel):
 
 
 class FleetNodes(StrictModel):
-    """How many instances a cloud fleet has: `min` are provisioned at apply (dstack's `target`, which defaults to
-    `min`); `max` bounds a fleet that would grow, and fleets here do not grow."""
+    """How many instances a cloud fleet has: `target` are provisioned at apply (dstack's `target`, which defaults to
+    `min`, and may be 0); runs that need an instance add one while fewer than `max` exist (no `max`: up to the
+    most nodes a fleet has here), and an idle one above `min` goes alone after the fleet's `idle_duration`."""
 
-    min: Annotated[int, Field(description="The instances provisioned at apply: at least 1")]
+    min: Annotated[int, Field(description="The fewest instances: provisioned at apply, kept while idle")]
     target: Annotated[Optional[int], Field(description="The instances provisioned at apply; defaults to `min`")] = None
-    max: Annotated[Optional[int], Field(description="The most instances the fleet may have")] = None
+    max: Annotated[Optional[int], Field(description="The most instances the fleet may have; runs add them")] = None
 
     @model_validator(mode="after")
     def _order(self) -> "FleetNodes":
-        if self.min < 1:
-            raise ValueError("`nodes` needs a minimum of at least 1: a fleet's instances are provisioned at apply "
-                             "(runs do not add instances to a fleet here)")
+        if self.min < 0:
+            raise ValueError("`nodes` needs a minimum of at least 0")
         if self.target is None:
             self.target = self.min
-        check_node_count(self.target)  # what apply provisions; `max` is never reached here
+        check_node_count(self.target)
+        check_node_count(self.max)
         if self.target < self.min or (self.max is not None and self.max < self.target):
             raise ValueError("`nodes` needs min <= target <= max")
+        if self.max == 0:
+            raise ValueError("`nodes` needs a maximum of at least 1: a fleet of no instance runs nothing")
         return self
 
 
@@ -166,7 +169,8 @@ class FleetConfiguration(StrictModel):
     ssh_config: Annotated[Optional[SSHConfig], Field(description="Hosts you own, reached over SSH")] = None
     nodes: Annotated[
         Optional[FleetNodes], BeforeValidator(parse_fleet_nodes),
-        Field(description="Cloud fleets: the number of instances, `N` or a range `MIN..MAX` (MIN are provisioned)"),
+        Field(description="Cloud fleets: the number of instances, `N` or a range `MIN..MAX` (MIN are provisioned at "
+                          "apply; runs add instances up to MAX)"),
     ] = None
     placement: Annotated[
         Optional[Literal["any", "cluster"]],
@@ -190,8 +194,9 @@ class FleetConfiguration(StrictModel):
     ] = None
     idle_duration: Annotated[
         Optional[int], BeforeValidator(parse_idle_duration),
-        Field(description="Cloud fleets: the fleet is destroyed once every instance has been idle this long "
-                          "(default `3d`, as dstack's); `off`: kept until `dstack fleet delete`"),
+        Field(description="Cloud fleets: an instance idle this long ends (above the `nodes` minimum, alone; the "
+                          "fleet once every instance has) (default `3d`, as dstack's); `off`: kept until "
+                          "`dstack fleet delete`"),
     ] = None
     reservation: Annotated[
         Optional[str], Field(description="Cloud fleets: a capacity reservation. Not supported yet")

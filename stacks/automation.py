@@ -133,15 +133,21 @@ def open_stack(name: str, program: Callable[[], None], settings: StateSettings):
                                        opts=_workspace_options(settings, program))
 
 
-def stack_up(stack, on_event: Optional[Callable] = None) -> Dict[str, object]:
+def stack_up(stack, on_event: Optional[Callable] = None, update: bool = False) -> Dict[str, object]:
     """Creates the run's resources. On failure everything created is destroyed and a classified StackFailure says
-    whether the next offer is worth trying."""
+    whether the next offer is worth trying. `update`: a cloud fleet's stack gaining or losing instances, refreshed
+    first (an instance that ended itself is gone from its state), and never destroyed on failure: its other
+    instances stay, and the caller brings it back to the list it had."""
     from pulumi import automation as auto
 
     try:
+        if update:
+            stack.refresh(clear_pending_creates=True, color="never", show_secrets=False)
         result = stack.up(on_event=on_event, color="never", show_secrets=False)
     except (auto.errors.CommandError, auto.errors.InlineSourceRuntimeError) as e:
         failure = classify(str(e))
+        if update:
+            raise failure from None
         try:
             stack_destroy(stack, on_event=on_event)
         except StackFailure as cleanup:

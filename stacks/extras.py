@@ -14,7 +14,7 @@ from configuration.errors import DstackError
 PACKAGE = "dstack-pulumi"
 EXTRA_MODULES = {  # the modules each extra installs (pyproject.toml's optional-dependencies)
     "aws": ("pulumi", "pulumi_aws", "boto3"),
-    "gcp": ("pulumi", "pulumi_gcp", "google.cloud.compute_v1"),
+    "gcp": ("pulumi", "pulumi_gcp", "google.auth", "requests"),
     "pulumi": ("pulumi",),  # the automation API alone: either cloud's extra brings it
 }
 EXTRA_FOR = {"pulumi": "all"}

@@ -91,10 +91,16 @@ class StackSpec:
     reservation_bound: bool = False  # the machine type is sold on demand only through a reservation
     service_account_email: Optional[str] = None  # GCP self_delete: the run's account, made before `up`
     node_types: Tuple[NodeType, ...] = ()  # per rank where nodes differ (node groups); () : every node as above
+    # A cloud fleet's stack: each node's number in the fleet, kept for its life and in its names (`NAME-3`), so an
+    # `up` with another list adds and removes instances without renaming (so replacing) the others; a fleet may have
+    # none. None: a run's nodes, named by rank.
+    instance_nums: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self):
-        if not self.host_keys:
+        if not self.host_keys and self.instance_nums is None:
             raise ValueError("a stack has at least one node, and one host key per node")
+        if self.instance_nums is not None and len(self.instance_nums) != len(self.host_keys):
+            raise ValueError("one instance number per node")
         if self.node_types and len(self.node_types) != len(self.host_keys):
             raise ValueError("one node type per node, or none")
 
@@ -140,7 +146,15 @@ class StackSpec:
         return f"dstack-{self.owner}-{self.run_name}"
 
     def node_name(self, rank: int) -> str:
+        if self.instance_nums is not None:
+            return self.name_of(self.instance_nums[rank])
         return node_name(self.owner, self.run_name, rank, self.nodes)
+
+    def name_of(self, num: int) -> str:
+        """The name of a fleet's instance `num` (instance_nums), or of a run's node of rank `num`."""
+        if self.instance_nums is not None:
+            return fleet_instance_name(self.owner, self.run_name, num)
+        return node_name(self.owner, self.run_name, num, self.nodes)
 
     @property
     def stack_name(self) -> str:
@@ -164,6 +178,12 @@ def node_name(owner: str, run_name: str, rank: int, nodes: int) -> str:
     stack has several nodes."""
     name = f"dstack-{owner}-{run_name}"
     return name if nodes == 1 else f"{name}-{rank}"
+
+
+def fleet_instance_name(owner: str, fleet: str, num: int) -> str:
+    """The cloud name of a cloud fleet's instance `num` (StackSpec.instance_nums): always numbered, whatever the
+    count, so the count can change."""
+    return f"dstack-{owner}-{fleet}-{num}"
 
 
 def stack_name(run_name: str, owner: str) -> str:

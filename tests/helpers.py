@@ -36,6 +36,18 @@ def run_cli(*args, env=None, input=None, timeout=120):
     )
 
 
+def process_list_with(transport, line: str, timeout: float = 30) -> list:
+    """The host's process list (`ps -eo args`, one line per process) once a process whose command line is `line`
+    is in it; AssertionError when none comes within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = transport.run("ps -eo args").text.splitlines()
+        if line in listed:
+            return listed
+        time.sleep(0.05)
+    raise AssertionError(f"no process `{line}` within {timeout}s")
+
+
 def wait_exit(transport, run, timeout=60):
     """Reads a job's log until it ends: (exit code, the whole log as text)."""
     from provisioner.jobs.control import read_log

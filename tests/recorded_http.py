@@ -1,5 +1,5 @@
 """A cloud API on 127.0.0.1: answers recorded JSON bodies by method and path, and records every request, so that a
-client (google-cloud-compute, google-auth's session, curl in a VM's script) can be tested with no cloud reached."""
+client (google-auth's session, curl in a VM's script) can be tested with no cloud reached."""
 
 from __future__ import annotations
 

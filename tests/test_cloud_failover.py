@@ -157,7 +157,7 @@ def test_a_cloud_fleet_fails_over_zone_by_zone_as_a_run_does(monkeypatch, dstack
     failures = {("us-east-1", "us-east-1a"): capacity, ("eu-west-1", "eu-west-1a"): quota}
     tried = []
 
-    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None):
+    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None, **_):
         tried.append((offer.instance.name, offer.zones[0]))
         record_stack({"backend": "aws", "name": f"{name}-stack", "owner": "test", "region": offer.region})
         if (offer.region, offer.zones[0]) in failures:
@@ -196,7 +196,7 @@ def test_a_cloud_fleet_tries_as_many_offers_as_a_run_and_lists_each_failure(monk
 
     tried = []
 
-    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None):
+    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None, **_):
         tried.append(offer.region)
         raise classify("api error InsufficientInstanceCapacity: We currently do not have sufficient capacity")
 

@@ -4,6 +4,7 @@ and pull command lines, checked through a stand-in `docker` that records its arg
 import dataclasses
 import os
 import time
+import uuid
 import urllib.request
 
 import pytest
@@ -13,7 +14,7 @@ from provisioner.jobs.control import read_log, start_job, stop_job
 from provisioner.jobs.script import JobSpec, docker_script
 from provisioner.jobs.uploads import LEGACY_REPO_DIR, Upload, UploadPlan, list_folder
 from tests.docker_daemon import IMAGE, docker_daemon  # noqa: F401 (fixture)
-from tests.helpers import free_port, wait_exit
+from tests.helpers import free_port, process_list_with, wait_exit
 
 
 @pytest.fixture
@@ -42,6 +43,17 @@ def test_image_task_env_shm_workdir_and_exit_code(local, tmp_path):
     assert lines[3].split()[1] == "256"  # --shm-size
     assert "tok_secret" not in docker_script(job)  # env values go by name (`-e TOKEN`), never in the script
     assert not (tmp_path / "jobs" / "img-1" / "job.sh").exists()  # the script goes when the job ends
+
+
+def test_an_image_jobs_commands_never_reach_the_process_list(local):
+    """The container's shell and the `docker run` client are processes of this machine: the commands' text (which
+    may hold `${{ secrets.NAME }}` values) goes to them by environment, never as an argument."""
+    secret, pause = f"tok-{uuid.uuid4().hex}", f"3.{uuid.uuid4().int % 10 ** 6:06d}"  # this test's own `sleep`
+    start_job(local, JobSpec(run_name="img-ps", image=IMAGE, commands=[
+        f"echo {secret} > /dev/null", 'echo "left: ${DSTACK_COMMANDS:-none}"', f"sleep {pause}", "echo done"]))
+    listed = process_list_with(local, f"sleep {pause}")
+    assert not [line for line in listed if secret in line]
+    assert wait_exit(local, "img-ps") == (0, "left: none\ndone\n")
 
 
 def test_image_entrypoint(local):
@@ -105,8 +117,9 @@ exit 0
     assert run_line.startswith("ARGV run --rm --init --name dstack-img-5 --network host -e HF_TOKEN "
                                "-e DSTACK_MASTER_NODE_IP -e DSTACK_NODES_IPS "
                                "-e DSTACK_MPI_HOSTFILE=/dstack/mpi/hostfile -v ")
-    assert run_line.endswith("-w /workflow --entrypoint /bin/sh ghcr.io/me/private:1 -c set -e")
-    assert recorded[5] == "python train.py"  # the script argument goes on after its newline
+    assert run_line.endswith('-w /workflow -e DSTACK_COMMANDS --entrypoint /bin/sh ghcr.io/me/private:1 -c '
+                             '__dstack_commands=$DSTACK_COMMANDS; unset DSTACK_COMMANDS; eval "$__dstack_commands"')
+    assert len(recorded) == 5  # the commands are not an argument
     assert sum("ghp_supersecret" in line for line in recorded) == 1
     assert "hf_abc" not in calls.read_text()
     assert "ghp_supersecret" not in docker_script(job)
@@ -135,7 +148,7 @@ AS_ROOT_NOW=1 exec "$@"
 """,
         "docker": f"""#!/bin/sh
 [ -n "$AS_ROOT_NOW" ] || exit 1
-echo "DOCKER $* HF_TOKEN=$HF_TOKEN" >> {calls}
+echo "DOCKER $* HF_TOKEN=$HF_TOKEN COMMANDS=$DSTACK_COMMANDS" >> {calls}
 [ "$1" = image ] && exit 1
 exit 0
 """,
@@ -160,9 +173,9 @@ def test_an_image_job_of_a_user_outside_the_docker_group_goes_through_sudo(tmp_p
     assert code == 0, log
     recorded = calls.read_text().splitlines()
     docker_calls = [line for line in recorded if line.startswith("DOCKER")]
-    assert docker_calls[0] == "DOCKER image inspect me/train:1 HF_TOKEN=hf_abc"  # plain `docker info` was refused
-    assert docker_calls[1] == "DOCKER pull me/train:1 HF_TOKEN=hf_abc"
+    assert docker_calls[0] == "DOCKER image inspect me/train:1 HF_TOKEN=hf_abc COMMANDS="  # plain `docker info` was refused
+    assert docker_calls[1] == "DOCKER pull me/train:1 HF_TOKEN=hf_abc COMMANDS="
     assert docker_calls[2].startswith("DOCKER run --rm --init --name dstack-img-6 --network host -e HF_TOKEN")
-    after_run = recorded[recorded.index(docker_calls[2]) + 1]  # the script argument goes on after its newline
-    assert after_run == "python train.py HF_TOKEN=hf_abc"  # -E kept the task's env for `-e HF_TOKEN`
+    assert docker_calls[2].endswith(" HF_TOKEN=hf_abc COMMANDS=set -e")  # -E kept the task's env for `-e NAME`
+    assert recorded[recorded.index(docker_calls[2]) + 1] == "python train.py"  # the commands, by environment
     assert "SUDO -n -E" in recorded

@@ -57,6 +57,12 @@ def session(monkeypatch):
     return session, clouds
 
 
+def _forget_the_fixtures_run(session) -> None:
+    """submit() records its run itself: the fixture's (submitted, for the failover tests) goes, as a finished run."""
+    session.store.update_run("fo", status="failed")
+    assert session.store.delete_run("fo")
+
+
 CONF = parse_configuration("type: task\ncommands: [nvidia-smi]\nresources: {gpu: A10G}\n", "x.dstack.yml")
 
 
@@ -163,7 +169,7 @@ def test_submit_tears_down_and_records_failure(session, tmp_path):
     from provisioner.runs.lifecycle import submit
 
     session, clouds = session
-    session.store.delete_run("fo")
+    _forget_the_fixtures_run(session)
     clouds["aws"] = FakeCloud("aws", {"us-east-1": CAPACITY})
     resolved = resolve_run(CONF, "x.dstack.yml", [], {})
     with pytest.raises(RunFailed):
@@ -204,7 +210,7 @@ def test_ctrl_c_during_provisioning_tears_the_stack_down(session):
     from provisioner.runs.lifecycle import submit
 
     session, clouds = session
-    session.store.delete_run("fo")
+    _forget_the_fixtures_run(session)
 
     class Interrupted(FakeCloud):
         def provision(self, run_name, offer, configuration, report):

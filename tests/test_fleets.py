@@ -40,7 +40,7 @@ def test_nodes_is_a_number_or_a_range(nodes, expected):
     ({}, "a fleet needs `ssh_config` (hosts you own) or `nodes` (cloud instances)"),
     ({"nodes": 2, "resources": {"cpu": 2}, "ssh_config": {"hosts": ["10.0.0.1"]}},
      "`ssh_config` (hosts you own) and `nodes`, `resources` (cloud instances) are two kinds of fleet"),
-    ({"nodes": "0..2"}, "`nodes` needs a minimum of at least 1"),
+    ({"nodes": "0..0"}, "`nodes` needs a maximum of at least 1"),
     ({"nodes": {"min": 3, "max": 2}}, "`nodes` needs min <= target <= max"),
 ])
 def test_a_fleet_is_one_kind_or_the_other(data, message):
@@ -126,7 +126,7 @@ def cloud(monkeypatch, make_host, client_key):
                         host_key=host.host_public_key)
     calls = {"made": [], "destroyed": [], "shapes": [], "keys": []}
 
-    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None):
+    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None, **_):
         generate_key(key_path, f"dstack-run-{name}")
         calls["keys"].append(key_path)
         record_stack({"backend": self.name, "name": f"{name}-stack", "owner": "test", "region": offer.region})
@@ -212,7 +212,7 @@ def test_a_multi_node_run_kept_by_idle_duration_leaves_no_cluster_key_on_its_kep
     accesses = [HostAccess(kind="ssh", hostname=h.address, port=22, user="root", identity_file=client_key[0],
                            host_key=h.host_public_key) for h in hosts]
 
-    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None):
+    def create_stack(self, name, offer, configuration, report, key_path, record_stack, note=None, **_):
         record_stack({"backend": self.name, "name": f"{name}-stack", "owner": "test", "region": offer.region})
         cloud["made"].append(name)
         return accesses
@@ -371,7 +371,7 @@ def test_a_kept_runs_failed_stack_is_swept_by_its_implicit_fleets_name(monkeypat
     monkeypatch.setattr("stacks.clouds.check_credentials", lambda backend, region: None)
     monkeypatch.setattr("stacks.aws.leftovers.sweep_run", lambda region, owner, name: swept.append(name))
 
-    def up_fails(stack, on_event):
+    def up_fails(stack, on_event, **_):
         raise StackFailure("error", "offer", "the up was cut short")
 
     monkeypatch.setattr("stacks.automation.stack_up", up_fails)

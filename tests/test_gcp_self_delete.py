@@ -96,7 +96,7 @@ def gcp_run(recorded_api, monkeypatch, dstack_home):
     monkeypatch.setattr("stacks.clouds.program_for", lambda spec: run["specs"].append(spec) or (lambda: None))
     monkeypatch.setattr(stacks.automation, "open_stack", lambda name, program, settings: name)
 
-    def up(stack, on_event=None):
+    def up(stack, on_event=None, **_):
         iam.timeline.append(f"up in {run['specs'][-1].zone}")
         outcome = run["ups"].pop(0) if run["ups"] else None
         if outcome is not None:

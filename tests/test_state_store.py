@@ -335,3 +335,18 @@ def test_logs_of_a_run_whose_output_is_gone_say_so(tmp_path, dstack_home):
     assert gone.returncode == 1 and gone.stdout == ""
     assert (f"error: the output of gone-logs is gone: its job folder on this machine holds no log any more, and the "
             f"copy dstack keeps ({dstack_home / 'runs' / 'gone-logs' / 'output.log'}) does not exist") in gone.stderr
+
+
+def test_deleting_a_run_never_takes_an_active_run_of_the_name(dstack_home):
+    """`dstack delete NAME` read the run finished; a new run of the name submitted before the delete is kept (the
+    check and the delete are one statement), and the command says what it is instead of 'deleted'."""
+    store = StateStore()
+    store.create_run(RunRecord(name="again", status="submitted", submitted_at=time.time()))
+    store.add_event("again", "submitted", "the new run's")
+    assert store.delete_run("again") is False
+    assert store.get_run("again").status == "submitted" and len(store.list_events("again")) == 1
+    result = run_cli("delete", "again", env={"DSTACK_HOME": str(dstack_home)})
+    assert result.returncode == 1 and "again is submitted" in result.stderr and "deleted" not in result.stderr
+    store.update_run("again", status="done")
+    assert store.delete_run("again") is True
+    assert store.get_run("again") is None and store.list_events("again") == []

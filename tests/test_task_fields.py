@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from provisioner.jobs.layout import UNDERUTILIZED
 from provisioner.jobs.script import JobSpec, docker_run_argv, python_script
 from provisioner.planning.field_support import check_fields, refusals, restrict_zones
 from provisioner.runs.job_specs import job_spec, stop_grace
-from tests.helpers import DATA, run_cli, wait_exit
+from tests.helpers import DATA, process_list_with, run_cli, wait_exit
 
 # dstack 0.22.5's TaskConfiguration: its 46 root properties.
 DSTACK_TASK_FIELDS = {"repos", "files",
@@ -392,6 +393,17 @@ def test_shell_runs_the_commands(host):
     assert wait_exit(host, "sh-run") == (0, "bash=\n")
     start_job(host, JobSpec(run_name="bash-run", commands=['echo "bash=${BASH_VERSION:+yes}"'], shell="/bin/bash"))
     assert wait_exit(host, "bash-run") == (0, "bash=yes\n")
+
+
+def test_a_named_shells_commands_never_reach_the_process_list(host):
+    """`shell:` runs the commands in a shell of its own; their text (which may hold `${{ secrets.NAME }}` values)
+    goes to it by environment, never as an argument that `ps` shows to every user of the host."""
+    secret, pause = f"tok-{uuid.uuid4().hex}", f"2.{random.randrange(10 ** 6):06d}"  # this test's own `sleep`
+    start_job(host, JobSpec(run_name="ps-secret", shell="bash", commands=[
+        f"echo {secret} > /dev/null", "echo \"left: ${DSTACK_COMMANDS:-none}\"", f"sleep {pause}", "echo done"]))
+    listed = process_list_with(host, f"sleep {pause}")
+    assert not [line for line in listed if secret in line]
+    assert wait_exit(host, "ps-secret") == (0, "left: none\ndone\n")
 
 
 def test_stop_duration_off_lets_the_job_finish_its_cleanup(host):

@@ -58,7 +58,9 @@ def test_every_table_reads_back_what_was_written(store_engine, monkeypatch):
     assert store.keys_left({**HOST, "internal_ip": None}) == [("r2", HOST)]
     store.remove_key_left("r2", HOST)
     assert store.keys_left(HOST) == []
-    store.delete_run("r2")
+    assert store.delete_run("r2") is False  # active: kept
+    store.update_run("r2", status="done")
+    assert store.delete_run("r2") is True
     assert store.get_run("r2") is None and store.list_events("r2") == [] and store.list_jobs("r2") == []
 
     store.save_fleet("lab", "a.yml", [{"access": HOST}])

@@ -101,9 +101,10 @@ def _selected_runs(name: Optional[str], target_run, within_run, within_fleet) ->
 
 def _runs_on_fleets(fleets: set) -> set:
     """The runs that took a host of one of the fleets: an SSH fleet's (its name is their region), or a cloud fleet's
-    instance they reused."""
+    instance they reused or added to it."""
     from provisioner.store.store import StateStore
 
+    offer = lambda record: record.offer or {}  # noqa: E731
     return {record.name for record in StateStore().list_runs()
             if (record.backend == "ssh" and record.region in fleets)
-            or ((record.offer or {}).get("reused") or {}).get("fleet") in fleets}
+            or (offer(record).get("reused") or offer(record).get("grows") or {}).get("fleet") in fleets}

@@ -64,6 +64,7 @@ def get_fleet(
     as_json: JsonOption = False,
 ) -> None:
     """Show one fleet: where it was registered from, each SSH host's resources or each cloud instance's state."""
+    expire_idle_fleets()
     item = _fleet(name)
     if as_json:
         print_json({"fleet": item})
@@ -73,7 +74,10 @@ def get_fleet(
     console = stdout_console()
     created = datetime.datetime.fromtimestamp(item["created_at"]).isoformat(" ", "seconds")
     console.print(f"Fleet {name} ({item['kind']}), from {item['source']}, created {created}", markup=False)
-    _print_hosts([item])
+    if item["kind"] == "cloud":
+        _print_instances(item)
+    else:
+        _print_hosts([item])
 
 
 @fleet_app.command("delete")
@@ -85,7 +89,7 @@ def delete_fleet_command(
                                                                 "repeat for several")] = None,
 ) -> None:
     """Forget an SSH fleet (its hosts are untouched) or destroy a cloud fleet's instances; refused while a run
-    uses the fleet (-y or not). With -i, only those instances of an SSH fleet."""
+    uses the fleet (-y or not). With -i, only those instances (a cloud fleet's: refused while a run holds one)."""
     item = _fleet(name)
     if instances:
         _delete_instances(item, instances, yes)
@@ -100,19 +104,24 @@ def delete_fleet_command(
 
 
 def _delete_instances(item: dict, numbers: List[int], yes: bool) -> None:
-    """dstack's `fleet delete NAME -i N`: an SSH fleet's host forgotten (the host is untouched). A cloud fleet's
-    stack holds its instances together: one of them cannot be destroyed alone here, so that is refused."""
-    from configuration.errors import ConfigurationError
+    """dstack's `fleet delete NAME -i N`: an SSH fleet's host forgotten (the host is untouched); a cloud fleet's
+    instance destroyed alone, its stack `up` without it (refused while a run holds it)."""
     from provisioner.store.store import StateStore
 
     name = item["name"]
-    if item["kind"] == "cloud":
-        raise ConfigurationError(f"fleet {name} is a cloud fleet, whose instances live and go together in one stack: "
-                                 f"`dstack fleet delete {name}` destroys them all; one alone (-i) is not supported")
     listed = ", ".join(f"#{n}" for n in sorted(set(numbers)))
-    if not yes and sys.stdin.isatty() and not typer.confirm(f"Forget instance {listed} of fleet {name}?",
+    what = "Destroy" if item["kind"] == "cloud" else "Forget"
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"{what} instance {listed} of fleet {name}?",
                                                             default=False, err=True):
         raise typer.Exit(1)
+    if item["kind"] == "cloud":
+        from cli.run_session import make_reporter
+        from configuration.backends import load_config
+        from provisioner.backends.fleet_stacks import delete_instances
+
+        delete_instances(StateStore(), load_config(), name, numbers, make_reporter().step)
+        stderr_console().print(f"Destroyed instance {listed} of fleet {name}", markup=False)
+        return
     removed = StateStore().remove_fleet_hosts(name, numbers)
     hosts = ", ".join(host["access"]["hostname"] for host in removed)
     left = "" if len(removed) < len(item["hosts"]) else f"; fleet {name} had no other instance and is forgotten"
@@ -153,7 +162,7 @@ def _print_hosts(fleets: list, verbose: bool = False, team: bool = False) -> Non
             for instance in item["instances"]:
                 price = instance.get("price")
                 more = [f"${price:.4f}" if price is not None else "-", item["source"], created]
-                table.add_row(*first, f"{instance['hostname']} (#{instance['instance_num']})",
+                table.add_row(*first, f"{instance['hostname'] or '-'} (#{instance['instance_num']})",
                               f"{instance['backend']} {instance['region']} {instance['instance_type']}",
                               _instance_status(instance), *(more if verbose else []))
             continue
@@ -163,6 +172,34 @@ def _print_hosts(fleets: list, verbose: bool = False, team: bool = False) -> Non
                           describe_facts(HostFacts.from_json(host["facts"])), "ssh host",
                           *(["-", item["source"], created] if verbose else []))
     stdout_console().print(table, markup=False)
+
+
+def _print_instances(item: dict) -> None:
+    """`fleet get` of a cloud fleet: its size, then each instance's status, the run holding it, since when it is
+    idle, and its price."""
+    import datetime
+
+    from rich.table import Table
+
+    nodes = item.get("nodes") or {}
+    console = stdout_console()
+    console.print(f"Instances: {len(item['instances'])} of {nodes.get('min', '?')}..{nodes.get('max', '?')}",
+                  markup=False)
+    if not item["instances"]:
+        console.print("No instance: a run that fits the fleet adds one.", markup=False)
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("#", "HOST", "INSTANCE", "STATUS", "RUN", "IDLE SINCE", "$/HOUR"):
+        table.add_column(column)
+    for instance in item["instances"]:
+        since = instance.get("idle_since")
+        price = instance.get("price")
+        table.add_row(str(instance["instance_num"]), instance["hostname"] or "-",
+                      f"{instance['backend']} {instance['region']} {instance['instance_type']}",
+                      _instance_status(instance), instance["run"] or "-",
+                      datetime.datetime.fromtimestamp(since).isoformat(" ", "seconds") if since else "-",
+                      f"${price:.4f}" if price is not None else "-")
+    console.print(table, markup=False)
 
 
 def _instance_status(instance: dict) -> str:

@@ -18,7 +18,7 @@ from offers.catalog import InstanceType
 from offers.offer import Offer
 from provisioner.backends.base import LeftoversRemain
 from provisioner.host.access import HostAccess
-from provisioner.host.keys import generate_key
+from provisioner.host.keys import generate_key, kept_key
 from provisioner.host.transport import TransportError
 from provisioner.jobs.nodes import on_every_node, rank_offers
 from provisioner.jobs.team_keys import seal_home_key
@@ -28,7 +28,7 @@ from stacks import clouds
 from stacks.errors import UNREACHABLE, StackFailure
 from stacks.losses import InstanceLoss
 from stacks.progress import EngineEventTracker, StepProgress
-from stacks.spec import StackSpec, node_name
+from stacks.spec import HostKey, StackSpec, fleet_instance_name, node_name
 
 # How long a new VM may take from its launch (the engine's first instance create) to its first SSH answer. Ubuntu on
 # a CPU VM answers within a minute or two; an accelerator VM boots a larger image and loads its drivers first
@@ -63,27 +63,36 @@ class CloudBackend:
                                  note=run_note(self.store, run_name))
 
     def create_stack(self, name: str, offer: Offer, configuration, report: Callable, key_path: Path,
-                     record_stack: Callable[[dict], None], note: Callable[[str], None] = lambda message: None
-                     ) -> List[HostAccess]:
+                     record_stack: Callable[[dict], None], note: Callable[[str], None] = lambda message: None,
+                     host_keys: Optional[Tuple[HostKey, ...]] = None, update: bool = False) -> List[HostAccess]:
         """Brings up the stack of `name` (a run, or a fleet) and returns its hosts, one per node in rank order
         (provisioner.jobs.nodes.node_count). `record_stack` stores the stack's identity before `up`, so a crash
         mid-way still leaves what `destroy_stack` needs. All or nothing: a node that cannot be created fails the
         whole `up`, which destroys what was created (stacks.automation.stack_up). `note` gets the warnings a
-        person should read (a GCP run falling back to `self_delete: false`)."""
+        person should read (a GCP run falling back to `self_delete: false`).
+
+        A cloud fleet's stack (provisioner.backends.fleet_stacks) brings its own `host_keys`, kept per instance, and
+        its login key at `key_path` is kept: with `update`, its `up` adds and removes instances in place, and a
+        failure leaves the stack as it is (never destroyed) for the caller to bring back."""
         from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
         from stacks.extras import require_extra
 
         require_extra(self.name, f"{name} on {self.name.upper() if self.name == 'aws' else 'GCP'}")
         require_pulumi()  # before anything else: without it nothing can be created or destroyed
         clouds.check_credentials(self.name, offer.region)
-        public_key = generate_key(key_path, f"dstack-run-{name}")
-        spec = stack_spec(name, configuration, offer, public_key, generate_host_keys(configuration), self.config)
+        if host_keys is None:
+            public_key, host_keys = generate_key(key_path, f"dstack-run-{name}"), generate_host_keys(configuration)
+        else:
+            public_key = kept_key(key_path, f"dstack-run-{name}")
+        spec = stack_spec(name, configuration, offer, public_key, host_keys, self.config)
         spec = self._self_delete_allowed(spec, note)
         settings = state_settings(self.config.pulumi.backend_url)
         seal_home_key(self.store, key_path)  # after the passphrase (the team key's default) is made
         recorded = {"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
                     "backend_url": settings.backend_url, "tagged": name,
                     "home_state": not self.config.pulumi.backend_url}  # a laptop's own state: see recorded_state
+        if spec.instance_nums is not None:  # a fleet's instances named by their numbers (instance_state)
+            recorded["numbered"] = True
         record_stack(recorded)
         if spec.self_delete and spec.backend == "gcp":  # recorded first: the run's teardown sweeps the account
             if name not in self.accounts:
@@ -92,7 +101,7 @@ class CloudBackend:
         stack = open_stack(spec.stack_name, clouds.program_for(spec), settings)
         tracker = EngineEventTracker(report)
         began = time.monotonic()
-        outputs = stack_up(stack, on_event=tracker)
+        outputs = stack_up(stack, on_event=tracker, update=update)
         # what `losses` asks the cloud about once a node stops answering (a spot VM taken back)
         record_stack({**recorded, "zone": outputs.get("zone"),
                       "instance_ids": [str(i) for i in outputs.get("instance_ids") or []]})
@@ -101,7 +110,7 @@ class CloudBackend:
                                 f"{'VPC ' + spec.vpc_name if spec.vpc_name else 'the default VPC'}, {spec.zone})",
                                 "done"))
         hosts = stack_hosts(outputs, spec.host_keys, key_path)
-        budget = max(boot_budget_s(o.instance) for o in rank_offers(offer, len(hosts)))
+        budget = max((boot_budget_s(o.instance) for o in rank_offers(offer, len(hosts))), default=0)
         try:
             await_boot(hosts, (tracker.launched_at or began) + budget)
         except TransportError as e:
@@ -109,6 +118,8 @@ class CloudBackend:
 
             failure = StackFailure(UNREACHABLE, "offer", f"{str(e).splitlines()[0]}; a {offer.instance.name} VM "
                                                          f"gets {budget}s from its launch (its boot budget)")
+            if update:
+                raise failure from None
             try:
                 stack_destroy(stack, on_event=tracker)
             except StackFailure as cleanup:
@@ -133,13 +144,18 @@ class CloudBackend:
         return dataclasses.replace(spec, self_delete=False) if self.self_delete_missing else spec
 
     def instance_state(self, stack: dict, zone: str, rank: int, nodes: int) -> str:
-        """The state the cloud has for node `rank` of the stack `create_stack` recorded (`running`, `gone`, ...)."""
+        """The state the cloud has for node `rank` of the stack `create_stack` recorded (`running`, `gone`, ...); in
+        a fleet's stack of numbered instances, instance number `rank`."""
         from stacks.extras import require_extra
 
         require_extra(self.name, "reading an instance's state")
         gcp = self.config.backend("gcp")
+        tagged = stack.get("tagged", "")
+        name = fleet_instance_name(stack["owner"], tagged, rank) if stack.get("numbered") else \
+            node_name(stack["owner"], tagged, rank, nodes)
         return clouds.instance_state(self.name, stack["region"], zone, gcp.project_id if gcp is not None else None,
-                                     stack["owner"], node_name(stack["owner"], stack.get("tagged", ""), rank, nodes))
+                                     stack["owner"], name)
+
     def losses(self, stack: Optional[dict]) -> List[InstanceLoss]:
         """The instances of a stack (as `create_stack` recorded it) that the cloud no longer runs, and why: a spot
         VM taken back is an interruption. Empty for a stack recorded without its instances."""

@@ -8,14 +8,16 @@ needs. Its key lives under `$DSTACK_HOME/fleets/NAME/` (0600), outliving the run
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 from configuration.backends import CLOUD_BACKENDS, DstackConfig
 from configuration.errors import ConfigurationError, DstackError
 from configuration.home import dstack_home
+from configuration.policies import MAX_NODES
 from configuration.resources import ResourcesSpec
 from offers.catalog import load_catalogs
 from offers.offer import Offer
@@ -23,9 +25,17 @@ from offers.requirements import Requirements, spot_from_policy
 from offers.solver import find_offers
 from provisioner.backends.base import LeftoversRemain
 from provisioner.backends.cloud import CloudBackend, fleet_key_path
+from provisioner.backends.fleet_stacks import (
+    FleetShape,
+    expired_above_min,
+    fleet_host_keys,
+    fleet_stack_lock,
+    recorder,
+    shrink_fleet,
+)
 from provisioner.backends.offer_failover import MAX_OFFERS_TRIED, OffersExhausted, first_provisioned
 from provisioner.planning.field_support import restrict_zones
-from provisioner.planning.reuse import offer_record, watchdog_minutes
+from provisioner.planning.reuse import fleet_idle_seconds, fleet_nodes, offer_record, watchdog_minutes
 from provisioner.planning.stack_plan import dry_run_resources
 from provisioner.store.records import InstanceRecord
 from provisioner.store.statuses import InstanceStatus
@@ -33,35 +43,15 @@ from provisioner.store.store import StateStore
 from stacks.errors import StackFailure
 from stacks.power_off import POWER_OFF_PATH
 
-@dataclass(frozen=True)
-class FleetShape:
-    """What a stack program reads of a configuration, for a fleet: `nodes` instances, placed as `placement` says,
-    with no job deadline and no task ports (stacks are made per fleet, not per run)."""
-
-    nodes: int
-    placement: Optional[str]
-    tags: Optional[Dict[str, str]]
-    max_duration: Optional[int] = None
-    ports: Tuple = ()
-    volumes: Tuple = ()
-
-
 def fleet_shape(configuration) -> FleetShape:
-    return FleetShape(nodes=configuration.nodes.target, placement=configuration.placement, tags=configuration.tags)
-
-
-# dstack 0.22.5's default idle_duration of a fleet (DEFAULT_FLEET_TERMINATION_IDLE_TIME): an idle fleet is not billed
-# forever unless asked for (`idle_duration: off`).
-DEFAULT_IDLE_S = 3 * 24 * 3600
+    """A new fleet's stack: its `nodes` minimum (its target) of instances, numbered from 0."""
+    return FleetShape(nodes=configuration.nodes.target, placement=configuration.placement, tags=configuration.tags,
+                      instance_nums=tuple(range(configuration.nodes.target)))
 
 
 def kept_seconds(configuration) -> Optional[int]:
-    """A cloud fleet's idle_duration as its instances keep it: absent (or `true`), dstack's 3 days (DEFAULT_IDLE_S);
-    `off` (`false`, a negative number) None, kept until deleted."""
-    seconds = configuration.idle_duration
-    if seconds is None:
-        return DEFAULT_IDLE_S
-    return None if seconds < 0 else seconds
+    """A cloud fleet's idle_duration as its instances keep it (provisioner.planning.reuse.fleet_idle_seconds)."""
+    return fleet_idle_seconds(configuration.idle_duration)
 
 
 def idle_policy(configuration) -> str:
@@ -70,7 +60,24 @@ def idle_policy(configuration) -> str:
     if seconds is None:
         return "kept until `dstack fleet delete` (idle_duration: off)"
     default = " (the default)" if configuration.idle_duration is None else ""
-    return f"destroyed once every instance has been idle {_duration(seconds)}{default}"
+    nodes = configuration.nodes
+    if nodes.max is not None and nodes.max == nodes.min:
+        return f"destroyed once every instance has been idle {_duration(seconds)}{default}"
+    if not nodes.min:
+        return (f"each instance destroyed alone once idle {_duration(seconds)}{default}; the fleet, with no "
+                "instance, kept until `dstack fleet delete`")
+    return (f"an instance above {nodes.min} destroyed alone once idle {_duration(seconds)}{default}; the fleet once "
+            "every instance has been")
+
+
+def growth_policy(configuration) -> str:
+    """How the fleet grows and shrinks, in the plan's words; empty for a fleet of a fixed size."""
+    nodes = configuration.nodes
+    if nodes.max is not None and nodes.max == nodes.min:
+        return ""
+    most = nodes.max if nodes.max is not None else f"{MAX_NODES} (no maximum given)"
+    return (f"apply makes {nodes.target}; runs add instances up to {most}, and an idle one above {nodes.min} ends "
+            "alone after the idle_duration")
 
 
 def _duration(seconds: int) -> str:
@@ -125,12 +132,17 @@ def fleet_plan(configuration, offers: List[Offer], config: DstackConfig, max_off
     from stacks.extras import MissingExtra
 
     shape = fleet_shape(configuration)
+    nodes = configuration.nodes
     document = {"fleet": configuration.name, "configuration": configuration.model_dump(mode="json"),
                 "nodes": shape.nodes, "placement": shape.placement or "any",
+                "nodes_range": {"min": nodes.min, "target": nodes.target, "max": nodes.max},
+                "growth": growth_policy(configuration),
                 "idle_duration": kept_seconds(configuration), "idle_policy": idle_policy(configuration),
                 "offer": offers[0].to_json(), "offers": [o.to_json() for o in offers[:max_offers]],
                 "price": round(offers[0].total_price * shape.nodes, 6),
                 "price_per_instance": round(offers[0].total_price, 6)}
+    if not shape.nodes:  # the stack as the first run that grows it makes it: its instance 0
+        shape = dataclasses.replace(shape, nodes=1, instance_nums=(0,))
     try:
         document["resources"] = dry_run_resources(configuration.name, shape, offers[0], config)
     except MissingExtra as e:
@@ -153,10 +165,16 @@ def create_cloud_fleet(configuration, source: str, offers: List[Offer], config: 
                                  "first, or pick another name")
     shape = fleet_shape(configuration)
     try:
-        offer, hosts = _provision(name, offers, shape, config, store, report, log)
-        idle = kept_seconds(configuration)
-        for host in hosts:
-            prepare_instance(host, idle)
+        with fleet_stack_lock(store, name, f"the creation of {name} ({os.getpid()})", wait_s=0):
+            offer, hosts = _provision(name, offers, shape, config, store, report, log)
+            idle = kept_seconds(configuration)
+            for host in hosts:
+                prepare_instance(host, idle)
+            now = time.time()
+            instances = [InstanceRecord(fleet=name, num=num, backend=offer.backend, offer=offer_record(offer),
+                                        host=host.to_json(), idle_since=now, idle_duration=idle)
+                         for num, host in enumerate(hosts)]
+            store.add_instances(instances)
     except BaseException:
         log(f"Fleet {name} was not created; removing what was made")
         fleet = store.get_cloud_fleet(name)
@@ -164,11 +182,6 @@ def create_cloud_fleet(configuration, source: str, offers: List[Offer], config: 
             CloudBackend(fleet["stack"]["backend"], config, store).destroy_stack(name, fleet["stack"], report)
         forget_cloud_fleet(store, name)
         raise
-    now = time.time()
-    instances = [InstanceRecord(fleet=name, num=num, backend=offer.backend, offer=offer_record(offer),
-                                host=host.to_json(), idle_since=now, idle_duration=idle)
-                 for num, host in enumerate(hosts)]
-    store.add_instances(instances)
     return instances
 
 
@@ -183,11 +196,12 @@ def _provision(name: str, offers: List[Offer], shape: FleetShape, config: Dstack
     def attempt(offer: Offer):
         zone = offer.zones[0] if offer.zones else ""
         log(f"Provisioning {shape.nodes} x {offer.backend} {offer.region} {offer.instance.name}"
-            f"{' (spot)' if offer.spot else ''}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour each")
+            f"{' (spot)' if offer.spot else ''}{f' in {zone}' if zone else ''} at ${offer.total_price:.4f}/hour each"
+            + ("; the fleet's stack has no instance until a run adds one" if not shape.nodes else ""))
         backend = backends.setdefault(offer.backend, CloudBackend(offer.backend, config, store))
         hosts = backend.create_stack(
-            name, offer, shape, report, fleet_key_path(name), lambda stack: store.set_fleet_stack(name, stack),
-            note=lambda message: log(f"warning: {message}"))
+            name, offer, shape, report, fleet_key_path(name), recorder(store, name, offer),
+            note=lambda message: log(f"warning: {message}"), host_keys=fleet_host_keys(name, shape.instance_nums))
         if len(hosts) != shape.nodes:
             raise DstackError(f"fleet {name}: its stack brought up {len(hosts)} of the {shape.nodes} instances "
                               "asked for")
@@ -227,19 +241,24 @@ def prepare_instance(host, idle_seconds: Optional[int]) -> None:
 
 
 def busy_runs(store: StateStore, name: str) -> List[str]:
-    return sorted({i.run for i in store.list_instances(name) if i.status == InstanceStatus.BUSY and i.run})
+    """The runs that hold an instance of the fleet, or are adding one to it."""
+    return sorted({i.run for i in store.list_instances(name)
+                   if i.status in (InstanceStatus.BUSY, InstanceStatus.PROVISIONING) and i.run})
 
 
 def destroy_cloud_fleet(store: StateStore, config: DstackConfig, name: str, report: Callable) -> None:
     """Destroys a cloud fleet's stack and forgets it; refused while a run holds one of its instances (as dstack
-    refuses to delete a fleet with active runs)."""
+    refuses to delete a fleet with active runs). It waits for a run adding an instance to the fleet."""
     fleet = store.get_cloud_fleet(name)
     if fleet is None:
         raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
-    if not store.claim_fleet_teardown(name):
-        raise ConfigurationError(f"fleet {name} is in use by {', '.join(busy_runs(store, name))}: stop "
-                                 f"{'them' if len(busy_runs(store, name)) > 1 else 'it'} first (`dstack stop`)")
-    _destroy(store, config, fleet, report)
+    with fleet_stack_lock(store, name, f"the deletion of {name} ({os.getpid()})") as locked:
+        if not locked:
+            raise ConfigurationError(f"fleet {name}: another command kept changing its instances; try again")
+        if not store.claim_fleet_teardown(name):
+            raise ConfigurationError(f"fleet {name} is in use by {', '.join(busy_runs(store, name))}: stop "
+                                     f"{'them' if len(busy_runs(store, name)) > 1 else 'it'} first (`dstack stop`)")
+        _destroy(store, config, store.get_cloud_fleet(name) or fleet, report)
 
 
 def _destroy(store: StateStore, config: DstackConfig, fleet: dict, report: Callable) -> None:
@@ -261,22 +280,40 @@ def forget_cloud_fleet(store: StateStore, name: str) -> None:
 
 def expire_idle_fleets(store: StateStore, config: DstackConfig, report: Callable,
                        log: Callable[[str], None], now: Optional[float] = None) -> List[str]:
-    """Destroys the cloud fleets whose every instance has been idle past its idle_duration (a stack holds all of a
-    fleet's instances, so it goes as a whole); returns their names. A failure is logged and tried again by the
-    next command."""
+    """Ends what has been idle past its idle_duration: a fleet's instances above its `nodes` minimum alone (its stack
+    `up` without them: fleet_stacks.shrink_fleet), then the fleets whose every instance has (the stack as a whole);
+    returns the names of the fleets destroyed. A fleet another command is changing is left for the next command,
+    as is a failure, which is logged."""
     now = time.time() if now is None else now
     expired = []
     for fleet in store.list_cloud_fleets():
-        if not store.claim_fleet_teardown(fleet["name"], expired_at=now):
-            continue
-        log(f"Fleet {fleet['name']} has been idle past its idle_duration: destroying it")
+        name = fleet["name"]
         try:
-            _destroy(store, config, fleet, report)
-            expired.append(fleet["name"])
+            ended = expired_above_min(store, fleet, now)
+            if ended and shrink_fleet(store, config, name, ended, report, wait_s=0):
+                log(f"Fleet {name}: instance{'s' if len(ended) > 1 else ''} {', '.join(f'#{n}' for n in ended)} "
+                    "idle past its idle_duration: destroyed")
+            if not _all_expired(store.list_instances(name), now):  # read first: `dstack ps` writes nothing then
+                continue
+            with fleet_stack_lock(store, name, f"the expiry of {name} ({os.getpid()})", wait_s=0) as locked:
+                if not locked or not store.claim_fleet_teardown(name, expired_at=now):
+                    continue
+                log(f"Fleet {name} has been idle past its idle_duration: destroying it")
+                _destroy(store, config, store.get_cloud_fleet(name) or fleet, report)
+                expired.append(name)
         except Exception as e:  # one fleet's cloud error must not stop the command that happened to run this
-            log(f"fleet {fleet['name']}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; the next "
+            log(f"fleet {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; the next "
                 "`dstack ps` tries again")
     return expired
+
+
+def _all_expired(instances: List[InstanceRecord], now: float) -> bool:
+    """What StateStore.claim_fleet_teardown checks again in its transaction: every instance idle past its
+    idle_duration (or `terminating` from a teardown that failed), and at least one."""
+    return bool(instances) and all(
+        i.status == InstanceStatus.TERMINATING or (i.status == InstanceStatus.IDLE and i.idle_duration is not None
+                                                   and i.idle_since is not None and now >= i.idle_since
+                                                   + i.idle_duration) for i in instances)
 
 
 def fleets_json(store: StateStore, now: float) -> List[dict]:
@@ -288,5 +325,6 @@ def fleets_json(store: StateStore, now: float) -> List[dict]:
         backend = (fleet["stack"] or {}).get("backend", fleet["backend"])  # failover may have moved it
         cloud.append({"name": fleet["name"], "kind": "cloud", "source": fleet["source"], "backend": backend,
                       "created_at": fleet["created_at"], "hosts": [{"access": i.host} for i in instances],
+                      "nodes": dict(zip(("min", "max"), fleet_nodes(fleet))),
                       "instances": [i.to_json(now) for i in instances], "user": fleet["user"]})
     return sorted(ssh + cloud, key=lambda f: f["name"])

@@ -1,5 +1,6 @@
-"""A cloud backend that reuses idle fleet instances before creating any (provisioner.planning.reuse offers them), and
-keeps a run's instance as an implicit fleet when the task has `idle_duration`."""
+"""A cloud backend that reuses idle fleet instances before creating any (provisioner.planning.reuse offers them), adds
+an instance to a fleet of `nodes: MIN..MAX` for a run (provisioner.backends.fleet_stacks), and keeps a run's instance
+as an implicit fleet when the task has `idle_duration`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Callable, List
 
 from configuration.errors import DstackError
 from provisioner.backends.cloud import fleet_key_path, run_note
+from provisioner.backends.fleet_stacks import grow_fleet
 from provisioner.host.access import HostAccess
 from provisioner.jobs.nodes import rank_offers
 from provisioner.jobs.team_keys import reachable_key
-from provisioner.planning.reuse import InstanceOffer, kept_for, offer_record, stack_configuration
+from provisioner.planning.reuse import GrowthOffer, InstanceOffer, kept_for, offer_record, stack_configuration
 from provisioner.store.records import InstanceRecord
 from provisioner.store.statuses import InstanceStatus
 from provisioner.store.store import StateStore
@@ -33,6 +35,9 @@ class ReusingBackend:
         return self.cloud.name
 
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
+        if isinstance(offer, GrowthOffer):  # an instance added to its fleet's stack, held by the run once up
+            return grow_fleet(self.store, self.cloud.config, offer.fleet, run_name, report,
+                              lambda message: self.store.add_event(run_name, "fleet", message))
         if isinstance(offer, InstanceOffer):
             self._check_alive(offer)
             record = next(r for r in self.store.list_instances(offer.fleet) if r.num == offer.num)

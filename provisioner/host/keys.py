@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from configuration.home import private_file
-from stacks.spec import generate_host_key
+from stacks.spec import HostKey, generate_host_key
 
 
 def new_key_pair(comment: str) -> Tuple[bytes, str]:
@@ -27,6 +27,30 @@ def generate_key(path: Path, comment: str) -> str:
     private, public = new_key_pair(comment)
     private_file(path).write_bytes(private)
     return public
+
+
+def kept_key(path: Path, comment: str) -> str:
+    """generate_key's public key, of the key already at `path` when there is one (a cloud fleet's login key: its
+    stack's next `up` must see the same key, else its key pair and every instance would be replaced)."""
+    if path.exists() and path.stat().st_size:
+        return f"{kept_host_key(path).public_openssh} {comment}"
+    return generate_key(path, comment)
+
+
+def kept_host_key(path: Path) -> HostKey:
+    """The ed25519 key at `path` (0600), made there first when absent: a cloud fleet's instance keeps its host key
+    across its stack's `up`s, whose user data holds it."""
+    from cryptography.hazmat.primitives import serialization
+
+    if not (path.exists() and path.stat().st_size):
+        key = generate_host_key()
+        private_file(path).write_text(key.private_openssh)
+        return key
+    private = path.read_text()
+    loaded = serialization.load_ssh_private_key(private.encode(), None)
+    public = loaded.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                              serialization.PublicFormat.OpenSSH).decode()
+    return HostKey(private, public)
 
 
 _SEALED = "dstack-sealed-v1:"

@@ -234,12 +234,23 @@ fi
 """
 
 
+# A shell that is not job.sh's own gets the commands in its environment, never as its argument: the text may hold
+# `${{ secrets.NAME }}` values, and a process's arguments are in every user's process list (its environment is not).
+COMMANDS_VAR = "DSTACK_COMMANDS"
+_EVAL_COMMANDS = f'__dstack_commands=${COMMANDS_VAR}; unset {COMMANDS_VAR}; eval "$__dstack_commands"'
+
+
+def _export_commands(job: JobSpec) -> str:
+    text = "set -e\n" + "\n".join(job.commands)
+    return f"{COMMANDS_VAR}={shlex.quote(text)}\nexport {COMMANDS_VAR}\n"
+
+
 def _commands(job: JobSpec) -> str:
     """The commands, run by the shell that runs job.sh (bash, else sh), or by `shell:` when the task names one."""
     if job.shell is None:
         return "".join(command + "\n" for command in job.commands)
     shell = SHELLS.get(job.shell, job.shell)
-    return f"exec {shlex.quote(shell)} -c {shlex.quote('set -e' + chr(10) + chr(10).join(job.commands))}\n"
+    return f"{_export_commands(job)}exec {shlex.quote(shell)} -c {shlex.quote(_EVAL_COMMANDS)}\n"
 
 
 def _workdir(job: JobSpec, base: str) -> str:
@@ -380,9 +391,9 @@ def docker_run_argv(job: JobSpec) -> List[str]:
     if entry:
         argv += ["--entrypoint", entry[0]]
         args = entry[1:] + (["\n".join(job.commands)] if job.commands else [])
-    elif job.commands:
-        argv += ["--entrypoint", SHELLS.get(job.shell or "sh", job.shell or "sh")]
-        args = ["-c", "set -e\n" + "\n".join(job.commands)]
+    elif job.commands:  # the text goes by name, as env values do (job.sh exports it: _export_commands)
+        argv += ["-e", COMMANDS_VAR, "--entrypoint", SHELLS.get(job.shell or "sh", job.shell or "sh")]
+        args = ["-c", _EVAL_COMMANDS]
     return argv + [job.image] + args
 
 
@@ -442,6 +453,8 @@ def docker_script(job: JobSpec) -> str:
     image = shlex.quote(job.image)
     lines.append(f"$DOCKER image inspect {image} >/dev/null 2>&1 || $DOCKER pull {image}\n")
     lines.append(_BEGUN)
+    if job.commands and not job.entrypoint:  # an entrypoint takes them as its argument, as dstack passes them
+        lines.append(_export_commands(job))
     lines.append("exec " + " ".join(_quote(w) for w in docker_run_argv(job)) + "\n")
     return "".join(lines)
 

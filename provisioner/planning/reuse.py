@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 from configuration.backends import CLOUD_BACKENDS
 from configuration.errors import ConfigurationError
+from configuration.policies import MAX_NODES
 from offers.catalog import InstanceType
 from offers.offer import Offer
 from offers.requirements import Requirements
@@ -30,6 +31,9 @@ from provisioner.store.store import StateStore
 
 POWER_OFF_AFTER_EXIT_MIN = 5  # a cloud VM of a run kept by nothing ends this long after its job (for `dstack logs`)
 POWER_OFF_MARGIN_S = 60  # an instance this close to its idle watchdog's power-off is not offered: it may be gone
+# dstack 0.22.5's default idle_duration of a fleet (DEFAULT_FLEET_TERMINATION_IDLE_TIME): an idle fleet is not billed
+# forever unless asked for (`idle_duration: off`).
+DEFAULT_FLEET_IDLE_S = 3 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,84 @@ class InstanceOffer(Offer):
         return {**super().to_json(), "reused": {"fleet": self.fleet, "instance_num": self.num, "zone": self.zone}}
 
 
+@dataclass(frozen=True)
+class GrowthOffer(InstanceOffer):
+    """A cloud fleet of `nodes: MIN..MAX` with fewer than MAX instances, as an offer: the run that takes it adds
+    instance `num` to the fleet (its stack's next `up`, provisioner.backends.fleet_stacks) and holds it; `count` is
+    how many the fleet has before. The number is the plan's guess: the run takes the lowest free one when it grows
+    the fleet."""
+
+    count: int = 0
+    nodes_min: int = 0
+    nodes_max: int = 0
+
+    @property
+    def growth(self) -> str:
+        """The plan's words: `adds instance 2 of 0..3 to fleet pool`."""
+        return f"adds instance {self.count + 1} of {self.nodes_min}..{self.nodes_max} to fleet {self.fleet}"
+
+    def to_json(self) -> dict:
+        document = Offer.to_json(self)
+        document["grows"] = {"fleet": self.fleet, "instance_num": self.num, "instances": self.count,
+                             "nodes": {"min": self.nodes_min, "max": self.nodes_max}, "zone": self.zone,
+                             "description": self.growth}
+        return document
+
+
 def offer_record(offer: Offer) -> dict:
     """An offer as an instance row keeps it: every field, so the plan can offer the instance again; of its zones,
     the first, where the stack put the instance."""
     return {"backend": offer.backend, "instance": offer.instance._asdict(), "region": offer.region,
             "zones": list(offer.zones[:1]), "spot": offer.spot, "price": offer.price, "disk_gb": offer.disk_gb,
             "disk_price": offer.disk_price}
+
+
+def fleet_idle_seconds(idle_duration: Optional[int]) -> Optional[int]:
+    """A cloud fleet's `idle_duration` (parsed: seconds) as its instances keep it: absent, dstack's 3 days
+    (DEFAULT_FLEET_IDLE_S); `off` (a negative number) None, kept until deleted."""
+    if idle_duration is None:
+        return DEFAULT_FLEET_IDLE_S
+    return None if idle_duration < 0 else idle_duration
+
+
+def record_offer(o: dict) -> Offer:
+    """offer_record's dict as the Offer it was made from."""
+    return Offer(o["backend"], InstanceType(**o["instance"]), o["region"], tuple(o["zones"]), o["spot"], o["price"],
+                 o["disk_gb"], o["disk_price"])
+
+
+def fleet_nodes(fleet: dict) -> tuple:
+    """A cloud fleet's `nodes` as (min, max) from its recorded configuration; a range with no maximum grows up to
+    the most nodes a fleet has here (MAX_NODES)."""
+    nodes = (fleet.get("configuration") or {}).get("nodes") or {}
+    low = nodes.get("min") or 0
+    return low, nodes.get("max") if nodes.get("max") is not None else max(low, MAX_NODES)
+
+
+def growth_offers(store: StateStore, requirements: Requirements) -> List[GrowthOffer]:
+    """The cloud fleets a run may add an instance to: made with numbered instances (their stack takes a new list),
+    with fewer than their `nodes` maximum, on an offer that fits the requirements (as idle_offers)."""
+    any_market = dataclasses.replace(requirements, spot=None)
+    found = []
+    for fleet in store.list_cloud_fleets():
+        stack = fleet.get("stack") or {}
+        low, high = fleet_nodes(fleet)
+        if not stack.get("numbered") or not stack.get("offer"):
+            continue
+        instances = store.list_instances(fleet["name"])
+        if len(instances) >= high or any(i.status == InstanceStatus.TERMINATING for i in instances):
+            continue
+        o = stack["offer"]
+        taken = {i.num for i in instances}
+        num = next(n for n in range(high + 1) if n not in taken)
+        offer = GrowthOffer(o["backend"], InstanceType(**o["instance"]), o["region"], (), o["spot"], o["price"],
+                            o["disk_gb"], o["disk_price"], fleet=fleet["name"], num=num,
+                            idle_duration=fleet_idle_seconds((fleet.get("configuration") or {}).get("idle_duration")),
+                            zone=o["zones"][0] if o["zones"] else "", count=len(instances), nodes_min=low,
+                            nodes_max=high)
+        if requirements.spot in (None, offer.spot) and next(iter(host_offers([offer], any_market)), None):
+            found.append(offer)
+    return sorted(found, key=lambda o: (o.price, o.fleet))
 
 
 def instance_offer(record: InstanceRecord) -> InstanceOffer:
@@ -95,7 +171,8 @@ def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requi
     zones = getattr(configuration, "availability_zones", None)
     # an idle instance serves one node: a multi-node run takes a cluster made for it (or an SSH fleet's hosts); a
     # task with `groups` is matched group by group (provisioner.planning.node_groups), not by the top-level resources
-    reused: List[Offer] = [o for o in idle_offers(store, requirements)
+    # then the fleets of `nodes: MIN..MAX` that may grow by one instance for it
+    reused: List[Offer] = [o for o in idle_offers(store, requirements) + growth_offers(store, requirements)
                            if (not names or o.fleet in names) and (not zones or o.zone in zones)
                            and node_count(configuration) == 1 and not getattr(configuration, "groups", None)]
     existing = [o for o in offers if o.backend == "ssh" and (not names or o.region in names)]
@@ -114,7 +191,8 @@ def plan_offers(configuration, offers: Sequence[Offer], store: StateStore, requi
     if not chosen and (names or getattr(configuration, "creation_policy", None) == "reuse"):
         where = f"fleet{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else "any fleet"
         why = "`fleets` limits the run to them" if names else "`creation_policy: reuse` creates none"
-        raise ConfigurationError(f"{source}: no idle instance of {where} fits {requirements.describe()}, and {why} "
+        raise ConfigurationError(f"{source}: no idle instance of {where} fits {requirements.describe()}, none can "
+                                 f"grow for it (at its `nodes` maximum, or of another offer), and {why} "
                                  "(see `dstack fleet list`)")
     return chosen
 

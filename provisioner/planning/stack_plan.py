@@ -102,6 +102,7 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         reservation_bound=needs_reservation(offer.backend, t.name),
         node_types=tuple(_node_type(o) for o in rank_offers(offer, len(host_keys)))
         if isinstance(offer, GroupedOffer) else (),
+        instance_nums=getattr(configuration, "instance_nums", None),  # a cloud fleet's (FleetShape)
     )
 
 
@@ -156,7 +157,7 @@ def repeat_last_node(spec: StackSpec, resources: List[dict], nodes: int) -> List
         return resources
     last = spec.node_name(spec.nodes - 1)
     own = [r for r in resources if r["name"] == last or r["name"].startswith(last + "-")]
-    more = [_renamed(r, last, spec.node_name(rank)) for rank in range(spec.nodes, nodes) for r in own]
+    more = [_renamed(r, last, spec.name_of(rank)) for rank in range(spec.nodes, nodes) for r in own]
     return sorted(resources + more, key=lambda r: (r["type"], r["name"]))
 
 

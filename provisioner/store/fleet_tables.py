@@ -118,16 +118,49 @@ class FleetTables(StoreFile):
         return True
 
     def set_fleet_stack(self, name: str, stack: dict) -> None:
+        """The fleet's stack as recorded; the lock on it (lock_fleet_stack) is kept."""
         with self._connect() as db:
+            db.begin()
+            row = db.execute("SELECT stack FROM cloud_fleets WHERE name = ?", (name,)).fetchone()
+            lock = (load_json(row[0], dict, f"fleet {name}'s stack").get("lock") if row and row[0] else None)
+            db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?",
+                       (json.dumps({**stack, "lock": lock} if lock else stack), name))
+            db.commit()
+
+    def lock_fleet_stack(self, name: str, holder: str, now: float, stale_after: float) -> Optional[str]:
+        """Takes the lock on a cloud fleet's stack for `holder` (a run growing it, a command shrinking it): one `up`
+        of a fleet's stack at a time, each seeing the instances the one before added. Returns None once taken, else
+        who holds it; a lock older than `stale_after` seconds (its holder died) is taken over."""
+        with self._connect() as db:
+            db.begin()
+            row = db.execute("SELECT stack FROM cloud_fleets WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
+            stack = load_json(row[0], dict, f"fleet {name}'s stack") if row[0] else {}
+            lock = stack.get("lock")
+            if lock and lock.get("holder") != holder and now - lock.get("since", 0) < stale_after:
+                return lock.get("holder") or "another command"  # the transaction ends, unchanged
+            stack["lock"] = {"holder": holder, "since": now}
             db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?", (json.dumps(stack), name))
+            db.commit()
+        return None
+
+    def unlock_fleet_stack(self, name: str, holder: str) -> None:
+        with self._connect() as db:
+            db.begin()
+            row = db.execute("SELECT stack FROM cloud_fleets WHERE name = ?", (name,)).fetchone()
+            stack = load_json(row[0], dict, f"fleet {name}'s stack") if row and row[0] else None
+            if stack is not None and (stack.get("lock") or {}).get("holder") == holder:
+                del stack["lock"]
+                db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?", (json.dumps(stack), name))
+            db.commit()
 
     @read_again
     def list_cloud_fleets(self) -> List[dict]:
         with self._connect(read=True) as db:
             rows = db.execute("SELECT name, source, backend, stack, configuration, created_at, user_name "
                               "FROM cloud_fleets ORDER BY name").fetchall()
-            return [{"name": r[0], "source": r[1], "backend": r[2],
-                     "stack": load_json(r[3], dict, f"fleet {r[0]}'s stack") if r[3] is not None else None,
+            return [{"name": r[0], "source": r[1], "backend": r[2], "stack": _stack(r[0], r[3]),
                      "configuration": load_json(r[4], dict, f"fleet {r[0]}'s configuration"), "created_at": r[5],
                      "user": r[6]} for r in rows]
 
@@ -170,6 +203,33 @@ class FleetTables(StoreFile):
                                    host=load_json(r[4], dict, f"instance {r[0]}/{r[1]}'s host"),
                                    status=stored_status(InstanceStatus, r[5], f"instance {r[0]}/{r[1]}"), run=r[6],
                                    idle_since=r[7], idle_duration=r[8]) for r in rows]
+
+    def set_instance(self, fleet: str, num: int, status: InstanceStatus, host: Optional[dict] = None) -> None:
+        """A fleet's instance a run added (`provisioning`) once its stack is up: `busy` and reachable at `host`."""
+        with self._connect() as db:
+            db.execute("UPDATE instances SET status = ?, host = COALESCE(?, host) WHERE fleet = ? AND num = ?",
+                       (status, json_or_none(host), fleet, num))
+
+    def claim_instances_removal(self, fleet: str, nums: Sequence[int]) -> List[int]:
+        """Marks those of `nums` that are idle (or `terminating` from a removal that failed) `terminating`, in one
+        transaction, so no run claims one meanwhile; returns them."""
+        claimable = (InstanceStatus.IDLE, InstanceStatus.TERMINATING)
+        with self._connect() as db:
+            db.begin()
+            rows = db.execute("SELECT num, status FROM instances WHERE fleet = ?", (fleet,)).fetchall()
+            taken = sorted(row[0] for row in rows if row[0] in set(nums) and row[1] in claimable)
+            for num in taken:
+                db.execute("UPDATE instances SET status = ? WHERE fleet = ? AND num = ?",
+                           (InstanceStatus.TERMINATING, fleet, num))
+            db.commit()
+        return taken
+
+    def remove_instances(self, fleet: str, nums: Sequence[int]) -> None:
+        with self._connect() as db:
+            db.begin()
+            for num in nums:
+                db.execute("DELETE FROM instances WHERE fleet = ? AND num = ?", (fleet, num))
+            db.commit()
 
     def claim_instance(self, fleet: str, num: int, run: str) -> bool:
         """Makes an idle instance run `run`'s; one run wins when two claim it at once."""
@@ -217,6 +277,13 @@ class FleetTables(StoreFile):
 def _teammates_fleet(source: str, name: str, user: Optional[str]) -> ConfigurationError:
     return ConfigurationError(f"{source}: fleet {name} is {user or 'a teammate'}'s: pick another name, or "
                               f"`dstack fleet delete {name}` first")
+
+
+def _stack(name: str, text: Optional[str]) -> Optional[dict]:
+    """A cloud fleet's stack as recorded, without the lock on it (lock_fleet_stack): None while none is recorded."""
+    stack = load_json(text, dict, f"fleet {name}'s stack") if text is not None else {}
+    stack.pop("lock", None)
+    return stack or None
 
 
 def _expired(status: InstanceStatus, idle_since: Optional[float], idle_duration: Optional[int], now: float) -> bool:

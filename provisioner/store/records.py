@@ -119,4 +119,5 @@ class InstanceRecord:
         return {"fleet": self.fleet, "instance_num": self.num, "backend": self.backend,
                 "region": self.offer.get("region"), "instance_type": self.offer.get("instance", {}).get("name"),
                 "price": self.offer.get("price"), "hostname": self.host.get("hostname"), "status": self.status,
-                "run": self.run, "idle_for_s": idle_for, "idle_duration": self.idle_duration}
+                "run": self.run, "idle_for_s": idle_for, "idle_duration": self.idle_duration,
+                "idle_since": self.idle_since if self.status == InstanceStatus.IDLE else None}

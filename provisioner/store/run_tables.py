@@ -161,14 +161,20 @@ class RunTables(StoreFile):
         with self._connect(read=True) as db:
             return [self._record(r) for r in db.rows("SELECT * FROM runs ORDER BY submitted_at DESC")]
 
-    def delete_run(self, name: str) -> None:
+    def delete_run(self, name: str) -> bool:
+        """Forgets a finished run with its events and jobs; False (nothing deleted) when no finished run has the
+        name: the check and the delete are one statement, so a run of the name submitted meanwhile is never lost."""
+        marks = ", ".join("?" for _ in ACTIVE)
         with self._connect() as db:
             db.begin()
-            db.execute("DELETE FROM runs WHERE name = ?", (name,))
-            db.execute("DELETE FROM events WHERE run = ?", (name,))
-            db.execute("DELETE FROM jobs WHERE run = ?", (name,))
-            db.execute("DELETE FROM sealed_files WHERE run = ?", (name,))
+            deleted = db.execute(f"DELETE FROM runs WHERE name = ? AND status NOT IN ({marks})",
+                                 (name, *ACTIVE)).rowcount
+            if deleted:
+                db.execute("DELETE FROM events WHERE run = ?", (name,))
+                db.execute("DELETE FROM jobs WHERE run = ?", (name,))
+                db.execute("DELETE FROM sealed_files WHERE run = ?", (name,))
             db.commit()
+        return bool(deleted)
 
     def archive_run(self, name: str) -> Optional[str]:
         """Keeps a finished run apart under `NAME@N` (its events and jobs with it), so that `NAME` can be submitted

@@ -58,6 +58,7 @@ class JobStatus(_Status):
 class InstanceStatus(_Status):
     IDLE = "idle"
     BUSY = "busy"  # a run holds it
+    PROVISIONING = "provisioning"  # a run adds it to its fleet's stack, and will hold it
     TERMINATING = "terminating"  # its fleet's stack is being destroyed
 
 

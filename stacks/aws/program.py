@@ -194,7 +194,8 @@ def aws_program(spec: StackSpec) -> None:
                                group.id, subnet_id,
                                group_placement.name if group_placement is not None else None, template, opts)
                  for rank in spec.ranks]
-    attach_aws_volumes(spec, instances[0], opts)  # network volumes are refused with nodes > 1
+    if instances:  # a cloud fleet's stack may have none (`nodes: 0..N`)
+        attach_aws_volumes(spec, instances[0], opts)  # network volumes are refused with nodes > 1
     if template is not None and needs_elastic_ip(spec.instance_type):  # an EFA template: uniform nodes
         public_ips = [aws.ec2.Eip(f"{spec.node_name(rank)}-eip", domain="vpc",
                                   network_interface=instance.primary_network_interface_id, tags=spec.tags(rank),
@@ -242,18 +243,19 @@ def node_instance(spec: StackSpec, rank: int, ami_id, key_name, group_id, subnet
 
 
 def export_nodes(instances: list, public_ips: list, subnet_id: Optional[str]) -> None:
-    """Each node's address in rank order (`public_ips`, `private_ips`), and rank 0's alone as before; the subnet
-    chosen (run_subnet), when one was."""
+    """Each node's address in rank order (`public_ips`, `private_ips`), and rank 0's alone as before (a fleet with
+    no instance has lists alone); the subnet chosen (run_subnet), when one was."""
     import pulumi
 
-    first = instances[0]
-    pulumi.export("instance_id", first.id)
     pulumi.export("instance_ids", [i.id for i in instances])
-    pulumi.export("public_ip", public_ips[0])
     pulumi.export("public_ips", public_ips)
-    if subnet_id:
-        pulumi.export("subnet_id", subnet_id)
-    pulumi.export("private_ip", first.private_ip)
     pulumi.export("private_ips", [i.private_ip for i in instances])
     pulumi.export("ssh_user", SSH_USER)
-    pulumi.export("zone", first.availability_zone)
+    if subnet_id:
+        pulumi.export("subnet_id", subnet_id)
+    if instances:
+        first = instances[0]
+        pulumi.export("instance_id", first.id)
+        pulumi.export("public_ip", public_ips[0])
+        pulumi.export("private_ip", first.private_ip)
+        pulumi.export("zone", first.availability_zone)

@@ -1,7 +1,7 @@
 """How dstack reaches GCP's APIs outside Pulumi (the leftover sweep, the self-delete account and its permissions, an
-instance's state): the credentials and project the Pulumi provider would use, the Compute API through
-google-cloud-compute, and the IAM, Resource Manager and Cloud TPU REST APIs through google-auth's session. Imported only when
-one of those runs."""
+instance's state): the credentials and project the Pulumi provider would use, and the Compute, IAM, Resource Manager
+and Cloud TPU REST APIs through google-auth's session (google-cloud-compute's generated client costs seconds of CPU to
+import, for a few JSON requests). Imported only when one of those runs."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 from configuration.errors import ConfigurationError
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+COMPUTE_ENDPOINT = "https://compute.googleapis.com"
 IAM_URL = "https://iam.googleapis.com/v1"
 CRM_URL = "https://cloudresourcemanager.googleapis.com/v1"
 TPU_URL = "https://tpu.googleapis.com/v2"
@@ -33,9 +34,10 @@ class GcpApi:
     crm_url: str = CRM_URL
     tpu_url: str = TPU_URL  # the Cloud TPU API: TPU VM nodes (stacks.gcp.tpu), reached over REST like IAM
 
-    def compute(self, client_class):
-        options = {"api_endpoint": self.compute_endpoint} if self.compute_endpoint else None
-        return client_class(credentials=self.credentials, transport="rest", client_options=options)
+    @property
+    def compute_url(self) -> str:
+        """The Compute API's address of the project's resources (`/zones/...`, `/global/...` follow)."""
+        return f"{self.compute_endpoint or COMPUTE_ENDPOINT}/compute/v1/projects/{self.project}"
 
     def session(self):
         from google.auth.transport.requests import AuthorizedSession
@@ -98,9 +100,9 @@ class ApiRefusal(Exception):
 
 
 def rest_request(api: GcpApi, method: str, url: str, params: Optional[dict] = None, body: Optional[dict] = None,
-                 missing_ok: bool = False) -> dict:
-    """A JSON request to the IAM or Resource Manager API; `missing_ok`: a 404 answers {}."""
-    response = api.session().request(method, url, params=params, json=body, timeout=60)
+                 missing_ok: bool = False, timeout: float = 60) -> dict:
+    """A JSON request to one of the REST APIs; `missing_ok`: a 404 answers {}."""
+    response = api.session().request(method, url, params=params, json=body, timeout=timeout)
     if response.status_code == 404 and missing_ok:
         return {}
     if response.status_code >= 400:
@@ -113,6 +115,23 @@ def rest_request(api: GcpApi, method: str, url: str, params: Optional[dict] = No
             reason, status, detail = response.text[:200], "", ""
         raise ApiRefusal(response.status_code, reason, detail, status)
     return response.json() if response.content else {}
+
+
+def list_items(api: GcpApi, url: str, params: Optional[dict] = None) -> Iterator[dict]:
+    """A Compute API list's items, page by page; an `aggregatedList`'s come as {"scope": ..., **item} where the
+    scope is `zones/ZONE` or `regions/REGION` and `item` holds the scope's list under its resource's name."""
+    token = None
+    while True:
+        page = rest_request(api, "GET", url, params={**(params or {}), **({"pageToken": token} if token else {})})
+        items = page.get("items") or []
+        if isinstance(items, dict):  # aggregatedList: by scope
+            for scope, listed in items.items():
+                yield {"scope": scope, **listed}
+        else:
+            yield from items
+        token = page.get("nextPageToken")
+        if not token:
+            return
 
 
 def one_line(text: str) -> str:

@@ -1,5 +1,5 @@
 """The GCP answers of `dstack config check` (stacks.checks): credentials and project, regions, the VPC network a run
-will use, GPU quotas (per region, and the project's GPUS_ALL_REGIONS), through google-cloud-compute, and whether the
+will use, GPU quotas (per region, and the project's GPUS_ALL_REGIONS), through the Compute REST API, and whether the
 credentials may give each VM its own service account (`self_delete`: stacks.gcp.iam)."""
 
 from __future__ import annotations
@@ -36,33 +36,34 @@ def check_gcp(regions: Sequence[str], project_id: Optional[str] = None, vpc_name
     if not project_id:
         return checks + [Check("gcp", "project", FAIL, "no project: set `project_id` for the gcp backend in "
                                                        "$DSTACK_HOME/config.yml")]
-    from google.api_core import exceptions as api
-    from google.cloud import compute_v1
+    from requests import RequestException
 
-    options = {"client_options": {"api_endpoint": endpoint}} if endpoint else {}
+    from stacks.gcp.api import ApiRefusal, GcpApi, list_items, one_line, rest_request
+
+    api = GcpApi(project_id, credentials, compute_endpoint=endpoint)
     try:
-        project = compute_v1.ProjectsClient(credentials=credentials, transport="rest", **options).get(
-            project=project_id)
-        found = {r.name: r for r in compute_v1.RegionsClient(credentials=credentials, transport="rest",
-                                                             **options).list(project=project_id)}
-    except api.GoogleAPICallError as e:
-        return checks + [Check("gcp", "project", FAIL, f"project {project_id}: {_reason(e)}")]
+        project = rest_request(api, "GET", api.compute_url)
+        found = {r["name"]: r for r in list_items(api, f"{api.compute_url}/regions")}
+    except ApiRefusal as e:
+        return checks + [Check("gcp", "project", FAIL, f"project {project_id}: {e.reason}")]
+    except RequestException as e:
+        return checks + [Check("gcp", "project", FAIL, f"project {project_id}: the Compute API could not be reached: "
+                                                       f"{one_line(str(e))}")]
     checks.append(Check("gcp", "project", OK, project_id))
-    usable = [r for r in regions if r in found and found[r].status == "UP"]
+    usable = [r for r in regions if r in found and found[r].get("status") == "UP"]
     checks.append(regions_check("gcp", regions, usable, "usable", {
         "unknown to this project": [r for r in regions if r not in found],
-        "not UP": [r for r in regions if r in found and found[r].status != "UP"]}))
+        "not UP": [r for r in regions if r in found and found[r].get("status") != "UP"]}))
     network = vpc_name or "default"
     try:
-        compute_v1.NetworksClient(credentials=credentials, transport="rest", **options).get(
-            project=project_id, network=network)
-        checks.append(Check("gcp", "network", OK, f"VPC network {network!r}"))
-    except api.NotFound:
-        fix = "create it" if vpc_name else "set `vpc_name` (and `subnetwork`) for the gcp backend in " \
-                                           "$DSTACK_HOME/config.yml"
-        checks.append(Check("gcp", "network", FAIL, f"no VPC network {network!r} in {project_id}: {fix}"))
-    except api.GoogleAPICallError as e:
-        checks.append(Check("gcp", "network", WARN, f"could not read network {network!r}: {_reason(e)}"))
+        if rest_request(api, "GET", f"{api.compute_url}/global/networks/{network}", missing_ok=True):
+            checks.append(Check("gcp", "network", OK, f"VPC network {network!r}"))
+        else:
+            fix = "create it" if vpc_name else "set `vpc_name` (and `subnetwork`) for the gcp backend in " \
+                                               "$DSTACK_HOME/config.yml"
+            checks.append(Check("gcp", "network", FAIL, f"no VPC network {network!r} in {project_id}: {fix}"))
+    except ApiRefusal as e:
+        checks.append(Check("gcp", "network", WARN, f"could not read network {network!r}: {e.reason}"))
     checks.append(_quota_check(project, [found[r] for r in usable]))
     checks.append(_self_delete_check(project_id, credentials, endpoint, self_delete))
     return checks
@@ -88,13 +89,15 @@ def _self_delete_check(project_id: str, credentials, endpoint: Optional[str], se
     return Check("gcp", "self-delete", OK, "each VM gets its own service account, allowed to delete only itself")
 
 
-def _quota_check(project, regions) -> Check:
-    everywhere = next((q.limit for q in project.quotas if q.metric == "GPUS_ALL_REGIONS"), None)
+def _quota_check(project: dict, regions: List[dict]) -> Check:
+    everywhere = next((q.get("limit", 0) for q in project.get("quotas") or [] if q.get("metric") == "GPUS_ALL_REGIONS"),
+                      None)
     parts = []
     for region in regions:
-        gpus = [f"{q.metric} {int(q.limit)}" for q in region.quotas if "GPUS" in q.metric and q.limit > 0]
+        gpus = [f"{q['metric']} {int(q.get('limit', 0))}" for q in region.get("quotas") or []
+                if "GPUS" in q.get("metric", "") and q.get("limit", 0) > 0]
         if gpus:
-            parts.append(f"{region.name} " + ", ".join(gpus))
+            parts.append(f"{region['name']} " + ", ".join(gpus))
     if everywhere is not None and everywhere <= 0:
         return Check("gcp", "gpu quota", WARN, "GPUS_ALL_REGIONS is 0: request an increase (IAM & Admin, Quotas) "
                                                "before a GPU run")
@@ -104,6 +107,3 @@ def _quota_check(project, regions) -> Check:
     head = f"GPUS_ALL_REGIONS {int(everywhere)}; " if everywhere is not None else ""
     return Check("gcp", "gpu quota", OK, head + "; ".join(parts))
 
-
-def _reason(error) -> str:
-    return getattr(error, "message", None) or str(error)

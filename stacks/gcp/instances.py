@@ -3,17 +3,11 @@ ended itself (its idle watchdog, stacks.power_off) is gone or stopped, and a run
 
 from __future__ import annotations
 
-from stacks.gcp.api import GcpApi
+from stacks.gcp.api import GcpApi, rest_request
 
 
 def instance_state(api: GcpApi, zone: str, name: str) -> str:
     """`running`, `gone`, or the instance's other status in lowercase (`terminated` is a stopped VM's)."""
-    from google.api_core.exceptions import NotFound
-    from google.cloud import compute_v1
-
-    try:
-        instance = api.compute(compute_v1.InstancesClient).get(project=api.project, zone=zone, instance=name,
-                                                               timeout=30)
-    except NotFound:
-        return "gone"
-    return instance.status.lower()
+    instance = rest_request(api, "GET", f"{api.compute_url}/zones/{zone}/instances/{name}", missing_ok=True,
+                            timeout=30)
+    return instance["status"].lower() if instance else "gone"

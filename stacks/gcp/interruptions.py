@@ -13,20 +13,18 @@ PREEMPTED_OPERATION = "compute.instances.preempted"
 
 def instance_losses(project_id: Optional[str], zone: str, instance_ids: Sequence[str]) -> List[InstanceLoss]:
     """The instances of `instance_ids` (numeric ids) that Compute Engine preempted, each with when."""
-    from google.cloud import compute_v1
-
+    from stacks.gcp.api import list_items
     from stacks.gcp.leftovers import gcp_api
 
     api = gcp_api(project_id)
-    client = api.compute(compute_v1.ZoneOperationsClient)
     wanted = {str(i) for i in instance_ids}
     losses = []
-    operations = client.list(request={"project": api.project, "zone": zone,
-                                      "filter": f'operationType = "{PREEMPTED_OPERATION}"'}, timeout=60)
+    operations = list_items(api, f"{api.compute_url}/zones/{zone}/operations",
+                            {"filter": f'operationType = "{PREEMPTED_OPERATION}"'})
     for operation in operations:
-        target = str(operation.target_id)
-        if operation.operation_type == PREEMPTED_OPERATION and target in wanted:
-            at = f" at {operation.insert_time}" if operation.insert_time else ""
+        target = str(operation.get("targetId", ""))
+        if operation.get("operationType") == PREEMPTED_OPERATION and target in wanted:
+            at = f" at {operation['insertTime']}" if operation.get("insertTime") else ""
             losses.append(InstanceLoss(target, True, f"preempted by Compute Engine (Spot VM){at}"))
             wanted.discard(target)
     return losses

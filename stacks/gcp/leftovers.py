@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional
 
 from configuration.errors import ConfigurationError
-from stacks.gcp.api import ApiRefusal, GcpApi, gcp_api, one_line, rest_request
+from stacks.gcp.api import ApiRefusal, GcpApi, gcp_api, list_items, one_line, rest_request
 from stacks.gcp.program import CLUSTER_FIREWALL_SUFFIX, DESCRIPTION_PREFIX, service_account_id
 from stacks.spec import PROJECT
 
@@ -58,32 +58,26 @@ def remove_leftovers(api: GcpApi, leftovers: Iterable[Leftover], wait: bool = Tr
     """Instances first, waited for (their boot disks go with them, and a placement policy cannot go while an
     instance uses it), then the rest; a TPU node's delete is not waited for (nothing else waits on it). Already gone
     is fine: a VM that ends itself may beat the sweep to it."""
-    from google.cloud import compute_v1
-
     leftovers = list(leftovers)
+    compute = api.compute_url
     with _refused(api, "removing dstack's resources"):
-        instances = api.compute(compute_v1.InstancesClient)
         operations = []
         for leftover in leftovers:
             if leftover.kind == "instance":
-                operation = _unless_gone(lambda: instances.delete_unary(project=api.project, zone=leftover.zone,
-                                                                        instance=leftover.id, timeout=60))
-                if operation is not None:
+                operation = rest_request(api, "DELETE", f"{compute}/zones/{leftover.zone}/instances/{leftover.id}",
+                                         missing_ok=True)
+                if operation:
                     operations.append((leftover.zone, operation))
         if wait:
             _wait(api, operations)
-        disks = api.compute(compute_v1.DisksClient)
-        firewalls = api.compute(compute_v1.FirewallsClient)
-        policies = api.compute(compute_v1.ResourcePoliciesClient)
         for leftover in leftovers:
             if leftover.kind == "disk":
-                _unless_gone(lambda: disks.delete_unary(project=api.project, zone=leftover.zone, disk=leftover.id,
-                                                        timeout=60))
+                rest_request(api, "DELETE", f"{compute}/zones/{leftover.zone}/disks/{leftover.id}", missing_ok=True)
             elif leftover.kind == "firewall":
-                _unless_gone(lambda: firewalls.delete_unary(project=api.project, firewall=leftover.id, timeout=60))
+                rest_request(api, "DELETE", f"{compute}/global/firewalls/{leftover.id}", missing_ok=True)
             elif leftover.kind == "resource-policy":
-                _unless_gone(lambda: policies.delete_unary(project=api.project, region=leftover.region,
-                                                           resource_policy=leftover.id, timeout=60))
+                rest_request(api, "DELETE", f"{compute}/regions/{leftover.region}/resourcePolicies/{leftover.id}",
+                             missing_ok=True)
             elif leftover.kind == "service-account":
                 _iam_request(api, "DELETE", f"/projects/{api.project}/serviceAccounts/{leftover.id}", missing_ok=True)
             elif leftover.kind == "tpu-node":
@@ -92,20 +86,18 @@ def remove_leftovers(api: GcpApi, leftovers: Iterable[Leftover], wait: bool = Tr
 
 def _labelled(api: GcpApi, kind: str, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
     """Instances, or disks no instance uses (a used one goes with its instance), in every zone: aggregatedList."""
-    from google.cloud import compute_v1
-
-    client = api.compute(compute_v1.InstancesClient if kind == "instance" else compute_v1.DisksClient)
+    resource = "instances" if kind == "instance" else "disks"
     found = []
-    pages = client.aggregated_list(request={"project": api.project, "filter": label_filter(owner, run)}, timeout=60)
-    for scope, listed in pages:
-        zone = scope.rsplit("/", 1)[-1]
-        for item in (listed.instances if kind == "instance" else [d for d in listed.disks if not d.users]):
-            labels = item.labels
+    for listed in list_items(api, f"{api.compute_url}/aggregated/{resource}", {"filter": label_filter(owner, run)}):
+        zone = listed["scope"].rsplit("/", 1)[-1]
+        items = listed.get(resource) or []
+        for item in (items if kind == "instance" else [d for d in items if not d.get("users")]):
+            labels = item.get("labels") or {}
             named = (labels.get("dstack-owner", ""), labels.get("dstack-run", ""))
             if labels.get("dstack-volume"):  # a network volume outlives runs: its own stack has it
                 continue
             if labels.get("dstack-project") == PROJECT and _is_wanted(named, owner, run):  # the filter, checked
-                found.append(Leftover(kind, item.name, zone.rsplit("-", 1)[0], named[1], named[0], zone))
+                found.append(Leftover(kind, item["name"], zone.rsplit("-", 1)[0], named[1], named[0], zone))
     return found
 
 
@@ -150,35 +142,28 @@ def _tpu_pages(api: GcpApi, path: str, key: str) -> List[dict]:
 
 
 def _firewalls(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
-    from google.cloud import compute_v1
-
-    client = api.compute(compute_v1.FirewallsClient)
     suffixes = ("", CLUSTER_FIREWALL_SUFFIX)
-    request = {"project": api.project}
+    params = {}
     if run is not None:
-        request["filter"] = " OR ".join(f'(name = "dstack-{owner}-{run}{suffix}")' for suffix in suffixes)
+        params["filter"] = " OR ".join(f'(name = "dstack-{owner}-{run}{suffix}")' for suffix in suffixes)
     found = []
-    for firewall in client.list(request=request, timeout=60):
-        named = _described(firewall.name, firewall.description, owner, run, suffixes)
+    for firewall in list_items(api, f"{api.compute_url}/global/firewalls", params):
+        named = _described(firewall["name"], firewall.get("description", ""), owner, run, suffixes)
         if named:
-            found.append(Leftover("firewall", firewall.name, "global", named[1], named[0]))
+            found.append(Leftover("firewall", firewall["name"], "global", named[1], named[0]))
     return found
 
 
 def _resource_policies(api: GcpApi, owner: Optional[str], run: Optional[str]) -> List[Leftover]:
     """A cluster's compact placement policy, in every region: aggregatedList."""
-    from google.cloud import compute_v1
-
-    client = api.compute(compute_v1.ResourcePoliciesClient)
-    request = {"project": api.project}
-    if run is not None:
-        request["filter"] = f'name = "dstack-{owner}-{run}"'
+    params = {"filter": f'name = "dstack-{owner}-{run}"'} if run is not None else {}
     found = []
-    for scope, listed in client.aggregated_list(request=request, timeout=60):
-        for policy in listed.resource_policies:
-            named = _described(policy.name, policy.description, owner, run)
+    for listed in list_items(api, f"{api.compute_url}/aggregated/resourcePolicies", params):
+        for policy in listed.get("resourcePolicies") or []:
+            named = _described(policy["name"], policy.get("description", ""), owner, run)
             if named:
-                found.append(Leftover("resource-policy", policy.name, scope.rsplit("/", 1)[-1], named[1], named[0]))
+                region = listed["scope"].rsplit("/", 1)[-1]
+                found.append(Leftover("resource-policy", policy["name"], region, named[1], named[0]))
     return found
 
 
@@ -224,31 +209,20 @@ def _is_wanted(named: tuple, owner: Optional[str], run: Optional[str]) -> bool:
 
 def _wait(api: GcpApi, operations: list) -> None:
     """Zone operations until done (`wait` answers when done or after about two minutes), each error named."""
-    from google.cloud import compute_v1
-
-    client = api.compute(compute_v1.ZoneOperationsClient)
     deadline = time.monotonic() + WAIT_TIMEOUT_S
     for zone, operation in operations:
-        while operation.status != compute_v1.Operation.Status.DONE:
+        what = operation.get("targetLink") or operation["name"]
+        while operation.get("status") != "DONE":
             if time.monotonic() > deadline:
-                raise ConfigurationError(f"GCP project {api.project}: {operation.target_link or operation.name} "
-                                         f"was still being deleted after {WAIT_TIMEOUT_S // 60} minutes; run the "
-                                         "command again later")
-            operation = client.wait(project=api.project, zone=zone, operation=operation.name, timeout=150)
-        if operation.error and operation.error.errors:
-            reasons = "; ".join(e.message for e in operation.error.errors)
-            raise ConfigurationError(f"GCP project {api.project}: deleting {operation.target_link} failed: "
+                raise ConfigurationError(f"GCP project {api.project}: {what} was still being deleted after "
+                                         f"{WAIT_TIMEOUT_S // 60} minutes; run the command again later")
+            operation = rest_request(api, "POST", f"{api.compute_url}/zones/{zone}/operations/{operation['name']}"
+                                                  "/wait", timeout=150)
+        errors = (operation.get("error") or {}).get("errors") or []
+        if errors:
+            reasons = "; ".join(e.get("message", "") for e in errors)
+            raise ConfigurationError(f"GCP project {api.project}: deleting {what} failed: "
                                      f"{one_line(reasons)}")
-
-
-def _unless_gone(call):
-    """The call's answer, or None when what it deletes no longer exists."""
-    from google.api_core.exceptions import NotFound
-
-    try:
-        return call()
-    except NotFound:
-        return None
 
 
 def _iam_request(api: GcpApi, method: str, path: str, params: Optional[dict] = None,
@@ -269,15 +243,11 @@ _ADVICE = {
 @contextmanager
 def _refused(api: GcpApi, action: str) -> Iterator[None]:
     """A refusal from either API as one line that names the project and says what to do."""
-    from google.api_core.exceptions import GoogleAPICallError
     from google.auth.exceptions import GoogleAuthError
     from requests import RequestException
 
     try:
         yield
-    except GoogleAPICallError as e:
-        code = e.code or 0
-        reason = re.sub(r"^[A-Z]+ \S+: ", "", e.message or str(e))  # the REST client puts the request first
     except ApiRefusal as e:
         code, reason = e.code, e.reason
     except GoogleAuthError as e:

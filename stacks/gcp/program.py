@@ -178,7 +178,8 @@ def gcp_program(spec: StackSpec) -> None:
         if account is not None:
             allow_self_delete(spec, rank, instance, account, opts)
         instances.append(instance)
-    attach_gcp_volumes(spec, instances[0], opts)  # network volumes are refused with nodes > 1
+    if instances:  # a cloud fleet's stack may have none (`nodes: 0..N`)
+        attach_gcp_volumes(spec, instances[0], opts)  # network volumes are refused with nodes > 1
     export_nodes(instances)
 
 
@@ -280,7 +281,8 @@ def allow_self_delete(spec: StackSpec, rank: int, instance, account: str, opts) 
 
 
 def export_nodes(instances: list) -> None:
-    """Each node's address in rank order (`public_ips`, `private_ips`), and rank 0's alone as before."""
+    """Each node's address in rank order (`public_ips`, `private_ips`), and rank 0's alone as before (a fleet with
+    no instance has lists alone)."""
     import pulumi
 
     def public(instance):
@@ -289,12 +291,13 @@ def export_nodes(instances: list) -> None:
     def private(instance):
         return instance.network_interfaces[0].network_ip
 
-    first = instances[0]
-    pulumi.export("instance_id", first.instance_id)
     pulumi.export("instance_ids", [i.instance_id for i in instances])
-    pulumi.export("public_ip", public(first))
     pulumi.export("public_ips", [public(i) for i in instances])
-    pulumi.export("private_ip", private(first))
     pulumi.export("private_ips", [private(i) for i in instances])
     pulumi.export("ssh_user", SSH_USER)
-    pulumi.export("zone", first.zone)
+    if instances:
+        first = instances[0]
+        pulumi.export("instance_id", first.instance_id)
+        pulumi.export("public_ip", public(first))
+        pulumi.export("private_ip", private(first))
+        pulumi.export("zone", first.zone)

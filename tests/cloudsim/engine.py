@@ -137,6 +137,7 @@ class SimStack:
         cancelled = threading.Event()
         stack = self
         known = {r["urn"]: r for r in self.state.resources}
+        registered: set = set()  # what the program declares; the rest of the state goes after it, as in the engine
 
         def event(kind: str, typ: str, urn: str, op: str = "create") -> None:
             if on_event is not None:
@@ -153,6 +154,7 @@ class SimStack:
                 if cancelled.is_set():
                     raise Refused("error: update canceled")
                 urn = f"{stack.name}::{args.typ}::{args.name}"
+                registered.add(urn)
                 if urn in known:  # already created by an earlier `up` of this stack: the engine leaves it
                     return [known[urn]["id"], known[urn]["outputs"]]
                 provider = providers.get((args.provider or "").rsplit("::", 1)[-1], {})
@@ -222,6 +224,7 @@ class SimStack:
                                  f"    {detail}") from None
         finally:
             pulumi.runtime.settings.SETTINGS.monitor = None
+        self._delete([r for r in self.state.resources if r["urn"] not in registered], on_event)
         self.state.data["outputs"] = exports
         self.state.save()
         return SimpleNamespace(outputs={k: SimpleNamespace(value=v, secret=False) for k, v in exports.items()})
@@ -251,7 +254,12 @@ class SimStack:
 
     def destroy(self, on_event: Optional[Callable] = None, **_):
         """Deletes the stack's resources, the last created first (dependents before what they depend on)."""
-        for resource in reversed(list(self.state.resources)):
+        self._delete(list(self.state.resources), on_event)
+
+    def _delete(self, resources: List[dict], on_event: Optional[Callable]) -> None:
+        """Deletes `resources` of the stack's state, the last created first: all of them for `destroy`, those its
+        program no longer declares for `up` (a fleet's instance removed from its list)."""
+        for resource in reversed(resources):
             urn = resource["urn"]
             if on_event is not None:
                 metadata = SimpleNamespace(op="delete", type=resource["type"], urn=urn)

@@ -18,7 +18,7 @@ def cloudsim_zygote(tmp_path_factory):
     from stacks.extras import installed
     from tests.helpers import ROOT
 
-    missing = [m for m in ("pulumi_aws", "pulumi_gcp", "boto3", "google.cloud.compute_v1", "moto") if not installed(m)]
+    missing = [m for m in ("pulumi_aws", "pulumi_gcp", "boto3", "google.auth", "moto") if not installed(m)]
     if missing:  # the [all] and [test] extras
         message = f"the simulated cloud needs {', '.join(missing)} (pip install -e '.[all,test]')"
         pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)

@@ -1,4 +1,4 @@
-"""The simulated GCP's REST side: what dstack's own GCP calls reach (google-cloud-compute and google-auth's session,
+"""The simulated GCP's REST side: what dstack's own GCP calls reach (google-auth's session,
 pointed here by tests.cloudsim.cli), and what a VM reaches from inside (its metadata server and the Compute API, at
 the addresses the VM's /etc/hosts gives `metadata.google.internal` and `compute.googleapis.com`: this machine's end of
 the VM's link, where the simulator listens for that VM alone, over TLS with the simulator's own CA for the API).

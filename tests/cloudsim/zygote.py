@@ -1,8 +1,8 @@
 """A warm interpreter the scenarios' `dstack` processes are forked from: `python -m tests.cloudsim.zygote SOCKET`
-imports the heavy libraries once (pulumi and both providers, boto3 with EC2's parsed model, google-cloud-compute,
+imports the heavy libraries once (pulumi and both providers, boto3 with EC2's parsed model, google-auth,
 paramiko, typer, rich), then forks one child per request, which runs tests.cloudsim.cli as its own process: its own
 pid and session (a Ctrl-C or SIGKILL reaches it alone), environment, working folder, output files and exit status.
-Each `dstack` would otherwise spend most of its CPU importing (google-cloud-compute alone takes 1.7 s).
+Each `dstack` would otherwise spend most of its CPU importing (pulumi and its providers take seconds).
 
 Only libraries are imported here, never dstack's own modules, and no thread or connection exists when it forks.
 A request is one JSON line (args, env, cwd, stdout, stderr); the answer, two: the child's pid, then its exit status
@@ -21,7 +21,7 @@ import traceback
 
 PRELOAD = ("typer", "rich.console", "rich.table", "pydantic", "yaml", "paramiko", "cryptography.hazmat.primitives",
            "boto3", "botocore.session", "pulumi", "pulumi.automation", "pulumi.runtime", "pulumi_aws", "pulumi_gcp",
-           "google.auth", "google.auth.transport.requests", "google.cloud.compute_v1", "requests", "urllib3")
+           "google.auth", "google.auth.transport.requests", "requests", "urllib3")
 
 
 def warm() -> None:

@@ -1,0 +1,115 @@
+"""A cloud fleet's stack as a list of numbered instances (provisioner.backends.fleet_stacks): both programs keep the
+other instances' resources (names and inputs) when the list changes, so the engine replaces none; the store's lock
+on a fleet's stack admits one holder at a time."""
+
+import pytest
+
+from configuration.backends import DstackConfig
+from offers.catalog import InstanceType
+from offers.offer import Offer
+from stacks.spec import cloud_init, generate_host_key
+
+OFFERS = {
+    "aws": Offer("aws", InstanceType("c5.large", 2, 4.0, "", "", 0, 0.0, "x86", True), "us-east-1",
+                 ("us-east-1a",), False, 0.085, 100.0, 0.011),
+    "gcp": Offer("gcp", InstanceType("n2-standard-2", 2, 8.0, "", "", 0, 0.0, "x86", True), "us-central1",
+                 ("us-central1-a",), False, 0.0971, 100.0, 0.004),
+}
+KEYS = {num: generate_host_key() for num in range(5)}  # each instance's own, kept for its life
+
+
+def fleet_spec(backend: str, nums, placement=None):
+    from provisioner.backends.fleet_stacks import numbered_shape
+    from provisioner.planning.stack_plan import stack_spec
+
+    shape = numbered_shape({"placement": placement, "tags": {"team": "ml"}}, nums)
+    return stack_spec("pool", shape, OFFERS[backend], "ssh-ed25519 AAAA fleet-key", tuple(KEYS[n] for n in nums),
+                      DstackConfig())
+
+
+def by_name(resources):
+    return {(r["type"], r["name"]): r["inputs"] for r in resources}
+
+
+@pytest.mark.parametrize("backend", ["aws", "gcp"])
+@pytest.mark.parametrize("placement", [None, "cluster"])
+def test_an_instance_list_change_keeps_the_other_instances_resources_as_they_were(backend, placement):
+    pytest.importorskip(f"pulumi_{backend}")
+    from provisioner.planning.stack_plan import render_plan_resources
+
+    before, after = fleet_spec(backend, (0, 1, 3), placement), fleet_spec(backend, (0, 3, 4), placement)
+    old, new = by_name(render_plan_resources(before)), by_name(render_plan_resources(after))
+    instance = "aws:ec2/instance:Instance" if backend == "aws" else "gcp:compute/instance:Instance"
+    names = lambda resources: sorted(name for typ, name in resources if typ == instance)  # noqa: E731
+    owner = before.owner
+    assert names(old) == [f"dstack-{owner}-pool-{n}" for n in (0, 1, 3)]
+    assert names(new) == [f"dstack-{owner}-pool-{n}" for n in (0, 3, 4)]  # numbered, never renumbered
+    kept = {key: inputs for key, inputs in old.items() if key in new}
+    gone, added = set(old) - set(new), set(new) - set(old)
+    assert kept == {key: new[key] for key in kept}  # the same inputs: no update, no replacement
+    assert {name for _, name in gone if not name.endswith(("-self-delete", "-eip"))} == {f"dstack-{owner}-pool-1"}
+    assert {name for _, name in added if not name.endswith(("-self-delete", "-eip"))} == {f"dstack-{owner}-pool-4"}
+    # the user data (a secret, masked in the rendering) of a kept instance is the same too: its own host key
+    assert cloud_init(before, 2) == cloud_init(after, 1) and KEYS[3].public_openssh in cloud_init(after, 1)
+    if placement == "cluster":  # the fleet's placement group (or policy) is shared, kept, and named by the fleet
+        shared = [key for key in kept if "Placement" in key[0] or "ResourcePolicy" in key[0]]
+        assert shared and all(name == f"dstack-{owner}-pool" + ("-pg" if backend == "aws" else "-placement")
+                              for _, name in shared)
+
+
+@pytest.mark.parametrize("backend", ["aws", "gcp"])
+def test_a_fleet_stack_of_no_instance_renders_its_shared_resources_alone(backend):
+    pytest.importorskip(f"pulumi_{backend}")
+    from provisioner.planning.stack_plan import render_plan_resources
+
+    resources = render_plan_resources(fleet_spec(backend, ()))
+    assert resources and not any(r["type"].endswith("/instance:Instance") for r in resources)
+
+
+def test_the_lock_on_a_fleets_stack_has_one_holder_until_released_or_stale(dstack_home):
+    from provisioner.store.store import StateStore
+
+    store = StateStore()
+    assert store.create_cloud_fleet("pool", "f.yml", "aws", {"nodes": {"min": 0, "max": 3}}, {"backend": "aws"})
+    assert store.lock_fleet_stack("pool", "run-a", 100.0, 60) is None
+    assert store.lock_fleet_stack("pool", "run-b", 110.0, 60) == "run-a"
+    store.set_fleet_stack("pool", {"backend": "aws", "numbered": True})  # a stack recorded under the lock keeps it
+    assert store.lock_fleet_stack("pool", "run-b", 120.0, 60) == "run-a"
+    assert store.get_cloud_fleet("pool")["stack"]["numbered"]
+    store.unlock_fleet_stack("pool", "run-b")  # not its holder: nothing happens
+    assert store.lock_fleet_stack("pool", "run-b", 130.0, 60) == "run-a"
+    store.unlock_fleet_stack("pool", "run-a")
+    assert store.lock_fleet_stack("pool", "run-b", 140.0, 60) is None
+    assert store.lock_fleet_stack("pool", "run-c", 201.0, 60) is None  # run-b's is stale (its command died)
+
+
+def test_the_plan_of_a_run_offers_one_more_instance_of_a_fleet_below_its_maximum(tmp_path, dstack_home):
+    import json
+
+    from provisioner.planning.reuse import offer_record
+    from provisioner.store.records import InstanceRecord
+    from provisioner.store.store import StateStore
+    from tests.helpers import run_cli, write
+
+    offer = Offer("aws", InstanceType("t3.large", 2, 8.0, "", "", 0, 0.0, "x86", True), "us-east-1",
+                  ("us-east-1a",), False, 0.0832, 100.0, 0.011)
+    host = {"kind": "ssh", "hostname": "10.251.250.2"}  # never contacted: a dry run
+    store = StateStore()
+    store.create_cloud_fleet("pool", "fleet.dstack.yml", "aws", {"nodes": {"min": 0, "max": 2}, "idle_duration": 60},
+                             {"backend": "aws", "numbered": True, "offer": offer_record(offer)},
+                             [InstanceRecord("pool", 0, "aws", offer_record(offer), host, status="busy", run="r0")])
+    conf = write(tmp_path, "t.dstack.yml", "type: task\ncommands: [x]\nfleets: [pool]\n")
+    env = {"DSTACK_HOME": str(dstack_home)}
+    result = run_cli("apply", "-f", conf, "--dry-run", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["offer"]["grows"] == {"fleet": "pool", "instance_num": 1, "instances": 1, "zone": "us-east-1a",
+                                      "nodes": {"min": 0, "max": 2},
+                                      "description": "adds instance 2 of 0..2 to fleet pool"}
+    assert plan["resources"] == [] and "reused" not in plan["offer"]
+    text = run_cli("apply", "-f", conf, "--dry-run", env=env)
+    assert text.returncode == 0 and "aws (adds instance 2 of 0..2 to fleet pool)" in text.stdout, text.stdout
+    store.add_instances([InstanceRecord("pool", 1, "aws", offer_record(offer), host, status="busy", run="r1")])
+    full = run_cli("apply", "-f", conf, "--dry-run", env=env)  # at its maximum: nothing to offer, and it says so
+    assert full.returncode == 1 and "no idle instance of fleet pool fits" in full.stderr, full.stderr
+    assert "none can grow for it (at its `nodes` maximum" in full.stderr
