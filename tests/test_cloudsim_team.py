@@ -151,3 +151,38 @@ def test_a_stack_in_a_laptops_own_pulumi_state_is_refused_from_another_home(clou
     stopped = as_user(cloudsim, "alice", homes, "stop", "home-run", "-y", DSTACK_TEAM_KEY="team key")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert cloudsim.live() == []
+
+
+def test_an_elastic_fleet_grown_from_two_laptops_keeps_every_instance(cloudsim, team, tmp_path, team_database,
+                                                                      postgres_cluster):
+    """Alice's fleet of 0..2: Bob's run adds instance 0 (its host key made in his home, sealed), then Alice's run
+    adds instance 1: her `up` of the stack must carry instance 0's host key and the fleet's login key as the team
+    holds them, else the key pair and instance 0 would be replaced."""
+    homes, _ = team
+    fleet = write(tmp_path, "fleet.dstack.yml", AWS_FLEET.replace("nodes: 1", "nodes: 0..2") + "idle_duration: 1h\n")
+    made = as_user(cloudsim, "alice", homes, "apply", "-f", fleet, "-y")
+    assert made.returncode == 0, made.stdout + made.stderr
+    task = "type: task\nname: {name}\nfleets: [pool]\ncommands: ['echo on $(hostname)']\n"
+    bobs = as_user(cloudsim, "bob", homes, "apply", "-f", write(tmp_path, "b.dstack.yml", task.format(name="b1")),
+                   "-y")
+    assert bobs.returncode == 0, bobs.stdout + bobs.stderr
+    [first] = cloudsim.ever("Instance")
+    assert sealed_paths(team_database) == ["fleets/pool/host-0", "fleets/pool/id_ed25519"]
+    assert_not_in(database_dump(postgres_cluster, team_database),
+                  (homes["bob"] / "fleets" / "pool" / "host-0").read_text())
+    busy = as_user(cloudsim, "alice", homes, "apply", "-f", write(tmp_path, "a.dstack.yml",
+                                                                  task.format(name="a1").replace(
+                                                                      "'echo on $(hostname)'", "'sleep 20'")),
+                   "-y", "-d")
+    assert busy.returncode == 0, busy.stdout + busy.stderr  # instance 0 was idle: Alice's run holds it now
+    grown = as_user(cloudsim, "alice", homes, "apply", "-f", write(tmp_path, "a2.dstack.yml", task.format(name="a2")),
+                    "-y")
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert len(cloudsim.ever("Instance")) == 2 and first.live  # instance 1 added; instance 0 kept, not replaced
+    assert [r.kind for r in cloudsim.ever("KeyPair")] == ["KeyPair"]  # one key pair, never replaced
+    assert (homes["alice"] / "fleets" / "pool" / "host-0").read_text() == \
+        (homes["bob"] / "fleets" / "pool" / "host-0").read_text()
+    assert as_user(cloudsim, "alice", homes, "stop", "a1", "-y").returncode == 0
+    deleted = as_user(cloudsim, "bob", homes, "fleet", "delete", "pool", "-y")
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert cloudsim.live() == [] and sealed_paths(team_database) == []

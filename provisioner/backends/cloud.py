@@ -64,7 +64,8 @@ class CloudBackend:
 
     def create_stack(self, name: str, offer: Offer, configuration, report: Callable, key_path: Path,
                      record_stack: Callable[[dict], None], note: Callable[[str], None] = lambda message: None,
-                     host_keys: Optional[Tuple[HostKey, ...]] = None, update: bool = False) -> List[HostAccess]:
+                     host_keys: Optional[Tuple[HostKey, ...]] = None, update: bool = False,
+                     existing: Optional[dict] = None) -> List[HostAccess]:
         """Brings up the stack of `name` (a run, or a fleet) and returns its hosts, one per node in rank order
         (provisioner.jobs.nodes.node_count). `record_stack` stores the stack's identity before `up`, so a crash
         mid-way still leaves what `destroy_stack` needs. All or nothing: a node that cannot be created fails the
@@ -73,7 +74,8 @@ class CloudBackend:
 
         A cloud fleet's stack (provisioner.backends.fleet_stacks) brings its own `host_keys`, kept per instance, and
         its login key at `key_path` is kept: with `update`, its `up` adds and removes instances in place, and a
-        failure leaves the stack as it is (never destroyed) for the caller to bring back."""
+        failure leaves the stack as it is (never destroyed) for the caller to bring back. `existing`: the stack as
+        recorded, whose owner's names and state backend it keeps whichever laptop of the team updates it."""
         from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
         from stacks.extras import require_extra
 
@@ -85,12 +87,16 @@ class CloudBackend:
         else:
             public_key = kept_key(key_path, f"dstack-run-{name}")
         spec = stack_spec(name, configuration, offer, public_key, host_keys, self.config)
+        if existing and existing.get("owner"):  # a teammate's fleet grown from here: its stack, its names
+            spec = dataclasses.replace(spec, owner=existing["owner"])
         spec = self._self_delete_allowed(spec, note)
-        settings = state_settings(self.config.pulumi.backend_url)
+        settings = recorded_state(existing, name) if existing and existing.get("backend_url") else \
+            state_settings(self.config.pulumi.backend_url)
         seal_home_key(self.store, key_path)  # after the passphrase (the team key's default) is made
         recorded = {"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
                     "backend_url": settings.backend_url, "tagged": name,
-                    "home_state": not self.config.pulumi.backend_url}  # a laptop's own state: see recorded_state
+                    "home_state": existing.get("home_state", False) if existing else
+                    not self.config.pulumi.backend_url}  # a laptop's own state: see recorded_state
         if spec.instance_nums is not None:  # a fleet's instances named by their numbers (instance_state)
             recorded["numbered"] = True
         record_stack(recorded)

@@ -1,5 +1,5 @@
 """The keys dstack makes under `$DSTACK_HOME` (provisioner.host.keys.HOME_KEYS: a cloud run's and a cloud fleet's
-login key, a dev environment's key) as a team shares them (docs/teams.md): sealed with the team key into the team
+login key, a dev environment's key, a cloud fleet's instances' host keys) as a team shares them (docs/teams.md): sealed with the team key into the team
 database when made, and unsealed into a teammate's own home (0600) when their command reaches the host. Without a
 team database nothing is sealed: the key stays in its home only."""
 
@@ -64,6 +64,26 @@ def unsealed_home_key(store: StateStore, name: str, whose: str) -> Path:
     if not local.exists() or local.read_bytes() != key:
         private_file(local).write_bytes(key)
     return local
+
+
+def fleet_keys_as_the_team_has_them(store: StateStore, fleet: str) -> None:
+    """Before cloud fleet `fleet`'s stack is brought up again (grown, shrunk: perhaps from a teammate's laptop),
+    its login key and instances' host keys as the team database holds them are unsealed into this home: new ones
+    would replace its key pair and every instance."""
+    if store.team is None:
+        return
+    for name in store.sealed_paths(fleet):
+        unsealed_home_key(store, name, f"fleet {fleet} is a teammate's")
+
+
+def seal_fleet_keys(store: StateStore, fleet: str) -> None:
+    """The keys of cloud fleet `fleet` in this home that the team database does not hold yet, sealed there."""
+    if store.team is None:
+        return
+    folder, sealed = dstack_home() / "fleets" / fleet, set(store.sealed_paths(fleet))
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if home_key_name(path) and home_key_name(path) not in sealed:
+            seal_home_key(store, path)
 
 
 def _under_this_home(path: str) -> bool:

@@ -255,6 +255,12 @@ class RunTables(StoreFile):
                        (path, run, fleet, sealed))
 
     @read_again
+    def sealed_paths(self, fleet: str) -> List[str]:
+        with self._connect(read=True) as db:
+            return [row[0] for row in db.execute("SELECT path FROM sealed_files WHERE fleet = ? ORDER BY path",
+                                                 (fleet,)).fetchall()]
+
+    @read_again
     def sealed_file(self, path: str) -> Optional[str]:
         with self._connect(read=True) as db:
             row = db.execute("SELECT sealed FROM sealed_files WHERE path = ?", (path,)).fetchone()
