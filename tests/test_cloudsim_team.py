@@ -107,8 +107,9 @@ def test_a_teammates_cloud_fleet_is_reused_with_its_sealed_key_and_deleted_by_na
     instance = instance_of(cloudsim.world)
     fleet_key = (homes["alice"] / "fleets" / "pool" / "id_ed25519").read_text()
     dump = database_dump(postgres_cluster, team_database)
-    assert sealed_paths(team_database) == ["fleets/pool/id_ed25519"]
+    assert sealed_paths(team_database) == ["fleets/pool/host-0", "fleets/pool/id_ed25519"]  # its host key too
     assert_not_in(dump, fleet_key)
+    assert_not_in(dump, (homes["alice"] / "fleets" / "pool" / "host-0").read_text())
 
     table = as_user(cloudsim, "bob", homes, "fleet", "list")
     header, row = table.stdout.splitlines()[:2]
