@@ -45,7 +45,8 @@ class Cluster:
     def start(self) -> "Cluster":
         self._as_owner(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
                        "-E", "UTF8", "--no-sync")
-        options = f"-k {self.folder} -c listen_addresses='' -F -c max_connections=300 -c shared_buffers=16MB"
+        options = (f"-k {self.folder} -c listen_addresses='' -F -c max_connections=300 -c shared_buffers=16MB "
+                   "-c log_connections=on")  # the log counts the sessions a command opens
         self._as_owner(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
                        str(self.folder / "log"), "-w", "start")
         import psycopg
@@ -66,6 +67,11 @@ class Cluster:
         with psycopg.connect(self.url(database="team"), autocommit=True) as admin:
             admin.execute(f"CREATE SCHEMA {name}")
         return self.url(name, database="team")
+
+    def connections(self) -> int:
+        """How many sessions were opened to the team databases since the cluster started (its log's `connection
+        authorized` lines): the sessions a command opened, counted around it."""
+        return (self.folder / "log").read_text().count("connection authorized: user=postgres database=team")
 
     def stop(self) -> None:
         try:

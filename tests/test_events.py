@@ -42,7 +42,7 @@ def test_a_version_2_store_gets_the_events_table(dstack_home):
     assert store.list_events("old") == [{"id": 1, "run": "old", "at": 5.0, "kind": "note",
                                          "message": "after the migration"}]
     check = sqlite3.connect(store.path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     check.close()
 
 

@@ -86,7 +86,7 @@ def test_the_store_migrates_to_the_indexed_runs(dstack_home):
     StateStore()
     path = dstack_home / "state.db"
     with sqlite3.connect(path) as db:
-        db.executescript("DROP INDEX runs_by_status; DROP INDEX runs_by_submission; PRAGMA user_version = 7;")
+        db.executescript("DROP INDEX runs_by_status; DROP INDEX runs_by_submission; PRAGMA user_version = 8;")
     StateStore()
     with sqlite3.connect(path) as db:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}

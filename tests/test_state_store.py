@@ -199,7 +199,7 @@ def test_a_version_3_store_gets_the_volumes_jobs_and_fleet_tables(dstack_home):
     assert [job.host["hostname"] for job in store.list_jobs("r")] == ["10.251.240.2"]
     assert store.create_cloud_fleet("f1", "x", "aws", {}, None)
     db = sqlite3.connect(store.path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     db.close()
 
 

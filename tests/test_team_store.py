@@ -365,11 +365,11 @@ def test_a_run_key_is_sealed_and_only_the_team_key_reaches_a_teammates_host(team
     database) on a host this laptop never had a key for: Bob reaches it with the team key, not without it."""
     from pathlib import Path
 
-    from provisioner.backends.cloud import seal_run_key
     from provisioner.host.access import HostAccess
     from provisioner.host.ssh import connect
     from provisioner.jobs.control import start_job
     from provisioner.jobs.script import JobSpec
+    from provisioner.jobs.team_keys import seal_home_key
 
     host = make_host()
     private = Path(client_key[0]).read_bytes()
@@ -383,12 +383,12 @@ def test_a_run_key_is_sealed_and_only_the_team_key_reaches_a_teammates_host(team
                                host=access.to_json(), detached=True, started_at=time.time(), owner_id="a11ce000",
                                user_name="alice"))
     monkeypatch.setenv("DSTACK_TEAM_KEY", "the-team-key")
-    seal_run_key(store, "far", alice_key)
+    seal_home_key(store, alice_key)
     transport = connect(access.ssh_target(), total_wait=10)
     pgid = start_job(transport, JobSpec(run_name="far", commands=["echo sealed-ok", "sleep 300"]))
     alice_key.unlink()  # her laptop's file is not on Bob's
     try:
-        [(sealed,)] = schema_table(team_database, "SELECT sealed FROM sealed_keys WHERE run = 'far'")
+        [(sealed,)] = schema_table(team_database, "SELECT sealed FROM sealed_files WHERE run = 'far'")
         body = b"".join(private.splitlines()[1:-1]).decode()
         assert sealed.startswith("dstack-sealed-v1:") and "PRIVATE KEY" not in sealed and body[:40] not in sealed
         for wrong in ({"DSTACK_TEAM_KEY": "another-key"}, {"DSTACK_TEAM_KEY": ""}):

@@ -135,6 +135,6 @@ def _open_entry(session, record, access):
     if not dev_environments.is_dev_environment(record.configuration or {}):
         open_task_entry(record.name, access, session.reporter.info)
         return None
-    dev_environments.reopen_entry(record.name, access, record.configuration, session.reporter.info)
+    dev_environments.reopen_entry(session.store, record, access, session.reporter.info)
     return dev_environments.Attachment(access, record.name, record.configuration, session.reporter.info,
                                        announce=False)

@@ -46,7 +46,8 @@ def _list_fleets(verbose: bool, as_json: bool) -> None:
     from provisioner.store.store import StateStore
 
     expire_idle_fleets()
-    fleets = fleets_json(StateStore(), time.time())
+    store = StateStore()
+    fleets = fleets_json(store, time.time())
     if as_json:
         print_json({"fleets": fleets})
         return
@@ -54,7 +55,7 @@ def _list_fleets(verbose: bool, as_json: bool) -> None:
     if not fleets:
         console.print("No fleets. `dstack apply -f fleet.dstack.yml` adds one.")
         return
-    _print_hosts(fleets, verbose)
+    _print_hosts(fleets, verbose, team=store.team is not None)
 
 
 @fleet_app.command("get")
@@ -141,7 +142,8 @@ def _fleet(name: str) -> dict:
     raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
 
 
-def _print_hosts(fleets: list, verbose: bool = False) -> None:
+def _print_hosts(fleets: list, verbose: bool = False, team: bool = False) -> None:
+    """The fleets' hosts, one row each; with a team database, whose fleet each is (USER, as `dstack ps`)."""
     import datetime
 
     from rich.table import Table
@@ -150,21 +152,23 @@ def _print_hosts(fleets: list, verbose: bool = False) -> None:
     from provisioner.host.probe import HostFacts
 
     table = Table(box=None, header_style="bold")
-    for column in ("FLEET", "HOST", "RESOURCES", "STATUS") + (("$/HOUR", "SOURCE", "CREATED") if verbose else ()):
+    for column in ("FLEET",) + (("USER",) if team else ()) + ("HOST", "RESOURCES", "STATUS") + (
+            ("$/HOUR", "SOURCE", "CREATED") if verbose else ()):
         table.add_column(column)
     for item in fleets:
         created = datetime.datetime.fromtimestamp(item["created_at"]).isoformat(" ", "seconds")
+        first = [item["name"]] + ([item["user"] or "-"] if team else [])
         if item["kind"] == "cloud":
             for instance in item["instances"]:
                 price = instance.get("price")
                 more = [f"${price:.4f}" if price is not None else "-", item["source"], created]
-                table.add_row(item["name"], f"{instance['hostname'] or '-'} (#{instance['instance_num']})",
+                table.add_row(*first, f"{instance['hostname'] or '-'} (#{instance['instance_num']})",
                               f"{instance['backend']} {instance['region']} {instance['instance_type']}",
                               _instance_status(instance), *(more if verbose else []))
             continue
         for number, host in enumerate(item["hosts"]):
             access = host["access"]
-            table.add_row(item["name"], f"{access['user']}@{access['hostname']}:{access['port']} (#{number})",
+            table.add_row(*first, f"{access['user']}@{access['hostname']}:{access['port']} (#{number})",
                           describe_facts(HostFacts.from_json(host["facts"])), "ssh host",
                           *(["-", item["source"], created] if verbose else []))
     stdout_console().print(table, markup=False)

@@ -38,14 +38,15 @@ def list_volumes(watch: WatchOption = False, verbose: VerboseOption = False, as_
 def _list_volumes(verbose: bool, as_json: bool) -> None:
     from provisioner.store.store import StateStore
 
-    volumes = [v.summary() for v in StateStore().list_volumes()]
+    store = StateStore()
+    volumes = [v.summary() for v in store.list_volumes()]
     if as_json:
         print_json({"volumes": volumes})
         return
     if not volumes:
         stdout_console().print("No volumes. `dstack apply -f volume.dstack.yml` creates one.")
         return
-    _print_table(volumes, verbose)
+    _print_table(volumes, verbose, team=store.team is not None)
 
 
 @volume_app.command("get")
@@ -67,19 +68,20 @@ def delete_volume_command(
     remove_volume(name, yes)
 
 
-def _print_table(volumes: list, verbose: bool = False) -> None:
+def _print_table(volumes: list, verbose: bool = False, team: bool = False) -> None:
+    """One row per volume; with a team database, whose volume each is (USER, as `dstack ps`)."""
     import datetime
 
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "BACKEND", "ZONE", "SIZE", "VOLUME ID", "STATUS") + (("REGION", "CREATED") if verbose
-                                                                                 else ()):
+    for column in ("NAME",) + (("USER",) if team else ()) + ("BACKEND", "ZONE", "SIZE", "VOLUME ID", "STATUS") + (
+            ("REGION", "CREATED") if verbose else ()):
         table.add_column(column)
     for v in volumes:
         size = f"{v['size_gb']}GB" if v["size_gb"] else "-"
         created = datetime.datetime.fromtimestamp(v["created_at"]).isoformat(" ", "seconds") if v["created_at"] else "-"
-        table.add_row(v["name"], v["backend"], v["zone"] or v["region"], size, v["volume_id"] or "-",
+        table.add_row(v["name"], *([v["user"] or "-"] if team else []), v["backend"], v["zone"] or v["region"], size, v["volume_id"] or "-",
                       v["status"] + (" (registered)" if v["external"] else ""),
                       *([v["region"] or "-", created] if verbose else []))
     stdout_console().print(table)

@@ -21,6 +21,7 @@ from provisioner.host.access import HostAccess
 from provisioner.host.keys import generate_key, kept_key
 from provisioner.host.transport import TransportError
 from provisioner.jobs.nodes import on_every_node, rank_offers
+from provisioner.jobs.team_keys import seal_home_key
 from provisioner.planning.stack_plan import generate_host_keys, stack_spec
 from provisioner.store.store import StateStore
 from stacks import clouds
@@ -45,21 +46,6 @@ def run_key_path(run_name: str) -> Path:
     return dstack_home() / "runs" / run_name / "id_ed25519"
 
 
-def seal_run_key(store: StateStore, run_name: str, key_path: Path) -> None:
-    """With a team database, the run's login key goes there too, sealed with the team key (never in plain text),
-    for a teammate's `dstack stop`/`logs` to reach its hosts (provisioner.jobs.run_jobs.reachable)."""
-    if store.team is None:
-        return
-    from configuration.database import TEAM_KEY_VARIABLE, team_key
-    from provisioner.host.keys import seal
-
-    key = team_key()
-    if key is None:
-        raise ConfigurationError(f"a cloud run recorded in {store.where} needs the team key, to seal its SSH key for "
-                                 f"teammates: set {TEAM_KEY_VARIABLE} or share the Pulumi passphrase (docs/teams.md)")
-    store.save_sealed_key(run_name, seal(key_path.read_bytes(), key))
-
-
 @dataclass
 class CloudBackend:
     """One per run's provisioning (provisioner.runs.failover keeps it across the run's tries), so what is settled
@@ -72,16 +58,14 @@ class CloudBackend:
     accounts: Dict[str, str] = field(default_factory=dict)  # GCP: stack name -> its service account, made
 
     def provision(self, run_name, offer, configuration, report) -> List[HostAccess]:
-        def record_stack(stack: dict) -> None:  # after the key and the passphrase (the team key's default) are made
-            seal_run_key(self.store, run_name, run_key_path(run_name))
-            self.store.update_run(run_name, stack=stack)
-
-        return self.create_stack(run_name, offer, configuration, report, run_key_path(run_name), record_stack,
+        return self.create_stack(run_name, offer, configuration, report, run_key_path(run_name),
+                                 lambda stack: self.store.update_run(run_name, stack=stack),
                                  note=run_note(self.store, run_name))
 
     def create_stack(self, name: str, offer: Offer, configuration, report: Callable, key_path: Path,
                      record_stack: Callable[[dict], None], note: Callable[[str], None] = lambda message: None,
-                     host_keys: Optional[Tuple[HostKey, ...]] = None, update: bool = False) -> List[HostAccess]:
+                     host_keys: Optional[Tuple[HostKey, ...]] = None, update: bool = False,
+                     existing: Optional[dict] = None) -> List[HostAccess]:
         """Brings up the stack of `name` (a run, or a fleet) and returns its hosts, one per node in rank order
         (provisioner.jobs.nodes.node_count). `record_stack` stores the stack's identity before `up`, so a crash
         mid-way still leaves what `destroy_stack` needs. All or nothing: a node that cannot be created fails the
@@ -90,7 +74,8 @@ class CloudBackend:
 
         A cloud fleet's stack (provisioner.backends.fleet_stacks) brings its own `host_keys`, kept per instance, and
         its login key at `key_path` is kept: with `update`, its `up` adds and removes instances in place, and a
-        failure leaves the stack as it is (never destroyed) for the caller to bring back."""
+        failure leaves the stack as it is (never destroyed) for the caller to bring back. `existing`: the stack as
+        recorded, whose owner's names and state backend it keeps whichever laptop of the team updates it."""
         from stacks.automation import open_stack, require_pulumi, stack_up, state_settings
         from stacks.extras import require_extra
 
@@ -102,10 +87,16 @@ class CloudBackend:
         else:
             public_key = kept_key(key_path, f"dstack-run-{name}")
         spec = stack_spec(name, configuration, offer, public_key, host_keys, self.config)
+        if existing and existing.get("owner"):  # a teammate's fleet grown from here: its stack, its names
+            spec = dataclasses.replace(spec, owner=existing["owner"])
         spec = self._self_delete_allowed(spec, note)
-        settings = state_settings(self.config.pulumi.backend_url)
+        settings = recorded_state(existing, name) if existing and existing.get("backend_url") else \
+            state_settings(self.config.pulumi.backend_url)
+        seal_home_key(self.store, key_path)  # after the passphrase (the team key's default) is made
         recorded = {"backend": self.name, "name": spec.stack_name, "owner": spec.owner, "region": offer.region,
-                    "backend_url": settings.backend_url, "tagged": name}
+                    "backend_url": settings.backend_url, "tagged": name,
+                    "home_state": existing.get("home_state", False) if existing else
+                    not self.config.pulumi.backend_url}  # a laptop's own state: see recorded_state
         if spec.instance_nums is not None:  # a fleet's instances named by their numbers (instance_state)
             recorded["numbered"] = True
         record_stack(recorded)
@@ -193,10 +184,9 @@ class CloudBackend:
 
         require_extra(self.name, f"removing {name}'s {self.name} stack")
         clouds.check_credentials(self.name, stack["region"])  # before Pulumi, whose error would be pages long
-        from stacks.automation import open_stack, stack_destroy, state_settings
+        from stacks.automation import open_stack, stack_destroy
 
-        settings = state_settings(stack.get("backend_url"))
-        pulumi_stack = open_stack(stack.get("name", name), lambda: None, settings)
+        pulumi_stack = open_stack(stack.get("name", name), lambda: None, recorded_state(stack, name))
         gcp = self.config.backend("gcp")
 
         def sweep() -> None:
@@ -221,6 +211,21 @@ class CloudBackend:
             raise LeftoversRemain(f"{name}'s stack was destroyed, but the sweep for what an interrupted `up` may "
                                   f"have left failed: {reason}; `dstack gc` finds and removes such resources") \
                 from None
+
+
+def recorded_state(stack: dict, name: str):
+    """The Pulumi state a recorded stack lives in, found by its URL from any laptop of the team (a shared `s3://`
+    or `gs://` backend: docs/teams.md). A stack kept in the default state under the `$DSTACK_HOME` that made it is
+    out of reach from another home: refused in one line, rather than destroying nothing in an empty folder here
+    while the stack's resources go on billing."""
+    from stacks.automation import state_settings
+
+    url = stack.get("backend_url")
+    if stack.get("home_state") and url != state_settings().backend_url:
+        raise ConfigurationError(f"{name}'s stack is in the Pulumi state of the home that made it ({url}), not in a "
+                                 "backend the team shares: only that laptop can destroy it (a team sets "
+                                 "pulumi: backend_url: in every config.yml, docs/teams.md)")
+    return state_settings(url)
 
 
 def run_note(store: StateStore, run_name: str) -> Callable[[str], None]:

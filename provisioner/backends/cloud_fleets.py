@@ -201,7 +201,8 @@ def _provision(name: str, offers: List[Offer], shape: FleetShape, config: Dstack
         backend = backends.setdefault(offer.backend, CloudBackend(offer.backend, config, store))
         hosts = backend.create_stack(
             name, offer, shape, report, fleet_key_path(name), recorder(store, name, offer),
-            note=lambda message: log(f"warning: {message}"), host_keys=fleet_host_keys(name, shape.instance_nums))
+            note=lambda message: log(f"warning: {message}"),
+            host_keys=fleet_host_keys(store, name, shape.instance_nums))
         if len(hosts) != shape.nodes:
             raise DstackError(f"fleet {name}: its stack brought up {len(hosts)} of the {shape.nodes} instances "
                               "asked for")

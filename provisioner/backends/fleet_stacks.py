@@ -21,6 +21,7 @@ from offers.offer import Offer
 from provisioner.backends.cloud import CloudBackend, fleet_key_path
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import kept_host_key
+from provisioner.jobs.team_keys import fleet_keys_as_the_team_has_them, seal_fleet_keys
 from provisioner.planning.reuse import fleet_idle_seconds, fleet_nodes, offer_record, record_offer
 from provisioner.store.records import InstanceRecord
 from provisioner.store.statuses import InstanceStatus
@@ -59,9 +60,13 @@ def host_key_path(fleet: str, num: int):
     return dstack_home() / "fleets" / fleet / f"host-{num}"
 
 
-def fleet_host_keys(fleet: str, nums: Sequence[int]) -> Tuple[HostKey, ...]:
-    """Each instance's host key, made once and kept (0600) while the instance lives."""
-    return tuple(kept_host_key(host_key_path(fleet, num)) for num in sorted(nums))
+def fleet_host_keys(store: StateStore, fleet: str, nums: Sequence[int]) -> Tuple[HostKey, ...]:
+    """Each instance's host key, made once and kept (0600) while the instance lives; with a team database, the
+    fleet's keys as the team holds them first, and sealed there once made (provisioner.jobs.team_keys)."""
+    fleet_keys_as_the_team_has_them(store, fleet)
+    keys = tuple(kept_host_key(host_key_path(fleet, num)) for num in sorted(nums))
+    seal_fleet_keys(store, fleet)
+    return keys
 
 
 def recorder(store: StateStore, name: str, offer: Offer) -> Callable[[dict], None]:
@@ -111,7 +116,8 @@ def update_stack(store: StateStore, config: DstackConfig, fleet: dict, nums: Seq
     backend = CloudBackend((fleet.get("stack") or {}).get("backend") or offer.backend, config, store)
     return backend.create_stack(name, offer, numbered_shape(fleet.get("configuration") or {}, nums), report,
                                 fleet_key_path(name), recorder(store, name, offer),
-                                host_keys=fleet_host_keys(name, nums), update=True)
+                                host_keys=fleet_host_keys(store, name, nums), update=True,
+                                existing=fleet.get("stack"))
 
 
 def grow_fleet(store: StateStore, config: DstackConfig, name: str, run_name: str, report: Callable,

@@ -12,6 +12,7 @@ from provisioner.backends.cloud import fleet_key_path, run_note
 from provisioner.backends.fleet_stacks import grow_fleet
 from provisioner.host.access import HostAccess
 from provisioner.jobs.nodes import rank_offers
+from provisioner.jobs.team_keys import reachable_key
 from provisioner.planning.reuse import GrowthOffer, InstanceOffer, kept_for, offer_record, stack_configuration
 from provisioner.store.records import InstanceRecord
 from provisioner.store.statuses import InstanceStatus
@@ -39,12 +40,14 @@ class ReusingBackend:
                               lambda message: self.store.add_event(run_name, "fleet", message))
         if isinstance(offer, InstanceOffer):
             self._check_alive(offer)
+            record = next(r for r in self.store.list_instances(offer.fleet) if r.num == offer.num)
+            key = reachable_key(self.store, record.host.get("identity_file"), f"fleet {offer.fleet} is a teammate's",
+                                theirs=False)  # a teammate's fleet: its key unsealed into this home, before the claim
             if not self.store.claim_instance(offer.fleet, offer.num, run_name):
                 raise StackFailure(CAPACITY, "zone", f"instance {offer.num} of fleet {offer.fleet} was taken by "
                                                      "another run")
-            record = next(r for r in self.store.list_instances(offer.fleet) if r.num == offer.num)
             report_reuse(report, offer)
-            return [HostAccess.from_json(record.host)]
+            return [HostAccess.from_json({**record.host, "identity_file": key})]
         if kept_for(configuration) == 0:
             return self.cloud.provision(run_name, offer, configuration, report)
         return self._provision_kept(run_name, offer, configuration, report)

@@ -67,6 +67,7 @@ def apply_fleet(configuration, source: str, store: StateStore, confirm: ConfirmK
     then probes every host and records the fleet. Any host that fails fails the apply, with every host's error
     listed; a key that differs from the recorded one is such an error."""
     where = f"{source}: fleet {configuration.name}"
+    store.refuse_teammates_fleet(configuration.name, source)
     hosts = fleet_hosts(configuration)
     proxies = list(dict.fromkeys(p for p in (host.proxy_access() for host in hosts) if p is not None))
     for group in ([proxies] if proxies else []) + [hosts]:  # a proxy's key first: the hosts are scanned through it

@@ -105,7 +105,7 @@ def create_volume(store: StateStore, config: DstackConfig, name: str, configurat
     settings = state_settings(config.pulumi.backend_url)
     store.create_volume(dataclasses.replace(record, zone=spec.zone, stack={
         "backend": spec.backend, "name": spec.stack_name, "owner": spec.owner, "region": spec.region,
-        "backend_url": settings.backend_url}))
+        "backend_url": settings.backend_url, "home_state": not config.pulumi.backend_url}))
     try:
         outputs = stack_up(open_stack(spec.stack_name, clouds.volume_program_for(spec), settings),
                            on_event=EngineEventTracker(report))
@@ -127,13 +127,15 @@ def delete_volume(store: StateStore, config: DstackConfig, name: str, report: Ca
         raise ConfigurationError(f"volume {name} is in use by run {', '.join(users)}: stop it first "
                                  f"(`dstack stop {users[0]}`)")
     if record.stack:
-        from stacks.automation import open_stack, stack_destroy, state_settings
+        from provisioner.backends.cloud import recorded_state
+        from stacks.automation import open_stack, stack_destroy
         from stacks.extras import require_extra
 
         require_extra(record.backend, f"deleting volume {name}")
         clouds.check_credentials(record.backend, record.region)
+        settings = recorded_state(record.stack, f"volume {name}")
         store.update_volume(name, status=VolumeStatus.DELETING)
-        stack = open_stack(record.stack["name"], lambda: None, state_settings(record.stack.get("backend_url")))
+        stack = open_stack(record.stack["name"], lambda: None, settings)
         stack_destroy(stack, on_event=EngineEventTracker(report))
     store.delete_volume(name)
     return record

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 from configuration.home import private_file
 from stacks.spec import HostKey, generate_host_key
@@ -54,6 +55,21 @@ def kept_host_key(path: Path) -> HostKey:
 
 
 _SEALED = "dstack-sealed-v1:"
+HOME_KEYS = (("runs", "id_ed25519"), ("runs", "ssh_key"), ("fleets", "id_ed25519"))  # (folder, file) of each key
+# dstack makes under $DSTACK_HOME: a cloud run's login key, a dev environment's key, a cloud fleet's login key; and
+# a cloud fleet's instances' host keys, `fleets/NAME/host-N`
+
+
+def home_key_name(path) -> Optional[str]:
+    """A key dstack made under some `$DSTACK_HOME` by its place there (`runs/NAME/id_ed25519`), from the path's last
+    three parts (another laptop's home has another root); None for any other file, such as a user's own key."""
+    parts = Path(path).parts[-3:]
+    if len(parts) < 3 or parts[1] in ("", ".", ".."):
+        return None
+    folder, _, file = parts
+    if (folder, file) in HOME_KEYS or (folder == "fleets" and re.fullmatch(r"host-[0-9]+", file)):
+        return "/".join(parts)
+    return None
 
 
 def _team_cipher(team_key: str, salt: bytes):

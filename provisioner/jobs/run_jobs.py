@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from configuration.home import append_private
@@ -25,7 +24,7 @@ from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED
 from provisioner.jobs.nodes import on_every_node, startup_waves
 from provisioner.jobs.script import JobSpec
 from provisioner.store.records import JobRecord, RunRecord
-from provisioner.store.run_files import append_times, local_log_path, run_folder
+from provisioner.store.run_files import append_times, local_log_path
 from provisioner.store.statuses import RUNNING, JobStatus, RunStatus
 from provisioner.store.store import StateStore
 
@@ -70,45 +69,29 @@ def job_final_status(code: Optional[int]) -> JobStatus:
 
 
 def run_jobs(store: StateStore, record: RunRecord, to_reach: bool = True) -> List[JobRecord]:
-    """The run's jobs; a run recorded before jobs existed has one, on its host. A teammate's run's hosts are
-    reached with its sealed login key, unsealed into this home (reachable), unless they are only listed
+    """The run's jobs; a run recorded before jobs existed has one, on its host. In a team database, hosts reached
+    with a key dstack made under another laptop's home (a teammate's run, or an instance of a teammate's cloud
+    fleet) get its sealed copy, unsealed into this home (provisioner.jobs.team_keys), unless they are only listed
     (`to_reach` false: `dstack ps` shows a teammate's run without the team key)."""
     jobs = store.list_jobs(record.name)
     if not jobs and record.host:
         jobs = [JobRecord(run=record.name, rank=0, status=JobStatus.RUNNING if record.status in RUNNING
                           else JobStatus.PROVISIONING, host=record.host, started_at=record.started_at)]
-    if not to_reach or store.team is None or not another_homes(record.owner_id):
+    if not to_reach or store.team is None:
         return jobs
     return [dataclasses.replace(job, host=reachable(store, record, job.host)) for job in jobs]
 
 
 def reachable(store: StateStore, record: RunRecord, host: Optional[dict]) -> Optional[dict]:
-    """A teammate's run's host as this laptop reaches it: a login key of the run's own (under the teammate's
-    `$DSTACK_HOME`, whose path means nothing here) is replaced by its sealed copy from the team database, unsealed
-    with the team key into this home (0600). Without the team key, or with another one, a clear refusal."""
-    if not host or not host.get("identity_file") or Path(host["identity_file"]).name != "id_ed25519" or \
-            Path(host["identity_file"]).parent.name != record.name:
-        return host  # a fleet's own key (the user's identity_file), or none
-    from configuration.database import TEAM_KEY_VARIABLE, team_key
-    from configuration.errors import ConfigurationError
-    from configuration.home import private_file
-    from provisioner.host.keys import unseal
+    """A run's host as this laptop reaches it (provisioner.jobs.team_keys.reachable_key)."""
+    if not host or not host.get("identity_file"):
+        return host
+    from provisioner.jobs.team_keys import reachable_key
 
-    sealed = store.sealed_key(record.name)
-    owner = record.user_name or "a teammate"
-    if sealed is None:
-        raise ConfigurationError(f"run {record.name} is {owner}'s and its SSH key is not in {store.where}: only they "
-                                 "can reach its hosts")
-    try:
-        key = unseal(sealed, team_key() or "")
-    except ValueError:
-        raise ConfigurationError(f"run {record.name} is {owner}'s: its SSH key is sealed with the team key, which "
-                                 f"this laptop does not have ({TEAM_KEY_VARIABLE}, or the team's Pulumi passphrase: "
-                                 "docs/teams.md); its hosts cannot be reached from here") from None
-    path = run_folder(record.name) / "id_ed25519"
-    if not path.exists() or path.read_bytes() != key:
-        private_file(path).write_bytes(key)
-    return {**host, "identity_file": str(path)}
+    theirs = another_homes(record.owner_id)
+    whose = f"run {record.name} is {record.user_name or 'a teammate'}'s" if theirs else \
+        f"run {record.name} runs on a teammate's cloud fleet"
+    return {**host, "identity_file": reachable_key(store, host["identity_file"], whose, theirs)}
 
 
 class RunJobs:

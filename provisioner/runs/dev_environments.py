@@ -20,8 +20,9 @@ from typing import Callable, Optional
 
 from configuration.errors import DstackError
 from configuration.home import private_file
+from configuration.owner import another_homes
 from provisioner.host.access import HostAccess
-from provisioner.host.keys import generate_key
+from provisioner.host.keys import generate_key, home_key_name
 from provisioner.jobs.dev_env import (
     CONTAINER_WORKDIR,
     IDE_NAMES,
@@ -32,8 +33,10 @@ from provisioner.jobs.dev_env import (
 )
 from provisioner.jobs.cluster_ssh import host_keys
 from provisioner.jobs.run_jobs import exit_status
+from provisioner.jobs.team_keys import seal_home_key, unsealed_home_key
 from provisioner.runs.ssh_entries import SSHEntry, add_entry, has_entry, remove_entry
 from provisioner.store.run_files import run_folder
+from provisioner.store.store import StateStore
 
 READY_POLL_S = 0.5
 
@@ -52,10 +55,12 @@ def is_dev_environment(configuration) -> bool:
     return kind == "dev-environment"
 
 
-def make_key(run_name: str) -> str:
-    """The run's key pair; returns the public key line its job authorizes."""
+def make_key(run_name: str, store: StateStore) -> str:
+    """The run's key pair (sealed into a team database: a teammate's `dstack attach` uses it); returns the public
+    key line its job authorizes."""
     public = generate_key(key_path(run_name), f"dstack-dev-{run_name}")
     key_path(run_name).with_suffix(".pub").write_text(public + "\n")
+    seal_home_key(store, key_path(run_name))
     return public
 
 
@@ -119,8 +124,12 @@ def open_entry(run_name: str, access: HostAccess, configuration: dict, folder: s
     return info
 
 
-def reopen_entry(run_name: str, access: HostAccess, configuration: dict, report: Callable[[str], None]) -> dict:
-    """`dstack attach`: the entry written again (the job folder's path asked from the host)."""
+def reopen_entry(store: StateStore, record, access: HostAccess, report: Callable[[str], None]) -> dict:
+    """`dstack attach`: the entry written again (the job folder's path asked from the host); a teammate's run's key
+    unsealed into this home first (provisioner.jobs.team_keys)."""
+    run_name, configuration = record.name, record.configuration
+    if store.team is not None and another_homes(record.owner_id):
+        unsealed_home_key(store, home_key_name(key_path(run_name)), f"run {run_name} is {record.user_name}'s")
     if not key_path(run_name).exists():
         raise DstackError(f"{run_name}'s SSH key ({key_path(run_name)}) is gone: `ssh {run_name}` cannot be set up "
                           f"again; `dstack stop {run_name}` ends the run")

@@ -93,7 +93,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
                 ssh, line = cluster_ssh(run_name, hosts)
                 jobs.authorize(line)
             mounts = job_mounts(store, configuration, offer)
-            dev_key = dev_environments.make_key(run_name) if dev else None
+            dev_key = dev_environments.make_key(run_name, store) if dev else None
             specs = [dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo,
                                                   Cluster(hosts, rank) if len(hosts) > 1 else None, dev_key),
                                          uploads=uploads, cluster_ssh=ssh,

@@ -20,12 +20,26 @@ class FleetTables(StoreFile):
     # --- fleets ---
 
     def save_fleet(self, name: str, source: str, hosts: list) -> None:
-        """Records an SSH fleet, or replaces the one of that name (applied again), as this home's."""
+        """Records an SSH fleet, or replaces the one of that name (applied again), as this home's; a teammate's
+        fleet of that name is refused (names are unique per team; its hosts' keys are paths on their laptop)."""
         with self._connect() as db:
-            db.execute("INSERT INTO fleets (name, source, hosts, created_at, owner_id, user_name) "
-                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET source = excluded.source, "
-                       "hosts = excluded.hosts, created_at = excluded.created_at, owner_id = excluded.owner_id, "
-                       "user_name = excluded.user_name", (name, source, json.dumps(hosts), time.time(), *owner()))
+            saved = db.execute("INSERT INTO fleets (name, source, hosts, created_at, owner_id, user_name) "
+                               "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET source = excluded.source, "
+                               "hosts = excluded.hosts, created_at = excluded.created_at, owner_id = excluded.owner_id, "
+                               "user_name = excluded.user_name WHERE fleets.owner_id IS NULL OR "
+                               "fleets.owner_id = excluded.owner_id",
+                               (name, source, json.dumps(hosts), time.time(), *owner())).rowcount
+            if not saved:
+                holder = db.execute("SELECT user_name FROM fleets WHERE name = ?", (name,)).fetchone()
+                raise _teammates_fleet(source, name, (holder or [None])[0])
+
+    def refuse_teammates_fleet(self, name: str, source: str) -> None:
+        """Before an SSH fleet is applied (its hosts asked): a teammate's fleet of that name refuses it now."""
+        with self._connect(read=True) as db:
+            holder = db.execute("SELECT user_name FROM fleets WHERE name = ? AND owner_id IS NOT NULL AND "
+                                "owner_id != ?", (name, owner()[0])).fetchone()
+        if holder is not None:
+            raise _teammates_fleet(source, name, holder[0])
 
     @read_again
     def list_fleets(self) -> List[dict]:
@@ -158,6 +172,7 @@ class FleetTables(StoreFile):
             db.begin()
             db.execute("DELETE FROM instances WHERE fleet = ?", (name,))
             db.execute("DELETE FROM cloud_fleets WHERE name = ?", (name,))
+            db.execute("DELETE FROM sealed_files WHERE fleet = ?", (name,))
             db.commit()
 
     def add_instances(self, instances: Sequence["InstanceRecord"]) -> None:
@@ -257,6 +272,11 @@ class FleetTables(StoreFile):
             db.execute("UPDATE instances SET status = ? WHERE fleet = ?", (InstanceStatus.TERMINATING, fleet))
             db.commit()
         return True
+
+
+def _teammates_fleet(source: str, name: str, user: Optional[str]) -> ConfigurationError:
+    return ConfigurationError(f"{source}: fleet {name} is {user or 'a teammate'}'s: pick another name, or "
+                              f"`dstack fleet delete {name}` first")
 
 
 def _stack(name: str, text: Optional[str]) -> Optional[dict]:

@@ -18,8 +18,8 @@ from provisioner.store.connection import StoreFile
 from provisioner.store.damage import store_lock
 
 NAMED = ("runs", "fleets", "volumes", "cloud_fleets")  # tables whose rows are named, the name their key
-BY_RUN = ("events", "jobs", "cluster_keys_left", "sealed_keys")  # rows that belong to a run
-COPY_ORDER = NAMED + BY_RUN + ("instances",)
+BY_RUN = ("events", "jobs", "cluster_keys_left")  # rows that belong to a run
+COPY_ORDER = NAMED + BY_RUN + ("instances", "sealed_files")
 
 
 def source_rows(source: StoreFile, owner: Optional[str]) -> Dict[str, List[dict]]:
@@ -29,7 +29,7 @@ def source_rows(source: StoreFile, owner: Optional[str]) -> Dict[str, List[dict]
         for table in NAMED:
             where = " WHERE owner_id = ?" if owner else ""
             rows[table] = db.rows(f"SELECT * FROM {table}{where} ORDER BY name", (owner,) if owner else ())
-        order = {"events": "id", "jobs": "run, rank", "cluster_keys_left": "run, host", "sealed_keys": "run"}
+        order = {"events": "id", "jobs": "run, rank", "cluster_keys_left": "run, host"}
         runs = {row["name"] for row in rows["runs"]}
         for table in BY_RUN:
             found = db.rows(f"SELECT * FROM {table} ORDER BY {order[table]}")
@@ -37,6 +37,8 @@ def source_rows(source: StoreFile, owner: Optional[str]) -> Dict[str, List[dict]
         fleets = {row["name"] for row in rows["cloud_fleets"]}
         rows["instances"] = [row for row in db.rows("SELECT * FROM instances ORDER BY fleet, num")
                              if not owner or row["fleet"] in fleets]
+        rows["sealed_files"] = [row for row in db.rows("SELECT * FROM sealed_files ORDER BY path")
+                                if not owner or row["run"] in runs or row["fleet"] in fleets]
     for row in rows["events"]:
         del row["id"]  # the target numbers them, after its own
     return rows
@@ -74,10 +76,11 @@ def delete_rows(rows: Dict[str, List[dict]], store: StoreFile) -> None:
         db.begin()
         for row in rows["runs"]:
             for table, column in (("events", "run"), ("jobs", "run"), ("cluster_keys_left", "run"),
-                                  ("sealed_keys", "run"), ("runs", "name")):
+                                  ("sealed_files", "run"), ("runs", "name")):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (row["name"],))
         for row in rows["cloud_fleets"]:
             db.execute("DELETE FROM instances WHERE fleet = ?", (row["name"],))
+            db.execute("DELETE FROM sealed_files WHERE fleet = ?", (row["name"],))
         for table in ("fleets", "volumes", "cloud_fleets"):
             for row in rows[table]:
                 db.execute(f"DELETE FROM {table} WHERE name = ?", (row["name"],))

@@ -8,10 +8,19 @@ transaction-scoped advisory lock first, so the check-then-change steps the table
 
 There is no file to set aside: a record that fails its check, a missing table, a lost connection are each one clear
 error naming the database (never its password), and nothing is changed or silently read as empty.
+
+A command keeps one connection per thread (a round trip per query, not a new session per store call: over a WAN a
+connection costs several round trips and a server process); one the server ended between two calls (a restart,
+`pg_terminate_backend`, an idle timeout) is seen before it is used and replaced, so nothing was sent on it and
+nothing is lost or written twice. One that breaks during a call is the ConnectionLost of `connect`.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import select
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Set, Tuple
@@ -24,6 +33,11 @@ from provisioner.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TABLES,
 WRITE_LOCK = 0x64737461636B  # the advisory lock every writing transaction takes ("dstack" in ASCII)
 CONNECT_TRIES = 3  # a refused or dropped connection is tried again this often, a second apart, then reported
 CONNECT_TIMEOUT_S = 10
+APPLICATION_NAME = "dstack"  # what pg_stat_activity and the server's log show for dstack's connections
+
+_kept = threading.local()  # this thread's open connection per database URL (see the module's docstring)
+_every_kept: list = []  # all of them, closed when the process exits; a forked child's inherited ones never are
+_current: Set[str] = set()  # the URLs whose schema this process found current
 
 
 class PostgresDb:
@@ -64,8 +78,14 @@ class TeamDatabase:
 
     @contextmanager
     def connect(self) -> Iterator[PostgresDb]:
-        """A connection whose errors are the user's: Conflict for a constraint, one line for the rest."""
-        connection = self._connection()
+        """This thread's connection (kept for the next call) whose errors are the user's: Conflict for a
+        constraint, ConnectionLost when it broke during the call, one line for the rest. A transaction the caller
+        began and left (a claim that found nothing to claim) is rolled back here. A call made while this thread's
+        kept connection is in use (a store call inside another's block) gets a connection of its own, closed after
+        it: its transaction must not be the outer one's."""
+        nested = self.url in _in_use()
+        connection = self._connection() if nested else self._kept_connection()
+        _in_use().add(self.url)
         errors = self.psycopg.errors
         try:
             yield PostgresDb(connection)
@@ -83,14 +103,27 @@ class TeamDatabase:
         except self.psycopg.Error as e:
             raise DstackError(f"{self.description}: {_first_line(e)}") from None
         finally:
-            connection.close()
+            if nested:
+                _close(connection)
+            else:
+                _in_use().discard(self.url)
+                _settle(connection)
+
+    def _kept_connection(self):
+        """This thread's connection to the database, made on first use or when the last one was ended by the
+        server (or this process is a fork of the one that made it)."""
+        connection = _kept_connections().get(self.url)
+        if connection is None or not _usable(connection):
+            connection = _keep(self.url, self._connection())
+        return connection
 
     def _connection(self):
         """A new connection (autocommit: each statement its own transaction unless `begin`); a refused one is tried
         again, CONNECT_TRIES times in all."""
         for attempt in range(CONNECT_TRIES):
             try:
-                return self.psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+                return self.psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                                            application_name=APPLICATION_NAME)
             except self.psycopg.Error as e:
                 failure = e
                 if attempt + 1 < CONNECT_TRIES:
@@ -99,9 +132,12 @@ class TeamDatabase:
                           "`dstack config check` reports the database)")
 
     def _open(self) -> None:
+        if self.url in _current:
+            return  # checked by this process already (a command opens the store more than once)
         with self.connect() as db:
             tables, version = schema_of(db)
             if version == SCHEMA_VERSION and TABLES <= tables:
+                _current.add(self.url)
                 return
             db.begin()  # made or upgraded by one laptop at a time; the others wait, then find it done
             tables, version = schema_of(db)
@@ -136,8 +172,10 @@ def check_team_database(url: str) -> Tuple[str, str]:
         database = TeamDatabase.__new__(TeamDatabase)  # connected to without _open: a check changes nothing
         database.psycopg, database.url, database.description = _psycopg(), url, description
         started = time.monotonic()
+        connection = database._connection()  # a new one, not this command's kept one: its time is what is shown
+        connected = time.monotonic() - started
+        _keep(url, connection)
         with database.connect() as db:
-            connected = time.monotonic() - started
             rounds = []
             for _ in range(3):
                 started = time.monotonic()
@@ -170,6 +208,69 @@ def schema_of(db: PostgresDb) -> tuple:
             raise Damage("its dstack_schema table is empty")
         version = row[0]
     return tables - {"dstack_schema"}, version
+
+
+def _kept_connections() -> dict:
+    if getattr(_kept, "pid", None) != os.getpid():
+        _kept.pid, _kept.connections, _kept.in_use = os.getpid(), {}, set()
+    return _kept.connections
+
+
+def _in_use() -> set:
+    """The URLs whose kept connection this thread is using now (inside a `connect` block)."""
+    if getattr(_kept, "pid", None) != os.getpid():
+        _kept_connections()
+    return _kept.in_use
+
+
+def _keep(url: str, connection):
+    """`connection` becomes this thread's kept one for `url` (the one it replaces is closed)."""
+    replaced = _kept_connections().get(url)
+    if replaced is not None:
+        _close(replaced)
+    _kept_connections()[url] = connection
+    _every_kept.append((os.getpid(), connection))
+    return connection
+
+
+def _usable(connection) -> bool:
+    """Whether an idle kept connection can carry the next call: not closed or broken, and nothing waiting on its
+    socket (an idle session gets no message but the server's goodbye: a termination, a shutdown)."""
+    if connection.closed or connection.broken:
+        return False
+    try:
+        return not select.select([connection.pgconn.socket], [], [], 0)[0]
+    except Exception:  # no socket any more (psycopg says so in its own error)
+        return False
+
+
+def _settle(connection) -> None:
+    """Leaves a kept connection idle: a transaction left open is rolled back (nothing of it is kept)."""
+    if connection.closed or connection.broken:
+        return
+    try:
+        from psycopg.pq import TransactionStatus
+
+        if connection.info.transaction_status != TransactionStatus.IDLE:
+            connection.execute("ROLLBACK")
+    except Exception:  # broken meanwhile: the next call sees it and makes a new one
+        pass
+
+
+def _close(connection) -> None:
+    try:
+        connection.close()
+    except Exception:  # already gone
+        pass
+
+
+@atexit.register
+def _close_kept() -> None:
+    """Ends this process's sessions politely (a forked child leaves its parent's alone: closing one would end it for
+    the parent too)."""
+    for pid, connection in _every_kept:
+        if pid == os.getpid():
+            _close(connection)
 
 
 def _psycopg():

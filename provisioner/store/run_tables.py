@@ -184,7 +184,7 @@ class RunTables(StoreFile):
             if deleted:
                 db.execute("DELETE FROM events WHERE run = ?", (name,))
                 db.execute("DELETE FROM jobs WHERE run = ?", (name,))
-                db.execute("DELETE FROM sealed_keys WHERE run = ?", (name,))
+                db.execute("DELETE FROM sealed_files WHERE run = ?", (name,))
             db.commit()
         return bool(deleted)
 
@@ -256,17 +256,26 @@ class RunTables(StoreFile):
             db.execute("DELETE FROM cluster_keys_left WHERE run = ? AND host = ?",
                        (run, json.dumps(host, sort_keys=True)))
 
-    # --- a run's login key, sealed with the team key (provisioner.host.keys.seal): opaque text here ---
+    # --- keys dstack made under a home, sealed with the team key (provisioner.jobs.team_keys): opaque text here ---
 
-    def save_sealed_key(self, run: str, sealed: str) -> None:
+    def save_sealed_file(self, path: str, sealed: str, run: Optional[str] = None, fleet: Optional[str] = None) -> None:
+        """`path` is the file's place under `$DSTACK_HOME` (`runs/NAME/id_ed25519`); the run or fleet it belongs to
+        goes with it (deleted and migrated with it)."""
         with self._connect() as db:
-            db.execute("INSERT INTO sealed_keys (run, sealed) VALUES (?, ?) ON CONFLICT (run) DO UPDATE SET "
-                       "sealed = excluded.sealed", (run, sealed))
+            db.execute("INSERT INTO sealed_files (path, run, fleet, sealed) VALUES (?, ?, ?, ?) ON CONFLICT (path) "
+                       "DO UPDATE SET run = excluded.run, fleet = excluded.fleet, sealed = excluded.sealed",
+                       (path, run, fleet, sealed))
 
     @read_again
-    def sealed_key(self, run: str) -> Optional[str]:
+    def sealed_paths(self, fleet: str) -> List[str]:
         with self._connect(read=True) as db:
-            row = db.execute("SELECT sealed FROM sealed_keys WHERE run = ?", (run,)).fetchone()
+            return [row[0] for row in db.execute("SELECT path FROM sealed_files WHERE fleet = ? ORDER BY path",
+                                                 (fleet,)).fetchall()]
+
+    @read_again
+    def sealed_file(self, path: str) -> Optional[str]:
+        with self._connect(read=True) as db:
+            row = db.execute("SELECT sealed FROM sealed_files WHERE path = ?", (path,)).fetchone()
             return row[0] if row else None
 
     @staticmethod

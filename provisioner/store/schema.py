@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from typing import List
 
-SCHEMA_VERSION = 8  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
+SCHEMA_VERSION = 9  # 2: runs.owner_started; 3: the events table; 4: volumes, jobs, cloud fleets and their
 # instances; 5: cluster keys left on nodes; 6: each record's owner (a team database); 7: run keys sealed with the
-# team key; 8: runs indexed by status and submission time (`dstack ps` over many runs); stores from before versions
-# read 0
+# team key; 8: every key dstack makes sealed (sealed_files: a run's, a dev environment's, a cloud fleet's); 9: runs
+# indexed by status and submission time (`dstack ps` over many runs); stores from before versions read 0
 
 OWNED_TABLES = ("runs", "fleets", "volumes", "cloud_fleets")  # their rows carry owner_id and user_name
 
@@ -109,8 +109,10 @@ CREATE TABLE IF NOT EXISTS cluster_keys_left (
     host TEXT NOT NULL,
     PRIMARY KEY (run, host)
 );
-CREATE TABLE IF NOT EXISTS sealed_keys (
-    run TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS sealed_files (
+    path TEXT PRIMARY KEY,
+    run TEXT,
+    fleet TEXT,
     sealed TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, submitted_at);
@@ -119,12 +121,12 @@ CREATE INDEX IF NOT EXISTS runs_by_submission ON runs (submitted_at)
 
 
 TABLES = {"runs", "fleets", "events", "volumes", "jobs", "cloud_fleets", "instances", "cluster_keys_left",
-          "sealed_keys"}
+          "sealed_files"}
 
 
 # A store older than the version has none of them yet: no damage.
 TABLES_ADDED = {3: {"events"}, 4: {"volumes", "jobs", "cloud_fleets", "instances"}, 5: {"cluster_keys_left"},
-                7: {"sealed_keys"}}
+                8: {"sealed_files"}}
 
 
 _OWNER_COLUMNS = ",\n    owner_id TEXT,\n    user_name TEXT"
@@ -146,8 +148,11 @@ MIGRATIONS = {  # from each version to the next
     4: _statements("CREATE TABLE IF NOT EXISTS cluster_keys_left", "CREATE TABLE IF NOT EXISTS cluster_keys_left"),
     5: [f"ALTER TABLE {table} ADD COLUMN {column} TEXT" for table in OWNED_TABLES
         for column in ("owner_id", "user_name")],
-    6: _statements("CREATE TABLE IF NOT EXISTS sealed_keys", "CREATE TABLE IF NOT EXISTS sealed_keys"),
-    7: _statements("CREATE INDEX IF NOT EXISTS runs_by_status", "CREATE INDEX IF NOT EXISTS runs_by_submission"),
+    6: ["CREATE TABLE IF NOT EXISTS sealed_keys (run TEXT PRIMARY KEY, sealed TEXT NOT NULL)"],
+    7: [*_statements("CREATE TABLE IF NOT EXISTS sealed_files", "CREATE TABLE IF NOT EXISTS sealed_files"),
+        "INSERT INTO sealed_files (path, run, sealed) SELECT 'runs/' || run || '/id_ed25519', run, sealed "
+        "FROM sealed_keys", "DROP TABLE sealed_keys"],
+    8: _statements("CREATE INDEX IF NOT EXISTS runs_by_status", "CREATE INDEX IF NOT EXISTS runs_by_submission"),
 }
 
 
