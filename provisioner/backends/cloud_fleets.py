@@ -37,6 +37,7 @@ from provisioner.backends.offer_failover import MAX_OFFERS_TRIED, OffersExhauste
 from provisioner.planning.field_support import restrict_zones
 from provisioner.planning.reuse import fleet_idle_seconds, fleet_nodes, offer_record, watchdog_minutes
 from provisioner.planning.stack_plan import dry_run_resources
+from provisioner.store.errors import StoreDamaged
 from provisioner.store.records import InstanceRecord
 from provisioner.store.statuses import InstanceStatus
 from provisioner.store.store import StateStore
@@ -302,6 +303,8 @@ def expire_idle_fleets(store: StateStore, config: DstackConfig, report: Callable
                 log(f"Fleet {name} has been idle past its idle_duration: destroying it")
                 _destroy(store, config, store.get_cloud_fleet(name) or fleet, report)
                 expired.append(name)
+        except StoreDamaged:
+            raise  # the store's damage is every command's to report, never one fleet's passing failure
         except Exception as e:  # one fleet's cloud error must not stop the command that happened to run this
             log(f"fleet {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; the next "
                 "`dstack ps` tries again")
