@@ -64,6 +64,15 @@ def keeper_pid(path: Path) -> int:
     return pid
 
 
+def end_keepers(home) -> None:
+    """Ends every keeper of `home` (SIGTERM): their connections close, and their sessions end on the hosts."""
+    for path in keeper_sockets(home):
+        try:
+            os.kill(keeper_pid(path), signal.SIGTERM)
+        except OSError:  # a dead keeper's socket
+            pass
+
+
 def wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from provisioner.host.liveness import Liveness, liveness
 from provisioner.host.transport import HostUnreachable, Transport, TransportError
-from provisioner.jobs.control import read_log
+from provisioner.jobs.control import FIRST_OUTPUT_WAIT_S, read_log
 
 
 def kept_run_hint(run_name: str) -> str:
@@ -42,13 +42,15 @@ class LogFollower:
         self._host = self.transport.description
         return self.transport
 
-    def poll(self, write: Callable[[bytes], None]) -> Optional[int]:
+    def poll(self, write: Callable[[bytes], None], wait: float = 0.0) -> Optional[int]:
         """Writes what is new; returns the exit code once the job has ended. Reconnects while the host has been
-        silent for less than the liveness timeout, then raises HostUnreachable."""
+        silent for less than the liveness timeout, then raises HostUnreachable. `wait`: while the log is empty, the
+        read waits on the host up to that long for its first byte (control.read_log)."""
         lost = False
         while True:
             try:
-                chunk = read_log(self._transport(), self.run_name, self.offset, timeout=self._live.silent_after)
+                chunk = read_log(self._transport(), self.run_name, self.offset, timeout=self._live.silent_after,
+                                 wait=wait)
                 break
             except TransportError as e:
                 self._drop()
@@ -73,7 +75,7 @@ class LogFollower:
     def follow(self, write: Callable[[bytes], None], interval: float = 0.2,
                should_stop: Callable[[], bool] = lambda: False) -> Optional[int]:
         while True:
-            code = self.poll(write)
+            code = self.poll(write, wait=FIRST_OUTPUT_WAIT_S)
             if code is not None or should_stop():
                 return code
             time.sleep(interval)
