@@ -209,3 +209,20 @@ def test_stdin_small_and_large_reaches_the_command(make_host, client_key, size):
         assert result.code == 0 and result.text.split("\n")[:2] == [hashlib.sha256(data).hexdigest(), "it's quoted"]
     finally:
         transport.close()
+
+
+def test_the_first_read_of_a_log_waits_on_the_host_for_its_first_line(make_host, client_key):
+    from provisioner.host.ssh import SSHTarget, connect
+    from provisioner.jobs.control import read_log, start_job, stop_job
+    from provisioner.jobs.script import JobSpec
+
+    host = make_host()
+    transport = connect(SSHTarget(host.address, identity_file=client_key[0], host_key=host.host_public_key),
+                        total_wait=10)
+    try:
+        start_job(transport, JobSpec(run_name="late", commands=["sleep 1", "echo late-line", "sleep 30"]))
+        assert read_log(transport, "late", 0).data == b""  # without a wait: what there is now
+        assert read_log(transport, "late", 0, wait=30).data == b"late-line\n"  # one read, returning as it came
+        stop_job(transport, "late", grace=1)
+    finally:
+        transport.close()

@@ -187,6 +187,8 @@ class SSHTransport:
             with self._lock:
                 return self._in_shell(command, timeout)
         except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            if self._shell is not None:
+                self._shell.close()
             self._shell = None
             raise TransportError(f"{self.description}: connection lost: {_why(e)}") from None
 
