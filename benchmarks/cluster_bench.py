@@ -5,6 +5,12 @@ connections (provisioner.host.keeper_client) and, as the baseline in the same ru
 (DSTACK_SSH_PERSIST=0, as before keepers). Needs root, `ip` and sshd, as the tests' namespace hosts do; traffic
 stays on 10.251.0.0/16 (the hosts this script makes).
 
+Each host logs in a user of its own (`bench`, its home in the host's folder): the namespace hosts share this
+machine's files, and as root every node's job would read root's login profile, whose `pyenv init` takes a lock
+that all of them share (8 logins at once take ~12x one login here), which hosts of a real cluster never do. The
+hosts also share this machine's cores: each node's job start (login shell, Python venv) is CPU work on the same
+2 cores, so the figure grows with N here even where every step runs in parallel.
+
 Run: sudo python benchmarks/cluster_bench.py [--runs N] [--sizes 3,8,16]
 """
 
@@ -36,7 +42,7 @@ def one_run(env: dict, conf: Path, name: str, nodes: int) -> tuple:
     """(seconds to each node's first line, rank order; seconds to the command's end)."""
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "cli.main", "apply", "-f", str(conf), "-y", "-n", name],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     firsts: dict = {}
     buffered = b""
     while process.poll() is None or buffered:
@@ -49,9 +55,11 @@ def one_run(env: dict, conf: Path, name: str, nodes: int) -> tuple:
         for line in lines:
             if b"first line of" in line:
                 firsts.setdefault(int(line.split()[0].strip(b"[]")), time.perf_counter() - start)
+    error = process.stderr.read().decode(errors="replace")
     process.wait()
     if process.returncode != 0 or len(firsts) != nodes:
-        raise SystemExit(f"run {name} failed (exit {process.returncode}); first lines seen: {sorted(firsts)}")
+        raise SystemExit(f"run {name} failed (exit {process.returncode}); first lines seen: {sorted(firsts)}\n"
+                         f"{error[-1500:]}")
     return [firsts[rank] for rank in range(nodes)], time.perf_counter() - start
 
 
@@ -68,18 +76,20 @@ def main() -> None:
         folder = Path(scratch)
         key = folder / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        hosts = [NamespaceHost(Path(f"{key}.pub").read_text().strip()) for _ in range(max(sizes))]
+        hosts = [NamespaceHost(Path(f"{key}.pub").read_text().strip(), login_user="bench") for _ in range(max(sizes))]
         switch = Switch()
         try:
             for host in hosts:
                 host.start()
+                for path in (host.dir, host.dir / "authorized_keys"):  # its user adds and removes cluster keys
+                    os.chown(path, host.uid, host.uid)
             switch.start()
             for host in hosts:
                 switch.join(host)
             env = dict(os.environ, DSTACK_HOME=str(folder / "home"))
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             fleet = folder / "fleet.dstack.yml"
-            fleet.write_text(f"type: fleet\nname: bench\nssh_config:\n  user: root\n  identity_file: {key}\n"
+            fleet.write_text(f"type: fleet\nname: bench\nssh_config:\n  user: bench\n  identity_file: {key}\n"
                              f"  hosts: [{', '.join(h.address for h in hosts)}]\n")
             applied = cli(env, "apply", "-f", str(fleet), "-y")
             if applied.returncode != 0:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -130,17 +131,21 @@ def median_ms(action, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def apply_once(task: str, name: str, env: dict, phases: Path, jobs_dir: Path) -> dict:
-    """One `dstack apply`: seconds to the first line, the child's breakdown, the host's job start."""
+def apply_once(task: str, name: str, env: dict, phases: Path, jobs_dir: Path, other: Optional[str] = None) -> dict:
+    """One `dstack apply`: seconds to the first line, the child's breakdown, the host's job start. `other`: the
+    checkout of another version of dstack, run as it is (no breakdown)."""
     start_wall, start = time.time(), time.perf_counter()
-    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--as-dstack", "apply", "-f", task,
-                                "-y", "-n", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=dict(env, **{PHASES_ENV: str(phases)}), cwd=ROOT)
+    command = ["-m", "cli.main"] if other else [str(Path(__file__).resolve()), "--as-dstack"]
+    process = subprocess.Popen([sys.executable, *command, "apply", "-f", task, "-y", "-n", name],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(env, **{PHASES_ENV: str(phases)}), cwd=other or ROOT)
     line = process.stdout.readline()
     elapsed = time.perf_counter() - start
     _, err = process.communicate(timeout=120)
     if process.returncode != 0 or not line:
         sys.exit(f"dstack apply {name} failed ({process.returncode}): {err.decode(errors='replace')[-2000:]}")
+    if other:
+        return {"first_line": elapsed}
     found = json.loads(phases.read_text())
     found["first_line"] = elapsed
     found["spent"]["interpreter"] = found["marks"]["started"] - start_wall
@@ -167,6 +172,8 @@ def main() -> None:  # the imports the child (`--as-dstack`) has no use for are 
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--before", metavar="CHECKOUT", help="another checkout of this project (e.g. the commit "
+                        "before keepers) whose `dstack apply` is measured beside, in the same rounds")
     args = parser.parse_args()
     reason = namespaces_available()
     if reason:
@@ -218,13 +225,18 @@ def main() -> None:  # the imports the child (`--as-dstack`) has no use for are 
         task = work / "task.dstack.yml"
         task.write_text("type: task\nbackends: [ssh]\ncommands: [echo first line]\n")
         runs = max(3, args.runs // 3)
-        kept, direct, bare, round_trip = [], [], [], []
+        kept, direct, before, bare, round_trip = [], [], [], [], []
         for i in range(runs + 1):  # the first round warms the bytecode caches
             for persist, found in (("300", kept), ("0", direct)):
                 result = apply_once(str(task), f"bench-{persist}-{i}", dict(env, DSTACK_SSH_PERSIST=persist),
                                     work / "phases.json", host.jobs_dir)
                 if i:
                     found.append(result)
+            if args.before:
+                result = apply_once(str(task), f"bench-before-{i}", env, work / "phases.json", host.jobs_dir,
+                                    args.before)
+                if i:
+                    before.append(result)
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", "pass"], check=True)
             bare.append(time.perf_counter() - started)
@@ -239,6 +251,8 @@ def main() -> None:  # the imports the child (`--as-dstack`) has no use for are 
               f"{os.getloadavg()[0]:.1f})")
         print(f"through the kept connection    {median(kept):6.2f} s")
         print(f"connecting each time (before)  {median(direct):6.2f} s   ratio {median(direct) / median(kept):.2f}")
+        if before:
+            print(f"{args.before} (before)  {median(before):6.2f} s   ratio {median(before) / median(kept):.2f}")
         print(f"bare `python -c pass`          {statistics.median(bare):6.2f} s   "
               f"apply is {median(kept) / statistics.median(bare):.1f}x")
         print(f"a new SSH connection (in-process, paramiko imported)  {statistics.median(round_trip):6.3f} s")

@@ -226,3 +226,27 @@ def test_the_first_read_of_a_log_waits_on_the_host_for_its_first_line(make_host,
         stop_job(transport, "late", grace=1)
     finally:
         transport.close()
+
+
+def test_a_cluster_key_removal_that_cannot_write_its_copy_leaves_authorized_keys_whole(tmp_path):
+    """(Found by benchmarks/cluster_bench.py's hosts, whose folder their user may not write.) The removal writes the
+    kept lines to a copy first; where it cannot, the file stays as it was instead of being emptied."""
+    import tempfile
+
+    from provisioner.jobs.cluster_ssh import revoke_command
+
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        folder.chmod(0o755)  # root's: the user may not create the copy here
+        keys = folder / "authorized_keys"
+        keys.write_text("ssh-ed25519 AAAA-users-own user@laptop\nssh-ed25519 AAAA-run dstack-cluster-r1\n")
+        os.chown(keys, 65534, 65534)
+        removal = subprocess.run(["sh", "-c", revoke_command("r1")], user=65534, cwd="/", capture_output=True,
+                                 env={"PATH": os.environ["PATH"], "DSTACK_AUTHORIZED_KEYS": str(keys),
+                                      "DSTACK_JOBS_DIR": str(tmp_path)})
+        assert removal.returncode != 0
+        assert "AAAA-users-own" in keys.read_text()
+    finally:
+        import shutil
+
+        shutil.rmtree(folder)
