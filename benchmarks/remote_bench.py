@@ -4,7 +4,7 @@
    shell and .bashrc start for every command) against ours (TCP_NODELAY, one long-lived `sh` per connection);
 2. one HTTP request through a forwarded port, both ways;
 3. `dstack apply` of a task on a ready SSH fleet host, from the command's start to the job's first log line (the
-   whole process), through the host's kept connection (provisioner.host.keeper_client) and without one
+   whole process; and its CPU time, less sensitive to other load), through the host's kept connection (provisioner.host.keeper_client) and without one
    (DSTACK_SSH_PERSIST=0: each command connects, as before keepers), runs of the two alternating; beside them, in the
    same run, a bare `python -c pass` and one command's round trip on a new SSH connection. Then where the time goes
    (medians over the kept runs, each millisecond counted once, in the innermost part it falls in): the interpreter's
@@ -134,6 +134,9 @@ def median_ms(action, runs: int) -> float:
 def apply_once(task: str, name: str, env: dict, phases: Path, jobs_dir: Path, other: Optional[str] = None) -> dict:
     """One `dstack apply`: seconds to the first line, the child's breakdown, the host's job start. `other`: the
     checkout of another version of dstack, run as it is (no breakdown)."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     start_wall, start = time.time(), time.perf_counter()
     command = ["-m", "cli.main"] if other else [str(Path(__file__).resolve()), "--as-dstack"]
     process = subprocess.Popen([sys.executable, *command, "apply", "-f", task, "-y", "-n", name],
@@ -144,10 +147,13 @@ def apply_once(task: str, name: str, env: dict, phases: Path, jobs_dir: Path, ot
     _, err = process.communicate(timeout=120)
     if process.returncode != 0 or not line:
         sys.exit(f"dstack apply {name} failed ({process.returncode}): {err.decode(errors='replace')[-2000:]}")
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime  # the whole command's, to its end
     if other:
-        return {"first_line": elapsed}
+        return {"first_line": elapsed, "cpu": cpu}
     found = json.loads(phases.read_text())
     found["first_line"] = elapsed
+    found["cpu"] = cpu
     found["spent"]["interpreter"] = found["marks"]["started"] - start_wall
     folder = jobs_dir / name
     found["host"] = (folder / "begun").stat().st_mtime - (folder / "pid").stat().st_mtime
@@ -249,10 +255,14 @@ def main() -> None:  # the imports the child (`--as-dstack`) has no use for are 
 
         print(f"\n== dstack apply on a ready fleet host, to the job's first log line (median of {runs}; load "
               f"{os.getloadavg()[0]:.1f})")
-        print(f"through the kept connection    {median(kept):6.2f} s")
-        print(f"connecting each time (before)  {median(direct):6.2f} s   ratio {median(direct) / median(kept):.2f}")
+        cpu = lambda r: r["cpu"]  # noqa: E731
+        print("                               first line       the command's CPU time (this machine's side)")
+        print(f"through the kept connection    {median(kept):6.2f} s          {median(kept, cpu):6.2f} s")
+        print(f"connecting each time           {median(direct):6.2f} s  x{median(direct) / median(kept):.2f}   "
+              f"{median(direct, cpu):6.2f} s  x{median(direct, cpu) / median(kept, cpu):.2f}")
         if before:
-            print(f"{args.before} (before)  {median(before):6.2f} s   ratio {median(before) / median(kept):.2f}")
+            print(f"--before {args.before:21s} {median(before):6.2f} s  x{median(before) / median(kept):.2f}   "
+                  f"{median(before, cpu):6.2f} s  x{median(before, cpu) / median(kept, cpu):.2f}")
         print(f"bare `python -c pass`          {statistics.median(bare):6.2f} s   "
               f"apply is {median(kept) / statistics.median(bare):.1f}x")
         print(f"a new SSH connection (in-process, paramiko imported)  {statistics.median(round_trip):6.3f} s")
