@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -170,6 +171,7 @@ def _say(message: dict) -> None:
 
 
 def main() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a spawner's thread may block some (lifecycle._read_node)
     spec = json.loads(sys.stdin.buffer.read())
     if os.fork():  # the spawner reaps its child at once; the keeper goes on as a grandchild, reparented to init
         os._exit(0)

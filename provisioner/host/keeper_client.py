@@ -149,44 +149,72 @@ def socket_address(path: Path, folder_fd: int) -> str:
 
 
 class KeptTransport:
-    """Commands through a keeper's connection: one client session (a shell of its own on the host) per transport."""
+    """Commands through a keeper's connection: one client session (a shell of its own on the host) per transport. A
+    request cut short (Ctrl-C while it waited) leaves the socket mid-answer: the next command opens a new session
+    (or, where the keeper is gone, a connection of its own) rather than read that answer as its own."""
 
-    def __init__(self, sock: socket.socket, target: SSHTarget):
-        self._sock = sock
+    def __init__(self, sock: socket.socket, target: SSHTarget, path: Path):
+        self._sock: Optional[socket.socket] = sock
         self.target = target
         self.description = target.address
+        self._path = path
         self._lock = threading.Lock()
         self._direct: Optional[SSHTransport] = None
 
     @property
     def transport(self):
         """paramiko's transport, for port forwards: a connection of this process's own, made at the first use."""
+        return self._own_connection().transport
+
+    def _own_connection(self) -> SSHTransport:
         if self._direct is None:
             self._direct = connect(self.target, total_wait=30)
-        return self._direct.transport
+        return self._direct
+
+    def _session(self) -> Optional[socket.socket]:
+        if self._sock is None:
+            folder_fd = os.open(self._path.parent, os.O_RDONLY)
+            try:
+                again = _attach(self._path, folder_fd, self.target)
+            finally:
+                os.close(folder_fd)
+            if again:
+                self._sock, again._sock = again._sock, None
+        return self._sock
 
     def run(self, command: str, stdin: Optional[Stdin] = None, timeout: Optional[float] = None) -> CommandResult:
         with self._lock:
+            sock = self._session()
+            if sock is None:  # the keeper is gone: this command's own connection
+                return self._own_connection().run(command, stdin, timeout)
+            self._sock = None  # until the answer is read whole
             try:
-                self._sock.settimeout(None if timeout is None else timeout + 10)
+                sock.settimeout(None if timeout is None else timeout + 10)
                 streamed = stdin is not None and stdin != b""
-                send_json(self._sock, {"op": "run", "command": command, "timeout": timeout, "stdin": streamed})
+                send_json(sock, {"op": "run", "command": command, "timeout": timeout, "stdin": streamed})
                 if streamed:
                     for chunk in ([stdin] if isinstance(stdin, bytes) else stdin):
                         if chunk:
-                            send_frame(self._sock, bytes(chunk))
-                    send_frame(self._sock, b"")
-                reply = recv_json(self._sock)
+                            send_frame(sock, bytes(chunk))
+                    send_frame(sock, b"")
+                reply = recv_json(sock)
                 if "error" in reply:
+                    self._sock = sock
                     raise TransportError(reply["error"])
-                return CommandResult(reply["code"], recv_frame(self._sock), recv_frame(self._sock))
+                result = CommandResult(reply["code"], recv_frame(sock), recv_frame(sock))
+                self._sock = sock
+                return result
             except (OSError, EOFError, ValueError) as e:
-                self._sock.close()
                 raise TransportError(f"{self.description}: connection lost: the connection keeper went "
                                      f"({e or type(e).__name__})") from None
+            finally:
+                if self._sock is None:
+                    sock.close()
 
     def close(self) -> None:
-        self._sock.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if self._direct is not None:
             self._direct.close()
             self._direct = None
@@ -213,7 +241,7 @@ def _attach(path: Path, folder_fd: int, target: SSHTarget, just_opened: bool = F
     if not reply.get("ok"):
         sock.close()
         return False
-    return KeptTransport(sock, target)
+    return KeptTransport(sock, target, path)
 
 
 def connect_kept(target: SSHTarget, total_wait: float, log: Callable[[str], None], connect_timeout: float = 10.0,
@@ -222,16 +250,25 @@ def connect_kept(target: SSHTarget, total_wait: float, log: Callable[[str], None
     raising what it raises); None where keepers are off or the keeper cannot serve: connect directly then."""
     persist = persist_seconds()
     folder = keeper_folder()
-    if not persist or not hasattr(socket, "AF_UNIX") or not private_folder(folder):
+    if not persist or not hasattr(socket, "AF_UNIX"):
         return None
     name = keeper_name(target, persist)
     path = folder / f"{name}.sock"
-    folder_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if not private_folder(folder):
+            return None
+        folder_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a home that cannot hold the socket (read-only, full): the command connects itself
+        return None
     try:
         kept = _attach(path, folder_fd, target)
         if kept is not None:
             return kept or None
-        with open(os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+b") as lock:
+        try:
+            lock = open(os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+b")
+        except OSError:
+            return None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one keeper per host: a second command waits for the first's
             kept = _attach(path, folder_fd, target)
             if kept is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import queue
+import signal
 import threading
 import time
 from pathlib import Path
@@ -209,8 +210,9 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
             ) -> Tuple[str, Optional[str], Optional[int]]:
     """Writes every node's output as it comes (a copy of each kept under $DSTACK_HOME) until the run is over by
     its `stop_criteria` or a node's failure, then stops the nodes still running; returns (status, reason, exit
-    code). Past max_duration (with a margin for the host's own timeout) the jobs are stopped. Each node is read in a
-    thread of its own (_read_node), so a node that waits on its host for its first line holds up no other."""
+    code). Past max_duration (with a margin for the host's own timeout) the jobs are stopped. A cluster's nodes are
+    each read in a thread of its own (_read_node), so a node that waits on its host for its first line holds up no
+    other."""
     store = session.store
     record = store.get_run(run_name)
     grace = recorded_stop_grace(record)
@@ -227,15 +229,24 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
                                           on_lost=lambda: raise_if_lost(session, run_name))
             followers[rank].transport = jobs.transports.get(rank)
         copies = {rank: stack.enter_context(append_private(local_log_path(run_name, rank))) for rank in followers}
+        alone = jobs.size == 1  # read in this thread: Ctrl-C meets the read itself, as it meets everything else
         for rank, follower in followers.items():
-            threading.Thread(target=_read_node, args=(rank, follower, read, done), daemon=True,
-                             name=f"follow-{rank}").start()
+            if not alone:
+                threading.Thread(target=_read_node, args=(rank, follower, read, done), daemon=True,
+                                 name=f"follow-{rank}").start()
         outcome = None
         while outcome is None:
-            try:
-                rank, data, code, error = read.get(timeout=0.5)
-            except queue.Empty:
-                rank = None
+            if alone:
+                if followers[0].offset:
+                    time.sleep(POLL_INTERVAL_S)
+                new: list = []
+                rank, code, error = 0, followers[0].poll(new.append, wait=FIRST_OUTPUT_WAIT_S), None
+                data = b"".join(new)
+            else:
+                try:
+                    rank, data, code, error = read.get(timeout=0.5)
+                except queue.Empty:
+                    rank = None
             if rank is not None:
                 if error is not None:
                     raise error
@@ -263,7 +274,10 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
 
 def _read_node(rank: int, follower: LogFollower, read: "queue.Queue[tuple]", done: threading.Event) -> None:
     """Puts (rank, new output, exit code or None, error or None) on `read` until the node's job ends, an error, or
-    `done`: the first read waits on the host for the first byte, the next ones come every POLL_INTERVAL_S."""
+    `done`: the first read waits on the host for the first byte, the next ones come every POLL_INTERVAL_S. Ctrl-C and
+    SIGTERM are blocked here, so the kernel hands them to the main thread: one that reached this thread would leave
+    the main thread's question (detach or stop?) waiting on its read."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         while not done.is_set():
             new: list = []
