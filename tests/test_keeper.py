@@ -250,3 +250,28 @@ def test_a_cluster_key_removal_that_cannot_write_its_copy_leaves_authorized_keys
         import shutil
 
         shutil.rmtree(folder)
+
+
+def test_a_command_cut_short_is_not_read_as_the_next_ones_answer(make_host, client_key):
+    """Ctrl-C while a command waits on the kept connection: the next command gets its own answer."""
+    from provisioner.host.access import HostAccess
+
+    host = make_host()
+    access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=client_key[0],
+                        host_key=host.host_public_key)
+    transport = access.connect(total_wait=10)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        assert type(transport).__name__ == "KeptTransport"
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            transport.run("sleep 2; echo first")
+        assert transport.run("echo second").text == "second\n"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        transport.close()
