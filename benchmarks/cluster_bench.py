@@ -1,9 +1,17 @@
-"""How long a multi-node run takes to start: `dstack apply` of a `nodes: 3` task on an SSH fleet of three network
-namespace hosts (tests.netns_hosts, joined by a switch), from the command's start to the first output line of each
-node, and to the command's end. Needs root, `ip` and sshd, as the tests' namespace hosts do; traffic stays on
-10.251.0.0/16 (the hosts this script makes).
+"""How long a multi-node run takes to start: `dstack apply` of a `nodes: N` task (N = 3, 8, 16) on an SSH fleet of
+16 network namespace hosts (tests.netns_hosts, joined by a switch), from the command's start to the first output
+line of each node (the last of them is the figure), and to the command's end; each through the hosts' kept
+connections (provisioner.host.keeper_client) and, as the baseline in the same run, connecting each time
+(DSTACK_SSH_PERSIST=0, as before keepers). Needs root, `ip` and sshd, as the tests' namespace hosts do; traffic
+stays on 10.251.0.0/16 (the hosts this script makes).
 
-Run: sudo python benchmarks/cluster_bench.py [--runs N]
+Each host logs in a user of its own (`bench`, its home in the host's folder): the namespace hosts share this
+machine's files, and as root every node's job would read root's login profile, whose `pyenv init` takes a lock
+that all of them share (8 logins at once take ~12x one login here), which hosts of a real cluster never do. The
+hosts also share this machine's cores: each node's job start (login shell, Python venv) is CPU work on the same
+2 cores, so the figure grows with N here even where every step runs in parallel.
+
+Run: sudo python benchmarks/cluster_bench.py [--runs N] [--sizes 3,8,16]
 """
 
 from __future__ import annotations
@@ -22,9 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.netns_hosts import NamespaceHost, Switch, require_namespaces  # noqa: E402
 
-NODES = 3
-TASK = (f"type: task\nnodes: {NODES}\nbackends: [ssh]\n"
-        "commands: ['echo first line of $DSTACK_NODE_RANK', 'sleep 1']\n")
+TASK = "type: task\nnodes: {nodes}\nbackends: [ssh]\ncommands: ['echo first line of $DSTACK_NODE_RANK', 'sleep 1']\n"
 
 
 def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -32,11 +38,11 @@ def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def one_run(env: dict, conf: Path, name: str) -> tuple:
+def one_run(env: dict, conf: Path, name: str, nodes: int) -> tuple:
     """(seconds to each node's first line, rank order; seconds to the command's end)."""
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "cli.main", "apply", "-f", str(conf), "-y", "-n", name],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     firsts: dict = {}
     buffered = b""
     while process.poll() is None or buffered:
@@ -49,47 +55,76 @@ def one_run(env: dict, conf: Path, name: str) -> tuple:
         for line in lines:
             if b"first line of" in line:
                 firsts.setdefault(int(line.split()[0].strip(b"[]")), time.perf_counter() - start)
+    error = process.stderr.read().decode(errors="replace")
     process.wait()
-    if process.returncode != 0 or len(firsts) != NODES:
-        raise SystemExit(f"run {name} failed (exit {process.returncode}); first lines seen: {sorted(firsts)}")
-    return [firsts[rank] for rank in range(NODES)], time.perf_counter() - start
+    if process.returncode != 0 or len(firsts) != nodes:
+        raise SystemExit(f"run {name} failed (exit {process.returncode}); first lines seen: {sorted(firsts)}\n"
+                         f"{error[-1500:]}")
+    return [firsts[rank] for rank in range(nodes)], time.perf_counter() - start
 
 
 def main() -> None:
+    import statistics
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sizes", default="3,8,16")
     args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
     require_namespaces()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         key = folder / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        hosts = [NamespaceHost(Path(f"{key}.pub").read_text().strip()) for _ in range(NODES)]
+        hosts = [NamespaceHost(Path(f"{key}.pub").read_text().strip(), login_user="bench") for _ in range(max(sizes))]
         switch = Switch()
         try:
             for host in hosts:
                 host.start()
+                for path in (host.dir, host.dir / "authorized_keys"):  # its user adds and removes cluster keys
+                    os.chown(path, host.uid, host.uid)
             switch.start()
             for host in hosts:
                 switch.join(host)
             env = dict(os.environ, DSTACK_HOME=str(folder / "home"))
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
             fleet = folder / "fleet.dstack.yml"
-            fleet.write_text(f"type: fleet\nname: bench\nssh_config:\n  user: root\n  identity_file: {key}\n"
+            fleet.write_text(f"type: fleet\nname: bench\nssh_config:\n  user: bench\n  identity_file: {key}\n"
                              f"  hosts: [{', '.join(h.address for h in hosts)}]\n")
             applied = cli(env, "apply", "-f", str(fleet), "-y")
             if applied.returncode != 0:
                 raise SystemExit(applied.stderr)
-            conf = folder / "cluster.dstack.yml"
-            conf.write_text(TASK)
-            print(f"`dstack apply` of a {NODES}-node task on a {NODES}-host SSH fleet (namespace hosts), seconds:")
-            print("  run  " + "  ".join(f"node {rank} first line" for rank in range(NODES)) + "  all nodes  end")
-            for run in range(1, args.runs + 1):
-                firsts, end = one_run(env, conf, f"bench-{run}")
-                print(f"  {run:>3}  " + "  ".join(f"{t:17.2f}" for t in firsts) + f"  {max(firsts):9.2f}  {end:4.2f}")
+            cli(env, "apply", "-f", str(write_task(folder, 1)), "-y", "-n", "warm-up")  # bytecode caches
+            print(f"`dstack apply` of an N-node task on a {len(hosts)}-host SSH fleet (namespace hosts), median of "
+                  f"{args.runs}, seconds (load {os.getloadavg()[0]:.1f}):")
+            print("  nodes  last first line  end    | connecting each time: last first line  end")
+            figures = {}
+            for nodes in sizes:
+                conf = write_task(folder, nodes)
+                kept, direct = [], []
+                for run in range(args.runs):
+                    for persist, found in (("300", kept), ("0", direct)):
+                        firsts, end = one_run(dict(env, DSTACK_SSH_PERSIST=persist), conf,
+                                              f"bench-{nodes}-{persist}-{run}", nodes)
+                        found.append((max(firsts), end))
+                figures[nodes] = statistics.median(first for first, _ in kept)
+                print(f"  {nodes:>5}  {figures[nodes]:15.2f}  {statistics.median(end for _, end in kept):5.2f}  |"
+                      f"  {statistics.median(first for first, _ in direct):36.2f}  "
+                      f"{statistics.median(end for _, end in direct):5.2f}")
+            if sizes[0] in figures:
+                for nodes in sizes[1:]:
+                    print(f"  {nodes} nodes / {sizes[0]} nodes (last first line): "
+                          f"{figures[nodes] / figures[sizes[0]]:.2f}x")
         finally:
             switch.cleanup()
             for host in hosts:
                 host.cleanup()
+
+
+def write_task(folder: Path, nodes: int) -> Path:
+    conf = folder / f"cluster-{nodes}.dstack.yml"
+    conf.write_text(TASK.format(nodes=nodes))
+    return conf
 
 
 if __name__ == "__main__":

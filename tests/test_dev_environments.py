@@ -166,8 +166,15 @@ def dev_setup(tmp_path, make_host, client_key, user_home, dstack_home):
     return host, env, repo
 
 
-def host_processes(host):
-    """The namespace's processes other than its sshd listener."""
+def host_processes(host, env):
+    """The namespace's processes other than its sshd listener, once dstack's kept connection to the host
+    (provisioner.host.keeper: its session and shells) has been ended."""
+    from tests.test_keeper import end_keepers
+
+    end_keepers(env["DSTACK_HOME"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(host.pids()) > 1:
+        time.sleep(0.1)
     found = []
     for pid in host.pids():
         try:
@@ -215,7 +222,7 @@ def test_a_detached_dev_environment_is_reached_with_ssh_and_ends_after_inactivit
     assert ssh(user_home, "dev-ssh", "true").returncode != 0  # the entry is gone with the run
     assert "dev-ssh" not in (Path(env["DSTACK_HOME"]) / "ssh" / "config").read_text()
     assert "dstack-dev-dev-ssh" not in (host.dir / "authorized_keys").read_text()
-    assert host_processes(host) == []
+    assert host_processes(host, env) == []
 
 
 def test_stop_removes_the_entry_and_leaves_nothing_on_the_host(dev_setup, user_home):
@@ -240,7 +247,7 @@ def test_stop_removes_the_entry_and_leaves_nothing_on_the_host(dev_setup, user_h
     assert ssh(user_home, "dev-stop", "true").returncode != 0
     assert "Host dev-stop" not in (Path(env["DSTACK_HOME"]) / "ssh" / "config").read_text()
     assert (host.dir / "authorized_keys").read_text().strip() == host.client_public_key
-    assert host_processes(host) == []
+    assert host_processes(host, env) == []
     assert not (Path(env["DSTACK_HOME"]) / "runs" / "dev-stop" / "ssh_key").exists()
 
 
@@ -294,7 +301,7 @@ def test_an_attached_apply_announces_the_entry_streams_init_and_ctrl_c_ends_the_
     run = ps(env)["dev-fg"]
     assert run["status"] == "terminated" and run["dev_environment"]["ssh_host"] is None
     assert ssh(user_home, "dev-fg", "true").returncode != 0
-    assert host_processes(host) == []
+    assert host_processes(host, env) == []
 
 
 # --- `image:`: sessions in the container ---

@@ -55,8 +55,14 @@ class HostAccess:
 
     def connect(self, total_wait: float = 60.0, log: Callable[[str], None] = lambda _: None,
                 booting: bool = False) -> Transport:
-        """`booting`: the first connection to a VM the run just made (see provisioner.host.ssh.connect)."""
+        """`booting`: the first connection to a VM the run just made (see provisioner.host.ssh.connect). Through the
+        host's kept connection (provisioner.host.keeper_client) unless keepers are off."""
         if self.kind == "local":
             return LocalTransport(str(dstack_home() / "jobs"))
 
-        return connect(self.ssh_target(), total_wait=total_wait, log=log, booting=booting and bool(self.host_key))
+        from provisioner.host.keeper_client import connect_kept
+
+        target = self.ssh_target()
+        booting = booting and bool(self.host_key)
+        kept = connect_kept(target, total_wait, log, booting=booting)  # the host's kept connection, or None
+        return kept if kept is not None else connect(target, total_wait=total_wait, log=log, booting=booting)

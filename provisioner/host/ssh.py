@@ -6,6 +6,9 @@
   differs, is refused: nothing is trusted on first use.
 - Latency: paramiko leaves Nagle's algorithm on, so each request/response waits ~40 ms on delayed ACKs; the socket
   is opened here with TCP_NODELAY, which brings a command on an open connection to ~2 ms.
+- Each connection's shells and exec channels start through the user's login shell on the host (bash reads .bashrc
+  when sshd starts it: 0.1-0.5 s where it runs `pyenv init`); a job's archive (small stdin) therefore goes through the
+  long-lived shell as base64 (SHELL_STDIN_MAX), and only a large one opens a channel of its own.
 - A dead peer: SSH keep-alives and TCP keep-alives every few seconds, and TCP_USER_TIMEOUT, so a connection to a
   host that vanished breaks within provisioner.host.liveness's bounds instead of TCP's ~15 minutes; every attempt of a
   connect gets at most the time left. paramiko's own log (a traceback per failed attempt) never reaches the
@@ -14,7 +17,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import itertools
 import logging
 import re
 import secrets
@@ -132,34 +137,65 @@ def _load_key(target: SSHTarget):
     raise ConfigurationError(f"{source} is not an unencrypted OpenSSH private key (ed25519, ecdsa or rsa)")
 
 
+SHELL_STDIN_MAX = 1 << 20  # stdin up to this size goes through the long-lived shell (base64), larger on a channel
+
+
 class SSHTransport:
     """Commands without stdin go to one long-lived `sh` on the host, framed by a random marker: the user's login
     shell (and its .bashrc, ~100 ms on some hosts) starts once per connection instead of once per command. Commands
-    with stdin (the job's archive) get a channel of their own."""
+    with a small stdin (a job's archive) go there too, as a base64 here-document; a large stdin gets a channel of its
+    own. `session()` gives another shell on the same connection (provisioner.host.keeper: one per client)."""
 
-    def __init__(self, client, target: SSHTarget, jump: Optional["SSHTransport"] = None):
+    def __init__(self, client, target: SSHTarget, jump: Optional["SSHTransport"] = None, owns_client: bool = True):
         self._client = client
         self._jump = jump  # the proxy's connection the target's runs through; closed with it
+        self._owns_client = owns_client
         self.target = target
         self.description = target.address
         self._shell = None
+        self._has_base64: Optional[bool] = None  # whether the shell's host has `base64` (asked once per shell)
         self._lock = threading.Lock()
 
     @property
     def transport(self):
         return self._client.get_transport()
 
+    @property
+    def shell_open(self) -> bool:
+        return self._shell is not None and not self._shell.closed and not self._shell.exit_status_ready()
+
+    @property
+    def jump(self) -> Optional["SSHTransport"]:
+        return self._jump
+
+    def session(self) -> "SSHTransport":
+        """A shell of its own on this connection (opened at its first command); its close() leaves the connection."""
+        return SSHTransport(self._client, self.target, self._jump, owns_client=False)
+
     def run(self, command: str, stdin: Optional[Stdin] = None, timeout: Optional[float] = None) -> CommandResult:
         import paramiko
 
         try:
             if stdin is not None and stdin != b"":
-                return self._exec(command, stdin, timeout)
+                chunks = iter([stdin] if isinstance(stdin, bytes) else stdin)
+                head = _take(chunks, SHELL_STDIN_MAX + 1)
+                if len(head) <= SHELL_STDIN_MAX:
+                    with self._lock:
+                        if self._base64_here(timeout):
+                            return self._in_shell(command, timeout, head)
+                return self._exec(command, itertools.chain([head], chunks), timeout)
             with self._lock:
                 return self._in_shell(command, timeout)
         except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            if self._shell is not None:
+                self._shell.close()
             self._shell = None
             raise TransportError(f"{self.description}: connection lost: {_why(e)}") from None
+
+    def _base64_here(self, timeout: Optional[float]) -> bool:
+        if self._has_base64 is None or self._shell is None:
+            self._has_base64 = self._in_shell("command -v base64 >/dev/null 2>&1", timeout).code == 0
+        return self._has_base64
 
     def _exec(self, command: str, stdin: Stdin, timeout: Optional[float]) -> CommandResult:
         """Sends `stdin` (bytes, or chunks as they are made) on a channel of its own. Each chunk goes as a
@@ -178,15 +214,23 @@ class SSHTransport:
         finally:
             channel.close()
 
-    def _in_shell(self, command: str, timeout: Optional[float]) -> CommandResult:
+    def _in_shell(self, command: str, timeout: Optional[float], stdin: Optional[bytes] = None) -> CommandResult:
+        """`command` in the long-lived shell; `stdin` reaches it decoded from a here-document, the command then runs
+        under `sh -c` (its text quoted on one line, so that the here-document follows that line)."""
         if self._shell is None or self._shell.closed or self._shell.exit_status_ready():
             self._shell = self.transport.open_session(timeout=10)
             self._shell.exec_command("exec sh")
+            self._has_base64 = None
         marker = "__dstack_" + secrets.token_hex(8)
         end_out = re.compile(rb"\n" + marker.encode() + rb" (-?\d+)\n$")
         end_err = ("\n" + marker + "\n").encode()
-        self._shell.sendall(f"( {command}\n) < /dev/null; printf '\\n{marker} %d\\n' $?; "
-                            f"printf '\\n{marker}\\n' >&2\n".encode())
+        trailer = f"; printf '\\n{marker} %d\\n' $?; printf '\\n{marker}\\n' >&2\n"
+        if stdin is None:
+            self._shell.sendall(f"( {command}\n) < /dev/null{trailer}".encode())
+        else:
+            quoted = "'" + command.replace("'", "'\\''") + "'"
+            self._shell.sendall(f"base64 -d <<'{marker}' | sh -c {quoted}{trailer}".encode()
+                                + base64.encodebytes(stdin) + f"{marker}\n".encode())
         try:
             # the end marker is looked for in the last bytes only: a long answer (a log) is never scanned whole
             stdout, stderr = _drain(self._shell, lambda out, err: err.endswith(end_err) and
@@ -202,9 +246,24 @@ class SSHTransport:
         return CommandResult(int(match.group(1)), bytes(stdout[:match.start()]), bytes(stderr[:-len(end_err)]))
 
     def close(self) -> None:
+        if not self._owns_client:
+            if self._shell is not None:
+                self._shell.close()
+                self._shell = None
+            return
         self._client.close()
         if self._jump is not None:
             self._jump.close()
+
+
+def _take(chunks, limit: int) -> bytes:
+    """The first chunks of `chunks`, joined, until they pass `limit` bytes (or run out)."""
+    taken = bytearray()
+    for chunk in chunks:
+        taken += chunk
+        if len(taken) > limit:
+            break
+    return bytes(taken)
 
 
 def _drain(channel, done, timeout: Optional[float]):
@@ -386,3 +445,47 @@ def scan_host_key(target: SSHTarget, total_wait: float = 30.0):
     except _KeyOffered as offered:
         return offered.key
     raise AssertionError("the capture policy let a connection through")
+
+
+def served_host_key(target: SSHTarget, jump: Optional[SSHTransport] = None, timeout: float = 10.0):
+    """The key the host serves now, from a key exchange of its own (nothing trusted, no login): how a kept connection
+    (provisioner.host.keeper) learns, before each use, that the host still has the key it was opened with."""
+    import paramiko
+
+    if jump is not None:
+        sock = jump.transport.open_channel("direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
+                                           timeout=timeout)
+    else:
+        sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    exchange = paramiko.Transport(sock)
+    try:
+        exchange.start_client(timeout=timeout)
+        return exchange.get_remote_server_key()
+    finally:
+        exchange.close()
+
+
+
+def untrusted_now(connection: SSHTransport, timeout: float = 10.0) -> Optional[str]:
+    """Why `connection` may no longer be used (None: it may): it is gone, the key it was opened with is no longer the
+    run's or the recorded one (known_hosts changed since), or the host serves another key now (reinstalled). The
+    checks a new connection would make, without its login."""
+    import paramiko
+
+    transport = connection.transport
+    if transport is None or not transport.is_active():
+        return "the connection is gone"
+    opened_with = transport.get_remote_server_key()
+    target = connection.target
+    if target.host_key:
+        key_type, key_data = target.host_key.split()[:2]
+        if paramiko.PKey.from_type_string(key_type, _b64(key_data)) != opened_with:
+            return "not the run's host key"
+    elif recorded_host_keys(target).get(opened_with.get_name()) != opened_with:
+        return "its host key is no longer the recorded one"
+    try:
+        served = served_host_key(target, connection.jump, timeout)
+    except (OSError, paramiko.SSHException, EOFError) as e:
+        return f"the host did not answer a key exchange: {_why(e)}"
+    return None if served == opened_with else "the host serves another key now"

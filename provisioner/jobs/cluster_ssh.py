@@ -76,12 +76,13 @@ def authorize_command(line: str) -> str:
 
 def revoke_command(run_name: str) -> str:
     """Removes the run's private key from its job folder and its line from authorized_keys, keeping the file
-    itself (its mode and owner)."""
+    itself (its mode and owner). Where the copy cannot be written (a folder the user may not write), the file is
+    left as it is: never emptied."""
 
     comment = shlex.quote(" " + key_comment(run_name))
     return (f"rm -f {job_folder(run_name)}/cluster_key; "
-            f"F={AUTHORIZED_KEYS}; [ -f \"$F\" ] || exit 0; grep -qF {comment} \"$F\" || exit 0; umask 077; "
-            f"grep -vF {comment} \"$F\" > \"$F.dstack\"; cat \"$F.dstack\" > \"$F\" && rm -f \"$F.dstack\"")
+            f"F={AUTHORIZED_KEYS}; [ -f \"$F\" ] || exit 0; grep -qF {comment} \"$F\" || exit 0; umask 077; rm -f \"$F.dstack\"; "
+            f"{{ grep -vF {comment} \"$F\" > \"$F.dstack\"; [ $? -le 1 ] && [ -f \"$F.dstack\" ]; }} && cat \"$F.dstack\" > \"$F\" && rm -f \"$F.dstack\"")
 
 
 def _revoke(transport: Transport, run_name: str) -> None:

@@ -56,16 +56,24 @@ class LogChunk:
 
 
 LOG_READ_LIMIT = 8 << 20  # bytes of a log one read takes at most: a long log comes in pieces, in constant memory
+FIRST_OUTPUT_WAIT_S = 1.0  # how long a read of a log with nothing in it yet waits on the host for its first byte
+_WAIT_STEP_S = 0.01
 
 
 def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 20,
-             limit: Optional[int] = None) -> LogChunk:
+             limit: Optional[int] = None, wait: float = 0) -> LogChunk:
     """The log from `offset` on (at most `limit` bytes of it), and the exit code if the job has ended (read first,
-    so the log is complete when fewer than `limit` bytes came)."""
+    so the log is complete when fewer than `limit` bytes came). With `wait`, a log that is still empty is waited on,
+    on the host, for up to `wait` seconds (its first byte, or the job's end): the first line reaches the client as
+    it is written, not at the next poll."""
     folder = job_folder(run_name)
+    waiting = ""
+    if wait and offset == 0:
+        waiting = (f"i=0; while [ $i -lt {int(wait / _WAIT_STEP_S)} ] && [ ! -f exit_code ] && [ ! -s output.log ]; "
+                   f"do sleep {_WAIT_STEP_S}; i=$((i+1)); done; ")
     cut = f" | head -c {limit}" if limit is not None else ""
-    result = transport.run(f"cd {folder} && {{ cat exit_code 2>/dev/null || true; }} >&2; "
-                           f"{{ tail -c +{offset + 1} output.log 2>/dev/null || true; }}{cut}", timeout=timeout)
+    result = transport.run(f"cd {folder} && {waiting}{{ cat exit_code 2>/dev/null || true; }} >&2; "
+                           f"{{ tail -c +{offset + 1} output.log 2>/dev/null || true; }}{cut}", timeout=timeout + wait)
     code = result.stderr.decode(errors="replace").strip()
     return LogChunk(result.stdout, int(code) if code.lstrip("-").isdigit() else None)
 

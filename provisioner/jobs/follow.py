@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from provisioner.host.liveness import Liveness, liveness
 from provisioner.host.transport import HostUnreachable, Transport, TransportError
-from provisioner.jobs.control import LOG_READ_LIMIT, LogChunk, read_log
+from provisioner.jobs.control import FIRST_OUTPUT_WAIT_S, LOG_READ_LIMIT, LogChunk, read_log
 
 
 def kept_run_hint(run_name: str) -> str:
@@ -42,25 +42,26 @@ class LogFollower:
         self._host = self.transport.description
         return self.transport
 
-    def poll(self, write: Callable[[bytes], None]) -> Optional[int]:
+    def poll(self, write: Callable[[bytes], None], wait: float = 0.0) -> Optional[int]:
         """Writes what is new, in pieces of at most LOG_READ_LIMIT bytes (a log of any size in constant memory);
-        returns the exit code once the job has ended and its whole log is written."""
+        returns the exit code once the job has ended and its whole log is written. `wait`: while the log is empty,
+        the read waits on the host up to that long for its first byte (control.read_log)."""
         while True:
-            chunk = self._read()
+            chunk = self._read(wait)
             if chunk.data:
                 write(chunk.data)
                 self.offset += len(chunk.data)
             if len(chunk.data) < LOG_READ_LIMIT:
                 return chunk.exit_code
 
-    def _read(self) -> LogChunk:
+    def _read(self, wait: float) -> LogChunk:
         """The next piece of the log. Reconnects while the host has been silent for less than the liveness timeout,
         then raises HostUnreachable."""
         lost = False
         while True:
             try:
                 chunk = read_log(self._transport(), self.run_name, self.offset, timeout=self._live.silent_after,
-                                 limit=LOG_READ_LIMIT)
+                                 limit=LOG_READ_LIMIT, wait=wait)
                 break
             except TransportError as e:
                 self._drop()
@@ -82,7 +83,7 @@ class LogFollower:
     def follow(self, write: Callable[[bytes], None], interval: float = 0.2,
                should_stop: Callable[[], bool] = lambda: False) -> Optional[int]:
         while True:
-            code = self.poll(write)
+            code = self.poll(write, wait=FIRST_OUTPUT_WAIT_S)
             if code is not None or should_stop():
                 return code
             time.sleep(interval)

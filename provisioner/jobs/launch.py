@@ -52,22 +52,23 @@ MAX_SAMPLE_INTERVAL_S = 60
 # SIGTERM to its process group, so that its own traps release what it holds (`timeout` would signal twice and could
 # kill a trap's `rm` of its lock), SIGKILL 2 s later; the job goes on with the basics, saying so in its log. A stop's
 # SIGTERM cuts the profile short the same way, and the job ends there. A SIGKILL of the job's group does not reach the
-# profile: it finishes as it would have, releasing what it holds.
+# profile: it finishes as it would have, releasing what it holds. Its end is looked for every 10 ms (the job's first
+# line waits on it).
 PROFILE_TIMEOUT_S = 10
 
 
 _LOGIN = """sh=sh; if command -v bash >/dev/null; then sh=bash; fi
 case $1 in ''|*[!0-9]*) echo "dstack: DSTACK_PROFILE_TIMEOUT=$1 is not a whole number of seconds; the login \
 profile gets DEFAULT_S"; set -- DEFAULT_S ;; esac
-i=0; n=$(($1 * 20)); term=; stop=
+i=0; n=$(($1 * 100)); term=; stop=
 trap 'stop=1; n=0' TERM
 setsid "$sh" -l -c 'unset PWD OLDPWD
 { export -p; declare -f; declare -F | sed -n "s/^declare -fx /export -f /p"; } 2>/dev/null >"$0.tmp" && mv "$0.tmp" "$0"
 ' "$PWD/PROFILE_ENV" > profile.log 2>&1 & p=$!
 while kill -0 $p 2>/dev/null; do
   if [ -z "$term" ] && [ $i -ge $n ]; then kill -TERM -$p 2>/dev/null; term=$i
-  elif [ -n "$term" ] && [ $i -ge $((term + 40)) ]; then kill -KILL -$p 2>/dev/null; fi
-  sleep 0.05; i=$((i + 1))
+  elif [ -n "$term" ] && [ $i -ge $((term + 200)) ]; then kill -KILL -$p 2>/dev/null; fi
+  sleep 0.01; i=$((i + 1))
 done
 [ -z "$stop" ] || exit 143
 trap - TERM

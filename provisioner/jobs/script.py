@@ -167,11 +167,14 @@ def _as_root(job: JobSpec) -> str:
 
 
 # An interpreter that runs and is the version asked for (a pyenv shim of a version not selected exits 127), as
-# a path: `python3.12`, else a pyenv-installed 3.12.x, else nothing. With no version: python3.
+# a path: `python3.12`, else a pyenv-installed 3.12.x, else nothing. With no version: python3. The path is the
+# interpreter's own (sys.executable), not a pyenv shim's: the venv is made without the shim's ~0.2 s start.
 _FIND_PYTHON = """py_ok() { "$1" -c "import sys; sys.exit(0 if '$2' in ('', '%d.%d' % sys.version_info[:2]) else 1)" \
 >/dev/null 2>&1; }
+py_path() { "$1" -c "import sys; sys.exit(print(sys.executable) if '$2' in ('', '%d.%d' % sys.version_info[:2]) \
+else 1)" 2>/dev/null; }
 find_python() {
-  for c in ${1:+python$1} python3; do if py_ok "$c" "$1"; then command -v "$c"; return 0; fi; done
+  for c in ${1:+python$1} python3; do if p=$(py_path "$c" "$1") && [ -n "$p" ]; then echo "$p"; return 0; fi; done
   [ -n "$1" ] && command -v pyenv >/dev/null 2>&1 || return 1
   for v in $(pyenv versions --bare 2>/dev/null | grep -E "^$(echo "$1" | sed 's/[.]/[.]/')[.][0-9]+\\$"); do
     p=$(PYENV_VERSION=$v pyenv which python 2>/dev/null) && py_ok "$p" "$1" && { echo "$p"; return 0; }

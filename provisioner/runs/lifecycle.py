@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import queue
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from configuration.errors import ConfigurationError, DstackError
 from configuration.home import append_private
@@ -21,6 +24,7 @@ from provisioner.host.access import HostAccess
 from provisioner.host.ports import LOOPBACK, PortForwarder, local_opener, ssh_opener
 from provisioner.host.transport import HostUnreachable
 from provisioner.jobs.cluster_ssh import cluster_ssh
+from provisioner.jobs.control import FIRST_OUTPUT_WAIT_S
 from provisioner.jobs.follow import LogFollower, kept_run_hint
 from provisioner.jobs.layout import TIMED_OUT
 from provisioner.jobs.node_logs import NodeLines
@@ -42,6 +46,8 @@ from provisioner.store.errors import StoreDamaged
 from provisioner.store.records import RunRecord
 from provisioner.store.run_files import local_log_path, mark_output
 from provisioner.store.statuses import RUNNING, STARTED, RunStatus
+
+POLL_INTERVAL_S = 0.2  # between reads of a node's log once it has output
 
 
 def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], source: Optional[Path],
@@ -204,7 +210,9 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
             ) -> Tuple[str, Optional[str], Optional[int]]:
     """Writes every node's output as it comes (a copy of each kept under $DSTACK_HOME) until the run is over by
     its `stop_criteria` or a node's failure, then stops the nodes still running; returns (status, reason, exit
-    code). Past max_duration (with a margin for the host's own timeout) the jobs are stopped."""
+    code). Past max_duration (with a margin for the host's own timeout) the jobs are stopped. A cluster's nodes are
+    each read in a thread of its own (_read_node), so a node that waits on its host for its first line holds up no
+    other."""
     store = session.store
     record = store.get_run(run_name)
     grace = recorded_stop_grace(record)
@@ -212,43 +220,75 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
     lines = NodeLines(jobs.size, session.reporter.output)
     codes: Dict[int, Optional[int]] = {}
     followers = {}
+    read: "queue.Queue[tuple]" = queue.Queue()
+    done = threading.Event()
     with contextlib.ExitStack() as stack:
+        stack.callback(done.set)
         for rank, host in enumerate(jobs.hosts):
             followers[rank] = LogFollower(host.connect, run_name, log=session.reporter.info, host=host.description,
                                           on_lost=lambda: raise_if_lost(session, run_name))
             followers[rank].transport = jobs.transports.get(rank)
         copies = {rank: stack.enter_context(append_private(local_log_path(run_name, rank))) for rank in followers}
-
-        def writer(rank: int) -> Callable[[bytes], None]:
-            def write(data: bytes) -> None:
-                if rank == 0:
-                    mark_output(run_name, copies[0].tell())  # for `dstack logs --since`
-                copies[rank].write(data)
-                copies[rank].flush()
-                lines.add(rank, data)
-            return write
-
+        alone = jobs.size == 1  # read in this thread: Ctrl-C meets the read itself, as it meets everything else
+        for rank, follower in followers.items():
+            if not alone:
+                threading.Thread(target=_read_node, args=(rank, follower, read, done), daemon=True,
+                                 name=f"follow-{rank}").start()
         outcome = None
         while outcome is None:
-            for rank, follower in followers.items():
-                if rank not in codes:
-                    code = follower.poll(writer(rank))
-                    jobs.transports[rank] = follower.transport
-                    if code is not None:
-                        codes[rank] = code
-                        lines.flush(rank)
-                        jobs.record_end(rank, code)
+            if alone:
+                if followers[0].offset:
+                    time.sleep(POLL_INTERVAL_S)
+                new: list = []
+                rank, code, error = 0, followers[0].poll(new.append, wait=FIRST_OUTPUT_WAIT_S), None
+                data = b"".join(new)
+            else:
+                try:
+                    rank, data, code, error = read.get(timeout=0.5)
+                except queue.Empty:
+                    rank = None
+            if rank is not None:
+                if error is not None:
+                    raise error
+                if data:
+                    if rank == 0:
+                        mark_output(run_name, copies[0].tell())  # for `dstack logs --since`
+                    copies[rank].write(data)
+                    copies[rank].flush()
+                    lines.add(rank, data)
+                jobs.transports[rank] = followers[rank].transport
+                if code is not None:
+                    codes[rank] = code
+                    lines.flush(rank)
+                    jobs.record_end(rank, code)
             outcome = run_outcome(codes, jobs.size, configuration.stop_criteria)
             if outcome is None and deadline is not None and time.time() > deadline:
                 outcome = (*exit_status(TIMED_OUT), TIMED_OUT)
-            if outcome is None:
-                time.sleep(0.2)
     remaining = [rank for rank in followers if rank not in codes]
     if remaining:
         session.reporter.info(f"stopping node{'s' if len(remaining) > 1 else ''} "
                               f"{', '.join(map(str, remaining))}: {outcome[1] or 'the master is done'}")
         jobs.stop(remaining, grace, session.reporter.info)
     return outcome
+
+
+def _read_node(rank: int, follower: LogFollower, read: "queue.Queue[tuple]", done: threading.Event) -> None:
+    """Puts (rank, new output, exit code or None, error or None) on `read` until the node's job ends, an error, or
+    `done`: the first read waits on the host for the first byte, the next ones come every POLL_INTERVAL_S. Ctrl-C and
+    SIGTERM are blocked here, so the kernel hands them to the main thread: one that reached this thread would leave
+    the main thread's question (detach or stop?) waiting on its read."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        while not done.is_set():
+            new: list = []
+            code = follower.poll(new.append, wait=FIRST_OUTPUT_WAIT_S)
+            read.put((rank, b"".join(new), code, None))
+            if code is not None:
+                return
+            if follower.offset:
+                done.wait(POLL_INTERVAL_S)
+    except BaseException as e:  # noqa: B036 - raised in the run's thread
+        read.put((rank, b"", None, e))
 
 
 def forward_ports(session: RunSession, run_name: str, access: HostAccess, ports, ssh_transport,

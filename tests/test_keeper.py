@@ -1,0 +1,277 @@
+"""A host's kept SSH connection (provisioner.host.keeper): the next command uses it instead of logging in again, a
+dead keeper is bypassed, its socket is its user's alone, it ends when idle, and host keys stay as strict."""
+
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli, write
+from tests.netns_hosts import SSHD
+
+
+def counted_host(make_host, tmp_path):
+    """A namespace host whose sshd logs each login (LogLevel INFO) to a file: (host, the number of logins so far)."""
+    host = make_host()
+    host.stop_sshd()
+    config = host.dir / "sshd_config"
+    config.write_text(config.read_text().replace("LogLevel ERROR", "LogLevel INFO"))
+    log = open(tmp_path / "sshd.log", "ab")
+    host.process = host.in_namespace(SSHD, "-D", "-e", "-f", str(config), stderr=log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host.address, 22), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return host, lambda: (tmp_path / "sshd.log").read_text().count("Accepted publickey for root")
+
+
+def fleet_and_task(tmp_path, client_key, host, home_env):
+    fleet = write(tmp_path, "fleet.dstack.yml", f"type: fleet\nname: kept\nssh_config:\n  identity_file: "
+                  f"{client_key[0]}\n  hosts: [{host.address}]\n")
+    registered = run_cli("apply", "-f", fleet, "-y", env=home_env)
+    assert registered.returncode == 0, registered.stderr
+    return write(tmp_path, "task.dstack.yml", "type: task\nbackends: [ssh]\ncommands: [echo kept-line]\n")
+
+
+def apply(task, name, env):
+    result = run_cli("apply", "-f", task, "-y", "-n", name, env=env)
+    assert result.returncode == 0 and "kept-line" in result.stdout, result.stderr
+    return result
+
+
+def keeper_sockets(home) -> list:
+    return sorted((Path(home) / "keepers").glob("*.sock"))
+
+
+def keeper_pid(path: Path) -> int:
+    """The keeper's pid, from its socket's peer credentials."""
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(f"/proc/self/fd/{folder}/{path.name}")  # a socket's path has at most 107 bytes
+            pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    finally:
+        os.close(folder)
+    return pid
+
+
+def end_keepers(home) -> None:
+    """Ends every keeper of `home` (SIGTERM): their connections close, and their sessions end on the hosts."""
+    for path in keeper_sockets(home):
+        try:
+            os.kill(keeper_pid(path), signal.SIGTERM)
+        except OSError:  # a dead keeper's socket
+            pass
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_next_commands_use_the_kept_connection(tmp_path, home_env, make_host, client_key):
+    host, logins = counted_host(make_host, tmp_path)
+    task = fleet_and_task(tmp_path, client_key, host, home_env)
+    after_registration = logins()
+    assert after_registration == 1  # the fleet's probe left a keeper
+    apply(task, "kept-1", home_env)
+    apply(task, "kept-2", home_env)
+    logs = run_cli("logs", "kept-1", env=home_env)
+    assert logs.returncode == 0 and "kept-line" in logs.stdout
+    assert logins() == after_registration  # no command logged in again
+    assert len(keeper_sockets(home_env["DSTACK_HOME"])) == 1
+    # and without a keeper (DSTACK_SSH_PERSIST=0) each command logs in itself
+    apply(task, "direct", {**home_env, "DSTACK_SSH_PERSIST": "0"})
+    assert logins() == after_registration + 1
+
+
+def test_a_dead_keeper_is_bypassed_and_replaced(tmp_path, home_env, make_host, client_key):
+    host, logins = counted_host(make_host, tmp_path)
+    task = fleet_and_task(tmp_path, client_key, host, home_env)
+    [path] = keeper_sockets(home_env["DSTACK_HOME"])
+    pid = keeper_pid(path)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10) and path.exists()  # its socket is left behind, stale
+    before = logins()
+    apply(task, "after-death", home_env)
+    assert logins() == before + 1  # a new keeper logged in
+    assert keeper_pid(path) != pid
+    apply(task, "after-death-2", home_env)
+    assert logins() == before + 1
+
+
+def test_the_socket_is_the_users_alone_and_holds_no_secret(tmp_path, make_host, client_key):
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="dk-", dir="/tmp"))  # folders another user may pass through, up to it
+    home.chmod(0o755)
+    home_env = {"DSTACK_HOME": str(home / "h")}
+    try:
+        socket_checks(tmp_path, home_env, make_host, client_key)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def socket_checks(tmp_path, home_env, make_host, client_key):
+    host, _ = counted_host(make_host, tmp_path)
+    fleet_and_task(tmp_path, client_key, host, home_env)
+    Path(home_env["DSTACK_HOME"]).chmod(0o755)
+    [path] = keeper_sockets(home_env["DSTACK_HOME"])
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o600
+    pid = keeper_pid(path)
+    private = Path(client_key[0]).read_text().splitlines()[1]
+    for part in ("cmdline", "environ"):
+        assert private.encode() not in Path(f"/proc/{pid}/{part}").read_bytes()
+    # another user: the folder keeps it out; and where the folder and socket were opened, the keeper refuses it
+    probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.settimeout(5)\n"
+             "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print('refused', e.errno); sys.exit()\n"
+             "try:\n    s.sendall(b'\\x00\\x00\\x00\\x10{\"op\": \"hello\"}  ')\n    print('answer', repr(s.recv(100)))\n"
+             "except OSError:\n    print('answer closed')\n")
+    nobody = subprocess.run(["python3", "-c", probe, str(path)], user=65534, capture_output=True, text=True,
+                            cwd="/")
+    assert nobody.stdout.startswith("refused 13"), nobody.stderr  # EACCES
+    path.parent.chmod(0o755)
+    path.chmod(0o666)
+    try:
+        nobody = subprocess.run(["python3", "-c", probe, str(path)], user=65534, capture_output=True, text=True,
+                                cwd="/")
+    finally:
+        path.parent.chmod(0o700)
+        path.chmod(0o600)
+    assert nobody.stdout.strip() in ("answer b''", "answer closed"), nobody.stderr  # closed without a word
+
+
+def test_the_keeper_ends_when_idle(tmp_path, home_env, make_host, client_key):
+    host, _ = counted_host(make_host, tmp_path)
+    env = {**home_env, "DSTACK_SSH_PERSIST": "2"}
+    fleet = write(tmp_path, "fleet.dstack.yml", f"type: fleet\nname: idle\nssh_config:\n  identity_file: "
+                  f"{client_key[0]}\n  hosts: [{host.address}]\n")
+    assert run_cli("apply", "-f", fleet, "-y", env=env).returncode == 0
+    [path] = keeper_sockets(home_env["DSTACK_HOME"])
+    pid = keeper_pid(path)
+    assert wait_gone(pid, 15)
+    assert not path.exists()
+
+
+def test_a_changed_host_key_is_refused_through_a_live_keeper(tmp_path, home_env, make_host, client_key):
+    host, _ = counted_host(make_host, tmp_path)
+    task = fleet_and_task(tmp_path, client_key, host, home_env)
+    apply(task, "before-change", home_env)
+    [path] = keeper_sockets(home_env["DSTACK_HOME"])
+    pid = keeper_pid(path)
+    host.stop_sshd()  # the keeper's session outlives its listener, as on a host that was reinstalled behind it
+    host.new_host_key()
+    host.start_sshd()
+    assert Path(f"/proc/{pid}").exists()
+    result = run_cli("apply", "-f", task, "-y", "-n", "after-change", env=home_env)
+    assert result.returncode == 1 and "kept-line" not in result.stdout
+    assert f"the host key of {host.address}:22 is not the one expected" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (host.jobs_dir / "after-change").exists()  # nothing reached the host
+    assert wait_gone(pid, 10)  # and the keeper ended
+
+
+@pytest.mark.parametrize("size", [10, 3 << 20])
+def test_stdin_small_and_large_reaches_the_command(make_host, client_key, size):
+    """Through the kept connection, a small stdin goes through the long-lived shell and a large one on a channel
+    of its own; either way the command gets it byte for byte."""
+    from provisioner.host.access import HostAccess
+
+    host = make_host()
+    access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=client_key[0],
+                        host_key=host.host_public_key)
+    data = os.urandom(size)
+    transport = access.connect(total_wait=10)
+    try:
+        assert type(transport).__name__ == "KeptTransport"
+        result = transport.run("sha256sum | cut -c1-64; echo \"it's\" quoted", stdin=iter([data[:5], data[5:]]))
+        import hashlib
+
+        assert result.code == 0 and result.text.split("\n")[:2] == [hashlib.sha256(data).hexdigest(), "it's quoted"]
+    finally:
+        transport.close()
+
+
+def test_the_first_read_of_a_log_waits_on_the_host_for_its_first_line(make_host, client_key):
+    from provisioner.host.ssh import SSHTarget, connect
+    from provisioner.jobs.control import read_log, start_job, stop_job
+    from provisioner.jobs.script import JobSpec
+
+    host = make_host()
+    transport = connect(SSHTarget(host.address, identity_file=client_key[0], host_key=host.host_public_key),
+                        total_wait=10)
+    try:
+        start_job(transport, JobSpec(run_name="late", commands=["sleep 1", "echo late-line", "sleep 30"]))
+        assert read_log(transport, "late", 0).data == b""  # without a wait: what there is now
+        assert read_log(transport, "late", 0, wait=30).data == b"late-line\n"  # one read, returning as it came
+        stop_job(transport, "late", grace=1)
+    finally:
+        transport.close()
+
+
+def test_a_cluster_key_removal_that_cannot_write_its_copy_leaves_authorized_keys_whole(tmp_path):
+    """(Found by benchmarks/cluster_bench.py's hosts, whose folder their user may not write.) The removal writes the
+    kept lines to a copy first; where it cannot, the file stays as it was instead of being emptied."""
+    import tempfile
+
+    from provisioner.jobs.cluster_ssh import revoke_command
+
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        folder.chmod(0o755)  # root's: the user may not create the copy here
+        keys = folder / "authorized_keys"
+        keys.write_text("ssh-ed25519 AAAA-users-own user@laptop\nssh-ed25519 AAAA-run dstack-cluster-r1\n")
+        os.chown(keys, 65534, 65534)
+        removal = subprocess.run(["sh", "-c", revoke_command("r1")], user=65534, cwd="/", capture_output=True,
+                                 env={"PATH": os.environ["PATH"], "DSTACK_AUTHORIZED_KEYS": str(keys),
+                                      "DSTACK_JOBS_DIR": str(tmp_path)})
+        assert removal.returncode != 0
+        assert "AAAA-users-own" in keys.read_text()
+    finally:
+        import shutil
+
+        shutil.rmtree(folder)
+
+
+def test_a_command_cut_short_is_not_read_as_the_next_ones_answer(make_host, client_key):
+    """Ctrl-C while a command waits on the kept connection: the next command gets its own answer."""
+    from provisioner.host.access import HostAccess
+
+    host = make_host()
+    access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=client_key[0],
+                        host_key=host.host_public_key)
+    transport = access.connect(total_wait=10)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        assert type(transport).__name__ == "KeptTransport"
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            transport.run("sleep 2; echo first")
+        assert transport.run("echo second").text == "second\n"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        transport.close()
