@@ -8,6 +8,7 @@ the run created and record it `terminated`: a killed client, or a closed window,
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -86,19 +87,41 @@ def ctrl_c_choice(yes: bool):
     def choose(run_name: str, interrupt: KeyboardInterrupt) -> InterruptAction:
         import sys
 
-        import click
-
         if getattr(interrupt, "signum", signal.SIGINT) != signal.SIGINT:
             return InterruptAction.STOP
         if yes or not sys.stdin.isatty():
             return InterruptAction.DETACH
         try:
-            stop = click.confirm(f"\nStop the run {run_name} before detaching?", default=False, err=True)
-        except click.Abort:  # click's answer to a Ctrl-C (or a SIGTERM, or the end of input) while it asks
+            stop = _ask(f"\nStop the run {run_name} before detaching?")
+        except (KeyboardInterrupt, EOFError):  # a second Ctrl-C (or a SIGTERM, or the end of input) while it asks
             return InterruptAction.ABORT
         return InterruptAction.STOP if stop else InterruptAction.DETACH
 
     return choose
+
+
+def _ask(question: str) -> bool:
+    """A yes/no question on stderr, no by default, whose wait for the answer a Ctrl-C always ends: input() (and so
+    click.confirm) misses a signal that lands between its prompt and its read, whose read then waits for a line.
+    Here stdin is waited on in short selects, between which Python runs its signal handlers."""
+    import select
+    import sys
+
+    stdin = sys.stdin.fileno()
+    while True:
+        sys.stderr.write(f"{question} [y/N]: ")
+        sys.stderr.flush()
+        line = b""
+        while not line.endswith(b"\n"):
+            if select.select([stdin], [], [], 0.1)[0]:
+                chunk = os.read(stdin, 1024)
+                if not chunk:
+                    raise EOFError
+                line += chunk
+        answer = line.decode(errors="replace").strip().lower()
+        if answer in ("y", "yes", "n", "no", ""):
+            return answer.startswith("y")
+        sys.stderr.write("Error: invalid input\n")
 
 
 def run_and_report(config, store, hosts, run_name, resolved, offers, source: Path, detach: bool,
