@@ -26,9 +26,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_cli(*args, env=None, input=None, timeout=120):
+def run_cli(*args, env=None, input=None, timeout=120, cwd=ROOT):
     """Runs the `dstack` command as a user would, in a process of its own (its own pid, session, environment,
-    standard files and exit status), to its end: a CompletedProcess with its output as text.
+    standard files and exit status) in `cwd` (this checkout, whose code it runs wherever it runs), to its end: a
+    CompletedProcess with its output as text.
 
     The process is forked from a warm interpreter of this test process (tests.cloudsim.zygote) that has imported
     the libraries the commands import (the cloud SDKs included): each command would otherwise spend most of its CPU
@@ -49,7 +50,7 @@ def run_cli(*args, env=None, input=None, timeout=120):
             with open(stdin, "w") as f:
                 f.write(input)
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
-        process = Forked(dstack_zygote(), args, full_env, str(ROOT), out, err, stdin=stdin, entry="cli.main")
+        process = Forked(dstack_zygote(), args, full_env, str(cwd), out, err, stdin=stdin, entry="cli.main")
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:
