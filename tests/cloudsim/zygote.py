@@ -81,7 +81,10 @@ def serve(path: str) -> None:
         try:
             connection, _ = server.accept()
         except socket.timeout:
-            if os.getppid() != parent:  # the test worker is gone (killed): so is the need for this
+            if os.getppid() != parent:  # the test worker is gone (killed): so is the need for this, and its socket
+                import shutil
+
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
                 os._exit(0)
             continue
         connection.settimeout(None)
