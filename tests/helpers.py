@@ -26,14 +26,67 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_cli(*args, env=None, input=None, timeout=120):
-    """Runs the installed `dstack` entry point as a user would, in a child process."""
+def run_cli(*args, env=None, input=None, timeout=120, cwd=ROOT):
+    """Runs the `dstack` command as a user would, in a process of its own (its own pid, session, environment,
+    standard files and exit status) in `cwd` (this checkout, whose code it runs wherever it runs), to its end: a
+    CompletedProcess with its output as text.
+
+    The process is forked from a warm interpreter of this test process (tests.cloudsim.zygote) that has imported
+    the libraries the commands import (the cloud SDKs included): each command would otherwise spend most of its CPU
+    on them (a cloud dry run 1 s of its 1.5), and on 2 cores the suite is bound by CPU. dstack's own modules are
+    imported by the command, as `python -m cli.main` does. Tests about the interpreter itself (what a command
+    imports, its start-up) start one of their own."""
+    import tempfile
+
+    from tests.cloudsim.zygote import Forked
+
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=full_env, input=input,
-        timeout=timeout, cwd=ROOT,
-    )
+    argv = [sys.executable, "-m", "cli.main", *args]
+    with tempfile.TemporaryDirectory(prefix="dstack-cli-") as folder:
+        stdin = None
+        if input is not None:
+            stdin = os.path.join(folder, "stdin")
+            with open(stdin, "w") as f:
+                f.write(input)
+        out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
+        process = Forked(dstack_zygote(), args, full_env, str(cwd), out, err, stdin=stdin, entry="cli.main")
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise subprocess.TimeoutExpired(argv, timeout) from None
+        return subprocess.CompletedProcess(argv, code, Path(out).read_text(), Path(err).read_text())
+
+
+_zygotes: dict = {}  # this process's zygote: {pid: socket path}
+
+
+def dstack_zygote() -> str:
+    """The socket of this process's zygote (tests.cloudsim.zygote), started at its first use; it ends with this
+    process."""
+    if os.getpid() not in _zygotes:
+        import atexit
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="dstack-zygote-")
+        path = os.path.join(folder, "socket")
+        zygote = subprocess.Popen([sys.executable, "-m", "tests.cloudsim.zygote", path], cwd=ROOT,
+                                  stdout=subprocess.PIPE, text=True)
+
+        def end() -> None:
+            zygote.kill()
+            zygote.wait()
+            shutil.rmtree(folder, ignore_errors=True)
+
+        if zygote.stdout.readline().strip() != "ready":
+            end()
+            raise RuntimeError(f"the dstack zygote did not start (exit code {zygote.returncode})")
+        atexit.register(end)
+        _zygotes[os.getpid()] = path
+    return _zygotes[os.getpid()]
 
 
 def process_list_with(transport, line: str, timeout: float = 30) -> list:

@@ -18,9 +18,7 @@ from tests.helpers import ROOT, free_port, run_cli
 
 def cli_in(folder, *args, env=None, input=None):
     """The CLI run from another folder, as a user in their project would."""
-    full = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=full,
-                          cwd=folder, input=input, timeout=120)
+    return run_cli(*args, env=dict(PYTHONPATH=str(ROOT), **(env or {})), input=input, cwd=folder)
 
 
 def test_the_help_table_says_what_each_command_says():

@@ -47,8 +47,8 @@ def test_a_cluster_key_left_on_an_unreachable_node_goes_at_the_next_contact(tmp_
     away = next(host for host in hosts if f"@{host.address}:" in worker)
     assert "dstack-cluster-pair" in (away.dir / "authorized_keys").read_text()
     away.link(False)
-    try:
-        stop = run_cli("stop", "pair", "-x", "-y", env=home_env, timeout=300)
+    try:  # a stop tries an unreachable host for DSTACK_HOST_TIMEOUT at most (30 s by default), twice here
+        stop = run_cli("stop", "pair", "-x", "-y", env=dict(home_env, DSTACK_HOST_TIMEOUT="5"), timeout=300)
     finally:
         away.link(True)
     assert stop.returncode == 0, stop.stderr

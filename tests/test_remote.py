@@ -58,6 +58,20 @@ def test_failing_command_exit_code(make_host, client_key):
     assert job_state(ssh, "t-fail") == ("exited", 7)
 
 
+def test_a_command_that_ends_without_reading_its_stdin_gives_its_exit_code_and_stderr(make_host, client_key):
+    """As a job's start refused before it unpacks (the root check): the host closes the channel while the archive
+    is still being sent (more than SSH's 2 MB window), which is the command's answer, not a lost connection."""
+    host = make_host()
+    ssh = connect(target(host, client_key), total_wait=10)
+    try:
+        for stdin in (b"x" * (8 << 20), (b"y" * (1 << 20) for _ in range(8))):
+            refused = ssh.run("echo refused >&2; exit 3", stdin=stdin, timeout=30)
+            assert (refused.code, refused.stderr) == (3, b"refused\n")
+        assert ssh.run("echo still-connected").text == "still-connected\n"  # the connection itself is fine
+    finally:
+        ssh.close()
+
+
 def test_forwarded_port_serves_http(make_host, client_key):
     host = make_host()
     ssh = connect(target(host, client_key), total_wait=10)

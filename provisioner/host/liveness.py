@@ -4,6 +4,7 @@ One setting scales the rest: `DSTACK_HOST_TIMEOUT` (seconds, default 45). SSH an
 timeout/9; a connection whose peer acknowledges nothing (TCP_USER_TIMEOUT) or that answers no command within
 timeout/3 is dropped, and dstack reconnects; once the host has answered nothing for the whole timeout, it is
 unreachable and the command following the run says so, and what happens next, instead of retrying for minutes.
+Stopping a job tries its host for 30 s, or for the whole timeout where that is shorter, then tears down anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from configuration.errors import ConfigurationError
 HOST_TIMEOUT_VARIABLE = "DSTACK_HOST_TIMEOUT"
 DEFAULT_HOST_TIMEOUT_S = 45.0
 _BOUNDS = (3.0, 3600.0)
+STOP_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,11 @@ class Liveness:
     def silent_after(self) -> float:
         """Seconds without an answer (to a command, or a TCP acknowledgement) after which a connection is dead."""
         return max(2.0, self.unreachable_after / 3)
+
+    @property
+    def stop_wait(self) -> float:
+        """Seconds a stop (of a job, or a cluster key's removal at a run's end) tries to reach a host."""
+        return min(STOP_WAIT_S, self.unreachable_after)
 
 
 def liveness() -> Liveness:

@@ -205,9 +205,14 @@ class SSHTransport:
         try:
             channel.settimeout(timeout)
             channel.exec_command(command)
-            for chunk in ([stdin] if isinstance(stdin, bytes) else stdin):
-                channel.sendall(memoryview(chunk))
-            channel.shutdown_write()
+            try:
+                for chunk in ([stdin] if isinstance(stdin, bytes) else stdin):
+                    channel.sendall(memoryview(chunk))
+            except OSError:  # "Socket is closed": the command ended before it read all of its stdin (a job's start
+                if not channel.closed:  # refused before it unpacks); its exit status and stderr say why
+                    raise
+            if not channel.closed:  # an EOF for a channel the host has closed would be a protocol error
+                channel.shutdown_write()
             stdout, stderr = _drain(channel, lambda out, err: channel.exit_status_ready() and not channel.recv_ready()
                                     and not channel.recv_stderr_ready(), timeout)
             return CommandResult(channel.recv_exit_status(), stdout, stderr)

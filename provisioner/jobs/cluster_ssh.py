@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import new_key_pair
+from provisioner.host.liveness import liveness
 from provisioner.host.ssh import recorded_host_keys
 from provisioner.host.transport import Transport
 from provisioner.jobs.layout import job_folder
@@ -98,7 +99,7 @@ def revoke_everywhere(store: StateStore, run_name: str, hosts: Sequence[HostAcce
 
     def revoke(host: HostAccess) -> None:
         try:
-            transport = host.connect(total_wait=30)
+            transport = host.connect(total_wait=liveness().stop_wait)
             try:
                 _revoke(transport, run_name)
             finally:

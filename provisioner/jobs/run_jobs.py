@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from configuration.home import append_private
 from configuration.owner import another_homes
 from provisioner.host.access import HostAccess
+from provisioner.host.liveness import liveness
 from provisioner.host.transport import Transport
 from provisioner.jobs.cluster_ssh import authorize_command, revoke_left
 from provisioner.jobs.control import (LOG_READ_LIMIT, job_begun, job_ended_ago, job_state, read_log,
@@ -174,7 +175,7 @@ class RunJobs:
         """Stops the jobs of `ranks` (SIGTERM, SIGKILL after `grace`), each recorded `terminated`."""
         def stop_one(rank: int) -> Optional[int]:
             try:
-                transport = self.transports.get(rank) or self.reach(rank, 30, log)
+                transport = self.transports.get(rank) or self.reach(rank, liveness().stop_wait, log)
                 code = stop_job(transport, self.run_name, grace=grace)
             except Exception as e:  # the host may be gone already; teardown removes what the run created
                 log(f"could not reach the host to stop the job{f' of node {rank}' if self.size > 1 else ''}: {e}")

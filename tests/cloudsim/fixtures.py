@@ -8,29 +8,19 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def cloudsim_zygote(tmp_path_factory):
+def cloudsim_zygote():
     """The warm interpreter the scenarios' `dstack` processes are forked from (tests.cloudsim.zygote), one per
     worker; its socket's path."""
     import os
-    import subprocess
-    import sys
 
     from stacks.extras import installed
-    from tests.helpers import ROOT
+    from tests.helpers import dstack_zygote
 
     missing = [m for m in ("pulumi_aws", "pulumi_gcp", "boto3", "google.auth", "moto") if not installed(m)]
     if missing:  # the [all] and [test] extras
         message = f"the simulated cloud needs {', '.join(missing)} (pip install -e '.[all,test]')"
         pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
-    path = str(tmp_path_factory.mktemp("cloudsim-zygote") / "socket")
-    zygote = subprocess.Popen([sys.executable, "-m", "tests.cloudsim.zygote", path], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)
-    if zygote.stdout.readline().strip() != "ready":
-        zygote.kill()
-        pytest.fail(f"the cloudsim zygote did not start (exit code {zygote.wait()})")
-    yield path
-    zygote.kill()
-    zygote.wait()
+    return dstack_zygote()  # the one tests.helpers.run_cli forks from
 
 
 @pytest.fixture

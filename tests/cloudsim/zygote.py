@@ -5,8 +5,13 @@ pid and session (a Ctrl-C or SIGKILL reaches it alone), environment, working fol
 Each `dstack` would otherwise spend most of its CPU importing (pulumi and its providers take seconds).
 
 Only libraries are imported here, never dstack's own modules, and no thread or connection exists when it forks.
-A request is one JSON line (args, env, cwd, stdout, stderr); the answer, two: the child's pid, then its exit status
-(negative: the signal that killed it), from a monitor process that waits for it.
+A request is one JSON line (args, env, cwd, stdout, stderr; stdin: a file, else /dev/null; entry: the module whose
+`main` runs, tests.cloudsim.cli unless named); the answer, two: the child's pid, then its exit status (negative: the
+signal that killed it), from a monitor process that waits for it.
+
+One zygote per test process (tests.helpers.dstack_zygote) serves the scenarios and tests.helpers.run_cli (the plain
+`dstack`, entry cli.main), whose children end as `python -m cli.main` does (non-daemon threads joined, exit handlers
+run). Without the cloud extras it imports only what every command imports (PLAIN_PRELOAD).
 """
 
 from __future__ import annotations
@@ -18,10 +23,25 @@ import signal
 import socket
 import sys
 import traceback
+from typing import Optional
 
 PRELOAD = ("typer", "rich.console", "rich.table", "pydantic", "yaml", "paramiko", "cryptography.hazmat.primitives",
            "boto3", "botocore.session", "pulumi", "pulumi.automation", "pulumi.runtime", "pulumi_aws", "pulumi_gcp",
            "google.auth", "google.auth.transport.requests", "requests", "urllib3")
+
+
+PLAIN_PRELOAD = ("typer", "rich.console", "rich.table", "pydantic", "yaml", "paramiko",
+                 "cryptography.hazmat.primitives", "requests")
+
+
+def warm_plain() -> None:
+    import importlib
+
+    for name in PLAIN_PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # the command imports it itself, or says it is missing, as it would anyway
+            pass
 
 
 def warm() -> None:
@@ -46,7 +66,10 @@ def warm() -> None:
 
 
 def serve(path: str) -> None:
-    warm()
+    try:
+        warm()
+    except ImportError:  # an install without the cloud extras: the scenarios skip, plain commands need none
+        warm_plain()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(64)
@@ -58,7 +81,10 @@ def serve(path: str) -> None:
         try:
             connection, _ = server.accept()
         except socket.timeout:
-            if os.getppid() != parent:  # the test worker is gone (killed): so is the need for this
+            if os.getppid() != parent:  # the test worker is gone (killed): so is the need for this, and its socket
+                import shutil
+
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
                 os._exit(0)
             continue
         connection.settimeout(None)
@@ -93,7 +119,7 @@ def _run(request: dict) -> None:
     for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(number, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    stdin = os.open(os.devnull, os.O_RDONLY)
+    stdin = os.open(request.get("stdin") or os.devnull, os.O_RDONLY)
     stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     stderr = stdout if request["stderr"] == request["stdout"] else \
         os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -104,10 +130,11 @@ def _run(request: dict) -> None:
     os.chdir(request["cwd"])
     sys.argv = ["dstack", *request["args"]]
     code = 0
+    entry = request.get("entry") or "tests.cloudsim.cli"
     try:
-        from tests.cloudsim.cli import main
+        import importlib
 
-        main()
+        importlib.import_module(entry).main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
@@ -116,6 +143,12 @@ def _run(request: dict) -> None:
         traceback.print_exc()
         code = 1
     finally:
+        if entry == "cli.main":  # as the interpreter's own end would: what the command left running ends first
+            import atexit
+            import threading
+
+            threading._shutdown()
+            atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(code)
@@ -129,12 +162,13 @@ class Forked:
     """The test's side of one forked `dstack` (the interface of subprocess.Popen the scenarios use): `pid`, `poll`,
     `wait`, `send_signal`, `kill`, `returncode`, and `stdout` (the output file, for a `start`ed one)."""
 
-    def __init__(self, socket_path: str, args, env: dict, cwd: str, stdout: str, stderr: str):
+    def __init__(self, socket_path: str, args, env: dict, cwd: str, stdout: str, stderr: str,
+                 stdin: Optional[str] = None, entry: Optional[str] = None):
         self.args = list(args)
         self.connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.connection.connect(socket_path)
         self.connection.sendall(json.dumps({"args": self.args, "env": env, "cwd": cwd, "stdout": stdout,
-                                            "stderr": stderr}).encode() + b"\n")
+                                            "stderr": stderr, "stdin": stdin, "entry": entry}).encode() + b"\n")
         self.buffer = b""
         self.pid = json.loads(self._line(None))["pid"]
         self.returncode = None
