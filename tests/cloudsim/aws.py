@@ -83,13 +83,14 @@ class AwsCloud:
         behavior = ((instance.inputs.get("instanceMarketOptions") or {}).get("spotOptions") or {}).get(
             "instanceInterruptionBehavior", "terminate")
         instance.events.append((self.world.now(), f"spot interruption: {behavior}"))
+        code = "Server.SpotInstanceTermination" if behavior == "terminate" else "Server.SpotInstanceShutdown"
+        reason = (code, "Spot instance termination", "Service initiated")
         if behavior == "terminate":
-            self._terminate(instance, "cloud")
+            self._terminate(instance, "cloud", reason)
         else:
             self.ec2(instance.region).stop_instances(InstanceIds=[instance.id])
+            self._state_reason_in_moto(instance, *reason)
             self.world.stop_vm(instance, "spot interruption")
-        code = "Server.SpotInstanceTermination" if behavior == "terminate" else "Server.SpotInstanceShutdown"
-        self._state_reason_in_moto(instance, code, "Spot instance termination", "Service initiated")
 
     @staticmethod
     def _state_reason_in_moto(instance: Resource, code: str, message: str, initiated: str) -> None:
@@ -383,8 +384,12 @@ class AwsCloud:
                     from None
         self.world.delete(resource, "engine")
 
-    def _terminate(self, instance: Resource, by: str) -> None:
+    def _terminate(self, instance: Resource, by: str, reason: Optional[tuple] = None) -> None:
+        """`reason` (_state_reason_in_moto's) is EC2's before the VM goes: a client that loses its connection and asks
+        at once reads it, never moto's default for a terminate call (Client.UserInitiatedShutdown)."""
         self.ec2(instance.region).terminate_instances(InstanceIds=[instance.id])
+        if reason is not None:
+            self._state_reason_in_moto(instance, *reason)
         self.world.delete(instance, by)
         for attachment in self.world.live("VolumeAttachment", "aws"):
             if attachment.extra.get("instance") == instance.id:
@@ -393,13 +398,13 @@ class AwsCloud:
     def guest_power_off(self, instance: Resource) -> None:
         """EC2 user guide, "Change instance initiated shutdown behavior": `terminate` ends the instance, `stop`
         (EC2's default) stops it."""
+        reason = ("Client.InstanceInitiatedShutdown", "Instance initiated shutdown", "User initiated")
         if instance.inputs.get("instanceInitiatedShutdownBehavior") == "terminate":
-            self._terminate(instance, "guest")
+            self._terminate(instance, "guest", reason)
         else:
             self.ec2(instance.region).stop_instances(InstanceIds=[instance.id])
+            self._state_reason_in_moto(instance, *reason)
             self.world.stop_vm(instance, "guest power-off")
-        self._state_reason_in_moto(instance, "Client.InstanceInitiatedShutdown", "Instance initiated shutdown",
-                                   "User initiated")
 
     def sync(self) -> None:
         """What moto no longer has (a sweep or `dstack gc` removed it through boto3) is deleted here too."""
