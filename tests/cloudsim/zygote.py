@@ -116,8 +116,10 @@ def _monitor(connection: socket.socket, request: dict) -> None:
 def _run(request: dict) -> None:
     """The child: a process of its own as `python -m tests.cloudsim.cli ARGS` would be."""
     os.setsid()
-    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
+    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(number, signal.SIG_DFL)
+    for number in (signal.SIGPIPE, signal.SIGXFSZ):  # as the interpreter sets them at its start: a write to a closed
+        signal.signal(number, signal.SIG_IGN)  # pipe or socket raises BrokenPipeError, never kills the process
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stdin = os.open(request.get("stdin") or os.devnull, os.O_RDONLY)
     stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
