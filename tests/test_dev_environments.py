@@ -23,6 +23,17 @@ from tests.test_runs import ps, spawn, wait_for_output, wait_status
 GIT = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
 
 
+def one_commit_repo(repo: Path, files: dict) -> Path:
+    """A git repository at `repo` whose one commit holds `files` (name: text)."""
+    repo.mkdir()
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*GIT, "-C", str(repo), "add", "."], check=True)
+    subprocess.run([*GIT, "-C", str(repo), "commit", "-qm", "one"], check=True)
+    return repo
+
+
 def parse(text):
     return parse_configuration(text, "d.dstack.yml")
 
@@ -157,13 +168,7 @@ def dev_setup(tmp_path, make_host, client_key, user_home, dstack_home):
     fleet = write(tmp_path, "fleet.dstack.yml", f"type: fleet\nname: lab\nssh_config:\n  user: root\n"
                   f"  identity_file: {client_key[0]}\n  hosts: [{host.address}]\n")
     assert run_cli("apply", "-f", fleet, "-y", env=env).returncode == 0
-    repo = tmp_path / "project"
-    repo.mkdir()
-    (repo / "version.txt").write_text("v7\n")
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    subprocess.run([*GIT, "-C", str(repo), "add", "."], check=True)
-    subprocess.run([*GIT, "-C", str(repo), "commit", "-qm", "one"], check=True)
-    return host, env, repo
+    return host, env, one_commit_repo(tmp_path / "project", {"version.txt": "v7\n"})
 
 
 def host_processes(host, env):

@@ -5,7 +5,6 @@ unique per team; a dev environment's key sealed (never in the database in plain 
 
 import json
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from provisioner.store.records import VolumeRecord
 from provisioner.store.schema import SCHEMA_VERSION
 from provisioner.store.store import StateStore
 from tests.helpers import run_cli, write
-from tests.test_dev_environments import GIT, entry_works, ssh
+from tests.test_dev_environments import entry_works, one_commit_repo, ssh
 from tests.test_runs import spawn
 from tests.test_team_store import one_host_fleet, ps_json, schema_table, two_homes  # noqa: F401 (fixture)
 
@@ -102,12 +101,7 @@ def test_a_dev_environments_key_is_sealed_and_a_teammates_attach_unseals_it(tmp_
     for user in (alice, bob):
         Path(user["HOME"]).mkdir()
     one_host_fleet(tmp_path, alice, make_host(), client_key)
-    repo = tmp_path / "project"
-    repo.mkdir()
-    (repo / ".dstack.yml").write_text("type: dev-environment\nname: dev-team\n")
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    subprocess.run([*GIT, "-C", str(repo), "add", "."], check=True)
-    subprocess.run([*GIT, "-C", str(repo), "commit", "-qm", "one"], check=True)
+    repo = one_commit_repo(tmp_path / "project", {".dstack.yml": "type: dev-environment\nname: dev-team\n"})
     applied = run_cli("apply", "-f", str(repo / ".dstack.yml"), "-d", "-y", "-b", "ssh", env=alice)
     assert applied.returncode == 0, applied.stderr
     try:
