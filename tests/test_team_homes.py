@@ -140,3 +140,18 @@ def test_a_newer_or_unreachable_team_database_is_one_error_on_every_command_neve
     gone = run_cli(*argv, env={**home_env, "DSTACK_DATABASE_URL": f"postgresql://u@/x?host={tmp_path}/none"})
     assert gone.returncode == 1 and gone.stdout == "" and len(gone.stderr.splitlines()) == 1
     assert gone.stderr.startswith(f"error: cannot reach the team database x on {tmp_path}/none: ")
+
+
+def test_a_dev_environment_without_the_team_key_is_refused_before_a_host_is_claimed(tmp_path, two_homes, make_host,
+                                                                                   client_key):
+    """Its key is made once a host is claimed, and a team database takes it sealed only: a laptop without the team
+    key is told so first, with no run recorded and the host left free."""
+    alice, _ = two_homes
+    alice = {**alice, "HOME": str(tmp_path / "alice-user")}
+    Path(alice["HOME"]).mkdir()
+    one_host_fleet(tmp_path, alice, make_host(), client_key)
+    repo = one_commit_repo(tmp_path / "project", {".dstack.yml": "type: dev-environment\nname: dev-nokey\n"})
+    refused = run_cli("apply", "-f", str(repo / ".dstack.yml"), "-d", "-y", "-b", "ssh", env=alice)
+    assert refused.returncode == 1 and "set DSTACK_TEAM_KEY" in refused.stderr, refused.stderr
+    assert "run dev-nokey is recorded in" in refused.stderr and "Connecting" not in refused.stderr
+    assert "dev-nokey" not in ps_json(alice)  # no record written (before, a `failed` one, after its host's claim)

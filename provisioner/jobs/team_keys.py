@@ -18,18 +18,24 @@ NO_TEAM_KEY = (f"the team key, which this laptop does not have ({TEAM_KEY_VARIAB
                "passphrase: docs/teams.md)")
 
 
+def require_team_key(store: StateStore, what: str) -> None:
+    """Refused when a team database would hold the SSH key of `what` (`run x`, `fleet y`) and this home has no team
+    key to seal it with; callers ask before they make anything."""
+    if store.team is not None and team_key() is None:
+        raise ConfigurationError(f"{what} is recorded in {store.where}, whose teammates reach its hosts with its SSH "
+                                 f"key sealed with the team key: set {TEAM_KEY_VARIABLE} or share the Pulumi "
+                                 "passphrase (docs/teams.md)")
+
+
 def seal_home_key(store: StateStore, path: Path) -> None:
     """With a team database, the key at `path` (one of this home's HOME_KEYS) goes there too, sealed with the team
     key: never in plain text. Refused, before anything is made, when this home has no team key."""
     if store.team is None:
         return
     name = home_key_name(path)
-    key = team_key()
-    if key is None:
-        raise ConfigurationError(f"{name.split('/')[0][:-1]} {name.split('/')[1]} is recorded in {store.where}, "
-                                 f"whose teammates reach its hosts with its SSH key sealed with the team key: set "
-                                 f"{TEAM_KEY_VARIABLE} or share the Pulumi passphrase (docs/teams.md)")
     folder, owner, _ = name.split("/")
+    require_team_key(store, f"{folder[:-1]} {owner}")
+    key = team_key()
     store.save_sealed_file(name, seal(path.read_bytes(), key), run=owner if folder == "runs" else None,
                            fleet=owner if folder == "fleets" else None)
 

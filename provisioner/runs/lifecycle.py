@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
+from configuration.backends import CLOUD_BACKENDS
 from configuration.errors import ConfigurationError, DstackError
 from configuration.home import append_private
 from configuration.node_groups import node_groups
@@ -30,6 +31,7 @@ from provisioner.jobs.layout import TIMED_OUT
 from provisioner.jobs.node_logs import NodeLines
 from provisioner.jobs.nodes import Cluster, member_offers
 from provisioner.jobs.run_jobs import NodeFailed, RunJobs, exit_status, run_outcome
+from provisioner.jobs.team_keys import require_team_key
 from provisioner.jobs.uploads import UploadPlan, check_size, plan_uploads
 from provisioner.planning.field_support import check_fields
 from provisioner.planning.task_volumes import claim_volumes, job_mounts
@@ -69,6 +71,8 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
                                                                include_repos=upload_repo)
     check_size(uploads)
     store = session.store
+    if dev and not any(offer.backend in CLOUD_BACKENDS for offer in offers):  # a cloud's passphrase may come later
+        require_team_key(store, f"run {run_name}")  # its key is made once a host is claimed: asked first
     if store.get_cloud_fleet(run_name) is not None:  # a run's stack, resources and tags are named after the run
         raise ConfigurationError(f"a cloud fleet named {run_name} exists, and a run's cloud stack would take its "
                                  "stack's name (and a teardown its resources): pick another run name (`-n`)")
