@@ -62,7 +62,7 @@ def _print_logs_since(session, record, since: float, rank: int) -> None:
     from configuration.errors import DstackError
     from provisioner.host.access import HostAccess
     from provisioner.host.transport import TransportError
-    from provisioner.jobs.control import read_output_times
+    from provisioner.jobs.control import log_pieces, read_output_times
     from provisioner.store.run_files import first_offset_since, local_log_path, offset_since
 
     offset = offset_since(record.name, since, rank)
@@ -80,7 +80,7 @@ def _print_logs_since(session, record, since: float, rank: int) -> None:
                 if times is not None:
                     offset = first_offset_since(times, since)
                     if offset < sys.maxsize:
-                        for data in _host_chunks(transport, record.name, offset):
+                        for data in log_pieces(transport, record.name, offset):
                             write_stdout(data)
                     return
             finally:
@@ -142,6 +142,7 @@ def _node_output(session, name: str, rank: int, host) -> Iterator[bytes]:
     """Node `rank`'s whole log in chunks: from its host where it can be reached (`host` not None) and holds one,
     else (or from where the host stopped answering) from the copy kept locally."""
     from provisioner.host.transport import TransportError
+    from provisioner.jobs.control import log_pieces
     from provisioner.store.run_files import local_log_path
 
     shown = 0
@@ -149,7 +150,7 @@ def _node_output(session, name: str, rank: int, host) -> Iterator[bytes]:
         try:
             transport = host.connect(total_wait=30)
             try:
-                for data in _host_chunks(transport, name, 0):
+                for data in log_pieces(transport, name, 0):
                     yield data
                     shown += len(data)
             finally:
@@ -161,19 +162,6 @@ def _node_output(session, name: str, rank: int, host) -> Iterator[bytes]:
     path = local_log_path(name, rank)
     if path.exists():
         yield from file_chunks(path, shown)
-
-
-def _host_chunks(transport, name: str, offset: int) -> Iterator[bytes]:
-    """The job's log on its host from byte `offset` on, in pieces of at most LOG_READ_LIMIT bytes."""
-    from provisioner.jobs.control import LOG_READ_LIMIT, read_log
-
-    while True:
-        data = read_log(transport, name, offset, limit=LOG_READ_LIMIT).data
-        if data:
-            yield data
-            offset += len(data)
-        if len(data) < LOG_READ_LIMIT:
-            return
 
 
 def _print_logs(session, name: str, follow: bool, rank: int = 0) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from provisioner.host.transport import Transport, TransportError
 from provisioner.jobs import dev_env
@@ -76,6 +76,18 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
                            f"{{ tail -c +{offset + 1} output.log 2>/dev/null || true; }}{cut}", timeout=timeout + wait)
     code = result.stderr.decode(errors="replace").strip()
     return LogChunk(result.stdout, int(code) if code.lstrip("-").isdigit() else None)
+
+
+def log_pieces(transport: Transport, run_name: str, offset: int = 0) -> Iterator[bytes]:
+    """The job's log on its host from byte `offset` on, as it is now, in pieces of at most LOG_READ_LIMIT bytes (a
+    log of any size in constant memory)."""
+    while True:
+        data = read_log(transport, run_name, offset, limit=LOG_READ_LIMIT).data
+        if data:
+            yield data
+            offset += len(data)
+        if len(data) < LOG_READ_LIMIT:
+            return
 
 
 def log_size(transport: Transport, run_name: str) -> int:

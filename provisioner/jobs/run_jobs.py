@@ -19,8 +19,8 @@ from provisioner.host.access import HostAccess
 from provisioner.host.liveness import liveness
 from provisioner.host.transport import Transport
 from provisioner.jobs.cluster_ssh import authorize_command, revoke_left
-from provisioner.jobs.control import (LOG_READ_LIMIT, job_begun, job_ended_ago, job_state, read_log,
-                                      read_output_times, start_job, stop_job)
+from provisioner.jobs.control import (job_begun, job_ended_ago, job_state, log_pieces, read_output_times,
+                                      start_job, stop_job)
 from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED
 from provisioner.jobs.nodes import on_every_node, startup_waves
 from provisioner.jobs.script import JobSpec
@@ -209,14 +209,9 @@ def copy_log(transport: Transport, run_name: str, rank: int) -> None:
 
     path = local_log_path(run_name, rank)
     have = path.stat().st_size if path.exists() else 0
-    copied = have
-    while True:  # in pieces: a log of any size in constant memory
-        chunk = read_log(transport, run_name, copied, limit=LOG_READ_LIMIT)
-        with append_private(path) as f:
-            f.write(chunk.data)
-        copied += len(chunk.data)
-        if len(chunk.data) < LOG_READ_LIMIT:
-            break
+    with append_private(path) as f:
+        for data in log_pieces(transport, run_name, have):
+            f.write(data)
     times = read_output_times(transport, run_name)  # for `dstack logs --since` once the host is gone
     if times:
         append_times(run_name, rank, times, start=have)
