@@ -142,6 +142,26 @@ def test_max_duration_stops_the_run(tmp_path, home_env):
     assert result.returncode == 124
 
 
+@pytest.mark.parametrize("code", [121, 122, 124])
+def test_a_commands_own_reserved_exit_code_is_a_failure(tmp_path, home_env, code):
+    """121, 122 and 124 are what dstack gives a job it ends by inactivity_duration, utilization_policy and
+    max_duration; the same number exited by the commands is a failure (retried on error), attached or read later."""
+    marker = tmp_path / "first-try-done"
+    conf = write(tmp_path, "c.dstack.yml", f"type: task\nname: own-{code}\nmax_duration: 1h\n"
+                 "retry: {on_events: [error], duration: 1m}\n"
+                 f"commands: ['if [ ! -f {marker} ]; then touch {marker}; exit {code}; fi', 'exit {code}']\n")
+    result = run_cli("apply", "-f", conf, "-y", env=home_env)
+    assert result.returncode == code and "running it again" in result.stderr, result.stderr
+    run = ps(home_env)[f"own-{code}"]
+    assert (run["status"], run["reason"], run["exit_code"]) == ("failed", f"exit code {code}", code)
+
+    detached = write(tmp_path, "d.dstack.yml", f"type: task\nname: own-{code}-d\nmax_duration: 1h\n"
+                     f"commands: ['sleep 0.5', 'exit {code}']\n")
+    assert run_cli("apply", "-f", detached, "-y", "-d", env=home_env).returncode == 0  # the next ps reads the host
+    run = wait_status(home_env, f"own-{code}-d", "failed")
+    assert (run["reason"], run["exit_code"]) == (f"exit code {code}", code)
+
+
 def test_ssh_fleet_end_to_end(tmp_path, home_env, make_host, client_key):
     first, second = make_host(), make_host()
     fleet = write(tmp_path, "fleet.dstack.yml",

@@ -12,7 +12,7 @@ from provisioner.host.transport import Transport, TransportError
 from provisioner.jobs import dev_env
 from provisioner.jobs.cluster_ssh import job_files
 from provisioner.jobs.launch import MONITOR_SCRIPT, OUTPUT_SIZES, start_command, stop_command
-from provisioner.jobs.layout import BEGUN_FILE, JOBS_ROOT, job_folder
+from provisioner.jobs.layout import BEGUN_FILE, JOBS_ROOT, job_folder, parse_exit_code
 from provisioner.jobs.script import ASKPASS_SCRIPT, GIT_PASSWORD_VAR, GIT_USERNAME_VAR, JobSpec, env_file, job_script
 from provisioner.jobs.uploads import archive_stream, git_credentials
 
@@ -74,8 +74,7 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
     cut = f" | head -c {limit}" if limit is not None else ""
     result = transport.run(f"cd {folder} && {waiting}{{ cat exit_code 2>/dev/null || true; }} >&2; "
                            f"{{ tail -c +{offset + 1} output.log 2>/dev/null || true; }}{cut}", timeout=timeout + wait)
-    code = result.stderr.decode(errors="replace").strip()
-    return LogChunk(result.stdout, int(code) if code.lstrip("-").isdigit() else None)
+    return LogChunk(result.stdout, parse_exit_code(result.stderr.decode(errors="replace")))
 
 
 def log_pieces(transport: Transport, run_name: str, offset: int = 0) -> Iterator[bytes]:
@@ -134,8 +133,7 @@ def job_begun(transport: Transport, run_name: str) -> Tuple[bool, Optional[int]]
     folder = job_folder(run_name)
     result = transport.run(f"cd {folder} 2>/dev/null || exit 0; cat exit_code 2>/dev/null >&2; "
                            f"[ -f {BEGUN_FILE} ] && echo begun; true", timeout=30)
-    code = result.stderr.decode(errors="replace").strip()
-    return "begun" in result.text, int(code) if code.lstrip("-").isdigit() else None
+    return "begun" in result.text, parse_exit_code(result.stderr.decode(errors="replace"))
 
 
 def job_ended_ago(transport: Transport, run_name: str) -> Optional[float]:
@@ -155,10 +153,10 @@ def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
                            "if [ -f exit_code ]; then echo exited $(cat exit_code); "
                            "elif [ -s pid ] && kill -0 -$(cat pid) 2>/dev/null; then echo running; "
                            "else echo missing; fi", timeout=30)
-    words = result.text.split()
-    if words and words[0] == "exited":
-        return "exited", int(words[1])
-    return (words[0] if words else "missing"), None
+    state, _, code = result.text.strip().partition(" ")
+    if state == "exited":
+        return "exited", parse_exit_code(code)
+    return state or "missing", None
 
 
 def running_jobs(transport: Transport) -> List[Tuple[str, int]]:
@@ -178,5 +176,4 @@ def stop_job(transport: Transport, run_name: str, grace: Optional[int] = 10) -> 
     """SIGTERM to the job's process group (and `docker stop` for its container), SIGKILL after `grace` seconds
     (never, with None); returns the exit code recorded (None when the job is still ending)."""
     result = transport.run(stop_command(run_name, grace), timeout=(grace or 0) + 30)
-    text = result.text.strip()
-    return int(text) if text.lstrip("-").isdigit() else None
+    return parse_exit_code(result.text)

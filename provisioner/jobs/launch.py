@@ -8,7 +8,7 @@ import shlex
 from typing import Optional
 
 from provisioner.jobs import dev_env
-from provisioner.jobs.layout import INACTIVE, PROFILE_ENV, UNDERUTILIZED, job_folder
+from provisioner.jobs.layout import INACTIVE, PROFILE_ENV, TIMED_OUT, UNDERUTILIZED, job_folder
 from provisioner.jobs.script import JOB_ID_VAR, JobSpec
 from stacks.power_off import POWER_OFF_PATH
 
@@ -146,7 +146,7 @@ def start_command(job: JobSpec) -> str:
         interval = min(max(window // 10, MIN_SAMPLE_INTERVAL_S), MAX_SAMPLE_INTERVAL_S)
         monitor_start = f"./monitor.sh $J {low} {window} {interval} & M=$!; "
         monitor_start = f"rm -f stop_reason util.*; {monitor_start}"
-        monitor_stop = f'kill $M 2>/dev/null; [ -f stop_reason ] && code={UNDERUTILIZED}; '
+        monitor_stop = f'kill $M 2>/dev/null; [ -f stop_reason ] && {{ code={UNDERUTILIZED}; by=utilization_policy; }}; '
     authorize = ""
     if job.dev is not None:  # its key's line goes with the job: added before it starts, removed once it has ended
         authorize = f" && {{ {dev_env.authorize_command(job.dev.public_key)}; }}"
@@ -154,12 +154,13 @@ def start_command(job: JobSpec) -> str:
             interval = dev_env.sample_interval(job.dev.inactivity_s)
             monitor_start += (f"rm -f {dev_env.INACTIVE_FILE}; ./sessions.sh $J {job.dev.inactivity_s} {interval} & "
                               "S=$!; ")
-            monitor_stop += f"kill $S 2>/dev/null; [ -f {dev_env.INACTIVE_FILE} ] && code={INACTIVE}; "
+            monitor_stop += (f"kill $S 2>/dev/null; [ -f {dev_env.INACTIVE_FILE} ] && "
+                             f"{{ code={INACTIVE}; by=inactivity_duration; }}; ")
         monitor_stop += f"{dev_env.revoke_command(job.dev.public_key)}; rm -f session.env; "
-    wrapper = (f": > {OUTPUT_SIZES}; setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & J=$!; "
-               f"echo $J > pid; {_SIZES_START}{monitor_start}wait $J; code=$?; {_SIZES_STOP}{monitor_stop}"
-               f"{_end_of_job(job)}rm -f {' '.join(SECRET_HOLDERS)}; "
-               "echo $code > exit_code.tmp; mv exit_code.tmp exit_code")
+    wrapper = (f": > {OUTPUT_SIZES}; started=$(date +%s); by=; setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & "
+               f"J=$!; echo $J > pid; {_SIZES_START}{monitor_start}wait $J; code=$?; {_timed_out(job)}{_SIZES_STOP}"
+               f"{monitor_stop}{_end_of_job(job)}rm -f {' '.join(SECRET_HOLDERS)}; "
+               "echo $code $by > exit_code.tmp; mv exit_code.tmp exit_code")
     if job.power_off_after_exit_min:
         minutes = job.power_off_after_exit_min
         # The VM's own idle watchdog (cloud-init writes it: a GCP VM deletes itself), else a plain scheduled
@@ -175,6 +176,15 @@ def start_command(job: JobSpec) -> str:
             f"rm -f exit_code pid begun output.log {PROFILE_ENV}{mark_root}{authorize}; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
+
+
+def _timed_out(job: JobSpec) -> str:
+    """timeout(1) exits 124 when it stopped the job with SIGTERM (137 when SIGKILL had to follow) and also when the
+    commands exit 124 themselves: only a job that ran its whole max_duration was stopped by it (`by`, ENDED_BY)."""
+    if not job.max_duration_s:
+        return ""
+    return (f'case $code in 124|137) [ $(( $(date +%s) - started )) -ge {job.max_duration_s} ] && '
+            f'{{ code={TIMED_OUT}; by=max_duration; }};; esac; ')
 
 
 def _end_of_job(job: JobSpec) -> str:

@@ -21,7 +21,7 @@ from provisioner.host.transport import Transport
 from provisioner.jobs.cluster_ssh import authorize_command, revoke_left
 from provisioner.jobs.control import (job_begun, job_ended_ago, job_state, log_pieces, read_output_times,
                                       start_job, stop_job)
-from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED
+from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED, EndedByDstack
 from provisioner.jobs.nodes import on_every_node, startup_waves
 from provisioner.jobs.script import JobSpec
 from provisioner.store.records import JobRecord, RunRecord
@@ -41,12 +41,13 @@ def exit_status(code: Optional[int]) -> Tuple[RunStatus, Optional[str]]:
     """How a run whose job exited with `code` (None: the job is gone) ends, and why."""
     if code == 0:
         return RunStatus.DONE, None
-    if code == TIMED_OUT:
-        return RunStatus.TERMINATED, "max_duration reached"
-    if code == UNDERUTILIZED:
-        return RunStatus.TERMINATED, "GPU utilization below utilization_policy"
-    if code == INACTIVE:
-        return RunStatus.TERMINATED, "no SSH connection for inactivity_duration"
+    if isinstance(code, EndedByDstack):
+        if code == TIMED_OUT:
+            return RunStatus.TERMINATED, "max_duration reached"
+        if code == UNDERUTILIZED:
+            return RunStatus.TERMINATED, "GPU utilization below utilization_policy"
+        if code == INACTIVE:
+            return RunStatus.TERMINATED, "no SSH connection for inactivity_duration"
     if code is None:
         return RunStatus.FAILED, "the job is gone from its host"
     return RunStatus.FAILED, f"exit code {code}"

@@ -32,6 +32,7 @@ from provisioner.jobs.dev_env import (
     state_command,
 )
 from provisioner.jobs.cluster_ssh import host_keys
+from provisioner.jobs.layout import parse_exit_code
 from provisioner.jobs.run_jobs import exit_status
 from provisioner.jobs.team_keys import seal_home_key, unsealed_home_key
 from provisioner.runs.ssh_entries import SSHEntry, add_entry, has_entry, remove_entry
@@ -78,10 +79,10 @@ def wait_ready(access: HostAccess, run_name: str, report: Callable[[str], None],
         while stop is None or not stop.is_set():
             result = transport.run(state_command(run_name), timeout=30)
             lines = result.text.split()
-            code = result.stderr.decode(errors="replace").strip()
+            code = parse_exit_code(result.stderr.decode(errors="replace"))
             ready = "ready" in lines[1:]
-            if code.lstrip("-").isdigit():
-                why = exit_status(int(code))[1] or "exit code 0"
+            if code is not None:
+                why = exit_status(code)[1] or "exit code 0"
                 raise InitFailed(f"{run_name}: its job has ended ({why}){'' if ready else ' before `init` was done'}"
                                  f" (`dstack logs {run_name}` shows its output)")
             if ready:

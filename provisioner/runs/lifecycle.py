@@ -27,7 +27,7 @@ from provisioner.host.transport import HostUnreachable
 from provisioner.jobs.cluster_ssh import cluster_ssh
 from provisioner.jobs.control import FIRST_OUTPUT_WAIT_S
 from provisioner.jobs.follow import LogFollower, kept_run_hint
-from provisioner.jobs.layout import TIMED_OUT
+from provisioner.jobs.layout import TIMED_OUT, EndedByDstack
 from provisioner.jobs.node_logs import NodeLines
 from provisioner.jobs.nodes import Cluster, member_offers
 from provisioner.jobs.run_jobs import NodeFailed, RunJobs, exit_status, run_outcome
@@ -129,7 +129,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             try:
                 status, reason, code = _follow(session, jobs, run_name, configuration)
                 error_deadline = retry_deadline(configuration, "error", store.get_run(run_name).submitted_at)
-                while code not in (0, TIMED_OUT, None) and error_deadline is not None and \
+                while status is RunStatus.FAILED and code is not None and error_deadline is not None and \
                         time.time() < error_deadline:
                     say(f"the job failed with exit code {code}; running it again (retry on error)")
                     store.add_event(run_name, "retry", f"exit code {code}; running the job again")
@@ -267,7 +267,7 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
                     jobs.record_end(rank, code)
             outcome = run_outcome(codes, jobs.size, configuration.stop_criteria)
             if outcome is None and deadline is not None and time.time() > deadline:
-                outcome = (*exit_status(TIMED_OUT), TIMED_OUT)
+                outcome = (*exit_status(EndedByDstack(TIMED_OUT)), TIMED_OUT)
     remaining = [rank for rank in followers if rank not in codes]
     if remaining:
         session.reporter.info(f"stopping node{'s' if len(remaining) > 1 else ''} "

@@ -10,14 +10,14 @@ from typing import List, Optional, Tuple
 from configuration.owner import another_homes
 from provisioner.host.access import HostAccess
 from provisioner.host.transport import TransportError
-from provisioner.jobs.layout import TIMED_OUT
+from provisioner.jobs.layout import TIMED_OUT, EndedByDstack, recorded_exit_code
 from provisioner.jobs.run_jobs import RunJobs, copy_log, exit_status, run_jobs, run_outcome, settled_job_state
 from provisioner.runs.interruptions import end_lost, lost_instances, record_loss
 from provisioner.runs.job_specs import recorded_stop_grace
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import finish_run, run_owner_alive, stop_jobs
 from provisioner.store.records import RunRecord
-from provisioner.store.statuses import RUNNING, STARTING, RunStatus
+from provisioner.store.statuses import RUNNING, STARTING, JobStatus, RunStatus
 
 
 def reconcile(session: RunSession) -> List[RunRecord]:
@@ -84,7 +84,8 @@ def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, O
     exit code); else None."""
     recorded = run_jobs(session.store, record)
     jobs = RunJobs(session.store, record.name, [HostAccess.from_json(job.host) for job in recorded])
-    codes = {job.rank: job.exit_code for job in recorded if job.status.is_finished()}
+    codes = {job.rank: recorded_exit_code(job.exit_code, job.status == JobStatus.TERMINATED)
+             for job in recorded if job.status.is_finished()}
     stop_criteria = (record.configuration or {}).get("stop_criteria")
     try:
         for job in recorded:
@@ -100,7 +101,7 @@ def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, O
         outcome = run_outcome(codes, jobs.size, stop_criteria)
         if outcome is None and record.max_duration and record.started_at and \
                 time.time() > record.started_at + record.max_duration + 15:
-            outcome = (*exit_status(TIMED_OUT), TIMED_OUT)
+            outcome = (*exit_status(EndedByDstack(TIMED_OUT)), TIMED_OUT)
         remaining = [job.rank for job in recorded if job.rank not in codes]
         if outcome is not None and remaining:
             stopped = jobs.stop(remaining, recorded_stop_grace(record), session.reporter.info)
