@@ -132,7 +132,8 @@ def test_the_socket_is_the_users_alone_and_holds_no_secret(tmp_path, make_host, 
 
 def socket_checks(tmp_path, home_env, make_host, client_key):
     host, _ = counted_host(make_host, tmp_path)
-    fleet_and_task(tmp_path, client_key, host, home_env)
+    exported = "s3cret-for-apply-e-9f2c"  # a value exported for `apply -e NAME` stays with the command that read it
+    fleet_and_task(tmp_path, client_key, host, {**home_env, "HF_TOKEN": exported})
     Path(home_env["DSTACK_HOME"]).chmod(0o755)
     [path] = keeper_sockets(home_env["DSTACK_HOME"])
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -141,6 +142,7 @@ def socket_checks(tmp_path, home_env, make_host, client_key):
     private = Path(client_key[0]).read_text().splitlines()[1]
     for part in ("cmdline", "environ"):
         assert private.encode() not in Path(f"/proc/{pid}/{part}").read_bytes()
+        assert exported.encode() not in Path(f"/proc/{pid}/{part}").read_bytes()
     # another user: the folder keeps it out; and where the folder and socket were opened, the keeper refuses it
     probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.settimeout(5)\n"
              "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print('refused', e.errno); sys.exit()\n"

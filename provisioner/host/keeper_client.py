@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Optional
 
 from configuration.errors import ConfigurationError
 from configuration.home import dstack_home, private_dir
-from provisioner.host.liveness import liveness
+from provisioner.host.liveness import HOST_TIMEOUT_VARIABLE, liveness
 from provisioner.host.ssh import (AuthenticationRefused, HostKeyChanged, HostKeyUnknown, SSHTarget, SSHTransport,
                                   connect)
 from provisioner.host.transport import CommandResult, Stdin, TransportError
@@ -280,12 +280,20 @@ def connect_kept(target: SSHTarget, total_wait: float, log: Callable[[str], None
         os.close(folder_fd)
 
 
+# What a keeper and its SSH connections read of the environment (its interpreter, the home folders, the SSH agent
+# for a host without a key, the host timeout); nothing else goes with it: a secret exported for `apply -e NAME` must
+# not live on in a process that outlives the command.
+_KEEPER_ENVIRONMENT = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+                                 "SSH_AUTH_SOCK", "DSTACK_HOME", HOST_TIMEOUT_VARIABLE})
+
+
 def _spawn(path: Path, target: SSHTarget, persist: float, total_wait: float, log: Callable[[str], None],
            connect_timeout: float, booting: bool) -> bool:
     """Starts a keeper for `target` and waits until it is connected and listening (True), or raises the connection's
     error; False where the keeper itself could not run. The spec (a private key's text included) goes on its stdin,
     never in its arguments or environment."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_CODE_ROOT, os.environ.get("PYTHONPATH")])))
+    env = {name: value for name, value in os.environ.items() if name in _KEEPER_ENVIRONMENT}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_CODE_ROOT, os.environ.get("PYTHONPATH")]))
     spec = {"target": target_json(target), "socket": str(path), "persist": persist, "total_wait": total_wait,
             "connect_timeout": connect_timeout, "booting": booting}
     try:
