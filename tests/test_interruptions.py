@@ -48,3 +48,44 @@ def test_each_attempt_is_read_back_from_the_runs_events(dstack_home):
     record = store.update_run("r", status=RunStatus.DONE)
     assert [(s["submission"], s["hosts"], s["status"], s["reason"]) for s in submissions(store, record)] == [
         (1, "ubuntu@192.0.2.1:22", "terminated", "interrupted"), (2, "ubuntu@192.0.2.2:22", "done", None)]
+
+
+def test_only_a_cloud_spot_vms_job_watches_for_the_interruption_notice():
+    """The watcher goes to a job on an AWS or GCP spot VM, named after its cloud; never to an on-demand VM, an SSH
+    host or this machine (provisioner.jobs.spot_notice)."""
+    import dataclasses
+
+    from configuration.loader import parse_configuration
+    from provisioner.jobs.control import job_folder_files
+    from provisioner.jobs.launch import start_command
+    from provisioner.runs.job_specs import job_spec
+
+    conf = parse_configuration("type: task\ncommands: [sleep 1]\n", "x.dstack.yml")
+    for backend, spot, watched in (("aws", True, "aws"), ("gcp", True, "gcp"), ("aws", False, None),
+                                   ("ssh", True, None), ("local", True, None)):
+        spec = job_spec("r", conf, dataclasses.replace(offer("r", ["z"]), backend=backend, spot=spot))
+        assert spec.spot_notice == watched, (backend, spot)
+        assert ("notice.sh" in job_folder_files(spec)) == bool(watched)
+        assert (f"./notice.sh {watched} $J" in start_command(spec)) == bool(watched)
+
+
+def test_a_log_read_brings_the_hosts_notice_with_the_exit_code(tmp_path):
+    """read_log: the notice the host recorded (spot_notice in the job folder) comes in the same round trip as the
+    log and the exit code; without the file there is none, and the exit code reads as before."""
+    from provisioner.host.transport import LocalTransport
+    from provisioner.jobs.control import read_log
+    from provisioner.jobs.spot_notice import NOTICE_FILE, read_notice
+
+    folder = tmp_path / "jobs" / "r"
+    folder.mkdir(parents=True)
+    (folder / "output.log").write_text("working\ndstack: spot interruption notice from AWS: terminate at T\n")
+    transport = LocalTransport(str(tmp_path / "jobs"))
+    chunk = read_log(transport, "r", 0)
+    assert (chunk.exit_code, chunk.notice) == (None, None) and read_notice(transport, "r") is None
+    (folder / NOTICE_FILE).write_text("spot interruption notice from AWS: terminate at T\n")
+    chunk = read_log(transport, "r", 8)
+    assert chunk.data.startswith(b"dstack: spot interruption notice") and chunk.exit_code is None
+    assert chunk.notice == "spot interruption notice from AWS: terminate at T" == read_notice(transport, "r")
+    (folder / "exit_code").write_text("143\n")
+    assert (read_log(transport, "r", 0).exit_code, read_log(transport, "r", 0).notice) == (143, chunk.notice)
+    assert read_notice(transport, "gone") is None

@@ -14,17 +14,21 @@ from provisioner.jobs.cluster_ssh import job_files
 from provisioner.jobs.launch import MONITOR_SCRIPT, OUTPUT_SIZES, start_command, stop_command
 from provisioner.jobs.layout import BEGUN_FILE, JOBS_ROOT, job_folder, parse_exit_code
 from provisioner.jobs.script import ASKPASS_SCRIPT, GIT_PASSWORD_VAR, GIT_USERNAME_VAR, JobSpec, env_file, job_script
+from provisioner.jobs.spot_notice import NOTICE_SCRIPT, NOTICE_SCRIPT_NAME, notice_read, parse_notice
 from provisioner.jobs.uploads import archive_stream, git_credentials
 
 
 def job_folder_files(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:
-    """job.sh, the env file, the utilization monitor where the task has a policy, a dev environment's session files
+    """job.sh, the env file, the utilization monitor where the task has a policy, the spot notice's watcher on a
+    cloud spot VM, a dev environment's session files
     (provisioner.jobs.dev_env) and, for a `url` repo that the user's git setup has credentials for, the askpass script
     that hands them to `git clone` on the host (through the env file, which the job deletes once read)."""
     env = env_file(job)
     extras = {"job.sh": (job_script(job).encode(), 0o700)}
     if job.utilization:
         extras["monitor.sh"] = (MONITOR_SCRIPT.encode(), 0o700)
+    if job.spot_notice is not None:
+        extras[NOTICE_SCRIPT_NAME] = (NOTICE_SCRIPT.encode(), 0o700)
     if job.cluster_ssh is not None:
         extras.update(job_files(job.cluster_ssh))
     if job.dev is not None:
@@ -53,6 +57,7 @@ def start_job(transport: Transport, job: JobSpec,
 class LogChunk:
     data: bytes
     exit_code: Optional[int]  # set once the job has ended; `data` then holds the end of the log
+    notice: Optional[str] = None  # the spot interruption notice the host had (provisioner.jobs.spot_notice)
 
 
 LOG_READ_LIMIT = 8 << 20  # bytes of a log one read takes at most: a long log comes in pieces, in constant memory
@@ -63,7 +68,8 @@ _WAIT_STEP_S = 0.01
 def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 20,
              limit: Optional[int] = None, wait: float = 0) -> LogChunk:
     """The log from `offset` on (at most `limit` bytes of it), and the exit code if the job has ended (read first,
-    so the log is complete when fewer than `limit` bytes came). With `wait`, a log that is still empty is waited on,
+    so the log is complete when fewer than `limit` bytes came), and the spot interruption notice if the host had it
+    (read before the log, which then holds its line). With `wait`, a log that is still empty is waited on,
     on the host, for up to `wait` seconds (its first byte, or the job's end): the first line reaches the client as
     it is written, not at the next poll."""
     folder = job_folder(run_name)
@@ -72,9 +78,10 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
         waiting = (f"i=0; while [ $i -lt {int(wait / _WAIT_STEP_S)} ] && [ ! -f exit_code ] && [ ! -s output.log ]; "
                    f"do sleep {_WAIT_STEP_S}; i=$((i+1)); done; ")
     cut = f" | head -c {limit}" if limit is not None else ""
-    result = transport.run(f"cd {folder} && {waiting}{{ cat exit_code 2>/dev/null || true; }} >&2; "
+    result = transport.run(f"cd {folder} && {waiting}{{ cat exit_code 2>/dev/null || true; }} >&2; {notice_read()}"
                            f"{{ tail -c +{offset + 1} output.log 2>/dev/null || true; }}{cut}", timeout=timeout + wait)
-    return LogChunk(result.stdout, parse_exit_code(result.stderr.decode(errors="replace")))
+    stderr = result.stderr.decode(errors="replace")
+    return LogChunk(result.stdout, parse_exit_code(stderr.split("\nnotice ", 1)[0]), parse_notice(stderr))
 
 
 def log_pieces(transport: Transport, run_name: str, offset: int = 0) -> Iterator[bytes]:

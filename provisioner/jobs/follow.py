@@ -34,6 +34,7 @@ class LogFollower:
         self._log = log
         self._answered_at = time.monotonic()
         self._host = host
+        self.notice: Optional[str] = None  # the host's spot interruption notice, once a read has seen it
 
     def _transport(self) -> Transport:
         if self.transport is None:
@@ -44,10 +45,12 @@ class LogFollower:
 
     def poll(self, write: Callable[[bytes], None], wait: float = 0.0) -> Optional[int]:
         """Writes what is new, in pieces of at most LOG_READ_LIMIT bytes (a log of any size in constant memory);
-        returns the exit code once the job has ended and its whole log is written. `wait`: while the log is empty,
+        returns the exit code once the job has ended and its whole log is written (`notice` holds the host's spot
+        interruption notice once read: its line is in what was written). `wait`: while the log is empty,
         the read waits on the host up to that long for its first byte (control.read_log)."""
         while True:
             chunk = self._read(wait)
+            self.notice = chunk.notice or self.notice
             if chunk.data:
                 write(chunk.data)
                 self.offset += len(chunk.data)

@@ -10,6 +10,7 @@ from typing import Optional
 from provisioner.jobs import dev_env
 from provisioner.jobs.layout import INACTIVE, PROFILE_ENV, TIMED_OUT, UNDERUTILIZED, job_folder
 from provisioner.jobs.script import JOB_ID_VAR, JobSpec
+from provisioner.jobs.spot_notice import NOTICE_FILE, watch_start, watch_stop
 from stacks.power_off import POWER_OFF_PATH
 
 # `monitor.sh PGID MIN_PERCENT WINDOW_S INTERVAL_S`: samples each GPU's utilization with nvidia-smi every INTERVAL_S;
@@ -157,7 +158,10 @@ def start_command(job: JobSpec) -> str:
             monitor_stop += (f"kill $S 2>/dev/null; [ -f {dev_env.INACTIVE_FILE} ] && "
                              f"{{ code={INACTIVE}; by=inactivity_duration; }}; ")
         monitor_stop += f"{dev_env.revoke_command(job.dev.public_key)}; rm -f session.env; "
-    wrapper = (f": > {OUTPUT_SIZES}; started=$(date +%s); by=; setsid {limit}{_launcher(job)} > output.log 2>&1 < /dev/null & "
+    monitor_start += watch_start(job.spot_notice)  # the spot interruption notice (provisioner.jobs.spot_notice)
+    monitor_stop += watch_stop(job.spot_notice)
+    # The log is opened to append (O_APPEND): a line the notice's watcher adds lands after the job's, not under them.
+    wrapper = (f": > {OUTPUT_SIZES}; started=$(date +%s); by=; setsid {limit}{_launcher(job)} >> output.log 2>&1 < /dev/null & "
                f"J=$!; echo $J > pid; {_SIZES_START}{monitor_start}wait $J; code=$?; {_timed_out(job)}{_SIZES_STOP}"
                f"{monitor_stop}{_end_of_job(job)}rm -f {' '.join(SECRET_HOLDERS)}; "
                "echo $code $by > exit_code.tmp; mv exit_code.tmp exit_code")
@@ -173,7 +177,7 @@ def start_command(job: JobSpec) -> str:
     # The last job's log goes before the command returns: the launch opens the new one in the background, and a
     # follower that reads at once (a retry) would read the old log's lines again.
     return (f"{check}{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && "
-            f"rm -f exit_code pid begun output.log {PROFILE_ENV}{mark_root}{authorize}; }} || exit 1; "
+            f"rm -f exit_code pid begun output.log {NOTICE_FILE} {PROFILE_ENV}{mark_root}{authorize}; }} || exit 1; "
             f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
             "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
 

@@ -70,6 +70,7 @@ class JobSpec:
     utilization: Optional[Tuple[int, int]] = None  # (min GPU %, window s): stopped when a GPU stays below it
     cluster_ssh: Optional[ClusterSSH] = None  # a multi-node job's SSH to the other nodes (provisioner.jobs.cluster_ssh)
     dev: Optional[DevSession] = None  # a dev environment's sessions and inactivity (provisioner.jobs.dev_env)
+    spot_notice: Optional[str] = None  # aws, gcp: a spot VM's interruption notice watched (jobs.spot_notice)
     job_id: str = field(default_factory=lambda: secrets.token_hex(12))
     uploads: UploadPlan = field(default_factory=UploadPlan)  # the repo and `files`
     mounts: Mounts = Mounts()  # `volumes`: network volumes and instance folders (provisioner.jobs.mounts)

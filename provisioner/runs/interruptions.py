@@ -1,9 +1,11 @@
 """A run's spot VM taken back by its cloud (an interruption), told apart from a host that merely stopped answering
-and from a VM that ended otherwise, by asking the cloud (stacks.clouds.instance_losses) once a node's connection is
-lost. With `retry: {on_events: [interruption]}` the run goes back to `submitted`: its stack is destroyed (network
-volumes are stacks of their own and stay), the interrupted zone is blocked for INTERRUPTED_ZONE_BLOCK_S, and the
-offers are tried again; the job starts again from its commands, with DSTACK_RUN_ATTEMPT one higher. Without it, or
-past `retry.duration`, the run ends `terminated` (interrupted)."""
+and from a VM that ended otherwise: first from the cloud's spot interruption notice, which the host reads and
+records while the VM still runs (provisioner.jobs.spot_notice), else by asking the cloud
+(stacks.clouds.instance_losses) once a node's connection is lost. With `retry: {on_events: [interruption]}` the
+run goes back to `submitted`: its stack is destroyed (network volumes are stacks of their own and stay), the
+interrupted zone is blocked for INTERRUPTED_ZONE_BLOCK_S, and the offers are tried again; the job starts again from
+its commands, with DSTACK_RUN_ATTEMPT one higher. Without it, or past `retry.duration`, the run ends `terminated`
+(interrupted)."""
 
 from __future__ import annotations
 
@@ -56,6 +58,26 @@ def lost_instances(session: RunSession, run_name: str) -> List[InstanceLoss]:
         session.reporter.info(f"could not ask {record.backend} whether {run_name}'s instances still run: "
                               f"{text[0] if text else type(e).__name__}")
         return []
+
+
+def may_have_notice(record: RunRecord) -> bool:
+    """Whether the run's hosts may have had a spot interruption notice: a run of its own cloud stack whose policy
+    lets it take spot VMs (runs default to on-demand); `dstack ps` asks only those hosts."""
+    return record.backend in CLOUD_BACKENDS and bool(record.stack) and \
+        (record.configuration or {}).get("spot_policy") in ("spot", "auto")
+
+
+def notice_losses(session: RunSession, run_name: str, notices: Dict[int, str]) -> List[InstanceLoss]:
+    """The instances whose hosts had the cloud's spot interruption notice (`notices`: rank -> its text, read on the
+    host: provisioner.jobs.spot_notice), each an interruption to come: the run is told now, while the VM still runs,
+    not once the cloud has taken it back. Empty for a run without a cloud stack of its own (an instance of a fleet
+    is not the run's to end)."""
+    record = session.store.get_run(run_name)
+    if record is None or record.backend not in CLOUD_BACKENDS or not record.stack:
+        return []
+    ids = list(record.stack.get("instance_ids") or [])
+    return [InstanceLoss(str(ids[rank]) if rank < len(ids) else f"of node {rank}", True, f"got the {text}")
+            for rank, text in sorted(notices.items())]
 
 
 def raise_if_lost(session: RunSession, run_name: str) -> None:

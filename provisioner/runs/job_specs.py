@@ -1,5 +1,5 @@
 """From a task and its offer to each node's JobSpec (provisioner.jobs.script): commands, dstack's system variables,
-the stop grace, the VM's power-off after the job."""
+the stop grace, the VM's power-off after the job, the spot interruption notice watched on a cloud spot VM."""
 
 from __future__ import annotations
 
@@ -97,4 +97,5 @@ def job_spec(run_name: str, configuration, offer: Offer, repo: Optional[str] = N
         gpus=node_offer.instance.gpu_count,
         utilization=(policy.min_gpu_utilization, policy.time_window) if policy else None,
         dev=DevSession(dev_key, getattr(configuration, "inactivity_duration", None)) if dev_key else None,
+        spot_notice=node_offer.backend if node_offer.spot and node_offer.backend in ("aws", "gcp") else None,
     )

@@ -38,7 +38,8 @@ from provisioner.planning.task_volumes import claim_volumes, job_mounts
 from provisioner.runs import dev_environments
 from provisioner.runs.failover import RunFailed, StopRequested, provision_with_retry, retry_deadline
 from provisioner.runs.interruptions import (ATTEMPT_VARIABLE, Interrupted, ZoneBlocks, back_to_submitted, end_lost,
-                                            lost_instances, raise_if_lost, record_loss, retries_interruption)
+                                            lost_instances, notice_losses, raise_if_lost, record_loss,
+                                            retries_interruption)
 from provisioner.runs.job_specs import job_spec, recorded_stop_grace
 from provisioner.runs.owner import current_owner
 from provisioner.runs.plan import configuration_json
@@ -223,7 +224,7 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
     deadline = (record.started_at or time.time()) + record.max_duration + 15 if record.max_duration else None
     lines = NodeLines(jobs.size, session.reporter.output)
     codes: Dict[int, Optional[int]] = {}
-    followers = {}
+    followers, noticed = {}, set()
     read: "queue.Queue[tuple]" = queue.Queue()
     done = threading.Event()
     with contextlib.ExitStack() as stack:
@@ -261,6 +262,7 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
                     copies[rank].flush()
                     lines.add(rank, data)
                 jobs.transports[rank] = followers[rank].transport
+                _raise_on_notice(session, run_name, followers, noticed)
                 if code is not None:
                     codes[rank] = code
                     lines.flush(rank)
@@ -274,6 +276,17 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
                               f"{', '.join(map(str, remaining))}: {outcome[1] or 'the master is done'}")
         jobs.stop(remaining, grace, session.reporter.info)
     return outcome
+
+
+def _raise_on_notice(session: RunSession, run_name: str, followers: Dict[int, LogFollower], noticed: set) -> None:
+    """Interrupted once a node's host has had its cloud's spot interruption notice (its line is written by now):
+    the run ends or starts again while the VM still runs, not once the cloud has taken it back. `noticed`: the
+    ranks whose notice was looked at (a run that is not the instance's to end, a fleet's, is let run on)."""
+    notices = {rank: follower.notice for rank, follower in followers.items() if follower.notice and rank not in noticed}
+    noticed.update(notices)
+    losses = notice_losses(session, run_name, notices) if notices else []
+    if losses:
+        raise Interrupted(losses)
 
 
 def _read_node(rank: int, follower: LogFollower, read: "queue.Queue[tuple]", done: threading.Event) -> None:

@@ -1,6 +1,6 @@
 """Finishing what no live dstack process looks after (each `dstack ps` runs it): a job that ended, a run past
-max_duration, a provisioning or teardown that a crash cut short, a run whose VM the cloud took back or that ended
-itself (provisioner.runs.interruptions)."""
+max_duration, a provisioning or teardown that a crash cut short, a run whose VM the cloud took back (or is taking
+back: the host had the spot interruption notice) or that ended itself (provisioner.runs.interruptions)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from provisioner.host.access import HostAccess
 from provisioner.host.transport import TransportError
 from provisioner.jobs.layout import TIMED_OUT, EndedByDstack, recorded_exit_code
 from provisioner.jobs.run_jobs import RunJobs, copy_log, exit_status, run_jobs, run_outcome, settled_job_state
-from provisioner.runs.interruptions import end_lost, lost_instances, record_loss
+from provisioner.jobs.spot_notice import read_notice
+from provisioner.runs.interruptions import (Interrupted, end_lost, lost_instances, may_have_notice, notice_losses,
+                                            record_loss)
 from provisioner.runs.job_specs import recorded_stop_grace
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import finish_run, run_owner_alive, stop_jobs
@@ -63,10 +65,15 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
         return
     try:
         outcome = _ended_jobs(session, record)
+    except Interrupted as noticed:  # a host had its cloud's spot interruption notice: the VM is being taken back
+        losses = noticed.losses
     except TransportError:  # a VM the cloud took back, or that ended itself, ends its run here
         losses = lost_instances(session, record.name)
         if not losses:
             raise
+    else:
+        losses = []
+    if losses:
         attempt = 1 + sum(e["kind"] == "resubmitted" for e in store.list_events(record.name))
         record_loss(session, record.name, losses, attempt)
         end_lost(session, record.name, losses)
@@ -81,12 +88,13 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
 def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, Optional[str], Optional[int]]]:
     """Asks each running job's host how it stands and records those that ended (their logs copied); once the run
     is over by its stop criteria, a failed node or max_duration, stops the others and returns (status, reason,
-    exit code); else None."""
+    exit code); else None. Raises Interrupted where a cloud run's host had the spot interruption notice."""
     recorded = run_jobs(session.store, record)
     jobs = RunJobs(session.store, record.name, [HostAccess.from_json(job.host) for job in recorded])
     codes = {job.rank: recorded_exit_code(job.exit_code, job.status == JobStatus.TERMINATED)
              for job in recorded if job.status.is_finished()}
     stop_criteria = (record.configuration or {}).get("stop_criteria")
+    notices = {}
     try:
         for job in recorded:
             if job.status.is_finished():
@@ -98,6 +106,14 @@ def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, O
                 jobs.record_end(job.rank, code)
             if state == "exited":
                 copy_log(transport, record.name, job.rank)
+            elif state == "running" and may_have_notice(record):
+                notice = read_notice(transport, record.name)
+                if notice:  # its log (the notice's line in it) copied while the host is there
+                    notices[job.rank] = notice
+                    copy_log(transport, record.name, job.rank)
+        losses = notice_losses(session, record.name, notices) if notices else []
+        if losses:
+            raise Interrupted(losses)
         outcome = run_outcome(codes, jobs.size, stop_criteria)
         if outcome is None and record.max_duration and record.started_at and \
                 time.time() > record.started_at + record.max_duration + 15:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from typing import Dict, List, Optional
 
+from tests.cloudsim.aws_imds import Imds
 from tests.cloudsim.world import Refusal, Resource, World
 
 # The RunInstances errors a zone gives (EC2 API reference, "Error codes"; EC2 user guide, "Troubleshoot instance
@@ -53,6 +55,7 @@ class AwsCloud:
         self.zone_refusals: Dict[str, str] = {}  # zone -> a key of ZONE_REFUSALS
         self.spot_zone_refusals: Dict[str, str] = {}  # the same, for spot requests only
         self._opt_in: Optional[set] = None  # the regions moto says the account has not enabled
+        self.imds = Imds()  # each VM's instance metadata service (tests.cloudsim.aws_imds)
         world.on_power_off["aws"] = self.guest_power_off
 
     def ec2(self, region: str):
@@ -78,8 +81,18 @@ class AwsCloud:
                                                     {"Name": "availability-zone", "Values": [zone]}])["Subnets"]:
             ec2.delete_subnet(SubnetId=subnet["SubnetId"])
 
-    def reclaim(self, instance: Resource) -> None:
-        """EC2 takes a spot instance back: the interruption behavior (terminate, the default, or stop) happens."""
+    def reclaim(self, instance: Resource, notice_s: Optional[float] = None) -> None:
+        """EC2 takes a spot instance back: the interruption behavior (terminate, the default, or stop) happens; with
+        `notice_s`, the interruption notice first (EC2 gives two minutes): the instance's metadata shows it at
+        `spot/instance-action`, and the instance is taken back `notice_s` seconds later (unless gone by then)."""
+        if notice_s is not None:
+            behavior = ((instance.inputs.get("instanceMarketOptions") or {}).get("spotOptions") or {}).get(
+                "instanceInterruptionBehavior", "terminate")
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.world.now() + notice_s))
+            instance.extra["spot_notice"] = {"action": behavior, "time": at}
+            instance.events.append((self.world.now(), f"spot interruption notice: {behavior} at {at}"))
+            self.world.schedule(instance, "cloudsim-spot-interruption", notice_s, lambda: self.reclaim(instance))
+            return
         behavior = ((instance.inputs.get("instanceMarketOptions") or {}).get("spotOptions") or {}).get(
             "instanceInterruptionBehavior", "terminate")
         instance.events.append((self.world.now(), f"spot interruption: {behavior}"))
@@ -227,6 +240,7 @@ class AwsCloud:
         keys = [r.inputs["publicKey"] for r in self.world.live("KeyPair", "aws")
                 if r.id == inputs.get("keyName") and r.region == region]
         vm = self.world.start_vm(resource, user_data, keys, gcp=False)
+        self.imds.serve(resource, vm)
         if not self._reachable(region, instance.get("SubnetId")):
             vm.link(False)  # a subnet with no route to an internet gateway: its address answers nothing
             resource.events.append((self.world.now(), "no route from the internet (its subnet has no IGW route)"))
@@ -388,6 +402,7 @@ class AwsCloud:
         """`reason` (_state_reason_in_moto's) is EC2's before the VM goes: a client that loses its connection and asks
         at once reads it, never moto's default for a terminate call (Client.UserInitiatedShutdown)."""
         self.ec2(instance.region).terminate_instances(InstanceIds=[instance.id])
+        self.imds.unserve(instance)
         if reason is not None:
             self._state_reason_in_moto(instance, *reason)
         self.world.delete(instance, by)

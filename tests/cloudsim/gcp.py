@@ -73,8 +73,16 @@ class GcpCloud:
     def stockout(self, zone: str) -> None:
         self.stockouts.add(zone)
 
-    def preempt(self, instance: Resource) -> None:
-        """Compute Engine preempts a Spot VM: deleted where its termination action is DELETE, else stopped."""
+    def preempt(self, instance: Resource, notice_s: Optional[float] = None) -> None:
+        """Compute Engine preempts a Spot VM: deleted where its termination action is DELETE, else stopped; with
+        `notice_s`, the preemption notice first (Compute Engine gives 30 s): the VM's metadata key
+        `instance/preempted` turns TRUE, and the VM goes `notice_s` seconds later (unless gone by then)."""
+        if notice_s is not None:
+            instance.extra["preempted"] = True
+            instance.events.append((self.world.now(), f"preemption notice: the VM goes in {notice_s:g}s"))
+            self.world.schedule(instance, "cloudsim-preemption", notice_s, lambda: self.preempt(instance))
+            return
+        instance.extra["preempted"] = True
         action = (instance.inputs.get("scheduling") or {}).get("instanceTerminationAction", "STOP")
         instance.events.append((self.world.now(), f"preempted: {action}"))
         self.preemptions.append((instance.zone, instance.extra["instance_id"], self.world.now()))

@@ -10,6 +10,7 @@ a leftover is listed as the cloud would list it and a sweep's delete removes it 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import re
 import ssl
@@ -252,8 +253,9 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        headers = {}
         if self.instance is not None and url.path.startswith("/computeMetadata/v1/"):
-            status, body = self._metadata(url.path[len("/computeMetadata/v1/"):])
+            status, body = self._metadata(url.path[len("/computeMetadata/v1/"):], query, headers)
         else:
             token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
             try:
@@ -264,17 +266,33 @@ class Handler(BaseHTTPRequestHandler):
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
     do_GET = do_POST = do_DELETE = do_PATCH = _answer
 
-    def _metadata(self, key: str):
-        """GCP's metadata server for this VM (Compute Engine, "About VM metadata")."""
+    def _metadata(self, key: str, query: dict, headers: dict):
+        """GCP's metadata server for this VM (Compute Engine, "About VM metadata"); `instance/preempted` ("Detect if
+        a VM was preempted") also as a wait for its change (`wait_for_change=true`, from `last_etag` when given, up
+        to `timeout_sec`), its ETag in `headers`."""
         if self.headers.get("Metadata-Flavor") != "Google":
             return 403, "Missing Metadata-Flavor:Google header."
         instance = self.instance
+        if key == "instance/preempted":
+            def value() -> str:
+                return "TRUE" if instance.extra.get("preempted") else "FALSE"
+
+            first = value()
+            if query.get("wait_for_change") == "true":
+                deadline = time.monotonic() + min(float(query.get("timeout_sec") or 300), 300)
+                known = query.get("last_etag") or _etag(first)
+                while _etag(value()) == known and time.monotonic() < deadline and instance.live:
+                    time.sleep(0.05)
+            headers["ETag"] = _etag(value())
+            return 200, value()
         email = (instance.inputs.get("serviceAccount") or {}).get("email")
         values = {"project/project-id": instance.extra.get("project"), "instance/name": instance.outputs.get("name"),
                   "instance/zone": f"projects/123456789012/zones/{instance.zone}"}
@@ -288,6 +306,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+def _etag(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def make_ca(folder: Path) -> Tuple[str, Path, Path]:

@@ -4,7 +4,8 @@ exist, delete) and GCP's REST API (tests.cloudsim.gcp_rest). Its state lives in 
 it directly (resources metered from creation to deletion, refusals, the VMs' events, their timers).
 
 Layout: world.py (the books, the VMs' events and timers), aws.py and gcp.py (each provider's rules, with their
-sources), gcp_rest.py (GCP's REST APIs, a VM's metadata server), guest.py (a VM: a namespace host in a sandbox),
+sources), aws_imds.py (an AWS VM's instance metadata service, inside its namespace), gcp_rest.py (GCP's REST APIs, a
+VM's metadata server), guest.py (a VM: a namespace host in a sandbox),
 cloud_init.py (user data applied to it), engine.py (the engine stand-in in the dstack process), cli.py (the entry
 that installs it: `CLOUDSIM_URL=... python -m tests.cloudsim.cli ARGS` runs dstack against a simulator),
 zygote.py (the warm interpreter the scenarios' dstack processes are forked from), fixtures.py.
@@ -176,6 +177,7 @@ class CloudSim:
 
     def close(self) -> None:
         self.world.close()
+        self.aws.imds.close()
         self.vm_side.close()
         self.server.shutdown()
         self.server.server_close()

@@ -69,6 +69,7 @@ class Timer:
     unit: str
     due_at: float
     argv: List[str]
+    action: Optional[Callable[[], None]] = None  # the cloud's own doing at that time (a spot VM taken back)
 
 
 def seconds_of(text: str) -> float:
@@ -223,6 +224,11 @@ class World:
             self.timers.remove(timer)
         self._run_timer(timer)
 
+    def schedule(self, resource: Resource, unit: str, delay: float, action: Callable[[], None]) -> None:
+        """The cloud does `action` to the resource `delay` seconds on (by the VMs' clock); dropped with the resource."""
+        with self.lock:
+            self.timers.append(Timer(resource, unit, self.now() + delay, [], action))
+
     def timers_of(self, resource: Resource) -> Dict[str, float]:
         """Unit -> seconds until it fires."""
         self.read_events()
@@ -240,7 +246,9 @@ class World:
         resource = timer.resource
         with self.lock:
             self.timeline.append((time.time(), f"timer {timer.unit} of {resource.id} fired"))
-        if timer.argv == ["cloudsim:power-off"]:
+        if timer.action is not None:
+            timer.action()
+        elif timer.argv == ["cloudsim:power-off"]:
             self._power_off(resource, f"{timer.unit} (scheduled shutdown)")
         elif resource.vm is not None and resource.vm.running:
             resource.vm.spawn(timer.argv)

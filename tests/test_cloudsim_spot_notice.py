@@ -1,0 +1,112 @@
+"""The spot interruption notice, read on the host (provisioner.jobs.spot_notice), against the simulated clouds: EC2's
+`spot/instance-action` in each VM's instance metadata (tests.cloudsim.aws_imds, IMDSv2), Compute Engine's
+`instance/preempted` (tests.cloudsim.gcp_rest). The cloud gives its notice and takes the VM back only after a window
+longer than the scenario: a VM the engine deleted (not the cloud) proves the notice is what told the run."""
+
+import json
+import re
+
+import pytest
+
+from tests.cloudsim import aws as aws_cloud
+from tests.cloudsim import gcp as gcp_cloud
+from tests.cloudsim.fixtures import wait_until
+from tests.cloudsim.tasks import aws_task, gcp_task
+
+pytestmark = pytest.mark.cloudsim
+
+WINDOW_S = 600  # the notice's window: the scenarios end long before the cloud would take the VM back
+ATTEMPTS = ('echo attempt $DSTACK_RUN_ATTEMPT; [ $DSTACK_RUN_ATTEMPT = 1 ] && touch /tmp/started && sleep 300; '
+            'echo finished attempt $DSTACK_RUN_ATTEMPT')
+
+
+def _output(process) -> str:
+    process.stdout.seek(0)
+    return process.stdout.read()
+
+
+def _wait(process, seconds: float) -> int:
+    """The process's exit code; killed first (and the test failed) if it runs longer: it waits on the cloud."""
+    try:
+        return process.wait(seconds)
+    except Exception:
+        process.kill()
+        process.wait(30)
+        raise AssertionError(f"dstack did not end within {seconds}s: {_output(process)[-2000:]}") from None
+
+
+def test_an_ec2_spot_notice_retries_the_run_elsewhere_before_the_instance_is_taken_back(
+        cloudsim, tmp_path, dstack_home):
+    """The host reads EC2's notice (IMDSv2): the job's log gets its line with the time, the attached apply shows it,
+    and with `retry: {on_events: [interruption]}` the run goes to another zone and finishes; the first instance is
+    destroyed by the run's teardown while EC2's two minutes (here longer) still run."""
+    conf = aws_task(tmp_path, "notice-1", command=ATTEMPTS, types="g4dn.xlarge",
+                    extra="spot_policy: spot\nretry:\n  on_events: [interruption]\n  duration: 1h\n")
+    process = cloudsim.start("apply", "-f", conf, "-b", "aws", "-y", home=dstack_home)
+    first = wait_until(lambda: cloudsim.world.live("Instance", "aws") and aws_cloud.instance_of(cloudsim.world),
+                       process=process)
+    wait_until(lambda: first.vm is not None and first.vm.file("/tmp/started") is not None, process=process)
+    wait_until(lambda: "attempt 1" in _output(process), process=process)
+    cloudsim.aws.reclaim(first, notice_s=WINDOW_S)
+    code = _wait(process, 240)
+    output = _output(process)
+    assert code == 0, output
+    at = first.extra["spot_notice"]["time"]
+    assert f"dstack: spot interruption notice from AWS: terminate at {at}" in output
+    assert "finished attempt 2" in output and "finished attempt 1" not in output
+    first_, second = sorted(cloudsim.ever("Instance", "aws"), key=lambda r: r.created_at)
+    assert first_ is first and first.deleted_by == "engine"  # gone before EC2 took it: the notice told the run
+    assert second.zone != first.zone and cloudsim.live() == []
+    [run] = json.loads(cloudsim.dstack("ps", "-a", "-v", "--json", home=dstack_home).stdout)["runs"]
+    assert run["status"] == "done"
+    assert [(a["status"], a["reason"]) for a in run["submissions"]] == [("terminated", "interrupted"), ("done", None)]
+    logs = cloudsim.dstack("logs", "notice-1", home=dstack_home).stdout
+    assert f"spot interruption notice from AWS: terminate at {at}" in logs
+
+
+def test_a_detached_run_whose_host_had_an_ec2_spot_notice_ends_interrupted_at_the_next_ps(
+        cloudsim, tmp_path, dstack_home):
+    """No process follows the run: `dstack ps` reads the host's record of the notice (the VM still runs, and EC2
+    says nothing yet) and ends the run `terminated (interrupted)`, its stack removed and the notice in its log."""
+    conf = aws_task(tmp_path, "notice-2", command="touch /tmp/started; sleep 300", types="g4dn.xlarge",
+                    extra="spot_policy: spot\n")
+    started = cloudsim.dstack("apply", "-f", conf, "-b", "aws", "-y", "-d", home=dstack_home)
+    assert started.returncode == 0, started.stdout + started.stderr
+    instance = aws_cloud.instance_of(cloudsim.world)
+    wait_until(lambda: instance.vm.file("/tmp/started") is not None)
+    cloudsim.aws.reclaim(instance, notice_s=WINDOW_S)
+    at = instance.extra["spot_notice"]["time"]
+    line = f"dstack: spot interruption notice from AWS: terminate at {at}"
+    wait_until(lambda: line in (instance.vm.file("/home/ubuntu/.dstack-jobs/notice-2/output.log") or ""), timeout=30)
+    ps = cloudsim.dstack("ps", "-a", "--json", home=dstack_home)
+    [run] = json.loads(ps.stdout)["runs"]
+    assert (run["status"], run["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
+    assert instance.deleted_by == "engine" and cloudsim.live() == []
+    logs = cloudsim.dstack("logs", "notice-2", home=dstack_home).stdout
+    assert line in logs and f"got the spot interruption notice from AWS: terminate at {at}" in logs
+
+
+def test_a_gcp_preemption_notice_ends_the_run_terminated_interrupted_before_the_vm_goes(
+        cloudsim, tmp_path, dstack_home):
+    """The host waits on `instance/preempted` (wait_for_change): once it turns TRUE the job's log says so with the
+    time, and without `interruption` in `retry.on_events` the run ends `terminated (interrupted)`; the VM is
+    deleted by the run's teardown while Compute Engine's window still runs."""
+    conf = gcp_task(tmp_path, "notice-3", command="echo working; touch /tmp/started; sleep 300",
+                    types="n2d-standard-2", extra="spot_policy: spot\n")
+    process = cloudsim.start("apply", "-f", conf, "-b", "gcp", "-y", home=dstack_home)
+    instance = wait_until(lambda: cloudsim.world.live("Instance", "gcp") and gcp_cloud.instance_of(cloudsim.world),
+                          process=process)
+    wait_until(lambda: instance.vm.file("/tmp/started") is not None, process=process)
+    wait_until(lambda: "working" in _output(process), process=process)
+    cloudsim.gcp.preempt(instance, notice_s=WINDOW_S)
+    code = _wait(process, 120)
+    output = _output(process)
+    assert code != 0, output
+    assert re.search(r"dstack: spot interruption notice from GCP: preempted at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
+                     output), output
+    assert instance.deleted_by == "engine" and cloudsim.gcp.preemptions == []  # Compute Engine had not taken it yet
+    assert cloudsim.live() == []
+    [run] = json.loads(cloudsim.dstack("ps", "-a", "--json", home=dstack_home).stdout)["runs"]
+    assert (run["status"], run["reason"]) == ("terminated", "interrupted")
+    events = cloudsim.dstack("event", "notice-3", home=dstack_home).stdout
+    assert "interrupted" in events and "resubmitted" not in events
