@@ -110,3 +110,33 @@ def test_a_gcp_preemption_notice_ends_the_run_terminated_interrupted_before_the_
     assert (run["status"], run["reason"]) == ("terminated", "interrupted")
     events = cloudsim.dstack("event", "notice-3", home=dstack_home).stdout
     assert "interrupted" in events and "resubmitted" not in events
+
+
+def test_a_preemption_notice_on_one_node_of_a_gcp_cluster_restarts_every_node_elsewhere(
+        cloudsim, tmp_path, dstack_home):
+    """Node 1 of two has the notice (each node's log is read in a thread of its own): with `retry` on
+    `interruption` the whole run goes back to submitted, both nodes are made again in another zone and finish;
+    node 1's log has the notice's line, and both first VMs are deleted by the run, none by Compute Engine."""
+    command = ('echo node $DSTACK_NODE_RANK attempt $DSTACK_RUN_ATTEMPT; [ $DSTACK_RUN_ATTEMPT = 1 ] && '
+               'touch /tmp/started && sleep 300; echo finished node $DSTACK_NODE_RANK attempt $DSTACK_RUN_ATTEMPT')
+    conf = gcp_task(tmp_path, "notice-4", command=command, types="n2-standard-2",
+                    extra="nodes: 2\nspot_policy: spot\nretry:\n  on_events: [interruption]\n")
+    process = cloudsim.start("apply", "-f", conf, "-b", "gcp", "-y", home=dstack_home)
+    first = wait_until(lambda: len(cloudsim.world.live("Instance", "gcp")) == 2 and sorted(
+        cloudsim.world.live("Instance", "gcp"), key=lambda r: r.id), process=process)
+    wait_until(lambda: all(i.vm is not None and i.vm.file("/tmp/started") is not None for i in first),
+               process=process)
+    cloudsim.gcp.preempt(first[1], notice_s=WINDOW_S)
+    code = _wait(process, 240)
+    output = _output(process)
+    assert code == 0, output
+    assert "dstack: spot interruption notice from GCP: preempted at " in output
+    assert "finished node 0 attempt 2" in output and "finished node 1 attempt 2" in output
+    assert "finished node 0 attempt 1" not in output
+    assert [i.deleted_by for i in first] == ["engine", "engine"] and cloudsim.gcp.preemptions == []
+    second = [i for i in cloudsim.ever("Instance", "gcp") if i not in first]
+    assert len(second) == 2 and second[0].zone != first[0].zone
+    assert cloudsim.live() == []
+    [run] = json.loads(cloudsim.dstack("ps", "-a", "--json", home=dstack_home).stdout)["runs"]
+    assert run["status"] == "done" and [(a["status"], a["reason"]) for a in run["submissions"]] == [
+        ("terminated", "interrupted"), ("done", None)]
