@@ -74,6 +74,7 @@ def test_a_log_read_brings_the_hosts_notice_with_the_exit_code(tmp_path):
     log and the exit code; without the file there is none, and the exit code reads as before."""
     from provisioner.host.transport import LocalTransport
     from provisioner.jobs.control import read_log
+    from provisioner.jobs.layout import EndedByDstack
     from provisioner.jobs.spot_notice import NOTICE_FILE, read_notice
 
     folder = tmp_path / "jobs" / "r"
@@ -88,4 +89,6 @@ def test_a_log_read_brings_the_hosts_notice_with_the_exit_code(tmp_path):
     assert chunk.notice == "spot interruption notice from AWS: terminate at T" == read_notice(transport, "r")
     (folder / "exit_code").write_text("143\n")
     assert (read_log(transport, "r", 0).exit_code, read_log(transport, "r", 0).notice) == (143, chunk.notice)
+    (folder / "exit_code").write_text("124 max_duration\n")  # a code dstack gave, told apart with a notice too
+    assert isinstance(read_log(transport, "r", 0).exit_code, EndedByDstack)
     assert read_notice(transport, "gone") is None
