@@ -1,6 +1,6 @@
 """The `dstack` command's entry point. `dstack offers` with flags alone is answered without typer and pydantic
-(cli.offers_flags: a quarter of the start-up); everything else, and anything that path does not take, goes to the
-typer app (cli.app), which gives every help text and every error."""
+(cli.offers_flags: a quarter of the start-up), `dstack ps` without typer (cli.ps_listing); everything else, and
+anything those paths do not take, goes to the typer app (cli.app), which gives every help text and every error."""
 
 from __future__ import annotations
 
@@ -9,21 +9,29 @@ import sys
 
 from cli import COMPLETE_VAR
 
-_PLAIN_OFFERS = ("offer", "offers")
-
 
 def main() -> None:
     argv = sys.argv[1:]
-    if argv[:1] and argv[0] in _PLAIN_OFFERS and COMPLETE_VAR not in os.environ:
-        from cli.offers_flags import answer_offers
+    if argv[:1] and argv[0] in ("offer", "offers", "ps") and COMPLETE_VAR not in os.environ:
         from cli.output import user_errors
 
         with user_errors():
-            if answer_offers(argv[1:]):
+            if _answered_plainly(argv[0], argv[1:]):
                 return
     from cli.app import main as app_main
 
     app_main()
+
+
+def _answered_plainly(command: str, args: list) -> bool:
+    """Whether the plain path answered; False: it did nothing, and the typer app answers."""
+    if command == "ps":
+        from cli.ps_listing import answer_ps
+
+        return answer_ps(args)
+    from cli.offers_flags import answer_offers
+
+    return answer_offers(args)
 
 
 if __name__ == "__main__":

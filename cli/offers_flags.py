@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List
+
+from cli.plain_flags import FLAG, VALUE, parse_flags
 
 # The flags taken here, by every name the typer command gives them (cli.commands.offers; a test keeps them equal):
 # name -> (its parameter, whether it takes a value, whether it repeats). The others leave to the typer app.
-VALUE, FLAG = True, False
 FLAGS: Dict[str, tuple] = {
     "--gpu": ("gpu", VALUE, False), "--cpu": ("cpu", VALUE, False), "--memory": ("memory", VALUE, False),
     "--disk": ("disk", VALUE, False), "--max-price": ("max_price", VALUE, False),
@@ -29,35 +30,6 @@ FLAGS: Dict[str, tuple] = {
     "--dont-destroy": ("dont_destroy", FLAG, False), "--no-profile": ("no_profile", FLAG, False),
 }
 _COUNT = re.compile(r"[1-9][0-9]{0,5}\Z")
-
-
-def parse_flags(argv: List[str]) -> Optional[dict]:
-    """The parameters as click gives them (a repeated flag: a list), or None for a command line left to typer."""
-    values: dict = {}
-    args = iter(argv)
-    for arg in args:
-        name, attached = arg, None
-        if arg.startswith("--") and "=" in arg:
-            name, attached = arg.split("=", 1)
-        elif len(arg) > 2 and arg[:2] in ("-b", "-r"):
-            name, attached = arg[:2], arg[2:]
-        spec = FLAGS.get(name)
-        if spec is None:
-            return None  # `--`, an argument, help, a flag of the typer path's alone, or none of the command's
-        parameter, takes_value, repeats = spec
-        if not takes_value:
-            if attached is not None:
-                return None
-            values[parameter] = True
-            continue
-        value = attached if attached is not None else next(args, None)
-        if value is None or value.startswith("-") or (parameter in values and not repeats):
-            return None
-        if repeats:
-            values.setdefault(parameter, []).append(value)
-        else:
-            values[parameter] = value
-    return values
 
 
 def requirements_of(values: dict):
@@ -99,7 +71,7 @@ def answer_offers(argv: List[str]) -> bool:
     """Answers `dstack offers ARGV` and returns True, or returns False, having done nothing, for the typer app."""
     from configuration.home import dstack_home
 
-    values = parse_flags(argv)
+    values = parse_flags(argv, FLAGS)
     if values is None or (dstack_home() / "config.yml").exists():  # a config.yml: its models read it
         return False
     output = values.get("output")
