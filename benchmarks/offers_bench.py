@@ -68,8 +68,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     python = sys.executable
-    dstack = Path(python).with_name("dstack")
-    command = [str(dstack)] if dstack.exists() else [python, "-m", "cli.main"]
+    command = [python, "-m", "cli.main"]  # this checkout's code (an installed `dstack` may be another's)
 
     print("== whole process (median of %d runs)" % args.runs)
     bare = process_median([python, "-c", "pass"], args.runs)

@@ -8,8 +8,6 @@ import sys
 import time
 from typing import Optional
 
-import typer
-
 from cli.output import print_json, stderr_console, stdout_console
 
 
@@ -104,6 +102,8 @@ def since_time(text: str) -> float:
     try:
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
+        import typer
+
         raise typer.BadParameter(f"{text!r} is neither a duration (10s, 5m, 1d) nor an RFC 3339 time "
                                  "(2025-09-24T15:30:00Z)", param_hint="'--since'") from None
     if moment.tzinfo is None:
@@ -212,8 +212,11 @@ def remove_volume(name: str, yes: bool) -> None:
 
     record = find_volume(name)
     what = f"Forget volume {name} (the disk stays)" if record.external else f"Delete volume {name} and its data"
-    if not yes and sys.stdin.isatty() and not typer.confirm(f"{what}?", default=False, err=True):
-        raise typer.Exit(1)
+    if not yes and sys.stdin.isatty():
+        import typer
+
+        if not typer.confirm(f"{what}?", default=False, err=True):
+            raise typer.Exit(1)
     delete_volume(StateStore(), load_config(), name, make_reporter().step)
     stderr_console().print(f"Volume {name} {'forgotten' if record.external else 'deleted'}")
 

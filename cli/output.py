@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 # Every typer.Typer of the CLI: plain help and one-line usage errors (quicker, and readable in logs), -h as --help,
@@ -76,3 +77,28 @@ def error(message: str) -> None:
     """An error for a person: one line per problem, no traceback."""
     lines = message.splitlines() or [""]
     sys.stderr.write("error: " + "\n       ".join(lines) + "\n")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A command's DstackError as one `error:` line and exit status 1, Ctrl-C as 130: never a traceback."""
+    from configuration.errors import DstackError
+
+    try:
+        yield
+    except DstackError as e:
+        error(_message(e))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _message(problem: Exception) -> str:
+    """A damaged state store's message names the jobs still running where the damaged copy said runs were."""
+    from provisioner.store.errors import StoreDamaged
+
+    if isinstance(problem, StoreDamaged):
+        from provisioner.jobs.orphans import damage_report
+
+        return damage_report(problem)
+    return str(problem)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from typing_extensions import Annotated
 
 from configuration.resources import CPUSpec, DiskSpec, GPUSpec, Memory, Range, ResourcesSpec
-from offers.requirements import Requirements, spot_from_policy
+from offers.requirements import BACKENDS, SPOT_POLICIES, Requirements, spot_from_policy
 
 GpuOption = Annotated[
     Optional[str], typer.Option("--gpu", metavar="SPEC", help="GPU spec, e.g. A100:2, 24GB..:1..4, nvidia:H100:8")
@@ -92,9 +92,6 @@ ReuseOption = Annotated[
                        "provision nothing")
 ]
 
-BACKENDS = ("aws", "gcp", "ssh", "local")
-
-
 def _flag(name: str, model: Any, value: Optional[str]) -> Any:
     """A resource flag's value as its model parses it. A refusal names the value, and the part of it that is wrong
     where the model says (`'1...3': count.max: Input should be a valid integer`), as a file's errors name the field."""
@@ -125,7 +122,6 @@ def override_resources(
     return resources.model_copy(update={k: v for k, v in update.items() if v is not None})
 
 
-SPOT_POLICIES = ("spot", "on-demand", "auto")
 EXISTING_HOST_BACKENDS = ("ssh", "local")  # hosts that are there already: `--reuse` takes only these
 
 

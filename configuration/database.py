@@ -19,11 +19,12 @@ def database_url() -> Optional[str]:
     url = os.environ.get(DATABASE_URL_VARIABLE, "").strip()
     where = DATABASE_URL_VARIABLE
     if not url:
-        from configuration.backends import load_config
         from configuration.home import dstack_home
 
         if not (dstack_home() / "config.yml").exists():
             return None
+        from configuration.backends import load_config  # pydantic: only for a config.yml
+
         url, where = (load_config().database or "").strip(), f"{dstack_home() / 'config.yml'}: database"
         if not url:
             return None

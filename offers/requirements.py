@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
-from configuration.resources import ResourcesSpec
+if TYPE_CHECKING:  # pydantic, which `dstack offers` does not import for flags alone (offers.resource_flags)
+    from configuration import resources
+    from offers import resource_flags
+
+
+BACKENDS = ("aws", "gcp", "ssh", "local")
+SPOT_POLICIES = ("spot", "on-demand", "auto")
 
 
 def spot_from_policy(policy: str) -> Optional[bool]:
@@ -15,7 +21,7 @@ def spot_from_policy(policy: str) -> Optional[bool]:
 
 @dataclass(frozen=True)
 class Requirements:
-    resources: ResourcesSpec
+    resources: Union[resources.ResourcesSpec, resource_flags.ResourcesSpec]
     spot: Optional[bool] = None
     max_price: Optional[float] = None
     backends: Optional[Tuple[str, ...]] = None

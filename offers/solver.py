@@ -10,15 +10,18 @@ import dataclasses
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from configuration.resources import DEFAULT_DISK, DEFAULT_DISK_SIZE, GPUSpec, ResourcesSpec
+from offers.resource_flags import DEFAULT_DISK_GB
 from offers.catalog import Catalog, InstanceType
 from offers.consumption import RESERVATION_BACKENDS, needs_reservation, spot_sold, withheld_note
 from offers.gpus import SPEC_VENDORS, compute_capability
 from offers.offer import Offer
 from offers.requirements import Requirements
 from offers.tpus import BOOT_DISK_GB as TPU_BOOT_DISK_GB, VENDOR as TPU_VENDOR
+
+if TYPE_CHECKING:  # either configuration.resources' models or offers.resource_flags' plain values
+    from configuration.resources import GPUSpec, ResourcesSpec
 
 HOURS_PER_MONTH = 730.0
 
@@ -169,8 +172,9 @@ def host_offers(offers: Iterable[Offer], req: Requirements) -> Iterable[Offer]:
         if req.max_price is not None and offer.price > req.max_price:
             continue
         disk_gb: Optional[float] = offer.disk_gb
-        if req.resources.disk != DEFAULT_DISK:
-            disk_gb = disk_size(req.resources, DiskPricing(0, offer.disk_gb, DEFAULT_DISK_SIZE.min, 0.0))
+        size = req.resources.disk.size
+        if (size.min, size.max) != (DEFAULT_DISK_GB, None):  # not the default `100GB..`
+            disk_gb = disk_size(req.resources, DiskPricing(0, offer.disk_gb, DEFAULT_DISK_GB, 0.0))
         if disk_gb is None or not instance_matches(offer.instance, req.resources):
             continue
         yield Offer(offer.backend, offer.instance, offer.region, offer.zones, False, offer.price, disk_gb, 0.0)

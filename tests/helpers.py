@@ -26,7 +26,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_cli(*args, env=None, input=None, timeout=120, cwd=ROOT):
+def run_cli(*args, env=None, input=None, timeout=120, cwd=ROOT, entry="cli.main"):
     """Runs the `dstack` command as a user would, in a process of its own (its own pid, session, environment,
     standard files and exit status) in `cwd` (this checkout, whose code it runs wherever it runs), to its end: a
     CompletedProcess with its output as text.
@@ -35,7 +35,8 @@ def run_cli(*args, env=None, input=None, timeout=120, cwd=ROOT):
     the libraries the commands import (the cloud SDKs included): each command would otherwise spend most of its CPU
     on them (a cloud dry run 1 s of its 1.5), and on 2 cores the suite is bound by CPU. dstack's own modules are
     imported by the command, as `python -m cli.main` does. Tests about the interpreter itself (what a command
-    imports, its start-up) start one of their own."""
+    imports, its start-up) start one of their own. `entry`: the module whose main() runs (cli.app: the typer app
+    alone, without cli.main's plain paths)."""
     import tempfile
 
     from tests.cloudsim.zygote import Forked
@@ -50,7 +51,7 @@ def run_cli(*args, env=None, input=None, timeout=120, cwd=ROOT):
             with open(stdin, "w") as f:
                 f.write(input)
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
-        process = Forked(dstack_zygote(), args, full_env, str(cwd), out, err, stdin=stdin, entry="cli.main")
+        process = Forked(dstack_zygote(), args, full_env, str(cwd), out, err, stdin=stdin, entry=entry)
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:

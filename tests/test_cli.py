@@ -147,7 +147,7 @@ def test_registry_password_never_printed(tmp_path, dstack_home):
 
 def test_cli_imports_no_cloud_sdk():
     """Every command's module, imported (not run), loads no cloud SDK and no SSH library."""
-    from cli.main import COMMANDS
+    from cli.app import COMMANDS
 
     modules = sorted({spec.target.split(":")[0] for spec in COMMANDS.values()})
     assert {"cli.commands.metrics", "cli.commands.event", "cli.commands.init", "cli.commands.volume"} <= set(modules)

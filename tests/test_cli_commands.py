@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from cli.main import COMMANDS, load_command
+from cli.app import COMMANDS, load_command
 from tests.helpers import ROOT, free_port, run_cli
 
 

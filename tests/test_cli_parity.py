@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from cli.main import COMMANDS
+from cli.app import COMMANDS
 from tests.helpers import ROOT, free_port, run_cli, write
 from tests.test_runs import spawn, wait_for_output, wait_status
 

@@ -67,6 +67,36 @@ def test_catalogue_round_trip(catalog):
     assert math.isnan(catalog.spot_price[start + 1])
 
 
+def test_catalogue_needs_no_parsing_and_a_format_1_file_still_reads(catalog, tmp_path):
+    """Format 2 (written now, shipped): marshal header, raw columns, no zlib. A catalogue refreshed by an earlier
+    version (format 1: a JSON header, all in one zlib stream) reads as the same catalogue."""
+    import marshal
+    import struct
+    import zlib
+
+    from offers.catalog import MAGIC, MAGIC_ZLIB_JSON, SHIPPED_DIR
+
+    raw = catalog.path.read_bytes()
+    assert raw.startswith(MAGIC) and b"DSTACK-CATALOG 2\n" == MAGIC
+    for shipped in SHIPPED_DIR.glob("*.catalog"):
+        assert shipped.read_bytes().startswith(MAGIC), shipped
+    (length,) = struct.unpack_from("<I", raw, len(MAGIC))
+    header = marshal.loads(raw[len(MAGIC) + 4:len(MAGIC) + 4 + length])
+    text = json.dumps(header).encode()
+    old = tmp_path / "old.catalog"
+    old.write_bytes(MAGIC_ZLIB_JSON + zlib.compress(struct.pack("<I", len(text)) + text +
+                                                    raw[len(MAGIC) + 4 + length:]))
+
+    def content(read):  # the columns as bytes: NaN (no spot price) equals nothing, itself included
+        return {f.name: getattr(getattr(read, f.name), "tobytes", lambda v=getattr(read, f.name): v)()
+                for f in dataclasses.fields(read) if f.name != "path"}
+
+    assert content(read_catalog(old)) == content(catalog)
+    old.write_text("{}")
+    with pytest.raises(ValueError, match="not a catalogue file"):
+        read_catalog(old)
+
+
 def test_defaults_take_cpu_and_gpu_machines_cheapest_first(catalog):
     result = search(catalog, gpu="0..")
     prices = [o.price for o in result.offers]

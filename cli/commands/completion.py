@@ -13,7 +13,7 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish")]) 
     """Print the shell completion script for bash, zsh or fish."""
     from typer._completion_shared import get_completion_script
 
-    from cli.main import COMPLETE_VAR, PROG_NAME
+    from cli import COMPLETE_VAR, PROG_NAME
 
     if shell not in SHELLS:
         raise typer.BadParameter(f"{shell!r} (allowed: {', '.join(SHELLS)})", param_hint="'SHELL'")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
-from configuration.backends import CLOUD_BACKENDS, DstackConfig
-from offers.catalog import Catalog, load_catalogs
+from offers.catalog import SHIPPED_BACKENDS as CLOUD_BACKENDS, Catalog, load_catalogs
 from offers.offer import Offer
 from offers.requirements import Requirements
 from offers.solver import OfferSearch, find_offers
@@ -19,12 +18,17 @@ from provisioner.host.access import HostAccess
 from provisioner.planning.host_offers import fleet_offers, local_offer
 from provisioner.store.store import StateStore
 
+if TYPE_CHECKING:  # pydantic: `dstack offers` without a config.yml passes None and does not import it
+    from configuration.backends import DstackConfig
 
-def default_backends(config: DstackConfig, has_fleets: bool) -> List[str]:
-    chosen = list(config.cloud_backends)
+
+def default_backends(config: Optional[DstackConfig], has_fleets: bool) -> List[str]:
+    """None: no config.yml (no cloud configured)."""
+    clouds = list(config.cloud_backends) if config is not None else []
+    chosen = list(clouds)
     if has_fleets:
         chosen.append("ssh")
-    if not config.cloud_backends or config.backend("local") is not None:
+    if not clouds or config.backend("local") is not None:
         chosen.append("local")
     return chosen
 
@@ -36,8 +40,8 @@ class RunOffers:
     catalogs: List[Catalog]  # the catalogues searched, for their snapshot dates
 
 
-def search_run_offers(requirements: Requirements, config: DstackConfig, store: StateStore, limit: Optional[int],
-                      all_clouds: bool = False, every_host: bool = False) -> RunOffers:
+def search_run_offers(requirements: Requirements, config: Optional[DstackConfig], store: StateStore,
+                      limit: Optional[int], all_clouds: bool = False, every_host: bool = False) -> RunOffers:
     """The offers a run (or `dstack offers`, with all_clouds) can use, and how to reach each host offer. With
     every_host (a run's plan), every SSH fleet host that fits is among them beyond the cheapest `limit`: a run tries
     each, as they cost nothing to try. The hosts that an active run holds come after the other offers at their
@@ -56,7 +60,7 @@ def search_run_offers(requirements: Requirements, config: DstackConfig, store: S
         hosts.append(local_offer())
     catalogs = load_catalogs([b for b in backends if b in CLOUD_BACKENDS])
     configured_regions = {name: entry.regions for name in CLOUD_BACKENDS
-                          if (entry := config.backend(name)) is not None and entry.regions}
+                          if config is not None and (entry := config.backend(name)) is not None and entry.regions}
     search = find_offers(requirements, catalogs, [offer for offer, _ in hosts],
                          limit=limit + len(hosts) if limit is not None and every_host else limit,
                          backend_regions=configured_regions)

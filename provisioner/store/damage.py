@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
-from configuration.backends import CLOUD_BACKENDS
 from configuration.errors import DstackError
 from provisioner.store.errors import StoreDamaged
 from provisioner.store.statuses import ACTIVE
@@ -199,6 +198,8 @@ def report(path: Path, reason: str, copy: Optional[Path], by_another: bool = Fal
                "inspection; the"
     head = [f"the state store {path} is damaged: {reason}.",
             f"{kept} next dstack command starts a new, empty store, which knows none of its runs."]
+    from configuration.backends import CLOUD_BACKENDS  # pydantic: not on every command's path to the store
+
     tail = [f"run {name} was active on {backend} {region}: `dstack gc` lists the cloud resources that runs left behind"
             for name, backend, region, _ in runs if backend in CLOUD_BACKENDS]
     tail += [f"fleet {name} must be registered again: `dstack apply -f {source}`" for name, source, _ in fleets]
