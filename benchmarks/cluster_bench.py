@@ -11,7 +11,10 @@ that all of them share (8 logins at once take ~12x one login here), which hosts 
 hosts also share this machine's cores: each node's job start (login shell, Python venv) is CPU work on the same
 2 cores, so the figure grows with N here even where every step runs in parallel.
 
-Run: sudo python benchmarks/cluster_bench.py [--runs N] [--sizes 3,8,16]
+`--before CHECKOUT` measures another checkout's `dstack apply` (e.g. main before a change) in the same rounds, on
+the same hosts: the machine's load changes by the minute, so only figures from the same rounds compare.
+
+Run: sudo python benchmarks/cluster_bench.py [--runs N] [--sizes 3,8,16] [--before CHECKOUT]
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def one_run(env: dict, conf: Path, name: str, nodes: int) -> tuple:
-    """(seconds to each node's first line, rank order; seconds to the command's end)."""
+def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT) -> tuple:
+    """(seconds to each node's first line, rank order; seconds to the command's end), with the `dstack` of
+    `checkout`."""
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "cli.main", "apply", "-f", str(conf), "-y", "-n", name],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     firsts: dict = {}
     buffered = b""
     while process.poll() is None or buffered:
@@ -69,6 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="3,8,16")
+    parser.add_argument("--before", metavar="CHECKOUT", help="another checkout of this project (e.g. main before a "
+                        "change) whose `dstack apply` is measured beside, kept connections, in the same rounds")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     require_namespaces()
@@ -97,24 +103,34 @@ def main() -> None:
             cli(env, "apply", "-f", str(write_task(folder, 1)), "-y", "-n", "warm-up")  # bytecode caches
             print(f"`dstack apply` of an N-node task on a {len(hosts)}-host SSH fleet (namespace hosts), median of "
                   f"{args.runs}, seconds (load {os.getloadavg()[0]:.1f}):")
-            print("  nodes  last first line  end    | connecting each time: last first line  end")
-            figures = {}
+            print("  nodes  last first line  end    | connecting each time: last first line  end"
+                  + ("    | --before: last first line  end" if args.before else ""))
+            figures, before_figures = {}, {}
             for nodes in sizes:
                 conf = write_task(folder, nodes)
-                kept, direct = [], []
+                kept, direct, before = [], [], []
                 for run in range(args.runs):
-                    for persist, found in (("300", kept), ("0", direct)):
+                    rounds = [("kept", "300", kept, ROOT), ("direct", "0", direct, ROOT)]
+                    rounds += [("before", "300", before, Path(args.before))] if args.before else []
+                    for label, persist, found, checkout in rounds:
                         firsts, end = one_run(dict(env, DSTACK_SSH_PERSIST=persist), conf,
-                                              f"bench-{nodes}-{persist}-{run}", nodes)
+                                              f"bench-{nodes}-{label}-{run}", nodes, checkout)
                         found.append((max(firsts), end))
                 figures[nodes] = statistics.median(first for first, _ in kept)
-                print(f"  {nodes:>5}  {figures[nodes]:15.2f}  {statistics.median(end for _, end in kept):5.2f}  |"
-                      f"  {statistics.median(first for first, _ in direct):36.2f}  "
-                      f"{statistics.median(end for _, end in direct):5.2f}")
+                line = (f"  {nodes:>5}  {figures[nodes]:15.2f}  {statistics.median(end for _, end in kept):5.2f}  |"
+                        f"  {statistics.median(first for first, _ in direct):36.2f}  "
+                        f"{statistics.median(end for _, end in direct):5.2f}")
+                if before:
+                    before_figures[nodes] = statistics.median(first for first, _ in before)
+                    line += (f"  |  {before_figures[nodes]:24.2f}  "
+                             f"{statistics.median(end for _, end in before):5.2f}")
+                print(line)
             if sizes[0] in figures:
                 for nodes in sizes[1:]:
                     print(f"  {nodes} nodes / {sizes[0]} nodes (last first line): "
-                          f"{figures[nodes] / figures[sizes[0]]:.2f}x")
+                          f"{figures[nodes] / figures[sizes[0]]:.2f}x"
+                          + (f"; --before: {before_figures[nodes] / before_figures[sizes[0]]:.2f}x"
+                             if before_figures else ""))
         finally:
             switch.cleanup()
             for host in hosts:

@@ -3,8 +3,9 @@ small repo goes unnoticed)."""
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 SHOW_AFTER_S = 1.0
 
@@ -12,14 +13,14 @@ SHOW_AFTER_S = 1.0
 class UploadProgress:
     """Called as `progress(bytes packed, bytes in all)` by provisioner.jobs.uploads.archive_stream."""
 
-    def __init__(self, console):
-        self._console = console
+    def __init__(self, make_console: Callable):
+        self._make_console = make_console  # a rich console on stderr, made when a bar is first shown
         self._started: Optional[float] = None
         self._bar = None
         self._task = None
 
     def __call__(self, done: int, total: int) -> None:
-        if not self._console.is_terminal:
+        if not sys.stderr.isatty():
             return
         now = time.monotonic()
         if self._started is None:
@@ -28,7 +29,7 @@ class UploadProgress:
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
             self._bar = Progress(TextColumn("Uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                 console=self._console, transient=True)
+                                 console=self._make_console(), transient=True)
             self._bar.start()
             self._task = self._bar.add_task("upload", total=total)
         if self._bar is not None:

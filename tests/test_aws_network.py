@@ -11,7 +11,7 @@ import pytest
 from stacks.aws.program import aws_program
 from tests.helpers import run_cli, write
 from tests.test_cloud_cluster import KEYS, ClusterRecorder, rank_of
-from tests.test_stacks import BASE, Recorder
+from tests.test_stacks import BASE
 
 pytest.importorskip("pulumi_aws")
 

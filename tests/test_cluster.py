@@ -314,6 +314,7 @@ def test_cluster_variables_and_single_node_values():
 
 
 def test_startup_waves_and_the_run_outcome():
+    from provisioner.jobs.layout import EndedByDstack
     from provisioner.jobs.nodes import startup_waves
     from provisioner.jobs.run_jobs import run_outcome
 
@@ -326,7 +327,8 @@ def test_startup_waves_and_the_run_outcome():
     assert run_outcome({0: 0, 1: 0, 2: 0}, 3, "all-done") == ("done", None, 0)
     assert run_outcome({2: 3}, 3, None) == ("failed", "node 2: exit code 3", 3)
     assert run_outcome({0: 3}, 1, None) == ("failed", "exit code 3", 3)
-    assert run_outcome({1: 124}, 2, None) == ("terminated", "node 1: max_duration reached", 124)
+    assert run_outcome({1: EndedByDstack(124)}, 2, None) == ("terminated", "node 1: max_duration reached", 124)
+    assert run_outcome({1: 124}, 2, None) == ("failed", "node 1: exit code 124", 124)  # the commands' own 124
 
 
 def test_node_output_gets_whole_lines_with_the_rank_in_front():

@@ -53,6 +53,23 @@ def start_job(transport: Transport, job: JobSpec,
     return int(result.text.strip())
 
 
+def _first_byte_wait(wait: float) -> str:
+    """Shell text that returns once the log has its first byte, the job has ended, or `wait` seconds have passed.
+    GNU tail follows the log (by inotify where the file system has it: no process started per step, which 16 nodes'
+    readers polling on 2 cores felt), ending at the first byte (its reader gone), at the job's end (--pid) or at the
+    bound; the job's exit code, written a moment after its end, is then waited for. Where tail is not GNU's (no
+    --pid), the shell polls."""
+    steps = int(wait / _WAIT_STEP_S)
+    poll = (f"i=0; while [ $i -lt {steps} ] && [ ! -f exit_code ] && [ ! -s output.log ]; do sleep {_WAIT_STEP_S}; "
+            "i=$((i+1)); done")
+    follow = (f'timeout {wait:g} tail -c +1 -s {_WAIT_STEP_S} --pid="$P" -F output.log 2>/dev/null | '
+              "head -c 1 >/dev/null; "
+              f'i=0; while [ $i -lt 100 ] && [ ! -f exit_code ] && [ ! -s output.log ] && [ ! -d /proc/"$P" ]; '
+              f"do sleep {_WAIT_STEP_S}; i=$((i+1)); done")
+    return ('P=$(cat pid 2>/dev/null); if [ ! -f exit_code ] && [ ! -s output.log ]; then '
+            f'if [ -n "$P" ] && tail --pid=$$ -c 0 /dev/null 2>/dev/null; then {follow}; else {poll}; fi; fi; ')
+
+
 @dataclass(frozen=True)
 class LogChunk:
     data: bytes
@@ -75,8 +92,7 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
     folder = job_folder(run_name)
     waiting = ""
     if wait and offset == 0:
-        waiting = (f"i=0; while [ $i -lt {int(wait / _WAIT_STEP_S)} ] && [ ! -f exit_code ] && [ ! -s output.log ]; "
-                   f"do sleep {_WAIT_STEP_S}; i=$((i+1)); done; ")
+        waiting = _first_byte_wait(wait)
     cut = f" | head -c {limit}" if limit is not None else ""
     result = transport.run(f"cd {folder} && {waiting}{{ cat exit_code 2>/dev/null || true; }} >&2; {notice_read()}"
                            f"{{ tail -c +{offset + 1} output.log 2>/dev/null || true; }}{cut}", timeout=timeout + wait)

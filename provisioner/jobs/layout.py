@@ -54,3 +54,9 @@ def recorded_exit_code(code: Optional[int], terminated: bool) -> Optional[int]:
 
 
 PROFILE_ENV = "profile.env"  # the login profile's environment, which job.sh sources first (provisioner.jobs.launch)
+
+
+# A folder of the jobs folder (dot-named: no run's) where a host keeps what is slow to make for every job and the
+# same for all of them while what it came from is unchanged: the login profile's environment
+# (provisioner.jobs.launch), the interpreter found and a venv template (provisioner.jobs.python_env).
+HOST_CACHE = ".host-cache"

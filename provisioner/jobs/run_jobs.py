@@ -127,12 +127,17 @@ class RunJobs:
         file is written."""
         waves = startup_waves(startup_order, self.size)
         for index, wave in enumerate(waves):
+            started: Dict[int, float] = {}
+
             def start_one(rank: int) -> None:
                 start_job(self.transports[rank], specs[rank], progress if rank == 0 else lambda done, total: None)
-                self.store.update_job(self.run_name, rank, status=JobStatus.RUNNING, started_at=time.time(),
-                                      exit_code=None, finished_at=None)
+                started[rank] = time.time()
 
-            on_every_node(start_one, wave)
+            try:
+                on_every_node(start_one, wave)
+            finally:  # the wave's started jobs in one write, those of a wave where a node failed too
+                if started:
+                    self.store.jobs_started(self.run_name, started)
             if index < len(waves) - 1:
                 on_every_node(self._wait_begun, wave)
 

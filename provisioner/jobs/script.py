@@ -26,11 +26,11 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from configuration.fields import SUPPORTED_PYTHON
 from provisioner.jobs.cluster_ssh import SSH_SETUP, ClusterSSH
 from provisioner.jobs.dev_env import DevSession
 from provisioner.jobs.layout import BEGUN_FILE, PROFILE_ENV
 from provisioner.jobs.mounts import Mounts, docker_volume_args, mount_steps
+from provisioner.jobs.python_env import python_setup
 from provisioner.jobs.uploads import LEGACY_REPO_DIR, UploadPlan, in_job_folder, upload_name
 
 CONTAINER_REPO = "/workflow"
@@ -165,61 +165,6 @@ def _as_root(job: JobSpec) -> str:
     return _AS_ROOT.format(what=what, unshare="unshare --mount --propagation private -- " if shm else "",
                            mount=_MOUNT_SHM.format(mib=shm_mib(job)) if shm else "",
                            drop="" if job.privileged else _DROP_ROOT)
-
-
-# An interpreter that runs and is the version asked for (a pyenv shim of a version not selected exits 127), as
-# a path: `python3.12`, else a pyenv-installed 3.12.x, else nothing. With no version: python3. The path is the
-# interpreter's own (sys.executable), not a pyenv shim's: the venv is made without the shim's ~0.2 s start.
-_FIND_PYTHON = """py_ok() { "$1" -c "import sys; sys.exit(0 if '$2' in ('', '%d.%d' % sys.version_info[:2]) else 1)" \
->/dev/null 2>&1; }
-py_path() { "$1" -c "import sys; sys.exit(print(sys.executable) if '$2' in ('', '%d.%d' % sys.version_info[:2]) \
-else 1)" 2>/dev/null; }
-find_python() {
-  for c in ${1:+python$1} python3; do if p=$(py_path "$c" "$1") && [ -n "$p" ]; then echo "$p"; return 0; fi; done
-  [ -n "$1" ] && command -v pyenv >/dev/null 2>&1 || return 1
-  for v in $(pyenv versions --bare 2>/dev/null | grep -E "^$(echo "$1" | sed 's/[.]/[.]/')[.][0-9]+\\$"); do
-    p=$(PYENV_VERSION=$v pyenv which python 2>/dev/null) && py_ok "$p" "$1" && { echo "$p"; return 0; }
-  done
-  return 1
-}
-present_pythons() { for v in VERSIONS; do find_python $v >/dev/null && printf ' %s' $v; done; }
-""".replace("VERSIONS", " ".join(SUPPORTED_PYTHON))
-
-_INSTALL_UV = """if ! command -v uv >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/uv" ]; then
-    echo "dstack: installing uv to get Python {version}"
-    curl -LsSf --max-time 120 https://astral.sh/uv/install.sh | \
-env UV_INSTALL_DIR="$HOME/.local/bin" INSTALLER_NO_MODIFY_PATH=1 sh >/dev/null 2>&1 || true
-  fi
-  PATH="$PATH:$HOME/.local/bin"
-"""
-
-
-def _python_setup(version: Optional[str], may_install: bool) -> str:
-    """A virtual environment for the run. The interpreter asked for, found on the host (PATH or pyenv), or else
-    installed by uv (uv itself installed first where the job may download). Never another version instead: the job
-    fails naming the versions the host has. uv makes the venv where present; else the system's Python does, seeing
-    the host's site packages, with `pip` as `python -m pip` (milliseconds where ensurepip takes seconds)."""
-    wanted = version or ""
-    get_uv = _INSTALL_UV.format(version=version) if version and may_install else ""
-    cannot = "and uv could not install it" if may_install else "(the local backend installs nothing)"
-    return f"""{_FIND_PYTHON}if [ ! -x "$JOB_DIR/venv/bin/python" ]; then
-  PY=$(find_python {wanted}) || PY=""
-  if [ -z "$PY" ]; then
-  {get_uv}  if ! command -v uv >/dev/null 2>&1 || ! uv venv -q --seed --python {wanted or 3} "$JOB_DIR/venv" >/dev/null 2>&1; then
-      echo "dstack: Python {wanted or 3} is not installed on this host {cannot}; present:$(present_pythons)" >&2
-      exit 1
-    fi
-  elif command -v uv >/dev/null 2>&1 && uv venv -q --seed --python "$PY" "$JOB_DIR/venv" >/dev/null 2>&1; then :
-  else
-    "$PY" -m venv --without-pip --system-site-packages "$JOB_DIR/venv"
-    for shim in pip pip3; do
-      printf '#!/bin/sh\\nexec "%s/bin/python" -m pip "$@"\\n' "$JOB_DIR/venv" > "$JOB_DIR/venv/bin/$shim"
-      chmod +x "$JOB_DIR/venv/bin/$shim"
-    done
-  fi
-fi
-. "$JOB_DIR/venv/bin/activate"
-"""
 
 
 _NVCC = """PATH="$PATH:/usr/local/cuda/bin"
@@ -363,7 +308,7 @@ def python_script(job: JobSpec) -> str:
     if job.docker:
         lines += [_DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else ""), _DOCKER_FOR_COMMANDS]
     else:
-        lines.append(_python_setup(job.python, job.may_install))
+        lines.append(python_setup(job.python, job.may_install))
     if job.nvcc:
         lines.append(_NVCC)
     lines += [f"mkdir -p {workdir}\n", f"cd {workdir}\n", _BEGUN, _commands(job)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import fields
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from configuration.errors import ConfigurationError, DstackError
 from provisioner.store.connection import Damage, StoreFile, load_json, owner, read_again, stored_status
@@ -144,6 +144,16 @@ class RunTables(StoreFile):
         status = stored_status(JobStatus, row[2], f"run {run}'s job {row[1]}")
         return JobRecord(run=row[0], rank=row[1], status=status, host=host, exit_code=row[4], started_at=row[5],
                          finished_at=row[6])
+
+    def jobs_started(self, run: str, started: Dict[int, float]) -> None:
+        """Records the jobs of `started` (rank: when it started) running, in one write: a cluster's wave costs one
+        commit (and one fsync), not one per node that each node's first line would wait for in turn."""
+        with self._connect() as db:
+            db.begin()
+            db.executemany("UPDATE jobs SET status = ?, started_at = ?, exit_code = NULL, finished_at = NULL "
+                           "WHERE run = ? AND rank = ?",
+                           [(JobStatus.RUNNING, at, run, rank) for rank, at in sorted(started.items())])
+            db.commit()
 
     def update_job(self, run: str, rank: int, **changes) -> None:
         assignments = ", ".join(f"{k} = ?" for k in changes)

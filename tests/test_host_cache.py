@@ -1,0 +1,105 @@
+"""What a host keeps for its jobs (provisioner.jobs.layout.HOST_CACHE): the login profile's environment, the
+interpreter found and a venv template, each used again only while what it came from is unchanged; through local
+jobs (the same job script as on an SSH host) with a HOME and PATH of the test's own."""
+
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioner.host.transport import LocalTransport
+from provisioner.jobs.control import start_job
+from provisioner.jobs.layout import HOST_CACHE
+from provisioner.jobs.script import JobSpec
+from tests.helpers import wait_exit
+
+
+@pytest.fixture
+def login_home(tmp_path, monkeypatch):
+    """A HOME of the test's own whose `.profile` counts its readings, and a `python3` first on PATH that counts its
+    starts (then runs the test's interpreter)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    python = tools / "python3"
+    python.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/python.starts\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{tools}:/usr/local/bin:/usr/bin:/bin")
+    monkeypatch.setenv("DSTACK_PROFILE_TIMEOUT", "5")
+    return home
+
+
+def write_profile(home: Path, value: str) -> None:
+    """A profile that counts its readings and puts the test's tools first on PATH (/etc/profile may have set it)."""
+    (home / ".profile").write_text(f'echo read >> "$HOME/profile.readings"\nexport FROM_PROFILE={value}\n'
+                                   f'export PATH="{home.parent / "tools"}:$PATH"\n'
+                                   'greet() { echo "hello from $*"; }\necho the profile speaks\n')
+
+
+def readings(home: Path) -> int:
+    path = home / "profile.readings"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def run_job(local: LocalTransport, name: str, commands) -> str:
+    start_job(local, JobSpec(run_name=name, commands=commands))
+    code, log = wait_exit(local, name, timeout=60)
+    assert code == 0, log
+    return log
+
+
+def test_the_login_profile_is_read_once_per_host_and_again_when_it_changes(login_home, tmp_path):
+    write_profile(login_home, "one")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    commands = ["echo $FROM_PROFILE", "greet the profile"]
+    assert run_job(local, "first", commands) == "one\nhello from the profile\n"
+    assert run_job(local, "second", commands) == "one\nhello from the profile\n"
+    assert readings(login_home) == 1  # the second job started from the kept environment, without a login shell
+    kept = tmp_path / "jobs" / HOST_CACHE / "profile.env"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert (tmp_path / "jobs" / "first" / "profile.log").read_text() == "the profile speaks\n"
+    assert "kept" in (tmp_path / "jobs" / "second" / "profile.log").read_text()
+    assert not (tmp_path / "jobs" / "second" / "profile.env").exists()  # read, then deleted, as before
+
+    write_profile(login_home, "two")  # an edited profile is read again at the next job
+    assert run_job(local, "third", commands) == "two\nhello from the profile\n"
+    assert readings(login_home) == 2
+
+
+def test_a_profile_that_fails_is_not_kept(login_home, tmp_path):
+    (login_home / ".profile").write_text('echo read >> "$HOME/profile.readings"\nexport FROM_PROFILE=yes\nexit 3\n')
+    local = LocalTransport(str(tmp_path / "jobs"))
+    run_job(local, "first", ["true"])
+    run_job(local, "second", ["true"])
+    assert readings(login_home) == 2
+    assert not (tmp_path / "jobs" / HOST_CACHE / "profile.env").exists()
+
+
+def test_the_venv_comes_from_a_template_kept_per_host_and_is_the_jobs_own(login_home, tmp_path):
+    write_profile(login_home, "one")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    commands = ["command -v python", 'python -c "import sys; print(sys.prefix)"', "echo $VIRTUAL_ENV",
+                "command -v pip", "pip --version | cut -d' ' -f1", "deactivate; command -v python3"]
+    for name in ("first", "second"):
+        venv = tmp_path / "jobs" / name / "venv"
+        assert run_job(local, name, commands) == (f"{venv}/bin/python\n{venv}\n{venv}\n{venv}/bin/pip\npip\n"
+                                                  f"{tmp_path}/tools/python3\n")
+    starts = (tmp_path / "python.starts").read_text().splitlines()
+    assert len(starts) == 1  # the first job's search for python3; the second's answer was kept
+    templates = [p for p in (tmp_path / "jobs" / HOST_CACHE).iterdir() if p.name.startswith("venv-")]
+    assert len(templates) == 1
+    started = (tmp_path / "jobs" / "second" / "pid").stat().st_mtime
+    copied = os.lstat(tmp_path / "jobs" / "second" / "venv" / "bin" / "python3").st_mtime
+    assert copied == os.lstat(templates[0] / "bin" / "python3").st_mtime < started  # a copy, not a venv made anew
+    assert "first" not in (tmp_path / "jobs" / "second" / "venv" / "bin" / "activate").read_text()
+    assert str(templates[0]) not in (tmp_path / "jobs" / "second" / "venv" / "pyvenv.cfg").read_text()
+
+    time.sleep(0.01)
+    (tmp_path / "tools" / "python3.99").write_text("")  # an interpreter added on PATH: python3 is looked for again
+    run_job(local, "third", ["true"])
+    assert len((tmp_path / "python.starts").read_text().splitlines()) == 2
