@@ -67,8 +67,8 @@ _zygotes: dict = {}  # this process's zygotes: {(pid, preloaded): socket path}
 
 def dstack_zygote(preloaded: bool = False) -> str:
     """The socket of this process's zygote (tests.cloudsim.zygote), started at its first use; it ends with this
-    process. `preloaded`: the one forked from it that has imported dstack's modules too (the scenarios' children,
-    which swap parts of dstack before they import the rest, fork from the first)."""
+    process. `preloaded`: the one forked from it that has imported dstack's modules too, which the commands fork
+    from."""
     if preloaded:
         if (os.getpid(), True) not in _zygotes:
             folder = os.path.dirname(dstack_zygote())

@@ -4,16 +4,18 @@ paramiko, typer, rich), then forks one child per request, which runs tests.cloud
 pid and session (a Ctrl-C or SIGKILL reaches it alone), environment, working folder, output files and exit status.
 Each `dstack` would otherwise spend most of its CPU importing (pulumi and its providers take seconds).
 
-Only libraries are imported here, never dstack's own modules (a scenario's child swaps parts of them before it
-imports the rest: tests.cloudsim.cli), and no thread or connection exists when it forks. The plain `dstack` of
-tests.helpers.run_cli is forked from a second zygote, forked from this one (a `preload` request), that has also
-imported every dstack module (`preload_dstack`): each command would otherwise spend most of its CPU importing them.
+Only libraries are imported here, and no thread or connection exists when it forks. The `dstack` processes are
+forked from a second zygote, forked from this one (a `preload` request), that has also imported every dstack module
+(`preload_dstack`): each command would otherwise spend most of its CPU importing them. A scenario's child swaps
+parts of dstack after that (tests.cloudsim.cli): the modules that use them import them when called, and the one
+that imports one at its own import (stacks.gcp.leftovers' gcp_api) is swapped too, so the swapped ones are used.
+
 A request is one JSON line (args, env, cwd, stdout, stderr; stdin: a file, else /dev/null; entry: the module whose
 `main` runs, tests.cloudsim.cli unless named); the answer, two: the child's pid, then its exit status (negative: the
 signal that killed it), from a monitor process that waits for it.
 
-One zygote per test process (tests.helpers.dstack_zygote) serves the scenarios and tests.helpers.run_cli (the plain
-`dstack`, entry cli.main), whose children end as `python -m cli.main` does (non-daemon threads joined, exit handlers
+One such pair per test process (tests.helpers.dstack_zygote) serves the scenarios and tests.helpers.run_cli (the
+plain `dstack`, entry cli.main), whose children end as `python -m cli.main` does (non-daemon threads joined, exit handlers
 run). Without the cloud extras it imports only what every command imports (PLAIN_PRELOAD).
 """
 
