@@ -16,7 +16,7 @@ def test_a_checkout_without_a_pytest_cache_starts_the_longest_committed_tests_fi
                             cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.splitlines()
     collected = [line for line in listed if line.startswith(f"{file}::")]
     timed = [test for test in collected if test in durations]
-    assert len(timed) == len(collected) > 10, "tests/durations.json lacks tests of test_cluster.py"
+    assert len(timed) > 10, "tests/durations.json lacks the tests of test_cluster.py"  # a new one: its guess orders it
     assert [durations[test] for test in timed] == sorted((durations[test] for test in timed), reverse=True)
 
 
