@@ -114,7 +114,10 @@ def test_a_fleet_of_0_to_3_grows_to_3_under_three_runs_and_shrinks_back_to_0_whe
 
 def test_fleet_delete_i_destroys_one_idle_instance_of_a_cloud_fleet_and_keeps_the_others(cloudsim, tmp_path,
                                                                                        dstack_home):
-    fleet = write(tmp_path, "fleet.dstack.yml", AWS_FLEET.replace("nodes: 1", "nodes: 2..3") + "idle_duration: 1h\n")
+    # made with 2, kept at 1 at least: deleting one leaves the fleet at its minimum (below it, the next command
+    # would add one back: tests/test_cloudsim_fleet_upkeep.py)
+    nodes = "nodes:\n  min: 1\n  target: 2\n  max: 3\n"
+    fleet = write(tmp_path, "fleet.dstack.yml", AWS_FLEET.replace("nodes: 1\n", nodes) + "idle_duration: 1h\n")
     made = cloudsim.dstack("apply", "-f", fleet, "-y", home=dstack_home)
     assert made.returncode == 0, made.stdout + made.stderr
     first, second = sorted(cloudsim.ever("Instance"), key=lambda r: r.inputs["tags"]["Name"])

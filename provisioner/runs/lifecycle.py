@@ -40,7 +40,7 @@ from provisioner.runs.failover import RunFailed, StopRequested, provision_with_r
 from provisioner.runs.interruptions import (ATTEMPT_VARIABLE, Interrupted, ZoneBlocks, back_to_submitted, end_lost,
                                             lost_instances, raise_if_lost, record_loss, retries_interruption)
 from provisioner.runs.job_specs import job_spec, recorded_stop_grace
-from provisioner.runs.owner import current_owner
+from provisioner.host.owner import current_owner
 from provisioner.runs.plan import configuration_json
 from provisioner.runs.session import InterruptAction, RunSession
 from provisioner.runs.teardown import finish_run, one_line, stop_jobs, wait_final
