@@ -136,3 +136,30 @@ def test_a_fleet_made_before_numbering_keeps_its_instances_resources_once_number
     added = {name for _, name in set(after) - set(before) if not name.endswith(("-self-delete", "-eip"))}
     assert added == {f"dstack-{new.owner}-pool-{made}"}
     assert [new.made_before_numbering(rank) for rank in new.ranks] == [True] * made + [False]
+
+
+def test_a_lock_whose_holder_process_is_gone_is_taken_over_at_once_and_a_teammates_only_once_stale(dstack_home):
+    import subprocess
+    import time
+
+    from configuration.owner import owner_id
+    from provisioner.backends.fleet_stacks import fleet_stack_lock
+    from provisioner.host.owner import process_start_time
+    from provisioner.store.store import StateStore
+
+    store = StateStore()
+    assert store.create_cloud_fleet("pool", "f.yml", "aws", {"nodes": {"min": 0, "max": 3}}, {"backend": "aws"})
+    process = subprocess.Popen(["sleep", "30"])
+    started = process_start_time(process.pid)
+    holder = {"pid": process.pid, "started": started, "owner_id": owner_id()}
+    assert store.lock_fleet_stack("pool", "grower", time.time(), 1800, holder) is None
+    with fleet_stack_lock(store, "pool", "next", wait_s=0) as locked:
+        assert not locked  # its holder lives
+    process.kill()
+    process.wait()
+    with fleet_stack_lock(store, "pool", "next", wait_s=0) as locked:
+        assert locked  # its holder was SIGKILLed: taken over at once, not after 30 minutes
+    teammate = {**holder, "owner_id": "0badc0de"}  # another home's process: its pid means nothing here
+    assert store.lock_fleet_stack("pool", "theirs", time.time(), 1800, teammate) is None
+    with fleet_stack_lock(store, "pool", "next", wait_s=0) as locked:
+        assert not locked
