@@ -115,3 +115,29 @@ def test_a_fleet_recorded_before_instances_were_numbered_is_numbered_and_grows_w
     deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert cloudsim.live() == []
+
+
+def test_an_instance_a_run_found_gone_is_replaced_by_the_next_ps_not_the_fleet_destroyed(cloudsim, tmp_path,
+                                                                                        dstack_home):
+    """`nodes: 1`: the run that would take the instance finds its VM gone and retires it (it cannot grow the fleet
+    for itself); the next `dstack ps` replaces it rather than destroying the fleet whose only instance it was."""
+    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", AWS_FLEET + "idle_duration: 1h\n"),
+                           "-y", home=dstack_home)
+    assert made.returncode == 0, made.stdout + made.stderr
+    first = instance_of(cloudsim.world)
+    cloudsim.aws.reclaim(first)
+    run = write(tmp_path, "t.dstack.yml", "type: task\nname: on-pool\nfleets: [pool]\ncommands: [hostname]\n")
+    refused = cloudsim.dstack("apply", "-f", run, "-y", home=dstack_home)
+    assert refused.returncode != 0 and "it is retired, not reused" in refused.stdout + refused.stderr, \
+        refused.stdout + refused.stderr
+    listed = cloudsim.dstack("ps", home=dstack_home)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "Fleet pool: instance #0 was retired (its VM ended) or its removal cut short; removing it" in \
+        listed.stderr, listed.stderr
+    [second] = cloudsim.live("Instance")
+    assert second is not first and sorted(instances_of(cloudsim, dstack_home)) == [1]
+    result = cloudsim.dstack("apply", "-f", run, "-y", home=dstack_home)
+    assert result.returncode == 0 and second.vm.name in result.stdout, result.stdout + result.stderr
+    deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert cloudsim.live() == []

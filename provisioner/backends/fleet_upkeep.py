@@ -80,11 +80,12 @@ def number_instances(store: StateStore, fleet: dict, log: Callable[[str], None])
 
 
 def _needs_repair(store: StateStore, fleet: dict) -> bool:
-    """What the store alone says: an instance being added or removed (by a live command, or one that died), or
-    fewer instances than the minimum. A fleet whose every instance is `terminating` is a teardown's, not ours."""
-    instances = store.list_instances(fleet["name"])
-    if instances and all(i.status == InstanceStatus.TERMINATING for i in instances):
+    """What the store alone says: an instance being added or removed (by a live command, or one that died, or
+    retired: its VM ended), or fewer instances than the minimum. A fleet being destroyed whole (its stack marked
+    `teardown`: StateStore.claim_fleet_teardown) is left to the command that retries it."""
+    if fleet["stack"].get("teardown"):
         return False
+    instances = store.list_instances(fleet["name"])
     low, _ = fleet_nodes(fleet)
     return len(instances) < low or any(i.status in (InstanceStatus.PROVISIONING, InstanceStatus.TERMINATING)
                                        for i in instances)
@@ -110,7 +111,7 @@ def _repair(store: StateStore, config: DstackConfig, name: str, ended: Dict[int,
             return  # another command changes the fleet now; the next command looks again
         fleet = store.get_cloud_fleet(name)
         instances = store.list_instances(name)
-        if fleet is None or (instances and all(i.status == InstanceStatus.TERMINATING for i in instances)):
+        if fleet is None or fleet["stack"].get("teardown"):
             return
         # under the lock, an instance still `provisioning` has no live command adding it: its grow died
         dead = [i.num for i in instances if i.status == InstanceStatus.PROVISIONING]
@@ -128,7 +129,8 @@ def _repair(store: StateStore, config: DstackConfig, name: str, ended: Dict[int,
             log(f"Fleet {name}: instance #{num} was being added by a dstack process that is gone; removing it")
         for num in removed:
             log(f"Fleet {name}: instance #{num} " + (f"is {ended[num]} in the cloud" if num in ended else
-                                                    "was left being removed") + "; removing it")
+                                                    "was retired (its VM ended) or its removal cut short")
+                + "; removing it")
         if added:
             log(f"Fleet {name}: {len(kept)} instance{'s' if len(kept) != 1 else ''}, below its `nodes` minimum of "
                 f"{low}: adding {', '.join(f'#{n}' for n in added)}")

@@ -267,7 +267,8 @@ class FleetTables(StoreFile):
         idle past its idle_duration at that time; a fleet with no instances yet is never expired). Instances left
         `terminating` by a teardown that failed count as claimable, so the next command tries again. Without
         `expired_at` (`fleet delete`, which holds the fleet's stack lock), an instance left `provisioning` counts
-        too: under the lock, no live command is adding it (its grow was killed)."""
+        too: under the lock, no live command is adding it (its grow was killed). The fleet's stack is marked
+        `teardown`: a fleet whose instances are all `terminating` because one was retired is not going whole."""
         with self._connect() as db:
             db.begin()
             rows = db.execute("SELECT status, idle_since, idle_duration FROM instances WHERE fleet = ?",
@@ -281,6 +282,11 @@ class FleetTables(StoreFile):
             if not ready:
                 return False  # the transaction ends, unchanged, with the connection
             db.execute("UPDATE instances SET status = ? WHERE fleet = ?", (InstanceStatus.TERMINATING, fleet))
+            row = db.execute("SELECT stack FROM cloud_fleets WHERE name = ?", (fleet,)).fetchone()
+            stack = load_json(row[0], dict, f"fleet {fleet}'s stack") if row and row[0] else {}
+            if set(stack) - {"lock"}:  # a stack, going whole: its upkeep leaves it alone (fleet_upkeep)
+                db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?",
+                           (json.dumps({**stack, "teardown": True}), fleet))
             db.commit()
         return True
 
