@@ -69,8 +69,9 @@ def number_instances(store: StateStore, fleet: dict, log: Callable[[str], None])
     with fleet_stack_lock(store, name, f"the numbering of {name} ({os.getpid()})", wait_s=0) as locked:
         fleet = store.get_cloud_fleet(name) if locked else None
         instances = store.list_instances(name)
-        if fleet is None or not fleet.get("stack") or fleet["stack"].get("numbered") or not instances:
-            return None
+        settled = instances and all(i.status in (InstanceStatus.IDLE, InstanceStatus.BUSY) for i in instances)
+        if fleet is None or not fleet.get("stack") or fleet["stack"].get("numbered") or not settled:
+            return None  # one `terminating` (being destroyed, or retired) goes whole, as fleets of its time did
         made = max(i.num for i in instances) + 1
         store.set_fleet_stack(name, {**fleet["stack"], "numbered": True, "legacy_nodes": made,
                                      "offer": instances[0].offer})
