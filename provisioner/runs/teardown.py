@@ -14,7 +14,7 @@ from provisioner.jobs.cluster_ssh import revoke_everywhere
 from provisioner.jobs.run_jobs import RunJobs, run_jobs
 from provisioner.runs import dev_environments
 from provisioner.runs.job_specs import recorded_stop_grace
-from provisioner.runs.owner import owner_alive
+from provisioner.host.owner import owner_alive
 from provisioner.runs.session import RunSession
 from provisioner.runs.ssh_entries import remove_entry
 from provisioner.store.records import RunRecord
@@ -92,7 +92,7 @@ def wait_final(store: StateStore, name: str, timeout: float = 600, while_owner: 
 
 
 def run_owner_alive(record: RunRecord) -> bool:
-    """Whether the dstack process that owns the run (its pid and start time, provisioner.runs.owner) still lives.
+    """Whether the dstack process that owns the run (its pid and start time, provisioner.host.owner) still lives.
     A teammate's run's owner lives on another machine: its pid means nothing here, and counts as gone."""
     return not another_homes(record.owner_id) and owner_alive(record.owner_pid, record.owner_started)
 

@@ -1,4 +1,4 @@
-"""Whether the dstack process that owns a run is still alive.
+"""Whether a dstack process (the owner of a run, the holder of a fleet stack's lock) is still alive.
 
 A pid alone is not enough: once the owner has exited, the system may give its pid to an unrelated process, and the
 run would look owned forever. The owner's start time (from /proc, in clock ticks since boot) is recorded with its
