@@ -99,6 +99,7 @@ class CloudBackend:
                     not self.config.pulumi.backend_url}  # a laptop's own state: see recorded_state
         if spec.instance_nums is not None:  # a fleet's instances named by their numbers (instance_state)
             recorded["numbered"] = True
+            recorded["instance_nums"] = list(spec.instance_nums)  # instance_ids' order: what each id's number is
             if spec.legacy_nodes:  # kept with the stack: those instances' names (fleet_instance_name)
                 recorded["legacy_nodes"] = spec.legacy_nodes
         record_stack(recorded)

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 from offers.offer import Offer
+from provisioner.planning.reuse import InstanceOffer
 from stacks.errors import StackFailure
 
 HOST_BACKENDS = ("ssh", "local")  # hosts that exist: claiming one creates nothing
@@ -30,6 +31,8 @@ def scope_key(offer: Offer, scope: str) -> tuple:
     """What a failure of `scope` rules out for the next tries: the cloud, a region (an SSH fleet), a zone, the offer's
     instance type in its region (every zone), an instance type everywhere, or one host (of an SSH fleet: its region
     is the fleet, its instance the host)."""
+    if scope == "zone" and isinstance(offer, InstanceOffer):  # an instance that exists: itself, not the zone-less
+        return (offer.backend, "instance", offer.fleet, offer.num)  # key every other fleet instance's offer shares
     zone = offer.zones[0] if offer.zones else ""
     return {"cloud": (offer.backend,), "region": (offer.backend, offer.region),
             "zone": (offer.backend, offer.region, zone),

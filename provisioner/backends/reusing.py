@@ -5,11 +5,12 @@ as an implicit fleet when the task has `idle_duration`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 from configuration.errors import DstackError
 from provisioner.backends.cloud import fleet_key_path, run_note
 from provisioner.backends.fleet_stacks import grow_fleet
+from provisioner.backends.fleet_upkeep import ALIVE_STATES
 from provisioner.host.access import HostAccess
 from provisioner.jobs.nodes import rank_offers
 from provisioner.jobs.team_keys import reachable_key
@@ -18,6 +19,7 @@ from provisioner.store.records import InstanceRecord
 from provisioner.store.statuses import InstanceStatus
 from provisioner.store.store import StateStore
 from stacks.errors import CAPACITY, StackFailure
+from stacks.losses import InstanceLoss
 from stacks.progress import StepProgress
 
 
@@ -106,6 +108,35 @@ class ReusingBackend:
     def losses(self, stack) -> list:
         return self.cloud.losses(stack)
 
+    def held_losses(self, run_name: str) -> List["FleetInstanceLoss"]:
+        """The fleet instances `run_name` holds that the cloud no longer runs, and why (a spot VM taken back is an
+        interruption), asked by their ids (the fleet's stack records each id's number); a stack recorded before it
+        did is asked by the instances' names, and an instance gone that way is not called an interruption."""
+        found: List[FleetInstanceLoss] = []
+        for fleet_name, held in _by_fleet(held_instances(self.store, run_name)).items():
+            fleet = self.store.get_cloud_fleet(fleet_name)
+            stack = (fleet or {}).get("stack")
+            if not stack:
+                continue
+            nums = stack.get("instance_nums") or ([] if stack.get("numbered") else
+                                                  list(range(len(stack.get("instance_ids") or []))))
+            ids = dict(zip(nums, stack.get("instance_ids") or []))
+            if all(i.num in ids for i in held):
+                losses = {loss.instance_id: loss for loss in
+                          self.cloud.losses({**stack, "instance_ids": [ids[i.num] for i in held]})}
+                found += [FleetInstanceLoss(f"{ids[i.num]} (#{i.num} of fleet {fleet_name})", loss.interrupted,
+                                            loss.why, loss.shut_itself_down, fleet=fleet_name, num=i.num)
+                          for i in held for loss in [losses.get(ids[i.num])] if loss is not None]
+                continue
+            tagged = {**stack, "tagged": stack.get("tagged", fleet_name)}
+            nodes = len(self.store.list_instances(fleet_name))
+            for i in held:
+                state = self.cloud.instance_state(tagged, (i.offer.get("zones") or [""])[0], i.num, nodes)
+                if state not in ALIVE_STATES:
+                    found.append(FleetInstanceLoss(f"#{i.num} of fleet {fleet_name}", False, f"is {state}",
+                                                   fleet=fleet_name, num=i.num))
+        return found
+
     def teardown(self, record, report) -> None:
         """A held instance is idle from when the run's job ended on it (the host's time, recorded by
         provisioner.jobs.run_jobs), not from now: its VM's idle watchdog counts from the job's end."""
@@ -113,6 +144,26 @@ class ReusingBackend:
         if self.store.release_instance(record.name, idle_since=max(ended) if ended else None):
             return
         self.cloud.teardown(record, report)
+
+
+@dataclass(frozen=True)
+class FleetInstanceLoss(InstanceLoss):
+    """A fleet instance's loss, with which instance it is: a run that loses it retires it (never handed back idle)."""
+
+    fleet: str = ""
+    num: int = 0
+
+
+def held_instances(store: StateStore, run_name: str) -> List[InstanceRecord]:
+    """The cloud fleet instances the run holds (one per node), in their fleets' order."""
+    return [i for i in store.list_instances() if i.run == run_name and i.status == InstanceStatus.BUSY]
+
+
+def _by_fleet(instances: List[InstanceRecord]) -> Dict[str, List[InstanceRecord]]:
+    grouped: Dict[str, List[InstanceRecord]] = {}
+    for instance in instances:
+        grouped.setdefault(instance.fleet, []).append(instance)
+    return grouped
 
 
 def report_reuse(report: Callable, offer: InstanceOffer) -> None:

@@ -15,6 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from configuration.home import append_private
 from offers.offer import Offer
+from provisioner.backends.reusing import FleetInstanceLoss, held_instances
 from provisioner.runs.failover import retry_deadline
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import finish_run, teardown_progress
@@ -45,14 +46,17 @@ def describe(losses: Iterable[InstanceLoss]) -> str:
 
 
 def lost_instances(session: RunSession, run_name: str) -> List[InstanceLoss]:
-    """What the cloud says of the run's instances that no longer run; empty for a run without a cloud stack of its
-    own, or when the cloud cannot be asked (said, not raised: the run is then kept as a host that stopped
-    answering is)."""
+    """What the cloud says of the run's instances that no longer run: those of its own cloud stack, or the cloud
+    fleet instances it holds (provisioner.backends.reusing); empty for a run on hosts of its own, or when the cloud
+    cannot be asked (said, not raised: the run is then kept as a host that stopped answering is)."""
     record = session.store.get_run(run_name)
-    if record is None or record.backend not in CLOUD_BACKENDS or not record.stack:
+    if record is None or record.backend not in CLOUD_BACKENDS:
+        return []
+    if not record.stack and not held_instances(session.store, run_name):
         return []
     try:
-        return session.backend(record.backend).losses(record.stack)
+        backend = session.backend(record.backend)
+        return backend.losses(record.stack) if record.stack else backend.held_losses(run_name)
     except Exception as e:  # the cloud's API unreachable or refusing: nothing is known
         text = str(e).strip().splitlines()
         session.reporter.info(f"could not ask {record.backend} whether {run_name}'s instances still run: "
@@ -60,24 +64,49 @@ def lost_instances(session: RunSession, run_name: str) -> List[InstanceLoss]:
         return []
 
 
-def may_have_notice(record: RunRecord) -> bool:
+def may_have_notice(store, record: RunRecord) -> bool:
     """Whether the run's hosts may have had a spot interruption notice: a run of its own cloud stack whose policy
-    lets it take spot VMs (runs default to on-demand); `dstack ps` asks only those hosts."""
-    return record.backend in CLOUD_BACKENDS and bool(record.stack) and \
-        (record.configuration or {}).get("spot_policy") in ("spot", "auto")
+    lets it take spot VMs (runs default to on-demand), or one that holds a spot instance of a cloud fleet; `dstack
+    ps` asks only those hosts."""
+    if record.backend not in CLOUD_BACKENDS:
+        return False
+    if record.stack:
+        return (record.configuration or {}).get("spot_policy") in ("spot", "auto")
+    return any(i.offer.get("spot") for i in held_instances(store, record.name))
 
 
 def notice_losses(session: RunSession, run_name: str, notices: Dict[int, str]) -> List[InstanceLoss]:
     """The instances whose hosts had the cloud's spot interruption notice (`notices`: rank -> its text, read on the
     host: provisioner.jobs.spot_notice), each an interruption to come: the run is told now, while the VM still runs,
-    not once the cloud has taken it back. Empty for a run without a cloud stack of its own (an instance of a fleet
-    is not the run's to end)."""
-    record = session.store.get_run(run_name)
-    if record is None or record.backend not in CLOUD_BACKENDS or not record.stack:
+    not once the cloud has taken it back. A cloud fleet's instance that the run holds is found by its host (each
+    node's job records it). Empty for a run on hosts of its own."""
+    store = session.store
+    record = store.get_run(run_name)
+    if record is None or record.backend not in CLOUD_BACKENDS:
         return []
-    ids = list(record.stack.get("instance_ids") or [])
-    return [InstanceLoss(str(ids[rank]) if rank < len(ids) else f"of node {rank}", True, f"got the {text}")
-            for rank, text in sorted(notices.items())]
+    if record.stack:
+        ids = list(record.stack.get("instance_ids") or [])
+        return [InstanceLoss(str(ids[rank]) if rank < len(ids) else f"of node {rank}", True, f"got the {text}")
+                for rank, text in sorted(notices.items())]
+    held = {_address(i.host): i for i in held_instances(store, run_name)}
+    hosts = {job.rank: _address(job.host) for job in store.list_jobs(run_name)}
+    return [FleetInstanceLoss(f"#{held[hosts[rank]].num} of fleet {held[hosts[rank]].fleet}", True,
+                              f"got the {text}", fleet=held[hosts[rank]].fleet, num=held[hosts[rank]].num)
+            for rank, text in sorted(notices.items()) if hosts.get(rank) in held]
+
+
+def _address(host: Optional[dict]) -> tuple:
+    host = host or {}
+    return host.get("hostname"), host.get("port")
+
+
+def retire_lost(session: RunSession, run_name: str, losses: Sequence[InstanceLoss]) -> None:
+    """The cloud fleet instances among `losses` retired (before the run's teardown hands the others back idle): no
+    run is given a VM being taken back, and the fleet's upkeep removes each from its stack, replacing it while the
+    fleet is below its `nodes` minimum."""
+    for loss in losses:
+        if isinstance(loss, FleetInstanceLoss):
+            session.store.retire_held_instance(loss.fleet, loss.num, run_name)
 
 
 def raise_if_lost(session: RunSession, run_name: str) -> None:
@@ -107,6 +136,7 @@ def end_lost(session: RunSession, run_name: str, losses: Sequence[InstanceLoss])
     process (`dstack stop`) claimed the run first."""
     if not session.store.claim_run(run_name, RUNNING, RunStatus.TERMINATING):
         return None
+    retire_lost(session, run_name, losses)
     if any(loss.interrupted for loss in losses):
         return finish_run(session, run_name, RunStatus.TERMINATED, "interrupted")
     if all(loss.shut_itself_down for loss in losses):
@@ -142,13 +172,16 @@ class ZoneBlocks:
         return kept or list(offers)
 
 
-def back_to_submitted(session: RunSession, run_name: str, offer: Offer, blocks: ZoneBlocks, attempt: int) -> bool:
-    """The run back to `submitted` for its next attempt: its stack destroyed (volumes stay), the interrupted zone
-    blocked. False when `dstack stop` claimed the run first (it finishes it)."""
+def back_to_submitted(session: RunSession, run_name: str, offer: Offer, blocks: ZoneBlocks, attempt: int,
+                      losses: Sequence[InstanceLoss] = ()) -> bool:
+    """The run back to `submitted` for its next attempt: its stack destroyed (volumes stay), or the fleet instances
+    it lost retired and the others handed back idle; the interrupted zone blocked. False when `dstack stop` claimed
+    the run first (it finishes it)."""
     store = session.store
     record = store.get_run(run_name)
     if not store.claim_run(run_name, RUNNING, RunStatus.SUBMITTED, host=None):
         return False
+    retire_lost(session, run_name, losses)
     zone = (record.stack or {}).get("zone") or (offer.zones[0] if offer.zones else "")
     if record.backend:
         session.backend(record.backend).teardown(record, teardown_progress(session, run_name))

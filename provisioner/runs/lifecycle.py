@@ -146,7 +146,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             record_loss(session, run_name, lost.losses, attempt)
             if not lost.interruption or not retries_interruption(configuration, store.get_run(run_name)):
                 return end_lost(session, run_name, lost.losses) or wait_final(store, run_name)
-            if not back_to_submitted(session, run_name, offer, blocks, attempt):
+            if not back_to_submitted(session, run_name, offer, blocks, attempt, lost.losses):
                 return wait_final(store, run_name)  # `dstack stop` from elsewhere is finishing it
             attempt += 1
         store.add_event(run_name, "exited", "the job went away" if code is None else f"exit code {code}")
@@ -281,7 +281,7 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
 def _raise_on_notice(session: RunSession, run_name: str, followers: Dict[int, LogFollower], noticed: set) -> None:
     """Interrupted once a node's host has had its cloud's spot interruption notice (its line is written by now):
     the run ends or starts again while the VM still runs, not once the cloud has taken it back. `noticed`: the
-    ranks whose notice was looked at (a run that is not the instance's to end, a fleet's, is let run on)."""
+    ranks whose notice was looked at (a run on hosts of its own, whose notice ends nothing, is let run on)."""
     notices = {rank: follower.notice for rank, follower in followers.items() if follower.notice and rank not in noticed}
     noticed.update(notices)
     losses = notice_losses(session, run_name, notices) if notices else []

@@ -106,7 +106,7 @@ def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, O
                 jobs.record_end(job.rank, code)
             if state == "exited":
                 copy_log(transport, record.name, job.rank)
-            elif state == "running" and may_have_notice(record):
+            elif state == "running" and may_have_notice(session.store, record):
                 notice = read_notice(transport, record.name)
                 if notice:  # its log (the notice's line in it) copied while the host is there
                     notices[job.rank] = notice

@@ -262,6 +262,14 @@ class FleetTables(StoreFile):
             return db.execute("UPDATE instances SET status = ? WHERE fleet = ? AND num = ? AND status = ?",
                               (InstanceStatus.TERMINATING, fleet, num, InstanceStatus.IDLE)).rowcount > 0
 
+    def retire_held_instance(self, fleet: str, num: int, run: str) -> bool:
+        """An instance `run` held whose VM the cloud takes back (or ended): `terminating`, never handed back idle to
+        the next run; the fleet's upkeep removes it from its stack (provisioner.backends.fleet_upkeep)."""
+        with self._connect() as db:
+            return db.execute("UPDATE instances SET status = ?, run = NULL WHERE fleet = ? AND num = ? AND run = ? "
+                              "AND status = ?", (InstanceStatus.TERMINATING, fleet, num, run,
+                                                 InstanceStatus.BUSY)).rowcount > 0
+
     def claim_fleet_teardown(self, fleet: str, expired_at: Optional[float] = None) -> bool:
         """Marks `fleet`'s instances `terminating` when no run holds any (with `expired_at`: when each has been
         idle past its idle_duration at that time; a fleet with no instances yet is never expired). Instances left

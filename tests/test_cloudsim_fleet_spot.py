@@ -1,0 +1,134 @@
+"""A run on a spot cloud fleet's instance that EC2 takes back (tests.cloudsim): the host's notice ends the attempt as
+it ends a run of its own stack (provisioner.runs.interruptions); the instance is recorded gone, so fleet upkeep
+removes it from the fleet's stack, and with `retry` on `interruption` the run takes another offer of the fleet."""
+
+import json
+
+import pytest
+
+from tests.cloudsim import aws as aws_cloud
+from tests.cloudsim.fixtures import wait_until
+from tests.cloudsim.tasks import AWS_FLEET
+from tests.helpers import write
+
+pytestmark = pytest.mark.cloudsim
+
+WINDOW_S = 600  # the notice's window: the scenarios end long before EC2 would take the VM back
+SPOT_FLEET = AWS_FLEET.replace("t3a.large", "g4dn.xlarge") + "spot_policy: spot\nidle_duration: 1h\n"  # spot-priced
+ATTEMPTS = ("echo attempt $DSTACK_RUN_ATTEMPT on $(hostname); [ $DSTACK_RUN_ATTEMPT = 1 ] && touch /tmp/started && "
+            "sleep 300; echo finished attempt $DSTACK_RUN_ATTEMPT")
+
+
+def _output(process) -> str:
+    process.stdout.seek(0)
+    return process.stdout.read()
+
+
+def _wait(process, seconds: float) -> int:
+    try:
+        return process.wait(seconds)
+    except Exception:
+        process.kill()
+        process.wait(30)
+        raise AssertionError(f"dstack did not end within {seconds}s: {_output(process)[-2000:]}") from None
+
+
+def _instances(cloudsim, home) -> dict:
+    got = cloudsim.dstack("fleet", "get", "pool", "--json", home=home)
+    assert got.returncode == 0, got.stdout + got.stderr
+    return {i["instance_num"]: i for i in json.loads(got.stdout)["fleet"]["instances"]}
+
+
+def test_a_run_on_a_spot_fleet_instance_with_a_notice_is_retried_on_a_new_instance_of_the_fleet(
+        cloudsim, tmp_path, dstack_home):
+    """The attached apply sees the notice, ends the attempt and, with `retry` on `interruption`, grows the fleet (its
+    only instance is taken back) and finishes there; the instance taken back is removed from the fleet's stack."""
+    fleet = write(tmp_path, "fleet.dstack.yml", SPOT_FLEET.replace("nodes: 1", "nodes: 1..2"))
+    made = cloudsim.dstack("apply", "-f", fleet, "-y", home=dstack_home)
+    assert made.returncode == 0, made.stdout + made.stderr
+    first = aws_cloud.instance_of(cloudsim.world)
+    run = write(tmp_path, "t.dstack.yml", "type: task\nname: on-spot\nfleets: [pool]\nspot_policy: auto\n"
+                                          "commands: ['" + ATTEMPTS + "']\nretry:\n  on_events: [interruption]\n"
+                                          "  duration: 1h\n")
+    process = cloudsim.start("apply", "-f", run, "-y", home=dstack_home)
+    wait_until(lambda: first.vm.file("/tmp/started") is not None, process=process)
+    wait_until(lambda: "attempt 1" in _output(process), process=process)
+    cloudsim.aws.reclaim(first, notice_s=WINDOW_S)
+    code = _wait(process, 240)
+    output = _output(process)
+    assert code == 0, output
+    at = first.extra["spot_notice"]["time"]
+    assert f"dstack: spot interruption notice from AWS: terminate at {at}" in output
+    assert "finished attempt 2" in output and "finished attempt 1" not in output
+    second = next(i for i in cloudsim.ever("Instance", "aws") if i is not first)
+    assert f"attempt 2 on {second.vm.name}" in output, output
+    ps = cloudsim.dstack("ps", "-a", "-v", "--json", home=dstack_home)
+    assert "Fleet pool: instance #0 was retired" in ps.stderr, ps.stderr  # recorded gone: upkeep removes it
+    [record] = json.loads(ps.stdout)["runs"]
+    assert record["status"] == "done"
+    assert [(a["status"], a["reason"]) for a in record["submissions"]] == [("terminated", "interrupted"),
+                                                                           ("done", None)]
+    events = cloudsim.dstack("event", "on-spot", home=dstack_home).stdout
+    assert "interrupted" in events and "resubmitted" in events
+    assert first.deleted_by == "engine" and not first.live  # removed before EC2 took it
+    held = _instances(cloudsim, dstack_home)
+    assert sorted(held) == [1] and held[1]["status"] == "idle"
+    deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert cloudsim.live() == []
+
+
+def test_a_detached_run_on_a_spot_fleet_instance_with_a_notice_ends_interrupted_at_the_next_ps(
+        cloudsim, tmp_path, dstack_home):
+    """Without `retry`: `dstack ps` reads the host's notice and ends the run `terminated (interrupted)`; the
+    instance is not handed back idle (a later run never lands on a VM being taken back) and the fleet replaces it
+    to keep its minimum."""
+    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", SPOT_FLEET), "-y", home=dstack_home)
+    assert made.returncode == 0, made.stdout + made.stderr
+    first = aws_cloud.instance_of(cloudsim.world)
+    run = write(tmp_path, "t.dstack.yml", "type: task\nname: on-spot-2\nfleets: [pool]\nspot_policy: auto\n"
+                                          "commands: ['touch /tmp/started; sleep 300']\n")
+    started = cloudsim.dstack("apply", "-f", run, "-y", "-d", home=dstack_home)
+    assert started.returncode == 0, started.stdout + started.stderr
+    wait_until(lambda: first.vm.file("/tmp/started") is not None)
+    cloudsim.aws.reclaim(first, notice_s=WINDOW_S)
+    at = first.extra["spot_notice"]["time"]
+    line = f"dstack: spot interruption notice from AWS: terminate at {at}"
+    wait_until(lambda: line in (first.vm.file("/home/ubuntu/.dstack-jobs/on-spot-2/output.log") or ""), timeout=30)
+    ps = cloudsim.dstack("ps", "-a", "--json", home=dstack_home)
+    [record] = json.loads(ps.stdout)["runs"]
+    assert (record["status"], record["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
+    logs = cloudsim.dstack("logs", "on-spot-2", home=dstack_home).stdout
+    assert line in logs and f"got the spot interruption notice from AWS: terminate at {at}" in logs
+    held = _instances(cloudsim, dstack_home)
+    assert 0 not in held and [i["status"] for i in held.values()] == ["idle"], held  # replaced, to keep nodes: 1
+    assert first.deleted_by == "engine" and not first.live
+    deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert cloudsim.live() == []
+
+
+def test_a_detached_run_whose_spot_fleet_instance_was_taken_back_without_a_notice_ends_interrupted(
+        cloudsim, tmp_path, dstack_home):
+    """EC2 takes the VM back at once: `dstack ps` loses the host, asks EC2 about the instance by its id (the fleet's
+    stack records each instance's) and ends the run `terminated (interrupted)`, not `running` behind an unreachable
+    host; the fleet replaces the instance."""
+    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", SPOT_FLEET), "-y", home=dstack_home)
+    assert made.returncode == 0, made.stdout + made.stderr
+    first = aws_cloud.instance_of(cloudsim.world)
+    run = write(tmp_path, "t.dstack.yml", "type: task\nname: on-spot-3\nfleets: [pool]\nspot_policy: auto\n"
+                                          "commands: ['touch /tmp/started; sleep 300']\n")
+    started = cloudsim.dstack("apply", "-f", run, "-y", "-d", home=dstack_home)
+    assert started.returncode == 0, started.stdout + started.stderr
+    wait_until(lambda: first.vm.file("/tmp/started") is not None)
+    cloudsim.aws.reclaim(first)
+    ps = cloudsim.dstack("ps", "-a", "--json", home=dstack_home)
+    [record] = json.loads(ps.stdout)["runs"]
+    assert (record["status"], record["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
+    logs = cloudsim.dstack("logs", "on-spot-3", home=dstack_home).stdout
+    assert "(#0 of fleet pool) taken back by EC2 (spot interruption" in logs, logs
+    held = _instances(cloudsim, dstack_home)
+    assert 0 not in held and [i["status"] for i in held.values()] == ["idle"], held
+    deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert cloudsim.live() == []
