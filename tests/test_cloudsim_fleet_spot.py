@@ -8,7 +8,7 @@ import pytest
 
 from tests.cloudsim import aws as aws_cloud
 from tests.cloudsim.fixtures import wait_until
-from tests.cloudsim.tasks import AWS_FLEET
+from tests.cloudsim.tasks import AWS_FLEET, aws_task
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim
@@ -132,3 +132,25 @@ def test_a_detached_run_whose_spot_fleet_instance_was_taken_back_without_a_notic
     deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert cloudsim.live() == []
+
+
+def test_a_run_kept_by_idle_duration_whose_spot_instance_had_a_notice_ends_interrupted_and_its_fleet_goes(
+        cloudsim, tmp_path, dstack_home):
+    """A task with `idle_duration` holds its instance as an implicit fleet: the notice ends the detached run at the
+    next `dstack ps` (`terminated (interrupted)`), and the fleet, its only instance gone, is destroyed whole."""
+    conf = aws_task(tmp_path, "kept-spot", command="touch /tmp/started; sleep 300", types="g4dn.xlarge",
+                    extra="spot_policy: spot\nidle_duration: 1h\n")
+    started = cloudsim.dstack("apply", "-f", conf, "-b", "aws", "-y", "-d", home=dstack_home)
+    assert started.returncode == 0, started.stdout + started.stderr
+    instance = aws_cloud.instance_of(cloudsim.world)
+    wait_until(lambda: instance.vm.file("/tmp/started") is not None)
+    cloudsim.aws.reclaim(instance, notice_s=WINDOW_S)
+    line = f"dstack: spot interruption notice from AWS: terminate at {instance.extra['spot_notice']['time']}"
+    wait_until(lambda: line in (instance.vm.file("/home/ubuntu/.dstack-jobs/kept-spot/output.log") or ""),
+               timeout=30)
+    ps = cloudsim.dstack("ps", "-a", "--json", home=dstack_home)
+    [record] = json.loads(ps.stdout)["runs"]
+    assert (record["status"], record["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
+    assert instance.deleted_by == "engine" and cloudsim.live() == []
+    fleets = cloudsim.dstack("fleet", "list", "--json", home=dstack_home)
+    assert json.loads(fleets.stdout)["fleets"] == [], fleets.stdout

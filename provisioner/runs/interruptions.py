@@ -5,7 +5,8 @@ records while the VM still runs (provisioner.jobs.spot_notice), else by asking t
 run goes back to `submitted`: its stack is destroyed (network volumes are stacks of their own and stay), the
 interrupted zone is blocked for INTERRUPTED_ZONE_BLOCK_S, and the offers are tried again; the job starts again from
 its commands, with DSTACK_RUN_ATTEMPT one higher. Without it, or past `retry.duration`, the run ends `terminated`
-(interrupted)."""
+(interrupted). A run on a cloud fleet's instance is told the same way; the instance it lost is retired, not handed
+back idle (provisioner.backends.reusing.FleetInstanceLoss), and the fleet's upkeep removes it from its stack."""
 
 from __future__ import annotations
 
