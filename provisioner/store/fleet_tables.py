@@ -254,6 +254,14 @@ class FleetTables(StoreFile):
             return db.execute("UPDATE instances SET status = ? WHERE fleet = ? AND num = ? AND status = ?",
                               (InstanceStatus.TERMINATING, fleet, num, InstanceStatus.IDLE)).rowcount > 0
 
+    def has_expired_instances(self, now: float) -> bool:
+        """Whether any instance is idle past its idle_duration at `now`, or `terminating` (a teardown to try again):
+        without one, idle expiry has nothing to do, and `dstack ps` need not import the cloud backend."""
+        with self._connect(read=True) as db:
+            return db.execute("SELECT 1 FROM instances WHERE status = ? OR (status = ? AND idle_duration IS NOT NULL "
+                              "AND idle_since IS NOT NULL AND idle_since + idle_duration <= ?) LIMIT 1",
+                              (InstanceStatus.TERMINATING, InstanceStatus.IDLE, now)).fetchone() is not None
+
     def claim_fleet_teardown(self, fleet: str, expired_at: Optional[float] = None) -> bool:
         """Marks `fleet`'s instances `terminating` when no run holds any (with `expired_at`: when each has been
         idle past its idle_duration at that time; a fleet with no instances yet is never expired). Instances left

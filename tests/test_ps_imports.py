@@ -1,0 +1,88 @@
+"""What `dstack ps` imports (issue 23: its start-up is its cost): with no run to reconcile and no idle instance past its
+idle_duration, it reads the store alone (no pydantic, no cloud backend, no teardown, no cloud SDK or SSH library);
+a run that no live process looks after, or an expired idle fleet, still gets its modules, and is finished."""
+
+import os
+import subprocess
+import sys
+import time
+
+from provisioner.store.records import InstanceRecord, RunRecord
+from provisioner.store.statuses import InstanceStatus, RunStatus
+from provisioner.store.store import StateStore
+from tests.helpers import ROOT
+
+HEAVY = ("pydantic", "pulumi", "boto3", "botocore", "paramiko", "google", "configuration.backends",
+         "provisioner.backends", "provisioner.runs.reconcile", "provisioner.runs.teardown",
+         "provisioner.runs.session", "provisioner.jobs.control")
+OFFER = {"backend": "aws", "region": "us-east-1", "price": 0.08}
+HOST = {"kind": "ssh", "hostname": "10.251.250.2"}  # never contacted
+
+
+def ps_in_its_own_interpreter(dstack_home, *args) -> tuple:
+    """(stdout, the HEAVY modules that `dstack ps ARGS` imported) from a fresh interpreter, as a user runs it."""
+    code = (f"import sys; sys.argv = ['dstack', 'ps', *{list(args)!r}]\nimport cli.main\ncli.main.main()\n"
+            f"print(sorted(m for m in sys.modules if m.startswith({HEAVY!r})), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "DSTACK_HOME": str(dstack_home)})
+    assert done.returncode == 0, done.stderr
+    return done.stdout, eval(done.stderr.strip().splitlines()[-1])
+
+
+def quiet_store() -> StateStore:
+    """Finished runs, an active run whose owner (this test's process) is alive, and a cloud fleet whose instances
+    are busy or idle within their idle_duration: nothing for `dstack ps` to do but list."""
+    from provisioner.runs.owner import current_owner
+
+    store = StateStore()
+    for i in range(3):
+        store.create_run(RunRecord(name=f"old-{i}", status=RunStatus.DONE, submitted_at=1e9 + i, backend="aws",
+                                   finished_at=1e9 + i + 60, exit_code=0))
+    pid, started = current_owner()
+    store.create_run(RunRecord(name="live", status=RunStatus.RUNNING, submitted_at=time.time(), backend="local",
+                               host={"kind": "local"}, owner_pid=pid, owner_started=started))
+    store.create_cloud_fleet("kept", "fleet.dstack.yml", "aws", {}, None, [
+        InstanceRecord("kept", 0, "aws", OFFER, HOST, status="busy", run="r1"),
+        InstanceRecord("kept", 1, "aws", OFFER, HOST, idle_since=time.time(), idle_duration=3600)])
+    return store
+
+
+def test_ps_with_nothing_to_finish_imports_no_reconciliation_nor_cloud_module(dstack_home):
+    quiet_store()
+    for args in ((), ("-a",), ("--json",), ("-a", "-v")):
+        out, heavy = ps_in_its_own_interpreter(dstack_home, *args)
+        assert "live" in out and heavy == [], (args, heavy)
+
+
+def test_ps_still_reconciles_a_run_that_no_process_looks_after(dstack_home):
+    store = quiet_store()
+    store.create_run(RunRecord(name="orphan", status=RunStatus.PROVISIONING, submitted_at=time.time(), backend="aws",
+                               owner_pid=999999999))  # its owner is gone: the next `ps` finishes it
+    out, heavy = ps_in_its_own_interpreter(dstack_home, "-a")
+    assert "provisioner.runs.reconcile" in heavy and "orphan" in out
+    record = store.get_run("orphan")
+    assert (record.status, record.reason) == (RunStatus.FAILED, "interrupted while provisioning")
+    assert store.get_run("live").status == RunStatus.RUNNING
+
+
+def test_ps_still_expires_an_idle_fleet_past_its_idle_duration(dstack_home):
+    store = quiet_store()
+    store.create_cloud_fleet("stale", "run stale", "aws", {}, None, [
+        InstanceRecord("stale", 0, "aws", OFFER, HOST, idle_since=time.time() - 120, idle_duration=60)])
+    _, heavy = ps_in_its_own_interpreter(dstack_home)
+    assert "provisioner.backends.cloud_fleets" in heavy
+    assert [fleet["name"] for fleet in store.list_cloud_fleets()] == ["kept"]  # no stack left to destroy: gone
+
+
+def test_the_store_says_when_an_instance_is_due_for_expiry(dstack_home):
+    store = StateStore()
+    now = time.time()
+    store.create_cloud_fleet("f", "fleet.dstack.yml", "aws", {}, None, [
+        InstanceRecord("f", 0, "aws", OFFER, HOST, status="busy", run="r1"),
+        InstanceRecord("f", 1, "aws", OFFER, HOST, idle_since=now - 100, idle_duration=None),  # kept until deleted
+        InstanceRecord("f", 2, "aws", OFFER, HOST, idle_since=now - 100, idle_duration=200)])
+    assert not store.has_expired_instances(now)
+    assert store.has_expired_instances(now + 100)  # #2's idle_duration is up
+    assert not store.has_expired_instances(now + 99)
+    assert store.retire_instance("f", 1)  # `terminating`: a teardown to try again
+    assert store.has_expired_instances(now) and store.list_instances("f")[1].status == InstanceStatus.TERMINATING
