@@ -1,10 +1,12 @@
-"""What `dstack ps` imports (issue 23: its start-up is its cost): with no run to reconcile and no idle instance past its
-idle_duration, it reads the store alone (no pydantic, no cloud backend, no teardown, no cloud SDK or SSH library);
-a run that no live process looks after, or an expired idle fleet, still gets its modules, and is finished."""
+"""What a command imports (issue 23: start-up is most of `ps` and much of `apply`). `dstack ps` with no run to
+reconcile and no idle instance past its idle_duration reads the store alone (no pydantic, no cloud backend, no
+teardown, no cloud SDK or SSH library); a run that no live process looks after, or an expired idle fleet, still gets
+its modules, and is finished. No command loads a pydantic plugin unless PYDANTIC_DISABLE_PLUGINS is set."""
 
 import os
 import subprocess
 import sys
+import textwrap
 import time
 
 from provisioner.store.records import InstanceRecord, RunRecord
@@ -86,3 +88,39 @@ def test_the_store_says_when_an_instance_is_due_for_expiry(dstack_home):
     assert not store.has_expired_instances(now + 99)
     assert store.retire_instance("f", 1)  # `terminating`: a teardown to try again
     assert store.has_expired_instances(now) and store.list_instances("f")[1].status == InstanceStatus.TERMINATING
+
+
+PLUGIN = textwrap.dedent("""
+    import os
+    open(os.environ["PLUGIN_MARK"], "a").write("loaded\\n")
+
+    class Plugin:
+        def new_schema_validator(self, *args, **kwargs):
+            return None, None, None
+
+    plugin = Plugin()
+""")
+
+
+def test_no_pydantic_plugin_is_looked_for_unless_the_user_sets_pydantic_disable_plugins(tmp_path, dstack_home):
+    """An installed pydantic plugin (a distribution with a `pydantic` entry point) is not loaded by `dstack apply`:
+    pydantic's search of every distribution is skipped. PYDANTIC_DISABLE_PLUGINS set (even empty) is pydantic's
+    own switch: then it looks, and loads it. The job's environment is not touched either way."""
+    (tmp_path / "fake_pydantic_plugin.py").write_text(PLUGIN)
+    info = tmp_path / "fake_pydantic_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-pydantic-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pydantic]\nfake = fake_pydantic_plugin:plugin\n")
+    mark = tmp_path / "mark"
+    env = {**os.environ, "DSTACK_HOME": str(dstack_home), "PLUGIN_MARK": str(mark), "PYTHONPATH": str(tmp_path)}
+    env.pop("PYDANTIC_DISABLE_PLUGINS", None)
+    conf = tmp_path / "t.dstack.yml"
+    conf.write_text("type: task\ncommands: ['echo ${PYDANTIC_DISABLE_PLUGINS-unset}']\n")
+    applied = subprocess.run([sys.executable, "-m", "cli.main", "apply", "-f", str(conf), "-y"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert applied.returncode == 0, applied.stderr
+    assert "unset" in applied.stdout and not mark.exists()
+    dry = subprocess.run([sys.executable, "-m", "cli.main", "apply", "-f", str(conf), "--dry-run"], cwd=ROOT,
+                         env={**env, "PYDANTIC_DISABLE_PLUGINS": ""}, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert mark.read_text().startswith("loaded")
