@@ -120,20 +120,25 @@ def delete_run(session, name: str) -> None:
     remove_run_folder(name)  # its output, arrival times and diagnostics: the next run of the name has its own alone
 
 
-def expire_idle_fleets(store=None) -> None:
-    """What the next `dstack` command does for instances idle past their idle_duration (no server does it). The
-    cloud backend and the configuration are imported only when an instance is due (a read of the store first)."""
+def expire_idle_fleets(ask_cloud: bool = False, store=None) -> None:
+    """What the next `dstack` command does for cloud fleets (no server does it): first each fleet is repaired and
+    kept at its `nodes` minimum (provisioner.backends.fleet_upkeep; `ask_cloud`: whether each idle instance's VM is
+    asked about), then instances idle past their idle_duration are destroyed. Without a cloud fleet there is
+    nothing to do: the configuration and the cloud backend are not imported (`dstack ps`'s start-up)."""
     from provisioner.store.store import StateStore
 
     store = store or StateStore()
-    if not store.has_expired_instances(time.time()):
+    if not store.list_cloud_fleets():
         return
     from cli.run_session import make_reporter
     from configuration.backends import load_config
     from provisioner.backends.cloud_fleets import expire_idle_fleets as expire
+    from provisioner.backends.fleet_upkeep import keep_fleets
 
     reporter = make_reporter()
-    expire(store, load_config(), reporter.step, reporter.info)
+    config = load_config()
+    keep_fleets(store, config, reporter.step, reporter.info, ask_cloud)
+    expire(store, config, reporter.step, reporter.info)
 
 
 def destroy_cloud_fleet(name: str) -> None:

@@ -47,7 +47,7 @@ def _active_runs(store) -> list:
     """The active runs, newest first, once reconciled (provisioner.runs.reconcile): only when one of them is looked
     after by no live dstack process are the reconciliation's modules (teardown, the cloud backend, the run session's
     configuration) imported; a `ps` with nothing to finish reads the store alone."""
-    from provisioner.runs.owner import looked_after
+    from provisioner.runs.looked_after import looked_after
 
     active = store.list_runs(active_only=True)
     if all(looked_after(record) for record in active):
@@ -84,7 +84,7 @@ def _runs(store, active: list, all_runs: bool, last: Optional[int], mine: bool, 
 def _print_runs(store, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool, mine: bool) -> None:
     now = time.time()
     active = _active_runs(store)
-    expire_idle_fleets(store)  # after reconcile, whose teardowns hand instances back idle
+    expire_idle_fleets(store=store)  # after reconcile, whose teardowns hand instances back idle
     _warn_of_unknown_jobs(store, active)
     records = _runs(store, active, all_runs, last, mine, as_json)
     if as_json:  # our contract: the active runs unless -a or -n

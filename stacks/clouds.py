@@ -125,6 +125,20 @@ def sweep_run(backend: str, region: str, project_id: Optional[str], owner: Optio
         sweep_gcp(project_id, owner, run_name)
 
 
+def sweep_instances(backend: str, region: str, project_id: Optional[str], owner: str, run_name: str,
+                    names: Sequence[str]) -> None:
+    """Removes the instances named `names` that an interrupted `up` of `run_name`'s stack created before Pulumi
+    recorded them, found by their tags or labels and names (a cloud fleet's other instances are kept)."""
+    if backend == "aws":
+        from stacks.aws.leftovers import sweep_instances as sweep_aws
+
+        sweep_aws(region, owner, run_name, names)
+    else:
+        from stacks.gcp.leftovers import sweep_instances as sweep_gcp
+
+        sweep_gcp(project_id, owner, run_name, names)
+
+
 def self_delete_check(project_id: Optional[str]):
     """GCP `self_delete`: what the credentials lack for it (stacks.gcp.iam.SelfDeleteCheck)."""
     from stacks.gcp.api import gcp_api

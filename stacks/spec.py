@@ -95,6 +95,10 @@ class StackSpec:
     # `up` with another list adds and removes instances without renaming (so replacing) the others; a fleet may have
     # none. None: a run's nodes, named by rank.
     instance_nums: Optional[Tuple[int, ...]] = None
+    # A cloud fleet's stack made before its instances were numbered, of this many nodes: its instances 0..N-1 keep
+    # the names they were made with (a run's nodes': node_name), and their user data, made with host keys that were
+    # not kept then, is left as it is (made_before_numbering); 0: none.
+    legacy_nodes: int = 0
 
     def __post_init__(self):
         if not self.host_keys and self.instance_nums is None:
@@ -153,8 +157,13 @@ class StackSpec:
     def name_of(self, num: int) -> str:
         """The name of a fleet's instance `num` (instance_nums), or of a run's node of rank `num`."""
         if self.instance_nums is not None:
-            return fleet_instance_name(self.owner, self.run_name, num)
+            return fleet_instance_name(self.owner, self.run_name, num, self.legacy_nodes)
         return node_name(self.owner, self.run_name, num, self.nodes)
+
+    def made_before_numbering(self, rank: int) -> bool:
+        """Whether node `rank` is a fleet's instance made before instances were numbered (legacy_nodes): its user
+        data is not to be changed (that would replace it)."""
+        return self.instance_nums is not None and self.instance_nums[rank] < self.legacy_nodes
 
     @property
     def stack_name(self) -> str:
@@ -180,9 +189,12 @@ def node_name(owner: str, run_name: str, rank: int, nodes: int) -> str:
     return name if nodes == 1 else f"{name}-{rank}"
 
 
-def fleet_instance_name(owner: str, fleet: str, num: int) -> str:
+def fleet_instance_name(owner: str, fleet: str, num: int, legacy_nodes: int = 0) -> str:
     """The cloud name of a cloud fleet's instance `num` (StackSpec.instance_nums): always numbered, whatever the
-    count, so the count can change."""
+    count, so the count can change; one of the `legacy_nodes` a fleet was made with before numbering keeps the name
+    it was made with."""
+    if num < legacy_nodes:
+        return node_name(owner, fleet, num, legacy_nodes)
     return f"dstack-{owner}-{fleet}-{num}"
 
 

@@ -1,12 +1,24 @@
+import json
+from pathlib import Path
+
 import pytest
 
 # --- the order the tests start in -------------------------------------------------------------------------------
 # On 2 cores the suite takes as long as its busiest xdist worker: the longest tests go first, handed out one at a
 # time (xdist's `--maxschedchunk=1`, unless given: each worker takes the next when it is free, where by default the
 # first quarter of the list would go to the first worker), which leaves the short ones to fill the end. A test's
-# weight is its duration in this checkout's last run (the pytest cache), else a guess from what it sets up.
+# weight is its duration in this checkout's last run (the pytest cache), else in tests/durations.json (committed, so
+# that a fresh clone, as CI's, orders its first run too), else a guess from what it sets up.
+# `python3 -m pytest -q -n 4 --update-durations` rewrites tests/durations.json from the run's own figures.
 _DURATIONS_KEY = "dstack/durations"
+DURATIONS_FILE = Path(__file__).resolve().parent / "durations.json"
 _GUESSED_SECONDS = {"cloudsim": 20.0, "make_host": 12.0, "docker_daemon": 8.0, "postgres_cluster": 4.0}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-durations", action="store_true",
+                     help="write each test's duration in this run (setup, call and teardown) to tests/durations.json, "
+                          "which orders the tests of a checkout that has no pytest cache")
 
 
 def pytest_configure(config):
@@ -18,8 +30,17 @@ def _guess(item) -> float:
     return max([_GUESSED_SECONDS.get(name, 0.5) for name in getattr(item, "fixturenames", ())] or [0.5])
 
 
+def committed_durations() -> dict:
+    """tests/durations.json: {test id: seconds}; empty where it is missing or unreadable (the guesses then order)."""
+    try:
+        return dict(json.loads(DURATIONS_FILE.read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
 def pytest_collection_modifyitems(config, items):
-    known = config.cache.get(_DURATIONS_KEY, {}) if getattr(config, "cache", None) else {}
+    cached = config.cache.get(_DURATIONS_KEY, {}) if getattr(config, "cache", None) else {}
+    known = {**committed_durations(), **cached}
     order = {item.nodeid: index for index, item in enumerate(items)}
     items.sort(key=lambda item: (-known.get(item.nodeid, _guess(item)), order[item.nodeid]))
 
@@ -32,10 +53,23 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session):
+    if not _durations or hasattr(session.config, "workerinput"):  # an xdist worker: its controller records them
+        return
     cache = getattr(session.config, "cache", None)
-    if cache is not None and _durations and not hasattr(session.config, "workerinput"):  # xdist's controller
+    if cache is not None:
         cache.set(_DURATIONS_KEY, {**cache.get(_DURATIONS_KEY, {}), **_durations})
+    if session.config.getoption("update_durations"):
+        write_durations(_durations)
 
+
+def write_durations(measured: dict) -> None:
+    """Merges `measured` into tests/durations.json (tenths of a second, one test a line, sorted by id); tests whose
+    file is gone are dropped."""
+    root = DURATIONS_FILE.parent.parent
+    merged = {**committed_durations(), **{test: round(seconds, 1) for test, seconds in measured.items()}}
+    kept = {test: merged[test] for test in sorted(merged) if (root / test.split("::")[0]).exists()}
+    DURATIONS_FILE.write_text("{\n" + ",\n".join(f"{json.dumps(test)}: {seconds}" for test, seconds in kept.items())
+                              + "\n}\n")
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """Shared helpers of the tests."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -32,11 +34,11 @@ def run_cli(*args, env=None, input=None, timeout=120, cwd=ROOT, entry="cli.main"
     CompletedProcess with its output as text.
 
     The process is forked from a warm interpreter of this test process (tests.cloudsim.zygote) that has imported
-    the libraries the commands import (the cloud SDKs included): each command would otherwise spend most of its CPU
-    on them (a cloud dry run 1 s of its 1.5), and on 2 cores the suite is bound by CPU. dstack's own modules are
-    imported by the command, as `python -m cli.main` does. Tests about the interpreter itself (what a command
-    imports, its start-up) start one of their own. `entry`: the module whose main() runs (cli.app: the typer app
-    alone, without cli.main's plain paths)."""
+    the libraries the commands import (the cloud SDKs included) and dstack's own modules: each command would
+    otherwise spend most of its CPU on them (a cloud dry run 1 s of its 1.5, a `ps` 0.4 s of its 0.5), and on 2
+    cores the suite is bound by CPU. Tests about the interpreter itself (what a command imports, its start-up) start
+    one of their own. `entry`: the module whose main() runs (cli.app: the typer app alone, without cli.main's plain
+    paths)."""
     import tempfile
 
     from tests.cloudsim.zygote import Forked
@@ -51,7 +53,7 @@ def run_cli(*args, env=None, input=None, timeout=120, cwd=ROOT, entry="cli.main"
             with open(stdin, "w") as f:
                 f.write(input)
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
-        process = Forked(dstack_zygote(), args, full_env, str(cwd), out, err, stdin=stdin, entry=entry)
+        process = Forked(dstack_zygote(preloaded=True), args, full_env, str(cwd), out, err, stdin=stdin, entry=entry)
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -61,13 +63,30 @@ def run_cli(*args, env=None, input=None, timeout=120, cwd=ROOT, entry="cli.main"
         return subprocess.CompletedProcess(argv, code, Path(out).read_text(), Path(err).read_text())
 
 
-_zygotes: dict = {}  # this process's zygote: {pid: socket path}
+_zygotes: dict = {}  # this process's zygotes: {(pid, preloaded): socket path}
 
 
-def dstack_zygote() -> str:
+def dstack_zygote(preloaded: bool = False) -> str:
     """The socket of this process's zygote (tests.cloudsim.zygote), started at its first use; it ends with this
-    process."""
-    if os.getpid() not in _zygotes:
+    process. `preloaded`: the one forked from it that has imported dstack's modules too, which the commands fork
+    from."""
+    if preloaded:
+        if (os.getpid(), True) not in _zygotes:
+            folder = os.path.dirname(dstack_zygote())
+            path = os.path.join(folder, "preloaded")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.connect(os.path.join(folder, "socket"))
+                connection.sendall(json.dumps({"preload": path}).encode() + b"\n")
+                answer = connection.makefile("r").readline()
+            if not answer:
+                raise RuntimeError("the preloaded dstack zygote did not start")
+            import atexit
+            import signal
+
+            atexit.register(_end_process, json.loads(answer)["pid"], signal.SIGKILL)  # else it ends after the first
+            _zygotes[os.getpid(), True] = path
+        return _zygotes[os.getpid(), True]
+    if (os.getpid(), False) not in _zygotes:
         import atexit
         import shutil
         import tempfile
@@ -86,8 +105,15 @@ def dstack_zygote() -> str:
             end()
             raise RuntimeError(f"the dstack zygote did not start (exit code {zygote.returncode})")
         atexit.register(end)
-        _zygotes[os.getpid()] = path
-    return _zygotes[os.getpid()]
+        _zygotes[os.getpid(), False] = path
+    return _zygotes[os.getpid(), False]
+
+
+def _end_process(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
 
 
 def process_list_with(transport, line: str, timeout: float = 30) -> list:

@@ -81,7 +81,9 @@ def test_a_fleet_of_0_to_3_grows_to_3_under_three_runs_and_shrinks_back_to_0_whe
     made = cloudsim.dstack("apply", "-f", fleet, "-y", home=dstack_home)
     assert made.returncode == 0, made.stdout + made.stderr
     assert cloudsim.ever("Instance") == [] and cloudsim.live("SecurityGroup")  # the stack, with no instance yet
-    task = "type: task\nname: {name}\nfleets: [pool]\ncommands: ['sleep 6', 'echo on $(hostname)']\n"
+    # one `up` of the fleet's stack at a time: each job waits for a gate in its VM, opened once all three are busy
+    gate = "i=0; while [ ! -f /tmp/gate ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done"
+    task = "type: task\nname: {name}\nfleets: [pool]\ncommands: ['" + gate + "', 'echo on $(hostname)']\n"
     runs = [write(tmp_path, f"w{n}.dstack.yml", task.format(name=f"w{n}")) for n in range(3)]
     planned = cloudsim.dstack("apply", "-f", runs[0], "--dry-run", home=dstack_home)
     assert planned.returncode == 0 and "adds instance 1 of 0..3 to fleet pool" in planned.stdout, planned.stdout
@@ -91,6 +93,8 @@ def test_a_fleet_of_0_to_3_grows_to_3_under_three_runs_and_shrinks_back_to_0_whe
     assert busy
     refused = cloudsim.dstack("fleet", "delete", "pool", "-i", "1", "-y", home=dstack_home)
     assert refused.returncode == 1 and "instance 1 of fleet pool is in use by w" in refused.stderr, refused.stderr
+    for instance in cloudsim.live("Instance"):
+        assert instance.vm.run(["touch", "/tmp/gate"]).returncode == 0
     for process in processes:
         assert process.wait(120) == 0, process.stdout.read()
     names = sorted(r.inputs["tags"]["Name"] for r in cloudsim.ever("Instance"))
@@ -114,7 +118,10 @@ def test_a_fleet_of_0_to_3_grows_to_3_under_three_runs_and_shrinks_back_to_0_whe
 
 def test_fleet_delete_i_destroys_one_idle_instance_of_a_cloud_fleet_and_keeps_the_others(cloudsim, tmp_path,
                                                                                        dstack_home):
-    fleet = write(tmp_path, "fleet.dstack.yml", AWS_FLEET.replace("nodes: 1", "nodes: 2..3") + "idle_duration: 1h\n")
+    # made with 2, kept at 1 at least: deleting one leaves the fleet at its minimum (below it, the next command
+    # would add one back: tests/test_cloudsim_fleet_upkeep.py)
+    nodes = "nodes:\n  min: 1\n  target: 2\n  max: 3\n"
+    fleet = write(tmp_path, "fleet.dstack.yml", AWS_FLEET.replace("nodes: 1\n", nodes) + "idle_duration: 1h\n")
     made = cloudsim.dstack("apply", "-f", fleet, "-y", home=dstack_home)
     assert made.returncode == 0, made.stdout + made.stderr
     first, second = sorted(cloudsim.ever("Instance"), key=lambda r: r.inputs["tags"]["Name"])

@@ -1,5 +1,5 @@
 """What a command imports (issue 23: start-up is most of `ps` and much of `apply`). `dstack ps` with no run to
-reconcile and no idle instance past its idle_duration reads the store alone (no pydantic, no cloud backend, no
+reconcile and no cloud fleet to keep reads the store alone (no pydantic, no cloud backend, no
 teardown, no cloud SDK or SSH library); a run that no live process looks after, or an expired idle fleet, still gets
 its modules, and is finished. No command loads a pydantic plugin unless PYDANTIC_DISABLE_PLUGINS is set."""
 
@@ -10,7 +10,7 @@ import textwrap
 import time
 
 from provisioner.store.records import InstanceRecord, RunRecord
-from provisioner.store.statuses import InstanceStatus, RunStatus
+from provisioner.store.statuses import RunStatus
 from provisioner.store.store import StateStore
 from tests.helpers import ROOT
 
@@ -32,9 +32,9 @@ def ps_in_its_own_interpreter(dstack_home, *args) -> tuple:
 
 
 def quiet_store() -> StateStore:
-    """Finished runs, an active run whose owner (this test's process) is alive, and a cloud fleet whose instances
-    are busy or idle within their idle_duration: nothing for `dstack ps` to do but list."""
-    from provisioner.runs.owner import current_owner
+    """Finished runs and an active run whose owner (this test's process) is alive: nothing for `dstack ps` to do
+    but list."""
+    from provisioner.host.owner import current_owner
 
     store = StateStore()
     for i in range(3):
@@ -43,9 +43,6 @@ def quiet_store() -> StateStore:
     pid, started = current_owner()
     store.create_run(RunRecord(name="live", status=RunStatus.RUNNING, submitted_at=time.time(), backend="local",
                                host={"kind": "local"}, owner_pid=pid, owner_started=started))
-    store.create_cloud_fleet("kept", "fleet.dstack.yml", "aws", {}, None, [
-        InstanceRecord("kept", 0, "aws", OFFER, HOST, status="busy", run="r1"),
-        InstanceRecord("kept", 1, "aws", OFFER, HOST, idle_since=time.time(), idle_duration=3600)])
     return store
 
 
@@ -73,21 +70,7 @@ def test_ps_still_expires_an_idle_fleet_past_its_idle_duration(dstack_home):
         InstanceRecord("stale", 0, "aws", OFFER, HOST, idle_since=time.time() - 120, idle_duration=60)])
     _, heavy = ps_in_its_own_interpreter(dstack_home)
     assert "provisioner.backends.cloud_fleets" in heavy
-    assert [fleet["name"] for fleet in store.list_cloud_fleets()] == ["kept"]  # no stack left to destroy: gone
-
-
-def test_the_store_says_when_an_instance_is_due_for_expiry(dstack_home):
-    store = StateStore()
-    now = time.time()
-    store.create_cloud_fleet("f", "fleet.dstack.yml", "aws", {}, None, [
-        InstanceRecord("f", 0, "aws", OFFER, HOST, status="busy", run="r1"),
-        InstanceRecord("f", 1, "aws", OFFER, HOST, idle_since=now - 100, idle_duration=None),  # kept until deleted
-        InstanceRecord("f", 2, "aws", OFFER, HOST, idle_since=now - 100, idle_duration=200)])
-    assert not store.has_expired_instances(now)
-    assert store.has_expired_instances(now + 100)  # #2's idle_duration is up
-    assert not store.has_expired_instances(now + 99)
-    assert store.retire_instance("f", 1)  # `terminating`: a teardown to try again
-    assert store.has_expired_instances(now) and store.list_instances("f")[1].status == InstanceStatus.TERMINATING
+    assert store.list_cloud_fleets() == []  # no stack left to destroy: gone
 
 
 PLUGIN = textwrap.dedent("""

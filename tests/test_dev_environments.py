@@ -270,18 +270,28 @@ def test_attach_writes_the_entry_again_and_being_attached_is_activity(dev_setup,
 
     host, env, repo = dev_setup
     conf = repo / ".dstack.yml"
-    conf.write_text("type: dev-environment\nname: dev-att\nide: cursor\ninactivity_duration: 15s\n"
+    conf.write_text("type: dev-environment\nname: dev-att\nide: cursor\ninactivity_duration: 8s\n"
                     "ports: ['*:18731']\n")
     assert run_cli("apply", "-f", str(conf), "-d", "-y", "-b", "ssh", env=env).returncode == 0
-    assert remove_entry("dev-att") and ssh(user_home, "dev-att", "true").returncode != 0
-    attached = spawn(["attach", "dev-att"], env)
+    # a session of the user's own keeps the run until the attached dstack is up, however long that takes here
+    held = subprocess.Popen(["ssh", "-F", str(user_home / ".ssh" / "config"), "-o", "BatchMode=yes", "dev-att",
+                             "echo up; cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    attached = None
     try:
+        assert wait_for_output(held, b"up\n", timeout=60)
+        assert remove_entry("dev-att") and ssh(user_home, "dev-att", "true").returncode != 0
+        attached = spawn(["attach", "dev-att"], env)
         assert entry_works(user_home, "dev-att")
-        time.sleep(20)  # longer than inactivity_duration, with no ssh session: the attached dstack holds one
-        assert ps(env)["dev-att"]["status"] == "running"
     finally:
-        attached.send_signal(signal.SIGINT)
-        _, stderr = attached.communicate(timeout=30)
+        held.stdin.close()  # its `cat` ends, and with it the session
+        held.wait(30)
+    try:
+        time.sleep(11)  # longer than inactivity_duration (sampled every second), with no ssh session but the attached
+        assert ps(env)["dev-att"]["status"] == "running"  # dstack's
+    finally:
+        if attached is not None:
+            attached.send_signal(signal.SIGINT)
+            _, stderr = attached.communicate(timeout=30)
     assert f"To open in Cursor: cursor://vscode-remote/ssh-remote+dev-att{host.jobs_dir}/dev-att/repo" in \
         stderr.decode()
     assert "Port 18731 is at http://localhost:" in stderr.decode()  # the port forwarded again

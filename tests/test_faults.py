@@ -125,8 +125,9 @@ def test_an_attached_run_hears_within_the_host_timeout_that_its_host_vanished(tm
 
 
 def test_logs_attach_and_stop_are_bounded_on_a_hung_host(tmp_path, home_env, make_host, client_key):
-    """DSTACK_HOST_TIMEOUT shortens the wait (9 s here); `stop` tries the host for as long at most (30 s by
-    default: Liveness.stop_wait), then says it could not reach it."""
+    """DSTACK_HOST_TIMEOUT shortens the wait (9 s here): the followers give up within it and a little more, the kept
+    connection's key check with the hung host included (it took 10 s of its own before); `stop` tries the host for
+    as long at most (30 s by default: Liveness.stop_wait), then says it could not reach it."""
     host = make_host()
     add_fleet(tmp_path, home_env, client_key, [host])
     task = write(tmp_path, "hung.dstack.yml", f"type: task\nname: hung\n{TICKING}")
@@ -140,7 +141,7 @@ def test_logs_attach_and_stop_are_bounded_on_a_hung_host(tmp_path, home_env, mak
         frozen = freeze(host)
         for process, took in zip(followers, wait_exits(followers, timeout=40)):
             stderr = output_of(process)
-            assert took is not None and took < 20, (took, stderr)
+            assert took is not None and took < 15, (took, stderr)
             assert process.returncode == 1, stderr
             assert "hung is kept as it is" in stderr and f"root@{host.address}:22" in stderr
             assert_no_traceback(stderr)

@@ -85,7 +85,7 @@ def test_a_run_tries_every_host_of_a_fleet_larger_than_the_offers_it_tries_of_a_
     run tries all eight, past MAX_OFFERS_TRIED and the plan's cheapest five, and names each with its holder."""
     from provisioner.host.access import HostAccess
     from provisioner.runs.failover import MAX_OFFERS_TRIED
-    from provisioner.runs.owner import current_owner
+    from provisioner.host.owner import current_owner
     from provisioner.store.records import RunRecord
 
     hosts = [HostAccess(kind="ssh", hostname=f"10.251.240.{i}", user="root") for i in range(10, 18)]
@@ -111,7 +111,7 @@ def test_fleet_delete_one_instance_forgets_that_host_only_and_never_a_busy_one(d
     run holds is refused with its holder, an unknown number names the fleet's; the last host going forgets the
     fleet."""
     from provisioner.host.access import HostAccess
-    from provisioner.runs.owner import current_owner
+    from provisioner.host.owner import current_owner
     from provisioner.store.records import RunRecord
 
     hosts = [HostAccess(kind="ssh", hostname=f"10.251.241.{i}", user="root") for i in range(10, 13)]

@@ -113,3 +113,53 @@ def test_the_plan_of_a_run_offers_one_more_instance_of_a_fleet_below_its_maximum
     full = run_cli("apply", "-f", conf, "--dry-run", env=env)  # at its maximum: nothing to offer, and it says so
     assert full.returncode == 1 and "no idle instance of fleet pool fits" in full.stderr, full.stderr
     assert "none can grow for it (at its `nodes` maximum" in full.stderr
+
+
+@pytest.mark.parametrize("backend", ["aws", "gcp"])
+@pytest.mark.parametrize("made", [1, 2])
+def test_a_fleet_made_before_numbering_keeps_its_instances_resources_once_numbered(backend, made):
+    """A fleet's stack from before numbering (a run's nodes: `pool` alone for one), numbered with `legacy_nodes`
+    (provisioner.backends.fleet_upkeep.number_instances) and grown by one: the old instances' resources keep their
+    names and inputs (their user data, made with a host key not kept, is ignored by the engine), the new one is
+    `-N`."""
+    pytest.importorskip(f"pulumi_{backend}")
+    from provisioner.backends.fleet_stacks import FleetShape, numbered_shape
+    from provisioner.planning.stack_plan import render_plan_resources, stack_spec
+
+    old = stack_spec("pool", FleetShape(nodes=made, placement=None, tags={"team": "ml"}), OFFERS[backend],
+                     "ssh-ed25519 AAAA fleet-key", tuple(generate_host_key() for _ in range(made)), DstackConfig())
+    nums = tuple(range(made + 1))
+    new = stack_spec("pool", numbered_shape({"placement": None, "tags": {"team": "ml"}}, nums, legacy_nodes=made),
+                     OFFERS[backend], "ssh-ed25519 AAAA fleet-key", tuple(KEYS[n] for n in nums), DstackConfig())
+    before, after = by_name(render_plan_resources(old)), by_name(render_plan_resources(new))
+    assert {key: after.get(key) for key in before} == before  # nothing renamed, nothing changed
+    added = {name for _, name in set(after) - set(before) if not name.endswith(("-self-delete", "-eip"))}
+    assert added == {f"dstack-{new.owner}-pool-{made}"}
+    assert [new.made_before_numbering(rank) for rank in new.ranks] == [True] * made + [False]
+
+
+def test_a_lock_whose_holder_process_is_gone_is_taken_over_at_once_and_a_teammates_only_once_stale(dstack_home):
+    import subprocess
+    import time
+
+    from configuration.owner import owner_id
+    from provisioner.backends.fleet_stacks import fleet_stack_lock
+    from provisioner.host.owner import process_start_time
+    from provisioner.store.store import StateStore
+
+    store = StateStore()
+    assert store.create_cloud_fleet("pool", "f.yml", "aws", {"nodes": {"min": 0, "max": 3}}, {"backend": "aws"})
+    process = subprocess.Popen(["sleep", "30"])
+    started = process_start_time(process.pid)
+    holder = {"pid": process.pid, "started": started, "owner_id": owner_id()}
+    assert store.lock_fleet_stack("pool", "grower", time.time(), 1800, holder) is None
+    with fleet_stack_lock(store, "pool", "next", wait_s=0) as locked:
+        assert not locked  # its holder lives
+    process.kill()
+    process.wait()
+    with fleet_stack_lock(store, "pool", "next", wait_s=0) as locked:
+        assert locked  # its holder was SIGKILLed: taken over at once, not after 30 minutes
+    teammate = {**holder, "owner_id": "0badc0de"}  # another home's process: its pid means nothing here
+    assert store.lock_fleet_stack("pool", "theirs", time.time(), 1800, teammate) is None
+    with fleet_stack_lock(store, "pool", "next", wait_s=0) as locked:
+        assert not locked

@@ -12,7 +12,7 @@ import sys
 import textwrap
 import time
 
-from provisioner.runs.owner import process_start_time
+from provisioner.host.owner import process_start_time
 from provisioner.store.records import RunRecord
 from provisioner.store.statuses import RunStatus
 from provisioner.store.store import StateStore

@@ -23,7 +23,7 @@ from provisioner.jobs.control import start_job
 from provisioner.jobs.script import JobSpec
 from provisioner.planning.host_offers import local_offer
 from provisioner.runs.lifecycle import submit
-from provisioner.runs.owner import owner_alive, process_start_time
+from provisioner.host.owner import owner_alive, process_start_time
 from provisioner.runs.reconcile import reconcile
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import stop_run

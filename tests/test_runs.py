@@ -199,10 +199,37 @@ def test_fleet_with_an_unreachable_host_names_it(tmp_path, home_env, make_host, 
     fleet = write(tmp_path, "fleet.dstack.yml",
                   f"type: fleet\nname: half\nssh_config:\n  identity_file: {client_key[0]}\n"
                   f"  hosts: [{good.address}, {bad.address}]\n")
-    result = run_cli("apply", "-f", fleet, "-y", env=home_env, timeout=120)
+    # registration waits for a host as a stop does: 30 s, or DSTACK_HOST_TIMEOUT where shorter (3 s here)
+    result = run_cli("apply", "-f", fleet, "-y", env=dict(home_env, DSTACK_HOST_TIMEOUT="3"), timeout=120)
     assert result.returncode == 1
     assert f"root@{bad.address}:22" in result.stderr and good.address not in result.stderr.split("\n", 1)[1]
+    assert "did not answer SSH within 3s" in result.stderr, result.stderr
     assert json.loads(run_cli("fleet", "--json", env=home_env).stdout)["fleets"] == []
+
+
+@pytest.mark.parametrize("setting, waited", [(None, 30.0), ("3", 3.0), ("40", 30.0)])
+def test_a_fleet_registration_waits_for_a_host_as_long_as_a_stop(monkeypatch, setting, waited):
+    import provisioner.backends.ssh_fleets as ssh_fleets
+    import provisioner.host.ssh as ssh
+    from provisioner.host.access import HostAccess
+
+    if setting is None:
+        monkeypatch.delenv("DSTACK_HOST_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("DSTACK_HOST_TIMEOUT", setting)
+    waits = []
+
+    def connect(target, total_wait, **_):
+        waits.append(total_wait)
+        raise ssh.TransportError("no host")
+
+    monkeypatch.setattr(ssh, "connect", connect)
+    monkeypatch.setattr(HostAccess, "connect", lambda self, total_wait, **_: connect(self, total_wait))
+    for step in (lambda: ssh.scan_host_key(ssh.SSHTarget("10.251.9.2")),
+                 lambda: ssh_fleets.probe(HostAccess("ssh", "10.251.9.2"))):
+        with pytest.raises(ssh.TransportError):
+            step()
+    assert waits == [waited, waited]
 
 
 def test_retry_on_error_runs_the_job_again(tmp_path, home_env):

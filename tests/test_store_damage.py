@@ -119,3 +119,20 @@ def test_commands_at_once_on_a_damaged_store_set_one_copy_aside_for_the_right_re
     fresh = run_cli("ps", "-a", env=env)
     assert (fresh.returncode, fresh.stdout, fresh.stderr) == (0, "No runs.\n", "")
     assert len(copies(dstack_home)) == 1
+
+
+def test_a_command_that_met_the_new_store_midway_gives_the_reason_its_mover_recorded(dstack_home):
+    """A command that had opened the damaged store, and whose next read met the fresh store another command was
+    still making at the path ("no such table"), names the copy with the reason that command found, not its own."""
+    from provisioner.store.connection import StoreFile
+    from provisioner.store.damage import set_aside_and_report
+
+    store = StateStore()
+    store.create_run(RunRecord(name="r7", status="done", submitted_at=1.0, host={"kind": "local"}))
+    reader = StoreFile(store.path)  # opened and checked before the damage was found
+    moved = set_aside_and_report(store.path, reader.marker, "run r7's host is not valid JSON", reader.identity)
+    assert "It was moved to" in str(moved)
+    StateStore()  # the next command starts the new store
+    told = str(reader._damaged("SQLite says: no such table: runs"))
+    assert "is damaged: run r7's host is not valid JSON." in told and "Another dstack command moved it" in told, told
+    assert len(copies(dstack_home)) == 1

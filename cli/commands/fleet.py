@@ -45,7 +45,7 @@ def _list_fleets(verbose: bool, as_json: bool) -> None:
     from provisioner.backends.cloud_fleets import fleets_json
     from provisioner.store.store import StateStore
 
-    expire_idle_fleets()
+    expire_idle_fleets(ask_cloud=True)
     store = StateStore()
     fleets = fleets_json(store, time.time())
     if as_json:
@@ -64,7 +64,7 @@ def get_fleet(
     as_json: JsonOption = False,
 ) -> None:
     """Show one fleet: where it was registered from, each SSH host's resources or each cloud instance's state."""
-    expire_idle_fleets()
+    expire_idle_fleets(ask_cloud=True)
     item = _fleet(name)
     if as_json:
         print_json({"fleet": item})

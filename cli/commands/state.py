@@ -60,7 +60,7 @@ def _refuse_while_owned(runs: list) -> None:
     """A run whose dstack process lives would go on writing to the store it was moved from."""
     from configuration.errors import ConfigurationError
     from configuration.owner import another_homes
-    from provisioner.runs.owner import owner_alive
+    from provisioner.host.owner import owner_alive
     from provisioner.store.statuses import ACTIVE
 
     live = [row["name"] for row in runs if row["status"] in ACTIVE and not another_homes(row.get("owner_id"))

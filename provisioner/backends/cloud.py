@@ -99,6 +99,8 @@ class CloudBackend:
                     not self.config.pulumi.backend_url}  # a laptop's own state: see recorded_state
         if spec.instance_nums is not None:  # a fleet's instances named by their numbers (instance_state)
             recorded["numbered"] = True
+            if spec.legacy_nodes:  # kept with the stack: those instances' names (fleet_instance_name)
+                recorded["legacy_nodes"] = spec.legacy_nodes
         record_stack(recorded)
         if spec.self_delete and spec.backend == "gcp":  # recorded first: the run's teardown sweeps the account
             if name not in self.accounts:
@@ -157,10 +159,21 @@ class CloudBackend:
         require_extra(self.name, "reading an instance's state")
         gcp = self.config.backend("gcp")
         tagged = stack.get("tagged", "")
-        name = fleet_instance_name(stack["owner"], tagged, rank) if stack.get("numbered") else \
+        name = fleet_instance_name(stack["owner"], tagged, rank, stack.get("legacy_nodes", 0)) \
+            if stack.get("numbered") else \
             node_name(stack["owner"], tagged, rank, nodes)
         return clouds.instance_state(self.name, stack["region"], zone, gcp.project_id if gcp is not None else None,
                                      stack["owner"], name)
+
+    def sweep_instances(self, stack: dict, nums: Sequence[int]) -> None:
+        """Removes fleet instances `nums` that an `up` killed mid-way created unrecorded, once the fleet's stack
+        (as `create_stack` recorded it) no longer has them."""
+        gcp = self.config.backend("gcp")
+        tagged = stack.get("tagged", "")
+        clouds.sweep_instances(self.name, stack["region"], gcp.project_id if gcp is not None else None,
+                               stack["owner"], tagged,
+                               [fleet_instance_name(stack["owner"], tagged, n, stack.get("legacy_nodes", 0))
+                                for n in nums])
 
     def losses(self, stack: Optional[dict]) -> List[InstanceLoss]:
         """The instances of a stack (as `create_stack` recorded it) that the cloud no longer runs, and why: a spot

@@ -8,6 +8,7 @@ fleet's stack run at a time; the next sees the instances the last one added.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from contextlib import contextmanager
@@ -17,10 +18,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from configuration.backends import DstackConfig
 from configuration.errors import ConfigurationError, DstackError
 from configuration.home import dstack_home
+from configuration.owner import owner_id
 from offers.offer import Offer
 from provisioner.backends.cloud import CloudBackend, fleet_key_path
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import kept_host_key
+from provisioner.host.owner import current_owner, owner_alive
 from provisioner.jobs.team_keys import fleet_keys_as_the_team_has_them, seal_fleet_keys
 from provisioner.planning.reuse import fleet_idle_seconds, fleet_nodes, offer_record, record_offer
 from provisioner.store.records import InstanceRecord
@@ -48,12 +51,13 @@ class FleetShape:
     ports: Tuple = ()
     volumes: Tuple = ()
     instance_nums: Optional[Tuple[int, ...]] = None
+    legacy_nodes: int = 0  # a fleet made before numbering: its first instances keep their names (StackSpec)
 
 
-def numbered_shape(configuration: dict, nums: Sequence[int]) -> FleetShape:
+def numbered_shape(configuration: dict, nums: Sequence[int], legacy_nodes: int = 0) -> FleetShape:
     """The shape of a fleet's stack with instances `nums`, from its recorded configuration."""
     return FleetShape(nodes=len(nums), placement=configuration.get("placement"), tags=configuration.get("tags"),
-                      instance_nums=tuple(sorted(nums)))
+                      instance_nums=tuple(sorted(nums)), legacy_nodes=legacy_nodes)
 
 
 def host_key_path(fleet: str, num: int):
@@ -79,11 +83,13 @@ def recorder(store: StateStore, name: str, offer: Offer) -> Callable[[dict], Non
 def fleet_stack_lock(store: StateStore, name: str, holder: str, wait_s: float = LOCK_WAIT_S,
                      log: Callable[[str], None] = lambda message: None) -> Iterator[bool]:
     """Holds the fleet's stack lock for `holder`: yields True once taken, or False after `wait_s` without it (0:
-    one try). Released on the way out."""
+    one try). A lock whose holder died (holder_dead) is taken over. Released on the way out."""
     deadline = time.monotonic() + wait_s
     told = False
+    pid, started = current_owner()
+    process = {"pid": pid, "started": started, "owner_id": owner_id()}
     while True:
-        other = store.lock_fleet_stack(name, holder, time.time(), LOCK_STALE_S)
+        other = store.lock_fleet_stack(name, holder, time.time(), LOCK_STALE_S, process, holder_dead)
         if other is None:
             break
         if time.monotonic() >= deadline:
@@ -97,6 +103,14 @@ def fleet_stack_lock(store: StateStore, name: str, holder: str, wait_s: float = 
         yield True
     finally:
         store.unlock_fleet_stack(name, holder)
+
+
+def holder_dead(lock: dict) -> bool:
+    """Whether the process holding a fleet stack's lock (as recorded) is known dead: one of this home (this
+    machine) whose pid and start time no longer match a live process. A holder on another machine, or one recorded
+    before holders had their process, counts as alive until its lock is stale (LOCK_STALE_S)."""
+    return bool(lock.get("pid")) and lock.get("owner_id") == owner_id() and \
+        not owner_alive(lock["pid"], lock.get("started"))
 
 
 def fleet_offer(store: StateStore, fleet: dict) -> Offer:
@@ -114,10 +128,24 @@ def update_stack(store: StateStore, config: DstackConfig, fleet: dict, nums: Seq
     """`up` of the fleet's stack with instances `nums` (the caller holds its lock): the hosts, in `nums` order."""
     name, offer = fleet["name"], fleet_offer(store, fleet)
     backend = CloudBackend((fleet.get("stack") or {}).get("backend") or offer.backend, config, store)
-    return backend.create_stack(name, offer, numbered_shape(fleet.get("configuration") or {}, nums), report,
+    legacy = (fleet.get("stack") or {}).get("legacy_nodes", 0)
+    shape = numbered_shape(fleet.get("configuration") or {}, nums, legacy)
+    return backend.create_stack(name, offer, shape, report,
                                 fleet_key_path(name), recorder(store, name, offer),
-                                host_keys=fleet_host_keys(store, name, nums), update=True,
+                                host_keys=_host_keys(store, name, sorted(nums), legacy), update=True,
                                 existing=fleet.get("stack"))
+
+
+def _host_keys(store: StateStore, name: str, nums: Sequence[int], legacy: int) -> Tuple[HostKey, ...]:
+    """Each instance's host key (fleet_host_keys); an instance made before numbering (`legacy`) was made with a key
+    that was not kept: the public key recorded with it verifies it, and its user data is never changed
+    (StackSpec.made_before_numbering), so no private key goes into it."""
+    kept = dict(zip([n for n in nums if n >= legacy], fleet_host_keys(store, name, [n for n in nums if n >= legacy])))
+    recorded = {i.num: i.host.get("host_key") or "" for i in store.list_instances(name)} if legacy else {}
+    return tuple(kept[n] if n >= legacy else HostKey(NOT_KEPT, recorded.get(n, "")) for n in nums)
+
+
+NOT_KEPT = "(a host key made before fleet instances were numbered: not kept)"
 
 
 def grow_fleet(store: StateStore, config: DstackConfig, name: str, run_name: str, report: Callable,
@@ -138,7 +166,7 @@ def grow_fleet(store: StateStore, config: DstackConfig, name: str, run_name: str
             raise StackFailure(CAPACITY, "offer", f"fleet {name} has its {len(instances)} of {low}..{high} instances "
                                                   "(other runs grew it first)")
         taken = {i.num for i in instances}
-        num = next(n for n in range(high + 1) if n not in taken)
+        num = next(n for n in itertools.count((fleet.get("stack") or {}).get("legacy_nodes", 0)) if n not in taken)
         offer = fleet_offer(store, fleet)
         report(StepProgress("grow", "fleet", f"{name}: instance {len(instances) + 1} of {low}..{high} (#{num})",
                             "started"))

@@ -7,10 +7,11 @@ import concurrent.futures
 import dataclasses
 import ipaddress
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from configuration.errors import ConfigurationError
 from provisioner.host.access import HostAccess
+from provisioner.host.liveness import liveness
 from provisioner.host.probe import PROBE_COMMAND, HostFacts, parse_probe
 from provisioner.host.ssh import describe_key, key_changed, record_host_keys, recorded_host_keys, scan_host_key
 from provisioner.store.store import StateStore
@@ -48,8 +49,9 @@ def internal_address(access: HostAccess, facts: HostFacts, network) -> HostAcces
     return dataclasses.replace(access, internal_ip=inside[0])
 
 
-def probe(access: HostAccess, total_wait: float = 30.0) -> HostFacts:
-    transport = access.connect(total_wait=total_wait)
+def probe(access: HostAccess, total_wait: Optional[float] = None) -> HostFacts:
+    """The host's facts; without `total_wait`, it waits for the host as its key's scan does."""
+    transport = access.connect(total_wait=liveness().stop_wait if total_wait is None else total_wait)
     try:
         result = transport.run(PROBE_COMMAND, timeout=60)
     finally:

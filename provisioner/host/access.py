@@ -6,6 +6,7 @@ The SSH module is imported when a host is reached over SSH: `dstack ps` reaches 
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
@@ -67,5 +68,9 @@ class HostAccess:
 
         target = self.ssh_target()
         booting = booting and bool(self.host_key)
+        deadline = time.monotonic() + total_wait
         kept = connect_kept(target, total_wait, log, booting=booting)  # the host's kept connection, or None
-        return kept if kept is not None else connect(target, total_wait=total_wait, log=log, booting=booting)
+        if kept is not None:
+            return kept
+        # a keeper that refused (a host that did not answer its key check) spent part of the wait
+        return connect(target, total_wait=max(1.0, deadline - time.monotonic()), log=log, booting=booting)

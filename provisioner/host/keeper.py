@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from provisioner.host.keeper_client import (peer_is_me, recv_json, recv_stream, send_frame, send_json,
+from provisioner.host.keeper_client import (KEY_CHECK_S, peer_is_me, recv_json, recv_stream, send_frame, send_json,
                                             socket_address, target_from_json)
 from provisioner.host.ssh import SSHTransport, connect, untrusted_now
 from provisioner.host.transport import TransportError
@@ -107,7 +107,9 @@ class Keeper:
         with self._lock:
             fresh = message.get("just_opened") and not self._attached_before
             self._attached_before = True
-        why = None if fresh else untrusted_now(self.connection)
+        wait = message.get("wait")
+        wait = min(KEY_CHECK_S, max(1.0, float(wait))) if isinstance(wait, (int, float)) else KEY_CHECK_S
+        why = None if fresh else untrusted_now(self.connection, timeout=wait)
         session = None
         if why is None:
             session = self._take()

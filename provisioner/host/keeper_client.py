@@ -39,7 +39,8 @@ from provisioner.host.transport import CommandResult, Stdin, TransportError
 
 PERSIST_VARIABLE = "DSTACK_SSH_PERSIST"
 DEFAULT_PERSIST_S = 300.0
-HELLO_TIMEOUT_S = 20.0  # a key exchange with the host (at most 10 s), and a shell where none is open yet
+KEY_CHECK_S = 10.0  # the longest a keeper's key exchange with the host (before a client's use) may take
+HELLO_TIMEOUT_S = 20.0  # a key exchange with the host (at most KEY_CHECK_S), and a shell where none is open yet
 _ERRORS = {cls.__name__: cls for cls in (HostKeyChanged, HostKeyUnknown, AuthenticationRefused, ConfigurationError,
                                          TransportError)}
 _CODE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -220,9 +221,12 @@ class KeptTransport:
             self._direct = None
 
 
-def _attach(path: Path, folder_fd: int, target: SSHTarget, just_opened: bool = False):
+def _attach(path: Path, folder_fd: int, target: SSHTarget, just_opened: bool = False,
+            wait: float = KEY_CHECK_S):
     """A KeptTransport through the keeper at `path`; None where there is none (no socket, or a dead keeper's);
-    False where the keeper refused (it then ends), or does not answer: the caller connects directly."""
+    False where the keeper refused (it then ends), or does not answer: the caller connects directly. `wait`: how
+    long the keeper's key exchange with the host may take (at most KEY_CHECK_S): a command's own wait for the host
+    bounds it, so a hung host costs that command no more than its wait."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(HELLO_TIMEOUT_S)
@@ -230,7 +234,7 @@ def _attach(path: Path, folder_fd: int, target: SSHTarget, just_opened: bool = F
         if not peer_is_me(sock):
             sock.close()
             return False
-        send_json(sock, {"op": "hello", "just_opened": just_opened})
+        send_json(sock, {"op": "hello", "just_opened": just_opened, "wait": min(wait, KEY_CHECK_S)})
         reply = recv_json(sock)
     except socket.timeout:  # a keeper that hangs (stopped): bypassed, and left to end by itself
         sock.close()
@@ -261,7 +265,7 @@ def connect_kept(target: SSHTarget, total_wait: float, log: Callable[[str], None
     except OSError:  # a home that cannot hold the socket (read-only, full): the command connects itself
         return None
     try:
-        kept = _attach(path, folder_fd, target)
+        kept = _attach(path, folder_fd, target, wait=total_wait)
         if kept is not None:
             return kept or None
         try:
@@ -270,7 +274,7 @@ def connect_kept(target: SSHTarget, total_wait: float, log: Callable[[str], None
             return None
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one keeper per host: a second command waits for the first's
-            kept = _attach(path, folder_fd, target)
+            kept = _attach(path, folder_fd, target, wait=total_wait)
             if kept is not None:
                 return kept or None
             if not _spawn(path, target, persist, total_wait, log, connect_timeout, booting):

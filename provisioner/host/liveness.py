@@ -4,7 +4,8 @@ One setting scales the rest: `DSTACK_HOST_TIMEOUT` (seconds, default 45). SSH an
 timeout/9; a connection whose peer acknowledges nothing (TCP_USER_TIMEOUT) or that answers no command within
 timeout/3 is dropped, and dstack reconnects; once the host has answered nothing for the whole timeout, it is
 unreachable and the command following the run says so, and what happens next, instead of retrying for minutes.
-Stopping a job tries its host for 30 s, or for the whole timeout where that is shorter, then tears down anyway.
+Stopping a job tries its host for 30 s, or for the whole timeout where that is shorter, then tears down anyway;
+registering a fleet waits as long for each host to answer.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Liveness:
 
     @property
     def stop_wait(self) -> float:
-        """Seconds a stop (of a job, or a cluster key's removal at a run's end) tries to reach a host."""
+        """Seconds a stop (of a job, or a cluster key's removal at a run's end), or a fleet's registration, tries
+        to reach a host."""
         return min(STOP_WAIT_S, self.unreachable_after)
 
 

@@ -442,11 +442,13 @@ class _CaptureKey:
         raise _KeyOffered(key)
 
 
-def scan_host_key(target: SSHTarget, total_wait: float = 30.0):
+def scan_host_key(target: SSHTarget, total_wait: Optional[float] = None):
     """The key the host offers (as `ssh-keyscan` reads it), without trusting it or logging in: no key is known to
-    the connection, so the capture policy ends every attempt that reaches the key exchange."""
+    the connection, so the capture policy ends every attempt that reaches the key exchange. Without `total_wait`,
+    it waits for the host as a stop does (30 s, or DSTACK_HOST_TIMEOUT where that is shorter)."""
+    wait = liveness().stop_wait if total_wait is None else total_wait
     try:
-        connect(target, total_wait=total_wait, unknown_key_policy=_CaptureKey()).close()
+        connect(target, total_wait=wait, unknown_key_policy=_CaptureKey()).close()
     except _KeyOffered as offered:
         return offered.key
     raise AssertionError("the capture policy let a connection through")

@@ -12,6 +12,7 @@ destroys its fleet's stack (provisioner.backends.cloud_fleets.expire_idle_fleets
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ def growth_offers(store: StateStore, requirements: Requirements) -> List[GrowthO
             continue
         o = stack["offer"]
         taken = {i.num for i in instances}
-        num = next(n for n in range(high + 1) if n not in taken)
+        num = next(n for n in itertools.count(stack.get("legacy_nodes", 0)) if n not in taken)
         offer = GrowthOffer(o["backend"], InstanceType(**o["instance"]), o["region"], (), o["spot"], o["price"],
                             o["disk_gb"], o["disk_price"], fleet=fleet["name"], num=num,
                             idle_duration=fleet_idle_seconds((fleet.get("configuration") or {}).get("idle_duration")),

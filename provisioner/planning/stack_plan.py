@@ -103,6 +103,7 @@ def stack_spec(run_name: str, configuration, offer: Offer, ssh_public_key: str, 
         node_types=tuple(_node_type(o) for o in rank_offers(offer, len(host_keys)))
         if isinstance(offer, GroupedOffer) else (),
         instance_nums=getattr(configuration, "instance_nums", None),  # a cloud fleet's (FleetShape)
+        legacy_nodes=getattr(configuration, "legacy_nodes", 0),
     )
 
 

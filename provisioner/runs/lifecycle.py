@@ -41,7 +41,7 @@ from provisioner.runs.interruptions import (ATTEMPT_VARIABLE, Interrupted, ZoneB
                                             lost_instances, notice_losses, raise_if_lost, record_loss,
                                             retries_interruption)
 from provisioner.runs.job_specs import job_spec, recorded_stop_grace
-from provisioner.runs.owner import current_owner
+from provisioner.host.owner import current_owner
 from provisioner.runs.plan import configuration_json
 from provisioner.runs.session import InterruptAction, RunSession
 from provisioner.runs.teardown import finish_run, one_line, stop_jobs, wait_final

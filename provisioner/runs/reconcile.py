@@ -15,7 +15,7 @@ from provisioner.jobs.spot_notice import read_notice
 from provisioner.runs.interruptions import (Interrupted, end_lost, lost_instances, may_have_notice, notice_losses,
                                             record_loss)
 from provisioner.runs.job_specs import recorded_stop_grace
-from provisioner.runs.owner import looked_after
+from provisioner.runs.looked_after import looked_after
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import finish_run, stop_jobs
 from provisioner.store.records import RunRecord

@@ -15,7 +15,7 @@ from provisioner.jobs.run_jobs import RunJobs, run_jobs
 from provisioner.runs import dev_environments
 from provisioner.runs.job_specs import recorded_stop_grace
 from provisioner.runs.listing import is_dev_environment
-from provisioner.runs.owner import run_owner_alive
+from provisioner.runs.looked_after import run_owner_alive
 from provisioner.runs.session import RunSession
 from provisioner.runs.ssh_entries import remove_entry
 from provisioner.store.records import RunRecord

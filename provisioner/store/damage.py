@@ -163,8 +163,10 @@ def salvaged_hosts(fleets: List[tuple], runs: List[tuple]) -> List[dict]:
 
 def set_aside_and_report(path: Path, marker: Path, reason: str, identity: Optional[Tuple[int, int]]) -> DstackError:
     """Moves the damaged store aside and says so (report). `identity` is the file found damaged (None: it was
-    missing). When another command has moved that file aside meanwhile, nothing is moved: that copy is named; a file
-    found damaged that is gone with no copy of it was replaced, and the command is to be run again."""
+    missing). When another command has moved that file aside meanwhile, nothing is moved: that copy is named with the
+    reason that command recorded (this one's may be an error of reading the new store at the path while it was
+    being made); a file found damaged that is gone with no copy of it was replaced, and the command is to be run
+    again."""
     with store_lock(path):
         if file_identity(path) == identity:
             copy = set_aside(path, reason) if identity is not None else None
@@ -173,7 +175,7 @@ def set_aside_and_report(path: Path, marker: Path, reason: str, identity: Option
         copy = copy_of(path, identity)
     if copy is None:
         return DstackError(f"{path} was replaced while dstack was using it; run the command again")
-    return report(path, reason, copy, by_another=True)
+    return report(path, recorded_reason(copy), copy, by_another=True)
 
 
 def moved_aside(path: Path, identity: Optional[Tuple[int, int]]) -> Optional[StoreDamaged]:

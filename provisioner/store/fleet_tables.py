@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import fields
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from configuration.errors import ConfigurationError
 from provisioner.store.connection import StoreFile, json_or_none, load_json, owner, read_again, stored_status
@@ -127,10 +127,14 @@ class FleetTables(StoreFile):
                        (json.dumps({**stack, "lock": lock} if lock else stack), name))
             db.commit()
 
-    def lock_fleet_stack(self, name: str, holder: str, now: float, stale_after: float) -> Optional[str]:
+    def lock_fleet_stack(self, name: str, holder: str, now: float, stale_after: float,
+                         process: Optional[dict] = None,
+                         holder_gone: Callable[[dict], bool] = lambda lock: False) -> Optional[str]:
         """Takes the lock on a cloud fleet's stack for `holder` (a run growing it, a command shrinking it): one `up`
         of a fleet's stack at a time, each seeing the instances the one before added. Returns None once taken, else
-        who holds it; a lock older than `stale_after` seconds (its holder died) is taken over."""
+        who holds it. The lock records `process` (the holder's pid, start time and home), so that a lock whose
+        holder is known dead (`holder_gone`, asked of the lock as recorded) is taken over at once; any other lock
+        older than `stale_after` seconds (its holder on another machine died) is taken over too."""
         with self._connect() as db:
             db.begin()
             row = db.execute("SELECT stack FROM cloud_fleets WHERE name = ?", (name,)).fetchone()
@@ -138,9 +142,10 @@ class FleetTables(StoreFile):
                 raise ConfigurationError(f"no fleet named {name} (see `dstack fleet list`)")
             stack = load_json(row[0], dict, f"fleet {name}'s stack") if row[0] else {}
             lock = stack.get("lock")
-            if lock and lock.get("holder") != holder and now - lock.get("since", 0) < stale_after:
+            if lock and lock.get("holder") != holder and now - lock.get("since", 0) < stale_after and \
+                    not holder_gone(lock):
                 return lock.get("holder") or "another command"  # the transaction ends, unchanged
-            stack["lock"] = {"holder": holder, "since": now}
+            stack["lock"] = {"holder": holder, "since": now, **(process or {})}
             db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?", (json.dumps(stack), name))
             db.commit()
         return None
@@ -204,11 +209,14 @@ class FleetTables(StoreFile):
                                    status=stored_status(InstanceStatus, r[5], f"instance {r[0]}/{r[1]}"), run=r[6],
                                    idle_since=r[7], idle_duration=r[8]) for r in rows]
 
-    def set_instance(self, fleet: str, num: int, status: InstanceStatus, host: Optional[dict] = None) -> None:
-        """A fleet's instance a run added (`provisioning`) once its stack is up: `busy` and reachable at `host`."""
+    def set_instance(self, fleet: str, num: int, status: InstanceStatus, host: Optional[dict] = None,
+                     idle_since: Optional[float] = None) -> None:
+        """A fleet's instance added (`provisioning`) once its stack is up: `busy` (a run added it) or `idle` from
+        `idle_since` (added to keep the fleet at its minimum), reachable at `host`."""
         with self._connect() as db:
-            db.execute("UPDATE instances SET status = ?, host = COALESCE(?, host) WHERE fleet = ? AND num = ?",
-                       (status, json_or_none(host), fleet, num))
+            db.execute("UPDATE instances SET status = ?, host = COALESCE(?, host), "
+                       "idle_since = COALESCE(?, idle_since) WHERE fleet = ? AND num = ?",
+                       (status, json_or_none(host), idle_since, fleet, num))
 
     def claim_instances_removal(self, fleet: str, nums: Sequence[int]) -> List[int]:
         """Marks those of `nums` that are idle (or `terminating` from a removal that failed) `terminating`, in one
@@ -254,18 +262,13 @@ class FleetTables(StoreFile):
             return db.execute("UPDATE instances SET status = ? WHERE fleet = ? AND num = ? AND status = ?",
                               (InstanceStatus.TERMINATING, fleet, num, InstanceStatus.IDLE)).rowcount > 0
 
-    def has_expired_instances(self, now: float) -> bool:
-        """Whether any instance is idle past its idle_duration at `now`, or `terminating` (a teardown to try again):
-        without one, idle expiry has nothing to do, and `dstack ps` need not import the cloud backend."""
-        with self._connect(read=True) as db:
-            return db.execute("SELECT 1 FROM instances WHERE status = ? OR (status = ? AND idle_duration IS NOT NULL "
-                              "AND idle_since IS NOT NULL AND idle_since + idle_duration <= ?) LIMIT 1",
-                              (InstanceStatus.TERMINATING, InstanceStatus.IDLE, now)).fetchone() is not None
-
     def claim_fleet_teardown(self, fleet: str, expired_at: Optional[float] = None) -> bool:
         """Marks `fleet`'s instances `terminating` when no run holds any (with `expired_at`: when each has been
         idle past its idle_duration at that time; a fleet with no instances yet is never expired). Instances left
-        `terminating` by a teardown that failed count as claimable, so the next command tries again."""
+        `terminating` by a teardown that failed count as claimable, so the next command tries again. Without
+        `expired_at` (`fleet delete`, which holds the fleet's stack lock), an instance left `provisioning` counts
+        too: under the lock, no live command is adding it (its grow was killed). The fleet's stack is marked
+        `teardown`: a fleet whose instances are all `terminating` because one was retired is not going whole."""
         with self._connect() as db:
             db.begin()
             rows = db.execute("SELECT status, idle_since, idle_duration FROM instances WHERE fleet = ?",
@@ -274,10 +277,16 @@ class FleetTables(StoreFile):
                 ready = bool(rows) and all(row[0] == InstanceStatus.TERMINATING or _expired(*row, expired_at)
                                            for row in rows)
             else:
-                ready = all(row[0] in (InstanceStatus.IDLE, InstanceStatus.TERMINATING) for row in rows)
+                ready = all(row[0] in (InstanceStatus.IDLE, InstanceStatus.TERMINATING,
+                                       InstanceStatus.PROVISIONING) for row in rows)
             if not ready:
                 return False  # the transaction ends, unchanged, with the connection
             db.execute("UPDATE instances SET status = ? WHERE fleet = ?", (InstanceStatus.TERMINATING, fleet))
+            row = db.execute("SELECT stack FROM cloud_fleets WHERE name = ?", (fleet,)).fetchone()
+            stack = load_json(row[0], dict, f"fleet {fleet}'s stack") if row and row[0] else {}
+            if set(stack) - {"lock"}:  # a stack, going whole: its upkeep leaves it alone (fleet_upkeep)
+                db.execute("UPDATE cloud_fleets SET stack = ? WHERE name = ?",
+                           (json.dumps({**stack, "teardown": True}), fleet))
             db.commit()
         return True
 

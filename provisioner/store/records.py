@@ -24,7 +24,7 @@ class RunRecord:
     finished_at: Optional[float] = None
     exit_code: Optional[int] = None
     owner_pid: Optional[int] = None
-    owner_started: Optional[int] = None  # the owner's start time (provisioner.runs.owner): a reused pid is no owner
+    owner_started: Optional[int] = None  # the owner's start time (provisioner.host.owner): a reused pid is no owner
     detached: bool = False
     max_duration: Optional[int] = None
     host: Optional[dict] = None  # how to reach the job (provisioner.host.access.HostAccess)

@@ -4,7 +4,7 @@ cloud id leaves behind, or what a lost state file forgot. Used by teardown (one 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Sequence
 
 from stacks.spec import PROJECT
 
@@ -93,3 +93,21 @@ def sweep_run(region: str, owner: Optional[str], run_name: str) -> None:
     ec2 = boto3.session.Session().client("ec2", region_name=region)
     with aws_errors(f"removing what run {run_name} left in AWS {region}"):
         remove_leftovers(ec2, find_leftovers(ec2, region, owner, run=run_name))
+
+
+def sweep_instances(region: str, owner: str, run_name: str, names: Sequence[str]) -> None:
+    """The instances of `run_name`'s stack named `names` (their Name tag) that an interrupted `up` created before
+    Pulumi recorded them (a cloud fleet's instance whose grow was killed), once the stack no longer has them."""
+    import boto3
+
+    from stacks.aws.credentials import aws_errors
+
+    ec2 = boto3.session.Session().client("ec2", region_name=region)
+    filters = [{"Name": "tag:dstack:project", "Values": [PROJECT]}, {"Name": "tag:dstack:owner", "Values": [owner]},
+               {"Name": "tag:dstack:run", "Values": [run_name]}, {"Name": "tag:Name", "Values": list(names)}]
+    with aws_errors(f"removing what {run_name} left in AWS {region}"):
+        found = [Leftover("instance", instance["InstanceId"], region, run_name, owner)
+                 for page in ec2.get_paginator("describe_instances").paginate(Filters=filters)
+                 for reservation in page["Reservations"] for instance in reservation["Instances"]
+                 if instance["State"]["Name"] not in ("terminated", "shutting-down")]
+        remove_leftovers(ec2, found)

@@ -213,6 +213,8 @@ def node_instance(spec: StackSpec, rank: int, ami_id, key_name, group_id, subnet
     import pulumi_aws as aws
 
     tags = spec.tags(rank)
+    if spec.made_before_numbering(rank):  # its host key was not kept: new user data would replace it
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["userData"]))
     market = None
     if spec.spot:
         market = {"market_type": "spot",

@@ -17,7 +17,7 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 from configuration.errors import ConfigurationError
 from stacks.gcp.api import ApiRefusal, GcpApi, gcp_api, list_items, one_line, rest_request
@@ -271,3 +271,12 @@ def sweep_run(project_id: Optional[str], owner: Optional[str], run_name: str) ->
 
     api = gcp_api(project_id)  # a module global, looked up now: tests point it at a recorded API
     remove_leftovers(api, find_leftovers(api, owner or owner_id(), run=run_name))
+
+
+def sweep_instances(project_id: Optional[str], owner: str, run_name: str, names: Sequence[str]) -> None:
+    """The instances of `run_name`'s stack named `names` that an interrupted `up` created before Pulumi recorded
+    them (a cloud fleet's instance whose grow was killed), once the stack no longer has them."""
+    api = gcp_api(project_id)
+    with _refused(api, "listing dstack's resources"):
+        found = [leftover for leftover in _labelled(api, "instance", owner, run_name) if leftover.id in set(names)]
+    remove_leftovers(api, found)

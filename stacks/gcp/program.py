@@ -239,8 +239,9 @@ def node_instance(spec: StackSpec, rank: int, image_link, account: Optional[str]
 
     labels = spec.labels()
     name = spec.node_name(rank)
-    if spec.volumes:
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["attachedDisks"]))
+    ignored = (["attachedDisks"] if spec.volumes else []) + (["metadata"] if spec.made_before_numbering(rank) else [])
+    if ignored:  # a fleet's instance made before numbering: its host key was not kept, its user data stays
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=ignored))
     return gcp.compute.Instance(
         name,
         name=name,

@@ -20,7 +20,7 @@ def cloudsim_zygote():
     if missing:  # the [all] and [test] extras
         message = f"the simulated cloud needs {', '.join(missing)} (pip install -e '.[all,test]')"
         pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
-    return dstack_zygote()  # the one tests.helpers.run_cli forks from
+    return dstack_zygote(preloaded=True)  # the one tests.helpers.run_cli forks from
 
 
 @pytest.fixture

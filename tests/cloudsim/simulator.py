@@ -118,11 +118,13 @@ class CloudSim:
         return environment
 
     def dstack(self, *args: str, home: Path, timeout: float = 120, patches: Optional[dict] = None,
-               env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+               env: Optional[Dict[str, str]] = None, entry: Optional[str] = None) -> subprocess.CompletedProcess:
         """`dstack ARGS` in a child process (tests.cloudsim.zygote), to its end, killed after `timeout` seconds
-        (subprocess.TimeoutExpired); `env`: variables a user would set (DSTACK_HOST_TIMEOUT)."""
+        (subprocess.TimeoutExpired); `env`: variables a user would set (DSTACK_HOST_TIMEOUT); `entry`: another
+        module than tests.cloudsim.cli whose `main` runs it (tests.cloudsim.legacy_fleet)."""
         out, err = self._outputs()
-        process = Forked(self.zygote, args, self.env(home, patches, env), str(ROOT), str(out), str(err))
+        process = Forked(self.zygote, args, self.env(home, patches, env), str(ROOT), str(out), str(err),
+                         entry=entry)
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:

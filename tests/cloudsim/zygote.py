@@ -4,13 +4,18 @@ paramiko, typer, rich), then forks one child per request, which runs tests.cloud
 pid and session (a Ctrl-C or SIGKILL reaches it alone), environment, working folder, output files and exit status.
 Each `dstack` would otherwise spend most of its CPU importing (pulumi and its providers take seconds).
 
-Only libraries are imported here, never dstack's own modules, and no thread or connection exists when it forks.
+Only libraries are imported here, and no thread or connection exists when it forks. The `dstack` processes are
+forked from a second zygote, forked from this one (a `preload` request), that has also imported every dstack module
+(`preload_dstack`): each command would otherwise spend most of its CPU importing them. A scenario's child swaps
+parts of dstack after that (tests.cloudsim.cli): the modules that use them import them when called, and the one
+that imports one at its own import (stacks.gcp.leftovers' gcp_api) is swapped too, so the swapped ones are used.
+
 A request is one JSON line (args, env, cwd, stdout, stderr; stdin: a file, else /dev/null; entry: the module whose
 `main` runs, tests.cloudsim.cli unless named); the answer, two: the child's pid, then its exit status (negative: the
 signal that killed it), from a monitor process that waits for it.
 
-One zygote per test process (tests.helpers.dstack_zygote) serves the scenarios and tests.helpers.run_cli (the plain
-`dstack`, entry cli.main), whose children end as `python -m cli.main` does (non-daemon threads joined, exit handlers
+One such pair per test process (tests.helpers.dstack_zygote) serves the scenarios and tests.helpers.run_cli (the
+plain `dstack`, entry cli.main), whose children end as `python -m cli.main` does (non-daemon threads joined, exit handlers
 run). Without the cloud extras it imports only what every command imports (PLAIN_PRELOAD).
 """
 
@@ -65,6 +70,24 @@ def warm() -> None:
         session.client(service, endpoint_url="http://127.0.0.1:9")
 
 
+DSTACK_PACKAGES = ("configuration", "offers", "stacks", "provisioner", "cli")
+
+
+def preload_dstack() -> None:
+    """Imports every module of dstack's packages (what a command imports, and more), as each command would. None of them reads the
+    environment, the working folder or the standard files when imported (each command does when it runs), and none
+    starts a thread or sets a signal handler: a child forked after this behaves as one that imported them itself."""
+    import importlib
+    import pkgutil
+
+    for package in DSTACK_PACKAGES:
+        for module in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+            try:
+                importlib.import_module(module.name)
+            except ImportError:  # an extra not installed: the command that needs it imports it, and says so
+                pass
+
+
 def serve(path: str) -> None:
     try:
         warm()
@@ -74,9 +97,24 @@ def serve(path: str) -> None:
     server.bind(path)
     server.listen(64)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the monitors are reaped by the kernel
-    server.settimeout(2)
-    parent = os.getppid()
     print("ready", flush=True)
+    _accept(server, path, os.getppid())
+
+
+def _preloaded(connection: socket.socket, path: str, parent: int) -> None:
+    """The second zygote (a `preload` request's child): listens on `path`, answers its pid, imports dstack's
+    modules (requests wait in the socket's backlog meanwhile), then serves as this one does."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(64)
+    connection.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+    connection.close()
+    preload_dstack()
+    _accept(server, path, parent)
+
+
+def _accept(server: socket.socket, path: str, parent: int) -> None:
+    server.settimeout(2)
     while True:
         try:
             connection, _ = server.accept()
@@ -93,6 +131,9 @@ def serve(path: str) -> None:
         sys.stderr.flush()
         if os.fork() == 0:
             server.close()
+            if "preload" in request:
+                _preloaded(connection, request["preload"], os.getppid())
+                os._exit(0)
             _monitor(connection, request)
         connection.close()
 
