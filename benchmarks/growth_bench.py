@@ -50,7 +50,7 @@ def fill_store(home: Path, count: int) -> None:
     """`count` finished runs, with a configuration and offer as real ones carry, and two active runs whose owner
     (this process) is alive, written in one transaction."""
     os.environ["DSTACK_HOME"] = str(home)
-    from provisioner.runs.owner import process_start_time
+    from provisioner.host.owner import process_start_time
     from provisioner.store.records import RunRecord
     from provisioner.store.statuses import RunStatus
     from provisioner.store.store import StateStore

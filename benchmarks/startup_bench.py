@@ -1,7 +1,8 @@
 """How fast `dstack` starts, against a bare `python -c pass` measured in the same run:
 
-- `dstack --help` and `dstack offers --gpu H100:8 --json`: CPU time (user + system) of the whole process, best of
-  N runs after a warm-up, with bytecode caching on as on a user's machine (this workplace sets
+- `dstack --help`, `dstack offers --gpu H100:8 --json`, `dstack ps` (an empty store: its start-up alone) and `dstack
+  apply --dry-run` and `apply -y` of the README's hello task (a `local` run): CPU time (user + system) of the whole
+  process, best of N runs after a warm-up, with bytecode caching on as on a user's machine (this workplace sets
   PYTHONDONTWRITEBYTECODE, which recompiles every module at every start; it is unset here);
 - the README's hello task in a fresh virtual environment (system site packages, whose bytecode pip compiled at
   install, and a fresh copy of this project, whose bytecode does not exist yet, as after `pip install -e .`) and a
@@ -74,8 +75,11 @@ def main() -> None:
         bare = best_cpu([sys.executable, "-c", "pass"], args.runs, env, ROOT)
         print(f"CPU time, best of {args.runs} (bytecode cached):")
         print(f"  python -c pass                      {bare * 1000:7.1f} ms")
-        for label, argv in (("dstack --help", ["--help"]), ("dstack offers --gpu H100:8 --json",
-                                                             ["offers", "--gpu", "H100:8", "--json"])):
+        for label, argv in (("dstack --help", ["--help"]),
+                            ("dstack offers --gpu H100:8 --json", ["offers", "--gpu", "H100:8", "--json"]),
+                            ("dstack ps (an empty store)", ["ps"]),
+                            ("dstack apply --dry-run (hello)", [*HELLO[2:5], "--dry-run"]),
+                            ("dstack apply -y (hello, local)", HELLO[2:])):
             spent = best_cpu([sys.executable, "-m", "cli.main", *argv], args.runs, env, ROOT)
             print(f"  {label:<35} {spent * 1000:7.1f} ms  {spent / bare:4.1f}x python -c pass")
 

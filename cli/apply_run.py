@@ -88,7 +88,7 @@ def _wait_owner_gone(record, timeout: float = 30) -> None:
     name is taken over only once it is gone (or after `timeout`)."""
     import time
 
-    from provisioner.runs.teardown import run_owner_alive
+    from provisioner.runs.looked_after import run_owner_alive
 
     deadline = time.monotonic() + timeout
     while run_owner_alive(record) and time.monotonic() < deadline:

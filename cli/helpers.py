@@ -28,12 +28,12 @@ def repeat_until_ctrl_c(render, interval: float = WATCH_INTERVAL_S) -> None:
         pass
 
 
-def run_session():
+def run_session(store=None):
     from cli.run_session import session_for
     from configuration.backends import load_config
     from provisioner.store.store import StateStore
 
-    return session_for(load_config(), StateStore())
+    return session_for(load_config(), store or StateStore())
 
 
 def find_run(session, name: str):
@@ -53,28 +53,25 @@ def node_host(session, record, rank: int) -> Optional[dict]:
     return jobs[rank].host if rank < len(jobs) else record.host
 
 
-def jobs_json(session, record) -> list:
+def jobs_json(store, record) -> list:
     """A run's jobs, one per node: where each runs, its status and exit code; ports are forwarded from node 0.
     A run that never got a host has one job, without one."""
     from provisioner.host.access import HostAccess
-    from provisioner.jobs.run_jobs import run_jobs
     from provisioner.store.records import JobRecord
 
-    jobs = run_jobs(session.store, record, to_reach=False) or [
+    jobs = store.recorded_jobs(record) or [
         JobRecord(run=record.name, rank=0, status=record.status, exit_code=record.exit_code)]
     return [{**job.summary(HostAccess.from_json(job.host).description if job.host else None),
              "ports": (record.ports or []) if job.rank == 0 else [], "attempts": record.attempts} for job in jobs]
 
 
-def run_json(session, record, now: float) -> dict:
+def run_json(store, record, now: float) -> dict:
     """One run as `dstack ps --json` and `dstack run get NAME --json` print it."""
-    from provisioner.runs.dev_environments import with_dev_environment
-
-    from provisioner.runs.interruptions import submissions
+    from provisioner.runs.listing import submissions, with_dev_environment
 
     return with_dev_environment({**record.summary(now), "gpu": _gpu_or_none(record.offer),
-                                 "jobs": jobs_json(session, record),
-                                 "submissions": submissions(session.store, record)}, record)
+                                 "jobs": jobs_json(store, record),
+                                 "submissions": submissions(store, record)}, record)
 
 
 def gpu_cell(offer: Optional[dict]) -> str:
@@ -123,18 +120,23 @@ def delete_run(session, name: str) -> None:
     remove_run_folder(name)  # its output, arrival times and diagnostics: the next run of the name has its own alone
 
 
-def expire_idle_fleets(ask_cloud: bool = False) -> None:
+def expire_idle_fleets(ask_cloud: bool = False, store=None) -> None:
     """What the next `dstack` command does for cloud fleets (no server does it): first each fleet is repaired and
     kept at its `nodes` minimum (provisioner.backends.fleet_upkeep; `ask_cloud`: whether each idle instance's VM is
-    asked about), then instances idle past their idle_duration are destroyed."""
+    asked about), then instances idle past their idle_duration are destroyed. Without a cloud fleet there is
+    nothing to do: the configuration and the cloud backend are not imported (`dstack ps`'s start-up)."""
+    from provisioner.store.store import StateStore
+
+    store = store or StateStore()
+    if not store.list_cloud_fleets():
+        return
     from cli.run_session import make_reporter
     from configuration.backends import load_config
     from provisioner.backends.cloud_fleets import expire_idle_fleets as expire
     from provisioner.backends.fleet_upkeep import keep_fleets
-    from provisioner.store.store import StateStore
 
     reporter = make_reporter()
-    store, config = StateStore(), load_config()
+    config = load_config()
     keep_fleets(store, config, reporter.step, reporter.info, ask_cloud)
     expire(store, config, reporter.step, reporter.info)
 

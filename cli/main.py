@@ -8,9 +8,11 @@ import os
 import sys
 
 from cli import COMPLETE_VAR
+from cli.pydantic_plugins import load_none
 
 
 def main() -> None:
+    load_none()  # before anything imports pydantic (cli.pydantic_plugins)
     argv = sys.argv[1:]
     if argv[:1] and argv[0] in ("offer", "offers", "ps") and COMPLETE_VAR not in os.environ:
         from cli.output import user_errors

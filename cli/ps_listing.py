@@ -34,11 +34,27 @@ def answer_ps(argv: List[str]) -> bool:
 
 
 def list_runs(all_runs: bool, last: Optional[int], verbose: bool, watch: bool, as_json: bool, mine: bool) -> None:
-    session = run_session()
+    from provisioner.store.store import StateStore
+
+    store = StateStore()
     if watch:
-        repeat_until_ctrl_c(lambda: _print_runs(session, all_runs, last, verbose, as_json, mine))
+        repeat_until_ctrl_c(lambda: _print_runs(store, all_runs, last, verbose, as_json, mine))
     else:
-        _print_runs(session, all_runs, last, verbose, as_json, mine)
+        _print_runs(store, all_runs, last, verbose, as_json, mine)
+
+
+def _active_runs(store) -> list:
+    """The active runs, newest first, once reconciled (provisioner.runs.reconcile): only when one of them is looked
+    after by no live dstack process are the reconciliation's modules (teardown, the cloud backend, the run session's
+    configuration) imported; a `ps` with nothing to finish reads the store alone."""
+    from provisioner.runs.looked_after import looked_after
+
+    active = store.list_runs(active_only=True)
+    if all(looked_after(record) for record in active):
+        return active
+    from provisioner.runs.reconcile import reconcile
+
+    return [record for record in reconcile(run_session(store)) if record.active]
 
 
 def _age(seconds: float) -> str:
@@ -65,23 +81,22 @@ def _runs(store, active: list, all_runs: bool, last: Optional[int], mine: bool, 
     return owned(store.list_runs(limit=None if mine else 1))[:1]
 
 
-def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool, mine: bool) -> None:
-    from provisioner.runs.interruptions import submissions
-    from provisioner.runs.reconcile import reconcile
-
+def _print_runs(store, all_runs: bool, last: Optional[int], verbose: bool, as_json: bool, mine: bool) -> None:
     now = time.time()
-    active = [record for record in reconcile(session) if record.active]
-    expire_idle_fleets()  # after reconcile, whose teardowns hand instances back idle
-    _warn_of_unknown_jobs(session.store, active)
-    records = _runs(session.store, active, all_runs, last, mine, as_json)
+    active = _active_runs(store)
+    expire_idle_fleets(store=store)  # after reconcile, whose teardowns hand instances back idle
+    _warn_of_unknown_jobs(store, active)
+    records = _runs(store, active, all_runs, last, mine, as_json)
     if as_json:  # our contract: the active runs unless -a or -n
-        print_json({"runs": [run_json(session, r, now) for r in records]})
+        print_json({"runs": [run_json(store, r, now) for r in records]})
         return
     from rich.table import Table
     from rich.text import Text
 
+    if verbose:
+        from provisioner.runs.listing import submissions
     table = Table(box=None, header_style="bold")
-    team = session.store.team is not None  # a team database: whose each run is
+    team = store.team is not None  # a team database: whose each run is
     columns = ["NAME"] + (["USER"] if team else []) + ["STATUS", "BACKEND", "REGION", "INSTANCE", "GPU", "$/HOUR",
                                                        "COST", "AGE"]
     for column in columns + (["ERROR", "JOB", "HOST", "JOB STATUS", "PORTS", "EXIT"] if verbose else []):
@@ -94,12 +109,12 @@ def _print_runs(session, all_runs: bool, last: Optional[int], verbose: bool, as_
             table.add_row(*row)
             continue
         row.append(Text(r.reason or "-"))  # as written: no markup, no :emoji: codes
-        for job in jobs_json(session, r):  # the run's row, then one row per further node
+        for job in jobs_json(store, r):  # the run's row, then one row per further node
             table.add_row(*row, str(job["node"]), job["host"] or "-", job["status"],
                           ", ".join(f"localhost:{a}->{b}" for a, b in job["ports"]) or "-",
                           "-" if job["exit_code"] is None else str(job["exit_code"]))
             row = [""] * (len(columns) + 1)
-        for earlier in submissions(session.store, r)[:-1]:  # attempts that lost their instances, one row each
+        for earlier in submissions(store, r)[:-1]:  # attempts that lost their instances, one row each
             table.add_row(*row, f"attempt {earlier['submission']}", Text(earlier["hosts"] or "-"),
                           Text(f"{earlier['status']} ({earlier['reason']})"), "-", "-")
     console = stdout_console()

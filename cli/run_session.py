@@ -147,7 +147,7 @@ def run_and_report(config, store, hosts, run_name, resolved, offers, source: Pat
     if as_json:
         from cli.output import print_json
 
-        from provisioner.runs.dev_environments import with_dev_environment
+        from provisioner.runs.listing import with_dev_environment
 
         print_json({"run": with_dev_environment(record.summary(time.time()), record)})
     if detach:

@@ -12,6 +12,7 @@ import getpass
 import os
 import re
 import secrets
+from pathlib import Path
 from typing import Optional
 
 from configuration.errors import ConfigurationError
@@ -23,14 +24,21 @@ OWNER_ID = re.compile(r"^[0-9a-f]{8}$")
 def owner_id() -> str:
     path = dstack_home() / "owner"
     if not path.exists():
+        import tempfile  # once per home
+
         private_dir(path.parent)
+        # written whole under a name of its own (0600), then linked in place: a process starting at the same time
+        # never reads the file made but not yet written (an O_EXCL create and then a write let it read it empty)
+        fd, draft_name = tempfile.mkstemp(prefix=".owner.", dir=path.parent)
+        draft = Path(draft_name)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(4) + "\n")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(draft, path)
         except FileExistsError:  # another dstack process made it first
             pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(4) + "\n")
+        finally:
+            draft.unlink()
     value = path.read_text().strip()
     if not OWNER_ID.match(value):
         raise ConfigurationError(f"{path} holds {value[:20]!r}, not an owner id (8 hex digits); it names this "

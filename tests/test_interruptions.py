@@ -6,7 +6,8 @@ import time
 from offers.catalog import InstanceType
 from offers.offer import Offer
 from provisioner.runs import interruptions
-from provisioner.runs.interruptions import ZoneBlocks, submissions
+from provisioner.runs.interruptions import ZoneBlocks
+from provisioner.runs.listing import submissions
 from provisioner.store.records import RunRecord
 from provisioner.store.statuses import RunStatus
 from provisioner.store.store import StateStore

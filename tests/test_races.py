@@ -270,3 +270,31 @@ def test_detached_applies_and_parallel_ps_leave_every_job_running(tmp_path, dsta
     finally:
         for pgid in pgids:
             kill_group(pgid)
+
+
+
+def test_an_owner_id_being_made_by_another_process_is_read_whole(dstack_home, monkeypatch):
+    """The first command in a new $DSTACK_HOME makes its owner id; another starting at that moment (here a thread,
+    while the first is held between making the file and writing it) reads an id, the same, never an empty file."""
+    import secrets
+
+    from configuration.owner import owner_id
+
+    made = threading.Event()
+    token_hex = secrets.token_hex
+
+    def held_token(size):
+        if not made.is_set():  # the first maker: held while the second looks
+            made.set()
+            time.sleep(0.5)
+        return token_hex(size)
+
+    monkeypatch.setattr(secrets, "token_hex", held_token)
+    first = {}
+    maker = threading.Thread(target=lambda: first.update(id=owner_id()))
+    maker.start()
+    assert made.wait(10)
+    second = owner_id()
+    maker.join()
+    assert first["id"] == second and len(second) == 8
+    assert [p.name for p in dstack_home.iterdir() if p.name.startswith(".owner")] == []  # no draft left behind

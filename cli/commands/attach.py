@@ -131,8 +131,9 @@ def _open_entry(session, record, access):
     environment's session held while attached."""
     from provisioner.runs import dev_environments
     from provisioner.runs.attach import open_task_entry
+    from provisioner.runs.listing import is_dev_environment
 
-    if not dev_environments.is_dev_environment(record.configuration or {}):
+    if not is_dev_environment(record.configuration or {}):
         open_task_entry(record.name, access, session.reporter.info)
         return None
     dev_environments.reopen_entry(session.store, record, access, session.reporter.info)

@@ -241,7 +241,7 @@ def run(
 
     reconcile(session)  # as `dstack ps` does: a run whose job ended shows as ended
     record = find_run(session, name)
-    document = run_json(session, record, time.time())
+    document = run_json(session.store, record, time.time())
     if as_json:
         print_json({"run": document})
         return

@@ -1,6 +1,7 @@
 """How to reach a run's host again, from the run record: this machine, or SSH with the key and host key to use.
 
 Only paths and public keys are stored; a cloud run's private key lives in its own 0600 file under `$DSTACK_HOME`.
+The SSH module is imported when a host is reached over SSH: `dstack ps` reaches this machine alone.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from configuration.home import dstack_home
-from provisioner.host.ssh import SSHTarget, connect
 from provisioner.host.transport import LocalTransport, Transport
 
 
@@ -40,6 +40,8 @@ class HostAccess:
         return f"{self.user}@{self.hostname}:{self.port}" + (f" (via {self.proxy_jump})" if self.proxy_jump else "")
 
     def ssh_target(self):
+        from provisioner.host.ssh import SSHTarget
+
         proxy = self.proxy_access()
         return SSHTarget(hostname=self.hostname, port=self.port, user=self.user or "root",
                          identity_file=self.identity_file, host_key=self.host_key,
@@ -62,6 +64,7 @@ class HostAccess:
             return LocalTransport(str(dstack_home() / "jobs"))
 
         from provisioner.host.keeper_client import connect_kept
+        from provisioner.host.ssh import connect
 
         target = self.ssh_target()
         booting = booting and bool(self.host_key)

@@ -12,7 +12,7 @@ from provisioner.host.transport import Transport, TransportError
 from provisioner.jobs import dev_env
 from provisioner.jobs.cluster_ssh import job_files
 from provisioner.jobs.launch import MONITOR_SCRIPT, OUTPUT_SIZES, start_command, stop_command
-from provisioner.jobs.layout import BEGUN_FILE, JOBS_ROOT, job_folder, parse_exit_code
+from provisioner.jobs.layout import BEGUN_FILE, job_folder, parse_exit_code
 from provisioner.jobs.script import ASKPASS_SCRIPT, GIT_PASSWORD_VAR, GIT_USERNAME_VAR, JobSpec, env_file, job_script
 from provisioner.jobs.spot_notice import NOTICE_SCRIPT, NOTICE_SCRIPT_NAME, notice_read, parse_notice
 from provisioner.jobs.uploads import archive_stream, git_credentials
@@ -180,19 +180,6 @@ def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
     if state == "exited":
         return "exited", parse_exit_code(code)
     return state or "missing", None
-
-
-def running_jobs(transport: Transport) -> List[Tuple[str, int]]:
-    """(run name, process group) of every job on the host that is still running, whichever store knows it."""
-    result = transport.run(f"cd {JOBS_ROOT} 2>/dev/null || exit 0; for d in */; do n=${{d%/}}; "
-                           '[ -f "$n/exit_code" ] && continue; p=$(cat "$n/pid" 2>/dev/null); '
-                           '[ -n "$p" ] && kill -0 -"$p" 2>/dev/null && echo "$p $n"; done; exit 0', timeout=30)
-    jobs = []
-    for line in result.text.splitlines():
-        pgid, _, name = line.partition(" ")
-        if pgid.isdigit() and name:
-            jobs.append((name, int(pgid)))
-    return sorted(jobs)
 
 
 def stop_job(transport: Transport, run_name: str, grace: Optional[int] = 10) -> Optional[int]:

@@ -1,5 +1,6 @@
 """Jobs still running on a host that no run record knows (the store was lost or damaged, or a record deleted):
-found by their job folders, so that the user hears of each one, by name, with the way to stop it."""
+found by their job folders, so that the user hears of each one, by name, with the way to stop it. Each `dstack ps`
+searches this machine: the module imports no more than reaching a host needs."""
 
 from __future__ import annotations
 
@@ -7,10 +8,24 @@ import concurrent.futures
 from typing import List, Sequence, Tuple
 
 from provisioner.host.access import HostAccess
-from provisioner.jobs.control import running_jobs
+from provisioner.host.transport import Transport
+from provisioner.jobs.layout import JOBS_ROOT
 from provisioner.store.errors import StoreDamaged
 
 SEARCH_WAIT_S = 10.0  # per host: an unreachable host is reported, not waited for
+
+
+def running_jobs(transport: Transport) -> List[Tuple[str, int]]:
+    """(run name, process group) of every job on the host that is still running, whichever store knows it."""
+    result = transport.run(f"cd {JOBS_ROOT} 2>/dev/null || exit 0; for d in */; do n=${{d%/}}; "
+                           '[ -f "$n/exit_code" ] && continue; p=$(cat "$n/pid" 2>/dev/null); '
+                           '[ -n "$p" ] && kill -0 -"$p" 2>/dev/null && echo "$p $n"; done; exit 0', timeout=30)
+    jobs = []
+    for line in result.text.splitlines():
+        pgid, _, name = line.partition(" ")
+        if pgid.isdigit() and name:
+            jobs.append((name, int(pgid)))
+    return sorted(jobs)
 
 
 def _where(access: HostAccess) -> str:

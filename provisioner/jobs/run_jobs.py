@@ -26,7 +26,7 @@ from provisioner.jobs.nodes import on_every_node, startup_waves
 from provisioner.jobs.script import JobSpec
 from provisioner.store.records import JobRecord, RunRecord
 from provisioner.store.run_files import append_times, local_log_path
-from provisioner.store.statuses import RUNNING, JobStatus, RunStatus
+from provisioner.store.statuses import JobStatus, RunStatus
 from provisioner.store.store import StateStore
 
 JOB_SETTLE_S = 0.5  # between a job's end and its exit code being written
@@ -70,16 +70,13 @@ def job_final_status(code: Optional[int]) -> JobStatus:
     return JobStatus(str(exit_status(code)[0]))
 
 
-def run_jobs(store: StateStore, record: RunRecord, to_reach: bool = True) -> List[JobRecord]:
-    """The run's jobs; a run recorded before jobs existed has one, on its host. In a team database, hosts reached
-    with a key dstack made under another laptop's home (a teammate's run, or an instance of a teammate's cloud
-    fleet) get its sealed copy, unsealed into this home (provisioner.jobs.team_keys), unless they are only listed
-    (`to_reach` false: `dstack ps` shows a teammate's run without the team key)."""
-    jobs = store.list_jobs(record.name)
-    if not jobs and record.host:
-        jobs = [JobRecord(run=record.name, rank=0, status=JobStatus.RUNNING if record.status in RUNNING
-                          else JobStatus.PROVISIONING, host=record.host, started_at=record.started_at)]
-    if not to_reach or store.team is None:
+def run_jobs(store: StateStore, record: RunRecord) -> List[JobRecord]:
+    """The run's jobs to reach (StateStore.recorded_jobs). In a team database, hosts reached with a key dstack made
+    under another laptop's home (a teammate's run, or an instance of a teammate's cloud fleet) get its sealed copy,
+    unsealed into this home (provisioner.jobs.team_keys); `dstack ps`, which only lists them, reads
+    StateStore.recorded_jobs and needs no team key."""
+    jobs = store.recorded_jobs(record)
+    if store.team is None:
         return jobs
     return [dataclasses.replace(job, host=reachable(store, record, job.host)) for job in jobs]
 

@@ -35,7 +35,8 @@ from provisioner.jobs.cluster_ssh import host_keys
 from provisioner.jobs.layout import parse_exit_code
 from provisioner.jobs.run_jobs import exit_status
 from provisioner.jobs.team_keys import seal_home_key, unsealed_home_key
-from provisioner.runs.ssh_entries import SSHEntry, add_entry, has_entry, remove_entry
+from provisioner.runs.listing import info_path
+from provisioner.runs.ssh_entries import SSHEntry, add_entry, remove_entry
 from provisioner.store.run_files import run_folder
 from provisioner.store.store import StateStore
 
@@ -44,16 +45,6 @@ READY_POLL_S = 0.5
 
 def key_path(run_name: str) -> Path:
     return run_folder(run_name) / "ssh_key"
-
-
-def info_path(run_name: str) -> Path:
-    return run_folder(run_name) / "dev_environment.json"
-
-
-def is_dev_environment(configuration) -> bool:
-    """A configuration model or a run record's configuration JSON."""
-    kind = configuration.get("type") if isinstance(configuration, dict) else getattr(configuration, "type", None)
-    return kind == "dev-environment"
 
 
 def make_key(run_name: str, store: StateStore) -> str:
@@ -136,22 +127,6 @@ def reopen_entry(store: StateStore, record, access: HostAccess, report: Callable
                           f"again; `dstack stop {run_name}` ends the run")
     folder = wait_ready(access, run_name, report)
     return open_entry(run_name, access, configuration, folder, report)
-
-
-def with_dev_environment(document: dict, record) -> dict:
-    """A run's JSON (`ps --json`, `apply --json`), with a dev environment's `dev_environment` added."""
-    if is_dev_environment(record.configuration or {}):
-        document["dev_environment"] = dev_environment_json(record.name, record.active)
-    return document
-
-
-def dev_environment_json(run_name: str, active: bool) -> dict:
-    """What `dstack ps --json` shows of a dev environment: its entry (while there is one) and the IDE's link."""
-    info = json.loads(info_path(run_name).read_text()) if info_path(run_name).exists() else {}
-    if not (active and has_entry(run_name)):
-        info["ssh_host"] = None
-    return {"ssh_host": info.get("ssh_host"), "path": info.get("path"), "ide": info.get("ide"),
-            "ide_url": info.get("ide_url"), "inactivity_duration": info.get("inactivity_duration")}
 
 
 def close(run_name: str, hosts, report: Callable[[str], None]) -> None:

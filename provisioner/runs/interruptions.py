@@ -193,21 +193,3 @@ def back_to_submitted(session: RunSession, run_name: str, offer: Offer, blocks: 
     store.add_event(run_name, "resubmitted", f"attempt {attempt + 1}: the offers are tried again{blocked}")
     session.reporter.info(f"{run_name}: retrying on interruption: attempt {attempt + 1}{blocked}")
     return True
-
-
-def submissions(store, record: RunRecord) -> List[dict]:
-    """The run's attempts on hosts, from its events: one per start on newly provisioned hosts (`started`), each
-    ended by the loss of its instances or, the last, as the run stands."""
-    found: List[dict] = []
-    for event in store.list_events(record.name):
-        if event["kind"] == "started":
-            hosts = event["message"].removeprefix("job started on ").split(" (attempt ")[0]
-            found.append({"submission": len(found) + 1, "started_at": event["at"], "hosts": hosts, "status": None,
-                          "reason": None})
-        elif event["kind"] in ("interrupted", "instance-lost") and found:
-            interrupted = event["kind"] == "interrupted"
-            found[-1].update(status=RunStatus.TERMINATED if interrupted else RunStatus.FAILED,
-                             reason="interrupted" if interrupted else event["message"].split(": ", 1)[-1])
-    if found and found[-1]["status"] is None:
-        found[-1].update(status=record.status, reason=record.reason)
-    return found

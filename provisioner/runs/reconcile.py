@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from typing import List, Optional, Tuple
 
-from configuration.owner import another_homes
 from provisioner.host.access import HostAccess
 from provisioner.host.transport import TransportError
 from provisioner.jobs.layout import TIMED_OUT, EndedByDstack, recorded_exit_code
@@ -16,8 +15,9 @@ from provisioner.jobs.spot_notice import read_notice
 from provisioner.runs.interruptions import (Interrupted, end_lost, lost_instances, may_have_notice, notice_losses,
                                             record_loss)
 from provisioner.runs.job_specs import recorded_stop_grace
+from provisioner.runs.looked_after import looked_after
 from provisioner.runs.session import RunSession
-from provisioner.runs.teardown import finish_run, run_owner_alive, stop_jobs
+from provisioner.runs.teardown import finish_run, stop_jobs
 from provisioner.store.records import RunRecord
 from provisioner.store.statuses import RUNNING, STARTING, JobStatus, RunStatus
 
@@ -29,7 +29,7 @@ def reconcile(session: RunSession) -> List[RunRecord]:
     thousands)."""
     active = session.store.list_runs(active_only=True)
     for record in active:
-        if _looked_after(record):
+        if looked_after(record):
             continue
         try:
             _reconcile_one(session, record)
@@ -38,16 +38,6 @@ def reconcile(session: RunSession) -> List[RunRecord]:
     now = {record.name: record for record in session.store.list_runs(active_only=True)}
     after = [now.get(record.name) or session.store.get_run(record.name) for record in active]
     return [record for record in after if record is not None]
-
-
-def _looked_after(record: RunRecord) -> bool:
-    """Whether a live dstack process looks after the run: an attached owner until the run ends, a detached one
-    until it has started the job (or, stopped meanwhile, torn the run down). A teammate's run (a team database) is
-    its owner's to look after, which this machine cannot ask, but for a detached job already running on a host
-    this machine reaches too: its end is recorded by whichever laptop sees it first."""
-    if another_homes(record.owner_id):
-        return not (record.detached and record.status in RUNNING and (record.host or {}).get("kind") != "local")
-    return run_owner_alive(record) and (not record.detached or record.status not in RUNNING)
 
 
 def _reconcile_one(session: RunSession, record: RunRecord) -> None:

@@ -14,7 +14,8 @@ from provisioner.jobs.cluster_ssh import revoke_everywhere
 from provisioner.jobs.run_jobs import RunJobs, run_jobs
 from provisioner.runs import dev_environments
 from provisioner.runs.job_specs import recorded_stop_grace
-from provisioner.host.owner import owner_alive
+from provisioner.runs.listing import is_dev_environment
+from provisioner.runs.looked_after import run_owner_alive
 from provisioner.runs.session import RunSession
 from provisioner.runs.ssh_entries import remove_entry
 from provisioner.store.records import RunRecord
@@ -36,7 +37,7 @@ def finish_run(session: RunSession, name: str, status: RunStatus, reason: Option
     outlive = record.backend == "ssh" or any(i.run == name for i in store.list_instances())
     if len(jobs) > 1 and outlive:
         revoke_everywhere(store, name, [HostAccess.from_json(job.host) for job in jobs], session.reporter.info)
-    if dev_environments.is_dev_environment(record.configuration or {}):
+    if is_dev_environment(record.configuration or {}):
         dev_environments.close(name, [HostAccess.from_json(job.host) for job in jobs if job.host] if outlive else [],
                                session.reporter.info)
     else:
@@ -89,12 +90,6 @@ def wait_final(store: StateStore, name: str, timeout: float = 600, while_owner: 
         time.sleep(0.2)
         record = store.get_run(name)
     return record
-
-
-def run_owner_alive(record: RunRecord) -> bool:
-    """Whether the dstack process that owns the run (its pid and start time, provisioner.host.owner) still lives.
-    A teammate's run's owner lives on another machine: its pid means nothing here, and counts as gone."""
-    return not another_homes(record.owner_id) and owner_alive(record.owner_pid, record.owner_started)
 
 
 def stop_jobs(session: RunSession, run_name: str, jobs: Optional[RunJobs] = None,

@@ -11,7 +11,7 @@ from configuration.errors import ConfigurationError, DstackError
 from provisioner.store.connection import Damage, StoreFile, load_json, owner, read_again, stored_status
 from provisioner.store.errors import Conflict
 from provisioner.store.records import JobRecord, RunRecord
-from provisioner.store.statuses import ACTIVE, JobStatus, RunStatus
+from provisioner.store.statuses import ACTIVE, RUNNING, JobStatus, RunStatus
 
 _JSON_FIELDS = {"host": dict, "stack": dict, "offer": dict, "ports": list, "attempts": list, "configuration": dict}
 _NUMBER_FIELDS = ("submitted_at", "started_at", "finished_at", "price", "exit_code", "owner_pid", "owner_started",
@@ -135,6 +135,14 @@ class RunTables(StoreFile):
             rows = db.execute("SELECT run, rank, status, host, exit_code, started_at, finished_at FROM jobs "
                               "WHERE run = ? ORDER BY rank", (run,)).fetchall()
             return [self._job(run, row) for row in rows]
+
+    def recorded_jobs(self, record: RunRecord) -> List[JobRecord]:
+        """The run's jobs as recorded; a run recorded before jobs existed has one, on its host (none without one)."""
+        jobs = self.list_jobs(record.name)
+        if not jobs and record.host:
+            jobs = [JobRecord(run=record.name, rank=0, status=JobStatus.RUNNING if record.status in RUNNING
+                              else JobStatus.PROVISIONING, host=record.host, started_at=record.started_at)]
+        return jobs
 
     @staticmethod
     def _job(run: str, row: tuple) -> JobRecord:
