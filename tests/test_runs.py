@@ -146,14 +146,20 @@ def test_max_duration_stops_the_run(tmp_path, home_env):
 def test_a_commands_own_reserved_exit_code_is_a_failure(tmp_path, home_env, code):
     """121, 122 and 124 are what dstack gives a job it ends by inactivity_duration, utilization_policy and
     max_duration; the same number exited by the commands is a failure (retried on error), attached or read later."""
-    marker = tmp_path / "first-try-done"
-    conf = write(tmp_path, "c.dstack.yml", f"type: task\nname: own-{code}\nmax_duration: 1h\n"
-                 "retry: {on_events: [error], duration: 1m}\n"
-                 f"commands: ['if [ ! -f {marker} ]; then touch {marker}; exit {code}; fi', 'exit {code}']\n")
-    result = run_cli("apply", "-f", conf, "-y", env=home_env)
-    assert result.returncode == code and "running it again" in result.stderr, result.stderr
+    attached = write(tmp_path, "a.dstack.yml", f"type: task\nname: own-{code}\nmax_duration: 1h\n"
+                     f"commands: ['exit {code}']\n")
+    result = run_cli("apply", "-f", attached, "-y", env=home_env)
+    assert result.returncode == code, result.stderr
     run = ps(home_env)[f"own-{code}"]
     assert (run["status"], run["reason"], run["exit_code"]) == ("failed", f"exit code {code}", code)
+
+    marker = tmp_path / "first-try-done"
+    retried = write(tmp_path, "r.dstack.yml", f"type: task\nname: own-{code}-r\nmax_duration: 1h\n"
+                    "retry: {on_events: [error], duration: 1m}\n"
+                    f"commands: ['if [ ! -f {marker} ]; then touch {marker}; exit {code}; fi', 'echo again']\n")
+    result = run_cli("apply", "-f", retried, "-y", env=home_env)
+    assert result.returncode == 0 and result.stdout == "again\n", result.stderr
+    assert f"the job failed with exit code {code}; running it again" in result.stderr, result.stderr
 
     detached = write(tmp_path, "d.dstack.yml", f"type: task\nname: own-{code}-d\nmax_duration: 1h\n"
                      f"commands: ['sleep 0.5', 'exit {code}']\n")
