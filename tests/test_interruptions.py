@@ -93,3 +93,36 @@ def test_a_log_read_brings_the_hosts_notice_with_the_exit_code(tmp_path):
     (folder / "exit_code").write_text("124 max_duration\n")  # a code dstack gave, told apart with a notice too
     assert isinstance(read_log(transport, "r", 0).exit_code, EndedByDstack)
     assert read_notice(transport, "gone") is None
+
+
+def test_ps_asks_the_cloud_after_a_short_try_of_a_cloud_runs_hosts(monkeypatch):
+    """A cloud run's host that does not answer within FIRST_REACH_S: the cloud is asked, and a VM it says is gone
+    ends the attempt then; a VM it says still runs gets the rest of the wait. A run on hosts of its own: one wait."""
+    import pytest
+
+    from provisioner.host.transport import TransportError
+    from provisioner.runs import reconcile
+    from stacks.losses import InstanceLoss
+
+    waits, answers = [], []
+
+    def no_answer(session, record, wait):
+        waits.append(wait)
+        raise TransportError("no answer")
+
+    monkeypatch.setattr(reconcile, "_ended_jobs", no_answer)
+    monkeypatch.setattr(reconcile, "lost_instances", lambda session, name: answers.pop(0))
+    gone = InstanceLoss("i-1", True, "taken back by EC2")
+    answers[:] = [[gone]]
+    assert reconcile._outcome_or_losses(None, RunRecord(name="r", status="running", submitted_at=1.0, backend="aws")) == (None, [gone])
+    assert waits == [reconcile.FIRST_REACH_S]
+    waits.clear()
+    answers[:] = [[], []]  # the cloud says the VM runs: its host gets the rest, then the error stands
+    with pytest.raises(TransportError):
+        reconcile._outcome_or_losses(None, RunRecord(name="r", status="running", submitted_at=1.0, backend="aws"))
+    assert waits == [reconcile.FIRST_REACH_S, reconcile.REACH_S - reconcile.FIRST_REACH_S]
+    waits.clear()
+    answers[:] = [[]]
+    with pytest.raises(TransportError):
+        reconcile._outcome_or_losses(None, RunRecord(name="r", status="running", submitted_at=1.0, backend="ssh"))
+    assert waits == [reconcile.REACH_S]

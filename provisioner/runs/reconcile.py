@@ -12,14 +12,15 @@ from provisioner.host.transport import TransportError
 from provisioner.jobs.layout import TIMED_OUT, EndedByDstack, recorded_exit_code
 from provisioner.jobs.run_jobs import RunJobs, copy_log, exit_status, run_jobs, run_outcome, settled_job_state
 from provisioner.jobs.spot_notice import read_notice
-from provisioner.runs.interruptions import (Interrupted, end_lost, lost_instances, may_have_notice, notice_losses,
-                                            record_loss)
+from provisioner.runs.interruptions import (CLOUD_BACKENDS, Interrupted, end_lost, lost_instances, may_have_notice,
+                                            notice_losses, record_loss)
 from provisioner.runs.job_specs import recorded_stop_grace
 from provisioner.runs.looked_after import looked_after
 from provisioner.runs.session import RunSession
 from provisioner.runs.teardown import finish_run, stop_jobs
 from provisioner.store.records import RunRecord
 from provisioner.store.statuses import RUNNING, STARTING, JobStatus, RunStatus
+from stacks.losses import InstanceLoss
 
 
 def reconcile(session: RunSession) -> List[RunRecord]:
@@ -53,16 +54,7 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
         finish_run(session, record.name, RunStatus.TERMINATED, record.reason or "interrupted while terminating",
                    record.exit_code)
         return
-    try:
-        outcome = _ended_jobs(session, record)
-    except Interrupted as noticed:  # a host had its cloud's spot interruption notice: the VM is being taken back
-        losses = noticed.losses
-    except TransportError:  # a VM the cloud took back, or that ended itself, ends its run here
-        losses = lost_instances(session, record.name)
-        if not losses:
-            raise
-    else:
-        losses = []
+    outcome, losses = _outcome_or_losses(session, record)
     if losses:
         attempt = 1 + sum(e["kind"] == "resubmitted" for e in store.list_events(record.name))
         record_loss(session, record.name, losses, attempt)
@@ -75,7 +67,32 @@ def _reconcile_one(session: RunSession, record: RunRecord) -> None:
             finish_run(session, record.name, status, reason, code)
 
 
-def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, Optional[str], Optional[int]]]:
+REACH_S = 20.0  # how long `dstack ps` tries a running job's host
+FIRST_REACH_S = 5.0  # a cloud run's hosts first: then the cloud is asked whether the VMs still run
+
+
+def _outcome_or_losses(session: RunSession, record: RunRecord) -> Tuple[Optional[Tuple], List[InstanceLoss]]:
+    """(_ended_jobs' outcome, []), or (None, the instances the run lost): a host's spot interruption notice, or a
+    host that does not answer whose VM the cloud says is gone. A cloud run's hosts are tried for FIRST_REACH_S, then
+    the cloud is asked, and only hosts whose VMs still run get the rest of REACH_S: a VM taken back costs `ps` a
+    few seconds, not the whole wait."""
+    waits = [FIRST_REACH_S, REACH_S - FIRST_REACH_S] if record.backend in CLOUD_BACKENDS else [REACH_S]
+    while True:
+        wait = waits.pop(0)
+        try:
+            return _ended_jobs(session, record, wait), []
+        except Interrupted as noticed:  # a host had its cloud's spot interruption notice: the VM is being taken back
+            return None, noticed.losses
+        except TransportError:  # a VM the cloud took back, or that ended itself, ends its run here
+            losses = lost_instances(session, record.name)
+            if losses:
+                return None, losses
+            if not waits:
+                raise
+
+
+def _ended_jobs(session: RunSession, record: RunRecord, wait: float
+                ) -> Optional[Tuple[str, Optional[str], Optional[int]]]:
     """Asks each running job's host how it stands and records those that ended (their logs copied); once the run
     is over by its stop criteria, a failed node or max_duration, stops the others and returns (status, reason,
     exit code); else None. Raises Interrupted where a cloud run's host had the spot interruption notice."""
@@ -89,7 +106,7 @@ def _ended_jobs(session: RunSession, record: RunRecord) -> Optional[Tuple[str, O
         for job in recorded:
             if job.status.is_finished():
                 continue
-            transport = jobs.reach(job.rank, 20, session.reporter.info)
+            transport = jobs.reach(job.rank, wait, session.reporter.info)
             state, code = settled_job_state(transport, record.name)
             if state in ("exited", "missing"):
                 codes[job.rank] = code
