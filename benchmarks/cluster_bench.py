@@ -10,6 +10,8 @@ machine's files, and as root every node's job would read root's login profile, w
 that all of them share (8 logins at once take ~12x one login here), which hosts of a real cluster never do. The
 hosts also share this machine's cores: each node's job start (login shell, Python venv) is CPU work on the same
 2 cores, so the figure grows with N here even where every step runs in parallel.
+Beside each kept figure: the CPU-seconds the whole machine was busy until the last first line (hosts, keepers
+and client), and that as a share of its cores: near 100%, the figure is bound by this machine's CPU.
 
 `--before CHECKOUT` measures another checkout's `dstack apply` (e.g. main before a change) in the same rounds, on
 the same hosts: the machine's load changes by the minute, so only figures from the same rounds compare.
@@ -41,10 +43,17 @@ def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds this machine's cores have spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT) -> tuple:
-    """(seconds to each node's first line, rank order; seconds to the command's end), with the `dstack` of
-    `checkout`."""
-    start = time.perf_counter()
+    """(seconds to each node's first line, rank order; seconds to the command's end; CPU seconds the whole machine
+    was busy until the last first line: hosts, keepers and client together), with the `dstack` of `checkout`."""
+    start, busy_at_start, busy = time.perf_counter(), machine_busy_s(), None
     process = subprocess.Popen([sys.executable, "-m", "cli.main", "apply", "-f", str(conf), "-y", "-n", name],
                                cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     firsts: dict = {}
@@ -59,12 +68,14 @@ def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT)
         for line in lines:
             if b"first line of" in line:
                 firsts.setdefault(int(line.split()[0].strip(b"[]")), time.perf_counter() - start)
+                if busy is None and len(firsts) == nodes:
+                    busy = machine_busy_s() - busy_at_start
     error = process.stderr.read().decode(errors="replace")
     process.wait()
     if process.returncode != 0 or len(firsts) != nodes:
         raise SystemExit(f"run {name} failed (exit {process.returncode}); first lines seen: {sorted(firsts)}\n"
                          f"{error[-1500:]}")
-    return [firsts[rank] for rank in range(nodes)], time.perf_counter() - start
+    return [firsts[rank] for rank in range(nodes)], time.perf_counter() - start, busy
 
 
 def main() -> None:
@@ -113,17 +124,21 @@ def main() -> None:
                     rounds = [("kept", "300", kept, ROOT), ("direct", "0", direct, ROOT)]
                     rounds += [("before", "300", before, Path(args.before))] if args.before else []
                     for label, persist, found, checkout in rounds:
-                        firsts, end = one_run(dict(env, DSTACK_SSH_PERSIST=persist), conf,
-                                              f"bench-{nodes}-{label}-{run}", nodes, checkout)
-                        found.append((max(firsts), end))
-                figures[nodes] = statistics.median(first for first, _ in kept)
-                line = (f"  {nodes:>5}  {figures[nodes]:15.2f}  {statistics.median(end for _, end in kept):5.2f}  |"
-                        f"  {statistics.median(first for first, _ in direct):36.2f}  "
-                        f"{statistics.median(end for _, end in direct):5.2f}")
+                        firsts, end, busy = one_run(dict(env, DSTACK_SSH_PERSIST=persist), conf,
+                                                    f"bench-{nodes}-{label}-{run}", nodes, checkout)
+                        found.append((max(firsts), end, busy))
+                figures[nodes] = statistics.median(first for first, _, _ in kept)
+                line = (f"  {nodes:>5}  {figures[nodes]:15.2f}  {statistics.median(e for _, e, _ in kept):5.2f}  |"
+                        f"  {statistics.median(first for first, _, _ in direct):36.2f}  "
+                        f"{statistics.median(e for _, e, _ in direct):5.2f}")
                 if before:
-                    before_figures[nodes] = statistics.median(first for first, _ in before)
+                    before_figures[nodes] = statistics.median(first for first, _, _ in before)
                     line += (f"  |  {before_figures[nodes]:24.2f}  "
-                             f"{statistics.median(end for _, end in before):5.2f}")
+                             f"{statistics.median(e for _, e, _ in before):5.2f}")
+                busy = statistics.median(b for _, _, b in kept)
+                cores = os.cpu_count() or 1
+                line += (f"   (kept: the machine busy {busy:.2f} CPU-s until the last first line, "
+                         f"{100 * busy / (cores * figures[nodes]):.0f}% of {cores} cores)")
                 print(line)
             if sizes[0] in figures:
                 for nodes in sizes[1:]:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.cloudsim import aws as aws_cloud
-from tests.cloudsim.fixtures import wait_until
+from tests.cloudsim.fixtures import output_of, wait_exit, wait_until
 from tests.cloudsim.tasks import AWS_FLEET, aws_task
 from tests.helpers import write
 
@@ -17,20 +17,6 @@ WINDOW_S = 600  # the notice's window: the scenarios end long before EC2 would t
 SPOT_FLEET = AWS_FLEET.replace("t3a.large", "g4dn.xlarge") + "spot_policy: spot\nidle_duration: 1h\n"  # spot-priced
 ATTEMPTS = ("echo attempt $DSTACK_RUN_ATTEMPT on $(hostname); [ $DSTACK_RUN_ATTEMPT = 1 ] && touch /tmp/started && "
             "sleep 300; echo finished attempt $DSTACK_RUN_ATTEMPT")
-
-
-def _output(process) -> str:
-    process.stdout.seek(0)
-    return process.stdout.read()
-
-
-def _wait(process, seconds: float) -> int:
-    try:
-        return process.wait(seconds)
-    except Exception:
-        process.kill()
-        process.wait(30)
-        raise AssertionError(f"dstack did not end within {seconds}s: {_output(process)[-2000:]}") from None
 
 
 def _instances(cloudsim, home) -> dict:
@@ -52,10 +38,10 @@ def test_a_run_on_a_spot_fleet_instance_with_a_notice_is_retried_on_a_new_instan
                                           "  duration: 1h\n")
     process = cloudsim.start("apply", "-f", run, "-y", home=dstack_home)
     wait_until(lambda: first.vm.file("/tmp/started") is not None, process=process)
-    wait_until(lambda: "attempt 1" in _output(process), process=process)
+    wait_until(lambda: "attempt 1" in output_of(process), process=process)
     cloudsim.aws.reclaim(first, notice_s=WINDOW_S)
-    code = _wait(process, 240)
-    output = _output(process)
+    code = wait_exit(process, 240)
+    output = output_of(process)
     assert code == 0, output
     at = first.extra["spot_notice"]["time"]
     assert f"dstack: spot interruption notice from AWS: terminate at {at}" in output

@@ -10,7 +10,7 @@ import pytest
 
 from tests.cloudsim import aws as aws_cloud
 from tests.cloudsim import gcp as gcp_cloud
-from tests.cloudsim.fixtures import wait_until
+from tests.cloudsim.fixtures import output_of, wait_exit, wait_until
 from tests.cloudsim.tasks import aws_task, gcp_task
 
 pytestmark = pytest.mark.cloudsim
@@ -18,21 +18,6 @@ pytestmark = pytest.mark.cloudsim
 WINDOW_S = 600  # the notice's window: the scenarios end long before the cloud would take the VM back
 ATTEMPTS = ('echo attempt $DSTACK_RUN_ATTEMPT; [ $DSTACK_RUN_ATTEMPT = 1 ] && touch /tmp/started && sleep 300; '
             'echo finished attempt $DSTACK_RUN_ATTEMPT')
-
-
-def _output(process) -> str:
-    process.stdout.seek(0)
-    return process.stdout.read()
-
-
-def _wait(process, seconds: float) -> int:
-    """The process's exit code; killed first (and the test failed) if it runs longer: it waits on the cloud."""
-    try:
-        return process.wait(seconds)
-    except Exception:
-        process.kill()
-        process.wait(30)
-        raise AssertionError(f"dstack did not end within {seconds}s: {_output(process)[-2000:]}") from None
 
 
 def test_an_ec2_spot_notice_retries_the_run_elsewhere_before_the_instance_is_taken_back(
@@ -46,10 +31,10 @@ def test_an_ec2_spot_notice_retries_the_run_elsewhere_before_the_instance_is_tak
     first = wait_until(lambda: cloudsim.world.live("Instance", "aws") and aws_cloud.instance_of(cloudsim.world),
                        process=process)
     wait_until(lambda: first.vm is not None and first.vm.file("/tmp/started") is not None, process=process)
-    wait_until(lambda: "attempt 1" in _output(process), process=process)
+    wait_until(lambda: "attempt 1" in output_of(process), process=process)
     cloudsim.aws.reclaim(first, notice_s=WINDOW_S)
-    code = _wait(process, 240)
-    output = _output(process)
+    code = wait_exit(process, 240)
+    output = output_of(process)
     assert code == 0, output
     at = first.extra["spot_notice"]["time"]
     assert f"dstack: spot interruption notice from AWS: terminate at {at}" in output
@@ -97,10 +82,10 @@ def test_a_gcp_preemption_notice_ends_the_run_terminated_interrupted_before_the_
     instance = wait_until(lambda: cloudsim.world.live("Instance", "gcp") and gcp_cloud.instance_of(cloudsim.world),
                           process=process)
     wait_until(lambda: instance.vm.file("/tmp/started") is not None, process=process)
-    wait_until(lambda: "working" in _output(process), process=process)
+    wait_until(lambda: "working" in output_of(process), process=process)
     cloudsim.gcp.preempt(instance, notice_s=WINDOW_S)
-    code = _wait(process, 120)
-    output = _output(process)
+    code = wait_exit(process, 120)
+    output = output_of(process)
     assert code != 0, output
     assert re.search(r"dstack: spot interruption notice from GCP: preempted at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
                      output), output
@@ -127,8 +112,8 @@ def test_a_preemption_notice_on_one_node_of_a_gcp_cluster_restarts_every_node_el
     wait_until(lambda: all(i.vm is not None and i.vm.file("/tmp/started") is not None for i in first),
                process=process)
     cloudsim.gcp.preempt(first[1], notice_s=WINDOW_S)
-    code = _wait(process, 240)
-    output = _output(process)
+    code = wait_exit(process, 240)
+    output = output_of(process)
     assert code == 0, output
     assert "dstack: spot interruption notice from GCP: preempted at " in output
     assert "finished node 0 attempt 2" in output and "finished node 1 attempt 2" in output

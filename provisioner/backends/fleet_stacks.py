@@ -136,6 +136,23 @@ def update_stack(store: StateStore, config: DstackConfig, fleet: dict, nums: Seq
                                 existing=fleet.get("stack"))
 
 
+def bring_back(store: StateStore, config: DstackConfig, fleet: dict, kept: Sequence[int], added: Sequence[int],
+               report: Callable, log: Callable[[str], None]) -> None:
+    """After an `up` that was to add instances `added` failed (or was cut short): the stack brought back to `kept`
+    (what is left is found again by the next command, `fleet delete` or `dstack gc`), the added instances' rows and
+    host keys removed. The caller holds the stack's lock."""
+    name = fleet["name"]
+    log(f"Fleet {name}: {', '.join(f'#{n}' for n in added)} could not be added; bringing its stack back to the "
+        "instances it had")
+    try:
+        update_stack(store, config, store.get_cloud_fleet(name) or fleet, kept, report)
+    except Exception as e:
+        log(f"warning: fleet {name}: its stack could not be brought back: {str(e).splitlines()[0]}")
+    store.remove_instances(name, list(added))
+    for num in added:
+        host_key_path(name, num).unlink(missing_ok=True)
+
+
 def _host_keys(store: StateStore, name: str, nums: Sequence[int], legacy: int) -> Tuple[HostKey, ...]:
     """Each instance's host key (fleet_host_keys); an instance made before numbering (`legacy`) was made with a key
     that was not kept: the public key recorded with it verifies it, and its user data is never changed
@@ -178,13 +195,7 @@ def grow_fleet(store: StateStore, config: DstackConfig, name: str, run_name: str
         try:
             hosts = update_stack(store, config, fleet, nums, report)
         except BaseException:
-            log(f"Fleet {name}: instance #{num} was not added; bringing its stack back to the instances it had")
-            try:
-                update_stack(store, config, store.get_cloud_fleet(name) or fleet, sorted(taken), report)
-            except Exception as e:  # what is left is found again by the next change, `fleet delete` or `dstack gc`
-                log(f"warning: fleet {name}: its stack could not be brought back: {str(e).splitlines()[0]}")
-            store.remove_instances(name, [num])
-            host_key_path(name, num).unlink(missing_ok=True)
+            bring_back(store, config, fleet, sorted(taken), [num], report, log)
             raise
         host = hosts[nums.index(num)]
         store.set_instance(name, num, InstanceStatus.BUSY, host=host.to_json())

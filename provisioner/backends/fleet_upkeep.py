@@ -24,7 +24,8 @@ from typing import Callable, Dict, List, Optional
 from configuration.backends import DstackConfig
 from provisioner.backends.cloud import CloudBackend
 from provisioner.backends.cloud_fleets import prepare_instance
-from provisioner.backends.fleet_stacks import fleet_offer, fleet_stack_lock, host_key_path, update_stack
+from provisioner.backends.fleet_stacks import (bring_back, fleet_offer, fleet_stack_lock, host_key_path,
+                                                 update_stack)
 from provisioner.planning.reuse import fleet_idle_seconds, fleet_nodes, offer_record
 from provisioner.store.errors import StoreDamaged
 from provisioner.store.records import InstanceRecord
@@ -162,14 +163,7 @@ def _bring_up(store: StateStore, config: DstackConfig, fleet: dict, kept: List[i
             prepare_instance(hosts[nums.index(num)], idle)
     except BaseException:
         if added:
-            log(f"Fleet {name}: {', '.join(f'#{n}' for n in added)} could not be added; bringing its stack back")
-            try:
-                update_stack(store, config, store.get_cloud_fleet(name) or fleet, sorted(kept), report)
-            except Exception as e:  # what is left is found again by the next command, `fleet delete` or `dstack gc`
-                log(f"warning: fleet {name}: its stack could not be brought back: {str(e).splitlines()[0]}")
-            store.remove_instances(name, added)
-            for num in added:
-                host_key_path(name, num).unlink(missing_ok=True)
+            bring_back(store, config, fleet, sorted(kept), added, report, log)
         raise
     now = time.time()
     for num in added:

@@ -94,3 +94,19 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.1, process=No
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {getattr(predicate, '__doc__', None) or predicate}")
         time.sleep(interval)
+
+
+def output_of(process) -> str:
+    """All a `CloudSim.start`ed dstack has written so far (its stdout and stderr, one file)."""
+    process.stdout.seek(0)
+    return process.stdout.read()
+
+
+def wait_exit(process, seconds: float) -> int:
+    """The process's exit code; killed first (and the test failed) if it runs longer: it waits on the cloud."""
+    try:
+        return process.wait(seconds)
+    except Exception:
+        process.kill()
+        process.wait(30)
+        raise AssertionError(f"dstack did not end within {seconds}s: {output_of(process)[-2000:]}") from None
