@@ -103,3 +103,19 @@ def test_the_venv_comes_from_a_template_kept_per_host_and_is_the_jobs_own(login_
     (tmp_path / "tools" / "python3.99").write_text("")  # an interpreter added on PATH: python3 is looked for again
     run_job(local, "third", ["true"])
     assert len((tmp_path / "python.starts").read_text().splitlines()) == 2
+
+
+def test_a_cluster_jobs_interpreter_is_kept_per_host_too(login_home, tmp_path):
+    """A node of a multi-node run has its own bin folder (the cluster's `ssh`) first on PATH when the interpreter is
+    looked for: the kept answer is used all the same, and no entry is added per run."""
+    from provisioner.jobs.cluster_ssh import ClusterSSH
+
+    write_profile(login_home, "one")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    cluster = ClusterSSH(private_key=b"not a key\n", known_hosts="", config="Host *\n  IdentityFile JOB_DIR/key\n")
+    for name in ("first", "second", "third"):
+        start_job(local, JobSpec(run_name=name, commands=["command -v ssh", "command -v python"], cluster_ssh=cluster))
+        code, log = wait_exit(local, name, timeout=60)
+        assert code == 0 and log == f"{tmp_path}/jobs/{name}/bin/ssh\n{tmp_path}/jobs/{name}/venv/bin/python\n", log
+    assert len((tmp_path / "python.starts").read_text().splitlines()) == 1  # the first job's search alone
+    assert len([p for p in (tmp_path / "jobs" / HOST_CACHE).iterdir() if p.name.startswith("python-")]) == 1

@@ -39,7 +39,9 @@ env UV_INSTALL_DIR="$HOME/.local/bin" INSTALLER_NO_MODIFY_PATH=1 sh >/dev/null 2
 # find_python's answer (a pyenv shim's start alone is ~0.1 s of CPU) is kept per host, keyed by the version asked
 # for, PATH, PYENV_VERSION and what decides the answer: the `python*` names in each PATH folder and where those that
 # are links point, pyenv's global version file, its versions folder (an install or uninstall changes it) and
-# ~/.python-version. (Not the folders' or shims' times: every login's `pyenv rehash` rewrites the shims.)
+# ~/.python-version. (Not the folders' or shims' times: every login's `pyenv rehash` rewrites the shims.) PATH is
+# taken without the job's own bin folder in front (a cluster's `ssh`, `docker: true`'s `docker`, never a python):
+# its name is the run's, and with it in the key every multi-node job missed and left one more entry behind.
 # A venv of the interpreter with --without-pip is a few files and links; it is made once per host and interpreter
 # (the interpreter's path, inode, size and time in the key) as a template, and each job gets a copy with the
 # template's path in its activate scripts and pyvenv.cfg replaced by its own: what `python -m venv` would have made,
@@ -50,7 +52,8 @@ _CACHED = """CACHE=""
 if [ -O "$JOB_DIR/.." ] && mkdir -p "$JOB_DIR/../HOST_CACHE" 2>/dev/null; then CACHE=$(cd "$JOB_DIR/../HOST_CACHE" && pwd); fi
 cached_python() {
   [ -n "$CACHE" ] || { find_python "$1"; return; }
-  c="$CACHE/python-$({ echo "$1|$PATH|${PYENV_VERSION:-}"; (IFS=:; set --; for d in $PATH; do set -- "$@" "$d"/python*
+  k=${PATH#"$JOB_DIR/bin:"}
+  c="$CACHE/python-$({ echo "$1|$k|${PYENV_VERSION:-}"; (IFS=:; set --; for d in $k; do set -- "$@" "$d"/python*
 done; stat -c %N "$@"); r=${PYENV_ROOT:-$HOME/.pyenv}; stat -c '%n %i %y' "$r/version" "$r/versions" \
 "$HOME/.python-version"; } 2>/dev/null | cksum | tr ' ' -)"
   if p=$(cat "$c" 2>/dev/null) && [ -n "$p" ] && [ -x "$p" ]; then echo "$p"; return 0; fi
@@ -101,6 +104,6 @@ def python_setup(version: Optional[str], may_install: bool) -> str:
     done
   fi
 fi
-unset CACHE c t from
+unset CACHE c k t from
 . "$JOB_DIR/venv/bin/activate"
 """
