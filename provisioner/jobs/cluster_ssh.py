@@ -71,7 +71,7 @@ def cluster_ssh(run_name: str, hosts: Sequence[HostAccess]) -> Tuple[ClusterSSH,
 def authorize_command(line: str) -> str:
     """Adds the run's line to authorized_keys (made 0600 in a 0700 folder where missing), once."""
     comment = line.rsplit(" ", 1)[-1]
-    return (f"F={AUTHORIZED_KEYS}; umask 077; mkdir -p \"$(dirname \"$F\")\" && touch \"$F\" && "
+    return (f"F={AUTHORIZED_KEYS}; umask 077; {{ [ -f \"$F\" ] || {{ mkdir -p \"$(dirname \"$F\")\" && touch \"$F\"; }}; }} && "
             f"{{ grep -qF {shlex.quote(' ' + comment)} \"$F\" || printf '%s\\n' {shlex.quote(line)} >> \"$F\"; }}")
 
 

@@ -70,7 +70,7 @@ cache=../HOST_CACHE/PROFILE_ENV
 key="# $({ echo "$sh|$HOME|$USER|$LOGNAME|$SHELL|$PATH|$LANG|${DOCKER_HOST:-}|${DOCKER_CONFIG:-}"
   stat -L -c '%n %i %s %y' /etc/profile /etc/profile.d/* /etc/bash.bashrc /etc/environment "$HOME/.bash_profile" \
 "$HOME/.bash_login" "$HOME/.profile" "$HOME/.bashrc"; } 2>/dev/null | cksum)"
-if [ -O .. ] && [ "$(head -n 1 "$cache" 2>/dev/null)" = "$key" ] && cp "$cache" PROFILE_ENV 2>/dev/null; then
+if [ -O .. ] && { first=; IFS= read -r first < "$cache"; } 2>/dev/null && [ "$first" = "$key" ] && cp "$cache" PROFILE_ENV 2>/dev/null; then
   echo "dstack: the login profile's environment as an earlier job on this host read it (kept in the jobs folder's \
 HOST_CACHE while the profile's files are unchanged)" > profile.log
   exec "$sh" ./job.sh

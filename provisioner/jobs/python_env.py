@@ -56,7 +56,7 @@ cached_python() {
   c="$CACHE/python-$({ echo "$1|$k|${PYENV_VERSION:-}"; (IFS=:; set --; for d in $k; do set -- "$@" "$d"/python*
 done; stat -c %N "$@"); r=${PYENV_ROOT:-$HOME/.pyenv}; stat -c '%n %i %y' "$r/version" "$r/versions" \
 "$HOME/.python-version"; } 2>/dev/null | cksum | tr ' ' -)"
-  if p=$(cat "$c" 2>/dev/null) && [ -n "$p" ] && [ -x "$p" ]; then echo "$p"; return 0; fi
+  p=; { IFS= read -r p < "$c"; } 2>/dev/null; if [ -n "$p" ] && [ -x "$p" ]; then echo "$p"; return 0; fi
   p=$(find_python "$1") || return 1
   printf '%s\\n' "$p" > "$c.$$" && mv "$c.$$" "$c"
   echo "$p"
@@ -100,8 +100,8 @@ def python_setup(version: Optional[str], may_install: bool) -> str:
     venv_from_template "$PY" || "$PY" -m venv --without-pip --system-site-packages "$JOB_DIR/venv"
     for shim in pip pip3; do
       printf '#!/bin/sh\\nexec "%s/bin/python" -m pip "$@"\\n' "$JOB_DIR/venv" > "$JOB_DIR/venv/bin/$shim"
-      chmod +x "$JOB_DIR/venv/bin/$shim"
     done
+    chmod +x "$JOB_DIR/venv/bin/pip" "$JOB_DIR/venv/bin/pip3"
   fi
 fi
 unset CACHE c k t from

@@ -101,7 +101,7 @@ def env_file(job: JobSpec) -> bytes:
 _PREAMBLE = """#!/bin/sh
 # Written by dstack for run {run}.
 set -e
-cd "$(dirname "$0")"
+case $0 in */*) cd "${{0%/*}}" ;; esac
 JOB_DIR="$PWD"
 {as_root}if [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
 mkdir -p repo
