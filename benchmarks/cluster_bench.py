@@ -138,7 +138,8 @@ def main() -> None:
                 busy = statistics.median(b for _, _, b in kept)
                 cores = os.cpu_count() or 1
                 line += (f"   (kept: the machine busy {busy:.2f} CPU-s until the last first line, "
-                         f"{100 * busy / (cores * figures[nodes]):.0f}% of {cores} cores)")
+                         f"{100 * busy / (cores * figures[nodes]):.0f}% of {cores} cores"
+                         + (f"; --before: {statistics.median(b for _, _, b in before):.2f} CPU-s)" if before else ")"))
                 print(line)
             if sizes[0] in figures:
                 for nodes in sizes[1:]:
