@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.cloudsim import aws as aws_cloud
-from tests.cloudsim.fixtures import output_of, wait_exit, wait_until
+from tests.cloudsim.fixtures import instances_of, retried_after_an_ec2_notice, wait_until
 from tests.cloudsim.tasks import AWS_FLEET, aws_task
 from tests.helpers import write
 
@@ -17,12 +17,6 @@ WINDOW_S = 600  # the notice's window: the scenarios end long before EC2 would t
 SPOT_FLEET = AWS_FLEET.replace("t3a.large", "g4dn.xlarge") + "spot_policy: spot\nidle_duration: 1h\n"  # spot-priced
 ATTEMPTS = ("echo attempt $DSTACK_RUN_ATTEMPT on $(hostname); [ $DSTACK_RUN_ATTEMPT = 1 ] && touch /tmp/started && "
             "sleep 300; echo finished attempt $DSTACK_RUN_ATTEMPT")
-
-
-def _instances(cloudsim, home) -> dict:
-    got = cloudsim.dstack("fleet", "get", "pool", "--json", home=home)
-    assert got.returncode == 0, got.stdout + got.stderr
-    return {i["instance_num"]: i for i in json.loads(got.stdout)["fleet"]["instances"]}
 
 
 def test_a_run_on_a_spot_fleet_instance_with_a_notice_is_retried_on_a_new_instance_of_the_fleet(
@@ -37,15 +31,7 @@ def test_a_run_on_a_spot_fleet_instance_with_a_notice_is_retried_on_a_new_instan
                                           "commands: ['" + ATTEMPTS + "']\nretry:\n  on_events: [interruption]\n"
                                           "  duration: 1h\n")
     process = cloudsim.start("apply", "-f", run, "-y", home=dstack_home)
-    wait_until(lambda: first.vm.file("/tmp/started") is not None, process=process)
-    wait_until(lambda: "attempt 1" in output_of(process), process=process)
-    cloudsim.aws.reclaim(first, notice_s=WINDOW_S)
-    code = wait_exit(process, 240)
-    output = output_of(process)
-    assert code == 0, output
-    at = first.extra["spot_notice"]["time"]
-    assert f"dstack: spot interruption notice from AWS: terminate at {at}" in output
-    assert "finished attempt 2" in output and "finished attempt 1" not in output
+    output = retried_after_an_ec2_notice(cloudsim, process, first, WINDOW_S)
     second = next(i for i in cloudsim.ever("Instance", "aws") if i is not first)
     assert f"attempt 2 on {second.vm.name}" in output, output
     ps = cloudsim.dstack("ps", "-a", "-v", "--json", home=dstack_home)
@@ -57,7 +43,7 @@ def test_a_run_on_a_spot_fleet_instance_with_a_notice_is_retried_on_a_new_instan
     events = cloudsim.dstack("event", "on-spot", home=dstack_home).stdout
     assert "interrupted" in events and "resubmitted" in events
     assert first.deleted_by == "engine" and not first.live  # removed before EC2 took it
-    held = _instances(cloudsim, dstack_home)
+    held = instances_of(cloudsim, dstack_home)
     assert sorted(held) == [1] and held[1]["status"] == "idle"
     deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
@@ -86,7 +72,7 @@ def test_a_detached_run_on_a_spot_fleet_instance_with_a_notice_ends_interrupted_
     assert (record["status"], record["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
     logs = cloudsim.dstack("logs", "on-spot-2", home=dstack_home).stdout
     assert line in logs and f"got the spot interruption notice from AWS: terminate at {at}" in logs
-    held = _instances(cloudsim, dstack_home)
+    held = instances_of(cloudsim, dstack_home)
     assert 0 not in held and [i["status"] for i in held.values()] == ["idle"], held  # replaced, to keep nodes: 1
     assert first.deleted_by == "engine" and not first.live
     deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)
@@ -113,7 +99,7 @@ def test_a_detached_run_whose_spot_fleet_instance_was_taken_back_without_a_notic
     assert (record["status"], record["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
     logs = cloudsim.dstack("logs", "on-spot-3", home=dstack_home).stdout
     assert "(#0 of fleet pool) taken back by EC2 (spot interruption" in logs, logs
-    held = _instances(cloudsim, dstack_home)
+    held = instances_of(cloudsim, dstack_home)
     assert 0 not in held and [i["status"] for i in held.values()] == ["idle"], held
     deleted = cloudsim.dstack("fleet", "delete", "pool", "-y", home=dstack_home)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr

@@ -2,22 +2,14 @@
 simulated clouds: an instance the cloud ended is replaced while the fleet is below its minimum, and a grow whose
 dstack was killed is undone, with nothing left in the cloud."""
 
-import json
-
 import pytest
 
 from tests.cloudsim.aws import instance_of
-from tests.cloudsim.fixtures import wait_until
+from tests.cloudsim.fixtures import instances_of, wait_until
 from tests.cloudsim.tasks import AWS_FLEET
 from tests.helpers import write
 
 pytestmark = pytest.mark.cloudsim
-
-
-def instances_of(cloudsim, home) -> dict:
-    got = cloudsim.dstack("fleet", "get", "pool", "--json", home=home)
-    assert got.returncode == 0, got.stdout + got.stderr
-    return {i["instance_num"]: i for i in json.loads(got.stdout)["fleet"]["instances"]}
 
 
 def test_an_instance_the_cloud_took_back_is_replaced_to_keep_the_fleet_at_its_minimum(cloudsim, tmp_path,

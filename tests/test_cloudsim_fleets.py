@@ -1,12 +1,10 @@
 """Scenarios of cloud fleets and network volumes against the simulated clouds (tests.cloudsim): the fleet's stack and
 its instances that runs reuse, a volume's own stack and its disk that a run attaches and leaves with its data."""
 
-import json
-
 import pytest
 
 from tests.cloudsim.aws import instance_of
-from tests.cloudsim.fixtures import wait_until
+from tests.cloudsim.fixtures import instances_of, wait_until
 from tests.cloudsim.tasks import AWS_FLEET
 from tests.helpers import write
 
@@ -63,13 +61,6 @@ def test_a_volume_is_attached_to_a_run_and_kept_with_its_data(cloudsim, tmp_path
 
 
 ELASTIC_FLEET = AWS_FLEET.replace("nodes: 1", "nodes: 0..3") + "idle_duration: 30s\n"
-
-
-def instances_of(cloudsim, home) -> dict:
-    """`fleet get pool --json`'s instances by number."""
-    got = cloudsim.dstack("fleet", "get", "pool", "--json", home=home)
-    assert got.returncode == 0, got.stdout + got.stderr
-    return {i["instance_num"]: i for i in json.loads(got.stdout)["fleet"]["instances"]}
 
 
 def test_a_fleet_of_0_to_3_grows_to_3_under_three_runs_and_shrinks_back_to_0_when_idle(cloudsim, tmp_path,

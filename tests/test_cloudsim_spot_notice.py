@@ -10,7 +10,7 @@ import pytest
 
 from tests.cloudsim import aws as aws_cloud
 from tests.cloudsim import gcp as gcp_cloud
-from tests.cloudsim.fixtures import output_of, wait_exit, wait_until
+from tests.cloudsim.fixtures import output_of, retried_after_an_ec2_notice, wait_exit, wait_until
 from tests.cloudsim.tasks import aws_task, gcp_task
 
 pytestmark = pytest.mark.cloudsim
@@ -30,15 +30,7 @@ def test_an_ec2_spot_notice_retries_the_run_elsewhere_before_the_instance_is_tak
     process = cloudsim.start("apply", "-f", conf, "-b", "aws", "-y", home=dstack_home)
     first = wait_until(lambda: cloudsim.world.live("Instance", "aws") and aws_cloud.instance_of(cloudsim.world),
                        process=process)
-    wait_until(lambda: first.vm is not None and first.vm.file("/tmp/started") is not None, process=process)
-    wait_until(lambda: "attempt 1" in output_of(process), process=process)
-    cloudsim.aws.reclaim(first, notice_s=WINDOW_S)
-    code = wait_exit(process, 240)
-    output = output_of(process)
-    assert code == 0, output
-    at = first.extra["spot_notice"]["time"]
-    assert f"dstack: spot interruption notice from AWS: terminate at {at}" in output
-    assert "finished attempt 2" in output and "finished attempt 1" not in output
+    retried_after_an_ec2_notice(cloudsim, process, first, WINDOW_S)
     first_, second = sorted(cloudsim.ever("Instance", "aws"), key=lambda r: r.created_at)
     assert first_ is first and first.deleted_by == "engine"  # gone before EC2 took it: the notice told the run
     assert second.zone != first.zone and cloudsim.live() == []
@@ -46,7 +38,7 @@ def test_an_ec2_spot_notice_retries_the_run_elsewhere_before_the_instance_is_tak
     assert run["status"] == "done"
     assert [(a["status"], a["reason"]) for a in run["submissions"]] == [("terminated", "interrupted"), ("done", None)]
     logs = cloudsim.dstack("logs", "notice-1", home=dstack_home).stdout
-    assert f"spot interruption notice from AWS: terminate at {at}" in logs
+    assert f"spot interruption notice from AWS: terminate at {first.extra['spot_notice']['time']}" in logs
 
 
 def test_a_detached_run_whose_host_had_an_ec2_spot_notice_ends_interrupted_at_the_next_ps(

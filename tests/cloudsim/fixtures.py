@@ -110,3 +110,29 @@ def wait_exit(process, seconds: float) -> int:
         process.kill()
         process.wait(30)
         raise AssertionError(f"dstack did not end within {seconds}s: {output_of(process)[-2000:]}") from None
+
+
+def instances_of(cloudsim, home, fleet: str = "pool") -> dict:
+    """`fleet get FLEET --json`'s instances by number."""
+    import json
+
+    got = cloudsim.dstack("fleet", "get", fleet, "--json", home=home)
+    assert got.returncode == 0, got.stdout + got.stderr
+    return {i["instance_num"]: i for i in json.loads(got.stdout)["fleet"]["instances"]}
+
+
+def retried_after_an_ec2_notice(cloudsim, process, instance, window_s: float) -> str:
+    """EC2's notice for `instance` once its job's first attempt has begun (it touches /tmp/started and says `attempt
+    1`); the attached `process` must then finish its second attempt and show the notice's line with EC2's time and
+    no end of the first attempt. Its output."""
+    wait_until(lambda: instance.vm is not None and instance.vm.file("/tmp/started") is not None, process=process)
+    wait_until(lambda: "attempt 1" in output_of(process), process=process)
+    cloudsim.aws.reclaim(instance, notice_s=window_s)
+    code = wait_exit(process, 240)
+    output = output_of(process)
+    assert code == 0, output
+    at = instance.extra["spot_notice"]["time"]
+    assert f"dstack: spot interruption notice from AWS: terminate at {at}" in output
+    assert "finished attempt 2" in output and "finished attempt 1" not in output
+    return output
+
