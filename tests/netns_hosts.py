@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -107,6 +108,10 @@ def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
 
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
 class NamespaceHost:
     """One test host: namespace `dstk<pid>-<n>`, address 10.251.<n>.2, sshd on port 22 accepting `client_key` (its
     authorized_keys is the host's own file, which sshd names to dstack as DSTACK_AUTHORIZED_KEYS).
@@ -153,7 +158,7 @@ class NamespaceHost:
         whatever runs in it (tests.cloudsim.guest runs a simulated cloud VM there)."""
         guard_test_range()
         self._guarded = True
-        self._remove_stale_links()
+        self._remove_stale_leftovers()
         sh("ip", "netns", "add", self.ns)
         sh("ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns)
         sh("ip", "link", "set", self.veth_ns, "netns", self.ns)
@@ -163,8 +168,16 @@ class NamespaceHost:
         sh("ip", "netns", "exec", self.ns, "ip", "link", "set", self.veth_ns, "up")
         sh("ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up")
 
-    def _remove_stale_links(self) -> None:
-        """A crashed run can leave a veth with this index's address (its lock died with it): remove that link."""
+    def _remove_stale_leftovers(self) -> None:
+        """A test process killed outright (SIGKILL: no cleanup) leaves its hosts' namespaces, what ran in them and
+        their veths behind; its index locks died with it, so a namespace of this index under any process's name is
+        stale now that this process holds the index: what runs there is killed and the namespace removed, and so is a
+        veth with this index's address."""
+        for namespace in re.findall(rf"^(dstk\d+-{self.index})\b", _namespaces(), re.MULTILINE):
+            stale = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+            if stale:
+                subprocess.run(["kill", "-KILL", *stale], capture_output=True)
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
         shown = subprocess.run(["ip", "-o", "addr", "show", "to", self.host_side], capture_output=True, text=True)
         for line in shown.stdout.splitlines():
             device = line.split()[1].split("@")[0]
@@ -262,6 +275,9 @@ class Switch:
         self.members: list = []  # (host, its veth to the switch)
 
     def start(self) -> "Switch":
+        for namespace, pid in re.findall(r"^(dstksw(\d+)-\d+)\b", _namespaces(), re.MULTILINE):
+            if not os.path.exists(f"/proc/{pid}"):  # a switch of a test process killed outright
+                subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
         sh("ip", "netns", "add", self.ns)
         sh("ip", "netns", "exec", self.ns, "ip", "link", "add", "br0", "type", "bridge")
         sh("ip", "netns", "exec", self.ns, "ip", "link", "set", "br0", "up")

@@ -2,6 +2,7 @@
 link or a deleted namespace gives "no route to host" at once instead of packets on the default route."""
 
 import errno
+import re
 import socket
 import subprocess
 import sys
@@ -89,3 +90,37 @@ def test_the_last_process_using_the_range_removes_the_route(tmp_path, monkeypatc
         other.stdin.close()
         other.wait(10)
     assert own_range not in unreachable_routes()
+
+
+def test_what_a_killed_test_process_left_is_removed_by_the_next_user_of_its_index():
+    """A test process killed outright (no cleanup) leaves its namespaces, what runs in them and their veths; the
+    next process that claims the index removes them, and the next switch removes a dead process's switch."""
+    require_namespaces()
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1])\n"
+        "from tests.netns_hosts import NamespaceHost, Switch\n"
+        "host = NamespaceHost('unused'); host.start_network(); switch = Switch().start(); switch.join(host)\n"
+        "held = host.in_namespace('sleep', '600')\n"
+        "print(host.index, host.ns, switch.ns, held.pid, flush=True); time.sleep(600)\n"), str(ROOT)],
+        stdout=subprocess.PIPE, text=True)
+    index, host_namespace, switch_namespace, held = child.stdout.readline().split()
+    child.kill()
+    child.wait()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert host_namespace in listed and switch_namespace in listed  # left behind
+    assert Path(f"/proc/{held}").exists()
+    host = netns_hosts.NamespaceHost("unused", index=int(index))
+    switch = netns_hosts.Switch()
+    try:
+        host.start_network()
+        switch.start()
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert re.search(rf"^{host_namespace}\b", listed, re.MULTILINE) is None or host_namespace == host.ns
+        assert switch_namespace not in listed
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{held}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{held}").exists()  # what ran in the stale namespace was killed
+    finally:
+        switch.cleanup()
+        host.cleanup()
