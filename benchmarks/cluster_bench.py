@@ -11,7 +11,10 @@ that all of them share (8 logins at once take ~12x one login here), which hosts 
 hosts also share this machine's cores: each node's job start (login shell, Python venv) is CPU work on the same
 2 cores, so the figure grows with N here even where every step runs in parallel.
 Beside each kept figure: the CPU-seconds the whole machine was busy until the last first line (hosts, keepers
-and client), and that as a share of its cores: near 100%, the figure is bound by this machine's CPU.
+and client), and that as a share of its cores: near 100%, the figure is bound by this machine's CPU. Where cgroups
+can count CPU time (cgroup v1 `cpuacct` or v2), that time is split: per node on the hosts (each host's sshd and all
+it starts), in the keepers (per node) and in the client (`dstack apply` itself); other load on the machine is
+in none of them.
 
 `--before CHECKOUT` measures another checkout's `dstack apply` (e.g. main before a change) in the same rounds, on
 the same hosts: the machine's load changes by the minute, so only figures from the same rounds compare.
@@ -50,12 +53,78 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT) -> tuple:
+class CpuGroups:
+    """CPU time counted per part (hosts, keepers, client) in cgroups of this script's own; `usable` is False where
+    this machine's cgroups cannot count it (the split is then not printed)."""
+
+    PARTS = ("hosts", "keepers", "client")
+
+    def __init__(self):
+        v1, v2 = Path("/sys/fs/cgroup/cpuacct"), Path("/sys/fs/cgroup")
+        self.v2 = not v1.is_dir() and (v2 / "cgroup.controllers").exists()
+        base = v2 if self.v2 else v1
+        self.paths = {part: base / f"cluster-bench-{os.getpid()}-{part}" for part in self.PARTS}
+        try:
+            for path in self.paths.values():
+                path.mkdir(exist_ok=True)
+            self.usable = True
+        except OSError:
+            self.usable = False
+
+    def join(self, part: str, pids) -> None:
+        for pid in pids:
+            try:
+                (self.paths[part] / ("cgroup.procs" if self.v2 else "tasks")).write_text(str(pid))
+            except OSError:  # gone meanwhile
+                pass
+
+    def seconds(self) -> tuple:
+        if not self.usable:
+            return (0.0,) * len(self.PARTS)
+        if self.v2:
+            return tuple(int(next(line.split()[1] for line in (path / "cpu.stat").read_text().splitlines()
+                                  if line.startswith("usage_usec"))) / 1e6 for path in self.paths.values())
+        return tuple(int((path / "cpuacct.usage").read_text()) / 1e9 for path in self.paths.values())
+
+    def remove(self) -> None:
+        for path in self.paths.values():
+            root = path.parent / ("cgroup.procs" if self.v2 else "tasks")
+            for pid in (path / ("cgroup.procs" if self.v2 else "tasks")).read_text().split() if path.exists() else ():
+                try:
+                    root.write_text(pid)
+                except OSError:
+                    pass
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
+def keeper_pids() -> list:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and b"provisioner.host.keeper" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(entry)
+        except OSError:
+            pass
+    return found
+
+
+def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT, groups=None, hosts=()) -> tuple:
     """(seconds to each node's first line, rank order; seconds to the command's end; CPU seconds the whole machine
-    was busy until the last first line: hosts, keepers and client together), with the `dstack` of `checkout`."""
+    was busy until the last first line: hosts, keepers and client together; that CPU time split as `groups` counts
+    it: hosts, keepers, client), with the `dstack` of `checkout`."""
+    if groups is not None:
+        for host in hosts:
+            groups.join("hosts", host.pids())
+        groups.join("keepers", keeper_pids())
+    split_at_start = groups.seconds() if groups is not None else ()
+    split = None
     start, busy_at_start, busy = time.perf_counter(), machine_busy_s(), None
     process = subprocess.Popen([sys.executable, "-m", "cli.main", "apply", "-f", str(conf), "-y", "-n", name],
-                               cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=(lambda: groups.join("client", [os.getpid()])) if groups else None)
     firsts: dict = {}
     buffered = b""
     while process.poll() is None or buffered:
@@ -70,12 +139,14 @@ def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT)
                 firsts.setdefault(int(line.split()[0].strip(b"[]")), time.perf_counter() - start)
                 if busy is None and len(firsts) == nodes:
                     busy = machine_busy_s() - busy_at_start
+                    if groups is not None:
+                        split = tuple(now - then for now, then in zip(groups.seconds(), split_at_start))
     error = process.stderr.read().decode(errors="replace")
     process.wait()
     if process.returncode != 0 or len(firsts) != nodes:
         raise SystemExit(f"run {name} failed (exit {process.returncode}); first lines seen: {sorted(firsts)}\n"
                          f"{error[-1500:]}")
-    return [firsts[rank] for rank in range(nodes)], time.perf_counter() - start, busy
+    return [firsts[rank] for rank in range(nodes)], time.perf_counter() - start, busy, split
 
 
 def main() -> None:
@@ -117,6 +188,7 @@ def main() -> None:
             print("  nodes  last first line  end    | connecting each time: last first line  end"
                   + ("    | --before: last first line  end" if args.before else ""))
             figures, before_figures = {}, {}
+            groups = CpuGroups()
             for nodes in sizes:
                 conf = write_task(folder, nodes)
                 kept, direct, before = [], [], []
@@ -124,22 +196,20 @@ def main() -> None:
                     rounds = [("kept", "300", kept, ROOT), ("direct", "0", direct, ROOT)]
                     rounds += [("before", "300", before, Path(args.before))] if args.before else []
                     for label, persist, found, checkout in rounds:
-                        firsts, end, busy = one_run(dict(env, DSTACK_SSH_PERSIST=persist), conf,
-                                                    f"bench-{nodes}-{label}-{run}", nodes, checkout)
-                        found.append((max(firsts), end, busy))
-                figures[nodes] = statistics.median(first for first, _, _ in kept)
-                line = (f"  {nodes:>5}  {figures[nodes]:15.2f}  {statistics.median(e for _, e, _ in kept):5.2f}  |"
-                        f"  {statistics.median(first for first, _, _ in direct):36.2f}  "
-                        f"{statistics.median(e for _, e, _ in direct):5.2f}")
+                        found.append(one_run(dict(env, DSTACK_SSH_PERSIST=persist), conf,
+                                             f"bench-{nodes}-{label}-{run}", nodes, checkout, groups, hosts))
+                figures[nodes] = statistics.median(max(firsts) for firsts, *_ in kept)
+                line = (f"  {nodes:>5}  {figures[nodes]:15.2f}  {statistics.median(r[1] for r in kept):5.2f}  |"
+                        f"  {statistics.median(max(firsts) for firsts, *_ in direct):36.2f}  "
+                        f"{statistics.median(r[1] for r in direct):5.2f}")
                 if before:
-                    before_figures[nodes] = statistics.median(first for first, _, _ in before)
+                    before_figures[nodes] = statistics.median(max(firsts) for firsts, *_ in before)
                     line += (f"  |  {before_figures[nodes]:24.2f}  "
-                             f"{statistics.median(e for _, e, _ in before):5.2f}")
-                busy = statistics.median(b for _, _, b in kept)
+                             f"{statistics.median(r[1] for r in before):5.2f}")
                 cores = os.cpu_count() or 1
-                line += (f"   (kept: the machine busy {busy:.2f} CPU-s until the last first line, "
-                         f"{100 * busy / (cores * figures[nodes]):.0f}% of {cores} cores"
-                         + (f"; --before: {statistics.median(b for _, _, b in before):.2f} CPU-s)" if before else ")"))
+                line += (f"   (kept: the machine busy {cpu_split(kept, nodes, groups)}, "
+                         f"{100 * statistics.median(r[2] for r in kept) / (cores * figures[nodes]):.0f}% of {cores} "
+                         "cores" + (f"; --before: {cpu_split(before, nodes, groups)})" if before else ")"))
                 print(line)
             if sizes[0] in figures:
                 for nodes in sizes[1:]:
@@ -148,9 +218,23 @@ def main() -> None:
                           + (f"; --before: {before_figures[nodes] / before_figures[sizes[0]]:.2f}x"
                              if before_figures else ""))
         finally:
+            if "groups" in locals():
+                groups.remove()
             switch.cleanup()
             for host in hosts:
                 host.cleanup()
+
+
+def cpu_split(results: list, nodes: int, groups: CpuGroups) -> str:
+    """The median CPU-seconds until the last first line, and where cgroups count it, its split per node."""
+    import statistics
+
+    text = f"{statistics.median(r[2] for r in results):.2f} CPU-s until the last first line"
+    if not groups.usable:
+        return text
+    hosts, keepers, client = (statistics.median(r[3][i] for r in results) for i in range(3))
+    return (f"{text}: per node {1000 * hosts / nodes:.0f} ms on the hosts, {1000 * keepers / nodes:.0f} ms in "
+            f"keepers; the client {client:.2f} s")
 
 
 def write_task(folder: Path, nodes: int) -> Path:
