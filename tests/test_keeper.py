@@ -22,8 +22,13 @@ def counted_host(make_host, tmp_path):
     host.stop_sshd()
     config = host.dir / "sshd_config"
     config.write_text(config.read_text().replace("LogLevel ERROR", "LogLevel INFO"))
+    start_logged_sshd(host, tmp_path)
+    return host, lambda: (tmp_path / "sshd.log").read_text().count("Accepted publickey for root")
+
+
+def start_logged_sshd(host, tmp_path) -> None:
     log = open(tmp_path / "sshd.log", "ab")
-    host.process = host.in_namespace(SSHD, "-D", "-e", "-f", str(config), stderr=log)
+    host.process = host.in_namespace(SSHD, "-D", "-e", "-f", str(host.dir / "sshd_config"), stderr=log)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -31,7 +36,6 @@ def counted_host(make_host, tmp_path):
             break
         except OSError:
             time.sleep(0.05)
-    return host, lambda: (tmp_path / "sshd.log").read_text().count("Accepted publickey for root")
 
 
 def fleet_and_task(tmp_path, client_key, host, home_env):
@@ -190,6 +194,30 @@ def test_a_changed_host_key_is_refused_through_a_live_keeper(tmp_path, home_env,
     assert "Traceback" not in result.stderr
     assert not (host.jobs_dir / "after-change").exists()  # nothing reached the host
     assert wait_gone(pid, 10)  # and the keeper ended
+
+
+def test_a_host_serving_a_new_key_type_beside_the_recorded_key_keeps_its_kept_connection(tmp_path, home_env,
+                                                                                          make_host, client_key):
+    """The keeper's key check asks for the type of the key its connection was opened with, as a connection does: a
+    host registered with its ECDSA key that serves an ed25519 key beside it since still has the recorded key."""
+    host, logins = counted_host(make_host, tmp_path)
+    ecdsa = host.dir / "host_key_ecdsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(ecdsa)], check=True)
+    config = host.dir / "sshd_config"
+    ed25519_line = f"HostKey {host.dir / 'host_key'}"
+    host.stop_sshd()
+    config.write_text(config.read_text().replace(ed25519_line, f"HostKey {ecdsa}"))  # ECDSA alone when registered
+    start_logged_sshd(host, tmp_path)
+    task = fleet_and_task(tmp_path, client_key, host, home_env)
+    apply(task, "before-new-type", home_env)
+    [path] = keeper_sockets(home_env["DSTACK_HOME"])
+    pid, before = keeper_pid(path), logins()
+    host.stop_sshd()  # the keeper's session outlives its listener
+    config.write_text(config.read_text().replace(f"HostKey {ecdsa}", f"{ed25519_line}\nHostKey {ecdsa}"))
+    start_logged_sshd(host, tmp_path)
+    apply(task, "after-new-type", home_env)
+    assert keeper_pid(path) == pid  # the same keeper: its check found the recorded key
+    assert logins() == before  # and nothing logged in again
 
 
 @pytest.mark.parametrize("size", [10, 3 << 20])

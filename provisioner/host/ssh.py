@@ -454,9 +454,12 @@ def scan_host_key(target: SSHTarget, total_wait: Optional[float] = None):
     raise AssertionError("the capture policy let a connection through")
 
 
-def served_host_key(target: SSHTarget, jump: Optional[SSHTransport] = None, timeout: float = 10.0):
+def served_host_key(target: SSHTarget, jump: Optional[SSHTransport] = None, timeout: float = 10.0,
+                    key_type: Optional[str] = None):
     """The key the host serves now, from a key exchange of its own (nothing trusted, no login): how a kept connection
-    (provisioner.host.keeper) learns, before each use, that the host still has the key it was opened with."""
+    (provisioner.host.keeper) learns, before each use, that the host still has the key it was opened with.
+    `key_type` (as a key's get_name() says it) is asked for first, as a connection that knows the host's key asks
+    for that key's type: a host serving several keys answers with the one compared, not with paramiko's favourite."""
     import paramiko
 
     if jump is not None:
@@ -466,6 +469,11 @@ def served_host_key(target: SSHTarget, jump: Optional[SSHTransport] = None, time
         sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     exchange = paramiko.Transport(sock)
+    if key_type is not None:
+        options = exchange.get_security_options()
+        if key_type == "ssh-rsa":  # signed with SHA-2 (rsa-sha2-512 first), as paramiko's own connect asks for it
+            key_type = next((name for name in options.key_types if name.startswith("rsa-sha2-")), key_type)
+        options.key_types = [key_type] + [name for name in options.key_types if name != key_type]
     try:
         exchange.start_client(timeout=timeout)
         return exchange.get_remote_server_key()
@@ -492,7 +500,7 @@ def untrusted_now(connection: SSHTransport, timeout: float = 10.0) -> Optional[s
     elif recorded_host_keys(target).get(opened_with.get_name()) != opened_with:
         return "its host key is no longer the recorded one"
     try:
-        served = served_host_key(target, connection.jump, timeout)
+        served = served_host_key(target, connection.jump, timeout, opened_with.get_name())
     except (OSError, paramiko.SSHException, EOFError) as e:
         return f"the host did not answer a key exchange: {_why(e)}"
     return None if served == opened_with else "the host serves another key now"
