@@ -26,7 +26,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from provisioner.jobs.cluster_ssh import SSH_SETUP, ClusterSSH
+from provisioner.jobs.cluster_ssh import ClusterSSH, ssh_setup
 from provisioner.jobs.dev_env import DevSession
 from provisioner.jobs.layout import BEGUN_FILE, PROFILE_ENV
 from provisioner.jobs.mounts import Mounts, docker_volume_args, mount_steps
@@ -104,7 +104,6 @@ set -e
 case $0 in */*) cd "${{0%/*}}" ;; esac
 JOB_DIR="$PWD"
 {as_root}if [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
-mkdir -p repo
 if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
 if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
   DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
@@ -112,7 +111,12 @@ if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
   DSTACK_NODES_IPS=$DSTACK_MASTER_NODE_IP
 fi
 DSTACK_MPI_HOSTFILE="$JOB_DIR/mpi_hostfile"
-printf '%s\\n' "$DSTACK_NODES_IPS" | sed 's/$/ slots={slots}/' > "$DSTACK_MPI_HOSTFILE"
+__dstack_ips=$DSTACK_NODES_IPS __dstack_nl='
+'
+{{ while :; do printf '%s slots={slots}\\n' "${{__dstack_ips%%"$__dstack_nl"*}}"
+  case $__dstack_ips in *"$__dstack_nl"*) __dstack_ips=${{__dstack_ips#*"$__dstack_nl"}} ;; *) break ;; esac
+done; }} > "$DSTACK_MPI_HOSTFILE"
+unset __dstack_ips __dstack_nl
 export DSTACK_MASTER_NODE_IP DSTACK_NODES_IPS DSTACK_MPI_HOSTFILE
 """
 _BEGUN = f": > \"$JOB_DIR/{BEGUN_FILE}\"\n"
@@ -304,14 +308,16 @@ def python_script(job: JobSpec) -> str:
         workdir = shlex.quote(workdir)
     lines = [_preamble(job), _upload_steps(job), mount_steps(job.mounts, in_container=False)]
     if job.cluster_ssh is not None:
-        lines.append(SSH_SETUP)
+        lines.append(ssh_setup(job.cluster_ssh))
     if job.docker:
         lines += [_DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else ""), _DOCKER_FOR_COMMANDS]
     else:
         lines.append(python_setup(job.python, job.may_install))
     if job.nvcc:
         lines.append(_NVCC)
-    lines += [f"mkdir -p {workdir}\n", f"cd {workdir}\n", _BEGUN, _commands(job)]
+    # the repo folder, made once: with the working directory, which is in it unless `working_dir` is absolute
+    made = workdir if workdir.startswith('"$JOB_DIR"/repo') else f'"$JOB_DIR"/repo {workdir}'
+    lines += [f"mkdir -p {made}\n", f"cd {workdir}\n", _BEGUN, _commands(job)]
     return "".join(lines)
 
 
@@ -389,7 +395,7 @@ fi
 
 
 def docker_script(job: JobSpec) -> str:
-    lines = [_preamble(job), _upload_steps(job), mount_steps(job.mounts, in_container=True),
+    lines = [_preamble(job), "mkdir -p repo\n", _upload_steps(job), mount_steps(job.mounts, in_container=True),
              _DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else "")]
     if job.nvidia_gpus:
         lines.append(_NVIDIA_TOOLKIT)

@@ -1,0 +1,77 @@
+"""What job.sh makes in the job folder before the commands start, with the shell's own builtins where it can: the MPI
+host file, a cluster node's ssh config and `ssh`; and the names it uses for that, which a task's env never loses.
+Through local jobs (the job script an SSH host runs) with a HOME of the test's own."""
+
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioner.host.access import HostAccess
+from provisioner.host.transport import LocalTransport
+from provisioner.jobs.cluster_ssh import cluster_ssh
+from provisioner.jobs.control import start_job
+from provisioner.jobs.script import JobSpec
+from tests.helpers import wait_exit
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin")
+    monkeypatch.setenv("DSTACK_PROFILE_TIMEOUT", "5")
+    return LocalTransport(str(tmp_path / "jobs"))
+
+
+def run(local: LocalTransport, spec: JobSpec) -> str:
+    start_job(local, spec)
+    code, log = wait_exit(local, spec.run_name, timeout=60)
+    assert code == 0, log
+    return log
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs an ssh client")
+def test_a_cluster_nodes_host_file_ssh_config_and_ssh(local, tmp_path):
+    hosts = [HostAccess("ssh", "10.251.9.1", 22, "root", host_key="ssh-ed25519 AAAAone"),
+             HostAccess("ssh", "10.251.9.2", 2222, "bench", host_key="ssh-ed25519 AAAAtwo")]
+    ssh, _ = cluster_ssh("pair", hosts)
+    spec = JobSpec(run_name="pair", gpus=2, cluster_ssh=ssh,
+                   env={"DSTACK_MASTER_NODE_IP": "10.251.9.1", "DSTACK_NODES_IPS": "10.251.9.1\n10.251.9.2"},
+                   commands=['cat "$DSTACK_MPI_HOSTFILE"', "command -v ssh",
+                             "ssh -G 10.251.9.2 2>/dev/null | grep -E '^(user|port|identityfile|userknownhostsfile|identitiesonly"
+                             "|stricthostkeychecking) ' | sort"])
+    folder = tmp_path / "jobs" / "pair"
+    assert run(local, spec) == ("10.251.9.1 slots=2\n10.251.9.2 slots=2\n"
+                                f"{folder}/bin/ssh\n"
+                                f"identitiesonly yes\nidentityfile {folder}/cluster_key\nport 2222\n"
+                                f"stricthostkeychecking true\nuser bench\nuserknownhostsfile {folder}/known_hosts\n")
+    assert (folder / "ssh_config").read_text() == ssh.config.replace("JOB_DIR", str(folder))
+    assert (folder / "known_hosts").read_text() == "10.251.9.1 ssh-ed25519 AAAAone\n10.251.9.2 ssh-ed25519 AAAAtwo\n"
+    real = [line for line in (folder / "bin" / "ssh").read_text().splitlines() if line.startswith("exec ")]
+    assert real == [f'exec {shutil.which("ssh", path="/usr/local/bin:/usr/bin:/bin")} -F "{folder}/ssh_config" "$@"']
+    assert (mode(folder / "ssh_config"), mode(folder / "bin" / "ssh"), mode(folder / "mpi_hostfile")) == \
+        (0o600, 0o700, 0o600)
+    assert not (folder / "cluster_key").exists()  # gone with the job, as before
+
+
+def test_a_single_nodes_host_file_has_its_own_address(local):
+    log = run(local, JobSpec(run_name="one", commands=['cat "$DSTACK_MPI_HOSTFILE"', 'echo "$DSTACK_NODES_IPS"']))
+    address = log.splitlines()[-1]
+    assert address and log == f"{address} slots=1\n{address}\n"
+
+
+def test_a_tasks_env_keeps_every_name_the_job_script_uses_for_itself(local, tmp_path):
+    """job.sh's own shell variables are `__dstack_*`: a task's env of short names reaches the commands whole."""
+    names = ["c", "k", "t", "p", "d", "v", "from", "shim", "CACHE", "PY", "REAL_SSH"]
+    ssh, _ = cluster_ssh("names", [HostAccess("ssh", "10.251.9.1", 22, "root", host_key="ssh-ed25519 AAAAone")])
+    spec = JobSpec(run_name="names", cluster_ssh=ssh, env={name: f"value of {name}" for name in names},
+                   commands=[f'echo "${{{name}:-unset}}"' for name in names])
+    assert run(local, spec) == "".join(f"value of {name}\n" for name in names)
