@@ -4,6 +4,7 @@ Through local jobs (the job script an SSH host runs) with a HOME of the test's o
 
 import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from provisioner.host.access import HostAccess
 from provisioner.host.transport import LocalTransport
-from provisioner.jobs.cluster_ssh import cluster_ssh
+from provisioner.jobs.cluster_ssh import authorize_command, cluster_ssh, revoke_command
 from provisioner.jobs.control import start_job
 from provisioner.jobs.script import JobSpec
 from tests.helpers import wait_exit
@@ -75,3 +76,35 @@ def test_a_tasks_env_keeps_every_name_the_job_script_uses_for_itself(local, tmp_
     spec = JobSpec(run_name="names", cluster_ssh=ssh, env={name: f"value of {name}" for name in names},
                    commands=[f'echo "${{{name}:-unset}}"' for name in names])
     assert run(local, spec) == "".join(f"value of {name}\n" for name in names)
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash", "busybox sh"])
+def test_the_runs_key_line_is_added_once_and_removed_alone(tmp_path, shell):
+    """authorize_command adds the line where it is missing (the file and its folder made 0600 and 0700), never twice,
+    on a line of its own; revoke_command takes out that line alone, not another run's whose name starts alike. With
+    the host's shells, which read the file themselves."""
+    if shutil.which(shell.split()[0]) is None:
+        pytest.skip(f"no {shell}")
+    keys = tmp_path / "ssh" / "authorized_keys"
+    env = {"PATH": "/usr/bin:/bin", "DSTACK_AUTHORIZED_KEYS": str(keys), "DSTACK_JOBS_DIR": str(tmp_path / "jobs")}
+    line = 'from="10.251.9.1,10.251.9.2" ssh-ed25519 AAAA-run dstack-cluster-r1'
+
+    def sh(command: str) -> None:
+        assert subprocess.run([*shell.split(), "-c", command], env=env).returncode == 0
+
+    sh(authorize_command(line))
+    assert keys.read_text() == line + "\n"
+    assert (mode(keys.parent), mode(keys)) == (0o700, 0o600)
+    keys.write_text("ssh-ed25519 AAAA-users-own user@laptop\n" + line + "\nssh-rsa AAAA-last last-without-newline")
+    sh(authorize_command(line))
+    sh(authorize_command(line.replace("10.251.9.2", "10.251.9.3")))  # the run's, from wherever: there already
+    assert keys.read_text().count("dstack-cluster-r1") == 1
+    sh(authorize_command(line.replace("r1", "r10")))  # another run, whose name starts alike: added
+    assert keys.read_text().endswith("last-without-newline\n" + line.replace("r1", "r10") + "\n")  # a line of its own
+    keys.write_text(line.replace("r1", "r10") + "\n")
+    sh(authorize_command(line))  # a run whose name starts another's: added all the same
+    assert keys.read_text() == line.replace("r1", "r10") + "\n" + line + "\n"
+    keys.write_text("ssh-ed25519 AAAA-users-own user@laptop\n" + line + "\n" + line.replace("r1", "r10") + "\n")
+    sh(revoke_command("r1"))
+    assert keys.read_text() == "ssh-ed25519 AAAA-users-own user@laptop\n" + line.replace("r1", "r10") + "\n"
+    assert sorted(p.name for p in keys.parent.iterdir()) == ["authorized_keys"]

@@ -69,23 +69,26 @@ def cluster_ssh(run_name: str, hosts: Sequence[HostAccess]) -> Tuple[ClusterSSH,
 
 
 def authorize_command(line: str) -> str:
-    """Adds the run's line to authorized_keys (made 0600 in a 0700 folder where missing), once. Whether it is there
-    already is read by the shell itself (a file of a few lines: no `grep` started per node)."""
+    """Adds the run's line to authorized_keys (made 0600 in a 0700 folder where missing), once: where no line ends
+    with the run's comment (another run's, whose name only starts alike, is not it); on a line of its own where the
+    file's last line has no newline. The shell reads the file itself (a few lines: no `grep` started per node)."""
     comment = line.rsplit(" ", 1)[-1]
     return (f"F={AUTHORIZED_KEYS}; umask 077; {{ [ -f \"$F\" ] || {{ mkdir -p \"$(dirname \"$F\")\" && touch \"$F\"; }}; }} && "
-            f"{{ found=; while IFS= read -r l || [ -n \"$l\" ]; do case $l in *{shlex.quote(' ' + comment)}*) found=1; "
-            f"break ;; esac; done < \"$F\"; [ -n \"$found\" ] || printf '%s\\n' {shlex.quote(line)} >> \"$F\"; }}")
+            f"{{ found= open=; while IFS= read -r l || {{ [ -n \"$l\" ] && open=1; }}; do case $l in "
+            f"*{shlex.quote(' ' + comment)}) found=1; break ;; esac; done < \"$F\"; "
+            f"[ -n \"$found\" ] || printf \"${{open:+\\n}}%s\\n\" {shlex.quote(line)} >> \"$F\"; }}")
 
 
 def revoke_command(run_name: str) -> str:
-    """Removes the run's private key from its job folder and its line from authorized_keys, keeping the file
-    itself (its mode and owner). Where the copy cannot be written (a folder the user may not write), the file is
-    left as it is: never emptied."""
+    """Removes the run's private key from its job folder and its line (the one ending with its comment) from
+    authorized_keys, keeping the file itself (its mode and owner). Where the copy cannot be written (a folder the
+    user may not write), the file is left as it is: never emptied."""
 
-    comment = shlex.quote(" " + key_comment(run_name))
+    line_end = shlex.quote(f" {key_comment(run_name)}$")  # a run name is letters, digits and `-`: literal in a regex
     return (f"F={AUTHORIZED_KEYS}; rm -f {job_folder(run_name)}/cluster_key \"$F.dstack\"; "
-            f"[ -f \"$F\" ] || exit 0; grep -qF {comment} \"$F\" || exit 0; umask 077; "
-            f"{{ grep -vF {comment} \"$F\" > \"$F.dstack\"; [ $? -le 1 ] && [ -f \"$F.dstack\" ]; }} && cat \"$F.dstack\" > \"$F\" && rm -f \"$F.dstack\"")
+            f"[ -f \"$F\" ] || exit 0; grep -q -- {line_end} \"$F\" || exit 0; umask 077; "
+            f"{{ grep -v -- {line_end} \"$F\" > \"$F.dstack\"; [ $? -le 1 ] && [ -f \"$F.dstack\" ]; }} && "
+            f"cat \"$F.dstack\" > \"$F\" && rm -f \"$F.dstack\"")
 
 
 def _revoke(transport: Transport, run_name: str) -> None:
