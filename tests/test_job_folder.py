@@ -108,3 +108,51 @@ def test_the_runs_key_line_is_added_once_and_removed_alone(tmp_path, shell):
     sh(revoke_command("r1"))
     assert keys.read_text() == "ssh-ed25519 AAAA-users-own user@laptop\n" + line.replace("r1", "r10") + "\n"
     assert sorted(p.name for p in keys.parent.iterdir()) == ["authorized_keys"]
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash", "busybox sh"])
+def test_an_upload_is_placed_as_before_by_the_shells_own_checks(tmp_path, shell):
+    """dstack_place looks at what is there with the shell's tests (one `mv` for a new place in an existing folder):
+    a new place, missing parents, an empty folder replaced, a folder merged into, a file replaced, a path ending in
+    `/`, and a repo's `if_exists`."""
+    if shutil.which(shell.split()[0]) is None:
+        pytest.skip(f"no {shell}")
+    from provisioner.jobs.script import _PLACE
+
+    def upload(name: str, files: dict) -> str:
+        source = tmp_path / "uploads" / name
+        for path, text in files.items():
+            (source / path).parent.mkdir(parents=True, exist_ok=True)
+            (source / path).write_text(text)
+        return str(source)
+
+    def place(source: str, dest: Path, if_exists: str = "''", end: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([*shell.split(), "-c", f"set -e\n{_PLACE}dstack_place \"$1\" \"$2\" {if_exists} what"
+                               f"\necho placed", "sh", source, f"{dest}{end}"], capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin"})
+
+    def tree(folder: Path) -> dict:
+        return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    jobs = tmp_path / "job"
+    jobs.mkdir()
+    assert place(upload("u0", {"a.py": "a", "pkg/b.py": "b"}), jobs / "repo").stdout == "placed\n"
+    assert tree(jobs / "repo") == {"a.py": "a", "pkg/b.py": "b"}
+    assert place(upload("u1", {"x": "1"}), jobs / "deep" / "er" / "u").returncode == 0
+    assert tree(jobs / "deep") == {"er/u/x": "1"}  # its missing parents made
+    (jobs / "empty").mkdir()
+    (tmp_path / "uploads" / "f").write_text("file")
+    assert place(str(tmp_path / "uploads" / "f"), jobs / "empty").returncode == 0
+    assert (jobs / "empty").read_text() == "file"  # an empty folder gives way to a file
+    assert place(upload("u2", {"c.py": "c", "pkg/d.py": "d"}), jobs / "repo").returncode == 0
+    assert tree(jobs / "repo") == {"a.py": "a", "c.py": "c", "pkg/b.py": "b", "pkg/d.py": "d"}  # merged
+    (tmp_path / "uploads" / "g").write_text("new")
+    assert place(str(tmp_path / "uploads" / "g"), jobs / "empty").returncode == 0
+    assert (jobs / "empty").read_text() == "new"  # a file replaced
+    assert place(upload("u3", {"e": "e"}), jobs / "slash", end="/").returncode == 0
+    assert tree(jobs / "slash") == {"e": "e"}
+    refused = place(upload("u4", {"z": "z"}), jobs / "repo", if_exists="error")
+    assert refused.returncode == 1 and f"what: {jobs}/repo exists and is not empty (if_exists: error)" in refused.stderr
+    kept = place(str(tmp_path / "uploads" / "u4"), jobs / "repo", if_exists="skip")
+    assert kept.stdout == "placed\n" and "z" not in tree(jobs / "repo")
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == ["u4"]  # the others moved away

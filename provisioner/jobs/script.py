@@ -219,7 +219,8 @@ GIT_PASSWORD_VAR = "DSTACK_GIT_PASSWORD"
 CLONE = "uploads/clone"
 
 # dstack_place SRC DEST IF_EXISTS WHAT: moves an upload to its place. A repo meets an existing, non-empty DEST with
-# its `if_exists` (error, skip); `files` merge into a folder and replace a file.
+# its `if_exists` (error, skip); `files` merge into a folder and replace a file. What is there already is looked at by
+# the shell: an upload to a new place in an existing folder (the repo, to `repo/`) starts one `mv` and nothing else.
 _PLACE = """dstack_place() {
   if [ -f "$2" ] || { [ -d "$2" ] && [ -n "$(ls -A "$2")" ]; }; then
     case "$3" in
@@ -227,9 +228,15 @@ _PLACE = """dstack_place() {
       skip) echo "dstack: $4: $2 exists; left as it is (if_exists: skip)" >&2; return 0 ;;
     esac
   fi
-  mkdir -p "$(dirname "$2")"
-  rmdir "$2" 2>/dev/null || true
-  if [ -d "$1" ] && [ -d "$2" ]; then cp -a "$1/." "$2/" && rm -rf "$1"; else rm -rf "$2" && mv "$1" "$2"; fi
+  case $2 in
+    */) mkdir -p "$(dirname "$2")" ;;
+    */*) [ -d "${2%/*}/" ] || mkdir -p "${2%/*}/" ;;
+  esac
+  [ ! -d "$2" ] || rmdir "$2" 2>/dev/null || true
+  if [ -d "$1" ] && [ -d "$2" ]; then cp -a "$1/." "$2/" && rm -rf "$1"
+  elif [ -e "$2" ] || [ -L "$2" ]; then rm -rf "$2" && mv "$1" "$2"
+  else mv "$1" "$2"
+  fi
 }
 """
 ASKPASS_SCRIPT = b"""#!/bin/sh
@@ -299,6 +306,11 @@ def _container_mounts(job: JobSpec) -> List[str]:
     return mounts
 
 
+def _made(*folders: str) -> str:
+    """Shell text that makes the folders (shell words) where any is missing: no `mkdir` started when all are there."""
+    return " && ".join(f"[ -d {folder} ]" for folder in folders) + f" || mkdir -p {' '.join(folders)}\n"
+
+
 def python_script(job: JobSpec) -> str:
     """A job without `image:`: in a venv of its Python, or (`docker: true`) with Docker at hand."""
     workdir = _workdir(job, "$JOB_DIR/repo")
@@ -315,9 +327,10 @@ def python_script(job: JobSpec) -> str:
         lines.append(python_setup(job.python, job.may_install))
     if job.nvcc:
         lines.append(_NVCC)
-    # the repo folder, made once: with the working directory, which is in it unless `working_dir` is absolute
-    made = workdir if workdir.startswith('"$JOB_DIR"/repo') else f'"$JOB_DIR"/repo {workdir}'
-    lines += [f"mkdir -p {made}\n", f"cd {workdir}\n", _BEGUN, _commands(job)]
+    # the repo folder, made once where no upload made it: with the working directory, which is in it unless
+    # `working_dir` is absolute
+    made = [workdir] if workdir.startswith('"$JOB_DIR"/repo') else ['"$JOB_DIR"/repo', workdir]
+    lines += [_made(*made), f"cd {workdir}\n", _BEGUN, _commands(job)]
     return "".join(lines)
 
 
@@ -395,7 +408,7 @@ fi
 
 
 def docker_script(job: JobSpec) -> str:
-    lines = [_preamble(job), "mkdir -p repo\n", _upload_steps(job), mount_steps(job.mounts, in_container=True),
+    lines = [_preamble(job), _upload_steps(job), _made("repo"), mount_steps(job.mounts, in_container=True),
              _DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else "")]
     if job.nvidia_gpus:
         lines.append(_NVIDIA_TOOLKIT)
