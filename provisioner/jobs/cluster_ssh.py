@@ -137,15 +137,15 @@ def revoke_left(store: StateStore, host: HostAccess, transport: Transport, repor
                f"{run_name} ended")
 
 
+SSH_WRAPPER = "bin/ssh"  # the `ssh` first on a node's PATH
+_NO_SSH = b"#!/bin/sh\necho 'ssh: not found: this host has no ssh' >&2\nexit 127\n"
+
+
 def job_files(ssh: ClusterSSH) -> Dict[str, Tuple[bytes, int]]:
     """The files a node's job archive gets (name: (content, mode)). `bin/ssh` comes executable, as a stand-in that
     job.sh overwrites (keeping its mode: no `chmod` started) where the host has an ssh (ssh_setup)."""
     return {"cluster_key": (ssh.private_key, 0o600), "known_hosts": (ssh.known_hosts.encode(), 0o600),
             SSH_WRAPPER: (_NO_SSH, 0o700)}
-
-
-SSH_WRAPPER = "bin/ssh"
-_NO_SSH = b"#!/bin/sh\necho 'ssh: not found: this host has no ssh' >&2\nexit 127\n"
 
 
 def ssh_setup(ssh: ClusterSSH) -> str:
