@@ -3,7 +3,9 @@ interpreter found and a venv template, each used again only while what it came f
 jobs (the same job script as on an SSH host) with a HOME and PATH of the test's own."""
 
 import os
+import shutil
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -91,18 +93,71 @@ def test_the_venv_comes_from_a_template_kept_per_host_and_is_the_jobs_own(login_
                                                   f"{tmp_path}/tools/python3\n")
     starts = (tmp_path / "python.starts").read_text().splitlines()
     assert len(starts) == 1  # the first job's search for python3; the second's answer was kept
-    templates = [p for p in (tmp_path / "jobs" / HOST_CACHE).iterdir() if p.name.startswith("venv-")]
+    templates = templates_of(tmp_path)
     assert len(templates) == 1
     started = (tmp_path / "jobs" / "second" / "pid").stat().st_mtime
-    copied = os.lstat(tmp_path / "jobs" / "second" / "venv" / "bin" / "python3").st_mtime
+    venv = tmp_path / "jobs" / "second" / "venv"
+    copied = os.lstat(venv / "bin" / "python3").st_mtime
     assert copied == os.lstat(templates[0] / "bin" / "python3").st_mtime < started  # a copy, not a venv made anew
-    assert "first" not in (tmp_path / "jobs" / "second" / "venv" / "bin" / "activate").read_text()
-    assert str(templates[0]) not in (tmp_path / "jobs" / "second" / "venv" / "pyvenv.cfg").read_text()
+    assert sorted(p.name for p in venv.iterdir()) == sorted(p.name for p in templates[0].iterdir())  # nothing more
+    made_at = (templates[0].parent / "made-at").read_text().strip()
+    for copy in ("bin/activate", "bin/activate.fish", "pyvenv.cfg", "bin/pip", "bin/pip3"):
+        text = (venv / copy).read_text()
+        assert "first" not in text and made_at not in text and str(templates[0].parent) not in text, copy
+    for shim in ("pip", "pip3"):  # the job's own, executable after the copy and the rewrite
+        assert (venv / "bin" / shim).read_text() == f'#!/bin/sh\nexec "{venv}/bin/python" -m pip "$@"\n'
+        assert stat.S_IMODE((venv / "bin" / shim).stat().st_mode) & 0o100
 
     time.sleep(0.01)
     (tmp_path / "tools" / "python3.99").write_text("")  # an interpreter added on PATH: python3 is looked for again
     run_job(local, "third", ["true"])
     assert len((tmp_path / "python.starts").read_text().splitlines()) == 2
+
+
+def templates_of(tmp_path: Path) -> list:
+    """The venv templates the host keeps (each `venv` beside its `made-at`)."""
+    return sorted(made_at.parent / "venv" for made_at in (tmp_path / "jobs" / HOST_CACHE).rglob("made-at"))
+
+
+def test_a_changed_path_or_interpreter_is_looked_for_and_made_anew(login_home, tmp_path):
+    """The kept answer and template hold only while what they came from is unchanged: another PATH looks python3 up
+    again, an interpreter changed in place (its time here) gets a template of its own."""
+    write_profile(login_home, "one")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    run_job(local, "first", ["true"])
+    run_job(local, "second", ["true"])
+    assert len((tmp_path / "python.starts").read_text().splitlines()) == 1
+    more = tmp_path / "more"
+    more.mkdir()
+    with (login_home / ".profile").open("a") as profile:
+        profile.write(f'export PATH="$PATH:{more}"\n')
+    assert run_job(local, "third", ["echo $PATH"]).endswith(f":{more}\n")
+    assert len((tmp_path / "python.starts").read_text().splitlines()) == 2  # another PATH: looked for again
+    assert len(templates_of(tmp_path)) == 1
+
+    # an interpreter of the test's own (a copy of this one beside its library), changed after its first job
+    root = tmp_path / "pyroot"
+    (root / "bin").mkdir(parents=True)
+    own = root / "bin" / "python3"
+    shutil.copy2(os.path.realpath(sys.executable), own)
+    (root / "lib").symlink_to(Path(sys.prefix) / "lib")
+    if subprocess.run([str(own), "-c", "import venv"], capture_output=True).returncode != 0:
+        pytest.skip("this interpreter does not run from a copy")
+    (tmp_path / "tools" / "python3").unlink()
+    (tmp_path / "tools" / "python3").symlink_to(own)  # where python3 points is in the kept answer's key
+    before = templates_of(tmp_path)
+    for name in ("fourth", "fifth"):
+        venv = tmp_path / "jobs" / name / "venv"
+        assert run_job(local, name, ['python -c "import sys; print(sys.prefix)"', "pip --version | cut -c1-4"]) == \
+            f"{venv}\npip \n"
+        assert f"executable = {own}\n" in (venv / "pyvenv.cfg").read_text()
+    made = [template for template in templates_of(tmp_path) if template not in before]
+    assert len(made) == 1  # the interpreter's own template, which the fifth job's venv is a copy of
+    assert os.lstat(tmp_path / "jobs" / "fifth" / "venv" / "bin" / "python3").st_mtime == \
+        os.lstat(made[0] / "bin" / "python3").st_mtime
+    os.utime(own, (time.time() - 100, time.time() - 100))
+    run_job(local, "sixth", ["true"])
+    assert len(templates_of(tmp_path)) == 3  # a template of the changed interpreter, not the one before
 
 
 def test_a_cluster_jobs_interpreter_is_kept_per_host_too(login_home, tmp_path):

@@ -69,21 +69,26 @@ def cluster_ssh(run_name: str, hosts: Sequence[HostAccess]) -> Tuple[ClusterSSH,
 
 
 def authorize_command(line: str) -> str:
-    """Adds the run's line to authorized_keys (made 0600 in a 0700 folder where missing), once."""
+    """Adds the run's line to authorized_keys (made 0600 in a 0700 folder where missing), once: where no line ends
+    with the run's comment (another run's, whose name only starts alike, is not it); on a line of its own where the
+    file's last line has no newline. The shell reads the file itself (a few lines: no `grep` started per node)."""
     comment = line.rsplit(" ", 1)[-1]
     return (f"F={AUTHORIZED_KEYS}; umask 077; {{ [ -f \"$F\" ] || {{ mkdir -p \"$(dirname \"$F\")\" && touch \"$F\"; }}; }} && "
-            f"{{ grep -qF {shlex.quote(' ' + comment)} \"$F\" || printf '%s\\n' {shlex.quote(line)} >> \"$F\"; }}")
+            f"{{ found= open=; while IFS= read -r l || {{ [ -n \"$l\" ] && open=1; }}; do case $l in "
+            f"*{shlex.quote(' ' + comment)}) found=1; break ;; esac; done < \"$F\"; "
+            f"[ -n \"$found\" ] || printf \"${{open:+\\n}}%s\\n\" {shlex.quote(line)} >> \"$F\"; }}")
 
 
 def revoke_command(run_name: str) -> str:
-    """Removes the run's private key from its job folder and its line from authorized_keys, keeping the file
-    itself (its mode and owner). Where the copy cannot be written (a folder the user may not write), the file is
-    left as it is: never emptied."""
+    """Removes the run's private key from its job folder and its line (the one ending with its comment) from
+    authorized_keys, keeping the file itself (its mode and owner). Where the copy cannot be written (a folder the
+    user may not write), the file is left as it is: never emptied."""
 
-    comment = shlex.quote(" " + key_comment(run_name))
-    return (f"rm -f {job_folder(run_name)}/cluster_key; "
-            f"F={AUTHORIZED_KEYS}; [ -f \"$F\" ] || exit 0; grep -qF {comment} \"$F\" || exit 0; umask 077; rm -f \"$F.dstack\"; "
-            f"{{ grep -vF {comment} \"$F\" > \"$F.dstack\"; [ $? -le 1 ] && [ -f \"$F.dstack\" ]; }} && cat \"$F.dstack\" > \"$F\" && rm -f \"$F.dstack\"")
+    line_end = shlex.quote(f" {key_comment(run_name)}$")  # a run name is letters, digits and `-`: literal in a regex
+    return (f"F={AUTHORIZED_KEYS}; rm -f {job_folder(run_name)}/cluster_key \"$F.dstack\"; "
+            f"[ -f \"$F\" ] || exit 0; grep -q -- {line_end} \"$F\" || exit 0; umask 077; "
+            f"{{ grep -v -- {line_end} \"$F\" > \"$F.dstack\"; [ $? -le 1 ] && [ -f \"$F.dstack\" ]; }} && "
+            f"cat \"$F.dstack\" > \"$F\" && rm -f \"$F.dstack\"")
 
 
 def _revoke(transport: Transport, run_name: str) -> None:
@@ -132,18 +137,30 @@ def revoke_left(store: StateStore, host: HostAccess, transport: Transport, repor
                f"{run_name} ended")
 
 
+SSH_WRAPPER = "bin/ssh"  # the `ssh` first on a node's PATH
+_NO_SSH = b"#!/bin/sh\necho 'ssh: not found: this host has no ssh' >&2\nexit 127\n"
+
+
 def job_files(ssh: ClusterSSH) -> Dict[str, Tuple[bytes, int]]:
-    """The files a node's job archive gets (name: (content, mode)); JOB_DIR in the config is replaced by job.sh."""
+    """The files a node's job archive gets (name: (content, mode)). `bin/ssh` comes executable, as a stand-in that
+    job.sh overwrites (keeping its mode: no `chmod` started) where the host has an ssh (ssh_setup)."""
     return {"cluster_key": (ssh.private_key, 0o600), "known_hosts": (ssh.known_hosts.encode(), 0o600),
-            "ssh_config.in": (ssh.config.encode(), 0o600)}
+            SSH_WRAPPER: (_NO_SSH, 0o700)}
 
 
-# In job.sh, with a cluster: the config gets the job folder's path, and an `ssh` using it goes first on PATH.
-SSH_SETUP = """if [ -f ssh_config.in ] && REAL_SSH=$(command -v ssh); then
-  sed "s#JOB_DIR#$JOB_DIR#g" ssh_config.in > ssh_config && rm -f ssh_config.in
-  mkdir -p "$JOB_DIR/bin"
-  printf '#!/bin/sh\\nexec %s -F "%s/ssh_config" "$@"\\n' "$REAL_SSH" "$JOB_DIR" > "$JOB_DIR/bin/ssh"
-  chmod +x "$JOB_DIR/bin/ssh"
+def ssh_setup(ssh: ClusterSSH) -> str:
+    """job.sh's lines, with a cluster: the ssh config with the job folder's path in it, and an `ssh` using it first on
+    PATH; written by the shell's own printf, so no process is started for them."""
+    config = '"$JOB_DIR"'.join(shlex.quote(part) for part in ssh.config.split("JOB_DIR"))
+    return f"""__dstack_ssh= __dstack_path="$PATH:"
+while [ -n "$__dstack_path" ]; do
+  __dstack_dir=${{__dstack_path%%:*}}; __dstack_dir=${{__dstack_dir:-.}}; __dstack_path=${{__dstack_path#*:}}
+  if [ -f "$__dstack_dir/ssh" ] && [ -x "$__dstack_dir/ssh" ]; then __dstack_ssh=$__dstack_dir/ssh; break; fi
+done
+if [ -n "$__dstack_ssh" ]; then
+  printf '%s' {config} > ssh_config
+  printf '#!/bin/sh\\nexec %s -F "%s/ssh_config" "$@"\\n' "$__dstack_ssh" "$JOB_DIR" > "$JOB_DIR/{SSH_WRAPPER}"
   PATH="$JOB_DIR/bin:$PATH"; export PATH
 fi
+unset __dstack_ssh __dstack_path __dstack_dir
 """

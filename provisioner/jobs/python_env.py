@@ -36,45 +36,83 @@ env UV_INSTALL_DIR="$HOME/.local/bin" INSTALLER_NO_MODIFY_PATH=1 sh >/dev/null 2
 """
 
 
-# find_python's answer (a pyenv shim's start alone is ~0.1 s of CPU) is kept per host, keyed by the version asked
-# for, PATH, PYENV_VERSION and what decides the answer: the `python*` names in each PATH folder and where those that
-# are links point, pyenv's global version file, its versions folder (an install or uninstall changes it) and
-# ~/.python-version. (Not the folders' or shims' times: every login's `pyenv rehash` rewrites the shims.) PATH is
-# taken without the job's own bin folder in front (a cluster's `ssh`, `docker: true`'s `docker`, never a python):
-# its name is the run's, and with it in the key every multi-node job missed and left one more entry behind.
-# A venv of the interpreter with --without-pip is a few files and links; it is made once per host and interpreter
-# (the interpreter's path, inode, size and time in the key) as a template, and each job gets a copy with the
-# template's path in its activate scripts and pyvenv.cfg replaced by its own: what `python -m venv` would have made,
-# without an interpreter's start (the paths as venv writes them: absolute, `..` resolved; a copy whose activate
-# does not name its own folder is not used). CACHE is empty (nothing kept) where the jobs folder is not the user's own (a job
-# that became root through sudo), and anything that fails there falls back to finding and making anew.
-_CACHED = """CACHE=""
-if [ -O "$JOB_DIR/.." ] && mkdir -p "$JOB_DIR/../HOST_CACHE" 2>/dev/null; then CACHE=$(cd "$JOB_DIR/../HOST_CACHE" && pwd); fi
-cached_python() {
-  [ -n "$CACHE" ] || { find_python "$1"; return; }
-  k=${PATH#"$JOB_DIR/bin:"}
-  c="$CACHE/python-$({ echo "$1|$k|${PYENV_VERSION:-}"; (IFS=:; set --; for d in $k; do set -- "$@" "$d"/python*
-done; stat -c %N "$@"); r=${PYENV_ROOT:-$HOME/.pyenv}; stat -c '%n %i %y' "$r/version" "$r/versions" \
-"$HOME/.python-version"; } 2>/dev/null | cksum | tr ' ' -)"
-  p=; { IFS= read -r p < "$c"; } 2>/dev/null; if [ -n "$p" ] && [ -x "$p" ]; then echo "$p"; return 0; fi
-  p=$(find_python "$1") || return 1
-  printf '%s\\n' "$p" > "$c.$$" && mv "$c.$$" "$c"
-  echo "$p"
+# find_python's answer (a pyenv shim's start alone is ~0.1 s of CPU) is kept per host and version asked for, in one
+# file: its first line is the key, compared as a string (no checksum program started), its second the interpreter. The
+# key is PATH, PYENV_VERSION and what decides the answer: the `python*` names in each PATH folder and where those that
+# are links point (one `stat`), pyenv's global version file, the versions in its versions folder (an install or
+# uninstall changes them) and ~/.python-version (the files' text, read by the shell). (Not the folders' or shims'
+# times: every login's `pyenv rehash` rewrites the shims.) PATH is taken without the job's own bin folder in front (a
+# cluster's `ssh`, `docker: true`'s `docker`, never a python): its name is the run's, and with it in the key every
+# multi-node job would miss.
+# A venv of the interpreter with --without-pip (and `pip`, `pip3` as `python -m pip`) is a few files and links; it is
+# made once per host and interpreter, as a template: `venv` in a folder named by the interpreter's path, inode, size
+# and time, beside `made-at`, the path the venv was made at (one without the time's `:`, which venv refuses). Each job
+# gets a copy with that path in its activate scripts, pyvenv.cfg and pip shims replaced by its own (one `cp`, one
+# `sed`; the shims keep their mode): what `python -m venv` would have made, without an interpreter's start (the paths
+# as venv writes them: absolute, `..` resolved). A template whose activate does not name the path it was made at is not
+# kept, and paths that sed would not read literally are not copied.
+# __dstack_cache is empty (nothing kept) where the jobs folder is not the user's own (a job that became root through
+# sudo), and anything that fails there falls back to finding and making anew. The shell's own variables are
+# __dstack_*: a task's env may name any other.
+_CACHED = """__dstack_cache="" __dstack_nl='
+'
+if [ -O "$JOB_DIR/.." ] && { [ -d "$JOB_DIR/../HOST_CACHE" ] || mkdir -p "$JOB_DIR/../HOST_CACHE" 2>/dev/null; }; then
+  __dstack_cache="${JOB_DIR%/*}/HOST_CACHE"
+fi
+pip_shims() {
+  for __dstack_shim in pip pip3; do
+    printf '#!/bin/sh\\nexec "%s/bin/python" -m pip "$@"\\n' "$1" > "$1/bin/$__dstack_shim"
+  done
+  chmod +x "$1/bin/pip" "$1/bin/pip3"
 }
+# cached_python VERSION: __dstack_py set to find_python's answer, kept per host; fails where there is none.
+cached_python() {
+  [ -n "$__dstack_cache" ] || { __dstack_py=$(find_python "$1"); return; }
+  __dstack_version=$1 __dstack_key=${PATH#"$JOB_DIR/bin:"} __dstack_ifs=$IFS
+  set --; IFS=:; for __dstack_dir in $__dstack_key; do set -- "$@" "$__dstack_dir"/python*; done; IFS=$__dstack_ifs
+  __dstack_root=${PYENV_ROOT:-$HOME/.pyenv}
+  __dstack_key="$__dstack_version|$__dstack_key|${PYENV_VERSION:-}|$(stat -c %N "$@" 2>/dev/null)|"
+  for __dstack_file in "$__dstack_root/version" "$HOME/.python-version"; do
+    if [ -f "$__dstack_file" ]; then
+      while IFS= read -r __dstack_line || [ -n "$__dstack_line" ]; do __dstack_key="$__dstack_key $__dstack_line"
+      done 2>/dev/null < "$__dstack_file"
+    fi
+    __dstack_key="$__dstack_key|"
+  done
+  for __dstack_file in "$__dstack_root"/versions/*; do __dstack_key="$__dstack_key ${__dstack_file##*/}"; done
+  while :; do case $__dstack_key in
+    *"$__dstack_nl"*) __dstack_key="${__dstack_key%%"$__dstack_nl"*} ${__dstack_key#*"$__dstack_nl"}" ;; *) break ;;
+  esac; done
+  __dstack_kept="$__dstack_cache/python-$__dstack_version" __dstack_line= __dstack_py=
+  { IFS= read -r __dstack_line && IFS= read -r __dstack_py; } 2>/dev/null < "$__dstack_kept"
+  if [ "$__dstack_line" = "$__dstack_key" ] && [ -n "$__dstack_py" ] && [ -x "$__dstack_py" ]; then return 0; fi
+  __dstack_py=$(find_python "$__dstack_version") || return 1
+  printf '%s\\n%s\\n' "$__dstack_key" "$__dstack_py" > "$__dstack_kept.$$" && mv "$__dstack_kept.$$" "$__dstack_kept"
+  return 0
+}
+# venv_from_template PYTHON: the job's venv, a copy of the template kept for PYTHON (made first where missing).
 venv_from_template() {
-  [ -n "$CACHE" ] || return 1
-  t="$CACHE/venv-$(stat -L -c '%n %i %s %y' "$1" | cksum | tr ' ' -)"
-  if [ ! -f "$t/made-at" ]; then
-    rm -rf "$t.$$"
-    "$1" -m venv --without-pip --system-site-packages "$t.$$" >/dev/null 2>&1 && printf '%s' "$t.$$" > "$t.$$/made-at" \
-&& mv -T "$t.$$" "$t" 2>/dev/null
-    rm -rf "$t.$$"
+  [ -n "$__dstack_cache" ] || return 1
+  case $1 in /*) ;; *) return 1 ;; esac
+  case $1 in */../*|*/./*|*/..|*/.) return 1 ;; esac
+  case $1$JOB_DIR in *'|'*|*'&'*|*'\\'*|*'['*|*'*'*|*"$__dstack_nl"*) return 1 ;; esac
+  __dstack_template="$__dstack_cache/venv$1/$(stat -L -c '%i %s %y' "$1")" || return 1
+  if [ ! -f "$__dstack_template/made-at" ]; then
+    __dstack_new="$__dstack_cache/venv.$$"
+    rm -rf "$__dstack_new"
+    mkdir -p "$__dstack_new" "${__dstack_template%/*}" \\
+&& "$1" -m venv --without-pip --system-site-packages "$__dstack_new/venv" >/dev/null 2>&1 \\
+&& pip_shims "$__dstack_new/venv" && grep -qF "$__dstack_new/venv" "$__dstack_new/venv/bin/activate" \\
+&& printf '%s\\n' "$__dstack_new/venv" > "$__dstack_new/made-at" \\
+&& mv -T "$__dstack_new" "$__dstack_template" 2>/dev/null
+    rm -rf "$__dstack_new"
   fi
-  from=$(cat "$t/made-at" 2>/dev/null) && [ -n "$from" ] || return 1
-  case "$from$JOB_DIR" in *'|'*|*'&'*|*'\\'*) return 1 ;; esac
-  if cp -a "$t" "$JOB_DIR/venv" && rm -f "$JOB_DIR/venv/made-at" && \
-sed -i "s|$from|$JOB_DIR/venv|g" "$JOB_DIR/venv/pyvenv.cfg" "$JOB_DIR"/venv/bin/activate* && \
-grep -qF "$JOB_DIR/venv" "$JOB_DIR/venv/bin/activate"; then return 0; fi
+  __dstack_from=; { IFS= read -r __dstack_from < "$__dstack_template/made-at"; } 2>/dev/null
+  [ -n "$__dstack_from" ] || return 1
+  if cp -a "$__dstack_template/venv" "$JOB_DIR/venv" && sed -i "s|$__dstack_from|$JOB_DIR/venv|g" \\
+"$JOB_DIR/venv/pyvenv.cfg" "$JOB_DIR"/venv/bin/activate* "$JOB_DIR/venv/bin/pip" "$JOB_DIR/venv/bin/pip3"; then
+    return 0
+  fi
   rm -rf "$JOB_DIR/venv"; return 1
 }
 """.replace("HOST_CACHE", HOST_CACHE)
@@ -89,21 +127,19 @@ def python_setup(version: Optional[str], may_install: bool) -> str:
     get_uv = _INSTALL_UV.format(version=version) if version and may_install else ""
     cannot = "and uv could not install it" if may_install else "(the local backend installs nothing)"
     return f"""{_FIND_PYTHON}{_CACHED}if [ ! -x "$JOB_DIR/venv/bin/python" ]; then
-  PY=$(cached_python {wanted}) || PY=""
-  if [ -z "$PY" ]; then
+  cached_python {wanted} || __dstack_py=""
+  if [ -z "$__dstack_py" ]; then
   {get_uv}  if ! command -v uv >/dev/null 2>&1 || ! uv venv -q --seed --python {wanted or 3} "$JOB_DIR/venv" >/dev/null 2>&1; then
       echo "dstack: Python {wanted or 3} is not installed on this host {cannot}; present:$(present_pythons)" >&2
       exit 1
     fi
-  elif command -v uv >/dev/null 2>&1 && uv venv -q --seed --python "$PY" "$JOB_DIR/venv" >/dev/null 2>&1; then :
-  else
-    venv_from_template "$PY" || "$PY" -m venv --without-pip --system-site-packages "$JOB_DIR/venv"
-    for shim in pip pip3; do
-      printf '#!/bin/sh\\nexec "%s/bin/python" -m pip "$@"\\n' "$JOB_DIR/venv" > "$JOB_DIR/venv/bin/$shim"
-    done
-    chmod +x "$JOB_DIR/venv/bin/pip" "$JOB_DIR/venv/bin/pip3"
+  elif command -v uv >/dev/null 2>&1 && uv venv -q --seed --python "$__dstack_py" "$JOB_DIR/venv" >/dev/null 2>&1; then :
+  elif ! venv_from_template "$__dstack_py"; then
+    "$__dstack_py" -m venv --without-pip --system-site-packages "$JOB_DIR/venv"
+    pip_shims "$JOB_DIR/venv"
   fi
 fi
-unset CACHE c k t from
+unset __dstack_cache __dstack_nl __dstack_shim __dstack_version __dstack_key __dstack_ifs __dstack_dir __dstack_root \\
+__dstack_file __dstack_line __dstack_kept __dstack_template __dstack_new __dstack_from __dstack_py
 . "$JOB_DIR/venv/bin/activate"
 """

@@ -26,7 +26,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from provisioner.jobs.cluster_ssh import SSH_SETUP, ClusterSSH
+from provisioner.jobs.cluster_ssh import ClusterSSH, ssh_setup
 from provisioner.jobs.dev_env import DevSession
 from provisioner.jobs.layout import BEGUN_FILE, PROFILE_ENV
 from provisioner.jobs.mounts import Mounts, docker_volume_args, mount_steps
@@ -104,7 +104,6 @@ set -e
 case $0 in */*) cd "${{0%/*}}" ;; esac
 JOB_DIR="$PWD"
 {as_root}if [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
-mkdir -p repo
 if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
 if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
   DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
@@ -112,7 +111,12 @@ if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
   DSTACK_NODES_IPS=$DSTACK_MASTER_NODE_IP
 fi
 DSTACK_MPI_HOSTFILE="$JOB_DIR/mpi_hostfile"
-printf '%s\\n' "$DSTACK_NODES_IPS" | sed 's/$/ slots={slots}/' > "$DSTACK_MPI_HOSTFILE"
+__dstack_ips=$DSTACK_NODES_IPS __dstack_nl='
+'
+{{ while :; do printf '%s slots={slots}\\n' "${{__dstack_ips%%"$__dstack_nl"*}}"
+  case $__dstack_ips in *"$__dstack_nl"*) __dstack_ips=${{__dstack_ips#*"$__dstack_nl"}} ;; *) break ;; esac
+done; }} > "$DSTACK_MPI_HOSTFILE"
+unset __dstack_ips __dstack_nl
 export DSTACK_MASTER_NODE_IP DSTACK_NODES_IPS DSTACK_MPI_HOSTFILE
 """
 _BEGUN = f": > \"$JOB_DIR/{BEGUN_FILE}\"\n"
@@ -215,7 +219,8 @@ GIT_PASSWORD_VAR = "DSTACK_GIT_PASSWORD"
 CLONE = "uploads/clone"
 
 # dstack_place SRC DEST IF_EXISTS WHAT: moves an upload to its place. A repo meets an existing, non-empty DEST with
-# its `if_exists` (error, skip); `files` merge into a folder and replace a file.
+# its `if_exists` (error, skip); `files` merge into a folder and replace a file. What is there already is looked at by
+# the shell: an upload to a new place in an existing folder (the repo, to `repo/`) starts one `mv` and nothing else.
 _PLACE = """dstack_place() {
   if [ -f "$2" ] || { [ -d "$2" ] && [ -n "$(ls -A "$2")" ]; }; then
     case "$3" in
@@ -223,9 +228,15 @@ _PLACE = """dstack_place() {
       skip) echo "dstack: $4: $2 exists; left as it is (if_exists: skip)" >&2; return 0 ;;
     esac
   fi
-  mkdir -p "$(dirname "$2")"
-  rmdir "$2" 2>/dev/null || true
-  if [ -d "$1" ] && [ -d "$2" ]; then cp -a "$1/." "$2/" && rm -rf "$1"; else rm -rf "$2" && mv "$1" "$2"; fi
+  case $2 in
+    */) mkdir -p "$(dirname "$2")" ;;
+    */*) [ -d "${2%/*}/" ] || mkdir -p "${2%/*}/" ;;
+  esac
+  [ ! -d "$2" ] || rmdir "$2" 2>/dev/null || true
+  if [ -d "$1" ] && [ -d "$2" ]; then cp -a "$1/." "$2/" && rm -rf "$1"
+  elif [ -e "$2" ] || [ -L "$2" ]; then rm -rf "$2" && mv "$1" "$2"
+  else mv "$1" "$2"
+  fi
 }
 """
 ASKPASS_SCRIPT = b"""#!/bin/sh
@@ -295,6 +306,11 @@ def _container_mounts(job: JobSpec) -> List[str]:
     return mounts
 
 
+def _made(*folders: str) -> str:
+    """Shell text that makes the folders (shell words) where any is missing: no `mkdir` started when all are there."""
+    return " && ".join(f"[ -d {folder} ]" for folder in folders) + f" || mkdir -p {' '.join(folders)}\n"
+
+
 def python_script(job: JobSpec) -> str:
     """A job without `image:`: in a venv of its Python, or (`docker: true`) with Docker at hand."""
     workdir = _workdir(job, "$JOB_DIR/repo")
@@ -304,14 +320,17 @@ def python_script(job: JobSpec) -> str:
         workdir = shlex.quote(workdir)
     lines = [_preamble(job), _upload_steps(job), mount_steps(job.mounts, in_container=False)]
     if job.cluster_ssh is not None:
-        lines.append(SSH_SETUP)
+        lines.append(ssh_setup(job.cluster_ssh))
     if job.docker:
         lines += [_DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else ""), _DOCKER_FOR_COMMANDS]
     else:
         lines.append(python_setup(job.python, job.may_install))
     if job.nvcc:
         lines.append(_NVCC)
-    lines += [f"mkdir -p {workdir}\n", f"cd {workdir}\n", _BEGUN, _commands(job)]
+    # the repo folder, made once where no upload made it: with the working directory, which is in it unless
+    # `working_dir` is absolute
+    made = [workdir] if workdir.startswith('"$JOB_DIR"/repo') else ['"$JOB_DIR"/repo', workdir]
+    lines += [_made(*made), f"cd {workdir}\n", _BEGUN, _commands(job)]
     return "".join(lines)
 
 
@@ -389,7 +408,7 @@ fi
 
 
 def docker_script(job: JobSpec) -> str:
-    lines = [_preamble(job), _upload_steps(job), mount_steps(job.mounts, in_container=True),
+    lines = [_preamble(job), _upload_steps(job), _made("repo"), mount_steps(job.mounts, in_container=True),
              _DOCKER_ACCESS.replace("{may_install}", "1" if job.may_install else "")]
     if job.nvidia_gpus:
         lines.append(_NVIDIA_TOOLKIT)
