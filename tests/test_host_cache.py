@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,47 @@ def test_a_profile_that_fails_is_not_kept(login_home, tmp_path):
     run_job(local, "second", ["true"])
     assert readings(login_home) == 2
     assert not (tmp_path / "jobs" / HOST_CACHE / "profile.env").exists()
+
+
+def test_a_kept_environment_replaced_while_a_job_starts_from_it_is_still_the_one_its_key_matched(login_home, tmp_path):
+    """A job starting beside this one renames its own reading over the kept file (another key: an edited profile, a
+    docker job's DOCKER_HOST) just after this job found its key there: this job still reads the file whose key
+    matched, whatever runs in between (the job's shell starting, a copy); the next job sees the other key and reads
+    the profile again."""
+    write_profile(login_home, "one")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    assert run_job(local, "first", ["echo $FROM_PROFILE"]) == "one\n"
+    kept = tmp_path / "jobs" / HOST_CACHE / "profile.env"
+    other = tmp_path / "other.env"
+    other.write_text("# another key\nexport FROM_PROFILE=other\n")
+    for tool in ("bash", "cp"):  # each renames the other reading over the kept file once, then runs as itself
+        shim = tmp_path / "tools" / tool
+        shim.write_text(f'#!/bin/sh\n[ -f {other} ] && mv {other} {kept}\nexec {shutil.which(tool)} "$@"\n')
+        shim.chmod(0o755)
+    assert run_job(local, "second", ["echo $FROM_PROFILE"]) == "one\n"
+    assert kept.read_text().startswith("# another key\n")  # the rename came before the job read its environment
+    assert "kept" in (tmp_path / "jobs" / "second" / "profile.log").read_text() and readings(login_home) == 1
+    assert run_job(local, "third", ["echo $FROM_PROFILE"]) == "one\n"
+    assert readings(login_home) == 2
+
+
+def test_jobs_starting_at_once_on_one_host_all_get_the_profiles_environment(login_home, tmp_path):
+    """Six jobs at once on a host with nothing kept (those that find no reading kept yet read the profile and keep
+    theirs, renaming it over another's), then six more from what was kept."""
+    write_profile(login_home, "one")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    read = []
+    for wave in ("read", "kept"):
+        names = [f"{wave}-{i}" for i in range(6)]
+        with ThreadPoolExecutor(len(names)) as pool:
+            list(pool.map(lambda name: start_job(local, JobSpec(run_name=name, commands=[
+                "echo $FROM_PROFILE", "greet the profile"])), names))
+        for name in names:
+            code, log = wait_exit(local, name, timeout=60)
+            assert (code, log) == (0, "one\nhello from the profile\n"), name
+        read.append(readings(login_home))
+    assert all("kept" in (tmp_path / "jobs" / f"kept-{i}" / "profile.log").read_text() for i in range(6))
+    assert 1 <= read[0] == read[1] <= 6
 
 
 def test_the_venv_comes_from_a_template_kept_per_host_and_is_the_jobs_own(login_home, tmp_path):

@@ -55,10 +55,14 @@ MAX_SAMPLE_INTERVAL_S = 60
 # SIGTERM cuts the profile short the same way, and the job ends there. A SIGKILL of the job's group does not reach the
 # profile: it finishes as it would have, releasing what it holds. Its end is looked for every 10 ms (the job's first
 # line waits on it).
-# The environment read is kept in the jobs folder's HOST_CACHE (0600, as the job folder's files), with a key of what
-# the login read it from: the shell, the basics it started with, and each startup file bash and sh read (path, inode,
-# size, time). The next job whose key is the same starts from the kept environment, without a login shell (~0.1 s of
-# CPU, a pyenv init's 0.2-0.3 s of wall time); a profile that failed or was cut short is not kept.
+# The environment read is kept in the jobs folder's HOST_CACHE (0600, as the job folder's files), its first line a
+# comment holding the key of what the login read it from: the shell, the basics it started with, and each startup
+# file bash and sh read (path, inode, size, time), on one line. The next job whose key is the same starts from the
+# kept environment, without a login shell (~0.1 s of CPU, a pyenv init's 0.2-0.3 s of wall time); a profile that
+# failed or was cut short is not kept. The launcher opens the kept file once, on fd 3, reads its key there and hands
+# that open file to job.sh (DSTACK_PROFILE_FD), which sources it as /dev/fd/3: a job starting beside it that renames
+# its own reading over the kept file (another key: a changed profile, a docker job's DOCKER_HOST) changes nothing
+# for it. A job that becomes root gets a copy in PROFILE_ENV instead: sudo closes what it is handed.
 PROFILE_TIMEOUT_S = 10
 
 
@@ -67,14 +71,18 @@ case $1 in ''|*[!0-9]*) echo "dstack: DSTACK_PROFILE_TIMEOUT=$1 is not a whole n
 profile gets DEFAULT_S"; set -- DEFAULT_S ;; esac
 i=0; n=$(($1 * 100)); term=; stop=
 cache=../HOST_CACHE/PROFILE_ENV
-key="# $({ echo "$sh|$HOME|$USER|$LOGNAME|$SHELL|$PATH|$LANG|${DOCKER_HOST:-}|${DOCKER_CONFIG:-}"
-  stat -L -c '%n %i %s %y' /etc/profile /etc/profile.d/* /etc/bash.bashrc /etc/environment "$HOME/.bash_profile" \
-"$HOME/.bash_login" "$HOME/.profile" "$HOME/.bashrc"; } 2>/dev/null | cksum)"
-if [ -O .. ] && { first=; IFS= read -r first < "$cache"; } 2>/dev/null && [ "$first" = "$key" ] && cp "$cache" PROFILE_ENV 2>/dev/null; then
+key="# $sh|$HOME|$USER|$LOGNAME|$SHELL|$PATH|$LANG|${DOCKER_HOST:-}|${DOCKER_CONFIG:-}"
+files=$(stat -L -c '%n %i %s %y' /etc/profile /etc/profile.d/* /etc/bash.bashrc /etc/environment "$HOME/.bash_profile" \
+"$HOME/.bash_login" "$HOME/.profile" "$HOME/.bashrc" 2>/dev/null)
+set -f; IFS='
+'; for line in $files; do key="$key|$line"; done; unset IFS; set +f
+if [ -O .. ] && [ -f "$cache" ] && { command exec 3< "$cache"; } 2>/dev/null && { first=; IFS= read -r first <&3; } \
+&& [ "$first" = "$key" ] && [ -r /dev/fd/3 ]; then
   echo "dstack: the login profile's environment as an earlier job on this host read it (kept in the jobs folder's \
 HOST_CACHE while the profile's files are unchanged)" > profile.log
-  exec "$sh" ./job.sh
+  KEPT
 fi
+exec 3<&-
 trap 'stop=1; n=0' TERM
 setsid "$sh" -l -c 'unset PWD OLDPWD
 { export -p; declare -f; declare -F | sed -n "s/^declare -fx /export -f /p"; } 2>/dev/null >"$0.tmp" && mv "$0.tmp" "$0"
@@ -96,7 +104,11 @@ if [ ! -f PROFILE_ENV ]; then
 LANG alone (what the profile printed is in $PWD/profile.log)"
 fi
 exec "$sh" ./job.sh
-""".replace("DEFAULT_S", str(PROFILE_TIMEOUT_S)).replace("PROFILE_ENV", PROFILE_ENV).replace("HOST_CACHE", HOST_CACHE)
+""".replace("DEFAULT_S", str(PROFILE_TIMEOUT_S)).replace("HOST_CACHE", HOST_CACHE)
+
+# On a kept environment's key: job.sh sources the open file itself; a job that becomes root reads a copy of it.
+_KEPT_OPEN = 'DSTACK_PROFILE_FD=3 exec "$sh" ./job.sh'
+_KEPT_COPY = 'cat /dev/fd/3 > PROFILE_ENV && exec "$sh" ./job.sh 3<&-'
 
 
 def _launcher(job: JobSpec) -> str:
@@ -109,7 +121,8 @@ def _launcher(job: JobSpec) -> str:
               'PATH="$PATH" LANG="${LANG:-C.UTF-8}"')
     if job.docker:
         basics += ' ${DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"} ${DOCKER_CONFIG:+DOCKER_CONFIG="$DOCKER_CONFIG"}'
-    return f'{basics} sh -c {shlex.quote(_LOGIN)} dstack-login "${{DSTACK_PROFILE_TIMEOUT:-{PROFILE_TIMEOUT_S}}}"'
+    login = _LOGIN.replace("KEPT", _KEPT_COPY if job.needs_root else _KEPT_OPEN).replace("PROFILE_ENV", PROFILE_ENV)
+    return f'{basics} sh -c {shlex.quote(login)} dstack-login "${{DSTACK_PROFILE_TIMEOUT:-{PROFILE_TIMEOUT_S}}}"'
 
 
 def sweep_command(job_id: str) -> str:
@@ -122,12 +135,17 @@ def sweep_command(job_id: str) -> str:
 # SIZES_INTERVAL_S and each change appended to OUTPUT_SIZES as `TIME SIZE` (the host's clock; by TIME the log had SIZE
 # bytes), once more when the job has ended. The job writes its log itself, so nothing stands in its output's way; a
 # line's arrival is known to within the interval. provisioner.jobs.control.read_output_times reads it.
+# A sample starts only when the log may have changed: SIZES_SAMPLED is touched (a builtin's truncation) just before
+# each size is read, and a log that is missing or not older than it (`-nt`, at whatever precision the shell and the file
+# system's clock give: a tie counts as a change) is read again; a quiet job's sample is one `sleep`.
 OUTPUT_SIZES = "output.sizes"
+SIZES_SAMPLED = "output.sampled"
 SIZES_INTERVAL_S = 0.5
-_SIZE = f'echo "$(date +%s.%N) $(stat -c %s output.log 2>/dev/null || echo 0)" >> {OUTPUT_SIZES}'
+_SIZE = f's=$(stat -c %s output.log 2>/dev/null); echo "$(date +%s.%N) ${{s:-0}}" >> {OUTPUT_SIZES}'
 _SIZES_START = ("{ trap 'kill $w 2>/dev/null; exit 0' TERM; o=0; while kill -0 $J 2>/dev/null; do "
-                "s=$(stat -c %s output.log 2>/dev/null || echo 0); "
-                f'[ "$s" = "$o" ] || {{ echo "$(date +%s.%N) $s" >> {OUTPUT_SIZES}; o=$s; }}; '
+                f"[ -f output.log ] && [ {SIZES_SAMPLED} -nt output.log ] || {{ : > {SIZES_SAMPLED}; "
+                "s=$(stat -c %s output.log 2>/dev/null); s=${s:-0}; "
+                f'[ "$s" = "$o" ] || {{ echo "$(date +%s.%N) $s" >> {OUTPUT_SIZES}; o=$s; }}; }}; '
                 f"sleep {SIZES_INTERVAL_S} & w=$!; wait $w; done; }} & T=$!; ")
 _SIZES_STOP = f"kill $T 2>/dev/null; {_SIZE}; "
 
@@ -155,31 +173,40 @@ def start_command(job: JobSpec) -> str:
     """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
     folder = job_folder(job.run_name)
     check = root_check(job) if job.needs_root else ""
-    mark_root = ' && printf "%s" "$R" > as_root' if job.needs_root else " && rm -f as_root"
+    # What a job that ran in this folder before left, removed before the new one is unpacked (one `rm`).
+    stale = ["uploads", "repo", "exit_code", "pid", "begun", "output.log", SIZES_SAMPLED, NOTICE_FILE, PROFILE_ENV]
+    mark_root = ' && printf "%s" "$R" > as_root' if job.needs_root else ""
+    if not job.needs_root:
+        stale.append("as_root")
     limit = f"timeout -s TERM -k 10 {job.max_duration_s} " if job.max_duration_s else ""
     monitor_start = monitor_stop = ""
     if job.utilization:
         low, window = job.utilization
         interval = min(max(window // 10, MIN_SAMPLE_INTERVAL_S), MAX_SAMPLE_INTERVAL_S)
+        stale += ["stop_reason", "util.*"]
         monitor_start = f"./monitor.sh $J {low} {window} {interval} & M=$!; "
-        monitor_start = f"rm -f stop_reason util.*; {monitor_start}"
         monitor_stop = f'kill $M 2>/dev/null; [ -f stop_reason ] && {{ code={UNDERUTILIZED}; by=utilization_policy; }}; '
     authorize = ""
     if job.dev is not None:  # its key's line goes with the job: added before it starts, removed once it has ended
         authorize = f" && {{ {dev_env.authorize_command(job.dev.public_key)}; }}"
         if job.dev.inactivity_s is not None:
             interval = dev_env.sample_interval(job.dev.inactivity_s)
-            monitor_start += (f"rm -f {dev_env.INACTIVE_FILE}; ./sessions.sh $J {job.dev.inactivity_s} {interval} & "
-                              "S=$!; ")
+            stale.append(dev_env.INACTIVE_FILE)
+            monitor_start += f"./sessions.sh $J {job.dev.inactivity_s} {interval} & S=$!; "
             monitor_stop += (f"kill $S 2>/dev/null; [ -f {dev_env.INACTIVE_FILE} ] && "
                              f"{{ code={INACTIVE}; by=inactivity_duration; }}; ")
         monitor_stop += f"{dev_env.revoke_command(job.dev.public_key)}; rm -f session.env; "
     monitor_start += watch_start(job.spot_notice)  # the spot interruption notice (provisioner.jobs.spot_notice)
     monitor_stop += watch_stop(job.spot_notice)
+    started = "started=$(date +%s); " if job.max_duration_s else ""
     # The log is opened to append (O_APPEND): a line the notice's watcher adds lands after the job's, not under them.
-    wrapper = (f": > {OUTPUT_SIZES}; started=$(date +%s); by=; setsid {limit}{_launcher(job)} >> output.log 2>&1 < /dev/null & "
-               f"J=$!; echo $J > pid; {_SIZES_START}{monitor_start}wait $J; code=$?; {_timed_out(job)}{_SIZES_STOP}"
-               f"{monitor_stop}{_end_of_job(job)}rm -f {' '.join(SECRET_HOLDERS)}; "
+    # The job's process group id goes to the pid file (a stop and a log's reader read it there) and to the wrapper's
+    # stdout, which the start reads to its end: the wrapper then turns its stdout away, and the start returns. SIGPIPE
+    # is ignored only for that line (were the start gone, the wrapper would go on); the job keeps the default.
+    wrapper = (f": > {OUTPUT_SIZES}; {started}by=; setsid {limit}{_launcher(job)} >> output.log 2>&1 < /dev/null & "
+               "J=$!; echo $J > pid; trap '' PIPE; echo $J; trap - PIPE; exec > /dev/null; "
+               f"{_SIZES_START}{monitor_start}wait $J; code=$?; {_timed_out(job)}{_SIZES_STOP}"
+               f"{monitor_stop}{_end_of_job(job)}rm -f {' '.join(SECRET_HOLDERS)} {SIZES_SAMPLED}; "
                "echo $code $by > exit_code.tmp; mv exit_code.tmp exit_code")
     if job.power_off_after_exit_min:
         minutes = job.power_off_after_exit_min
@@ -189,13 +216,16 @@ def start_command(job: JobSpec) -> str:
                    f"sudo -n shutdown -c || shutdown -c; }} > /dev/null 2>&1; {wrapper}"
                    f"; sudo -n {POWER_OFF_PATH} --idle {minutes} || {POWER_OFF_PATH} --idle {minutes} || "
                    f"sudo -n shutdown -h +{minutes} || shutdown -h +{minutes}")
+    # The wrapper and all it starts ignore SIGHUP (as under nohup): the job's own session has no terminal to lose,
+    # and what the job's commands do with a hangup stays as it was.
+    wrapper = f"trap '' HUP; {wrapper}"
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
     # The last job's log goes before the command returns: the launch opens the new one in the background, and a
-    # follower that reads at once (a retry) would read the old log's lines again.
-    return (f"{check}{{ umask 077 && mkdir -p {folder} && cd {folder} && rm -rf uploads repo && tar -xzf - && "
-            f"rm -f exit_code pid begun output.log {NOTICE_FILE} {PROFILE_ENV}{mark_root}{authorize}; }} || exit 1; "
-            f"setsid nohup sh -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
-            "for i in $(seq 100); do [ -s pid ] && break; sleep 0.01; done; cat pid")
+    # follower that reads at once (a retry) would read the old log's lines again. A new folder has nothing to remove.
+    return (f"{check}{{ umask 077 && if cd {folder} 2>/dev/null; then rm -rf {' '.join(stale)}; "
+            f"else mkdir -p {folder} && cd {folder}; fi && tar -xzf -{mark_root}{authorize}; }} || exit 1; "
+            f"J=$(setsid sh -c {shlex.quote(wrapper)} 2>/dev/null < /dev/null &); "
+            '[ -n "$J" ] || { echo "the job did not start (its wrapper gave no process group)" >&2; exit 1; }; echo "$J"')
 
 
 def _timed_out(job: JobSpec) -> str:

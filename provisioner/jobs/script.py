@@ -103,7 +103,8 @@ _PREAMBLE = """#!/bin/sh
 set -e
 case $0 in */*) cd "${{0%/*}}" ;; esac
 JOB_DIR="$PWD"
-{as_root}if [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
+{as_root}if [ -n "${{DSTACK_PROFILE_FD:-}}" ]; then unset DSTACK_PROFILE_FD; . /dev/fd/3 || true; exec 3<&-; \
+elif [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
 if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
 if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
   DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
