@@ -56,17 +56,19 @@ SHELLS = [shell for shell in (["sh"], ["bash"], ["busybox", "sh"]) if shutil.whi
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda shell: shell[0])
 def test_the_sampler_reads_a_log_whose_time_ties_with_its_last_sample(tmp_path, shell):
     """A file's time may be as coarse as the kernel's tick: a log written just after a sample can carry the very
-    time of the sample's mark. Such a log is read (its new size recorded) and not taken for unchanged."""
+    time of the sample's mark. Such a log is read (its new size recorded) and not taken for unchanged; an emptied
+    log is recorded at 0 bytes."""
     (tmp_path / "output.log").write_text("12345")
     (tmp_path / SIZES_SAMPLED).write_text("")
     for name in ("output.log", SIZES_SAMPLED):
         os.utime(tmp_path / name, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     job = subprocess.Popen(["sleep", "30"])
     try:
-        script = f"J={job.pid}; {_SIZES_START}sleep 1.2; echo 123456789 > output.log; sleep 1.2; kill $T"
+        script = (f"J={job.pid}; {_SIZES_START}sleep 1.2; echo 123456789 > output.log; sleep 1.2; "
+                  ": > output.log; sleep 1.2; kill $T")
         subprocess.run([*shell, "-c", script], cwd=tmp_path, check=True, timeout=30)
     finally:
         job.kill()
         job.wait()
     sizes = [line.split()[1] for line in (tmp_path / OUTPUT_SIZES).read_text().splitlines()]
-    assert sizes == ["5", "10"]
+    assert sizes == ["5", "10", "0"]

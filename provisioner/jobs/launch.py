@@ -135,17 +135,18 @@ def sweep_command(job_id: str) -> str:
 # SIZES_INTERVAL_S and each change appended to OUTPUT_SIZES as `TIME SIZE` (the host's clock; by TIME the log had SIZE
 # bytes), once more when the job has ended. The job writes its log itself, so nothing stands in its output's way; a
 # line's arrival is known to within the interval. provisioner.jobs.control.read_output_times reads it.
-# A sample starts only when the log may have changed: SIZES_SAMPLED is touched (a builtin's truncation) just before
-# each size is read, and a log that is missing or not older than it (`-nt`, at whatever precision the shell and the file
-# system's clock give: a tie counts as a change) is read again; a quiet job's sample is one `sleep`.
+# A size is read (stat) only where the shell can not tell it: a missing or empty log has 0 bytes (`-s`), and one older
+# than SIZES_SAMPLED, touched (a builtin's truncation) just before each size is read, has the size last read (`-nt`,
+# at whatever precision the shell and the file system's clock give: a tie counts as a change). A quiet job's sample
+# is one `sleep`.
 OUTPUT_SIZES = "output.sizes"
 SIZES_SAMPLED = "output.sampled"
 SIZES_INTERVAL_S = 0.5
 _SIZE = f's=$(stat -c %s output.log 2>/dev/null); echo "$(date +%s.%N) ${{s:-0}}" >> {OUTPUT_SIZES}'
 _SIZES_START = ("{ trap 'kill $w 2>/dev/null; exit 0' TERM; o=0; while kill -0 $J 2>/dev/null; do "
-                f"[ -f output.log ] && [ {SIZES_SAMPLED} -nt output.log ] || {{ : > {SIZES_SAMPLED}; "
-                "s=$(stat -c %s output.log 2>/dev/null); s=${s:-0}; "
-                f'[ "$s" = "$o" ] || {{ echo "$(date +%s.%N) $s" >> {OUTPUT_SIZES}; o=$s; }}; }}; '
+                f"if [ ! -s output.log ]; then s=0; elif [ {SIZES_SAMPLED} -nt output.log ]; then s=$o; "
+                f"else : > {SIZES_SAMPLED}; s=$(stat -c %s output.log 2>/dev/null); s=${{s:-0}}; fi; "
+                f'[ "$s" = "$o" ] || {{ echo "$(date +%s.%N) $s" >> {OUTPUT_SIZES}; o=$s; }}; '
                 f"sleep {SIZES_INTERVAL_S} & w=$!; wait $w; done; }} & T=$!; ")
 _SIZES_STOP = f"kill $T 2>/dev/null; {_SIZE}; "
 
