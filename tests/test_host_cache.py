@@ -105,6 +105,26 @@ def test_a_kept_environment_replaced_while_a_job_starts_from_it_is_still_the_one
     assert readings(login_home) == 2
 
 
+def test_a_job_that_becomes_root_through_sudo_starts_from_the_kept_environment_too(login_home, tmp_path):
+    """sudo closes every file it is handed beyond stdin, stdout and stderr: a job that becomes root through it
+    (privileged: true) reads a copy of the kept environment. The login user here says it is not root (`id -u`), and
+    its `sudo` closes what sudo closes and runs the command as it is."""
+    write_profile(login_home, "one")
+    tools = tmp_path / "tools"
+    (tools / "id").write_text(f'#!/bin/sh\n[ "$*" = -u ] && echo 1000 && exit\nexec {shutil.which("id")} "$@"\n')
+    (tools / "sudo").write_text('#!/bin/sh\n[ "$1" = -n ] && shift\nexec 3<&- 4<&- 5<&- 6<&- 7<&- 8<&- 9<&-\n'
+                                'echo "$*" >> "$HOME/sudo.commands"\nexec "$@"\n')
+    for tool in ("id", "sudo"):
+        (tools / tool).chmod(0o755)
+    local = LocalTransport(str(tmp_path / "jobs"))
+    for name in ("first", "second"):
+        start_job(local, JobSpec(run_name=name, commands=["echo $FROM_PROFILE"], privileged=True))
+        code, log = wait_exit(local, name, timeout=60)
+        assert (code, log) == (0, "one\n")
+    assert "kept" in (tmp_path / "jobs" / "second" / "profile.log").read_text() and readings(login_home) == 1
+    assert "DSTACK_JOB_STAGE=root" in (login_home / "sudo.commands").read_text()  # it went through sudo
+
+
 def test_jobs_starting_at_once_on_one_host_all_get_the_profiles_environment(login_home, tmp_path):
     """Six jobs at once on a host with nothing kept (those that find no reading kept yet read the profile and keep
     theirs, renaming it over another's), then six more from what was kept."""
