@@ -1,5 +1,6 @@
 """Remote execution against real sshd servers, each in its own network namespace with its own address."""
 
+import os
 import threading
 import time
 import urllib.request
@@ -220,3 +221,53 @@ def test_missing_identity_file_is_a_configuration_error(make_host, client_key, t
     host = make_host()
     with pytest.raises(ConfigurationError, match="cannot read the SSH identity file"):
         connect(target(host, client_key, identity_file=str(tmp_path / "none")), total_wait=2)
+
+
+def test_a_command_with_a_small_stdin_runs_in_the_kept_shell_as_sh_c_would_run_it(make_host, client_key, tmp_path):
+    """A small stdin goes through the kept shell as a here-document, and the command is `eval`ed in a subshell of it
+    (no `sh -c` started per command): quoting, comments, a here-document of its own, `exit`, stderr and every byte
+    of stdin come out as under `sh -c` (LocalTransport), and the kept shell goes on after each."""
+    from provisioner.host.transport import LocalTransport
+
+    host = make_host()
+    ssh = connect(target(host, client_key), total_wait=10)
+    local = LocalTransport(str(tmp_path))
+    data = bytes(range(256)) * 64 + b"'\"$HOME`x`\\\n# not a comment\n"
+    commands = ["sha256sum | cut -c1-16; echo \"it's\" 'quoted \"twice\"' # a comment with ' and )",
+                "read -r first; printf '[%s]\\n' \"$first\"; cat >&2",
+                "cat <<'EOF'\nits own $here-document\nEOF\nwc -c",
+                "head -c 3; exit 3",
+                "f() { cat | wc -c; }\nf; echo \"$0\" \"$#\""]
+    try:
+        for command in commands:
+            here, there = local.run(command, stdin=data), ssh.run(command, stdin=data, timeout=30)
+            assert (there.code, there.stdout, there.stderr) == (here.code, here.stdout, here.stderr), command
+        assert ssh.run("tr '\\0' ' ' < /proc/$$/cmdline", stdin=b"x").stdout == b"sh "  # the kept shell's own $$
+        assert ssh.run("echo still-here").text == "still-here\n"
+    finally:
+        ssh.close()
+
+
+def test_a_host_without_base64_gets_a_small_stdin_on_a_channel_of_its_own(make_host, client_key, tmp_path):
+    """The kept shell looks for base64 in the same round trip as the command: where it has none, the command does
+    not run there and goes, with its stdin, on a channel of its own (and so does every later one)."""
+    host = make_host()
+    tools = tmp_path / "bin-without-base64"
+    tools.mkdir()
+    for folder in ("/usr/local/bin", "/usr/bin", "/usr/sbin"):
+        for entry in os.scandir(folder):
+            if entry.name != "base64" and not (tools / entry.name).exists():
+                (tools / entry.name).symlink_to(entry.path)
+    host.stop_sshd()
+    config = host.dir / "sshd_config"
+    config.write_text(config.read_text().replace("SetEnv ", f"SetEnv PATH={tools} "))
+    host.start_sshd()
+    ssh = connect(target(host, client_key), total_wait=10)
+    try:
+        assert ssh.run("command -v base64 || echo none").text == "none\n"
+        for _ in range(2):
+            result = ssh.run("sha256sum | cut -c1-16; echo \"it's\" >&2; exit 4", stdin=b"data", timeout=30)
+            assert (result.code, result.text, result.stderr) == (4, "3a6eb0790f39ac87\n", b"it's\n")
+        assert ssh.run("echo still-here").text == "still-here\n"
+    finally:
+        ssh.close()

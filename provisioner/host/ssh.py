@@ -153,7 +153,7 @@ class SSHTransport:
         self.target = target
         self.description = target.address
         self._shell = None
-        self._has_base64: Optional[bool] = None  # whether the shell's host has `base64` (asked once per shell)
+        self._has_base64 = True  # False once the host said it has no `base64` (the shell then takes no stdin)
         self._lock = threading.Lock()
 
     @property
@@ -179,10 +179,11 @@ class SSHTransport:
             if stdin is not None and stdin != b"":
                 chunks = iter([stdin] if isinstance(stdin, bytes) else stdin)
                 head = _take(chunks, SHELL_STDIN_MAX + 1)
-                if len(head) <= SHELL_STDIN_MAX:
+                if len(head) <= SHELL_STDIN_MAX and self._has_base64:
                     with self._lock:
-                        if self._base64_here(timeout):
-                            return self._in_shell(command, timeout, head)
+                        result = self._in_shell(command, timeout, head)
+                    if result is not None:
+                        return result
                 return self._exec(command, itertools.chain([head], chunks), timeout)
             with self._lock:
                 return self._in_shell(command, timeout)
@@ -191,11 +192,6 @@ class SSHTransport:
                 self._shell.close()
             self._shell = None
             raise TransportError(f"{self.description}: connection lost: {_why(e)}") from None
-
-    def _base64_here(self, timeout: Optional[float]) -> bool:
-        if self._has_base64 is None or self._shell is None:
-            self._has_base64 = self._in_shell("command -v base64 >/dev/null 2>&1", timeout).code == 0
-        return self._has_base64
 
     def _exec(self, command: str, stdin: Stdin, timeout: Optional[float]) -> CommandResult:
         """Sends `stdin` (bytes, or chunks as they are made) on a channel of its own. Each chunk goes as a
@@ -219,22 +215,27 @@ class SSHTransport:
         finally:
             channel.close()
 
-    def _in_shell(self, command: str, timeout: Optional[float], stdin: Optional[bytes] = None) -> CommandResult:
-        """`command` in the long-lived shell; `stdin` reaches it decoded from a here-document, the command then runs
-        under `sh -c` (its text quoted on one line, so that the here-document follows that line)."""
+    def _in_shell(self, command: str, timeout: Optional[float],
+                  stdin: Optional[bytes] = None) -> Optional[CommandResult]:
+        """`command` in the long-lived shell, in a subshell of its own. `stdin` reaches it decoded from a
+        here-document: the command's text, quoted on one line (so that the here-document follows that line), is
+        `eval`ed in the subshell at the pipe's end (as `sh -c` would run it, without starting a shell). Where the
+        host has no `base64` (looked for by the shell itself, in the same round trip), the command does not run and
+        None comes back: the caller sends the stdin on a channel of its own."""
         if self._shell is None or self._shell.closed or self._shell.exit_status_ready():
             self._shell = self.transport.open_session(timeout=10)
             self._shell.exec_command("exec sh")
-            self._has_base64 = None
         marker = "__dstack_" + secrets.token_hex(8)
         end_out = re.compile(rb"\n" + marker.encode() + rb" (-?\d+)\n$")
         end_err = ("\n" + marker + "\n").encode()
+        no_base64 = f"{marker} no base64\n".encode()
         trailer = f"; printf '\\n{marker} %d\\n' $?; printf '\\n{marker}\\n' >&2\n"
         if stdin is None:
             self._shell.sendall(f"( {command}\n) < /dev/null{trailer}".encode())
         else:
             quoted = "'" + command.replace("'", "'\\''") + "'"
-            self._shell.sendall(f"base64 -d <<'{marker}' | sh -c {quoted}{trailer}".encode()
+            self._shell.sendall(f"if command -v base64 >/dev/null 2>&1; then base64 -d <<'{marker}' | "
+                                f"( eval {quoted} ); else printf '{marker} no base64\\n' >&2; fi{trailer}".encode()
                                 + base64.encodebytes(stdin) + f"{marker}\n".encode())
         try:
             # the end marker is looked for in the last bytes only: a long answer (a log) is never scanned whole
@@ -248,6 +249,9 @@ class SSHTransport:
         if match is None or not stderr.endswith(end_err):  # the shell went (killed, its session closed) mid-command
             self._shell = None
             raise EOFError("the remote shell ended before the command finished")
+        if stdin is not None and stderr == no_base64 + end_err and match.start() == 0:
+            self._has_base64 = False
+            return None
         return CommandResult(int(match.group(1)), bytes(stdout[:match.start()]), bytes(stderr[:-len(end_err)]))
 
     def close(self) -> None:

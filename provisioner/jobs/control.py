@@ -58,16 +58,34 @@ def _first_byte_wait(wait: float) -> str:
     GNU tail follows the log (by inotify where the file system has it: no process started per step, which 16 nodes'
     readers polling on 2 cores felt), ending at the first byte (its reader gone), at the job's end (--pid) or at the
     bound; the job's exit code, written a moment after its end, is then waited for. Where tail is not GNU's (no
-    --pid), the shell polls."""
+    --pid: it fails at once, as does a missing `timeout`), the shell polls: the attempt's own exit status (124: the
+    bound, 0: the job's end, 141: its reader took the byte) tells, with no probe started on each read."""
     steps = int(wait / _WAIT_STEP_S)
     poll = (f"i=0; while [ $i -lt {steps} ] && [ ! -f exit_code ] && [ ! -s output.log ]; do sleep {_WAIT_STEP_S}; "
             "i=$((i+1)); done")
-    follow = (f'timeout {wait:g} tail -c +1 -s {_WAIT_STEP_S} --pid="$P" -F output.log 2>/dev/null | '
-              "head -c 1 >/dev/null; "
-              f'i=0; while [ $i -lt 100 ] && [ ! -f exit_code ] && [ ! -s output.log ] && [ ! -d /proc/"$P" ]; '
-              f"do sleep {_WAIT_STEP_S}; i=$((i+1)); done")
-    return ('P=$(cat pid 2>/dev/null); if [ ! -f exit_code ] && [ ! -s output.log ]; then '
-            f'if [ -n "$P" ] && tail --pid=$$ -c 0 /dev/null 2>/dev/null; then {follow}; else {poll}; fi; fi; ')
+    ended = (f'i=0; while [ $i -lt 100 ] && [ ! -f exit_code ] && [ ! -s output.log ] && [ ! -d /proc/"$P" ]; '
+             f"do sleep {_WAIT_STEP_S}; i=$((i+1)); done")
+    follow = (f'S=$( {{ {{ timeout {wait:g} tail -c +1 -s {_WAIT_STEP_S} --pid="$P" -F output.log 2>/dev/null 3>&-; '
+              "echo $? >&3; } | head -c 1 >/dev/null; } 3>&1 )")
+    return ('if [ ! -f exit_code ] && [ ! -s output.log ]; then P=; { read -r P < pid; } 2>/dev/null; S=; '
+            f'[ -z "$P" ] || {follow}; case $S in 124) ;; 0|141) {ended} ;; *) {poll} ;; esac; fi; ')
+
+
+# The exit code file's first line on stderr (an empty line while there is none): read by the shell itself.
+_EXIT_CODE_TO_STDERR = 'c=; { read -r c < exit_code; } 2>/dev/null; printf "%s\\n" "$c" >&2; '
+
+
+def _log_from(offset: int, limit: Optional[int]) -> str:
+    """Shell text that prints the log from byte `offset` on, at most `limit` bytes of it (nothing where there is no
+    log, or no byte past `offset`), in one process: from the start `head`, further on GNU's (and busybox's) `dd`
+    that seeks and counts in bytes, `tail | head` where dd cannot (it fails at once, having printed nothing)."""
+    if offset == 0:
+        return f"head -c {limit} output.log 2>/dev/null" if limit is not None else "cat output.log 2>/dev/null"
+    rest = f"tail -c +{offset + 1} output.log 2>/dev/null"
+    if limit is None:
+        return rest
+    return (f"dd if=output.log bs=64K iflag=skip_bytes,count_bytes skip={offset} count={limit} 2>/dev/null || "
+            f"{rest} | head -c {limit}")
 
 
 @dataclass(frozen=True)
@@ -93,9 +111,8 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
     waiting = ""
     if wait and offset == 0:
         waiting = _first_byte_wait(wait)
-    cut = f" | head -c {limit}" if limit is not None else ""
-    result = transport.run(f"cd {folder} && {waiting}{{ cat exit_code 2>/dev/null || true; }} >&2; {notice_read()}"
-                           f"{{ tail -c +{offset + 1} output.log 2>/dev/null || true; }}{cut}", timeout=timeout + wait)
+    result = transport.run(f"cd {folder} 2>/dev/null || exit 0; {waiting}{_EXIT_CODE_TO_STDERR}{notice_read()}"
+                           f"{_log_from(offset, limit)}", timeout=timeout + wait)
     stderr = result.stderr.decode(errors="replace")
     return LogChunk(result.stdout, parse_exit_code(stderr.split("\nnotice ", 1)[0]), parse_notice(stderr))
 
@@ -154,7 +171,7 @@ def log_exists(transport: Transport, run_name: str) -> bool:
 def job_begun(transport: Transport, run_name: str) -> Tuple[bool, Optional[int]]:
     """(whether the job's commands have started, its exit code once it has ended)."""
     folder = job_folder(run_name)
-    result = transport.run(f"cd {folder} 2>/dev/null || exit 0; cat exit_code 2>/dev/null >&2; "
+    result = transport.run(f"cd {folder} 2>/dev/null || exit 0; {_EXIT_CODE_TO_STDERR}"
                            f"[ -f {BEGUN_FILE} ] && echo begun; true", timeout=30)
     return "begun" in result.text, parse_exit_code(result.stderr.decode(errors="replace"))
 
@@ -173,9 +190,9 @@ def job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:
     """("running", None), ("exited", code) or ("missing", None)."""
     folder = job_folder(run_name)
     result = transport.run(f"cd {folder} 2>/dev/null || {{ echo missing; exit 0; }}; "
-                           "if [ -f exit_code ]; then echo exited $(cat exit_code); "
-                           "elif [ -s pid ] && kill -0 -$(cat pid) 2>/dev/null; then echo running; "
-                           "else echo missing; fi", timeout=30)
+                           "if [ -f exit_code ]; then c=; read -r c < exit_code; echo exited $c; "
+                           'elif p=; { read -r p < pid; } 2>/dev/null; [ -n "$p" ] && kill -0 -"$p" 2>/dev/null; '
+                           "then echo running; else echo missing; fi", timeout=30)
     state, _, code = result.text.strip().partition(" ")
     if state == "exited":
         return "exited", parse_exit_code(code)

@@ -1,0 +1,171 @@
+"""What a read of a job's log and state asks of its host's shell (provisioner.jobs.control): every edge case reads
+the same under dash, bash and busybox's tools (whose tail has no --pid: the shell polls), and a read starts as few
+programs as it can: the shell's own `read` for the one-line files (pid, exit_code), one program for the log, no
+probe on a first read (on 2 cores, 16 nodes' hosts share the client's CPU: each program started is ~1 ms of it)."""
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioner.host.transport import LocalTransport
+from provisioner.jobs.control import LOG_READ_LIMIT, job_begun, job_state, read_log, start_job, stop_job
+from provisioner.jobs.layout import EndedByDstack
+from provisioner.jobs.script import JobSpec
+from provisioner.jobs.spot_notice import NOTICE_FILE
+
+LOGGED = ("cat", "tail", "head", "dd", "timeout", "sleep", "date", "stat", "wc")
+
+
+def shell_path(tmp_path: Path, kind: str) -> str:
+    """A PATH whose `sh` is `kind` ("busybox": busybox's sh and log tools, as on an Alpine host)."""
+    folder = tmp_path / f"tools-{kind}"
+    folder.mkdir()
+    if kind == "busybox":
+        if shutil.which("busybox") is None:
+            pytest.skip("busybox is not installed")
+        for tool in ("sh", "tail", "head", "dd", "timeout", "cat", "sleep"):
+            (folder / tool).symlink_to(shutil.which("busybox"))
+    else:
+        (folder / "sh").symlink_to(shutil.which(kind))
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+def logged_path(tmp_path: Path) -> tuple:
+    """(a PATH where each program a read may start writes its command line to a log first, the log's path)."""
+    folder, log = tmp_path / "logged", tmp_path / "programs.log"
+    folder.mkdir()
+    for tool in LOGGED:
+        real = shutil.which(tool)
+        (folder / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\nexec {real} "$@"\n')
+        (folder / tool).chmod(0o755)
+    log.write_text("")
+    return f"{folder}{os.pathsep}{os.environ['PATH']}", log
+
+
+def started(log: Path) -> list:
+    """The programs logged since the last call (their names)."""
+    names = [line.split()[0] for line in log.read_text().splitlines()]
+    log.write_text("")
+    return names
+
+
+@pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
+def test_each_edge_case_of_a_log_read_is_the_same_under_each_shell_and_toolset(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    folder = tmp_path / "jobs" / "r"
+    folder.mkdir(parents=True)
+    assert read_log(local, "r", 0) == read_log(local, "r", 5, limit=3) == read_log(local, "gone", 0)
+    assert read_log(local, "r", 0).data == b"" and read_log(local, "r", 0).exit_code is None  # no log yet
+    (folder / "output.log").write_bytes(b"hello world\n")
+    assert read_log(local, "r", 0).data == b"hello world\n" and read_log(local, "r", 0, limit=5).data == b"hello"
+    assert read_log(local, "r", 6, limit=3).data == b"wor" and read_log(local, "r", 6, limit=99).data == b"world\n"
+    assert read_log(local, "r", 6).data == b"world\n"
+    assert read_log(local, "r", 12, limit=5).data == b"" == read_log(local, "r", 100, limit=5).data  # past the end
+    big = bytes(range(256)) * 9000
+    (folder / "output.log").write_bytes(big)
+    pieces, offset = [], 0
+    while not pieces or len(pieces[-1]) == 1 << 20:
+        pieces.append(read_log(local, "r", offset, limit=1 << 20).data)
+        offset += len(pieces[-1])
+    assert b"".join(pieces) == big and len(pieces) == 3
+    assert job_state(local, "r") == ("missing", None) and job_begun(local, "r") == (False, None)
+    (folder / "exit_code").write_text("7")  # (no newline: still read)
+    assert read_log(local, "r", len(big)).exit_code == 7 and job_state(local, "r") == ("exited", 7)
+    (folder / "exit_code").write_text("124 max_duration\n")
+    assert isinstance(read_log(local, "r", 0, limit=5).exit_code, EndedByDstack)
+    assert isinstance(job_state(local, "r")[1], EndedByDstack)
+    (folder / NOTICE_FILE).write_text("spot interruption notice from AWS: terminate at T\n")
+    chunk = read_log(local, "r", 2, limit=3)
+    assert (chunk.data, chunk.exit_code, chunk.notice) == (big[2:5], 124, "spot interruption notice from AWS: "
+                                                                          "terminate at T")
+    assert read_log(local, "gone", 0, wait=20).exit_code is None  # no job folder: no wait either
+
+
+@pytest.mark.parametrize("kind", ["dash", "busybox"])
+def test_a_first_read_waits_for_the_first_byte_the_end_or_its_bound_under_each_toolset(tmp_path, monkeypatch, kind):
+    """GNU tail follows the log; busybox's tail has no --pid, and the shell polls instead: the same answers."""
+    monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    start_job(local, JobSpec(run_name="partial", commands=["sleep 1", "printf partial", "sleep 30"]))
+    start_job(local, JobSpec(run_name="silent", commands=["sleep 30"]))
+    start_job(local, JobSpec(run_name="ends", commands=["sleep 0.5", "exit 3"]))
+    try:
+        began = time.monotonic()
+        assert read_log(local, "partial", 0, wait=20).data == b"partial"  # a first byte, no line end yet
+        assert time.monotonic() - began < 10
+        began = time.monotonic()
+        assert read_log(local, "silent", 0, wait=1.5).data == b""
+        assert 1.3 < time.monotonic() - began < 8
+        assert job_state(local, "silent")[0] == "running"
+        assert (read_log(local, "ends", 0, wait=20).data, read_log(local, "ends", 0).exit_code) == (b"", 3)
+    finally:
+        for name in ("partial", "silent", "ends"):
+            stop_job(local, name, grace=0)
+
+
+@pytest.mark.parametrize("kind", ["dash", "busybox"])
+def test_an_exit_code_written_a_moment_after_the_jobs_end_comes_with_the_read_that_waited(tmp_path, monkeypatch,
+                                                                                        kind):
+    """The wrapper writes exit_code after the job's process is gone: a read that waited for the first byte and saw
+    the job end waits for it too (GNU tail ends at the job's end, --pid; busybox's shell polls)."""
+    import subprocess
+
+    monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    folder = tmp_path / "jobs" / "late-code"
+    folder.mkdir(parents=True)
+    job = subprocess.Popen(["sleep", "0.5"])
+    (folder / "pid").write_text(f"{job.pid}\n")
+
+    def end() -> None:
+        job.wait()  # reaped: its pid is gone, as a job's is once its wrapper has waited for it
+        time.sleep(0.3)
+        (folder / "exit_code").write_text("5\n")
+
+    writer = threading.Thread(target=end)
+    writer.start()
+    try:
+        chunk = read_log(local, "late-code", 0, wait=20)
+    finally:
+        writer.join()
+    assert (chunk.data, chunk.exit_code) == (b"", 5)
+
+
+def test_a_read_starts_one_program_for_the_log_and_none_for_the_one_line_files(tmp_path, monkeypatch):
+    path, log = logged_path(tmp_path)
+    folder = tmp_path / "jobs" / "r"
+    folder.mkdir(parents=True)
+    (folder / "output.log").write_bytes(b"hello world\n")
+    (folder / "pid").write_text(f"{os.getpid()}\n")
+    plain = LocalTransport(str(tmp_path / "jobs"))
+    monkeypatch.setenv("PATH", path)
+    local = LocalTransport(str(tmp_path / "jobs"))
+    assert read_log(local, "r", 6, limit=LOG_READ_LIMIT).data == b"world\n" and started(log) == ["dd"]
+    assert read_log(local, "r", 0, limit=LOG_READ_LIMIT, wait=1).data == b"hello world\n"  # nothing to wait for
+    assert started(log) == ["head"]
+    assert job_state(local, "r") == ("missing", None) and started(log) == []  # (this process: no group of its own)
+    (folder / "exit_code").write_text("0 \n")
+    assert job_state(local, "r") == ("exited", 0) and job_begun(local, "r") == (False, 0) and started(log) == []
+    start_job(plain, JobSpec(run_name="late", commands=["sleep 1", "echo late", "sleep 30"]))
+    try:
+        assert job_state(local, "late") == ("running", None) and started(log) == []
+        assert read_log(local, "late", 0, limit=LOG_READ_LIMIT, wait=20).data == b"late\n"
+        assert sorted(started(log)) == ["head", "head", "tail", "timeout"]  # the follow, then the read: no probe
+    finally:
+        stop_job(plain, "late", grace=0)
+
+
+def test_job_begun_gives_the_exit_code_of_a_job_that_ended_before_its_commands_began(tmp_path):
+    """(A wave of a `startup_order` waits on job_begun: a node that failed in its setup is told at once, not after
+    BEGIN_WAIT_S.) The code went to /dev/null before: `cat exit_code 2>/dev/null >&2`."""
+    local = LocalTransport(str(tmp_path / "jobs"))
+    start_job(local, JobSpec(run_name="early", commands=["echo never"], working_dir="/proc/none/such"))
+    deadline = time.monotonic() + 20
+    while job_state(local, "early")[0] != "exited" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job_begun(local, "early") == (False, job_state(local, "early")[1]) != (False, 0)
