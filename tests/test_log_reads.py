@@ -151,6 +151,10 @@ def test_a_read_starts_one_program_for_the_log_and_none_for_the_one_line_files(t
     assert job_state(local, "r") == ("missing", None) and started(log) == []  # (this process: no group of its own)
     (folder / "exit_code").write_text("0 \n")
     assert job_state(local, "r") == ("exited", 0) and job_begun(local, "r") == (False, 0) and started(log) == []
+    (folder / NOTICE_FILE).write_text("spot interruption notice from GCP: preempted\n")  # read on every poll then
+    chunk = read_log(local, "r", 6, limit=LOG_READ_LIMIT)
+    assert (chunk.exit_code, chunk.notice) == (0, "spot interruption notice from GCP: preempted")
+    assert started(log) == ["dd"]
     start_job(plain, JobSpec(run_name="late", commands=["sleep 1", "echo late", "sleep 30"]))
     try:
         assert job_state(local, "late") == ("running", None) and started(log) == []

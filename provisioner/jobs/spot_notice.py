@@ -91,8 +91,9 @@ def watch_stop(cloud: Optional[str]) -> str:
 
 
 def notice_read() -> str:
-    """Shell text that prints `notice TEXT` on stderr where the job's host has had the notice (in the job folder)."""
-    return f"{{ [ -f {NOTICE_FILE} ] && printf '\\nnotice %s\\n' \"$(cat {NOTICE_FILE})\"; }} >&2; "
+    """Shell text that prints `notice TEXT` on stderr where the job's host has had the notice (in the job folder);
+    the shell reads its one line itself (every read of the log asks for it, until the VM is taken back)."""
+    return f"if [ -f {NOTICE_FILE} ]; then n=; read -r n < {NOTICE_FILE}; printf '\\nnotice %s\\n' \"$n\" >&2; fi; "
 
 
 def parse_notice(stderr_text: str) -> Optional[str]:
