@@ -86,7 +86,7 @@ def test_each_edge_case_of_a_log_read_is_the_same_under_each_shell_and_toolset(t
     assert read_log(local, "gone", 0, wait=20).exit_code is None  # no job folder: no wait either
 
 
-@pytest.mark.parametrize("kind", ["dash", "busybox"])
+@pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
 def test_a_first_read_waits_for_the_first_byte_the_end_or_its_bound_under_each_toolset(tmp_path, monkeypatch, kind):
     """GNU tail follows the log; busybox's tail has no --pid, and the shell polls instead: the same answers."""
     monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
@@ -108,7 +108,7 @@ def test_a_first_read_waits_for_the_first_byte_the_end_or_its_bound_under_each_t
             stop_job(local, name, grace=0)
 
 
-@pytest.mark.parametrize("kind", ["dash", "busybox"])
+@pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
 def test_an_exit_code_written_a_moment_after_the_jobs_end_comes_with_the_read_that_waited(tmp_path, monkeypatch,
                                                                                         kind):
     """The wrapper writes exit_code after the job's process is gone: a read that waited for the first byte and saw
@@ -157,6 +157,10 @@ def test_a_read_starts_one_program_for_the_log_and_none_for_the_one_line_files(t
     assert started(log) == ["dd"]
     start_job(plain, JobSpec(run_name="late", commands=["sleep 1", "echo late", "sleep 30"]))
     try:
+        deadline = time.monotonic() + 10  # (its process group exists once setsid has run: a moment after the start)
+        while job_state(local, "late")[0] != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started(log)
         assert job_state(local, "late") == ("running", None) and started(log) == []
         assert read_log(local, "late", 0, limit=LOG_READ_LIMIT, wait=20).data == b"late\n"
         assert sorted(started(log)) == ["head", "head", "tail", "timeout"]  # the follow, then the read: no probe
