@@ -49,7 +49,7 @@ def test_a_waiting_read_follows_the_log_and_returns_as_its_first_line_comes(tmp_
         assert read["chunk"].data == b"late\n" and time.monotonic() - began < 10
         assert any(command[0] == b"tail" for command, _ in seen)
         # (the job's own launcher polls its login profile with sleeps too: only the read's children count)
-        assert not any(command[0] == b"sleep" and b"cat exit_code" in parent for command, parent in seen), seen
+        assert not any(command[0] == b"sleep" and b"read -r c < exit_code" in parent for command, parent in seen), seen
     finally:
         stop_job(local, "quiet", grace=0)
 
