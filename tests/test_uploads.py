@@ -263,3 +263,34 @@ def test_a_dry_run_checks_the_uploads_too(tmp_path, dstack_home):
     over = run_cli("apply", "-f", str(conf), "--dry-run", env={"DSTACK_HOME": str(dstack_home),
                                                                  "DSTACK_UPLOAD_LIMIT_MB": "1"})
     assert over.returncode == 1 and "over the 1 MB limit" in over.stderr and "big.bin" in over.stderr
+
+
+def test_a_job_without_uploads_goes_as_a_plain_tar_that_its_host_unpacks_without_gzip(tmp_path, monkeypatch):
+    """The job folder's own few files need no gzip on the host (a process per job start); uploads still go gzipped,
+    and the start command unpacks what comes (provisioner.jobs.uploads.unpack_command)."""
+    from provisioner.host.transport import LocalTransport
+    from provisioner.jobs.control import start_job, stop_job
+    from provisioner.jobs.launch import start_command
+    from provisioner.jobs.script import JobSpec
+
+    job = JobSpec(run_name="plain", commands=["echo plain"])
+    plain = b"".join(archive_stream(job.uploads, {"job.sh": (b"echo job\n", 0o700)}))
+    assert not plain.startswith(b"\x1f\x8b") and "tar -xf -" in start_command(job)
+    with tarfile.open(fileobj=io.BytesIO(plain), mode="r|") as tar:
+        assert [member.name for member in tar] == ["job.sh"]
+    (tmp_path / "a.txt").write_text("a")
+    uploads = UploadPlan([Upload(tmp_path, list_folder(tmp_path), ".", "files[0]")])
+    assert b"".join(archive_stream(uploads, {})).startswith(b"\x1f\x8b")
+    assert "tar -xzf -" in start_command(JobSpec(run_name="up", commands=[], uploads=uploads))
+    shims, calls = tmp_path / "shims", tmp_path / "calls"
+    shims.mkdir()
+    for name in ("gzip", "tar"):  # each logs that it ran, then runs the real one
+        (shims / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexec /usr/bin/{name} "$@"\n')
+        (shims / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    start_job(local, job)
+    try:
+        assert calls.read_text().splitlines() == ["tar -xf -"] and (tmp_path / "jobs" / "plain" / "job.sh").exists()
+    finally:
+        stop_job(local, "plain", grace=0)

@@ -11,6 +11,7 @@ from provisioner.jobs import dev_env
 from provisioner.jobs.layout import HOST_CACHE, INACTIVE, PROFILE_ENV, TIMED_OUT, UNDERUTILIZED, job_folder
 from provisioner.jobs.script import JOB_ID_VAR, JobSpec
 from provisioner.jobs.spot_notice import NOTICE_FILE, watch_start, watch_stop
+from provisioner.jobs.uploads import unpack_command
 from stacks.power_off import POWER_OFF_PATH
 
 # `monitor.sh PGID MIN_PERCENT WINDOW_S INTERVAL_S`: samples each GPU's utilization with nvidia-smi every INTERVAL_S;
@@ -224,7 +225,8 @@ def start_command(job: JobSpec) -> str:
     # The last job's log goes before the command returns: the launch opens the new one in the background, and a
     # follower that reads at once (a retry) would read the old log's lines again. A new folder has nothing to remove.
     return (f"{check}{{ umask 077 && if cd {folder} 2>/dev/null; then rm -rf {' '.join(stale)}; "
-            f"else mkdir -p {folder} && cd {folder}; fi && tar -xzf -{mark_root}{authorize}; }} || exit 1; "
+            f"else mkdir -p {folder} && cd {folder}; fi && {unpack_command(job.uploads)}{mark_root}{authorize}; }} "
+            "|| exit 1; "
             f"J=$(setsid sh -c {shlex.quote(wrapper)} 2>/dev/null < /dev/null &); "
             '[ -n "$J" ] || { echo "the job did not start (its wrapper gave no process group)" >&2; exit 1; }; echo "$J"')
 
