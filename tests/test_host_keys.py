@@ -1,5 +1,6 @@
 """Fleet host keys: shown as SHA256 fingerprints and confirmed at registration, required for every connection after."""
 
+import base64
 import json
 import os
 import pty
@@ -144,3 +145,34 @@ def test_connect_trusts_only_a_recorded_key(make_host, client_key):
     change_host_key(host)
     with pytest.raises(HostKeyChanged, match=f"host key of {host.address}:22 is not the one expected"):
         connect(target, total_wait=10)
+
+
+def test_the_keys_a_clusters_job_folders_get_are_read_as_paramiko_reads_known_hosts(tmp_path):
+    """recorded_key_lines reads known_hosts' text (no paramiko import): the same keys as paramiko's reading, per host,
+    for plain names, `[name]:port`, several types and comma-joined names; a hashed name is read by paramiko."""
+    import paramiko
+
+    from provisioner.host.ssh import recorded_host_keys, recorded_key_lines
+
+    made = {}
+    for kind in ("ed25519", "ecdsa", "rsa"):
+        key_path = tmp_path / f"key-{kind}"
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(key_path)], check=True)
+        made[kind] = (tmp_path / f"key-{kind}.pub").read_text().split()[:2]
+    targets = [SSHTarget("10.0.0.1"), SSHTarget("10.0.0.2", port=2222), SSHTarget("alias-b"), SSHTarget("10.0.0.9")]
+    path = known_hosts_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = ("# recorded by dstack\n"
+            f"10.0.0.1 {' '.join(made['ed25519'])}\n10.0.0.1 {' '.join(made['ecdsa'])}\n\n"
+            f"[10.0.0.2]:2222 {' '.join(made['rsa'])}\n10.0.0.2 {' '.join(made['ecdsa'])}\n"
+            f"alias-a,alias-b {' '.join(made['ed25519'])}\n")
+    path.write_text(text)
+    by_paramiko = [[f"{key.get_name()} {key.get_base64()}" for key in recorded_host_keys(t).values()] for t in targets]
+    assert recorded_key_lines(targets) == by_paramiko
+    assert by_paramiko[0] == [" ".join(made["ed25519"]), " ".join(made["ecdsa"])] and by_paramiko[3] == []
+    hashed = paramiko.HostKeys()
+    hashed.add(paramiko.HostKeys.hash_host("10.0.0.9"), made["ecdsa"][0],
+               paramiko.PKey.from_type_string(made["ecdsa"][0], base64.b64decode(made["ecdsa"][1])))
+    hashed.save(str(tmp_path / "hashed"))
+    path.write_text(text + (tmp_path / "hashed").read_text())
+    assert recorded_key_lines(targets)[3] == [" ".join(made["ecdsa"])]

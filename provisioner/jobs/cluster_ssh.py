@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import new_key_pair
 from provisioner.host.liveness import liveness
-from provisioner.host.ssh import recorded_host_keys
+from provisioner.host.ssh import recorded_key_lines
 from provisioner.host.transport import Transport
 from provisioner.jobs.layout import job_folder
 from provisioner.jobs.nodes import node_address, on_every_node
@@ -44,22 +44,19 @@ class ClusterSSH:
     config: str
 
 
-def host_keys(host: HostAccess) -> List[str]:
-    """The host's public keys as `type base64`: the one the run made for a VM, else those recorded for a fleet
-    host when the fleet was applied."""
-    if host.host_key:
-        return [" ".join(host.host_key.split()[:2])]
-    if host.kind != "ssh":
-        return []
-
-    return [f"{key.get_name()} {key.get_base64()}" for key in recorded_host_keys(host.ssh_target()).values()]
+def host_keys(hosts: Sequence[HostAccess]) -> List[List[str]]:
+    """Each host's public keys as `type base64`: the one the run made for a VM, else those recorded for a fleet
+    host when the fleet was applied (known_hosts read once for all of them)."""
+    fleet_hosts = [host for host in hosts if not host.host_key and host.kind == "ssh"]
+    recorded = dict(zip(map(id, fleet_hosts), recorded_key_lines([host.ssh_target() for host in fleet_hosts])))
+    return [[" ".join(host.host_key.split()[:2])] if host.host_key else recorded.get(id(host), []) for host in hosts]
 
 
 def cluster_ssh(run_name: str, hosts: Sequence[HostAccess]) -> Tuple[ClusterSSH, str]:
     """The run's key pair and what each job folder gets, and the authorized_keys line for every node."""
     private, public = new_key_pair(key_comment(run_name))
     addresses = [node_address(host) for host in hosts]
-    known = "".join(f"{address} {key}\n" for address, host in zip(addresses, hosts) for key in host_keys(host))
+    known = "".join(f"{address} {key}\n" for address, keys in zip(addresses, host_keys(hosts)) for key in keys)
     config = "".join(f"Host {address}\n  User {host.user or 'root'}\n  Port {host.port}\n"
                      for address, host in zip(addresses, hosts))
     config += ("Host *\n  IdentityFile JOB_DIR/cluster_key\n  IdentitiesOnly yes\n"
