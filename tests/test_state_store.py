@@ -350,3 +350,34 @@ def test_deleting_a_run_never_takes_an_active_run_of_the_name(dstack_home):
     store.update_run("again", status="done")
     assert store.delete_run("again") is True
     assert store.get_run("again") is None and store.list_events("again") == []
+
+
+def test_a_runs_start_is_recorded_in_one_commit_and_its_event_only_with_the_claim(dstack_home, monkeypatch):
+    """run_started: the last wave's jobs running, the run's status and its `started` event in one transaction (one
+    fsync); a run a `dstack stop` claimed meanwhile keeps its status and gets no `started` event, its jobs are still
+    recorded started (the stop that follows ends them)."""
+    from provisioner.store.connection import SqliteDb
+    from provisioner.store.statuses import JobStatus, RunStatus
+
+    store = StateStore()
+    hosts = [HostAccess(kind="ssh", hostname=f"10.251.240.{n}", user="root").to_json() for n in (2, 3)]
+    for name in ("won", "lost"):
+        store.create_run(RunRecord(name=name, status=RunStatus.PROVISIONING, submitted_at=time.time()))
+        store.set_jobs(name, hosts)
+    store.claim_run("lost", (RunStatus.PROVISIONING,), RunStatus.TERMINATING)
+    commits = []
+    real_commit = SqliteDb.commit
+    monkeypatch.setattr(SqliteDb, "commit", lambda db: (commits.append(1), real_commit(db))[1])
+    assert store.run_started("won", {0: 10.0, 1: 11.0}, (RunStatus.PROVISIONING,), RunStatus.RUNNING, "on a, b",
+                             started_at=12.0) is True
+    assert len(commits) == 1
+    assert store.run_started("lost", {0: 10.0, 1: 11.0}, (RunStatus.PROVISIONING,), RunStatus.RUNNING, "on a, b",
+                             started_at=12.0) is False
+    assert len(commits) == 2
+    won, lost = store.get_run("won"), store.get_run("lost")
+    assert won.status is RunStatus.RUNNING and won.started_at == 12.0 and lost.status is RunStatus.TERMINATING
+    assert [(e["kind"], e["message"]) for e in store.list_events("won")] == [("started", "on a, b")]
+    assert store.list_events("lost") == []
+    for name in ("won", "lost"):
+        assert [(job.status, job.started_at) for job in store.list_jobs(name)] == [(JobStatus.RUNNING, 10.0),
+                                                                                   (JobStatus.RUNNING, 11.0)]

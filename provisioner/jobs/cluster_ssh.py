@@ -44,9 +44,14 @@ class ClusterSSH:
     config: str
 
 
-def host_keys(hosts: Sequence[HostAccess]) -> List[List[str]]:
-    """Each host's public keys as `type base64`: the one the run made for a VM, else those recorded for a fleet
-    host when the fleet was applied (known_hosts read once for all of them)."""
+def host_keys(host: HostAccess) -> List[str]:
+    """The host's public keys as `type base64`: the one the run made for a VM, else those recorded for a fleet
+    host when the fleet was applied."""
+    return hosts_keys([host])[0]
+
+
+def hosts_keys(hosts: Sequence[HostAccess]) -> List[List[str]]:
+    """host_keys of each of `hosts`, known_hosts read once for all of them."""
     fleet_hosts = [host for host in hosts if not host.host_key and host.kind == "ssh"]
     recorded = dict(zip(map(id, fleet_hosts), recorded_key_lines([host.ssh_target() for host in fleet_hosts])))
     return [[" ".join(host.host_key.split()[:2])] if host.host_key else recorded.get(id(host), []) for host in hosts]
@@ -56,7 +61,7 @@ def cluster_ssh(run_name: str, hosts: Sequence[HostAccess]) -> Tuple[ClusterSSH,
     """The run's key pair and what each job folder gets, and the authorized_keys line for every node."""
     private, public = new_key_pair(key_comment(run_name))
     addresses = [node_address(host) for host in hosts]
-    known = "".join(f"{address} {key}\n" for address, keys in zip(addresses, host_keys(hosts)) for key in keys)
+    known = "".join(f"{address} {key}\n" for address, keys in zip(addresses, hosts_keys(hosts)) for key in keys)
     config = "".join(f"Host {address}\n  User {host.user or 'root'}\n  Port {host.port}\n"
                      for address, host in zip(addresses, hosts))
     config += ("Host *\n  IdentityFile JOB_DIR/cluster_key\n  IdentitiesOnly yes\n"

@@ -119,9 +119,11 @@ class RunJobs:
         revoke_left(self.store, host, transport, log, starting=self.run_name if starting else None)
         return transport
 
-    def start(self, specs: Sequence[JobSpec], startup_order: Optional[str], progress: Callable) -> None:
-        """Starts every node's job, wave by wave in `startup_order`; each job is recorded running once its pid
-        file is written."""
+    def start(self, specs: Sequence[JobSpec], startup_order: Optional[str], progress: Callable,
+              record_last_wave: Optional[Callable[[Dict[int, float]], None]] = None) -> None:
+        """Starts every node's job, wave by wave in `startup_order`; each wave's jobs are recorded running in one
+        write once they have started (a wave where a node failed: those that started). `record_last_wave`, where
+        given, records the last wave instead (its caller's own write goes in the same commit)."""
         waves = startup_waves(startup_order, self.size)
         for index, wave in enumerate(waves):
             started: Dict[int, float] = {}
@@ -132,9 +134,14 @@ class RunJobs:
 
             try:
                 on_every_node(start_one, wave)
-            finally:  # the wave's started jobs in one write, those of a wave where a node failed too
+            except BaseException:
                 if started:
                     self.store.jobs_started(self.run_name, started)
+                raise
+            if index == len(waves) - 1 and record_last_wave is not None:
+                record_last_wave(started)
+            else:
+                self.store.jobs_started(self.run_name, started)
             if index < len(waves) - 1:
                 on_every_node(self._wait_begun, wave)
 

@@ -109,14 +109,19 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
                                                   Cluster(hosts, rank) if len(hosts) > 1 else None, dev_key),
                                          uploads=uploads, cluster_ssh=ssh,
                                          mounts=mounts) for rank in range(len(hosts))]
-            jobs.start(_numbered(specs, attempt), configuration.startup_order, session.reporter.upload)
-            if not store.claim_run(run_name, (RunStatus.PROVISIONING,),
-                                   RunStatus.PULLING if configuration.image else RunStatus.RUNNING,
-                                   started_at=time.time()):
+            claimed = []
+
+            def record_started(started: Dict[int, float]) -> None:  # the jobs, the run, its event: one commit
+                claimed.append(store.run_started(
+                    run_name, started, (RunStatus.PROVISIONING,),
+                    RunStatus.PULLING if configuration.image else RunStatus.RUNNING,
+                    f"job started on {', '.join(host.description for host in hosts)}"
+                    + (f" (attempt {attempt})" if attempt > 1 else ""), started_at=time.time()))
+
+            jobs.start(_numbered(specs, attempt), configuration.startup_order, session.reporter.upload, record_started)
+            if not claimed[0]:
                 jobs.stop(range(jobs.size), 0, say)
                 raise StopRequested
-            store.add_event(run_name, "started", f"job started on {', '.join(host.description for host in hosts)}"
-                                                 + (f" (attempt {attempt})" if attempt > 1 else ""))
             if configuration.image:
                 store.claim_run(run_name, (RunStatus.PULLING,), RunStatus.RUNNING)
             if dev and detach:
