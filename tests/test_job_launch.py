@@ -72,3 +72,20 @@ def test_the_sampler_reads_a_log_whose_time_ties_with_its_last_sample(tmp_path, 
         job.wait()
     sizes = [line.split()[1] for line in (tmp_path / OUTPUT_SIZES).read_text().splitlines()]
     assert sizes == ["5", "10", "0"]
+
+
+def test_a_job_without_uploads_works_in_its_own_repo_folder_made_with_its_job_folder(tmp_path, monkeypatch):
+    """The start makes a new job folder's `repo` with it where nothing is uploaded or cloned (job.sh then starts no
+    mkdir): the job still works there, in a folder of the user's alone, empty; a second start in the same folder
+    (a retry) removes the last job's repo and the job gets it again."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    repo = tmp_path / "jobs" / "plain" / "repo"
+    for attempt in (1, 2):
+        start_job(local, JobSpec(run_name="plain", commands=['echo "$PWD $(stat -c %a .) $(ls -A | wc -l)"',
+                                                               "touch left-by-the-job"]))
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "jobs" / "plain" / "exit_code").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = (tmp_path / "jobs" / "plain" / "output.log").read_text()
+        assert log.split() == [str(repo), "700", "0"], (attempt, log)

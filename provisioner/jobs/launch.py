@@ -224,8 +224,11 @@ def start_command(job: JobSpec) -> str:
     # umask first: the jobs folder, the run's folder and everything the job writes there are the user's alone.
     # The last job's log goes before the command returns: the launch opens the new one in the background, and a
     # follower that reads at once (a retry) would read the old log's lines again. A new folder has nothing to remove.
+    # A job with nothing to upload or clone has its repo folder (its working directory's) made with its own folder:
+    # job.sh then starts no `mkdir` of its own.
+    made = folder if job.uploads.uploads or job.uploads.clone is not None else f"{folder}/repo"
     return (f"{check}{{ umask 077 && if cd {folder} 2>/dev/null; then rm -rf {' '.join(stale)}; "
-            f"else mkdir -p {folder} && cd {folder}; fi && {unpack_command(job.uploads)}{mark_root}{authorize}; }} "
+            f"else mkdir -p {made} && cd {folder}; fi && {unpack_command(job.uploads)}{mark_root}{authorize}; }} "
             "|| exit 1; "
             f"J=$(setsid sh -c {shlex.quote(wrapper)} 2>/dev/null < /dev/null &); "
             '[ -n "$J" ] || { echo "the job did not start (its wrapper gave no process group)" >&2; exit 1; }; echo "$J"')
