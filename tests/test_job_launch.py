@@ -14,14 +14,7 @@ from provisioner.host.transport import LocalTransport
 from provisioner.jobs.control import start_job, stop_job
 from provisioner.jobs.launch import _SIZES_START, OUTPUT_SIZES, SIZES_SAMPLED
 from provisioner.jobs.script import JobSpec
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.test_runs import group_alive
 
 
 def signal_mask(pid: int, field: str) -> int:
