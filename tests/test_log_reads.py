@@ -125,7 +125,8 @@ def test_an_exit_code_written_a_moment_after_the_jobs_end_comes_with_the_read_th
     def end() -> None:
         job.wait()  # reaped: its pid is gone, as a job's is once its wrapper has waited for it
         time.sleep(0.3)
-        (folder / "exit_code").write_text("5\n")
+        (folder / "exit_code.tmp").write_text("5\n")  # whole when it appears, as the wrapper's `mv` makes it: a
+        (folder / "exit_code.tmp").rename(folder / "exit_code")  # file written in place is empty for a moment
 
     writer = threading.Thread(target=end)
     writer.start()
