@@ -10,15 +10,8 @@ import time
 
 import pytest
 
-from provisioner.host.ssh import (
-    HostKeyChanged,
-    HostKeyUnknown,
-    SSHTarget,
-    connect,
-    known_hosts_path,
-    record_host_keys,
-    scan_host_key,
-)
+from provisioner.host.known_hosts import known_hosts_path, record_host_keys
+from provisioner.host.ssh import HostKeyChanged, HostKeyUnknown, SSHTarget, connect, scan_host_key
 from tests.helpers import ROOT, run_cli
 
 
@@ -152,7 +145,7 @@ def test_the_keys_a_clusters_job_folders_get_are_read_as_paramiko_reads_known_ho
     for plain names, `[name]:port`, several types and comma-joined names; a hashed name is read by paramiko."""
     import paramiko
 
-    from provisioner.host.ssh import recorded_host_keys, recorded_key_lines
+    from provisioner.host.known_hosts import recorded_host_keys, recorded_key_lines
 
     made = {}
     for kind in ("ed25519", "ecdsa", "rsa"):

@@ -11,7 +11,8 @@ from configuration.errors import ConfigurationError
 from provisioner.host.liveness import Liveness
 from provisioner.host.ports import PortForwarder, PortTaken, bind_local, ssh_opener
 from provisioner.host.probe import PROBE_COMMAND, parse_probe
-from provisioner.host.ssh import AuthenticationRefused, HostKeyChanged, SSHTarget, connect, known_hosts_path
+from provisioner.host.known_hosts import known_hosts_path
+from provisioner.host.ssh import AuthenticationRefused, HostKeyChanged, SSHTarget, connect
 from provisioner.host.transport import TransportError
 from provisioner.jobs.control import job_state, read_log, start_job, stop_job
 from provisioner.jobs.follow import LogFollower

@@ -13,7 +13,8 @@ from configuration.errors import ConfigurationError
 from provisioner.host.access import HostAccess
 from provisioner.host.liveness import liveness
 from provisioner.host.probe import PROBE_COMMAND, HostFacts, parse_probe
-from provisioner.host.ssh import describe_key, key_changed, record_host_keys, recorded_host_keys, scan_host_key
+from provisioner.host.known_hosts import describe_key, record_host_keys, recorded_host_keys
+from provisioner.host.ssh import key_changed, scan_host_key
 from provisioner.store.store import StateStore
 
 

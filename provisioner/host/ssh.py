@@ -29,10 +29,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional
 
 from configuration.errors import ConfigurationError
-from configuration.home import dstack_home, private_file
+from provisioner.host.known_hosts import describe_key, host_key_name, known_hosts_path, recorded_host_keys
 from provisioner.host.liveness import Liveness, liveness
 from provisioner.host.transport import CommandResult, Stdin, TransportError
 
@@ -78,59 +78,12 @@ class AuthenticationRefused(ConfigurationError):
     pass
 
 
-def known_hosts_path() -> Path:
-    return dstack_home() / "known_hosts"
-
-
-def describe_key(key) -> str:
-    """`ssh-ed25519 SHA256:...`: the fingerprint as `ssh-keygen -l` prints it (base64 of the SHA-256, no padding)."""
-    return f"{key.get_name()} {key.fingerprint}"
-
-
 def key_changed(target: SSHTarget, offered, expected) -> HostKeyChanged:
     remedy = ("the address no longer leads to the VM the run created" if target.host_key else
               f"if the host was reinstalled, remove its line from {known_hosts_path()} and register its fleet "
               "again (`dstack apply -f FLEET.dstack.yml`) to check the new key")
     return HostKeyChanged(f"the host key of {target.hostname}:{target.port} is not the one expected (got "
                           f"{describe_key(offered)}, expected {describe_key(expected)}); refusing to connect: {remedy}")
-
-
-def recorded_host_keys(target: SSHTarget) -> dict:
-    """The keys recorded for the host in known_hosts, by type ({} when none is)."""
-    import paramiko
-
-    path = known_hosts_path()
-    keys = paramiko.HostKeys(str(path)) if path.exists() else paramiko.HostKeys()
-    return dict(keys.lookup(host_key_name(target)) or {})
-
-
-def recorded_key_lines(targets: Sequence[SSHTarget]) -> List[List[str]]:
-    """For each target, the keys known_hosts records for it as `type base64` (what a cluster's job folders get), read
-    from the file's text: importing paramiko (~50 ms) would be the only use of it in a command that reaches its hosts
-    through keepers. A file with a hashed host name or a marker line (which only a hand edit gives it) is read by
-    paramiko as recorded_host_keys reads it."""
-    try:
-        text = known_hosts_path().read_text()
-    except FileNotFoundError:
-        return [[] for _ in targets]
-    entries = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if any(fields[0].startswith(("|", "@")) for fields in entries):
-        return [[f"{key.get_name()} {key.get_base64()}" for key in recorded_host_keys(target).values()]
-                for target in targets]
-    return [list(dict.fromkeys(f"{fields[1]} {fields[2]}" for fields in entries
-                               if len(fields) >= 3 and host_key_name(target) in fields[0].split(",")))
-            for target in targets]
-
-
-def record_host_keys(offered: list) -> None:
-    """Adds [(SSHTarget, key), ...] to known_hosts, which is created 0600 before anything is written to it."""
-    import paramiko
-
-    path = private_file(known_hosts_path())
-    keys = paramiko.HostKeys(str(path))
-    for target, key in offered:
-        keys.add(host_key_name(target), key.get_name(), key)
-    keys.save(str(path))
 
 
 def _load_key(target: SSHTarget):
@@ -314,11 +267,6 @@ def _drain(channel, done, timeout: Optional[float]):
             raise TimeoutError(f"no answer within {timeout}s")
         select.select([channel], [], [], wait)
     return stdout, stderr
-
-
-def host_key_name(target: SSHTarget) -> str:
-    """The host as known_hosts names it."""
-    return target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
 
 
 def connect(

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from provisioner.host.access import HostAccess
 from provisioner.host.keys import new_key_pair
 from provisioner.host.liveness import liveness
-from provisioner.host.ssh import recorded_key_lines
+from provisioner.host.known_hosts import recorded_key_lines
 from provisioner.host.transport import Transport
 from provisioner.jobs.layout import job_folder
 from provisioner.jobs.nodes import node_address, on_every_node

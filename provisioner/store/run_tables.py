@@ -68,8 +68,7 @@ class RunTables(StoreFile):
             self._jobs_started(db, name, started)
             claimed = self._claim(db, name, expected, status, changes)
             if claimed:
-                db.execute("INSERT INTO events (run, at, kind, message) VALUES (?, ?, ?, ?)",
-                           (name, time.time(), "started", event))
+                self._insert_event(db, name, "started", event)
             db.commit()
             return claimed
 
@@ -255,8 +254,12 @@ class RunTables(StoreFile):
 
     def add_event(self, run: str, kind: str, message: str = "", at: Optional[float] = None) -> None:
         with self._connect() as db:
-            db.execute("INSERT INTO events (run, at, kind, message) VALUES (?, ?, ?, ?)",
-                       (run, time.time() if at is None else at, kind, message))
+            self._insert_event(db, run, kind, message, at)
+
+    @staticmethod
+    def _insert_event(db, run: str, kind: str, message: str, at: Optional[float] = None) -> None:
+        db.execute("INSERT INTO events (run, at, kind, message) VALUES (?, ?, ?, ?)",
+                   (run, time.time() if at is None else at, kind, message))
 
     @read_again
     def list_events(self, run: Optional[str] = None, since: Optional[float] = None, after_id: int = 0) -> List[dict]:
