@@ -7,7 +7,8 @@ import json
 import pytest
 
 from tests.cloudsim import aws as aws_cloud
-from tests.cloudsim.fixtures import instances_of, retried_after_an_ec2_notice, wait_until
+from tests.cloudsim.fixtures import (ec2_notice_seen_on_the_host, ended_interrupted, instances_of,
+                                     retried_after_an_ec2_notice, wait_until)
 from tests.cloudsim.tasks import AWS_FLEET, aws_task
 from tests.helpers import write
 
@@ -50,26 +51,28 @@ def test_a_run_on_a_spot_fleet_instance_with_a_notice_is_retried_on_a_new_instan
     assert cloudsim.live() == []
 
 
+def detached_run_begun_on_the_spot_fleet(cloudsim, tmp_path, home, name: str):
+    """SPOT_FLEET applied and a detached run `name` on its instance, whose job has begun: the instance."""
+    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", SPOT_FLEET), "-y", home=home)
+    assert made.returncode == 0, made.stdout + made.stderr
+    instance = aws_cloud.instance_of(cloudsim.world)
+    run = write(tmp_path, "t.dstack.yml", f"type: task\nname: {name}\nfleets: [pool]\nspot_policy: auto\n"
+                                          "commands: ['touch /tmp/started; sleep 300']\n")
+    started = cloudsim.dstack("apply", "-f", run, "-y", "-d", home=home)
+    assert started.returncode == 0, started.stdout + started.stderr
+    wait_until(lambda: instance.vm.file("/tmp/started") is not None)
+    return instance
+
+
 def test_a_detached_run_on_a_spot_fleet_instance_with_a_notice_ends_interrupted_at_the_next_ps(
         cloudsim, tmp_path, dstack_home):
     """Without `retry`: `dstack ps` reads the host's notice and ends the run `terminated (interrupted)`; the
     instance is not handed back idle (a later run never lands on a VM being taken back) and the fleet replaces it
     to keep its minimum."""
-    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", SPOT_FLEET), "-y", home=dstack_home)
-    assert made.returncode == 0, made.stdout + made.stderr
-    first = aws_cloud.instance_of(cloudsim.world)
-    run = write(tmp_path, "t.dstack.yml", "type: task\nname: on-spot-2\nfleets: [pool]\nspot_policy: auto\n"
-                                          "commands: ['touch /tmp/started; sleep 300']\n")
-    started = cloudsim.dstack("apply", "-f", run, "-y", "-d", home=dstack_home)
-    assert started.returncode == 0, started.stdout + started.stderr
-    wait_until(lambda: first.vm.file("/tmp/started") is not None)
-    cloudsim.aws.reclaim(first, notice_s=WINDOW_S)
+    first = detached_run_begun_on_the_spot_fleet(cloudsim, tmp_path, dstack_home, "on-spot-2")
+    line = ec2_notice_seen_on_the_host(cloudsim, first, "on-spot-2", WINDOW_S)
+    ended_interrupted(cloudsim, dstack_home)
     at = first.extra["spot_notice"]["time"]
-    line = f"dstack: spot interruption notice from AWS: terminate at {at}"
-    wait_until(lambda: line in (first.vm.file("/home/ubuntu/.dstack-jobs/on-spot-2/output.log") or ""), timeout=30)
-    ps = cloudsim.dstack("ps", "-a", "--json", home=dstack_home)
-    [record] = json.loads(ps.stdout)["runs"]
-    assert (record["status"], record["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
     logs = cloudsim.dstack("logs", "on-spot-2", home=dstack_home).stdout
     assert line in logs and f"got the spot interruption notice from AWS: terminate at {at}" in logs
     held = instances_of(cloudsim, dstack_home)
@@ -85,18 +88,9 @@ def test_a_detached_run_whose_spot_fleet_instance_was_taken_back_without_a_notic
     """EC2 takes the VM back at once: `dstack ps` loses the host, asks EC2 about the instance by its id (the fleet's
     stack records each instance's) and ends the run `terminated (interrupted)`, not `running` behind an unreachable
     host; the fleet replaces the instance."""
-    made = cloudsim.dstack("apply", "-f", write(tmp_path, "fleet.dstack.yml", SPOT_FLEET), "-y", home=dstack_home)
-    assert made.returncode == 0, made.stdout + made.stderr
-    first = aws_cloud.instance_of(cloudsim.world)
-    run = write(tmp_path, "t.dstack.yml", "type: task\nname: on-spot-3\nfleets: [pool]\nspot_policy: auto\n"
-                                          "commands: ['touch /tmp/started; sleep 300']\n")
-    started = cloudsim.dstack("apply", "-f", run, "-y", "-d", home=dstack_home)
-    assert started.returncode == 0, started.stdout + started.stderr
-    wait_until(lambda: first.vm.file("/tmp/started") is not None)
+    first = detached_run_begun_on_the_spot_fleet(cloudsim, tmp_path, dstack_home, "on-spot-3")
     cloudsim.aws.reclaim(first)
-    ps = cloudsim.dstack("ps", "-a", "--json", home=dstack_home)
-    [record] = json.loads(ps.stdout)["runs"]
-    assert (record["status"], record["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
+    ended_interrupted(cloudsim, dstack_home)
     logs = cloudsim.dstack("logs", "on-spot-3", home=dstack_home).stdout
     assert "(#0 of fleet pool) taken back by EC2 (spot interruption" in logs, logs
     held = instances_of(cloudsim, dstack_home)
@@ -116,13 +110,8 @@ def test_a_run_kept_by_idle_duration_whose_spot_instance_had_a_notice_ends_inter
     assert started.returncode == 0, started.stdout + started.stderr
     instance = aws_cloud.instance_of(cloudsim.world)
     wait_until(lambda: instance.vm.file("/tmp/started") is not None)
-    cloudsim.aws.reclaim(instance, notice_s=WINDOW_S)
-    line = f"dstack: spot interruption notice from AWS: terminate at {instance.extra['spot_notice']['time']}"
-    wait_until(lambda: line in (instance.vm.file("/home/ubuntu/.dstack-jobs/kept-spot/output.log") or ""),
-               timeout=30)
-    ps = cloudsim.dstack("ps", "-a", "--json", home=dstack_home)
-    [record] = json.loads(ps.stdout)["runs"]
-    assert (record["status"], record["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
+    ec2_notice_seen_on_the_host(cloudsim, instance, "kept-spot", WINDOW_S)
+    ended_interrupted(cloudsim, dstack_home)
     assert instance.deleted_by == "engine" and cloudsim.live() == []
     fleets = cloudsim.dstack("fleet", "list", "--json", home=dstack_home)
     assert json.loads(fleets.stdout)["fleets"] == [], fleets.stdout

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.cloudsim.fixtures import wait_until
+from tests.cloudsim.fixtures import two_gcp_nodes_begun, wait_until
 from tests.cloudsim.gcp import instance_of
 from tests.cloudsim.tasks import gcp_task as task
 
@@ -84,10 +84,7 @@ def test_one_preempted_node_of_a_cluster_restarts_every_node_with_retry_on_inter
     conf = task(tmp_path, "spot-5", command=command, types="n2-standard-2",
                 extra="nodes: 2\nspot_policy: spot\nretry:\n  on_events: [interruption]\n")
     process = cloudsim.start("apply", "-f", conf, "-b", "gcp", "-y", home=dstack_home)
-    first = wait_until(lambda: len(cloudsim.world.live("Instance", "gcp")) == 2 and sorted(
-        cloudsim.world.live("Instance", "gcp"), key=lambda r: r.id), process=process)
-    wait_until(lambda: all(i.vm is not None and i.vm.file("/tmp/started") is not None for i in first),
-               process=process)
+    first = two_gcp_nodes_begun(cloudsim, process)
     cloudsim.gcp.preempt(first[1])
     code = process.wait(300)
     process.stdout.seek(0)

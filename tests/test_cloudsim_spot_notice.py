@@ -10,7 +10,8 @@ import pytest
 
 from tests.cloudsim import aws as aws_cloud
 from tests.cloudsim import gcp as gcp_cloud
-from tests.cloudsim.fixtures import output_of, retried_after_an_ec2_notice, wait_exit, wait_until
+from tests.cloudsim.fixtures import (ec2_notice_seen_on_the_host, ended_interrupted, output_of,
+                                     retried_after_an_ec2_notice, two_gcp_nodes_begun, wait_exit, wait_until)
 from tests.cloudsim.tasks import aws_task, gcp_task
 
 pytestmark = pytest.mark.cloudsim
@@ -51,15 +52,11 @@ def test_a_detached_run_whose_host_had_an_ec2_spot_notice_ends_interrupted_at_th
     assert started.returncode == 0, started.stdout + started.stderr
     instance = aws_cloud.instance_of(cloudsim.world)
     wait_until(lambda: instance.vm.file("/tmp/started") is not None)
-    cloudsim.aws.reclaim(instance, notice_s=WINDOW_S)
-    at = instance.extra["spot_notice"]["time"]
-    line = f"dstack: spot interruption notice from AWS: terminate at {at}"
-    wait_until(lambda: line in (instance.vm.file("/home/ubuntu/.dstack-jobs/notice-2/output.log") or ""), timeout=30)
-    ps = cloudsim.dstack("ps", "-a", "--json", home=dstack_home)
-    [run] = json.loads(ps.stdout)["runs"]
-    assert (run["status"], run["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
+    line = ec2_notice_seen_on_the_host(cloudsim, instance, "notice-2", WINDOW_S)
+    ended_interrupted(cloudsim, dstack_home)
     assert instance.deleted_by == "engine" and cloudsim.live() == []
     logs = cloudsim.dstack("logs", "notice-2", home=dstack_home).stdout
+    at = instance.extra["spot_notice"]["time"]
     assert line in logs and f"got the spot interruption notice from AWS: terminate at {at}" in logs
 
 
@@ -99,10 +96,7 @@ def test_a_preemption_notice_on_one_node_of_a_gcp_cluster_restarts_every_node_el
     conf = gcp_task(tmp_path, "notice-4", command=command, types="n2-standard-2",
                     extra="nodes: 2\nspot_policy: spot\nretry:\n  on_events: [interruption]\n")
     process = cloudsim.start("apply", "-f", conf, "-b", "gcp", "-y", home=dstack_home)
-    first = wait_until(lambda: len(cloudsim.world.live("Instance", "gcp")) == 2 and sorted(
-        cloudsim.world.live("Instance", "gcp"), key=lambda r: r.id), process=process)
-    wait_until(lambda: all(i.vm is not None and i.vm.file("/tmp/started") is not None for i in first),
-               process=process)
+    first = two_gcp_nodes_begun(cloudsim, process)
     cloudsim.gcp.preempt(first[1], notice_s=WINDOW_S)
     code = wait_exit(process, 240)
     output = output_of(process)

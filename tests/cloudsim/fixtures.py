@@ -136,3 +136,31 @@ def retried_after_an_ec2_notice(cloudsim, process, instance, window_s: float) ->
     assert "finished attempt 2" in output and "finished attempt 1" not in output
     return output
 
+
+
+def ec2_notice_seen_on_the_host(cloudsim, instance, run_name: str, window_s: float) -> str:
+    """EC2's notice for `instance` (taken back `window_s` later), waited for in run `run_name`'s log on the VM, where
+    the host's watcher writes it: the line, with EC2's time."""
+    cloudsim.aws.reclaim(instance, notice_s=window_s)
+    line = f"dstack: spot interruption notice from AWS: terminate at {instance.extra['spot_notice']['time']}"
+    wait_until(lambda: line in (instance.vm.file(f"/home/ubuntu/.dstack-jobs/{run_name}/output.log") or ""),
+               timeout=30)
+    return line
+
+
+def ended_interrupted(cloudsim, home) -> None:
+    """`dstack ps` (the only run of `home`): `terminated (interrupted)`."""
+    import json
+
+    ps = cloudsim.dstack("ps", "-a", "--json", home=home)
+    [record] = json.loads(ps.stdout)["runs"]
+    assert (record["status"], record["reason"]) == ("terminated", "interrupted"), ps.stdout + ps.stderr
+
+
+def two_gcp_nodes_begun(cloudsim, process) -> list:
+    """The two GCP instances of an attached 2-node run (by id), once both jobs have touched /tmp/started."""
+    first = wait_until(lambda: len(cloudsim.world.live("Instance", "gcp")) == 2 and sorted(
+        cloudsim.world.live("Instance", "gcp"), key=lambda r: r.id), process=process)
+    wait_until(lambda: all(i.vm is not None and i.vm.file("/tmp/started") is not None for i in first),
+               process=process)
+    return first
