@@ -249,11 +249,13 @@ def test_a_command_with_a_small_stdin_runs_in_the_kept_shell_as_sh_c_would_run_i
         ssh.close()
 
 
-def test_a_host_without_base64_gets_a_small_stdin_on_a_channel_of_its_own(make_host, client_key, tmp_path):
+def test_a_host_without_base64_gets_a_small_stdin_on_a_channel_of_its_own(make_host, client_key):
     """The kept shell looks for base64 in the same round trip as the command: where it has none, the command does
-    not run there and goes, with its stdin, on a channel of its own (and so does every later one)."""
-    host = make_host()
-    tools = tmp_path / "bin-without-base64"
+    not run there and goes, with its stdin, on a channel of its own (and so does every later one). The host logs in a
+    user of its own: a channel starts the login user's shell, and root's here runs `pyenv init` from its .bashrc,
+    whose rehash, racing other tests' logins, can add its complaint to the command's stderr."""
+    host = make_host(login_user="tester")
+    tools = host.dir / "bin-without-base64"  # in the host's folder, which its user may read (tmp_path is root's)
     tools.mkdir()
     for folder in ("/usr/local/bin", "/usr/bin", "/usr/sbin"):
         for entry in os.scandir(folder):
@@ -263,7 +265,7 @@ def test_a_host_without_base64_gets_a_small_stdin_on_a_channel_of_its_own(make_h
     config = host.dir / "sshd_config"
     config.write_text(config.read_text().replace("SetEnv ", f"SetEnv PATH={tools} "))
     host.start_sshd()
-    ssh = connect(target(host, client_key), total_wait=10)
+    ssh = connect(target(host, client_key, user="tester"), total_wait=10)
     try:
         assert ssh.run("command -v base64 || echo none").text == "none\n"
         for _ in range(2):
