@@ -220,6 +220,58 @@ def test_a_host_serving_a_new_key_type_beside_the_recorded_key_keeps_its_kept_co
     assert logins() == before  # and nothing logged in again
 
 
+def test_an_announced_use_takes_the_key_check_begun_at_the_word(tmp_path, make_host, client_key, monkeypatch):
+    """A command that announces its use of hosts (`apply` does, once planned: access.announce_use) has their keepers'
+    key exchanges with the hosts begun at its word; its first client of each keeper takes that answer, and every later
+    client has an exchange of its own, as the clients of a command that did not announce have."""
+    from provisioner.host import keeper_wire
+    from provisioner.host.access import HostAccess, announce_use
+
+    host, _ = counted_host(make_host, tmp_path)
+    access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=client_key[0],
+                        host_key=host.host_public_key)
+    access.connect(total_wait=10).close()  # the keeper, connected
+    exchanges = lambda: (tmp_path / "sshd.log").read_text().count("[preauth]")  # noqa: E731
+    before = exchanges()
+    monkeypatch.setattr(keeper_wire, "_announced_at", None)
+    announce_use([access])
+    deadline = time.monotonic() + 10
+    while exchanges() == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert exchanges() == before + 1  # the keeper's exchange, begun at the word
+    host.stop_sshd()  # no new connection from now on: an exchange at the use would fail; the kept session lives on
+    first = access.connect(total_wait=5)
+    try:
+        assert type(first).__name__ == "KeptTransport" and first.run("echo taken").text == "taken\n"
+    finally:
+        first.close()
+    with pytest.raises(Exception, match="10.251"):  # the next client's own exchange fails: the keeper ends, and
+        access.connect(total_wait=2)  # the direct connection finds no sshd
+
+
+def test_apply_announces_the_hosts_it_takes_and_connects_through_their_checks(tmp_path, home_env, make_host,
+                                                                              client_key):
+    """`apply`, once planned, announces the hosts its first offer takes: each one's key exchange begins then, and
+    the run's connection to it takes that exchange (one exchange, not two); a fleet host the run does not take is not
+    asked."""
+    folders = [tmp_path / "a", tmp_path / "b"]
+    hosts = []
+    for folder in folders:
+        folder.mkdir()
+        hosts.append(counted_host(make_host, folder)[0])
+    fleet = write(tmp_path, "fleet.dstack.yml", f"type: fleet\nname: two\nssh_config:\n  identity_file: "
+                  f"{client_key[0]}\n  hosts: [{hosts[0].address}, {hosts[1].address}]\n")
+    assert run_cli("apply", "-f", fleet, "-y", env=home_env).returncode == 0
+    task = write(tmp_path, "task.dstack.yml", "type: task\nbackends: [ssh]\ncommands: [echo kept-line]\n")
+    apply(task, "first", home_env)
+    exchanges = [lambda folder=folder: (folder / "sshd.log").read_text().count("[preauth]") for folder in folders]
+    before = [count() for count in exchanges]
+    apply(task, "announced", home_env)
+    taken = [(host.jobs_dir / "announced").exists() for host in hosts]
+    assert sorted(taken) == [False, True]
+    assert [count() - was for count, was in zip(exchanges, before)] == [int(t) for t in taken]
+
+
 @pytest.mark.parametrize("size", [10, 3 << 20])
 def test_stdin_small_and_large_reaches_the_command(make_host, client_key, size):
     """Through the kept connection, a small stdin goes through the long-lived shell and a large one on a channel

@@ -126,6 +126,10 @@ def apply(
         instance_types=instance_type, max_price=max_price,
     )
     plan = plan_run(run, file, requirements, store, session.config, max_offers, dry_run)
+    if not dry_run:  # the hosts' kept connections check their keys while the plan is shown and the run set up
+        from provisioner.host.access import announce_use
+
+        announce_use(plan.first_hosts())
     problems = setup_failures(plan, dry_run)
     if dry_run:
         _print_dry_run(source, plan, max_offers, as_json, named.notes, problems, config_path(file), not no_repo,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from configuration.home import dstack_home
 from provisioner.host.transport import LocalTransport, Transport
@@ -74,3 +74,14 @@ class HostAccess:
             return kept
         # a keeper that refused (a host that did not answer its key check) spent part of the wait
         return connect(target, total_wait=max(1.0, deadline - time.monotonic()), log=log, booting=booting)
+
+
+def announce_use(hosts: Sequence[HostAccess]) -> None:
+    """Tells the kept connections of `hosts` (SSH ones) that this command is about to use them: each begins its host
+    key check now, while the command goes on (provisioner.host.keeper_wire.announce)."""
+    targets = [host.ssh_target() for host in hosts if host.kind == "ssh"]
+    if targets:
+        from provisioner.host.keeper_client import announce_kept
+
+        announce_kept(targets)
+

@@ -2,7 +2,9 @@
 `python -m provisioner.host.keeper`, its spec as JSON on stdin. It connects as provisioner.host.ssh.connect does
 (saying each retry, then `ready` or the error, one JSON line each on stdout), detaches, and serves its Unix socket:
 each client gets a shell of its own on the host (kept for the next client when it is done), and each client's
-first message is checked against the host's key (provisioner.host.ssh.untrusted_now) before anything runs.
+first message is checked against the host's key (provisioner.host.ssh.untrusted_now, served_key_differs) before
+anything runs. A command that announced its use (provisioner.host.keeper_wire.announce) has the key exchange of
+its first client begun at its word, while it still plans (EarlyCheck).
 
 It ends, removing its socket, after DSTACK_SSH_PERSIST seconds without a client, when its connection breaks, when a
 check fails, or when its socket is removed or replaced.
@@ -20,13 +22,40 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from provisioner.host.keeper_client import (KEY_CHECK_S, peer_is_me, recv_json, recv_stream, send_frame, send_json,
-                                            socket_address, target_from_json)
-from provisioner.host.ssh import SSHTransport, connect, untrusted_now
+from provisioner.host.keeper_client import KEY_CHECK_S, target_from_json
+from provisioner.host.keeper_wire import peer_is_me, recv_json, recv_stream, send_frame, send_json, socket_address
+from provisioner.host.ssh import SSHTransport, connect, served_key_differs, untrusted_now
 from provisioner.host.transport import TransportError
 
 IDLE_SHELLS = 2  # shells kept open for the next clients
 CHECK_EVERY_S = 1.0
+
+
+class EarlyCheck:
+    """The key exchange with the host (served_key_differs) begun when a command announced itself, for that command's
+    first client: begun after the command did, its answer is as fresh for the command as one begun at its use."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._done = threading.Event()
+        self._why: Optional[str] = None
+
+    def run(self, connection: SSHTransport) -> None:
+        try:
+            self._why = served_key_differs(connection, timeout=KEY_CHECK_S)
+        except Exception as e:  # noqa: BLE001 - whatever broke the exchange refuses the client, as at its use
+            self._why = f"the host did not answer a key exchange: {e or type(e).__name__}"
+        finally:
+            self._done.set()
+
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def outcome(self, wait: float) -> Optional[str]:
+        """Why the connection may no longer be used (None: it may), waiting at most `wait` seconds for the answer."""
+        if not self._done.wait(wait):
+            return f"the host did not answer a key exchange within {wait:g}s"
+        return self._why
 
 
 class Keeper:
@@ -41,6 +70,7 @@ class Keeper:
         self._attached_before = False
         self._ending = False
         self._inode: Optional[int] = None
+        self._early: Optional[EarlyCheck] = None
 
     def bind(self) -> socket.socket:
         """Listens at a new name, 0600 from the start (umask), then renames it over `path` (a dead keeper's socket
@@ -101,15 +131,39 @@ class Keeper:
                 return
         session.close()
 
+    def _begin_early_check(self) -> None:
+        """A command announced itself: the key exchange for its first client begins now (one at a time: a command
+        that announced while one was under way, begun before its word, has its client checked at its use)."""
+        with self._lock:
+            if self._early is not None and self._early.running():
+                return
+            early = self._early = EarlyCheck()
+        threading.Thread(target=early.run, args=(self.connection,), daemon=True).start()
+
+    def _early_check_for(self, since) -> Optional[EarlyCheck]:
+        """The early check begun at or after `since` (the client's command's announcement), taken: it serves one
+        client; None where there is none."""
+        with self._lock:
+            early = self._early
+            if early is None or not isinstance(since, (int, float)) or early.started < since:
+                return None
+            self._early = None
+            return early
+
     def _hello(self, client: socket.socket, message: dict) -> Optional[SSHTransport]:
-        """Checks the connection for this client (a key exchange with the host: skipped only for the first client
-        of a keeper that has just connected, whose key was checked then) and opens its shell; None: refused."""
+        """Checks the connection for this client (a key exchange with the host, begun at the hello or at its
+        command's announcement: skipped only for the first client of a keeper that has just connected, whose key was
+        checked then) and opens its shell; None: refused."""
         with self._lock:
             fresh = message.get("just_opened") and not self._attached_before
             self._attached_before = True
         wait = message.get("wait")
         wait = min(KEY_CHECK_S, max(1.0, float(wait))) if isinstance(wait, (int, float)) else KEY_CHECK_S
-        why = None if fresh else untrusted_now(self.connection, timeout=wait)
+        early = self._early_check_for(message.get("since"))
+        why = None
+        if not fresh:
+            why = untrusted_now(self.connection) or (early.outcome(wait) if early is not None
+                                                     else served_key_differs(self.connection, timeout=wait))
         session = None
         if why is None:
             session = self._take()
@@ -125,10 +179,15 @@ class Keeper:
 
     def _serve_client(self, client: socket.socket) -> None:
         session = None
+        used = False
         try:
             message = recv_json(client)
+            if message.get("op") == "expect":  # no use of this keeper's: its idle time goes on
+                self._begin_early_check()
+                return
             if message.get("op") != "hello":
                 return
+            used = True
             session = self._hello(client, message)
             while session is not None:
                 message = recv_json(client)
@@ -153,7 +212,8 @@ class Keeper:
                 self._give_back(session)
             with self._lock:
                 self._clients -= 1
-                self._last_used = time.monotonic()
+                if used:
+                    self._last_used = time.monotonic()
 
     def close(self) -> None:
         self._ending = True

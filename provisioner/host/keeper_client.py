@@ -9,8 +9,9 @@ a connection of their own (no paramiko import, no handshake, no login shell to s
   a keeper also ends when its connection breaks or its socket is removed.
 - Host keys stay as strict: before each command's use the keeper checks that its connection's key is still the
   run's or the recorded one (known_hosts may have changed) and that the host still serves it (a key exchange of its
-  own, no login); if not, the keeper ends and the command connects directly, which refuses as before. A keeper that
-  is dead (a stale socket) or does not answer is bypassed.
+  own, no login; begun at the command's word where it announced the hosts it is about to use: announce_kept); if
+  not, the keeper ends and the command connects directly, which refuses as before. A keeper that is dead (a stale
+  socket) or does not answer is bypassed.
 - Port forwards (`-p`, a task's ports) need paramiko's own transport: `KeptTransport.transport` opens a direct
   connection for them.
 """
@@ -23,18 +24,18 @@ import hashlib
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional, Sequence
 
 from configuration.errors import ConfigurationError
-from configuration.home import dstack_home, private_dir
 from provisioner.host.liveness import HOST_TIMEOUT_VARIABLE, liveness
 from provisioner.host.ssh import (AuthenticationRefused, HostKeyChanged, HostKeyUnknown, SSHTarget, SSHTransport,
                                   connect)
+from provisioner.host.keeper_wire import (announce, announced_at, keeper_folder, peer_is_me, private_folder, recv_frame, recv_json,
+                                          send_frame, send_json, socket_address)
 from provisioner.host.transport import CommandResult, Stdin, TransportError
 
 PERSIST_VARIABLE = "DSTACK_SSH_PERSIST"
@@ -58,10 +59,6 @@ def persist_seconds() -> float:
     return max(0.0, seconds)
 
 
-def keeper_folder() -> Path:
-    return dstack_home() / "keepers"
-
-
 def target_json(target: SSHTarget) -> dict:
     return dataclasses.asdict(target)
 
@@ -81,72 +78,6 @@ def keeper_name(target: SSHTarget, persist: float) -> str:
 
     text = json.dumps([identity(target), liveness().unreachable_after, persist], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-# Messages: a 4-byte length, then the bytes; a header is JSON. A stdin stream is frames ended by an empty one.
-def send_frame(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(struct.pack(">I", len(data)))
-    if data:
-        sock.sendall(data)
-
-
-def send_json(sock: socket.socket, message: dict) -> None:
-    send_frame(sock, json.dumps(message).encode())
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(min(size - len(data), 1 << 20))
-        if not chunk:
-            raise EOFError("the keeper closed the connection")
-        data += chunk
-    return bytes(data)
-
-
-def recv_frame(sock: socket.socket) -> bytes:
-    (size,) = struct.unpack(">I", _recv_exactly(sock, 4))
-    return _recv_exactly(sock, size) if size else b""
-
-
-def recv_json(sock: socket.socket) -> dict:
-    return json.loads(recv_frame(sock))
-
-
-def recv_stream(sock: socket.socket) -> Iterator[bytes]:
-    while True:
-        chunk = recv_frame(sock)
-        if not chunk:
-            return
-        yield chunk
-
-
-def peer_is_me(sock: socket.socket) -> bool:
-    """Whether the other end of a Unix socket runs as this user (SO_PEERCRED: pid, uid, gid)."""
-    if not hasattr(socket, "SO_PEERCRED"):
-        return True  # the 0700 folder alone, where the system has no peer credentials
-    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return uid == os.getuid()
-
-
-def private_folder(folder: Path) -> bool:
-    """The keepers' folder, 0700 and this user's; False where it is someone else's (no keeper is used then)."""
-    private_dir(folder)
-    info = folder.stat()
-    if info.st_uid != os.getuid():
-        return False
-    if info.st_mode & 0o077:
-        os.chmod(folder, 0o700)
-    return True
-
-
-def socket_address(path: Path, folder_fd: int) -> str:
-    """A path connect() and bind() take: a Unix socket's path has at most 107 bytes, so a long one is reached
-    through the folder's open descriptor (Linux's /proc/self/fd)."""
-    text = str(path)
-    if len(text.encode()) < 100 or not os.path.isdir("/proc/self/fd"):
-        return text
-    return f"/proc/self/fd/{folder_fd}/{path.name}"
 
 
 class KeptTransport:
@@ -234,7 +165,8 @@ def _attach(path: Path, folder_fd: int, target: SSHTarget, just_opened: bool = F
         if not peer_is_me(sock):
             sock.close()
             return False
-        send_json(sock, {"op": "hello", "just_opened": just_opened, "wait": min(wait, KEY_CHECK_S)})
+        send_json(sock, {"op": "hello", "just_opened": just_opened, "wait": min(wait, KEY_CHECK_S),
+                         "since": announced_at()})
         reply = recv_json(sock)
     except socket.timeout:  # a keeper that hangs (stopped): bypassed, and left to end by itself
         sock.close()
@@ -282,6 +214,14 @@ def connect_kept(target: SSHTarget, total_wait: float, log: Callable[[str], None
             return _attach(path, folder_fd, target, just_opened=True) or None
     finally:
         os.close(folder_fd)
+
+
+def announce_kept(targets: Sequence[SSHTarget]) -> None:
+    """The kept connections of `targets` begin their host key checks now, for this command's first use of each
+    (provisioner.host.keeper_wire.announce); nothing where keepers are off."""
+    persist = persist_seconds()
+    if persist and hasattr(socket, "AF_UNIX"):
+        announce(f"{keeper_name(target, persist)}.sock" for target in targets)
 
 
 # What a keeper and its SSH connections read of the environment (its interpreter, the home folders, the SSH agent

@@ -452,10 +452,10 @@ def served_host_key(target: SSHTarget, jump: Optional[SSHTransport] = None, time
 
 
 
-def untrusted_now(connection: SSHTransport, timeout: float = 10.0) -> Optional[str]:
-    """Why `connection` may no longer be used (None: it may): it is gone, the key it was opened with is no longer the
-    run's or the recorded one (known_hosts changed since), or the host serves another key now (reinstalled). The
-    checks a new connection would make, without its login."""
+def untrusted_now(connection: SSHTransport) -> Optional[str]:
+    """Why `connection` may no longer be used, as this machine can tell (None: it may): it is gone, or the key it was
+    opened with is no longer the run's or the recorded one (known_hosts changed since). served_key_differs asks the
+    host."""
     import paramiko
 
     transport = connection.transport
@@ -469,8 +469,21 @@ def untrusted_now(connection: SSHTransport, timeout: float = 10.0) -> Optional[s
             return "not the run's host key"
     elif recorded_host_keys(target).get(opened_with.get_name()) != opened_with:
         return "its host key is no longer the recorded one"
+    return None
+
+
+def served_key_differs(connection: SSHTransport, timeout: float = 10.0) -> Optional[str]:
+    """Why `connection` may no longer be used, as the host tells (None: it may): the host serves another key now than
+    the one the connection was opened with (reinstalled), or did not answer a key exchange (the checks a new
+    connection would make, without its login)."""
+    import paramiko
+
+    transport = connection.transport
+    if transport is None or not transport.is_active():
+        return "the connection is gone"
+    opened_with = transport.get_remote_server_key()
     try:
-        served = served_host_key(target, connection.jump, timeout, opened_with.get_name())
+        served = served_host_key(connection.target, connection.jump, timeout, opened_with.get_name())
     except (OSError, paramiko.SSHException, EOFError) as e:
         return f"the host did not answer a key exchange: {_why(e)}"
     return None if served == opened_with else "the host serves another key now"

@@ -17,6 +17,7 @@ from offers.requirements import Requirements
 from offers.solver import OfferSearch
 from provisioner.backends.offer_failover import HOST_BACKENDS, MAX_OFFERS_TRIED
 from provisioner.host.access import HostAccess
+from provisioner.jobs.nodes import node_count
 from provisioner.jobs.uploads import LEGACY_REPO_DIR, check_size, plan_uploads
 from provisioner.planning.field_support import check_fields
 from provisioner.planning.node_groups import search_group_offers
@@ -42,6 +43,17 @@ class RunPlan:
     @property
     def offers(self) -> List[Offer]:
         return self.search.offers
+
+    def first_hosts(self) -> List[HostAccess]:
+        """The SSH fleet hosts the first offer takes where all are idle (as FleetBackend.provision picks them): its
+        host, then the next hosts of its fleet, one per node; none for a cloud offer or node groups."""
+        first = self.offers[0] if self.offers else None
+        if first is None or (first.region, first.instance.name) not in self.hosts or \
+                getattr(self.run.configuration, "groups", None):
+            return []
+        host = self.hosts[(first.region, first.instance.name)]
+        others = [access for (fleet, _), access in self.hosts.items() if fleet == first.region and access != host]
+        return ([host] + others)[:node_count(self.run.configuration)]
 
 
 def plan_run(run: ResolvedRun, file: str, requirements: Requirements, store: StateStore, config: DstackConfig,

@@ -1,0 +1,129 @@
+"""The keepers' Unix sockets (provisioner.host.keeper_client says what keepers are for): their folder, the messages
+on them, and the word a command sends the keepers of the hosts it is about to use (announce), so that each starts its
+host key check while the command goes on.
+
+Messages: a 4-byte length, then the bytes; a header is JSON. A stdin stream is frames ended by an empty one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from configuration.home import dstack_home, private_dir
+
+ANNOUNCE_TIMEOUT_S = 0.2  # a keeper that does not take the word at once (stopped, its backlog full) is left out
+
+_announced_at: Optional[float] = None
+
+
+def keeper_folder() -> Path:
+    return dstack_home() / "keepers"
+
+
+def send_frame(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(struct.pack(">I", len(data)))
+    if data:
+        sock.sendall(data)
+
+
+def send_json(sock: socket.socket, message: dict) -> None:
+    send_frame(sock, json.dumps(message).encode())
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            raise EOFError("the keeper closed the connection")
+        data += chunk
+    return bytes(data)
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    (size,) = struct.unpack(">I", _recv_exactly(sock, 4))
+    return _recv_exactly(sock, size) if size else b""
+
+
+def recv_json(sock: socket.socket) -> dict:
+    return json.loads(recv_frame(sock))
+
+
+def recv_stream(sock: socket.socket) -> Iterator[bytes]:
+    while True:
+        chunk = recv_frame(sock)
+        if not chunk:
+            return
+        yield chunk
+
+
+def peer_is_me(sock: socket.socket) -> bool:
+    """Whether the other end of a Unix socket runs as this user (SO_PEERCRED: pid, uid, gid)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True  # the 0700 folder alone, where the system has no peer credentials
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid == os.getuid()
+
+
+def private_folder(folder: Path) -> bool:
+    """The keepers' folder, 0700 and this user's; False where it is someone else's (no keeper is used then)."""
+    private_dir(folder)
+    info = folder.stat()
+    if info.st_uid != os.getuid():
+        return False
+    if info.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+    return True
+
+
+def socket_address(path: Path, folder_fd: int) -> str:
+    """A path connect() and bind() take: a Unix socket's path has at most 107 bytes, so a long one is reached
+    through the folder's open descriptor (Linux's /proc/self/fd)."""
+    text = str(path)
+    if len(text.encode()) < 100 or not os.path.isdir("/proc/self/fd"):
+        return text
+    return f"/proc/self/fd/{folder_fd}/{path.name}"
+
+
+def announce(socket_names: Iterable[str]) -> None:
+    """Tells the keepers of this home named (their sockets' names) that this command will use them soon: each begins
+    its check that the host still serves its key (provisioner.host.keeper) at once, while the command goes on
+    planning, and the command's first use of that keeper takes that check (begun after the command did, it is as
+    fresh for the command as one begun at its use; announced_at() says since when). Best effort: a keeper that is not
+    there, or does not take the word at once, checks at the use."""
+    global _announced_at
+    _announced_at = time.monotonic()
+    folder = keeper_folder()
+    try:
+        info = folder.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return  # not a folder this user's keepers were started in (private_folder makes it so)
+        folder_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # no keepers yet
+        return
+    try:
+        for name in socket_names:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(ANNOUNCE_TIMEOUT_S)
+                sock.connect(socket_address(folder / name, folder_fd))
+                if peer_is_me(sock):
+                    send_json(sock, {"op": "expect"})
+            except OSError:  # no keeper for that host, or a dead one's socket
+                pass
+            finally:
+                sock.close()
+    finally:
+        os.close(folder_fd)
+
+
+def announced_at() -> Optional[float]:
+    """When this process announced itself to the keepers (time.monotonic(), the same clock in every process); None
+    where it did not."""
+    return _announced_at
