@@ -20,9 +20,35 @@ def main() -> None:
         with user_errors():
             if _answered_plainly(argv[0], argv[1:]):
                 return
+    if argv[:1] == ["apply"] and COMPLETE_VAR not in os.environ:
+        _announce_remembered_hosts(argv[1:])
     from cli.app import main as app_main
 
     app_main()
+
+
+def _announce_remembered_hosts(args: list) -> None:
+    """`apply`: the hosts the last apply of the same file took are told at once that they will be used again, so that
+    their kept connections check their host keys while this command starts (provisioner.host.keeper_wire); the hosts
+    it takes are told again once it has planned. A file that cannot be named from the arguments here is left to that."""
+    if {"--help", "--dry-run"} & set(args):
+        return
+    file = None
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in ("-f", "--file") and index + 1 < len(args):
+            file = args[index + 1]
+        elif arg.startswith("--file="):
+            file = arg[len("--file="):]
+        elif arg.startswith("-f") and len(arg) > 2:
+            file = arg[2:]
+    from cli.config_input import DEFAULT_FILE, STDIN, config_path
+
+    if file != STDIN:
+        from provisioner.host.keeper_wire import announce_remembered
+
+        announce_remembered(str(config_path(file or DEFAULT_FILE)))
 
 
 def _answered_plainly(command: str, args: list) -> bool:

@@ -250,10 +250,12 @@ def test_an_announced_use_takes_the_key_check_begun_at_the_word(tmp_path, make_h
 
 
 def test_apply_announces_the_hosts_it_takes_and_connects_through_their_checks(tmp_path, home_env, make_host,
-                                                                              client_key):
-    """`apply`, once planned, announces the hosts its first offer takes: each one's key exchange begins then, and
-    the run's connection to it takes that exchange (one exchange, not two); a fleet host the run does not take is not
-    asked."""
+                                                                              client_key, monkeypatch):
+    """`apply` announces the hosts the last apply of its file took as it begins, and those its first offer takes
+    once planned: each one's key exchange begins at the first word, and the run's connection to it takes that
+    exchange (one exchange, not two); a fleet host the run does not take is not asked."""
+    from provisioner.host import keeper_wire
+
     folders = [tmp_path / "a", tmp_path / "b"]
     hosts = []
     for folder in folders:
@@ -264,11 +266,20 @@ def test_apply_announces_the_hosts_it_takes_and_connects_through_their_checks(tm
     assert run_cli("apply", "-f", fleet, "-y", env=home_env).returncode == 0
     task = write(tmp_path, "task.dstack.yml", "type: task\nbackends: [ssh]\ncommands: [echo kept-line]\n")
     apply(task, "first", home_env)
+    taken = [(host.jobs_dir / "first").exists() for host in hosts]
+    assert sorted(taken) == [False, True]
     exchanges = [lambda folder=folder: (folder / "sshd.log").read_text().count("[preauth]") for folder in folders]
     before = [count() for count in exchanges]
+    monkeypatch.setattr(keeper_wire, "_announced_at", None)
+    keeper_wire.announce_remembered(str(Path(task).resolve()))  # what the next apply of the file says as it begins
+    deadline = time.monotonic() + 10
+    while [count() for count in exchanges] == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    assert [count() - was for count, was in zip(exchanges, before)] == [int(t) for t in taken]
+    before = [count() for count in exchanges]
     apply(task, "announced", home_env)
-    taken = [(host.jobs_dir / "announced").exists() for host in hosts]
-    assert sorted(taken) == [False, True]
+    assert [(host.jobs_dir / "announced").exists() for host in hosts] == taken
     assert [count() - was for count, was in zip(exchanges, before)] == [int(t) for t in taken]
 
 

@@ -66,7 +66,7 @@ def apply(
 ) -> None:
     """Apply a configuration: a task runs on the cheapest offer that fits; a fleet registers your SSH hosts or
     provisions cloud instances."""
-    from cli.config_input import chosen_file, config_path, load_file, source_name
+    from cli.config_input import STDIN, chosen_file, config_path, load_file, source_name
     from configuration.interpolation import resolve_run
 
     file = chosen_file(file)
@@ -129,7 +129,7 @@ def apply(
     if not dry_run:  # the hosts' kept connections check their keys while the plan is shown and the run set up
         from provisioner.host.access import announce_use
 
-        announce_use(plan.first_hosts())
+        announce_use(plan.first_hosts(), None if file == STDIN else str(config_path(file)))
     problems = setup_failures(plan, dry_run)
     if dry_run:
         _print_dry_run(source, plan, max_offers, as_json, named.notes, problems, config_path(file), not no_repo,

@@ -76,12 +76,17 @@ class HostAccess:
         return connect(target, total_wait=max(1.0, deadline - time.monotonic()), log=log, booting=booting)
 
 
-def announce_use(hosts: Sequence[HostAccess]) -> None:
+def announce_use(hosts: Sequence[HostAccess], remember_as: Optional[str] = None) -> None:
     """Tells the kept connections of `hosts` (SSH ones) that this command is about to use them: each begins its host
-    key check now, while the command goes on (provisioner.host.keeper_wire.announce)."""
+    key check now, while the command goes on (provisioner.host.keeper_wire.announce); remembered for the next command
+    for `remember_as` (a configuration file's path) to announce as it begins."""
     targets = [host.ssh_target() for host in hosts if host.kind == "ssh"]
     if targets:
         from provisioner.host.keeper_client import announce_kept
 
-        announce_kept(targets)
+        announce_kept(targets, remember_as)
+    elif remember_as is not None:
+        from provisioner.host.keeper_wire import forget_uses
+
+        forget_uses(remember_as)
 

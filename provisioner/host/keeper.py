@@ -131,11 +131,13 @@ class Keeper:
                 return
         session.close()
 
-    def _begin_early_check(self) -> None:
-        """A command announced itself: the key exchange for its first client begins now (one at a time: a command
-        that announced while one was under way, begun before its word, has its client checked at its use)."""
+    def _begin_early_check(self, since) -> None:
+        """A command announced its use (first at `since`): the key exchange for its first client begins now, unless
+        one begun since its first word is there already (one at a time: a command that announced while one was under
+        way, begun before its word, has its client checked at its use)."""
         with self._lock:
-            if self._early is not None and self._early.running():
+            early = self._early
+            if early is not None and (early.running() or (isinstance(since, (int, float)) and early.started >= since)):
                 return
             early = self._early = EarlyCheck()
         threading.Thread(target=early.run, args=(self.connection,), daemon=True).start()
@@ -183,7 +185,7 @@ class Keeper:
         try:
             message = recv_json(client)
             if message.get("op") == "expect":  # no use of this keeper's: its idle time goes on
-                self._begin_early_check()
+                self._begin_early_check(message.get("since"))
                 return
             if message.get("op") != "hello":
                 return

@@ -34,8 +34,8 @@ from configuration.errors import ConfigurationError
 from provisioner.host.liveness import HOST_TIMEOUT_VARIABLE, liveness
 from provisioner.host.ssh import (AuthenticationRefused, HostKeyChanged, HostKeyUnknown, SSHTarget, SSHTransport,
                                   connect)
-from provisioner.host.keeper_wire import (announce, announced_at, keeper_folder, peer_is_me, private_folder, recv_frame, recv_json,
-                                          send_frame, send_json, socket_address)
+from provisioner.host.keeper_wire import (announce, announced_at, keeper_folder, peer_is_me, private_folder, recv_frame,
+                                          recv_json, remember_uses, send_frame, send_json, socket_address)
 from provisioner.host.transport import CommandResult, Stdin, TransportError
 
 PERSIST_VARIABLE = "DSTACK_SSH_PERSIST"
@@ -216,12 +216,16 @@ def connect_kept(target: SSHTarget, total_wait: float, log: Callable[[str], None
         os.close(folder_fd)
 
 
-def announce_kept(targets: Sequence[SSHTarget]) -> None:
+def announce_kept(targets: Sequence[SSHTarget], remember_as: Optional[str] = None) -> None:
     """The kept connections of `targets` begin their host key checks now, for this command's first use of each
-    (provisioner.host.keeper_wire.announce); nothing where keepers are off."""
+    (provisioner.host.keeper_wire.announce), and are remembered for the next command for `remember_as`
+    (keeper_wire.announce_remembered); nothing where keepers are off."""
     persist = persist_seconds()
     if persist and hasattr(socket, "AF_UNIX"):
-        announce(f"{keeper_name(target, persist)}.sock" for target in targets)
+        names = [f"{keeper_name(target, persist)}.sock" for target in targets]
+        announce(names)
+        if remember_as is not None:
+            remember_uses(remember_as, names)
 
 
 # What a keeper and its SSH connections read of the environment (its interpreter, the home folders, the SSH agent

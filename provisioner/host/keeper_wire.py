@@ -7,6 +7,7 @@ Messages: a 4-byte length, then the bytes; a header is JSON. A stdin stream is f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -98,7 +99,8 @@ def announce(socket_names: Iterable[str]) -> None:
     fresh for the command as one begun at its use; announced_at() says since when). Best effort: a keeper that is not
     there, or does not take the word at once, checks at the use."""
     global _announced_at
-    _announced_at = time.monotonic()
+    if _announced_at is None:  # the first word: every check begun since serves this command
+        _announced_at = time.monotonic()
     folder = keeper_folder()
     try:
         info = folder.stat()
@@ -114,7 +116,7 @@ def announce(socket_names: Iterable[str]) -> None:
                 sock.settimeout(ANNOUNCE_TIMEOUT_S)
                 sock.connect(socket_address(folder / name, folder_fd))
                 if peer_is_me(sock):
-                    send_json(sock, {"op": "expect"})
+                    send_json(sock, {"op": "expect", "since": _announced_at})
             except OSError:  # no keeper for that host, or a dead one's socket
                 pass
             finally:
@@ -124,6 +126,44 @@ def announce(socket_names: Iterable[str]) -> None:
 
 
 def announced_at() -> Optional[float]:
-    """When this process announced itself to the keepers (time.monotonic(), the same clock in every process); None
+    """When this process first announced its use to keepers (time.monotonic(), the same clock in every process); None
     where it did not."""
     return _announced_at
+
+
+def _uses_file(key: str) -> Path:
+    return keeper_folder() / f"uses-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
+def remember_uses(key: str, socket_names: Iterable[str]) -> None:
+    """Keeps which keepers a command for `key` (a configuration file's path) announced, for the next command for the
+    same key to announce them as it begins (announce_remembered). Best effort."""
+    path = _uses_file(key)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as out:
+            out.write("".join(f"{name}\n" for name in socket_names))
+        os.replace(temporary, path)
+    except OSError:  # no keepers folder (keepers off), a full disk: the next command announces once planned
+        pass
+
+
+def forget_uses(key: str) -> None:
+    """What remember_uses kept for `key`, removed (a command for it that announced no keeper)."""
+    try:
+        _uses_file(key).unlink()
+    except OSError:
+        pass
+
+
+def announce_remembered(key: str) -> None:
+    """announce() to the keepers the last command for `key` announced: a command re-applied from the same file most
+    often takes the same hosts, and their key exchanges then run while it starts and plans, on a core its start
+    leaves idle. A host it does not take after all had a key exchange for nothing; one it takes that was not
+    remembered is announced once planned."""
+    try:
+        names = _uses_file(key).read_text().split()
+    except (OSError, ValueError):
+        return
+    announce(name for name in names if name.endswith(".sock") and "/" not in name)
