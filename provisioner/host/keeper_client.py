@@ -35,28 +35,15 @@ from provisioner.host.liveness import HOST_TIMEOUT_VARIABLE, liveness
 from provisioner.host.ssh import (AuthenticationRefused, HostKeyChanged, HostKeyUnknown, SSHTarget, SSHTransport,
                                   connect)
 from provisioner.host.keeper_wire import (announce, announced_at, keeper_folder, peer_is_me, private_folder, recv_frame,
-                                          recv_json, remember_uses, send_frame, send_json, socket_address)
+                                          persist_seconds, recv_json, remember_uses, send_frame, send_json,
+                                          socket_address)
 from provisioner.host.transport import CommandResult, Stdin, TransportError
 
-PERSIST_VARIABLE = "DSTACK_SSH_PERSIST"
-DEFAULT_PERSIST_S = 300.0
 KEY_CHECK_S = 10.0  # the longest a keeper's key exchange with the host (before a client's use) may take
 HELLO_TIMEOUT_S = 20.0  # a key exchange with the host (at most KEY_CHECK_S), and a shell where none is open yet
 _ERRORS = {cls.__name__: cls for cls in (HostKeyChanged, HostKeyUnknown, AuthenticationRefused, ConfigurationError,
                                          TransportError)}
 _CODE_ROOT = str(Path(__file__).resolve().parents[2])
-
-
-def persist_seconds() -> float:
-    text = os.environ.get(PERSIST_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_PERSIST_S
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise ConfigurationError(f"{PERSIST_VARIABLE}={text!r}: expected a number of seconds (0: no kept "
-                                 "connections)") from None
-    return max(0.0, seconds)
 
 
 def target_json(target: SSHTarget) -> dict:

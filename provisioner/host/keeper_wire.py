@@ -16,11 +16,26 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from configuration.errors import ConfigurationError
 from configuration.home import dstack_home, private_dir
 
+PERSIST_VARIABLE = "DSTACK_SSH_PERSIST"
+DEFAULT_PERSIST_S = 300.0
 ANNOUNCE_TIMEOUT_S = 0.2  # a keeper that does not take the word at once (stopped, its backlog full) is left out
 
 _announced_at: Optional[float] = None
+
+
+def persist_seconds() -> float:
+    text = os.environ.get(PERSIST_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_PERSIST_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{PERSIST_VARIABLE}={text!r}: expected a number of seconds (0: no kept "
+                                 "connections)") from None
+    return max(0.0, seconds)
 
 
 def keeper_folder() -> Path:
@@ -143,7 +158,7 @@ def remember_uses(key: str, socket_names: Iterable[str]) -> None:
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w") as out:
-            out.write("".join(f"{name}\n" for name in socket_names))
+            out.write("".join(f"{name}\n" for name in [repr(persist_seconds()), *socket_names]))
         os.replace(temporary, path)
     except OSError:  # no keepers folder (keepers off), a full disk: the next command announces once planned
         pass
@@ -163,7 +178,9 @@ def announce_remembered(key: str) -> None:
     leaves idle. A host it does not take after all had a key exchange for nothing; one it takes that was not
     remembered is announced once planned."""
     try:
-        names = _uses_file(key).read_text().split()
-    except (OSError, ValueError):
+        persist, *names = _uses_file(key).read_text().split()
+        if not persist_seconds() or persist != repr(persist_seconds()):
+            return  # keepers off, or kept for another time: the sockets named are not this command's keepers
+    except (OSError, ValueError, ConfigurationError):
         return
     announce(name for name in names if name.endswith(".sock") and "/" not in name)
