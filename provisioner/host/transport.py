@@ -50,6 +50,7 @@ class LocalTransport:
     """This machine: commands run under `sh -c`, as the user running dstack, with jobs under `jobs_dir`."""
 
     description = "localhost"
+    command_listed = True  # the command is `sh -c`'s argument, in every user's process list: it carries no secret
 
     def __init__(self, jobs_dir: str):
         self._env = dict(os.environ, DSTACK_JOBS_DIR=jobs_dir)

@@ -11,7 +11,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from provisioner.host.transport import Transport, TransportError
 from provisioner.jobs import dev_env
 from provisioner.jobs.cluster_ssh import job_files
-from provisioner.jobs.launch import MONITOR_SCRIPT, OUTPUT_SIZES, start_command, stop_command
+from provisioner.jobs.launch import (INLINE_REFUSED, MONITOR_SCRIPT, OUTPUT_SIZES, start_command, stop_command,
+                                    written_inline)
 from provisioner.jobs.layout import BEGUN_FILE, job_folder, parse_exit_code
 from provisioner.jobs.script import ASKPASS_SCRIPT, GIT_PASSWORD_VAR, GIT_USERNAME_VAR, JobSpec, env_file, job_script
 from provisioner.jobs.spot_notice import NOTICE_SCRIPT, NOTICE_SCRIPT_NAME, notice_read, parse_notice
@@ -22,9 +23,9 @@ def job_folder_files(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:
     """job.sh, the env file, the utilization monitor where the task has a policy, the spot notice's watcher on a
     cloud spot VM, a dev environment's session files
     (provisioner.jobs.dev_env) and, for a `url` repo that the user's git setup has credentials for, the askpass script
-    that hands them to `git clone` on the host (through the env file, which the job deletes once read)."""
+    that hands them to `git clone` on the host (through the env file, which the job empties once read)."""
     env = env_file(job)
-    extras = {"job.sh": (job_script(job).encode(), 0o700)}
+    extras = {"job.sh": (job_script(job).encode(), 0o600)}  # run by a shell (`sh ./job.sh`), never executed itself
     if job.utilization:
         extras["monitor.sh"] = (MONITOR_SCRIPT.encode(), 0o700)
     if job.spot_notice is not None:
@@ -44,9 +45,16 @@ def job_folder_files(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:
 
 def start_job(transport: Transport, job: JobSpec,
               progress: Callable[[int, int], None] = lambda done, total: None) -> int:
-    """Sends the job folder (one tar.gz stream, packed while it is sent) and starts the job."""
-    archive = archive_stream(job.uploads, job_folder_files(job), progress)
-    result = transport.run(start_command(job), stdin=archive, timeout=120)
+    """Sends the job folder (its own files written by the start command itself, or one tar.gz stream, packed while it
+    is sent) and starts the job."""
+    files = job_folder_files(job)
+    result = None
+    if not getattr(transport, "command_listed", False) and written_inline(job, files):
+        result = transport.run(start_command(job, files), timeout=120)
+        if result.code != 0 and INLINE_REFUSED in result.stderr.decode(errors="replace"):
+            result = None  # a shell without a builtin printf: the archive instead
+    if result is None:
+        result = transport.run(start_command(job), stdin=archive_stream(job.uploads, files, progress), timeout=120)
     if result.code != 0 or not result.text.strip().isdigit():
         raise TransportError(f"starting the job on {transport.description} failed: "
                            f"{result.stderr.decode(errors='replace').strip() or result.text.strip()}")

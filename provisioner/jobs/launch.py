@@ -4,8 +4,9 @@ the sweep of what escaped the job's process group, and the stop."""
 
 from __future__ import annotations
 
+import posixpath
 import shlex
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 from provisioner.jobs import dev_env
 from provisioner.jobs.layout import HOST_CACHE, INACTIVE, PROFILE_ENV, TIMED_OUT, UNDERUTILIZED, job_folder
@@ -152,7 +153,7 @@ _SIZES_START = ("{ trap 'kill $w 2>/dev/null; exit 0' TERM; o=0; while kill -0 $
 _SIZES_STOP = f"kill $T 2>/dev/null; {_SIZE}; "
 
 # What may hold secret values in the job folder, removed once the job has ended (before its exit code is written):
-# the script (the commands, with `${{ secrets.X }}` filled in), the env file (deleted when read, but a job stopped in
+# the script (the commands, with `${{ secrets.X }}` filled in), the env file (emptied when read, but a job stopped in
 # its login profile never reads it), the git askpass helper and a cluster's private key.
 SECRET_HOLDERS = ("job.sh", "env", "askpass", "cluster_key")
 
@@ -171,12 +172,63 @@ def root_check(job: JobSpec) -> str:
     return ROOT_CHECK.replace("WHAT", what)
 
 
-def start_command(job: JobSpec) -> str:
-    """Unpack (tar on stdin) and start the job detached; prints the job's process group id."""
+# A job with nothing to upload or clone has only its folder's own few files (job.sh, the env file, a cluster's keys
+# and `ssh`, the monitors): the start command writes them itself, each with the shell's builtin printf, instead of
+# unpacking a tar that came as base64 through the kept shell (`base64 -d` and `tar`: two of the ~20 programs a host
+# started per job on the way to its first line). Their text is the command's, which reaches the host's shell on its
+# stdin (provisioner.host.ssh), so no process list shows it: a builtin's arguments are no process's (an external
+# printf's would be, so a shell without the builtin refuses, saying INLINE_REFUSED, and the archive goes instead). They
+# are made 0600 by the umask; the executable ones (a cluster's `bin/ssh`, the monitors) are made 0700 by one `chmod`.
+# Text that is not UTF-8, holds a NUL or passes INLINE_MAX goes as the archive; so does a transport that runs a
+# command as an argument, in the process list (LocalTransport.command_listed).
+INLINE_MAX = 256 * 1024
+INLINE_REFUSED = "dstack: the host's shell has no builtin printf"
+_PRINTF_CHECK = (f"case $(command -V printf 2>/dev/null) in *builtin*) ;; *) echo {shlex.quote(INLINE_REFUSED)} >&2; "
+                 "exit 1 ;; esac; ")
+FolderFiles = Dict[str, Tuple[bytes, int]]  # name in the job folder: (content, mode)
+
+
+def written_inline(job: JobSpec, files: FolderFiles) -> bool:
+    """Whether the start command can write the job folder's files itself (see INLINE_MAX)."""
+    if job.uploads.uploads or job.uploads.clone is not None:
+        return False
+    if sum(len(data) for data, _ in files.values()) > INLINE_MAX:
+        return False
+    for data, _ in files.values():
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            return False
+        if b"\0" in data:
+            return False
+    return True
+
+
+def _single_quoted(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _writes(files: FolderFiles) -> str:
+    """Shell text that writes `files` in the job folder: printf for each (a builtin), one chmod for the executables."""
+    writes = [f"printf '%s' {_single_quoted(data.decode())} > {shlex.quote(name)}" for name, (data, _) in files.items()]
+    executables = [shlex.quote(name) for name, (_, mode) in files.items() if mode & 0o100]
+    if executables:
+        writes.append(f"chmod 700 {' '.join(executables)}")
+    return " && ".join(writes)
+
+
+def start_command(job: JobSpec, inline: Optional[FolderFiles] = None) -> str:
+    """Unpack (tar on stdin), or write the `inline` files (written_inline), and start the job detached; prints the
+    job's process group id."""
     folder = job_folder(job.run_name)
     check = root_check(job) if job.needs_root else ""
-    # What a job that ran in this folder before left, removed before the new one is unpacked (one `rm`).
+    # What a job that ran in this folder before left, removed before the new one is unpacked (one `rm`); files written
+    # inline too, which would otherwise keep their old mode.
     stale = ["uploads", "repo", "exit_code", "pid", "begun", "output.log", SIZES_SAMPLED, NOTICE_FILE, PROFILE_ENV]
+    subfolders = sorted({posixpath.dirname(name) for name in inline or {}} - {""})
+    if inline is not None:
+        stale += [shlex.quote(name) for name in inline]
+        check = _PRINTF_CHECK + check
     mark_root = ' && printf "%s" "$R" > as_root' if job.needs_root else ""
     if not job.needs_root:
         stale.append("as_root")
@@ -226,9 +278,13 @@ def start_command(job: JobSpec) -> str:
     # follower that reads at once (a retry) would read the old log's lines again. A new folder has nothing to remove.
     # A job with nothing to upload or clone has its repo folder (its working directory's) made with its own folder:
     # job.sh then starts no `mkdir` of its own.
+    # Folders that inline files go in are made with it, or (a folder used before) where missing.
     made = folder if job.uploads.uploads or job.uploads.clone is not None else f"{folder}/repo"
-    return (f"{check}{{ umask 077 && if cd {folder} 2>/dev/null; then rm -rf {' '.join(stale)}; "
-            f"else mkdir -p {made} && cd {folder}; fi && {unpack_command(job.uploads)}{mark_root}{authorize}; }} "
+    made = " ".join([made] + [f"{folder}/{shlex.quote(name)}" for name in subfolders])
+    unpack = unpack_command(job.uploads) if inline is None else _writes(inline)
+    missing = "".join(f"; [ -d {shlex.quote(name)} ] || mkdir -p {shlex.quote(name)}" for name in subfolders)
+    return (f"{check}{{ umask 077 && if cd {folder} 2>/dev/null; then rm -rf {' '.join(stale)}{missing}; "
+            f"else mkdir -p {made} && cd {folder}; fi && {unpack}{mark_root}{authorize}; }} "
             "|| exit 1; "
             f"J=$(setsid sh -c {shlex.quote(wrapper)} 2>/dev/null < /dev/null &); "
             '[ -n "$J" ] || { echo "the job did not start (its wrapper gave no process group)" >&2; exit 1; }; echo "$J"')

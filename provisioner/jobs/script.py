@@ -3,8 +3,8 @@
 The job folder is `$DSTACK_JOBS_DIR/<run>` on the host, by default `~/.dstack-jobs/<run>` (a host's admin can move it
 with sshd's `SetEnv DSTACK_JOBS_DIR=...`; the local backend puts it under `$DSTACK_HOME/jobs`). Both folders are
 made under umask 077, so they are 0700 and what the job writes in them 0600. In it: `job.sh` (the script), `env`
-(mode 0600, read by the script at start and then deleted; both go when the job ends, with whatever else may hold a
-secret value: provisioner.jobs.launch.SECRET_HOLDERS), `repo/` (the working directory, where the repo and
+(mode 0600, read by the script at start and then emptied, by the shell itself: no `rm` started; both go when the job
+ends, with whatever else may hold a secret value: provisioner.jobs.launch.SECRET_HOLDERS), `repo/` (the working directory, where the repo and
 `files` go unless their paths say otherwise), `uploads/` (what the client sent, until the script puts each upload
 in its place or, in a container, mounts it there), `output.log` (stdout and
 stderr), `output.sizes` (when its output arrived: provisioner.jobs.launch.OUTPUT_SIZES), `profile.log` (what the
@@ -105,7 +105,7 @@ case $0 in */*) cd "${{0%/*}}" ;; esac
 JOB_DIR="$PWD"
 {as_root}if [ -n "${{DSTACK_PROFILE_FD:-}}" ]; then unset DSTACK_PROFILE_FD; . /dev/fd/3 || true; exec 3<&-; \
 elif [ -f {profile} ]; then . ./{profile} || true; rm -f {profile}; fi
-if [ -f env ]; then set -a; . ./env; set +a; rm -f env; fi
+if [ -f env ]; then set -a; . ./env; set +a; : > env; fi
 if [ -z "${{DSTACK_MASTER_NODE_IP:-}}" ]; then
   DSTACK_MASTER_NODE_IP=$(ip -o -4 addr show scope global 2>/dev/null | awk '{{split($4, a, "/"); print a[1]; exit}}')
   DSTACK_MASTER_NODE_IP=${{DSTACK_MASTER_NODE_IP:-127.0.0.1}}
