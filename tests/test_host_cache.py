@@ -86,23 +86,57 @@ def test_a_profile_that_fails_is_not_kept(login_home, tmp_path):
 def test_a_kept_environment_replaced_while_a_job_starts_from_it_is_still_the_one_its_key_matched(login_home, tmp_path):
     """A job starting beside this one renames its own reading over the kept file (another key: an edited profile, a
     docker job's DOCKER_HOST) just after this job found its key there: this job still reads the file whose key
-    matched, whatever runs in between (the job's shell starting, a copy); the next job sees the other key and reads
-    the profile again."""
+    matched; the next job sees the other key and reads the profile again. Nothing but the shell's builtins runs
+    between the key's check and the read, so the rename is made there by holding up the launcher's note in
+    profile.log (a FIFO here, kept full: a folder used before keeps its profile.log until the note replaces it)."""
     write_profile(login_home, "one")
     local = LocalTransport(str(tmp_path / "jobs"))
     assert run_job(local, "first", ["echo $FROM_PROFILE"]) == "one\n"
     kept = tmp_path / "jobs" / HOST_CACHE / "profile.env"
     other = tmp_path / "other.env"
     other.write_text("# another key\nexport FROM_PROFILE=other\n")
-    for tool in ("bash", "cp"):  # each renames the other reading over the kept file once, then runs as itself
-        shim = tmp_path / "tools" / tool
-        shim.write_text(f'#!/bin/sh\n[ -f {other} ] && mv {other} {kept}\nexec {shutil.which(tool)} "$@"\n')
-        shim.chmod(0o755)
-    assert run_job(local, "second", ["echo $FROM_PROFILE"]) == "one\n"
-    assert kept.read_text().startswith("# another key\n")  # the rename came before the job read its environment
-    assert "kept" in (tmp_path / "jobs" / "second" / "profile.log").read_text() and readings(login_home) == 1
+    folder = tmp_path / "jobs" / "second"
+    folder.mkdir(mode=0o700)
+    os.mkfifo(folder / "profile.log", 0o600)
+    held = os.open(folder / "profile.log", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        while True:  # full: the launcher's note waits in its write, after its key matched
+            try:
+                os.write(held, b"x" * 4096)
+            except BlockingIOError:
+                break
+        start_job(local, JobSpec(run_name="second", commands=["echo $FROM_PROFILE"]))
+        deadline = time.monotonic() + 30
+        while str(folder / "profile.log") not in _open_elsewhere():
+            assert time.monotonic() < deadline, "the launcher never wrote its note"
+            time.sleep(0.01)
+        other.rename(kept)
+        note = b""
+        while b"kept" not in note:
+            assert time.monotonic() < deadline, note[-200:]
+            try:
+                note += os.read(held, 1 << 16)
+            except BlockingIOError:
+                time.sleep(0.01)
+    finally:
+        os.close(held)
+    code, log = wait_exit(local, "second", timeout=60)
+    assert (code, log) == (0, "one\n")
+    assert kept.read_text().startswith("# another key\n") and readings(login_home) == 1
     assert run_job(local, "third", ["echo $FROM_PROFILE"]) == "one\n"
     assert readings(login_home) == 2
+
+
+def _open_elsewhere() -> set:
+    """The paths other processes have open."""
+    paths = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                paths.update(os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+            except OSError:  # gone, or not ours to read
+                continue
+    return paths
 
 
 def test_a_job_that_becomes_root_through_sudo_starts_from_the_kept_environment_too(login_home, tmp_path):

@@ -14,6 +14,7 @@ from provisioner.host.transport import LocalTransport
 from provisioner.jobs.control import start_job, stop_job
 from provisioner.jobs.launch import _SIZES_START, OUTPUT_SIZES, SIZES_SAMPLED
 from provisioner.jobs.script import JobSpec
+from tests.helpers import wait_exit
 from tests.test_runs import group_alive
 
 
@@ -82,3 +83,26 @@ def test_a_job_without_uploads_works_in_its_own_repo_folder_made_with_its_job_fo
             time.sleep(0.05)
         log = (tmp_path / "jobs" / "plain" / "output.log").read_text()
         assert log.split() == [str(repo), "700", "0"], (attempt, log)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_launcher_runs_in_the_jobs_own_shell(tmp_path, monkeypatch):
+    """The launcher (the login profile's read, or its kept environment) runs in the shell that then runs job.sh, which
+    it sources: no `sh` is started for it, and the commands see no argument and none of its variables."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "sh").write_text(f'#!/bin/sh\nprintf "%s\\n" "$2" | head -n 1 >> {tmp_path}/sh.starts\n'
+                              f'exec {shutil.which("sh")} "$@"\n')
+    (tools / "sh").chmod(0o755)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", f"{tools}:/usr/local/bin:/usr/bin:/bin")
+    monkeypatch.setenv("DSTACK_PROFILE_TIMEOUT", "5")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    for name in ("login", "kept"):  # the profile read by a login shell, then its kept environment
+        start_job(local, JobSpec(run_name=name, commands=['echo "$0 $# ${sh-unset} ${key-unset} ${kept-unset}"',
+                                                          "echo $BASH_VERSION | cut -c1"]))
+        code, log = wait_exit(local, name, timeout=60)
+        assert (code, log.splitlines()) == (0, ["./job.sh 0 unset unset unset", subprocess.run(
+            ["bash", "-c", "echo $BASH_VERSION | cut -c1"], capture_output=True, text=True).stdout.strip()]), log
+    started = (tmp_path / "sh.starts").read_text().splitlines()
+    assert started and not any(line.startswith("sh=sh;") for line in started), started

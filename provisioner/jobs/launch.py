@@ -65,25 +65,29 @@ MAX_SAMPLE_INTERVAL_S = 60
 # that open file to job.sh (DSTACK_PROFILE_FD), which sources it as /dev/fd/3: a job starting beside it that renames
 # its own reading over the kept file (another key: a changed profile, a docker job's DOCKER_HOST) changes nothing
 # for it. A job that becomes root gets a copy in PROFILE_ENV instead: sudo closes what it is handed.
+# The launcher runs in the shell that runs job.sh (bash where there is one, as the login's `$sh`: the wrapper picks it
+# the same way, as S) and ends by sourcing job.sh, its own variables unset and without arguments ($0 is ./job.sh, as
+# when job.sh was run): one shell started per job where there were two (a `sh` for the launcher, which exec'd bash).
 PROFILE_TIMEOUT_S = 10
 
 
 _LOGIN = """sh=sh; if command -v bash >/dev/null; then sh=bash; fi
 case $1 in ''|*[!0-9]*) echo "dstack: DSTACK_PROFILE_TIMEOUT=$1 is not a whole number of seconds; the login \
 profile gets DEFAULT_S"; set -- DEFAULT_S ;; esac
-i=0; n=$(($1 * 100)); term=; stop=
+i=0; n=$(($1 * 100)); term=; stop=; kept=
 cache=../HOST_CACHE/PROFILE_ENV
 key="# $sh|$HOME|$USER|$LOGNAME|$SHELL|$PATH|$LANG|${DOCKER_HOST:-}|${DOCKER_CONFIG:-}"
 files=$(stat -L -c '%n %i %s %y' /etc/profile /etc/profile.d/* /etc/bash.bashrc /etc/environment "$HOME/.bash_profile" \
 "$HOME/.bash_login" "$HOME/.profile" "$HOME/.bashrc" 2>/dev/null)
-set -f; IFS='
-'; for line in $files; do key="$key|$line"; done; unset IFS; set +f
+set -f; ifs=$IFS IFS='
+'; for line in $files; do key="$key|$line"; done; IFS=$ifs; set +f
 if [ -O .. ] && [ -f "$cache" ] && { command exec 3< "$cache"; } 2>/dev/null && { first=; IFS= read -r first <&3; } \
 && [ "$first" = "$key" ] && [ -r /dev/fd/3 ]; then
   echo "dstack: the login profile's environment as an earlier job on this host read it (kept in the jobs folder's \
 HOST_CACHE while the profile's files are unchanged)" > profile.log
   KEPT
 fi
+if [ -z "$kept" ]; then
 exec 3<&-
 trap 'stop=1; n=0' TERM
 setsid "$sh" -l -c 'unset PWD OLDPWD
@@ -105,12 +109,15 @@ if [ ! -f PROFILE_ENV ]; then
   echo "dstack: the login profile ($sh -l) $why; the job goes on without it, from HOME, USER, LOGNAME, SHELL, PATH and \
 LANG alone (what the profile printed is in $PWD/profile.log)"
 fi
-exec "$sh" ./job.sh
+fi
+unset sh i n term stop kept cache key files ifs line first p code why
+set --
+. ./job.sh
 """.replace("DEFAULT_S", str(PROFILE_TIMEOUT_S)).replace("HOST_CACHE", HOST_CACHE)
 
 # On a kept environment's key: job.sh sources the open file itself; a job that becomes root reads a copy of it.
-_KEPT_OPEN = 'DSTACK_PROFILE_FD=3 exec "$sh" ./job.sh'
-_KEPT_COPY = 'cat /dev/fd/3 > PROFILE_ENV && exec "$sh" ./job.sh 3<&-'
+_KEPT_OPEN = 'DSTACK_PROFILE_FD=3; kept=1'
+_KEPT_COPY = 'cat /dev/fd/3 > PROFILE_ENV && exec 3<&- && kept=1'
 
 
 def _launcher(job: JobSpec) -> str:
@@ -124,7 +131,7 @@ def _launcher(job: JobSpec) -> str:
     if job.docker:
         basics += ' ${DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"} ${DOCKER_CONFIG:+DOCKER_CONFIG="$DOCKER_CONFIG"}'
     login = _LOGIN.replace("KEPT", _KEPT_COPY if job.needs_root else _KEPT_OPEN).replace("PROFILE_ENV", PROFILE_ENV)
-    return f'{basics} sh -c {shlex.quote(login)} dstack-login "${{DSTACK_PROFILE_TIMEOUT:-{PROFILE_TIMEOUT_S}}}"'
+    return f'{basics} "$S" -c {shlex.quote(login)} ./job.sh "${{DSTACK_PROFILE_TIMEOUT:-{PROFILE_TIMEOUT_S}}}"'
 
 
 def sweep_command(job_id: str) -> str:
@@ -257,7 +264,9 @@ def start_command(job: JobSpec, inline: Optional[FolderFiles] = None) -> str:
     # The job's process group id goes to the pid file (a stop and a log's reader read it there) and to the wrapper's
     # stdout, which the start reads to its end: the wrapper then turns its stdout away, and the start returns. SIGPIPE
     # is ignored only for that line (were the start gone, the wrapper would go on); the job keeps the default.
-    wrapper = (f": > {OUTPUT_SIZES}; {started}by=; setsid {limit}{_launcher(job)} >> output.log 2>&1 < /dev/null & "
+    shell = "" if job.image else "S=sh; if command -v bash >/dev/null; then S=bash; fi; "  # as the launcher's $sh
+    wrapper = (f": > {OUTPUT_SIZES}; {started}by=; {shell}setsid {limit}{_launcher(job)} >> output.log 2>&1 "
+               "< /dev/null & "
                "J=$!; echo $J > pid; trap '' PIPE; echo $J; trap - PIPE; exec > /dev/null; "
                f"{_SIZES_START}{monitor_start}wait $J; code=$?; {_timed_out(job)}{_SIZES_STOP}"
                f"{monitor_stop}{_end_of_job(job)}rm -f {' '.join(SECRET_HOLDERS)} {SIZES_SAMPLED}; "

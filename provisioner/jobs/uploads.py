@@ -1,5 +1,5 @@
 """What a run uploads, decided and size-checked before anything is provisioned, then packed as one tar.gz stream
-(a job without uploads: a plain tar of its folder's few files, see gzipped).
+(a job without uploads: a plain tar of its folder's few files, see gzipped, where no builtin printf writes them).
 
 - A git repository uploads what git would commit: tracked files and untracked ones that are not ignored
   (`git ls-files -co --exclude-standard`), HEAD plus uncommitted changes. A folder that is no repository is never
@@ -407,7 +407,7 @@ class _FileLevels:
 def gzipped(plan: UploadPlan) -> bool:
     """Whether the job's archive is gzip: only where it carries uploads. Without them it holds the job folder's own
     few files (job.sh, env, a cluster's keys: a few KB), which go as a plain tar: the host unpacks it without
-    starting gzip (~1.4 ms of its CPU per job start; the stream is a few KB longer)."""
+    starting gzip (~1.4 ms of its CPU per job start). Over SSH the start writes them itself (launch.written_inline)."""
     return bool(plan.uploads)
 
 
