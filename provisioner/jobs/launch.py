@@ -291,7 +291,7 @@ def start_command(job: JobSpec, inline: Optional[FolderFiles] = None) -> str:
     made = folder if job.uploads.uploads or job.uploads.clone is not None else f"{folder}/repo"
     made = " ".join([made] + [f"{folder}/{shlex.quote(name)}" for name in subfolders])
     unpack = unpack_command(job.uploads) if inline is None else _writes(inline)
-    missing = "".join(f"; [ -d {shlex.quote(name)} ] || mkdir -p {shlex.quote(name)}" for name in subfolders)
+    missing = "".join(f" && {{ [ -d {shlex.quote(name)} ] || mkdir -p {shlex.quote(name)}; }}" for name in subfolders)
     return (f"{check}{{ umask 077 && if cd {folder} 2>/dev/null; then rm -rf {' '.join(stale)}{missing}; "
             f"else mkdir -p {made} && cd {folder}; fi && {unpack}{mark_root}{authorize}; }} "
             "|| exit 1; "
