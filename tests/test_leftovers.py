@@ -4,6 +4,7 @@ contact), `files` written outside the job folder, a failure's reason cut short; 
 that ended under a command."""
 
 import hashlib
+import os
 
 from tests.helpers import run_cli, write
 from tests.test_faults import add_fleet
@@ -67,6 +68,57 @@ def test_a_cluster_key_left_on_an_unreachable_node_goes_at_the_next_contact(tmp_
     later = run_cli("apply", "-f", again, "-y", "-n", "third", env=home_env, timeout=300)
     assert later.returncode == 0 and "cluster key" not in later.stderr, later.stderr  # said once, done once
 
+
+
+def test_a_cluster_whose_port_is_taken_fails_before_its_jobs_and_leaves_no_cluster_key(tmp_path, home_env, make_host,
+                                                                                         client_key):
+    """The nodes get the run's line as they are connected to, before the port is bound: the run's teardown takes it
+    away again from every node."""
+    import socket
+
+    hosts = [make_host(), make_host()]
+    add_fleet(tmp_path, home_env, client_key, hosts)
+    before = {host.address: (host.dir / "authorized_keys").read_text() for host in hosts}
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    conf = write(tmp_path, "ported.dstack.yml", "type: task\nname: ported\nnodes: 2\nbackends: [ssh]\n"
+                 f"ports: ['{port}:8000']\ncommands: ['echo never']\n")
+    try:
+        result = run_cli("apply", "-f", conf, "-y", env=home_env, timeout=300)
+    finally:
+        holder.close()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"local port {port} is already in use by another program" in result.stderr
+    assert ps(home_env)["ported"]["status"] == "failed"
+    assert {host.address: (host.dir / "authorized_keys").read_text() for host in hosts} == before
+    assert not any((host.jobs_dir / "ported" / "output.log").exists() for host in hosts)  # no job started
+
+
+def test_a_node_that_cannot_take_the_cluster_key_fails_the_run_by_name_and_the_others_lose_it(
+        tmp_path, home_env, make_host, client_key):
+    """The login user may write one host's authorized_keys (and its folder, where the removal writes its copy) and not
+    the other's (root's, readable by all)."""
+    writable, refusing = make_host(login_user="worker"), make_host(login_user="worker")
+    for path in (writable.dir, writable.dir / "authorized_keys"):
+        os.chown(path, writable.uid, writable.uid)
+    (refusing.dir / "authorized_keys").chmod(0o644)
+    before = {host.address: (host.dir / "authorized_keys").read_text() for host in (writable, refusing)}
+    fleet = write(tmp_path, "workers.dstack.yml", "type: fleet\nname: workers\nssh_config:\n  user: worker\n"
+                  f"  identity_file: {client_key[0]}\n  hosts: [{writable.address}, {refusing.address}]\n")
+    assert run_cli("apply", "-f", fleet, "-y", env=home_env).returncode == 0
+    conf = write(tmp_path, "keyless.dstack.yml", "type: task\nname: keyless\nnodes: 2\nbackends: [ssh]\n"
+                 "commands: ['echo never']\n")
+    result = run_cli("apply", "-f", conf, "-y", env=home_env, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    rank = [job["host"] for job in ps(home_env)["keyless"]["jobs"]].index(f"worker@{refusing.address}:22")
+    assert (f"keyless: node {rank} (worker@{refusing.address}:22): cannot add the run's key to authorized_keys: "
+            in result.stderr), result.stderr
+    assert "Permission denied" in result.stderr
+    assert ps(home_env)["keyless"]["status"] == "failed"
+    assert {host.address: (host.dir / "authorized_keys").read_text() for host in (writable, refusing)} == before
+    assert not any((host.jobs_dir / "keyless" / "output.log").exists() for host in (writable, refusing))
 
 def test_a_files_target_that_climbs_out_of_the_job_folder_is_refused(tmp_path, home_env, dstack_home):
     (tmp_path / "data.txt").write_text("data\n")

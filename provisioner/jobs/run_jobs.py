@@ -9,16 +9,18 @@ and end together: a node that fails (a non-zero exit code) fails the run and the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from configuration.home import append_private
 from configuration.owner import another_homes
 from provisioner.host.access import HostAccess
 from provisioner.host.liveness import liveness
 from provisioner.host.transport import Transport
-from provisioner.jobs.cluster_ssh import authorize_command, revoke_left
+from provisioner.jobs.cluster_ssh import ClusterKeys, authorize_command, revoke_left
 from provisioner.jobs.control import (job_begun, job_ended_ago, job_state, log_pieces, read_output_times,
                                       start_job, stop_job)
 from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED, EndedByDstack
@@ -106,9 +108,35 @@ class RunJobs:
     def size(self) -> int:
         return len(self.hosts)
 
-    def connect(self, log: Callable[[str], None], booting: bool = True) -> None:
-        """Connects to every node, before the jobs start."""
-        on_every_node(lambda rank: self.reach(rank, 300, log, booting, starting=True), list(range(self.size)))
+    def connect(self, log: Callable[[str], None], booting: bool = True,
+                cluster: Optional[ClusterKeys] = None) -> None:
+        """Connects to every node, before the jobs start. With `cluster`, each node's thread adds the run's line to its
+        authorized_keys as soon as that node is connected to (and keys left there are removed: reach), not waiting
+        for the other nodes; on return the line is on every node. A node that could not be connected to fails it
+        before one whose line could not be added (the lowest rank first in each). An interrupted connect adds no line
+        after it returns: the lines being added are waited for (each within its command's timeout), and no other
+        is begun, so a teardown's removal comes after each of them."""
+        lines = _Authorizations()
+        failures: Dict[int, BaseException] = {}
+
+        def connect_one(rank: int) -> None:
+            transport = self.reach(rank, 300, log, booting, starting=True)
+            if cluster is not None:
+                try:
+                    line = cluster.line
+                    with lines.under_way() as allowed:
+                        if allowed:
+                            self._authorize(rank, transport, line)
+                except Exception as e:  # raised once every node is connected to
+                    failures[rank] = e
+
+        try:
+            on_every_node(connect_one, list(range(self.size)))
+        except BaseException:
+            lines.close()
+            raise
+        if failures:
+            raise failures[min(failures)]
 
     def reach(self, rank: int, total_wait: float, log: Callable[[str], None], booting: bool = False,
               starting: bool = False) -> Transport:
@@ -145,16 +173,12 @@ class RunJobs:
             if index < len(waves) - 1:
                 on_every_node(self._wait_begun, wave)
 
-    def authorize(self, line: str) -> None:
-        """The run's cluster key line added to every node's authorized_keys (provisioner.jobs.cluster_ssh)."""
-
-        def authorize_one(rank: int) -> None:
-            result = self.transports[rank].run(authorize_command(line), timeout=30)
-            if result.code != 0:
-                raise NodeFailed(f"node {rank} ({self.hosts[rank].description}): cannot add the run's key to "
-                                 f"authorized_keys: {result.stderr.decode(errors='replace').strip()}")
-
-        on_every_node(authorize_one, list(range(self.size)))
+    def _authorize(self, rank: int, transport: Transport, line: str) -> None:
+        """The run's cluster key line added to the node's authorized_keys (provisioner.jobs.cluster_ssh)."""
+        result = transport.run(authorize_command(line), timeout=30)
+        if result.code != 0:
+            raise NodeFailed(f"node {rank} ({self.hosts[rank].description}): cannot add the run's key to "
+                             f"authorized_keys: {result.stderr.decode(errors='replace').strip()}")
 
     def _wait_begun(self, rank: int) -> None:
         deadline = time.time() + BEGIN_WAIT_S
@@ -202,6 +226,38 @@ class RunJobs:
             except Exception:  # a broken connection is gone either way
                 pass
         self.transports.clear()
+
+
+class _Authorizations:
+    """The cluster key lines being added by the nodes' threads, until closed: from then on none is begun, and
+    closing waits for those under way."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._under_way = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def under_way(self) -> Iterator[bool]:
+        """Yields whether a line may be added now (not closed), counted as under way until the block ends."""
+        with self._changed:
+            if self._closed:
+                allowed = False
+            else:
+                allowed = True
+                self._under_way += 1
+        try:
+            yield allowed
+        finally:
+            if allowed:
+                with self._changed:
+                    self._under_way -= 1
+                    self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.wait_for(lambda: self._under_way == 0)
 
 
 def settled_job_state(transport: Transport, run_name: str) -> Tuple[str, Optional[int]]:

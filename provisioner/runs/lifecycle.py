@@ -24,7 +24,7 @@ from offers.offer import Offer
 from provisioner.host.access import HostAccess
 from provisioner.host.ports import LOOPBACK, PortForwarder, local_opener, ssh_opener
 from provisioner.host.transport import HostUnreachable
-from provisioner.jobs.cluster_ssh import cluster_ssh
+from provisioner.jobs.cluster_ssh import ClusterKeys
 from provisioner.jobs.control import FIRST_OUTPUT_WAIT_S
 from provisioner.jobs.follow import LogFollower, kept_run_hint
 from provisioner.jobs.layout import TIMED_OUT, EndedByDstack
@@ -94,15 +94,16 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             store.set_jobs(run_name, [host.to_json() for host in hosts])
             store.update_run(run_name, host=hosts[0].to_json())
             jobs = RunJobs(store, run_name, hosts)
+            # SSH between the nodes: its key made while they are connected to, and its line added to each node as
+            # soon as that one is (an image's container has no sshd of its own to reach)
+            cluster = ClusterKeys(run_name, hosts) if len(hosts) > 1 and not configuration.image else None
             say(f"Connecting to {', '.join(host.description for host in hosts)}")
-            jobs.connect(say)
-            if not detach and forwarder is None:  # ports first: a port that is taken fails the run before its job
+            jobs.connect(say, cluster=cluster)
+            # a port that is taken fails the run before its job starts (its teardown removes the cluster's line)
+            if not detach and forwarder is None:
                 forwarder = forward_ports(session, run_name, hosts[0], node_groups(configuration)[0].ports,
                                           lambda: jobs.transports[0])
-            ssh = None
-            if len(hosts) > 1 and not configuration.image:  # an image's container has no sshd of its own to reach
-                ssh, line = cluster_ssh(run_name, hosts)
-                jobs.authorize(line)
+            ssh = cluster.ssh if cluster is not None else None
             mounts = job_mounts(store, configuration, offer)
             dev_key = dev_environments.make_key(run_name, store) if dev else None
             specs = [dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo,
