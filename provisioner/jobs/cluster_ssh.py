@@ -58,9 +58,11 @@ def hosts_keys(hosts: Sequence[HostAccess]) -> List[List[str]]:
     return [[" ".join(host.host_key.split()[:2])] if host.host_key else recorded.get(id(host), []) for host in hosts]
 
 
-def cluster_ssh(run_name: str, hosts: Sequence[HostAccess]) -> Tuple[ClusterSSH, str]:
-    """The run's key pair and what each job folder gets, and the authorized_keys line for every node."""
-    private, public = new_key_pair(key_comment(run_name))
+def cluster_ssh(run_name: str, hosts: Sequence[HostAccess], pair: Optional[Tuple[bytes, str]] = None
+                ) -> Tuple[ClusterSSH, str]:
+    """What each job folder gets, and the authorized_keys line for every node, with the run's key `pair` (new_key_pair
+    with the run's key_comment; made now where not given)."""
+    private, public = pair or new_key_pair(key_comment(run_name))
     addresses = [node_address(host) for host in hosts]
     known = "".join(f"{address} {key}\n" for address, keys in zip(addresses, hosts_keys(hosts)) for key in keys)
     config = "".join(f"Host {address}\n  User {host.user or 'root'}\n  Port {host.port}\n"
@@ -72,41 +74,38 @@ def cluster_ssh(run_name: str, hosts: Sequence[HostAccess]) -> Tuple[ClusterSSH,
 
 
 class ClusterKeys:
-    """cluster_ssh of a run, made in a thread of its own from the moment this is made: started before the nodes are
-    connected to, its ~14 ms (mostly importing `cryptography`) pass while they answer, and each node's thread waits
-    for `line` only if it is connected first. Everything it needs is known before any connection (the hosts' keys
-    were recorded when the fleet was applied, or made with the VM)."""
+    """A run's cluster key pairs, the first begun in a thread of its own as the run is submitted: making one imports
+    `cryptography` (~14 ms of the client's single thread), which then passes while the run is recorded and
+    provisioned (store writes that wait on the disk) instead of after its nodes are connected to. Each attempt of the
+    run gets a pair of its own: the first attempt the one begun, a later one a pair made when asked."""
 
-    def __init__(self, run_name: str, hosts: Sequence[HostAccess]):
-        self._made: Optional[Tuple[ClusterSSH, str]] = None
+    def __init__(self, run_name: str, begin: bool):
+        """`begin`: make the first pair now (a run of several nodes without `image:`)."""
+        self.run_name = run_name
+        self._pair: Optional[Tuple[bytes, str]] = None
         self._error: Optional[BaseException] = None
-        self._done = threading.Event()
-        threading.Thread(target=self._make, args=(run_name, list(hosts)), daemon=True, name="cluster-key").start()
+        self._made: Optional[threading.Event] = None
+        if begin:
+            self._made = threading.Event()
+            threading.Thread(target=self._make, args=(self._made,), daemon=True, name="cluster-key").start()
 
-    def _make(self, run_name: str, hosts: List[HostAccess]) -> None:
+    def _make(self, made: threading.Event) -> None:
         try:
-            self._made = cluster_ssh(run_name, hosts)
-        except BaseException as e:  # noqa: B036 - raised in the threads that wait for it
+            self._pair = new_key_pair(key_comment(self.run_name))
+        except BaseException as e:  # noqa: B036 - raised where the pair is asked for
             self._error = e
         finally:
-            self._done.set()
+            made.set()
 
-    def _result(self) -> Tuple[ClusterSSH, str]:
-        self._done.wait()
+    def for_hosts(self, hosts: Sequence[HostAccess]) -> Tuple[ClusterSSH, str]:
+        """cluster_ssh of the run on `hosts`, with a pair no attempt had before."""
+        made, self._made = self._made, None
+        if made is None:
+            return cluster_ssh(self.run_name, hosts)
+        made.wait()
         if self._error is not None:
             raise self._error
-        assert self._made is not None
-        return self._made
-
-    @property
-    def ssh(self) -> ClusterSSH:
-        """What every job folder gets, once made."""
-        return self._result()[0]
-
-    @property
-    def line(self) -> str:
-        """The authorized_keys line for every node, once made."""
-        return self._result()[1]
+        return cluster_ssh(self.run_name, hosts, self._pair)
 
 
 def authorize_command(line: str) -> str:

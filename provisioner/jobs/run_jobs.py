@@ -20,7 +20,7 @@ from configuration.owner import another_homes
 from provisioner.host.access import HostAccess
 from provisioner.host.liveness import liveness
 from provisioner.host.transport import Transport
-from provisioner.jobs.cluster_ssh import ClusterKeys, authorize_command, revoke_left
+from provisioner.jobs.cluster_ssh import authorize_command, revoke_left
 from provisioner.jobs.control import (job_begun, job_ended_ago, job_state, log_pieces, read_output_times,
                                       start_job, stop_job)
 from provisioner.jobs.layout import INACTIVE, TIMED_OUT, UNDERUTILIZED, EndedByDstack
@@ -108,35 +108,35 @@ class RunJobs:
     def size(self) -> int:
         return len(self.hosts)
 
-    def connect(self, log: Callable[[str], None], booting: bool = True,
-                cluster: Optional[ClusterKeys] = None) -> None:
-        """Connects to every node, before the jobs start. With `cluster`, each node's thread adds the run's line to its
-        authorized_keys as soon as that node is connected to (and keys left there are removed: reach), not waiting
-        for the other nodes; on return the line is on every node. A node that could not be connected to fails it
-        before one whose line could not be added (the lowest rank first in each). An interrupted connect adds no line
-        after it returns: the lines being added are waited for (each within its command's timeout), and no other
-        is begun, so a teardown's removal comes after each of them."""
-        lines = _Authorizations()
-        failures: Dict[int, BaseException] = {}
+    def connect(self, log: Callable[[str], None], booting: bool = True, cluster_line: Optional[str] = None) -> None:
+        """Connects to every node, before the jobs start. With `cluster_line` (the run's cluster key line:
+        provisioner.jobs.cluster_ssh), each node's thread adds it to that node's authorized_keys as soon as the node
+        is connected to (and cluster keys left there are removed: reach), not waiting for the other nodes; on return
+        the line is on every node. A node that could not be connected to fails it before one whose line could not be
+        added (the lowest rank first in each). An interrupted connect adds no line after it has returned (a teardown
+        that removes the line follows it): no addition is begun from then on, and those under way are waited for
+        (each within its command's timeout)."""
+        additions = _Additions()
+        refused: Dict[int, BaseException] = {}
 
         def connect_one(rank: int) -> None:
             transport = self.reach(rank, 300, log, booting, starting=True)
-            if cluster is not None:
-                try:
-                    line = cluster.line
-                    with lines.under_way() as allowed:
-                        if allowed:
-                            self._authorize(rank, transport, line)
-                except Exception as e:  # raised once every node is connected to
-                    failures[rank] = e
+            if cluster_line is None:
+                return
+            with additions.begun() as begun:
+                if begun:
+                    try:
+                        self._authorize(rank, transport, cluster_line)
+                    except Exception as e:  # raised once every node is connected to
+                        refused[rank] = e
 
         try:
             on_every_node(connect_one, list(range(self.size)))
         except BaseException:
-            lines.close()
+            additions.close()
             raise
-        if failures:
-            raise failures[min(failures)]
+        if refused:
+            raise refused[min(refused)]
 
     def reach(self, rank: int, total_wait: float, log: Callable[[str], None], booting: bool = False,
               starting: bool = False) -> Transport:
@@ -228,7 +228,7 @@ class RunJobs:
         self.transports.clear()
 
 
-class _Authorizations:
+class _Additions:
     """The cluster key lines being added by the nodes' threads, until closed: from then on none is begun, and
     closing waits for those under way."""
 
@@ -238,7 +238,7 @@ class _Authorizations:
         self._closed = False
 
     @contextlib.contextmanager
-    def under_way(self) -> Iterator[bool]:
+    def begun(self) -> Iterator[bool]:
         """Yields whether a line may be added now (not closed), counted as under way until the block ends."""
         with self._changed:
             if self._closed:

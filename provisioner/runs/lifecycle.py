@@ -29,7 +29,7 @@ from provisioner.jobs.control import FIRST_OUTPUT_WAIT_S
 from provisioner.jobs.follow import LogFollower, kept_run_hint
 from provisioner.jobs.layout import TIMED_OUT, EndedByDstack
 from provisioner.jobs.node_logs import NodeLines
-from provisioner.jobs.nodes import Cluster, member_offers
+from provisioner.jobs.nodes import Cluster, member_offers, node_count
 from provisioner.jobs.run_jobs import NodeFailed, RunJobs, exit_status, run_outcome
 from provisioner.jobs.team_keys import require_team_key
 from provisioner.jobs.uploads import UploadPlan, check_size, plan_uploads
@@ -68,6 +68,7 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
     session = dataclasses.replace(session, fleet_hosts={key: access for key, access in session.fleet_hosts.items()
                                                         if key in offered})  # a cluster's hosts must fit too
     offers = check_fields(configuration, offers, run_name)
+    cluster_keys = ClusterKeys(run_name, begin=node_count(configuration) > 1 and not configuration.image)
     uploads = UploadPlan() if source is None else plan_uploads(configuration, source.parent, str(source),
                                                                include_repos=upload_repo)
     check_size(uploads)
@@ -94,16 +95,15 @@ def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer]
             store.set_jobs(run_name, [host.to_json() for host in hosts])
             store.update_run(run_name, host=hosts[0].to_json())
             jobs = RunJobs(store, run_name, hosts)
-            # SSH between the nodes: its key made while they are connected to, and its line added to each node as
-            # soon as that one is (an image's container has no sshd of its own to reach)
-            cluster = ClusterKeys(run_name, hosts) if len(hosts) > 1 and not configuration.image else None
+            ssh = line = None
+            if len(hosts) > 1 and not configuration.image:  # an image's container has no sshd of its own to reach
+                ssh, line = cluster_keys.for_hosts(hosts)
             say(f"Connecting to {', '.join(host.description for host in hosts)}")
-            jobs.connect(say, cluster=cluster)
+            jobs.connect(say, cluster_line=line)  # each node gets the line as soon as it is connected to
             # a port that is taken fails the run before its job starts (its teardown removes the cluster's line)
             if not detach and forwarder is None:
                 forwarder = forward_ports(session, run_name, hosts[0], node_groups(configuration)[0].ports,
                                           lambda: jobs.transports[0])
-            ssh = cluster.ssh if cluster is not None else None
             mounts = job_mounts(store, configuration, offer)
             dev_key = dev_environments.make_key(run_name, store) if dev else None
             specs = [dataclasses.replace(job_spec(run_name, configuration, offer, uploads.repo,
