@@ -1,9 +1,11 @@
 """SSH between the nodes of a multi-node run, as the job's user (what `mpirun` needs): a key pair made for the run.
 
-Before any job starts, each node's `authorized_keys` gets the run's public key, limited to connections from the
-cluster's addresses (`from="..."`) and marked with the run (`dstack-cluster-RUN`); the line is removed from every
-node when the run ends (provisioner.runs.teardown.finish_run), and from a node that cannot be reached then at
-dstack's next connection to it (the store keeps the node meanwhile: revoke_left). Each job folder gets the private
+Before any job starts, each node's `authorized_keys` gets the run's public key (as soon as that node is connected
+to: provisioner.jobs.run_jobs.RunJobs.connect; the pair is begun as the run is submitted: ClusterKeys), limited to
+connections from the cluster's addresses (`from="..."`) and marked with the run (`dstack-cluster-RUN`); the line is
+removed from every node when the run ends, also when it fails before its jobs start (provisioner.runs.teardown.
+finish_run), and from a node that cannot be reached then at dstack's next connection to it (the store keeps the
+node meanwhile: revoke_left). Each job folder gets the private
 key (0600), a known_hosts file with every node's host key and an ssh config using both; `ssh` on the job's PATH is
 the host's, with that config, so `ssh $OTHER_NODE_IP` works from the commands. The private key never leaves the job
 folders (it travels in the job's archive, like the env file), is never written on the client, and is removed when
