@@ -5,8 +5,8 @@ to: provisioner.jobs.run_jobs.RunJobs.connect; the pair is begun as the run is s
 connections from the cluster's addresses (`from="..."`) and marked with the run (`dstack-cluster-RUN`); the line is
 removed from every node when the run ends, also when it fails before its jobs start (provisioner.runs.teardown.
 finish_run), and from a node that cannot be reached then at dstack's next connection to it (the store keeps the
-node meanwhile: revoke_left). Each job folder gets the private
-key (0600), a known_hosts file with every node's host key and an ssh config using both; `ssh` on the job's PATH is
+node meanwhile: revoke_left). Each job folder gets the private key (0600), a known_hosts file with every node's
+host key and an ssh config using both; `ssh` on the job's PATH is
 the host's, with that config, so `ssh $OTHER_NODE_IP` works from the commands. The private key never leaves the job
 folders (it travels in the job's archive, like the env file), is never written on the client, and is removed when
 the node's job ends (provisioner.jobs.launch.SECRET_HOLDERS) and with the line.
@@ -78,8 +78,10 @@ def cluster_ssh(run_name: str, hosts: Sequence[HostAccess], pair: Optional[Tuple
 class ClusterKeys:
     """A run's cluster key pairs, the first begun in a thread of its own as the run is submitted: making one imports
     `cryptography` (~14 ms of the client's single thread), which then passes while the run is recorded and
-    provisioned (store writes that wait on the disk) instead of after its nodes are connected to. Each attempt of the
-    run gets a pair of its own: the first attempt the one begun, a later one a pair made when asked."""
+    provisioned (store writes that wait on the disk) instead of after its nodes are connected to. Not while they
+    are connected to: beside 16 nodes' threads the interpreter's lock, handed to and fro, stretched it to 90-200 ms
+    and held up the connections. Each attempt of the run gets a pair of its own: the first attempt the one begun, a
+    later one a pair made when asked."""
 
     def __init__(self, run_name: str, begin: bool):
         """`begin`: make the first pair now (a run of several nodes without `image:`)."""
