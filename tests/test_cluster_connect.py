@@ -110,7 +110,10 @@ def test_an_interrupted_start_adds_no_line_after_it_has_returned(cluster):
     answered = threading.Event()
 
     def interrupted_meanwhile() -> Recording:
+        deadline = time.monotonic() + 10
         while not first.commands:
+            if time.monotonic() > deadline:
+                raise DstackError("node 0 got no line while node 1 was being connected to")
             time.sleep(0.01)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         time.sleep(0.5)
