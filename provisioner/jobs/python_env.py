@@ -47,15 +47,22 @@ env UV_INSTALL_DIR="$HOME/.local/bin" INSTALLER_NO_MODIFY_PATH=1 sh >/dev/null 2
 # A venv of the interpreter with --without-pip (and `pip`, `pip3` as `python -m pip`) is a few files and links; it is
 # made once per host and interpreter, as a template: `venv` in a folder named by the interpreter's path, inode, size
 # and time, beside `made-at`, the path the venv was made at (one without the time's `:`, which venv refuses). Each job
-# gets a copy with that path in its activate scripts, pyvenv.cfg and pip shims replaced by its own (one `cp`, one
-# `sed`; the shims keep their mode): what `python -m venv` would have made, without an interpreter's start (the paths
-# as venv writes them: absolute, `..` resolved). A template whose activate does not name the path it was made at is not
-# kept, and paths that sed would not read literally are not copied.
+# gets a copy with that path in its activate scripts, pyvenv.cfg and pip shims replaced by its own (one `cp`, then one
+# `awk` that writes those files again from the template's, the path replaced as text: in place, keeping their inodes
+# and modes, where `sed -i` made a new file for each and removed the old one; on a file system without a journal, as
+# the development machine's, ext4 then skips each inode removed in the last 30 s when it makes a new file, which 16
+# hosts' jobs made the hot spot of their start): what `python -m venv` would have made, without an interpreter's
+# start (the paths as venv writes them: absolute, `..` resolved). A template whose activate does not name the path it
+# was made at is not kept, and paths with characters that a tool could read otherwise (`|`, `&`, `\\`, `[`, `*`, a
+# newline: awk's -v reads backslash escapes) are not copied.
 # __dstack_cache is empty (nothing kept) where the jobs folder is not the user's own (a job that became root through
 # sudo), and anything that fails there falls back to finding and making anew. The shell's own variables are
 # __dstack_*: a task's env may name any other.
 _CACHED = """__dstack_cache="" __dstack_nl='
 '
+__dstack_swap='function swap(s,  out, i) { out = ""; while ((i = index(s, from)) > 0) { out = out substr(s, 1, i - 1) to;
+s = substr(s, i + length(from)) } return out s }
+{ print swap($0) > (to substr(FILENAME, length(made) + 1)) }'
 if [ -O "$JOB_DIR/.." ] && { [ -d "$JOB_DIR/../HOST_CACHE" ] || mkdir -p "$JOB_DIR/../HOST_CACHE" 2>/dev/null; }; then
   __dstack_cache="${JOB_DIR%/*}/HOST_CACHE"
 fi
@@ -109,8 +116,9 @@ venv_from_template() {
   fi
   __dstack_from=; { IFS= read -r __dstack_from < "$__dstack_template/made-at"; } 2>/dev/null
   [ -n "$__dstack_from" ] || return 1
-  if cp -a "$__dstack_template/venv" "$JOB_DIR/venv" && sed -i "s|$__dstack_from|$JOB_DIR/venv|g" \\
-"$JOB_DIR/venv/pyvenv.cfg" "$JOB_DIR"/venv/bin/activate* "$JOB_DIR/venv/bin/pip" "$JOB_DIR/venv/bin/pip3"; then
+  if cp -a "$__dstack_template/venv" "$JOB_DIR/venv" && awk -v from="$__dstack_from" -v to="$JOB_DIR/venv" \\
+-v made="$__dstack_template/venv" "$__dstack_swap" "$__dstack_template/venv/pyvenv.cfg" \\
+"$__dstack_template"/venv/bin/activate* "$__dstack_template/venv/bin/pip" "$__dstack_template/venv/bin/pip3"; then
     return 0
   fi
   rm -rf "$JOB_DIR/venv"; return 1
@@ -139,7 +147,7 @@ def python_setup(version: Optional[str], may_install: bool) -> str:
     pip_shims "$JOB_DIR/venv"
   fi
 fi
-unset __dstack_cache __dstack_nl __dstack_shim __dstack_version __dstack_key __dstack_ifs __dstack_dir __dstack_root \\
+unset __dstack_swap __dstack_cache __dstack_nl __dstack_shim __dstack_version __dstack_key __dstack_ifs __dstack_dir __dstack_root \\
 __dstack_file __dstack_line __dstack_kept __dstack_template __dstack_new __dstack_from __dstack_py
 . "$JOB_DIR/venv/bin/activate"
 """
