@@ -233,7 +233,8 @@ def test_an_announced_use_takes_the_key_check_begun_at_the_word(tmp_path, make_h
     access.connect(total_wait=10).close()  # the keeper, connected
     exchanges = lambda: (tmp_path / "sshd.log").read_text().count("[preauth]")  # noqa: E731
     before = exchanges()
-    monkeypatch.setattr(keeper_wire, "_announced_at", None)
+    for name, value in (("_announced_at", None), ("_told", set()), ("_used", set())):  # a command that announces
+        monkeypatch.setattr(keeper_wire, name, value)  # as it begins, as `apply` does, not one that used it first
     announce_use([access])
     deadline = time.monotonic() + 10
     while exchanges() == before and time.monotonic() < deadline:
@@ -270,7 +271,8 @@ def test_apply_announces_the_hosts_it_takes_and_connects_through_their_checks(tm
     assert sorted(taken) == [False, True]
     exchanges = [lambda folder=folder: (folder / "sshd.log").read_text().count("[preauth]") for folder in folders]
     before = [count() for count in exchanges]
-    monkeypatch.setattr(keeper_wire, "_announced_at", None)
+    for name, value in (("_announced_at", None), ("_told", set()), ("_used", set())):
+        monkeypatch.setattr(keeper_wire, name, value)
     keeper_wire.announce_remembered(str(Path(task).resolve()))  # what the next apply of the file says as it begins
     deadline = time.monotonic() + 10
     while [count() for count in exchanges] == before and time.monotonic() < deadline:

@@ -131,16 +131,17 @@ class Keeper:
                 return
         session.close()
 
-    def _begin_early_check(self, since) -> None:
+    def _begin_early_check(self, since) -> EarlyCheck:
         """A command announced its use (first at `since`): the key exchange for its first client begins now, unless
         one begun since its first word is there already (one at a time: a command that announced while one was under
-        way, begun before its word, has its client checked at its use)."""
+        way, begun before its word, has its client checked at its use); that check."""
         with self._lock:
             early = self._early
             if early is not None and (early.running() or (isinstance(since, (int, float)) and early.started >= since)):
-                return
+                return early
             early = self._early = EarlyCheck()
         threading.Thread(target=early.run, args=(self.connection,), daemon=True).start()
+        return early
 
     def _early_check_for(self, since) -> Optional[EarlyCheck]:
         """The early check begun at or after `since` (the client's command's announcement), taken: it serves one
@@ -185,7 +186,10 @@ class Keeper:
         try:
             message = recv_json(client)
             if message.get("op") == "expect":  # no use of this keeper's: its idle time goes on
-                self._begin_early_check(message.get("since"))
+                early = self._begin_early_check(message.get("since"))
+                if message.get("answer"):  # the announcer tells the next keeper once this one's check is done
+                    early.outcome(KEY_CHECK_S)
+                    send_json(client, {"checked": True})
                 return
             if message.get("op") != "hello":
                 return

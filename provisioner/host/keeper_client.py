@@ -36,7 +36,7 @@ from provisioner.host.ssh import (AuthenticationRefused, HostKeyChanged, HostKey
                                   connect)
 from provisioner.host.keeper_wire import (announce, announced_at, keeper_folder, peer_is_me, private_folder, recv_frame,
                                           persist_seconds, recv_json, remember_uses, send_frame, send_json,
-                                          socket_address)
+                                          socket_address, using)
 from provisioner.host.transport import CommandResult, Stdin, TransportError
 
 KEY_CHECK_S = 10.0  # the longest a keeper's key exchange with the host (before a client's use) may take
@@ -183,6 +183,7 @@ def connect_kept(target: SSHTarget, total_wait: float, log: Callable[[str], None
         folder_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # a home that cannot hold the socket (read-only, full): the command connects itself
         return None
+    using(path.name)  # no word to it from this process any more: this use checks for itself
     try:
         kept = _attach(path, folder_fd, target, wait=total_wait)
         if kept is not None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -22,8 +24,14 @@ from configuration.home import dstack_home, private_dir
 PERSIST_VARIABLE = "DSTACK_SSH_PERSIST"
 DEFAULT_PERSIST_S = 300.0
 ANNOUNCE_TIMEOUT_S = 0.2  # a keeper that does not take the word at once (stopped, its backlog full) is left out
+ANSWER_WAIT_S = 12.0  # the longest a keeper's check (its key exchange, at most keeper_client.KEY_CHECK_S) is waited for
 
 _announced_at: Optional[float] = None
+_words_lock = threading.Lock()
+_to_tell: "queue.SimpleQueue[str]" = queue.SimpleQueue()
+_told: set = set()  # the keepers named to _tell_keepers by this process
+_used: set = set()  # the keepers this process uses (keeper_client): told nothing more
+_teller: Optional[threading.Thread] = None
 
 
 def persist_seconds() -> float:
@@ -109,13 +117,33 @@ def socket_address(path: Path, folder_fd: int) -> str:
 
 def announce(socket_names: Iterable[str]) -> None:
     """Tells the keepers of this home named (their sockets' names) that this command will use them soon: each begins
-    its check that the host still serves its key (provisioner.host.keeper) at once, while the command goes on
-    planning, and the command's first use of that keeper takes that check (begun after the command did, it is as
-    fresh for the command as one begun at its use; announced_at() says since when). Best effort: a keeper that is not
-    there, or does not take the word at once, checks at the use."""
-    global _announced_at
-    if _announced_at is None:  # the first word: every check begun since serves this command
-        _announced_at = time.monotonic()
+    its check that the host still serves its key (provisioner.host.keeper), and the command's first use of that
+    keeper takes that check (begun after the command did, it is as fresh for the command as one begun at its use;
+    announced_at() says since when). The keepers are told one at a time, each once its check is done, by a thread of
+    this process's (_tell_keepers) while the command goes on: one key exchange at a time takes the core the command's
+    start leaves idle, where sixteen at once would take both cores' turns from the command itself. A keeper this
+    process has begun to use (keeper_client) is told nothing more: its use checks for itself. Best effort: a keeper
+    that is not there, or does not take the word, checks at the use."""
+    global _announced_at, _teller
+    with _words_lock:
+        if _announced_at is None:  # the first word: every check begun since serves this command
+            _announced_at = time.monotonic()
+        for name in socket_names:
+            if name not in _told:
+                _told.add(name)
+                _to_tell.put(name)
+        if _teller is None:
+            _teller = threading.Thread(target=_tell_keepers, daemon=True, name="keeper-word")
+            _teller.start()
+
+
+def using(socket_name: str) -> None:
+    """This process uses that keeper from now on: it is told no word (its first client checks for itself)."""
+    with _words_lock:
+        _used.add(socket_name)
+
+
+def _tell_keepers() -> None:
     folder = keeper_folder()
     try:
         info = folder.stat()
@@ -125,14 +153,20 @@ def announce(socket_names: Iterable[str]) -> None:
     except OSError:  # no keepers yet
         return
     try:
-        for name in socket_names:
+        while True:
+            name = _to_tell.get()
+            with _words_lock:
+                if name in _used:
+                    continue
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.settimeout(ANNOUNCE_TIMEOUT_S)
                 sock.connect(socket_address(folder / name, folder_fd))
                 if peer_is_me(sock):
-                    send_json(sock, {"op": "expect", "since": _announced_at})
-            except OSError:  # no keeper for that host, or a dead one's socket
+                    send_json(sock, {"op": "expect", "since": _announced_at, "answer": True})
+                    sock.settimeout(ANSWER_WAIT_S)
+                    recv_json(sock)  # its check is done (whatever it found: the use is refused where it failed)
+            except (OSError, EOFError, ValueError):  # no keeper for that host, a dead one's socket, an old keeper
                 pass
             finally:
                 sock.close()
