@@ -300,3 +300,22 @@ class Switch:
 
     def cleanup(self) -> None:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+
+def host_without(make_host, *missing: str) -> "NamespaceHost":
+    """A host (from the `make_host` fixture) whose login user `tester` finds on PATH every program of this machine's
+    bin folders but `missing`: links in the host's folder (which its user may read), named to sshd's sessions by a
+    PATH in its SetEnv."""
+    host = make_host(login_user="tester")
+    tools = host.dir / f"bin-without-{'-'.join(missing)}"
+    tools.mkdir()
+    for folder in ("/usr/local/bin", "/usr/bin", "/usr/sbin"):
+        for entry in os.scandir(folder):
+            if entry.name not in missing and not (tools / entry.name).exists():
+                (tools / entry.name).symlink_to(entry.path)
+    host.stop_sshd()
+    config = host.dir / "sshd_config"
+    config.write_text(config.read_text().replace("SetEnv ", f"SetEnv PATH={tools} "))
+    host.start_sshd()
+    return host
+

@@ -4,7 +4,6 @@ and of the env's values as they were, their modes as the archive gave them, unde
 before; a shell without the builtin gets the archive instead (an external printf would show the files in the process
 list), and so do files that are not text."""
 
-import os
 import shutil
 import stat
 import subprocess
@@ -23,6 +22,7 @@ from provisioner.jobs.launch import INLINE_MAX, INLINE_REFUSED, start_command, w
 from provisioner.jobs.script import JobSpec
 from provisioner.jobs.uploads import Upload, UploadPlan
 from tests.helpers import wait_exit
+from tests.netns_hosts import host_without
 from tests.test_remote import target
 
 # What a task's env may hold: quotes of both kinds, what a shell would expand, printf's own escapes, newlines, text
@@ -137,17 +137,7 @@ def test_files_that_are_not_text_or_too_big_and_uploads_go_as_the_archive(tmp_pa
 def test_an_ssh_host_without_tar_or_base64_starts_a_job_with_nothing_to_upload(make_host, client_key):
     """Over SSH, through the kept shell: the host's PATH has neither `base64` nor `tar` (each start of them, two per
     job start before, is gone), and the job gets its files and env whole."""
-    host = make_host(login_user="tester")
-    tools = host.dir / "bin-without-tar"  # in the host's folder, which its user may read (tmp_path is root's)
-    tools.mkdir()
-    for folder in ("/usr/local/bin", "/usr/bin", "/usr/sbin"):
-        for entry in os.scandir(folder):
-            if entry.name not in ("base64", "tar") and not (tools / entry.name).exists():
-                (tools / entry.name).symlink_to(entry.path)
-    host.stop_sshd()
-    config = host.dir / "sshd_config"
-    config.write_text(config.read_text().replace("SetEnv ", f"SetEnv PATH={tools} "))
-    host.start_sshd()
+    host = host_without(make_host, "base64", "tar")
     ssh = connect(target(host, client_key, user="tester"), total_wait=10)
     try:
         assert ssh.run("command -v tar base64 || echo none").text == "none\n"

@@ -1,6 +1,5 @@
 """Remote execution against real sshd servers, each in its own network namespace with its own address."""
 
-import os
 import threading
 import time
 import urllib.request
@@ -18,6 +17,7 @@ from provisioner.jobs.control import job_state, read_log, start_job, stop_job
 from provisioner.jobs.follow import LogFollower
 from provisioner.jobs.script import JobSpec
 from tests.helpers import wait_exit
+from tests.netns_hosts import host_without
 
 
 def target(host, client_key, **changes):
@@ -254,17 +254,7 @@ def test_a_host_without_base64_gets_a_small_stdin_on_a_channel_of_its_own(make_h
     not run there and goes, with its stdin, on a channel of its own (and so does every later one). The host logs in a
     user of its own: a channel starts the login user's shell, and root's here runs `pyenv init` from its .bashrc,
     whose rehash, racing other tests' logins, can add its complaint to the command's stderr."""
-    host = make_host(login_user="tester")
-    tools = host.dir / "bin-without-base64"  # in the host's folder, which its user may read (tmp_path is root's)
-    tools.mkdir()
-    for folder in ("/usr/local/bin", "/usr/bin", "/usr/sbin"):
-        for entry in os.scandir(folder):
-            if entry.name != "base64" and not (tools / entry.name).exists():
-                (tools / entry.name).symlink_to(entry.path)
-    host.stop_sshd()
-    config = host.dir / "sshd_config"
-    config.write_text(config.read_text().replace("SetEnv ", f"SetEnv PATH={tools} "))
-    host.start_sshd()
+    host = host_without(make_host, "base64")
     ssh = connect(target(host, client_key, user="tester"), total_wait=10)
     try:
         assert ssh.run("command -v base64 || echo none").text == "none\n"
