@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Tuple
 
 from configuration.errors import ConfigurationError
 from configuration.home import dstack_home, private_dir
@@ -28,7 +28,7 @@ ANSWER_WAIT_S = 12.0  # the longest a keeper's check (its key exchange, at most 
 
 _announced_at: Optional[float] = None
 _words_lock = threading.Lock()
-_to_tell: "queue.SimpleQueue[str]" = queue.SimpleQueue()
+_to_tell: "queue.SimpleQueue[Tuple[Path, str]]" = queue.SimpleQueue()
 _told: set = set()  # the keepers named to _tell_keepers by this process
 _used: set = set()  # the keepers this process uses (keeper_client): told nothing more
 _teller: Optional[threading.Thread] = None
@@ -128,10 +128,11 @@ def announce(socket_names: Iterable[str]) -> None:
     with _words_lock:
         if _announced_at is None:  # the first word: every check begun since serves this command
             _announced_at = time.monotonic()
+        folder = keeper_folder()
         for name in socket_names:
             if name not in _told:
                 _told.add(name)
-                _to_tell.put(name)
+                _to_tell.put((folder, name))
         if _teller is None:
             _teller = threading.Thread(target=_tell_keepers, daemon=True, name="keeper-word")
             _teller.start()
@@ -144,7 +145,16 @@ def using(socket_name: str) -> None:
 
 
 def _tell_keepers() -> None:
-    folder = keeper_folder()
+    while True:
+        folder, name = _to_tell.get()
+        with _words_lock:
+            if name in _used:
+                continue
+        _tell(folder, name)
+
+
+def _tell(folder: Path, name: str) -> None:
+    """The word to the keeper at `folder`/`name`, and its answer once its check is done."""
     try:
         info = folder.stat()
         if info.st_uid != os.getuid() or info.st_mode & 0o077:
@@ -152,25 +162,18 @@ def _tell_keepers() -> None:
         folder_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # no keepers yet
         return
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        while True:
-            name = _to_tell.get()
-            with _words_lock:
-                if name in _used:
-                    continue
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(ANNOUNCE_TIMEOUT_S)
-                sock.connect(socket_address(folder / name, folder_fd))
-                if peer_is_me(sock):
-                    send_json(sock, {"op": "expect", "since": _announced_at, "answer": True})
-                    sock.settimeout(ANSWER_WAIT_S)
-                    recv_json(sock)  # its check is done (whatever it found: the use is refused where it failed)
-            except (OSError, EOFError, ValueError):  # no keeper for that host, a dead one's socket, an old keeper
-                pass
-            finally:
-                sock.close()
+        sock.settimeout(ANNOUNCE_TIMEOUT_S)
+        sock.connect(socket_address(folder / name, folder_fd))
+        if peer_is_me(sock):
+            send_json(sock, {"op": "expect", "since": _announced_at, "answer": True})
+            sock.settimeout(ANSWER_WAIT_S)
+            recv_json(sock)  # its check is done (whatever it found: the use is refused where it failed)
+    except (OSError, EOFError, ValueError):  # no keeper for that host, a dead one's socket, an old keeper
+        pass
     finally:
+        sock.close()
         os.close(folder_fd)
 
 
@@ -207,14 +210,18 @@ def forget_uses(key: str) -> None:
 
 
 def announce_remembered(key: str) -> None:
-    """announce() to the keepers the last command for `key` announced: a command re-applied from the same file most
-    often takes the same hosts, and their key exchanges then run while it starts and plans, on a core its start
-    leaves idle. A host it does not take after all had a key exchange for nothing; one it takes that was not
-    remembered is announced once planned."""
+    """announce() to the keepers the last command for `key` announced, where they were several: a command re-applied
+    from the same file most often takes the same hosts, and their key exchanges, one at a time, then run while it
+    starts and plans, on a core its start leaves idle (a single host's, begun once planned, is done before the
+    connect: told at the start too, it only took turns from the command's imports, ~10-20 ms on one node here). A
+    host it does not take after all had a key exchange for nothing; one it takes that was not remembered is announced
+    once planned."""
     try:
         persist, *names = _uses_file(key).read_text().split()
         if not persist_seconds() or persist != repr(persist_seconds()):
             return  # keepers off, or kept for another time: the sockets named are not this command's keepers
     except (OSError, ValueError, ConfigurationError):
         return
-    announce(name for name in names if name.endswith(".sock") and "/" not in name)
+    names = [name for name in names if name.endswith(".sock") and "/" not in name]
+    if len(names) > 1:  # one host's check, begun once planned, is done before the connect: no word at the start
+        announce(names)
