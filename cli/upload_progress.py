@@ -11,7 +11,7 @@ SHOW_AFTER_S = 1.0
 
 
 class UploadProgress:
-    """Called as `progress(bytes packed, bytes in all)` by provisioner.jobs.uploads.archive_stream."""
+    """Called as `progress(bytes packed, bytes in all)` by provisioner.jobs.archive.archive_stream."""
 
     def __init__(self, make_console: Callable):
         self._make_console = make_console  # a rich console on stderr, made when a bar is first shown

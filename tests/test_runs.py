@@ -257,7 +257,8 @@ def test_a_jobs_start_clears_the_last_jobs_log_before_it_returns(tmp_path):
 
     from provisioner.jobs.launch import start_command
     from provisioner.jobs.script import JobSpec
-    from provisioner.jobs.uploads import UploadPlan, archive_stream
+    from provisioner.jobs.archive import archive_stream
+    from provisioner.jobs.uploads import UploadPlan
 
     shims = tmp_path / "shims"
     shims.mkdir()

@@ -662,7 +662,8 @@ def test_the_job_wrapper_ends_the_vm_through_its_power_off_script(tmp_path, sudo
 
     from provisioner.jobs.launch import start_command
     from provisioner.jobs.script import JobSpec
-    from provisioner.jobs.uploads import UploadPlan, archive_stream
+    from provisioner.jobs.archive import archive_stream
+    from provisioner.jobs.uploads import UploadPlan
     from stacks.power_off import POWER_OFF_PATH
 
     if os.path.exists(POWER_OFF_PATH):

@@ -12,7 +12,8 @@ import pytest
 
 from configuration.errors import ConfigurationError
 from configuration.loader import parse_configuration
-from provisioner.jobs.uploads import Upload, UploadPlan, archive_stream, check_size, list_folder, plan_uploads
+from provisioner.jobs.archive import archive_stream
+from provisioner.jobs.uploads import Upload, UploadPlan, check_size, list_folder, plan_uploads
 from tests.helpers import run_cli
 
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nfake0key0that0must0stay0home\n"
@@ -172,7 +173,7 @@ def test_a_large_upload_reaches_an_ssh_host_in_one_stream(tmp_path, make_host, c
 
 
 def test_only_compressible_uploads_are_compressed(tmp_path):
-    from provisioner.jobs.uploads import compression_level
+    from provisioner.jobs.archive import compression_level
 
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "a.py").write_text("def f(x):\n    return x\n" * 5000)
@@ -214,7 +215,8 @@ def unpack(archive: bytes, into: Path) -> None:
 def test_each_file_gets_its_own_compression_and_the_archive_round_trips(tmp_path):
     """Weights go stored, code compressed, in one gzip stream of several members that `tar -xz` reads as one:
     every byte, mode and link comes back as it was."""
-    from provisioner.jobs.uploads import archive_stream, upload_name
+    from provisioner.jobs.archive import archive_stream
+    from provisioner.jobs.uploads import upload_name
 
     folder = tmp_path / "repo"
     mixed_folder(folder)
@@ -236,7 +238,7 @@ def test_each_file_gets_its_own_compression_and_the_archive_round_trips(tmp_path
 def test_the_level_follows_the_link(tmp_path):
     """A sender that keeps the queue full (a slow link) raises the level of what compresses; an empty queue (a
     fast link) lowers it back; what does not compress stays stored either way."""
-    from provisioner.jobs.uploads import LEVEL_EVERY, MAX_LEVEL, MIN_LEVEL, _FileLevels
+    from provisioner.jobs.archive import LEVEL_EVERY, MAX_LEVEL, MIN_LEVEL, _FileLevels
 
     folder = tmp_path / "repo"
     mixed_folder(folder)
@@ -267,7 +269,7 @@ def test_a_dry_run_checks_the_uploads_too(tmp_path, dstack_home):
 
 def test_a_job_without_uploads_goes_as_a_plain_tar_that_its_host_unpacks_without_gzip(tmp_path, monkeypatch):
     """The job folder's own few files need no gzip on the host (a process per job start); uploads still go gzipped,
-    and the start command unpacks what comes (provisioner.jobs.uploads.unpack_command)."""
+    and the start command unpacks what comes (provisioner.jobs.archive.unpack_command)."""
     from provisioner.host.transport import LocalTransport
     from provisioner.jobs.control import start_job, stop_job
     from provisioner.jobs.launch import start_command

@@ -28,6 +28,13 @@ class LocalBackend:
         """Nothing was created: the job folder stays for `dstack logs`."""
 
 
+def fleet_candidates(hosts: dict, offer) -> List[HostAccess]:
+    """The hosts a run on `offer` (an SSH fleet host's) tries, in order: the offer's host, then the other hosts of its
+    fleet among `hosts` ((fleet, hostname) -> HostAccess); a run of N nodes takes the first N that are idle."""
+    first = hosts[(offer.region, offer.instance.name)]
+    return [first] + [access for (fleet, _), access in hosts.items() if fleet == offer.region and access != first]
+
+
 @dataclass
 class FleetBackend:
     store: StateStore
@@ -46,8 +53,7 @@ class FleetBackend:
             groups[0] = ([first.to_json()] + [h for h in groups[0][0] if h != first.to_json()], groups[0][1])
             claimed, held = self.store.claim_host_groups(run_name, groups)
         else:
-            others = [access for (fleet, _), access in self.hosts.items() if fleet == offer.region and access != first]
-            candidates = [first] + (others if nodes > 1 else [])
+            candidates = fleet_candidates(self.hosts, offer) if nodes > 1 else [first]
             claimed, held = self.store.claim_hosts(run_name, [host.to_json() for host in candidates], nodes)
         if claimed is None:
             holder = next((run for host, run in held if host == first.to_json()), None)

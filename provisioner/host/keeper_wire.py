@@ -191,11 +191,17 @@ def remember_uses(key: str, socket_names: Iterable[str]) -> None:
     """Keeps which keepers a command for `key` (a configuration file's path) announced, for the next command for the
     same key to announce them as it begins (announce_remembered). Best effort."""
     path = _uses_file(key)
+    text = "".join(f"{name}\n" for name in [repr(persist_seconds()), *socket_names])
     temporary = path.with_name(f"{path.name}.{os.getpid()}")
+    try:
+        if path.read_text() == text:  # the same hosts as last time: nothing to write (nor a file to replace)
+            return
+    except OSError:
+        pass
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w") as out:
-            out.write("".join(f"{name}\n" for name in [repr(persist_seconds()), *socket_names]))
+            out.write(text)
         os.replace(temporary, path)
     except OSError:  # no keepers folder (keepers off), a full disk: the next command announces once planned
         pass
@@ -218,7 +224,8 @@ def announce_remembered(key: str) -> None:
     once planned."""
     try:
         persist, *names = _uses_file(key).read_text().split()
-        if not persist_seconds() or persist != repr(persist_seconds()):
+        now = persist_seconds()
+        if not now or persist != repr(now):
             return  # keepers off, or kept for another time: the sockets named are not this command's keepers
     except (OSError, ValueError, ConfigurationError):
         return

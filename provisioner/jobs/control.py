@@ -16,7 +16,8 @@ from provisioner.jobs.launch import (INLINE_REFUSED, MONITOR_SCRIPT, OUTPUT_SIZE
 from provisioner.jobs.layout import BEGUN_FILE, job_folder, parse_exit_code
 from provisioner.jobs.script import ASKPASS_SCRIPT, GIT_PASSWORD_VAR, GIT_USERNAME_VAR, JobSpec, env_file, job_script
 from provisioner.jobs.spot_notice import NOTICE_SCRIPT, NOTICE_SCRIPT_NAME, notice_read, parse_notice
-from provisioner.jobs.uploads import archive_stream, git_credentials
+from provisioner.jobs.archive import archive_stream
+from provisioner.jobs.uploads import git_credentials
 
 
 def job_folder_files(job: JobSpec) -> Dict[str, Tuple[bytes, int]]:

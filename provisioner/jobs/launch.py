@@ -12,7 +12,7 @@ from provisioner.jobs import dev_env
 from provisioner.jobs.layout import HOST_CACHE, INACTIVE, PROFILE_ENV, TIMED_OUT, UNDERUTILIZED, job_folder
 from provisioner.jobs.script import JOB_ID_VAR, JobSpec
 from provisioner.jobs.spot_notice import NOTICE_FILE, watch_start, watch_stop
-from provisioner.jobs.uploads import unpack_command
+from provisioner.jobs.archive import unpack_command
 from stacks.power_off import POWER_OFF_PATH
 
 # `monitor.sh PGID MIN_PERCENT WINDOW_S INTERVAL_S`: samples each GPU's utilization with nvidia-smi every INTERVAL_S;
@@ -211,13 +211,9 @@ def written_inline(job: JobSpec, files: FolderFiles) -> bool:
     return True
 
 
-def _single_quoted(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
 def _writes(files: FolderFiles) -> str:
     """Shell text that writes `files` in the job folder: printf for each (a builtin), one chmod for the executables."""
-    writes = [f"printf '%s' {_single_quoted(data.decode())} > {shlex.quote(name)}" for name, (data, _) in files.items()]
+    writes = [f"printf '%s' {shlex.quote(data.decode())} > {shlex.quote(name)}" for name, (data, _) in files.items()]
     executables = [shlex.quote(name) for name, (_, mode) in files.items() if mode & 0o100]
     if executables:
         writes.append(f"chmod 700 {' '.join(executables)}")

@@ -15,6 +15,7 @@ from configuration.interpolation import ResolvedRun
 from offers.offer import Offer
 from offers.requirements import Requirements
 from offers.solver import OfferSearch
+from provisioner.backends.hosts import fleet_candidates
 from provisioner.backends.offer_failover import HOST_BACKENDS, MAX_OFFERS_TRIED
 from provisioner.host.access import HostAccess
 from provisioner.jobs.nodes import node_count
@@ -45,15 +46,13 @@ class RunPlan:
         return self.search.offers
 
     def first_hosts(self) -> List[HostAccess]:
-        """The SSH fleet hosts the first offer takes where all are idle (as FleetBackend.provision picks them): its
-        host, then the next hosts of its fleet, one per node; none for a cloud offer or node groups."""
+        """The SSH fleet hosts the first offer takes where all are idle (FleetBackend.provision's candidates, one
+        per node); none for a cloud offer or node groups."""
         first = self.offers[0] if self.offers else None
         if first is None or (first.region, first.instance.name) not in self.hosts or \
                 getattr(self.run.configuration, "groups", None):
             return []
-        host = self.hosts[(first.region, first.instance.name)]
-        others = [access for (fleet, _), access in self.hosts.items() if fleet == first.region and access != host]
-        return ([host] + others)[:node_count(self.run.configuration)]
+        return fleet_candidates(self.hosts, first)[:node_count(self.run.configuration)]
 
 
 def plan_run(run: ResolvedRun, file: str, requirements: Requirements, store: StateStore, config: DstackConfig,
