@@ -269,7 +269,7 @@ def test_a_cluster_jobs_interpreter_is_kept_per_host_too(login_home, tmp_path):
         code, log = wait_exit(local, name, timeout=60)
         assert code == 0 and log == f"{tmp_path}/jobs/{name}/bin/ssh\n{tmp_path}/jobs/{name}/venv/bin/python\n", log
     assert len((tmp_path / "python.starts").read_text().splitlines()) == 1  # the first job's search alone
-    assert len([p for p in (tmp_path / "jobs" / HOST_CACHE).iterdir() if p.name.startswith("python-")]) == 1
+    assert len([p for p in (tmp_path / "jobs" / HOST_CACHE).iterdir() if p.name.startswith("interpreter-")]) == 1
 
 
 def searches(tmp_path: Path) -> int:
@@ -285,7 +285,7 @@ def test_a_folder_changed_in_the_tick_of_the_kept_answer_is_looked_for_again(log
     local = LocalTransport(str(tmp_path / "jobs"))
     tools = tmp_path / "tools"
     run_job(local, "first", ["true"])
-    kept = tmp_path / "jobs" / HOST_CACHE / "python-"
+    kept = tmp_path / "jobs" / HOST_CACHE / "interpreter-"
     os.utime(tools, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns))  # as if changed just after the writing
     run_job(local, "second", ["true"])
     assert searches(tmp_path) == 2

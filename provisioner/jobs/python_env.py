@@ -108,7 +108,7 @@ cached_python() {
   while :; do case $__dstack_key in
     *"$__dstack_nl"*) __dstack_key="${__dstack_key%%"$__dstack_nl"*} ${__dstack_key#*"$__dstack_nl"}" ;; *) break ;;
   esac; done
-  __dstack_kept="$__dstack_cache/python-$__dstack_version" __dstack_line= __dstack_py=
+  __dstack_kept="$__dstack_cache/interpreter-$__dstack_version" __dstack_line= __dstack_py=
   { IFS= read -r __dstack_line && IFS= read -r __dstack_py && IFS= read -r __dstack_made; } 2>/dev/null \\
 < "$__dstack_kept"
   if [ "$__dstack_line" = "$__dstack_key" ] && [ -n "$__dstack_py" ] && [ -x "$__dstack_py" ] \\
@@ -131,10 +131,10 @@ venv_from_template() {
   case $1 in /*) ;; *) return 1 ;; esac
   case $1 in */../*|*/./*|*/..|*/.) return 1 ;; esac
   case $1$JOB_DIR in *'|'*|*'&'*|*'\\'*|*'['*|*'*'*|*"$__dstack_nl"*) return 1 ;; esac
-  __dstack_template="$__dstack_cache/venv$1/$2"
+  __dstack_template="$__dstack_cache/venvs$1/$2"
   if [ -z "$2" ] || [ ! -f "$__dstack_template/made-at" ] || [ "$1" -nt "$__dstack_template/made-at" ] \\
 || [ "$1" -ot "$__dstack_template/made-at" ]; then
-    __dstack_template="$__dstack_cache/venv$1/$(stat -L -c '%i %s %y' "$1")" || return 1
+    __dstack_template="$__dstack_cache/venvs$1/$(stat -L -c '%i %s %y' "$1")" || return 1
   fi
   if [ ! -f "$__dstack_template/made-at" ]; then
     __dstack_new="$__dstack_cache/venv.$$"
