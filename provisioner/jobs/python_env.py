@@ -45,10 +45,11 @@ env UV_INSTALL_DIR="$HOME/.local/bin" INSTALLER_NO_MODIFY_PATH=1 sh >/dev/null 2
 # each name, no glob of each folder): a name added, removed, renamed or re-linked changes its folder's time (dpkg
 # installs by rename, `ln -sf` makes a new link), so the answer holds while each PATH folder and pyenv's versions
 # folder (a version reinstalled) is missing or strictly older than the kept file (`-nt`, a builtin; a folder made later
-# is newer). Strictly: a change in the clock tick of the file's writing (the second, where busybox's test compares
-# seconds) has its time; and an answer is kept only where no such folder changed since its search began (a marker
-# file made then), so that one found before a change never carries a later time. Not pyenv's shims folder: every
-# `pyenv rehash` (each login's `pyenv init`) rewrites it, and its names follow the versions'.
+# is newer). Strictly older: a change in the clock tick of the file's writing (in its second, where the shell's test
+# compares seconds, as busybox's does) gets the file's own time; and an answer is kept only where no such folder
+# changed since its search began (a marker file made then), so that one found before a change never carries a later
+# time. Not pyenv's shims folder: every `pyenv rehash` (each login's `pyenv init`) rewrites it, and its names follow
+# the versions'.
 # A venv of the interpreter with --without-pip (and `pip`, `pip3` as `python -m pip`) is a few files and links; it is
 # made once per host and interpreter, as a template: `venv` in a folder named by the interpreter's path, inode, size
 # and time, beside `made-at`, the path the venv was made at (one without the time's `:`, which venv refuses), its time
