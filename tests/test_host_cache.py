@@ -307,15 +307,19 @@ def test_a_folder_changed_in_the_tick_of_the_kept_answer_is_looked_for_again(log
 def test_pyenvs_version_files_and_versions_and_a_path_folder_made_later_are_noticed(login_home, tmp_path):
     """The kept answer's key holds pyenv's global version file and ~/.python-version as text and the versions' names;
     a version reinstalled (the versions folder's time) and a PATH folder made after the answer was kept (missing
-    then) are noticed by time."""
+    then) are noticed by time. Not the shims folder's time: each `pyenv rehash` makes and removes its lock there."""
     root = login_home / ".pyenv"
     (root / "versions" / "3.11.1").mkdir(parents=True)
+    (root / "shims").mkdir()
     later = tmp_path / "later"
     write_profile(login_home, "one")
     with (login_home / ".profile").open("a") as profile:
-        profile.write(f'export PATH="$PATH:{later}"\n')
+        profile.write(f'export PATH="$PATH:{root}/shims:{later}"\n')
     local = LocalTransport(str(tmp_path / "jobs"))
     run_job(local, "first", ["true"])
+    time.sleep(0.01)
+    (root / "shims" / ".pyenv-shim").write_text("")
+    (root / "shims" / ".pyenv-shim").unlink()
     run_job(local, "second", ["true"])
     assert searches(tmp_path) == 1
     changes = [lambda: (root / "version").write_text("3.11.1\n"),
