@@ -269,4 +269,109 @@ def test_a_cluster_jobs_interpreter_is_kept_per_host_too(login_home, tmp_path):
         code, log = wait_exit(local, name, timeout=60)
         assert code == 0 and log == f"{tmp_path}/jobs/{name}/bin/ssh\n{tmp_path}/jobs/{name}/venv/bin/python\n", log
     assert len((tmp_path / "python.starts").read_text().splitlines()) == 1  # the first job's search alone
-    assert len([p for p in (tmp_path / "jobs" / HOST_CACHE).iterdir() if p.name.startswith("python-")]) == 1
+    assert len([p for p in (tmp_path / "jobs" / HOST_CACHE).iterdir() if p.name.startswith("interpreter-")]) == 1
+
+
+def searches(tmp_path: Path) -> int:
+    """How many times python3 was started (each search for the interpreter starts it once)."""
+    return len((tmp_path / "python.starts").read_text().splitlines())
+
+
+def test_a_folder_changed_in_the_tick_of_the_kept_answer_is_looked_for_again(login_home, tmp_path):
+    """The kept answer holds while each PATH folder is strictly older than it: a folder whose time is the kept file's
+    (changed in the clock tick it was written in, or the second, where the shell's test compares seconds) is a
+    change; and an answer found while a folder's time is not before the search's start is not kept at all."""
+    write_profile(login_home, "one")
+    local = LocalTransport(str(tmp_path / "jobs"))
+    tools = tmp_path / "tools"
+    run_job(local, "first", ["true"])
+    kept = tmp_path / "jobs" / HOST_CACHE / "interpreter-"
+    os.utime(tools, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns))  # as if changed just after the writing
+    run_job(local, "second", ["true"])
+    assert searches(tmp_path) == 2
+    run_job(local, "third", ["true"])
+    assert searches(tmp_path) == 2  # the second kept its answer: the folder was older than its search
+
+    later = time.time() + 1000  # a folder not older than the search's start: the answer is not kept
+    os.utime(tools, (later, later))
+    for name in ("fourth", "fifth"):
+        run_job(local, name, ["true"])
+    assert searches(tmp_path) == 4
+    kept.unlink()
+    os.utime(tools, (time.time() - 10, time.time() - 10))
+    for name in ("sixth", "seventh"):
+        run_job(local, name, ["true"])
+    assert searches(tmp_path) == 5
+
+
+def test_pyenvs_version_files_and_versions_and_a_path_folder_made_later_are_noticed(login_home, tmp_path):
+    """The kept answer's key holds pyenv's global version file and ~/.python-version as text and the versions' names;
+    a version reinstalled (the versions folder's time) and a PATH folder made after the answer was kept (missing
+    then) are noticed by time. Not the shims folder's time: each `pyenv rehash` makes and removes its lock there."""
+    root = login_home / ".pyenv"
+    (root / "versions" / "3.11.1").mkdir(parents=True)
+    (root / "shims").mkdir()
+    later = tmp_path / "later"
+    write_profile(login_home, "one")
+    with (login_home / ".profile").open("a") as profile:
+        profile.write(f'export PATH="$PATH:{root}/shims:{later}"\n')
+    local = LocalTransport(str(tmp_path / "jobs"))
+    run_job(local, "first", ["true"])
+    time.sleep(0.01)
+    (root / "shims" / ".pyenv-shim").write_text("")
+    (root / "shims" / ".pyenv-shim").unlink()
+    run_job(local, "second", ["true"])
+    assert searches(tmp_path) == 1
+    changes = [lambda: (root / "version").write_text("3.11.1\n"),
+               lambda: (login_home / ".python-version").write_text("3.11.1\n"),
+               lambda: (root / "versions" / "3.12.0").mkdir(),
+               lambda: shutil.rmtree(root / "versions" / "3.11.1") or (root / "versions" / "3.11.1").mkdir(),
+               lambda: later.mkdir()]
+    for number, change in enumerate(changes, start=2):
+        time.sleep(0.01)
+        change()
+        run_job(local, f"changed-{number}", ["true"])
+        run_job(local, f"again-{number}", ["true"])
+        assert searches(tmp_path) == number, change
+
+
+def test_the_kept_template_is_used_without_a_stat_until_the_interpreter_is_written(login_home, tmp_path):
+    """A job whose kept answer names the interpreter's template starts no `stat` (the interpreter's time is still the
+    template's made-at's); an interpreter written in place gets a template of its own."""
+    write_profile(login_home, "one")
+    root = tmp_path / "pyroot"
+    (root / "bin").mkdir(parents=True)
+    own = root / "bin" / "python3"
+    shutil.copy2(os.path.realpath(sys.executable), own)
+    (root / "lib").symlink_to(Path(sys.prefix) / "lib")
+    if subprocess.run([str(own), "-c", "import venv"], capture_output=True).returncode != 0:
+        pytest.skip("this interpreter does not run from a copy")
+    tools = tmp_path / "tools"
+    (tools / "stat").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/stat.calls\nexec {shutil.which("stat")} "$@"\n')
+    (tools / "stat").chmod(0o755)
+    (tools / "python3").unlink()
+    (tools / "python3").symlink_to(own)
+    local = LocalTransport(str(tmp_path / "jobs"))
+
+    def stats() -> int:  # of the interpreter (the launcher's are of the profile's files and the output's size)
+        calls = tmp_path / "stat.calls"
+        return len([c for c in calls.read_text().splitlines() if "python" in c]) if calls.exists() else 0
+
+    run_job(local, "first", ["true"])
+    assert len(templates_of(tmp_path)) == 1
+    before = stats()
+    for name in ("second", "third"):
+        venv = tmp_path / "jobs" / name / "venv"
+        assert run_job(local, name, ['python -c "import sys; print(sys.prefix)"']) == f"{venv}\n"
+        assert f"executable = {own}\n" in (venv / "pyvenv.cfg").read_text()
+    assert stats() == before  # the kept template, named by the kept answer
+
+    with open(own, "r+b") as interpreter:  # written in place: a new time, the same inode
+        first = interpreter.read(1)
+        interpreter.seek(0)
+        interpreter.write(first)
+    venv = tmp_path / "jobs" / "fourth" / "venv"
+    assert run_job(local, "fourth", ['python -c "import sys; print(sys.prefix)"']) == f"{venv}\n"
+    assert stats() == before + 1 and len(templates_of(tmp_path)) == 2
+    made_at = templates_of(tmp_path)
+    assert os.stat(own).st_mtime_ns in [os.stat(t.parent / "made-at").st_mtime_ns for t in made_at]

@@ -37,16 +37,25 @@ env UV_INSTALL_DIR="$HOME/.local/bin" INSTALLER_NO_MODIFY_PATH=1 sh >/dev/null 2
 
 
 # find_python's answer (a pyenv shim's start alone is ~0.1 s of CPU) is kept per host and version asked for, in one
-# file: its first line is the key, compared as a string (no checksum program started), its second the interpreter. The
-# key is PATH, PYENV_VERSION and what decides the answer: the `python*` names in each PATH folder and where those that
-# are links point (one `stat`), pyenv's global version file, the versions in its versions folder (an install or
-# uninstall changes them) and ~/.python-version (the files' text, read by the shell). (Not the folders' or shims'
-# times: every login's `pyenv rehash` rewrites the shims.) PATH is taken without the job's own bin folder in front (a
-# cluster's `ssh`, `docker: true`'s `docker`, never a python): its name is the run's, and with it in the key every
-# multi-node job would miss.
+# file: the key, compared as a string (no checksum program started), the interpreter, and what `stat` said of it then
+# (its venv template's name, below). The key is PATH, without the job's own bin folder in front (a cluster's `ssh`,
+# `docker: true`'s `docker`, never a python: its name is the run's, and with it every multi-node job would miss),
+# PYENV_VERSION, the texts of pyenv's global version file and ~/.python-version and the names in pyenv's versions
+# folder, all read by the shell's builtins. The `python*` names on PATH are covered by times instead (no `stat` of
+# each name, no glob of each folder): a name added, removed, renamed or re-linked changes its folder's time (dpkg
+# installs by rename, `ln -sf` makes a new link), so the answer holds while each PATH folder and pyenv's versions
+# folder (a version reinstalled) is missing or strictly older than the kept file (`-nt`, a builtin; a folder made later
+# is newer). Strictly older: a change in the clock tick of the file's writing (in its second, where the shell's test
+# compares seconds, as busybox's does) gets the file's own time; and an answer is kept only where no such folder
+# changed since its search began (a marker file made then), so that one found before a change never carries a later
+# time. Not pyenv's shims folder: every `pyenv rehash` (each login's `pyenv init`) rewrites it, and its names follow
+# the versions'.
 # A venv of the interpreter with --without-pip (and `pip`, `pip3` as `python -m pip`) is a few files and links; it is
 # made once per host and interpreter, as a template: `venv` in a folder named by the interpreter's path, inode, size
-# and time, beside `made-at`, the path the venv was made at (one without the time's `:`, which venv refuses). Each job
+# and time, beside `made-at`, the path the venv was made at (one without the time's `:`, which venv refuses), its time
+# the interpreter's (`touch -r`, before the venv is made). A job uses the template its kept answer names, without a
+# `stat`, while the interpreter's time is still made-at's (neither -nt nor -ot: one written in place has a new time,
+# another renamed over it another time, or a new folder time above); else `stat` names it anew. Each job
 # gets a copy with that path in its activate scripts, pyvenv.cfg and pip shims replaced by its own (one `cp`, then one
 # `awk` that writes those files again from the template's, the path replaced as text: in place, keeping their inodes
 # and modes, where `sed -i` made a new file for each and removed the old one; on a file system without a journal, as
@@ -72,13 +81,23 @@ pip_shims() {
   done
   chmod +x "$1/bin/pip" "$1/bin/pip3"
 }
-# cached_python VERSION: __dstack_py set to find_python's answer, kept per host; fails where there is none.
+# unchanged_since FILE: each folder whose names decide find_python's answer (PATH's, but pyenv's shims, and pyenv's
+# versions) is missing or strictly older than FILE.
+unchanged_since() {
+  __dstack_ifs=$IFS; IFS=:
+  for __dstack_dir in $__dstack_path "$__dstack_root/versions"; do
+    case $__dstack_dir in "$__dstack_root/shims") continue ;; esac
+    if [ -e "$__dstack_dir" ] && ! [ "$1" -nt "$__dstack_dir" ]; then IFS=$__dstack_ifs; return 1; fi
+  done
+  IFS=$__dstack_ifs
+}
+# cached_python VERSION: __dstack_py set to find_python's answer, kept per host, and __dstack_made to what `stat`
+# said of it then (empty where not known); fails where there is none.
 cached_python() {
+  __dstack_made=
   [ -n "$__dstack_cache" ] || { __dstack_py=$(find_python "$1"); return; }
-  __dstack_version=$1 __dstack_key=${PATH#"$JOB_DIR/bin:"} __dstack_ifs=$IFS
-  set --; IFS=:; for __dstack_dir in $__dstack_key; do set -- "$@" "$__dstack_dir"/python*; done; IFS=$__dstack_ifs
-  __dstack_root=${PYENV_ROOT:-$HOME/.pyenv}
-  __dstack_key="$__dstack_version|$__dstack_key|${PYENV_VERSION:-}|$(stat -c %N "$@" 2>/dev/null)|"
+  __dstack_version=$1 __dstack_path=${PATH#"$JOB_DIR/bin:"} __dstack_root=${PYENV_ROOT:-$HOME/.pyenv}
+  __dstack_key="$__dstack_version|$__dstack_path|${PYENV_VERSION:-}|"
   for __dstack_file in "$__dstack_root/version" "$HOME/.python-version"; do
     if [ -f "$__dstack_file" ]; then
       while IFS= read -r __dstack_line || [ -n "$__dstack_line" ]; do __dstack_key="$__dstack_key $__dstack_line"
@@ -90,27 +109,41 @@ cached_python() {
   while :; do case $__dstack_key in
     *"$__dstack_nl"*) __dstack_key="${__dstack_key%%"$__dstack_nl"*} ${__dstack_key#*"$__dstack_nl"}" ;; *) break ;;
   esac; done
-  __dstack_kept="$__dstack_cache/python-$__dstack_version" __dstack_line= __dstack_py=
-  { IFS= read -r __dstack_line && IFS= read -r __dstack_py; } 2>/dev/null < "$__dstack_kept"
-  if [ "$__dstack_line" = "$__dstack_key" ] && [ -n "$__dstack_py" ] && [ -x "$__dstack_py" ]; then return 0; fi
-  __dstack_py=$(find_python "$__dstack_version") || return 1
-  printf '%s\\n%s\\n' "$__dstack_key" "$__dstack_py" > "$__dstack_kept.$$" && mv "$__dstack_kept.$$" "$__dstack_kept"
-  return 0
+  __dstack_kept="$__dstack_cache/interpreter-$__dstack_version" __dstack_line= __dstack_py=
+  { IFS= read -r __dstack_line && IFS= read -r __dstack_py && IFS= read -r __dstack_made; } 2>/dev/null \\
+< "$__dstack_kept"
+  if [ "$__dstack_line" = "$__dstack_key" ] && [ -n "$__dstack_py" ] && [ -x "$__dstack_py" ] \\
+&& unchanged_since "$__dstack_kept"; then
+    return 0
+  fi
+  true 2>/dev/null > "$__dstack_kept.$$.at"
+  if __dstack_py=$(find_python "$__dstack_version"); then
+    __dstack_made=$(stat -L -c '%i %s %y' "$__dstack_py" 2>/dev/null)
+    printf '%s\\n%s\\n%s\\n' "$__dstack_key" "$__dstack_py" "$__dstack_made" > "$__dstack_kept.$$" \\
+&& unchanged_since "$__dstack_kept.$$.at" && mv "$__dstack_kept.$$" "$__dstack_kept"
+    rm -f "$__dstack_kept.$$" "$__dstack_kept.$$.at"; return 0
+  fi
+  rm -f "$__dstack_kept.$$.at"; return 1
 }
-# venv_from_template PYTHON: the job's venv, a copy of the template kept for PYTHON (made first where missing).
+# venv_from_template PYTHON [STAT]: the job's venv, a copy of the template kept for PYTHON (made first where missing);
+# STAT, what `stat` said of PYTHON when it was found, names the template while PYTHON's time is still its made-at's.
 venv_from_template() {
   [ -n "$__dstack_cache" ] || return 1
   case $1 in /*) ;; *) return 1 ;; esac
   case $1 in */../*|*/./*|*/..|*/.) return 1 ;; esac
   case $1$JOB_DIR in *'|'*|*'&'*|*'\\'*|*'['*|*'*'*|*"$__dstack_nl"*) return 1 ;; esac
-  __dstack_template="$__dstack_cache/venv$1/$(stat -L -c '%i %s %y' "$1")" || return 1
+  __dstack_template="$__dstack_cache/venvs$1/$2"
+  if [ -z "$2" ] || [ ! -f "$__dstack_template/made-at" ] || [ "$1" -nt "$__dstack_template/made-at" ] \\
+|| [ "$1" -ot "$__dstack_template/made-at" ]; then
+    __dstack_template="$__dstack_cache/venvs$1/$(stat -L -c '%i %s %y' "$1")" || return 1
+  fi
   if [ ! -f "$__dstack_template/made-at" ]; then
     __dstack_new="$__dstack_cache/venv.$$"
     rm -rf "$__dstack_new"
     mkdir -p "$__dstack_new" "${__dstack_template%/*}" \\
+&& printf '%s\\n' "$__dstack_new/venv" > "$__dstack_new/made-at" && touch -r "$1" "$__dstack_new/made-at" \\
 && "$1" -m venv --without-pip --system-site-packages "$__dstack_new/venv" >/dev/null 2>&1 \\
 && pip_shims "$__dstack_new/venv" && grep -qF "$__dstack_new/venv" "$__dstack_new/venv/bin/activate" \\
-&& printf '%s\\n' "$__dstack_new/venv" > "$__dstack_new/made-at" \\
 && mv -T "$__dstack_new" "$__dstack_template" 2>/dev/null
     rm -rf "$__dstack_new"
   fi
@@ -142,12 +175,12 @@ def python_setup(version: Optional[str], may_install: bool) -> str:
       exit 1
     fi
   elif command -v uv >/dev/null 2>&1 && uv venv -q --seed --python "$__dstack_py" "$JOB_DIR/venv" >/dev/null 2>&1; then :
-  elif ! venv_from_template "$__dstack_py"; then
+  elif ! venv_from_template "$__dstack_py" "$__dstack_made"; then
     "$__dstack_py" -m venv --without-pip --system-site-packages "$JOB_DIR/venv"
     pip_shims "$JOB_DIR/venv"
   fi
 fi
 unset __dstack_swap __dstack_cache __dstack_nl __dstack_shim __dstack_version __dstack_key __dstack_ifs __dstack_dir __dstack_root \\
-__dstack_file __dstack_line __dstack_kept __dstack_template __dstack_new __dstack_from __dstack_py
+__dstack_path __dstack_made __dstack_file __dstack_line __dstack_kept __dstack_template __dstack_new __dstack_from __dstack_py
 . "$JOB_DIR/venv/bin/activate"
 """
