@@ -4,6 +4,7 @@ Every flag replaces the file's value of its field (`-e NAME=...` that one variab
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import List, Optional
 
@@ -158,6 +159,10 @@ def apply(
     make_room(session, named, plan.name)
     from cli.run_session import run_and_report
 
+    # What the command has made so far (its modules, the configuration, the plan) lives until it ends: a full
+    # collection that walks it all frees nothing, and one came in the middle of a 16-node start (its threads held up
+    # ~40 ms). Frozen, later collections walk only what the run makes.
+    gc.freeze()
     code = run_and_report(plan.config, store, plan.hosts, plan.name, run, plan.offers, config_path(file), detach,
                           as_json, upload_repo=not no_repo, yes=yes)
     raise typer.Exit(code)
