@@ -56,6 +56,18 @@ def run_job(local: LocalTransport, name: str, commands) -> str:
     return log
 
 
+def own_interpreter(tmp_path) -> Path:
+    """An interpreter of the test's own: a copy of this one beside its library (skips where a copy does not run)."""
+    root = tmp_path / "pyroot"
+    (root / "bin").mkdir(parents=True)
+    own = root / "bin" / "python3"
+    shutil.copy2(os.path.realpath(sys.executable), own)
+    (root / "lib").symlink_to(Path(sys.prefix) / "lib")
+    if subprocess.run([str(own), "-c", "import venv"], capture_output=True).returncode != 0:
+        pytest.skip("this interpreter does not run from a copy")
+    return own
+
+
 def test_the_login_profile_is_read_once_per_host_and_again_when_it_changes(login_home, tmp_path):
     write_profile(login_home, "one")
     local = LocalTransport(str(tmp_path / "jobs"))
@@ -232,13 +244,7 @@ def test_a_changed_path_or_interpreter_is_looked_for_and_made_anew(login_home, t
     assert len(templates_of(tmp_path)) == 1
 
     # an interpreter of the test's own (a copy of this one beside its library), changed after its first job
-    root = tmp_path / "pyroot"
-    (root / "bin").mkdir(parents=True)
-    own = root / "bin" / "python3"
-    shutil.copy2(os.path.realpath(sys.executable), own)
-    (root / "lib").symlink_to(Path(sys.prefix) / "lib")
-    if subprocess.run([str(own), "-c", "import venv"], capture_output=True).returncode != 0:
-        pytest.skip("this interpreter does not run from a copy")
+    own = own_interpreter(tmp_path)
     (tmp_path / "tools" / "python3").unlink()
     (tmp_path / "tools" / "python3").symlink_to(own)  # where python3 points is in the kept answer's key
     before = templates_of(tmp_path)
@@ -339,13 +345,7 @@ def test_the_kept_template_is_used_without_a_stat_until_the_interpreter_is_writt
     """A job whose kept answer names the interpreter's template starts no `stat` (the interpreter's time is still the
     template's made-at's); an interpreter written in place gets a template of its own."""
     write_profile(login_home, "one")
-    root = tmp_path / "pyroot"
-    (root / "bin").mkdir(parents=True)
-    own = root / "bin" / "python3"
-    shutil.copy2(os.path.realpath(sys.executable), own)
-    (root / "lib").symlink_to(Path(sys.prefix) / "lib")
-    if subprocess.run([str(own), "-c", "import venv"], capture_output=True).returncode != 0:
-        pytest.skip("this interpreter does not run from a copy")
+    own = own_interpreter(tmp_path)
     tools = tmp_path / "tools"
     (tools / "stat").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/stat.calls\nexec {shutil.which("stat")} "$@"\n')
     (tools / "stat").chmod(0o755)
