@@ -109,6 +109,14 @@ def _load_key(target: SSHTarget):
 
 
 SHELL_STDIN_MAX = 1 << 20  # stdin up to this size goes through the long-lived shell (base64), larger on a channel
+# A long-lived shell that is bash (`sh` on RHEL, Fedora, Amazon Linux) reads its input, a pipe, one byte per read(2):
+# it may not read past a command that could read the rest. dash reads 8 KB at a time. An 8 KB command took bash 5 ms
+# here against dash's 1.5, a 1 MB archive's here-document 0.46 s against 0.01. To such a shell (where `head` is GNU's,
+# which reads no byte past its count) a command of FRAMED_MIN bytes or more goes framed: one short line, `eval` of
+# what `head -c N` reads of the rest, which it reads in blocks. The first command of each shell asks which it is.
+FRAMED_MIN = 2048
+_FRAMED_PROBE = ('if [ -n "${BASH_VERSION:-}" ] && head --version 2>/dev/null | grep -q GNU; then echo framed; '
+                 'else echo; fi; ')
 
 
 class SSHTransport:
@@ -125,6 +133,7 @@ class SSHTransport:
         self.description = target.address
         self._shell = None
         self._has_base64 = True  # False once the host said it has no `base64` (the shell then takes no stdin)
+        self._framed = False  # True once the shell said it reads a byte at a time (FRAMED_MIN)
         self._lock = threading.Lock()
 
     @property
@@ -193,21 +202,26 @@ class SSHTransport:
         `eval`ed in the subshell at the pipe's end (as `sh -c` would run it, without starting a shell). Where the
         host has no `base64` (looked for by the shell itself, in the same round trip), the command does not run and
         None comes back: the caller sends the stdin on a channel of its own."""
+        probe = ""
         if self._shell is None or self._shell.closed or self._shell.exit_status_ready():
             self._shell = self.transport.open_session(timeout=10)
             self._shell.exec_command("exec sh")
+            self._framed, probe = False, _FRAMED_PROBE
         marker = "__dstack_" + secrets.token_hex(8)
         end_out = re.compile(rb"\n" + marker.encode() + rb" (-?\d+)\n$")
         end_err = ("\n" + marker + "\n").encode()
         no_base64 = f"{marker} no base64\n".encode()
         trailer = f"; printf '\\n{marker} %d\\n' $?; printf '\\n{marker}\\n' >&2\n"
         if stdin is None:
-            self._shell.sendall(f"( {command}\n) < /dev/null{trailer}".encode())
+            text = f"{probe}( {command}\n) < /dev/null{trailer}".encode()
         else:
             quoted = "'" + command.replace("'", "'\\''") + "'"
-            self._shell.sendall(f"if command -v base64 >/dev/null 2>&1; then base64 -d <<'{marker}' | "
-                                f"( eval {quoted} ); else printf '{marker} no base64\\n' >&2; fi{trailer}".encode()
-                                + base64.encodebytes(stdin) + f"{marker}\n".encode())
+            text = (f"{probe}if command -v base64 >/dev/null 2>&1; then base64 -d <<'{marker}' | ( eval {quoted} ); "
+                    f"else printf '{marker} no base64\\n' >&2; fi{trailer}".encode()
+                    + base64.encodebytes(stdin) + f"{marker}\n".encode())
+        if self._framed and len(text) >= FRAMED_MIN:
+            text = f'eval "$(head -c {len(text)})"\n'.encode() + text
+        self._shell.sendall(text)
         try:
             # the end marker is looked for in the last bytes only: a long answer (a log) is never scanned whole
             stdout, stderr = _drain(self._shell, lambda out, err: err.endswith(end_err) and
@@ -216,6 +230,9 @@ class SSHTransport:
             self._shell.close()
             self._shell = None
             raise
+        if probe:  # the probe's line comes first
+            said, _, stdout = bytes(stdout).partition(b"\n")
+            self._framed = said == b"framed"
         match = end_out.search(stdout)
         if match is None or not stderr.endswith(end_err):  # the shell went (killed, its session closed) mid-command
             self._shell = None
