@@ -81,6 +81,8 @@ pip_shims() {
   done
   chmod +x "$1/bin/pip" "$1/bin/pip3"
 }
+# interpreter_id PYTHON: what names PYTHON's venv template (its inode, size and time, through links).
+interpreter_id() { stat -L -c '%i %s %y' "$1"; }
 # unchanged_since FILE: each folder whose names decide find_python's answer (PATH's, but pyenv's shims, and pyenv's
 # versions) is missing or strictly older than FILE.
 unchanged_since() {
@@ -118,7 +120,7 @@ cached_python() {
   fi
   true 2>/dev/null > "$__dstack_kept.$$.at"
   if __dstack_py=$(find_python "$__dstack_version"); then
-    __dstack_made=$(stat -L -c '%i %s %y' "$__dstack_py" 2>/dev/null)
+    __dstack_made=$(interpreter_id "$__dstack_py" 2>/dev/null)
     printf '%s\\n%s\\n%s\\n' "$__dstack_key" "$__dstack_py" "$__dstack_made" > "$__dstack_kept.$$" \\
 && unchanged_since "$__dstack_kept.$$.at" && mv "$__dstack_kept.$$" "$__dstack_kept"
     rm -f "$__dstack_kept.$$" "$__dstack_kept.$$.at"; return 0
@@ -135,7 +137,7 @@ venv_from_template() {
   __dstack_template="$__dstack_cache/venvs$1/$2"
   if [ -z "$2" ] || [ ! -f "$__dstack_template/made-at" ] || [ "$1" -nt "$__dstack_template/made-at" ] \\
 || [ "$1" -ot "$__dstack_template/made-at" ]; then
-    __dstack_template="$__dstack_cache/venvs$1/$(stat -L -c '%i %s %y' "$1")" || return 1
+    __dstack_template="$__dstack_cache/venvs$1/$(interpreter_id "$1")" || return 1
   fi
   if [ ! -f "$__dstack_template/made-at" ]; then
     __dstack_new="$__dstack_cache/venv.$$"
