@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.host.transport import LocalTransport
-from provisioner.jobs.control import LOG_READ_LIMIT, job_begun, job_state, read_log, start_job, stop_job
+from provisioner.jobs.control import LOG_READ_LIMIT, LogChunk, job_begun, job_state, read_log, start_job, stop_job
 from provisioner.jobs.layout import EndedByDstack
 from provisioner.jobs.script import JobSpec
 from provisioner.jobs.spot_notice import NOTICE_FILE
@@ -137,10 +137,61 @@ def test_an_exit_code_written_a_moment_after_the_jobs_end_comes_with_the_read_th
     assert (chunk.data, chunk.exit_code) == (b"", 5)
 
 
+@pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
+def test_a_first_read_that_had_its_first_bytes_reads_on_where_the_job_ended_or_the_notice_came(tmp_path, monkeypatch,
+                                                                                             kind):
+    """The first bytes that tail follows in are the read's (one read of a pipe: at most 64 KB); where the exit code
+    or the notice is there after them, the read goes on to the log's end (its limit): a read with an exit code has
+    the whole log, one with a notice has its line."""
+    import subprocess
+
+    monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    job = subprocess.Popen(["sleep", "60"])
+    big = bytes(range(256)) * 400  # more than a pipe holds: tail writes it in pieces
+
+    def read_while_written(name: str, last_file: str, last_line: str, **limits) -> tuple:
+        folder = tmp_path / "jobs" / name
+        folder.mkdir(parents=True)
+        (folder / "pid").write_text(f"{job.pid}\n")
+
+        def write() -> None:
+            time.sleep(0.5)
+            (folder / "output.log").write_bytes(big)
+            (folder / "last.tmp").write_text(last_line)
+            (folder / "last.tmp").rename(folder / last_file)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            chunk = read_log(local, name, 0, wait=20, **limits)
+        finally:
+            writer.join()
+        return chunk.data, chunk.exit_code, chunk.notice
+
+    try:
+        assert read_while_written("ended", "exit_code", "6\n", limit=LOG_READ_LIMIT) == (big, 6, None)
+        assert read_while_written("ended-unlimited", "exit_code", "6\n") == (big, 6, None)
+        assert read_while_written("limited", "exit_code", "6\n", limit=70000) == (big[:70000], 6, None)
+        assert read_while_written("small", "exit_code", "6\n", limit=5) == (big[:5], 6, None)
+        assert read_while_written("noticed", NOTICE_FILE, "preempted\n", limit=LOG_READ_LIMIT) == (big, None,
+                                                                                                   "preempted")
+    finally:
+        job.kill()
+        job.wait()
+
+
 def test_a_read_starts_one_program_for_the_log_and_none_for_the_one_line_files(tmp_path, monkeypatch):
     path, log = logged_path(tmp_path)
     folder = tmp_path / "jobs" / "r"
     folder.mkdir(parents=True)
+    monkeypatch.setenv("PATH", path)
+    for content in (None, b""):  # no log yet, an empty one: nothing to read, and no program started for it
+        if content is not None:
+            (folder / "output.log").write_bytes(content)
+        assert read_log(LocalTransport(str(tmp_path / "jobs")), "r", 0, limit=LOG_READ_LIMIT) == LogChunk(b"", None)
+        assert started(log) == []
+    monkeypatch.undo()
     (folder / "output.log").write_bytes(b"hello world\n")
     (folder / "pid").write_text(f"{os.getpid()}\n")
     plain = LocalTransport(str(tmp_path / "jobs"))
@@ -164,7 +215,8 @@ def test_a_read_starts_one_program_for_the_log_and_none_for_the_one_line_files(t
         started(log)
         assert job_state(local, "late") == ("running", None) and started(log) == []
         assert read_log(local, "late", 0, limit=LOG_READ_LIMIT, wait=20).data == b"late\n"
-        assert sorted(started(log)) == ["head", "head", "tail", "timeout"]  # the follow, then the read: no probe
+        # the follow, whose first bytes are the read (dd): no probe, no second read of the log
+        assert sorted(started(log)) == ["dd", "tail", "timeout"]
     finally:
         stop_job(plain, "late", grace=0)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from provisioner.host.transport import Transport, TransportError
 from provisioner.jobs import dev_env
@@ -15,7 +15,7 @@ from provisioner.jobs.launch import (INLINE_REFUSED, MONITOR_SCRIPT, OUTPUT_SIZE
                                     written_inline)
 from provisioner.jobs.layout import BEGUN_FILE, job_folder, parse_exit_code
 from provisioner.jobs.script import ASKPASS_SCRIPT, GIT_PASSWORD_VAR, GIT_USERNAME_VAR, JobSpec, env_file, job_script
-from provisioner.jobs.spot_notice import NOTICE_SCRIPT, NOTICE_SCRIPT_NAME, notice_read, parse_notice
+from provisioner.jobs.spot_notice import NOTICE_FILE, NOTICE_SCRIPT, NOTICE_SCRIPT_NAME, notice_read, parse_notice
 from provisioner.jobs.archive import archive_stream
 from provisioner.jobs.uploads import git_credentials
 
@@ -62,35 +62,48 @@ def start_job(transport: Transport, job: JobSpec,
     return int(result.text.strip())
 
 
-def _first_byte_wait(wait: float) -> str:
-    """Shell text that returns once the log has its first byte, the job has ended, or `wait` seconds have passed.
-    GNU tail follows the log (by inotify where the file system has it: no process started per step, which 16 nodes'
-    readers polling on 2 cores felt), ending at the first byte (its reader gone), at the job's end (--pid) or at the
-    bound; the job's exit code, written a moment after its end, is then waited for. Where tail is not GNU's (no
-    --pid: it fails at once, as does a missing `timeout`), the shell polls: the attempt's own exit status (124: the
-    bound, 0: the job's end, 141: its reader took the byte) tells, with no probe started on each read."""
+def _first_bytes(wait: float, limit: Optional[int]) -> str:
+    """Shell text that, while the log is empty, waits for its first bytes, the job's end or `wait` seconds, and
+    prints the first bytes that come, setting b to their count (0: none came, the log is read as any other). GNU tail
+    follows the log (by inotify where the file system has it: no process started per step, which 16 nodes' readers
+    polling on 2 cores felt) and its first output is the read itself: one read(2) of it by dd (at most a pipe's
+    capacity, or `limit`), which then ends, and tail with it (its reader gone); tail also ends at the job's end
+    (--pid) or at the bound. Against the wait and a second read of the log, that is one program less per first read.
+    dd's own count (its last line, in the C locale) gives b. The job's exit code, written a moment after its end, is
+    then waited for where no byte came. Where tail is not GNU's (no --pid: it fails at once, as does a missing
+    `timeout`, and nothing comes), the shell polls: the attempt's own exit status (124: the bound, 0: the job's end,
+    141: its reader took bytes) tells, with no probe started on each read."""
     steps = int(wait / _WAIT_STEP_S)
+    block = min(limit, _PIPE_READ) if limit is not None else _PIPE_READ
     poll = (f"i=0; while [ $i -lt {steps} ] && [ ! -f exit_code ] && [ ! -s output.log ]; do sleep {_WAIT_STEP_S}; "
             "i=$((i+1)); done")
     ended = (f'i=0; while [ $i -lt 100 ] && [ ! -f exit_code ] && [ ! -s output.log ] && [ ! -d /proc/"$P" ]; '
              f"do sleep {_WAIT_STEP_S}; i=$((i+1)); done")
-    follow = (f'S=$( {{ {{ timeout {wait:g} tail -c +1 -s {_WAIT_STEP_S} --pid="$P" -F output.log 2>/dev/null 3>&-; '
-              "echo $? >&3; } | head -c 1 >/dev/null; } 3>&1 )")
-    return ('if [ ! -f exit_code ] && [ ! -s output.log ]; then P=; { read -r P < pid; } 2>/dev/null; S=; '
-            f'[ -z "$P" ] || {follow}; case $S in 124) ;; 0|141) {ended} ;; *) {poll} ;; esac; fi; ')
+    # tail's status and dd's count both go to the $(...) on fd 3; the bytes go to the read's stdout (fd 4)
+    follow = (f'{{ S=$( {{ {{ timeout {wait:g} tail -c +1 -s {_WAIT_STEP_S} --pid="$P" -F output.log 2>/dev/null '
+              '3>&- 4>&-; echo "tail $?" >&3; } | '
+              f"LC_ALL=C dd bs={block} count=1 2>&3 >&4 3>&- 4>&-; }} 3>&1 ); }} 4>&1; "
+              'case $S in *" bytes"*) b=${S%% bytes*}; b=${b##*[!0-9]} ;; esac')
+    return ('b=0; if [ ! -f exit_code ] && [ ! -s output.log ]; then P=; { read -r P < pid; } 2>/dev/null; S=; '
+            f'[ -z "$P" ] || {follow}; case $S in *"tail 124"*) ;; *"tail 0"*|*"tail 141"*) {ended} ;; '
+            f"*) {poll} ;; esac; fi; ")
 
 
 # The exit code file's first line on stderr (an empty line while there is none): read by the shell itself.
 _EXIT_CODE_TO_STDERR = 'c=; { read -r c < exit_code; } 2>/dev/null; printf "%s\\n" "$c" >&2; '
 
 
-def _log_from(offset: int, limit: Optional[int]) -> str:
+def _log_from(offset: Union[int, str], limit: Optional[Union[int, str]]) -> str:
     """Shell text that prints the log from byte `offset` on, at most `limit` bytes of it (nothing where there is no
-    log, or no byte past `offset`), in one process: from the start `head`, further on GNU's (and busybox's) `dd`
-    that seeks and counts in bytes, `tail | head` where dd cannot (it fails at once, having printed nothing)."""
+    log, or no byte past `offset`), in one process: from the start `head` (none for a log with nothing in it yet, as
+    the shell's `-s` tells: a job not yet started, a first read's wait that ended at its bound), further on GNU's
+    (and busybox's) `dd` that seeks and counts in bytes, `tail | head` where dd cannot (it fails at once, having
+    printed nothing). `offset` and `limit` are numbers or shell arithmetic (the bytes a first read has had: $b)."""
     if offset == 0:
-        return f"head -c {limit} output.log 2>/dev/null" if limit is not None else "cat output.log 2>/dev/null"
-    rest = f"tail -c +{offset + 1} output.log 2>/dev/null"
+        whole = f"head -c {limit} output.log" if limit is not None else "cat output.log"
+        return f"[ ! -s output.log ] || {whole} 2>/dev/null"
+    first = offset + 1 if isinstance(offset, int) else f"$(({offset}+1))"
+    rest = f"tail -c +{first} output.log 2>/dev/null"
     if limit is None:
         return rest
     return (f"dd if=output.log bs=64K iflag=skip_bytes,count_bytes skip={offset} count={limit} 2>/dev/null || "
@@ -107,6 +120,7 @@ class LogChunk:
 LOG_READ_LIMIT = 8 << 20  # bytes of a log one read takes at most: a long log comes in pieces, in constant memory
 FIRST_OUTPUT_WAIT_S = 1.0  # how long a read of a log with nothing in it yet waits on the host for its first byte
 _WAIT_STEP_S = 0.01
+_PIPE_READ = 64 << 10  # the most one read(2) of a pipe gives (Linux's default pipe capacity)
 
 
 def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 20,
@@ -117,11 +131,14 @@ def read_log(transport: Transport, run_name: str, offset: int, timeout: float = 
     on the host, for up to `wait` seconds (its first byte, or the job's end): the first line reaches the client as
     it is written, not at the next poll."""
     folder = job_folder(run_name)
-    waiting = ""
-    if wait and offset == 0:
-        waiting = _first_byte_wait(wait)
-    result = transport.run(f"cd {folder} 2>/dev/null || exit 0; {waiting}{_EXIT_CODE_TO_STDERR}{notice_read()}"
-                           f"{_log_from(offset, limit)}", timeout=timeout + wait)
+    first, log = "", _log_from(offset, limit)
+    if wait and offset == 0:  # after the first bytes that came, the log is read on only where it may hold more for
+        # this read: the job has ended (the whole log is the read's) or the notice came (its line with it)
+        first = _first_bytes(wait, limit)
+        rest = _log_from("$b", f"$(({limit}-b))" if limit is not None else None)
+        log = f'if [ "$b" = 0 ]; then {log}; elif [ -n "$c" ] || [ -f {NOTICE_FILE} ]; then {rest}; fi'
+    result = transport.run(f"cd {folder} 2>/dev/null || exit 0; {first}{_EXIT_CODE_TO_STDERR}{notice_read()}{log}",
+                           timeout=timeout + wait)
     stderr = result.stderr.decode(errors="replace")
     return LogChunk(result.stdout, parse_exit_code(stderr.split("\nnotice ", 1)[0]), parse_notice(stderr))
 
