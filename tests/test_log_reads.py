@@ -230,3 +230,103 @@ def test_job_begun_gives_the_exit_code_of_a_job_that_ended_before_its_commands_b
     while job_state(local, "early")[0] != "exited" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert job_begun(local, "early") == (False, job_state(local, "early")[1]) != (False, 0)
+
+
+@pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
+def test_a_later_read_that_has_nothing_new_waits_for_the_next_bytes_the_end_or_its_bound(tmp_path, monkeypatch,
+                                                                                          kind):
+    """A read from byte N that finds nothing past it waits on the host as a first read does (GNU tail from byte
+    N+1): it returns as the next bytes come, with the exit code as the job ends, or at its bound. Busybox's tail has
+    no --pid: such a read returns at once, as a read that does not wait (the client polls)."""
+    monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    waits = kind != "busybox"
+
+    def started_with_first(name: str, *commands: str) -> float:
+        start_job(local, JobSpec(run_name=name, commands=["printf first", *commands]))
+        deadline = time.monotonic() + 10
+        while read_log(local, name, 0).data != b"first" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return time.monotonic()
+
+    try:
+        began = started_with_first("more", "sleep 1", "printf second", "sleep 30")
+        chunk = read_log(local, "more", 5, limit=LOG_READ_LIMIT, wait=20)
+        assert chunk.data == (b"second" if waits else b"") and time.monotonic() - began < (10 if waits else 0.5)
+        began = started_with_first("quiet", "sleep 30")
+        assert read_log(local, "quiet", 5, limit=LOG_READ_LIMIT, wait=1.5) == LogChunk(b"", None)
+        assert (1.3 < time.monotonic() - began < 8) if waits else (time.monotonic() - began < 0.5)
+        began = started_with_first("ends", "sleep 1", "exit 4")
+        chunk = read_log(local, "ends", 5, limit=LOG_READ_LIMIT, wait=20)
+        if waits:  # the exit code with the read that saw the end, a moment after it (the wrapper writes it then)
+            assert (chunk.data, chunk.exit_code) == (b"", 4) and 0.5 < time.monotonic() - began < 5
+        deadline = time.monotonic() + 10
+        while read_log(local, "ends", 5).exit_code is None and time.monotonic() < deadline:  # (busybox: polled)
+            time.sleep(0.05)
+        assert read_log(local, "ends", 0, limit=3, wait=20) == LogChunk(b"fir", 4)  # bytes there: no wait
+        assert read_log(local, "ends", 2, limit=3, wait=20) == LogChunk(b"rst", 4)
+    finally:
+        for name in ("more", "quiet", "ends"):
+            stop_job(local, name, grace=0)
+
+
+@pytest.mark.parametrize("kind", ["dash", "bash"])
+def test_a_later_read_that_waited_reads_on_where_the_job_ended_or_the_notice_came(tmp_path, monkeypatch, kind):
+    """As a first read (above): the bytes that came after the wait, then the rest where the exit code or the notice
+    is there by then, within the limit."""
+    import subprocess
+
+    monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    job = subprocess.Popen(["sleep", "60"])
+    big = bytes(range(256)) * 400
+
+    def read_while_written(name: str, last_file: str, **limits) -> tuple:
+        folder = tmp_path / "jobs" / name
+        folder.mkdir(parents=True)
+        (folder / "pid").write_text(f"{job.pid}\n")
+        (folder / "output.log").write_bytes(b"before\n")
+
+        def write() -> None:
+            time.sleep(0.5)
+            with open(folder / "output.log", "ab") as log:
+                log.write(big)
+            (folder / "last.tmp").write_text("6\n")
+            (folder / "last.tmp").rename(folder / last_file)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            chunk = read_log(local, name, 7, wait=20, **limits)
+        finally:
+            writer.join()
+        return chunk.data, chunk.exit_code, chunk.notice
+
+    try:
+        assert read_while_written("ended", "exit_code", limit=LOG_READ_LIMIT) == (big, 6, None)
+        assert read_while_written("ended-unlimited", "exit_code") == (big, 6, None)
+        assert read_while_written("limited", "exit_code", limit=70000) == (big[:70000], 6, None)
+        assert read_while_written("noticed", NOTICE_FILE, limit=LOG_READ_LIMIT) == (big, None, "6")
+    finally:
+        job.kill()
+        job.wait()
+
+
+def test_a_later_read_that_waits_starts_one_program_where_there_is_something_new(tmp_path, monkeypatch):
+    """What is past the offset is read by one dd, whose count says whether to wait: nothing new costs the follow
+    (timeout, tail, dd) on top, once per bound instead of a poll's dd five times a second."""
+    path, log = logged_path(tmp_path)
+    plain = LocalTransport(str(tmp_path / "jobs"))
+    start_job(plain, JobSpec(run_name="w", commands=["echo one", "sleep 1", "echo two", "sleep 30"]))
+    monkeypatch.setenv("PATH", path)
+    local = LocalTransport(str(tmp_path / "jobs"))
+    try:
+        deadline = time.monotonic() + 10
+        while read_log(local, "w", 0).data != b"one\n" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started(log)
+        assert read_log(local, "w", 2, limit=LOG_READ_LIMIT, wait=20).data == b"e\n" and started(log) == ["dd"]
+        assert read_log(local, "w", 4, limit=LOG_READ_LIMIT, wait=20).data == b"two\n"
+        assert sorted(started(log)) == ["dd", "dd", "tail", "timeout"]
+    finally:
+        stop_job(plain, "w", grace=0)
