@@ -111,30 +111,33 @@ def test_a_first_read_waits_for_the_first_byte_the_end_or_its_bound_under_each_t
 @pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
 def test_an_exit_code_written_a_moment_after_the_jobs_end_comes_with_the_read_that_waited(tmp_path, monkeypatch,
                                                                                         kind):
-    """The wrapper writes exit_code after the job's process is gone: a read that waited for the first byte and saw
-    the job end waits for it too (GNU tail ends at the job's end, --pid; busybox's shell polls)."""
+    """The wrapper writes exit_code after the job's process is gone: a read that waited (for the first bytes, or
+    the next ones) and saw the job end has it too. GNU tail follows until the job's parent, its wrapper, has ended
+    (--pid), having written it; where the job was gone already, the shell polls for it, as where busybox's tail has
+    no --pid."""
     import subprocess
 
     monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
     local = LocalTransport(str(tmp_path / "jobs"))
-    folder = tmp_path / "jobs" / "late-code"
-    folder.mkdir(parents=True)
-    job = subprocess.Popen(["sleep", "0.5"])
-    (folder / "pid").write_text(f"{job.pid}\n")
-
-    def end() -> None:
-        job.wait()  # reaped: its pid is gone, as a job's is once its wrapper has waited for it
-        time.sleep(0.3)
-        (folder / "exit_code.tmp").write_text("5\n")  # whole when it appears, as the wrapper's `mv` makes it: a
-        (folder / "exit_code.tmp").rename(folder / "exit_code")  # file written in place is empty for a moment
-
-    writer = threading.Thread(target=end)
-    writer.start()
-    try:
-        chunk = read_log(local, "late-code", 0, wait=20)
-    finally:
-        writer.join()
-    assert (chunk.data, chunk.exit_code) == (b"", 5)
+    for name, offset, gone in (("late-code", 0, False), ("late-code-later", 6, False), ("gone", 6, True)):
+        folder = tmp_path / "jobs" / name
+        folder.mkdir(parents=True)
+        (folder / "output.log").write_bytes(b"start\n"[:offset])
+        # as the wrapper does: the job in the background, its exit code written by the wrapper a moment after
+        wrapper = subprocess.Popen(["sh", "-c", "sleep 0.5 & echo $! > pid; wait; sleep 0.3; "
+                                    "echo 5 > exit_code.tmp; mv exit_code.tmp exit_code"], cwd=folder)
+        deadline = time.monotonic() + 10
+        while not (folder / "pid").read_text().strip() if (folder / "pid").exists() else time.monotonic() < deadline:
+            time.sleep(0.01)
+        if gone:
+            time.sleep(0.6)  # the job has ended, its exit code not written yet
+        began = time.monotonic()
+        try:
+            chunk = read_log(local, name, offset, limit=LOG_READ_LIMIT, wait=20)
+        finally:
+            wrapper.wait()
+        assert (chunk.data, chunk.exit_code) == (b"", 5 if kind != "busybox" or offset == 0 else None), name
+        assert time.monotonic() - began < 5
 
 
 @pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
