@@ -36,6 +36,7 @@ class LogFollower:
         self._host = host
         self.notice: Optional[str] = None  # the host's spot interruption notice, once a read has seen it
         self._polled_at = float("-inf")  # when the last poll began (time.monotonic)
+        self._brought = False  # whether it brought output
 
     def _transport(self) -> Transport:
         if self.transport is None:
@@ -49,22 +50,24 @@ class LogFollower:
         returns the exit code once the job has ended and its whole log is written (`notice` holds the host's spot
         interruption notice once read: its line is in what was written). `wait`: where the log has nothing new,
         the read waits on the host up to that long for its next bytes (control.read_log)."""
-        self._polled_at = time.monotonic()
+        self._polled_at, self._brought = time.monotonic(), False
         while True:
             chunk = self._read(wait)
             self.notice = chunk.notice or self.notice
             if chunk.data:
+                self._brought = True
                 write(chunk.data)
                 self.offset += len(chunk.data)
             if len(chunk.data) < LOG_READ_LIMIT:
                 return chunk.exit_code
 
     def pause(self, interval: float) -> float:
-        """Seconds to let pass before the next poll: what is left of `interval` since the last one began. Polls
-        begin at least `interval` apart, so a log that grows fast is read that often, as when every read was a poll;
-        one that waited on the host (for as long as its bound: nothing came) is followed by the next at once, which
-        waits in turn; one that returned at once with nothing (a host that can not wait: no GNU tail or no
-        `timeout`) is repeated after `interval`, a poll."""
+        """Seconds to let pass before the next poll: `interval` after one that brought output (a log that grows fast
+        is read that often, as before reads waited); after one that brought nothing, what is left of `interval`
+        since it began: nothing after one that waited on the host (the next waits in turn), the rest after one that
+        returned at once (a host that can not wait: no GNU tail or no `timeout`), as a poll."""
+        if self._brought:
+            return interval
         return max(0.0, interval - (time.monotonic() - self._polled_at))
 
     def _read(self, wait: float) -> LogChunk:

@@ -50,7 +50,7 @@ from provisioner.store.records import RunRecord
 from provisioner.store.run_files import local_log_path, mark_output
 from provisioner.store.statuses import RUNNING, STARTED, RunStatus
 
-POLL_INTERVAL_S = 0.2  # the least time between the starts of two reads of a node's log: how often a log that
+POLL_INTERVAL_S = 0.2  # between a read of a node's log that brought output and the next: how often a log that
 # grows fast is read (one that has nothing new is waited on by the host instead: control.OUTPUT_WAIT_S)
 
 
@@ -299,8 +299,8 @@ def _raise_on_notice(session: RunSession, run_name: str, followers: Dict[int, Lo
 
 def _read_node(rank: int, follower: LogFollower, read: "queue.Queue[tuple]", done: threading.Event) -> None:
     """Puts (rank, new output, exit code or None, error or None) on `read` until the node's job ends, an error, or
-    `done`: a read that has nothing new waits on the host for the next bytes, reads begin POLL_INTERVAL_S apart at
-    the most often (LogFollower.pause). Ctrl-C and
+    `done`: a read that has nothing new waits on the host for the next bytes, one that brought output is followed
+    by the next POLL_INTERVAL_S later (LogFollower.pause). Ctrl-C and
     SIGTERM are blocked here, so the kernel hands them to the main thread: one that reached this thread would leave
     the main thread's question (detach or stop?) waiting on its read."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
