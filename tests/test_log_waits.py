@@ -12,7 +12,7 @@ import time
 import pytest
 
 from provisioner.host.transport import LocalTransport
-from provisioner.jobs.control import start_job
+from provisioner.jobs.control import start_job, stop_job
 from provisioner.jobs.follow import LogFollower
 from provisioner.jobs.script import JobSpec
 from tests.test_log_reads import shell_path
@@ -181,3 +181,19 @@ def test_ctrl_c_during_a_command_leaves_no_shell_that_still_runs_it(make_host, c
         assert transport.run("echo new").text == "new\n" and time.monotonic() - began < 2
     finally:
         transport.close()
+
+
+def test_a_poll_that_brought_output_is_followed_by_the_next_after_the_interval_one_that_waited_at_once(tmp_path):
+    """A node's first line comes after a wait on the host: its next read is a poll interval later, as before (not
+    at once, while a cluster's other nodes still start); a read that waited to its bound with nothing is followed
+    by the next at once; one that returned at once with nothing (a host that can not wait), after the interval."""
+    local = LocalTransport(str(tmp_path / "jobs"))
+    start_job(local, JobSpec(run_name="p", commands=["sleep 0.5", "echo hi", "sleep 30"]))
+    follower = follower_of(local, "p")
+    try:
+        assert follower.poll(lambda data: None, wait=20) is None and follower.offset == 3
+        assert follower.pause(0.2) == 0.2
+        assert follower.poll(lambda data: None, wait=0.5) is None and follower.pause(0.2) == 0
+        assert follower.poll(lambda data: None) is None and 0 < follower.pause(0.2) <= 0.2
+    finally:
+        stop_job(local, "p", grace=0)
