@@ -138,6 +138,8 @@ def test_an_exit_code_written_a_moment_after_the_jobs_end_comes_with_the_read_th
             wrapper.wait()
         assert (chunk.data, chunk.exit_code) == (b"", 5 if kind != "busybox" or offset == 0 else None), name
         assert time.monotonic() - began < 5
+        if chunk.exit_code is not None:  # the read returned as the exit code came
+            assert time.time() - (folder / "exit_code").stat().st_mtime < 0.4, name
 
 
 @pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])

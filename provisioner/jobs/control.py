@@ -96,8 +96,9 @@ def _wait_past(offset: int, wait: float, limit: Optional[int]) -> str:
     poll instead, with no probe started on each step, and reads the log after it (b emptied); a later one returns
     at once, and the client polls (provisioner.jobs.follow)."""
     block = min(limit, _PIPE_READ) if limit is not None else _PIPE_READ
-    ended = ('[ -f exit_code ] || [ -d /proc/"$P" ] || timeout 1 tail -c +1 -F exit_code 2>/dev/null | '
-             "head -c 1 >/dev/null")
+    # (a name that is not there yet is looked for every -s, not by inotify: 1 s by default)
+    ended = (f'[ -f exit_code ] || [ -d /proc/"$P" ] || timeout 1 tail -c +1 -s {_PID_CHECK_S} -F exit_code '
+             "2>/dev/null | head -c 1 >/dev/null")
     fallback = ":"
     if offset == 0:
         fallback = (f"i=0; while [ $i -lt {int(wait / _WAIT_STEP_S)} ] && [ ! -f exit_code ] && [ ! -s output.log ]; "
