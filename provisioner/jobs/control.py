@@ -158,15 +158,16 @@ class LogChunk:
 LOG_READ_LIMIT = 8 << 20  # bytes of a log one read takes at most: a long log comes in pieces, in constant memory
 # How long a read waits on the host for the log's next bytes where there are none yet (the first line, or the next
 # one): a follower's idle node costs its host one read (4 programs) per wait, its keeper one relay and the client one
-# turn, where a poll every POLL_INTERVAL_S cost five of each a second. Its end is noticed within _PID_CHECK_S, a
-# notice by the line it writes; a Ctrl-C meets the read itself, or a command of another thread takes a session of
-# its own (provisioner.host), so the bound delays none of them: it adds to how long a host that stopped answering
-# mid-read takes to be noticed (the read's timeout; its connection's keep-alives notice a dead peer regardless) and
-# to a single node's max_duration check (15 s of margin; the host ends the job itself at max_duration).
+# turn, where a poll every POLL_INTERVAL_S cost five of each a second (but a keeper spends ~1.7-2.7 ms of CPU a
+# second on a relay that waits, measured, about what five polls' relays cost it). Its end is noticed within
+# _PID_CHECK_S, a notice by the line it writes; a Ctrl-C meets the read itself, or a command of another thread takes
+# a session of its own (provisioner.host), so the bound delays none of them: it adds to how long a host that stopped
+# answering mid-read takes to be noticed (the read's timeout; its connection's keep-alives notice a dead peer
+# regardless) and to a single node's max_duration check (15 s of margin; the host ends the job itself then).
 OUTPUT_WAIT_S = 5.0
 _WAIT_STEP_S = 0.01  # the step of a first read's poll where tail is not GNU's
 _PID_CHECK_S = 0.05  # how often a waiting tail looks at whether the job is there (a wake-up each: 0.01 cost ~2 ms
-# of the host's CPU a second per waiting node, measured; 0.05 ~0.4)
+# of the host's CPU a second per waiting node, measured; 0.05 a fifth of that)
 _PIPE_READ = 64 << 10  # the most one read(2) of a pipe gives (Linux's default pipe capacity)
 
 
