@@ -2,9 +2,10 @@
 `python -m provisioner.host.keeper`, its spec as JSON on stdin. It connects as provisioner.host.ssh.connect does
 (saying each retry, then `ready` or the error, one JSON line each on stdout), detaches, and serves its Unix socket:
 each client gets a shell of its own on the host (kept for the next client when it is done), and each client's
-first message is checked against the host's key (provisioner.host.ssh.untrusted_now, served_key_differs) before
-anything runs. A command that announced its use (provisioner.host.keeper_wire.announce) has the key exchange of
-its first client begun at its word, while it still plans (EarlyCheck).
+first message is checked against the host's key (provisioner.host.ssh.untrusted_now,
+provisioner.host.key_proof.served_key_differs) before anything runs. A command that announced its use
+(provisioner.host.keeper_wire.announce) has the key exchange of its first client begun at its word, while it still
+plans (EarlyCheck).
 
 It ends, removing its socket, after DSTACK_SSH_PERSIST seconds without a client, when its connection breaks, when a
 check fails, or when its socket is removed or replaced.
@@ -24,7 +25,8 @@ from typing import List, Optional
 
 from provisioner.host.keeper_client import KEY_CHECK_S, target_from_json
 from provisioner.host.keeper_wire import peer_is_me, recv_json, recv_stream, send_frame, send_json, socket_address
-from provisioner.host.ssh import SSHTransport, connect, served_key_differs, untrusted_now
+from provisioner.host.key_proof import served_key_differs
+from provisioner.host.ssh import SSHTransport, connect, untrusted_now
 from provisioner.host.transport import TransportError
 
 IDLE_SHELLS = 2  # shells kept open for the next clients
