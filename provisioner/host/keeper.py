@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from provisioner.host.keeper_client import KEY_CHECK_S, target_from_json
-from provisioner.host.keeper_wire import peer_is_me, recv_json, recv_stream, send_frame, send_json, socket_address
+from provisioner.host.keeper_wire import peer_is_me, recv_json, recv_stream, send_frames, send_json, socket_address
 from provisioner.host.key_proof import served_key_differs
 from provisioner.host.ssh import SSHTransport, connect, untrusted_now
 from provisioner.host.transport import TransportError
@@ -133,16 +133,20 @@ class Keeper:
                 return
         session.close()
 
-    def _begin_early_check(self, since) -> EarlyCheck:
+    def _begin_early_check(self, since, waited_for: bool) -> EarlyCheck:
         """A command announced its use (first at `since`): the key exchange for its first client begins now, unless
         one begun since its first word is there already (one at a time: a command that announced while one was under
-        way, begun before its word, has its client checked at its use); that check."""
+        way, begun before its word, has its client checked at its use); that check. One `waited_for` (the announcer
+        waits for its answer) runs in the calling thread rather than in a thread of its own."""
         with self._lock:
             early = self._early
             if early is not None and (early.running() or (isinstance(since, (int, float)) and early.started >= since)):
                 return early
             early = self._early = EarlyCheck()
-        threading.Thread(target=early.run, args=(self.connection,), daemon=True).start()
+        if waited_for:
+            early.run(self.connection)
+        else:
+            threading.Thread(target=early.run, args=(self.connection,), daemon=True).start()
         return early
 
     def _early_check_for(self, since) -> Optional[EarlyCheck]:
@@ -188,7 +192,7 @@ class Keeper:
         try:
             message = recv_json(client)
             if message.get("op") == "expect":  # no use of this keeper's: its idle time goes on
-                early = self._begin_early_check(message.get("since"))
+                early = self._begin_early_check(message.get("since"), waited_for=bool(message.get("answer")))
                 if message.get("answer"):  # the announcer tells the next keeper once this one's check is done
                     early.outcome(KEY_CHECK_S)
                     send_json(client, {"checked": True})
@@ -209,9 +213,7 @@ class Keeper:
                     if not self.connection.transport.is_active():
                         self._ending = True
                     continue
-                send_json(client, {"code": result.code})
-                send_frame(client, result.stdout)
-                send_frame(client, result.stderr)
+                send_frames(client, json.dumps({"code": result.code}).encode(), result.stdout, result.stderr)
         except (OSError, EOFError, ValueError, KeyError):
             pass  # the client went
         finally:
