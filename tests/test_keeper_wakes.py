@@ -1,7 +1,8 @@
 """What a keeper (provisioner.host.keeper) and its clients spend per command beyond the host's own work: a message
-and a command's answer go in one write (the other end wakes once), and an announced key check that its announcer
-waits for runs in the thread serving it (no thread of its own)."""
+and a command's answer go in one write (the other end wakes once), an announced key check that its announcer waits
+for runs in the thread serving it (no thread of its own), and a client is served by a thread the keeper has."""
 
+import os
 import socket
 import struct
 import threading
@@ -73,3 +74,29 @@ def test_an_announced_check_waited_for_runs_in_the_serving_thread(make_host, cli
         assert keeper._early_check_for(time.monotonic() - 1).outcome(0) is None  # the host still holds its key
     finally:
         connection.close()
+
+
+def test_a_keepers_next_clients_are_served_by_the_threads_it_has(make_host, client_key):
+    """A thread started per client cost ~0.1-0.3 ms of the keeper's CPU: once the first client is served, the next
+    ones (one after another) start no thread in the keeper."""
+    from provisioner.host.access import HostAccess
+    from provisioner.host.keeper_wire import keeper_folder
+    from tests.test_keeper import keeper_pid
+
+    host = make_host()
+    access = HostAccess(kind="ssh", hostname=host.address, user="root", identity_file=client_key[0],
+                        host_key=host.host_public_key)
+    threads_seen, pid = [], None
+    for _ in range(4):
+        kept = access.connect(total_wait=10)
+        try:
+            assert type(kept).__name__ == "KeptTransport" and kept.run("echo used").text == "used\n"
+            if pid is not None:  # the threads while the keeper serves this client
+                threads_seen.append(set(os.listdir(f"/proc/{pid}/task")))
+        finally:
+            kept.close()
+        if pid is None:  # asking its socket's peer is a client of the keeper's too
+            [path] = keeper_folder().glob("*.sock")
+            pid = keeper_pid(path)
+        time.sleep(0.5)  # the keeper's thread is done with the client
+    assert threads_seen[0] == threads_seen[1] == threads_seen[2], threads_seen
