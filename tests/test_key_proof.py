@@ -129,3 +129,14 @@ def test_a_host_without_curve25519_is_checked_by_paramikos_exchange(make_host, c
         assert served_key_differs(connection) == "the host serves another key now"
     finally:
         connection.close()
+
+
+def test_the_shared_secret_is_hashed_as_paramiko_hashes_it():
+    """The exchange hash covers the X25519 secret as an mpint (RFC 8731): no leading zero bytes, one zero byte before
+    a set top bit, as paramiko's Message.add_mpint writes the number."""
+    from provisioner.host.key_proof import _mpint
+
+    for secret in (bytes(31) + b"\x01", b"\x80" + bytes(31), b"\x00\x80" + bytes(30), b"\x7f" + b"\xff" * 31):
+        expected = paramiko.Message()
+        expected.add_mpint(int.from_bytes(secret, "big"))
+        assert _mpint(secret) == expected.asbytes(), secret.hex()
