@@ -85,9 +85,12 @@ class CpuGroups:
             self.usable = False
 
     def join(self, part: str, pids) -> None:
+        """Each process of `pids` with all its threads (`cgroup.procs`; cgroup v1's `tasks` moved the one thread
+        whose id is the pid: a keeper's threads started before, its connection's and those serving its clients,
+        were counted nowhere)."""
         for pid in pids:
             try:
-                (self.paths[part] / ("cgroup.procs" if self.v2 else "tasks")).write_text(str(pid))
+                (self.paths[part] / "cgroup.procs").write_text(str(pid))
             except OSError:  # gone meanwhile
                 pass
 
@@ -101,8 +104,8 @@ class CpuGroups:
 
     def remove(self) -> None:
         for path in self.paths.values():
-            root = path.parent / ("cgroup.procs" if self.v2 else "tasks")
-            for pid in (path / ("cgroup.procs" if self.v2 else "tasks")).read_text().split() if path.exists() else ():
+            root = path.parent / "cgroup.procs"
+            for pid in (path / "cgroup.procs").read_text().split() if path.exists() else ():
                 try:
                     root.write_text(pid)
                 except OSError:
@@ -135,11 +138,13 @@ def unmount(hosts: list) -> None:
     hosts.clear()
 
 
-def keeper_pids() -> list:
+def keeper_pids(home: str) -> list:
+    """The keepers of the runs' $DSTACK_HOME (not those of other commands on this machine)."""
     found = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and b"provisioner.host.keeper" in Path(f"/proc/{entry}/cmdline").read_bytes():
+            if (entry.isdigit() and b"provisioner.host.keeper" in Path(f"/proc/{entry}/cmdline").read_bytes()
+                    and f"DSTACK_HOME={home}".encode() in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")):
                 found.append(entry)
         except OSError:
             pass
@@ -153,7 +158,7 @@ def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT,
     if groups is not None:
         for host in hosts:
             groups.join("hosts", host.pids())
-        groups.join("keepers", keeper_pids())
+        groups.join("keepers", keeper_pids(env["DSTACK_HOME"]))
     split_at_start = groups.seconds() if groups is not None else ()
     split = None
     start, busy_at_start, busy = time.perf_counter(), machine_busy_s(), None
