@@ -10,16 +10,28 @@ machine's files, and as root every node's job would read root's login profile, w
 that all of them share (8 logins at once take ~12x one login here), which hosts of a real cluster never do. The
 hosts also share this machine's cores: each node's job start (login shell, Python venv) is CPU work on the same
 2 cores, so the figure grows with N here even where every step runs in parallel.
+
+Each host's folder (its user's home, the jobs folder and its host cache) is a file system of its own, as a real
+host's disk is: an ext4 image with a journal (mkfs.ext4's default) on a loop device. This machine's own file system
+is ext4 without a journal, and without one ext4 skips, when it makes a new file, every inode removed in the last
+30 s (`recently_deleted`, reading each one's inode block): 16 hosts on that one file system made each other's file
+creations slower in proportion to all the hosts' removals, a cost that grows with N and that no cluster's hosts
+share (measured here, 16 nodes: the hosts' CPU per node 41 ms on the shared file system, 29 ms on disks of their
+own). `--shared-disk` puts all hosts' folders on this machine's file system, as before (and where loop devices can
+not be mounted, the script says so and does the same).
 Beside each kept figure: the CPU-seconds the whole machine was busy until the last first line (hosts, keepers
 and client), and that as a share of its cores: near 100%, the figure is bound by this machine's CPU. Where cgroups
 can count CPU time (cgroup v1 `cpuacct` or v2), that time is split: per node on the hosts (each host's sshd and all
 it starts), in the keepers (per node) and in the client (`dstack apply` itself); other load on the machine is
 in none of them.
 
+The sizes take turns within each round (3, 8, 16, then 16, 8, 3, ...), so that the ratios compare figures taken
+over the same minutes.
+
 `--before CHECKOUT` measures another checkout's `dstack apply` (e.g. main before a change) in the same rounds, on
 the same hosts: the machine's load changes by the minute, so only figures from the same rounds compare.
 
-Run: sudo python benchmarks/cluster_bench.py [--runs N] [--sizes 3,8,16] [--before CHECKOUT]
+Run: sudo python benchmarks/cluster_bench.py [--runs N] [--sizes 3,8,16] [--before CHECKOUT] [--shared-disk]
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,9 +85,12 @@ class CpuGroups:
             self.usable = False
 
     def join(self, part: str, pids) -> None:
+        """Each process of `pids` with all its threads (`cgroup.procs`; cgroup v1's `tasks` moved the one thread
+        whose id is the pid: a keeper's threads started before, its connection's and those serving its clients,
+        were counted nowhere)."""
         for pid in pids:
             try:
-                (self.paths[part] / ("cgroup.procs" if self.v2 else "tasks")).write_text(str(pid))
+                (self.paths[part] / "cgroup.procs").write_text(str(pid))
             except OSError:  # gone meanwhile
                 pass
 
@@ -88,8 +104,8 @@ class CpuGroups:
 
     def remove(self) -> None:
         for path in self.paths.values():
-            root = path.parent / ("cgroup.procs" if self.v2 else "tasks")
-            for pid in (path / ("cgroup.procs" if self.v2 else "tasks")).read_text().split() if path.exists() else ():
+            root = path.parent / "cgroup.procs"
+            for pid in (path / "cgroup.procs").read_text().split() if path.exists() else ():
                 try:
                     root.write_text(pid)
                 except OSError:
@@ -100,11 +116,35 @@ class CpuGroups:
                 pass
 
 
-def keeper_pids() -> list:
+def own_disk(host: NamespaceHost, images: Path) -> bool:
+    """Mounts a new journaled ext4 image (a sparse file in `images`) on `host`'s folder, before the host writes
+    anything there; False where this machine can not (no loop devices): the folder stays on the shared one."""
+    image = images / f"disk-{host.index}.img"
+    image.touch()
+    os.truncate(image, 256 << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True)
+    if made.returncode != 0 or subprocess.run(["mount", "-o", "loop", str(image), str(host.dir)],
+                                              capture_output=True).returncode != 0:
+        image.unlink()
+        return False
+    return True
+
+
+def unmount(hosts: list) -> None:
+    """Each host's own disk unmounted (its files go with the image) and the mount point removed."""
+    for host in hosts:
+        subprocess.run(["umount", "-l", str(host.dir)], capture_output=True)
+        shutil.rmtree(host.dir, ignore_errors=True)
+    hosts.clear()
+
+
+def keeper_pids(home: str) -> list:
+    """The keepers of the runs' $DSTACK_HOME (not those of other commands on this machine)."""
     found = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and b"provisioner.host.keeper" in Path(f"/proc/{entry}/cmdline").read_bytes():
+            if (entry.isdigit() and b"provisioner.host.keeper" in Path(f"/proc/{entry}/cmdline").read_bytes()
+                    and f"DSTACK_HOME={home}".encode() in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")):
                 found.append(entry)
         except OSError:
             pass
@@ -118,7 +158,7 @@ def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT,
     if groups is not None:
         for host in hosts:
             groups.join("hosts", host.pids())
-        groups.join("keepers", keeper_pids())
+        groups.join("keepers", keeper_pids(env["DSTACK_HOME"]))
     split_at_start = groups.seconds() if groups is not None else ()
     split = None
     start, busy_at_start, busy = time.perf_counter(), machine_busy_s(), None
@@ -157,6 +197,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="3,8,16")
     parser.add_argument("--before", metavar="CHECKOUT", help="another checkout of this project (e.g. main before a "
                         "change) whose `dstack apply` is measured beside, kept connections, in the same rounds")
+    parser.add_argument("--shared-disk", action="store_true", help="all hosts' folders on this machine's file "
+                        "system (as before: one file system, without a journal here), not a disk of each host's own")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     require_namespaces()
@@ -166,7 +208,16 @@ def main() -> None:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         hosts = [NamespaceHost(Path(f"{key}.pub").read_text().strip(), login_user="bench") for _ in range(max(sizes))]
         switch = Switch()
+        mounted = []
         try:
+            if not args.shared_disk:
+                (folder / "disks").mkdir()
+                for host in hosts:
+                    if not own_disk(host, folder / "disks"):
+                        print("loop devices can not be mounted here: the hosts share this machine's file system")
+                        unmount(mounted)
+                        break
+                    mounted.append(host)
             for host in hosts:
                 host.start()
                 for path in (host.dir, host.dir / "authorized_keys"):  # its user adds and removes cluster keys
@@ -183,21 +234,27 @@ def main() -> None:
             if applied.returncode != 0:
                 raise SystemExit(applied.stderr)
             cli(env, "apply", "-f", str(write_task(folder, 1)), "-y", "-n", "warm-up")  # bytecode caches
-            print(f"`dstack apply` of an N-node task on a {len(hosts)}-host SSH fleet (namespace hosts), median of "
-                  f"{args.runs}, seconds (load {os.getloadavg()[0]:.1f}):")
+            disks = ("each host's folder on a disk of its own (ext4 with a journal)" if len(mounted) == len(hosts)
+                     else "all hosts' folders on this machine's file system")
+            print(f"`dstack apply` of an N-node task on a {len(hosts)}-host SSH fleet (namespace hosts; {disks}), "
+                  f"median of {args.runs}, seconds (load {os.getloadavg()[0]:.1f}):")
             print("  nodes  last first line  end    | connecting each time: last first line  end"
                   + ("    | --before: last first line  end" if args.before else ""))
             figures, before_figures = {}, {}
             groups = CpuGroups()
+            # Sizes take turns within each round, in the opposite order every other round: the machine's load
+            # drifts by the minute, and a ratio of figures taken minutes apart would measure that drift too.
+            found = {(nodes, label): [] for nodes in sizes for label in ("kept", "direct", "before")}
+            for run in range(args.runs):
+                for nodes in sizes if run % 2 == 0 else sizes[::-1]:
+                    rounds = [("kept", "300", ROOT), ("direct", "0", ROOT)]
+                    rounds += [("before", "300", Path(args.before))] if args.before else []
+                    for label, persist, checkout in rounds:
+                        found[nodes, label].append(one_run(dict(env, DSTACK_SSH_PERSIST=persist),
+                                                           write_task(folder, nodes), f"bench-{nodes}-{label}-{run}",
+                                                           nodes, checkout, groups, hosts))
             for nodes in sizes:
-                conf = write_task(folder, nodes)
-                kept, direct, before = [], [], []
-                for run in range(args.runs):
-                    rounds = [("kept", "300", kept, ROOT), ("direct", "0", direct, ROOT)]
-                    rounds += [("before", "300", before, Path(args.before))] if args.before else []
-                    for label, persist, found, checkout in rounds:
-                        found.append(one_run(dict(env, DSTACK_SSH_PERSIST=persist), conf,
-                                             f"bench-{nodes}-{label}-{run}", nodes, checkout, groups, hosts))
+                kept, direct, before = (found[nodes, label] for label in ("kept", "direct", "before"))
                 figures[nodes] = statistics.median(max(firsts) for firsts, *_ in kept)
                 line = (f"  {nodes:>5}  {figures[nodes]:15.2f}  {statistics.median(r[1] for r in kept):5.2f}  |"
                         f"  {statistics.median(max(firsts) for firsts, *_ in direct):36.2f}  "
@@ -223,6 +280,7 @@ def main() -> None:
             switch.cleanup()
             for host in hosts:
                 host.cleanup()
+            unmount(mounted)
 
 
 def cpu_split(results: list, nodes: int, groups: CpuGroups) -> str:

@@ -133,6 +133,26 @@ def test_an_interrupted_start_adds_no_line_after_it_has_returned(cluster):
     assert second.commands == []
 
 
+def test_the_keys_runs_left_on_the_nodes_are_read_once_for_all_of_them(cluster, monkeypatch):
+    """Each node's connection removes the cluster keys earlier runs left on it (revoke_left), from one read of the
+    store for every node: a read per node took ~0.4 ms of the command's CPU each."""
+    from provisioner.store.connection import SqliteDb
+
+    jobs, line = cluster
+    for rank, host in enumerate(jobs.hosts):
+        jobs.store.add_key_left(f"old{rank}", host.to_json())
+    statements, execute = [], SqliteDb.execute
+    monkeypatch.setattr(SqliteDb, "execute", lambda db, sql, *rest: statements.append(sql) or execute(db, sql, *rest))
+    first, second = Recording(), Recording()
+    CONNECTIONS.update({"10.251.9.1": lambda: first, "10.251.9.2": lambda: second})
+    jobs.connect(lambda _: None, cluster_line=line)
+    assert len([sql for sql in statements if sql.startswith("SELECT") and "cluster_keys_left" in sql]) == 1
+    for rank, node in enumerate((first, second)):  # each node's own old key removed, and its line added
+        assert "dstack-cluster-old" + str(rank) in node.commands[0] and shlex.quote(line) in node.commands[1]
+        assert not any(f"old{1 - rank}" in command for command in node.commands)
+    assert all(jobs.store.keys_left(host.to_json()) == [] for host in jobs.hosts)
+
+
 def test_the_first_pair_is_made_in_a_thread_of_its_own_and_each_attempt_gets_a_new_one(monkeypatch):
     made = []
     new_key_pair = cluster_ssh.new_key_pair

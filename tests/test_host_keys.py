@@ -169,3 +169,71 @@ def test_the_keys_a_clusters_job_folders_get_are_read_as_paramiko_reads_known_ho
     hashed.save(str(tmp_path / "hashed"))
     path.write_text(text + (tmp_path / "hashed").read_text())
     assert recorded_key_lines(targets)[3] == [" ".join(made["ecdsa"])]
+
+
+def made_keys(tmp_path, *kinds) -> list:
+    made = []
+    for number, kind in enumerate(kinds):
+        key_path = tmp_path / f"made-{number}-{kind}"
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(key_path)], check=True)
+        made.append(" ".join((tmp_path / f"{key_path.name}.pub").read_text().split()[:2]))
+    return made
+
+
+def test_the_recorded_keys_are_those_paramiko_reads_from_the_file(tmp_path):
+    """recorded_host_keys parses known_hosts' text itself (once for the same text): for each host, the keys paramiko's
+    HostKeys reads from the file, whatever the file holds (a host's key type recorded twice: the first line; the same
+    line twice; hashed names, comments, a line whose key does not parse, CR LF ends); a marker line (which paramiko
+    cannot read) is refused as paramiko refuses it."""
+    import paramiko
+
+    from provisioner.host.known_hosts import recorded_host_keys
+
+    first, second, ecdsa, rsa = made_keys(tmp_path, "ed25519", "ed25519", "ecdsa", "rsa")
+    hashed = paramiko.HostKeys()
+    hashed.add(paramiko.HostKeys.hash_host("10.0.0.7"), "ssh-ed25519",
+               paramiko.PKey.from_type_string("ssh-ed25519", base64.b64decode(second.split()[1])))
+    hashed.save(str(tmp_path / "hashed"))
+    text = (f"# a comment\n10.0.0.1 {first}\n10.0.0.1 {second}\n10.0.0.1 {ecdsa}\r\n10.0.0.1 {first}\n\n"
+            f"[10.0.0.2]:2222,10.0.0.3 {rsa}\n10.0.0.3 {first}\n"
+            f"10.0.0.5 ssh-ed25519 AAAA\n10.0.0.5 {ecdsa}\n10.0.0.6 unknown-type AAAA\n"
+            + (tmp_path / "hashed").read_text())
+    path = known_hosts_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    read_by_paramiko = paramiko.HostKeys(str(path))
+    for target in (SSHTarget("10.0.0.1"), SSHTarget("10.0.0.2", port=2222), SSHTarget("10.0.0.3"),
+                   SSHTarget("10.0.0.4"), SSHTarget("10.0.0.5"), SSHTarget("10.0.0.6"), SSHTarget("10.0.0.7"),
+                   SSHTarget("10.0.0.8")):
+        name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+        expected = {kind: key.asbytes() for kind, key in dict(read_by_paramiko.lookup(name) or {}).items()}
+        assert {kind: key.asbytes() for kind, key in recorded_host_keys(target).items()} == expected, name
+    assert recorded_host_keys(SSHTarget("10.0.0.1"))["ssh-ed25519"].get_base64() == first.split()[1]
+    path.write_text(text + f"@revoked 10.0.0.4 {second}\n")
+    with pytest.raises(paramiko.hostkeys.InvalidHostKey):
+        paramiko.HostKeys(str(path))
+    with pytest.raises(paramiko.hostkeys.InvalidHostKey):
+        recorded_host_keys(SSHTarget("10.0.0.1"))
+
+
+def test_known_hosts_is_read_at_each_check_and_parsed_once_for_the_same_text(tmp_path, monkeypatch):
+    """A kept connection checks known_hosts before each command's use (untrusted_now): the file is read each time, so
+    a changed record counts at once, but the same text is not parsed again (every line's key, ~0.5 ms for 16 hosts)."""
+    import paramiko
+
+    from provisioner.host.known_hosts import recorded_host_keys
+
+    keys = made_keys(tmp_path, *["ed25519"] * 17)
+    path = known_hosts_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"10.0.1.{number} {key}\n" for number, key in enumerate(keys[:16])))
+    parsed = []
+    from_line = paramiko.hostkeys.HostKeyEntry.from_line
+    monkeypatch.setattr(paramiko.hostkeys.HostKeyEntry, "from_line",
+                        classmethod(lambda cls, line, lineno=None: parsed.append(line) or from_line(line, lineno)))
+    target = SSHTarget("10.0.1.5")
+    assert recorded_host_keys(target)["ssh-ed25519"].get_base64() == keys[5].split()[1]
+    assert recorded_host_keys(target)["ssh-ed25519"].get_base64() == keys[5].split()[1]
+    assert len(parsed) <= 16  # the second check parsed nothing (the first, at most each line once)
+    path.write_text(path.read_text().replace(keys[5], keys[16]))  # the same size: a host's key replaced in place
+    assert recorded_host_keys(target)["ssh-ed25519"].get_base64() == keys[16].split()[1]

@@ -2,9 +2,10 @@
 `python -m provisioner.host.keeper`, its spec as JSON on stdin. It connects as provisioner.host.ssh.connect does
 (saying each retry, then `ready` or the error, one JSON line each on stdout), detaches, and serves its Unix socket:
 each client gets a shell of its own on the host (kept for the next client when it is done), and each client's
-first message is checked against the host's key (provisioner.host.ssh.untrusted_now, served_key_differs) before
-anything runs. A command that announced its use (provisioner.host.keeper_wire.announce) has the key exchange of
-its first client begun at its word, while it still plans (EarlyCheck).
+first message is checked against the host's key (provisioner.host.ssh.untrusted_now,
+provisioner.host.key_proof.served_key_differs) before anything runs. A command that announced its use
+(provisioner.host.keeper_wire.announce) has the key exchange of its first client begun at its word, while it still
+plans (EarlyCheck).
 
 It ends, removing its socket, after DSTACK_SSH_PERSIST seconds without a client, when its connection breaks, when a
 check fails, or when its socket is removed or replaced.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import sys
@@ -23,8 +25,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from provisioner.host.keeper_client import KEY_CHECK_S, target_from_json
-from provisioner.host.keeper_wire import peer_is_me, recv_json, recv_stream, send_frame, send_json, socket_address
-from provisioner.host.ssh import SSHTransport, connect, served_key_differs, untrusted_now
+from provisioner.host.keeper_wire import peer_is_me, recv_json, recv_stream, send_frames, send_json, socket_address
+from provisioner.host.key_proof import served_key_differs
+from provisioner.host.ssh import SSHTransport, connect, untrusted_now
 from provisioner.host.transport import TransportError
 
 IDLE_SHELLS = 2  # shells kept open for the next clients
@@ -58,6 +61,34 @@ class EarlyCheck:
         return self._why
 
 
+class _Workers:
+    """The threads that serve the keeper's clients, each kept for the next client once done with one: a thread
+    started per client cost ~0.1-0.3 ms of CPU, and a command's start on a node has two clients (its announcement's
+    word and its use). A new thread where every kept one is busy; the keeper's life bounds how many it keeps."""
+
+    def __init__(self, serve_client):
+        self._serve_client = serve_client
+        self._clients: "queue.SimpleQueue[socket.socket]" = queue.SimpleQueue()
+        self._idle = 0  # threads waiting for a client: as many as there are, each get() below is answered
+        self._lock = threading.Lock()
+
+    def serve(self, client: socket.socket) -> None:
+        with self._lock:
+            waiting = self._idle > 0
+            self._idle -= waiting
+        if waiting:
+            self._clients.put(client)
+        else:
+            threading.Thread(target=self._work, args=(client,), daemon=True).start()
+
+    def _work(self, client: socket.socket) -> None:
+        while True:
+            self._serve_client(client)
+            with self._lock:
+                self._idle += 1
+            client = self._clients.get()
+
+
 class Keeper:
     def __init__(self, connection: SSHTransport, path: Path, persist: float):
         self.connection = connection
@@ -71,6 +102,7 @@ class Keeper:
         self._ending = False
         self._inode: Optional[int] = None
         self._early: Optional[EarlyCheck] = None
+        self._workers = _Workers(self._serve_client)
 
     def bind(self) -> socket.socket:
         """Listens at a new name, 0600 from the start (umask), then renames it over `path` (a dead keeper's socket
@@ -104,7 +136,7 @@ class Keeper:
                 continue
             with self._lock:
                 self._clients += 1
-            threading.Thread(target=self._serve_client, args=(client,), daemon=True).start()
+            self._workers.serve(client)
 
     def _should_end(self) -> bool:
         transport = self.connection.transport
@@ -131,16 +163,20 @@ class Keeper:
                 return
         session.close()
 
-    def _begin_early_check(self, since) -> EarlyCheck:
+    def _begin_early_check(self, since, waited_for: bool) -> EarlyCheck:
         """A command announced its use (first at `since`): the key exchange for its first client begins now, unless
         one begun since its first word is there already (one at a time: a command that announced while one was under
-        way, begun before its word, has its client checked at its use); that check."""
+        way, begun before its word, has its client checked at its use); that check. One `waited_for` (the announcer
+        waits for its answer) runs in the calling thread rather than in a thread of its own."""
         with self._lock:
             early = self._early
             if early is not None and (early.running() or (isinstance(since, (int, float)) and early.started >= since)):
                 return early
             early = self._early = EarlyCheck()
-        threading.Thread(target=early.run, args=(self.connection,), daemon=True).start()
+        if waited_for:
+            early.run(self.connection)
+        else:
+            threading.Thread(target=early.run, args=(self.connection,), daemon=True).start()
         return early
 
     def _early_check_for(self, since) -> Optional[EarlyCheck]:
@@ -186,7 +222,7 @@ class Keeper:
         try:
             message = recv_json(client)
             if message.get("op") == "expect":  # no use of this keeper's: its idle time goes on
-                early = self._begin_early_check(message.get("since"))
+                early = self._begin_early_check(message.get("since"), waited_for=bool(message.get("answer")))
                 if message.get("answer"):  # the announcer tells the next keeper once this one's check is done
                     early.outcome(KEY_CHECK_S)
                     send_json(client, {"checked": True})
@@ -207,9 +243,7 @@ class Keeper:
                     if not self.connection.transport.is_active():
                         self._ending = True
                     continue
-                send_json(client, {"code": result.code})
-                send_frame(client, result.stdout)
-                send_frame(client, result.stderr)
+                send_frames(client, json.dumps({"code": result.code}).encode(), result.stdout, result.stderr)
         except (OSError, EOFError, ValueError, KeyError):
             pass  # the client went
         finally:

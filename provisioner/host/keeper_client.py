@@ -35,7 +35,7 @@ from provisioner.host.liveness import HOST_TIMEOUT_VARIABLE, liveness
 from provisioner.host.ssh import (AuthenticationRefused, HostKeyChanged, HostKeyUnknown, SSHTarget, SSHTransport,
                                   connect)
 from provisioner.host.keeper_wire import (announce, announced_at, keeper_folder, peer_is_me, private_folder, recv_frame,
-                                          persist_seconds, recv_json, remember_uses, send_frame, send_json,
+                                          persist_seconds, recv_json, remember_uses, send_frames, send_json,
                                           socket_address, using)
 from provisioner.host.transport import CommandResult, Stdin, TransportError
 
@@ -126,12 +126,15 @@ class KeptTransport:
             try:
                 sock.settimeout(None if timeout is None else timeout + 10)
                 streamed = stdin is not None and stdin != b""
-                send_json(sock, {"op": "run", "command": command, "timeout": timeout, "stdin": streamed})
-                if streamed:
-                    for chunk in ([stdin] if isinstance(stdin, bytes) else stdin):
+                header = json.dumps({"op": "run", "command": command, "timeout": timeout, "stdin": streamed}).encode()
+                if not streamed or isinstance(stdin, bytes):  # the request whole, in one write
+                    send_frames(sock, header, *((stdin, b"") if streamed else ()))
+                else:  # chunks as they are made
+                    send_frames(sock, header)
+                    for chunk in stdin:
                         if chunk:
-                            send_frame(sock, bytes(chunk))
-                    send_frame(sock, b"")
+                            send_frames(sock, bytes(chunk))
+                    send_frames(sock, b"")
                 reply = recv_json(sock)
                 if "error" in reply:
                     self._sock = sock

@@ -50,14 +50,15 @@ def keeper_folder() -> Path:
     return dstack_home() / "keepers"
 
 
-def send_frame(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(struct.pack(">I", len(data)))
-    if data:
-        sock.sendall(data)
+def send_frames(sock: socket.socket, *messages: bytes) -> None:
+    """`messages` in one write: the other end wakes once for them all, where a write for each length and each message
+    woke a keeper's thread, or a command's, up to six times for a command's answer (each wake ~0.05 ms of CPU on a
+    busy machine)."""
+    sock.sendall(b"".join(struct.pack(">I", len(data)) + data for data in messages))
 
 
 def send_json(sock: socket.socket, message: dict) -> None:
-    send_frame(sock, json.dumps(message).encode())
+    send_frames(sock, json.dumps(message).encode())
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

@@ -117,6 +117,21 @@ _FRAMED_PROBE = ('if [ -n "${BASH_VERSION:-}" ] && head --version 2>/dev/null | 
                  'else echo; fi; ')
 
 
+class _EndLine:
+    """The line a command's trailer prints last on stdout, `MARKER STATUS` (SSHTransport._in_shell), as `search` finds
+    it at the end of what was read, from `start` on. One pattern for every marker: a pattern of the marker's own was
+    compiled for each command (~45 us, 10 per node of a cluster's start)."""
+
+    PATTERN = re.compile(rb"\n(?P<marker>__dstack_[0-9a-f]{16}) (?P<status>-?\d+)\n$")
+
+    def __init__(self, marker: str):
+        self.marker = marker.encode()
+
+    def search(self, text, start: int = 0):
+        match = self.PATTERN.search(text, start)
+        return match if match is not None and match.group("marker") == self.marker else None
+
+
 class SSHTransport:
     """Commands without stdin go to one long-lived `sh` on the host, framed by a random marker: the user's login
     shell (and its .bashrc, ~100 ms on some hosts) starts once per connection instead of once per command. Commands
@@ -212,7 +227,7 @@ class SSHTransport:
             self._shell.exec_command("exec sh")
             self._framed, probe = False, _FRAMED_PROBE
         marker = "__dstack_" + secrets.token_hex(8)
-        end_out = re.compile(rb"\n" + marker.encode() + rb" (-?\d+)\n$")
+        end_out = _EndLine(marker)
         end_err = ("\n" + marker + "\n").encode()
         no_base64 = f"{marker} no base64\n".encode()
         trailer = f"; printf '\\n{marker} %d\\n' $?; printf '\\n{marker}\\n' >&2\n"
@@ -244,7 +259,7 @@ class SSHTransport:
         if stdin is not None and stderr == no_base64 + end_err and match.start() == 0:
             self._has_base64 = False
             return None
-        return CommandResult(int(match.group(1)), bytes(stdout[:match.start()]), bytes(stderr[:-len(end_err)]))
+        return CommandResult(int(match.group("status")), bytes(stdout[:match.start()]), bytes(stderr[:-len(end_err)]))
 
     def close(self) -> None:
         if not self._owns_client:
@@ -445,34 +460,6 @@ def scan_host_key(target: SSHTarget, total_wait: Optional[float] = None):
     raise AssertionError("the capture policy let a connection through")
 
 
-def served_host_key(target: SSHTarget, jump: Optional[SSHTransport] = None, timeout: float = 10.0,
-                    key_type: Optional[str] = None):
-    """The key the host serves now, from a key exchange of its own (nothing trusted, no login): how a kept connection
-    (provisioner.host.keeper) learns, before each use, that the host still has the key it was opened with.
-    `key_type` (as a key's get_name() says it) is asked for first, as a connection that knows the host's key asks
-    for that key's type: a host serving several keys answers with the one compared, not with paramiko's favourite."""
-    import paramiko
-
-    if jump is not None:
-        sock = jump.transport.open_channel("direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
-                                           timeout=timeout)
-    else:
-        sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    exchange = paramiko.Transport(sock)
-    if key_type is not None:
-        options = exchange.get_security_options()
-        if key_type == "ssh-rsa":  # signed with SHA-2 (rsa-sha2-512 first), as paramiko's own connect asks for it
-            key_type = next((name for name in options.key_types if name.startswith("rsa-sha2-")), key_type)
-        options.key_types = [key_type] + [name for name in options.key_types if name != key_type]
-    try:
-        exchange.start_client(timeout=timeout)
-        return exchange.get_remote_server_key()
-    finally:
-        exchange.close()
-
-
-
 def untrusted_now(connection: SSHTransport) -> Optional[str]:
     """Why `connection` may no longer be used, as this machine can tell (None: it may): it is gone, or the key it was
     opened with is no longer the run's or the recorded one (known_hosts changed since). served_key_differs asks the
@@ -491,20 +478,3 @@ def untrusted_now(connection: SSHTransport) -> Optional[str]:
     elif recorded_host_keys(target).get(opened_with.get_name()) != opened_with:
         return "its host key is no longer the recorded one"
     return None
-
-
-def served_key_differs(connection: SSHTransport, timeout: float = 10.0) -> Optional[str]:
-    """Why `connection` may no longer be used, as the host tells (None: it may): the host serves another key now than
-    the one the connection was opened with (reinstalled), or did not answer a key exchange (the checks a new
-    connection would make, without its login)."""
-    import paramiko
-
-    transport = connection.transport
-    if transport is None or not transport.is_active():
-        return "the connection is gone"
-    opened_with = transport.get_remote_server_key()
-    try:
-        served = served_host_key(connection.target, connection.jump, timeout, opened_with.get_name())
-    except (OSError, paramiko.SSHException, EOFError) as e:
-        return f"the host did not answer a key exchange: {_why(e)}"
-    return None if served == opened_with else "the host serves another key now"

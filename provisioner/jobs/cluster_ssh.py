@@ -163,11 +163,12 @@ def revoke_everywhere(store: StateStore, run_name: str, hosts: Sequence[HostAcce
 
 
 def revoke_left(store: StateStore, host: HostAccess, transport: Transport, report: Callable[[str], None],
-                starting: Optional[str] = None) -> None:
+                starting: Optional[str] = None, left: Optional[list] = None) -> None:
     """At a connection to `host`: the cluster keys that runs left there, unreachable when they ended, removed and
-    named. A run of that name that is active now holds the line itself, and is left alone unless it is `starting`
-    (the run connecting to start its jobs, before it adds its own line: an old line would stand in its way)."""
-    for run_name, node in store.keys_left(host.to_json()):
+    named (`left`: store.keys_left for the host, where the caller read it already). A run of that name that is active
+    now holds the line itself, and is left alone unless it is `starting` (the run connecting to start its jobs,
+    before it adds its own line: an old line would stand in its way)."""
+    for run_name, node in store.keys_left(host.to_json()) if left is None else left:
         current = store.get_run(run_name)
         if current is not None and current.active and run_name != starting:
             continue

@@ -118,9 +118,10 @@ class RunJobs:
         (each within its command's timeout)."""
         additions = _Additions()
         refused: Dict[int, BaseException] = {}
+        keys_left = self.store.keys_left_on([host.to_json() for host in self.hosts])
 
         def connect_one(rank: int) -> None:
-            transport = self.reach(rank, 300, log, booting, starting=True)
+            transport = self.reach(rank, 300, log, booting, starting=True, keys_left=keys_left[rank])
             if cluster_line is None:
                 return
             with additions.begun() as begun:
@@ -139,12 +140,13 @@ class RunJobs:
             raise refused[min(refused)]
 
     def reach(self, rank: int, total_wait: float, log: Callable[[str], None], booting: bool = False,
-              starting: bool = False) -> Transport:
+              starting: bool = False, keys_left: Optional[list] = None) -> Transport:
         """The connection to node `rank`, made now; cluster keys earlier runs left on that host go with it
-        (provisioner.jobs.cluster_ssh.revoke_left)."""
+        (provisioner.jobs.cluster_ssh.revoke_left; `keys_left`: those the store had for it, read for every node at
+        once, else read now)."""
         host = self.hosts[rank]
         transport = self.transports[rank] = host.connect(total_wait=total_wait, log=log, booting=booting)
-        revoke_left(self.store, host, transport, log, starting=self.run_name if starting else None)
+        revoke_left(self.store, host, transport, log, starting=self.run_name if starting else None, left=keys_left)
         return transport
 
     def start(self, specs: Sequence[JobSpec], startup_order: Optional[str], progress: Callable,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import fields
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from configuration.errors import ConfigurationError, DstackError
 from provisioner.store.connection import Damage, StoreFile, load_json, owner, read_again, stored_status
@@ -288,13 +288,18 @@ class RunTables(StoreFile):
             db.execute("INSERT INTO cluster_keys_left (run, host) VALUES (?, ?) ON CONFLICT DO NOTHING",
                        (run, json.dumps(host, sort_keys=True)))
 
-    @read_again
     def keys_left(self, host: dict) -> List[Tuple[str, dict]]:
         """(run, its node as recorded) for each run whose key is left on `host`'s account: its address and user."""
+        return self.keys_left_on([host])[0]
+
+    @read_again
+    def keys_left_on(self, hosts: Sequence[dict]) -> List[List[Tuple[str, dict]]]:
+        """keys_left of each of `hosts`, from one read: a cluster's start connects to all its nodes at once, and a
+        read of its own for each node took ~0.4 ms of CPU (a connection to the store)."""
         with self._connect(read=True) as db:
             rows = db.execute("SELECT run, host FROM cluster_keys_left ORDER BY run").fetchall()
             left = [(run, load_json(text, dict, f"the node run {run}'s cluster key was left on")) for run, text in rows]
-        return [(run, node) for run, node in left if _account(node) == _account(host)]
+        return [[(run, node) for run, node in left if _account(node) == _account(host)] for host in hosts]
 
     def remove_key_left(self, run: str, host: dict) -> None:
         with self._connect() as db:
