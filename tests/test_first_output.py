@@ -7,9 +7,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from provisioner.host.ssh import SSHTarget, connect
 from provisioner.host.transport import LocalTransport
-from provisioner.jobs.control import read_log, start_job, stop_job
+from provisioner.jobs.control import LOG_READ_LIMIT, read_log, start_job, stop_job
 from provisioner.jobs.script import JobSpec
+from tests.test_ssh_bash_shell import bash_is_sh
 
 
 def processes_in(folder: Path) -> list:
@@ -60,3 +64,27 @@ def test_a_waiting_read_of_a_job_that_ends_without_output_returns_its_exit_code(
     began = time.monotonic()
     chunk = read_log(local, "silent", 0, wait=20)
     assert (chunk.data, chunk.exit_code) == (b"", 3) and time.monotonic() - began < 10
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash"])
+def test_a_waiting_read_through_the_hosts_long_lived_shell_gives_the_first_line_as_it_comes(make_host, client_key,
+                                                                                            shell):
+    """Over SSH the read runs in the connection's long-lived shell (provisioner.host.ssh), dash or bash as a RHEL
+    host's `sh`: the first bytes that tail follows in reach the client through that shell's stdout."""
+    host = make_host(login_user="plain")
+    if shell == "bash":
+        bash_is_sh(host)
+    ssh = connect(SSHTarget(hostname=host.address, user="plain", identity_file=client_key[0],
+                            host_key=host.host_public_key), total_wait=10)
+    try:
+        start_job(ssh, JobSpec(run_name="late", commands=["sleep 1", "echo late", "sleep 30"]))
+        began = time.monotonic()
+        chunk = read_log(ssh, "late", 0, limit=LOG_READ_LIMIT, wait=20)
+        assert (chunk.data, chunk.exit_code) == (b"late\n", None) and 0.8 < time.monotonic() - began < 10
+        assert read_log(ssh, "late", 5, limit=LOG_READ_LIMIT).data == b""  # the next read: nothing more yet
+        start_job(ssh, JobSpec(run_name="silent", commands=["sleep 30"]))
+        assert read_log(ssh, "silent", 0, limit=LOG_READ_LIMIT, wait=1).data == b""
+    finally:
+        for name in ("late", "silent"):
+            stop_job(ssh, name, grace=0)
+        ssh.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.host.transport import LocalTransport
-from provisioner.jobs.control import LOG_READ_LIMIT, job_begun, job_state, read_log, start_job, stop_job
+from provisioner.jobs.control import LOG_READ_LIMIT, LogChunk, job_begun, job_state, read_log, start_job, stop_job
 from provisioner.jobs.layout import EndedByDstack
 from provisioner.jobs.script import JobSpec
 from provisioner.jobs.spot_notice import NOTICE_FILE
@@ -111,36 +111,92 @@ def test_a_first_read_waits_for_the_first_byte_the_end_or_its_bound_under_each_t
 @pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
 def test_an_exit_code_written_a_moment_after_the_jobs_end_comes_with_the_read_that_waited(tmp_path, monkeypatch,
                                                                                         kind):
-    """The wrapper writes exit_code after the job's process is gone: a read that waited for the first byte and saw
-    the job end waits for it too (GNU tail ends at the job's end, --pid; busybox's shell polls)."""
+    """The wrapper writes exit_code after the job's process is gone: a read that waited (for the first bytes, or
+    the next ones) and saw the job end has it too. GNU tail follows until the job's parent, its wrapper, has ended
+    (--pid), having written it; where the job was gone already, the shell polls for it, as where busybox's tail has
+    no --pid."""
     import subprocess
 
     monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
     local = LocalTransport(str(tmp_path / "jobs"))
-    folder = tmp_path / "jobs" / "late-code"
-    folder.mkdir(parents=True)
-    job = subprocess.Popen(["sleep", "0.5"])
-    (folder / "pid").write_text(f"{job.pid}\n")
+    for name, offset, gone in (("late-code", 0, False), ("late-code-later", 6, False), ("gone", 6, True)):
+        folder = tmp_path / "jobs" / name
+        folder.mkdir(parents=True)
+        (folder / "output.log").write_bytes(b"start\n"[:offset])
+        # as the wrapper does: the job in the background, its exit code written by the wrapper a moment after
+        wrapper = subprocess.Popen(["sh", "-c", "sleep 0.5 & echo $! > pid; wait; sleep 0.3; "
+                                    "echo 5 > exit_code.tmp; mv exit_code.tmp exit_code"], cwd=folder)
+        deadline = time.monotonic() + 10
+        while not (folder / "pid").read_text().strip() if (folder / "pid").exists() else time.monotonic() < deadline:
+            time.sleep(0.01)
+        if gone:
+            time.sleep(0.6)  # the job has ended, its exit code not written yet
+        began = time.monotonic()
+        try:
+            chunk = read_log(local, name, offset, limit=LOG_READ_LIMIT, wait=20)
+        finally:
+            wrapper.wait()
+        assert (chunk.data, chunk.exit_code) == (b"", 5 if kind != "busybox" or offset == 0 else None), name
+        assert time.monotonic() - began < 5
+        if chunk.exit_code is not None:  # the read returned as the exit code came
+            assert time.time() - (folder / "exit_code").stat().st_mtime < 0.4, name
 
-    def end() -> None:
-        job.wait()  # reaped: its pid is gone, as a job's is once its wrapper has waited for it
-        time.sleep(0.3)
-        (folder / "exit_code.tmp").write_text("5\n")  # whole when it appears, as the wrapper's `mv` makes it: a
-        (folder / "exit_code.tmp").rename(folder / "exit_code")  # file written in place is empty for a moment
 
-    writer = threading.Thread(target=end)
-    writer.start()
+@pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
+def test_a_first_read_that_had_its_first_bytes_reads_on_where_the_job_ended_or_the_notice_came(tmp_path, monkeypatch,
+                                                                                             kind):
+    """The first bytes that tail follows in are the read's (one read of a pipe: at most 64 KB); where the exit code
+    or the notice is there after them, the read goes on to the log's end (its limit): a read with an exit code has
+    the whole log, one with a notice has its line."""
+    import subprocess
+
+    monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    job = subprocess.Popen(["sleep", "60"])
+    big = bytes(range(256)) * 400  # more than a pipe holds: tail writes it in pieces
+
+    def read_while_written(name: str, last_file: str, last_line: str, **limits) -> tuple:
+        folder = tmp_path / "jobs" / name
+        folder.mkdir(parents=True)
+        (folder / "pid").write_text(f"{job.pid}\n")
+
+        def write() -> None:
+            time.sleep(0.5)
+            (folder / "output.log").write_bytes(big)
+            (folder / "last.tmp").write_text(last_line)
+            (folder / "last.tmp").rename(folder / last_file)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            chunk = read_log(local, name, 0, wait=20, **limits)
+        finally:
+            writer.join()
+        return chunk.data, chunk.exit_code, chunk.notice
+
     try:
-        chunk = read_log(local, "late-code", 0, wait=20)
+        assert read_while_written("ended", "exit_code", "6\n", limit=LOG_READ_LIMIT) == (big, 6, None)
+        assert read_while_written("ended-unlimited", "exit_code", "6\n") == (big, 6, None)
+        assert read_while_written("limited", "exit_code", "6\n", limit=70000) == (big[:70000], 6, None)
+        assert read_while_written("small", "exit_code", "6\n", limit=5) == (big[:5], 6, None)
+        assert read_while_written("noticed", NOTICE_FILE, "preempted\n", limit=LOG_READ_LIMIT) == (big, None,
+                                                                                                   "preempted")
     finally:
-        writer.join()
-    assert (chunk.data, chunk.exit_code) == (b"", 5)
+        job.kill()
+        job.wait()
 
 
 def test_a_read_starts_one_program_for_the_log_and_none_for_the_one_line_files(tmp_path, monkeypatch):
     path, log = logged_path(tmp_path)
     folder = tmp_path / "jobs" / "r"
     folder.mkdir(parents=True)
+    monkeypatch.setenv("PATH", path)
+    for content in (None, b""):  # no log yet, an empty one: nothing to read, and no program started for it
+        if content is not None:
+            (folder / "output.log").write_bytes(content)
+        assert read_log(LocalTransport(str(tmp_path / "jobs")), "r", 0, limit=LOG_READ_LIMIT) == LogChunk(b"", None)
+        assert started(log) == []
+    monkeypatch.undo()
     (folder / "output.log").write_bytes(b"hello world\n")
     (folder / "pid").write_text(f"{os.getpid()}\n")
     plain = LocalTransport(str(tmp_path / "jobs"))
@@ -164,7 +220,8 @@ def test_a_read_starts_one_program_for_the_log_and_none_for_the_one_line_files(t
         started(log)
         assert job_state(local, "late") == ("running", None) and started(log) == []
         assert read_log(local, "late", 0, limit=LOG_READ_LIMIT, wait=20).data == b"late\n"
-        assert sorted(started(log)) == ["head", "head", "tail", "timeout"]  # the follow, then the read: no probe
+        # the follow, whose first bytes are the read (dd): no probe, no second read of the log
+        assert sorted(started(log)) == ["dd", "tail", "timeout"]
     finally:
         stop_job(plain, "late", grace=0)
 
@@ -178,3 +235,103 @@ def test_job_begun_gives_the_exit_code_of_a_job_that_ended_before_its_commands_b
     while job_state(local, "early")[0] != "exited" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert job_begun(local, "early") == (False, job_state(local, "early")[1]) != (False, 0)
+
+
+@pytest.mark.parametrize("kind", ["dash", "bash", "busybox"])
+def test_a_later_read_that_has_nothing_new_waits_for_the_next_bytes_the_end_or_its_bound(tmp_path, monkeypatch,
+                                                                                          kind):
+    """A read from byte N that finds nothing past it waits on the host as a first read does (GNU tail from byte
+    N+1): it returns as the next bytes come, with the exit code as the job ends, or at its bound. Busybox's tail has
+    no --pid: such a read returns at once, as a read that does not wait (the client polls)."""
+    monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    waits = kind != "busybox"
+
+    def started_with_first(name: str, *commands: str) -> float:
+        start_job(local, JobSpec(run_name=name, commands=["printf first", *commands]))
+        deadline = time.monotonic() + 10
+        while read_log(local, name, 0).data != b"first" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return time.monotonic()
+
+    try:
+        began = started_with_first("more", "sleep 1", "printf second", "sleep 30")
+        chunk = read_log(local, "more", 5, limit=LOG_READ_LIMIT, wait=20)
+        assert chunk.data == (b"second" if waits else b"") and time.monotonic() - began < (10 if waits else 0.5)
+        began = started_with_first("quiet", "sleep 30")
+        assert read_log(local, "quiet", 5, limit=LOG_READ_LIMIT, wait=1.5) == LogChunk(b"", None)
+        assert (1.3 < time.monotonic() - began < 8) if waits else (time.monotonic() - began < 0.5)
+        began = started_with_first("ends", "sleep 1", "exit 4")
+        chunk = read_log(local, "ends", 5, limit=LOG_READ_LIMIT, wait=20)
+        if waits:  # the exit code with the read that saw the end, a moment after it (the wrapper writes it then)
+            assert (chunk.data, chunk.exit_code) == (b"", 4) and 0.5 < time.monotonic() - began < 5
+        deadline = time.monotonic() + 10
+        while read_log(local, "ends", 5).exit_code is None and time.monotonic() < deadline:  # (busybox: polled)
+            time.sleep(0.05)
+        assert read_log(local, "ends", 0, limit=3, wait=20) == LogChunk(b"fir", 4)  # bytes there: no wait
+        assert read_log(local, "ends", 2, limit=3, wait=20) == LogChunk(b"rst", 4)
+    finally:
+        for name in ("more", "quiet", "ends"):
+            stop_job(local, name, grace=0)
+
+
+@pytest.mark.parametrize("kind", ["dash", "bash"])
+def test_a_later_read_that_waited_reads_on_where_the_job_ended_or_the_notice_came(tmp_path, monkeypatch, kind):
+    """As a first read (above): the bytes that came after the wait, then the rest where the exit code or the notice
+    is there by then, within the limit."""
+    import subprocess
+
+    monkeypatch.setenv("PATH", shell_path(tmp_path, kind))
+    local = LocalTransport(str(tmp_path / "jobs"))
+    job = subprocess.Popen(["sleep", "60"])
+    big = bytes(range(256)) * 400
+
+    def read_while_written(name: str, last_file: str, **limits) -> tuple:
+        folder = tmp_path / "jobs" / name
+        folder.mkdir(parents=True)
+        (folder / "pid").write_text(f"{job.pid}\n")
+        (folder / "output.log").write_bytes(b"before\n")
+
+        def write() -> None:
+            time.sleep(0.5)
+            with open(folder / "output.log", "ab") as log:
+                log.write(big)
+            (folder / "last.tmp").write_text("6\n")
+            (folder / "last.tmp").rename(folder / last_file)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            chunk = read_log(local, name, 7, wait=20, **limits)
+        finally:
+            writer.join()
+        return chunk.data, chunk.exit_code, chunk.notice
+
+    try:
+        assert read_while_written("ended", "exit_code", limit=LOG_READ_LIMIT) == (big, 6, None)
+        assert read_while_written("ended-unlimited", "exit_code") == (big, 6, None)
+        assert read_while_written("limited", "exit_code", limit=70000) == (big[:70000], 6, None)
+        assert read_while_written("noticed", NOTICE_FILE, limit=LOG_READ_LIMIT) == (big, None, "6")
+    finally:
+        job.kill()
+        job.wait()
+
+
+def test_a_later_read_that_waits_starts_one_program_where_there_is_something_new(tmp_path, monkeypatch):
+    """What is past the offset is read by one dd, whose count says whether to wait: nothing new costs the follow
+    (timeout, tail, dd) on top, once per bound instead of a poll's dd five times a second."""
+    path, log = logged_path(tmp_path)
+    plain = LocalTransport(str(tmp_path / "jobs"))
+    start_job(plain, JobSpec(run_name="w", commands=["echo one", "sleep 1", "echo two", "sleep 30"]))
+    monkeypatch.setenv("PATH", path)
+    local = LocalTransport(str(tmp_path / "jobs"))
+    try:
+        deadline = time.monotonic() + 10
+        while read_log(local, "w", 0).data != b"one\n" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started(log)
+        assert read_log(local, "w", 2, limit=LOG_READ_LIMIT, wait=20).data == b"e\n" and started(log) == ["dd"]
+        assert read_log(local, "w", 4, limit=LOG_READ_LIMIT, wait=20).data == b"two\n"
+        assert sorted(started(log)) == ["dd", "dd", "tail", "timeout"]
+    finally:
+        stop_job(plain, "w", grace=0)

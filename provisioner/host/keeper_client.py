@@ -90,6 +90,15 @@ class KeptTransport:
             self._direct = connect(self.target, total_wait=30)
         return self._direct
 
+    def _another_session(self) -> Optional["KeptTransport"]:
+        """A session of its own through the same keeper (a shell of its own on the host); None where the keeper is
+        gone or refuses."""
+        folder_fd = os.open(self._path.parent, os.O_RDONLY)
+        try:
+            return _attach(self._path, folder_fd, self.target) or None
+        finally:
+            os.close(folder_fd)
+
     def _session(self) -> Optional[socket.socket]:
         if self._sock is None:
             folder_fd = os.open(self._path.parent, os.O_RDONLY)
@@ -102,6 +111,13 @@ class KeptTransport:
         return self._sock
 
     def run(self, command: str, stdin: Optional[Stdin] = None, timeout: Optional[float] = None) -> CommandResult:
+        if self._lock.locked():  # another thread's command is under way (a log read waiting on the host for output):
+            alone = self._another_session()  # this one is not held up by it
+            if alone is not None:
+                try:
+                    return alone.run(command, stdin, timeout)
+                finally:
+                    alone.close()
         with self._lock:
             sock = self._session()
             if sock is None:  # the keeper is gone: this command's own connection

@@ -168,6 +168,12 @@ class SSHTransport:
     def run(self, command: str, stdin: Optional[Stdin] = None, timeout: Optional[float] = None) -> CommandResult:
         import paramiko
 
+        if self._lock.locked():  # another thread's command is under way in the shell (a log read waiting on the host
+            alone = self.session()  # for output): this one gets a shell of its own, not held up by it
+            try:
+                return alone.run(command, stdin, timeout)
+            finally:
+                alone.close()
         try:
             if stdin is not None and stdin != b"":
                 chunks = iter([stdin] if isinstance(stdin, bytes) else stdin)
@@ -239,8 +245,8 @@ class SSHTransport:
             # the end marker is looked for in the last bytes only: a long answer (a log) is never scanned whole
             stdout, stderr = _drain(self._shell, lambda out, err: err.endswith(end_err) and
                                     end_out.search(out, max(0, len(out) - 64)), timeout)
-        except TimeoutError:
-            self._shell.close()
+        except BaseException:  # no answer in time, or a Ctrl-C while it waited: the next command gets a new shell
+            self._shell.close()  # rather than one still running this one (a log read that waits on the host)
             self._shell = None
             raise
         if probe:  # the probe's line comes first

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from provisioner.host.liveness import Liveness, liveness
 from provisioner.host.transport import HostUnreachable, Transport, TransportError
-from provisioner.jobs.control import FIRST_OUTPUT_WAIT_S, LOG_READ_LIMIT, LogChunk, read_log
+from provisioner.jobs.control import LOG_READ_LIMIT, OUTPUT_WAIT_S, LogChunk, read_log
 
 
 def kept_run_hint(run_name: str) -> str:
@@ -35,6 +35,8 @@ class LogFollower:
         self._answered_at = time.monotonic()
         self._host = host
         self.notice: Optional[str] = None  # the host's spot interruption notice, once a read has seen it
+        self._polled_at = float("-inf")  # when the last poll began (time.monotonic)
+        self._brought = False  # whether it brought output
 
     def _transport(self) -> Transport:
         if self.transport is None:
@@ -46,16 +48,27 @@ class LogFollower:
     def poll(self, write: Callable[[bytes], None], wait: float = 0.0) -> Optional[int]:
         """Writes what is new, in pieces of at most LOG_READ_LIMIT bytes (a log of any size in constant memory);
         returns the exit code once the job has ended and its whole log is written (`notice` holds the host's spot
-        interruption notice once read: its line is in what was written). `wait`: while the log is empty,
-        the read waits on the host up to that long for its first byte (control.read_log)."""
+        interruption notice once read: its line is in what was written). `wait`: where the log has nothing new,
+        the read waits on the host up to that long for its next bytes (control.read_log)."""
+        self._polled_at, self._brought = time.monotonic(), False
         while True:
             chunk = self._read(wait)
             self.notice = chunk.notice or self.notice
             if chunk.data:
+                self._brought = True
                 write(chunk.data)
                 self.offset += len(chunk.data)
             if len(chunk.data) < LOG_READ_LIMIT:
                 return chunk.exit_code
+
+    def pause(self, interval: float) -> float:
+        """Seconds to let pass before the next poll: `interval` after one that brought output (a log that grows fast
+        is read that often, as before reads waited); after one that brought nothing, what is left of `interval`
+        since it began: nothing after one that waited on the host (the next waits in turn), the rest after one that
+        returned at once (a host that can not wait: no GNU tail or no `timeout`), as a poll."""
+        if self._brought:
+            return interval
+        return max(0.0, interval - (time.monotonic() - self._polled_at))
 
     def _read(self, wait: float) -> LogChunk:
         """The next piece of the log. Reconnects while the host has been silent for less than the liveness timeout,
@@ -86,10 +99,10 @@ class LogFollower:
     def follow(self, write: Callable[[bytes], None], interval: float = 0.2,
                should_stop: Callable[[], bool] = lambda: False) -> Optional[int]:
         while True:
-            code = self.poll(write, wait=FIRST_OUTPUT_WAIT_S)
+            code = self.poll(write, wait=OUTPUT_WAIT_S)
             if code is not None or should_stop():
                 return code
-            time.sleep(interval)
+            time.sleep(self.pause(interval))
 
     def _drop(self) -> None:
         if self.transport is not None:

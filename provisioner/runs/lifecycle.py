@@ -25,7 +25,7 @@ from provisioner.host.access import HostAccess
 from provisioner.host.ports import LOOPBACK, PortForwarder, local_opener, ssh_opener
 from provisioner.host.transport import HostUnreachable
 from provisioner.jobs.cluster_ssh import ClusterKeys
-from provisioner.jobs.control import FIRST_OUTPUT_WAIT_S
+from provisioner.jobs.control import OUTPUT_WAIT_S
 from provisioner.jobs.follow import LogFollower, kept_run_hint
 from provisioner.jobs.layout import TIMED_OUT, EndedByDstack
 from provisioner.jobs.node_logs import NodeLines
@@ -50,7 +50,8 @@ from provisioner.store.records import RunRecord
 from provisioner.store.run_files import local_log_path, mark_output
 from provisioner.store.statuses import RUNNING, STARTED, RunStatus
 
-POLL_INTERVAL_S = 0.2  # between reads of a node's log once it has output
+POLL_INTERVAL_S = 0.2  # between a read of a node's log that brought output and the next: how often a log that
+# grows fast is read (one that has nothing new is waited on by the host instead: control.OUTPUT_WAIT_S)
 
 
 def submit(session: RunSession, run_name: str, resolved, offers: Sequence[Offer], source: Optional[Path],
@@ -250,10 +251,9 @@ def _follow(session: RunSession, jobs: RunJobs, run_name: str, configuration
         outcome = None
         while outcome is None:
             if alone:
-                if followers[0].offset:
-                    time.sleep(POLL_INTERVAL_S)
+                time.sleep(followers[0].pause(POLL_INTERVAL_S))
                 new: list = []
-                rank, code, error = 0, followers[0].poll(new.append, wait=FIRST_OUTPUT_WAIT_S), None
+                rank, code, error = 0, followers[0].poll(new.append, wait=OUTPUT_WAIT_S), None
                 data = b"".join(new)
             else:
                 try:
@@ -299,19 +299,19 @@ def _raise_on_notice(session: RunSession, run_name: str, followers: Dict[int, Lo
 
 def _read_node(rank: int, follower: LogFollower, read: "queue.Queue[tuple]", done: threading.Event) -> None:
     """Puts (rank, new output, exit code or None, error or None) on `read` until the node's job ends, an error, or
-    `done`: the first read waits on the host for the first byte, the next ones come every POLL_INTERVAL_S. Ctrl-C and
+    `done`: a read that has nothing new waits on the host for the next bytes, one that brought output is followed
+    by the next POLL_INTERVAL_S later (LogFollower.pause). Ctrl-C and
     SIGTERM are blocked here, so the kernel hands them to the main thread: one that reached this thread would leave
     the main thread's question (detach or stop?) waiting on its read."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         while not done.is_set():
             new: list = []
-            code = follower.poll(new.append, wait=FIRST_OUTPUT_WAIT_S)
+            code = follower.poll(new.append, wait=OUTPUT_WAIT_S)
             read.put((rank, b"".join(new), code, None))
             if code is not None:
                 return
-            if follower.offset:
-                done.wait(POLL_INTERVAL_S)
+            done.wait(follower.pause(POLL_INTERVAL_S))
     except BaseException as e:  # noqa: B036 - raised in the run's thread
         read.put((rank, b"", None, e))
 
