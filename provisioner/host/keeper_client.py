@@ -101,12 +101,8 @@ class KeptTransport:
 
     def _session(self) -> Optional[socket.socket]:
         if self._sock is None:
-            folder_fd = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                again = _attach(self._path, folder_fd, self.target)
-            finally:
-                os.close(folder_fd)
-            if again:
+            again = self._another_session()
+            if again is not None:
                 self._sock, again._sock = again._sock, None
         return self._sock
 

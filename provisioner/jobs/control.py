@@ -67,14 +67,18 @@ def start_job(transport: Transport, job: JobSpec,
 _COUNTED = 'case $S in *" bytes"*) b=${S%% bytes*}; b=${b##*[!0-9]} ;; *) b=- ;; esac'
 
 
+def _whole_log(limit: Optional[int]) -> str:
+    """Shell text that prints the log from its start, at most `limit` bytes of it, in one program."""
+    return (f"head -c {limit} output.log" if limit is not None else "cat output.log") + " 2>/dev/null"
+
+
 def _log_past(offset: int, limit: Optional[int]) -> str:
     """Shell text that prints the log past byte `offset` (at most `limit` bytes) and sets b to how many bytes that
     was (0: none yet), or to `-` where that can not be told (no count from dd, or a dd that can not seek in bytes):
     from the start the shell's own `-s` says whether there is any (none: no program), further on dd's count does,
     in the program that reads the bytes."""
     if offset == 0:
-        whole = f"head -c {limit} output.log" if limit is not None else "cat output.log"
-        return f"if [ -s output.log ]; then b=-; {whole} 2>/dev/null; else b=0; fi"
+        return f"if [ -s output.log ]; then b=-; {_whole_log(limit)}; else b=0; fi"
     flags, count = ("skip_bytes,count_bytes", f" count={limit}") if limit is not None else ("skip_bytes", "")
     rest = f"tail -c +{offset + 1} output.log 2>/dev/null" + (f" | head -c {limit}" if limit is not None else "")
     # dd's bytes go to the read's stdout (fd 4), what it says to the $(...)
@@ -123,8 +127,7 @@ def _log_from(offset: Union[int, str], limit: Optional[Union[int, str]]) -> str:
     bytes, `tail | head` where dd cannot (it fails at once, having printed nothing). `offset` and `limit` are
     numbers or shell arithmetic (past the bytes a waiting read has had: $b)."""
     if offset == 0:
-        whole = f"head -c {limit} output.log" if limit is not None else "cat output.log"
-        return f"[ ! -s output.log ] || {whole} 2>/dev/null"
+        return f"[ ! -s output.log ] || {_whole_log(limit)}"
     first = offset + 1 if isinstance(offset, int) else f"$(({offset}+1))"
     rest = f"tail -c +{first} output.log 2>/dev/null"
     if limit is None:
