@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.host.ssh import SSHTarget, connect
 from provisioner.host.transport import LocalTransport
 from provisioner.jobs.control import LOG_READ_LIMIT, read_log, start_job, stop_job
 from provisioner.jobs.script import JobSpec
-from tests.test_ssh_bash_shell import bash_is_sh
+from tests.test_ssh_bash_shell import connected_to_shell
 
 
 def processes_in(folder: Path) -> list:
@@ -71,11 +70,7 @@ def test_a_waiting_read_through_the_hosts_long_lived_shell_gives_the_first_line_
                                                                                             shell):
     """Over SSH the read runs in the connection's long-lived shell (provisioner.host.ssh), dash or bash as a RHEL
     host's `sh`: the first bytes that tail follows in reach the client through that shell's stdout."""
-    host = make_host(login_user="plain")
-    if shell == "bash":
-        bash_is_sh(host)
-    ssh = connect(SSHTarget(hostname=host.address, user="plain", identity_file=client_key[0],
-                            host_key=host.host_public_key), total_wait=10)
+    ssh = connected_to_shell(make_host, client_key, shell)
     try:
         start_job(ssh, JobSpec(run_name="late", commands=["sleep 1", "echo late", "sleep 30"]))
         began = time.monotonic()

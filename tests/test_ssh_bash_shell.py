@@ -31,6 +31,15 @@ def bash_is_sh(host) -> None:
     host.start_sshd()
 
 
+def connected_to_shell(make_host, client_key, shell: str):
+    """A connection to a new namespace host whose login user's `sh` is `shell` (bash, as RHEL's, or dash)."""
+    host = make_host(login_user="plain")
+    if shell == "bash":
+        bash_is_sh(host)
+    return connect(SSHTarget(hostname=host.address, user="plain", identity_file=client_key[0],
+                             host_key=host.host_public_key), total_wait=10)
+
+
 def reads_of(transport, command: str) -> int:
     """The read(2) calls the long-lived shell made while `command` ran (its own reads of its input included)."""
     before = int(transport.run(IO_OF_THE_SHELL).text)
@@ -41,11 +50,7 @@ def reads_of(transport, command: str) -> int:
 
 @pytest.mark.parametrize("shell", ["bash", "dash"])
 def test_long_commands_and_archives_reach_the_shell_whole(make_host, client_key, shell, monkeypatch):
-    host = make_host(login_user="plain")
-    if shell == "bash":
-        bash_is_sh(host)
-    transport = connect(SSHTarget(hostname=host.address, user="plain", identity_file=client_key[0],
-                                  host_key=host.host_public_key), total_wait=10)
+    transport = connected_to_shell(make_host, client_key, shell)
     try:
         assert transport.run('printf "%s" "${BASH_VERSION:+bash}"').text == ("bash" if shell == "bash" else "")
         words = " ".join(f"w{i}" for i in range(20000))  # ~130 KB of command text
