@@ -1,4 +1,5 @@
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,11 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if getattr(config.option, "maxschedchunk", 0) is None:  # pytest-xdist's option, not given
         config.option.maxschedchunk = 1
+    # A suite started in the background of a script (`cmd &` without job control, nohup) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt for it: the Ctrl-C tests would wait forever on an engine that no
+    # SIGINT stops (in-process) or a `dstack attach` that ignores it (their children inherit the ignoring).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _guess(item) -> float:
