@@ -28,15 +28,22 @@ in none of them.
 The sizes take turns within each round (3, 8, 16, then 16, 8, 3, ...), so that the ratios compare figures taken
 over the same minutes.
 
+`--phases` adds one kept run of each size per round through benchmarks/run_phases.py, which marks the run's steps
+(until the connect, the connect, the jobs' start on every node, the run's record, and from there to the last first
+line) and prints each one's median per size and what it adds from the smallest size to the others: which steps
+grow with N.
+
 `--before CHECKOUT` measures another checkout's `dstack apply` (e.g. main before a change) in the same rounds, on
 the same hosts: the machine's load changes by the minute, so only figures from the same rounds compare.
 
 Run: sudo python benchmarks/cluster_bench.py [--runs N] [--sizes 3,8,16] [--before CHECKOUT] [--shared-disk]
+                                             [--phases]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import shutil
@@ -45,10 +52,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.run_phases import MARKS_ENV, PHASES, phases  # noqa: E402
 from tests.netns_hosts import NamespaceHost, Switch, require_namespaces  # noqa: E402
 
 TASK = "type: task\nnodes: {nodes}\nbackends: [ssh]\ncommands: ['echo first line of $DSTACK_NODE_RANK', 'sleep 1']\n"
@@ -151,10 +160,11 @@ def keeper_pids(home: str) -> list:
     return found
 
 
-def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT, groups=None, hosts=()) -> tuple:
+def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT, groups=None, hosts=(),
+            command: Sequence[str] = ("-m", "cli.main")) -> tuple:
     """(seconds to each node's first line, rank order; seconds to the command's end; CPU seconds the whole machine
     was busy until the last first line: hosts, keepers and client together; that CPU time split as `groups` counts
-    it: hosts, keepers, client), with the `dstack` of `checkout`."""
+    it: hosts, keepers, client), with the `dstack` of `checkout` (`command`: how the interpreter runs it)."""
     if groups is not None:
         for host in hosts:
             groups.join("hosts", host.pids())
@@ -162,7 +172,7 @@ def one_run(env: dict, conf: Path, name: str, nodes: int, checkout: Path = ROOT,
     split_at_start = groups.seconds() if groups is not None else ()
     split = None
     start, busy_at_start, busy = time.perf_counter(), machine_busy_s(), None
-    process = subprocess.Popen([sys.executable, "-m", "cli.main", "apply", "-f", str(conf), "-y", "-n", name],
+    process = subprocess.Popen([sys.executable, *command, "apply", "-f", str(conf), "-y", "-n", name],
                                cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                preexec_fn=(lambda: groups.join("client", [os.getpid()])) if groups else None)
     firsts: dict = {}
@@ -197,6 +207,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="3,8,16")
     parser.add_argument("--before", metavar="CHECKOUT", help="another checkout of this project (e.g. main before a "
                         "change) whose `dstack apply` is measured beside, kept connections, in the same rounds")
+    parser.add_argument("--phases", action="store_true", help="also one more kept run of each size in each round "
+                        "with its steps marked (benchmarks/run_phases.py): where the time until the last first line "
+                        "goes, and what each step adds from the smallest size to the others")
     parser.add_argument("--shared-disk", action="store_true", help="all hosts' folders on this machine's file "
                         "system (as before: one file system, without a journal here), not a disk of each host's own")
     args = parser.parse_args()
@@ -244,7 +257,7 @@ def main() -> None:
             groups = CpuGroups()
             # Sizes take turns within each round, in the opposite order every other round: the machine's load
             # drifts by the minute, and a ratio of figures taken minutes apart would measure that drift too.
-            found = {(nodes, label): [] for nodes in sizes for label in ("kept", "direct", "before")}
+            found = {(nodes, label): [] for nodes in sizes for label in ("kept", "direct", "before", "phases")}
             for run in range(args.runs):
                 for nodes in sizes if run % 2 == 0 else sizes[::-1]:
                     rounds = [("kept", "300", ROOT), ("direct", "0", ROOT)]
@@ -253,6 +266,9 @@ def main() -> None:
                         found[nodes, label].append(one_run(dict(env, DSTACK_SSH_PERSIST=persist),
                                                            write_task(folder, nodes), f"bench-{nodes}-{label}-{run}",
                                                            nodes, checkout, groups, hosts))
+                    if args.phases:
+                        found[nodes, "phases"].append(phase_run(dict(env, DSTACK_SSH_PERSIST="300"), folder, nodes,
+                                                                f"bench-{nodes}-phases-{run}"))
             for nodes in sizes:
                 kept, direct, before = (found[nodes, label] for label in ("kept", "direct", "before"))
                 figures[nodes] = statistics.median(max(firsts) for firsts, *_ in kept)
@@ -274,6 +290,8 @@ def main() -> None:
                           f"{figures[nodes] / figures[sizes[0]]:.2f}x"
                           + (f"; --before: {before_figures[nodes] / before_figures[sizes[0]]:.2f}x"
                              if before_figures else ""))
+            if args.phases:
+                print_phases(sizes, {nodes: found[nodes, "phases"] for nodes in sizes})
         finally:
             if "groups" in locals():
                 groups.remove()
@@ -293,6 +311,32 @@ def cpu_split(results: list, nodes: int, groups: CpuGroups) -> str:
     hosts, keepers, client = (statistics.median(r[3][i] for r in results) for i in range(3))
     return (f"{text}: per node {1000 * hosts / nodes:.0f} ms on the hosts, {1000 * keepers / nodes:.0f} ms in "
             f"keepers; the client {client:.2f} s")
+
+
+def phase_run(env: dict, folder: Path, nodes: int, name: str) -> dict:
+    """One kept run through benchmarks/run_phases.py: {phase: seconds} (run_phases.PHASES)."""
+    marks = folder / "marks.json"
+    started = time.time()
+    firsts, *_ = one_run(dict(env, **{MARKS_ENV: str(marks)}), write_task(folder, nodes), name, nodes,
+                         command=(str(Path(__file__).resolve().parent / "run_phases.py"),))
+    return phases(started, json.loads(marks.read_text()), started + max(firsts))
+
+
+def print_phases(sizes: list, runs: dict) -> None:
+    """Each phase's median per size, and what it adds from the smallest size to each other."""
+    import statistics
+
+    names = [name for name, *_ in PHASES]
+    medians = {nodes: [statistics.median(run[name] for run in runs[nodes]) for name in names] for nodes in sizes}
+    print(f"Where the time until the last first line goes (--phases: one more kept run of each size per round, its "
+          f"steps marked; medians of {len(runs[sizes[0]])}, seconds):")
+    print("  nodes  " + "  ".join(names) + "  (sum)")
+    for nodes in sizes:
+        print(f"  {nodes:>5}  " + "  ".join(f"{value:{len(name)}.3f}" for name, value in zip(names, medians[nodes]))
+              + f"  {sum(medians[nodes]):.3f}")
+    for nodes in sizes[1:]:
+        print(f"  {nodes} - {sizes[0]}: " + "  ".join(f"{name} {now - then:+.3f}" for name, now, then
+                                                       in zip(names, medians[nodes], medians[sizes[0]])))
 
 
 def write_task(folder: Path, nodes: int) -> Path:

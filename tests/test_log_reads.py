@@ -127,7 +127,8 @@ def test_an_exit_code_written_a_moment_after_the_jobs_end_comes_with_the_read_th
         wrapper = subprocess.Popen(["sh", "-c", "sleep 0.5 & echo $! > pid; wait; sleep 0.3; "
                                     "echo 5 > exit_code.tmp; mv exit_code.tmp exit_code"], cwd=folder)
         deadline = time.monotonic() + 10
-        while not (folder / "pid").read_text().strip() if (folder / "pid").exists() else time.monotonic() < deadline:
+        pid = folder / "pid"  # waited for until it holds the number (it is there, empty, for a moment)
+        while not (pid.exists() and pid.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.01)
         if gone:
             time.sleep(0.6)  # the job has ended, its exit code not written yet
