@@ -116,8 +116,9 @@ def _wait_past(offset: int, wait: float, limit: Optional[int]) -> str:
             "esac")
 
 
-# The exit code file's first line on stderr (an empty line while there is none): read by the shell itself.
-_EXIT_CODE_TO_STDERR = 'c=; { read -r c < exit_code; } 2>/dev/null; printf "%s\\n" "$c" >&2; '
+# The exit code file's first line into c (empty while there is none), and that on stderr: read by the shell itself.
+_READ_EXIT_CODE = 'c=; { read -r c < exit_code; } 2>/dev/null'
+_EXIT_CODE_TO_STDERR = _READ_EXIT_CODE + '; printf "%s\\n" "$c" >&2; '
 
 
 def _log_from(offset: Union[int, str], limit: Optional[Union[int, str]]) -> str:
@@ -143,7 +144,7 @@ def _waiting_read(offset: int, wait: float, limit: Optional[int]) -> str:
     after the b bytes that came only where the exit code or the notice came by then (the read then has the whole
     log, or the notice's line); a read that printed what it could not count (b=-) is what it printed. In the C
     locale: dd's count is read from what it says."""
-    code = "c=; { read -r c < exit_code; } 2>/dev/null; [ ! -f " + NOTICE_FILE + " ] || m=1"
+    code = f"{_READ_EXIT_CODE}; [ ! -f {NOTICE_FILE} ] || m=1"
     rest = _log_from(f"$(({offset}+b))", f"$(({limit}-b))" if limit is not None else None)
     return (f'export LC_ALL=C; m=; {code}; b=; if [ -z "$c$m" ]; then {_log_past(offset, limit)}; '
             f'[ "$b" != 0 ] || {{ {_wait_past(offset, wait, limit)}; }}; [ "$b" = - ] || {{ {code}; }}; fi; '
